@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from danlu.errors import NotFoundError
 
-__all__ = ["Entry", "Registry", "closest", "did_you_mean", "import_object"]
+__all__ = ["Entry", "Registry", "closest", "did_you_mean", "import_object", "import_optional"]
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -73,7 +73,9 @@ def import_object(path: str, what: str = "object") -> Any:
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise NotFoundError(f"Module '{module_name}' has no attribute '{attr}' ({what} '{path}').") from None
+        raise NotFoundError(
+            f"Module '{module_name}' has no attribute '{attr}' ({what} '{path}')."
+        ) from None
 
 
 class Registry(Generic[T]):
@@ -123,3 +125,20 @@ class Registry(Generic[T]):
             f"Valid {self.kind}s: {', '.join(self.names())}; "
             "or give your own as 'package.module:function'."
         )
+
+
+def import_optional(module: str, extra: str) -> Any:
+    """Import an optional dependency, or raise an error that says which extra installs it.
+
+    Example:
+        >>> import_optional("json", extra="core").__name__
+        'json'
+    """
+    from danlu.errors import MissingExtraError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != module.split(".")[0]:
+            raise  # the package is there but one of *its* imports failed: show the real error
+        raise MissingExtraError.for_package(module.split(".")[0], extra) from None

@@ -60,6 +60,8 @@ class RecipeSource:
 
     def line_of(self, loc: Loc) -> int:
         """Line of the deepest known prefix of ``loc`` (overrides sort last)."""
+        if self._created_by(loc) is not None:
+            return 1 << 30
         for end in range(len(loc), -1, -1):
             if tuple(loc[:end]) in self.overrides:
                 return 1 << 30
@@ -67,8 +69,20 @@ class RecipeSource:
                 return self.lines[tuple(loc[:end])]
         return 0
 
+    def _created_by(self, loc: Loc) -> str | None:
+        """The ``--set`` that created the key at ``loc`` when the file does not have it."""
+        if loc in self.lines:
+            return None
+        for origin, item in self.overrides.items():
+            if origin[: len(loc)] == loc:
+                return item
+        return None
+
     def where(self, loc: Loc) -> str:
         """``file:line`` of the deepest known prefix of ``loc`` (or the ``--set`` that set it)."""
+        created = self._created_by(loc)
+        if created is not None:
+            return f"--set {created}"
         for end in range(len(loc), -1, -1):
             prefix = tuple(loc[:end])
             if prefix in self.overrides:
@@ -145,7 +159,9 @@ def parse_override(item: str) -> tuple[Loc, Any]:
     return tuple(key.split(".")), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> tuple[dict[str, Any], dict[Loc, str]]:
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str]
+) -> tuple[dict[str, Any], dict[Loc, str]]:
     """Return a copy of ``data`` with each ``key.path=value`` applied, and where each came from."""
     data = copy.deepcopy(data)
     origin: dict[Loc, str] = {}
@@ -193,20 +209,26 @@ def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
 
 
 def _issue_from_pydantic(err: Mapping[str, Any]) -> ConfigIssue:
-    loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc: Loc = tuple(
+        p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+    )
     kind = err["type"]
     found = err.get("input")
     if kind == "extra_forbidden":
         valid = _fields_at(Recipe, loc[:-1])
         hint = did_you_mean(str(loc[-1]), valid)
-        fix = (hint.strip() + " " if hint else "") + (f"Valid keys here: {', '.join(valid)}." if valid else "")
+        fix = (hint.strip() + " " if hint else "") + (
+            f"Valid keys here: {', '.join(valid)}." if valid else ""
+        )
         return ConfigIssue(loc, "unknown key", None, fix.strip() or "Remove this key.")
     if kind == "missing":
         return ConfigIssue(loc, "required key is missing", None, f"Add '{loc[-1]}' to the recipe.")
     message = err["msg"]
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        hint = did_you_mean(str(found), [s.strip("'") for s in expected.replace(" or ", ", ").split(", ")])
+        hint = did_you_mean(
+            str(found), [s.strip("'") for s in expected.replace(" or ", ", ").split(", ")]
+        )
         return ConfigIssue(loc, message, found, hint.strip() or f"Use one of {expected}.")
     return ConfigIssue(loc, message, found, "")
 
@@ -216,8 +238,9 @@ def _format(issues: Sequence[ConfigIssue], source: RecipeSource) -> str:
     lines = [f"The recipe {source.name} has {count}:"]
     for issue in sorted(issues, key=lambda i: source.line_of(i.loc)):
         text = f"  {source.where(issue.loc)}: {issue.path}: {issue.message}"
-        if issue.found is not None and not isinstance(issue.found, dict | list):
-            text += f" (found {issue.found!r})"
+        if issue.found is not None:
+            found = repr(issue.found)
+            text += f" (found {found if len(found) <= 80 else found[:77] + '...'})"
         text = text.rstrip(".") + "."
         if issue.fix:
             text += f" {issue.fix}"
@@ -231,7 +254,9 @@ def raise_issues(issues: Sequence[ConfigIssue], source: RecipeSource | None = No
         raise ConfigError(_format(issues, source or RecipeSource()))
 
 
-def load_recipe(recipe: StrPath | Mapping[str, Any] | Recipe, overrides: Iterable[str] = ()) -> Recipe:
+def load_recipe(
+    recipe: StrPath | Mapping[str, Any] | Recipe, overrides: Iterable[str] = ()
+) -> Recipe:
     """Load and validate a recipe from a YAML file, a mapping or a Recipe, applying overrides.
 
     Example:

@@ -76,7 +76,7 @@ class PrepareConfig(Strict):
     """Preprocessing fitted on the training split only and replayed at prediction time."""
 
     missing: Literal["drop", "mean", "median", "most_frequent", "constant"] = "median"
-    fill_value: float | str = Field(0, description="Value used when missing is 'constant'.")
+    fill_value: float | str = Field(0.0, description="Value used when missing is 'constant'.")
     dedupe: bool = Field(True, description="Drop exact duplicate rows before splitting.")
     outliers: OutlierConfig | None = None
     scale: Literal["standard", "minmax", "robust", "none"] = "standard"

@@ -1,0 +1,40 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of PyTorch; a plain `torch` would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+
+$(VENV)/.installed-core: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## Run danlu's main job end to end on a bundled real dataset (scikit-learn's digits).
+demo: $(VENV)/.installed-core
+	$(BIN)/danlu datasets
+	$(BIN)/danlu run examples/digits_cnn.yaml
+
+## Install the test extras and run the whole test suite.
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check danlu tests bench
+	$(BIN)/mypy danlu
+
+bench: $(VENV)/.installed-core
+	$(BIN)/python bench/train_overhead.py
+
+clean:
+	rm -rf $(VENV) .danlu .pytest_cache

@@ -1,0 +1,218 @@
+"""The ``danlu`` command line: thin commands that parse, call a stage and render with Rich.
+
+Heavy libraries (torch, pandas, scikit-learn) load inside the commands that need them, so
+``danlu --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from danlu.errors import DanluError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="danlu",
+    help="danlu: from a dataset and one YAML recipe to a trained, tracked PyTorch model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+out = Console()
+err = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a recipe key: key.path=value (repeatable).",
+        metavar="KEY=VALUE",
+    ),
+]
+RecipeArg = Annotated[Path, typer.Argument(help="Path to a YAML recipe.", metavar="RECIPE")]
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    handler = (
+        RichHandler(console=err, show_time=False, show_path=False)
+        if err.is_terminal
+        else logging.StreamHandler(sys.stderr)
+    )
+    if not err.is_terminal:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("danlu")
+    root.handlers = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
+    root.setLevel(level)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    _state["debug"] = debug
+    _state["verbose"] = verbose
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    set_: SetOption = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the run in this folder from its last checkpoint.",
+            metavar="RUN_DIR",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress output; only the result.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="Torch CPU threads (default: torch's choice)."),
+    ] = None,
+) -> None:
+    """Run a recipe end to end: prepare data, train, report test metrics."""
+    _setup_logging(bool(_state.get("verbose")), quiet)
+    import torch
+
+    from danlu.cli._progress import PlainProgress, RichProgress
+    from danlu.pipeline import run as run_recipe
+
+    if threads:
+        torch.set_num_threads(threads)
+    callbacks: list[Any] = []
+    if not quiet and not as_json:
+        callbacks.append(RichProgress(err) if err.is_terminal else PlainProgress(err))
+    try:
+        result = run_recipe(recipe, overrides=set_ or (), callbacks=callbacks, resume=resume)
+    except KeyboardInterrupt:
+        err.print(
+            "[yellow]Interrupted.[/] Resume from the last checkpoint with --resume RUN_DIR (the run folder printed above)."
+        )
+        raise typer.Exit(130) from None
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "run_id": result.run_id,
+                    "run_dir": str(result.run_dir),
+                    "test": result.metrics,
+                    "best_epoch": result.best_epoch,
+                    "epochs_run": len(result.history),
+                }
+            )
+        )
+        return
+    rows = result.data_report.get("rows", {})
+    table = Table(
+        title=f"{result.recipe.name}: test metrics ({rows.get('test', '?')} held-out rows)",
+        title_justify="left",
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    out.print(table)
+    out.print(
+        f"best epoch {result.best_epoch} of {len(result.history)} · run {result.run_id} · saved in {result.run_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def validate(
+    recipe: RecipeArg,
+    set_: SetOption = None,
+    data: Annotated[
+        bool, typer.Option("--data", help="Also load and prepare the data to check it.")
+    ] = False,
+) -> None:
+    """Check a recipe (and optionally its data) without training."""
+    from danlu.config import load_recipe
+    from danlu.pipeline import check_recipe
+
+    loaded = load_recipe(recipe, set_ or ())
+    check_recipe(loaded)
+    if data:
+        from danlu.data import prepare_data
+
+        prepared = prepare_data(loaded.data, loaded.task)
+        out.print(f"data: {prepared.report}", highlight=False, soft_wrap=True)
+    out.print(
+        f"[green]OK[/] {recipe} is a valid recipe ({loaded.task}, model {loaded.model.type})."
+    )
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a recipe (for editors and CI)."""
+    from danlu.pipeline import recipe_json_schema
+
+    sys.stdout.write(json.dumps(recipe_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def datasets(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List the built-in datasets (shipped inside scikit-learn; nothing is downloaded)."""
+    from dataclasses import asdict
+
+    from danlu.data import list_builtin
+
+    items = list_builtin()
+    if as_json:
+        out.print_json(json.dumps([asdict(d) for d in items]))
+        return
+    table = Table("source", "task", "rows", "features", "classes", "description")
+    for d in items:
+        table.add_row(
+            f"builtin:{d.name}",
+            d.task,
+            str(d.rows),
+            str(d.features),
+            str(d.classes or "-"),
+            d.description,
+        )
+    out.print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print danlu's version."""
+    from danlu import __version__
+
+    out.print(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``danlu`` script: DanluErrors become a message and an exit code."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except DanluError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print("[dim](run with --debug for a traceback)[/]")
+        sys.exit(exc.exit_code)

@@ -1,0 +1,42 @@
+"""The data layer: sources, schema inference, cleaning, encoding, splits and fingerprints.
+
+The pipeline calls one function, :func:`prepare_data`, which turns the recipe's ``data:`` block
+into train / validation / test arrays plus the fitted :class:`Preprocessor` and
+:class:`FeatureSchema` that travel with the model. Everything here works on pandas frames and
+numpy arrays; torch is never imported.
+
+Example:
+    >>> from danlu.config import DataConfig
+    >>> from danlu.data import prepare_data
+    >>> data = prepare_data(DataConfig(source="builtin:wine"), "classification")
+    >>> data.n_features, data.n_classes
+    (13, 3)
+"""
+
+from __future__ import annotations
+
+from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
+from danlu.data._prepare import outlier_rows, prepare_data
+from danlu.data._prepared import PreparedData
+from danlu.data._preprocessor import Preprocessor
+from danlu.data._schema import Feature, FeatureSchema, infer_schema
+from danlu.data._sources import BuiltinDataset, RawData, list_builtin, load_source
+from danlu.data._split import kfold_indices, split_indices
+
+__all__ = [
+    "BuiltinDataset",
+    "Feature",
+    "FeatureSchema",
+    "PreparedData",
+    "Preprocessor",
+    "RawData",
+    "fingerprint_arrays",
+    "fingerprint_frame",
+    "infer_schema",
+    "kfold_indices",
+    "list_builtin",
+    "load_source",
+    "outlier_rows",
+    "prepare_data",
+    "split_indices",
+]

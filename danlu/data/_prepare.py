@@ -1,0 +1,251 @@
+"""``prepare_data``: from the recipe's ``data:`` block to train / validation / test arrays.
+
+The order matters and is the point of this module:
+
+1. load the rows and check the target (no missing values; numeric for regression; two or more
+   classes for classification);
+2. infer the schema and drop ignored columns;
+3. drop rows with missing features (``missing: drop``) and exact duplicates (``dedupe``) *before*
+   splitting, so that no copy of a test row is trained on;
+4. split, then remove outliers from the *training* rows only (the model must still be judged on
+   ordinary and unusual test rows alike);
+5. fit the preprocessor on the training rows only (no statistic of validation or test rows leaks
+   into training) and transform every split with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from danlu.config import DataConfig
+from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
+from danlu.data._prepared import PreparedData
+from danlu.data._preprocessor import Preprocessor, first_row, numeric_values
+from danlu.data._schema import check_task, infer_kinds, infer_schema, preview, sorted_labels
+from danlu.data._sources import load_source
+from danlu.data._split import split_indices
+from danlu.errors import DataError
+from danlu.logging import get_logger
+
+__all__ = ["outlier_rows", "prepare_data"]
+
+logger = get_logger(__name__)
+
+_DEFAULT_THRESHOLD = {"zscore": 3.0, "iqr": 1.5}
+
+
+def _check_target(column: pd.Series, target: str, task: str) -> None:
+    missing = column.isna().to_numpy()
+    if missing.any():
+        raise DataError(
+            f"Target column '{target}' has {int(missing.sum())} missing value(s) in "
+            f"{len(column)} rows, the first at row {first_row(missing)} (1 = first data row). "
+            "Every row needs a target: drop or fill those rows."
+        )
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(
+            column.dtype
+        ):
+            raise DataError(
+                f"Regression needs a numeric target, but column '{target}' holds {column.dtype} "
+                f"values such as {column.iloc[0]!r}. Use task: classification, or pick a numeric "
+                "target column."
+            )
+        return
+    labels = column.unique()
+    if len(labels) < 2:
+        raise DataError(
+            f"Classification needs at least two classes, but target column '{target}' holds only "
+            f"{labels[0]!r} in all {len(column)} rows. Check data.target, or add rows of the "
+            "other classes."
+        )
+    # Many classes with a row or two each cannot be learned nor tested: a quantity or an id.
+    if len(labels) > 20 and len(column) < 3 * len(labels):
+        raise DataError(
+            f"Target column '{target}' does not look like classes: {len(labels)} classes in "
+            f"{len(column)} rows ({len(column) / len(labels):.1f} rows per class). If it is a "
+            "quantity, use task: regression; if it is an id, pick another data.target."
+        )
+
+
+def outlier_rows(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    method: str = "zscore",
+    threshold: float | None = None,
+) -> np.ndarray:
+    """A boolean mask of the rows of ``frame`` with an outlying value in any of ``columns``.
+
+    ``zscore``: ``|x - mean| / std > threshold`` (default 3.0); ``iqr``: ``x`` outside
+    ``[q1 - t * iqr, q3 + t * iqr]`` (default t = 1.5). Statistics come from ``frame`` itself;
+    missing values are never outliers; columns with zero spread are skipped.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"x": [1.0, 2.0, 3.0, 2.0, 100.0]})
+        >>> outlier_rows(df, ["x"], "iqr").tolist()
+        [False, False, False, False, True]
+    """
+    if method not in _DEFAULT_THRESHOLD:
+        raise DataError(
+            f"Unknown outlier method '{method}'. Valid methods: {', '.join(_DEFAULT_THRESHOLD)}."
+        )
+    threshold = threshold or _DEFAULT_THRESHOLD[method]
+    flagged = np.zeros(len(frame), dtype=bool)
+    for name in columns:
+        values = numeric_values(frame[name])
+        present = values[~np.isnan(values)]
+        if present.size == 0:
+            continue
+        with np.errstate(invalid="ignore"):  # NaN comparisons are False: missing is no outlier
+            if method == "zscore":
+                std = float(np.std(present))
+                if std > 0:
+                    flagged |= np.abs(values - float(np.mean(present))) / std > threshold
+            else:
+                q1, q3 = np.percentile(present, [25, 75])
+                spread = float(q3 - q1)
+                if spread > 0:
+                    flagged |= (values < q1 - threshold * spread) | (
+                        values > q3 + threshold * spread
+                    )
+    return flagged
+
+
+def _drop(frame: pd.DataFrame, mask: np.ndarray, why: str) -> tuple[pd.DataFrame, int]:
+    count = int(mask.sum())
+    if count:
+        logger.info("Dropped %d of %d rows: %s.", count, len(frame), why)
+    return frame.loc[~mask], count
+
+
+def prepare_data(config: DataConfig, task: str) -> PreparedData:
+    """Load, clean, split and encode the data a recipe's ``data:`` block describes.
+
+    Args:
+        config: the recipe's ``data`` block.
+        task: ``classification`` or ``regression``.
+
+    Returns:
+        The prepared splits with the fitted schema and preprocessor, fingerprints and a report.
+
+    Raises:
+        DataError: the source, target, features, split or image shape cannot be used as asked.
+        NotFoundError: an unknown built-in data set.
+
+    Example:
+        >>> from danlu.config import DataConfig
+        >>> data = prepare_data(DataConfig(source="builtin:digits"), "classification")
+        >>> data.x_train.shape[1], data.schema.image_shape, data.report["rows"]["test"]
+        (64, (1, 8, 8), 360)
+    """
+    check_task(task)
+    prep = config.prepare
+    raw = load_source(config.source, config.target)
+    frame, target = raw.frame, raw.target
+    raw_fingerprint = fingerprint_frame(frame)
+    _check_target(frame[target], target, task)
+    image_shape = tuple(config.image_shape) if config.image_shape else raw.image_shape
+    kinds = infer_kinds(frame, target, task, config.features)
+    schema = infer_schema(frame, target, task, kinds, encode=prep.encode, image_shape=image_shape)
+    features = list(schema.feature_names)
+    if not features:
+        raise DataError(
+            f"No feature columns are left in '{raw.source}': every column but the target "
+            f"'{target}' is ignored. Remove some 'ignore' entries from data.features."
+        )
+    rows_loaded = len(frame)
+
+    # Both drops happen before the split, so no duplicate of a test row can land in training.
+    missing_dropped = duplicates_dropped = 0
+    if prep.missing == "drop":
+        mask = frame[features].isna().any(axis=1).to_numpy()
+        frame, missing_dropped = _drop(frame, mask, "a feature value is missing (missing: drop)")
+    if prep.dedupe:
+        mask = frame.duplicated(subset=[*features, target]).to_numpy()
+        frame, duplicates_dropped = _drop(frame, mask, "exact duplicates of earlier rows")
+    frame = frame.reset_index(drop=True)
+    if len(frame) == 0:
+        raise DataError(
+            f"No rows are left in '{raw.source}' after dropping {missing_dropped} row(s) with "
+            f"missing values and {duplicates_dropped} duplicate(s). Use another missing strategy."
+        )
+    _check_target(frame[target], target, task)
+    classes = sorted_labels(frame[target]) if task == "classification" else None
+
+    stratify = config.split.stratify if config.split.stratify is not None else classes is not None
+    if stratify and classes is None:
+        logger.warning("data.split.stratify is ignored for regression: it needs classes.")
+        stratify = False
+    split = config.split
+    train_idx, val_idx, test_idx = split_indices(
+        frame[target].to_numpy(), test=split.test, val=split.val, stratify=stratify, seed=split.seed
+    )
+    train = frame.iloc[train_idx]
+
+    outliers_removed = 0
+    if prep.outliers is not None:
+        numeric = [f.name for f in schema.features if f.kind == "numeric"]
+        flagged = outlier_rows(train, numeric, prep.outliers.method, prep.outliers.threshold)
+        train, outliers_removed = _drop(train, flagged, f"{prep.outliers.method} outliers")
+        if len(train) == 0:
+            raise DataError(
+                f"Outlier removal ({prep.outliers.method}) flagged every training row. Raise "
+                "data.prepare.outliers.threshold or remove data.prepare.outliers."
+            )
+        if outliers_removed > 0.1 * len(flagged):
+            logger.warning(
+                "Outlier removal (%s) dropped %d of %d training rows; consider a higher threshold.",
+                prep.outliers.method,
+                outliers_removed,
+                len(flagged),
+            )
+    if classes is not None:
+        absent = sorted(set(map(str, classes)) - {str(v) for v in train[target].unique()})
+        if absent:
+            logger.warning(
+                "Class %s has no training rows; the model cannot learn it. Add data of that class.",
+                preview(absent),
+            )
+
+    pre = Preprocessor(
+        prep, target=target, task=task, overrides=kinds, image_shape=image_shape, classes=classes
+    ).fit(train)
+    fitted = pre.schema_
+    if image_shape is not None and int(np.prod(image_shape)) != fitted.input_dim:
+        where = "data.image_shape" if config.image_shape else f"the image shape of '{raw.source}'"
+        raise DataError(
+            f"{where} {list(image_shape)} holds {int(np.prod(image_shape))} values, but the "
+            f"prepared rows have {fitted.input_dim} feature columns. Make the shape's product "
+            f"equal {fitted.input_dim}, or remove data.image_shape."
+        )
+    val, test = frame.iloc[val_idx], frame.iloc[test_idx]
+    arrays = (
+        pre.transform(train), pre.encode_target(train[target]),
+        pre.transform(val), pre.encode_target(val[target]),
+        pre.transform(test), pre.encode_target(test[target]),
+    )  # fmt: skip
+    report = {
+        "source": raw.source,
+        "rows_loaded": rows_loaded,
+        "missing_dropped": missing_dropped,
+        "duplicates_dropped": duplicates_dropped,
+        "outliers_removed": outliers_removed,
+        "rows": {"train": len(train), "val": len(val), "test": len(test)},
+        "features": len(features),
+        "ignored": [c for c, kind in kinds.items() if kind == "ignore"],
+        "input_dim": fitted.input_dim,
+        "stratified": bool(stratify),
+    }
+    return PreparedData(
+        *arrays,
+        schema=fitted,
+        preprocessor=pre,
+        raw_fingerprint=raw_fingerprint,
+        fingerprint=fingerprint_arrays(*arrays),
+        report=report,
+        test_frame=test.drop(columns=[target]).reset_index(drop=True),
+    )

@@ -1,0 +1,489 @@
+"""The preprocessor: imputation, scaling and encoding fitted on training rows, replayed anywhere.
+
+:class:`Preprocessor` follows scikit-learn's estimator habits: the constructor only stores
+settings, ``fit`` learns state (attributes ending in ``_``) from the *training* rows, and
+``transform`` replays it on any raw rows — validation, test, or a request at serving time. Its
+state is plain JSON (``to_dict`` / ``from_dict``) so it travels with the model; scikit-learn's
+scalers are used to fit, and their learned centre and scale are kept as floats so the replay is
+``(x - center) / scale`` with no pickled objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
+
+from danlu.config import PrepareConfig
+from danlu.data._schema import (
+    FALSE_TOKENS,
+    TRUE_TOKENS,
+    Feature,
+    FeatureSchema,
+    bool_token,
+    category_str,
+    encoded_columns,
+    infer_kinds,
+    preview,
+    sorted_labels,
+    to_plain,
+)
+from danlu.errors import DataError, NotFittedError
+
+__all__ = ["Preprocessor", "first_row", "numeric_values"]
+
+_FORMAT = "danlu.preprocessor"
+_VERSION = 1
+
+
+def first_row(mask: np.ndarray) -> int:
+    """The 1-based number of the first True row of ``mask`` (1 = the first data row)."""
+    return int(np.flatnonzero(mask)[0]) + 1
+
+
+def numeric_values(column: pd.Series) -> np.ndarray:
+    """A column as float64 with NaN for missing values.
+
+    Raises:
+        DataError: a value is not a number, or is infinite.
+    """
+    name = column.name
+    if pd.api.types.is_bool_dtype(column.dtype):
+        values = column.astype("float64").to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        converted = pd.to_numeric(column, errors="coerce")
+        bad = converted.isna().to_numpy() & column.notna().to_numpy()
+        if bad.any():
+            raise DataError(
+                f"Numeric column '{name}' holds {int(bad.sum())} value(s) that are not numbers, "
+                f"e.g. {column[bad].iloc[0]!r} at row {first_row(bad)}. Fix the data or set "
+                f"data.features: {{{name}: categorical}}."
+            )
+        values = converted.to_numpy(dtype="float64", na_value=np.nan)
+    infinite = np.isinf(values)
+    if infinite.any():
+        raise DataError(
+            f"Numeric column '{name}' holds {int(infinite.sum())} infinite value(s), the first at "
+            f"row {first_row(infinite)}. Replace them with finite numbers or leave them empty."
+        )
+    return values
+
+
+def _boolean_values(column: pd.Series) -> np.ndarray:
+    """A boolean column as float64 0/1 with NaN for missing values."""
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return column.astype("float64").to_numpy(dtype="float64", na_value=np.nan)
+    out = np.full(len(column), np.nan)
+    present = column.notna().to_numpy()
+    tokens = [bool_token(v) for v in column[present]]
+    unknown = [v for v, t in zip(column[present], tokens, strict=True) if t is None]
+    if unknown:
+        raise DataError(
+            f"Boolean column '{column.name}' holds {unknown[0]!r}, which is not a true/false "
+            "value. "
+            f"Use one of {sorted(TRUE_TOKENS)} or {sorted(FALSE_TOKENS)}, or set data.features: "
+            f"{{{column.name}: categorical}}."
+        )
+    out[present] = np.asarray(tokens, dtype="float64")
+    return out
+
+
+def _category_values(column: pd.Series) -> np.ndarray:
+    """A categorical column as an object array of strings, None for missing values."""
+    out = np.full(len(column), None, dtype=object)
+    present = column.notna().to_numpy()
+    out[present] = [category_str(v) for v in column[present]]
+    return out
+
+
+def _mode(values: np.ndarray) -> Any:
+    """The most frequent value (the smallest one on ties); None when there are none."""
+    present = pd.Series(values).dropna()
+    if present.empty:
+        return None
+    return to_plain(present.mode().iloc[0])
+
+
+_SCALERS = {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}
+
+
+def _fit_scaler(method: str, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(center, scale) per column so that the scaled value is ``(x - center) / scale``."""
+    d = matrix.shape[1]
+    if method == "none" or d == 0:
+        return np.zeros(d), np.ones(d)
+    scaler = _SCALERS[method]().fit(matrix)
+    if method == "standard":
+        center, scale = scaler.mean_, scaler.scale_
+    elif method == "minmax":
+        center, scale = scaler.data_min_, scaler.data_range_
+    else:
+        center, scale = scaler.center_, scaler.scale_
+    scale = np.where(np.isfinite(scale) & (scale != 0), scale, 1.0)
+    return np.asarray(center, dtype="float64"), np.asarray(scale, dtype="float64")
+
+
+class Preprocessor:
+    """Imputes, scales and encodes raw rows into a float32 matrix; encodes the target.
+
+    Args:
+        config: the recipe's ``data.prepare`` block (missing values, scaling, encoding).
+        target: the target column.
+        task: ``classification`` or ``regression``.
+        overrides: column → kind (``numeric``/``categorical``/``boolean``/``ignore``).
+        image_shape: the image shape the encoded features form, if any (kept in the schema).
+        classes: the known labels (classification); default: the labels in the fitted rows.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"x": [1.0, 3.0], "c": ["a", "b"], "y": [0.0, 2.0]})
+        >>> pre = Preprocessor(target="y", task="regression").fit(df)
+        >>> pre.transform(df).tolist()
+        [[-1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+        >>> pre.encode_target(df["y"]).tolist()
+        [-1.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        config: PrepareConfig | None = None,
+        *,
+        target: str,
+        task: str,
+        overrides: Mapping[str, str] | None = None,
+        image_shape: Sequence[int] | None = None,
+        classes: Sequence[Any] | None = None,
+    ) -> None:
+        self.config = config if config is not None else PrepareConfig.model_validate({})
+        self.target = target
+        self.task = task
+        self.overrides = dict(overrides or {})
+        self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
+        self.classes = None if classes is None else tuple(to_plain(c) for c in classes)
+        self._schema: FeatureSchema | None = None  # set by fit / from_dict
+
+    @property
+    def schema_(self) -> FeatureSchema:
+        """The fitted :class:`FeatureSchema` (raises NotFittedError before ``fit``)."""
+        if self._schema is None:
+            raise NotFittedError(
+                "This Preprocessor is not fitted yet. Call fit(frame) with the training rows "
+                "first, or rebuild a fitted one with Preprocessor.from_dict(...)."
+            )
+        return self._schema
+
+    # ---- fitting -------------------------------------------------------------------------------
+
+    def fit(self, frame: pd.DataFrame) -> Preprocessor:
+        """Learn imputation values, scaling, categories and target encoding from training rows.
+
+        Args:
+            frame: the training rows, features and target.
+
+        Returns:
+            self.
+
+        Raises:
+            DataError: a column cannot be used as its kind, or has no values to learn from.
+        """
+        kinds = infer_kinds(frame, self.target, self.task, self.overrides)
+        if all(kind == "ignore" for kind in kinds.values()):
+            raise DataError(
+                f"No feature columns are left: every column but the target '{self.target}' is "
+                "ignored. Remove some 'ignore' entries from data.features."
+            )
+        fill: dict[str, Any] = {}
+        features: list[Feature] = []
+        numeric: list[np.ndarray] = []
+        for name, kind in kinds.items():
+            if kind == "ignore":
+                continue
+            values = self._raw_values(frame[name], kind)
+            fill[name] = self._fit_fill(name, kind, values)
+            filled = self._filled(values, fill[name])
+            if kind == "categorical":
+                categories = tuple(sorted({v for v in filled if v is not None}))
+                features.append(Feature(name, kind, categories))
+                continue
+            if kind == "numeric":
+                numeric.append(filled)
+            features.append(Feature(name, kind))
+        matrix = np.column_stack(numeric) if numeric else np.empty((len(frame), 0))
+        center, scale = _fit_scaler(self.config.scale, matrix)
+        names = [f.name for f in features if f.kind == "numeric"]
+        schema = self._fit_target(frame[self.target], features)
+        # Assign the learned state last, so a failed fit leaves no half-fitted object behind.
+        self.fill_ = fill
+        self.center_ = {n: float(c) for n, c in zip(names, center, strict=True)}
+        self.scale_ = {n: float(s) for n, s in zip(names, scale, strict=True)}
+        self._schema = schema
+        return self
+
+    def _raw_values(self, column: pd.Series, kind: str) -> np.ndarray:
+        if kind == "numeric":
+            return numeric_values(column)
+        if kind == "boolean":
+            return _boolean_values(column)
+        return _category_values(column)
+
+    def _fit_fill(self, name: str, kind: str, values: np.ndarray) -> Any:
+        """The value that replaces a missing one in this column (None with ``missing: drop``)."""
+        strategy, constant = self.config.missing, self.config.fill_value
+        if strategy == "drop":
+            return None
+        if kind == "categorical" and strategy == "constant":
+            return category_str(constant)
+        token = bool_token(constant)
+        if kind == "boolean" and strategy == "constant" and token is not None:
+            return float(token)
+        if kind == "numeric" and strategy == "constant":
+            try:
+                return float(constant)
+            except ValueError:
+                raise DataError(
+                    f"data.prepare.fill_value {constant!r} cannot fill missing values of numeric "
+                    f"column '{name}'. Use a number, or another missing strategy."
+                ) from None
+        if kind == "numeric" and strategy in ("mean", "median"):
+            present = values[~np.isnan(values)]
+            value = None if present.size == 0 else getattr(np, strategy)(present)
+        else:  # most_frequent, and the only choice for categorical and boolean columns
+            value = _mode(values)
+        if value is None:
+            raise DataError(
+                f"Column '{name}' has no values in the training rows, so its missing "
+                f"values cannot be filled. Set data.features: {{{name}: ignore}} or fix "
+                "the data."
+            )
+        return value if kind == "categorical" else float(value)
+
+    @staticmethod
+    def _filled(values: np.ndarray, fill: Any) -> np.ndarray:
+        if fill is None:  # missing: drop learns no fill value
+            return values
+        out = values.copy()
+        if out.dtype == object:
+            out[pd.isna(out)] = fill
+        else:
+            out[np.isnan(out)] = fill
+        return out
+
+    def _fit_target(self, column: pd.Series, features: list[Feature]) -> FeatureSchema:
+        missing = column.isna().to_numpy()
+        if missing.any():
+            raise DataError(
+                f"Target column '{self.target}' has {int(missing.sum())} missing value(s) in the "
+                f"rows to fit, the first at row {first_row(missing)}. Drop or fill those rows."
+            )
+        classes = mean = std = None
+        if self.task == "classification":
+            classes = self.classes if self.classes is not None else sorted_labels(column)
+        else:
+            y = numeric_values(column)
+            mean, std = float(np.mean(y)), float(np.std(y))
+            std = std if std > 0 else 1.0
+        encoded = encoded_columns(features, self.config.encode)
+        return FeatureSchema(
+            features=tuple(features),
+            target=self.target,
+            task=self.task,
+            classes=classes,
+            target_mean=mean,
+            target_std=std,
+            image_shape=self.image_shape,
+            input_dim=len(encoded),
+            encoded_names=encoded,
+        )
+
+    # ---- replay --------------------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        self.schema_  # noqa: B018 - raises NotFittedError before fit
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Encode raw rows into a float32 matrix of shape ``(n, input_dim)``.
+
+        Missing values are filled with the values learned in ``fit``. Unseen categories become
+        all zeros (one-hot) or ``k`` (ordinal, ``k`` known categories). Extra columns (such as
+        the target) are ignored.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            DataError: a feature column is absent, a value cannot be read as its kind, or a value
+                is missing with ``missing: drop``.
+        """
+        self._check_fitted()
+        schema = self.schema_
+        absent = [f.name for f in schema.features if f.name not in frame.columns]
+        if absent:
+            raise DataError(
+                f"The input rows lack feature column(s) {preview(absent)}. Every row needs the "
+                f"columns the model was trained on: {preview(schema.feature_names)}."
+            )
+        out = np.zeros((len(frame), schema.input_dim), dtype=np.float32)  # (n, input_dim)
+        col = 0
+        for feature in schema.features:
+            values = self._raw_values(frame[feature.name], feature.kind)
+            values = self._replay_fill(feature.name, values)
+            if feature.kind == "numeric":
+                out[:, col] = (values - self.center_[feature.name]) / self.scale_[feature.name]
+                col += 1
+            elif feature.kind == "boolean":
+                out[:, col] = values
+                col += 1
+            else:
+                index = {c: i for i, c in enumerate(feature.categories)}
+                k = len(feature.categories)
+                codes = np.fromiter((index.get(v, -1) for v in values), np.int64, len(values))
+                if self.config.encode == "ordinal":
+                    out[:, col] = np.where(codes < 0, k, codes)
+                    col += 1
+                else:
+                    seen = codes >= 0
+                    out[np.flatnonzero(seen), col + codes[seen]] = 1.0
+                    col += k
+        return out
+
+    def _replay_fill(self, name: str, values: np.ndarray) -> np.ndarray:
+        missing = pd.isna(values) if values.dtype == object else np.isnan(values)
+        if not missing.any():
+            return values
+        if self.fill_[name] is None:
+            raise DataError(
+                f"Column '{name}' has {int(missing.sum())} missing value(s), the first at row "
+                f"{first_row(missing)}, and data.prepare.missing is 'drop', so no fill value was "
+                "learned. Supply a value for every feature, or train with another missing strategy."
+            )
+        return self._filled(values, self.fill_[name])
+
+    def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """``fit(frame)`` then ``transform(frame)``."""
+        return self.fit(frame).transform(frame)
+
+    # ---- target --------------------------------------------------------------------------------
+
+    def encode_target(self, series: pd.Series | Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Classification: int64 indices into ``classes``; regression: float32 ``(y - mean) / std``.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            DataError: a missing value, or a label the preprocessor does not know.
+        """
+        self._check_fitted()
+        column = pd.Series(series, name=self.target).reset_index(drop=True)
+        missing = column.isna().to_numpy()
+        if missing.any():
+            raise DataError(
+                f"Target column '{self.target}' has {int(missing.sum())} missing value(s), the "
+                f"first at row {first_row(missing)}. Every row needs a target."
+            )
+        schema = self.schema_
+        if schema.classes is None:
+            mean, std = schema.target_mean or 0.0, schema.target_std or 1.0
+            return ((numeric_values(column) - mean) / std).astype(np.float32)
+        index = {c: i for i, c in enumerate(schema.classes)}
+        codes = np.fromiter((index.get(to_plain(v), -1) for v in column), np.int64, len(column))
+        unknown = codes < 0
+        if unknown.any():
+            labels = sorted({str(v) for v in column[unknown]})
+            raise DataError(
+                f"Target column '{self.target}' holds label(s) {preview(labels)} (first at row "
+                f"{first_row(unknown)}) that are not among the known classes "
+                f"{preview([str(c) for c in schema.classes])}. Add rows of those classes to the "
+                "training data or remove them."
+            )
+        return codes
+
+    def decode_target(self, array: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Invert :meth:`encode_target`: indices → original labels; regression: un-standardize.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            DataError: a class index out of range.
+        """
+        self._check_fitted()
+        values = np.asarray(array)
+        schema = self.schema_
+        if schema.classes is None:
+            mean, std = schema.target_mean or 0.0, schema.target_std or 1.0
+            return values.astype("float64") * std + mean
+        k = len(schema.classes)
+        if values.size and (values.min() < 0 or values.max() >= k):
+            raise DataError(
+                f"Class indices must lie in 0..{k - 1} (there are {k} classes); got values from "
+                f"{values.min()} to {values.max()}."
+            )
+        return np.asarray(schema.classes)[values.astype(np.int64)]
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as a JSON-serialisable dict (``json.dumps`` works on it).
+
+        Example:
+            >>> import json, pandas as pd
+            >>> pre = Preprocessor(target="y", task="regression").fit(
+            ...     pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}))
+            >>> isinstance(json.dumps(pre.to_dict()), str)
+            True
+        """
+        self._check_fitted()
+        return {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "config": self.config.model_dump(mode="json"),
+            "target": self.target,
+            "task": self.task,
+            "overrides": dict(self.overrides),
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "classes": None if self.classes is None else [to_plain(c) for c in self.classes],
+            "schema": self.schema_.to_dict(),
+            "fill": {k: to_plain(v) for k, v in self.fill_.items()},
+            "center": dict(self.center_),
+            "scale": dict(self.scale_),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessor:
+        """Rebuild a fitted preprocessor from :meth:`to_dict`'s output.
+
+        Raises:
+            DataError: the dict is not a danlu preprocessor or is malformed.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
+            raise DataError(
+                "This is not a saved danlu preprocessor (its 'format' is not "
+                f"'{_FORMAT}'). Pass the output of Preprocessor.to_dict()."
+            )
+        if data.get("version") != _VERSION:
+            raise DataError(
+                f"Saved preprocessor version {data.get('version')!r} is not supported (this danlu "
+                f"reads version {_VERSION}). Re-export the model with this version of danlu."
+            )
+        try:
+            pre = cls(
+                PrepareConfig.model_validate(data["config"]),
+                target=data["target"],
+                task=data["task"],
+                overrides=data["overrides"],
+                image_shape=data["image_shape"],
+                classes=data["classes"],
+            )
+            pre._schema = FeatureSchema.from_dict(data["schema"])
+            pre.fill_ = dict(data["fill"])
+            pre.center_ = {str(k): float(v) for k, v in data["center"].items()}
+            pre.scale_ = {str(k): float(v) for k, v in data["scale"].items()}
+        except (KeyError, TypeError, ValueError, ValidationError) as exc:
+            raise DataError(
+                f"The saved preprocessor is malformed ({type(exc).__name__}: {exc}). Re-export "
+                "the model; do not edit the file by hand."
+            ) from exc
+        return pre
+
+    def __repr__(self) -> str:
+        state = "fitted" if self._schema is not None else "not fitted"
+        return f"Preprocessor(target={self.target!r}, task={self.task!r}, {state})"

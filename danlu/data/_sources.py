@@ -1,0 +1,280 @@
+"""Where rows come from: scikit-learn's bundled data sets and local files.
+
+``load_source("builtin:digits")`` or ``load_source("data/train.csv", target="label")`` returns a
+:class:`RawData`: one frame holding the features and the target. Nothing is ever downloaded; the
+built-ins are the data sets that ship inside scikit-learn.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from danlu.data._schema import preview
+from danlu.errors import DataError, NotFoundError
+from danlu.registry import did_you_mean
+from danlu.types import StrPath
+
+__all__ = ["BuiltinDataset", "RawData", "list_builtin", "load_source"]
+
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_TARGET = "target"
+FILE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".json", ".npz")
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A data set that ships inside scikit-learn (no download).
+
+    Attributes:
+        name: the name used in ``source: builtin:NAME``.
+        task: ``classification`` or ``regression``.
+        rows: number of rows.
+        features: number of feature columns.
+        classes: number of classes (classification), else None.
+        description: one line on what it is.
+        image_shape: the shape of one row as an image, e.g. ``(1, 8, 8)``, else None.
+    """
+
+    name: str
+    task: str
+    rows: int
+    features: int
+    classes: int | None
+    description: str
+    image_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RawData:
+    """Rows as loaded, before any cleaning.
+
+    Attributes:
+        frame: the features and the target, one row per example.
+        target: the target column's name.
+        source: the source string it was loaded from.
+        image_shape: the shape of one row as an image (built-ins and 3-D/4-D ``.npz``), else None.
+    """
+
+    frame: pd.DataFrame
+    target: str
+    source: str
+    image_shape: tuple[int, ...] | None = None
+
+
+_BUILTINS: tuple[BuiltinDataset, ...] = (
+    BuiltinDataset(
+        "breast_cancer", "classification", 569, 30, 2,
+        "Wisconsin breast cancer: 30 cell-nucleus measurements, malignant (0) or benign (1).",
+    ),
+    BuiltinDataset(
+        "diabetes", "regression", 442, 10, None,
+        "Diabetes progression one year after baseline from age, sex, BMI, blood pressure and "
+        "six blood serum measurements (unscaled).",
+    ),
+    BuiltinDataset(
+        "digits", "classification", 1797, 64, 10,
+        "Handwritten digits 0-9 as 8x8 grey images (pixel values 0-16).", (1, 8, 8),
+    ),
+    BuiltinDataset(
+        "iris", "classification", 150, 4, 3,
+        "Iris flowers: sepal and petal sizes of three species.",
+    ),
+    BuiltinDataset(
+        "wine", "classification", 178, 13, 3,
+        "Wine recognition: 13 chemical measurements of wines from three cultivars.",
+    ),
+)  # fmt: skip
+
+
+def list_builtin() -> list[BuiltinDataset]:
+    """The built-in data sets, sorted by name.
+
+    Example:
+        >>> [d.name for d in list_builtin()]
+        ['breast_cancer', 'diabetes', 'digits', 'iris', 'wine']
+    """
+    return list(_BUILTINS)
+
+
+def _sklearn_loader(name: str) -> Callable[[], Any]:
+    from sklearn import datasets
+
+    loaders: dict[str, Callable[[], Any]] = {
+        "breast_cancer": lambda: datasets.load_breast_cancer(as_frame=True),
+        "diabetes": lambda: datasets.load_diabetes(as_frame=True, scaled=False),
+        "digits": lambda: datasets.load_digits(as_frame=True),
+        "iris": lambda: datasets.load_iris(as_frame=True),
+        "wine": lambda: datasets.load_wine(as_frame=True),
+    }
+    return loaders[name]
+
+
+def _load_builtin(name: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
+    known = {d.name: d for d in _BUILTINS}
+    if name not in known:
+        names = sorted(known)
+        raise NotFoundError(
+            f"Unknown built-in data set '{name}'.{did_you_mean(name, names)} "
+            f"Valid names: {', '.join(names)} (use e.g. 'builtin:{names[0]}')."
+        )
+    bunch = _sklearn_loader(name)()
+    frame = bunch.frame.copy()
+    if DEFAULT_TARGET not in frame.columns:  # sklearn names it 'target'; keep that promise
+        frame[DEFAULT_TARGET] = np.asarray(bunch.target)
+    return frame.reset_index(drop=True), known[name].image_shape
+
+
+def _check_path(source: str) -> Path:
+    if "\x00" in source:
+        raise DataError(
+            "The data source path contains a NUL byte, which no file name can hold. "
+            "Check data.source for stray characters."
+        )
+    if not source.strip():
+        raise DataError(
+            "data.source is empty. Give 'builtin:NAME' or a path to a "
+            f"{', '.join(FILE_SUFFIXES)} file."
+        )
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise DataError(
+            f"Cannot read '{source}': unsupported file type '{suffix or '(none)'}'. Supported: "
+            f"{', '.join(FILE_SUFFIXES)} (.json is read as JSON Lines), or 'builtin:NAME'."
+        )
+    if not path.exists():
+        raise DataError(
+            f"Data file '{source}' does not exist (looked in {path.resolve()}). "
+            "Check data.source; relative paths are read from the current directory."
+        )
+    if not path.is_file():
+        raise DataError(f"Data source '{source}' is not a file. Point data.source at a file.")
+    return path
+
+
+def _read_npz(path: Path) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
+    with np.load(path, allow_pickle=False) as arrays:
+        keys = list(arrays.keys())
+        x_key = "X" if "X" in keys else "x" if "x" in keys else None
+        y_key = "y" if "y" in keys else "Y" if "Y" in keys else None
+        if x_key is None or y_key is None:
+            raise DataError(
+                f"'{path}' must hold arrays 'X' (rows x features) and 'y' (one target per row); "
+                f"it holds {preview(keys) or 'no arrays'}. Save it with np.savez(path, X=X, y=y)."
+            )
+        x, y = arrays[x_key], arrays[y_key]
+    if x.ndim < 2:
+        raise DataError(f"Array '{x_key}' in '{path}' must be 2-D (rows, features); got {x.shape}.")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(
+            f"Array '{y_key}' in '{path}' must be 1-D with one value per row of '{x_key}'; got "
+            f"shape {y.shape} for {x_key} of shape {x.shape}."
+        )
+    # (n, h, w) and (n, c, h, w) arrays are images: flatten them and remember the shape.
+    image_shape = None
+    if x.ndim == 3:
+        image_shape = (1, *x.shape[1:])
+    elif x.ndim > 3:
+        image_shape = tuple(int(s) for s in x.shape[1:])
+    flat = x.reshape(len(x), -1)
+    frame = pd.DataFrame(flat, columns=[f"x{i}" for i in range(flat.shape[1])])
+    frame[DEFAULT_TARGET] = y
+    return frame, image_shape
+
+
+def _read_file(path: Path, source: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            return _read_npz(path)
+        if suffix == ".csv":
+            return pd.read_csv(path), None
+        if suffix == ".parquet":
+            return pd.read_parquet(path), None
+        return pd.read_json(path, lines=True), None
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(
+            f"Data file '{source}' is empty (no header, no rows). It needs at least one row."
+        ) from exc
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        hint = " A .json file must be JSON Lines: one object per line." if suffix == ".json" else ""
+        raise DataError(
+            f"Cannot read data file '{source}' as {suffix[1:]}: {type(exc).__name__}: {exc}.{hint} "
+            "Check that the file is complete and in that format."
+        ) from exc
+    except Exception as exc:  # pyarrow raises its own error types for corrupt Parquet files
+        raise DataError(
+            f"Cannot read data file '{source}' as {suffix[1:]}: {type(exc).__name__}: {exc}. "
+            "Check that the file is complete and in that format."
+        ) from exc
+
+
+def _check_target(frame: pd.DataFrame, target: str | None, source: str) -> str:
+    columns = list(frame.columns)
+    if target is None:
+        if DEFAULT_TARGET in columns:
+            return DEFAULT_TARGET
+        raise DataError(
+            f"'{source}' has no column named '{DEFAULT_TARGET}' and data.target is not set. "
+            f"Set data.target to one of: {preview(columns)}."
+        )
+    if target not in columns:
+        raise DataError(
+            f"Target column '{target}' is not in '{source}'.{did_you_mean(target, columns)} "
+            f"Columns: {preview(columns)}. "
+            "Set data.target to one of them."
+        )
+    return target
+
+
+def load_source(source: StrPath, target: str | None = None) -> RawData:
+    """Load rows from ``builtin:NAME`` or a .csv, .parquet, .jsonl/.json or .npz file.
+
+    ``.json`` files are read as JSON Lines. A ``.npz`` file holds ``X`` (rows, features) and
+    ``y`` (rows,) (``x``/``y`` also accepted); features become columns ``x0..x{d-1}`` and the
+    target ``target``. Built-ins name their target ``target``; so does a file unless ``target``
+    names another column.
+
+    Args:
+        source: ``builtin:NAME`` or a file path.
+        target: the target column (default ``target``).
+
+    Raises:
+        NotFoundError: an unknown built-in (the message lists the valid names).
+        DataError: missing, unreadable or empty file, unsupported type, or absent target column.
+
+    Example:
+        >>> raw = load_source("builtin:iris")
+        >>> raw.frame.shape, raw.target
+        ((150, 5), 'target')
+    """
+    source = os.fspath(source)
+    if source.startswith(BUILTIN_PREFIX):
+        frame, image_shape = _load_builtin(source[len(BUILTIN_PREFIX) :])
+    else:
+        frame, image_shape = _read_file(_check_path(source), source)
+    columns = [str(c) for c in frame.columns]
+    if len(set(columns)) != len(columns):
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        raise DataError(
+            f"'{source}' has duplicate column names: {preview(dupes)}. Rename them so each "
+            "column name is unique."
+        )
+    frame.columns = pd.Index(columns)
+    if len(frame) == 0:
+        raise DataError(
+            f"'{source}' has zero rows (columns: {preview(columns)}). It needs data rows."
+        )
+    name = _check_target(frame, target, source)
+    return RawData(frame=frame, target=name, source=source, image_shape=image_shape)

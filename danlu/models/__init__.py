@@ -1,0 +1,73 @@
+"""Model architectures: a registry of ``name → builder(spec, schema, task) → nn.Module``.
+
+Each builder owns the pydantic spec of its options. Users plug in their own builder by import
+path: ``model: {type: mypkg.models:build}``; if the function has a ``spec`` attribute (a pydantic
+class) the options are validated with it, otherwise it receives them as a dict.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from danlu.config import ConfigIssue, ModelConfig
+from danlu.errors import NotFoundError
+from danlu.models._cnn import CNNSpec, build_cnn
+from danlu.models._common import ModelSpec
+from danlu.models._mlp import MLPSpec, build_mlp
+from danlu.registry import Registry
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from danlu.data import FeatureSchema
+    from danlu.tasks import Task
+
+__all__ = ["MODELS", "CNNSpec", "MLPSpec", "ModelSpec", "build_model", "check_model_config"]
+
+MODELS: Registry[Any] = Registry("model")
+MODELS.register("mlp", spec=MLPSpec)(build_mlp)
+MODELS.register("cnn", spec=CNNSpec)(build_cnn)
+
+
+def check_model_config(config: ModelConfig) -> tuple[Any, list[ConfigIssue]]:
+    """Validate the model block against its builder's spec; return (options, issues).
+
+    Issues carry key paths under ``model`` so the recipe loader can point at the YAML line.
+    """
+    try:
+        entry = MODELS.get(config.type)
+    except NotFoundError as exc:
+        return None, [ConfigIssue(("model", "type"), str(exc).rstrip("."), None, "")]
+    if entry.spec is None:
+        return config.options(), []
+    try:
+        return entry.spec.model_validate(config.options()), []
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors():
+            loc = ("model", *err["loc"])
+            if err["type"] == "extra_forbidden":
+                from danlu.registry import did_you_mean
+
+                valid = [k for k in entry.spec.model_fields]
+                hint = did_you_mean(str(err["loc"][-1]), valid).strip()
+                fix = f"{hint} Options of '{config.type}': {', '.join(valid)}.".strip()
+                issues.append(ConfigIssue(loc, "unknown key", None, fix))
+            else:
+                issues.append(ConfigIssue(loc, err["msg"], err.get("input"), ""))
+        return None, issues
+
+
+def build_model(config: ModelConfig, schema: FeatureSchema, task: Task) -> nn.Module:
+    """Build the model a recipe asks for.
+
+    Example:
+        >>> # build_model(recipe.model, prepared.schema, get_task(recipe.task))
+    """
+    from danlu.config import raise_issues
+
+    options, issues = check_model_config(config)
+    raise_issues(issues, getattr(config, "_source", None))
+    return MODELS.get(config.type).builder(options, schema, task)

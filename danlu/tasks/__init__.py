@@ -1,0 +1,24 @@
+"""Tasks: what each kind of problem needs (output head size, loss, metrics, decoding)."""
+
+from __future__ import annotations
+
+from danlu.registry import Registry
+from danlu.tasks._base import Task
+from danlu.tasks._classification import ClassificationTask
+from danlu.tasks._regression import RegressionTask
+
+__all__ = ["TASKS", "ClassificationTask", "RegressionTask", "Task", "get_task"]
+
+TASKS: Registry[type[Task]] = Registry("task")
+TASKS.register("classification")(ClassificationTask)
+TASKS.register("regression")(RegressionTask)
+
+
+def get_task(name: str) -> Task:
+    """The task object for ``name``.
+
+    Example:
+        >>> get_task("regression").headline
+        'r2'
+    """
+    return TASKS.get(name).builder()

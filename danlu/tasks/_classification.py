@@ -1,0 +1,86 @@
+"""Classification, binary and multi-class: a K-wide head, cross-entropy, sklearn metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from danlu.tasks._base import Task
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from danlu.data import FeatureSchema
+
+__all__ = ["ClassificationTask"]
+
+
+def _softmax(outputs: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    shifted = outputs - outputs.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class ClassificationTask(Task):
+    """One logit per class (binary included, so probabilities and metrics look the same)."""
+
+    name = "classification"
+    target_dtype = "int64"
+    epoch_metrics = ("accuracy",)
+    headline = "accuracy"
+    headline_mode = "max"
+
+    def output_dim(self, schema: FeatureSchema) -> int:
+        assert schema.classes is not None, "classification schema without classes"
+        return len(schema.classes)
+
+    def make_loss(self, class_weights: torch.Tensor | None = None) -> torch.nn.Module:
+        import torch
+
+        return torch.nn.CrossEntropyLoss(weight=class_weights)
+
+    def quick_metrics(
+        self, outputs: torch.Tensor, y: torch.Tensor, schema: FeatureSchema
+    ) -> dict[str, float]:
+        # outputs: (N, K) logits; y: (N,) class indices
+        return {"accuracy": (outputs.argmax(dim=1) == y).float().mean().item()}
+
+    def metrics(self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema) -> dict[str, Any]:
+        import numpy as np
+        from sklearn import metrics as skm
+
+        proba = _softmax(outputs.astype(np.float64))  # (N, K)
+        pred = proba.argmax(axis=1)
+        labels = list(range(proba.shape[1]))
+        result: dict[str, Any] = {
+            "accuracy": float(skm.accuracy_score(y, pred)),
+            "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
+            "precision_macro": float(
+                skm.precision_score(y, pred, labels=labels, average="macro", zero_division=0)
+            ),
+            "recall_macro": float(
+                skm.recall_score(y, pred, labels=labels, average="macro", zero_division=0)
+            ),
+            "f1_macro": float(
+                skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)
+            ),
+            "log_loss": float(skm.log_loss(y, proba, labels=labels)),
+        }
+        present = np.unique(y)
+        if len(present) == len(labels) and len(labels) > 1:  # AUC needs every class in y
+            if len(labels) == 2:
+                auc = skm.roc_auc_score(y, proba[:, 1])
+            else:
+                auc = skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels)
+            result["roc_auc"] = float(auc)
+        result["confusion_matrix"] = skm.confusion_matrix(y, pred, labels=labels).tolist()
+        return result
+
+    def predict(self, outputs: np.ndarray, schema: FeatureSchema) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        proba = _softmax(outputs.astype(np.float64))
+        classes = np.asarray(schema.classes, dtype=object)
+        return {"prediction": classes[proba.argmax(axis=1)], "probabilities": proba}

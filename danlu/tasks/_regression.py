@@ -1,0 +1,70 @@
+"""Regression: one output on a standardized target, MSE loss, metrics in original units."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from danlu.tasks._base import Task
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from danlu.data import FeatureSchema
+
+__all__ = ["RegressionTask"]
+
+
+def _unscale(values: Any, schema: FeatureSchema) -> Any:
+    return values * (schema.target_std or 1.0) + (schema.target_mean or 0.0)
+
+
+class RegressionTask(Task):
+    """A single linear output trained on ``(y - mean) / std``; reported back in y's units."""
+
+    name = "regression"
+    target_dtype = "float32"
+    epoch_metrics = ("mae", "rmse", "r2")
+    headline = "r2"
+    headline_mode = "max"
+
+    def output_dim(self, schema: FeatureSchema) -> int:
+        return 1
+
+    def make_loss(self, class_weights: torch.Tensor | None = None) -> torch.nn.Module:
+        import torch
+
+        class _MSE(torch.nn.Module):
+            def forward(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return torch.nn.functional.mse_loss(outputs.squeeze(-1), y)  # (N, 1) → (N,)
+
+        return _MSE()
+
+    def quick_metrics(
+        self, outputs: torch.Tensor, y: torch.Tensor, schema: FeatureSchema
+    ) -> dict[str, float]:
+        pred = _unscale(outputs.squeeze(-1).double(), schema)
+        true = _unscale(y.double(), schema)
+        err = pred - true
+        ss_tot = ((true - true.mean()) ** 2).sum().clamp_min(1e-12)
+        return {
+            "mae": err.abs().mean().item(),
+            "rmse": err.pow(2).mean().sqrt().item(),
+            "r2": (1 - err.pow(2).sum() / ss_tot).item(),
+        }
+
+    def metrics(self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema) -> dict[str, Any]:
+        import numpy as np
+        from sklearn import metrics as skm
+
+        pred = _unscale(outputs.reshape(-1).astype(np.float64), schema)
+        true = _unscale(y.astype(np.float64), schema)
+        return {
+            "mae": float(skm.mean_absolute_error(true, pred)),
+            "rmse": float(np.sqrt(skm.mean_squared_error(true, pred))),
+            "r2": float(skm.r2_score(true, pred)),
+            "mape": float(skm.mean_absolute_percentage_error(true, pred)),
+        }
+
+    def predict(self, outputs: np.ndarray, schema: FeatureSchema) -> dict[str, np.ndarray]:
+        return {"prediction": _unscale(outputs.reshape(-1).astype("float64"), schema)}

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from danlu.config import Recipe, load_recipe, parse_override, recipe_to_yaml
+from danlu.errors import ConfigError
+
+GOOD = """\
+name: iris
+data:
+  source: builtin:iris
+task: classification
+model:
+  type: mlp
+  hidden: [8]
+train:
+  epochs: 3
+"""
+
+
+def write(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_recipe_loads_with_defaults(tmp_path):
+    recipe = load_recipe(write(tmp_path, GOOD))
+    assert isinstance(recipe, Recipe)
+    assert recipe.train.epochs == 3
+    assert recipe.train.optimizer.name == "adamw"
+    assert recipe.model.options() == {"hidden": [8]}
+    assert recipe.schema_version == 1
+
+
+def test_all_errors_at_once_with_lines_paths_and_hints(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        name: digits
+        data:
+          sourse: builtin:digits
+        task: clasification
+        model: {type: cnn}
+        train:
+          batch_size: 0
+          optimizer: {name: adam, lr: -0.1}
+          precison: bf16
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    msg = str(info.value)
+    assert "6 problems" in msg
+    assert f"{path}:3: data.sourse: unknown key. Did you mean 'source'?" in msg
+    assert f"{path}:2: data.source: required key is missing" in msg
+    assert f"{path}:4: task:" in msg and "Did you mean 'classification'?" in msg
+    assert f"{path}:7: train.batch_size:" in msg and "found 0" in msg
+    assert f"{path}:8: train.optimizer.lr: Input should be greater than 0 (found -0.1)" in msg
+    assert f"{path}:9: train.precison: unknown key. Did you mean 'precision'?" in msg
+
+
+def test_unknown_top_level_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"tune: unknown key"):
+        load_recipe(write(tmp_path, GOOD + "tune: {trials: 3}\n"))
+
+
+def test_overrides_coerce_types_and_are_named_in_errors(tmp_path):
+    path = write(tmp_path, GOOD)
+    recipe = load_recipe(
+        path,
+        [
+            "train.optimizer.lr=3e-4",
+            "train.epochs=7",
+            "data.split.stratify=false",
+            "model.hidden=[4, 4]",
+        ],
+    )
+    assert recipe.train.optimizer.lr == pytest.approx(3e-4)
+    assert recipe.train.epochs == 7
+    assert recipe.data.split.stratify is False
+    assert recipe.model.options()["hidden"] == [4, 4]
+    with pytest.raises(ConfigError, match=r"--set train\.seed=abc: train\.seed"):
+        load_recipe(path, ["train.seed=abc"])
+    with pytest.raises(
+        ConfigError,
+        match=r"--set train\.optimzer\.lr=1: train\.optimzer: unknown key\. Did you mean 'optimizer'",
+    ):
+        load_recipe(path, ["train.optimzer.lr=1"])
+
+
+@pytest.mark.parametrize("bad", ["train.epochs", "=3", "train..epochs=3"])
+def test_malformed_override(bad):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_override(bad)
+
+
+def test_override_through_a_scalar_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="'train.epochs' is a int"):
+        load_recipe(write(tmp_path, GOOD), ["train.epochs.x=1"])
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "is empty"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_unreadable_recipes(tmp_path, text, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_split_must_leave_training_rows(tmp_path):
+    with pytest.raises(ConfigError, match="at least 10% of rows"):
+        load_recipe(write(tmp_path, GOOD), ["data.split.test=0.5", "data.split.val=0.45"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe(write(tmp_path, GOOD))
+    again = write(tmp_path, recipe_to_yaml(recipe), "resolved.yaml")
+    assert load_recipe(again).model_dump() == recipe.model_dump()
+    json.dumps(recipe.model_dump(mode="json"))
+
+
+def test_recipe_from_mapping_and_recipe_object():
+    data = {
+        "name": "x",
+        "data": {"source": "builtin:iris"},
+        "task": "classification",
+        "model": {"type": "mlp"},
+    }
+    recipe = load_recipe(data, ["train.seed=5"])
+    assert recipe.train.seed == 5
+    assert load_recipe(recipe) is recipe
+    assert load_recipe(recipe, ["train.seed=6"]).train.seed == 6

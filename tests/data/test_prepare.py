@@ -1,0 +1,201 @@
+"""prepare_data: the order of cleaning, splitting and fitting, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from danlu.config import DataConfig, PrepareConfig, SplitConfig
+from danlu.data import PreparedData, outlier_rows, prepare_data, split_indices
+from danlu.errors import DataError, NotFoundError
+
+SPLIT = SplitConfig(test=0.2, val=0.1, seed=0)
+
+
+def _labels(n: int) -> np.ndarray:
+    return np.arange(n) % 2
+
+
+def _planned_split(y: np.ndarray, stratify: bool = True):
+    """The split prepare_data will make (it depends only on the target, the fractions, the seed)."""
+    return split_indices(y, test=SPLIT.test, val=SPLIT.val, stratify=stratify, seed=SPLIT.seed)
+
+
+def test_builtin_digits_prepares_as_image_data() -> None:
+    data = prepare_data(DataConfig(source="builtin:digits"), "classification")
+    assert isinstance(data, PreparedData)
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+    assert data.n_features == 64 and data.n_classes == 10
+    assert data.schema.image_shape == (1, 8, 8)
+    rows = data.report["rows"]
+    assert rows["train"] + rows["val"] + rows["test"] == 1797
+    assert len(data.x_train) == len(data.y_train) == rows["train"]
+    assert sorted(np.unique(data.y_test).tolist()) == list(range(10))  # stratified
+
+
+def test_regression_targets_are_standardized_floats() -> None:
+    data = prepare_data(DataConfig(source="builtin:diabetes"), "regression")
+    assert data.y_train.dtype == np.float32 and data.n_classes is None
+    assert abs(float(data.y_train.mean())) < 1e-5
+    assert data.report["stratified"] is False
+
+
+def test_no_statistic_of_val_or_test_rows_leaks_into_fitting(write) -> None:
+    n = 200
+    y = _labels(n)
+    train, val, test = _planned_split(y)
+    x = np.random.default_rng(0).normal(10, 2, n)
+    # distinct values: identical rows would be deduplicated and change the split
+    x[val], x[test] = 1e6 + np.arange(len(val)), -1e6 - np.arange(len(test))
+    colour = np.where(np.arange(n) % 3 == 0, "red", "blue").astype(object)
+    colour[test] = "only_in_test"
+    path = write(pd.DataFrame({"x": x, "colour": colour, "target": y}), "rows.csv")
+
+    data = prepare_data(DataConfig(source=path, split=SPLIT), "classification")
+
+    pre = data.preprocessor
+    assert pre.center_["x"] == pytest.approx(x[train].mean())
+    assert pre.scale_["x"] == pytest.approx(x[train].std())
+    assert np.abs(data.x_train[:, 0]).max() < 10 and data.x_test[:, 0].max() < -1e4
+    assert pre.schema_.features[1].categories == ("blue", "red")
+    assert data.x_test[:, 1:].sum() == 0  # the unseen test category encodes as zeros
+
+
+def test_regression_target_statistics_come_from_training_rows(write) -> None:
+    n = 100
+    y = np.random.default_rng(1).normal(5, 1, n)
+    train, val, test = _planned_split(y, stratify=False)
+    y[test] = 1e6
+    path = write(pd.DataFrame({"x": np.arange(n, dtype=float), "target": y}), "rows.parquet")
+    data = prepare_data(DataConfig(source=path, split=SPLIT), "regression")
+    assert data.schema.target_mean == pytest.approx(y[train].mean())
+    assert data.schema.target_std == pytest.approx(y[train].std())
+
+
+@pytest.mark.parametrize("method", ["zscore", "iqr"])
+def test_outliers_are_removed_from_training_rows_only(method: str, write) -> None:
+    n = 200
+    y = _labels(n)
+    train, _, test = _planned_split(y)
+    x = np.random.default_rng(2).uniform(0, 1, n)
+    x[train[0]], x[test[0]] = 1000.0, 1000.0
+    path = write(pd.DataFrame({"x": x, "target": y}), "rows.csv")
+    prepare = PrepareConfig(outliers={"method": method})
+    data = prepare_data(DataConfig(source=path, split=SPLIT, prepare=prepare), "classification")
+    assert data.report["outliers_removed"] == 1
+    assert data.report["rows"] == {"train": len(train) - 1, "val": 20, "test": len(test)}
+    assert data.test_frame["x"].max() == 1000.0  # the test outlier is still judged
+    # the scaler is fitted after the outlier left the training rows
+    assert data.preprocessor.center_["x"] == pytest.approx(x[train[1:]].mean())
+
+
+def test_outlier_rows_skips_constant_and_missing_values() -> None:
+    frame = pd.DataFrame({"c": [1.0] * 6, "x": [1.0, 2.0, np.nan, 2.0, 1.0, 50.0]})
+    assert outlier_rows(frame, ["c", "x"], "iqr").tolist() == [False] * 5 + [True]
+    assert not outlier_rows(frame, ["c"], "zscore").any()
+
+
+def test_duplicates_are_dropped_before_the_split(write) -> None:
+    rng = np.random.default_rng(3)
+    unique = pd.DataFrame(
+        {"a": rng.normal(size=50), "b": rng.normal(size=50), "target": _labels(50)}
+    )
+    path = write(pd.concat([unique] * 4, ignore_index=True), "rows.jsonl")
+
+    def overlap(data: PreparedData) -> int:
+        return len(set(map(tuple, data.x_train)) & set(map(tuple, data.x_test)))
+
+    deduped = prepare_data(DataConfig(source=path, split=SPLIT), "classification")
+    assert deduped.report["duplicates_dropped"] == 150 and deduped.report["rows_loaded"] == 200
+    assert sum(deduped.report["rows"].values()) == 50
+    assert overlap(deduped) == 0
+    kept = prepare_data(
+        DataConfig(source=path, split=SPLIT, prepare=PrepareConfig(dedupe=False)), "classification"
+    )
+    assert overlap(kept) > 0  # without dedupe, copies of test rows are trained on
+
+
+def test_missing_drop_removes_rows_before_the_split(write) -> None:
+    frame = pd.DataFrame({"x": np.arange(40, dtype=float), "target": _labels(40)})
+    frame.loc[[3, 8, 21], "x"] = np.nan
+    path = write(frame, "rows.csv")
+    config = DataConfig(source=path, prepare=PrepareConfig(missing="drop"))
+    data = prepare_data(config, "classification")
+    assert data.report["missing_dropped"] == 3 and sum(data.report["rows"].values()) == 37
+    assert not np.isnan(data.x_train).any()
+
+
+def test_report_is_json_and_test_frame_replays_to_x_test(mixed_frame: pd.DataFrame, write) -> None:
+    frame = mixed_frame.assign(id=np.arange(60))
+    path = write(frame, "rows.csv")
+    config = DataConfig(source=path, target="label", features={"id": "ignore"})
+    data = prepare_data(config, "classification")
+    report = json.loads(json.dumps(data.report))
+    assert report["rows_loaded"] == 60 and report["ignored"] == ["id"]
+    assert "label" not in data.test_frame.columns and "id" in data.test_frame.columns
+    assert "id" not in data.schema.feature_names
+    assert np.array_equal(data.preprocessor.transform(data.test_frame), data.x_test)
+    assert data.schema.classes == ("cat", "dog", "fish")
+
+
+def test_regression_with_text_target_is_a_data_error(mixed_frame: pd.DataFrame, write) -> None:
+    path = write(mixed_frame, "rows.csv")
+    with pytest.raises(DataError, match="numeric target.*'label'"):
+        prepare_data(DataConfig(source=path, target="label"), "regression")
+
+
+def test_missing_target_values_are_counted_with_first_row(write) -> None:
+    frame = pd.DataFrame({"x": np.arange(10.0), "target": [0, 1, 0, np.nan, 1, 0, np.nan, 1, 0, 1]})
+    path = write(frame, "rows.csv")
+    with pytest.raises(DataError, match=r"2 missing value\(s\) in 10 rows, the first at row 4"):
+        prepare_data(DataConfig(source=path), "classification")
+
+
+def test_single_class_is_a_data_error(write) -> None:
+    path = write(pd.DataFrame({"x": np.arange(10.0), "target": ["a"] * 10}), "rows.csv")
+    with pytest.raises(DataError, match="at least two classes.*'a'"):
+        prepare_data(DataConfig(source=path), "classification")
+
+
+def test_continuous_target_for_classification_is_a_data_error() -> None:
+    with pytest.raises(DataError, match=r"214 classes in 442 rows.*regression"):
+        prepare_data(DataConfig(source="builtin:diabetes"), "classification")
+
+
+def test_image_shape_mismatch_names_both_numbers() -> None:
+    with pytest.raises(DataError, match=r"\[1, 8, 9\] holds 72 values.* 64 feature columns"):
+        prepare_data(DataConfig(source="builtin:digits", image_shape=[1, 8, 9]), "classification")
+
+
+def test_config_image_shape_overrides_the_builtin() -> None:
+    data = prepare_data(
+        DataConfig(source="builtin:digits", image_shape=[4, 4, 4]), "classification"
+    )
+    assert data.schema.image_shape == (4, 4, 4)
+    data = prepare_data(
+        DataConfig(source="builtin:breast_cancer", image_shape=[1, 5, 6]), "classification"
+    )
+    assert data.schema.image_shape == (1, 5, 6)
+
+
+def test_unknown_builtin_and_all_ignored_features(write) -> None:
+    with pytest.raises(NotFoundError, match="Did you mean 'wine'"):
+        prepare_data(DataConfig(source="builtin:wines"), "classification")
+    path = write(pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "target": [0, 1, 0, 1]}), "rows.csv")
+    with pytest.raises(DataError, match="No feature columns"):
+        prepare_data(DataConfig(source=path, features={"x": "ignore"}), "classification")
+
+
+def test_the_data_layer_does_not_import_torch() -> None:
+    code = (
+        "import sys; from danlu.config import DataConfig; from danlu.data import prepare_data; "
+        "prepare_data(DataConfig(source='builtin:iris'), 'classification'); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,194 @@
+"""The Preprocessor: imputation, scaling, encoding, target encoding and its JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.preprocessing import RobustScaler
+
+from danlu.config import PrepareConfig
+from danlu.data import Preprocessor, load_source
+from danlu.errors import DataError, NotFittedError
+
+
+def _fit(frame: pd.DataFrame, target: str = "label", task: str = "classification", **prep):
+    return Preprocessor(PrepareConfig(**prep), target=target, task=task).fit(frame)
+
+
+def test_unfitted_use_raises_not_fitted(mixed_frame: pd.DataFrame) -> None:
+    pre = Preprocessor(target="label", task="classification")
+    for use in (
+        lambda: pre.transform(mixed_frame),
+        lambda: pre.schema_,
+        lambda: pre.to_dict(),
+        lambda: pre.encode_target(mixed_frame["label"]),
+        lambda: pre.decode_target([0]),
+    ):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            use()
+
+
+def test_transform_layout_and_encodings(mixed_frame: pd.DataFrame) -> None:
+    pre = _fit(mixed_frame)
+    x = pre.transform(mixed_frame)
+    schema = pre.schema_
+    assert x.dtype == np.float32 and x.shape == (60, schema.input_dim) == (60, 7)
+    names = list(schema.encoded_names)
+    onehot = x[:, names.index("colour=blue") : names.index("colour=red") + 1]
+    assert np.array_equal(onehot.sum(axis=1), np.ones(60))
+    assert np.array_equal(x[:, names.index("member")], (mixed_frame["member"] == "yes").to_numpy())
+    assert np.array_equal(x[:, names.index("flag")], mixed_frame["flag"].to_numpy())
+    income = x[:, names.index("income")]
+    assert abs(income.mean()) < 1e-5 and income.std() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unseen_category_onehot_is_all_zeros(mixed_frame: pd.DataFrame) -> None:
+    pre = _fit(mixed_frame)
+    row = mixed_frame.iloc[:1].assign(colour="purple")
+    names = list(pre.schema_.encoded_names)
+    x = pre.transform(row)
+    assert x[0, names.index("colour=blue") : names.index("colour=red") + 1].tolist() == [0, 0, 0]
+
+
+def test_unseen_category_ordinal_is_k(mixed_frame: pd.DataFrame) -> None:
+    pre = _fit(mixed_frame, encode="ordinal")
+    names = list(pre.schema_.encoded_names)
+    rows = mixed_frame.iloc[:2].assign(colour=["purple", "red"])
+    codes = pre.transform(rows)[:, names.index("colour")]
+    assert codes.tolist() == [3.0, 2.0]  # blue=0, green=1, red=2, unseen=3
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [("mean", 2.5), ("median", 2.0), ("most_frequent", 1.0), ("constant", -7.0)],
+)
+def test_numeric_missing_strategies(strategy: str, expected: float) -> None:
+    frame = pd.DataFrame({"x": [1.0, 1.0, 3.0, 5.0, np.nan], "c": ["a", "a", "b", None, "b"]})
+    frame["label"] = [0, 1, 0, 1, 0]
+    pre = _fit(frame, missing=strategy, fill_value=-7, scale="none")
+    assert pre.fill_["x"] == pytest.approx(expected)
+    assert pre.transform(frame)[4, 0] == pytest.approx(expected)
+    # categorical columns use the most frequent value whatever the numeric strategy
+    # (ties go to the smallest), except with 'constant'
+    assert pre.fill_["c"] == ("-7" if strategy == "constant" else "a")
+
+
+def test_constant_fill_adds_a_category_for_categorical_columns() -> None:
+    frame = pd.DataFrame({"c": ["a", None, "b"], "label": [0, 1, 0]})
+    pre = _fit(frame, missing="constant", fill_value="unknown")
+    assert pre.schema_.features[0].categories == ("a", "b", "unknown")
+    assert pre.transform(pd.DataFrame({"c": [None]})).tolist() == [[0.0, 0.0, 1.0]]
+
+
+def test_missing_value_with_drop_strategy_is_a_data_error_at_transform() -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "label": [0, 1, 0]})
+    pre = _fit(frame, missing="drop")
+    with pytest.raises(DataError, match=r"Column 'x' has 1 missing value\(s\), the first at row 2"):
+        pre.transform(pd.DataFrame({"x": [4.0, np.nan]}))
+
+
+def test_missing_input_column_is_named(mixed_frame: pd.DataFrame) -> None:
+    pre = _fit(mixed_frame)
+    with pytest.raises(DataError, match="'income'"):
+        pre.transform(mixed_frame.drop(columns=["income"]))
+
+
+def test_non_numeric_value_in_numeric_column_is_named(mixed_frame: pd.DataFrame) -> None:
+    pre = _fit(mixed_frame)
+    bad = mixed_frame.astype({"age": object})
+    bad.loc[3, "age"] = "old"
+    with pytest.raises(DataError, match="'age'.*'old' at row 4"):
+        pre.transform(bad)
+
+
+def test_column_with_no_values_cannot_be_filled() -> None:
+    frame = pd.DataFrame({"x": [np.nan, np.nan], "y": [1.0, 2.0], "label": [0, 1]})
+    with pytest.raises(DataError, match="'x' has no values.*ignore"):
+        _fit(frame)
+
+
+@pytest.mark.parametrize("method", ["standard", "minmax", "robust", "none"])
+def test_scalers_replay_as_center_and_scale(method: str) -> None:
+    frame = load_source("builtin:diabetes").frame
+    pre = _fit(frame, target="target", task="regression", scale=method)
+    x = pre.transform(frame)
+    raw = frame.drop(columns="target").to_numpy()
+    if method == "standard":
+        np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-5)
+    elif method == "minmax":
+        np.testing.assert_allclose([x.min(axis=0), x.max(axis=0)], [[0] * 10, [1] * 10], atol=1e-6)
+    elif method == "robust":
+        np.testing.assert_allclose(x, RobustScaler().fit_transform(raw), rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_allclose(x, raw, rtol=1e-6)
+
+
+def test_zero_spread_column_scales_by_one() -> None:
+    frame = pd.DataFrame({"x": [5.0, 5.0, 5.0], "label": [0, 1, 0]})
+    pre = _fit(frame, scale="minmax")
+    assert pre.scale_["x"] == 1.0 and pre.transform(frame)[:, 0].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_classification_target_encoding(mixed_frame: pd.DataFrame) -> None:
+    pre = _fit(mixed_frame)
+    codes = pre.encode_target(mixed_frame["label"])
+    assert codes.dtype == np.int64 and codes[:3].tolist() == [0, 1, 2]
+    assert pre.decode_target(codes).tolist() == mixed_frame["label"].tolist()
+    with pytest.raises(DataError, match="'bird'.*'cat', 'dog', 'fish'"):
+        pre.encode_target(pd.Series(["cat", "bird"]))
+    with pytest.raises(DataError, match="0..2"):
+        pre.decode_target([3])
+
+
+def test_known_classes_from_constructor_cover_labels_missing_in_train() -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0], "label": ["a", "b"]})
+    pre = Preprocessor(target="label", task="classification", classes=["a", "b", "c"]).fit(frame)
+    assert pre.schema_.classes == ("a", "b", "c")
+    assert pre.encode_target(["c"]).tolist() == [2]
+
+
+def test_regression_target_is_standardized_on_fit_rows() -> None:
+    frame = load_source("builtin:diabetes").frame
+    pre = _fit(frame, target="target", task="regression")
+    y = pre.encode_target(frame["target"])
+    assert y.dtype == np.float32
+    assert pre.schema_.target_mean == pytest.approx(frame["target"].mean())
+    assert abs(float(y.mean())) < 1e-5 and float(y.std()) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(pre.decode_target(y), frame["target"], rtol=1e-5)
+
+
+def test_json_round_trip_gives_identical_transforms(mixed_frame: pd.DataFrame) -> None:
+    frame = mixed_frame.copy()
+    frame.loc[[2, 5], "age"] = np.nan
+    frame.loc[7, "colour"] = None
+    pre = _fit(frame, missing="median", scale="robust")
+    again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    probe = frame.assign(colour=["purple"] + frame["colour"].tolist()[1:])
+    assert np.array_equal(again.transform(probe), pre.transform(probe))
+    assert again.schema_ == pre.schema_
+    codes = pre.encode_target(frame["label"])
+    assert np.array_equal(again.encode_target(frame["label"]), codes)
+    assert again.decode_target(codes).tolist() == frame["label"].tolist()
+
+
+def test_json_round_trip_regression_and_int_classes() -> None:
+    frame = load_source("builtin:wine").frame
+    for task in ("classification", "regression"):
+        pre = _fit(frame, target="target", task=task)
+        again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+        assert np.array_equal(again.transform(frame), pre.transform(frame))
+        assert np.array_equal(
+            again.encode_target(frame["target"]), pre.encode_target(frame["target"])
+        )
+
+
+def test_from_dict_rejects_foreign_or_broken_dicts(mixed_frame: pd.DataFrame) -> None:
+    with pytest.raises(DataError, match="not a saved danlu preprocessor"):
+        Preprocessor.from_dict({"mean": 1})
+    broken = _fit(mixed_frame).to_dict()
+    del broken["center"]
+    with pytest.raises(DataError, match="malformed"):
+        Preprocessor.from_dict(broken)

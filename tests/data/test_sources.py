@@ -1,0 +1,171 @@
+"""Sources: sklearn's bundled data sets and .csv / .parquet / .jsonl / .json / .npz files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from danlu.data import BuiltinDataset, RawData, list_builtin, load_source
+from danlu.errors import DataError, NotFoundError
+
+from .conftest import write_frame
+
+
+def test_list_builtin_names_the_five_bundled_sets() -> None:
+    names = [d.name for d in list_builtin()]
+    assert names == ["breast_cancer", "diabetes", "digits", "iris", "wine"]
+    assert all(isinstance(d, BuiltinDataset) for d in list_builtin())
+
+
+@pytest.mark.parametrize("dataset", list_builtin(), ids=lambda d: d.name)
+def test_builtin_loads_with_the_advertised_shape(dataset: BuiltinDataset) -> None:
+    raw = load_source(f"builtin:{dataset.name}")
+    assert isinstance(raw, RawData)
+    assert raw.target == "target"
+    assert raw.frame.shape == (dataset.rows, dataset.features + 1)
+    assert raw.image_shape == dataset.image_shape
+    y = raw.frame["target"]
+    if dataset.task == "classification":
+        assert pd.api.types.is_integer_dtype(y.dtype)
+        assert y.nunique() == dataset.classes
+    else:
+        assert dataset.classes is None
+        assert pd.api.types.is_float_dtype(y.dtype)
+
+
+def test_digits_is_an_8x8_image_and_diabetes_is_unscaled() -> None:
+    digits = {d.name: d for d in list_builtin()}["digits"]
+    assert digits.image_shape == (1, 8, 8) and digits.features == 64
+    age = load_source("builtin:diabetes").frame["age"]
+    assert age.min() >= 18 and age.max() <= 80  # years, not sklearn's scaled values
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl", ".json"])
+def test_tabular_files_load(suffix: str, mixed_frame: pd.DataFrame, write) -> None:
+    path = write(mixed_frame, f"rows{suffix}")
+    raw = load_source(path, target="label")
+    assert raw.target == "label" and raw.source == path
+    assert list(raw.frame.columns) == list(mixed_frame.columns)
+    assert len(raw.frame) == 60
+    np.testing.assert_allclose(raw.frame["income"], mixed_frame["income"])
+    assert raw.frame["colour"].tolist() == mixed_frame["colour"].tolist()
+
+
+@pytest.mark.parametrize("keys", [("X", "y"), ("x", "y")])
+def test_npz_arrays_become_x_columns_and_target(tmp_path: Path, keys: tuple[str, str]) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    path = tmp_path / "arrays.npz"
+    np.savez(path, **{keys[0]: x, keys[1]: np.array([0, 1, 0, 1])})
+    raw = load_source(str(path))
+    assert list(raw.frame.columns) == ["x0", "x1", "x2", "target"]
+    np.testing.assert_array_equal(raw.frame[["x0", "x1", "x2"]].to_numpy(), x)
+    assert raw.frame["target"].tolist() == [0, 1, 0, 1]
+    assert raw.image_shape is None
+
+
+def test_npz_image_arrays_are_flattened_with_their_shape(tmp_path: Path) -> None:
+    path = tmp_path / "images.npz"
+    np.savez(path, X=np.zeros((5, 1, 4, 4)), y=np.arange(5))
+    raw = load_source(path)
+    assert raw.frame.shape == (5, 17) and raw.image_shape == (1, 4, 4)
+
+
+def test_unknown_builtin_lists_valid_names_and_nearest() -> None:
+    with pytest.raises(NotFoundError) as info:
+        load_source("builtin:digit")
+    message = str(info.value)
+    assert "Did you mean 'digits'?" in message
+    assert all(d.name in message for d in list_builtin())
+
+
+def test_missing_file_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_source(str(tmp_path / "nope.csv"))
+
+
+def test_directory_is_a_data_error(tmp_path: Path) -> None:
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    with pytest.raises(DataError, match="not a file"):
+        load_source(str(folder))
+
+
+def test_unsupported_extension_lists_supported_ones(tmp_path: Path) -> None:
+    path = tmp_path / "rows.xlsx"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError) as info:
+        load_source(str(path))
+    assert "'.xlsx'" in str(info.value)
+    for suffix in (".csv", ".parquet", ".jsonl", ".npz"):
+        assert suffix in str(info.value)
+
+
+def test_nul_byte_in_path_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="NUL"):
+        load_source("rows\x00.csv")
+
+
+def test_unreadable_parquet_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"this is not parquet")
+    with pytest.raises(DataError, match="Cannot read data file .*broken.parquet"):
+        load_source(str(path))
+
+
+def test_json_that_is_not_json_lines_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text('{"a": [1, 2], "target": [0,')
+    with pytest.raises(DataError, match="JSON Lines"):
+        load_source(str(path))
+
+
+def test_target_absent_names_columns_and_nearest(mixed_frame: pd.DataFrame, write) -> None:
+    path = write(mixed_frame, "rows.csv")
+    with pytest.raises(DataError) as info:
+        load_source(path, target="lable")
+    message = str(info.value)
+    assert "'lable'" in message and "Did you mean 'label'?" in message and "'income'" in message
+
+
+def test_file_without_target_column_asks_for_data_target(write) -> None:
+    path = write(pd.DataFrame({"a": [1, 2], "b": [3, 4]}), "rows.csv")
+    with pytest.raises(DataError, match="data.target"):
+        load_source(path)
+
+
+def test_header_only_file_has_zero_rows(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("a,b,target\n")
+    with pytest.raises(DataError, match="zero rows"):
+        load_source(str(path))
+
+
+def test_empty_file_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "nothing.csv"
+    path.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_source(str(path))
+
+
+def test_npz_without_x_and_y_lists_its_arrays(tmp_path: Path) -> None:
+    path = tmp_path / "arrays.npz"
+    np.savez(path, features=np.zeros((3, 2)), labels=np.zeros(3))
+    with pytest.raises(DataError) as info:
+        load_source(str(path))
+    assert "'features'" in str(info.value) and "'labels'" in str(info.value)
+
+
+def test_npz_with_mismatched_lengths_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "arrays.npz"
+    np.savez(path, X=np.zeros((3, 2)), y=np.zeros(4))
+    with pytest.raises(DataError, match=r"\(4,\)"):
+        load_source(str(path))
+
+
+def test_parquet_written_by_helper_round_trips_dtypes(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"n": [1, 2, 3], "flag": [True, False, True], "target": [0.5, 1.5, 2.5]})
+    raw = load_source(write_frame(frame, tmp_path / "rows.parquet"))
+    assert raw.frame["flag"].dtype == bool and raw.frame["n"].dtype == np.int64

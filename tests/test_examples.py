@@ -1,0 +1,40 @@
+"""Every example recipe runs (few epochs) and every README command block names real things."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import danlu
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_recipe_runs(path, tmp_path):
+    result = danlu.run(path, overrides=["train.epochs=2"], home=tmp_path)
+    assert len(result.history) == 2
+    assert result.metrics
+
+
+def test_readme_python_snippets_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README shows the Python API"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - our own README
+
+
+def test_readme_starts_with_the_two_setup_commands():
+    readme = (ROOT / "README.md").read_text()
+    first = re.search(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
+    assert first is not None
+    assert first.group(1).split() == ["make", "demo", "make", "test"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^demo:", makefile, flags=re.M) and re.search(r"^test:", makefile, flags=re.M)
+    for recipe in re.findall(r"examples/[\w.]+\.yaml", readme):
+        assert (ROOT / recipe).exists(), recipe

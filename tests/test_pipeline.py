@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import danlu
+from danlu.errors import ConfigError, DataError, NotFoundError
+from danlu.pipeline import recipe_json_schema
+
+WINE = {
+    "name": "wine",
+    "data": {"source": "builtin:wine"},
+    "task": "classification",
+    "model": {"type": "mlp", "hidden": [16]},
+    "train": {"epochs": 4, "batch_size": 16},
+}
+
+
+def runs(home: Path) -> list[Path]:
+    folder = home / "runs"
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def test_run_writes_a_complete_run_folder(tmp_path):
+    result = danlu.run(WINE, home=tmp_path)
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert files >= {
+        "recipe.yaml",
+        "recipe.json",
+        "params.json",
+        "metrics.jsonl",
+        "preprocessing.json",
+        "data_report.json",
+        "model.safetensors",
+        "model.json",
+        "summary.json",
+        "status.json",
+        "checkpoint.safetensors",
+    }
+    assert not [f for f in files if f.endswith(".tmp")]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["test"] == result.metrics and 0 <= result.metrics["accuracy"] <= 1
+    assert len(summary["confusion_matrix"]) == 3
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["status"] == "finished"
+    assert status["data_fingerprint"] == result.data_fingerprint
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+    params = json.loads((result.run_dir / "params.json").read_text())
+    assert params["train.epochs"] == 4 and params["model.hidden"] == [16]
+    weights = load_file(result.run_dir / "model.safetensors")
+    assert torch.equal(weights["0.weight"], result.model.state_dict()["0.weight"])
+
+
+def test_result_predicts_raw_rows():
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame
+    result = danlu.run(WINE, overrides=["train.epochs=30"])
+    out = result.predict(frame.drop(columns="target").head(20))
+    assert out["probabilities"].shape == (20, 3)
+    assert (out["prediction"] == frame["target"].head(20).to_numpy()).mean() > 0.8
+    rows = frame.drop(columns="target").head(2).to_dict(orient="records")
+    assert len(result.predict(rows)["prediction"]) == 2
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = danlu.run(WINE, home=tmp_path)
+    b = danlu.run(WINE, home=tmp_path)
+    assert a.metrics == b.metrics and a.history == b.history
+    assert a.run_id != b.run_id
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "fragment"),
+    [
+        (["data.source=builtin:digitz"], NotFoundError, "digits"),
+        (["data.source=/nonexistent/data.csv"], DataError, "/nonexistent/data.csv"),
+        (["data.target=label"], DataError, "label"),
+        (["model={type: cnn}"], ConfigError, "data.image_shape"),
+        (["model.type=transformr"], ConfigError, "model.type"),
+        (["model.hiddn=[4]"], ConfigError, "Did you mean 'hidden'"),
+        (["train.early_stopping.monitor=val_r2"], ConfigError, "val_accuracy"),
+        (["task=regression", "train.class_weight=balanced"], ConfigError, "classification only"),
+        (["train.optimizer.lr=-1"], ConfigError, "train.optimizer.lr"),
+        (["train.batch_size=0"], ConfigError, "train.batch_size"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, overrides, error, fragment):
+    with pytest.raises(error, match=fragment):
+        danlu.run(WINE, overrides=overrides, home=tmp_path)
+    assert runs(tmp_path) == []
+
+
+def test_bad_data_files(tmp_path):
+    home = tmp_path / "home"
+    cases = {
+        "nan_target.csv": (
+            pd.DataFrame({"a": [1.0, 2, 3, 4] * 5, "y": [1.0, None, 2, 3] * 5}),
+            "regression",
+            "missing",
+        ),
+        "text_target.csv": (
+            pd.DataFrame({"a": range(20), "y": ["x", "y"] * 10}),
+            "regression",
+            "numeric",
+        ),
+        "one_class.csv": (
+            pd.DataFrame({"a": range(20), "y": ["same"] * 20}),
+            "classification",
+            "at least two classes",
+        ),
+        "empty.csv": (pd.DataFrame({"a": [], "y": []}), "classification", "zero rows"),
+    }
+    for name, (frame, task, fragment) in cases.items():
+        path = tmp_path / name
+        frame.to_csv(path, index=False)
+        recipe = {**WINE, "task": task, "data": {"source": str(path), "target": "y"}}
+        with pytest.raises(DataError, match=fragment):
+            danlu.run(recipe, home=home)
+    assert runs(home) == []
+
+
+def test_csv_with_categoricals_and_missing_values_trains(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.iloc[:, [0, 1, 2, 3, -1]].copy()
+    frame.columns = ["radius", "texture", "perimeter", "area", "diagnosis"]
+    frame["size"] = pd.cut(frame["area"], 3, labels=["small", "medium", "large"]).astype(str)
+    frame.loc[::7, "texture"] = None
+    frame["diagnosis"] = frame["diagnosis"].map({0: "malignant", 1: "benign"})
+    path = tmp_path / "cancer.csv"
+    frame.to_csv(path, index=False)
+    recipe = {
+        **WINE,
+        "name": "csv",
+        "data": {"source": str(path), "target": "diagnosis"},
+        "train": {"epochs": 15},
+    }
+    result = danlu.run(recipe, home=tmp_path / "home")
+    assert result.metrics["accuracy"] > 0.8
+    assert set(result.schema.classes) == {"benign", "malignant"}
+    assert set(result.predict(frame.head(5))["prediction"]) <= {"benign", "malignant"}
+
+
+def test_resume_continues_a_killed_process_to_the_same_result(tmp_path):
+    """A run killed with SIGKILL mid-training resumes from its checkpoint to the same metrics."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        json.dumps(
+            {
+                **WINE,
+                "train": {"epochs": 12, "batch_size": 8, "seed": 1},
+                "model": {"type": "mlp", "hidden": [64], "dropout": 0.3},
+            }
+        )
+    )
+    home = tmp_path / "home"
+    env = {**os.environ, "DANLU_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    full = danlu.run(recipe, home=tmp_path / "reference")
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "danlu", "run", str(recipe), "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    metrics_file = None
+    while time.monotonic() < deadline:  # wait until a few epochs are on disk, then kill
+        found = list(home.glob("runs/*/metrics.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            metrics_file = found[0]
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert metrics_file is not None, "the run never logged 3 epochs"
+    run_dir = metrics_file.parent
+    assert (
+        json.loads((run_dir / "status.json").read_text())["status"] == "running"
+    )  # killed, not finished
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = danlu.run(recipe, resume=run_dir)
+    assert resumed.run_dir == run_dir
+    assert resumed.metrics == full.metrics
+    assert resumed.history == full.history
+    steps = [
+        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == list(range(1, 13))
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    result = danlu.run(WINE, home=tmp_path)
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        danlu.run(WINE, overrides=["train.batch_size=8"], resume=result.run_dir)
+    extended = danlu.run(WINE, overrides=["train.epochs=6"], resume=result.run_dir)
+    assert len(extended.history) == 6
+    with pytest.raises(NotFoundError, match="not a danlu run folder"):
+        danlu.run(WINE, resume=tmp_path)
+
+
+def test_json_schema_lists_model_options():
+    schema = recipe_json_schema()
+    assert "train" in schema["properties"]
+    variants = schema["$defs"]["ModelConfig"]["anyOf"]
+    names = [v["properties"]["type"].get("const") for v in variants]
+    assert {"mlp", "cnn"} <= set(names)
+    cnn = variants[names.index("cnn")]
+    assert "channels" in cnn["properties"]
+
+
+def test_user_model_by_import_path(tmp_path, monkeypatch):
+    module = tmp_path / "my_models.py"
+    module.write_text(
+        "import torch\n"
+        "def build(options, schema, task):\n"
+        "    return torch.nn.Linear(schema.input_dim, task.output_dim(schema))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = danlu.run(
+        WINE,
+        overrides=["model.type=my_models:build", "train.epochs=20", "train.optimizer.lr=0.01"],
+        home=tmp_path / "home",
+    )
+    assert isinstance(result.model, torch.nn.Linear)
+    assert result.metrics["accuracy"] > 0.8
+    with pytest.raises(ConfigError, match="Cannot import module 'nope'"):
+        danlu.run(WINE, overrides=["model.type=nope:build"], home=tmp_path / "home")
