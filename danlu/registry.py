@@ -37,7 +37,7 @@ class Entry(Generic[T]):
 
     name: str
     builder: T
-    spec: type | None = None
+    spec: Any = None  # a pydantic model class validating the options, when the builder has one
 
 
 def closest(name: str, choices: list[str] | tuple[str, ...]) -> str | None:
@@ -85,7 +85,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, *, spec: type | None = None) -> Callable[[T], T]:
+    def register(self, name: str, *, spec: Any = None) -> Callable[[T], T]:
         """Decorator registering ``builder`` under ``name`` (once: a second registration fails)."""
 
         def decorator(builder: T) -> T:

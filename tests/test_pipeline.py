@@ -16,14 +16,9 @@ from safetensors.torch import load_file
 import danlu
 from danlu.errors import ConfigError, DataError, NotFoundError
 from danlu.pipeline import recipe_json_schema
+from danlu.testing import wine_recipe
 
-WINE = {
-    "name": "wine",
-    "data": {"source": "builtin:wine"},
-    "task": "classification",
-    "model": {"type": "mlp", "hidden": [16]},
-    "train": {"epochs": 4, "batch_size": 16},
-}
+WINE = wine_recipe()
 
 
 def runs(home: Path) -> list[Path]:

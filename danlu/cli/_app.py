@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from danlu.errors import DanluError
 
@@ -124,12 +124,11 @@ def run(
         )
         return
     rows = result.data_report.get("rows", {})
-    table = Table(
-        title=f"{result.recipe.name}: test metrics ({rows.get('test', '?')} held-out rows)",
-        title_justify="left",
+    out.print(
+        f"[bold]{result.recipe.name}[/]: test metrics on {rows.get('test', '?')} held-out rows",
+        highlight=False,
     )
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    table = Table("metric", Column("value", justify="right"))
     for key, value in result.metrics.items():
         table.add_row(key, f"{value:.4f}")
     out.print(table)

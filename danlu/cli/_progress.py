@@ -40,12 +40,12 @@ class RichProgress(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            TextColumn("[bold]{task.description:>7}"),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
             console=self.console,
             transient=False,
         )
@@ -58,7 +58,7 @@ class RichProgress(Callback):
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         assert self._progress is not None
-        self._progress.reset(self._batches, total=None, info="")
+        self._progress.reset(self._batches, total=trainer.num_batches, info="")
         self._seen = 0
 
     def on_batch_end(self, trainer: Trainer, batch: int, loss: torch.Tensor) -> None:

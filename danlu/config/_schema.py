@@ -32,7 +32,7 @@ __all__ = [
     "TrainConfig",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 FeatureKind = Literal["numeric", "categorical", "boolean", "ignore"]

@@ -96,6 +96,15 @@ class Trainer:
         self.tracker = tracker
         self.checkpoint_path = checkpoint_path
         self.should_stop = False  # a callback sets this to end training after the current epoch
+        # Set by fit (learned state ends in "_" where it is a result):
+        self.history_: list[dict[str, float]] = []
+        self.epoch = 0
+        self.global_step = 0
+        self.num_batches = 0
+        self.model: torch.nn.Module
+        self.optimizer: torch.optim.Optimizer
+        self.task: Task
+        self.schema: FeatureSchema
 
     # -- helpers -------------------------------------------------------------------------------
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -190,7 +199,7 @@ class Trainer:
         seed_everything(cfg.seed)
         device = resolve_device(cfg.device)
         self.model, self.task, self.schema = model.to(device), task, data.schema
-        self.history_: list[dict[str, float]] = []
+        self.history_ = []
         self.epoch = self.global_step = 0
         self.should_stop = False
 
@@ -213,7 +222,7 @@ class Trainer:
                 n,
             )
             batch_size = n
-        num_batches = math.ceil(n / batch_size)
+        num_batches = self.num_batches = math.ceil(n / batch_size)
         accumulation = min(cfg.grad_accumulation, num_batches)
         steps_per_epoch = math.ceil(num_batches / accumulation)
 

@@ -84,7 +84,7 @@ class LRSchedule:
         elif config.name == "plateau":
             self._scheduler = sched.ReduceLROnPlateau(
                 optimizer,
-                mode=monitor_mode,
+                mode="max" if monitor_mode == "max" else "min",
                 factor=config.factor,
                 patience=config.patience,
                 min_lr=config.min_lr,

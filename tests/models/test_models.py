@@ -4,24 +4,14 @@ import pytest
 import torch
 
 from danlu.config import ModelConfig
-from danlu.data import FeatureSchema
 from danlu.errors import ConfigError, NotFoundError
 from danlu.models import MODELS, build_model, check_model_config
 from danlu.tasks import get_task
+from danlu.testing import tiny_schema
 
 
 def schema(input_dim=64, image_shape=(1, 8, 8), classes=tuple(range(10))):
-    return FeatureSchema(
-        features=(),
-        target="target",
-        task="classification",
-        classes=classes,
-        target_mean=None,
-        target_std=None,
-        image_shape=image_shape,
-        input_dim=input_dim,
-        encoded_names=tuple(f"x{i}" for i in range(input_dim)),
-    )
+    return tiny_schema(input_dim=input_dim, image_shape=image_shape, classes=classes)
 
 
 def test_mlp_shapes_and_options():
@@ -58,7 +48,7 @@ def test_cnn_refuses_tabular_or_mismatched_shapes():
 
 
 def test_regression_head_has_one_output():
-    s = schema(input_dim=10, image_shape=None, classes=None)
+    s = tiny_schema("regression", input_dim=10)
     model = build_model(ModelConfig(type="mlp"), s, get_task("regression"))
     assert model(torch.randn(2, 10)).shape == (2, 1)
 

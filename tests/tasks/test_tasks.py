@@ -5,22 +5,12 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from danlu.data import FeatureSchema
 from danlu.tasks import get_task
+from danlu.testing import tiny_schema
 
 
 def schema(task, classes=None, mean=None, std=None):
-    return FeatureSchema(
-        features=(),
-        target="y",
-        task=task,
-        classes=classes,
-        target_mean=mean,
-        target_std=std,
-        image_shape=None,
-        input_dim=2,
-        encoded_names=("a", "b"),
-    )
+    return tiny_schema(task, classes=classes, target_mean=mean, target_std=std)
 
 
 def test_classification_metrics_match_sklearn():

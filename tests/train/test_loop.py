@@ -9,15 +9,10 @@ from danlu.errors import ConfigError
 from danlu.models import build_model
 from danlu.store import RunFolderTracker
 from danlu.tasks import get_task
+from danlu.testing import wine_recipe
 from danlu.train import Callback, Trainer, seed_everything
 
-BASE = {
-    "name": "t",
-    "data": {"source": "builtin:wine"},
-    "task": "classification",
-    "model": {"type": "mlp", "hidden": [16]},
-    "train": {"epochs": 3, "batch_size": 16},
-}
+BASE = wine_recipe(epochs=3)
 
 
 def setup(*overrides, base=BASE):
