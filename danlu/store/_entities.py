@@ -1,0 +1,117 @@
+"""Frozen entities the store hands out. Never ORM rows: callers cannot mutate the database by
+accident, and an entity outlives the session that read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Artifact",
+    "AuditEntry",
+    "Experiment",
+    "MetricPoint",
+    "ModelVersion",
+    "RegisteredModel",
+    "Run",
+    "RUN_STATUSES",
+]
+
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: int
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One metric value: ``key`` at ``step`` (epoch when the stage has epochs), logged at ``time``."""
+
+    key: str
+    value: float
+    step: int = 0
+    epoch: int | None = None
+    time: float = 0.0
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    experiment: str
+    name: str
+    stage: str
+    status: str
+    created_at: float
+    parent_id: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    heartbeat_at: float | None = None
+    recipe: dict[str, Any] | None = None
+    recipe_hash: str | None = None
+    data_fingerprint: str | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    packages: dict[str, str] = field(default_factory=dict)
+    host: str | None = None
+    error: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each key
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else self.heartbeat_at
+        return None if end is None else end - self.started_at
+
+
+@dataclass(frozen=True)
+class Artifact:
+    run_id: str
+    name: str
+    size: int
+    sha256: str
+    media_type: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    created_at: float
+    description: str
+    latest_version: int
+    aliases: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    run_id: str | None
+    created_at: float
+    signature: dict[str, Any]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    files: tuple[str, ...]
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    time: float
+    actor: str
+    action: str
+    model: str
+    version: int | None
+    detail: dict[str, Any]

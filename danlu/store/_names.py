@@ -1,0 +1,96 @@
+"""Validation of every name that becomes part of a path: artifact names, run ids, model names.
+
+A name is checked after full URL-decoding (``%2e%2e%2f`` is ``../``), and the resolved path is
+checked to stay inside its root without passing through a symbolic link.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+from urllib.parse import unquote
+
+from danlu.errors import StoreError
+
+__all__ = ["safe_join", "validate_artifact_name", "validate_model_name", "validate_run_id"]
+
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _decoded(name: str) -> str:
+    for _ in range(5):  # %252e → %2e → .
+        decoded = unquote(name)
+        if decoded == name:
+            return name
+        name = decoded
+    return name
+
+
+def _refuse(what: str, name: object, why: str) -> StoreError:
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+    return StoreError(f"Invalid {what} {shown}: {why}.")
+
+
+def validate_artifact_name(name: str) -> str:
+    """Accept ``a/b.json``-style relative names; refuse traversal, absolute paths and odd bytes.
+
+    Example:
+        >>> validate_artifact_name("plots/loss.svg")
+        'plots/loss.svg'
+    """
+    what = "artifact name"
+    if not isinstance(name, str) or not name:
+        raise _refuse(what, name, "it must be a non-empty string")
+    if len(name) > 255:
+        raise _refuse(what, name, "it is longer than 255 characters")
+    decoded = _decoded(name)
+    if decoded != name:
+        raise _refuse(what, name, "percent-encoded characters are not allowed")
+    if any(unicodedata.category(c)[0] == "C" for c in name):
+        raise _refuse(what, name, "it contains control or non-printable characters")
+    if name.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", name) or "\\" in name:
+        raise _refuse(what, name, "use a relative name with '/' between parts")
+    parts = name.split("/")
+    for part in parts:
+        if part in {"", ".", ".."}:
+            raise _refuse(what, name, "empty, '.' and '..' parts are not allowed")
+        if not _PART.match(part):
+            raise _refuse(
+                what,
+                name,
+                "use letters, digits, '.', '_', '+', '-' (a part may not start with '.')",
+            )
+    return name
+
+
+def validate_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise _refuse("run id", run_id, "a run id is letters, digits, '_' and '-' (at most 64)")
+    return run_id
+
+
+def validate_model_name(name: str) -> str:
+    if not isinstance(name, str) or not _MODEL.match(name):
+        raise _refuse(
+            "model name",
+            name,
+            "use letters, digits, '.', '_', '-' (at most 100, starting with a letter or digit)",
+        )
+    return name
+
+
+def safe_join(root: Path, *parts: str) -> Path:
+    """``root/part/...``, refusing any result outside ``root`` or through a symbolic link."""
+    root = root.resolve()
+    path = root.joinpath(*parts)
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink():
+            raise StoreError(f"Refusing '{path}': '{current}' is a symbolic link.")
+    if not path.resolve().is_relative_to(root):
+        raise StoreError(f"Refusing '{path}': it resolves outside the store '{root}'.")
+    return path

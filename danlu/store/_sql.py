@@ -1,0 +1,924 @@
+"""The SQLAlchemy store: one implementation for SQLite (embedded default) and PostgreSQL.
+
+SQLite runs in WAL mode with a busy timeout, and every write transaction starts with
+``BEGIN IMMEDIATE``: a writer queues for the lock up front instead of failing half-way with
+"database is locked" when two transactions try to upgrade a read lock at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import mimetypes
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from danlu.errors import NotFoundError, StoreError
+from danlu.logging import get_logger
+from danlu.registry import did_you_mean
+from danlu.store import _tables as t
+from danlu.store._atomic import atomic_write_bytes
+from danlu.store._entities import (
+    RUN_STATUSES,
+    Artifact,
+    AuditEntry,
+    MetricPoint,
+    ModelVersion,
+    RegisteredModel,
+    Run,
+)
+from danlu.store._filter import Clause, parse_filter, parse_order
+from danlu.store._migrate import upgrade
+from danlu.store._names import (
+    safe_join,
+    validate_artifact_name,
+    validate_model_name,
+    validate_run_id,
+)
+from danlu.store.base import Store
+from danlu.types import StrPath
+
+__all__ = ["SqlStore", "danlu_home", "default_db_url"]
+
+log = get_logger(__name__)
+
+_MEDIA = {
+    ".safetensors": "application/vnd.safetensors",
+    ".jsonl": "application/jsonl",
+    ".yaml": "application/yaml",
+    ".onnx": "application/onnx",
+}
+
+
+def danlu_home() -> Path:
+    """``$DANLU_HOME`` or ``./.danlu``."""
+    return Path(os.environ.get("DANLU_HOME", ".danlu"))
+
+
+def default_db_url(home: Path | None = None) -> str:
+    """``$DANLU_DB_URL``, or a SQLite file in the home folder."""
+    url = os.environ.get("DANLU_DB_URL")
+    if url:
+        return url
+    return f"sqlite:///{(home or danlu_home()) / 'danlu.db'}"
+
+
+def _normalise_url(url: str) -> str:
+    if url.startswith(("postgresql://", "postgres://")):  # prefer psycopg 3 over psycopg2
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _params_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _float(value: float | None) -> float | None:
+    return (
+        None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    )
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable in WAL mode except on power loss
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("danlu_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class SqlStore(Store):
+    """Tracking database + artifact folder + model registry.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite:///path.db`` or ``postgresql://user:pw@host/db``);
+            default ``$DANLU_DB_URL`` or ``$DANLU_HOME/danlu.db``.
+        home: folder of artifacts and registered models (default ``$DANLU_HOME`` or ``.danlu``).
+        heartbeat_timeout: seconds without a heartbeat after which a running run is
+            ``interrupted`` (default ``$DANLU_HEARTBEAT_TIMEOUT`` or 120).
+
+    Example:
+        >>> import tempfile
+        >>> store = SqlStore(home=tempfile.mkdtemp())
+        >>> run = store.create_run(experiment="demo", name="first")
+        >>> store.get_run(run.id).status
+        'running'
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        home: StrPath | None = None,
+        heartbeat_timeout: float | None = None,
+    ) -> None:
+        self.home = Path(home) if home is not None else danlu_home()
+        self.url = _normalise_url(url or default_db_url(self.home))
+        self.heartbeat_timeout = (
+            heartbeat_timeout
+            if heartbeat_timeout is not None
+            else float(os.environ.get("DANLU_HEARTBEAT_TIMEOUT", "120"))
+        )
+        self.artifact_root = self.home / "artifacts"
+        self.model_root = self.home / "models"
+        try:
+            if self.url.startswith("sqlite"):
+                db_file = self.url.split("///", 1)[1] if "///" in self.url else ""
+                lock = None
+                if db_file and db_file != ":memory:":
+                    Path(db_file).parent.mkdir(parents=True, exist_ok=True)
+                    lock = Path(db_file + ".migrate-lock")
+                self.engine = _sqlite_engine(self.url)
+            else:
+                self.engine = create_engine(self.url, pool_pre_ping=True)
+                lock = None
+            upgrade(self.engine, lock_file=lock)
+        except (OperationalError, DBAPIError) as exc:
+            raise StoreError(
+                f"Cannot open the danlu database at {self._safe_url()}: {exc.orig}. Check DANLU_DB_URL and that the server is running."
+            ) from None
+        except ModuleNotFoundError as exc:
+            raise StoreError(
+                f"The database driver '{exc.name}' is not installed; for PostgreSQL run: pip install 'danlu[postgres]'."
+            ) from None
+
+    def _safe_url(self) -> str:
+        return (
+            self.engine.url.render_as_string(hide_password=True)
+            if hasattr(self, "engine")
+            else self.url.split("@")[-1]
+        )
+
+    # -- transactions --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; retried on a transient lock error (SQLite's busy timeout
+        normally absorbs those, PostgreSQL may report serialization failures)."""
+        delay = 0.05
+        for attempt in range(8):
+            try:
+                with (
+                    self.engine.connect().execution_options(danlu_write=True) as conn,
+                    conn.begin(),
+                ):
+                    yield conn
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig).lower() or attempt == 7:
+                    raise StoreError(f"Database write failed: {exc.orig}") from None
+                log.warning("database busy, retrying in %.2fs", delay)
+                time.sleep(delay)
+                delay *= 2
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # -- runs ----------------------------------------------------------------------------------
+    def _experiment_id(self, conn: Connection, name: str) -> int:
+        found = conn.execute(
+            select(t.experiments.c.id).where(t.experiments.c.name == name)
+        ).scalar()
+        if found is not None:
+            return int(found)
+        try:
+            with conn.begin_nested():
+                return int(
+                    conn.execute(
+                        insert(t.experiments).values(name=name, created_at=time.time())
+                    ).inserted_primary_key[0]
+                )
+        except IntegrityError:  # created by another process in between
+            return int(
+                conn.execute(
+                    select(t.experiments.c.id).where(t.experiments.c.name == name)
+                ).scalar_one()
+            )
+
+    def create_run(
+        self,
+        *,
+        experiment: str,
+        name: str,
+        stage: str = "train",
+        parent_id: str | None = None,
+        recipe: Mapping[str, Any] | None = None,
+        recipe_hash: str | None = None,
+        data_fingerprint: str | None = None,
+        git_commit: str | None = None,
+        git_dirty: bool | None = None,
+        packages: Mapping[str, str] | None = None,
+        host: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Run:
+        now = time.time()
+        run_id = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        with self._write() as conn:
+            if parent_id is not None:
+                validate_run_id(parent_id)
+                if (
+                    conn.execute(select(t.runs.c.id).where(t.runs.c.id == parent_id)).first()
+                    is None
+                ):
+                    raise NotFoundError(f"Parent run '{parent_id}' does not exist.")
+            conn.execute(
+                insert(t.runs).values(
+                    id=run_id,
+                    experiment_id=self._experiment_id(conn, experiment),
+                    name=name,
+                    stage=stage,
+                    status="running",
+                    parent_id=parent_id,
+                    created_at=now,
+                    started_at=now,
+                    heartbeat_at=now,
+                    recipe=json.dumps(recipe) if recipe is not None else None,
+                    recipe_hash=recipe_hash,
+                    data_fingerprint=data_fingerprint,
+                    git_commit=git_commit,
+                    git_dirty=git_dirty,
+                    packages=json.dumps(dict(packages or {})),
+                    host=host,
+                )
+            )
+            if tags:
+                conn.execute(
+                    insert(t.tags),
+                    [{"run_id": run_id, "key": k, "value": str(v)} for k, v in tags.items()],
+                )
+        return self.get_run(run_id)
+
+    def _expire_stale(self) -> None:
+        cutoff = time.time() - self.heartbeat_timeout
+        stale = (t.runs.c.status == "running") & (t.runs.c.heartbeat_at < cutoff)
+        with self._read() as conn:
+            if conn.execute(select(t.runs.c.id).where(stale).limit(1)).first() is None:
+                return
+        with self._write() as conn:
+            conn.execute(
+                update(t.runs)
+                .where(stale)
+                .values(
+                    status="interrupted",
+                    ended_at=t.runs.c.heartbeat_at,
+                    error="no heartbeat: the process stopped without finishing",
+                )
+            )
+
+    def _details(self, conn: Connection, ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {
+            i: {"params": {}, "metrics": {}, "tags": {}} for i in ids
+        }
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            for row in conn.execute(select(t.params).where(t.params.c.run_id.in_(chunk))):
+                out[row.run_id]["params"][row.key] = row.value
+            for row in conn.execute(
+                select(t.latest_metrics).where(t.latest_metrics.c.run_id.in_(chunk))
+            ):
+                out[row.run_id]["metrics"][row.key] = math.nan if row.value is None else row.value
+            for row in conn.execute(select(t.tags).where(t.tags.c.run_id.in_(chunk))):
+                out[row.run_id]["tags"][row.key] = row.value
+        return out
+
+    @staticmethod
+    def _run(row: Any, details: dict[str, dict[str, Any]]) -> Run:
+        return Run(
+            id=row.id,
+            experiment=row.experiment,
+            name=row.name,
+            stage=row.stage,
+            status=row.status,
+            created_at=row.created_at,
+            parent_id=row.parent_id,
+            started_at=row.started_at,
+            ended_at=row.ended_at,
+            heartbeat_at=row.heartbeat_at,
+            recipe=json.loads(row.recipe) if row.recipe else None,
+            recipe_hash=row.recipe_hash,
+            data_fingerprint=row.data_fingerprint,
+            git_commit=row.git_commit,
+            git_dirty=row.git_dirty,
+            packages=json.loads(row.packages or "{}"),
+            host=row.host,
+            error=row.error,
+            **details,
+        )
+
+    def _runs_query(self) -> Any:
+        return select(t.runs, t.experiments.c.name.label("experiment")).join(
+            t.experiments, t.experiments.c.id == t.runs.c.experiment_id
+        )
+
+    def get_run(self, run_id: str) -> Run:
+        validate_run_id(run_id)
+        self._expire_stale()
+        with self._read() as conn:
+            row = conn.execute(self._runs_query().where(t.runs.c.id == run_id)).first()
+            if row is None:
+                raise NotFoundError(
+                    f"Run '{run_id}' does not exist. List runs with `danlu runs ls`."
+                )
+            return self._run(row, self._details(conn, [run_id])[run_id])
+
+    def _require_run(self, conn: Connection, run_id: str) -> None:
+        validate_run_id(run_id)
+        if conn.execute(select(t.runs.c.id).where(t.runs.c.id == run_id)).first() is None:
+            raise NotFoundError(f"Run '{run_id}' does not exist.")
+
+    def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        data_fingerprint: str | None = None,
+    ) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}; got {status!r}")
+        now = time.time()
+        values: dict[str, Any] = {
+            "status": status,
+            "heartbeat_at": now,
+            "error": error,
+            "ended_at": None if status == "running" else now,
+        }
+        if data_fingerprint is not None:
+            values["data_fingerprint"] = data_fingerprint
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(**values))
+
+    def heartbeat(self, run_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(t.runs)
+                .where((t.runs.c.id == run_id) & (t.runs.c.status == "running"))
+                .values(heartbeat_at=time.time())
+            )
+
+    def _clause(self, clause: Clause) -> Any:
+        op = clause.op
+
+        def compare(column: Any, value: Any) -> Any:
+            return {
+                "=": column == value,
+                "!=": column != value,
+                "<": column < value,
+                "<=": column <= value,
+                ">": column > value,
+                ">=": column >= value,
+                "like": column.like(value),
+            }[op]
+
+        if clause.kind == "metric":
+            m = t.latest_metrics
+            return exists().where(
+                m.c.run_id == t.runs.c.id, m.c.key == clause.key, compare(m.c.value, clause.value)
+            )
+        if clause.kind in {"param", "tag"}:
+            table = t.params if clause.kind == "param" else t.tags
+            if op in {"<", "<=", ">", ">="}:
+                raise StoreError(
+                    f"{clause.kind}s.{clause.key} holds text: compare with =, != or like."
+                )
+            return exists().where(
+                table.c.run_id == t.runs.c.id,
+                table.c.key == clause.key,
+                compare(table.c.value, _params_value(clause.value)),
+            )
+        column = (
+            t.experiments.c.name
+            if clause.key == "experiment"
+            else t.runs.c.id
+            if clause.key == "run_id"
+            else t.runs.c[clause.key]
+        )
+        return compare(column, clause.value)
+
+    def search_runs(
+        self,
+        filter: str | None = None,
+        *,
+        order_by: Sequence[str] = (),
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]:
+        clauses = parse_filter(filter)
+        query = self._runs_query()
+        if clauses:
+            query = query.where(and_(*(self._clause(c) for c in clauses)))
+        for i, item in enumerate(order_by):
+            kind, key, descending = parse_order(item)
+            if kind == "attribute":
+                column = (
+                    t.experiments.c.name
+                    if key == "experiment"
+                    else t.runs.c.id
+                    if key == "run_id"
+                    else t.runs.c[key]
+                )
+            else:
+                table = {"metric": t.latest_metrics, "param": t.params, "tag": t.tags}[kind].alias(
+                    f"sort{i}"
+                )
+                query = query.outerjoin(
+                    table, and_(table.c.run_id == t.runs.c.id, table.c.key == key)
+                )
+                column = table.c.value
+            query = query.order_by(
+                column.desc().nulls_last() if descending else column.asc().nulls_last()
+            )
+        query = (
+            query.order_by(t.runs.c.created_at.desc(), t.runs.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        self._expire_stale()
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+            details = self._details(conn, [r.id for r in rows])
+        return [self._run(r, details[r.id]) for r in rows]
+
+    def delete_run(self, run_id: str) -> None:
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(delete(t.runs).where(t.runs.c.id == run_id))
+        folder = safe_join(self.artifact_root, run_id)
+        shutil.rmtree(
+            folder, ignore_errors=True
+        )  # rows first: a row never points at a missing file
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        rows = [
+            {"run_id": run_id, "key": str(k)[:250], "value": _params_value(v)}
+            for k, v in params.items()
+        ]
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            if rows:
+                conn.execute(
+                    delete(t.params).where(
+                        t.params.c.run_id == run_id, t.params.c.key.in_([r["key"] for r in rows])
+                    )
+                )
+                conn.execute(insert(t.params), rows)
+
+    def log_metrics(self, run_id: str, points: Sequence[MetricPoint]) -> None:
+        if not points:
+            return
+        now = time.time()
+        rows = [
+            {
+                "run_id": run_id,
+                "key": p.key,
+                "value": _float(p.value),
+                "step": p.step,
+                "epoch": p.epoch,
+                "time": p.time or now,
+            }
+            for p in points
+        ]
+        latest: dict[str, dict[str, Any]] = {}
+        for row in rows:  # last point of the highest step wins, per key
+            if row["key"] not in latest or row["step"] >= latest[row["key"]]["step"]:
+                latest[row["key"]] = row
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(insert(t.metrics), rows)
+            self._upsert_latest(conn, list(latest.values()))
+            conn.execute(
+                update(t.runs)
+                .where((t.runs.c.id == run_id) & (t.runs.c.status == "running"))
+                .values(heartbeat_at=now)
+            )
+
+    def _upsert_latest(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        values = [
+            {
+                "run_id": r["run_id"],
+                "key": r["key"],
+                "value": r["value"],
+                "step": r["step"],
+                "time": r["time"],
+            }
+            for r in rows
+        ]
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        stmt = upsert(t.latest_metrics).values(values)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["run_id", "key"],
+                set_={
+                    "value": stmt.excluded.value,
+                    "step": stmt.excluded.step,
+                    "time": stmt.excluded.time,
+                },
+                where=t.latest_metrics.c.step <= stmt.excluded.step,
+            )
+        )
+
+    def metric_history(self, run_id: str, key: str | None = None) -> list[MetricPoint]:
+        query = select(t.metrics).where(t.metrics.c.run_id == run_id)
+        if key is not None:
+            query = query.where(t.metrics.c.key == key)
+        with self._read() as conn:
+            self._require_run(conn, run_id)
+            rows = conn.execute(
+                query.order_by(t.metrics.c.key, t.metrics.c.step, t.metrics.c.id)
+            ).all()
+        return [
+            MetricPoint(r.key, math.nan if r.value is None else r.value, r.step, r.epoch, r.time)
+            for r in rows
+        ]
+
+    def delete_metrics_after(self, run_id: str, step: int) -> None:
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(
+                delete(t.metrics).where(t.metrics.c.run_id == run_id, t.metrics.c.step > step)
+            )
+            conn.execute(delete(t.latest_metrics).where(t.latest_metrics.c.run_id == run_id))
+            last = (
+                select(t.metrics.c.key, func.max(t.metrics.c.id).label("id"))
+                .where(t.metrics.c.run_id == run_id)
+                .group_by(t.metrics.c.key)
+                .subquery()
+            )
+            rows = conn.execute(select(t.metrics).join(last, last.c.id == t.metrics.c.id)).all()
+            if rows:
+                self._upsert_latest(conn, [r._asdict() for r in rows])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            if tags:
+                conn.execute(
+                    delete(t.tags).where(t.tags.c.run_id == run_id, t.tags.c.key.in_(list(tags)))
+                )
+                conn.execute(
+                    insert(t.tags),
+                    [{"run_id": run_id, "key": k, "value": str(v)} for k, v in tags.items()],
+                )
+
+    # -- artifacts -----------------------------------------------------------------------------
+    def artifact_path(self, run_id: str, name: str) -> Path:
+        return safe_join(self.artifact_root, validate_run_id(run_id), validate_artifact_name(name))
+
+    def _record(
+        self, conn: Connection, run_id: str, name: str, path: Path, media_type: str | None
+    ) -> Artifact:
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
+        media = (
+            media_type
+            or _MEDIA.get(path.suffix)
+            or mimetypes.guess_type(path.name)[0]
+            or "application/octet-stream"
+        )
+        artifact = Artifact(run_id, name, size, digest.hexdigest(), media, time.time())
+        conn.execute(
+            delete(t.artifacts).where(t.artifacts.c.run_id == run_id, t.artifacts.c.name == name)
+        )
+        conn.execute(
+            insert(t.artifacts).values(
+                run_id=run_id,
+                name=name,
+                size=size,
+                sha256=artifact.sha256,
+                media_type=media,
+                created_at=artifact.created_at,
+            )
+        )
+        return artifact
+
+    def log_artifact(
+        self, run_id: str, name: str, data: bytes, media_type: str | None = None
+    ) -> Artifact:
+        path = self.artifact_path(run_id, name)
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            existed = path.exists()
+            atomic_write_bytes(path, data)
+            try:
+                return self._record(conn, run_id, name, path, media_type)
+            except BaseException:
+                if not existed:
+                    path.unlink(missing_ok=True)  # no file without its row
+                raise
+
+    def record_artifact(self, run_id: str, name: str, media_type: str | None = None) -> Artifact:
+        path = self.artifact_path(run_id, name)
+        if not path.is_file():
+            raise NotFoundError(f"Artifact file '{name}' of run '{run_id}' does not exist.")
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            return self._record(conn, run_id, name, path, media_type)
+
+    def list_artifacts(self, run_id: str) -> list[Artifact]:
+        with self._read() as conn:
+            self._require_run(conn, run_id)
+            rows = conn.execute(
+                select(t.artifacts)
+                .where(t.artifacts.c.run_id == run_id)
+                .order_by(t.artifacts.c.name)
+            ).all()
+        return [
+            Artifact(r.run_id, r.name, r.size, r.sha256, r.media_type, r.created_at) for r in rows
+        ]
+
+    # -- model registry ------------------------------------------------------------------------
+    def _audit(
+        self,
+        conn: Connection,
+        actor: str,
+        action: str,
+        model: str,
+        version: int | None,
+        **detail: Any,
+    ) -> None:
+        conn.execute(
+            insert(t.audit_log).values(
+                time=time.time(),
+                actor=actor,
+                action=action,
+                model=model,
+                version=version,
+                detail=json.dumps(detail, default=str),
+            )
+        )
+
+    def model_version_path(self, name: str, version: int, file: str) -> Path:
+        return safe_join(
+            self.model_root,
+            validate_model_name(name),
+            str(int(version)),
+            validate_artifact_name(file),
+        )
+
+    def _aliases(self, conn: Connection, name: str) -> dict[str, int]:
+        rows = conn.execute(
+            select(t.model_aliases)
+            .where(t.model_aliases.c.name == name)
+            .order_by(t.model_aliases.c.alias)
+        ).all()
+        return {r.alias: r.version for r in rows}
+
+    def _version(self, row: Any, aliases: Mapping[str, int]) -> ModelVersion:
+        return ModelVersion(
+            name=row.name,
+            version=row.version,
+            run_id=row.run_id,
+            created_at=row.created_at,
+            signature=json.loads(row.signature),
+            metrics=json.loads(row.metrics),
+            tags=json.loads(row.tags),
+            files=tuple(json.loads(row.files)),
+            aliases=tuple(a for a, v in aliases.items() if v == row.version),
+        )
+
+    def create_model_version(
+        self,
+        name: str,
+        *,
+        run_id: str | None,
+        files: Mapping[str, bytes],
+        signature: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str] | None = None,
+        actor: str = "danlu",
+    ) -> ModelVersion:
+        validate_model_name(name)
+        for file in files:
+            validate_artifact_name(file)
+        for attempt in range(5):
+            staging: Path | None = None
+            try:
+                with self._write() as conn:
+                    if run_id is not None:
+                        self._require_run(conn, run_id)
+                    if (
+                        conn.execute(select(t.models.c.name).where(t.models.c.name == name)).first()
+                        is None
+                    ):
+                        conn.execute(
+                            insert(t.models).values(
+                                name=name, created_at=time.time(), description=""
+                            )
+                        )
+                        self._audit(conn, actor, "create_model", name, None)
+                    version = (
+                        int(
+                            conn.execute(
+                                select(
+                                    func.coalesce(func.max(t.model_versions.c.version), 0)
+                                ).where(t.model_versions.c.name == name)
+                            ).scalar_one()
+                        )
+                        + 1
+                    )
+                    final = safe_join(self.model_root, name, str(version))
+                    staging = safe_join(
+                        self.model_root, name, f".staging-{version}-{secrets.token_hex(4)}"
+                    )
+                    for file, data in files.items():
+                        atomic_write_bytes(staging / file, data)
+                    if final.exists():  # left by a crash before its row was committed
+                        shutil.rmtree(final)
+                    os.replace(staging, final)
+                    staging = final
+                    conn.execute(
+                        insert(t.model_versions).values(
+                            name=name,
+                            version=version,
+                            run_id=run_id,
+                            created_at=time.time(),
+                            signature=json.dumps(signature),
+                            metrics=json.dumps(dict(metrics)),
+                            tags=json.dumps(dict(tags or {})),
+                            files=json.dumps(sorted(files)),
+                        )
+                    )
+                    self._audit(conn, actor, "create_version", name, version, run_id=run_id)
+                staging = None
+                return self.get_model_version(name, version)
+            except IntegrityError:  # another process took this version number: try the next
+                continue
+            finally:
+                if staging is not None:
+                    shutil.rmtree(staging, ignore_errors=True)
+        raise StoreError(
+            f"Could not register a new version of '{name}' after 5 attempts (heavy contention)."
+        )
+
+    def get_model_version(
+        self, name: str, version: int | None = None, *, alias: str | None = None
+    ) -> ModelVersion:
+        validate_model_name(name)
+        with self._read() as conn:
+            if conn.execute(select(t.models.c.name).where(t.models.c.name == name)).first() is None:
+                known = [r[0] for r in conn.execute(select(t.models.c.name))]
+                raise NotFoundError(
+                    f"No registered model '{name}'.{did_you_mean(name, known)} List models with `danlu models ls`."
+                )
+            aliases = self._aliases(conn, name)
+            if alias is not None:
+                if alias not in aliases:
+                    raise NotFoundError(
+                        f"Model '{name}' has no alias '{alias}'.{did_you_mean(alias, list(aliases))} Its aliases: {', '.join(aliases) or 'none'}."
+                    )
+                version = aliases[alias]
+            query = select(t.model_versions).where(t.model_versions.c.name == name)
+            query = (
+                query.where(t.model_versions.c.version == version)
+                if version is not None
+                else query.order_by(t.model_versions.c.version.desc()).limit(1)
+            )
+            row = conn.execute(query).first()
+            if row is None:
+                raise NotFoundError(
+                    f"Model '{name}' has no version {version}."
+                    if version is not None
+                    else f"Model '{name}' has no versions."
+                )
+            return self._version(row, aliases)
+
+    def list_models(self) -> list[RegisteredModel]:
+        with self._read() as conn:
+            latest = (
+                select(
+                    t.model_versions.c.name, func.max(t.model_versions.c.version).label("latest")
+                )
+                .group_by(t.model_versions.c.name)
+                .subquery()
+            )
+            rows = conn.execute(
+                select(t.models, latest.c.latest)
+                .outerjoin(latest, latest.c.name == t.models.c.name)
+                .order_by(t.models.c.name)
+            ).all()
+            return [
+                RegisteredModel(
+                    r.name, r.created_at, r.description, r.latest or 0, self._aliases(conn, r.name)
+                )
+                for r in rows
+            ]
+
+    def list_model_versions(self, name: str) -> list[ModelVersion]:
+        self.get_model_version(name)  # raises a clear error for an unknown model
+        with self._read() as conn:
+            aliases = self._aliases(conn, name)
+            rows = conn.execute(
+                select(t.model_versions)
+                .where(t.model_versions.c.name == name)
+                .order_by(t.model_versions.c.version)
+            ).all()
+        return [self._version(r, aliases) for r in rows]
+
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str = "danlu") -> None:
+        validate_model_name(alias)
+        if alias.isdigit():
+            raise StoreError(
+                f"Alias '{alias}' would be confused with a version number; use a name like 'production'."
+            )
+        self.get_model_version(name, version)
+        with self._write() as conn:
+            previous = self._aliases(conn, name).get(alias)
+            conn.execute(
+                delete(t.model_aliases).where(
+                    t.model_aliases.c.name == name, t.model_aliases.c.alias == alias
+                )
+            )
+            conn.execute(insert(t.model_aliases).values(name=name, alias=alias, version=version))
+            self._audit(conn, actor, "set_alias", name, version, alias=alias, previous=previous)
+
+    def delete_alias(self, name: str, alias: str, *, actor: str = "danlu") -> None:
+        version = self.get_model_version(name, alias=alias).version
+        with self._write() as conn:
+            conn.execute(
+                delete(t.model_aliases).where(
+                    t.model_aliases.c.name == name, t.model_aliases.c.alias == alias
+                )
+            )
+            self._audit(conn, actor, "delete_alias", name, version, alias=alias)
+
+    def delete_model(self, name: str, version: int | None = None, *, actor: str = "danlu") -> None:
+        self.get_model_version(name, version)
+        with self._write() as conn:
+            if version is None:
+                conn.execute(delete(t.model_aliases).where(t.model_aliases.c.name == name))
+                conn.execute(delete(t.model_versions).where(t.model_versions.c.name == name))
+                conn.execute(delete(t.models).where(t.models.c.name == name))
+                self._audit(conn, actor, "delete_model", name, None)
+            else:
+                conn.execute(
+                    delete(t.model_aliases).where(
+                        t.model_aliases.c.name == name, t.model_aliases.c.version == version
+                    )
+                )
+                conn.execute(
+                    delete(t.model_versions).where(
+                        t.model_versions.c.name == name, t.model_versions.c.version == version
+                    )
+                )
+                self._audit(conn, actor, "delete_version", name, version)
+        folder = (
+            safe_join(self.model_root, name)
+            if version is None
+            else safe_join(self.model_root, name, str(version))
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def audit_log(self, name: str | None = None) -> list[AuditEntry]:
+        query = select(t.audit_log).order_by(t.audit_log.c.id)
+        if name is not None:
+            query = query.where(t.audit_log.c.model == name)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            AuditEntry(r.id, r.time, r.actor, r.action, r.model, r.version, json.loads(r.detail))
+            for r in rows
+        ]

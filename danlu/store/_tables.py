@@ -1,0 +1,148 @@
+"""The database schema as SQLAlchemy Core tables (the migrations in ``migrations/`` create it)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = ["metadata"]
+
+metadata = MetaData()
+
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("experiment_id", Integer, ForeignKey("experiments.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("stage", String(50), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("parent_id", String(64), ForeignKey("runs.id", ondelete="SET NULL"), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("heartbeat_at", Float),
+    Column("recipe", Text),
+    Column("recipe_hash", String(64)),
+    Column("data_fingerprint", String(64)),
+    Column("git_commit", String(64)),
+    Column("git_dirty", Boolean),
+    Column("packages", Text),
+    Column("host", String(255)),
+    Column("error", Text),
+    Index("ix_runs_experiment", "experiment_id", "created_at"),
+    Index("ix_runs_status", "status", "heartbeat_at"),
+    Index("ix_runs_created", "created_at"),
+)
+
+params = Table(
+    "params",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(250), primary_key=True),
+    Column("value", Text, nullable=False),
+    Index("ix_params_key_value", "key", "value"),
+)
+
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(250), nullable=False),
+    Column("value", Float),  # NULL stands for NaN (SQLite cannot store NaN)
+    Column("step", Integer, nullable=False),
+    Column("epoch", Integer),
+    Column("time", Float, nullable=False),
+    Index("ix_metrics_run_key_step", "run_id", "key", "step"),
+)
+
+latest_metrics = Table(
+    "latest_metrics",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(250), primary_key=True),
+    Column("value", Float),
+    Column("step", Integer, nullable=False),
+    Column("time", Float, nullable=False),
+    Index("ix_latest_key_value", "key", "value"),
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(250), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("media_type", String(100), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("description", Text, nullable=False, default=""),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("name", String(100), ForeignKey("models.name", ondelete="CASCADE"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="SET NULL"), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("metrics", Text, nullable=False),
+    Column("tags", Text, nullable=False),
+    Column("files", Text, nullable=False),
+)
+
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("name", String(100), ForeignKey("models.name", ondelete="CASCADE"), primary_key=True),
+    Column("alias", String(100), primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(50), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("version", Integer),
+    Column("detail", Text, nullable=False),
+    Index("ix_audit_model", "model", "id"),
+)

@@ -1,0 +1,163 @@
+"""The storage contract. One implementation (SQLAlchemy: SQLite and PostgreSQL) serves it; the
+conformance suite in ``danlu.testing.store`` checks any backend against it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from danlu.store._entities import (
+    Artifact,
+    AuditEntry,
+    MetricPoint,
+    ModelVersion,
+    RegisteredModel,
+    Run,
+)
+
+__all__ = ["Store"]
+
+
+class Store(ABC):
+    """Runs with their params, metrics, tags and artifacts; registered models; the audit log.
+
+    Every method returns frozen entities. Names and ids that come from outside are validated;
+    writes that matter are atomic; a database row never points at a missing file.
+    """
+
+    # -- runs ----------------------------------------------------------------------------------
+    @abstractmethod
+    def create_run(
+        self,
+        *,
+        experiment: str,
+        name: str,
+        stage: str = "train",
+        parent_id: str | None = None,
+        recipe: Mapping[str, Any] | None = None,
+        recipe_hash: str | None = None,
+        data_fingerprint: str | None = None,
+        git_commit: str | None = None,
+        git_dirty: bool | None = None,
+        packages: Mapping[str, str] | None = None,
+        host: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Run:
+        """Start a run (status ``running``) in ``experiment`` (created on first use)."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> Run:
+        """The run with its params, latest metrics and tags. Raises NotFoundError."""
+
+    @abstractmethod
+    def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        data_fingerprint: str | None = None,
+    ) -> None:
+        """Move a run to ``running`` (e.g. on resume), ``finished``, ``failed`` or ``interrupted``."""
+
+    @abstractmethod
+    def heartbeat(self, run_id: str) -> None:
+        """Record that the run's process is alive. Runs silent for longer than the store's
+        heartbeat timeout are marked ``interrupted`` on the next read."""
+
+    @abstractmethod
+    def search_runs(
+        self,
+        filter: str | None = None,
+        *,
+        order_by: Sequence[str] = (),
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]:
+        """Runs matching ``filter`` (``metrics.acc > 0.9 and params.model.type = 'cnn'``)."""
+
+    @abstractmethod
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run with its params, metrics, tags and artifact files."""
+
+    @abstractmethod
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
+
+    @abstractmethod
+    def log_metrics(self, run_id: str, points: Sequence[MetricPoint]) -> None:
+        """Store a batch of points in one transaction."""
+
+    @abstractmethod
+    def metric_history(self, run_id: str, key: str | None = None) -> list[MetricPoint]: ...
+
+    @abstractmethod
+    def delete_metrics_after(self, run_id: str, step: int) -> None:
+        """Forget points logged after ``step`` (a resumed run re-logs them)."""
+
+    @abstractmethod
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None: ...
+
+    # -- artifacts -----------------------------------------------------------------------------
+    @abstractmethod
+    def log_artifact(
+        self, run_id: str, name: str, data: bytes, media_type: str | None = None
+    ) -> Artifact:
+        """Write ``data`` atomically under the run, then record it."""
+
+    @abstractmethod
+    def record_artifact(self, run_id: str, name: str, media_type: str | None = None) -> Artifact:
+        """Record a file already written (atomically) at ``artifact_path(run_id, name)``."""
+
+    @abstractmethod
+    def artifact_path(self, run_id: str, name: str) -> Path:
+        """Where the artifact lives (validated; may not exist yet)."""
+
+    @abstractmethod
+    def list_artifacts(self, run_id: str) -> list[Artifact]: ...
+
+    # -- model registry ------------------------------------------------------------------------
+    @abstractmethod
+    def create_model_version(
+        self,
+        name: str,
+        *,
+        run_id: str | None,
+        files: Mapping[str, bytes],
+        signature: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str] | None = None,
+        actor: str = "danlu",
+    ) -> ModelVersion:
+        """Register the next version of model ``name`` with its files (weights, preprocessing, ...)."""
+
+    @abstractmethod
+    def get_model_version(
+        self, name: str, version: int | None = None, *, alias: str | None = None
+    ) -> ModelVersion:
+        """A version by number, by alias, or the latest. Raises NotFoundError."""
+
+    @abstractmethod
+    def model_version_path(self, name: str, version: int, file: str) -> Path:
+        """Path of one file of a registered version (validated)."""
+
+    @abstractmethod
+    def list_models(self) -> list[RegisteredModel]: ...
+
+    @abstractmethod
+    def list_model_versions(self, name: str) -> list[ModelVersion]: ...
+
+    @abstractmethod
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str = "danlu") -> None: ...
+
+    @abstractmethod
+    def delete_alias(self, name: str, alias: str, *, actor: str = "danlu") -> None: ...
+
+    @abstractmethod
+    def delete_model(self, name: str, version: int | None = None, *, actor: str = "danlu") -> None:
+        """Delete one version, or the whole model with every version."""
+
+    @abstractmethod
+    def audit_log(self, name: str | None = None) -> list[AuditEntry]:
+        """Registry changes, oldest first (append-only)."""
