@@ -734,7 +734,7 @@ class SqlStore(Store):
         validate_model_name(name)
         for file in files:
             validate_artifact_name(file)
-        for attempt in range(5):
+        for _attempt in range(5):
             staging: Path | None = None
             try:
                 with self._write() as conn:
