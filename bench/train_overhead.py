@@ -1,7 +1,8 @@
 """danlu's engine vs a minimal hand-written PyTorch loop: same CNN, data, batch size, epochs.
 
 Both train on digits' prepared tensors in memory, shuffle with randperm and validate once per
-epoch. danlu additionally tracks metrics in its run folder and writes a full, fsynced checkpoint
+epoch. danlu additionally tracks params and metrics in its SQLite store (a run row, batched
+metric inserts, a heartbeat thread) and writes a full, fsynced checkpoint
 every epoch. Runs alternate (hand, danlu, danlu, hand, ...) so machine noise hits both alike;
 the table reports medians and the median of per-pair ratios.
 
@@ -25,7 +26,7 @@ from _report import machine, write  # noqa: E402
 from danlu.config import load_recipe  # noqa: E402
 from danlu.data import prepare_data  # noqa: E402
 from danlu.models import build_model  # noqa: E402
-from danlu.store import RunFolderTracker  # noqa: E402
+from danlu.store import SqlStore, StoreTracker  # noqa: E402
 from danlu.tasks import get_task  # noqa: E402
 from danlu.train import Trainer  # noqa: E402
 
@@ -88,15 +89,18 @@ def main() -> None:
         )
         return time.perf_counter() - start
 
+    store = SqlStore(home=tempfile.mkdtemp())  # opened once, as `danlu run` does per process
+
     def run_danlu(home: Path) -> float:
         start = time.perf_counter()
-        tracker = RunFolderTracker.create("bench", home)
+        tracker = StoreTracker(store, store.create_run(experiment="bench", name="bench").id)
         trainer = Trainer(
             recipe.train,
             tracker=tracker,
             checkpoint_path=tracker.artifact_path("checkpoint.safetensors"),
         )
         trainer.fit(fresh_model(), task, data)
+        tracker.set_status("finished")
         return time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as home:

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Result", "__version__", "load_recipe", "run"]
+__all__ = ["Result", "__version__", "load_model", "load_recipe", "run"]
 
 if TYPE_CHECKING:
     from danlu.config import load_recipe
+    from danlu.export import load_model
     from danlu.pipeline import Result, run
 
 
@@ -26,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from danlu import pipeline
 
         return getattr(pipeline, name)
+    if name == "load_model":
+        from danlu.export import load_model
+
+        return load_model
     if name == "load_recipe":
         from danlu.config import load_recipe
 

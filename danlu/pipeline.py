@@ -1,11 +1,14 @@
 """Runs a recipe's stages in order: prepare data → build task and model → train → test metrics.
 
 Every check that can fail on bad input runs before anything is written, so a bad recipe or bad
-data leaves no run folder behind.
+data leaves no run behind. Everything the run produces is recorded in the store: the resolved
+recipe and its hash, the data fingerprint, code version, packages and host, params, metrics per
+epoch, test metrics, artifacts (weights, preprocessing, summary, checkpoint).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +33,11 @@ if TYPE_CHECKING:
     import torch
 
     from danlu.data import FeatureSchema, PreparedData, Preprocessor
+    from danlu.store import ModelVersion, Store, Tracker
     from danlu.tasks import Task
     from danlu.train import Callback
 
-__all__ = ["Result", "check_recipe", "recipe_json_schema", "run"]
+__all__ = ["Result", "check_recipe", "recipe_json_schema", "register_run", "run"]
 
 log = get_logger(__name__)
 
@@ -57,6 +61,7 @@ class Result:
     preprocessor: Preprocessor
     data_fingerprint: str
     data_report: dict[str, Any] = field(default_factory=dict)
+    registered: ModelVersion | None = None
 
     def predict(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """Predict raw rows (a DataFrame or dict rows) with the saved preprocessing.
@@ -150,8 +155,20 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_KEYS)
 
 
+def _recipe_hash(resolved: Mapping[str, Any]) -> str:
+    """sha256 of the resolved recipe, ignoring keys that do not change the model (name, register)."""
+    relevant = {k: v for k, v in resolved.items() if k not in {"name", "register"}}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _resume_id(resume: StrPath) -> str:
+    """A run id, or a path to a run's artifact folder (whose name is the id)."""
+    text = str(resume).rstrip("/")
+    return Path(text).name if "/" in text else text
+
+
 def _save_outputs(
-    tracker: Any, recipe: Recipe, options: Any, model: torch.nn.Module, data: PreparedData
+    tracker: Tracker, recipe: Recipe, options: Any, model: torch.nn.Module, data: PreparedData
 ) -> None:
     from safetensors.torch import save as st_save
 
@@ -160,18 +177,74 @@ def _save_outputs(
     spec = (
         options.model_dump(mode="json") if hasattr(options, "model_dump") else dict(options or {})
     )
-    tracker.log_artifact(
-        "model.json",
-        json.dumps(
-            {
-                "type": recipe.model.type,
-                "options": spec,
-                "task": recipe.task,
-                "schema": data.schema.to_dict(),
-            },
-            indent=1,
-        ),
+    model_card = {
+        "type": recipe.model.type,
+        "options": spec,
+        "task": recipe.task,
+        "schema": data.schema.to_dict(),
+    }
+    tracker.log_artifact("model.json", json.dumps(model_card, indent=1))
+
+
+def _signature(schema: dict[str, Any], task: str) -> dict[str, Any]:
+    """The model's input/output contract, from its feature schema."""
+    inputs = [
+        {
+            "name": f["name"],
+            "kind": f["kind"],
+            **({"categories": list(f["categories"])} if f.get("categories") else {}),
+        }
+        for f in schema["features"]
+    ]
+    if task == "classification":
+        outputs: dict[str, Any] = {
+            "prediction": {"type": "label", "classes": list(schema["classes"])},
+            "probabilities": {"type": "float", "shape": [len(schema["classes"])]},
+        }
+    else:
+        outputs = {"prediction": {"type": "float", "target": schema["target"]}}
+    return {"task": task, "inputs": inputs, "outputs": outputs}
+
+
+def register_run(
+    store: Store, run_id: str, name: str, alias: str | None = None, actor: str = "danlu"
+) -> ModelVersion:
+    """Register a finished run's model as the next version of ``name`` (and point ``alias`` at it).
+
+    The version keeps its own copy of the weights (safetensors), the model card and the
+    preprocessing (JSON), so it survives the deletion of the run.
+
+    Example:
+        >>> # mv = register_run(SqlStore(), result.run_id, "digits", alias="staging")
+    """
+    from danlu.errors import StoreError
+
+    run = store.get_run(run_id)
+    if run.status != "finished":
+        raise StoreError(f"Run '{run_id}' is {run.status}; only a finished run can be registered.")
+    files: dict[str, bytes] = {}
+    for file in ("model.safetensors", "model.json", "preprocessing.json"):
+        path = store.artifact_path(run_id, file)
+        if not path.is_file():
+            raise StoreError(
+                f"Run '{run_id}' has no '{file}' artifact, so it cannot be registered."
+            )
+        files[file] = path.read_bytes()
+    card = json.loads(files["model.json"])
+    metrics = {k: v for k, v in run.metrics.items() if k.startswith("test_")}
+    version = store.create_model_version(
+        name,
+        run_id=run_id,
+        files=files,
+        signature=_signature(card["schema"], card["task"]),
+        metrics=metrics,
+        tags={"recipe": run.name, "model.type": str(card["type"])},
+        actor=actor,
     )
+    if alias is not None:
+        store.set_alias(name, alias, version.version, actor=actor)
+        version = store.get_model_version(name, version.version)
+    return version
 
 
 def run(
@@ -181,6 +254,7 @@ def run(
     callbacks: Sequence[Callback] = (),
     home: StrPath | None = None,
     resume: StrPath | None = None,
+    store: Store | None = None,
 ) -> Result:
     """Run a recipe end to end and return the trained model with its metrics.
 
@@ -188,8 +262,9 @@ def run(
         recipe: a YAML path, a mapping or a :class:`~danlu.config.Recipe`.
         overrides: ``key.path=value`` strings applied on top of the recipe.
         callbacks: extra engine callbacks (progress bars, user hooks).
-        home: where runs are stored (default ``$DANLU_HOME`` or ``./.danlu``).
-        resume: a run folder to continue from its last checkpoint.
+        home: where the store lives (default ``$DANLU_HOME`` or ``./.danlu``).
+        resume: a run id (or its artifact folder) to continue from its last checkpoint.
+        store: an open store to use instead of opening one from ``home``.
 
     Example:
         >>> import danlu
@@ -198,9 +273,9 @@ def run(
     """
     from danlu.data import prepare_data
     from danlu.models import MODELS
-    from danlu.store import RunFolderTracker
+    from danlu.store import SqlStore, StoreTracker, git_state, host_name, package_versions
     from danlu.tasks import get_task
-    from danlu.train import Trainer, seed_everything
+    from danlu.train import Trainer, load_checkpoint, seed_everything
 
     recipe = load_recipe(recipe, overrides)
     options = check_recipe(recipe)
@@ -209,34 +284,46 @@ def run(
     seed_everything(recipe.train.seed)  # model initialisation depends on it
     model = MODELS.get(recipe.model.type).builder(options, data.schema, task)
     resolved = recipe_to_dict(recipe)
+    store = store or SqlStore(home=home)
 
     if resume is not None:
-        tracker = RunFolderTracker.open(resume)
-        saved = json.loads(tracker.artifact_path("recipe.json").read_text())
-        changed = _diff(saved, resolved)
+        run_id = _resume_id(resume)
+        previous = store.get_run(run_id)
+        changed = _diff(previous.recipe or {}, resolved)
         if changed:
             raise ConfigError(
-                f"Cannot resume run {tracker.run_id}: the recipe differs from the one it was started with at {', '.join(changed)}. Only train.epochs may change on resume."
+                f"Cannot resume run {run_id}: the recipe differs from the one it was started with at {', '.join(changed)}. Only train.epochs may change on resume."
             )
-        if tracker.status.get("data_fingerprint") != data.raw_fingerprint:
+        if previous.data_fingerprint != data.raw_fingerprint:
             raise ConfigError(
-                f"Cannot resume run {tracker.run_id}: the data changed since it started (fingerprint {data.raw_fingerprint[:12]} ≠ {str(tracker.status.get('data_fingerprint'))[:12]})."
+                f"Cannot resume run {run_id}: the data changed since it started (fingerprint {data.raw_fingerprint[:12]} ≠ {str(previous.data_fingerprint)[:12]})."
             )
+        tracker = StoreTracker(store, run_id)
+        tracker.set_status("running")
+        if recipe.train.epochs != (previous.recipe or {}).get("train", {}).get("epochs"):
+            tracker.log_params({"train": {"epochs": recipe.train.epochs}})
     else:
-        tracker = RunFolderTracker.create(recipe.name, home)
-        tracker.log_artifact("recipe.yaml", recipe_to_yaml(recipe))
-        tracker.log_artifact("recipe.json", json.dumps(resolved, indent=1))
+        commit, dirty = git_state()
+        run_record = store.create_run(
+            experiment=recipe.name,
+            name=recipe.name,
+            stage="train",
+            recipe=resolved,
+            recipe_hash=_recipe_hash(resolved),
+            data_fingerprint=data.raw_fingerprint,
+            git_commit=commit,
+            git_dirty=dirty,
+            packages=package_versions(),
+            host=host_name(),
+            tags={"task": recipe.task, "model.type": recipe.model.type},
+        )
+        tracker = StoreTracker(store, run_record.id)
         tracker.log_params(resolved)
+        tracker.log_artifact("recipe.yaml", recipe_to_yaml(recipe))
         tracker.log_artifact(
             "preprocessing.json", json.dumps(data.preprocessor.to_dict(), indent=1)
         )
         tracker.log_artifact("data_report.json", json.dumps(data.report, indent=1))
-    tracker.set_status(
-        "running",
-        recipe=recipe.name,
-        data_fingerprint=data.raw_fingerprint,
-        prepared_fingerprint=data.fingerprint,
-    )
 
     checkpoint = tracker.artifact_path("checkpoint.safetensors")
     trainer = Trainer(
@@ -245,41 +332,55 @@ def run(
         tracker=tracker,
         checkpoint_path=checkpoint if recipe.train.checkpoint.every else None,
     )
-    if resume is not None and checkpoint.exists():
-        from danlu.train import load_checkpoint
-
-        tracker.truncate_metrics(load_checkpoint(checkpoint)["epoch"])
+    resuming = resume is not None and checkpoint.exists()
+    if resume is not None:  # points logged after the checkpoint will be logged again
+        store.delete_metrics_after(
+            tracker.run_id, load_checkpoint(checkpoint)["epoch"] if resuming else 0
+        )
     try:
-        trainer.fit(model, task, data, resume=resume is not None and checkpoint.exists())
+        trainer.fit(model, task, data, resume=resuming)
+        test_outputs = trainer.predict_outputs(data.x_test).numpy()
+        all_metrics = (
+            task.metrics(test_outputs, data.y_test, data.schema) if len(data.y_test) else {}
+        )
+        metrics = {k: v for k, v in all_metrics.items() if isinstance(v, float)}
+        details = {k: v for k, v in all_metrics.items() if not isinstance(v, float)}
+        tracker.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=trainer.epoch)
+        tracker.log_metrics(
+            {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch}, step=trainer.epoch
+        )
+        _save_outputs(tracker, recipe, options, trainer.model, data)
+        summary = {
+            "run_id": tracker.run_id,
+            "recipe": recipe.name,
+            "task": recipe.task,
+            "test": metrics,
+            **details,
+            "best_epoch": trainer.best_epoch,
+            "epochs_run": trainer.epoch,
+            "final": trainer.history_[-1] if trainer.history_ else {},
+            "data_fingerprint": data.raw_fingerprint,
+            "prepared_fingerprint": data.fingerprint,
+        }
+        tracker.log_artifact("summary.json", json.dumps(summary, indent=1))
+        if checkpoint.exists():
+            tracker.record_artifact("checkpoint.safetensors")
     except KeyboardInterrupt:
-        tracker.set_status("interrupted", epoch=getattr(trainer, "epoch", 0))
+        tracker.set_status("interrupted", error="interrupted by the user")
         raise
     except BaseException as exc:
-        tracker.set_status("failed", error=str(exc))
+        tracker.set_status("failed", error=str(exc) or type(exc).__name__)
         raise
-
-    test_outputs = trainer.predict_outputs(data.x_test).numpy()
-    all_metrics = task.metrics(test_outputs, data.y_test, data.schema) if len(data.y_test) else {}
-    metrics = {k: v for k, v in all_metrics.items() if isinstance(v, float)}
-    details = {k: v for k, v in all_metrics.items() if not isinstance(v, float)}
-    _save_outputs(tracker, recipe, options, trainer.model, data)
-    summary = {
-        "run_id": tracker.run_id,
-        "recipe": recipe.name,
-        "task": recipe.task,
-        "test": metrics,
-        **details,
-        "best_epoch": trainer.best_epoch,
-        "epochs_run": trainer.epoch,
-        "final": trainer.history_[-1] if trainer.history_ else {},
-        "data_fingerprint": data.raw_fingerprint,
-        "prepared_fingerprint": data.fingerprint,
-    }
-    tracker.log_artifact("summary.json", json.dumps(summary, indent=1))
-    tracker.set_status("finished", test=metrics, best_epoch=trainer.best_epoch)
+    tracker.set_status("finished")
+    registered = None
+    if recipe.register is not None:
+        registered = register_run(
+            store, tracker.run_id, recipe.register.name, recipe.register.alias
+        )
     return Result(
+        registered=registered,
         run_id=tracker.run_id,
-        run_dir=tracker.run_dir,
+        run_dir=store.artifact_path(tracker.run_id, "summary.json").parent,
         recipe=recipe,
         metrics=metrics,
         details=details,

@@ -14,47 +14,89 @@ import torch
 from safetensors.torch import load_file
 
 import danlu
-from danlu.errors import ConfigError, DataError, NotFoundError
+from danlu.errors import ConfigError, DataError, NotFoundError, StoreError
 from danlu.pipeline import recipe_json_schema
+from danlu.store import SqlStore
 from danlu.testing import wine_recipe
 
 WINE = wine_recipe()
 
 
-def runs(home: Path) -> list[Path]:
-    folder = home / "runs"
-    return sorted(folder.iterdir()) if folder.exists() else []
+def runs(home: Path) -> list[str]:
+    """Ids of the runs stored under ``home`` (none when the store was never created)."""
+    if not (home / "danlu.db").exists():
+        return []
+    return [r.id for r in SqlStore(home=home).search_runs()]
 
 
-def test_run_writes_a_complete_run_folder(tmp_path):
+def test_run_records_everything_in_the_store(tmp_path):
     result = danlu.run(WINE, home=tmp_path)
-    files = {p.name for p in result.run_dir.iterdir()}
-    assert files >= {
+    store = SqlStore(home=tmp_path)
+    run = store.get_run(result.run_id)
+    assert run.status == "finished" and run.stage == "train" and run.experiment == "wine"
+    assert run.data_fingerprint == result.data_fingerprint
+    assert run.recipe is not None and run.recipe["train"]["epochs"] == 4
+    assert len(run.recipe_hash or "") == 64
+    assert run.packages["torch"] and run.host
+    assert run.params["train.epochs"] == "4" and run.params["model.hidden"] == "[16]"
+    assert run.metrics["test_accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert run.tags == {"task": "classification", "model.type": "mlp"}
+    history = store.metric_history(result.run_id, "val_loss")
+    assert [p.step for p in history] == [1, 2, 3, 4]
+    assert [p.value for p in history] == pytest.approx([h["val_loss"] for h in result.history])
+    names = {a.name for a in store.list_artifacts(result.run_id)}
+    assert names == {
         "recipe.yaml",
-        "recipe.json",
-        "params.json",
-        "metrics.jsonl",
         "preprocessing.json",
         "data_report.json",
         "model.safetensors",
         "model.json",
         "summary.json",
-        "status.json",
         "checkpoint.safetensors",
     }
-    assert not [f for f in files if f.endswith(".tmp")]
+    for artifact in store.list_artifacts(result.run_id):  # every row points at a real file
+        assert store.artifact_path(result.run_id, artifact.name).stat().st_size == artifact.size
+    assert not [p for p in result.run_dir.rglob("*") if p.name.endswith(".tmp")]
     summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert summary["test"] == result.metrics and 0 <= result.metrics["accuracy"] <= 1
-    assert len(summary["confusion_matrix"]) == 3
-    status = json.loads((result.run_dir / "status.json").read_text())
-    assert status["status"] == "finished"
-    assert status["data_fingerprint"] == result.data_fingerprint
-    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
-    params = json.loads((result.run_dir / "params.json").read_text())
-    assert params["train.epochs"] == 4 and params["model.hidden"] == [16]
+    assert summary["test"] == result.metrics and len(summary["confusion_matrix"]) == 3
     weights = load_file(result.run_dir / "model.safetensors")
     assert torch.equal(weights["0.weight"], result.model.state_dict()["0.weight"])
+
+
+def test_register_block_registers_and_load_model_predicts(tmp_path):
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame.drop(columns="target")
+    result = danlu.run(
+        WINE,
+        overrides=["train.epochs=20", "register.name=wine", "register.alias=staging"],
+        home=tmp_path,
+    )
+    assert result.registered is not None and result.registered.ref == "wine:1"
+    store = SqlStore(home=tmp_path)
+    model = danlu.load_model("wine@staging", store=store)
+    expected = result.predict(frame.head(10))
+    got = model.predict(frame.head(10))
+    assert list(got["prediction"]) == list(expected["prediction"])
+    assert got["probabilities"] == pytest.approx(expected["probabilities"])
+    assert model.predict(frame.head(3).to_dict(orient="records"))["prediction"].shape == (3,)
+    assert model.signature["outputs"]["prediction"]["classes"] == [0, 1, 2]
+    store.delete_run(result.run_id)  # the registered version keeps its own copy of the files
+    assert len(danlu.load_model("wine:1", store=store).predict(frame.head(2))["prediction"]) == 2
+
+
+def test_load_model_refuses_pickled_weights(tmp_path):
+    import pickle
+
+    danlu.run(WINE, overrides=["register.name=wine"], home=tmp_path)
+    store = SqlStore(home=tmp_path)
+    store.model_version_path("wine", 1, "model.safetensors").write_bytes(pickle.dumps({"w": 1}))
+    with pytest.raises(StoreError, match="refuses to load pickled"):
+        danlu.load_model("wine", store=store)
+    with pytest.raises(ConfigError, match="NAME@ALIAS"):
+        danlu.load_model("wine@@x", store=store)
+    with pytest.raises(NotFoundError, match="Did you mean 'wine'"):
+        danlu.load_model("wines", store=store)
 
 
 def test_result_predicts_raw_rows():
@@ -171,40 +213,41 @@ def test_resume_continues_a_killed_process_to_the_same_result(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    metrics_file = None
-    while time.monotonic() < deadline:  # wait until a few epochs are on disk, then kill
-        found = list(home.glob("runs/*/metrics.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= 3:
-            metrics_file = found[0]
-            break
-        time.sleep(0.02)
+    run_id = None
+    while time.monotonic() < deadline and proc.poll() is None:  # kill once 3 epochs are stored
+        if (home / "danlu.db").exists():
+            store = SqlStore(home=home)
+            found = store.search_runs()
+            if found and len(store.metric_history(found[0].id, "train_loss")) >= 3:
+                run_id = found[0].id
+                break
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert metrics_file is not None, "the run never logged 3 epochs"
-    run_dir = metrics_file.parent
-    assert (
-        json.loads((run_dir / "status.json").read_text())["status"] == "running"
-    )  # killed, not finished
-    assert not (run_dir / "summary.json").exists()
+    assert run_id is not None, "the run never logged 3 epochs"
+    store = SqlStore(home=home, heartbeat_timeout=0.5)
+    time.sleep(0.6)
+    killed = store.get_run(run_id)
+    assert killed.status == "interrupted" and "heartbeat" in (killed.error or "")
+    assert "summary.json" not in {a.name for a in store.list_artifacts(run_id)}
 
-    resumed = danlu.run(recipe, resume=run_dir)
-    assert resumed.run_dir == run_dir
+    resumed = danlu.run(recipe, resume=run_id, home=home)
+    assert resumed.run_id == run_id
     assert resumed.metrics == full.metrics
     assert resumed.history == full.history
-    steps = [
-        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert steps == list(range(1, 13))
+    assert [p.step for p in store.metric_history(run_id, "train_loss")] == list(range(1, 13))
+    assert store.get_run(run_id).status == "finished"
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):
     result = danlu.run(WINE, home=tmp_path)
     with pytest.raises(ConfigError, match="train.batch_size"):
-        danlu.run(WINE, overrides=["train.batch_size=8"], resume=result.run_dir)
-    extended = danlu.run(WINE, overrides=["train.epochs=6"], resume=result.run_dir)
+        danlu.run(WINE, overrides=["train.batch_size=8"], resume=result.run_id, home=tmp_path)
+    extended = danlu.run(WINE, overrides=["train.epochs=6"], resume=result.run_dir, home=tmp_path)
     assert len(extended.history) == 6
-    with pytest.raises(NotFoundError, match="not a danlu run folder"):
-        danlu.run(WINE, resume=tmp_path)
+    assert SqlStore(home=tmp_path).get_run(result.run_id).params["train.epochs"] == "6"
+    with pytest.raises(NotFoundError, match="does not exist"):
+        danlu.run(WINE, resume="20200101-000000-abcdef", home=tmp_path)
 
 
 def test_json_schema_lists_model_options():

@@ -75,11 +75,11 @@ def run(
     recipe: RecipeArg,
     set_: SetOption = None,
     resume: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--resume",
-            help="Continue the run in this folder from its last checkpoint.",
-            metavar="RUN_DIR",
+            help="Continue this run (its id, or its artifact folder) from its last checkpoint.",
+            metavar="RUN_ID",
         ),
     ] = None,
     quiet: Annotated[
@@ -107,13 +107,14 @@ def run(
         result = run_recipe(recipe, overrides=set_ or (), callbacks=callbacks, resume=resume)
     except KeyboardInterrupt:
         err.print(
-            "[yellow]Interrupted.[/] Resume from the last checkpoint with --resume RUN_DIR (the run folder printed above)."
+            "[yellow]Interrupted.[/] Resume from the last checkpoint with: danlu run RECIPE --resume RUN_ID (see `danlu runs ls`)."
         )
         raise typer.Exit(130) from None
     if as_json:
         out.print_json(
             json.dumps(
                 {
+                    "registered": result.registered.ref if result.registered else None,
                     "run_id": result.run_id,
                     "run_dir": str(result.run_dir),
                     "test": result.metrics,
@@ -133,10 +134,15 @@ def run(
         table.add_row(key, f"{value:.4f}")
     out.print(table)
     out.print(
-        f"best epoch {result.best_epoch} of {len(result.history)} · run {result.run_id} · saved in {result.run_dir}",
+        f"best epoch {result.best_epoch} of {len(result.history)} · run {result.run_id} "
+        f"(details: danlu runs show {result.run_id}) · artifacts in {result.run_dir}",
         highlight=False,
         soft_wrap=True,
     )
+    if result.registered is not None:
+        mv = result.registered
+        aliases = f" (alias {', '.join(mv.aliases)})" if mv.aliases else ""
+        out.print(f"registered as model {mv.ref}{aliases}", highlight=False)
 
 
 @app.command()

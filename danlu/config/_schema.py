@@ -6,6 +6,7 @@ builder's own spec validates the remaining keys (see ``danlu.models``).
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,6 +28,7 @@ __all__ = [
     "OptimizerConfig",
     "PrepareConfig",
     "Recipe",
+    "RegisterConfig",
     "SchedulerConfig",
     "SplitConfig",
     "TrainConfig",
@@ -175,15 +177,32 @@ class TrainConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
 
-class Recipe(Strict):
-    """A whole recipe: data → task → model → training."""
+class RegisterConfig(Strict):
+    """Register the trained model in the model registry at the end of the run."""
 
-    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.-]*$")]
-    schema_version: Literal[1] = SCHEMA_VERSION
-    data: DataConfig
-    task: Literal["classification", "regression"]
-    model: ModelConfig
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")] = Field(
+        description="Registered model name; each run adds a version."
+    )
+    alias: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,99}$")] | None = Field(
+        None, description="Point this alias (e.g. staging) at the new version."
+    )
 
-    # Where the recipe came from (file lines, --set flags), so later stages can point at the line.
-    _source: Any = PrivateAttr(default=None)
+
+# The recipe key "register" shadows ABCMeta.register on the class (harmless: instances read their
+# field); pydantic warns about it, and the key name is part of the recipe format.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class Recipe(Strict):
+        """A whole recipe: data → task → model → training."""
+
+        name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+        schema_version: Literal[1] = SCHEMA_VERSION
+        data: DataConfig
+        task: Literal["classification", "regression"]
+        model: ModelConfig
+        train: TrainConfig = Field(default_factory=TrainConfig)
+        register: RegisterConfig | None = None
+
+        # Where the recipe came from (file lines, --set flags), so later stages can point at the line.
+        _source: Any = PrivateAttr(default=None)

@@ -1,22 +1,46 @@
-"""Run tracking and artifacts. Today: a run folder per run; the store issue adds the database."""
+"""Tracking database, artifact store and model registry (SQLite embedded, PostgreSQL for teams)."""
 
 from __future__ import annotations
 
 from danlu.store._atomic import atomic_write_bytes, atomic_write_text
-from danlu.store._tracker import (
-    RunFolderTracker,
-    Tracker,
-    danlu_home,
-    flatten_params,
-    validate_name,
+from danlu.store._entities import (
+    RUN_STATUSES,
+    Artifact,
+    AuditEntry,
+    Experiment,
+    MetricPoint,
+    ModelVersion,
+    RegisteredModel,
+    Run,
 )
+from danlu.store._names import validate_artifact_name, validate_model_name, validate_run_id
+from danlu.store._provenance import git_state, host_name, package_versions
+from danlu.store._sql import SqlStore, danlu_home, default_db_url
+from danlu.store._tracker import StoreTracker, Tracker, flatten_params
+from danlu.store.base import Store
 
 __all__ = [
-    "RunFolderTracker",
+    "RUN_STATUSES",
+    "Artifact",
+    "AuditEntry",
+    "Experiment",
+    "MetricPoint",
+    "ModelVersion",
+    "RegisteredModel",
+    "Run",
+    "SqlStore",
+    "Store",
+    "StoreTracker",
     "Tracker",
     "atomic_write_bytes",
     "atomic_write_text",
     "danlu_home",
+    "default_db_url",
     "flatten_params",
-    "validate_name",
+    "git_state",
+    "host_name",
+    "package_versions",
+    "validate_artifact_name",
+    "validate_model_name",
+    "validate_run_id",
 ]

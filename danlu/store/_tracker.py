@@ -1,53 +1,36 @@
-"""The ``Tracker`` seam every stage logs through, and its run-folder implementation.
+"""The ``Tracker`` seam every stage logs through, backed by the store.
 
-A run folder (``$DANLU_HOME/runs/<run id>/``) holds the resolved recipe, params, metrics per epoch
-(JSON Lines), the status, artifacts (weights, preprocessing, summary) and the checkpoint. The
-store issue moves this behind a database; callers only see :class:`Tracker`.
+Metrics are buffered in memory and written in one batch per flush (the engine flushes once per
+epoch), so tracking stays off the training hot path. A background thread sends a heartbeat so a
+run whose process dies is marked ``interrupted`` by the next reader.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import secrets
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from danlu.errors import NotFoundError, StoreError
 from danlu.logging import get_logger
-from danlu.store._atomic import atomic_write_bytes, atomic_write_text
-from danlu.types import StrPath
+from danlu.store._entities import MetricPoint
+from danlu.store.base import Store
 
-__all__ = ["RunFolderTracker", "Tracker", "danlu_home", "flatten_params", "validate_name"]
+__all__ = ["StoreTracker", "Tracker", "flatten_params"]
 
 log = get_logger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def danlu_home() -> Path:
-    """``$DANLU_HOME`` or ``./.danlu``."""
-    return Path(os.environ.get("DANLU_HOME", ".danlu"))
-
-
-def validate_name(name: str, what: str = "artifact name") -> str:
-    """Accept a plain relative name (``a/b.json``); refuse ``..``, absolute paths, odd characters."""
-    parts = name.split("/")
-    if not name or len(name) > 255 or any(not _NAME.match(p) or p in {".", ".."} for p in parts):
-        raise StoreError(
-            f"Invalid {what} {name!r}: use letters, digits, '.', '_', '-' and '/' between parts "
-            "(no '..', no absolute paths, at most 255 characters)."
-        )
-    return name
-
 
 def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"optimizer": {"lr": 1e-3}}}`` → ``{"train.optimizer.lr": 1e-3}``."""
+    """``{"train": {"optimizer": {"lr": 1e-3}}}`` → ``{"train.optimizer.lr": 1e-3}``.
+
+    Example:
+        >>> flatten_params({"a": {"b": 1}, "c": [2]})
+        {'a.b': 1, 'c': [2]}
+    """
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
@@ -67,7 +50,9 @@ class Tracker(ABC):
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
     @abstractmethod
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int, epoch: int | None = None
+    ) -> None: ...
 
     @abstractmethod
     def log_artifact(self, name: str, data: bytes | str) -> Path:
@@ -78,104 +63,86 @@ class Tracker(ABC):
         """Where the artifact ``name`` lives (validated; it may not exist yet)."""
 
     @abstractmethod
-    def set_status(self, status: str, **info: Any) -> None:
-        """``running``, ``finished``, ``failed`` or ``interrupted``, plus details."""
+    def record_artifact(self, name: str) -> None:
+        """Record a file a stage wrote itself (atomically) at ``artifact_path(name)``."""
+
+    @abstractmethod
+    def set_status(self, status: str, *, error: str | None = None) -> None:
+        """``running``, ``finished``, ``failed`` or ``interrupted``."""
 
     @abstractmethod
     def flush(self) -> None: ...
 
 
-class RunFolderTracker(Tracker):
-    """Tracks one run in a folder. ``create`` starts a run; ``open`` continues one (resume)."""
+class StoreTracker(Tracker):
+    """Tracks one run in a :class:`~danlu.store.base.Store`.
 
-    def __init__(self, run_dir: Path, run_id: str) -> None:
-        self.run_dir = run_dir
+    Example:
+        >>> # tracker = StoreTracker(store, store.create_run(experiment="x", name="x").id)
+        >>> # tracker.log_metrics({"loss": 0.3}, step=1); tracker.flush()
+    """
+
+    def __init__(
+        self, store: Store, run_id: str, *, heartbeat_interval: float | None = None
+    ) -> None:
+        self.store = store
         self.run_id = run_id
-        self._pending: list[str] = []
-        self._status: dict[str, Any] = {}
+        self._pending: list[MetricPoint] = []
+        interval = (
+            heartbeat_interval
+            if heartbeat_interval is not None
+            else float(os.environ.get("DANLU_HEARTBEAT_INTERVAL", "15"))
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, args=(interval,), name=f"danlu-heartbeat-{run_id}", daemon=True
+        )
+        self._thread.start()
 
-    @classmethod
-    def create(cls, name: str, home: StrPath | None = None) -> RunFolderTracker:
-        """Make a new run folder under ``home/runs`` with a fresh, sortable id."""
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        run_id = f"{stamp}-{secrets.token_hex(3)}"
-        run_dir = Path(home or danlu_home()) / "runs" / run_id
-        try:
-            run_dir.mkdir(parents=True, exist_ok=False)
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot create the run folder '{run_dir}': {exc.strerror or exc}."
-            ) from exc
-        tracker = cls(run_dir, run_id)
-        tracker._status = {"run_id": run_id, "name": name, "created": time.time()}
-        return tracker
-
-    @classmethod
-    def open(cls, run_dir: StrPath) -> RunFolderTracker:
-        """Continue the run stored in ``run_dir``."""
-        path = Path(run_dir)
-        status_file = path / "status.json"
-        if not status_file.is_file():
-            raise NotFoundError(
-                f"'{path}' is not a danlu run folder (no status.json). Pass the folder printed by "
-                "`danlu run`, e.g. .danlu/runs/20260101-120000-abc123."
-            )
-        tracker = cls(path, path.name)
-        tracker._status = json.loads(status_file.read_text())
-        return tracker
-
-    def artifact_path(self, name: str) -> Path:
-        return self.run_dir / validate_name(name)
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.store.heartbeat(self.run_id)
+            except Exception as exc:  # never kill training over a missed heartbeat
+                log.warning("heartbeat for run %s failed: %s", self.run_id, exc)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.log_artifact(
-            "params.json", json.dumps(flatten_params(params), indent=1, sort_keys=True)
+        self.store.log_params(self.run_id, flatten_params(params))
+
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int, epoch: int | None = None
+    ) -> None:
+        now = time.time()
+        self._pending.extend(
+            MetricPoint(k, float(v), step, epoch, now)
+            for k, v in metrics.items()
+            if k not in {"epoch", "step"}
         )
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        # Buffered: lines are appended at flush time (end of epoch), off the batch hot path.
-        self._pending.append(json.dumps({"step": step, "time": time.time(), **metrics}))
-
     def flush(self) -> None:
-        if not self._pending:
-            return
-        try:
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write("\n".join(self._pending) + "\n")
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot append metrics to '{self.run_dir}': {exc.strerror or exc}."
-            ) from exc
-        self._pending.clear()
-
-    def truncate_metrics(self, last_step: int) -> None:
-        """Drop metric lines after ``last_step`` (an interrupted run logged past its checkpoint)."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= last_step
-            ]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-    def metrics_history(self) -> list[dict[str, Any]]:
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.store.log_metrics(self.run_id, batch)
 
     def log_artifact(self, name: str, data: bytes | str) -> Path:
         payload = data.encode("utf-8") if isinstance(data, str) else data
-        return atomic_write_bytes(self.artifact_path(name), payload)
+        self.store.log_artifact(self.run_id, name, payload)
+        return self.store.artifact_path(self.run_id, name)
 
-    def set_status(self, status: str, **info: Any) -> None:
+    def artifact_path(self, name: str) -> Path:
+        return self.store.artifact_path(self.run_id, name)
+
+    def record_artifact(self, name: str) -> None:
+        self.store.record_artifact(self.run_id, name)
+
+    def set_status(self, status: str, *, error: str | None = None) -> None:
         self.flush()
-        self._status.update(info, status=status, updated=time.time())
-        atomic_write_text(
-            self.run_dir / "status.json", json.dumps(self._status, indent=1, default=str)
-        )
+        self.store.set_status(self.run_id, status, error=error)
+        if status != "running":
+            self.close()
 
-    @property
-    def status(self) -> dict[str, Any]:
-        return dict(self._status)
+    def close(self) -> None:
+        """Stop the heartbeat (the run's status is left as it is)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)

@@ -312,7 +312,7 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, epoch, metrics)
                 if self.tracker is not None:
-                    self.tracker.log_metrics(metrics, step=epoch)
+                    self.tracker.log_metrics(metrics, step=epoch, epoch=epoch)
                 if (
                     self.checkpoint_path is not None
                     and cfg.checkpoint.every

@@ -23,7 +23,7 @@ def test_run_prints_epochs_and_a_summary_when_not_a_tty(tmp_path):
     out = danlu("run", str(EXAMPLES / "wine_mlp.yaml"), "--set", "train.epochs=3", home=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "epoch 1/3" in out.stderr and "epoch 3/3" in out.stderr  # one plain line per epoch
-    assert "accuracy" in out.stdout and "saved in" in out.stdout
+    assert "accuracy" in out.stdout and "danlu runs show" in out.stdout
     assert "\x1b[" not in out.stderr  # no escape codes in logs
 
 

@@ -2,59 +2,66 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
-from danlu.errors import NotFoundError, StoreError
-from danlu.store import RunFolderTracker, atomic_write_bytes, flatten_params, validate_name
+from danlu.errors import StoreError
+from danlu.store import SqlStore, StoreTracker, atomic_write_bytes, flatten_params
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "../x",
-        "a/../../b",
-        "/etc/passwd",
-        "a\\..\\b",
-        "a\x00b",
-        "",
-        ".",
-        "x" * 300,
-        "%2e%2e%2fetc",
-        "a//b",
-        "~/x",
-    ],
-)
-def test_unsafe_artifact_names_are_refused(tmp_path, name):
-    tracker = RunFolderTracker.create("t", tmp_path)
-    with pytest.raises(StoreError, match="Invalid artifact name"):
-        tracker.log_artifact(name, b"x")
-    assert sorted(p.name for p in tracker.run_dir.iterdir()) == []
+@pytest.fixture
+def store(tmp_path):
+    return SqlStore(home=tmp_path)
 
 
-def test_nested_names_are_fine():
-    assert validate_name("plots/loss.svg") == "plots/loss.svg"
-
-
-def test_metrics_are_buffered_until_flush(tmp_path):
-    tracker = RunFolderTracker.create("t", tmp_path)
-    tracker.log_metrics({"loss": 1.0}, step=1)
-    assert not (tracker.run_dir / "metrics.jsonl").exists()
+def test_metrics_are_buffered_until_flush(store):
+    tracker = StoreTracker(store, store.create_run(experiment="t", name="t").id)
+    tracker.log_metrics({"loss": 1.0, "epoch": 1}, step=1, epoch=1)
+    assert store.metric_history(tracker.run_id) == []
     tracker.flush()
-    tracker.log_metrics({"loss": 0.5}, step=2)
-    tracker.set_status("finished")  # flushes
-    assert [m["loss"] for m in tracker.metrics_history()] == [1.0, 0.5]
-    tracker.truncate_metrics(1)
-    assert [m["step"] for m in tracker.metrics_history()] == [1]
+    tracker.log_metrics({"loss": 0.5}, step=2, epoch=2)
+    tracker.set_status("finished")  # flushes, stops the heartbeat
+    history = store.metric_history(tracker.run_id)
+    assert [(p.key, p.value, p.step, p.epoch) for p in history] == [
+        ("loss", 1.0, 1, 1),
+        ("loss", 0.5, 2, 2),
+    ]
+    assert store.get_run(tracker.run_id).status == "finished"
+    assert not tracker._thread.is_alive()
 
 
-def test_status_round_trips_through_open(tmp_path):
-    tracker = RunFolderTracker.create("t", tmp_path)
-    tracker.set_status("running", data_fingerprint="abc")
-    again = RunFolderTracker.open(tracker.run_dir)
-    assert again.run_id == tracker.run_id and again.status["data_fingerprint"] == "abc"
-    with pytest.raises(NotFoundError):
-        RunFolderTracker.open(tmp_path)
+def test_heartbeat_thread_keeps_the_run_alive(tmp_path):
+    store = SqlStore(home=tmp_path, heartbeat_timeout=0.6)
+    alive = StoreTracker(
+        store, store.create_run(experiment="t", name="alive").id, heartbeat_interval=0.1
+    )
+    silent = StoreTracker(
+        store, store.create_run(experiment="t", name="silent").id, heartbeat_interval=60
+    )
+    time.sleep(1.0)
+    assert store.get_run(alive.run_id).status == "running"
+    assert store.get_run(silent.run_id).status == "interrupted"
+    alive.close()
+    silent.close()
+
+
+def test_params_are_flattened_and_artifacts_recorded(store):
+    tracker = StoreTracker(store, store.create_run(experiment="t", name="t").id)
+    tracker.log_params({"train": {"optimizer": {"lr": 0.001}}, "name": "x"})
+    path = tracker.log_artifact("notes/readme.txt", "hello")
+    assert path.read_text() == "hello"
+    atomic_write_bytes(tracker.artifact_path("weights.bin"), b"1234")
+    tracker.record_artifact("weights.bin")
+    tracker.close()
+    run = store.get_run(tracker.run_id)
+    assert run.params == {"train.optimizer.lr": "0.001", "name": "x"}
+    assert {a.name: a.size for a in store.list_artifacts(tracker.run_id)} == {
+        "notes/readme.txt": 5,
+        "weights.bin": 4,
+    }
+    with pytest.raises(StoreError, match="Invalid artifact name"):
+        tracker.log_artifact("../escape.txt", "x")
 
 
 def test_flatten_params():
@@ -63,19 +70,6 @@ def test_flatten_params():
         "a.c.d": [2],
         "e": {},
     }
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-def test_read_only_folder_is_a_loud_error_and_keeps_the_old_file(tmp_path):
-    path = tmp_path / "a.json"
-    atomic_write_bytes(path, b"old")
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(StoreError, match="Cannot write"):
-            atomic_write_bytes(path, b"new")
-    finally:
-        tmp_path.chmod(0o700)
-    assert path.read_bytes() == b"old"
 
 
 def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from danlu.config import load_recipe
 from danlu.data import prepare_data
 from danlu.errors import ConfigError
 from danlu.models import build_model
-from danlu.store import RunFolderTracker
+from danlu.store import SqlStore, StoreTracker
 from danlu.tasks import get_task
 from danlu.testing import wine_recipe
 from danlu.train import Callback, Trainer, seed_everything
@@ -212,9 +212,12 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_tracker_receives_every_epoch(tmp_path):
     recipe, data, task, model = setup("train.epochs=3")
-    tracker = RunFolderTracker.create("t", tmp_path)
+    store = SqlStore(home=tmp_path)
+    tracker = StoreTracker(store, store.create_run(experiment="t", name="t").id)
     Trainer(recipe.train, tracker=tracker).fit(model, task, data)
-    assert [m["step"] for m in tracker.metrics_history()] == [1, 2, 3]
+    tracker.close()
+    history = store.metric_history(tracker.run_id, "train_loss")
+    assert [(p.step, p.epoch) for p in history] == [(1, 1), (2, 2), (3, 3)]
 
 
 def test_regression_reports_r2_in_original_units():
