@@ -1,0 +1,299 @@
+"""The model registry half of :class:`~danlu.store.SqlStore`: versions, aliases, audit log.
+
+A version's files (weights, model card, preprocessing) are copied into
+``$DANLU_HOME/models/<name>/<version>/`` — staged in a hidden folder and renamed into place before
+the version row is committed, so a row never points at missing files and a version outlives the
+run that made it. Every change appends to the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from danlu.errors import NotFoundError, StoreError
+from danlu.registry import did_you_mean
+from danlu.store import _tables as t
+from danlu.store._atomic import atomic_write_bytes
+from danlu.store._entities import AuditEntry, ModelVersion, RegisteredModel
+from danlu.store._names import safe_join, validate_artifact_name, validate_model_name
+
+__all__ = ["SqlRegistryMixin"]
+
+
+class SqlRegistryMixin:
+    """Registry methods of the SQL store (mixed into ``SqlStore``, which provides the rest)."""
+
+    model_root: Path
+
+    # Provided by SqlStore:
+    def _write(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def _require_run(self, conn: Connection, run_id: str) -> None:
+        raise NotImplementedError
+
+    def _audit(
+        self,
+        conn: Connection,
+        actor: str,
+        action: str,
+        model: str,
+        version: int | None,
+        **detail: Any,
+    ) -> None:
+        conn.execute(
+            insert(t.audit_log).values(
+                time=time.time(),
+                actor=actor,
+                action=action,
+                model=model,
+                version=version,
+                detail=json.dumps(detail, default=str),
+            )
+        )
+
+    def model_version_path(self, name: str, version: int, file: str) -> Path:
+        return safe_join(
+            self.model_root,
+            validate_model_name(name),
+            str(int(version)),
+            validate_artifact_name(file),
+        )
+
+    def _aliases(self, conn: Connection, name: str) -> dict[str, int]:
+        rows = conn.execute(
+            select(t.model_aliases)
+            .where(t.model_aliases.c.name == name)
+            .order_by(t.model_aliases.c.alias)
+        ).all()
+        return {r.alias: r.version for r in rows}
+
+    def _version(self, row: Any, aliases: Mapping[str, int]) -> ModelVersion:
+        return ModelVersion(
+            name=row.name,
+            version=row.version,
+            run_id=row.run_id,
+            created_at=row.created_at,
+            signature=json.loads(row.signature),
+            metrics=json.loads(row.metrics),
+            tags=json.loads(row.tags),
+            files=tuple(json.loads(row.files)),
+            aliases=tuple(a for a, v in aliases.items() if v == row.version),
+        )
+
+    def create_model_version(
+        self,
+        name: str,
+        *,
+        run_id: str | None,
+        files: Mapping[str, bytes],
+        signature: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str] | None = None,
+        actor: str = "danlu",
+    ) -> ModelVersion:
+        validate_model_name(name)
+        for file in files:
+            validate_artifact_name(file)
+        for _attempt in range(5):
+            staging: Path | None = None
+            try:
+                with self._write() as conn:
+                    if run_id is not None:
+                        self._require_run(conn, run_id)
+                    if (
+                        conn.execute(select(t.models.c.name).where(t.models.c.name == name)).first()
+                        is None
+                    ):
+                        conn.execute(
+                            insert(t.models).values(
+                                name=name, created_at=time.time(), description=""
+                            )
+                        )
+                        self._audit(conn, actor, "create_model", name, None)
+                    version = (
+                        int(
+                            conn.execute(
+                                select(
+                                    func.coalesce(func.max(t.model_versions.c.version), 0)
+                                ).where(t.model_versions.c.name == name)
+                            ).scalar_one()
+                        )
+                        + 1
+                    )
+                    final = safe_join(self.model_root, name, str(version))
+                    staging = safe_join(
+                        self.model_root, name, f".staging-{version}-{secrets.token_hex(4)}"
+                    )
+                    for file, data in files.items():
+                        atomic_write_bytes(staging / file, data)
+                    if final.exists():  # left by a crash before its row was committed
+                        shutil.rmtree(final)
+                    os.replace(staging, final)
+                    staging = final
+                    conn.execute(
+                        insert(t.model_versions).values(
+                            name=name,
+                            version=version,
+                            run_id=run_id,
+                            created_at=time.time(),
+                            signature=json.dumps(signature),
+                            metrics=json.dumps(dict(metrics)),
+                            tags=json.dumps(dict(tags or {})),
+                            files=json.dumps(sorted(files)),
+                        )
+                    )
+                    self._audit(conn, actor, "create_version", name, version, run_id=run_id)
+                staging = None
+                return self.get_model_version(name, version)
+            except IntegrityError:  # another process took this version number: try the next
+                continue
+            finally:
+                if staging is not None:
+                    shutil.rmtree(staging, ignore_errors=True)
+        raise StoreError(
+            f"Could not register a new version of '{name}' after 5 attempts (heavy contention)."
+        )
+
+    def get_model_version(
+        self, name: str, version: int | None = None, *, alias: str | None = None
+    ) -> ModelVersion:
+        validate_model_name(name)
+        with self._read() as conn:
+            if conn.execute(select(t.models.c.name).where(t.models.c.name == name)).first() is None:
+                known = [r[0] for r in conn.execute(select(t.models.c.name))]
+                raise NotFoundError(
+                    f"No registered model '{name}'.{did_you_mean(name, known)} List models with `danlu models ls`."
+                )
+            aliases = self._aliases(conn, name)
+            if alias is not None:
+                if alias not in aliases:
+                    raise NotFoundError(
+                        f"Model '{name}' has no alias '{alias}'.{did_you_mean(alias, list(aliases))} Its aliases: {', '.join(aliases) or 'none'}."
+                    )
+                version = aliases[alias]
+            query = select(t.model_versions).where(t.model_versions.c.name == name)
+            query = (
+                query.where(t.model_versions.c.version == version)
+                if version is not None
+                else query.order_by(t.model_versions.c.version.desc()).limit(1)
+            )
+            row = conn.execute(query).first()
+            if row is None:
+                raise NotFoundError(
+                    f"Model '{name}' has no version {version}."
+                    if version is not None
+                    else f"Model '{name}' has no versions."
+                )
+            return self._version(row, aliases)
+
+    def list_models(self) -> list[RegisteredModel]:
+        with self._read() as conn:
+            latest = (
+                select(
+                    t.model_versions.c.name, func.max(t.model_versions.c.version).label("latest")
+                )
+                .group_by(t.model_versions.c.name)
+                .subquery()
+            )
+            rows = conn.execute(
+                select(t.models, latest.c.latest)
+                .outerjoin(latest, latest.c.name == t.models.c.name)
+                .order_by(t.models.c.name)
+            ).all()
+            return [
+                RegisteredModel(
+                    r.name, r.created_at, r.description, r.latest or 0, self._aliases(conn, r.name)
+                )
+                for r in rows
+            ]
+
+    def list_model_versions(self, name: str) -> list[ModelVersion]:
+        self.get_model_version(name)  # raises a clear error for an unknown model
+        with self._read() as conn:
+            aliases = self._aliases(conn, name)
+            rows = conn.execute(
+                select(t.model_versions)
+                .where(t.model_versions.c.name == name)
+                .order_by(t.model_versions.c.version)
+            ).all()
+        return [self._version(r, aliases) for r in rows]
+
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str = "danlu") -> None:
+        validate_model_name(alias)
+        if alias.isdigit():
+            raise StoreError(
+                f"Alias '{alias}' would be confused with a version number; use a name like 'production'."
+            )
+        self.get_model_version(name, version)
+        with self._write() as conn:
+            previous = self._aliases(conn, name).get(alias)
+            conn.execute(
+                delete(t.model_aliases).where(
+                    t.model_aliases.c.name == name, t.model_aliases.c.alias == alias
+                )
+            )
+            conn.execute(insert(t.model_aliases).values(name=name, alias=alias, version=version))
+            self._audit(conn, actor, "set_alias", name, version, alias=alias, previous=previous)
+
+    def delete_alias(self, name: str, alias: str, *, actor: str = "danlu") -> None:
+        version = self.get_model_version(name, alias=alias).version
+        with self._write() as conn:
+            conn.execute(
+                delete(t.model_aliases).where(
+                    t.model_aliases.c.name == name, t.model_aliases.c.alias == alias
+                )
+            )
+            self._audit(conn, actor, "delete_alias", name, version, alias=alias)
+
+    def delete_model(self, name: str, version: int | None = None, *, actor: str = "danlu") -> None:
+        self.get_model_version(name, version)
+        with self._write() as conn:
+            if version is None:
+                conn.execute(delete(t.model_aliases).where(t.model_aliases.c.name == name))
+                conn.execute(delete(t.model_versions).where(t.model_versions.c.name == name))
+                conn.execute(delete(t.models).where(t.models.c.name == name))
+                self._audit(conn, actor, "delete_model", name, None)
+            else:
+                conn.execute(
+                    delete(t.model_aliases).where(
+                        t.model_aliases.c.name == name, t.model_aliases.c.version == version
+                    )
+                )
+                conn.execute(
+                    delete(t.model_versions).where(
+                        t.model_versions.c.name == name, t.model_versions.c.version == version
+                    )
+                )
+                self._audit(conn, actor, "delete_version", name, version)
+        folder = (
+            safe_join(self.model_root, name)
+            if version is None
+            else safe_join(self.model_root, name, str(version))
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def audit_log(self, name: str | None = None) -> list[AuditEntry]:
+        query = select(t.audit_log).order_by(t.audit_log.c.id)
+        if name is not None:
+            query = query.where(t.audit_log.c.model == name)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            AuditEntry(r.id, r.time, r.actor, r.action, r.model, r.version, json.loads(r.detail))
+            for r in rows
+        ]
