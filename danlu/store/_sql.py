@@ -174,6 +174,16 @@ class SqlStore(SqlRegistryMixin, Store):
                 f"The database driver '{exc.name}' is not installed; for PostgreSQL run: pip install 'danlu[postgres]'."
             ) from None
 
+    def close(self) -> None:
+        """Close the store's database connections (it may be used again: they reopen)."""
+        self.engine.dispose()
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _safe_url(self) -> str:
         return (
             self.engine.url.render_as_string(hide_password=True)
