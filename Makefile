@@ -24,6 +24,10 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 demo: $(VENV)/.installed-core
 	$(BIN)/danlu datasets
 	$(BIN)/danlu run examples/digits_cnn.yaml
+	$(BIN)/danlu runs ls --limit 5
+	$(BIN)/danlu models show digits
+	$(BIN)/python -c "import danlu; from sklearn.datasets import load_digits; \
+	  m = danlu.load_model('digits@staging'); print(m, '->', m.predict(load_digits().data[:10])['prediction'])"
 
 ## Install the test extras and run the whole test suite.
 test: $(VENV)/.installed-test

@@ -207,7 +207,7 @@ def _signature(schema: dict[str, Any], task: str) -> dict[str, Any]:
 
 
 def register_run(
-    store: Store, run_id: str, name: str, alias: str | None = None, actor: str = "danlu"
+    store: Store, run_id: str, name: str, alias: str | None = None, actor: str | None = None
 ) -> ModelVersion:
     """Register a finished run's model as the next version of ``name`` (and point ``alias`` at it).
 
@@ -218,7 +218,9 @@ def register_run(
         >>> # mv = register_run(SqlStore(), result.run_id, "digits", alias="staging")
     """
     from danlu.errors import StoreError
+    from danlu.store import current_actor
 
+    actor = actor or current_actor()
     run = store.get_run(run_id)
     if run.status != "finished":
         raise StoreError(f"Run '{run_id}' is {run.status}; only a finished run can be registered.")

@@ -16,6 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from danlu.cli._db import db_app
+from danlu.cli._models import models_app
+from danlu.cli._runs import runs_app
 from danlu.errors import DanluError
 
 __all__ = ["app", "main"]
@@ -28,6 +31,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
 
 _state = {"debug": False}
 out = Console()

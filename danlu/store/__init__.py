@@ -14,7 +14,7 @@ from danlu.store._entities import (
     Run,
 )
 from danlu.store._names import validate_artifact_name, validate_model_name, validate_run_id
-from danlu.store._provenance import git_state, host_name, package_versions
+from danlu.store._provenance import current_actor, git_state, host_name, package_versions
 from danlu.store._sql import SqlStore, danlu_home, default_db_url
 from danlu.store._tracker import StoreTracker, Tracker, flatten_params
 from danlu.store.base import Store
@@ -34,6 +34,7 @@ __all__ = [
     "Tracker",
     "atomic_write_bytes",
     "atomic_write_text",
+    "current_actor",
     "danlu_home",
     "default_db_url",
     "flatten_params",

@@ -105,7 +105,7 @@ def parse_filter(text: str | None) -> list[Clause]:
         i += 3
         if i == len(tokens):
             return clauses
-        if tokens[i] != ("field", "and") and tokens[i][1].lower() != "and":
+        if tokens[i][0] != "field" or tokens[i][1].lower() != "and":
             raise ConfigError(
                 f"Clauses are joined with 'and'; found {tokens[i][1]!r}. ('or' is not supported: run two searches.)"
             )

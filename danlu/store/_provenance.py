@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import platform
 import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["git_state", "host_name", "package_versions"]
+__all__ = ["current_actor", "git_state", "host_name", "package_versions"]
 
 _PACKAGES = (
     "danlu",
@@ -59,3 +61,14 @@ def package_versions() -> dict[str, str]:
 
 def host_name() -> str:
     return socket.gethostname()
+
+
+def current_actor() -> str:
+    """Who is acting, for the audit log: ``$DANLU_ACTOR``, else the login name."""
+    name = os.environ.get("DANLU_ACTOR")
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (e.g. a container user without a passwd entry)
+        return "unknown"

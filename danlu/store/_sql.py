@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import mimetypes
+import operator
 import os
 import secrets
 import shutil
@@ -86,6 +87,16 @@ def _normalise_url(url: str) -> str:
     if url.startswith(("postgresql://", "postgres://")):  # prefer psycopg 3 over psycopg2
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
+
+
+_COMPARE = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 def _params_value(value: Any) -> str:
@@ -403,15 +414,9 @@ class SqlStore(SqlRegistryMixin, Store):
         op = clause.op
 
         def compare(column: Any, value: Any) -> Any:
-            return {
-                "=": column == value,
-                "!=": column != value,
-                "<": column < value,
-                "<=": column <= value,
-                ">": column > value,
-                ">=": column >= value,
-                "like": column.like(value),
-            }[op]
+            if op == "like":
+                return column.like(value)
+            return _COMPARE[op](column, value)
 
         if clause.kind == "metric":
             m = t.latest_metrics
@@ -424,10 +429,18 @@ class SqlStore(SqlRegistryMixin, Store):
                 raise StoreError(
                     f"{clause.kind}s.{clause.key} holds text: compare with =, != or like."
                 )
+            if isinstance(clause.value, float):  # 30 may be stored as "30" or "30.0"
+                texts = sorted(
+                    {
+                        json.dumps(clause.value),
+                        *([str(int(clause.value))] if clause.value.is_integer() else []),
+                    }
+                )
+                condition = table.c.value.in_(texts) if op == "=" else table.c.value.not_in(texts)
+            else:
+                condition = compare(table.c.value, clause.value)
             return exists().where(
-                table.c.run_id == t.runs.c.id,
-                table.c.key == clause.key,
-                compare(table.c.value, _params_value(clause.value)),
+                table.c.run_id == t.runs.c.id, table.c.key == clause.key, condition
             )
         column = (
             t.experiments.c.name

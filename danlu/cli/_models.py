@@ -1,0 +1,304 @@
+"""``danlu models``: the model registry — list, inspect, register, alias and delete versions.
+
+Every change is recorded in the registry's audit log under the actor ``$DANLU_ACTOR`` (or the
+login name). A model is named ``NAME`` (its latest version), ``NAME:3`` or ``NAME@production``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Column, Table
+from rich.text import Text
+
+from danlu.cli import _app as cli
+from danlu.cli._runs import (
+    HEADLINE_METRICS,
+    cell,
+    confirm_deletion,
+    human_size,
+    local_time,
+    number,
+    open_store,
+    print_json,
+    print_table,
+)
+from danlu.errors import ConfigError
+
+if TYPE_CHECKING:
+    from danlu.store import AuditEntry, ModelVersion, Store
+
+__all__ = ["ModelRef", "actor", "models_app", "parse_model_ref"]
+
+models_app = typer.Typer(
+    help="The model registry: versions, aliases and their audit log.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+alias_app = typer.Typer(
+    help="Point an alias (production, staging, ...) at a version, or remove it.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+models_app.add_typer(alias_app, name="alias")
+
+_REF_FORMS = "NAME, NAME:VERSION or NAME@ALIAS, e.g. digits, digits:3 or digits@production"
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference: the latest version, a version number, or an alias."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}:{self.version}"
+        return f"{self.name}@{self.alias}" if self.alias is not None else self.name
+
+    def resolve(self, store: Store) -> ModelVersion:
+        return store.get_model_version(self.name, self.version, alias=self.alias)
+
+
+def parse_model_ref(text: str, *, allow_alias: bool = True) -> ModelRef:
+    """Parse ``NAME``, ``NAME:VERSION`` or ``NAME@ALIAS``.
+
+    Example:
+        >>> parse_model_ref("digits@production")
+        ModelRef(name='digits', version=None, alias='production')
+    """
+    from danlu.export import parse_model_ref as parse  # the one parser of model references
+
+    name, version, alias = parse(text.strip())
+    if version is not None and version < 1:
+        raise ConfigError(
+            f"Invalid model reference {text!r}: versions start at 1; write {_REF_FORMS}."
+        )
+    if alias is not None and not allow_alias:
+        raise ConfigError(
+            f"Name the model or one version, not an alias: write NAME or NAME:VERSION, e.g. {name} or {name}:3 (got {text!r})."
+        )
+    return ModelRef(name, version, alias)
+
+
+def actor() -> str:
+    """Who is changing the registry: ``$DANLU_ACTOR``, else the login name."""
+    from danlu.store import current_actor
+
+    return current_actor()
+
+
+def _metric_keys(versions: list[ModelVersion]) -> list[str]:
+    """Headline metrics first, then a few others, so the table stays readable."""
+    keys = sorted({k for v in versions for k in v.metrics})
+    headline = [k for k in HEADLINE_METRICS if k in keys]
+    others = [k for k in keys if k not in headline and not k.endswith("_loss")]
+    return (headline + others)[:4]
+
+
+def _audit_table(entries: list[AuditEntry]) -> Table:
+    table = Table("time", "actor", "action", Column("version", justify="right"), "detail")
+    table.title = "audit log"
+    table.title_justify = "left"
+    for e in entries:
+        detail = ", ".join(f"{k}={v}" for k, v in e.detail.items() if v is not None)
+        table.add_row(
+            local_time(e.time, seconds=True),
+            cell(e.actor),
+            cell(e.action),
+            "-" if e.version is None else str(e.version),
+            cell(detail),
+        )
+    return table
+
+
+@models_app.command("ls")
+def list_models(as_json: JsonOption = False) -> None:
+    """List registered models with their latest version and aliases."""
+    with open_store() as store:
+        models = store.list_models()
+    if as_json:
+        print_json([asdict(m) for m in models])
+        return
+    if not models:
+        cli.err.print(
+            "No registered models. Register a run with: danlu models register RUN_ID NAME"
+        )
+        return
+    table = Table("name", Column("latest", justify="right"), "aliases", "created")
+    for m in models:
+        aliases = ", ".join(f"{a}→{v}" for a, v in m.aliases.items())
+        table.add_row(cell(m.name), str(m.latest_version), cell(aliases), local_time(m.created_at))
+    print_table(table)
+
+
+@models_app.command("show")
+def show_model(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.", metavar="MODEL")],
+    as_json: JsonOption = False,
+) -> None:
+    """A model's versions, or one version's signature, metrics, files and tags; plus its audit log."""
+    parsed = parse_model_ref(ref)
+    whole = parsed.version is None and parsed.alias is None
+    with open_store() as store:
+        versions = store.list_model_versions(parsed.name) if whole else [parsed.resolve(store)]
+        audit = store.audit_log(parsed.name)
+        if as_json:
+            shown = (
+                {"versions": [asdict(v) for v in versions]}
+                if whole
+                else {"version": asdict(versions[0])}
+            )
+            print_json({"name": parsed.name, **shown, "audit": [asdict(e) for e in audit]})
+            return
+        if whole:
+            print_table(_versions_table(parsed.name, versions))
+        else:
+            _print_version(store, versions[0])
+    print_table(_audit_table(audit))
+
+
+def _versions_table(name: str, versions: list[ModelVersion]) -> Table:
+    metrics = _metric_keys(versions)
+    table = Table(
+        Column("version", justify="right"),
+        "run",
+        "created",
+        "aliases",
+        *(Column(m, justify="right") for m in metrics),
+        title=f"model {name}",
+        title_justify="left",
+    )
+    for v in versions:
+        table.add_row(
+            str(v.version),
+            cell(v.run_id),
+            local_time(v.created_at),
+            cell(", ".join(v.aliases)),
+            *(number(v.metrics[m]) if m in v.metrics else "-" for m in metrics),
+        )
+    return table
+
+
+def _print_version(store: Store, mv: ModelVersion) -> None:
+    out = cli.out
+    out.print(
+        Text.assemble(("model ", "bold"), (mv.ref, "bold"), f"  from run {mv.run_id or '-'}"),
+        soft_wrap=True,
+    )
+    about = Table.grid(padding=(0, 2))
+    about.add_column(style="dim")
+    about.add_column()
+    about.add_row("created", local_time(mv.created_at, seconds=True))
+    about.add_row("aliases", cell(", ".join(mv.aliases) or "-"))
+    about.add_row("task", cell(mv.signature.get("task", "-")))
+    print_table(about)
+    inputs = mv.signature.get("inputs")
+    if isinstance(inputs, list) and inputs:
+        table = Table("input", "kind", "categories", title="signature", title_justify="left")
+        for field in inputs:
+            field = field if isinstance(field, dict) else {"name": field}
+            categories = field.get("categories")
+            table.add_row(
+                cell(field.get("name")),
+                cell(field.get("kind", "-")),
+                cell(", ".join(map(str, categories)) if categories else "-"),
+            )
+        print_table(table)
+    outputs = mv.signature.get("outputs")
+    if isinstance(outputs, dict) and outputs:
+        table = Table("output", "spec")
+        for key, spec in outputs.items():
+            table.add_row(cell(key), cell(json.dumps(spec)))
+        print_table(table)
+    if mv.metrics:
+        table = Table("metric", Column("value", justify="right"), title="metrics")
+        table.title_justify = "left"
+        for key in sorted(mv.metrics):
+            table.add_row(cell(key), number(mv.metrics[key]))
+        print_table(table)
+    table = Table("file", Column("size", justify="right"), title="files", title_justify="left")
+    for file in mv.files:
+        path = store.model_version_path(mv.name, mv.version, file)
+        table.add_row(cell(file), human_size(path.stat().st_size) if path.is_file() else "missing")
+    print_table(table)
+    if mv.tags:
+        table = Table("tag", "value", title="tags", title_justify="left")
+        for key in sorted(mv.tags):
+            table.add_row(cell(key), cell(mv.tags[key]))
+        print_table(table)
+
+
+@models_app.command("register")
+def register_model(
+    run_id: Annotated[str, typer.Argument(help="A finished run (see `danlu runs ls`).")],
+    name: Annotated[str, typer.Argument(help="The model's name, e.g. digits.")],
+    alias: Annotated[
+        str | None, typer.Option("--alias", "-a", help="Also point this alias at the new version.")
+    ] = None,
+) -> None:
+    """Register a finished run's model as the next version of NAME."""
+    from danlu.pipeline import register_run
+
+    with open_store() as store:
+        mv = register_run(store, run_id, name, alias=alias, actor=actor())
+        aliases = f" (alias {', '.join(mv.aliases)})" if mv.aliases else ""
+        cli.out.print(
+            f"registered run {escape(run_id)} as model {escape(mv.ref)}{escape(aliases)}",
+            highlight=False,
+        )
+
+
+@alias_app.command("set")
+def set_alias(
+    name: Annotated[str, typer.Argument(help="The model's name.")],
+    alias: Annotated[str, typer.Argument(help="The alias, e.g. production.")],
+    version: Annotated[int, typer.Argument(help="The version it points at.", min=1)],
+) -> None:
+    """Point ALIAS of model NAME at VERSION (moving it if it pointed elsewhere)."""
+    with open_store() as store:
+        store.set_alias(name, alias, version, actor=actor())
+        cli.out.print(f"{escape(name)}@{escape(alias)} → version {version}", highlight=False)
+
+
+@alias_app.command("rm")
+def remove_alias(
+    name: Annotated[str, typer.Argument(help="The model's name.")],
+    alias: Annotated[str, typer.Argument(help="The alias to remove.")],
+) -> None:
+    """Remove ALIAS from model NAME (the version itself stays)."""
+    with open_store() as store:
+        store.delete_alias(name, alias, actor=actor())
+        cli.out.print(f"removed alias {escape(name)}@{escape(alias)}", highlight=False)
+
+
+@models_app.command("rm")
+def remove_model(
+    ref: Annotated[
+        str, typer.Argument(help="NAME (every version) or NAME:VERSION.", metavar="MODEL")
+    ],
+    yes: YesOption = False,
+) -> None:
+    """Delete one version of a model, or the whole model with every version."""
+    parsed = parse_model_ref(ref, allow_alias=False)
+    with open_store() as store:
+        if parsed.version is None:
+            count = len(store.list_model_versions(parsed.name))
+            what = f"model {parsed.name} with its {count} version{'s' if count != 1 else ''}"
+        else:
+            parsed.resolve(store)  # a clear error for a missing version before asking
+            what = f"model version {parsed}"
+        if not confirm_deletion(f"Delete {what}?", yes=yes, what=what):
+            cli.err.print("Nothing deleted.")
+            raise typer.Exit(1)
+        store.delete_model(parsed.name, parsed.version, actor=actor())
+        cli.out.print(f"deleted {escape(what)}", highlight=False)
