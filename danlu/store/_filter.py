@@ -21,6 +21,7 @@ from danlu.errors import ConfigError
 __all__ = ["ATTRIBUTES", "Clause", "parse_filter", "parse_order"]
 
 ATTRIBUTES = ("status", "name", "stage", "experiment", "run_id", "parent_id", "created_at")
+_NUMERIC_ATTRIBUTES = {"created_at"}
 _OPS = ("<=", ">=", "!=", "=", "<", ">", "like")
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -101,6 +102,18 @@ def parse_filter(text: str | None) -> list[Clause]:
             raise ConfigError(f"metrics.{key} is compared with a number, not {value!r}.")
         if op == "like" and not isinstance(parsed, str):
             raise ConfigError("'like' compares with a quoted pattern, e.g. name like 'digits%'.")
+        if (
+            kind == "attribute"
+            and key in _NUMERIC_ATTRIBUTES
+            and (not isinstance(parsed, float) or op == "like")
+        ):
+            raise ConfigError(
+                f"{key} is a time in seconds since 1970: compare it with a number using =, !=, <, <=, > or >= (found {op} {value!r})."
+            )
+        if kind == "attribute" and key not in _NUMERIC_ATTRIBUTES and not isinstance(parsed, str):
+            raise ConfigError(
+                f"{key} holds text: compare it with a quoted value, e.g. {key} = 'x' (found {value!r})."
+            )
         clauses.append(Clause(kind, key, op, parsed))
         i += 3
         if i == len(tokens):

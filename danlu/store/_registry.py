@@ -125,6 +125,12 @@ class SqlRegistryMixin:
                             )
                         )
                         self._audit(conn, actor, "create_model", name, None)
+                    # Lock the model's row (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+                    # serialises writers) so two registrations cannot pick the same version and
+                    # the leftover-folder cleanup below never touches another writer's files.
+                    conn.execute(
+                        select(t.models.c.name).where(t.models.c.name == name).with_for_update()
+                    )
                     version = (
                         int(
                             conn.execute(
@@ -223,8 +229,13 @@ class SqlRegistryMixin:
             ]
 
     def list_model_versions(self, name: str) -> list[ModelVersion]:
-        self.get_model_version(name)  # raises a clear error for an unknown model
+        validate_model_name(name)
         with self._read() as conn:
+            if conn.execute(select(t.models.c.name).where(t.models.c.name == name)).first() is None:
+                known = [r[0] for r in conn.execute(select(t.models.c.name))]
+                raise NotFoundError(
+                    f"No registered model '{name}'.{did_you_mean(name, known)} List models with `danlu models ls`."
+                )
             aliases = self._aliases(conn, name)
             rows = conn.execute(
                 select(t.model_versions)

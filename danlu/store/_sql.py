@@ -30,7 +30,6 @@ from sqlalchemy import (
     delete,
     event,
     exists,
-    func,
     insert,
     select,
     update,
@@ -97,6 +96,13 @@ _COMPARE = {
     ">": operator.gt,
     ">=": operator.ge,
 }
+
+
+def _check_length(what: str, value: str, limit: int) -> str:
+    """Refuse a key or name the database would reject or cut (the same limit on every backend)."""
+    if len(value) > limit:
+        raise StoreError(f"The {what} {value[:40]!r}... is longer than {limit} characters.")
+    return value
 
 
 def _params_value(value: Any) -> str:
@@ -205,23 +211,37 @@ class SqlStore(SqlRegistryMixin, Store):
     # -- transactions --------------------------------------------------------------------------
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A write transaction; retried on a transient lock error (SQLite's busy timeout
-        normally absorbs those, PostgreSQL may report serialization failures)."""
+        """A write transaction. Starting it (``BEGIN IMMEDIATE`` on SQLite) is retried while the
+        database is busy beyond the busy timeout; an error inside the body rolls back and, for a
+        database error, becomes a StoreError."""
+        conn = self._begin_write()
+        try:
+            yield conn
+            conn.commit()
+        except OperationalError as exc:
+            conn.rollback()
+            raise StoreError(f"Database write failed: {exc.orig}") from None
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
+
+    def _begin_write(self) -> Connection:
         delay = 0.05
         for attempt in range(8):
+            conn = self.engine.connect().execution_options(danlu_write=True)
             try:
-                with (
-                    self.engine.connect().execution_options(danlu_write=True) as conn,
-                    conn.begin(),
-                ):
-                    yield conn
-                return
+                conn.begin()
+                return conn
             except OperationalError as exc:
+                conn.close()
                 if "locked" not in str(exc.orig).lower() or attempt == 7:
                     raise StoreError(f"Database write failed: {exc.orig}") from None
                 log.warning("database busy, retrying in %.2fs", delay)
                 time.sleep(delay)
                 delay *= 2
+        raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -265,6 +285,11 @@ class SqlStore(SqlRegistryMixin, Store):
         host: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> Run:
+        _check_length("experiment name", experiment, 200)
+        _check_length("run name", name, 200)
+        _check_length("stage", stage, 50)
+        for key in tags or {}:
+            _check_length("tag key", key, 250)
         now = time.time()
         run_id = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         with self._write() as conn:
@@ -414,8 +439,8 @@ class SqlStore(SqlRegistryMixin, Store):
         op = clause.op
 
         def compare(column: Any, value: Any) -> Any:
-            if op == "like":
-                return column.like(value)
+            if op == "like":  # case-insensitive on every backend (LIKE is not, on PostgreSQL)
+                return column.ilike(value)
             return _COMPARE[op](column, value)
 
         if clause.kind == "metric":
@@ -506,7 +531,11 @@ class SqlStore(SqlRegistryMixin, Store):
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         rows = [
-            {"run_id": run_id, "key": str(k)[:250], "value": _params_value(v)}
+            {
+                "run_id": run_id,
+                "key": _check_length("param key", str(k), 250),
+                "value": _params_value(v),
+            }
             for k, v in params.items()
         ]
         with self._write() as conn:
@@ -522,6 +551,8 @@ class SqlStore(SqlRegistryMixin, Store):
     def log_metrics(self, run_id: str, points: Sequence[MetricPoint]) -> None:
         if not points:
             return
+        for key in {p.key for p in points}:
+            _check_length("metric key", key, 250)
         now = time.time()
         rows = [
             {
@@ -596,17 +627,18 @@ class SqlStore(SqlRegistryMixin, Store):
                 delete(t.metrics).where(t.metrics.c.run_id == run_id, t.metrics.c.step > step)
             )
             conn.execute(delete(t.latest_metrics).where(t.latest_metrics.c.run_id == run_id))
-            last = (
-                select(t.metrics.c.key, func.max(t.metrics.c.id).label("id"))
+            rows = conn.execute(
+                select(t.metrics)
                 .where(t.metrics.c.run_id == run_id)
-                .group_by(t.metrics.c.key)
-                .subquery()
-            )
-            rows = conn.execute(select(t.metrics).join(last, last.c.id == t.metrics.c.id)).all()
-            if rows:
-                self._upsert_latest(conn, [r._asdict() for r in rows])
+                .order_by(t.metrics.c.step, t.metrics.c.id)
+            ).all()
+            latest = {r.key: r._asdict() for r in rows}  # highest step wins; ties: logged last
+            if latest:
+                self._upsert_latest(conn, list(latest.values()))
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for key in tags:
+            _check_length("tag key", key, 250)
         with self._write() as conn:
             self._require_run(conn, run_id)
             if tags:
