@@ -37,8 +37,10 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check danlu tests bench
 	$(BIN)/mypy danlu
 
-bench: $(VENV)/.installed-core
+bench: $(VENV)/.installed-test
 	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/example_accuracy.py
+	$(BIN)/python bench/store_bench.py
 
 clean:
 	rm -rf $(VENV) .danlu .pytest_cache
