@@ -291,7 +291,7 @@ class SqlStore(SqlRegistryMixin, Store):
         for key in tags or {}:
             _check_length("tag key", key, 250)
         now = time.time()
-        run_id = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        run_id = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(5)}"
         with self._write() as conn:
             if parent_id is not None:
                 validate_run_id(parent_id)

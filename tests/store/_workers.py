@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from typing import Any
 
 from danlu.store import MetricPoint, SqlStore
@@ -26,20 +27,23 @@ def log_metrics_worker(
     ``points`` values of one metric in batches, as the tracker does once per epoch."""
     warnings = _Remember()
     logging.getLogger("danlu").addHandler(warnings)
-    start.wait(timeout=60)
-    began = time.perf_counter()
-    with SqlStore(url, home=home) as store:
-        run = store.create_run(experiment="concurrency", name="worker")
-        for first in range(0, points, batch):
-            store.log_metrics(
-                run.id,
-                [
-                    MetricPoint("loss", 1.0 / (step + 1), step)
-                    for step in range(first, first + batch)
-                ],
-            )
-            store.heartbeat(run.id)
-    results.put((run.id, time.perf_counter() - began, warnings.messages))
+    try:
+        start.wait(timeout=60)
+        with SqlStore(url, home=home) as store:
+            run = store.create_run(experiment="concurrency", name="worker")
+            for first in range(0, points, batch):
+                store.log_metrics(
+                    run.id,
+                    [
+                        MetricPoint("loss", 1.0 / (step + 1), step)
+                        for step in range(first, first + batch)
+                    ],
+                )
+                store.heartbeat(run.id)
+    except BaseException:
+        results.put(("error", traceback.format_exc(), warnings.messages))
+        raise
+    results.put(("ok", run.id, warnings.messages))
 
 
 def heartbeat_worker(url: str, home: str, results: Any) -> None:
