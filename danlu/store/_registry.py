@@ -175,16 +175,20 @@ class SqlRegistryMixin:
             f"Could not register a new version of '{name}' after 5 attempts (heavy contention)."
         )
 
+    @staticmethod
+    def _require_model(conn: Connection, name: str) -> None:
+        if conn.execute(select(t.models.c.name).where(t.models.c.name == name)).first() is None:
+            known = [r[0] for r in conn.execute(select(t.models.c.name))]
+            raise NotFoundError(
+                f"No registered model '{name}'.{did_you_mean(name, known)} List models with `danlu models ls`."
+            )
+
     def get_model_version(
         self, name: str, version: int | None = None, *, alias: str | None = None
     ) -> ModelVersion:
         validate_model_name(name)
         with self._read() as conn:
-            if conn.execute(select(t.models.c.name).where(t.models.c.name == name)).first() is None:
-                known = [r[0] for r in conn.execute(select(t.models.c.name))]
-                raise NotFoundError(
-                    f"No registered model '{name}'.{did_you_mean(name, known)} List models with `danlu models ls`."
-                )
+            self._require_model(conn, name)
             aliases = self._aliases(conn, name)
             if alias is not None:
                 if alias not in aliases:
@@ -231,11 +235,7 @@ class SqlRegistryMixin:
     def list_model_versions(self, name: str) -> list[ModelVersion]:
         validate_model_name(name)
         with self._read() as conn:
-            if conn.execute(select(t.models.c.name).where(t.models.c.name == name)).first() is None:
-                known = [r[0] for r in conn.execute(select(t.models.c.name))]
-                raise NotFoundError(
-                    f"No registered model '{name}'.{did_you_mean(name, known)} List models with `danlu models ls`."
-                )
+            self._require_model(conn, name)
             aliases = self._aliases(conn, name)
             rows = conn.execute(
                 select(t.model_versions)

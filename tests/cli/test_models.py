@@ -3,36 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from typing import NamedTuple
 
 import pytest
-from typer.testing import CliRunner
 
-from danlu.cli import main
 from danlu.cli._models import ModelRef, parse_model_ref
 from danlu.errors import ConfigError
 from danlu.store import MetricPoint, SqlStore
-
-
-class Outcome(NamedTuple):
-    code: int
-    stdout: str
-    stderr: str
-
-
-def danlu(*args: str, input: str | None = None) -> Outcome:
-    """Run the CLI in-process through ``main``, as the ``danlu`` script does."""
-    with CliRunner().isolation(input=input) as (stdout, stderr, _):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return Outcome(code, stdout.getvalue().decode(), stderr.getvalue().decode())
-
+from tests.cli._runner import danlu
 
 SIGNATURE = {
     "task": "classification",

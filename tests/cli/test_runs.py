@@ -12,30 +12,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from typer.testing import CliRunner
 
-from danlu.cli import _runs, main
+from danlu.cli import _runs
 from danlu.store import MetricPoint, SqlStore
-
-
-class Outcome(NamedTuple):
-    code: int
-    stdout: str
-    stderr: str
-
-
-def danlu(*args: str, input: str | None = None) -> Outcome:
-    """Run the CLI in-process through ``main``, as the ``danlu`` script does (so a DanluError
-    becomes its exit code and a message, exactly as a user sees it)."""
-    with CliRunner().isolation(input=input) as (stdout, stderr, _):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return Outcome(code, stdout.getvalue().decode(), stderr.getvalue().decode())
+from tests.cli._runner import danlu
 
 
 class Runs(NamedTuple):
