@@ -302,8 +302,6 @@ def run(
             )
         tracker = StoreTracker(store, run_id)
         tracker.set_status("running")
-        if recipe.train.epochs != (previous.recipe or {}).get("train", {}).get("epochs"):
-            tracker.log_params({"train": {"epochs": recipe.train.epochs}})
     else:
         commit, dirty = git_state()
         run_record = store.create_run(
@@ -320,12 +318,6 @@ def run(
             tags={"task": recipe.task, "model.type": recipe.model.type},
         )
         tracker = StoreTracker(store, run_record.id)
-        tracker.log_params(resolved)
-        tracker.log_artifact("recipe.yaml", recipe_to_yaml(recipe))
-        tracker.log_artifact(
-            "preprocessing.json", json.dumps(data.preprocessor.to_dict(), indent=1)
-        )
-        tracker.log_artifact("data_report.json", json.dumps(data.report, indent=1))
 
     checkpoint = tracker.artifact_path("checkpoint.safetensors")
     trainer = Trainer(
@@ -335,11 +327,19 @@ def run(
         checkpoint_path=checkpoint if recipe.train.checkpoint.every else None,
     )
     resuming = resume is not None and checkpoint.exists()
-    if resume is not None:  # points logged after the checkpoint will be logged again
-        store.delete_metrics_after(
-            tracker.run_id, load_checkpoint(checkpoint)["epoch"] if resuming else 0
-        )
-    try:
+    try:  # from here on, any failure marks the run failed (and stops its heartbeat)
+        if resume is None:
+            tracker.log_params(resolved)
+            tracker.log_artifact("recipe.yaml", recipe_to_yaml(recipe))
+            tracker.log_artifact(
+                "preprocessing.json", json.dumps(data.preprocessor.to_dict(), indent=1)
+            )
+            tracker.log_artifact("data_report.json", json.dumps(data.report, indent=1))
+        else:  # points logged after the checkpoint will be logged again
+            tracker.log_params({"train": {"epochs": recipe.train.epochs}})
+            store.delete_metrics_after(
+                tracker.run_id, load_checkpoint(checkpoint)["epoch"] if resuming else 0
+            )
         trainer.fit(model, task, data, resume=resuming)
         test_outputs = trainer.predict_outputs(data.x_test).numpy()
         all_metrics = (

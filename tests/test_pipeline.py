@@ -277,3 +277,19 @@ def test_user_model_by_import_path(tmp_path, monkeypatch):
     assert result.metrics["accuracy"] > 0.8
     with pytest.raises(ConfigError, match="Cannot import module 'nope'"):
         danlu.run(WINE, overrides=["model.type=nope:build"], home=tmp_path / "home")
+
+
+def test_a_failure_during_training_marks_the_run_failed(tmp_path, monkeypatch):
+    import threading
+
+    from danlu.train import Trainer
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(Trainer, "fit", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        danlu.run(WINE, home=tmp_path)
+    [run] = SqlStore(home=tmp_path).search_runs()
+    assert run.status == "failed" and "simulated" in (run.error or "")
+    assert not [t for t in threading.enumerate() if t.name.startswith("danlu-heartbeat")]
