@@ -131,16 +131,7 @@ class SqlRegistryMixin:
                     conn.execute(
                         select(t.models.c.name).where(t.models.c.name == name).with_for_update()
                     )
-                    version = (
-                        int(
-                            conn.execute(
-                                select(
-                                    func.coalesce(func.max(t.model_versions.c.version), 0)
-                                ).where(t.model_versions.c.name == name)
-                            ).scalar_one()
-                        )
-                        + 1
-                    )
+                    version = self._next_version(conn, name)
                     final = safe_join(self.model_root, name, str(version))
                     staging = safe_join(
                         self.model_root, name, f".staging-{version}-{secrets.token_hex(4)}"
@@ -174,6 +165,26 @@ class SqlRegistryMixin:
         raise StoreError(
             f"Could not register a new version of '{name}' after 5 attempts (heavy contention)."
         )
+
+    @staticmethod
+    def _next_version(conn: Connection, name: str) -> int:
+        """One more than any version this model has had since it was (re)created: a deleted
+        version's number is never reused, so ``name:3`` always meant the same weights."""
+        a = t.audit_log
+        created = (
+            select(func.coalesce(func.max(a.c.id), 0))
+            .where(a.c.model == name, a.c.action == "delete_model")
+            .scalar_subquery()
+        )
+        issued = conn.execute(
+            select(func.max(a.c.version)).where(
+                a.c.model == name, a.c.action == "create_version", a.c.id > created
+            )
+        ).scalar()
+        current = conn.execute(
+            select(func.max(t.model_versions.c.version)).where(t.model_versions.c.name == name)
+        ).scalar()
+        return max(int(issued or 0), int(current or 0)) + 1
 
     @staticmethod
     def _require_model(conn: Connection, name: str) -> None:

@@ -686,6 +686,13 @@ class StoreConformance:
         assert store.model_version_path("other", 1, "model.safetensors").is_file()
         assert self._register(store) == [1]  # the name can be registered afresh
 
+    def test_deleted_version_numbers_are_never_reused(self, store: Store) -> None:
+        assert self._register(store, n=3) == [1, 2, 3]
+        store.delete_model("digits", 3)
+        store.delete_model("digits", 2)
+        assert self._register(store) == [4]  # "digits:3" never names other weights
+        assert [v.version for v in store.list_model_versions("digits")] == [1, 4]
+
     def test_model_without_versions_lists_none(self, store: Store) -> None:
         self._register(store)
         store.delete_model("digits", 1)
