@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 from rich.table import Column, Table
-from rich.text import Text
 
 from danlu.cli import _app as cli
 from danlu.cli._runs import (
@@ -24,6 +23,7 @@ from danlu.cli._runs import (
     local_time,
     number,
     open_store,
+    print_details,
     print_json,
     print_table,
 )
@@ -190,18 +190,16 @@ def _versions_table(name: str, versions: list[ModelVersion]) -> Table:
 
 
 def _print_version(store: Store, mv: ModelVersion) -> None:
-    out = cli.out
-    out.print(
-        Text.assemble(("model ", "bold"), (mv.ref, "bold"), f"  from run {mv.run_id or '-'}"),
-        soft_wrap=True,
+    print_details(
+        "model",
+        mv.ref,
+        f"from run {mv.run_id or '-'}",
+        [
+            ("created", local_time(mv.created_at, seconds=True)),
+            ("aliases", cell(", ".join(mv.aliases) or "-")),
+            ("task", cell(mv.signature.get("task", "-"))),
+        ],
     )
-    about = Table.grid(padding=(0, 2))
-    about.add_column(style="dim")
-    about.add_column()
-    about.add_row("created", local_time(mv.created_at, seconds=True))
-    about.add_row("aliases", cell(", ".join(mv.aliases) or "-"))
-    about.add_row("task", cell(mv.signature.get("task", "-")))
-    print_table(about)
     inputs = mv.signature.get("inputs")
     if isinstance(inputs, list) and inputs:
         table = Table("input", "kind", "categories", title="signature", title_justify="left")

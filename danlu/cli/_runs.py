@@ -163,6 +163,20 @@ def cell(value: object) -> Text:
     return Text("-" if value is None else str(value))
 
 
+def print_details(kind: str, ident: str, subtitle: str, rows: Sequence[tuple[str, Any]]) -> None:
+    """A bold ``kind ident  subtitle`` line, then a two-column grid of the rows whose value is set."""
+    cli.out.print(
+        Text.assemble((f"{kind} ", "bold"), (ident, "bold"), f"  {subtitle}"), soft_wrap=True
+    )
+    about = Table.grid(padding=(0, 2))
+    about.add_column(style="dim")
+    about.add_column()
+    for key, value in rows:
+        if value is not None:
+            about.add_row(key, value)
+    print_table(about)
+
+
 def stdin_is_tty() -> bool:
     return sys.stdin.isatty()
 
@@ -274,35 +288,29 @@ def show_run(
         data["artifacts"] = [asdict(a) for a in artifacts]
         print_json(data)
         return
-    out = cli.out
-    out.print(
-        Text.assemble(("run ", "bold"), (run.id, "bold"), f"  {run.experiment} / {run.name}"),
-        soft_wrap=True,
-    )
-    about = Table.grid(padding=(0, 2))
-    about.add_column(style="dim")
-    about.add_column()
     git = None
     if run.git_commit:
         git = run.git_commit[:12] + (" (dirty)" if run.git_dirty else "")
-    for key, value in (
-        ("stage", cell(run.stage)),
-        ("status", _status(run.status)),
-        ("error", cell(run.error) if run.error else None),
-        ("created", local_time(run.created_at, seconds=True)),
-        ("started", local_time(run.started_at, seconds=True)),
-        ("ended", local_time(run.ended_at, seconds=True)),
-        ("duration", human_duration(run.duration)),
-        ("parent", cell(run.parent_id)),
-        ("recipe hash", cell(run.recipe_hash)),
-        ("data fingerprint", cell(run.data_fingerprint)),
-        ("git commit", cell(git)),
-        ("host", cell(run.host)),
-        ("packages", f"{len(run.packages)} recorded"),
-    ):
-        if value is not None:
-            about.add_row(key, value)
-    print_table(about)
+    print_details(
+        "run",
+        run.id,
+        f"{run.experiment} / {run.name}",
+        [
+            ("stage", cell(run.stage)),
+            ("status", _status(run.status)),
+            ("error", cell(run.error) if run.error else None),
+            ("created", local_time(run.created_at, seconds=True)),
+            ("started", local_time(run.started_at, seconds=True)),
+            ("ended", local_time(run.ended_at, seconds=True)),
+            ("duration", human_duration(run.duration)),
+            ("parent", cell(run.parent_id)),
+            ("recipe hash", cell(run.recipe_hash)),
+            ("data fingerprint", cell(run.data_fingerprint)),
+            ("git commit", cell(git)),
+            ("host", cell(run.host)),
+            ("packages", f"{len(run.packages)} recorded"),
+        ],
+    )
     for title, values in (("params", run.params), ("tags", run.tags)):
         if values:
             table = Table("key", "value", title=title, title_justify="left")

@@ -153,8 +153,8 @@ def kfold_indices(
             )
         else:
             splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    placeholder = np.zeros((len(y), 1))
+    rows = np.zeros((len(y), 1))  # scikit-learn's splitters only read the number of rows of X
     return [
         (np.asarray(tr, dtype=np.int64), np.asarray(te, dtype=np.int64))
-        for tr, te in splitter.split(placeholder, y)
+        for tr, te in splitter.split(rows, y)
     ]

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import time
+from abc import abstractmethod
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -36,15 +37,15 @@ class SqlRegistryMixin:
 
     model_root: Path
 
-    # Provided by SqlStore:
-    def _write(self) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
+    # Transactions and run checks come from SqlStore; declared here so the mixin type-checks.
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Connection]: ...
 
-    def _read(self) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
+    @abstractmethod
+    def _read(self) -> AbstractContextManager[Connection]: ...
 
-    def _require_run(self, conn: Connection, run_id: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _require_run(self, conn: Connection, run_id: str) -> None: ...
 
     def _audit(
         self,
