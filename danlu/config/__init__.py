@@ -13,9 +13,18 @@ from danlu.config._loader import (
     recipe_to_yaml,
 )
 from danlu.config._schema import (
+    AUGMENT_KINDS,
+    IMAGE_ONLY_AUGMENTS,
     SCHEMA_VERSION,
+    AugmentStep,
     CheckpointConfig,
+    ChecksConfig,
+    ColumnCheck,
     DataConfig,
+    ImbalanceConfig,
+    LossConfig,
+    ReduceConfig,
+    StreamConfig,
     EarlyStoppingConfig,
     ModelConfig,
     OptimizerConfig,
@@ -28,8 +37,17 @@ from danlu.config._schema import (
 )
 
 __all__ = [
+    "AUGMENT_KINDS",
+    "IMAGE_ONLY_AUGMENTS",
     "SCHEMA_VERSION",
+    "AugmentStep",
     "CheckpointConfig",
+    "ChecksConfig",
+    "ColumnCheck",
+    "ImbalanceConfig",
+    "LossConfig",
+    "ReduceConfig",
+    "StreamConfig",
     "ConfigIssue",
     "DataConfig",
     "EarlyStoppingConfig",

@@ -20,9 +20,18 @@ from pydantic import (
 )
 
 __all__ = [
+    "AUGMENT_KINDS",
+    "IMAGE_ONLY_AUGMENTS",
     "SCHEMA_VERSION",
+    "AugmentStep",
     "CheckpointConfig",
+    "ChecksConfig",
+    "ColumnCheck",
     "DataConfig",
+    "ImbalanceConfig",
+    "LossConfig",
+    "ReduceConfig",
+    "StreamConfig",
     "EarlyStoppingConfig",
     "ModelConfig",
     "OptimizerConfig",
@@ -85,6 +94,167 @@ class PrepareConfig(Strict):
     encode: Literal["onehot", "ordinal"] = "onehot"
 
 
+class ColumnCheck(Strict):
+    """Expectations on one column; every one that fails is reported (all at once)."""
+
+    present: bool = Field(True, description="The column must exist in the data.")
+    type: Literal["numeric", "integer", "categorical", "boolean", "string"] | None = Field(
+        None, description="Expected type of the column's values."
+    )
+    min: float | None = Field(None, description="Smallest allowed value (numeric columns).")
+    max: float | None = Field(None, description="Largest allowed value (numeric columns).")
+    allowed: list[str | int | float | bool] | None = Field(
+        None, description="The only values allowed (categorical columns)."
+    )
+    max_missing: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
+        None, description="Largest allowed fraction of missing values, e.g. 0.05 for 5%."
+    )
+    unique: bool = Field(False, description="Every value must be distinct (an id column).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ColumnCheck:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is larger than max {self.max}")
+        return self
+
+
+class ChecksConfig(Strict):
+    """Expectations the raw data must meet before anything is trained (``data.checks``)."""
+
+    min_rows: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="The data must hold at least this many rows."
+    )
+    columns: dict[str, ColumnCheck] = Field(
+        default_factory=dict, description="Column name → expectations on it."
+    )
+
+
+ImbalanceMethod = Literal[
+    "none",
+    "class_weight",
+    "oversample",
+    "undersample",
+    "smote",
+    "borderline_smote",
+    "svm_smote",
+    "adasyn",
+    "smote_tomek",
+    "smote_enn",
+]
+
+
+class ImbalanceConfig(Strict):
+    """How to counter skewed classes; resampling touches the training split only."""
+
+    method: ImbalanceMethod = Field(
+        "none", description="none, class_weight, oversample, undersample, or a SMOTE variant."
+    )
+    weights: Literal["balanced"] | dict[str, PositiveFloat] = Field(
+        "balanced", description="class_weight: 'balanced' (inverse frequency) or {class: weight}."
+    )
+    ratio: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None,
+        description="Resampling: wanted minority/majority ratio after resampling (default 1.0).",
+    )
+    k_neighbors: PositiveInt = Field(5, description="SMOTE variants: neighbours to interpolate.")
+    seed: int | None = Field(None, description="Resampling seed (default: data.split.seed).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"method": value} if isinstance(value, str) else value
+
+
+#: Augmentations that need image data (``data.image_shape``); the others work on any numbers.
+IMAGE_ONLY_AUGMENTS = ("rotate", "shift", "scale", "shear", "hflip", "cutout")
+AUGMENT_KINDS = (*IMAGE_ONLY_AUGMENTS, "noise", "mixup")
+
+
+class AugmentStep(Strict):
+    """One on-the-fly augmentation, applied per training batch (never at evaluation).
+
+    Written as a one-key map in the recipe, e.g. ``{rotate: 10}``; ``p`` is the probability that a
+    sample (a batch, for mixup) is augmented.
+    """
+
+    rotate: PositiveFloat | None = Field(None, description="Max rotation in degrees (images).")
+    shift: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="Max shift as a fraction of height/width (images)."
+    )
+    scale: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="Max zoom in or out, e.g. 0.1 for 0.9x-1.1x (images)."
+    )
+    shear: PositiveFloat | None = Field(None, description="Max shear in degrees (images).")
+    hflip: bool | None = Field(None, description="Mirror left-right with probability p (images).")
+    cutout: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="Erase a random square of this fraction of the side (images)."
+    )
+    noise: PositiveFloat | None = Field(
+        None, description="Gaussian noise std, in units of the scaled features (any data)."
+    )
+    mixup: PositiveFloat | None = Field(
+        None, description="Mixup: Beta(alpha, alpha) blend of sample pairs and targets (any data)."
+    )
+    p: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.5, description="Probability of applying the step (hflip, cutout, mixup); others: 1."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AugmentStep:
+        chosen = [k for k in AUGMENT_KINDS if getattr(self, k) not in (None, False)]
+        if len(chosen) != 1:
+            found = ", ".join(chosen) or "none"
+            raise ValueError(
+                f"each augment step names exactly one of {', '.join(AUGMENT_KINDS)} (found {found}); "
+                "write one list item per step, e.g. [{rotate: 10}, {shift: 0.1}]"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The augmentation this step applies (``rotate``, ``mixup`` ...)."""
+        return next(k for k in AUGMENT_KINDS if getattr(self, k) not in (None, False))
+
+
+class ReduceConfig(Strict):
+    """Feature reduction fitted on the training split only, replayed at prediction time."""
+
+    method: Literal["variance", "mutual_info", "model", "pca"] = Field(
+        description="variance threshold, top-k by mutual information or by a model, or PCA."
+    )
+    threshold: Annotated[float, Field(ge=0.0)] = Field(
+        0.0, description="variance: drop encoded columns whose variance is <= this."
+    )
+    k: PositiveInt | None = Field(None, description="mutual_info / model: keep the k best.")
+    n_components: PositiveInt | Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="pca: a number of components, or the explained-variance ratio to keep."
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> ReduceConfig:
+        if self.method in ("mutual_info", "model") and self.k is None:
+            raise ValueError(f"method '{self.method}' needs k (the number of features to keep)")
+        if self.method == "pca" and self.n_components is None:
+            raise ValueError("method 'pca' needs n_components (a count, or a ratio like 0.95)")
+        return self
+
+
+class StreamConfig(Strict):
+    """Read a Parquet file or folder in row-group chunks instead of loading it into memory."""
+
+    chunk_rows: PositiveInt = Field(
+        262_144, description="Rows read per chunk; bounds the memory held at once."
+    )
+    shuffle_buffer: PositiveInt = Field(
+        262_144, description="Rows mixed together when shuffling training batches."
+    )
+    sample_rows: PositiveInt = Field(
+        100_000,
+        description="Seeded reservoir of training rows for statistics a single pass cannot give "
+        "exactly (medians, robust scaling, most frequent values, feature reduction).",
+    )
+
+
 class DataConfig(Strict):
     """Where the data comes from and how it is prepared."""
 
@@ -100,6 +270,20 @@ class DataConfig(Strict):
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    checks: ChecksConfig | None = Field(
+        None, description="Expectations checked before training; every failure is listed."
+    )
+    imbalance: ImbalanceConfig = Field(
+        default_factory=ImbalanceConfig,
+        description="none | class_weight | oversample | undersample | smote (and variants).",
+    )
+    augment: list[AugmentStep] = Field(
+        default_factory=list, description="On-the-fly augmentation of training batches."
+    )
+    reduce: ReduceConfig | None = Field(None, description="Feature selection or PCA.")
+    stream: StreamConfig | None = Field(
+        None, description="Stream a Parquet file or folder instead of loading it into memory."
+    )
 
 
 class ModelConfig(BaseModel):
@@ -151,6 +335,20 @@ class EarlyStoppingConfig(Strict):
     restore_best: bool = True
 
 
+class LossConfig(Strict):
+    """The training loss (default: the task's own, cross-entropy or MSE)."""
+
+    name: Literal["default", "focal"] = Field(
+        "default", description="focal: down-weights easy examples (classification)."
+    )
+    gamma: Annotated[float, Field(ge=0.0)] = Field(2.0, description="focal: focusing strength.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
 class CheckpointConfig(Strict):
     every: Annotated[int, Field(ge=0)] = Field(
         1, description="Save a resumable checkpoint every N epochs (0 turns checkpoints off)."
@@ -165,6 +363,7 @@ class TrainConfig(Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     l1: Annotated[float, Field(ge=0.0)] = Field(0.0, description="L1 penalty on weights.")
+    loss: LossConfig = Field(default_factory=LossConfig)
     early_stopping: EarlyStoppingConfig | None = None
     grad_clip: PositiveFloat | None = Field(None, description="Clip the gradient norm to this.")
     grad_accumulation: PositiveInt = 1
