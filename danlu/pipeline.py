@@ -115,6 +115,15 @@ def check_recipe(recipe: Recipe) -> Any:
                 "Remove train.class_weight.",
             )
         )
+    if train.loss.name == "focal" and recipe.task != "classification":
+        issues.append(
+            ConfigIssue(
+                ("train", "loss", "name"),
+                "the focal loss applies to classification only",
+                train.loss.name,
+                "Remove train.loss (regression trains with MSE).",
+            )
+        )
     raise_issues(issues, recipe._source)
     return options
 

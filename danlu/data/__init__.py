@@ -3,7 +3,7 @@
 The pipeline calls one function, :func:`prepare_data`, which turns the recipe's ``data:`` block
 into train / validation / test arrays plus the fitted :class:`Preprocessor` and
 :class:`FeatureSchema` that travel with the model. Everything here works on pandas frames and
-numpy arrays; torch is never imported.
+numpy arrays; torch is imported only inside the augmentation functions, which run per batch.
 
 Example:
     >>> from danlu.config import DataConfig
@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from danlu.data._augment import Augmenter, Mix, check_augment
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
 from danlu.data._prepare import outlier_rows, prepare_data
 from danlu.data._prepared import PreparedData
@@ -24,12 +25,15 @@ from danlu.data._sources import BuiltinDataset, RawData, list_builtin, load_sour
 from danlu.data._split import kfold_indices, split_indices
 
 __all__ = [
+    "Augmenter",
     "BuiltinDataset",
     "Feature",
     "FeatureSchema",
     "PreparedData",
     "Preprocessor",
     "RawData",
+    "Mix",
+    "check_augment",
     "fingerprint_arrays",
     "fingerprint_frame",
     "infer_schema",

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from danlu.config import DataConfig
+from danlu.data._augment import check_augment
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor, first_row, numeric_values
@@ -222,6 +223,7 @@ def prepare_data(config: DataConfig, task: str) -> PreparedData:
             f"prepared rows have {fitted.input_dim} feature columns. Make the shape's product "
             f"equal {fitted.input_dim}, or remove data.image_shape."
         )
+    check_augment(config.augment, fitted.image_shape)
     val, test = frame.iloc[val_idx], frame.iloc[test_idx]
     arrays = (
         pre.transform(train), pre.encode_target(train[target]),
@@ -248,4 +250,5 @@ def prepare_data(config: DataConfig, task: str) -> PreparedData:
         fingerprint=fingerprint_arrays(*arrays),
         report=report,
         test_frame=test.drop(columns=[target]).reset_index(drop=True),
+        augment=tuple(config.augment),
     )

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from danlu.config import AugmentStep
 from danlu.data._preprocessor import Preprocessor
 from danlu.data._schema import FeatureSchema
 
@@ -32,6 +33,7 @@ class PreparedData:
         report: what happened, as plain JSON types (rows loaded, dropped, per split ...).
         test_frame: the raw test rows (target removed), aligned with ``x_test`` row by row, so
             evaluation and serving can replay the preprocessing and compare.
+        augment: the recipe's ``data.augment`` steps, applied by the engine to training batches.
 
     Example:
         >>> from danlu.config import DataConfig
@@ -53,6 +55,7 @@ class PreparedData:
     fingerprint: str
     report: dict[str, Any] = field(default_factory=dict)
     test_frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    augment: tuple[AugmentStep, ...] = ()
 
     @property
     def n_features(self) -> int:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from danlu.config import LossConfig
     from danlu.data import FeatureSchema
 
 __all__ = ["Task"]
@@ -45,8 +46,10 @@ class Task(ABC):
         """Width of the model's last layer."""
 
     @abstractmethod
-    def make_loss(self, class_weights: torch.Tensor | None = None) -> torch.nn.Module:
-        """The training loss, taking ``(outputs, y)``."""
+    def make_loss(
+        self, class_weights: torch.Tensor | None = None, loss: LossConfig | None = None
+    ) -> torch.nn.Module:
+        """The training loss, taking ``(outputs, y)``; ``loss`` is the recipe's ``train.loss``."""
 
     @abstractmethod
     def quick_metrics(

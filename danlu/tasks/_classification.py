@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from danlu.config import LossConfig
     from danlu.data import FeatureSchema
 
 __all__ = ["ClassificationTask"]
@@ -21,6 +22,34 @@ def _softmax(outputs: np.ndarray) -> np.ndarray:
     shifted = outputs - outputs.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _focal_loss(class_weights: torch.Tensor | None, gamma: float) -> torch.nn.Module:
+    """Focal loss (Lin et al., 2017): cross-entropy scaled by ``(1 - p_true) ** gamma``.
+
+    Confident, correct predictions contribute almost nothing, so the rare and hard examples of an
+    imbalanced data set drive the gradient. With ``gamma = 0`` it is exactly cross-entropy
+    (weighted the same way: the mean over samples of ``w[y] · loss``, divided by the mean ``w[y]``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    class FocalLoss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gamma = gamma
+            self.weight: torch.Tensor | None
+            self.register_buffer("weight", class_weights)
+
+        def forward(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            log_p = F.log_softmax(outputs, dim=1).gather(1, y[:, None]).squeeze(1)  # (N,)
+            loss = -((1.0 - log_p.exp()) ** self.gamma) * log_p  # (N,)
+            if self.weight is None:
+                return loss.mean()
+            w = self.weight[y]  # (N,)
+            return (w * loss).sum() / w.sum()
+
+    return FocalLoss()
 
 
 class ClassificationTask(Task):
@@ -36,9 +65,13 @@ class ClassificationTask(Task):
         assert schema.classes is not None, "classification schema without classes"
         return len(schema.classes)
 
-    def make_loss(self, class_weights: torch.Tensor | None = None) -> torch.nn.Module:
+    def make_loss(
+        self, class_weights: torch.Tensor | None = None, loss: LossConfig | None = None
+    ) -> torch.nn.Module:
         import torch
 
+        if loss is not None and loss.name == "focal":
+            return _focal_loss(class_weights, loss.gamma)
         return torch.nn.CrossEntropyLoss(weight=class_weights)
 
     def quick_metrics(

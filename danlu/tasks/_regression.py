@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from danlu.errors import ConfigError
 from danlu.tasks._base import Task
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from danlu.config import LossConfig
     from danlu.data import FeatureSchema
 
 __all__ = ["RegressionTask"]
@@ -31,8 +33,16 @@ class RegressionTask(Task):
     def output_dim(self, schema: FeatureSchema) -> int:
         return 1
 
-    def make_loss(self, class_weights: torch.Tensor | None = None) -> torch.nn.Module:
+    def make_loss(
+        self, class_weights: torch.Tensor | None = None, loss: LossConfig | None = None
+    ) -> torch.nn.Module:
         import torch
+
+        if loss is not None and loss.name != "default":
+            raise ConfigError(
+                f"train.loss '{loss.name}' applies to classification only; regression trains "
+                "with MSE. Remove train.loss."
+            )
 
         class _MSE(torch.nn.Module):
             def forward(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from danlu.config import TrainConfig
+from danlu.data import Augmenter
 from danlu.errors import ConfigError, DataError
 from danlu.logging import get_logger
 from danlu.train._callbacks import Callback, EarlyStopping
@@ -231,8 +232,8 @@ class Trainer:
             if task.name == "classification"
             else None
         )
-        loss_fn = task.make_loss(weights.to(device) if weights is not None else None)
-        val_loss_fn = task.make_loss(weights)  # validation outputs come back on the CPU
+        loss_fn = task.make_loss(weights.to(device) if weights is not None else None, cfg.loss)
+        val_loss_fn = task.make_loss(weights, cfg.loss)  # validation outputs come back on the CPU
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
         monitor = cfg.early_stopping.monitor if cfg.early_stopping else "val_loss"
         if len(x_val) == 0 and monitor.startswith("val_"):
@@ -253,6 +254,7 @@ class Trainer:
             )
             self.callbacks.insert(0, EarlyStopping(cfg.early_stopping, mode))
         generator = torch.Generator().manual_seed(cfg.seed)
+        augment = Augmenter(data.augment, data.schema.image_shape, cfg.seed) if data.augment else None
         l1_params = [p for p in self.model.parameters() if p.ndim > 1] if cfg.l1 > 0 else []
 
         if resume:
@@ -281,9 +283,16 @@ class Trainer:
                 for batch in range(num_batches):
                     idx = order[batch * batch_size : (batch + 1) * batch_size]
                     xb, yb = x_train[idx], y_train[idx]  # (B, D), (B,)
+                    mix = None
+                    if augment is not None:  # training batches only; seeded by the batch position
+                        xb, mix = augment(xb, (epoch - 1) * num_batches + batch)
                     with self._autocast(device):
                         outputs = self.model(xb)
                         loss = loss_fn(outputs.float(), yb)
+                        if mix is not None:  # mixup: the loss mixes the two targets the same way
+                            loss = mix.lam * loss + (1 - mix.lam) * loss_fn(
+                                outputs.float(), yb[mix.perm]
+                            )
                     total = loss
                     if l1_params:
                         total = total + cfg.l1 * sum(p.abs().sum() for p in l1_params)

@@ -5,6 +5,9 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+import danlu
+from danlu.config import LossConfig
+from danlu.errors import ConfigError
 from danlu.tasks import get_task
 from danlu.testing import tiny_schema
 
@@ -63,3 +66,30 @@ def test_monitor_modes():
     task = get_task("classification")
     assert task.monitor_mode("val_loss") == "min" and task.monitor_mode("val_accuracy") == "max"
     assert "val_accuracy" in task.monitorable() and "val_r2" in get_task("regression").monitorable()
+
+
+def test_focal_loss_with_gamma_0_is_cross_entropy_weighted_or_not():
+    task = get_task("classification")
+    torch.manual_seed(0)
+    outputs, y = torch.randn(50, 3), torch.randint(0, 3, (50,))
+    w = torch.tensor([1.0, 2.0, 0.5])
+    for weights in (None, w):
+        focal = task.make_loss(weights, LossConfig(name="focal", gamma=0.0))(outputs, y)
+        ce = torch.nn.functional.cross_entropy(outputs, y, weight=weights)
+        assert torch.allclose(focal, ce, atol=1e-6)
+
+
+def test_focal_loss_down_weights_easy_examples():
+    loss = get_task("classification").make_loss(None, LossConfig(name="focal", gamma=2.0))
+    easy = torch.tensor([[6.0, 0.0]]), torch.tensor([0])
+    hard = torch.tensor([[0.0, 0.5]]), torch.tensor([0])
+    ce = torch.nn.functional.cross_entropy
+    assert loss(*easy) / ce(*easy) < 0.01  # (1 - p)^2 with p ≈ 0.9975
+    assert loss(*hard) / ce(*hard) > 0.3
+
+
+def test_focal_loss_on_regression_is_a_config_error():
+    recipe = {"name": "r", "data": {"source": "builtin:diabetes"}, "task": "regression",
+              "model": {"type": "mlp"}, "train": {"loss": "focal"}}  # fmt: skip
+    with pytest.raises(ConfigError, match="train.loss.name: the focal loss applies to classification only"):
+        danlu.run(recipe)
