@@ -23,6 +23,7 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 ## Run danlu's main job end to end on a bundled real dataset (scikit-learn's digits).
 demo: $(VENV)/.installed-core
 	$(BIN)/danlu datasets
+	$(BIN)/danlu data inspect examples/digits_cnn.yaml
 	$(BIN)/danlu run examples/digits_cnn.yaml
 	$(BIN)/danlu runs ls --limit 5
 	$(BIN)/danlu models show digits
@@ -41,6 +42,9 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/example_accuracy.py
 	$(BIN)/python bench/store_bench.py
+	$(BIN)/python bench/augmentation.py
+	$(BIN)/python bench/imbalance.py
+	$(BIN)/python bench/streaming.py   # writes a 20-million-row Parquet set under bench/data/ once
 
 clean:
 	rm -rf $(VENV) .danlu .pytest_cache

@@ -72,7 +72,13 @@ def main() -> None:
 
     recipe = load_recipe(
         RECIPE,
-        [f"train.epochs={args.epochs}", "train.scheduler.name=none", "train.early_stopping=null"],
+        # The hand-written loop neither augments nor schedules: compare like with like.
+        [
+            f"train.epochs={args.epochs}",
+            "train.scheduler.name=none",
+            "train.early_stopping=null",
+            "data.augment=[]",
+        ],
     )
     data = prepare_data(recipe.data, recipe.task)
     task = get_task(recipe.task)

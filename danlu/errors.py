@@ -8,9 +8,12 @@ it without a traceback (``--debug`` shows one).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ConfigError",
     "DanluError",
+    "DataCheckError",
     "DataError",
     "MissingExtraError",
     "NotFittedError",
@@ -42,6 +45,18 @@ class DataError(DanluError, ValueError):
     """The data cannot be used as asked (missing file, column, class, ...)."""
 
     exit_code = 3
+
+
+class DataCheckError(DataError):
+    """The data fails the recipe's ``data.checks``; the message lists every violation.
+
+    Attributes:
+        violations: the failed expectations (``danlu.data.Violation`` objects).
+    """
+
+    def __init__(self, message: str, violations: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.violations = list(violations)
 
 
 class NotFoundError(DanluError, KeyError):

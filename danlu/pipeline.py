@@ -115,6 +115,25 @@ def check_recipe(recipe: Recipe) -> Any:
                 "Remove train.class_weight.",
             )
         )
+    imbalance = recipe.data.imbalance.method
+    if imbalance != "none" and recipe.task != "classification":
+        issues.append(
+            ConfigIssue(
+                ("data", "imbalance", "method"),
+                "class imbalance methods apply to classification only",
+                imbalance,
+                "Remove data.imbalance (a regression target has no classes to balance).",
+            )
+        )
+    elif imbalance == "class_weight" and train.class_weight is not None:
+        issues.append(
+            ConfigIssue(
+                ("data", "imbalance", "method"),
+                "class weights are given twice, here and in train.class_weight",
+                imbalance,
+                "Keep one: remove train.class_weight, or set data.imbalance to none.",
+            )
+        )
     if train.loss.name == "focal" and recipe.task != "classification":
         issues.append(
             ConfigIssue(
@@ -282,7 +301,7 @@ def run(
         >>> result = danlu.run("examples/wine_mlp.yaml", overrides=["train.epochs=2"])  # doctest: +SKIP
         >>> result.metrics["accuracy"]  # doctest: +SKIP
     """
-    from danlu.data import prepare_data
+    from danlu.data import prepare_data, quality_html
     from danlu.models import MODELS
     from danlu.store import SqlStore, StoreTracker, git_state, host_name, package_versions
     from danlu.tasks import get_task
@@ -344,16 +363,21 @@ def run(
                 "preprocessing.json", json.dumps(data.preprocessor.to_dict(), indent=1)
             )
             tracker.log_artifact("data_report.json", json.dumps(data.report, indent=1))
+            if data.quality:
+                tracker.log_artifact("data_quality.json", json.dumps(data.quality, indent=1))
+                tracker.log_artifact("data_quality.html", quality_html(data.quality, page=True))
         else:  # points logged after the checkpoint will be logged again
             tracker.log_params({"train": {"epochs": recipe.train.epochs}})
             store.delete_metrics_after(
                 tracker.run_id, load_checkpoint(checkpoint)["epoch"] if resuming else 0
             )
         trainer.fit(model, task, data, resume=resuming)
-        test_outputs = trainer.predict_outputs(data.x_test).numpy()
-        all_metrics = (
-            task.metrics(test_outputs, data.y_test, data.schema) if len(data.y_test) else {}
-        )
+        if data.stream is None:
+            test_outputs, y_test = trainer.predict_outputs(data.x_test).numpy(), data.y_test
+        else:  # streamed test rows: only the model's outputs and the targets are kept
+            outputs, targets = trainer.stream_outputs(data.stream, "test")
+            test_outputs, y_test = outputs.numpy(), targets.numpy()
+        all_metrics = task.metrics(test_outputs, y_test, data.schema) if len(y_test) else {}
         metrics = {k: v for k, v in all_metrics.items() if isinstance(v, float)}
         details = {k: v for k, v in all_metrics.items() if not isinstance(v, float)}
         tracker.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=trainer.epoch)

@@ -49,6 +49,8 @@ def test_run_records_everything_in_the_store(tmp_path):
         "recipe.yaml",
         "preprocessing.json",
         "data_report.json",
+        "data_quality.json",
+        "data_quality.html",
         "model.safetensors",
         "model.json",
         "summary.json",

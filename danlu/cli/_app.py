@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from danlu.cli._data import data_app
 from danlu.cli._db import db_app
 from danlu.cli._models import models_app
 from danlu.cli._runs import runs_app
@@ -34,6 +35,7 @@ app = typer.Typer(
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(data_app, name="data")
 
 _state = {"debug": False}
 out = Console()

@@ -16,31 +16,49 @@ Example:
 from __future__ import annotations
 
 from danlu.data._augment import Augmenter, Mix, check_augment
+from danlu.data._checks import Violation, check_data, find_violations
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
+from danlu.data._imbalance import imbalance_class_weight, resample_training
+from danlu.data._inspect import infer_task, inspect_data
 from danlu.data._prepare import outlier_rows, prepare_data
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
+from danlu.data._quality import quality_html, quality_report
+from danlu.data._reduce import FeatureReducer
 from danlu.data._schema import Feature, FeatureSchema, infer_schema
 from danlu.data._sources import BuiltinDataset, RawData, list_builtin, load_source
 from danlu.data._split import kfold_indices, split_indices
+from danlu.data._stream import TrainStream, prepare_stream
 
 __all__ = [
     "Augmenter",
     "BuiltinDataset",
     "Feature",
+    "FeatureReducer",
     "FeatureSchema",
     "PreparedData",
     "Preprocessor",
     "RawData",
+    "TrainStream",
+    "Violation",
     "Mix",
     "check_augment",
+    "check_data",
+    "find_violations",
     "fingerprint_arrays",
     "fingerprint_frame",
+    "imbalance_class_weight",
     "infer_schema",
+    "infer_task",
+    "inspect_data",
     "kfold_indices",
     "list_builtin",
     "load_source",
     "outlier_rows",
     "prepare_data",
+    "prepare_stream",
+    "quality_html",
+    "quality_report",
+    "resample_training",
     "split_indices",
 ]

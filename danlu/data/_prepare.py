@@ -10,28 +10,42 @@ The order matters and is the point of this module:
 4. split, then remove outliers from the *training* rows only (the model must still be judged on
    ordinary and unusual test rows alike);
 5. fit the preprocessor on the training rows only (no statistic of validation or test rows leaks
-   into training) and transform every split with it.
+   into training) and transform every split with it; ``data.reduce`` is part of it;
+6. resample the encoded *training* arrays for ``data.imbalance`` (validation and test rows keep
+   their real class balance).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from danlu.config import DataConfig
 from danlu.data._augment import check_augment
+from danlu.data._checks import check_data
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
+from danlu.data._imbalance import imbalance_class_weight, resample_training
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor, first_row, numeric_values
-from danlu.data._schema import check_task, infer_kinds, infer_schema, preview, sorted_labels
-from danlu.data._sources import load_source
+from danlu.data._quality import quality_report
+from danlu.data._schema import (
+    FeatureSchema,
+    check_task,
+    infer_kinds,
+    infer_schema,
+    preview,
+    sorted_labels,
+)
+from danlu.data._sources import RawData, load_source
 from danlu.data._split import split_indices
 from danlu.errors import DataError
 from danlu.logging import get_logger
 
-__all__ = ["outlier_rows", "prepare_data"]
+__all__ = ["SplitRows", "outlier_rows", "prepare_data", "split_rows"]
 
 logger = get_logger(__name__)
 
@@ -123,31 +137,60 @@ def _drop(frame: pd.DataFrame, mask: np.ndarray, why: str) -> tuple[pd.DataFrame
     return frame.loc[~mask], count
 
 
-def prepare_data(config: DataConfig, task: str) -> PreparedData:
-    """Load, clean, split and encode the data a recipe's ``data:`` block describes.
+@dataclass(frozen=True)
+class SplitRows:
+    """The cleaned rows and their split, before any statistic is fitted (see :func:`split_rows`).
 
-    Args:
-        config: the recipe's ``data`` block.
-        task: ``classification`` or ``regression``.
+    Attributes:
+        frame: the rows left after ``missing: drop`` and ``dedupe``, index 0..n-1.
+        target: the target column.
+        kinds: every column's kind but the target's (``ignore`` included).
+        schema: the schema inferred from all rows (categories, classes).
+        features: the feature columns, in order.
+        image_shape: the image shape of one row, if any.
+        classes: the sorted class labels (classification), else None.
+        stratify: whether the split kept class proportions.
+        rows_loaded: rows before cleaning.
+        missing_dropped: rows dropped for a missing feature value.
+        duplicates_dropped: exact duplicates dropped.
+        train_idx: row positions in ``frame`` of the training split (sorted, int64).
+        val_idx: likewise, validation.
+        test_idx: likewise, test.
+    """
 
-    Returns:
-        The prepared splits with the fitted schema and preprocessor, fingerprints and a report.
+    frame: pd.DataFrame
+    target: str
+    kinds: dict[str, str]
+    schema: FeatureSchema
+    features: list[str]
+    image_shape: tuple[int, ...] | None
+    classes: tuple[Any, ...] | None
+    stratify: bool
+    rows_loaded: int
+    missing_dropped: int
+    duplicates_dropped: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
 
-    Raises:
-        DataError: the source, target, features, split or image shape cannot be used as asked.
-        NotFoundError: an unknown built-in data set.
+
+def split_rows(raw: RawData, config: DataConfig, task: str) -> SplitRows:
+    """Check the target, infer kinds, drop missing / duplicate rows, and split: steps 1-4 above.
+
+    ``prepare_data`` and ``inspect_data`` share it, so ``danlu data inspect`` sees the very
+    splits that training uses.
 
     Example:
         >>> from danlu.config import DataConfig
-        >>> data = prepare_data(DataConfig(source="builtin:digits"), "classification")
-        >>> data.x_train.shape[1], data.schema.image_shape, data.report["rows"]["test"]
-        (64, (1, 8, 8), 360)
+        >>> from danlu.data import load_source
+        >>> rows = split_rows(load_source("builtin:iris"), DataConfig(source="builtin:iris"),
+        ...                   "classification")
+        >>> len(rows.frame), len(rows.train_idx), len(rows.test_idx)
+        (149, 104, 30)
     """
     check_task(task)
     prep = config.prepare
-    raw = load_source(config.source, config.target)
     frame, target = raw.frame, raw.target
-    raw_fingerprint = fingerprint_frame(frame)
     _check_target(frame[target], target, task)
     image_shape = tuple(config.image_shape) if config.image_shape else raw.image_shape
     kinds = infer_kinds(frame, target, task, config.features)
@@ -185,6 +228,53 @@ def prepare_data(config: DataConfig, task: str) -> PreparedData:
     train_idx, val_idx, test_idx = split_indices(
         frame[target].to_numpy(), test=split.test, val=split.val, stratify=stratify, seed=split.seed
     )
+    return SplitRows(
+        frame=frame, target=target, kinds=kinds, schema=schema, features=features,
+        image_shape=image_shape, classes=classes, stratify=bool(stratify),
+        rows_loaded=rows_loaded, missing_dropped=missing_dropped,
+        duplicates_dropped=duplicates_dropped,
+        train_idx=train_idx, val_idx=val_idx, test_idx=test_idx,
+    )  # fmt: skip
+
+
+def prepare_data(config: DataConfig, task: str) -> PreparedData:
+    """Load, clean, split and encode the data a recipe's ``data:`` block describes.
+
+    Args:
+        config: the recipe's ``data`` block.
+        task: ``classification`` or ``regression``.
+
+    Returns:
+        The prepared splits with the fitted schema and preprocessor, fingerprints and a report.
+
+    Raises:
+        DataError: the source, target, features, split or image shape cannot be used as asked.
+        NotFoundError: an unknown built-in data set.
+
+    Example:
+        >>> from danlu.config import DataConfig
+        >>> data = prepare_data(DataConfig(source="builtin:digits"), "classification")
+        >>> data.x_train.shape[1], data.schema.image_shape, data.report["rows"]["test"]
+        (64, (1, 8, 8), 360)
+    """
+    check_task(task)
+    if config.stream is not None:  # larger than memory: Parquet read in chunks, never all at once
+        from danlu.data._stream import prepare_stream
+
+        return prepare_stream(config, task)
+    prep = config.prepare
+    raw = load_source(config.source, config.target)
+    if config.checks is not None:  # the recipe's expectations come first: fail before any work
+        check_data(raw.frame, config.checks, raw.source)
+    raw_fingerprint = fingerprint_frame(raw.frame)
+    rows = split_rows(raw, config, task)
+    frame, target, kinds, schema, image_shape = (
+        rows.frame, rows.target, rows.kinds, rows.schema, rows.image_shape
+    )  # fmt: skip
+    features, classes, stratify, split = rows.features, rows.classes, rows.stratify, config.split
+    rows_loaded, missing_dropped = rows.rows_loaded, rows.missing_dropped
+    duplicates_dropped = rows.duplicates_dropped
+    train_idx, val_idx, test_idx = rows.train_idx, rows.val_idx, rows.test_idx
     train = frame.iloc[train_idx]
 
     outliers_removed = 0
@@ -212,11 +302,18 @@ def prepare_data(config: DataConfig, task: str) -> PreparedData:
                 preview(absent),
             )
 
+    class_weight = imbalance_class_weight(config.imbalance, classes)
     pre = Preprocessor(
-        prep, target=target, task=task, overrides=kinds, image_shape=image_shape, classes=classes
-    ).fit(train)
+        prep, target=target, task=task, overrides=kinds, image_shape=image_shape, classes=classes,
+        reduce=config.reduce,
+    ).fit(train)  # fmt: skip
     fitted = pre.schema_
-    if image_shape is not None and int(np.prod(image_shape)) != fitted.input_dim:
+    # data.reduce drops the image layout (fitted.image_shape is None then): nothing to check.
+    if (
+        image_shape is not None
+        and fitted.image_shape is not None
+        and int(np.prod(image_shape)) != fitted.input_dim
+    ):
         where = "data.image_shape" if config.image_shape else f"the image shape of '{raw.source}'"
         raise DataError(
             f"{where} {list(image_shape)} holds {int(np.prod(image_shape))} values, but the "
@@ -230,6 +327,11 @@ def prepare_data(config: DataConfig, task: str) -> PreparedData:
         pre.transform(val), pre.encode_target(val[target]),
         pre.transform(test), pre.encode_target(test[target]),
     )  # fmt: skip
+    # Only the training arrays are resampled, after encoding: validation and test stay real.
+    x_train, y_train, imbalance = resample_training(
+        arrays[0], arrays[1], config.imbalance, classes, split.seed
+    )
+    arrays = (x_train, y_train, *arrays[2:])
     report = {
         "source": raw.source,
         "rows_loaded": rows_loaded,
@@ -242,6 +344,15 @@ def prepare_data(config: DataConfig, task: str) -> PreparedData:
         "input_dim": fitted.input_dim,
         "stratified": bool(stratify),
     }
+    if config.imbalance.method != "none":
+        report["imbalance"] = imbalance
+    if pre.reducer_ is not None:
+        report["reduce"] = pre.reducer_.summary()
+    quality = {"source": raw.source, **quality_report(
+        frame, target, task, train_idx=train_idx, test_idx=test_idx, features=features, kinds=kinds
+    )}  # fmt: skip
+    for warning in quality["warnings"]:
+        logger.warning("Data quality: %s", warning)
     return PreparedData(
         *arrays,
         schema=fitted,
@@ -249,6 +360,8 @@ def prepare_data(config: DataConfig, task: str) -> PreparedData:
         raw_fingerprint=raw_fingerprint,
         fingerprint=fingerprint_arrays(*arrays),
         report=report,
+        quality=quality,
         test_frame=test.drop(columns=[target]).reset_index(drop=True),
         augment=tuple(config.augment),
+        class_weight=class_weight,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -11,6 +11,9 @@ import pandas as pd
 from danlu.config import AugmentStep
 from danlu.data._preprocessor import Preprocessor
 from danlu.data._schema import FeatureSchema
+
+if TYPE_CHECKING:
+    from danlu.data._stream import TrainStream
 
 __all__ = ["PreparedData"]
 
@@ -31,9 +34,15 @@ class PreparedData:
         raw_fingerprint: fingerprint of the rows as loaded.
         fingerprint: fingerprint of the prepared splits.
         report: what happened, as plain JSON types (rows loaded, dropped, per split ...).
+        quality: the data quality report of the cleaned rows and their splits
+            (``danlu.data.quality_report``), as plain JSON types.
         test_frame: the raw test rows (target removed), aligned with ``x_test`` row by row, so
             evaluation and serving can replay the preprocessing and compare.
         augment: the recipe's ``data.augment`` steps, applied by the engine to training batches.
+        class_weight: ``data.imbalance: class_weight``'s loss weights ('balanced' or
+            {label: weight}) for the trainer; None otherwise (``train.class_weight`` wins).
+        stream: with ``data.stream``, the :class:`~danlu.data.TrainStream` that reads the splits
+            from Parquet in chunks (the ``x_*`` / ``y_*`` arrays then have zero rows); else None.
 
     Example:
         >>> from danlu.config import DataConfig
@@ -54,8 +63,11 @@ class PreparedData:
     raw_fingerprint: str
     fingerprint: str
     report: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
     test_frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     augment: tuple[AugmentStep, ...] = ()
+    class_weight: str | dict[str, float] | None = None
+    stream: TrainStream | None = None
 
     @property
     def n_features(self) -> int:

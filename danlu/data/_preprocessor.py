@@ -5,12 +5,14 @@ settings, ``fit`` learns state (attributes ending in ``_``) from the *training* 
 ``transform`` replays it on any raw rows — validation, test, or a request at serving time. Its
 state is plain JSON (``to_dict`` / ``from_dict``) so it travels with the model; scikit-learn's
 scalers are used to fit, and their learned centre and scale are kept as floats so the replay is
-``(x - center) / scale`` with no pickled objects.
+``(x - center) / scale`` with no pickled objects. With ``data.reduce`` it also owns a fitted
+:class:`~danlu.data._reduce.FeatureReducer` (column selection or PCA), replayed after encoding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,8 @@ import pandas as pd
 from pydantic import ValidationError
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
-from danlu.config import PrepareConfig
+from danlu.config import PrepareConfig, ReduceConfig
+from danlu.data._reduce import FeatureReducer
 from danlu.data._schema import (
     FALSE_TOKENS,
     TRUE_TOKENS,
@@ -33,11 +36,15 @@ from danlu.data._schema import (
     to_plain,
 )
 from danlu.errors import DataError, NotFittedError
+from danlu.logging import get_logger
 
 __all__ = ["Preprocessor", "first_row", "numeric_values"]
 
+logger = get_logger(__name__)
+
 _FORMAT = "danlu.preprocessor"
-_VERSION = 1
+_VERSION = 2  # 2 added the feature reducer (data.reduce)
+_READABLE_VERSIONS = (1, 2)
 
 
 def first_row(mask: np.ndarray) -> int:
@@ -137,6 +144,7 @@ class Preprocessor:
         overrides: column → kind (``numeric``/``categorical``/``boolean``/``ignore``).
         image_shape: the image shape the encoded features form, if any (kept in the schema).
         classes: the known labels (classification); default: the labels in the fitted rows.
+        reduce: the recipe's ``data.reduce`` block: a feature reducer fitted after encoding.
 
     Example:
         >>> import pandas as pd
@@ -157,6 +165,7 @@ class Preprocessor:
         overrides: Mapping[str, str] | None = None,
         image_shape: Sequence[int] | None = None,
         classes: Sequence[Any] | None = None,
+        reduce: ReduceConfig | None = None,
     ) -> None:
         self.config = config if config is not None else PrepareConfig.model_validate({})
         self.target = target
@@ -164,7 +173,9 @@ class Preprocessor:
         self.overrides = dict(overrides or {})
         self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
         self.classes = None if classes is None else tuple(to_plain(c) for c in classes)
+        self.reduce = reduce
         self._schema: FeatureSchema | None = None  # set by fit / from_dict
+        self.reducer_: FeatureReducer | None = None  # set by fit / from_dict with reduce
 
     @property
     def schema_(self) -> FeatureSchema:
@@ -220,8 +231,41 @@ class Preprocessor:
         self.fill_ = fill
         self.center_ = {n: float(c) for n, c in zip(names, center, strict=True)}
         self.scale_ = {n: float(s) for n, s in zip(names, scale, strict=True)}
-        self._schema = schema
+        self._schema, self.reducer_ = schema, None
+        if self.reduce is not None:
+            try:
+                self._fit_reducer(frame)
+            except BaseException:
+                self._schema = None
+                raise
         return self
+
+    def _fit_reducer(self, frame: pd.DataFrame) -> None:
+        """Fit ``data.reduce`` on the encoded rows; the schema then describes its output."""
+        assert self.reduce is not None and self._schema is not None
+        schema = self._schema
+        reducer = FeatureReducer(self.reduce).fit(
+            self._encode(frame),
+            self.encode_target(frame[self.target]),
+            task=self.task,
+            names=schema.encoded_names,
+        )
+        if schema.image_shape is not None:
+            logger.warning(
+                "data.reduce (%s) turns the %s image into %d plain feature columns, so the "
+                "image layout is dropped: image models and image augmentations will refuse "
+                "the data. Remove data.reduce to keep the image.",
+                self.reduce.method,
+                "x".join(str(s) for s in schema.image_shape),
+                reducer.n_outputs_,
+            )
+        self._schema = replace(
+            schema,
+            image_shape=None,
+            input_dim=reducer.n_outputs_,
+            encoded_names=reducer.output_names_,
+        )
+        self.reducer_ = reducer
 
     def _raw_values(self, column: pd.Series, kind: str) -> np.ndarray:
         if kind == "numeric":
@@ -309,7 +353,7 @@ class Preprocessor:
 
         Missing values are filled with the values learned in ``fit``. Unseen categories become
         all zeros (one-hot) or ``k`` (ordinal, ``k`` known categories). Extra columns (such as
-        the target) are ignored.
+        the target) are ignored. With ``data.reduce``, the fitted reduction is applied last.
 
         Raises:
             NotFittedError: before ``fit``.
@@ -317,6 +361,11 @@ class Preprocessor:
                 is missing with ``missing: drop``.
         """
         self._check_fitted()
+        encoded = self._encode(frame)
+        return encoded if self.reducer_ is None else self.reducer_.transform(encoded)
+
+    def _encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """Impute, scale and encode raw rows (everything ``transform`` does but the reduction)."""
         schema = self.schema_
         absent = [f.name for f in schema.features if f.name not in frame.columns]
         if absent:
@@ -324,7 +373,8 @@ class Preprocessor:
                 f"The input rows lack feature column(s) {preview(absent)}. Every row needs the "
                 f"columns the model was trained on: {preview(schema.feature_names)}."
             )
-        out = np.zeros((len(frame), schema.input_dim), dtype=np.float32)  # (n, input_dim)
+        width = len(encoded_columns(schema.features, self.config.encode))
+        out = np.zeros((len(frame), width), dtype=np.float32)  # (n, encoded width)
         col = 0
         for feature in schema.features:
             values = self._raw_values(frame[feature.name], feature.kind)
@@ -445,6 +495,7 @@ class Preprocessor:
             "fill": {k: to_plain(v) for k, v in self.fill_.items()},
             "center": dict(self.center_),
             "scale": dict(self.scale_),
+            "reducer": None if self.reducer_ is None else self.reducer_.to_dict(),
         }
 
     @classmethod
@@ -459,10 +510,11 @@ class Preprocessor:
                 "This is not a saved danlu preprocessor (its 'format' is not "
                 f"'{_FORMAT}'). Pass the output of Preprocessor.to_dict()."
             )
-        if data.get("version") != _VERSION:
+        if data.get("version") not in _READABLE_VERSIONS:
             raise DataError(
                 f"Saved preprocessor version {data.get('version')!r} is not supported (this danlu "
-                f"reads version {_VERSION}). Re-export the model with this version of danlu."
+                f"reads versions {', '.join(map(str, _READABLE_VERSIONS))}). Re-export the model "
+                "with this version of danlu."
             )
         try:
             pre = cls(
@@ -477,6 +529,10 @@ class Preprocessor:
             pre.fill_ = dict(data["fill"])
             pre.center_ = {str(k): float(v) for k, v in data["center"].items()}
             pre.scale_ = {str(k): float(v) for k, v in data["scale"].items()}
+            reducer = data.get("reducer")  # version 1 files have no reducer
+            if reducer is not None:
+                pre.reducer_ = FeatureReducer.from_dict(reducer)
+                pre.reduce = pre.reducer_.config
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
             raise DataError(
                 f"The saved preprocessor is malformed ({type(exc).__name__}: {exc}). Re-export "

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from danlu.data._parquet import read_parquet
 from danlu.data._schema import preview
 from danlu.errors import DataError, NotFoundError
 from danlu.registry import did_you_mean
@@ -143,6 +144,8 @@ def _check_path(source: str) -> Path:
             f"{', '.join(FILE_SUFFIXES)} file."
         )
     path = Path(source).expanduser()
+    if path.is_dir() and path.suffix.lower() in ("", ".parquet"):
+        return path  # a folder of Parquet files, read whole (data.stream reads it in chunks)
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
         raise DataError(
@@ -194,6 +197,8 @@ def _read_npz(path: Path) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
 def _read_file(path: Path, source: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
     suffix = path.suffix.lower()
     try:
+        if path.is_dir():
+            return read_parquet(source), None
         if suffix == ".npz":
             return _read_npz(path)
         if suffix == ".csv":
@@ -241,7 +246,8 @@ def _check_target(frame: pd.DataFrame, target: str | None, source: str) -> str:
 def load_source(source: StrPath, target: str | None = None) -> RawData:
     """Load rows from ``builtin:NAME`` or a .csv, .parquet, .jsonl/.json or .npz file.
 
-    ``.json`` files are read as JSON Lines. A ``.npz`` file holds ``X`` (rows, features) and
+    ``.json`` files are read as JSON Lines; a folder is read as a folder of ``.parquet`` files
+    (every file with the same columns and types). A ``.npz`` file holds ``X`` (rows, features) and
     ``y`` (rows,) (``x``/``y`` also accepted); features become columns ``x0..x{d-1}`` and the
     target ``target``. Built-ins name their target ``target``; so does a file unless ``target``
     names another column.

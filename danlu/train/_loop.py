@@ -1,7 +1,9 @@
 """The training engine: one short loop you can read top to bottom.
 
 Data lives in memory as tensors and batches are slices of a shuffled index, exactly as in a
-hand-written loop, so the engine costs almost nothing on top of the model's own work. Everything
+hand-written loop, so the engine costs almost nothing on top of the model's own work. Data larger
+than memory (``data.stream``) feeds the same loop from a :class:`~danlu.data.TrainStream` that
+reads Parquet in chunks, ahead of training in a background thread. Everything
 else (early stopping, progress, user hooks) is a callback; checkpoints capture the whole state
 (model, optimizer, schedule, callbacks, every RNG) so a killed run resumes bit-for-bit.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +29,7 @@ from danlu.train._checkpoint import CheckpointWriter, capture_rng, load_checkpoi
 from danlu.train._optim import LRSchedule, build_optimizer
 
 if TYPE_CHECKING:
-    from danlu.data import FeatureSchema, PreparedData
+    from danlu.data import FeatureSchema, PreparedData, TrainStream
     from danlu.store import Tracker
     from danlu.tasks import Task
 
@@ -56,15 +58,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def class_weights(
-    setting: str | dict[str, float] | None, y: np.ndarray, schema: FeatureSchema
+    setting: str | dict[str, float] | None,
+    y: np.ndarray,
+    schema: FeatureSchema,
+    counts: np.ndarray | None = None,
 ) -> torch.Tensor | None:
-    """Loss weights per class: 'balanced' = n / (k · count), or an explicit {label: weight}."""
+    """Loss weights per class: 'balanced' = n / (k · count), or an explicit {label: weight}.
+
+    ``counts`` (rows per class) replaces ``y`` when the labels are not in memory (streaming).
+    """
     if setting is None:
         return None
     classes = [str(c) for c in schema.classes or ()]
     if setting == "balanced":
-        counts = np.bincount(y, minlength=len(classes)).astype(np.float64)
-        weights = len(y) / (len(classes) * np.maximum(counts, 1))
+        if counts is None:
+            counts = np.bincount(y, minlength=len(classes))
+        counts = np.asarray(counts, dtype=np.float64)
+        weights = counts.sum() / (len(classes) * np.maximum(counts, 1))
         return torch.tensor(weights, dtype=torch.float32)
     assert isinstance(setting, dict)
     unknown = sorted(set(setting) - set(classes))
@@ -128,12 +138,30 @@ class Trainer:
         model.train(was_training)
         return torch.cat(outputs) if outputs else torch.empty(0)
 
+    def stream_outputs(self, stream: TrainStream, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs and targets of a streamed split (``val``/``test``); features are not kept."""
+        target_dtype = getattr(torch, self.task.target_dtype)
+        outputs, targets = [], []
+        for x, y in stream.batches(split):  # (n, D), (n,) per chunk
+            outputs.append(self.predict_outputs(torch.from_numpy(x)))
+            targets.append(torch.from_numpy(y).to(target_dtype))
+        if not outputs:
+            return torch.empty(0), torch.empty(0, dtype=target_dtype)
+        return torch.cat(outputs), torch.cat(targets)
+
     def _validate(
-        self, x: torch.Tensor, y: torch.Tensor, loss_fn: torch.nn.Module
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: torch.nn.Module,
+        stream: TrainStream | None = None,
     ) -> dict[str, float]:
-        if len(x) == 0:
+        if (len(x) if stream is None else stream.rows["val"]) == 0:
             return {}
-        outputs = self.predict_outputs(x)
+        if stream is None:
+            outputs = self.predict_outputs(x)
+        else:
+            outputs, y = self.stream_outputs(stream, "val")
         metrics = {"val_loss": loss_fn(outputs, y).item()}
         metrics.update(
             {
@@ -209,7 +237,9 @@ class Trainer:
         y_train = torch.as_tensor(data.y_train, device=device).to(target_dtype)  # (N,)
         x_val = torch.as_tensor(data.x_val)
         y_val = torch.as_tensor(data.y_val).to(target_dtype)
-        n = len(x_train)
+        stream = data.stream  # data larger than memory: batches come from Parquet, not tensors
+        n = len(x_train) if stream is None else stream.rows["train"]
+        n_val = len(x_val) if stream is None else stream.rows["val"]
         if n == 0:
             raise DataError(
                 "The training split is empty; lower data.split.test / data.split.val or add rows."
@@ -228,7 +258,12 @@ class Trainer:
         steps_per_epoch = math.ceil(num_batches / accumulation)
 
         weights = (
-            class_weights(cfg.class_weight, data.y_train, data.schema)
+            class_weights(
+                cfg.class_weight or data.class_weight,
+                data.y_train,
+                data.schema,
+                counts=None if stream is None else stream.class_counts,
+            )
             if task.name == "classification"
             else None
         )
@@ -236,7 +271,7 @@ class Trainer:
         val_loss_fn = task.make_loss(weights, cfg.loss)  # validation outputs come back on the CPU
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
         monitor = cfg.early_stopping.monitor if cfg.early_stopping else "val_loss"
-        if len(x_val) == 0 and monitor.startswith("val_"):
+        if n_val == 0 and monitor.startswith("val_"):
             monitor = "train_loss"
         mode_of = lambda m: task.monitor_mode(m)  # noqa: E731
         schedule = LRSchedule(
@@ -278,11 +313,17 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_epoch_start(self, epoch)
                 self.model.train()
-                order = torch.randperm(n, generator=generator).to(device)
+                batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+                if stream is None:  # in memory: slices of a shuffled index, as by hand
+                    order = torch.randperm(n, generator=generator).to(device)
+                    batches = ((x_train[idx], y_train[idx]) for idx in order.split(batch_size))
+                else:  # from Parquet: row groups and a buffer shuffled per epoch, read ahead
+                    batches = (  # y is already int64 (classes) or float32 (regression)
+                        (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+                        for x, y in stream.batches("train", batch_size, epoch=epoch)
+                    )
                 loss_sum = torch.zeros((), device=device)
-                for batch in range(num_batches):
-                    idx = order[batch * batch_size : (batch + 1) * batch_size]
-                    xb, yb = x_train[idx], y_train[idx]  # (B, D), (B,)
+                for batch, (xb, yb) in enumerate(batches):  # (B, D), (B,)
                     mix = None
                     if augment is not None:  # training batches only; seeded by the batch position
                         xb, mix = augment(xb, (epoch - 1) * num_batches + batch)
@@ -304,12 +345,12 @@ class Trainer:
                         self.optimizer.zero_grad(set_to_none=True)
                         schedule.step_batch()
                         self.global_step += 1
-                    loss_sum += loss.detach() * len(idx)  # summed on device: no sync per batch
+                    loss_sum += loss.detach() * len(yb)  # summed on device: no sync per batch
                     for cb in batch_hooks:
                         cb.on_batch_end(self, batch, loss.detach())
 
                 metrics: dict[str, float] = {"epoch": epoch, "train_loss": (loss_sum / n).item()}
-                metrics.update(self._validate(x_val, y_val, val_loss_fn))
+                metrics.update(self._validate(x_val, y_val, val_loss_fn, stream))
                 metrics["lr"] = self.optimizer.param_groups[0]["lr"]
                 if not math.isfinite(metrics["train_loss"]):
                     raise DataError(

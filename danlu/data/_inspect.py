@@ -1,0 +1,101 @@
+"""``inspect_data``: the quality report of a recipe's data, on the very splits training would use.
+
+It loads the source, cleans and splits it with :func:`~danlu.data._prepare.split_rows` (the
+steps ``prepare_data`` runs), evaluates ``data.checks`` without stopping at a failure, and returns
+:func:`~danlu.data.quality_report`'s report. Nothing is fitted or trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from danlu.config import DataConfig
+from danlu.data._checks import find_violations
+from danlu.data._prepare import split_rows
+from danlu.data._quality import quality_report
+from danlu.data._schema import check_task
+from danlu.data._sources import load_source
+
+__all__ = ["infer_task", "inspect_data"]
+
+_MAX_CLASSES = 20
+
+
+def infer_task(column: pd.Series) -> str:
+    """``classification`` when ``column`` looks like class labels, else ``regression``.
+
+    Labels are text, booleans, or whole numbers with few distinct values (at most 20, and on
+    average at least 5 rows each); any other numbers are a quantity.
+
+    Example:
+        >>> import pandas as pd
+        >>> infer_task(pd.Series([0, 1, 2] * 10)), infer_task(pd.Series([0.5, 1.7, 2.2]))
+        ('classification', 'regression')
+    """
+    values = column.dropna()
+    dtype = column.dtype
+    if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+        return "classification"
+    distinct = values.nunique()
+    whole = bool((values == values.round()).all())
+    if whole and distinct <= _MAX_CLASSES and distinct * 5 <= max(len(values), 10):
+        return "classification"
+    return "regression"
+
+
+def inspect_data(config: DataConfig, task: str | None = None) -> dict[str, Any]:
+    """Load, clean and split the data of ``config`` as ``prepare_data`` would, and report on it.
+
+    Args:
+        config: a recipe's ``data`` block.
+        task: ``classification`` or ``regression``; None infers it from the target column.
+
+    Returns:
+        :func:`~danlu.data.quality_report`'s report of the cleaned rows with the train / test
+        split, plus ``source``, ``task``, ``cleaning`` (rows loaded and dropped), the split sizes
+        (``split.val`` included) and ``checks`` (the ``data.checks`` violations, when set).
+
+    Raises:
+        DataError: the source or target cannot be used.
+        NotFoundError: an unknown built-in data set.
+
+    Example:
+        >>> from danlu.config import DataConfig
+        >>> report = inspect_data(DataConfig(source="builtin:iris"))
+        >>> report["task"], report["split"]["test"], report["cleaning"]["duplicates_dropped"]
+        ('classification', 30, 1)
+    """
+    raw = load_source(config.source, config.target)
+    if task is None:
+        task = infer_task(raw.frame[raw.target])
+    check_task(task)
+    violations = find_violations(raw.frame, config.checks) if config.checks else []
+    rows = split_rows(raw, config, task)
+    report = quality_report(
+        rows.frame,
+        rows.target,
+        task,
+        train_idx=rows.train_idx,
+        test_idx=rows.test_idx,
+        features=rows.features,
+        kinds=rows.kinds,
+    )
+    report["split"]["val"] = len(rows.val_idx)
+    report["split"]["stratified"] = rows.stratify
+    report["cleaning"] = {
+        "rows_loaded": rows.rows_loaded,
+        "missing_dropped": rows.missing_dropped,
+        "duplicates_dropped": rows.duplicates_dropped,
+    }
+    if config.checks is not None:
+        report["checks"] = {
+            "passed": not violations,
+            "violations": [v.to_dict() for v in violations],
+        }
+        report["warnings"] = [
+            *(f"Data check failed: {v.line()}" for v in violations),
+            *report["warnings"],
+        ]
+    return {"source": raw.source, "task": task, **report}

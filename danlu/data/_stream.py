@@ -1,0 +1,572 @@
+"""Data larger than memory: a Parquet file or folder read in chunks, as a stream of batches.
+
+With ``data.stream`` set, :func:`prepare_stream` replaces the in-memory path of
+:func:`~danlu.data.prepare_data`:
+
+1. list the files and row groups from the Parquet footers (no rows read), checking that every
+   file agrees on the columns and their types;
+2. one pass over every row (:func:`~danlu.data._stream_stats.collect_stats`): each row's split
+   from a seeded hash of its global row number, exact moments and category counts of the
+   training rows, class counts, and a seeded reservoir sample of training rows;
+3. infer the feature kinds from the Parquet types and the sample, fit the :class:`Preprocessor` on
+   the sample, then overwrite what the pass knows exactly (see :func:`_exact`);
+4. hand the engine a :class:`TrainStream`: it reads row groups in a seeded order per epoch,
+   shuffles rows within a bounded buffer, preprocesses whole chunks vectorised, and reads ahead
+   in a background thread so that Parquet decoding overlaps training.
+
+Memory is bounded by ``chunk_rows + shuffle_buffer`` encoded rows in the reader, plus a few
+batches waiting in the read-ahead queue, plus the ``sample_rows`` raw rows of the sample while
+the preprocessor is fitted; never by the size of the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from danlu.config import DataConfig
+from danlu.data._augment import check_augment
+from danlu.data._parquet import ParquetLayout, RowGroup, iter_chunks, parquet_layout
+from danlu.data._prepared import PreparedData
+from danlu.data._preprocessor import Preprocessor
+from danlu.data._schema import (
+    Feature,
+    check_task,
+    encoded_columns,
+    infer_kinds,
+    preview,
+    sorted_labels,
+)
+from danlu.data._stream_stats import SPLITS, StreamStats, collect_stats, column_values, split_codes
+from danlu.errors import DataError
+from danlu.logging import get_logger
+from danlu.registry import did_you_mean
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["TrainStream", "prepare_stream", "read_ahead"]
+
+logger = get_logger(__name__)
+
+T = TypeVar("T")
+
+_DEFAULT_TARGET = "target"
+_PREFETCH = 8  # batches waiting in the read-ahead queue
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+def read_ahead(items: Iterable[T], depth: int = _PREFETCH) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead of the consumer.
+
+    Parquet decoding and numpy release the GIL, so reading overlaps the consumer's work. An
+    error in the thread is raised in the consumer; closing the iterator early stops the thread.
+
+    Example:
+        >>> list(read_ahead(iter(range(5)), depth=2))
+        [0, 1, 2, 3, 4]
+    """
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(_Failed(exc))
+
+    thread = threading.Thread(target=work, name="danlu-stream-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class TrainStream:
+    """Batches of preprocessed rows of one split, streamed from a Parquet source.
+
+    Built by :func:`prepare_stream`; the engine iterates ``batches("train", batch_size,
+    epoch=e)`` each epoch and ``batches("val")`` / ``batches("test")`` to evaluate.
+
+    Attributes:
+        rows: the number of rows of each split (exact, from the one-pass statistics).
+        class_counts: classification: training rows per class (in ``schema.classes`` order).
+        peak_rows: the most encoded rows the reader has held at once (buffer + chunk).
+        chunks_read: Parquet record batches decoded so far.
+
+    Example:
+        >>> # for xb, yb in data.stream.batches("train", 256, epoch=1): ...  # (B, D), (B,)
+    """
+
+    def __init__(
+        self,
+        layout: ParquetLayout,
+        preprocessor: Preprocessor,
+        *,
+        rows: dict[str, int],
+        class_counts: np.ndarray | None,
+        test: float,
+        val: float,
+        seed: int,
+        chunk_rows: int,
+        shuffle_buffer: int,
+        drop_missing: bool,
+    ) -> None:
+        self.layout = layout
+        self.preprocessor = preprocessor
+        self.rows = dict(rows)
+        self.class_counts = class_counts
+        self.test, self.val, self.seed = test, val, seed
+        self.chunk_rows, self.shuffle_buffer = chunk_rows, shuffle_buffer
+        self.drop_missing = drop_missing
+        self.peak_rows = 0
+        self.chunks_read = 0
+        schema = preprocessor.schema_
+        self._features = [f.name for f in schema.features]
+        self._columns = [*self._features, schema.target]
+        self._classes = None if schema.classes is None else list(schema.classes)
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainStream({self.layout.source!r}, rows={self.rows}, chunk_rows="
+            f"{self.chunk_rows}, shuffle_buffer={self.shuffle_buffer})"
+        )
+
+    def num_batches(self, split: str, batch_size: int) -> int:
+        """Batches of ``batch_size`` in one pass over ``split`` (exact)."""
+        return math.ceil(self.rows[split] / batch_size)
+
+    def batches(
+        self, split: str = "train", batch_size: int | None = None, *, epoch: int = 0
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One pass over ``split`` as ``(x, y)`` numpy batches, read ahead in a background thread.
+
+        ``train``: row groups in an order seeded by ``epoch``, rows shuffled within the buffer,
+        every batch full but the last. ``val`` / ``test``: file order, one batch per chunk
+        unless ``batch_size`` is given.
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+            batch_size: rows per batch (required for ``train``).
+            epoch: seeds the training order; the same epoch gives the same batches.
+        """
+        if split not in SPLITS:
+            raise DataError(f"Unknown split '{split}'; use one of {', '.join(SPLITS)}.")
+        if split == "train":
+            if batch_size is None:
+                raise DataError("Streaming training batches needs a batch_size.")
+            return read_ahead(self._shuffled(batch_size, epoch))
+        return read_ahead(self._in_order(split, batch_size))
+
+    # -- reading -------------------------------------------------------------------------------
+    def _chunks(
+        self, split: str, groups: Sequence[RowGroup]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The rows of ``split`` in ``groups``, chunk by chunk, encoded: ``(x, y)``."""
+        import pyarrow as pa
+
+        code = SPLITS.index(split)
+        for first, batch in iter_chunks(groups, self._columns, self.chunk_rows):
+            self.chunks_read += 1
+            n = batch.num_rows
+            mask = split_codes(first, n, test=self.test, val=self.val, seed=self.seed) == code
+            if self.drop_missing:
+                for name in self._features:
+                    mask &= ~np.asarray(batch.column(name).is_null(nan_is_null=True))
+            if not mask.any():
+                continue
+            batch = batch.filter(pa.array(mask))
+            yield self._encode(batch), self._encode_target(batch.column(self._columns[-1]))
+
+    def _encode(self, batch: pa.RecordBatch) -> np.ndarray:
+        """Preprocess a whole chunk: vectorised per column, or the preprocessor's own replay."""
+        pre = self.preprocessor
+        schema = pre.schema_
+        if pre.reducer_ is None and all(f.kind != "categorical" for f in schema.features):
+            out = np.empty((batch.num_rows, schema.input_dim), dtype=np.float32)  # (n, D)
+            for j, f in enumerate(schema.features):
+                values = column_values(batch.column(f.name), f.kind, f.name)
+                if values is None:
+                    break  # booleans spelled as strings: the preprocessor reads those
+                missing = np.isnan(values)
+                if missing.any():
+                    fill = pre.fill_[f.name]
+                    if fill is None:
+                        break  # missing: drop and a missing value: let the preprocessor explain
+                    values = np.where(missing, fill, values)
+                if f.kind == "numeric":
+                    out[:, j] = (values - pre.center_[f.name]) / pre.scale_[f.name]
+                else:
+                    out[:, j] = values
+            else:
+                return out
+        return pre.transform(batch.to_pandas())
+
+    def _encode_target(self, column: pa.Array) -> np.ndarray:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        pre = self.preprocessor
+        if self._classes is None:
+            schema = pre.schema_
+            y = np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False))
+            mean, std = schema.target_mean or 0.0, schema.target_std or 1.0
+            return ((y - mean) / std).astype(np.float32)
+        try:
+            codes = pc.index_in(column, value_set=pa.array(self._classes, type=column.type))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            return pre.encode_target(column.to_pandas())  # labels arrow cannot match directly
+        if codes.null_count:
+            return pre.encode_target(column.to_pandas())  # raises with the unknown labels
+        return np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def _in_order(
+        self, split: str, batch_size: int | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for x, y in self._chunks(split, self.layout.row_groups):
+            self.peak_rows = max(self.peak_rows, len(x))
+            step = batch_size or len(x)
+            for start in range(0, len(x), step):
+                yield x[start : start + step], y[start : start + step]
+
+    def _shuffled(self, batch_size: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Training batches: seeded row-group order, then a shuffle buffer of bounded size.
+
+        Each chunk joins the buffer; once the buffer holds more than ``shuffle_buffer`` rows,
+        the excess (rounded up to whole batches) leaves it as randomly chosen rows. So no more
+        than ``shuffle_buffer + chunk_rows`` encoded rows are ever held, and every batch but
+        the epoch's last is full, which makes the number of batches exact.
+        """
+        rng = np.random.default_rng([self.seed % 2**32, epoch])
+        groups = [self.layout.row_groups[i] for i in rng.permutation(len(self.layout.row_groups))]
+        buf_x: np.ndarray | None = None
+        buf_y: np.ndarray | None = None
+        for x, y in self._chunks("train", groups):
+            if buf_x is not None and buf_y is not None and len(buf_x):
+                x, y = np.concatenate([buf_x, x]), np.concatenate([buf_y, y])
+            self.peak_rows = max(self.peak_rows, len(x))
+            excess = len(x) - self.shuffle_buffer
+            if excess <= 0:
+                buf_x, buf_y = x, y
+                continue
+            leave = min(len(x), math.ceil(excess / batch_size) * batch_size)
+            order = rng.permutation(len(x))
+            out, keep = order[:leave], order[leave:]
+            buf_x, buf_y = x[keep], y[keep]
+            out_x, out_y = x[out], y[out]
+            for start in range(0, leave, batch_size):
+                yield out_x[start : start + batch_size], out_y[start : start + batch_size]
+        if buf_x is not None and buf_y is not None and len(buf_x):
+            order = rng.permutation(len(buf_x))
+            out_x, out_y = buf_x[order], buf_y[order]
+            for start in range(0, len(out_x), batch_size):
+                yield out_x[start : start + batch_size], out_y[start : start + batch_size]
+
+
+# -- preparation -------------------------------------------------------------------------------
+
+
+def _check_supported(config: DataConfig) -> None:
+    prep = config.prepare
+    unsupported = []
+    if prep.outliers is not None:
+        unsupported.append("data.prepare.outliers (remove it)")
+    if config.imbalance.method not in ("none", "class_weight"):
+        unsupported.append(f"data.imbalance: {config.imbalance.method} (use class_weight, or none)")
+    if unsupported:
+        raise DataError(
+            f"Streaming (data.stream) cannot use {'; '.join(unsupported)}: resampling and "
+            "outlier removal need every training row in memory. Remove data.stream to load "
+            "the data into memory instead."
+        )
+    if prep.dedupe:
+        logger.info("Streaming does not drop duplicate rows (data.prepare.dedupe needs every row).")
+    if config.split.stratify:
+        logger.info("Streaming splits rows by a hash of the row number; it cannot stratify.")
+    if config.checks is not None:
+        logger.warning("data.checks are not run when streaming (they need every row in memory).")
+
+
+def _static_kinds(layout: ParquetLayout, target: str, overrides: dict[str, str]) -> dict[str, str]:
+    """Kinds known before any row is read: the recipe's, dates ignored, numbers numeric."""
+    import pyarrow as pa
+
+    kinds: dict[str, str] = {}
+    for field_ in layout.schema:
+        name, dtype = field_.name, field_.type
+        if name == target:
+            continue
+        if name in overrides:
+            kinds[name] = overrides[name]
+        elif pa.types.is_temporal(dtype):
+            kinds[name] = "ignore"
+        elif (
+            pa.types.is_integer(dtype)
+            or pa.types.is_floating(dtype)
+            or pa.types.is_boolean(dtype)
+            or pa.types.is_decimal(dtype)
+            or pa.types.is_null(dtype)
+        ):
+            kinds[name] = "numeric"
+        else:
+            kinds[name] = "categorical"
+    return kinds
+
+
+def _exact(pre: Preprocessor, stats: StreamStats, task: str) -> tuple[Preprocessor, list[str]]:
+    """The sample-fitted preprocessor with every statistic the pass knows exactly put in.
+
+    Fitting on the sample reuses all of :class:`Preprocessor` (kinds, encoders, the reducer);
+    the exact values then go through the preprocessor's own JSON state (``to_dict`` →
+    ``from_dict``), the format a saved model is rebuilt from, so no private attribute is
+    touched. Returns the new preprocessor and the names of the exact statistics.
+    """
+    config = pre.config
+    state = pre.to_dict()
+    exact: list[str] = ["split sizes"]
+    features = state["schema"]["features"]
+    if task == "regression" and stats.target.count:
+        state["schema"]["target_mean"] = stats.target.mean
+        std = math.sqrt(stats.target.var())
+        state["schema"]["target_std"] = std if std > 0 else 1.0
+        exact.append("target mean/std")
+    elif task == "classification":
+        exact.append("classes")
+    if pre.reducer_ is not None:
+        logger.info(
+            "data.reduce is fitted on the %d sampled rows; scaling and categories stay those of "
+            "the sample so that the reducer replays what it was fitted on.",
+            len(stats.sample),
+        )
+        return Preprocessor.from_dict(state), exact
+    for f in features:
+        name, kind, fill = f["name"], f["kind"], state["fill"].get(f["name"])
+        moments = stats.moments.get(name)
+        if kind == "numeric" and moments is not None and moments.count:
+            if config.missing == "mean":
+                state["fill"][name] = fill = moments.mean
+            filled = moments.with_fill(fill) if fill is not None else moments
+            if config.scale in ("standard", "minmax"):
+                if config.scale == "standard":
+                    center, scale = filled.mean, math.sqrt(filled.var())
+                else:
+                    center, scale = filled.min, filled.max - filled.min
+                state["center"][name] = center
+                state["scale"][name] = scale if math.isfinite(scale) and scale != 0 else 1.0
+        elif kind == "boolean" and moments is not None and moments.count:
+            if config.missing not in ("drop", "constant"):
+                ones = round(moments.mean * moments.count)
+                state["fill"][name] = 1.0 if ones > moments.count - ones else 0.0  # ties: 0
+        elif kind == "categorical" and name in stats.categories and name not in stats.truncated:
+            counts = stats.categories[name]
+            if counts:
+                f["categories"] = sorted(counts)
+                if config.missing not in ("drop", "constant"):
+                    state["fill"][name] = min(counts, key=lambda c: (-counts[c], c))
+    schema_features = [Feature(f["name"], f["kind"], tuple(f["categories"])) for f in features]
+    names = encoded_columns(schema_features, config.encode)
+    state["schema"]["encoded_names"], state["schema"]["input_dim"] = list(names), len(names)
+    if stats.moments:
+        exact.append("count/mean/variance/min/max/missing of numeric and boolean columns")
+    if stats.categories:
+        exact.append("category counts")
+    return Preprocessor.from_dict(state), exact
+
+
+def fingerprint_files(layout: ParquetLayout) -> str:
+    """The sha256 of the files' names and bytes (read in blocks; nothing is held)."""
+    digest = hashlib.sha256()
+    for file in layout.files:
+        digest.update(f"{file.name}\x1f{file.stat().st_size}\x1f".encode())
+        with open(file, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def prepare_stream(config: DataConfig, task: str) -> PreparedData:
+    """Prepare a Parquet file or folder for streaming: one pass of statistics, no rows held.
+
+    The returned :class:`PreparedData` has empty ``x_*`` / ``y_*`` arrays (with the right
+    width) and a :class:`TrainStream` in ``stream`` that the engine and the pipeline read.
+
+    Args:
+        config: the recipe's ``data`` block, with ``stream`` set.
+        task: ``classification`` or ``regression``.
+
+    Raises:
+        DataError: the source is not Parquet, the files disagree, the target is unusable, or an
+            option that needs every row in memory (outliers, resampling) is set.
+
+    Example:
+        >>> # cfg = DataConfig(source="data/events/", target="y", stream={"chunk_rows": 65536})
+        >>> # data = prepare_stream(cfg, "classification")
+        >>> # data.stream.rows["train"], data.x_train.shape  # (..., (0, input_dim))
+    """
+    check_task(task)
+    stream = config.stream
+    if stream is None:
+        raise DataError("prepare_stream needs data.stream to be set.")
+    _check_supported(config)
+    layout = parquet_layout(config.source)
+    target = config.target or _DEFAULT_TARGET
+    if target not in layout.columns:
+        hint = "" if config.target else " and data.target is not set"
+        raise DataError(
+            f"Target column '{target}' is not in '{config.source}'{hint}."
+            f"{did_you_mean(target, layout.columns)} Columns: {preview(layout.columns)}. Set "
+            "data.target to one of them."
+        )
+    overrides: dict[str, str] = dict(config.features or {})
+    kinds = _static_kinds(layout, target, overrides)
+    if all(kind == "ignore" for kind in kinds.values()):
+        raise DataError(
+            f"No feature columns are left in '{config.source}': every column but the target "
+            f"'{target}' is ignored. Remove some 'ignore' entries from data.features."
+        )
+    split, prep = config.split, config.prepare
+    stats = collect_stats(
+        layout, target=target, task=task, kinds=kinds, test=split.test, val=split.val,
+        seed=split.seed, chunk_rows=stream.chunk_rows, sample_rows=stream.sample_rows,
+        drop_missing=prep.missing == "drop",
+    )  # fmt: skip
+    # The sample decides what the Parquet types cannot (a yes/no string column is boolean).
+    # Ignored columns were not read, so they are not in the sample.
+    ignored = [name for name, kind in kinds.items() if kind == "ignore"]
+    known = {k: v for k, v in overrides.items() if k not in ignored}
+    kinds = infer_kinds(stats.sample, target, task, known)
+    classes = sorted_labels(list(stats.labels)) if task == "classification" else None
+    image_shape = tuple(config.image_shape) if config.image_shape else None
+    pre = Preprocessor(
+        prep, target=target, task=task, overrides=kinds, image_shape=image_shape,
+        classes=classes, reduce=config.reduce,
+    ).fit(stats.sample)  # fmt: skip
+    pre, exact = _exact(pre, stats, task)
+    fitted = pre.schema_
+    if image_shape is not None and fitted.image_shape is not None:
+        if int(np.prod(image_shape)) != fitted.input_dim:
+            raise DataError(
+                f"data.image_shape {list(image_shape)} holds {int(np.prod(image_shape))} values, "
+                f"but the prepared rows have {fitted.input_dim} feature columns. Make the "
+                f"shape's product equal {fitted.input_dim}, or remove data.image_shape."
+            )
+    check_augment(config.augment, fitted.image_shape)
+    class_counts = None
+    if classes is not None:
+        class_counts = np.array([stats.train_labels.get(c, 0) for c in classes], dtype=np.int64)
+        absent = [str(c) for c, n in zip(classes, class_counts, strict=True) if n == 0]
+        if absent:
+            logger.warning(
+                "Class %s has no training rows; the model cannot learn it. Add data of that class.",
+                preview(absent),
+            )
+    reader = TrainStream(
+        layout, pre, rows=stats.rows, class_counts=class_counts, test=split.test, val=split.val,
+        seed=split.seed, chunk_rows=stream.chunk_rows, shuffle_buffer=stream.shuffle_buffer,
+        drop_missing=prep.missing == "drop",
+    )  # fmt: skip
+    return _prepared(config, task, layout, pre, stats, reader, exact, classes, ignored)
+
+
+def _prepared(
+    config: DataConfig,
+    task: str,
+    layout: ParquetLayout,
+    pre: Preprocessor,
+    stats: StreamStats,
+    reader: TrainStream,
+    exact: list[str],
+    classes: Sequence[Any] | None,
+    ignored: list[str],
+) -> PreparedData:
+    from danlu.data._imbalance import imbalance_class_weight
+
+    fitted = pre.schema_
+    stream = config.stream
+    assert stream is not None
+    raw_fingerprint = fingerprint_files(layout)
+    recipe_part = {"split": config.split.model_dump(mode="json"), "stream": stream.model_dump()}
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {"raw": raw_fingerprint, "pre": pre.to_dict(), **recipe_part}, sort_keys=True
+        ).encode()
+    ).hexdigest()
+    report: dict[str, Any] = {
+        "source": layout.source,
+        "streamed": True,
+        "files": len(layout.files),
+        "row_groups": len(layout.row_groups),
+        "rows_loaded": layout.rows,
+        "missing_dropped": stats.missing_dropped,
+        "duplicates_dropped": 0,
+        "outliers_removed": 0,
+        "rows": dict(stats.rows),
+        "features": len(fitted.features),
+        "ignored": ignored,
+        "input_dim": fitted.input_dim,
+        "stratified": False,
+        "stream": {
+            **stream.model_dump(),
+            "exact": exact,
+            "sampled": [
+                "feature kinds",
+                *(["median fill"] if config.prepare.missing == "median" else []),
+                *(["robust scaling"] if config.prepare.scale == "robust" else []),
+                *(
+                    ["most frequent numeric fill"]
+                    if config.prepare.missing == "most_frequent"
+                    else []
+                ),
+                *(["feature reduction"] if config.reduce is not None else []),
+                *(f"categories of {name}" for name in sorted(stats.truncated)),
+            ],
+            "sample_rows": len(stats.sample),
+            "columns": {name: m.summary() for name, m in stats.moments.items()},
+        },
+    }
+    d = fitted.input_dim
+    y_dtype = np.int64 if task == "classification" else np.float32
+    empty_x, empty_y = np.empty((0, d), dtype=np.float32), np.empty(0, dtype=y_dtype)
+    return PreparedData(
+        empty_x, empty_y, empty_x, empty_y, empty_x, empty_y,
+        schema=fitted,
+        preprocessor=pre,
+        raw_fingerprint=raw_fingerprint,
+        fingerprint=fingerprint,
+        report=report,
+        augment=tuple(config.augment),
+        class_weight=imbalance_class_weight(config.imbalance, classes),
+        stream=reader,
+    )  # fmt: skip
