@@ -17,6 +17,7 @@ The order matters and is the point of this module:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -351,8 +352,9 @@ def prepare_data(config: DataConfig, task: str) -> PreparedData:
     quality = {"source": raw.source, **quality_report(
         frame, target, task, train_idx=train_idx, test_idx=test_idx, features=features, kinds=kinds
     )}  # fmt: skip
-    for warning in quality["warnings"]:
-        logger.warning("Data quality: %s", warning)
+    for warning in quality["warnings"]:  # alerts (leakage, shift ...) are warnings; notes info
+        level = logging.WARNING if warning in quality["alerts"] else logging.INFO
+        logger.log(level, "Data quality: %s", warning)
     return PreparedData(
         *arrays,
         schema=fitted,

@@ -358,8 +358,11 @@ def _names(columns: Sequence[Mapping[str, Any]]) -> list[str]:
     return [str(c["name"]) for c in columns]
 
 
-def _warnings(report: Mapping[str, Any]) -> list[str]:
+def _warnings(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(notes, alerts): alerts threaten the model's validity (leakage, test rows seen in
+    training, train/test shift); notes describe the data (constant columns, outliers ...)."""
     found: list[str] = []
+    alerts: list[str] = []
     rows = report["rows"]
     dup = report["duplicates"]
     if dup["rows"]:
@@ -416,14 +419,14 @@ def _warnings(report: Mapping[str, Any]) -> list[str]:
             "robust metric."
         )
     for leak in report["leakage"]:
-        found.append(
+        alerts.append(
             f"Possible target leakage: feature '{leak['column']}' - {leak['reason']}. A feature "
             f"the model will not have at prediction time must be dropped: data.features: "
             f"{{{leak['column']}: ignore}}."
         )
     split = report["split"]
     if split and split["shared_rows"]:
-        found.append(
+        alerts.append(
             f"{split['shared_rows']} test row(s) ({split['shared_percent']}% of the test split) "
             "have the same features as a training row, so the test score is optimistic. Remove "
             "the copies from the data."
@@ -433,12 +436,12 @@ def _warnings(report: Mapping[str, Any]) -> list[str]:
         shown = ", ".join(f"'{c['name']}' (PSI {c['shift']['psi']:g})" for c in shifted[:10]) + (
             f" and {len(shifted) - 10} more" if len(shifted) > 10 else ""
         )
-        found.append(
+        alerts.append(
             f"{len(shifted)} feature(s) are distributed differently in train and test "
             f"(PSI > {PSI_THRESHOLD}): {shown}. Check how rows were collected, or change "
             "data.split.seed."
         )
-    return found
+    return found, alerts
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -534,7 +537,9 @@ def quality_report(
         "leakage": leakage,
         "split": split,
     }
-    report["warnings"] = _warnings(report)
+    notes, alerts = _warnings(report)
+    report["warnings"] = [*notes, *alerts]
+    report["alerts"] = alerts
     return report
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,6 +107,25 @@ def test_a_copy_of_the_target_is_leakage(frame: pd.DataFrame) -> None:
     assert report["leakage"] == [{"column": "copy", "reason": "it is identical to the target"}]
     assert "leakage" in _column(report, "copy")["flags"]
     assert any("leakage" in w and "'copy'" in w for w in report["warnings"])
+    assert any("leakage" in w and "'copy'" in w for w in report["alerts"])
+
+
+def test_alerts_are_logged_as_warnings_when_a_run_prepares_leaky_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    df = load_breast_cancer(as_frame=True).frame
+    df["diagnosis_code"] = df["target"].map({0: "M", 1: "B"})  # the label, spelled differently
+    path = tmp_path / "leaky.csv"
+    df.to_csv(path, index=False)
+    with caplog.at_level(logging.WARNING, logger="danlu"):
+        prepared = prepare_data(DataConfig(source=str(path)), "classification")
+    assert any("'diagnosis_code'" in a for a in prepared.quality["alerts"])
+    assert any(
+        r.levelno == logging.WARNING and "Possible target leakage" in r.message
+        for r in caplog.records
+    )
 
 
 def test_a_feature_that_perfectly_predicts_the_target_is_leakage() -> None:
@@ -236,9 +256,11 @@ def test_inspect_data_reports_failed_checks_without_raising() -> None:
 def test_prepare_data_logs_the_warnings_and_keeps_the_report(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="danlu"):
+    with caplog.at_level(logging.INFO, logger="danlu"):
         prepared = prepare_data(DataConfig(source="builtin:digits"), "classification")
-    assert "Data quality: 3 column(s) hold a single value" in caplog.text
+    notes = [r for r in caplog.records if "Data quality: 3 column(s) hold a single value" in r.message]
+    assert [r.levelno for r in notes] == [logging.INFO]  # a note about the data, not an alarm
+    assert prepared.quality["alerts"] == []
     assert prepared.quality["source"] == "builtin:digits"
     assert prepared.quality["split"]["test"] == prepared.report["rows"]["test"]
     assert prepared.quality["warnings"] and json.dumps(prepared.quality, allow_nan=False)
