@@ -39,18 +39,22 @@ class TaskChoice(StrEnum):
     regression = "regression"
 
 
-def _file_config(source: str, overrides: list[str]) -> tuple[DataConfig, str]:
-    """The data block for a bare file or built-in, with ``--set`` applied (keys under data.)."""
-    from danlu.config import load_recipe
+def _file_config(source: str, overrides: list[str]) -> tuple[DataConfig, str | None]:
+    """The data block for a bare file or built-in, with ``--set`` applied (keys under data.),
+    and the task when ``--set task=...`` names one (None: inspect_data infers it)."""
+    from danlu.config import apply_overrides, load_recipe
 
+    asked = apply_overrides({}, overrides)[0].get("task")
+    # The recipe schema wants a task and a model; validating the data block through the whole
+    # recipe keeps the file/line/--set error messages. Neither stand-in reaches the report.
     recipe = {
         "name": "inspect",
         "data": {"source": source},
-        "task": "classification",  # a placeholder; the task is inferred unless given
+        "task": "classification",
         "model": {"type": "mlp"},
     }
     loaded = load_recipe(recipe, overrides)
-    return loaded.data, loaded.task
+    return loaded.data, (loaded.task if asked is not None else None)
 
 
 def _write(path: Path, text: str, what: str) -> None:
@@ -197,8 +201,7 @@ def inspect(
         config, chosen = recipe.data, task.value if task else recipe.task
     else:
         config, given = _file_config(source, overrides)
-        overridden = any(o.split("=", 1)[0].strip() == "task" for o in overrides)
-        chosen = task.value if task else (given if overridden else None)
+        chosen = task.value if task else given
     report = inspect_data(config, chosen)
     if output is not None:
         _write(output, json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n", "report")

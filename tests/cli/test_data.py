@@ -76,6 +76,15 @@ def test_task_override() -> None:
     assert report["task"] == "regression" and "median" in report["target"]
 
 
+def test_set_task_on_a_file_overrides_inference_and_bad_choices_are_clear() -> None:
+    out = danlu("data", "inspect", "builtin:iris", "--set", "task=regression", "--json")
+    assert out.code == 0, out.stderr
+    assert json.loads(out.stdout)["task"] == "regression"  # inferred would be classification
+    bad = danlu("data", "inspect", "builtin:diabetes", "--set", "task=classification")
+    assert bad.code == 3 and "does not look like classes" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_a_recipe_with_failing_checks_is_reported_not_raised(tmp_path: Path) -> None:
     recipe = tmp_path / "checked.yaml"
     text = (
