@@ -207,6 +207,18 @@ def _target(column: pd.Series, task: str) -> dict[str, Any]:
 
 
 # -- leakage ------------------------------------------------------------------------------------
+#: Rows used for the estimated statistics (leakage tests, PSI/KS shift) of larger data: a seeded
+#: sample estimates them well; counts, duplicates, min/max and distinct values stay exact.
+STAT_SAMPLE = 200_000
+
+
+def _sample(rows: np.ndarray, size: int = STAT_SAMPLE, seed: int = 0) -> np.ndarray:
+    """``rows`` itself when small enough, else a seeded sorted sample of ``size`` of them."""
+    if len(rows) <= size:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
+
+
 def _threshold_accuracy(x: np.ndarray, y: np.ndarray) -> float:
     """Best accuracy of one cut ``x <= t`` between two classes (``y`` is 0/1), either way round."""
     order = np.argsort(x, kind="stable")
@@ -500,6 +512,13 @@ def quality_report(
             shared = int(np.isin(hashes[test], hashes[train]).sum())
             split.update(shared_rows=shared, shared_percent=_pct(shared, len(test)))
 
+    # Estimates run on a seeded sample of large data (exact below STAT_SAMPLE rows).
+    leak_rows = _sample(np.arange(len(frame)))
+    sampled = len(leak_rows) < len(frame)
+    target_sample = target_column.iloc[leak_rows] if sampled else target_column
+    codes_sample = target_codes[leak_rows] if sampled else target_codes
+    if train is not None and test is not None:
+        shift_train, shift_test = _sample(train, seed=1), _sample(test, seed=2)
     details: list[dict[str, Any]] = []
     leakage: list[dict[str, str]] = []
     for name in columns:
@@ -508,16 +527,23 @@ def quality_report(
         values = _numbers(column) if kind == "numeric" else None
         info = _column(name, column, kind, name in feature_set, values)
         if name in feature_set:
-            reason = _leak_reason(info, column, values, target_column, target_codes, task)
+            reason = _leak_reason(
+                info,
+                column.iloc[leak_rows] if sampled else column,
+                values[leak_rows] if sampled and values is not None else values,
+                target_sample,
+                codes_sample,
+                task,
+            )
             if reason is not None:
                 leakage.append({"column": name, "reason": reason})
                 info["flags"].append("leakage")
             if train is not None and test is not None and len(train) and len(test):
                 if values is not None:
-                    info["shift"] = _numeric_shift(values[train], values[test])
+                    info["shift"] = _numeric_shift(values[shift_train], values[shift_test])
                 else:
                     labels = _labels(column)
-                    info["shift"] = _categorical_shift(labels[train], labels[test])
+                    info["shift"] = _categorical_shift(labels[shift_train], labels[shift_test])
                 if info["shift"] and info["shift"]["shifted"]:
                     info["flags"].append("shift")
         for flag in ("constant", "near_constant", "id_like"):
@@ -529,6 +555,8 @@ def quality_report(
 
     report: dict[str, Any] = {
         "rows": rows,
+        # rows behind the leakage and shift estimates (all rows up to STAT_SAMPLE)
+        "estimate_rows": len(leak_rows),
         "columns": frame.shape[1],
         "features": len(features),
         "target": _target(target_column, task),
