@@ -11,6 +11,7 @@ from danlu.config._loader import (
     raise_issues,
     recipe_to_dict,
     recipe_to_yaml,
+    schema_keys,
 )
 from danlu.config._schema import (
     AUGMENT_KINDS,
@@ -35,9 +36,22 @@ from danlu.config._schema import (
     StreamConfig,
     TrainConfig,
 )
+from danlu.config._tune import (
+    DISTRIBUTION_KINDS,
+    Distribution,
+    PrunerConfig,
+    SamplerConfig,
+    TuneConfig,
+)
 
 __all__ = [
     "AUGMENT_KINDS",
+    "DISTRIBUTION_KINDS",
+    "Distribution",
+    "PrunerConfig",
+    "SamplerConfig",
+    "TuneConfig",
+    "schema_keys",
     "IMAGE_ONLY_AUGMENTS",
     "SCHEMA_VERSION",
     "AugmentStep",

@@ -31,6 +31,7 @@ __all__ = [
     "raise_issues",
     "recipe_to_dict",
     "recipe_to_yaml",
+    "schema_keys",
 ]
 
 Loc = tuple[str | int, ...]
@@ -193,19 +194,47 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
+def _block_type(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The block class inside ``annotation`` and whether it sits behind a ``dict[str, ...]``."""
+    for t in _unwrap(annotation):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t, False
+        if typing.get_origin(t) is dict:
+            inner, _ = _block_type(typing.get_args(t)[1])
+            if inner is not None:
+                return inner, True
+    return None, False
+
+
 def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
     """Valid keys of the block at ``loc`` in the schema (empty when not a block)."""
     current: type[BaseModel] | None = model
-    for part in loc:
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
         if current is None or not isinstance(part, str) or part not in current.model_fields:
             return []
-        nested = [
-            t
-            for t in _unwrap(current.model_fields[part].annotation)
-            if isinstance(t, type) and issubclass(t, BaseModel)
-        ]
-        current = nested[0] if nested else None
-    return list(current.model_fields) if current is not None else []
+        current, keyed = _block_type(current.model_fields[part].annotation)
+        if keyed:  # a map of blocks: the next part is the user's key, not a field
+            if not parts:
+                return []
+            parts.pop(0)
+    if current is None:
+        return []
+    return [f.alias or name for name, f in current.model_fields.items()]
+
+
+def schema_keys(loc: Loc) -> list[str] | None:
+    """Valid keys of the recipe block at ``loc`` (None when ``loc`` is not a block).
+
+    Example:
+        >>> "optimizer" in schema_keys(("train",))
+        True
+    """
+    if loc and loc[0] == "model":
+        return None  # the model block's keys depend on its type (danlu.models knows them)
+    keys = _fields_at(Recipe, loc)
+    return keys or None
 
 
 def _issue_from_pydantic(err: Mapping[str, Any]) -> ConfigIssue:

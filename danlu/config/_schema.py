@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from danlu.config._tune import TuneConfig
+
 __all__ = [
     "AUGMENT_KINDS",
     "IMAGE_ONLY_AUGMENTS",
@@ -401,6 +403,7 @@ with warnings.catch_warnings():
         task: Literal["classification", "regression"]
         model: ModelConfig
         train: TrainConfig = Field(default_factory=TrainConfig)
+        tune: TuneConfig | None = Field(None, description="Hyperparameter search (danlu tune).")
         register: RegisterConfig | None = None
 
         # Where the recipe came from (file lines, --set flags), so later stages can point at the line.

@@ -17,7 +17,7 @@ __all__ = [
     "RUN_STATUSES",
 ]
 
-RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+RUN_STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,8 @@ class Store(ABC):
         error: str | None = None,
         data_fingerprint: str | None = None,
     ) -> None:
-        """Move a run to ``running`` (e.g. on resume), ``finished``, ``failed`` or ``interrupted``."""
+        """Move a run to ``running`` (e.g. on resume), ``finished``, ``failed``, ``interrupted`` or
+        ``pruned`` (a tuning trial stopped early by its pruner)."""
 
     @abstractmethod
     def heartbeat(self, run_id: str) -> None:

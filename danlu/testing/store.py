@@ -213,7 +213,7 @@ class StoreConformance:
         with pytest.raises(ValueError, match="status must be one of"):
             store.set_status(run.id, "done")
         assert store.get_run(run.id).status == "running"
-        assert set(RUN_STATUSES) == {"running", "finished", "failed", "interrupted"}
+        assert set(RUN_STATUSES) == {"running", "finished", "failed", "interrupted", "pruned"}
 
     # -- params, tags --------------------------------------------------------------------------
     def test_params_are_text_and_json(self, store: Store) -> None:

@@ -18,9 +18,17 @@ if TYPE_CHECKING:
     from danlu.config import EarlyStoppingConfig
     from danlu.train._loop import Trainer
 
-__all__ = ["Callback", "EarlyStopping"]
+__all__ = ["Callback", "EarlyStopping", "Pruned"]
 
 log = get_logger(__name__)
+
+
+class Pruned(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a callback to stop training at once (a tuning trial its pruner gave up on).
+
+    The run that was training is marked ``pruned``, not ``failed``; nothing after the loop (test
+    metrics, saved weights) runs.
+    """
 
 
 class Callback:

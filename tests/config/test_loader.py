@@ -64,8 +64,8 @@ def test_all_errors_at_once_with_lines_paths_and_hints(tmp_path):
 
 
 def test_unknown_top_level_key_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"tune: unknown key"):
-        load_recipe(write(tmp_path, GOOD + "tune: {trials: 3}\n"))
+    with pytest.raises(ConfigError, match=r"tunning: unknown key. Valid keys here: .*tune"):
+        load_recipe(write(tmp_path, GOOD + "tunning: {trials: 3}\n"))
 
 
 def test_overrides_coerce_types_and_are_named_in_errors(tmp_path):

@@ -1,0 +1,392 @@
+"""``danlu tune``: create or resume a study, run its workers, record and register the best.
+
+The study's run (stage ``tune``) is the parent of every trial's run. ``jobs`` worker processes
+(spawned, so each has its own interpreter: training holds the GIL) share the study through the
+danlu database; more workers on other machines may join with ``danlu tune --worker STUDY``.
+Running the same recipe again resumes the study: finished trials are kept, lost ones re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from danlu.config import Recipe, load_recipe, raise_issues, recipe_to_dict, recipe_to_yaml
+from danlu.errors import ConfigError, DanluError
+from danlu.logging import get_logger
+from danlu.store import flatten_params
+from danlu.tune._report import study_summary
+from danlu.tune._space import check_tune
+from danlu.tune._study import (
+    RECIPE_ATTR,
+    RUN_ATTR,
+    quiet_optuna,
+    reap_lost_trials,
+    study_recipe,
+)
+from danlu.tune._worker import TrialCallback, work, worker_main
+from danlu.types import StrPath
+
+if TYPE_CHECKING:
+    import optuna
+
+    from danlu.store import ModelVersion, SqlStore, StoreTracker
+    from danlu.train import Callback
+
+__all__ = ["TuneResult", "join_study", "tune"]
+
+log = get_logger(__name__)
+
+# keys a resumed study may change: its budget, and what happens to the winner
+_RESUMABLE = ("tune.trials", "tune.timeout", "tune.refit", "register.")
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` returns: the study, its best trial and what was registered."""
+
+    study: str
+    run_id: str
+    metric: str
+    direction: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    best_run_id: str | None
+    counts: dict[str, int]
+    epochs_spent: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    refit_run_id: str | None = None
+    registered: ModelVersion | None = None
+
+
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    a, b = flatten_params(old), flatten_params(new)
+    return sorted(
+        k
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and not k.startswith(_RESUMABLE) and k != "name"
+    )
+
+
+def _open_study(
+    recipe: Recipe, name: str, store: SqlStore, storage: optuna.storages.BaseStorage
+) -> tuple[optuna.Study, str, bool]:
+    """Create the study and its run, or resume them. Returns (study, run id, resumed)."""
+    import optuna
+
+    from danlu.store import git_state, host_name, package_versions
+    from danlu.tasks import get_task
+
+    assert recipe.tune is not None
+    resolved = recipe_to_dict(recipe)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        study = None
+    if study is not None:
+        changed = _changed(study_recipe(study), resolved)
+        if changed:
+            raise ConfigError(
+                f"Study '{name}' was started with a different recipe (it differs at {', '.join(changed[:8])}). "
+                f"Run it with the recipe it started with (only tune.trials, tune.timeout, tune.refit and register may change), "
+                f"or start a new study: --study NEW_NAME or tune.study in the recipe."
+            )
+        study.set_user_attr(RECIPE_ATTR, json.dumps(resolved))  # a new budget reaches every worker
+        run_id = str(study.user_attrs[RUN_ATTR])
+        store.set_status(run_id, "running")
+        return study, run_id, True
+
+    tune = recipe.tune
+    direction = tune.direction
+    if direction == "auto":
+        mode = get_task(recipe.task).monitor_mode(tune.metric)
+        direction = "maximize" if mode == "max" else "minimize"
+    commit, dirty = git_state()
+    run = store.create_run(
+        experiment=recipe.name,
+        name=name,
+        stage="tune",
+        recipe=resolved,
+        data_fingerprint=None,
+        git_commit=commit,
+        git_dirty=dirty,
+        packages=package_versions(),
+        host=host_name(),
+        tags={
+            "task": recipe.task,
+            "model.type": recipe.model.type,
+            "tune.study": name,
+            "tune.sampler": tune.sampler.name,
+            "tune.pruner": tune.pruner.name,
+        },
+    )
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+    except optuna.exceptions.DuplicatedStudyError:  # another `danlu tune` created it first
+        store.delete_run(run.id)
+        return _open_study(recipe, name, store, storage)
+    study.set_user_attr(RUN_ATTR, run.id)
+    study.set_user_attr(RECIPE_ATTR, json.dumps(resolved))
+    store.log_params(run.id, flatten_params(resolved))
+    store.log_artifact(run.id, "recipe.yaml", recipe_to_yaml(recipe).encode())
+    return study, run.id, False
+
+
+def _threads_per_worker(jobs: int) -> int:
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    total = int(env) * jobs if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+    return max(1, total // jobs)
+
+
+def _run_pool(
+    name: str,
+    store: SqlStore,
+    study: optuna.Study,
+    jobs: int,
+    deadline: float | None,
+    on_trial: TrialCallback | None,
+) -> None:
+    """Run ``jobs`` worker processes until each finds the budget spent; replace dead ones."""
+    import logging
+    import multiprocessing
+
+    from optuna.trial import TrialState
+
+    context = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools
+    threads = _threads_per_worker(jobs)
+    level = logging.getLogger("danlu").getEffectiveLevel()
+
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        proc = context.Process(
+            target=worker_main,
+            args=(name, store.url, str(store.home), index, deadline, threads, level),
+            name=f"danlu-tune-{index}",
+            daemon=False,
+        )
+        proc.start()
+        return proc
+
+    procs = {i: start(i) for i in range(jobs)}
+    restarts, reported = (
+        0,
+        {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()},
+    )
+    try:
+        while procs:
+            time.sleep(0.5)
+            for index, proc in list(procs.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                del procs[index]
+                if proc.exitcode != 0:
+                    lost = reap_lost_trials(study, store)
+                    log.warning(
+                        "tuning worker %d stopped with exit code %s%s",
+                        index,
+                        proc.exitcode,
+                        f"; trial {', '.join(map(str, lost))} queued again" if lost else "",
+                    )
+                    if restarts < 2 * jobs:  # a worker that keeps dying is a bug, not bad luck
+                        restarts += 1
+                        procs[index] = start(index)
+            if on_trial is not None:
+                for trial in study.get_trials(deepcopy=False):
+                    if trial.number not in reported and trial.state in (
+                        TrialState.COMPLETE,
+                        TrialState.PRUNED,
+                        TrialState.FAIL,
+                    ):
+                        reported.add(trial.number)
+                        on_trial(study, trial)
+    except BaseException:
+        for proc in procs.values():  # Ctrl-C reaches the workers too; give them a moment
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        raise
+
+
+def _refit(
+    recipe: Recipe,
+    best: dict[str, Any],
+    store: SqlStore,
+    run_id: str,
+    callbacks: Sequence[Callback],
+) -> Any:
+    """Retrain the best values on train + validation for as many epochs as the best trial used."""
+    from danlu.train import run_training
+    from danlu.tune._space import apply_params
+
+    data = apply_params(recipe_to_dict(recipe), best["values"])
+    data.pop("tune", None)
+    data["name"] = f"{recipe.name[:90]}-refit"
+    data["data"]["split"]["val"] = 0.0
+    data["train"]["epochs"] = int(
+        best.get("best_epoch") or best.get("epochs") or recipe.train.epochs
+    )
+    data["train"]["early_stopping"] = None
+    if data["train"]["scheduler"]["name"] == "plateau":  # it watched the validation loss
+        data["train"]["scheduler"]["name"] = "none"
+    return run_training(
+        data,
+        store=store,
+        stage="tune-refit",
+        parent_id=run_id,
+        tags={"tune.study": best.get("study", ""), "tune.trial": str(best["number"])},
+        callbacks=callbacks,
+    )
+
+
+def _finish(
+    recipe: Recipe,
+    study: optuna.Study,
+    store: SqlStore,
+    tracker: StoreTracker,
+    callbacks: Sequence[Callback],
+) -> TuneResult:
+    from danlu.train import register_run
+    from danlu.tune._plots import study_plots
+
+    summary = study_summary(study)
+    counts = summary["counts"]
+    best = summary["best"]
+    run_id = tracker.run_id
+    metrics = {
+        "trials_complete": counts["complete"],
+        "trials_pruned": counts["pruned"],
+        "trials_failed": counts["failed"],
+        "epochs_spent": summary["epochs_spent"],
+    }
+    if best is not None:
+        metrics["best_value"] = best["value"]
+        metrics.update({f"best_test_{k}": v for k, v in (best.get("test") or {}).items()})
+    step = len(summary["history"])
+    tracker.log_metrics(metrics, step=step)
+    tracker.log_artifact("study.json", json.dumps(summary, indent=1, default=str))
+    for file, data in study_plots(summary).items():
+        tracker.log_artifact(file, data)
+    tracker.flush()
+
+    refit_id, registered = None, None
+    if best is not None:
+        store.set_tags(run_id, {"best_trial": str(best["number"]), "best_run": str(best["run_id"])})
+        source = best["run_id"]
+        if recipe.tune is not None and recipe.tune.refit:
+            refit = _refit(recipe, {**best, "study": study.study_name}, store, run_id, callbacks)
+            refit_id = source = refit.run_id
+            registered = refit.registered
+        elif recipe.register is not None:
+            previous = store.get_run(run_id).tags.get("registered_trial")
+            if previous != str(
+                best["number"]
+            ):  # a resumed study with the same winner registers nothing new
+                registered = register_run(
+                    store, str(source), recipe.register.name, recipe.register.alias
+                )
+        if registered is not None:
+            store.set_tags(
+                run_id,
+                {"registered_trial": str(best["number"]), "registered": registered.ref},
+            )
+    else:
+        log.warning("study %s has no complete trial yet; nothing to register", study.study_name)
+    return TuneResult(
+        study=study.study_name,
+        run_id=run_id,
+        metric=str(summary["metric"]),
+        direction=summary["direction"],
+        best_value=best["value"] if best else None,
+        best_params=best["values"] if best else {},
+        best_trial=best["number"] if best else None,
+        best_run_id=best["run_id"] if best else None,
+        counts=counts,
+        epochs_spent=summary["epochs_spent"],
+        summary=summary,
+        refit_run_id=refit_id,
+        registered=registered,
+    )
+
+
+def tune(
+    recipe: StrPath | Mapping[str, Any] | Recipe,
+    *,
+    overrides: Iterable[str] = (),
+    jobs: int = 1,
+    study: str | None = None,
+    home: StrPath | None = None,
+    store: SqlStore | None = None,
+    callbacks: Sequence[Callback] = (),
+    on_trial: TrialCallback | None = None,
+) -> TuneResult:
+    """Search the recipe's ``tune:`` space with Optuna; record every trial; register the best.
+
+    Args:
+        jobs: worker processes on this machine (1 runs the trials in this process).
+        study: the study's name (default ``tune.study`` or the recipe's name); an existing
+            study of that name is resumed.
+        callbacks: extra engine callbacks for each trial run in this process (jobs=1).
+        on_trial: called with the study and every trial as it finishes.
+
+    Example:
+        >>> import danlu
+        >>> result = danlu.tune("examples/digits_tune.yaml", overrides=["tune.trials=2"])  # doctest: +SKIP
+        >>> result.best_params  # doctest: +SKIP
+    """
+    from danlu.store import SqlStore, StoreTracker
+    from danlu.train import check_recipe
+    from danlu.tune._storage import open_storage
+
+    if jobs < 1:
+        raise ConfigError(
+            f"--jobs must be at least 1; got {jobs}. Use 1 to run trials in this process, or up to "
+            f"the number of CPU cores ({os.cpu_count()}) for parallel workers."
+        )
+    recipe = load_recipe(recipe, overrides)
+    raise_issues(check_tune(recipe), recipe._source)
+    check_recipe(recipe)
+    assert recipe.tune is not None
+    name = study or recipe.tune.study or recipe.name
+    store = store or SqlStore(home=home)
+    with quiet_optuna():
+        storage = open_storage(store)
+        optuna_study, run_id, resumed = _open_study(recipe, name, store, storage)
+        tracker = StoreTracker(store, run_id)
+        deadline = time.time() + recipe.tune.timeout if recipe.tune.timeout else None
+        if resumed:
+            log.info("resuming study %s (run %s)", name, run_id)
+        try:
+            reap_lost_trials(optuna_study, store)
+            if jobs == 1:
+                work(name, store, deadline=deadline, callbacks=callbacks, on_trial=on_trial)
+            else:
+                _run_pool(name, store, optuna_study, jobs, deadline, on_trial)
+            result = _finish(recipe, optuna_study, store, tracker, callbacks)
+        except KeyboardInterrupt:
+            tracker.set_status("interrupted", error="interrupted by the user")
+            raise
+        except BaseException as exc:
+            tracker.set_status("failed", error=str(exc) or type(exc).__name__)
+            raise
+        tracker.set_status("finished")
+    return result
+
+
+def join_study(name: str, *, home: StrPath | None = None, store: SqlStore | None = None) -> int:
+    """Join study ``name`` as one more worker (``danlu tune --worker STUDY``, on any machine
+    that reaches the same database); returns the number of trials this worker ran."""
+    from danlu.store import SqlStore
+    from danlu.tune._report import load_study
+
+    store = store or SqlStore(home=home)
+    study = load_study(name, store)  # a clear error when the study does not exist
+    recipe = study_recipe(study)
+    if not recipe.get("tune"):
+        raise DanluError(f"Study '{name}' was not created by danlu tune.")
+    return work(name, store, worker=os.getpid() % 9973)

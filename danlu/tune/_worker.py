@@ -1,0 +1,216 @@
+"""A tuning worker: takes trials from a shared study until its budget is spent.
+
+Each trial is a normal training run in the store (stage ``tune-trial``, parent = the study's run)
+with the sampled values applied to the recipe. The engine reports the tuned metric to the trial
+after every epoch; when the pruner says so, training stops at once and the run is ``pruned``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from danlu.errors import DanluError
+from danlu.logging import get_logger
+from danlu.train import Callback, Pruned
+from danlu.tune._space import apply_params, grid_space, sample, uses_data
+from danlu.tune._study import (
+    INTERRUPTED_ATTR,
+    RUN_ATTR,
+    WORKER_ATTR,
+    budget_used,
+    make_pruner,
+    make_sampler,
+    quiet_optuna,
+    reap_lost_trials,
+    study_recipe,
+    worker_id,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from danlu.config import Recipe
+    from danlu.data import PreparedData
+    from danlu.store import SqlStore
+    from danlu.train import Trainer
+
+__all__ = ["PruningCallback", "TrialCallback", "work"]
+
+log = get_logger(__name__)
+
+TrialCallback = Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None]
+
+
+class PruningCallback(Callback):
+    """Reports ``metric`` to the Optuna trial after every epoch; stops training when pruned.
+
+    Example:
+        >>> # Trainer(cfg, callbacks=[PruningCallback(trial, "val_loss")]).fit(model, task, data)
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.tracker is not None:
+            self.trial.set_user_attr("run_id", trainer.tracker.run_id)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(value, epoch)
+        self.trial.set_user_attr("epochs", epoch)
+        if self.trial.should_prune():
+            raise Pruned(f"pruned at epoch {epoch} ({self.metric} = {value:.4g})")
+
+
+def _trial_recipe(base: dict[str, Any], values: dict[str, Any], name: str) -> dict[str, Any]:
+    data = apply_params(base, values)
+    data["name"] = name
+    return data
+
+
+def work(
+    study_name: str,
+    store: SqlStore,
+    *,
+    worker: int = 0,
+    deadline: float | None = None,
+    callbacks: Sequence[Callback] = (),
+    on_trial: TrialCallback | None = None,
+) -> int:
+    """Run trials of ``study_name`` until the study's trial budget is used (or ``deadline``).
+
+    Args:
+        worker: this worker's index (its sampler's seed is ``tune.sampler.seed + worker``).
+        deadline: a ``time.time()`` after which no new trial starts.
+        callbacks: extra engine callbacks for every trial (progress bars).
+        on_trial: called with the study and each trial this worker finishes.
+
+    Returns the number of trials this worker ran.
+    """
+    import optuna
+
+    from danlu.config import load_recipe
+    from danlu.data import prepare_data
+    from danlu.train import run_training
+
+    with quiet_optuna():
+        storage = _storage_of(store)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        recipe: Recipe = load_recipe(study_recipe(study))
+        tune = recipe.tune
+        if tune is None:  # only studies danlu created are joined
+            raise DanluError(f"Study '{study_name}' was not created by danlu tune.")
+        grid = grid_space(tune.space) if tune.sampler.name == "grid" else None
+        sampler = make_sampler(tune, worker, grid)
+        study = optuna.load_study(
+            study_name=study_name,
+            storage=storage,
+            sampler=sampler,
+            pruner=make_pruner(tune, recipe.train.epochs),
+        )
+        parent = str(study.user_attrs[RUN_ATTR])
+        base = study_recipe(study)
+        base.pop("tune", None)
+        base.pop("register", None)
+        cached: list[PreparedData] = []
+
+        def objective(trial: optuna.Trial) -> float:
+            trial.set_user_attr(WORKER_ATTR, worker_id())
+            values = sample(trial, tune.space)
+            trial.set_user_attr("values", json.dumps(values))
+            name = f"{study_name[:80]}-trial-{trial.number}"
+            trial_recipe = load_recipe(_trial_recipe(base, values, name))
+            if not cached and not uses_data(tune.space):
+                cached.append(prepare_data(trial_recipe.data, trial_recipe.task))
+            try:
+                result = run_training(
+                    trial_recipe,
+                    store=store,
+                    stage="tune-trial",
+                    parent_id=parent,
+                    tags={"tune.study": study_name, "tune.trial": str(trial.number)},
+                    callbacks=[PruningCallback(trial, tune.metric), *callbacks],
+                    prepared=cached[0] if cached else None,
+                )
+            except Pruned as exc:
+                raise optuna.TrialPruned(str(exc)) from None
+            except KeyboardInterrupt:
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+                raise
+            except DanluError as exc:
+                log.warning("trial %d failed: %s", trial.number, exc)
+                trial.set_user_attr("error", str(exc)[:2000])
+                raise
+            trial.set_user_attr("run_id", result.run_id)
+            trial.set_user_attr("epochs", len(result.history))
+            trial.set_user_attr("best_epoch", result.best_epoch)
+            trial.set_user_attr("test", result.metrics)
+            value = (
+                result.history[result.best_epoch - 1].get(tune.metric) if result.history else None
+            )
+            if value is None or not math.isfinite(value):
+                raise DanluError(
+                    f"trial {trial.number} recorded no finite {tune.metric} (got {value})"
+                )
+            return float(value)
+
+        done = 0
+        while True:
+            reap_lost_trials(study, store)
+            if tune.trials is not None and budget_used(study) >= tune.trials:
+                break
+            if deadline is not None and time.time() >= deadline:
+                break
+            if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+                break
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(DanluError,),
+                callbacks=[on_trial] if on_trial is not None else None,
+            )
+            done += 1
+        return done
+
+
+def _storage_of(store: SqlStore) -> optuna.storages.BaseStorage:
+    from danlu.tune._storage import open_storage
+
+    return open_storage(store)
+
+
+def worker_main(
+    study_name: str,
+    url: str,
+    home: str,
+    worker: int,
+    deadline: float | None,
+    threads: int,
+    log_level: int = logging.WARNING,
+) -> None:
+    """Entry point of a worker process started by ``danlu tune --jobs N`` (spawned, not forked)."""
+    import torch
+
+    from danlu.store import SqlStore
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(levelname)s danlu worker {worker}: %(message)s"))
+    root = logging.getLogger("danlu")
+    root.addHandler(handler)
+    root.setLevel(log_level)
+    try:
+        work(study_name, SqlStore(url, home=home), worker=worker, deadline=deadline)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
