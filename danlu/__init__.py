@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Result", "__version__", "load_model", "load_recipe", "run", "tune"]
+__all__ = ["Result", "__version__", "load_model", "load_recipe", "run"]
 
 if TYPE_CHECKING:
     from danlu.config import load_recipe
     from danlu.export import load_model
     from danlu.pipeline import Result, run
-    from danlu.tune import tune
 
 
 def __getattr__(name: str) -> Any:
@@ -28,10 +27,6 @@ def __getattr__(name: str) -> Any:
         from danlu import pipeline
 
         return getattr(pipeline, name)
-    if name == "tune":
-        from danlu.tune import tune
-
-        return tune
     if name == "load_model":
         from danlu.export import load_model
 

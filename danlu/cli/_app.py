@@ -20,6 +20,7 @@ from danlu.cli._data import data_app
 from danlu.cli._db import db_app
 from danlu.cli._models import models_app
 from danlu.cli._runs import runs_app
+from danlu.cli._tune import studies_app, tune_command
 from danlu.errors import DanluError
 
 __all__ = ["app", "main"]
@@ -36,6 +37,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
+app.add_typer(studies_app, name="studies")
 
 _state = {"debug": False}
 out = Console()
@@ -151,6 +153,9 @@ def run(
         mv = result.registered
         aliases = f" (alias {', '.join(mv.aliases)})" if mv.aliases else ""
         out.print(f"registered as model {mv.ref}{aliases}", highlight=False)
+
+
+app.command("tune")(tune_command)
 
 
 @app.command()

@@ -226,7 +226,9 @@ class TuneConfig(_Strict):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     space: dict[str, Distribution] = Field(
-        default_factory=dict, description="Recipe key path -> distribution."
+        default_factory=dict,
+        validate_default=True,  # a tune block without a space is as empty as `space: {}`
+        description="Recipe key path -> distribution.",
     )
     study: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]{0,99}$")] | None = Field(
         None, description="Study name (default: the recipe's name); the same name resumes it."

@@ -359,10 +359,10 @@ class Trainer:
                 schedule.step_epoch(metrics.get(monitor))
                 self.epoch = epoch
                 self.history_.append(metrics)
+                if self.tracker is not None:  # before the callbacks: a pruned epoch is recorded too
+                    self.tracker.log_metrics(metrics, step=epoch, epoch=epoch)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, epoch, metrics)
-                if self.tracker is not None:
-                    self.tracker.log_metrics(metrics, step=epoch, epoch=epoch)
                 if (
                     self.checkpoint_path is not None
                     and cfg.checkpoint.every

@@ -2,8 +2,8 @@
 workers sharing one study in the danlu database, pruning wired to the engine, resumable studies.
 
 Example:
-    >>> import danlu
-    >>> result = danlu.tune("examples/digits_tune.yaml", jobs=2)  # doctest: +SKIP
+    >>> from danlu.tune import tune
+    >>> result = tune("examples/digits_tune.yaml", jobs=2)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ def study_plots(summary: dict[str, Any]) -> dict[str, bytes]:
     metric = summary.get("metric") or "value"
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     try:
-        done = [h for h in history if h["value"] is not None]
+        # a pruned trial has a value too (Optuna keeps its last reported one): drawn apart
+        done = [h for h in history if h["state"] == "complete" and h["value"] is not None]
         pruned = [h for h in history if h["state"] == "pruned" and h.get("last") is not None]
         if done:
             ax.scatter(
@@ -68,7 +69,7 @@ def study_plots(summary: dict[str, Any]) -> dict[str, bytes]:
         ax.set_xlabel("epochs spent (all trials)")
         ax.set_ylabel(metric)
         ax.set_title(f"{summary.get('study')}: optimisation history")
-        if done or best:
+        if done or pruned or best:
             ax.legend(loc="best", fontsize=8)
         for fmt, data in _save(fig).items():
             files[f"history.{fmt}"] = data

@@ -28,12 +28,13 @@ def load_study(name: str, store: SqlStore) -> optuna.Study:
     import optuna
 
     from danlu.registry import did_you_mean
-    from danlu.tune._storage import open_storage
+    from danlu.tune._storage import close_storage, open_storage
 
     with quiet_optuna():
         storage = open_storage(store)
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, False)]
         if name not in names:
+            close_storage(storage)
             hint = did_you_mean(name, names)
             known = (
                 f" Studies: {', '.join(sorted(names))}." if names else " There are no studies yet."
@@ -44,46 +45,53 @@ def load_study(name: str, store: SqlStore) -> optuna.Study:
 
 def list_studies(store: SqlStore) -> list[dict[str, Any]]:
     """One row per study: name, direction, trial counts, best value, its run and that run's status."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from danlu.tune._storage import open_storage
+    from danlu.tune._storage import close_storage, open_storage
 
     rows = []
     with quiet_optuna():
         storage = open_storage(store)
-        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            trials = study.get_trials(deepcopy=False)
-            states = [t.state for t in trials]
-            run_id = study.user_attrs.get(RUN_ATTR)
-            status = None
-            if run_id:
-                try:
-                    status = store.get_run(str(run_id)).status
-                except NotFoundError:
-                    status = "deleted"
-            complete = [t for t in trials if t.state == TrialState.COMPLETE]
-            best = _best(study, complete)
-            recipe = study_recipe(study)
-            rows.append(
-                {
-                    "study": summary.study_name,
-                    "metric": (recipe.get("tune") or {}).get("metric"),
-                    "direction": study.direction.name.lower(),
-                    "trials": len(trials),
-                    "complete": states.count(TrialState.COMPLETE),
-                    "pruned": states.count(TrialState.PRUNED),
-                    "failed": states.count(TrialState.FAIL),
-                    "running": states.count(TrialState.RUNNING),
-                    "best_value": best.value if best is not None else None,
-                    "started": summary.datetime_start.timestamp()
-                    if summary.datetime_start
-                    else None,
-                    "run_id": run_id,
-                    "status": status,
-                }
-            )
+        try:
+            rows = _study_rows(store, storage)
+        finally:
+            close_storage(storage)
+    return rows
+
+
+def _study_rows(store: SqlStore, storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
+    import optuna
+    from optuna.trial import TrialState
+
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        run_id = study.user_attrs.get(RUN_ATTR)
+        status = None
+        if run_id:
+            try:
+                status = store.get_run(str(run_id)).status
+            except NotFoundError:
+                status = "deleted"
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        best = _best(study, complete)
+        recipe = study_recipe(study)
+        rows.append(
+            {
+                "study": summary.study_name,
+                "metric": (recipe.get("tune") or {}).get("metric"),
+                "direction": study.direction.name.lower(),
+                "trials": len(trials),
+                "complete": states.count(TrialState.COMPLETE),
+                "pruned": states.count(TrialState.PRUNED),
+                "failed": states.count(TrialState.FAIL),
+                "running": states.count(TrialState.RUNNING),
+                "best_value": best.value if best is not None else None,
+                "started": summary.datetime_start.timestamp() if summary.datetime_start else None,
+                "run_id": run_id,
+                "status": status,
+            }
+        )
     return rows
 
 

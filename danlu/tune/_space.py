@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from danlu.config import ConfigIssue, Distribution, Recipe, schema_keys
 from danlu.errors import ConfigError
-from danlu.registry import did_you_mean
+from danlu.registry import closest, did_you_mean
 
 if TYPE_CHECKING:
     import optuna
@@ -24,6 +24,7 @@ __all__ = ["Param", "apply_params", "check_tune", "iter_params", "sample", "uses
 
 _UNTUNABLE = {"name", "schema_version", "tune", "register"}
 _SCALARS = (str, int, float, bool, type(None))
+_SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay"}  # names other libraries use
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,12 @@ class Param:
     path: str
     dist: Distribution
     condition: tuple[str, str] | None = None  # (path of the choice, option) it belongs to
+    within: tuple[str, ...] = ()  # keys under tune.space leading to it (choice, option, ...)
+
+    @property
+    def loc(self) -> tuple[str, ...]:
+        """Where the key is written in the recipe, so errors point at its line."""
+        return ("tune", "space", *self.within, self.path)
 
     @property
     def name(self) -> str:
@@ -42,13 +49,15 @@ class Param:
 
 
 def iter_params(
-    space: Mapping[str, Distribution], condition: tuple[str, str] | None = None
+    space: Mapping[str, Distribution],
+    condition: tuple[str, str] | None = None,
+    within: tuple[str, ...] = (),
 ) -> Iterator[Param]:
     """Every parameter of the space, each conditional sub-space after the choice it hangs on."""
     for path, dist in space.items():
-        yield Param(path, dist, condition)
+        yield Param(path, dist, condition, within)
         for option, sub in (dist.branches or {}).items():
-            yield from iter_params(sub, (path, option))
+            yield from iter_params(sub, (path, option), (*within, path, "choice", option))
 
 
 def _encode(options: list[Any]) -> tuple[list[Any], dict[Any, Any]]:
@@ -102,7 +111,9 @@ def apply_params(recipe: Mapping[str, Any], values: Mapping[str, Any]) -> dict[s
         {'model': {'type': 'mlp'}}
     """
     data = copy.deepcopy(dict(recipe))
-    for path, value in values.items():
+    # types first, so a key written before its block's type is not cleared along with the old type
+    ordered = sorted(values.items(), key=lambda item: item[0].rsplit(".", 1)[-1] != "type")
+    for path, value in ordered:
         parts = path.split(".")
         node = data
         for part in parts[:-1]:
@@ -136,7 +147,7 @@ def _model_keys(model_type: str) -> list[str] | None:
 
 def _path_issue(param: Param, model_type: str) -> ConfigIssue | None:
     """Whether ``param.path`` names a key of the recipe, with the nearest valid key if not."""
-    loc = ("tune", "space", param.path)
+    loc = param.loc
     parts = param.path.split(".")
     if any(not p for p in parts):
         return ConfigIssue(loc, "a key path has an empty part", param.path, "Write it as a.b.c.")
@@ -167,9 +178,9 @@ def _path_issue(param: Param, model_type: str) -> ConfigIssue | None:
                 loc, f"'{prefix}' is a value, not a block, so it has no key '{part}'", param.path
             )
         if part not in valid:
-            hint = did_you_mean(
-                ".".join([*parts[:depth], part]), [".".join([*parts[:depth], v]) for v in valid]
-            )
+            # Compare the last key alone: a shared "train.optimizer." prefix makes any key look close.
+            near = _SYNONYMS.get(part) if _SYNONYMS.get(part) in valid else closest(part, valid)
+            hint = f" Did you mean '{'.'.join([*parts[:depth], near])}'?" if near else ""
             return ConfigIssue(
                 loc,
                 "no such key in the recipe",
@@ -185,7 +196,13 @@ def _probe_values(dist: Distribution) -> list[Any]:
         options = list(dist.branches) if dist.branches else list(dist.choice or [])
         return options[:20]
     low, high = dist.value_of(dist.kind)
-    return [low, high] if low != high else [low]
+    if low == high:
+        return [low]
+    if dist.kind == "int":
+        return [low, high]
+    # an inner value too: a float range on a whole-number key fails only between its ends
+    inner = low + dist.step if dist.step else low + (high - low) * 0.382
+    return [low, inner, high] if inner < high else [low, high]
 
 
 def _value_issue(base: dict[str, Any], param: Param, value: Any) -> ConfigIssue | None:
@@ -200,11 +217,15 @@ def _value_issue(base: dict[str, Any], param: Param, value: Any) -> ConfigIssue 
     except ConfigError as exc:
         reasons = [line.strip() for line in str(exc).splitlines()[1:]]
         reasons = [r.split(": ", 1)[1] if r.startswith("<recipe>:") else r for r in reasons]
+        reasons = [r.rstrip(".") for r in reasons]
+        whole = param.dist.kind in ("uniform", "loguniform") and "valid integer" in str(exc)
         return ConfigIssue(
-            ("tune", "space", param.path),
+            param.loc,
             f"the value {value!r} makes an invalid recipe ({'; '.join(reasons)})",
             None,
-            "Narrow the range or change the options.",
+            "The key takes whole numbers: use int: [low, high]."
+            if whole
+            else "Narrow the range or change the options.",
         )
     return None
 
@@ -236,7 +257,10 @@ def check_tune(recipe: Recipe) -> list[ConfigIssue]:
         )
         issues.append(
             ConfigIssue(
-                ("tune", "metric"), why, tune.metric, f"{hint} Choose one of {', '.join(valid)}."
+                ("tune", "metric"),
+                why,
+                tune.metric,
+                f"{hint} Choose one of {', '.join(valid)}.".strip(),
             )
         )
     elif tune.metric.startswith("val_") and recipe.data.split.val == 0:
@@ -261,11 +285,12 @@ def check_tune(recipe: Recipe) -> list[ConfigIssue]:
                     break
         if issue is not None:
             issues.append(issue)
-        elif tune.sampler.name == "grid":
-            if param.dist.branches or param.condition is not None:
+        elif tune.sampler.name == "grid" and param.condition is None:
+            # a conditional choice is reported once, at the choice, not at each key under it
+            if param.dist.branches:
                 issues.append(
                     ConfigIssue(
-                        ("tune", "space", param.path),
+                        param.loc,
                         "the grid sampler needs the same keys in every trial, so it cannot search a conditional choice",
                         None,
                         "Use sampler: tpe (or random), or write separate recipes per option.",
@@ -274,7 +299,7 @@ def check_tune(recipe: Recipe) -> list[ConfigIssue]:
             elif not param.dist.is_discrete:
                 issues.append(
                     ConfigIssue(
-                        ("tune", "space", param.path),
+                        param.loc,
                         f"the grid sampler lists every value, and a {param.dist.kind} range has infinitely many",
                         None,
                         "Add a step (uniform ranges), or list values with choice: [...]"

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from danlu.store import SqlStore
 
-__all__ = ["heartbeat_interval", "journal_path", "open_storage", "MAX_RETRY"]
+__all__ = ["MAX_RETRY", "close_storage", "heartbeat_interval", "journal_path", "open_storage"]
 
 SCHEMA = "optuna"
 MAX_RETRY = 3  # times a trial whose worker died is queued again
@@ -88,3 +88,14 @@ def open_storage(store: SqlStore) -> optuna.storages.BaseStorage:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
             conn.commit()
     return storage
+
+
+def close_storage(storage: optuna.storages.BaseStorage) -> None:
+    """Close the database connections an RDB storage holds (a journal file holds none)."""
+    storage = getattr(storage, "_backend", storage)  # a study wraps RDB storage in a cache
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        remove = getattr(storage, "remove_session", None)
+        if remove is not None:
+            remove()
+        engine.dispose()

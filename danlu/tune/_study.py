@@ -155,9 +155,10 @@ def reap_lost_trials(study: optuna.Study, store: Store | None = None) -> list[in
     ``interrupted``. Returns the numbers of the trials queued again.
     """
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
     from optuna.trial import TrialState
 
+    fail_stale_trials(study)  # PostgreSQL: trials whose heartbeat stopped, on any machine
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     storage = study._storage
     trials = study.get_trials(deepcopy=False)

@@ -335,13 +335,13 @@ def tune(
         on_trial: called with the study and every trial as it finishes.
 
     Example:
-        >>> import danlu
-        >>> result = danlu.tune("examples/digits_tune.yaml", overrides=["tune.trials=2"])  # doctest: +SKIP
+        >>> from danlu.tune import tune
+        >>> result = tune("examples/digits_tune.yaml", overrides=["tune.trials=2"])  # doctest: +SKIP
         >>> result.best_params  # doctest: +SKIP
     """
-    from danlu.store import SqlStore, StoreTracker
+    from danlu.store import SqlStore
     from danlu.train import check_recipe
-    from danlu.tune._storage import open_storage
+    from danlu.tune._storage import close_storage, open_storage
 
     if jobs < 1:
         raise ConfigError(
@@ -353,28 +353,51 @@ def tune(
     check_recipe(recipe)
     assert recipe.tune is not None
     name = study or recipe.tune.study or recipe.name
+    own_store = store is None
     store = store or SqlStore(home=home)
-    with quiet_optuna():
-        storage = open_storage(store)
-        optuna_study, run_id, resumed = _open_study(recipe, name, store, storage)
-        tracker = StoreTracker(store, run_id)
-        deadline = time.time() + recipe.tune.timeout if recipe.tune.timeout else None
-        if resumed:
-            log.info("resuming study %s (run %s)", name, run_id)
-        try:
-            reap_lost_trials(optuna_study, store)
-            if jobs == 1:
-                work(name, store, deadline=deadline, callbacks=callbacks, on_trial=on_trial)
-            else:
-                _run_pool(name, store, optuna_study, jobs, deadline, on_trial)
-            result = _finish(recipe, optuna_study, store, tracker, callbacks)
-        except KeyboardInterrupt:
-            tracker.set_status("interrupted", error="interrupted by the user")
-            raise
-        except BaseException as exc:
-            tracker.set_status("failed", error=str(exc) or type(exc).__name__)
-            raise
-        tracker.set_status("finished")
+    try:
+        with quiet_optuna():
+            storage = open_storage(store)
+            try:
+                return _tune_study(recipe, name, store, storage, jobs, callbacks, on_trial)
+            finally:
+                close_storage(storage)
+    finally:
+        if own_store:
+            store.close()
+
+
+def _tune_study(
+    recipe: Recipe,
+    name: str,
+    store: SqlStore,
+    storage: optuna.storages.BaseStorage,
+    jobs: int,
+    callbacks: Sequence[Callback],
+    on_trial: TrialCallback | None,
+) -> TuneResult:
+    from danlu.store import StoreTracker
+
+    assert recipe.tune is not None
+    optuna_study, run_id, resumed = _open_study(recipe, name, store, storage)
+    tracker = StoreTracker(store, run_id)
+    deadline = time.time() + recipe.tune.timeout if recipe.tune.timeout else None
+    if resumed:
+        log.info("resuming study %s (run %s)", name, run_id)
+    try:
+        reap_lost_trials(optuna_study, store)
+        if jobs == 1:
+            work(name, store, deadline=deadline, callbacks=callbacks, on_trial=on_trial)
+        else:
+            _run_pool(name, store, optuna_study, jobs, deadline, on_trial)
+        result = _finish(recipe, optuna_study, store, tracker, callbacks)
+    except KeyboardInterrupt:
+        tracker.set_status("interrupted", error="interrupted by the user")
+        raise
+    except BaseException as exc:
+        tracker.set_status("failed", error=str(exc) or type(exc).__name__)
+        raise
+    tracker.set_status("finished")
     return result
 
 
@@ -383,10 +406,17 @@ def join_study(name: str, *, home: StrPath | None = None, store: SqlStore | None
     that reaches the same database); returns the number of trials this worker ran."""
     from danlu.store import SqlStore
     from danlu.tune._report import load_study
+    from danlu.tune._storage import close_storage
 
+    own_store = store is None
     store = store or SqlStore(home=home)
-    study = load_study(name, store)  # a clear error when the study does not exist
-    recipe = study_recipe(study)
-    if not recipe.get("tune"):
-        raise DanluError(f"Study '{name}' was not created by danlu tune.")
-    return work(name, store, worker=os.getpid() % 9973)
+    try:
+        study = load_study(name, store)  # a clear error when the study does not exist
+        recipe = study_recipe(study)
+        close_storage(study._storage)
+        if not recipe.get("tune"):
+            raise DanluError(f"Study '{name}' was not created by danlu tune.")
+        return work(name, store, worker=os.getpid() % 9973)
+    finally:
+        if own_store:
+            store.close()

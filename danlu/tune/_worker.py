@@ -19,6 +19,7 @@ from danlu.errors import DanluError
 from danlu.logging import get_logger
 from danlu.train import Callback, Pruned
 from danlu.tune._space import apply_params, grid_space, sample, uses_data
+from danlu.tune._storage import close_storage, open_storage
 from danlu.tune._study import (
     INTERRUPTED_ATTR,
     RUN_ATTR,
@@ -104,14 +105,16 @@ def work(
     from danlu.train import run_training
 
     with quiet_optuna():
-        storage = _storage_of(store)
+        storage = open_storage(store)
         study = optuna.load_study(study_name=study_name, storage=storage)
         recipe: Recipe = load_recipe(study_recipe(study))
         tune = recipe.tune
         if tune is None:  # only studies danlu created are joined
             raise DanluError(f"Study '{study_name}' was not created by danlu tune.")
         grid = grid_space(tune.space) if tune.sampler.name == "grid" else None
-        sampler = make_sampler(tune, worker, grid)
+        # a resumed study must not replay the draws of the session before it: the seed moves on
+        # with the trials already there (a fresh study with one worker keeps the recipe's seed)
+        sampler = make_sampler(tune, worker + 1009 * len(study.get_trials(deepcopy=False)), grid)
         study = optuna.load_study(
             study_name=study_name,
             storage=storage,
@@ -164,29 +167,41 @@ def work(
                 )
             return float(value)
 
-        done = 0
-        while True:
-            reap_lost_trials(study, store)
-            if tune.trials is not None and budget_used(study) >= tune.trials:
-                break
-            if deadline is not None and time.time() >= deadline:
-                break
-            if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
-                break
-            study.optimize(
-                objective,
-                n_trials=1,
-                catch=(DanluError,),
-                callbacks=[on_trial] if on_trial is not None else None,
-            )
-            done += 1
-        return done
+        try:
+            return _loop(study, sampler, tune.trials, deadline, objective, store, on_trial)
+        finally:
+            close_storage(storage)
 
 
-def _storage_of(store: SqlStore) -> optuna.storages.BaseStorage:
-    from danlu.tune._storage import open_storage
+def _loop(
+    study: optuna.Study,
+    sampler: optuna.samplers.BaseSampler,
+    trials: int | None,
+    deadline: float | None,
+    objective: Callable[[optuna.Trial], float],
+    store: SqlStore,
+    on_trial: TrialCallback | None,
+) -> int:
+    """Take trials one at a time until the budget, the deadline or the grid runs out."""
+    import optuna
 
-    return open_storage(store)
+    done = 0
+    while True:
+        reap_lost_trials(study, store)
+        if trials is not None and budget_used(study) >= trials:
+            break
+        if deadline is not None and time.time() >= deadline:
+            break
+        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+            break
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(DanluError,),
+            callbacks=[on_trial] if on_trial is not None else None,
+        )
+        done += 1
+    return done
 
 
 def worker_main(
@@ -210,7 +225,10 @@ def worker_main(
     root = logging.getLogger("danlu")
     root.addHandler(handler)
     root.setLevel(log_level)
+    store = SqlStore(url, home=home)
     try:
-        work(study_name, SqlStore(url, home=home), worker=worker, deadline=deadline)
+        work(study_name, store, worker=worker, deadline=deadline)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    finally:
+        store.close()
