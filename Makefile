@@ -26,6 +26,8 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu data inspect examples/digits_cnn.yaml
 	$(BIN)/danlu run examples/digits_cnn.yaml
 	$(BIN)/danlu runs ls --limit 5
+	$(BIN)/danlu tune examples/digits_tune.yaml --jobs 2
+	$(BIN)/danlu studies show digits-tune
 	$(BIN)/danlu models show digits
 	$(BIN)/python -c "import danlu; from sklearn.datasets import load_digits; \
 	  m = danlu.load_model('digits@staging'); print(m, '->', m.predict(load_digits().data[:10])['prediction'])"
@@ -45,6 +47,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/augmentation.py
 	$(BIN)/python bench/imbalance.py
 	$(BIN)/python bench/streaming.py   # writes a 20-million-row Parquet set under bench/data/ once
+	$(BIN)/python bench/tune_efficiency.py
+	$(BIN)/python bench/tune_efficiency.py --jobs-timing
 
 clean:
 	rm -rf $(VENV) .danlu .pytest_cache

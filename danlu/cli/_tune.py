@@ -137,7 +137,14 @@ class TrialProgress:
             self.progress.update(self._epochs, visible=False)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        trials = study.get_trials(deepcopy=False)
+        # what was known when this trial finished: parallel workers may have finished more since
+        end = trial.datetime_complete
+        trials = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.number == trial.number
+            or (end is not None and t.datetime_complete is not None and t.datetime_complete <= end)
+        ]
         states = [t.state.name for t in trials]
         finished = sum(states.count(s) for s in _FINISHED)
         pruned = states.count("PRUNED")

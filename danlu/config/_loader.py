@@ -238,8 +238,8 @@ def schema_keys(loc: Loc) -> list[str] | None:
 
 
 def _issue_from_pydantic(err: Mapping[str, Any]) -> ConfigIssue:
-    loc: Loc = tuple(
-        p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+    loc: Loc = tuple(  # drop validator and union-tag parts: "function-after[...]", "<options>"
+        p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "<")))
     )
     kind = err["type"]
     found = err.get("input")

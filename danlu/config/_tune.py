@@ -23,11 +23,13 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SerializerFunctionWrapHandler,
+    Tag,
     field_validator,
     model_serializer,
     model_validator,
@@ -76,9 +78,16 @@ class Distribution(_Strict):
         None, description="[low, high] with 0 < low, sampled on a log scale."
     )
     int_: tuple[int, int] | None = Field(None, alias="int", description="[low, high] integers.")
-    choice: list[Any] | dict[str, dict[str, Distribution]] | None = Field(
-        None, description="Options, or a map option -> sub-space (a conditional choice)."
-    )
+    choice: (
+        Annotated[
+            Annotated[list[Any], Tag("<options>")]
+            | Annotated[dict[str, dict[str, Distribution]], Tag("<sub-spaces>")],
+            # a map is a conditional choice, anything else a list of options: an error inside a
+            # sub-space is then reported once, not once per member of the union
+            Discriminator(lambda v: "<sub-spaces>" if isinstance(v, dict) else "<options>"),
+        ]
+        | None
+    ) = Field(None, description="Options, or a map option -> sub-space (a conditional choice).")
     step: PositiveFloat | None = Field(None, description="Spacing of a uniform or int range.")
     log: bool = Field(False, description="int only: sample on a log scale.")
 
@@ -133,6 +142,15 @@ class Distribution(_Strict):
             raise ValueError("an int range cannot have both log and a step other than 1")
         if kind == "int" and self.step is not None and self.step != int(self.step):
             raise ValueError(f"an int range needs a whole step; got {self.step}")
+        if self.step is not None:
+            low, high = self.value_of(kind)
+            count = (high - low) / self.step
+            if abs(count - round(count)) > 1e-9:  # the top of the range would never be drawn
+                top = low + math.floor(count + 1e-9) * self.step
+                raise ValueError(
+                    f"the range [{low}, {high}] is not a whole number of steps of {self.step}; "
+                    f"end it at {round(top, 12)} or change the step"
+                )
         return self
 
     @model_serializer(mode="wrap")

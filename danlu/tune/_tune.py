@@ -195,15 +195,18 @@ def _run_pool(
                     if restarts < 2 * jobs:  # a worker that keeps dying is a bug, not bad luck
                         restarts += 1
                         procs[index] = start(index)
-            if on_trial is not None:
-                for trial in study.get_trials(deepcopy=False):
-                    if trial.number not in reported and trial.state in (
-                        TrialState.COMPLETE,
-                        TrialState.PRUNED,
-                        TrialState.FAIL,
-                    ):
-                        reported.add(trial.number)
-                        on_trial(study, trial)
+            if on_trial is not None:  # in the order they finished
+                done = [
+                    t
+                    for t in study.get_trials(deepcopy=False)
+                    if t.number not in reported
+                    and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+                ]
+                for trial in sorted(
+                    done, key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number)
+                ):
+                    reported.add(trial.number)
+                    on_trial(study, trial)
     except BaseException:
         for proc in procs.values():  # Ctrl-C reaches the workers too; give them a moment
             proc.join(timeout=10)
