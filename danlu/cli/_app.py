@@ -172,13 +172,19 @@ def validate(
 
     loaded = load_recipe(recipe, set_ or ())
     check_recipe(loaded)
+    if loaded.tune is not None:  # the search space too, so `danlu tune` will not refuse it later
+        from danlu.config import raise_issues
+        from danlu.tune import check_tune
+
+        raise_issues(check_tune(loaded), loaded._source)
     if data:
         from danlu.data import prepare_data
 
         prepared = prepare_data(loaded.data, loaded.task)
         out.print(f"data: {prepared.report}", highlight=False, soft_wrap=True)
+    searched = f", tunes {len(loaded.tune.space)} key(s)" if loaded.tune is not None else ""
     out.print(
-        f"[green]OK[/] {recipe} is a valid recipe ({loaded.task}, model {loaded.model.type})."
+        f"[green]OK[/] {recipe} is a valid recipe ({loaded.task}, model {loaded.model.type}{searched})."
     )
 
 

@@ -138,3 +138,15 @@ def test_running_again_with_a_larger_budget_resumes_the_study():
     summary = json.loads(danlu("studies", "show", STUDY, "--json").stdout)
     assert finished(summary["counts"]) == 3 and len(summary["trials"]) == 3  # one trial added
     assert summary["run_id"] == result["run_id"]  # the same study run, resumed
+
+
+def test_validate_checks_the_search_space_too(tmp_path):
+    ok = danlu("validate", RECIPE)
+    assert ok.code == 0 and "tunes 5 key(s)" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    text = Path(RECIPE).read_text().replace("train.batch_size:", "train.batch_sise:")
+    bad.write_text(text)
+    outcome = danlu("validate", str(bad))
+    assert outcome.code == 2 and "Traceback" not in outcome.stderr
+    assert "tune.space.train.batch_sise: no such key in the recipe" in outcome.stderr
+    assert "Did you mean 'train.batch_size'?" in outcome.stderr
