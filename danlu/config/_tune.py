@@ -236,7 +236,9 @@ class TuneConfig(_Strict):
         "auto", description="auto: minimize losses and errors, maximize the rest."
     )
     trials: PositiveInt | None = Field(
-        20, description="Trials in the study (all workers together); finished ones count on resume."
+        20,
+        description="Trials in the study (all workers together); finished ones count on resume. "
+        "A grid sampler runs every point unless trials is given.",
     )
     timeout: PositiveFloat | None = Field(
         None, description="Seconds after which a tune session starts no new trial."
@@ -267,6 +269,8 @@ class TuneConfig(_Strict):
 
     @model_validator(mode="after")
     def _budget(self) -> TuneConfig:
+        if self.sampler.name == "grid" and "trials" not in self.model_fields_set:
+            self.__dict__["trials"] = None  # a grid runs every point unless told otherwise
         if self.trials is None and self.timeout is None and self.sampler.name != "grid":
             raise ValueError("give tune.trials or tune.timeout (or both) so the study ends")
         return self

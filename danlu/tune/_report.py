@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +136,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "state": trial.state.name.lower(),
         "value": trial.value,
         "params": dict(trial.params),
+        "values": json.loads(trial.user_attrs.get("values", "{}")),  # key path -> value, decoded
         "epochs": int(trial.user_attrs.get("epochs", 0) or 0),
         "best_epoch": trial.user_attrs.get("best_epoch"),
         "duration_s": (end - start).total_seconds() if start and end else None,
@@ -152,8 +154,6 @@ def study_summary(study: optuna.Study, *, importance: bool = True) -> dict[str, 
     Example:
         >>> # study_summary(load_study("digits-tune", SqlStore()))["best"]["params"]
     """
-    import json
-
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -190,12 +190,7 @@ def study_summary(study: optuna.Study, *, importance: bool = True) -> dict[str, 
                 "epochs_spent": spent,
             }
         )
-    best_row = None
-    if best is not None:
-        best_row = {
-            **_trial_row(best),
-            "values": json.loads(best.user_attrs.get("values", "{}")),
-        }
+    best_row = _trial_row(best) if best is not None else None
     return {
         "study": study.study_name,
         "run_id": study.user_attrs.get(RUN_ATTR),

@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     from danlu.store import Store
 
 __all__ = [
+    "BudgetGate",
     "RECIPE_ATTR",
     "RUN_ATTR",
     "budget_used",
+    "gated",
     "make_pruner",
     "make_sampler",
     "quiet_optuna",
@@ -202,3 +204,75 @@ def study_recipe(study: optuna.Study) -> dict[str, Any]:
     """The resolved recipe a study was started with."""
     raw = study.user_attrs.get(RECIPE_ATTR)
     return json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+
+
+class BudgetGate:
+    """A lock across every worker of a study, held from "is any budget left?" until the new trial
+    exists, so that workers finishing together do not start one trial too many (or run a grid
+    point twice). A file lock beside the journal on SQLite; an advisory lock on PostgreSQL.
+    """
+
+    _PG_KEY = 0x64616E6C7547  # "danluG"
+
+    def __init__(self, store: Store) -> None:
+        from danlu.tune._storage import journal_path
+
+        self.store = store
+        journal = journal_path(store)  # type: ignore[arg-type]
+        self._path = None if journal is None else journal.with_name(journal.name + ".ask-lock")
+        self._handle: Any = None
+
+    def acquire(self) -> None:
+        if self._path is not None:
+            import fcntl
+
+            self._handle = open(self._path, "a+")  # noqa: SIM115 - held until release
+            fcntl.flock(self._handle, fcntl.LOCK_EX)
+        else:
+            from sqlalchemy import text
+
+            self._handle = self.store.engine.connect()  # type: ignore[attr-defined]
+            self._handle.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._PG_KEY})
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        if self._path is not None:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        else:
+            from sqlalchemy import text
+
+            handle.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._PG_KEY})
+        handle.close()
+
+
+def gated(sampler: optuna.samplers.BaseSampler, gate: BudgetGate) -> optuna.samplers.BaseSampler:
+    """``sampler``, releasing ``gate`` as soon as Optuna has created the trial it samples for."""
+    import optuna
+
+    class GatedSampler(optuna.samplers.BaseSampler):
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return sampler.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return sampler.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+            return sampler.sample_independent(study, trial, name, dist)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            try:  # a grid sampler picks its point here: still under the lock
+                sampler.before_trial(study, trial)
+            finally:
+                gate.release()  # the trial exists now: it counts toward the budget
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            sampler.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            sampler.reseed_rng()
+
+    return GatedSampler()

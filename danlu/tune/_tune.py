@@ -28,7 +28,7 @@ from danlu.tune._study import (
     reap_lost_trials,
     study_recipe,
 )
-from danlu.tune._worker import TrialCallback, work, worker_main
+from danlu.tune._worker import TrialCallback, work
 from danlu.types import StrPath
 
 if TYPE_CHECKING:
@@ -153,23 +153,26 @@ def _run_pool(
 ) -> None:
     """Run ``jobs`` worker processes until each finds the budget spent; replace dead ones."""
     import logging
-    import multiprocessing
+    import subprocess
+    import sys
 
     from optuna.trial import TrialState
 
-    context = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools
     threads = _threads_per_worker(jobs)
     level = logging.getLogger("danlu").getEffectiveLevel()
+    env = {
+        **os.environ,
+        "DANLU_DB_URL": store.url,
+        "DANLU_HOME": str(store.home),
+        "OMP_NUM_THREADS": str(threads),
+    }
 
-    def start(index: int) -> multiprocessing.process.BaseProcess:
-        proc = context.Process(
-            target=worker_main,
-            args=(name, store.url, str(store.home), index, deadline, threads, level),
-            name=f"danlu-tune-{index}",
-            daemon=False,
-        )
-        proc.start()
-        return proc
+    def start(index: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "danlu.tune", name, "--index", str(index)]
+        command += ["--threads", str(threads), "--log-level", str(level)]
+        if deadline is not None:
+            command += ["--deadline", repr(deadline)]
+        return subprocess.Popen(command, env=env)
 
     procs = {i: start(i) for i in range(jobs)}
     restarts, reported = (
@@ -180,21 +183,25 @@ def _run_pool(
         while procs:
             time.sleep(0.5)
             for index, proc in list(procs.items()):
-                if proc.is_alive():
+                code = proc.poll()
+                if code is None:
                     continue
-                proc.join()
                 del procs[index]
-                if proc.exitcode != 0:
+                if code != 0:
                     lost = reap_lost_trials(study, store)
                     log.warning(
                         "tuning worker %d stopped with exit code %s%s",
                         index,
-                        proc.exitcode,
+                        code,
                         f"; trial {', '.join(map(str, lost))} queued again" if lost else "",
                     )
-                    if restarts < 2 * jobs:  # a worker that keeps dying is a bug, not bad luck
-                        restarts += 1
-                        procs[index] = start(index)
+                    if restarts >= 2 * jobs:  # a worker that keeps dying is a bug, not bad luck
+                        raise DanluError(
+                            f"Tuning workers keep stopping (exit code {code}, {restarts} restarts); "
+                            "their error is printed above. Run with --jobs 1 to see it in this process."
+                        )
+                    restarts += 1
+                    procs[index] = start(index)
             if on_trial is not None:  # in the order they finished
                 done = [
                     t
@@ -202,18 +209,22 @@ def _run_pool(
                     if t.number not in reported
                     and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
                 ]
-                for trial in sorted(
-                    done, key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number)
-                ):
+                for trial in sorted(done, key=_finish_order):
                     reported.add(trial.number)
                     on_trial(study, trial)
     except BaseException:
         for proc in procs.values():  # Ctrl-C reaches the workers too; give them a moment
-            proc.join(timeout=10)
-            if proc.is_alive():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 proc.terminate()
-                proc.join(timeout=5)
+                proc.wait(timeout=5)
         raise
+
+
+def _finish_order(trial: optuna.trial.FrozenTrial) -> tuple[float, int]:
+    end = trial.datetime_complete
+    return (end.timestamp() if end is not None else float("inf"), trial.number)
 
 
 def _refit(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,9 @@ from danlu.tune._study import (
     INTERRUPTED_ATTR,
     RUN_ATTR,
     WORKER_ATTR,
+    BudgetGate,
     budget_used,
+    gated,
     make_pruner,
     make_sampler,
     quiet_optuna,
@@ -69,7 +70,8 @@ class PruningCallback(Callback):
             return
         self.trial.report(value, epoch)
         self.trial.set_user_attr("epochs", epoch)
-        if self.trial.should_prune():
+        # never after the last epoch: a fully trained trial is complete, whatever the rung says
+        if epoch < trainer.config.epochs and self.trial.should_prune():
             raise Pruned(f"pruned at epoch {epoch} ({self.metric} = {value:.4g})")
 
 
@@ -168,7 +170,10 @@ def work(
             return float(value)
 
         try:
-            return _loop(study, sampler, tune.trials, deadline, objective, store, on_trial)
+            budget = tune.trials
+            if budget is None and grid is not None:  # every point once
+                budget = math.prod(len(values) for values in grid.values())
+            return _loop(study, sampler, budget, deadline, objective, store, on_trial)
         finally:
             close_storage(storage)
 
@@ -185,50 +190,64 @@ def _loop(
     """Take trials one at a time until the budget, the deadline or the grid runs out."""
     import optuna
 
+    grid = sampler if isinstance(sampler, optuna.samplers.GridSampler) else None
+    gate = BudgetGate(store)
+    study.sampler = gated(sampler, gate)
     done = 0
     while True:
         reap_lost_trials(study, store)
-        if trials is not None and budget_used(study) >= trials:
-            break
         if deadline is not None and time.time() >= deadline:
             break
-        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
-            break
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(DanluError,),
-            callbacks=[on_trial] if on_trial is not None else None,
-        )
+        gate.acquire()  # released by the sampler once the trial exists, or below
+        try:
+            if trials is not None and budget_used(study) >= trials:
+                break
+            if grid is not None and grid.is_exhausted(study):
+                break
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(DanluError,),
+                callbacks=[on_trial] if on_trial is not None else None,
+            )
+        finally:
+            gate.release()
         done += 1
     return done
 
 
-def worker_main(
-    study_name: str,
-    url: str,
-    home: str,
-    worker: int,
-    deadline: float | None,
-    threads: int,
-    log_level: int = logging.WARNING,
-) -> None:
-    """Entry point of a worker process started by ``danlu tune --jobs N`` (spawned, not forked)."""
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """A worker process of ``danlu tune --jobs N``: ``python -m danlu.tune STUDY ...``.
+
+    A fresh interpreter, not a fork (torch's thread pools do not survive one) nor
+    ``multiprocessing`` spawn (that re-imports the caller's main script, which breaks scripts
+    without an ``if __name__ == "__main__"`` guard). The database comes from ``DANLU_DB_URL``
+    and ``DANLU_HOME``, as for any danlu command.
+    """
+    import argparse
+
     import torch
 
     from danlu.store import SqlStore
 
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
+    parser = argparse.ArgumentParser(prog="python -m danlu.tune")
+    parser.add_argument("study")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--deadline", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--log-level", type=int, default=logging.WARNING)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(f"%(levelname)s danlu worker {worker}: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(levelname)s danlu worker {args.index}: %(message)s"))
     root = logging.getLogger("danlu")
     root.addHandler(handler)
-    root.setLevel(log_level)
-    store = SqlStore(url, home=home)
+    root.setLevel(args.log_level)
+    store = SqlStore()
     try:
-        work(study_name, store, worker=worker, deadline=deadline)
+        work(args.study, store, worker=args.index, deadline=args.deadline)
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        return 130
     finally:
         store.close()
+    return 0

@@ -245,5 +245,45 @@ def test_studies_are_listed_and_summarised(tmp_path):
     assert bests == sorted(bests, reverse=True)  # best so far never gets worse
     from danlu.errors import NotFoundError
 
-    with pytest.raises(NotFoundError, match="There is no study 'iris-tun'. Did you mean 'iris-tune'"):
+    with pytest.raises(
+        NotFoundError, match="There is no study 'iris-tun'. Did you mean 'iris-tune'"
+    ):
         load_study("iris-tun", store)
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
+    import optuna
+
+    from danlu.train import run_training
+    from danlu.tune import PruningCallback
+
+    store = SqlStore(home=tmp_path / "home")
+    with quiet_optuna():
+        study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+        trial = study.ask()
+    recipe = iris_recipe()
+    recipe.pop("tune")
+    recipe["train"]["epochs"] = 1  # the pruner would cut here, but training is already done
+    result = run_training(recipe, store=store, callbacks=[PruningCallback(trial, "val_loss")])
+    assert store.get_run(result.run_id).status == "finished"
+    assert "accuracy" in result.metrics
+
+
+def test_a_grid_runs_every_point_by_default(tmp_path):
+    store = SqlStore(home=tmp_path / "home")
+    recipe = iris_recipe(
+        sampler="grid",
+        space={
+            "train.optimizer.lr": {"choice": [1.0e-3, 1.0e-2]},
+            "model.dropout": {"choice": [0.0, 0.2]},
+        },
+    )
+    del recipe["tune"]["trials"]
+    recipe["train"]["epochs"] = 1
+    result = tune(recipe, store=store)
+    points = {
+        (r["values"]["train.optimizer.lr"], r["values"]["model.dropout"])
+        for r in result.summary["trials"]
+    }
+    assert points == {(a, b) for a in (1.0e-3, 1.0e-2) for b in (0.0, 0.2)}
+    assert result.counts["complete"] == 4
