@@ -134,10 +134,10 @@ def work(
             values = sample(trial, tune.space)
             trial.set_user_attr("values", json.dumps(values))
             name = f"{study_name[:80]}-trial-{trial.number}"
-            trial_recipe = load_recipe(_trial_recipe(base, values, name))
-            if not cached and not uses_data(tune.space):
-                cached.append(prepare_data(trial_recipe.data, trial_recipe.task))
-            try:
+            try:  # a combination of values the recipe refuses fails this trial, not the study
+                trial_recipe = load_recipe(_trial_recipe(base, values, name))
+                if not cached and not uses_data(tune.space):
+                    cached.append(prepare_data(trial_recipe.data, trial_recipe.task))
                 result = run_training(
                     trial_recipe,
                     store=store,

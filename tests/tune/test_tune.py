@@ -287,3 +287,16 @@ def test_a_grid_runs_every_point_by_default(tmp_path):
     }
     assert points == {(a, b) for a in (1.0e-3, 1.0e-2) for b in (0.0, 0.2)}
     assert result.counts["complete"] == 4
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
+    store = SqlStore(home=tmp_path / "home")
+    recipe = iris_recipe(sampler="grid", space={"train.optimizer.lr": {"choice": [1.0e-2, 1.0e30]}})
+    recipe["train"]["optimizer"] = {"name": "sgd"}
+    recipe["train"]["epochs"] = 2
+    result = tune(recipe, store=store)
+    assert result.counts["complete"] == 1 and result.counts["failed"] == 1
+    (failed,) = [r for r in result.summary["trials"] if r["state"] == "fail"]
+    assert failed["values"]["train.optimizer.lr"] == 1.0e30
+    assert "training loss became" in failed["error"]
+    assert result.best_params == {"train.optimizer.lr": 1.0e-2}
