@@ -73,13 +73,41 @@ def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     )
 
 
+def _new_study_run(recipe: Recipe, name: str, store: SqlStore) -> str:
+    """The study's run in the store (stage ``tune``), the parent of its trials' runs."""
+    from danlu.store import git_state, host_name, package_versions
+
+    assert recipe.tune is not None
+    resolved = recipe_to_dict(recipe)
+    commit, dirty = git_state()
+    run = store.create_run(
+        experiment=recipe.name,
+        name=name,
+        stage="tune",
+        recipe=resolved,
+        git_commit=commit,
+        git_dirty=dirty,
+        packages=package_versions(),
+        host=host_name(),
+        tags={
+            "task": recipe.task,
+            "model.type": recipe.model.type,
+            "tune.study": name,
+            "tune.sampler": recipe.tune.sampler.name,
+            "tune.pruner": recipe.tune.pruner.name,
+        },
+    )
+    store.log_params(run.id, flatten_params(resolved))
+    store.log_artifact(run.id, "recipe.yaml", recipe_to_yaml(recipe).encode())
+    return run.id
+
+
 def _open_study(
     recipe: Recipe, name: str, store: SqlStore, storage: optuna.storages.BaseStorage
 ) -> tuple[optuna.Study, str, bool]:
     """Create the study and its run, or resume them. Returns (study, run id, resumed)."""
     import optuna
 
-    from danlu.store import git_state, host_name, package_versions
     from danlu.tasks import get_task
 
     assert recipe.tune is not None
@@ -88,7 +116,7 @@ def _open_study(
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         study = None
-    if study is not None:
+    if study is not None and RUN_ATTR in study.user_attrs:
         changed = _changed(study_recipe(study), resolved)
         if changed:
             raise ConfigError(
@@ -100,41 +128,21 @@ def _open_study(
         run_id = str(study.user_attrs[RUN_ATTR])
         store.set_status(run_id, "running")
         return study, run_id, True
-
-    tune = recipe.tune
-    direction = tune.direction
-    if direction == "auto":
-        mode = get_task(recipe.task).monitor_mode(tune.metric)
-        direction = "maximize" if mode == "max" else "minimize"
-    commit, dirty = git_state()
-    run = store.create_run(
-        experiment=recipe.name,
-        name=name,
-        stage="tune",
-        recipe=resolved,
-        data_fingerprint=None,
-        git_commit=commit,
-        git_dirty=dirty,
-        packages=package_versions(),
-        host=host_name(),
-        tags={
-            "task": recipe.task,
-            "model.type": recipe.model.type,
-            "tune.study": name,
-            "tune.sampler": tune.sampler.name,
-            "tune.pruner": tune.pruner.name,
-        },
-    )
-    try:
-        study = optuna.create_study(study_name=name, storage=storage, direction=direction)
-    except optuna.exceptions.DuplicatedStudyError:  # another `danlu tune` created it first
-        store.delete_run(run.id)
-        return _open_study(recipe, name, store, storage)
-    study.set_user_attr(RUN_ATTR, run.id)
+    if study is None:
+        direction = recipe.tune.direction
+        if direction == "auto":
+            mode = get_task(recipe.task).monitor_mode(recipe.tune.metric)
+            direction = "maximize" if mode == "max" else "minimize"
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+        except optuna.exceptions.DuplicatedStudyError:  # another `danlu tune` created it first
+            time.sleep(1.0)  # let it record its run
+            return _open_study(recipe, name, store, storage)
+    # a new study, or one whose creator stopped before recording its run: record it now
     study.set_user_attr(RECIPE_ATTR, json.dumps(resolved))
-    store.log_params(run.id, flatten_params(resolved))
-    store.log_artifact(run.id, "recipe.yaml", recipe_to_yaml(recipe).encode())
-    return study, run.id, False
+    run_id = _new_study_run(recipe, name, store)
+    study.set_user_attr(RUN_ATTR, run_id)
+    return study, run_id, False
 
 
 def _threads_per_worker(jobs: int) -> int:

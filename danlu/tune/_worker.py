@@ -109,10 +109,16 @@ def work(
     with quiet_optuna():
         storage = open_storage(store)
         study = optuna.load_study(study_name=study_name, storage=storage)
-        recipe: Recipe = load_recipe(study_recipe(study))
+        data = study_recipe(study)
+        if not data.get("tune") or RUN_ATTR not in study.user_attrs:  # only danlu's studies
+            close_storage(storage)
+            raise DanluError(
+                f"Study '{study_name}' was not created by danlu tune (or its creator stopped "
+                "before recording it). Start it with `danlu tune RECIPE`."
+            )
+        recipe: Recipe = load_recipe(data)
         tune = recipe.tune
-        if tune is None:  # only studies danlu created are joined
-            raise DanluError(f"Study '{study_name}' was not created by danlu tune.")
+        assert tune is not None
         grid = grid_space(tune.space) if tune.sampler.name == "grid" else None
         # a resumed study must not replay the draws of the session before it: the seed moves on
         # with the trials already there (a fresh study with one worker keeps the recipe's seed)

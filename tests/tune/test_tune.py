@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from danlu.errors import ConfigError
+from danlu.errors import ConfigError, DanluError
 from danlu.store import SqlStore
 from danlu.tune import list_studies, load_study, study_summary, tune
 from danlu.tune._study import quiet_optuna
@@ -300,3 +300,19 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert failed["values"]["train.optimizer.lr"] == 1.0e30
     assert "training loss became" in failed["error"]
     assert result.best_params == {"train.optimizer.lr": 1.0e-2}
+
+
+def test_a_study_whose_creator_stopped_early_is_completed_on_the_next_run(tmp_path):
+    import optuna
+
+    from danlu.tune import join_study
+    from danlu.tune._storage import open_storage
+
+    store = SqlStore(home=tmp_path / "home")
+    with quiet_optuna():  # as if `danlu tune` died right after creating the study
+        optuna.create_study(study_name="iris-tune", storage=open_storage(store))
+    with pytest.raises(DanluError, match="was not created by danlu tune"):
+        join_study("iris-tune", store=store)
+    result = tune(iris_recipe(trials=1), store=store)
+    assert store.get_run(result.run_id).stage == "tune"
+    assert result.counts["complete"] == 1
