@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import uuid
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -61,9 +62,14 @@ def quiet_optuna() -> Iterator[None]:
         yield
 
 
+def _machine() -> str:
+    """This machine: its host name and hardware address (two machines may share a name)."""
+    return f"{socket.gethostname()}-{uuid.getnode():012x}"
+
+
 def worker_id() -> str:
-    """``host:pid`` of this process, recorded on each trial it runs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``machine:pid`` of this process, recorded on each trial it runs."""
+    return f"{_machine()}:{os.getpid()}"
 
 
 def make_sampler(
@@ -137,7 +143,7 @@ def budget_used(study: optuna.Study) -> int:
 
 def _alive(worker: str) -> bool:
     host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != _machine() or not pid.isdigit():
         return True  # another machine's worker: its heartbeat (PostgreSQL) decides
     if int(pid) == os.getpid():
         return False  # between trials, this process runs none: a RUNNING one of ours is stale
