@@ -49,6 +49,7 @@ _STATUS_STYLE = {
     "failed": "red",
     "running": "yellow",
     "interrupted": "magenta",
+    "pruned": "dim",  # a tuning trial its pruner stopped early
 }
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]

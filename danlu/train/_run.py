@@ -260,6 +260,7 @@ def run_training(
     parent_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     prepared: PreparedData | None = None,
+    run_name: str | None = None,
 ) -> Result:
     """Train a recipe, record the run in the store, and return the model with its metrics.
 
@@ -275,6 +276,7 @@ def run_training(
         tags: extra tags for the run.
         prepared: data already prepared from this recipe's ``data`` block and task (tuning
             reuses it across trials whose space does not touch ``data``).
+        run_name: the run's name (default the recipe's name, which is also its experiment).
 
     Example:
         >>> from danlu.train import run_training
@@ -316,7 +318,7 @@ def run_training(
         commit, dirty = git_state()
         run_record = store.create_run(
             experiment=recipe.name,
-            name=recipe.name,
+            name=run_name or recipe.name,
             stage=stage,
             parent_id=parent_id,
             recipe=resolved,

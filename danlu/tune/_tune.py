@@ -248,7 +248,6 @@ def _refit(
 
     data = apply_params(recipe_to_dict(recipe), best["values"])
     data.pop("tune", None)
-    data["name"] = f"{recipe.name[:90]}-refit"
     data["data"]["split"]["val"] = 0.0
     data["train"]["epochs"] = int(
         best.get("best_epoch") or best.get("epochs") or recipe.train.epochs
@@ -263,6 +262,7 @@ def _refit(
         parent_id=run_id,
         tags={"tune.study": best.get("study", ""), "tune.trial": str(best["number"])},
         callbacks=callbacks,
+        run_name=f"{best.get('study', recipe.name)}-refit",
     )
 
 

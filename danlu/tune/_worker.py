@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from danlu.errors import DanluError
 from danlu.logging import get_logger
@@ -75,12 +75,6 @@ class PruningCallback(Callback):
             raise Pruned(f"pruned at epoch {epoch} ({self.metric} = {value:.4g})")
 
 
-def _trial_recipe(base: dict[str, Any], values: dict[str, Any], name: str) -> dict[str, Any]:
-    data = apply_params(base, values)
-    data["name"] = name
-    return data
-
-
 def work(
     study_name: str,
     store: SqlStore,
@@ -139,9 +133,8 @@ def work(
             trial.set_user_attr(WORKER_ATTR, worker_id())
             values = sample(trial, tune.space)
             trial.set_user_attr("values", json.dumps(values))
-            name = f"{study_name[:80]}-trial-{trial.number}"
             try:  # a combination of values the recipe refuses fails this trial, not the study
-                trial_recipe = load_recipe(_trial_recipe(base, values, name))
+                trial_recipe = load_recipe(apply_params(base, values))
                 if not cached and not uses_data(tune.space):
                     cached.append(prepare_data(trial_recipe.data, trial_recipe.task))
                 result = run_training(
@@ -152,6 +145,7 @@ def work(
                     tags={"tune.study": study_name, "tune.trial": str(trial.number)},
                     callbacks=[PruningCallback(trial, tune.metric), *callbacks],
                     prepared=cached[0] if cached else None,
+                    run_name=f"{study_name}-trial-{trial.number}",
                 )
             except Pruned as exc:
                 raise optuna.TrialPruned(str(exc)) from None

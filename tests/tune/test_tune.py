@@ -51,6 +51,8 @@ def test_every_trial_is_a_run_under_the_study_run(tmp_path):
     trials = store.search_runs("stage = 'tune-trial'")
     assert len(trials) == 3
     assert {t.parent_id for t in trials} == {result.run_id}
+    assert {t.experiment for t in trials} == {"iris-tune"}  # one experiment, not one per trial
+    assert sorted(t.name for t in trials) == [f"iris-tune-trial-{n}" for n in range(3)]
     assert all(t.status == "finished" for t in trials)
     # each trial trained the values its Optuna trial sampled
     for row in result.summary["trials"]:
