@@ -19,6 +19,7 @@ from rich.table import Column, Table
 from danlu.cli._data import data_app
 from danlu.cli._db import db_app
 from danlu.cli._models import models_app
+from danlu.cli._options import QuietOption, SetOption, registered_line
 from danlu.cli._runs import runs_app
 from danlu.cli._tune import studies_app, tune_command
 from danlu.errors import DanluError
@@ -43,15 +44,6 @@ _state = {"debug": False}
 out = Console()
 err = Console(stderr=True)
 
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        "-s",
-        help="Override a recipe key: key.path=value (repeatable).",
-        metavar="KEY=VALUE",
-    ),
-]
 RecipeArg = Annotated[Path, typer.Argument(help="Path to a YAML recipe.", metavar="RECIPE")]
 
 
@@ -92,9 +84,7 @@ def run(
             metavar="RUN_ID",
         ),
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress output; only the result.")
-    ] = False,
+    quiet: QuietOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     threads: Annotated[
         int | None,
@@ -150,9 +140,7 @@ def run(
         soft_wrap=True,
     )
     if result.registered is not None:
-        mv = result.registered
-        aliases = f" (alias {', '.join(mv.aliases)})" if mv.aliases else ""
-        out.print(f"registered as model {mv.ref}{aliases}", highlight=False)
+        out.print(registered_line(result.registered), highlight=False)
 
 
 app.command("tune")(tune_command)

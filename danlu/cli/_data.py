@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from danlu.cli import _app as cli
+from danlu.cli._options import SetOption
 from danlu.cli._runs import jsonable, print_json, print_table
 from danlu.errors import DanluError
 
@@ -181,7 +182,7 @@ def inspect(
     html: Annotated[
         Path | None, typer.Option("--html", help="Also write the report as an HTML page.")
     ] = None,
-    set_: cli.SetOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Report on a data set: columns, missing values, outliers, target balance, leakage and shift.
 

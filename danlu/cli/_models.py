@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from danlu.cli import _app as cli
+from danlu.cli._options import JsonOption
 from danlu.cli._runs import (
     HEADLINE_METRICS,
     cell,
@@ -48,7 +49,6 @@ models_app.add_typer(alias_app, name="alias")
 
 _REF_FORMS = "NAME, NAME:VERSION or NAME@ALIAS, e.g. digits, digits:3 or digits@production"
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")]
 
 

@@ -28,6 +28,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from danlu.cli import _app as cli
+from danlu.cli._options import JsonOption
 from danlu.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ _STATUS_STYLE = {
     "pruned": "dim",  # a tuning trial its pruner stopped early
 }
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 FilterOption = Annotated[
     str | None,
     typer.Option(

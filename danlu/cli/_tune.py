@@ -27,6 +27,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from danlu.cli import _app as cli
+from danlu.cli._options import JsonOption, QuietOption, SetOption, registered_line
 from danlu.cli._runs import (
     cell,
     human_duration,
@@ -56,17 +57,6 @@ studies_app = typer.Typer(
 _STATE_STYLE = {"complete": "green", "pruned": "dim", "failed": "red", "running": "yellow"}
 _FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-# _app imports this module before it defines its own SetOption, so the option is repeated here
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        "-s",
-        help="Override a recipe key: key.path=value (repeatable).",
-        metavar="KEY=VALUE",
-    ),
-]
 StudyArg = Annotated[str, typer.Argument(help="The study's name (see `danlu studies ls`).")]
 
 
@@ -241,9 +231,7 @@ def tune_command(
             metavar="STUDY",
         ),
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress output; only the result.")
-    ] = False,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Tune a recipe's hyperparameters with Optuna; record every trial; register the best.
@@ -384,8 +372,7 @@ def _print_result(result: TuneResult, previous: str | None) -> None:
         )
     if result.registered is not None:
         mv = result.registered
-        aliases = f" (alias {', '.join(mv.aliases)})" if mv.aliases else ""
-        out.print(f"registered as model {mv.ref}{aliases}", highlight=False, soft_wrap=True)
+        out.print(registered_line(mv), highlight=False, soft_wrap=True)
     elif previous is not None:
         out.print(
             f"best trial unchanged: nothing new registered (still {previous})",
