@@ -124,6 +124,12 @@ def param_importance(study: optuna.Study, seed: int = 0) -> dict[str, float]:
     return {k: float(v) for k, v in scores.items() if math.isfinite(v)}
 
 
+def epochs_of(trial: optuna.trial.FrozenTrial) -> int:
+    """Epochs a trial trained: recorded when it completes, else its last reported epoch."""
+    recorded = trial.user_attrs.get("epochs")
+    return int(recorded) if recorded else max(trial.intermediate_values, default=0)
+
+
 def _last_reported(trial: optuna.trial.FrozenTrial) -> float | None:
     steps = trial.intermediate_values
     return float(steps[max(steps)]) if steps else None
@@ -137,7 +143,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "value": trial.value,
         "params": dict(trial.params),
         "values": json.loads(trial.user_attrs.get("values", "{}")),  # key path -> value, decoded
-        "epochs": int(trial.user_attrs.get("epochs", 0) or 0),
+        "epochs": epochs_of(trial),
         "best_epoch": trial.user_attrs.get("best_epoch"),
         "duration_s": (end - start).total_seconds() if start and end else None,
         "run_id": trial.user_attrs.get("run_id"),
@@ -174,7 +180,7 @@ def study_summary(study: optuna.Study, *, importance: bool = True) -> dict[str, 
     maximize = study.direction.name == "MAXIMIZE"
     history, best_so_far, spent = [], None, 0
     for t in finished:
-        spent += int(t.user_attrs.get("epochs", 0) or 0)
+        spent += epochs_of(t)
         if t.state == TrialState.COMPLETE and t.value is not None:
             if best_so_far is None or (
                 t.value > best_so_far if maximize else t.value < best_so_far

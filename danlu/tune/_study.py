@@ -12,6 +12,7 @@ id of the study's run in the danlu store) as study attributes. Trial budget and 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import socket
@@ -160,7 +161,8 @@ def reap_lost_trials(study: optuna.Study, store: Store | None = None) -> list[in
     """Fail the trials whose worker process on this machine is gone, and queue them again.
 
     Interrupted trials (Ctrl-C) are queued again too. Their runs in the store are marked
-    ``interrupted``. Returns the numbers of the trials queued again.
+    ``interrupted``. Returns the numbers of the trials queued again. Call it holding the
+    study's :class:`BudgetGate`, so that two workers do not queue the same trial twice.
     """
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -193,7 +195,7 @@ def reap_lost_trials(study: optuna.Study, store: Store | None = None) -> list[in
                 with contextlib.suppress(Exception):
                     if store.get_run(str(run_id)).status == "running":
                         store.set_status(str(run_id), "interrupted", error="its tuning worker died")
-        frozen = storage.get_trial(trial._trial_id)
+        frozen = copy.deepcopy(storage.get_trial(trial._trial_id))  # the storage may cache it
         # the queued copy must not inherit the "interrupted" mark (it would not count)
         frozen.user_attrs.pop(INTERRUPTED_ATTR, None)
         retry(study, frozen)
@@ -239,6 +241,14 @@ class BudgetGate:
 
             self._handle = self.store.engine.connect()  # type: ignore[attr-defined]
             self._handle.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._PG_KEY})
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
     def release(self) -> None:
         handle, self._handle = self._handle, None

@@ -24,6 +24,7 @@ from danlu.tune._space import check_tune
 from danlu.tune._study import (
     RECIPE_ATTR,
     RUN_ATTR,
+    BudgetGate,
     quiet_optuna,
     reap_lost_trials,
     study_recipe,
@@ -196,7 +197,8 @@ def _run_pool(
                     continue
                 del procs[index]
                 if code != 0:
-                    lost = reap_lost_trials(study, store)
+                    with BudgetGate(store).held():
+                        lost = reap_lost_trials(study, store)
                     log.warning(
                         "tuning worker %d stopped with exit code %s%s",
                         index,
@@ -407,7 +409,8 @@ def _tune_study(
     if resumed:
         log.info("resuming study %s (run %s)", name, run_id)
     try:
-        reap_lost_trials(optuna_study, store)
+        with BudgetGate(store).held():
+            reap_lost_trials(optuna_study, store)
         if jobs == 1:
             work(name, store, deadline=deadline, callbacks=callbacks, on_trial=on_trial)
         else:

@@ -68,8 +68,7 @@ class PruningCallback(Callback):
         value = metrics.get(self.metric)
         if value is None or not math.isfinite(value):
             return
-        self.trial.report(value, epoch)
-        self.trial.set_user_attr("epochs", epoch)
+        self.trial.report(value, epoch)  # a pruned trial's epochs are its last reported step
         # never after the last epoch: a fully trained trial is complete, whatever the rung says
         if epoch < trainer.config.epochs and self.trial.should_prune():
             raise Pruned(f"pruned at epoch {epoch} ({self.metric} = {value:.4g})")
@@ -124,9 +123,7 @@ def work(
             pruner=make_pruner(tune, recipe.train.epochs),
         )
         parent = str(study.user_attrs[RUN_ATTR])
-        base = study_recipe(study)
-        base.pop("tune", None)
-        base.pop("register", None)
+        base = {k: v for k, v in data.items() if k not in ("tune", "register")}  # a trial's recipe
         cached: list[PreparedData] = []
 
         def objective(trial: optuna.Trial) -> float:
@@ -195,11 +192,11 @@ def _loop(
     study.sampler = gated(sampler, gate)
     done = 0
     while True:
-        reap_lost_trials(study, store)
         if deadline is not None and time.time() >= deadline:
             break
         gate.acquire()  # released by the sampler once the trial exists, or below
         try:
+            reap_lost_trials(study, store)
             if trials is not None and budget_used(study) >= trials:
                 break
             if grid is not None and grid.is_exhausted(study):
