@@ -36,6 +36,14 @@ from danlu.config._schema import (
     StreamConfig,
     TrainConfig,
 )
+from danlu.config._evaluate import (
+    CalibrationConfig,
+    CostConfig,
+    EvaluateConfig,
+    ExplainConfig,
+    FairnessConfig,
+    RobustnessConfig,
+)
 from danlu.config._tune import (
     DISTRIBUTION_KINDS,
     Distribution,
@@ -45,6 +53,12 @@ from danlu.config._tune import (
 )
 
 __all__ = [
+    "CalibrationConfig",
+    "CostConfig",
+    "EvaluateConfig",
+    "ExplainConfig",
+    "FairnessConfig",
+    "RobustnessConfig",
     "AUGMENT_KINDS",
     "DISTRIBUTION_KINDS",
     "Distribution",

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from danlu.config._evaluate import EvaluateConfig
 from danlu.config._tune import TuneConfig
 
 __all__ = [
@@ -404,6 +405,9 @@ with warnings.catch_warnings():
         model: ModelConfig
         train: TrainConfig = Field(default_factory=TrainConfig)
         tune: TuneConfig | None = Field(None, description="Hyperparameter search (danlu tune).")
+        evaluate: EvaluateConfig | None = Field(
+            None, description="The trust report made after training (danlu evaluate / report)."
+        )
         register: RegisterConfig | None = None
 
         # Where the recipe came from (file lines, --set flags), so later stages can point at the line.
