@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from danlu.data import FeatureSchema
+    from danlu.data import FeatureSchema, PreparedData
     from danlu.tasks import Task
 
 __all__ = ["EvalData", "InputGroup", "Section", "input_groups"]
@@ -101,6 +101,26 @@ class EvalData:
     run_metrics: dict[str, float] = field(default_factory=dict)
     run_tags: dict[str, str] = field(default_factory=dict)
     device: str = "cpu"
+
+    @classmethod
+    def from_prepared(
+        cls, model: torch.nn.Module, task: Task, data: PreparedData, **kwargs: Any
+    ) -> EvalData:
+        """Evaluate on the test split of ``data`` (its train / val splits feed baselines and
+        calibration). ``kwargs`` set the other attributes (``temperature``, ``files`` ...)."""
+        return cls(
+            model=model,
+            task=task,
+            schema=data.schema,
+            x=data.x_test,
+            y=data.y_test,
+            frame=data.test_frame,
+            x_train=data.x_train,
+            y_train=data.y_train,
+            x_val=data.x_val,
+            y_val=data.y_val,
+            **kwargs,
+        )
 
     @property
     def classification(self) -> bool:
