@@ -20,7 +20,7 @@ from danlu.data._checks import Violation, check_data, find_violations
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
 from danlu.data._imbalance import imbalance_class_weight, resample_training
 from danlu.data._inspect import infer_task, inspect_data
-from danlu.data._prepare import outlier_rows, prepare_data
+from danlu.data._prepare import cv_splits, outlier_rows, prepare_data
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
 from danlu.data._quality import quality_html, quality_report
@@ -43,6 +43,7 @@ __all__ = [
     "Violation",
     "Mix",
     "check_augment",
+    "cv_splits",
     "check_data",
     "find_violations",
     "fingerprint_arrays",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,7 @@ from danlu.data._schema import (
     sorted_labels,
 )
 from danlu.data._sources import RawData, load_source
-from danlu.data._split import split_indices
+from danlu.data._split import kfold_indices, split_indices
 from danlu.errors import DataError
 from danlu.logging import get_logger
 
@@ -238,12 +238,52 @@ def split_rows(raw: RawData, config: DataConfig, task: str) -> SplitRows:
     )  # fmt: skip
 
 
-def prepare_data(config: DataConfig, task: str) -> PreparedData:
+def cv_splits(
+    config: DataConfig, task: str, k: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``k`` cross-validation folds of the cleaned rows, as ``(train, val, test)`` positions.
+
+    Each fold holds one k-th of the rows out as its test split (stratified for classification
+    when every class has k rows); the validation split, the recipe's ``split.val`` share of all
+    rows, is carved from the remaining rows, so early stopping never sees the held-out fold.
+    Pass each triple to ``prepare_data(..., indices=...)``.
+
+    Example:
+        >>> from danlu.config import DataConfig
+        >>> folds = cv_splits(DataConfig(source="builtin:iris"), "classification", 5)
+        >>> [len(te) for _, _, te in folds]
+        [30, 30, 30, 30, 29]
+    """
+    if config.stream is not None:
+        raise DataError(
+            "Cross-validation needs the rows in memory; data.stream reads them in chunks. "
+            "Remove evaluate.cross_validation or data.stream."
+        )
+    rows = split_rows(load_source(config.source, config.target), config, task)
+    y = rows.frame[rows.target].to_numpy()
+    folds = []
+    for rest, test_idx in kfold_indices(y, k, stratify=rows.stratify, seed=config.split.seed):
+        share = min(config.split.val * len(y) / max(len(rest), 1), 0.5)
+        train_pos, val_pos, _ = split_indices(
+            y[rest], test=0.0, val=share, stratify=rows.stratify, seed=config.split.seed
+        )
+        folds.append((rest[train_pos], rest[val_pos], test_idx))
+    return folds
+
+
+def prepare_data(
+    config: DataConfig,
+    task: str,
+    *,
+    indices: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> PreparedData:
     """Load, clean, split and encode the data a recipe's ``data:`` block describes.
 
     Args:
         config: the recipe's ``data`` block.
         task: ``classification`` or ``regression``.
+        indices: (train, val, test) row positions of the cleaned rows to use instead of the
+            recipe's split (one cross-validation fold, from :func:`cv_splits`).
 
     Returns:
         The prepared splits with the fitted schema and preprocessor, fingerprints and a report.
@@ -269,6 +309,9 @@ def prepare_data(config: DataConfig, task: str) -> PreparedData:
         check_data(raw.frame, config.checks, raw.source)
     raw_fingerprint = fingerprint_frame(raw.frame)
     rows = split_rows(raw, config, task)
+    if indices is not None:
+        train_idx, val_idx, test_idx = (np.sort(np.asarray(i, dtype=np.int64)) for i in indices)
+        rows = replace(rows, train_idx=train_idx, val_idx=val_idx, test_idx=test_idx)
     frame, target, kinds, schema, image_shape = (
         rows.frame, rows.target, rows.kinds, rows.schema, rows.image_shape
     )  # fmt: skip

@@ -7,12 +7,11 @@ returns a :class:`Predictor` that applies the saved preprocessing to raw input.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from danlu.errors import ConfigError, DataError, StoreError
+from danlu.errors import ConfigError, DataError
 from danlu.store import ModelVersion, SqlStore, Store
 
 if TYPE_CHECKING:
@@ -25,7 +24,6 @@ __all__ = ["Predictor", "load_model", "parse_model_ref"]
 _REF = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99}?)(?::(?P<version>\d+)|@(?P<alias>[A-Za-z][A-Za-z0-9._-]*))?$"
 )
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol ≥ 2, and torch.save's zip archive
 
 
 def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
@@ -44,20 +42,6 @@ def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
     return match.group("name"), int(version) if version else None, match.group("alias")
 
 
-def _load_weights(raw: bytes, where: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
-    if raw.startswith(_PICKLE_MAGIC):
-        raise StoreError(
-            f"{where} is a pickled file; danlu refuses to load pickled model files (they can run arbitrary code). Re-export the weights as safetensors."
-        )
-    try:
-        return st_load(raw)
-    except (SafetensorError, ValueError) as exc:
-        raise StoreError(f"{where} is not a valid safetensors file ({exc}).") from None
-
-
 class Predictor:
     """A registered model ready to predict raw rows.
 
@@ -73,12 +57,14 @@ class Predictor:
         task: Any,
         schema: Any,
         preprocessor: Any,
+        temperature: float = 1.0,
     ) -> None:
         self.version = version
         self.model = model.eval()
         self.task = task
         self.schema = schema
         self.preprocessor = preprocessor
+        self.temperature = temperature  # from calibration.json (temperature scaling), else 1
 
     @property
     def signature(self) -> dict[str, Any]:
@@ -120,6 +106,8 @@ class Predictor:
         x = torch.as_tensor(self.preprocessor.transform(self._frame(data)))
         with torch.inference_mode():
             outputs = self.model(x).float().numpy()
+        if self.task.name == "classification":
+            outputs = outputs / self.temperature
         return self.task.predict(outputs, self.schema)
 
 
@@ -130,25 +118,17 @@ def load_model(ref: str, *, store: Store | None = None) -> Predictor:
         >>> import danlu
         >>> predictor = danlu.load_model("wine@staging")  # doctest: +SKIP
     """
-    from danlu.config import ModelConfig
-    from danlu.data import FeatureSchema, Preprocessor
-    from danlu.models import build_model
-    from danlu.tasks import get_task
+    from danlu.models import load_bundle
 
     name, version, alias = parse_model_ref(ref)
     store = store or SqlStore()
     mv = store.get_model_version(name, version, alias=alias)
 
-    def read(file: str) -> bytes:
+    def read(file: str) -> bytes | None:
         path = store.model_version_path(mv.name, mv.version, file)
-        if not path.is_file():
-            raise StoreError(f"Model {mv.ref} is missing its file '{file}' in the registry.")
-        return path.read_bytes()
+        return path.read_bytes() if path.is_file() else None
 
-    card = json.loads(read("model.json"))
-    schema = FeatureSchema.from_dict(card["schema"])
-    task = get_task(card["task"])
-    model = build_model(ModelConfig(type=card["type"], **card["options"]), schema, task)
-    model.load_state_dict(_load_weights(read("model.safetensors"), f"'{mv.ref}/model.safetensors'"))
-    preprocessor = Preprocessor.from_dict(json.loads(read("preprocessing.json")))
-    return Predictor(mv, model, task, schema, preprocessor)
+    bundle = load_bundle(read, f"Model {mv.ref}")
+    return Predictor(
+        mv, bundle.model, bundle.task, bundle.schema, bundle.preprocessor, bundle.temperature
+    )

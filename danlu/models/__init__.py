@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from danlu.config import ConfigIssue, ModelConfig
 from danlu.errors import NotFoundError
+from danlu.models._bundle import ModelBundle, load_bundle, load_weights
 from danlu.models._cnn import CNNSpec, build_cnn
 from danlu.models._common import ModelSpec
 from danlu.models._mlp import MLPSpec, build_mlp
@@ -24,7 +25,17 @@ if TYPE_CHECKING:
     from danlu.data import FeatureSchema
     from danlu.tasks import Task
 
-__all__ = ["MODELS", "CNNSpec", "MLPSpec", "ModelSpec", "build_model", "check_model_config"]
+__all__ = [
+    "MODELS",
+    "CNNSpec",
+    "MLPSpec",
+    "ModelBundle",
+    "ModelSpec",
+    "build_model",
+    "check_model_config",
+    "load_bundle",
+    "load_weights",
+]
 
 MODELS: Registry[Any] = Registry("model")
 MODELS.register("mlp", spec=MLPSpec)(build_mlp)

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from danlu.errors import NotFoundError, StoreError
@@ -29,7 +29,10 @@ from danlu.store._atomic import atomic_write_bytes
 from danlu.store._entities import AuditEntry, ModelVersion, RegisteredModel
 from danlu.store._names import safe_join, validate_artifact_name, validate_model_name
 
-__all__ = ["SqlRegistryMixin"]
+__all__ = ["MODEL_FILES", "SqlRegistryMixin"]
+
+#: the files that define a version's predictions; never replaced once registered
+MODEL_FILES = ("model.safetensors", "model.json", "preprocessing.json", "calibration.json")
 
 
 class SqlRegistryMixin:
@@ -166,6 +169,37 @@ class SqlRegistryMixin:
         raise StoreError(
             f"Could not register a new version of '{name}' after 5 attempts (heavy contention)."
         )
+
+    def attach_model_files(
+        self, name: str, version: int, files: Mapping[str, bytes], *, actor: str = "danlu"
+    ) -> ModelVersion:
+        current = self.get_model_version(name, version)
+        fixed = sorted(set(files) & set(MODEL_FILES))
+        if fixed:
+            raise StoreError(
+                f"Model {current.ref} keeps its {', '.join(fixed)} for life: a version always "
+                "means the same predictions. Register a new version instead."
+            )
+        for file in files:
+            validate_artifact_name(file)
+        for file, data in files.items():  # each write is atomic; the row lists them afterwards
+            atomic_write_bytes(self.model_version_path(name, version, file), data)
+        with self._write() as conn:
+            row = conn.execute(
+                select(t.model_versions.c.files).where(
+                    t.model_versions.c.name == name, t.model_versions.c.version == version
+                )
+            ).first()
+            if row is None:
+                raise NotFoundError(f"Model version {current.ref} was deleted meanwhile.")
+            listed = sorted(set(json.loads(row.files)) | set(files))
+            conn.execute(
+                update(t.model_versions)
+                .where(t.model_versions.c.name == name, t.model_versions.c.version == version)
+                .values(files=json.dumps(listed))
+            )
+            self._audit(conn, actor, "attach_files", name, version, files=sorted(files))
+        return self.get_model_version(name, version)
 
     @staticmethod
     def _next_version(conn: Connection, name: str) -> int:

@@ -134,6 +134,16 @@ class Store(ABC):
         """Register the next version of model ``name`` with its files (weights, preprocessing, ...)."""
 
     @abstractmethod
+    def attach_model_files(
+        self, name: str, version: int, files: Mapping[str, bytes], *, actor: str = "danlu"
+    ) -> ModelVersion:
+        """Add or replace a version's reports (``report.html``, ``report.json`` ...), atomically.
+
+        The files that define the model (weights, model card, preprocessing, calibration) can
+        never be replaced: a version always means the same predictions.
+        """
+
+    @abstractmethod
     def get_model_version(
         self, name: str, version: int | None = None, *, alias: str | None = None
     ) -> ModelVersion:

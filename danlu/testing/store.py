@@ -653,6 +653,25 @@ class StoreConformance:
         assert store.list_models() == [] and store.audit_log() == []
         assert not store.model_version_path("digits", 1, "w.bin").parent.exists()
 
+    def test_attach_files_adds_reports_but_never_replaces_weights(self, store: Store) -> None:
+        self._register(store, n=2)
+        mv = store.attach_model_files("digits", 1, {"report.html": b"<html>", "report.json": b"{}"})
+        assert mv.files == ("card/README.md", "model.safetensors", "report.html", "report.json")
+        assert store.model_version_path("digits", 1, "report.html").read_bytes() == b"<html>"
+        store.attach_model_files("digits", 1, {"report.html": b"<html>2"})  # a newer report
+        assert store.model_version_path("digits", 1, "report.html").read_bytes() == b"<html>2"
+        assert store.get_model_version("digits", 1).files == mv.files
+        assert store.get_model_version("digits", 2).files == ("card/README.md", "model.safetensors")
+        with pytest.raises(StoreError, match="model.safetensors"):
+            store.attach_model_files("digits", 1, {"model.safetensors": b"evil"})
+        with pytest.raises(StoreError):
+            store.attach_model_files("digits", 1, {"../escape.html": b""})
+        with pytest.raises(NotFoundError):
+            store.attach_model_files("digits", 9, {"report.html": b""})
+        weights = store.model_version_path("digits", 1, "model.safetensors")
+        assert weights.read_bytes() == b"weights-0"
+        assert store.audit_log("digits")[-1].action == "attach_files"
+
     def test_register_with_invalid_names_creates_nothing(self, store: Store) -> None:
         for name, files in (("../evil", {"w.bin": b""}), ("digits", {"../w.bin": b""})):
             with pytest.raises(StoreError):

@@ -42,6 +42,7 @@ __all__ = ["Result", "check_recipe", "register_run", "run_training"]
 log = get_logger(__name__)
 
 _RESUMABLE_KEYS = {"train.epochs"}  # keys a resumed run may change
+_OPTIONAL_MODEL_FILES = ("calibration.json", "report.html", "report.json")
 
 
 @dataclass
@@ -231,6 +232,10 @@ def register_run(
                 f"Run '{run_id}' has no '{file}' artifact, so it cannot be registered."
             )
         files[file] = path.read_bytes()
+    for file in _OPTIONAL_MODEL_FILES:  # temperature scaling and the trust report travel along
+        path = store.artifact_path(run_id, file)
+        if path.is_file():
+            files[file] = path.read_bytes()
     card = json.loads(files["model.json"])
     metrics = {k: v for k, v in run.metrics.items() if k.startswith("test_")}
     version = store.create_model_version(
