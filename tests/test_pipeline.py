@@ -40,7 +40,11 @@ def test_run_records_everything_in_the_store(tmp_path):
     assert run.packages["torch"] and run.host
     assert run.params["train.epochs"] == "4" and run.params["model.hidden"] == "[16]"
     assert run.metrics["test_accuracy"] == pytest.approx(result.metrics["accuracy"])
+    energy_method = run.tags.pop("energy_method")
+    assert energy_method in {"rapl", "nvml", "estimate"} and run.tags.pop("energy_detail")
     assert run.tags == {"task": "classification", "model.type": "mlp"}
+    assert run.metrics["train_seconds"] > 0 and run.metrics["energy_joules"] > 0
+    assert 0 < run.metrics["train_cpu_seconds"]
     history = store.metric_history(result.run_id, "val_loss")
     assert [p.step for p in history] == [1, 2, 3, 4]
     assert [p.value for p in history] == pytest.approx([h["val_loss"] for h in result.history])

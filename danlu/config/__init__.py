@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from danlu.config._evaluate import (
+    CalibrationConfig,
+    CostConfig,
+    EvaluateConfig,
+    ExplainConfig,
+    FairnessConfig,
+    RobustnessConfig,
+)
 from danlu.config._loader import (
     ConfigIssue,
     RecipeSource,
@@ -35,14 +43,6 @@ from danlu.config._schema import (
     SplitConfig,
     StreamConfig,
     TrainConfig,
-)
-from danlu.config._evaluate import (
-    CalibrationConfig,
-    CostConfig,
-    EvaluateConfig,
-    ExplainConfig,
-    FairnessConfig,
-    RobustnessConfig,
 )
 from danlu.config._tune import (
     DISTRIBUTION_KINDS,

@@ -15,6 +15,7 @@ block) produces the whole report; ``false`` turns one section off::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
@@ -139,7 +140,7 @@ class CostConfig(_Strict):
     )
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, Callable[[], BaseModel]] = {
     "calibration": CalibrationConfig,
     "robustness": _default_robustness,
     "explain": ExplainConfig,

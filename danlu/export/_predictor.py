@@ -7,12 +7,11 @@ returns a :class:`Predictor` that applies the saved preprocessing to raw input.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from danlu.errors import ConfigError, DataError
-from danlu.store import ModelVersion, SqlStore, Store
+from danlu.errors import DataError
+from danlu.store import ModelVersion, SqlStore, Store, parse_model_ref
 
 if TYPE_CHECKING:
     import numpy as np
@@ -20,26 +19,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Predictor", "load_model", "parse_model_ref"]
-
-_REF = re.compile(
-    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99}?)(?::(?P<version>\d+)|@(?P<alias>[A-Za-z][A-Za-z0-9._-]*))?$"
-)
-
-
-def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
-    """``"digits"`` (latest), ``"digits:3"`` or ``"digits@production"`` → (name, version, alias).
-
-    Example:
-        >>> parse_model_ref("digits@production")
-        ('digits', None, 'production')
-    """
-    match = _REF.match(ref or "")
-    if not match:
-        raise ConfigError(
-            f"'{ref}' is not a model reference; use NAME (latest), NAME:VERSION (e.g. digits:3) or NAME@ALIAS (e.g. digits@production)."
-        )
-    version = match.group("version")
-    return match.group("name"), int(version) if version else None, match.group("alias")
 
 
 class Predictor:

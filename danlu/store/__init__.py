@@ -13,13 +13,19 @@ from danlu.store._entities import (
     RegisteredModel,
     Run,
 )
-from danlu.store._names import validate_artifact_name, validate_model_name, validate_run_id
+from danlu.store._names import (
+    parse_model_ref,
+    validate_artifact_name,
+    validate_model_name,
+    validate_run_id,
+)
 from danlu.store._provenance import current_actor, git_state, host_name, package_versions
 from danlu.store._sql import SqlStore, danlu_home, default_db_url
 from danlu.store._tracker import StoreTracker, Tracker, flatten_params
 from danlu.store.base import Store
 
 __all__ = [
+    "parse_model_ref",
     "RUN_STATUSES",
     "Artifact",
     "AuditEntry",

@@ -11,9 +11,15 @@ import unicodedata
 from pathlib import Path
 from urllib.parse import unquote
 
-from danlu.errors import StoreError
+from danlu.errors import ConfigError, StoreError
 
-__all__ = ["safe_join", "validate_artifact_name", "validate_model_name", "validate_run_id"]
+__all__ = [
+    "parse_model_ref",
+    "safe_join",
+    "validate_artifact_name",
+    "validate_model_name",
+    "validate_run_id",
+]
 
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -94,3 +100,24 @@ def safe_join(root: Path, *parts: str) -> Path:
     if not path.resolve().is_relative_to(root):
         raise StoreError(f"Refusing '{path}': it resolves outside the store '{root}'.")
     return path
+
+
+_REF = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99}?)(?::(?P<version>\d+)|@(?P<alias>[A-Za-z][A-Za-z0-9._-]*))?$"
+)
+
+
+def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """``"digits"`` (latest), ``"digits:3"`` or ``"digits@production"`` → (name, version, alias).
+
+    Example:
+        >>> parse_model_ref("digits@production")
+        ('digits', None, 'production')
+    """
+    match = _REF.match(ref or "")
+    if not match:
+        raise ConfigError(
+            f"'{ref}' is not a model reference; use NAME (latest), NAME:VERSION (e.g. digits:3) or NAME@ALIAS (e.g. digits@production)."
+        )
+    version = match.group("version")
+    return match.group("name"), int(version) if version else None, match.group("alias")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from danlu.train._callbacks import Callback, EarlyStopping, Pruned
 from danlu.train._checkpoint import load_checkpoint, save_checkpoint
+from danlu.train._energy import EnergyMeter, EnergyReading, watts_per_core
 from danlu.train._loop import Trainer, class_weights, resolve_device, seed_everything
 from danlu.train._optim import LRSchedule, build_optimizer
 from danlu.train._run import Result, check_recipe, register_run, run_training
@@ -11,6 +12,8 @@ from danlu.train._run import Result, check_recipe, register_run, run_training
 __all__ = [
     "Callback",
     "EarlyStopping",
+    "EnergyMeter",
+    "EnergyReading",
     "LRSchedule",
     "Result",
     "Pruned",
@@ -24,4 +27,5 @@ __all__ = [
     "run_training",
     "save_checkpoint",
     "seed_everything",
+    "watts_per_core",
 ]

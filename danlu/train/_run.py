@@ -63,6 +63,8 @@ class Result:
     data_fingerprint: str
     data_report: dict[str, Any] = field(default_factory=dict)
     registered: ModelVersion | None = None
+    report: Any = None  # the trust report (danlu.evaluate.Report) when the recipe has evaluate:
+    temperature: float = 1.0  # temperature scaling fitted by the evaluation, else 1
 
     def predict(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """Predict raw rows (a DataFrame or dict rows) with the saved preprocessing.
@@ -78,6 +80,8 @@ class Result:
         self.model.eval()
         with torch.inference_mode():
             outputs = self.model(x).float().numpy()
+        if self.task.name == "classification":
+            outputs = outputs / self.temperature
         return self.task.predict(outputs, self.schema)
 
 
@@ -266,6 +270,7 @@ def run_training(
     tags: Mapping[str, str] | None = None,
     prepared: PreparedData | None = None,
     run_name: str | None = None,
+    register_model: bool = True,
 ) -> Result:
     """Train a recipe, record the run in the store, and return the model with its metrics.
 
@@ -282,6 +287,8 @@ def run_training(
         prepared: data already prepared from this recipe's ``data`` block and task (tuning
             reuses it across trials whose space does not touch ``data``).
         run_name: the run's name (default the recipe's name, which is also its experiment).
+        register_model: register the model as the recipe's ``register`` block says (the
+            pipeline turns it off to register after the evaluation, with the report).
 
     Example:
         >>> from danlu.train import run_training
@@ -294,7 +301,8 @@ def run_training(
     from danlu.tasks import get_task
     from danlu.train._callbacks import Pruned
     from danlu.train._checkpoint import load_checkpoint
-    from danlu.train._loop import Trainer, seed_everything
+    from danlu.train._energy import EnergyMeter, EnergyReading
+    from danlu.train._loop import Trainer, resolve_device, seed_everything
 
     recipe = load_recipe(recipe, overrides)
     options = check_recipe(recipe)
@@ -361,7 +369,16 @@ def run_training(
             store.delete_metrics_after(
                 tracker.run_id, load_checkpoint(checkpoint)["epoch"] if resuming else 0
             )
-        trainer.fit(model, task, data, resume=resuming)
+        meter = EnergyMeter(device=str(resolve_device(recipe.train.device))).start()
+        try:
+            trainer.fit(model, task, data, resume=resuming)
+        finally:  # an interrupted session's time and energy count too (a resume adds to them)
+            reading = meter.stop()
+            if resume is not None:
+                previous_reading = EnergyReading.from_run(previous.metrics, previous.tags)
+                reading = previous_reading.add(reading) if previous_reading else reading
+            tracker.log_metrics(reading.to_metrics(), step=trainer.epoch)
+            store.set_tags(tracker.run_id, reading.to_tags())
         if data.stream is None:
             test_outputs, y_test = trainer.predict_outputs(data.x_test).numpy(), data.y_test
         else:  # streamed test rows: only the model's outputs and the targets are kept
@@ -401,7 +418,7 @@ def run_training(
         raise
     tracker.set_status("finished")
     registered = None
-    if recipe.register is not None:
+    if recipe.register is not None and register_model:
         registered = register_run(
             store, tracker.run_id, recipe.register.name, recipe.register.alias
         )

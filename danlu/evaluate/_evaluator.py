@@ -1,0 +1,514 @@
+"""The evaluator: runs the report's sections on a model and its data, and stores the report.
+
+``build_report`` works on any :class:`EvalData`; ``evaluate_run`` and ``evaluate_model`` load a
+stored run or registered version with its data (the recipe's test split, or a file passed with
+``data=``), build the report, and store ``report.html`` and ``report.json`` beside the model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from danlu.config import EvaluateConfig, Recipe
+from danlu.errors import DanluError, DataError, StoreError
+from danlu.evaluate._context import EvalData, Section
+from danlu.evaluate._report import SECTION_ORDER, Report
+from danlu.logging import get_logger
+from danlu.types import StrPath
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from danlu.data import FeatureSchema, PreparedData
+    from danlu.models import ModelBundle
+    from danlu.store import Run, Store
+    from danlu.train._callbacks import Callback
+
+__all__ = [
+    "build_report",
+    "check_columns",
+    "check_fairness_group",
+    "evaluate_model",
+    "evaluate_run",
+    "save_report",
+]
+
+log = get_logger(__name__)
+
+_TITLES = {
+    "metrics": "Metrics",
+    "baselines": "Baselines",
+    "cross_validation": "Cross-validation",
+    "calibration": "Calibration",
+    "fairness": "Fairness",
+    "robustness": "Robustness",
+    "explain": "Explanations",
+    "cost": "Cost",
+}
+OnSection = Callable[[str], None]
+
+
+def check_fairness_group(config: EvaluateConfig | None, frame: pd.DataFrame) -> None:
+    """Raise DataError when the fairness group column is not among the raw rows' columns.
+
+    Checked before training, so a typo in ``evaluate.fairness.group`` costs nothing.
+    """
+    if config is None or config.fairness is None:
+        return
+    group = config.fairness.group
+    if group not in frame.columns:
+        from danlu.registry import did_you_mean
+
+        columns = [str(c) for c in frame.columns]
+        raise DataError(
+            f"evaluate.fairness.group: column '{group}' is not in the data.{did_you_mean(group, columns)} "
+            f"Choose one of {', '.join(columns[:20])}{' ...' if len(columns) > 20 else ''}."
+        )
+
+
+def _timed(key: str, compute: Callable[[], Section], on_section: OnSection | None) -> Section:
+    if on_section is not None:
+        on_section(key)
+    start = time.perf_counter()
+    try:
+        section = compute()
+    except DanluError:  # bad input: the user's to fix, reported as such
+        raise
+    except Exception as exc:  # a bug in one section must not cost the whole report
+        log.exception("The %s section failed", key)
+        section = Section(key, _TITLES[key], data={"error": f"{type(exc).__name__}: {exc}"})
+        section.flags.append(f"this section failed ({type(exc).__name__}: {exc}); see the log")
+    section.seconds = time.perf_counter() - start
+    return section
+
+
+def build_report(
+    data: EvalData,
+    config: EvaluateConfig,
+    *,
+    subject: dict[str, Any],
+    recipe: Recipe | None = None,
+    store: Store | None = None,
+    run_id: str | None = None,
+    fit_temperature: bool = True,
+    on_section: OnSection | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Report:
+    """Run every section ``config`` asks for on ``data`` and assemble the report.
+
+    With ``calibration.temperature`` and ``fit_temperature``, the temperature fitted on the
+    validation split is applied to ``data`` before the other sections (``data.temperature``), so
+    the report describes the calibrated model. Cross-validation needs ``recipe`` and ``store``
+    (its fold runs become children of ``run_id``).
+
+    Example:
+        >>> # report = build_report(EvalData.from_prepared(model, task, prepared), EvaluateConfig(),
+        >>> #                       subject={"run_id": run_id})
+    """
+    start = time.perf_counter()
+    sections: dict[str, Section] = {}
+    data.model.eval()
+    if config.calibration is not None and data.classification:
+        from danlu.evaluate._calibration import calibration_section
+
+        calibration = config.calibration
+        sections["calibration"] = _timed(
+            "calibration", lambda: calibration_section(data, calibration), on_section
+        )
+        fitted = sections["calibration"].data.get("temperature")
+        if calibration.temperature and fitted and fit_temperature:
+            data.temperature = float(fitted)
+            data.__dict__.pop("test_outputs", None)  # recomputed with the temperature
+    from danlu.evaluate._metrics import metrics_section
+
+    sections["metrics"] = _timed(
+        "metrics",
+        lambda: metrics_section(data, config.bootstrap, config.confidence),
+        on_section,
+    )
+    if config.baselines:
+        from danlu.evaluate._baselines import baselines_section
+
+        sections["baselines"] = _timed("baselines", lambda: baselines_section(data), on_section)
+    if config.cross_validation:
+        k = config.cross_validation
+        if recipe is None or store is None:
+            sections["cross_validation"] = Section(
+                "cross_validation",
+                "Cross-validation",
+                data={"skipped": "the recipe of the model is not available"},
+                notes=["Cross-validation needs the model's recipe and its data."],
+            )
+        else:
+            from danlu.evaluate._crossval import cross_validate
+
+            cv_recipe, cv_store = recipe, store
+            sections["cross_validation"] = _timed(
+                "cross_validation",
+                lambda: cross_validate(
+                    cv_recipe, k, store=cv_store, parent_id=run_id, callbacks=callbacks
+                ),
+                on_section,
+            )
+    if config.fairness is not None:
+        from danlu.evaluate._fairness import fairness_section
+
+        fairness = config.fairness
+        sections["fairness"] = _timed(
+            "fairness", lambda: fairness_section(data, fairness), on_section
+        )
+    if config.robustness is not None:
+        from danlu.evaluate._robustness import robustness_section
+
+        robustness = config.robustness
+        sections["robustness"] = _timed(
+            "robustness", lambda: robustness_section(data, robustness), on_section
+        )
+    if config.explain is not None:
+        from danlu.evaluate._explain import explain_section
+
+        explain = config.explain
+        sections["explain"] = _timed("explain", lambda: explain_section(data, explain), on_section)
+    if config.cost is not None:
+        from danlu.evaluate._cost import cost_section
+
+        cost = config.cost
+        sections["cost"] = _timed("cost", lambda: cost_section(data, cost), on_section)
+    ordered = [sections[key] for key in SECTION_ORDER if key in sections]
+    report = Report(subject=subject, sections=ordered)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def check_columns(
+    frame: pd.DataFrame, schema: FeatureSchema, allowed: Sequence[str] = (), where: str = "data"
+) -> None:
+    """Raise one DataError naming every column of ``frame`` that does not fit the model:
+    missing features (and target), extra columns, and values of the wrong type.
+
+    ``allowed`` are extra columns that may be present (the fairness group, ignored columns).
+
+    Example:
+        >>> # check_columns(pd.read_csv("new.csv"), predictor.schema)
+    """
+    import pandas as pd
+
+    from danlu.data._schema import bool_token
+
+    problems = []
+    names = [f.name for f in schema.features]
+    missing = [n for n in [*names, schema.target] if n not in frame.columns]
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    extra = [c for c in frame.columns if c not in {*names, schema.target, *allowed}]
+    if extra:
+        problems.append(
+            f"extra column(s) {', '.join(map(str, extra))} the model does not take (drop them)"
+        )
+    for feature in schema.features:
+        if feature.name not in frame.columns:
+            continue
+        column = frame[feature.name]
+        present = column.notna()
+        if feature.kind == "numeric":
+            bad = present & pd.to_numeric(column, errors="coerce").isna()
+        elif feature.kind == "boolean":
+            bad = present & column.map(lambda v: bool_token(v) is None)
+        else:
+            continue  # any value is a category (unseen ones encode as all zeros)
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            problems.append(
+                f"column '{feature.name}' must be {feature.kind} but holds "
+                f"{column.iloc[row]!r} at row {row}"
+            )
+    if problems:
+        raise DataError(
+            f"The {where} does not match the model's signature: {'; '.join(problems)}. "
+            f"The model takes {', '.join(names[:12])}{' ...' if len(names) > 12 else ''} "
+            f"and the target '{schema.target}'."
+        )
+
+
+def _file_rows(
+    path: StrPath, bundle: ModelBundle, allowed: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Prepared inputs, targets and raw rows of an evaluation file, checked against the model."""
+    from danlu.data import load_source
+
+    schema = bundle.schema
+    raw = load_source(path, schema.target if schema.target else None)
+    frame = raw.frame.reset_index(drop=True)
+    check_columns(frame, schema, allowed, where=f"evaluation data '{path}'")
+    x = bundle.preprocessor.transform(frame)
+    y = bundle.preprocessor.encode_target(frame[schema.target])
+    return x, y, frame.drop(columns=[schema.target])
+
+
+def _empty(width: int) -> np.ndarray:
+    import numpy as np
+
+    return np.zeros((0, width), dtype=np.float32)
+
+
+def _eval_data(
+    bundle: ModelBundle,
+    recipe: Recipe | None,
+    prepared: PreparedData | None,
+    data_file: StrPath | None,
+    config: EvaluateConfig,
+    extra: dict[str, Any],
+) -> tuple[EvalData, str]:
+    """The EvalData of a stored model: the recipe's test split or a file; train / val splits
+    from the recipe (for baselines and calibration) when it is available."""
+    import numpy as np
+
+    width = bundle.schema.input_dim
+    train = (_empty(width), np.zeros(0))
+    val = (_empty(width), np.zeros(0))
+    if prepared is not None:
+        train, val = (prepared.x_train, prepared.y_train), (prepared.x_val, prepared.y_val)
+    if data_file is not None:
+        allowed = [config.fairness.group] if config.fairness else []
+        if recipe is not None and recipe.data.features:
+            allowed += [c for c, kind in recipe.data.features.items() if kind == "ignore"]
+        x, y, frame = _file_rows(data_file, bundle, allowed)
+        described = str(data_file)
+    elif prepared is not None:
+        if prepared.stream is not None:
+            raise DataError(
+                "This model was trained on streamed data (data.stream); evaluate it on a file "
+                "that fits in memory with --data FILE."
+            )
+        x, y, frame = prepared.x_test, prepared.y_test, prepared.test_frame
+        described = f"test split of {recipe.data.source if recipe else '?'}"
+    else:
+        raise DataError(
+            "The model's recipe is not available (its run was deleted), so there is no test "
+            "split to evaluate on. Pass the evaluation rows with --data FILE."
+        )
+    check_fairness_group(config, frame)
+    data = EvalData(
+        model=bundle.model,
+        task=bundle.task,
+        schema=bundle.schema,
+        x=x,
+        y=y,
+        frame=frame,
+        x_train=train[0],
+        y_train=train[1],
+        x_val=val[0],
+        y_val=val[1],
+        temperature=bundle.temperature,
+        **extra,
+    )
+    return data, described
+
+
+def _run_context(
+    store: Store, run: Run
+) -> tuple[Recipe | None, PreparedData | None, dict[str, Any]]:
+    """The run's recipe, its data prepared again (same split), and its recorded cost figures."""
+    from danlu.config import load_recipe
+    from danlu.data import prepare_data
+
+    recipe = load_recipe(run.recipe) if run.recipe else None
+    prepared = None
+    if recipe is not None and recipe.data.stream is None:
+        try:
+            prepared = prepare_data(recipe.data, recipe.task)
+        except DanluError as exc:
+            log.warning("The run's data could not be prepared again (%s).", exc)
+        if prepared is not None and run.data_fingerprint not in {None, prepared.raw_fingerprint}:
+            log.warning(
+                "The data of run %s changed since it was trained (fingerprint %s ≠ %s); the "
+                "report describes the data as it is now.",
+                run.id,
+                prepared.raw_fingerprint[:12],
+                str(run.data_fingerprint)[:12],
+            )
+    extra = {
+        "run_metrics": dict(run.metrics),
+        "run_tags": dict(run.tags),
+    }
+    return recipe, prepared, extra
+
+
+def _sizes(path_of: Callable[[str], Any]) -> dict[str, int]:
+    sizes = {}
+    for file in ("model.safetensors", "model.onnx"):
+        path = path_of(file)
+        if path.is_file():
+            sizes[file] = path.stat().st_size
+    return sizes
+
+
+def save_report(
+    store: Store,
+    report: Report,
+    *,
+    run_id: str | None = None,
+    model: tuple[str, int] | None = None,
+    temperature: float | None = None,
+) -> None:
+    """Store ``report.html`` and ``report.json`` (and ``calibration.json`` with a fitted
+    temperature, runs only) as artifacts of the run and / or files of the model version."""
+    files = {"report.html": report.to_html().encode(), "report.json": report.to_json().encode()}
+    if run_id is not None:
+        for name, raw in files.items():
+            store.log_artifact(run_id, name, raw)
+        if temperature is not None and temperature != 1.0:
+            calibration = {"temperature": temperature, "method": "temperature scaling on val"}
+            store.log_artifact(run_id, "calibration.json", json.dumps(calibration).encode())
+    if model is not None:
+        store.attach_model_files(model[0], model[1], files)
+
+
+def _run_bundle(store: Store, run_id: str) -> ModelBundle:
+    from danlu.models import load_bundle
+
+    def read(file: str) -> bytes | None:
+        path = store.artifact_path(run_id, file)
+        return path.read_bytes() if path.is_file() else None
+
+    return load_bundle(read, f"Run {run_id}")
+
+
+def evaluate_run(
+    run_id: str,
+    *,
+    store: Store | None = None,
+    home: StrPath | None = None,
+    config: EvaluateConfig | None = None,
+    data: StrPath | None = None,
+    on_section: OnSection | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Report:
+    """Make the trust report of a finished training run and store it with the run.
+
+    Args:
+        run_id: the run.
+        store: an open store (default: the one at ``home``).
+        home: where the store lives (default ``$DANLU_HOME`` or ``./.danlu``).
+        config: the sections (default: the run's recipe's ``evaluate`` block, else all defaults).
+        data: evaluate on this file (csv, parquet, jsonl, npz) instead of the test split.
+        on_section: called with each section's key as it starts (progress display).
+        callbacks: engine callbacks for the cross-validation folds.
+
+    Example:
+        >>> from danlu.evaluate import evaluate_run
+        >>> report = evaluate_run(result.run_id)  # doctest: +SKIP
+        >>> report.summary  # doctest: +SKIP
+    """
+    from danlu.store import SqlStore
+
+    store = store or SqlStore(home=home)
+    run = store.get_run(run_id)
+    if run.status != "finished":
+        raise StoreError(f"Run '{run_id}' is {run.status}; only a finished run can be evaluated.")
+    recipe, prepared, extra = _run_context(store, run)
+    config = config or (recipe.evaluate if recipe else None) or EvaluateConfig()
+    bundle = _run_bundle(store, run.id)
+    extra["files"] = _sizes(lambda f: store.artifact_path(run.id, f))
+    fit = not store.artifact_path(run.id, "calibration.json").is_file()
+    eval_data, described = _eval_data(bundle, recipe, prepared, data, config, extra)
+    subject = {
+        "run_id": run.id,
+        "run_name": run.name,
+        "recipe": recipe.name if recipe else None,
+        "task": bundle.task.name,
+        "model_type": bundle.card.get("type"),
+        "data": described,
+        "rows": len(eval_data.y),
+    }
+    report = build_report(
+        eval_data,
+        config,
+        subject=subject,
+        recipe=recipe,
+        store=store,
+        run_id=run.id,
+        fit_temperature=fit,
+        on_section=on_section,
+        callbacks=callbacks,
+    )
+    fitted = eval_data.temperature if fit and eval_data.temperature != 1.0 else None
+    save_report(store, report, run_id=run.id, temperature=fitted)
+    return report
+
+
+def evaluate_model(
+    ref: str,
+    *,
+    store: Store | None = None,
+    home: StrPath | None = None,
+    config: EvaluateConfig | None = None,
+    data: StrPath | None = None,
+    on_section: OnSection | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Report:
+    """Make the trust report of a registered version (``NAME``, ``NAME:V``, ``NAME@ALIAS``) and
+    attach it to the version (and to its run, while the run exists).
+
+    A version's predictions never change: a temperature fitted here is reported, not saved.
+
+    Example:
+        >>> from danlu.evaluate import evaluate_model
+        >>> evaluate_model("digits@staging").summary  # doctest: +SKIP
+    """
+    from danlu.errors import NotFoundError
+    from danlu.models import load_bundle
+    from danlu.store import SqlStore, parse_model_ref
+
+    store = store or SqlStore(home=home)
+    name, version, alias = parse_model_ref(ref)
+    mv = store.get_model_version(name, version, alias=alias)
+
+    def read(file: str) -> bytes | None:
+        path = store.model_version_path(mv.name, mv.version, file)
+        return path.read_bytes() if path.is_file() else None
+
+    bundle = load_bundle(read, f"Model {mv.ref}")
+    recipe, prepared, extra = None, None, dict[str, Any]()
+    run = None
+    if mv.run_id is not None:
+        try:
+            run = store.get_run(mv.run_id)
+        except NotFoundError:
+            run = None
+    if run is not None:
+        recipe, prepared, extra = _run_context(store, run)
+    config = config or (recipe.evaluate if recipe else None) or EvaluateConfig()
+    extra["files"] = _sizes(lambda f: store.model_version_path(mv.name, mv.version, f))
+    eval_data, described = _eval_data(bundle, recipe, prepared, data, config, extra)
+    subject = {
+        "model": mv.ref,
+        "run_id": mv.run_id,
+        "recipe": recipe.name if recipe else None,
+        "task": bundle.task.name,
+        "model_type": bundle.card.get("type"),
+        "data": described,
+        "rows": len(eval_data.y),
+    }
+    report = build_report(
+        eval_data,
+        config,
+        subject=subject,
+        recipe=recipe,
+        store=store,
+        run_id=mv.run_id if run is not None else None,
+        fit_temperature=False,
+        on_section=on_section,
+        callbacks=callbacks,
+    )
+    save_report(
+        store, report, run_id=run.id if run is not None else None, model=(mv.name, mv.version)
+    )
+    return report
