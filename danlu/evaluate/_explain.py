@@ -1,0 +1,592 @@
+"""Explanations: captum attributions, global feature importance and the k most / least confident
+test rows, explained one by one.
+
+Attributions are per model input column; one-hot columns are summed back into their raw feature
+(:class:`~danlu.evaluate.InputGroup`) before anything is reported, so the report speaks of
+``colour``, never of ``colour=red``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from danlu.errors import ConfigError, MissingExtraError
+from danlu.evaluate._context import EvalData, InputGroup, Section
+from danlu.logging import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    import numpy as np
+    import torch
+
+    from danlu.config import ExplainConfig
+
+__all__ = ["attributions", "explain_section", "global_importance"]
+
+logger = get_logger(__name__)
+
+_METHODS = ("integrated_gradients", "gradient_shap", "kernel_shap")
+_KERNEL_SAMPLES = 200  # coalitions per row for kernel SHAP
+_GRADIENT_SHAP_SAMPLES = 16  # (baseline, α) draws per row for gradient SHAP
+_BATCH_EVALS = 8192  # model rows per captum call (rows × steps), which bounds memory
+_TOP_FEATURES_PER_ROW = 5
+_SWARM_FEATURES = 12
+_BAR_FEATURES = 15
+_SALIENCY_ROWS = 3  # most and least confident rows shown as images
+
+
+def _captum() -> Any:
+    try:
+        import captum.attr
+    except ImportError as error:  # pragma: no cover - captum is a core dependency
+        raise MissingExtraError(
+            "Explanations need the package 'captum', which is not installed. "
+            "Install it with: pip install captum, or set evaluate.explain: false"
+        ) from error
+    return captum.attr
+
+
+def _forward(data: EvalData) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's outputs as ``EvalData.outputs`` computes them (logits / temperature)."""
+    scale = data.temperature if data.classification else 1.0
+    model = data.model
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x) / scale  # (N, K) or (N, 1)
+
+    return forward
+
+
+def _mean_baseline(data: EvalData) -> np.ndarray:
+    """The training mean of each input column, (1, D); zeros when there are no training rows."""
+    import numpy as np
+
+    width = data.x.shape[1]
+    if len(data.x_train) == 0:
+        return np.zeros((1, width), dtype=np.float32)
+    return data.x_train.mean(axis=0, keepdims=True).astype(np.float32)
+
+
+def _background(data: EvalData, config: ExplainConfig) -> np.ndarray:
+    """``config.background`` seeded training rows, (B, D); the zero row without training rows."""
+    import numpy as np
+
+    if len(data.x_train) == 0:
+        return np.zeros((1, data.x.shape[1]), dtype=np.float32)
+    rng = np.random.default_rng(config.seed)
+    count = min(config.background, len(data.x_train))
+    rows = np.sort(rng.choice(len(data.x_train), count, replace=False))
+    return np.asarray(data.x_train[rows], dtype=np.float32)
+
+
+def _feature_mask(groups: list[InputGroup], width: int) -> np.ndarray:
+    """(1, D) int64: the index of each input column's raw feature (one-hot columns share one)."""
+    import numpy as np
+
+    mask = np.arange(width, dtype=np.int64)
+    for index, group in enumerate(groups):
+        mask[list(group.columns)] = index
+    return mask[None, :]
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's and numpy's global generators (captum draws from both: gradient SHAP's
+    baselines and α with numpy, kernel SHAP's coalitions with torch), restoring them after."""
+    import numpy as np
+    import torch
+
+    state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            yield
+    finally:
+        np.random.set_state(state)
+
+
+def _default_target(data: EvalData, x: np.ndarray) -> np.ndarray | None:
+    """The predicted class of each row (classification); None (the single output) otherwise."""
+    if not data.classification:
+        return None
+    return data.outputs(x).argmax(axis=1)
+
+
+def attributions(
+    data: EvalData, x: np.ndarray, config: ExplainConfig, target: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-input-column attributions of the model's output for prepared rows ``x``.
+
+    ``integrated_gradients`` integrates from the training mean of each column (``config.steps``
+    steps); ``gradient_shap`` samples baselines among ``config.background`` seeded training rows;
+    ``kernel_shap`` needs no gradients: it perturbs raw features (one-hot columns together)
+    towards the training mean and fits the Shapley kernel's linear model, one row at a time.
+    Rows are processed in batches, so memory stays bounded; the sampling methods run under a
+    forked torch generator seeded with ``config.seed``, so results are reproducible and the
+    global random state is left as it was.
+
+    Args:
+        data: the model and its data (training rows give the baselines).
+        x: prepared rows, (n, input_dim).
+        config: the ``evaluate.explain`` block.
+        target: classification: the class explained per row, (n,); default the predicted class.
+            Ignored for regression (its single output is explained).
+
+    Returns:
+        float64 (n, input_dim) attributions, in the units of the model's output (logits /
+        standardized target).
+
+    Example:
+        >>> from danlu.config import ExplainConfig
+        >>> attr = attributions(data, data.x[:10], ExplainConfig())  # doctest: +SKIP
+        >>> attr.shape == (10, data.x.shape[1])  # doctest: +SKIP
+        True
+    """
+    import numpy as np
+    import torch
+
+    if config.method not in _METHODS:  # pragma: no cover - the config's Literal guards this
+        raise ConfigError(
+            f"evaluate.explain.method must be one of {', '.join(_METHODS)}. "
+            f"Got '{config.method}' instead."
+        )
+    x = np.asarray(x, dtype=np.float32)
+    if len(x) == 0:
+        return np.zeros(x.shape, dtype=np.float64)
+    targets: np.ndarray | None = None  # regression: the single output (index 0)
+    if data.classification:
+        chosen = _default_target(data, x) if target is None else target
+        targets = np.asarray(chosen, dtype=np.int64).reshape(-1)
+        if len(targets) != len(x):
+            raise ValueError(f"target has {len(targets)} entries for {len(x)} rows")
+    attr = _captum()
+    forward = _forward(data)
+    device = torch.device(data.device)
+    data.model.eval()
+    try:
+        with _seeded(config.seed):
+            return _attribute(attr, data, x, config, targets, forward, device)
+    except RuntimeError as error:
+        if config.method == "kernel_shap" or "grad" not in str(error):
+            raise
+        raise ConfigError(
+            f"evaluate.explain.method '{config.method}' needs the model's gradients, but its "
+            f"outputs have none ({error}). Use evaluate.explain.method: kernel_shap, which only "
+            "calls the model."
+        ) from error
+
+
+def _attribute(
+    attr: Any,
+    data: EvalData,
+    x: np.ndarray,
+    config: ExplainConfig,
+    targets: np.ndarray | None,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> np.ndarray:
+    """The batched captum calls of :func:`attributions` (generators already seeded)."""
+    import numpy as np
+    import torch
+
+    def tensor(values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=torch.float32, device=device)
+
+    def target_of(start: int, stop: int) -> Any:
+        return 0 if targets is None else torch.as_tensor(targets[start:stop], device=device)
+
+    parts: list[np.ndarray] = []
+    if config.method == "integrated_gradients":
+        method = attr.IntegratedGradients(forward)
+        baseline = tensor(_mean_baseline(data))  # (1, D), broadcast over the batch
+        rows = max(1, _BATCH_EVALS // config.steps)
+        with torch.enable_grad():
+            for start in range(0, len(x), rows):
+                batch = tensor(x[start : start + rows])  # (B, D)
+                out = method.attribute(
+                    batch,
+                    baselines=baseline.expand_as(batch),
+                    target=target_of(start, start + len(batch)),
+                    n_steps=config.steps,
+                )
+                parts.append(out.detach().double().cpu().numpy())
+    elif config.method == "gradient_shap":
+        method = attr.GradientShap(forward)
+        background = tensor(_background(data, config))  # (B, D)
+        rows = max(1, _BATCH_EVALS // _GRADIENT_SHAP_SAMPLES)
+        with torch.enable_grad():
+            for start in range(0, len(x), rows):
+                batch = tensor(x[start : start + rows])
+                out = method.attribute(
+                    batch,
+                    baselines=background,
+                    target=target_of(start, start + len(batch)),
+                    n_samples=_GRADIENT_SHAP_SAMPLES,
+                )
+                parts.append(out.detach().double().cpu().numpy())
+    else:
+        method = attr.KernelShap(forward)
+        baseline = tensor(_mean_baseline(data))
+        mask = _feature_mask(data.groups, x.shape[1])  # (1, D)
+        # One Shapley value per raw feature, shared evenly by its columns, so that summing
+        # a feature's columns gives back its value (captum would copy it to every column).
+        share = 1.0 / np.bincount(mask[0])[mask[0]]  # (D,)
+        with torch.no_grad():
+            for row in range(len(x)):
+                coefs = method.attribute(
+                    tensor(x[row : row + 1]),  # (1, D)
+                    baselines=baseline,
+                    target=target_of(row, row + 1),
+                    feature_mask=torch.as_tensor(mask, device=device),
+                    n_samples=_KERNEL_SAMPLES,
+                    perturbations_per_eval=_KERNEL_SAMPLES,
+                    return_input_shape=False,
+                )  # (1, G)
+                values = coefs.detach().double().cpu().numpy().reshape(-1)
+                parts.append((values[mask[0]] * share)[None, :])
+    return np.concatenate(parts)
+
+
+def _grouped(attr: np.ndarray, groups: list[InputGroup]) -> np.ndarray:
+    """(n, n_groups): each raw feature's attribution, its columns' attributions summed."""
+    import numpy as np
+
+    if not groups:
+        return np.zeros((len(attr), 0))
+    return np.stack([attr[:, list(g.columns)].sum(axis=1) for g in groups], axis=1)
+
+
+def global_importance(attr: np.ndarray, groups: list[InputGroup]) -> dict[str, float]:
+    """Each raw feature's mean over rows of ``|sum of its columns' attributions|``, descending.
+
+    Example:
+        >>> import numpy as np
+        >>> from danlu.evaluate import InputGroup
+        >>> groups = [InputGroup("x", "numeric", (0,)), InputGroup("c", "categorical", (1, 2))]
+        >>> global_importance(np.array([[0.1, 1.0, -0.5], [-0.3, 0.2, 0.0]]), groups)
+        {'c': 0.35, 'x': 0.2}
+    """
+    import numpy as np
+
+    merged = np.abs(_grouped(np.asarray(attr, dtype=np.float64), groups))
+    means = merged.mean(axis=0) if len(merged) else np.zeros(len(groups))
+    scores = {g.name: round(float(v), 12) for g, v in zip(groups, means, strict=True)}
+    return dict(sorted(scores.items(), key=lambda item: -item[1]))
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able form of one raw value (numpy scalars unwrapped, NaN / NaT as None)."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+        return None
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _swarm_offsets(values: np.ndarray, width: float = 0.38, bins: int = 60) -> np.ndarray:
+    """Vertical offsets that spread points with similar values apart (a beeswarm)."""
+    import numpy as np
+
+    offsets = np.zeros(len(values))
+    if len(values) == 0:
+        return offsets
+    low, high = float(values.min()), float(values.max())
+    span = high - low if high > low else 1.0
+    index = np.floor((values - low) / span * (bins - 1)).astype(int)
+    crowd = 1
+    for b in np.unique(index):
+        members = np.flatnonzero(index == b)
+        ranks = np.arange(len(members))
+        offsets[members] = ((ranks + 1) // 2) * np.where(ranks % 2 == 1, 1.0, -1.0)
+        crowd = max(crowd, len(members))
+    return offsets * min(0.06, width / max(1, crowd // 2))
+
+
+def _colour_values(x: np.ndarray, group: InputGroup) -> np.ndarray:
+    """A feature's value per row for the summary plot's colour, scaled to [0, 1].
+
+    Numeric: its (preprocessed) column, clipped to the 5th-95th percentiles as SHAP does;
+    one-hot: the index of the active category over the number of categories.
+    """
+    import numpy as np
+
+    if len(group.columns) == 1:
+        values = x[:, group.columns[0]].astype(np.float64)
+        low, high = np.nanpercentile(values, [5, 95]) if len(values) else (0.0, 0.0)
+        if high <= low:
+            low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        if high <= low:
+            return np.full(len(values), 0.5)
+        return np.clip((values - low) / (high - low), 0.0, 1.0)
+    block = x[:, list(group.columns)]
+    return block.argmax(axis=1) / max(1, len(group.columns) - 1)
+
+
+def _summary_plot(
+    grouped: np.ndarray, x: np.ndarray, groups: list[InputGroup], order: list[int]
+) -> str:
+    """SHAP-style summary: one row per feature, a dot per row at its attribution, coloured by
+    the feature's value."""
+    import matplotlib as mpl
+
+    from danlu.evaluate._plots import figure, svg
+
+    shown = order[:_SWARM_FEATURES]
+    fig, ax = figure(6.0, 0.42 * len(shown) + 1.2)
+    cmap = mpl.colormaps["coolwarm"]
+    scatter = None
+    for position, g in enumerate(reversed(shown)):  # most important at the top
+        values = grouped[:, g]
+        y = position + _swarm_offsets(values)
+        scatter = ax.scatter(
+            values, y, c=_colour_values(x, groups[g]), cmap=cmap, vmin=0.0, vmax=1.0,
+            s=9, alpha=0.85, linewidths=0, rasterized=False,
+        )  # fmt: skip
+    ax.axvline(0.0, color="0.6", lw=0.8, zorder=0)
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([groups[g].name for g in reversed(shown)])
+    ax.set_ylim(-0.6, len(shown) - 0.4)
+    ax.set_xlabel("attribution (effect on the model output)")
+    if scatter is not None:
+        bar = fig.colorbar(scatter, ax=ax, pad=0.02, aspect=30, ticks=[0.0, 1.0])
+        bar.ax.set_yticklabels(["low", "high"])
+        bar.set_label("feature value")
+    return svg(fig)
+
+
+def _bar_plot(importance: dict[str, float]) -> str:
+    from danlu.evaluate._plots import figure, svg
+
+    items = list(importance.items())[:_BAR_FEATURES]
+    fig, ax = figure(5.2, 0.3 * len(items) + 1.0)
+    names = [name for name, _ in reversed(items)]
+    ax.barh(names, [value for _, value in reversed(items)], color="#4c72b0")
+    ax.set_xlabel("mean |attribution|")
+    return svg(fig)
+
+
+def _image(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """One row's columns as a displayable (H, W) or (H, W, 3) array."""
+    import numpy as np
+
+    image = values.reshape(shape)
+    if len(shape) == 2:
+        return image
+    if shape[0] == 3:  # RGB, channels first
+        rgb = np.moveaxis(image, 0, -1)
+        low, high = rgb.min(), rgb.max()
+        return (rgb - low) / (high - low) if high > low else np.zeros_like(rgb)
+    return image.mean(axis=0)
+
+
+def _raw_pixels(data: EvalData, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The explained rows' raw pixel values when the raw columns are the pixels (the prepared,
+    per-pixel standardized values are hard to read as an image), else the prepared values."""
+    import numpy as np
+
+    names = list(data.schema.feature_names)
+    if len(names) != x.shape[1] or not all(name in data.frame.columns for name in names):
+        return x
+    try:
+        return np.asarray(data.frame.iloc[rows][names], dtype=np.float64)
+    except (TypeError, ValueError):  # non-numeric raw columns
+        return x
+
+
+def _saliency_plot(
+    x: np.ndarray,
+    attr: np.ndarray,
+    shape: tuple[int, ...],
+    picks: list[tuple[str, int]],
+    labels: list[str],
+) -> str:
+    """Top: each picked row's input image; bottom: its attribution map (red for, blue against)."""
+    import numpy as np
+
+    from danlu.evaluate._plots import figure, svg
+
+    fig, axes = figure(1.45 * len(picks) + 0.6, 3.4, nrows=2, ncols=len(picks), squeeze=False)
+    image = None
+    for column, (kind, row) in enumerate(picks):
+        top, bottom = axes[0][column], axes[1][column]
+        top.imshow(_image(x[row], shape), cmap="gray_r")
+        top.set_title(f"{kind}\n{labels[column]}", fontsize=7)
+        saliency = attr[row].reshape(shape)
+        saliency = saliency if len(shape) == 2 else saliency.sum(axis=0)  # (H, W)
+        bound = float(np.abs(saliency).max()) or 1.0
+        image = bottom.imshow(saliency, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        for ax in (top, bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_ylabel("input", fontsize=8)
+    axes[1][0].set_ylabel("attribution", fontsize=8)
+    if image is not None:
+        bar = fig.colorbar(image, ax=list(axes[1]), shrink=0.8, pad=0.02, ticks=[])
+        bar.set_label("− against · for +", fontsize=7)
+    return svg(fig)
+
+
+def _method_note(config: ExplainConfig, data: EvalData) -> tuple[str, str]:
+    no_train = len(data.x_train) == 0
+    if config.method == "integrated_gradients":
+        method = f"integrated gradients (captum, {config.steps} steps)"
+        base = "zeros (no training rows)" if no_train else "the training mean of each input column"
+    elif config.method == "gradient_shap":
+        method = f"gradient SHAP (captum, {_GRADIENT_SHAP_SAMPLES} draws per row)"
+        base = (
+            "zeros (no training rows)"
+            if no_train
+            else f"{min(config.background, len(data.x_train))} seeded training rows"
+        )
+    else:
+        method = (
+            f"kernel SHAP (captum, {_KERNEL_SAMPLES} coalitions per row, one-hot columns of a "
+            "feature perturbed together)"
+        )
+        base = "zeros (no training rows)" if no_train else "the training mean of each input column"
+    return method, base
+
+
+def explain_section(data: EvalData, config: ExplainConfig) -> Section:
+    """The report's explanations: global importance per raw feature, a summary plot, saliency
+    maps for images, and the ``top_k`` most and least confident test rows explained.
+
+    Args:
+        data: the model and its test split.
+        config: the ``evaluate.explain`` block.
+
+    Returns:
+        Section ``explain``; its data holds ``method``, ``rows``, ``importance`` (every raw
+        feature, descending) and ``samples`` (``most_confident`` / ``least_confident``, each a
+        list of rows with their prediction, confidence, true value and top-5 features).
+
+    Example:
+        >>> from danlu.config import ExplainConfig
+        >>> section = explain_section(data, ExplainConfig(samples=100))  # doctest: +SKIP
+        >>> section.summary  # doctest: +SKIP
+        'top features: worst radius, worst concave points, mean texture'
+    """
+    import numpy as np
+
+    section = Section("explain", "Explanations")
+    total = len(data.x)
+    if total == 0:
+        section.notes.append("No test rows to explain.")
+        section.data = {
+            "method": config.method,
+            "rows": 0,
+            "importance": [],
+            "samples": {"most_confident": [], "least_confident": []},
+        }
+        return section
+
+    rng = np.random.default_rng(config.seed)
+    count = min(config.samples, total)
+    rows = np.arange(total) if count == total else np.sort(rng.choice(total, count, replace=False))
+    x = np.asarray(data.x[rows], dtype=np.float32)
+    outputs = data.test_outputs[rows]
+    classes = data.schema.classes
+    if data.classification:
+        assert classes is not None
+        probabilities = data.probabilities(outputs)  # (n, K)
+        predicted = probabilities.argmax(axis=1)
+        confidence = probabilities.max(axis=1)
+        predictions = [_plain(classes[i]) for i in predicted]
+        truths = [_plain(classes[int(i)]) for i in data.y[rows]]
+        target: np.ndarray | None = predicted
+    else:
+        value = data.task.predict(outputs, data.schema)["prediction"]  # original units
+        true = data.task.predict(data.y[rows].reshape(-1, 1), data.schema)["prediction"]
+        confidence = -np.abs(value - true)
+        predictions = [float(v) for v in value]
+        truths = [float(v) for v in true]
+        target = None
+
+    attr = attributions(data, x, config, target)  # (n, D)
+    groups = data.groups
+    grouped = _grouped(attr, groups)  # (n, G)
+    importance = global_importance(attr, groups)
+    position = {g.name: i for i, g in enumerate(groups)}
+    order = [position[name] for name in importance]
+
+    by_confidence = np.argsort(-confidence, kind="stable")  # most confident first
+
+    def explained(i: int) -> dict[str, Any]:
+        row = int(rows[i])
+        top = np.argsort(-np.abs(grouped[i]), kind="stable")[:_TOP_FEATURES_PER_ROW]
+        raw = data.frame.iloc[row]
+        return {
+            "row": row,
+            "prediction": predictions[i],
+            "confidence": float(confidence[i]),
+            "true": truths[i],
+            "top": [
+                {
+                    "feature": groups[g].name,
+                    "value": _plain(raw[groups[g].name]) if groups[g].name in raw.index else None,
+                    "attribution": float(grouped[i, g]),
+                }
+                for g in top
+            ],
+        }
+
+    k = min(config.top_k, count)
+    section.data = {
+        "method": config.method,
+        "rows": int(count),
+        "importance": [{"feature": n, "importance": v} for n, v in importance.items()],
+        "samples": {
+            "most_confident": [explained(int(i)) for i in by_confidence[:k]],
+            "least_confident": [explained(int(i)) for i in by_confidence[::-1][:k]],
+        },
+    }
+
+    section.figures["Summary of attributions: each dot is a test row"] = _summary_plot(
+        grouped, x, groups, order
+    )
+    shape = data.schema.image_shape
+    if shape is not None and math.prod(shape) == x.shape[1] and len(shape) in (2, 3):
+        n_pick = min(_SALIENCY_ROWS, count)
+        most = [int(i) for i in by_confidence[:n_pick]]
+        least = [int(i) for i in by_confidence[::-1][:n_pick] if int(i) not in most]
+        picks = [("most confident", i) for i in most] + [("least confident", i) for i in least]
+        labels = [
+            f"pred {predictions[i]} ({confidence[i]:.2f})\ntrue {truths[i]}"
+            if data.classification
+            else f"pred {predictions[i]:.3g}\ntrue {truths[i]:.3g}"
+            for _, i in picks
+        ]
+        section.figures["Saliency: inputs and their attributions"] = _saliency_plot(
+            _raw_pixels(data, rows, x), attr, tuple(shape), picks, labels
+        )
+    else:
+        section.figures["Global feature importance"] = _bar_plot(importance)
+
+    top3 = list(importance)[:3]
+    section.summary = "top features: " + ", ".join(top3)
+    method, base = _method_note(config, data)
+    section.notes.append(f"Method: {method}.")
+    section.notes.append(f"Baseline: {base}.")
+    sampled = "a seeded sample of " if count < total else ""
+    section.notes.append(f"Rows explained: {count} ({sampled}{total} test rows).")
+    what = "the predicted class's logit" if data.classification else "the standardized output"
+    section.notes.append(
+        f"Attributions explain {what}; one-hot columns are summed into their raw feature, and a "
+        "feature's importance is the mean over rows of its |attribution|."
+    )
+    if not data.classification:
+        section.notes.append(
+            "Regression has no confidence: rows are ranked by -|residual| in the target's units "
+            "(reported as 'confidence'), so 'most confident' are the best-predicted rows."
+        )
+    logger.debug("explained %d rows with %s", count, config.method)
+    return section
