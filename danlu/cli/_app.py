@@ -18,6 +18,7 @@ from rich.table import Column, Table
 
 from danlu.cli._data import data_app
 from danlu.cli._db import db_app
+from danlu.cli._evaluate import evaluate_command, report_command
 from danlu.cli._models import models_app
 from danlu.cli._options import QuietOption, SetOption, registered_line
 from danlu.cli._runs import runs_app
@@ -103,13 +104,21 @@ def run(
     callbacks: list[Any] = []
     if not quiet and not as_json:
         callbacks.append(RichProgress(err) if err.is_terminal else PlainProgress(err))
+    from danlu.cli._evaluate import SectionProgress
+
+    progress = SectionProgress(quiet or as_json)
     try:
-        result = run_recipe(recipe, overrides=set_ or (), callbacks=callbacks, resume=resume)
+        result = run_recipe(
+            recipe, overrides=set_ or (), callbacks=callbacks, resume=resume, on_section=progress
+        )
     except KeyboardInterrupt:
         err.print(
             "[yellow]Interrupted.[/] Resume from the last checkpoint with: danlu run RECIPE --resume RUN_ID (see `danlu runs ls`)."
         )
         raise typer.Exit(130) from None
+    finally:
+        progress.close()
+    report = result.report
     if as_json:
         out.print_json(
             json.dumps(
@@ -120,6 +129,8 @@ def run(
                     "test": result.metrics,
                     "best_epoch": result.best_epoch,
                     "epochs_run": len(result.history),
+                    "report": report.summary if report is not None else None,
+                    "report_html": str(result.run_dir / "report.html") if report else None,
                 }
             )
         )
@@ -139,11 +150,18 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
+    if report is not None:
+        out.print(f"[bold]Trust report[/]: {report.summary}", highlight=False, soft_wrap=True)
+        for flag in report.flags:
+            out.print(f"[yellow]! {flag}[/]", highlight=False, soft_wrap=True)
+        out.print(f"report: {result.run_dir / 'report.html'}", highlight=False, soft_wrap=True)
     if result.registered is not None:
         out.print(registered_line(result.registered), highlight=False)
 
 
 app.command("tune")(tune_command)
+app.command("evaluate")(evaluate_command)
+app.command("report")(report_command)
 
 
 @app.command()

@@ -137,7 +137,7 @@ def baselines_section(data: EvalData, seed: int = 0) -> Section:
         )
         if not significant:
             section.summary += " (within noise)"
-    if gain < 0:
+    if gain < 0 and (paired is None or paired["high"] < 0):  # behind, and not by chance
         section.flags.append(
             f"{best['model']} scores {label} {best[headline]:.4f} against the model's "
             f"{rows[0][headline]:.4f}: the neural model does not earn its keep on this data."

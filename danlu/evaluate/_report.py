@@ -75,6 +75,14 @@ def _is_records(value: Any) -> bool:
     )
 
 
+def _is_flat(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(not isinstance(v, (dict, list)) for v in value.values())
+    )
+
+
 def _render(value: Any, depth: int = 0) -> str:
     """Plain JSON data as HTML: dicts as key/value tables, lists of records as tables."""
     if _is_records(value):
@@ -86,6 +94,9 @@ def _render(value: Any, depth: int = 0) -> str:
             "<tr>" + "".join(_cell(record.get(c)) for c in columns) + "</tr>" for record in value
         )
         return f"<table><tr>{head}</tr>{body}</table>"
+    if isinstance(value, dict) and value and all(_is_flat(v) for v in value.values()):
+        # {"accuracy": {"value": .., "low": ..}, ...}: one row per key
+        return _render([{"": k, **v} for k, v in value.items()], depth)
     if isinstance(value, dict):
         if not value:
             return "—"
@@ -197,8 +208,8 @@ class Report:
             for caption, markup in s.figures.items():
                 parts.append(f'<div class="fig">{markup}<p>{html.escape(caption)}</p></div>')
             for key, value in s.data.items():
-                if key in {"confusion_matrix"}:
-                    continue  # drawn as a figure
+                if key in {"confusion_matrix"} or value is None:
+                    continue  # drawn as a figure, or not measured
                 parts.append(f"<h3>{html.escape(key.replace('_', ' '))}</h3>{_render(value)}")
             if s.notes:
                 items = "".join(f"<li>{html.escape(n)}</li>" for n in s.notes)

@@ -1,0 +1,241 @@
+"""``danlu evaluate RUN|MODEL [--data FILE]`` and ``danlu report MODEL [--open]``: the trust report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Column, Table
+
+from danlu.cli import _app as cli
+from danlu.cli._options import JsonOption, QuietOption, SetOption
+from danlu.cli._runs import open_store, print_json, print_table
+from danlu.errors import ConfigError, NotFoundError, StoreError
+
+if TYPE_CHECKING:
+    from danlu.config import EvaluateConfig
+    from danlu.evaluate import Report
+    from danlu.store import Store
+
+__all__ = ["SectionProgress", "evaluate_command", "report_command"]
+
+TargetArg = Annotated[
+    str,
+    typer.Argument(
+        help="A run id, or a registered model: NAME, NAME:VERSION or NAME@ALIAS.",
+        metavar="RUN|MODEL",
+    ),
+]
+OpenOption = Annotated[
+    bool, typer.Option("--open", help="Open the HTML report in the default browser.")
+]
+
+
+def _is_model(store: Store, target: str) -> bool:
+    """A run id when a run has it; else a model reference (``:`` / ``@`` always mean a model)."""
+    if ":" in target or "@" in target:
+        return True
+    try:
+        store.get_run(target)
+    except (NotFoundError, StoreError):
+        return True
+    return False
+
+
+def _model_run_recipe(store: Store, target: str) -> dict[str, Any] | None:
+    from danlu.store import parse_model_ref
+
+    name, version, alias = parse_model_ref(target)
+    run_id = store.get_model_version(name, version, alias=alias).run_id
+    try:
+        return store.get_run(run_id).recipe if run_id else None
+    except NotFoundError:
+        return None
+
+
+def _config(recipe: dict[str, Any] | None, overrides: list[str] | None) -> EvaluateConfig | None:
+    """The recipe's evaluate block with ``--set`` overrides (``cross_validation=5`` or
+    ``evaluate.explain.method=kernel_shap``), validated; None leaves the choice to the stage."""
+    if not overrides:
+        return None
+    from pydantic import ValidationError
+
+    from danlu.config import EvaluateConfig, parse_override
+
+    tree: dict[str, Any] = dict((recipe or {}).get("evaluate") or {})
+    for text in overrides:
+        path, value = parse_override(text)
+        keys = [str(k) for k in path]
+        if keys and keys[0] == "evaluate":
+            keys = keys[1:]
+        if not keys:
+            raise ConfigError(
+                f"--set {text}: name a key of the evaluate block, e.g. bootstrap=2000."
+            )
+        node = tree
+        for key in keys[:-1]:
+            child = node.get(key)
+            node[key] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[keys[-1]] = value
+    try:
+        return EvaluateConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"evaluate.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"--set: {problems}.") from None
+
+
+class SectionProgress:
+    """One line per report section (a spinner on a terminal)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.status: Any = None
+
+    def __call__(self, key: str) -> None:
+        if self.quiet:
+            return
+        label = f"report: {key.replace('_', ' ')}"
+        if cli.err.is_terminal:
+            if self.status is None:
+                self.status = cli.err.status(label)
+                self.status.start()
+            else:
+                self.status.update(label)
+        else:
+            cli.err.print(label, highlight=False)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+def _print_report(report: Report, where: list[Path]) -> None:
+    cli.out.print(report.summary, highlight=False, soft_wrap=True)
+    for flag in report.flags:
+        cli.out.print(f"[yellow]! {flag}[/]", highlight=False, soft_wrap=True)
+    table = Table("section", Column("seconds", justify="right"), "result")
+    for section in report.sections:
+        table.add_row(section.title, f"{section.seconds:.1f}", section.summary or "")
+    print_table(table)
+    for path in where:
+        cli.out.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+def _open(path: Path) -> None:
+    import webbrowser
+
+    if not webbrowser.open(path.resolve().as_uri()):
+        cli.err.print(f"No browser found; open {path} yourself.", highlight=False)
+
+
+def evaluate_command(
+    target: TargetArg,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Evaluate on this file (csv, parquet, jsonl, npz) instead of the test split; "
+            "its columns must match the model's signature.",
+            metavar="FILE",
+        ),
+    ] = None,
+    set_: SetOption = None,
+    open_: OpenOption = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Make the trust report of a run or a registered model and store it beside the model.
+
+    Sections follow the recipe's evaluate: block (every section on when it has none);
+    --set changes them, e.g. --set cross_validation=5 --set robustness=false.
+    """
+    cli._setup_logging(bool(cli._state.get("verbose")), quiet)
+    from danlu.evaluate import evaluate_model, evaluate_run
+
+    progress = SectionProgress(quiet or as_json)
+    with open_store() as store:
+        model = _is_model(store, target)
+        recipe = _model_run_recipe(store, target) if model else store.get_run(target).recipe
+        config = _config(recipe, set_)
+        try:
+            if model:
+                report = evaluate_model(
+                    target, store=store, config=config, data=data, on_section=progress
+                )
+                mv = store.get_model_version(*_name_version(report))
+                where = [store.model_version_path(mv.name, mv.version, "report.html")]
+            else:
+                report = evaluate_run(
+                    target, store=store, config=config, data=data, on_section=progress
+                )
+                where = [store.artifact_path(target, "report.html")]
+        finally:
+            progress.close()
+    if as_json:
+        print_json({**report.to_dict(), "html": [str(p) for p in where]})
+    else:
+        _print_report(report, where)
+    if open_:
+        _open(where[0])
+
+
+def _name_version(report: Report) -> tuple[str, int]:
+    name, _, version = str(report.subject["model"]).rpartition(":")
+    return name, int(version)
+
+
+def report_command(
+    target: TargetArg,
+    open_: OpenOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Show where a model's (or run's) trust report is, with its summary; make it if missing."""
+    cli._setup_logging(bool(cli._state.get("verbose")), False)
+    from danlu.evaluate import evaluate_model, evaluate_run
+
+    with open_store() as store:
+        if _is_model(store, target):
+            from danlu.store import parse_model_ref
+
+            name, version, alias = parse_model_ref(target)
+            mv = store.get_model_version(name, version, alias=alias)
+            path = store.model_version_path(mv.name, mv.version, "report.html")
+            if not path.is_file():
+                cli.err.print(f"{mv.ref} has no report yet; making one.", highlight=False)
+                progress = SectionProgress(as_json)
+                try:
+                    evaluate_model(mv.ref, store=store, on_section=progress)
+                finally:
+                    progress.close()
+        else:
+            path = store.artifact_path(target, "report.html")
+            if not path.is_file():
+                cli.err.print(f"Run {target} has no report yet; making one.", highlight=False)
+                progress = SectionProgress(as_json)
+                try:
+                    evaluate_run(target, store=store, on_section=progress)
+                finally:
+                    progress.close()
+        summary = json.loads(path.with_name("report.json").read_text())
+    if as_json:
+        print_json({**summary, "html": str(path)})
+    else:
+        cli.out.print(summary["summary"], highlight=False, soft_wrap=True)
+        for flag in summary.get("flags", []):
+            cli.out.print(f"[yellow]! {flag}[/]", highlight=False, soft_wrap=True)
+        made = summary.get("created_at")
+        cli.out.print(f"report: {path}", highlight=False, soft_wrap=True)
+        if made:
+            import time
+
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(made))
+            cli.out.print(f"made {when}; remake it with: danlu evaluate {target}", highlight=False)
+    if open_:
+        _open(path)
+    sys.stdout.flush()
