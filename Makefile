@@ -25,6 +25,7 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu datasets
 	$(BIN)/danlu data inspect examples/digits_cnn.yaml
 	$(BIN)/danlu run examples/digits_cnn.yaml
+	$(BIN)/danlu report digits@staging
 	$(BIN)/danlu runs ls --limit 5
 	$(BIN)/danlu tune examples/digits_tune.yaml --jobs 2
 	$(BIN)/danlu studies show digits-tune
