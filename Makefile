@@ -50,6 +50,9 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/streaming.py   # writes a 20-million-row Parquet set under bench/data/ once
 	$(BIN)/python bench/tune_efficiency.py
 	$(BIN)/python bench/tune_efficiency.py --jobs-timing
+	$(BIN)/python bench/report_timing.py
+	$(BIN)/python bench/bootstrap_coverage.py
+	$(BIN)/python bench/explain_sanity.py
 
 clean:
 	rm -rf $(VENV) .danlu .pytest_cache
