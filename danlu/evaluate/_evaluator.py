@@ -371,6 +371,30 @@ def save_report(
         store.attach_model_files(model[0], model[1], files)
 
 
+def _make_report(
+    bundle: ModelBundle,
+    recipe: Recipe | None,
+    prepared: PreparedData | None,
+    data: StrPath | None,
+    config: EvaluateConfig,
+    extra: dict[str, Any],
+    subject: dict[str, Any],
+    **kwargs: Any,
+) -> tuple[EvalData, Report]:
+    """The stored model's EvalData and its report (``kwargs`` go to :func:`build_report`)."""
+    eval_data, described = _eval_data(bundle, recipe, prepared, data, config, extra)
+    subject = {
+        **subject,
+        "recipe": recipe.name if recipe else None,
+        "task": bundle.task.name,
+        "model_type": bundle.card.get("type"),
+        "data": described,
+        "rows": len(eval_data.y),
+    }
+    report = build_report(eval_data, config, subject=subject, recipe=recipe, **kwargs)
+    return eval_data, report
+
+
 def _run_bundle(store: Store, run_id: str) -> ModelBundle:
     from danlu.models import load_bundle
 
@@ -418,21 +442,14 @@ def evaluate_run(
     bundle = _run_bundle(store, run.id)
     extra["files"] = _sizes(lambda f: store.artifact_path(run.id, f))
     fit = not store.artifact_path(run.id, "calibration.json").is_file()
-    eval_data, described = _eval_data(bundle, recipe, prepared, data, config, extra)
-    subject = {
-        "run_id": run.id,
-        "run_name": run.name,
-        "recipe": recipe.name if recipe else None,
-        "task": bundle.task.name,
-        "model_type": bundle.card.get("type"),
-        "data": described,
-        "rows": len(eval_data.y),
-    }
-    report = build_report(
-        eval_data,
+    eval_data, report = _make_report(
+        bundle,
+        recipe,
+        prepared,
+        data,
         config,
-        subject=subject,
-        recipe=recipe,
+        extra,
+        {"run_id": run.id, "run_name": run.name},
         store=store,
         run_id=run.id,
         fit_temperature=fit,
@@ -487,21 +504,14 @@ def evaluate_model(
         recipe, prepared, extra = _run_context(store, run)
     config = config or (recipe.evaluate if recipe else None) or EvaluateConfig()
     extra["files"] = _sizes(lambda f: store.model_version_path(mv.name, mv.version, f))
-    eval_data, described = _eval_data(bundle, recipe, prepared, data, config, extra)
-    subject = {
-        "model": mv.ref,
-        "run_id": mv.run_id,
-        "recipe": recipe.name if recipe else None,
-        "task": bundle.task.name,
-        "model_type": bundle.card.get("type"),
-        "data": described,
-        "rows": len(eval_data.y),
-    }
-    report = build_report(
-        eval_data,
+    _, report = _make_report(
+        bundle,
+        recipe,
+        prepared,
+        data,
         config,
-        subject=subject,
-        recipe=recipe,
+        extra,
+        {"model": mv.ref, "run_id": mv.run_id},
         store=store,
         run_id=mv.run_id if run is not None else None,
         fit_temperature=False,
