@@ -300,6 +300,11 @@ def prepare_data(
     """
     check_task(task)
     if config.stream is not None:  # larger than memory: Parquet read in chunks, never all at once
+        if indices is not None:  # a fold's rows cannot be picked out of a stream
+            raise DataError(
+                "Cross-validation folds (indices) need the rows in memory; data.stream reads "
+                "them in chunks. Remove evaluate.cross_validation or data.stream."
+            )
         from danlu.data._stream import prepare_stream
 
         return prepare_stream(config, task)

@@ -199,3 +199,67 @@ def test_the_data_layer_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- cross-validation folds -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_cv_splits_hold_each_row_out_exactly_once(k: int) -> None:
+    from danlu.data import cv_splits
+
+    config = DataConfig(source="builtin:iris")
+    folds = cv_splits(config, "classification", k)
+    n = 149  # iris less one exact duplicate (dedupe)
+    assert len(folds) == k
+    tests = [te for _, _, te in folds]
+    assert sum(len(te) for te in tests) == n
+    assert np.array_equal(np.sort(np.concatenate(tests)), np.arange(n))  # disjoint, covering
+    for train, val, test in folds:
+        assert len(val) > 0 and len(train) > len(test)
+        assert not set(train) & set(val) and not set(train) & set(test)
+        assert not set(val) & set(test)  # early stopping never sees the held-out fold
+        assert len(train) + len(val) + len(test) == n  # every other row is train or val
+    # stratified: each class is spread evenly over the held-out folds
+    from danlu.data import load_source
+    from danlu.data._prepare import split_rows
+
+    rows = split_rows(load_source("builtin:iris"), config, "classification")
+    y = rows.frame[rows.target].to_numpy()
+    counts = np.array([np.bincount(y[te], minlength=3) for te in tests])  # (k, 3)
+    assert (counts.max(axis=0) - counts.min(axis=0) <= 1).all()
+    assert folds[0][2].tolist() == cv_splits(config, "classification", k)[0][2].tolist()  # seeded
+
+
+def test_prepare_data_with_indices_uses_exactly_those_rows() -> None:
+    from danlu.data import cv_splits, load_source
+    from danlu.data._prepare import split_rows
+
+    config = DataConfig(source="builtin:wine")
+    rows = split_rows(load_source("builtin:wine"), config, "classification")
+    train, val, test = cv_splits(config, "classification", 4)[1]
+    data = prepare_data(config, "classification", indices=(train, val, test))
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (
+        len(train),
+        len(val),
+        len(test),
+    )
+    expected = rows.frame.iloc[np.sort(test)].drop(columns=[rows.target]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(data.test_frame, expected)
+    labels = rows.frame[rows.target].to_numpy()
+    classes = list(data.schema.classes)
+    assert [classes[i] for i in data.y_test] == labels[np.sort(test)].tolist()
+    # standard scaling fitted on the fold's training rows only
+    assert np.abs(data.x_train.mean(axis=0)).max() < 1e-5
+    assert np.abs(data.x_test.mean(axis=0)).max() > 1e-3
+
+
+def test_streamed_data_has_no_cv_folds() -> None:
+    from danlu.data import cv_splits
+
+    config = DataConfig(source="rows.parquet", target="y", stream={})
+    with pytest.raises(DataError, match=r"Cross-validation needs the rows in memory.*data\.stream"):
+        cv_splits(config, "classification", 3)
+    folds = (np.arange(3), np.arange(3, 4), np.arange(4, 6))
+    with pytest.raises(DataError, match=r"folds \(indices\) need the rows in memory"):
+        prepare_data(config, "classification", indices=folds)
