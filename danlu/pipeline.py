@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from danlu.train._callbacks import Callback
     from danlu.train._run import Result, check_recipe, register_run
 
-__all__ = ["Result", "check_recipe", "recipe_json_schema", "register_run", "run"]
+__all__ = [
+    "Result",
+    "check_recipe",
+    "export_registered",
+    "recipe_json_schema",
+    "register_run",
+    "run",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -54,16 +61,20 @@ def run(
         >>> result.report.summary  # doctest: +SKIP
     """
     from danlu.config import load_recipe
+    from danlu.store import SqlStore
     from danlu.train._run import check_recipe, register_run, run_training
 
     recipe = load_recipe(recipe, overrides)
     if recipe.evaluate is None:
-        return run_training(recipe, callbacks=callbacks, home=home, resume=resume, store=store)
+        store = store or SqlStore(home=home)
+        result = run_training(recipe, callbacks=callbacks, resume=resume, store=store)
+        if result.registered is not None:
+            export_registered(store, result.registered.ref)
+        return result
 
     from danlu.data import prepare_data
     from danlu.errors import ConfigError
     from danlu.evaluate import EvalData, build_report, check_fairness_group, save_report
-    from danlu.store import SqlStore
 
     check_recipe(recipe)
     if recipe.data.stream is not None:
@@ -123,7 +134,31 @@ def run(
         result.registered = register_run(
             store, result.run_id, recipe.register.name, recipe.register.alias
         )
+        export_registered(store, result.registered.ref, prepared.x_test[:256])
     return result
+
+
+def export_registered(store: Store, ref: str, sample: Any = None) -> Any:
+    """Export a newly registered version to ONNX with its parity check (``danlu export``).
+
+    Registration never fails because of the export: a failed parity check is recorded on the
+    version (``export.json``, never served) and logged; without the ``[serve]`` extra the export
+    is skipped with a warning. Returns the :class:`~danlu.export.ExportResult`, or None.
+    """
+    from danlu.errors import DanluError
+    from danlu.export import export_version
+    from danlu.logging import get_logger
+
+    log = get_logger(__name__)
+    try:
+        sample = sample if sample is not None and len(sample) else None
+        exported = export_version(store, ref, sample=sample)
+    except DanluError as exc:
+        log.warning("Model %s is registered but not exported to ONNX: %s", ref, exc)
+        return None
+    if not exported.ok:
+        log.warning("The ONNX export of %s failed its parity check: %s", ref, exported.error)
+    return exported
 
 
 def _log_report_metrics(store: Store, run_id: str, report: Any) -> None:

@@ -19,6 +19,8 @@ from rich.table import Column, Table
 from danlu.cli._data import data_app
 from danlu.cli._db import db_app
 from danlu.cli._evaluate import evaluate_command, report_command
+from danlu.cli._export import export_command
+from danlu.cli._keys import keys_app
 from danlu.cli._models import models_app
 from danlu.cli._options import QuietOption, SetOption, registered_line
 from danlu.cli._runs import runs_app
@@ -40,6 +42,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 app.add_typer(studies_app, name="studies")
+app.add_typer(keys_app, name="keys")
 
 _state = {"debug": False}
 out = Console()
@@ -162,6 +165,7 @@ def run(
 app.command("tune")(tune_command)
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
+app.command("export")(export_command)
 
 
 @app.command()

@@ -245,10 +245,11 @@ def register_model(
     ] = None,
 ) -> None:
     """Register a finished run's model as the next version of NAME."""
-    from danlu.pipeline import register_run
+    from danlu.pipeline import export_registered, register_run
 
     with open_store() as store:
         mv = register_run(store, run_id, name, alias=alias, actor=actor())
+        export_registered(store, mv.ref)
         aliases = f" (alias {', '.join(mv.aliases)})" if mv.aliases else ""
         cli.out.print(
             f"registered run {escape(run_id)} as model {escape(mv.ref)}{escape(aliases)}",

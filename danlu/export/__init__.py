@@ -1,7 +1,28 @@
-"""Export and loading of registered models (safetensors weights, JSON preprocessing, signature)."""
+"""Export and loading of registered models (safetensors weights, JSON preprocessing, signature,
+and ONNX with a parity check against torch)."""
 
 from __future__ import annotations
 
+from danlu.export._onnx import (
+    ExportResult,
+    export_onnx,
+    export_version,
+    onnx_ready,
+    parity_check,
+    read_export,
+    read_onnx,
+)
 from danlu.export._predictor import Predictor, load_model, parse_model_ref
 
-__all__ = ["Predictor", "load_model", "parse_model_ref"]
+__all__ = [
+    "ExportResult",
+    "Predictor",
+    "export_onnx",
+    "export_version",
+    "load_model",
+    "onnx_ready",
+    "parity_check",
+    "parse_model_ref",
+    "read_export",
+    "read_onnx",
+]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from danlu.store._atomic import atomic_write_bytes, atomic_write_text
 from danlu.store._entities import (
+    API_KEY_SCOPES,
     RUN_STATUSES,
+    ApiKey,
     Artifact,
     AuditEntry,
     Experiment,
@@ -13,6 +15,7 @@ from danlu.store._entities import (
     RegisteredModel,
     Run,
 )
+from danlu.store._keys import KEYS_AUDIT_SUBJECT
 from danlu.store._names import (
     parse_model_ref,
     validate_artifact_name,
@@ -26,7 +29,10 @@ from danlu.store.base import Store
 
 __all__ = [
     "parse_model_ref",
+    "API_KEY_SCOPES",
+    "KEYS_AUDIT_SUBJECT",
     "RUN_STATUSES",
+    "ApiKey",
     "Artifact",
     "AuditEntry",
     "Experiment",

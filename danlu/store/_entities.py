@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "API_KEY_SCOPES",
+    "ApiKey",
     "Artifact",
     "AuditEntry",
     "Experiment",
@@ -18,6 +20,9 @@ __all__ = [
 ]
 
 RUN_STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
+#: what an API key may do: ``predict`` calls prediction routes; ``admin`` may also load, unload,
+#: reload and re-alias models (an admin key is accepted wherever a predict key is)
+API_KEY_SCOPES = ("predict", "admin")
 
 
 @dataclass(frozen=True)
@@ -115,3 +120,25 @@ class AuditEntry:
     model: str
     version: int | None
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key of the inference server, as listed: never its secret, which is shown once.
+
+    ``prefix`` is the secret's first 8 characters (``dl_`` and the start of the id), enough to
+    tell which key a client holds without revealing any of its random part.
+    """
+
+    id: str
+    name: str
+    scope: str  # one of API_KEY_SCOPES
+    prefix: str
+    created_at: float
+    created_by: str
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

@@ -47,6 +47,7 @@ from danlu.store._entities import (
     Run,
 )
 from danlu.store._filter import Clause, parse_filter, parse_order
+from danlu.store._keys import SqlApiKeysMixin
 from danlu.store._migrate import upgrade
 from danlu.store._names import (
     safe_join,
@@ -136,7 +137,8 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-class SqlStore(SqlRegistryMixin, Store):
+# SqlRegistryMixin comes first: its _audit implements the one SqlApiKeysMixin declares.
+class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, Store):
     """Tracking database + artifact folder + model registry.
 
     Args:

@@ -146,3 +146,17 @@ audit_log = Table(
     Column("detail", Text, nullable=False),
     Index("ix_audit_model", "model", "id"),
 )
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("scope", String(20), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),  # never the secret itself
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("revoked_at", Float),
+    Column("last_used_at", Float),
+)

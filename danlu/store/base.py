@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from danlu.store._entities import (
+    ApiKey,
     Artifact,
     AuditEntry,
     MetricPoint,
@@ -21,7 +22,8 @@ __all__ = ["Store"]
 
 
 class Store(ABC):
-    """Runs with their params, metrics, tags and artifacts; registered models; the audit log.
+    """Runs with their params, metrics, tags and artifacts; registered models; the audit log;
+    the inference server's API keys.
 
     Every method returns frozen entities. Names and ids that come from outside are validated;
     writes that matter are atomic; a database row never points at a missing file.
@@ -172,3 +174,41 @@ class Store(ABC):
     @abstractmethod
     def audit_log(self, name: str | None = None) -> list[AuditEntry]:
         """Registry changes, oldest first (append-only)."""
+
+    # -- API keys of the inference server ---------------------------------------------------
+    @abstractmethod
+    def create_api_key(
+        self, scope: str, *, name: str = "", actor: str = "danlu"
+    ) -> tuple[ApiKey, str]:
+        """Create a key of ``scope`` (``predict`` or ``admin``); returns it and its secret.
+
+        The secret (``dl_<id>_<random>``) is returned once and never stored: only its digest
+        is. Raises ConfigError for an unknown scope.
+
+        Example:
+            >>> import tempfile
+            >>> from danlu.store import SqlStore
+            >>> store = SqlStore(home=tempfile.mkdtemp())
+            >>> key, secret = store.create_api_key("predict", name="web")
+            >>> store.verify_api_key(secret).id == key.id
+            True
+        """
+
+    @abstractmethod
+    def verify_api_key(self, secret: str) -> ApiKey | None:
+        """The active key whose secret this is; None for an unknown, malformed, wrong or
+        revoked secret (never an exception for bad input). One primary-key lookup; records
+        ``last_used_at`` at most once a minute."""
+
+    @abstractmethod
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first (never their secrets)."""
+
+    @abstractmethod
+    def revoke_api_key(self, key_id: str, *, actor: str = "danlu") -> ApiKey:
+        """Revoke a key for good (revoking twice is harmless). Raises NotFoundError."""
+
+    @abstractmethod
+    def has_api_keys(self, scope: str | None = None) -> bool:
+        """Whether an active key exists: of any scope, or able to call ``scope``'s routes (an
+        admin key counts for ``predict`` too)."""

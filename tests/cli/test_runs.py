@@ -15,6 +15,7 @@ import pytest
 
 from danlu.cli import _runs
 from danlu.store import MetricPoint, SqlStore
+from danlu.store._migrate import HEAD
 from tests.cli._runner import danlu
 
 
@@ -247,7 +248,7 @@ def test_export_refuses_a_folder_as_output(runs, tmp_path):
 def test_db_upgrade_prints_the_revision_and_hides_the_password(monkeypatch, tmp_path):
     out = danlu("db", "upgrade")
     assert out.code == 0, out.stderr
-    assert "schema revision: 0001" in out.stdout
+    assert f"schema revision: {HEAD}" in out.stdout
     assert "sqlite:///" in out.stdout and "danlu.db" in out.stdout
     unreachable = "postgresql://ana:s3cret@127.0.0.1:1/danlu"
     monkeypatch.setenv("DANLU_DB_URL", unreachable)

@@ -20,6 +20,7 @@ from sqlalchemy import func, select, text
 from danlu.errors import ConfigError, NotFoundError, StoreError
 from danlu.store import MetricPoint, SqlStore
 from danlu.store import _tables as t
+from danlu.store._migrate import HEAD
 
 from ._workers import heartbeat_worker, log_metrics_worker
 from .conftest import Database
@@ -99,9 +100,7 @@ def test_concurrent_writers_on_a_fresh_database(
             assert conn.execute(select(func.count()).select_from(t.metrics)).scalar() == (
                 WORKERS * POINTS
             )
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0001",)
-            ]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
             assert conn.execute(select(func.count()).select_from(t.experiments)).scalar() == 1
         for run_id in runs:
             assert store.get_run(run_id).metrics == {"loss": 1.0 / POINTS}
