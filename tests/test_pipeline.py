@@ -57,6 +57,7 @@ def test_run_records_everything_in_the_store(tmp_path):
         "data_quality.html",
         "model.safetensors",
         "model.json",
+        "drift_reference.json",
         "summary.json",
         "checkpoint.safetensors",
     }

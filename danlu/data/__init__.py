@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from danlu.data._augment import Augmenter, Mix, check_augment
 from danlu.data._checks import Violation, check_data, find_violations
+from danlu.data._drift import DriftMonitor, drift_reference, drift_status, psi
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
 from danlu.data._imbalance import imbalance_class_weight, resample_training
 from danlu.data._inspect import infer_task, inspect_data
@@ -33,6 +34,7 @@ from danlu.data._stream import TrainStream, prepare_stream
 __all__ = [
     "Augmenter",
     "BuiltinDataset",
+    "DriftMonitor",
     "Feature",
     "FeatureReducer",
     "FeatureSchema",
@@ -44,6 +46,8 @@ __all__ = [
     "Mix",
     "check_augment",
     "cv_splits",
+    "drift_reference",
+    "drift_status",
     "check_data",
     "find_violations",
     "fingerprint_arrays",
@@ -58,6 +62,7 @@ __all__ = [
     "outlier_rows",
     "prepare_data",
     "prepare_stream",
+    "psi",
     "quality_html",
     "quality_report",
     "resample_training",

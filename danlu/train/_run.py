@@ -42,7 +42,7 @@ __all__ = ["Result", "check_recipe", "register_run", "run_training"]
 log = get_logger(__name__)
 
 _RESUMABLE_KEYS = {"train.epochs"}  # keys a resumed run may change
-_OPTIONAL_MODEL_FILES = ("calibration.json", "report.html", "report.json")
+_OPTIONAL_MODEL_FILES = ("calibration.json", "drift_reference.json", "report.html", "report.json")
 
 
 @dataclass
@@ -188,6 +188,11 @@ def _save_outputs(
         "schema": data.schema.to_dict(),
     }
     tracker.log_artifact("model.json", json.dumps(model_card, indent=1))
+    if len(data.x_train):  # the training distribution a server compares its inputs with (PSI)
+        from danlu.data import drift_reference
+
+        reference = drift_reference(data.x_train, data.schema)
+        tracker.log_artifact("drift_reference.json", json.dumps(reference))
 
 
 def _signature(schema: dict[str, Any], task: str) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""Runtimes: what turns a batch of model inputs into raw model outputs.
+
+ONNX Runtime is the default (the version's parity-checked ``model.onnx``); torch is the fallback,
+rebuilt from the safetensors weights. A version whose export failed, or was never made, is served
+by torch: a failed export is never served. A runtime is called by one thread at a time (the
+micro-batcher's worker), so neither needs locking.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from danlu.errors import ConfigError, StoreError
+from danlu.logging import get_logger
+
+if TYPE_CHECKING:
+    import torch
+
+    from danlu.models import ModelBundle
+    from danlu.store import ModelVersion, Store
+
+__all__ = ["OnnxRuntime", "Runtime", "TorchRuntime", "load_runtime", "read_bytes"]
+
+logger = get_logger(__name__)
+
+RUNTIMES = ("onnx", "torch")
+
+
+class Runtime(Protocol):
+    """Raw outputs for a batch of model inputs; called by one thread at a time."""
+
+    name: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """``x``: (n, input_dim) float32 → raw outputs (n, out) float32 (logits, not labels)."""
+        ...
+
+
+class OnnxRuntime:
+    """An ONNX Runtime session on the CPU.
+
+    Args:
+        model: the ONNX model, as bytes or a path to ``model.onnx``.
+        threads: intra-op threads (one is best when several models or processes share the CPU).
+
+    Example:
+        >>> # runtime = OnnxRuntime(store.model_version_path("wine", 3, "model.onnx"))
+        >>> # runtime.predict(x)  # (n, classes) logits
+    """
+
+    name = "onnx"
+
+    def __init__(self, model: bytes | str | Path, threads: int = 1) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:  # pragma: no cover - the [serve] extra installs it
+            raise ConfigError(
+                "The ONNX runtime needs onnxruntime: pip install 'danlu[serve]', or serve with "
+                "--runtime torch."
+            ) from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(
+            source, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return np.asarray(out[0], dtype=np.float32)
+
+
+class TorchRuntime:
+    """A torch module in eval mode, run under ``inference_mode`` on the CPU.
+
+    Example:
+        >>> # runtime = TorchRuntime(load_bundle(read, "wine:3").model, threads=1)
+    """
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, threads: int = 1) -> None:
+        self.model = model.eval()
+        self.threads = max(1, int(threads))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        # torch's thread count is per process; setting it here keeps the serving setting even
+        # when something else changed it.
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
+        return out.float().numpy()
+
+
+def read_bytes(store: Store, mv: ModelVersion, file: str) -> bytes | None:
+    """One file of a registered version, or None when it has none by that name."""
+    path = store.model_version_path(mv.name, mv.version, file)
+    return path.read_bytes() if path.is_file() else None
+
+
+def load_runtime(
+    store: Store,
+    mv: ModelVersion,
+    kind: str = "onnx",
+    threads: int = 1,
+    *,
+    bundle: ModelBundle | None = None,
+) -> Runtime:
+    """The runtime serving version ``mv``: ``onnx`` (falls back to torch when not ONNX-ready).
+
+    Args:
+        store: the store holding the version.
+        mv: the version.
+        kind: ``onnx`` or ``torch``.
+        threads: intra-op threads.
+        bundle: the version's already loaded bundle (saves loading it again for torch).
+
+    Raises:
+        ConfigError: an unknown ``kind``.
+        StoreError: the version's files are missing or corrupt.
+
+    Example:
+        >>> # runtime = load_runtime(store, store.get_model_version("wine", 3), "onnx")
+    """
+    if kind not in RUNTIMES:
+        raise ConfigError(
+            f"The runtime must be one of {', '.join(RUNTIMES)}; got '{kind}'. Use --runtime onnx "
+            "(the default) or --runtime torch."
+        )
+    if kind == "onnx":
+        from danlu.export._onnx import onnx_ready, read_onnx
+
+        if onnx_ready(store, mv):
+            try:
+                return OnnxRuntime(read_onnx(store, mv), threads)
+            except StoreError as exc:  # not the file the parity check passed: never serve it
+                logger.warning("%s Serving model %s with torch instead.", exc, mv.ref)
+        else:
+            logger.warning(
+                "Model %s has no successful ONNX export (its export failed or was never made); "
+                "serving it with torch. Run `danlu export %s --format onnx` to serve it with "
+                "ONNX Runtime.",
+                mv.ref,
+                mv.ref,
+            )
+    if bundle is None:
+        from danlu.models import load_bundle
+
+        bundle = load_bundle(lambda f: read_bytes(store, mv, f), f"Model {mv.ref}")
+    return TorchRuntime(bundle.model, threads)

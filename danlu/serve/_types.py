@@ -1,0 +1,126 @@
+"""What the server's parts share: its settings, the errors a request can meet, and the contract
+between the HTTP layer (``_app.py``) and the models it serves (``_pool.py``, ``_model.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from danlu.errors import DanluError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "Canary",
+    "QueueFull",
+    "RequestError",
+    "ServeSettings",
+    "ServedModelLike",
+]
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class RequestError(DanluError, ValueError):
+    """A request the client must fix: answered with ``status`` and a JSON body naming ``field``.
+
+    Example:
+        >>> RequestError("rows[3].alcohol", "must be a finite number; got 'abc'").status
+        422
+    """
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+class QueueFull(DanluError, RuntimeError):
+    """The model's request queue is full: answered 503 with ``Retry-After``."""
+
+    def __init__(self, model: str, retry_after: float = 1.0) -> None:
+        super().__init__(f"Model '{model}' is at capacity; retry in {retry_after:g} s.")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Canary:
+    """``--canary digits:5=10%``: send ``share`` of digits' requests to version ``ref``."""
+
+    name: str
+    ref: str
+    share: float
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything ``danlu serve`` can be told (CLI flags map one to one).
+
+    Attributes:
+        models: model references to serve: ``digits``, ``digits@production``, ``wine:3``.
+        host, port, workers: where uvicorn listens and how many processes it runs.
+        runtime: ``onnx`` (default; the version's parity-checked model.onnx) or ``torch``.
+        max_batch_size: most rows a micro-batch holds.
+        max_wait_ms: how long the first request of a batch waits for company.
+        max_queue: requests waiting per model before new ones get 503.
+        request_timeout_s: a request not answered by then gets 504.
+        max_body_bytes: larger bodies get 413.
+        max_rows: most rows one request may carry (more: 413).
+        canaries: traffic splits.
+        poll_seconds: how often aliases are checked for a move (hot swap); 0 turns it off.
+        drift_window: rows per model kept for the drift estimate (PSI).
+        log_sample: share of requests logged to the store for later evaluation (0..1).
+        threads: ONNX Runtime / torch intra-op threads per model.
+    """
+
+    models: tuple[str, ...]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    runtime: str = "onnx"
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
+    request_timeout_s: float = 10.0
+    max_body_bytes: int = 1_000_000
+    max_rows: int = 1024
+    canaries: tuple[Canary, ...] = ()
+    poll_seconds: float = 2.0
+    drift_window: int = 2000
+    log_sample: float = 0.0
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK
+
+
+class ServedModelLike(Protocol):
+    """What the HTTP layer needs from one served model version (``_model.ServedModel``)."""
+
+    name: str
+    version: int
+    ref: str  # "digits:3"
+    signature: dict[str, Any]
+    metrics: dict[str, float]
+    runtime_name: str  # "onnx" | "torch"
+
+    def parse(self, payload: Any, max_rows: int) -> np.ndarray:
+        """Validate a decoded JSON body ({"rows": [...]} or {"columns": {...}}) against the
+        signature and preprocess it: (n, input_dim) float32. Raises RequestError naming the field
+        (422; 413 for more than ``max_rows`` rows)."""
+        ...
+
+    async def predict(self, x: np.ndarray) -> dict[str, list[Any]]:
+        """Queue ``x`` for the next micro-batch; ``{"predictions": [...], "probabilities":
+        [[...]]?}``. Raises QueueFull when the queue is full."""
+        ...
+
+    def queue_depth(self) -> int: ...
+
+    def drift(self) -> dict[str, Any]:
+        """{"window": rows seen, "features": [{"feature", "psi", "status"}], "reference": bool}"""
+        ...
