@@ -24,6 +24,7 @@ from danlu.cli._keys import keys_app
 from danlu.cli._models import models_app
 from danlu.cli._options import QuietOption, SetOption, registered_line
 from danlu.cli._runs import runs_app
+from danlu.cli._serve import serve_command
 from danlu.cli._tune import studies_app, tune_command
 from danlu.errors import DanluError
 
@@ -166,6 +167,7 @@ app.command("tune")(tune_command)
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
 app.command("export")(export_command)
+app.command("serve")(serve_command)
 
 
 @app.command()

@@ -1,0 +1,165 @@
+"""``danlu serve``: answer predictions for registered models over HTTP.
+
+Thin, like the other commands: ``danlu.serve`` does the work (FastAPI and uvicorn load inside the
+command, so ``danlu --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from danlu.cli import _app as cli
+from danlu.errors import ConfigError
+
+if TYPE_CHECKING:
+    from danlu.serve import Canary
+
+__all__ = ["parse_canary", "parse_size", "serve_command"]
+
+_CANARY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,99}):([0-9]{1,9})=([0-9]+(?:\.[0-9]+)?)%$")
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMG]i?B?|B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
+
+
+def parse_canary(text: str, models: list[str] | None = None) -> Canary:
+    """``NAME:VERSION=SHARE%`` → a Canary (share as a fraction).
+
+    Example:
+        >>> parse_canary("digits:5=10%")
+        Canary(name='digits', ref='digits:5', share=0.1)
+    """
+    from danlu.serve import Canary
+
+    match = _CANARY.match(text.strip())
+    if match is None:
+        raise ConfigError(
+            f"--canary {text!r} is not NAME:VERSION=SHARE%; for example --canary digits:5=10% "
+            "sends 10% of digits' requests to version 5."
+        )
+    name, version, percent = match.group(1), int(match.group(2)), float(match.group(3))
+    if version < 1:
+        raise ConfigError(f"--canary {text!r}: versions start at 1; got {version}.")
+    if not 0 < percent < 100:
+        raise ConfigError(
+            f"--canary {text!r}: the share must lie strictly between 0% and 100%; got {percent:g}%."
+        )
+    if models is not None:
+        from danlu.store import parse_model_ref
+
+        served = [parse_model_ref(m)[0] for m in models]
+        if name not in served:
+            raise ConfigError(
+                f"--canary {text!r} is for '{name}', which is not served; serve it too "
+                f"(served: {', '.join(served)})."
+            )
+    return Canary(name=name, ref=f"{name}:{version}", share=percent / 100)
+
+
+def parse_size(text: str, option: str = "--max-body") -> int:
+    """``1MB``, ``512KB``, ``1MiB``, ``2000000`` → bytes.
+
+    Example:
+        >>> parse_size("1MB"), parse_size("64KiB")
+        (1000000, 65536)
+    """
+    match = _SIZE.match(text.strip())
+    if match is None:
+        raise ConfigError(f"{option} {text!r} is not a size; write it like 1MB, 512KB or 65536.")
+    unit = (match.group(2) or "").upper()
+    binary = "I" in unit
+    prefix = unit[:1] if unit[:1] in "KMG" else ""
+    factor = 1024 ** ("KMG".index(prefix) + 1) if binary and prefix else _UNITS[prefix]
+    size = int(float(match.group(1)) * factor)
+    if size < 1:
+        raise ConfigError(f"{option} {text!r} must be at least 1 byte.")
+    return size
+
+
+def serve_command(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="Models to serve: NAME (latest), NAME:VERSION or NAME@ALIAS.",
+            metavar="MODEL...",
+            show_default=False,
+        ),
+    ],
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on. Beyond loopback needs an API key: danlu keys create."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="Server processes (each loads every model).", min=1, max=64)
+    ] = 1,
+    runtime: Annotated[
+        str, typer.Option(help="onnx (the parity-checked export) or torch.", metavar="onnx|torch")
+    ] = "onnx",
+    max_batch_size: Annotated[
+        int, typer.Option(help="Most rows one micro-batch holds.", min=1)
+    ] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="How long a batch waits for company (ms).", min=0)
+    ] = 2.0,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests waiting per model before new ones get 503.", min=1)
+    ] = 1024,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds before an unanswered request gets 504.", min=0.001)
+    ] = 10.0,
+    max_body: Annotated[
+        str, typer.Option(help="Largest request body (larger: 413).", metavar="SIZE")
+    ] = "1MB",
+    max_rows: Annotated[
+        int, typer.Option(help="Most rows one request may carry (more: 413).", min=1)
+    ] = 1024,
+    canary: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Send a share of a model's requests to another version: NAME:VERSION=SHARE% "
+            "(repeatable), e.g. digits:5=10%.",
+            metavar="NAME:VERSION=SHARE%",
+        ),
+    ] = None,
+    poll: Annotated[
+        float,
+        typer.Option(help="Seconds between checks for a moved alias (hot swap); 0: off.", min=0),
+    ] = 2.0,
+    threads: Annotated[int, typer.Option(help="Inference threads per model.", min=1, max=256)] = 1,
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="Log every request (slower).")
+    ] = False,
+) -> None:
+    """Serve registered models over HTTP: predictions, metrics, drift and hot swap.
+
+    Example: danlu serve digits@production wine:3 --canary digits:5=10%
+    """
+    cli._setup_logging(True, False)
+    from danlu.serve import ServeSettings, serve
+    from danlu.store import SqlStore
+
+    if runtime not in ("onnx", "torch"):
+        raise ConfigError(f"--runtime must be onnx or torch; got {runtime!r}.")
+    settings = ServeSettings(
+        models=tuple(models),
+        host=host,
+        port=port,
+        workers=workers,
+        runtime=runtime,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        request_timeout_s=timeout,
+        max_body_bytes=parse_size(max_body),
+        max_rows=max_rows,
+        canaries=tuple(parse_canary(c, models) for c in canary or ()),
+        poll_seconds=poll,
+        threads=threads,
+        extra={"access_log": access_log},
+    )
+    serve(settings, SqlStore)

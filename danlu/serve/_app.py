@@ -1,0 +1,937 @@
+"""The HTTP layer of ``danlu serve``: routes, strict body decoding, error bodies, OpenAPI.
+
+Every route declares who may call it (``@requires``); one middleware checks keys for all of them
+(``_auth.py``). The predict route is a plain Starlette route that reads the raw body itself: it
+decodes strictly (UTF-8, JSON without NaN/Infinity, bounded nesting), hands the payload to the
+served model's ``parse`` and awaits its micro-batched ``predict`` under the request timeout.
+
+Every error is JSON ``{"error": {"status", "code", "field"?, "message"}}``; an unexpected one is
+a 500 with a request id that the server log carries with the traceback — never the traceback, a
+file path or SQL in the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+
+from danlu.errors import ConfigError, DanluError, DataError, NotFoundError
+from danlu.logging import get_logger
+from danlu.serve._auth import (
+    ADMIN,
+    PREDICT,
+    PUBLIC,
+    SCOPE_KEY,
+    Authenticator,
+    AuthError,
+    AuthMiddleware,
+    requires,
+    route_scopes,
+)
+from danlu.serve._limits import BodyLimitMiddleware
+from danlu.serve._metrics import UNKNOWN, ServeMetrics
+from danlu.serve._types import QueueFull, RequestError, ServeSettings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from danlu.serve._types import ServedModelLike
+
+__all__ = ["MAX_DEPTH", "create_app", "decode_body", "error_response", "server_state"]
+
+log = get_logger(__name__)
+
+_FLOAT_MAX = 1.7976931348623157e308
+MAX_DEPTH = 32  # JSON nesting a request body may have ({"rows": [{...}]} needs 3)
+PREDICT_PATH = "/v1/models/{name}/predict"
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "too_many_requests",
+    500: "internal",
+    503: "unavailable",
+    504: "timeout",
+}
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # as the registry validates it
+_PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()]+){2,}[\\/]?")
+
+
+# -- JSON in and out -----------------------------------------------------------------------------
+def _reject_constant(literal: str) -> Any:
+    raise RequestError(
+        "body",
+        f"contains {literal}, which is not a JSON number; send finite numbers "
+        "(null where a value is missing)",
+        400,
+    )
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists/dicts more than ``limit`` levels (iterative: no recursion)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Decode a predict body strictly; raises RequestError naming ``body`` (400, or 422 for a
+    well-formed body that is not a JSON object).
+
+    Example:
+        >>> decode_body(b'{"rows": [{"x": 1.5}]}')
+        {'rows': [{'x': 1.5}]}
+    """
+    if not body:
+        raise RequestError("body", 'is empty; send a JSON object such as {"rows": [{...}]}', 400)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(
+            "body", f"is not valid UTF-8 (bad byte at offset {exc.start})", 400
+        ) from None
+    try:
+        payload = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise RequestError(
+            "body",
+            f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
+            f"(character {exc.pos})",
+            400,
+        ) from None
+    except RecursionError:  # the C decoder stops at the interpreter's recursion limit
+        raise RequestError(
+            "body", f"nests arrays or objects deeper than {MAX_DEPTH} levels", 400
+        ) from None
+    # only a body with many brackets can be deep: skip the walk for the usual small request
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(payload, MAX_DEPTH):
+        raise RequestError("body", f"nests arrays or objects deeper than {MAX_DEPTH} levels", 400)
+    if not isinstance(payload, dict):
+        raise RequestError(
+            "body", 'must be a JSON object: {"rows": [{...}, ...]} or {"columns": {...}}', 422
+        )
+    return payload
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """json.dumps' fallback for numpy values."""
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(content: Any) -> bytes:
+    try:
+        text = json.dumps(content, allow_nan=False, separators=(",", ":"), default=_plain)
+    except ValueError:  # a NaN somewhere: the slow path
+        text = json.dumps(
+            _finite(json.loads(json.dumps(content, default=_plain))), separators=(",", ":")
+        )
+    return text.encode()
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_dumps(content), status, headers, media_type="application/json")
+
+
+def error_response(
+    status: int,
+    message: str,
+    field: str | None = None,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
+) -> Response:
+    """``{"error": {"status", "code", "field"?, "message", "request_id"?}}`` with ``status``."""
+    error: dict[str, Any] = {"status": status, "code": code or _CODES.get(status, "error")}
+    if field:
+        error["field"] = field
+    error["message"] = message
+    if request_id:
+        error["request_id"] = request_id
+        headers = {**(headers or {}), "X-Request-ID": request_id}
+    return _json({"error": error}, status, headers)
+
+
+def _internal_error(where: str) -> Response:
+    """Log the exception being handled under a fresh request id; a generic 500 for the client."""
+    request_id = uuid.uuid4().hex[:16]
+    log.exception("Unexpected error in %s (request id %s)", where, request_id)
+    return error_response(
+        500,
+        f"Internal server error; the server log has the details under request id {request_id}.",
+        request_id=request_id,
+    )
+
+
+def _scrub(message: str) -> str:
+    """A message from the store or a model loader, without file paths in it."""
+    return _PATHLIKE.sub("<path>", message)
+
+
+def _request_error(exc: RequestError) -> Response:
+    return error_response(exc.status, exc.message, exc.field)
+
+
+def _auth_error(exc: AuthError) -> Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="danlu"'} if exc.status == 401 else None
+    return error_response(exc.status, exc.message, exc.field, headers=headers)
+
+
+def _queue_full(exc: QueueFull) -> Response:
+    retry = str(max(1, math.ceil(exc.retry_after)))
+    return error_response(503, str(exc), code="queue_full", headers={"Retry-After": retry})
+
+
+def _danlu_error(exc: DanluError) -> Response:
+    if isinstance(exc, RequestError):
+        return _request_error(exc)
+    if isinstance(exc, QueueFull):
+        return _queue_full(exc)
+    if isinstance(exc, AuthError):
+        return _auth_error(exc)
+    if isinstance(exc, NotFoundError):
+        return error_response(404, _scrub(str(exc)))
+    if isinstance(exc, ConfigError | DataError):
+        return error_response(422, _scrub(str(exc)))
+    return _internal_error(type(exc).__name__)
+
+
+class _ErrorBoundary:
+    """Outermost middleware: an exception nothing else handled becomes a generic JSON 500 (the
+    traceback goes to the log), instead of Starlette's plain-text one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            response = _internal_error(f"{scope.get('method')} {scope.get('path')}")
+            if not started:
+                await response(scope, receive, send)
+
+
+# -- response shapes (OpenAPI) --------------------------------------------------------------------
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    field: str | None = None
+    message: str
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    ref: str
+    predictions: list[Any]
+    probabilities: list[list[float | None]] | None = None
+
+
+class CanaryInfo(_Open):
+    ref: str
+    version: int
+    share: float | None = None
+
+
+class ModelSummary(_Open):
+    name: str
+    version: int
+    ref: str
+    runtime: str
+    task: str | None = None
+    canary: CanaryInfo | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class ModelInfo(ModelSummary):
+    signature: dict[str, Any]
+    metrics: dict[str, float | None]
+    queue_depth: int
+
+
+class DriftReport(_Open):
+    model: str
+    version: int
+    features: list[dict[str, Any]] = []
+    canary: dict[str, Any] | None = None
+
+
+class Status(_Open):
+    status: str
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ref: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(:[0-9]{1,9}|@[A-Za-z][A-Za-z0-9._-]{0,99})?$",
+        description="NAME (latest), NAME:VERSION or NAME@ALIAS, e.g. wine@production",
+    )
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alias: str = Field(
+        pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,99}$",
+        description="a name starting with a letter, e.g. production",
+    )
+    version: int = Field(ge=1, le=2**31 - 1, description="the version the alias points at")
+
+
+class Unloaded(BaseModel):
+    model: str
+    unloaded: bool
+
+
+class AliasSet(BaseModel):
+    model: str
+    alias: str
+    version: int
+    serving: ModelSummary | None = None
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": _CODES[code]} for code in codes}
+
+
+# -- state ----------------------------------------------------------------------------------------
+class _LazyStore:
+    """Opens the store on first use (in whichever thread asks first), once."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._store: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._factory()
+        return self._store
+
+    def close(self) -> None:
+        store, self._store = self._store, None
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass
+class ServerState:
+    """What the routes share; ``draining`` turns readiness off while the server shuts down."""
+
+    pool: Any
+    settings: ServeSettings
+    metrics: ServeMetrics
+    auth: Authenticator
+    store: _LazyStore
+    draining: bool = False
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+
+def server_state(app: FastAPI) -> ServerState:
+    """The app's :class:`ServerState` (``server_state(app).begin_drain()`` on SIGTERM)."""
+    return app.state.danlu  # type: ignore[no-any-return]
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------------
+def _model_request_schemas(
+    name: str, signature: dict[str, Any], max_rows: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The predict body of one model (``{"rows": [Row]}`` or ``{"columns": {...}}``), as a
+    requestBody schema and the component schemas it refers to — pydantic models built from the
+    model's signature."""
+    from typing import Annotated, Literal
+
+    from pydantic import create_model
+    from pydantic.json_schema import models_json_schema
+
+    prefix = re.sub(r"[^A-Za-z0-9]", "_", name)
+    # what ServedModel.parse accepts: a number where a float is expected, 0/1 for a boolean, a
+    # number for a category, and null where training learned a fill value
+    finite = Annotated[float, Field(allow_inf_nan=False, ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
+    row: dict[str, Any] = {}
+    columns: dict[str, Any] = {}
+    for i, feature in enumerate(signature.get("inputs") or ()):
+        kind = feature.get("kind")
+        kind_type: Any
+        if kind == "boolean":
+            kind_type, what = bool | Literal[0, 1] | None, "true or false"
+        elif kind == "categorical":
+            known = [str(c) for c in feature.get("categories") or ()]
+            listed = ", ".join(known[:50]) + (", ..." if len(known) > 50 else "")
+            what = f"one of the known categories: {listed}" if known else "a category"
+            kind_type = str | finite | None
+        else:
+            kind_type, what = finite | None, "a finite number"
+        what += " (null: the value learned in training, where the model has one)"
+        alias = str(feature.get("name"))
+        row[f"f{i}"] = (kind_type, Field(alias=alias, description=what))
+        columns[f"f{i}"] = (
+            list[kind_type],  # type: ignore[valid-type]
+            Field(
+                alias=alias, min_length=1, max_length=max_rows, description=f"one per row: {what}"
+            ),
+        )
+    forbid = ConfigDict(extra="forbid")
+    row_model = create_model(f"{prefix}_Row", __config__=forbid, **row)
+    columns_model = create_model(f"{prefix}_Columns", __config__=forbid, **columns)
+    by_rows = create_model(
+        f"{prefix}_RowsRequest",
+        __config__=forbid,
+        rows=(list[row_model], Field(min_length=1, max_length=max_rows)),  # type: ignore[valid-type]
+    )
+    by_columns = create_model(
+        f"{prefix}_ColumnsRequest",
+        __config__=forbid,
+        columns=(columns_model, Field(description="feature → its values; all lists equally long")),
+    )
+    refs, top = models_json_schema(
+        [(by_rows, "validation"), (by_columns, "validation")],
+        ref_template="#/components/schemas/{model}",
+    )
+    body = {"oneOf": [refs[(by_rows, "validation")], refs[(by_columns, "validation")]]}
+    return body, top.get("$defs", {})
+
+
+def _security(scope: str) -> list[dict[str, list[str]]]:
+    keys: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+    return keys if scope == ADMIN else [*keys, {}]  # {}: no key needed (no keys, loopback)
+
+
+def _build_openapi(
+    app: FastAPI, state: ServerState, cache: dict[Any, dict[str, Any]]
+) -> dict[str, Any]:
+    from fastapi.openapi.utils import get_openapi
+
+    pool, settings = state.pool, state.settings
+    served = []
+    for name in sorted(pool.names()):
+        try:
+            served.append((name, pool.primary(name)))
+        except NotFoundError:  # unloaded meanwhile
+            continue
+    key = tuple((name, model.ref) for name, model in served)
+    if key in cache:
+        return cache[key]
+
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)  # our 422 body is ErrorBody
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    predict_ref = {"$ref": "#/components/schemas/PredictResponse"}
+    for model in (ErrorBody, PredictResponse):
+        _, top = models_json_schema_of(model)
+        schemas.update(top)
+
+    paths = schema.setdefault("paths", {})
+    for name, model in served:
+        body, defs = _model_request_schemas(name, model.signature, settings.max_rows)
+        schemas.update(defs)
+        responses: dict[str, Any] = {
+            "200": {
+                "description": "predictions by the version that answered (also in X-Model-Version)",
+                "content": {"application/json": {"schema": predict_ref}},
+                "headers": {"X-Model-Version": {"schema": {"type": "string"}}},
+            }
+        }
+        for code in (400, 401, 404, 408, 413, 422, 503, 504):
+            responses[str(code)] = {
+                "description": _CODES[code],
+                "content": {"application/json": {"schema": error_ref}},
+            }
+        paths[f"/v1/models/{name}/predict"] = {
+            "post": {
+                "tags": ["predict"],
+                "summary": f"Predict with {name} ({model.ref})",
+                "operationId": f"predict_{re.sub(r'[^A-Za-z0-9]', '_', name)}",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": body}},
+                },
+                "responses": responses,
+            }
+        }
+
+    scopes = route_scopes(app)
+    for path, item in paths.items():
+        scope = scopes.get(path, PREDICT if path.startswith("/v1/models/") else PUBLIC)
+        for operation in item.values():
+            for status, response in operation.get("responses", {}).items():
+                if status == "422":
+                    response["content"] = {"application/json": {"schema": error_ref}}
+            if scope != PUBLIC:
+                operation["security"] = _security(scope)
+    cache.clear()
+    cache[key] = schema
+    return schema
+
+
+def models_json_schema_of(model: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the model's own schema, every schema it defines) with refs into components."""
+    from pydantic.json_schema import models_json_schema
+
+    refs, top = models_json_schema(
+        [(model, "serialization")], ref_template="#/components/schemas/{model}"
+    )
+    return refs[(model, "serialization")], top.get("$defs", {})
+
+
+# -- the app ---------------------------------------------------------------------------------------
+def create_app(
+    pool: Any,
+    store_factory: Callable[[], Any],
+    settings: ServeSettings,
+    *,
+    metrics_registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``pool``'s models.
+
+    Args:
+        pool: a ``ModelPool`` (started by the app's lifespan, stopped when it ends).
+        store_factory: opens the store (API keys, aliases); called once, lazily.
+        settings: limits, timeouts and where the server listens (non-loopback: predict needs a key).
+        metrics_registry: where the Prometheus series go; a fresh registry when None.
+
+    Example:
+        >>> # app = create_app(ModelPool(SqlStore, settings), SqlStore, settings)
+        >>> # uvicorn.run(app)
+    """
+    store = _LazyStore(store_factory)
+    auth = Authenticator(store, loopback=settings.loopback)
+    metrics = ServeMetrics(metrics_registry)
+    state = ServerState(pool=pool, settings=settings, metrics=metrics, auth=auth, store=store)
+    # a pool that reports its micro-batches feeds danlu_batch_rows; else rows per request do
+    batches_reported = hasattr(pool, "on_batch") and pool.on_batch is None
+    if batches_reported:
+        pool.on_batch = lambda model, rows, _seconds: metrics.observe_batch(
+            model.name, model.version, rows
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        await pool.start()
+        await auth.keys_exist()  # warm the cache before the first request
+        try:
+            yield
+        finally:
+            state.begin_drain()
+            try:
+                await pool.stop()
+            finally:
+                await asyncio.to_thread(store.close)
+
+    app = FastAPI(
+        title="danlu inference server",
+        version=_danlu_version(),
+        description="Predictions from danlu's registered models. Each model's request body is "
+        "described under its own predict path; errors are JSON {error: {status, code, field, "
+        "message}}.",
+        lifespan=lifespan,
+        redoc_url=None,
+        **_no_telemetry(),
+    )
+    app.state.danlu = state
+    timeout = settings.request_timeout_s
+    max_rows = settings.max_rows
+
+    def served_pairs() -> Iterator[tuple[str, ServedModelLike]]:
+        for name in pool.names():
+            try:
+                yield name, pool.primary(name)
+                canary = pool.canary(name)
+            except NotFoundError:
+                continue
+            if canary is not None:
+                yield name, canary
+
+    def canary_info(name: str) -> dict[str, Any] | None:
+        canary = pool.canary(name)
+        if canary is None:
+            return None
+        share = next((c.share for c in settings.canaries if c.name == name), None)
+        return {"ref": canary.ref, "version": canary.version, "share": share}
+
+    def summary(name: str) -> dict[str, Any]:
+        served = pool.primary(name)
+        return {
+            "name": name,
+            "version": served.version,
+            "ref": served.ref,
+            "runtime": served.runtime_name,
+            "task": served.signature.get("task"),
+            "canary": canary_info(name),
+        }
+
+    # -- predict (the hot path: a plain Starlette route, no FastAPI body machinery) -------------
+    @requires(PREDICT)
+    async def predict(request: Request) -> Response:
+        name = request.path_params["name"]
+        started = time.perf_counter()
+        label: str = UNKNOWN
+        version: int | str = ""
+        try:
+            served = pool.route(name)
+            label, version = name, served.version
+            x = served.parse(decode_body(await request.body()), max_rows)
+            async with asyncio.timeout(timeout):
+                out = await served.predict(x)
+            body = _dumps({"model": name, "version": served.version, "ref": served.ref, **out})
+        except ClientDisconnect:
+            return Response(status_code=499)  # nobody is listening (or the body limit answered)
+        except Exception as exc:
+            response, code = _predict_failure(exc, timeout)
+            metrics.observe_request(
+                label, version, response.status_code, time.perf_counter() - started
+            )
+            metrics.observe_error(label, code)
+            return response
+        rows = None if batches_reported else len(x)
+        metrics.observe_request(name, version, 200, time.perf_counter() - started, rows=rows)
+        return Response(
+            body, headers={"X-Model-Version": str(version)}, media_type="application/json"
+        )
+
+    app.add_route(PREDICT_PATH, predict, methods=["POST"], include_in_schema=False)
+
+    # -- models ------------------------------------------------------------------------------------
+    @app.get(
+        "/v1/models",
+        tags=["models"],
+        response_model=None,
+        responses={200: {"model": ModelList}, **_errors(401)},
+    )
+    @requires(PREDICT)
+    async def list_models() -> Response:
+        """The served models: name, version, runtime, task and canary."""
+        models = []
+        for name in sorted(pool.names()):
+            try:
+                models.append(summary(name))
+            except NotFoundError:
+                continue
+        return _json({"models": models})
+
+    @app.get(
+        "/v1/models/{name}",
+        tags=["models"],
+        response_model=None,
+        responses={200: {"model": ModelInfo}, **_errors(401, 404)},
+    )
+    @requires(PREDICT)
+    async def model_info(name: str) -> Response:
+        """One served model: its signature, version, runtime, registry metrics and canary."""
+        served = pool.primary(name)
+        info = summary(name)
+        info["signature"] = served.signature
+        info["metrics"] = dict(served.metrics)
+        info["queue_depth"] = sum(int(m.queue_depth()) for n, m in served_pairs() if n == name)
+        return _json(info)
+
+    @app.get(
+        "/v1/models/{name}/drift",
+        tags=["models"],
+        response_model=None,
+        responses={200: {"model": DriftReport}, **_errors(401, 404)},
+    )
+    @requires(PREDICT)
+    async def model_drift(name: str) -> Response:
+        """Input drift per feature (PSI over a sliding window) against the training data."""
+        served = pool.primary(name)
+        report = {"model": name, **served.drift(), "version": served.version}
+        metrics.set_drift(name, served.version, report)
+        canary = pool.canary(name)
+        if canary is not None:
+            canary_report = {**canary.drift(), "version": canary.version, "ref": canary.ref}
+            metrics.set_drift(name, canary.version, canary_report)
+            report["canary"] = canary_report
+        return _json(report)
+
+    # -- health ----------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["health"], response_model=None, responses={200: {"model": Status}})
+    @requires(PUBLIC)
+    async def healthz() -> Response:
+        """Liveness: 200 while the process runs."""
+        return _json({"status": "ok"})
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        response_model=None,
+        responses={200: {"model": Status}, **_errors(503)},
+    )
+    @requires(PUBLIC)
+    async def readyz() -> Response:
+        """Readiness: 200 when the models are loaded and the server is not shutting down."""
+        if state.draining:
+            return error_response(503, "The server is shutting down.", code="shutting_down")
+        if not pool.ready:
+            return error_response(503, "The models are still loading.", code="not_ready")
+        return _json({"status": "ready", "models": sorted(pool.names())})
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            **_errors(401),
+        },
+    )
+    @requires(PUBLIC if settings.loopback else PREDICT)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics (needs a predict key when the server listens beyond loopback)."""
+        try:
+            metrics.update_models(list(served_pairs()))
+        except Exception:
+            log.exception("Could not refresh the queue and drift gauges.")
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    # -- admin -----------------------------------------------------------------------------------
+    admin_errors = _errors(400, 401, 403, 404, 408, 409, 413, 422)
+
+    async def admin_call(what: str, call: Any) -> Any:
+        try:
+            return await call
+        except (NotFoundError, ConfigError, RequestError):
+            raise
+        except DanluError as exc:
+            raise _AdminFailure(
+                f"{what} failed; what was serving still serves: {_scrub(str(exc))}"
+            ) from exc
+
+    @app.post(
+        "/v1/admin/models/{name}/reload",
+        tags=["admin"],
+        response_model=None,
+        responses={200: {"model": ModelSummary}, **admin_errors},
+    )
+    @requires(ADMIN)
+    async def reload_model(name: str) -> Response:
+        """Load the version the model's reference now points at beside the old one, then swap."""
+        await admin_call(f"Reloading '{name}'", pool.reload(name))
+        return _json(summary(name))
+
+    @app.post(
+        "/v1/admin/models",
+        tags=["admin"],
+        response_model=None,
+        responses={200: {"model": ModelSummary}, **admin_errors},
+    )
+    @requires(ADMIN)
+    async def load_model(body: LoadRequest) -> Response:
+        """Load and serve another model: {"ref": "wine@production"}."""
+        from danlu.store import parse_model_ref
+
+        name = parse_model_ref(body.ref)[0]
+        loaded = await admin_call(f"Loading '{body.ref}'", pool.load(body.ref))
+        return _json(summary(getattr(loaded, "name", None) or name))
+
+    @app.delete(
+        "/v1/admin/models/{name}",
+        tags=["admin"],
+        response_model=None,
+        responses={200: {"model": Unloaded}, **admin_errors},
+    )
+    @requires(ADMIN)
+    async def unload_model(name: str) -> Response:
+        """Stop serving a model (requests already queued are answered first)."""
+        await admin_call(f"Unloading '{name}'", pool.unload(name))
+        return _json({"model": name, "unloaded": True})
+
+    @app.put(
+        "/v1/admin/models/{name}/alias",
+        tags=["admin"],
+        response_model=None,
+        responses={200: {"model": AliasSet}, **admin_errors},
+    )
+    @requires(ADMIN)
+    async def set_alias(name: str, body: AliasRequest, request: Request) -> Response:
+        """Point an alias at a version in the registry, then reload the model if it is served."""
+        from danlu.errors import StoreError
+
+        if not _MODEL_NAME.match(name):
+            raise NotFoundError(f"There is no model named {name[:100]!r}.")
+        key = request.scope.get(SCOPE_KEY)
+        actor = f"api-key:{key.name}" if key is not None else "danlu-serve"
+        try:
+            await asyncio.to_thread(store().set_alias, name, body.alias, body.version, actor=actor)
+        except StoreError as exc:  # an invalid name or alias
+            raise RequestError("alias", _scrub(str(exc))) from exc
+        serving = None
+        if name in pool.names():
+            await admin_call(f"Reloading '{name}'", pool.reload(name))
+            serving = summary(name)
+        return _json(
+            {"model": name, "alias": body.alias, "version": body.version, "serving": serving}
+        )
+
+    _install_error_handlers(app)
+    app.add_middleware(AuthMiddleware, routes_of=app, authenticator=auth, respond=_auth_error)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=float(settings.extra.get("body_timeout_s", settings.request_timeout_s)),
+        respond=_request_error,
+    )
+    app.add_middleware(_ErrorBoundary)
+
+    openapi_cache: dict[Any, dict[str, Any]] = {}
+    app.openapi = lambda: _build_openapi(app, state, openapi_cache)  # type: ignore[method-assign]
+    route_scopes(app)  # refuse to build an app with an unprotected route
+    return app
+
+
+class _AdminFailure(DanluError, RuntimeError):
+    """An admin action on the pool failed (409); what was serving keeps serving."""
+
+
+def _predict_failure(exc: Exception, timeout: float) -> tuple[Response, str]:
+    """The response to a failed predict request and its error code (for the metrics)."""
+    if isinstance(exc, TimeoutError):
+        message = f"The model did not answer within {timeout:g} s; retry later or send fewer rows."
+        return error_response(504, message), "timeout"
+    if isinstance(exc, RequestError):
+        code = "invalid_body" if exc.status == 400 else _CODES.get(exc.status, "invalid_input")
+        return error_response(exc.status, exc.message, exc.field, code=code), code
+    if isinstance(exc, QueueFull):
+        return _queue_full(exc), "queue_full"
+    if isinstance(exc, DanluError):
+        response = _danlu_error(exc)
+        return response, _CODES.get(response.status_code, "error")
+    return _internal_error("predict"), "internal"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        if status == 404:
+            message = "No such route; the API is described at /docs."
+        elif status == 405:
+            message = "This route does not accept that method."
+        else:
+            message = str(exc.detail)
+        return error_response(status, message, headers=dict(exc.headers or {}))
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for error in exc.errors()[:5]:
+            if error.get("type") == "json_invalid":  # loc is ("body", position)
+                where = error.get("loc", ("body", "?"))[-1]
+                why = (error.get("ctx") or {}).get("error", "JSON decode error")
+                problems.append(("body", f"is not valid JSON: {why} (character {where})"))
+                continue
+            loc = [str(p) for p in error.get("loc", ())]
+            field = ".".join(loc[1:] if loc[:1] == ["body"] and len(loc) > 1 else loc)
+            problems.append((field or "body", str(error.get("msg", "is invalid"))))
+        field = problems[0][0] if problems else "body"
+        message = "; ".join(f"{f}: {m}" for f, m in problems) or "The request is invalid."
+        return error_response(422, message, field)
+
+    async def danlu_error(_: Request, exc: Exception) -> Response:
+        if isinstance(exc, _AdminFailure):
+            return error_response(409, str(exc), code="load_failed")
+        assert isinstance(exc, DanluError)
+        return _danlu_error(exc)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(DanluError, danlu_error)
+
+
+def _no_telemetry() -> dict[str, Any]:
+    """Turn FastAPI's OpenTelemetry hooks off where it has them: the Prometheus metrics cover
+    requests, and asking the global providers costs every request several microseconds."""
+    import inspect
+
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    return {}
+
+
+def _danlu_version() -> str:
+    from danlu import __version__
+
+    return __version__

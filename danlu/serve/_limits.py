@@ -1,0 +1,228 @@
+"""Limits against big and slow clients.
+
+- :class:`BodyLimitMiddleware` (pure ASGI): a body over ``max_body_bytes`` gets 413 — at once when
+  ``Content-Length`` says so, else as soon as the streamed (chunked) body passes the cap — and a
+  body that has not fully arrived ``body_timeout_s`` after its headers gets 408 (slowloris).
+- :func:`header_deadline_protocol`: uvicorn's HTTP protocol with a deadline on the request
+  headers, so a client that connects and trickles headers (or nothing) is disconnected; uvicorn's
+  own ``timeout_keep_alive`` only covers idle time *between* requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from danlu.serve._types import RequestError
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BodyLimitMiddleware", "header_deadline_protocol"]
+
+
+class BodyLimitMiddleware:
+    """Cap the request body's size and the time it may take to arrive.
+
+    When a limit is hit the middleware answers itself (``respond(RequestError)`` builds the
+    response) and tells the app the client went away, so the app never sees a partial body and
+    whatever it answers is dropped.
+
+    Args:
+        app: the ASGI app to wrap.
+        max_body_bytes: bodies larger than this get 413.
+        body_timeout_s: the whole body must arrive within this many seconds of the headers.
+        respond: turns a RequestError into an ASGI response app.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        respond: Callable[[RequestError], Any],
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.respond = respond
+
+    def _too_large(self) -> RequestError:
+        return RequestError(
+            "body",
+            f"is larger than the server's limit of {self.max_body_bytes} bytes; "
+            "send fewer rows per request",
+            413,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit():
+                    error = RequestError("Content-Length", "must be a whole number of bytes", 400)
+                    await self.respond(error)(scope, receive, send)
+                    return
+                if int(value) > self.max_body_bytes:
+                    await self.respond(self._too_large())(scope, receive, send)
+                    return
+                break
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
+        received = 0
+        body_done = False
+        answered = False  # we answered with 413/408: drop what the app sends
+        # the deadline is one timer, armed on the first read (routes that read no body pay
+        # nothing); it cancels the read it interrupts, and only a read (cheaper than a
+        # timeout context around every read)
+        timer: asyncio.TimerHandle | None = None
+        reading: asyncio.Task[Any] | None = None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if reading is not None:
+                reading.cancel()
+
+        def too_slow() -> RequestError:
+            return RequestError(
+                "body", f"did not arrive within {self.body_timeout_s:g} s; send it faster", 408
+            )
+
+        async def reply(error: RequestError) -> Message:
+            nonlocal answered
+            if not answered:
+                answered = True
+                await self.respond(error)(scope, receive, send)
+            return {"type": "http.disconnect"}
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done, timer, reading
+            if body_done or answered:
+                return await receive()  # after the body: waits for a disconnect, no deadline
+            if expired:
+                return await reply(too_slow())
+            if timer is None:
+                timer = loop.call_at(deadline, expire)
+            reading = asyncio.current_task()
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if expired and reading is not None and reading.uncancel() == 0:
+                    return await reply(too_slow())  # our deadline, nobody else's cancel
+                raise
+            finally:
+                reading = None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    return await reply(self._too_large())
+                if not message.get("more_body", False):
+                    body_done = True
+                    timer.cancel()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+HEADER_TIMEOUT_S = 10.0  # default deadline for a request's headers
+_PROTOCOLS: dict[float, type[asyncio.Protocol] | None] = {}
+
+
+def header_deadline_protocol(
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+) -> type[asyncio.Protocol] | None:
+    """uvicorn's HTTP protocol class (h11, or httptools when installed) that closes a connection
+    whose request headers have not all arrived ``header_timeout_s`` after it opened or after its
+    previous response; None when uvicorn's protocol classes cannot be imported (the default
+    protocol is used then, without the deadline).
+
+    The class for the default deadline is importable as
+    ``danlu.serve._limits.HeaderDeadlineProtocol``, so it pickles into worker processes.
+
+    Example:
+        >>> # uvicorn.Config(app, http=header_deadline_protocol(10.0) or "auto")
+    """
+    if header_timeout_s not in _PROTOCOLS:
+        _PROTOCOLS[header_timeout_s] = _make_protocol(header_timeout_s)
+    return _PROTOCOLS[header_timeout_s]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HeaderDeadlineProtocol":
+        return header_deadline_protocol()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _make_protocol(header_timeout_s: float) -> type[asyncio.Protocol] | None:
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("httptools") is not None:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+        else:
+            from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
+    except ImportError:  # pragma: no cover - a uvicorn without these modules
+        return None
+
+    class HeaderDeadlineProtocol(Base):  # type: ignore[misc, valid-type]
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and not self.transport.is_closing():
+                self.transport.close()  # headers too slow: drop the connection
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            self._arm()  # before super(): it may start a pipelined request, which disarms
+            super().on_response_complete()
+
+        # h11: a request's headers are complete when handle_events starts a new cycle.
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()  # type: ignore[misc]
+            if self.cycle is not cycle:
+                self._disarm()
+
+        # httptools: the parser calls this when the headers are complete.
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()  # type: ignore[misc]
+
+    if header_timeout_s != HEADER_TIMEOUT_S:
+        HeaderDeadlineProtocol.__qualname__ = f"HeaderDeadlineProtocol_{header_timeout_s:g}"
+    else:
+        HeaderDeadlineProtocol.__qualname__ = "HeaderDeadlineProtocol"  # importable: see above
+    return HeaderDeadlineProtocol

@@ -1,0 +1,221 @@
+"""Running the app under uvicorn: safe binding, slow-client limits, graceful shutdown, workers.
+
+On SIGTERM (or Ctrl-C) readiness goes false first, then uvicorn stops accepting connections,
+requests in flight finish (bounded by the request timeout), the pool drains and stops, and the
+process exits 0. ``workers > 1`` runs that many processes through uvicorn's factory mode; the
+settings travel in ``$DANLU_SERVE_SETTINGS`` (JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from danlu.errors import ConfigError, MissingExtraError
+from danlu.logging import get_logger
+from danlu.serve._types import Canary, ServeSettings
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+__all__ = [
+    "SETTINGS_ENV",
+    "app_factory",
+    "build_app",
+    "check_binding",
+    "serve",
+    "settings_from_json",
+    "settings_to_json",
+    "uvicorn_config",
+    "uvicorn_options",
+]
+
+log = get_logger(__name__)
+
+SETTINGS_ENV = "DANLU_SERVE_SETTINGS"
+KEEP_ALIVE_S = 5  # idle time between requests before the connection is closed
+MAX_HEADER_BYTES = 64 * 1024  # h11: largest incomplete event (request line + headers)
+
+
+def settings_to_json(settings: ServeSettings) -> str:
+    """ServeSettings as JSON (for the worker processes)."""
+    return json.dumps(dataclasses.asdict(settings))
+
+
+def settings_from_json(text: str) -> ServeSettings:
+    """The inverse of :func:`settings_to_json`.
+
+    Example:
+        >>> s = ServeSettings(models=("wine",), canaries=(Canary("wine", "wine:2", 0.1),))
+        >>> settings_from_json(settings_to_json(s)) == s
+        True
+    """
+    data = json.loads(text)
+    data["models"] = tuple(data["models"])
+    data["canaries"] = tuple(Canary(**c) for c in data.get("canaries", ()))
+    return ServeSettings(**data)
+
+
+def check_binding(settings: ServeSettings, store: Any) -> None:
+    """Refuse to listen beyond loopback while no API key exists (anyone on the network could
+    call the models)."""
+    if settings.loopback:
+        return
+    if not store.has_api_keys():
+        raise ConfigError(
+            f"Refusing to listen on {settings.host}: no API keys exist, so anyone who can reach "
+            "this address could use the models. Create one with: danlu keys create --scope predict "
+            "(clients send it as 'Authorization: Bearer <key>'), or serve on --host 127.0.0.1."
+        )
+
+
+def _check_models(settings: ServeSettings, store: Any) -> None:
+    """Fail before uvicorn starts when a model or canary reference does not resolve."""
+    from danlu.store import parse_model_ref
+
+    for ref in (*settings.models, *(c.ref for c in settings.canaries)):
+        name, version, alias = parse_model_ref(ref)
+        store.get_model_version(name, version, alias=alias)
+
+
+def build_app(settings: ServeSettings, store_factory: Callable[[], Any]) -> FastAPI:
+    """The app with a :class:`~danlu.serve._pool.ModelPool` of ``settings.models``."""
+    from danlu.serve._app import create_app
+    from danlu.serve._pool import ModelPool
+
+    return create_app(ModelPool(store_factory, settings), store_factory, settings)
+
+
+def _default_store() -> Any:
+    from danlu.store import SqlStore
+
+    return SqlStore()
+
+
+def app_factory() -> FastAPI:
+    """uvicorn's factory for worker processes: settings from ``$DANLU_SERVE_SETTINGS``; the store
+    of ``$DANLU_DB_URL`` / ``$DANLU_HOME``."""
+    text = os.environ.get(SETTINGS_ENV)
+    if not text:
+        raise ConfigError(f"${SETTINGS_ENV} is not set; start the server with `danlu serve`.")
+    return build_app(settings_from_json(text), _default_store)
+
+
+def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    """uvicorn's options for ``settings``: keep-alive and header deadlines, a bounded header
+    size, shutdown bounded by the request timeout, no access log (the metrics count requests)."""
+    from danlu.serve._limits import HEADER_TIMEOUT_S, header_deadline_protocol
+
+    header_timeout = float(settings.extra.get("header_timeout_s", HEADER_TIMEOUT_S))
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.extra.get("log_level", "info"),
+        "access_log": bool(settings.extra.get("access_log", False)),
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "limit_concurrency": None,
+        "server_header": False,
+        "proxy_headers": False,  # client addresses are not taken from headers anyone can send
+        "lifespan": "on",
+        "ws": "none",  # no websocket routes: do not even load a websocket library
+        "http": header_deadline_protocol(header_timeout) or "auto",
+    }
+
+
+def uvicorn_config(app: Any, settings: ServeSettings, **overrides: Any) -> uvicorn.Config:
+    """A ``uvicorn.Config`` of :func:`uvicorn_options`, with ``overrides``."""
+    import uvicorn
+
+    return uvicorn.Config(app, **{**uvicorn_options(settings), **overrides})
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class DanluServer(uvicorn.Server):
+        """uvicorn's server, with readiness turned off before it stops accepting, and a clean
+        exit (status 0) after a graceful shutdown instead of re-raising the signal."""
+
+        def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+            super().__init__(config)
+            self._on_exit = on_exit
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self._on_exit()  # /readyz answers 503 from now on
+            super().handle_exit(sig, frame)
+
+        @contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            signals = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return DanluServer
+
+
+def make_server(app: FastAPI, settings: ServeSettings, **overrides: Any) -> uvicorn.Server:
+    """A uvicorn server for ``app`` whose shutdown first turns readiness off."""
+    from danlu.serve._app import server_state
+
+    state = server_state(app)
+    return _server_class()(uvicorn_config(app, settings, **overrides), state.begin_drain)
+
+
+def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
+    """Serve ``settings.models`` until SIGTERM or Ctrl-C.
+
+    Raises ConfigError when asked to listen beyond loopback with no API key configured, and
+    NotFoundError when a model reference does not resolve.
+
+    Example:
+        >>> # serve(ServeSettings(models=("wine@production",)), SqlStore)
+    """
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingExtraError.for_package("uvicorn", "serve") from None
+    from danlu.serve._limits import header_deadline_protocol
+
+    if settings.workers < 1:
+        raise ConfigError(f"--workers must be at least 1; got {settings.workers}.")
+    store = store_factory()
+    try:
+        check_binding(settings, store)
+        _check_models(settings, store)
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+
+    if settings.workers > 1:
+        os.environ[SETTINGS_ENV] = settings_to_json(settings)
+        options = uvicorn_options(settings)
+        if options["http"] is not header_deadline_protocol():
+            options["http"] = "auto"  # only the default deadline's class pickles into workers
+        # each worker runs uvicorn's own server: there readiness turns off in the app's lifespan
+        # shutdown, once the worker has stopped accepting
+        uvicorn.run(
+            "danlu.serve._server:app_factory", factory=True, workers=settings.workers, **options
+        )
+        return
+    server = make_server(build_app(settings, store_factory), settings)
+    server.run()
+    if not server.started:
+        raise ConfigError("The server did not start; the log above says why.")
