@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet torch==2.13.0
 
 $(VENV)/.installed-core: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[serve]'
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml
@@ -26,6 +26,7 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu data inspect examples/digits_cnn.yaml
 	$(BIN)/danlu run examples/digits_cnn.yaml
 	$(BIN)/danlu report digits@staging
+	$(BIN)/python examples/serve_demo.py
 	$(BIN)/danlu runs ls --limit 5
 	$(BIN)/danlu tune examples/digits_tune.yaml --jobs 2
 	$(BIN)/danlu studies show digits-tune

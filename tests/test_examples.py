@@ -38,3 +38,23 @@ def test_readme_starts_with_the_two_setup_commands():
     assert re.search(r"^demo:", makefile, flags=re.M) and re.search(r"^test:", makefile, flags=re.M)
     for recipe in re.findall(r"examples/[\w.]+\.yaml", readme):
         assert (ROOT / recipe).exists(), recipe
+
+
+def test_serve_demo_runs(tmp_path):
+    """`make demo`'s serving step: a real server on 127.0.0.1, the client, SIGTERM."""
+    import os
+    import subprocess
+    import sys
+
+    danlu.run(ROOT / "examples" / "digits_cnn.yaml", overrides=["train.epochs=2"], home=tmp_path)
+    env = {**os.environ, "DANLU_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "serve_demo.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "digits:1 predicts [" in done.stdout and "raw HTTP: [" in done.stdout
+    assert 'danlu_requests_total{code="200",model="digits",version="1"} 2.0' in done.stdout
