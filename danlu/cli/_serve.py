@@ -131,6 +131,15 @@ def serve_command(
         typer.Option(help="Seconds between checks for a moved alias (hot swap); 0: off.", min=0),
     ] = 2.0,
     threads: Annotated[int, typer.Option(help="Inference threads per model.", min=1, max=256)] = 1,
+    log_sample: Annotated[
+        float,
+        typer.Option(
+            help="Share of requests whose rows and predictions are logged to the store "
+            "(a run of stage serve, CSV artifacts) for later evaluation; 0: none.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.0,
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log every request (slower).")
     ] = False,
@@ -160,6 +169,7 @@ def serve_command(
         canaries=tuple(parse_canary(c, models) for c in canary or ()),
         poll_seconds=poll,
         threads=threads,
+        log_sample=log_sample,
         extra={"access_log": access_log},
     )
     serve(settings, SqlStore)

@@ -136,6 +136,12 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise RequestError(
             "body", f"nests arrays or objects deeper than {MAX_DEPTH} levels", 400
         ) from None
+    except RequestError:  # NaN or Infinity (_reject_constant)
+        raise
+    except ValueError:  # an integer literal over Python's 4300-digit conversion limit
+        raise RequestError(
+            "body", "contains a number with too many digits; send at most 4300 digits", 400
+        ) from None
     # only a body with many brackets can be deep: skip the walk for the usual small request
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(payload, MAX_DEPTH):
         raise RequestError("body", f"nests arrays or objects deeper than {MAX_DEPTH} levels", 400)
@@ -211,7 +217,10 @@ def _internal_error(where: str) -> Response:
 
 def _scrub(message: str) -> str:
     """A message from the store or a model loader, without file paths in it."""
-    return _PATHLIKE.sub("<path>", message)
+    def hide(match: re.Match[str]) -> str:  # the server's own routes are no secret
+        return match.group(0) if match.group(0).startswith("/v1/") else "<path>"
+
+    return _PATHLIKE.sub(hide, message)
 
 
 def _request_error(exc: RequestError) -> Response:
@@ -587,16 +596,28 @@ def create_app(
             model.name, model.version, rows
         )
 
+    request_log = None
+    if settings.log_sample > 0:
+        from danlu.serve._requestlog import RequestLog
+
+        request_log = RequestLog(store_factory, settings.log_sample, settings.models)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         await pool.start()
         await auth.keys_exist()  # warm the cache before the first request
+        if request_log is not None:
+            await request_log.start()
+        if settings.extra.get("gc_freeze"):
+            _freeze_heap()
         try:
             yield
         finally:
             state.begin_drain()
             try:
                 await pool.stop()
+                if request_log is not None:
+                    await request_log.stop()
             finally:
                 await asyncio.to_thread(store.close)
 
@@ -652,9 +673,12 @@ def create_app(
         try:
             served = pool.route(name)
             label, version = name, served.version
-            x = served.parse(decode_body(await request.body()), max_rows)
+            payload = decode_body(await request.body())
+            x = served.parse(payload, max_rows)
             async with asyncio.timeout(timeout):
                 out = await served.predict(x)
+            if request_log is not None:
+                request_log.record(name, served.version, payload, out["predictions"])
             body = _dumps({"model": name, "version": served.version, "ref": served.ref, **out})
         except ClientDisconnect:
             return Response(status_code=499)  # nobody is listening (or the body limit answered)
@@ -919,6 +943,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(DanluError, danlu_error)
+
+
+def _freeze_heap() -> None:
+    """Take everything alive after start-up (modules, models) out of the cyclic garbage
+    collector's sight. With torch, pandas and FastAPI loaded the heap holds ~300k objects, and a
+    full collection of them stalls the event loop for ~140 ms every few thousand requests under
+    load (the p99); frozen, a full collection scans only what was allocated since (~0.2 ms).
+    The cost: a start-up version swapped out later is freed by reference counting only.
+    ``danlu serve`` turns this on (``extra["gc_freeze"]``); apps built in tests leave it off."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _no_telemetry() -> dict[str, Any]:

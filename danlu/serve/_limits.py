@@ -5,12 +5,15 @@
   body that has not fully arrived ``body_timeout_s`` after its headers gets 408 (slowloris).
 - :func:`header_deadline_protocol`: uvicorn's HTTP protocol with a deadline on the request
   headers, so a client that connects and trickles headers (or nothing) is disconnected; uvicorn's
-  own ``timeout_keep_alive`` only covers idle time *between* requests.
+  own ``timeout_keep_alive`` only covers idle time *between* requests. Its request line and
+  headers are also capped at ``MAX_HEADER_BYTES`` (431): h11 enforces the cap itself
+  (``h11_max_incomplete_event_size``), httptools has none, so the protocol counts them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +22,9 @@ from danlu.serve._types import RequestError
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimitMiddleware", "header_deadline_protocol"]
+__all__ = ["MAX_HEADER_BYTES", "BodyLimitMiddleware", "header_deadline_protocol"]
+
+MAX_HEADER_BYTES = 64 * 1024  # a request's line and headers, at most
 
 
 class BodyLimitMiddleware:
@@ -181,6 +186,8 @@ def _make_protocol(header_timeout_s: float) -> type[asyncio.Protocol] | None:
 
     class HeaderDeadlineProtocol(Base):  # type: ignore[misc, valid-type]
         _header_timer: asyncio.TimerHandle | None = None
+        _header_bytes = 0  # httptools: the current request's line and headers so far
+        _headers_too_large = False
 
         def _arm(self) -> None:
             self._disarm()
@@ -220,6 +227,46 @@ def _make_protocol(header_timeout_s: float) -> type[asyncio.Protocol] | None:
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()  # type: ignore[misc]
+
+        # httptools has no cap on the headers' size: count them as the parser reports them. An
+        # exception here stops the parser; uvicorn then answers with send_400_response.
+        def on_message_begin(self) -> None:
+            self._header_bytes = 0
+            super().on_message_begin()  # type: ignore[misc]
+
+        def _count_header_bytes(self, size: int) -> None:
+            self._header_bytes += size
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._headers_too_large = True
+                raise ValueError("request headers too large")
+
+        def on_url(self, url: bytes) -> None:
+            self._count_header_bytes(len(url))
+            super().on_url(url)  # type: ignore[misc]
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
+            super().on_header(name, value)  # type: ignore[misc]
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._headers_too_large:
+                super().send_400_response(msg)  # type: ignore[misc]
+                return
+            error = {
+                "status": 431,
+                "code": "headers_too_large",
+                "field": "headers",
+                "message": f"the request line and headers exceed {MAX_HEADER_BYTES} bytes",
+            }
+            body = json.dumps({"error": error}, separators=(",", ":")).encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: application/json\r\n"
+                + b"content-length: %d\r\n" % len(body)
+                + b"connection: close\r\n\r\n"
+                + body
+            )
+            self.transport.close()
 
     if header_timeout_s != HEADER_TIMEOUT_S:
         HeaderDeadlineProtocol.__qualname__ = f"HeaderDeadlineProtocol_{header_timeout_s:g}"

@@ -36,6 +36,7 @@ logger = get_logger(__name__)
 BatchHook = Callable[["ServedModel", int, float], None]  # (model, rows, inference seconds)
 
 _NUMBER = (int, float)
+_FLOAT_INT = frozenset((float, int))
 _PAYLOAD_KEYS = ("rows", "columns")
 _SHAPE = '{"rows": [{feature: value, ...}, ...]} or {"columns": {feature: [values]}}'
 
@@ -128,6 +129,9 @@ class ServedModel:
         self._center = np.array([preprocessor.center_[i.name] for i in numeric], dtype=np.float64)
         self._scale = np.array([preprocessor.scale_[i.name] for i in numeric], dtype=np.float64)
         self._classify = task.name == "classification"
+        # every input numeric and no reducer: a row of finite numbers encodes in one numpy pass
+        self._order = tuple(i.name for i in inputs)
+        self._all_numeric = len(numeric) == len(inputs) > 0 and preprocessor.reducer_ is None
 
         self._batcher = MicroBatcher(
             self._run_batch,
@@ -209,6 +213,9 @@ class ServedModel:
         if len(payload) != 1:
             raise RequestError("body", f"send exactly one of 'rows' or 'columns': {_SHAPE}.")
         if "rows" in payload:
+            x = self._numeric_rows(payload["rows"], max_rows) if self._all_numeric else None
+            if x is not None:
+                return x
             n, values, field = self._from_rows(payload["rows"], max_rows)
         else:
             n, values, field = self._from_columns(payload["columns"], max_rows)
@@ -259,6 +266,28 @@ class ServedModel:
                 raise self._key_problem(f"rows[{i}]", list(row))
         values = [[row[inp.name] for row in rows] for inp in self._inputs]
         return len(rows), values, lambda i, name: f"rows[{i}].{name}"
+
+    def _numeric_rows(self, rows: Any, max_rows: int) -> np.ndarray | None:
+        """The usual request of an all-numeric model — rows holding exactly its features, each
+        a finite JSON number — encoded in one numpy pass (a third of the general path's time for
+        one row); None for anything else, which the general path then checks and explains."""
+        if type(rows) is not list or not 0 < len(rows) <= max_rows:
+            return None
+        names, n_names, order = self._names, len(self._names), self._order
+        flat: list[Any] = []
+        for row in rows:
+            if type(row) is not dict or len(row) != n_names or row.keys() != names:
+                return None
+            flat.extend(map(row.__getitem__, order))
+        if not set(map(type, flat)) <= _FLOAT_INT:  # no bool, str, None, list ...
+            return None
+        try:
+            matrix = np.array(flat, dtype=np.float64).reshape(len(rows), n_names)
+        except OverflowError:  # an integer beyond float range
+            return None
+        if not np.isfinite(matrix).all():
+            return None
+        return ((matrix - self._center) / self._scale).astype(np.float32)  # (n, input_dim)
 
     def _from_columns(
         self, columns: Any, max_rows: int

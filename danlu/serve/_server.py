@@ -42,7 +42,6 @@ log = get_logger(__name__)
 
 SETTINGS_ENV = "DANLU_SERVE_SETTINGS"
 KEEP_ALIVE_S = 5  # idle time between requests before the connection is closed
-MAX_HEADER_BYTES = 64 * 1024  # h11: largest incomplete event (request line + headers)
 
 
 def settings_to_json(settings: ServeSettings) -> str:
@@ -112,7 +111,7 @@ def app_factory() -> FastAPI:
 def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
     """uvicorn's options for ``settings``: keep-alive and header deadlines, a bounded header
     size, shutdown bounded by the request timeout, no access log (the metrics count requests)."""
-    from danlu.serve._limits import HEADER_TIMEOUT_S, header_deadline_protocol
+    from danlu.serve._limits import HEADER_TIMEOUT_S, MAX_HEADER_BYTES, header_deadline_protocol
 
     header_timeout = float(settings.extra.get("header_timeout_s", HEADER_TIMEOUT_S))
     return {
@@ -195,6 +194,8 @@ def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
 
     if settings.workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {settings.workers}.")
+    # a server process freezes its start-up heap for the garbage collector (see _app.py)
+    settings = dataclasses.replace(settings, extra={"gc_freeze": True, **settings.extra})
     store = store_factory()
     try:
         check_binding(settings, store)
