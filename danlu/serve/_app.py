@@ -217,6 +217,7 @@ def _internal_error(where: str) -> Response:
 
 def _scrub(message: str) -> str:
     """A message from the store or a model loader, without file paths in it."""
+
     def hide(match: re.Match[str]) -> str:  # the server's own routes are no secret
         return match.group(0) if match.group(0).startswith("/v1/") else "<path>"
 
