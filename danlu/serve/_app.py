@@ -4,6 +4,9 @@ Every route declares who may call it (``@requires``); one middleware checks keys
 (``_auth.py``). The predict route is a plain Starlette route that reads the raw body itself: it
 decodes strictly (UTF-8, JSON without NaN/Infinity, bounded nesting), hands the payload to the
 served model's ``parse`` and awaits its micro-batched ``predict`` under the request timeout.
+Under a server, :class:`DanluApp` answers that route through a fast lane (:class:`_PredictLane`)
+that does what the middlewares and the endpoint do without the middleware stack and the router;
+the declared route stays, for OpenAPI and the scope table, and serves when the lane steps aside.
 
 Every error is JSON ``{"error": {"status", "code", "field"?, "message"}}``; an unexpected one is
 a 500 with a request id that the server log carries with the traceback — never the traceback, a
@@ -45,7 +48,7 @@ from danlu.serve._auth import (
     requires,
     route_scopes,
 )
-from danlu.serve._limits import BodyLimitMiddleware
+from danlu.serve._limits import BodyLimitMiddleware, content_length_error, read_body
 from danlu.serve._metrics import UNKNOWN, ServeMetrics
 from danlu.serve._types import QueueFull, RequestError, ServeSettings
 
@@ -124,7 +127,7 @@ def decode_body(body: bytes) -> dict[str, Any]:
             "body", f"is not valid UTF-8 (bad byte at offset {exc.start})", 400
         ) from None
     try:
-        payload = json.loads(text, parse_constant=_reject_constant)
+        payload = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise RequestError(
             "body",
@@ -170,9 +173,14 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+# built once: json.loads/json.dumps with options build a new decoder/encoder on every call
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=_plain)
+
+
 def _dumps(content: Any) -> bytes:
     try:
-        text = json.dumps(content, allow_nan=False, separators=(",", ":"), default=_plain)
+        text = _ENCODER.encode(content)
     except ValueError:  # a NaN somewhere: the slow path
         text = json.dumps(
             _finite(json.loads(json.dumps(content, default=_plain))), separators=(",", ":")
@@ -276,6 +284,159 @@ class _ErrorBoundary:
             response = _internal_error(f"{scope.get('method')} {scope.get('path')}")
             if not started:
                 await response(scope, receive, send)
+
+
+# -- the predict fast lane -------------------------------------------------------------------------
+_PREDICT_PREFIX = "/v1/models/"
+_PREDICT_SUFFIX = "/predict"
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+class DanluApp(FastAPI):
+    """The FastAPI app, with a fast lane for ``POST /v1/models/{name}/predict``.
+
+    The hot route skips the middleware stack and the router: one string check recognises it and
+    :class:`_PredictLane` answers it with the same protections the stack gives every other route
+    (body cap and deadline, API key, error boundary). Every other request, and every request once
+    someone adds a middleware after ``create_app``, goes through the full app. The route stays
+    declared (``@requires(PREDICT)``) so OpenAPI and the scope table see it.
+    """
+
+    _lane: _PredictLane | None = None
+    _lane_middleware = 0  # how many user middlewares create_app installed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self._lane
+        if (
+            lane is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not self.root_path
+            and not scope.get("root_path")
+            and len(self.user_middleware) == self._lane_middleware
+        ):
+            path: str = scope["path"]
+            if path.startswith(_PREDICT_PREFIX) and path.endswith(_PREDICT_SUFFIX):
+                name = path[len(_PREDICT_PREFIX) : -len(_PREDICT_SUFFIX)]
+                if name and "/" not in name:  # the route's {name}: one non-empty segment
+                    scope["app"] = self
+                    await lane(scope, receive, send, name)
+                    return
+        await super().__call__(scope, receive, send)
+
+
+class _PredictLane:
+    """``POST /v1/models/{name}/predict`` without Starlette's middleware, router or Request: what
+    the middlewares and the predict endpoint do, in the same order and with the same answers —
+    Content-Length (400/413), the API key (401/403/503), the model (404), the body under its cap
+    (413) and deadline (408), strict decoding (400/422), the model's parse (422/413), the
+    micro-batched prediction under the request timeout (504; 503 when the queue is full),
+    request log, metrics, ``X-Model-Version``; an unexpected error is a JSON 500 with a request
+    id, never a traceback."""
+
+    def __init__(
+        self,
+        *,
+        pool: Any,
+        auth: Authenticator,
+        metrics: ServeMetrics,
+        request_log: Any,
+        settings: ServeSettings,
+        body_timeout_s: float,
+        batches_reported: bool,
+    ) -> None:
+        self.pool = pool
+        self.auth = auth
+        self.metrics = metrics
+        self.request_log = request_log
+        self.timeout = settings.request_timeout_s
+        self.max_rows = settings.max_rows
+        self.max_body_bytes = settings.max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.batches_reported = batches_reported
+        self._version_bytes: dict[Any, bytes] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._answer(scope, receive, tracking_send, name)
+        except Exception:  # the error boundary: a JSON 500, the traceback in the log
+            response = _internal_error(f"POST {scope.get('path')}")
+            if not started:
+                await response(scope, receive, send)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        # what BodyLimitMiddleware checks first: the declared length
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
+        headers = scope["headers"]
+        limit = content_length_error(headers, self.max_body_bytes)
+        if limit is not None:
+            await _request_error(limit)(scope, receive, send)
+            return
+        # then AuthMiddleware: the predict scope
+        try:
+            key = await self.auth.authorize(headers, PREDICT)
+        except AuthError as exc:
+            await _auth_error(exc)(scope, receive, send)
+            return
+        scope[SCOPE_KEY] = key  # type: ignore[literal-required]
+        # then the endpoint
+        metrics = self.metrics
+        began = time.perf_counter()
+        label: str = UNKNOWN
+        version: int | str = ""
+        try:
+            served = self.pool.route(name)
+            label, version = name, served.version
+            try:
+                body = await read_body(receive, self.max_body_bytes, self.body_timeout_s, deadline)
+            except RequestError as exc:  # 413 or 408, answered as BodyLimitMiddleware does
+                await _request_error(exc)(scope, receive, send)
+                return
+            if body is None:  # the client went away
+                await Response(status_code=499)(scope, receive, send)
+                return
+            payload = decode_body(body)
+            x = served.parse(payload, self.max_rows)
+            async with asyncio.timeout(self.timeout):
+                out = await served.predict(x)
+            if self.request_log is not None:
+                self.request_log.record(name, served.version, payload, out["predictions"])
+            content = _dumps({"model": name, "version": served.version, "ref": served.ref, **out})
+        except Exception as exc:
+            response, code = _predict_failure(exc, self.timeout)
+            metrics.observe_request(
+                label, version, response.status_code, time.perf_counter() - began
+            )
+            metrics.observe_error(label, code)
+            await response(scope, receive, send)
+            return
+        rows = None if self.batches_reported else len(x)
+        metrics.observe_request(name, version, 200, time.perf_counter() - began, rows=rows)
+        version_bytes = self._version_bytes.get(version)
+        if version_bytes is None:
+            if len(self._version_bytes) > 64:
+                self._version_bytes.clear()
+            version_bytes = self._version_bytes[version] = str(version).encode("latin-1")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"x-model-version", version_bytes),
+                    (b"content-length", b"%d" % len(content)),
+                    _JSON_TYPE,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
 
 
 # -- response shapes (OpenAPI) --------------------------------------------------------------------
@@ -622,7 +783,7 @@ def create_app(
             finally:
                 await asyncio.to_thread(store.close)
 
-    app = FastAPI(
+    app = DanluApp(
         title="danlu inference server",
         version=_danlu_version(),
         description="Predictions from danlu's registered models. Each model's request body is "
@@ -872,14 +1033,25 @@ def create_app(
         )
 
     _install_error_handlers(app)
+    body_timeout_s = float(settings.extra.get("body_timeout_s", settings.request_timeout_s))
     app.add_middleware(AuthMiddleware, routes_of=app, authenticator=auth, respond=_auth_error)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        body_timeout_s=float(settings.extra.get("body_timeout_s", settings.request_timeout_s)),
+        body_timeout_s=body_timeout_s,
         respond=_request_error,
     )
     app.add_middleware(_ErrorBoundary)
+    app._lane = _PredictLane(
+        pool=pool,
+        auth=auth,
+        metrics=metrics,
+        request_log=request_log,
+        settings=settings,
+        body_timeout_s=body_timeout_s,
+        batches_reported=batches_reported,
+    )
+    app._lane_middleware = len(app.user_middleware)
 
     openapi_cache: dict[Any, dict[str, Any]] = {}
     app.openapi = lambda: _build_openapi(app, state, openapi_cache)  # type: ignore[method-assign]

@@ -22,7 +22,13 @@ from danlu.serve._types import RequestError
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["MAX_HEADER_BYTES", "BodyLimitMiddleware", "header_deadline_protocol"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "BodyLimitMiddleware",
+    "content_length_error",
+    "header_deadline_protocol",
+    "read_body",
+]
 
 MAX_HEADER_BYTES = 64 * 1024  # a request's line and headers, at most
 
@@ -55,27 +61,16 @@ class BodyLimitMiddleware:
         self.respond = respond
 
     def _too_large(self) -> RequestError:
-        return RequestError(
-            "body",
-            f"is larger than the server's limit of {self.max_body_bytes} bytes; "
-            "send fewer rows per request",
-            413,
-        )
+        return _too_large(self.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit():
-                    error = RequestError("Content-Length", "must be a whole number of bytes", 400)
-                    await self.respond(error)(scope, receive, send)
-                    return
-                if int(value) > self.max_body_bytes:
-                    await self.respond(self._too_large())(scope, receive, send)
-                    return
-                break
+        error = content_length_error(scope["headers"], self.max_body_bytes)
+        if error is not None:
+            await self.respond(error)(scope, receive, send)
+            return
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_s
@@ -96,9 +91,7 @@ class BodyLimitMiddleware:
                 reading.cancel()
 
         def too_slow() -> RequestError:
-            return RequestError(
-                "body", f"did not arrive within {self.body_timeout_s:g} s; send it faster", 408
-            )
+            return _too_slow(self.body_timeout_s)
 
         async def reply(error: RequestError) -> Message:
             nonlocal answered
@@ -142,6 +135,86 @@ class BodyLimitMiddleware:
         finally:
             if timer is not None:
                 timer.cancel()
+
+
+def _too_large(max_body_bytes: int) -> RequestError:
+    return RequestError(
+        "body",
+        f"is larger than the server's limit of {max_body_bytes} bytes; send fewer rows per request",
+        413,
+    )
+
+
+def _too_slow(body_timeout_s: float) -> RequestError:
+    return RequestError("body", f"did not arrive within {body_timeout_s:g} s; send it faster", 408)
+
+
+def content_length_error(
+    headers: list[tuple[bytes, bytes]], max_body_bytes: int
+) -> RequestError | None:
+    """The error a request's ``Content-Length`` earns before its body is read (400 when it is not
+    a number, 413 when it is over ``max_body_bytes``), or None."""
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                return RequestError("Content-Length", "must be a whole number of bytes", 400)
+            if int(value) > max_body_bytes:
+                return _too_large(max_body_bytes)
+            return None
+    return None
+
+
+async def read_body(
+    receive: Receive, max_body_bytes: int, body_timeout_s: float, deadline: float
+) -> bytes | None:
+    """A request's whole body, under the same limits as :class:`BodyLimitMiddleware`: raises
+    RequestError 413 once the streamed body passes ``max_body_bytes`` and 408 when it has not all
+    arrived by ``deadline`` (the loop's clock; ``body_timeout_s`` is for the message). None when
+    the client went away.
+
+    The deadline is one timer that cancels the read it interrupts (no timeout context per read);
+    a body already buffered by the server arrives without the task ever waiting on it.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        if task is not None:
+            task.cancel()
+
+    timer = loop.call_at(deadline, expire)
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        while True:
+            if expired:
+                raise _too_slow(body_timeout_s)
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if expired and task is not None and task.uncancel() == 0:
+                    raise _too_slow(body_timeout_s) from None  # our deadline, no one else's
+                raise
+            kind = message["type"]
+            if kind == "http.request":
+                body = message.get("body", b"")
+                if body:
+                    received += len(body)
+                    if received > max_body_bytes:
+                        raise _too_large(max_body_bytes)
+                    chunks.append(body)
+                if not message.get("more_body", False):
+                    break
+            elif kind == "http.disconnect":
+                return None
+    finally:
+        timer.cancel()
+    if expired and task is not None:  # the timer fired after the last read returned
+        task.uncancel()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 HEADER_TIMEOUT_S = 10.0  # default deadline for a request's headers

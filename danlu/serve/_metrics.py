@@ -83,6 +83,7 @@ class ServeMetrics:
         )
         # label lookups cost a lock and a dict each; the hot path keeps its children here
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._request_children: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -95,11 +96,22 @@ class ServeMetrics:
         self, model: str, version: int | str, status: int, seconds: float, rows: int | None = None
     ) -> None:
         """Count one predict request (and its rows, when the model does not report batches)."""
-        v = str(version)
-        self._child(self.requests, model, v, str(status)).inc()
-        self._child(self.latency, model, v).observe(seconds)
+        key = (model, version, status)
+        children = self._request_children.get(key)
+        if children is None:
+            v = str(version)
+            children = (
+                self._child(self.requests, model, v, str(status)),
+                self._child(self.latency, model, v),
+                self._child(self.batch_rows, model, v),
+            )
+            if len(self._request_children) > 4096:  # bounded, whatever the labels
+                self._request_children.clear()
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if rows is not None:
-            self._child(self.batch_rows, model, v).observe(rows)
+            children[2].observe(rows)
 
     def observe_error(self, model: str, code: str) -> None:
         self._child(self.errors, model, code).inc()

@@ -422,22 +422,38 @@ class ServedModel:
         Raises:
             QueueFull: the model's queue is full.
         """
-        outputs = await self._batcher.submit(x)
-        self.monitor.observe(x)
-        decoded = self.task.predict(outputs, self.schema)
-        result: dict[str, list[Any]] = {
-            "predictions": [_plain(v) for v in np.asarray(decoded["prediction"]).tolist()]
-        }
-        if "probabilities" in decoded:
-            result["probabilities"] = np.asarray(decoded["probabilities"]).tolist()
+        answers = await self._batcher.submit(x)  # one (prediction, probabilities) per row
+        result: dict[str, list[Any]] = {"predictions": [a[0] for a in answers]}
+        if answers[0][1] is not None:  # a task with probabilities (classification)
+            result["probabilities"] = [a[1] for a in answers]
         return result
 
     def _run_batch(self, x: np.ndarray) -> np.ndarray:
-        """Raw outputs for a batch (in the batcher's worker thread); logits divided by T."""
+        """A batch's answers, in the batcher's worker thread: one ``(prediction, probabilities
+        or None)`` per row as JSON types, in an object array the batcher slices per request.
+
+        The model's raw outputs (logits divided by T) are decoded for the whole batch at once,
+        and the batch joins the drift window at once — here, off the event loop, not per request
+        on it (the task decodes row by row, so a batch decodes as its requests would alone).
+        """
         out = self.runtime.predict(x)
         if self._classify and self.temperature != 1.0:
             out = out / np.float32(self.temperature)
-        return out
+        decoded = self.task.predict(out, self.schema)
+        predictions = [_plain(v) for v in np.asarray(decoded["prediction"]).tolist()]
+        probabilities: list[Any] = (
+            np.asarray(decoded["probabilities"]).tolist()
+            if "probabilities" in decoded
+            else [None] * len(predictions)
+        )
+        answers = np.empty(len(predictions), dtype=object)
+        for i, answer in enumerate(zip(predictions, probabilities, strict=True)):
+            answers[i] = answer
+        try:
+            self.monitor.observe(x)
+        except Exception:  # drift is a side measurement: it must never cost an answer
+            logger.exception("Model %s: the drift window could not take a batch", self.ref)
+        return answers
 
     def _batch_done(self, rows: int, seconds: float) -> None:
         self.batches += 1

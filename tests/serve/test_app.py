@@ -304,6 +304,65 @@ def test_predict_answers_with_the_version(served):
     }
 
 
+LANE_CASES = [  # (model, body, headers) for POST /v1/models/{model}/predict
+    ("wine", json.dumps({"rows": [ROW, ROW]}), PREDICT),
+    ("wine", json.dumps({"columns": {k: [v] for k, v in ROW.items()}}), PREDICT),
+    ("nope", json.dumps({"rows": [ROW]}), PREDICT),
+    ("wine", json.dumps({"rows": [ROW]}), {}),
+    ("wine", json.dumps({"rows": [ROW]}), {"Authorization": "Bearer dl_unknown"}),
+    ("wine", json.dumps({"rows": [ROW]}), {"Authorization": "Basic abc"}),
+    ("wine", json.dumps({"rows": [ROW]}), {"X-API-Key": ADMIN_SECRET}),
+    ("wine", "{", PREDICT),
+    ("wine", "", PREDICT),
+    ("wine", "[1]", PREDICT),
+    ("wine", '{"rows": [{"alcohol": NaN}]}', PREDICT),
+    ("wine", json.dumps({"rows": [ROW] * 9}), PREDICT),
+    ("wine", json.dumps({"rows": [{**ROW, "alcohol": "x"}]}), PREDICT),
+    ("wine", "x" * 5000, PREDICT),
+    ("wine", json.dumps({"rows": [ROW]}), {**PREDICT, "Content-Length": "12x"}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(LANE_CASES)))
+def test_the_predict_fast_lane_answers_as_the_full_stack_does(case):
+    """POST /v1/models/{name}/predict skips the middleware stack and the router; what it
+    answers — status, headers, body — is what the full app answers."""
+    model, body, headers = LANE_CASES[case]
+    answers = []
+    for lane in (True, False):
+        app, _, _ = make_app(max_body_bytes=4096)
+        if not lane:
+            app._lane = None  # every request through the middlewares and the router
+        with AppClient(app) as client:
+            headers = {"Content-Type": "application/json", **headers}
+            response = client.post(
+                f"/v1/models/{model}/predict", content=body.encode(), headers=headers
+            )
+            text = client.get("/metrics").text
+        counted = ("danlu_requests_total", "danlu_errors_total")
+        metrics = sorted(line for line in text.splitlines() if line.startswith(counted))
+        answers.append((response.status_code, dict(response.headers), response.content, metrics))
+    assert answers[0] == answers[1]
+
+
+def test_the_fast_lane_steps_aside_for_a_middleware_added_later(served):
+    app, _, _ = make_app()
+    seen = []
+
+    class Spy:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            seen.append(scope["path"])
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Spy)
+    with AppClient(app) as client:
+        assert post(client, json.dumps({"rows": [ROW]})).status_code == 200
+    assert seen == ["/v1/models/wine/predict"]
+
+
 def test_models_model_and_drift(served):
     client, _, _ = served
     models = client.get("/v1/models", headers=PREDICT).json()["models"]
