@@ -54,6 +54,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/report_timing.py
 	$(BIN)/python bench/bootstrap_coverage.py
 	$(BIN)/python bench/explain_sanity.py
+	$(BIN)/python bench/serve_load.py        # needs wrk (apt-get install wrk) or falls back to aiohttp
 
 clean:
 	rm -rf $(VENV) .danlu .pytest_cache
