@@ -63,24 +63,14 @@ def _config(recipe: dict[str, Any] | None, overrides: list[str] | None) -> Evalu
         return None
     from pydantic import ValidationError
 
-    from danlu.config import EvaluateConfig, parse_override
+    from danlu.config import EvaluateConfig, apply_overrides
 
-    tree: dict[str, Any] = dict((recipe or {}).get("evaluate") or {})
-    for text in overrides:
-        path, value = parse_override(text)
-        keys = [str(k) for k in path]
-        if keys and keys[0] == "evaluate":
-            keys = keys[1:]
-        if not keys:
-            raise ConfigError(
-                f"--set {text}: name a key of the evaluate block, e.g. bootstrap=2000."
-            )
-        node = tree
-        for key in keys[:-1]:
-            child = node.get(key)
-            node[key] = child = dict(child) if isinstance(child, dict) else {}
-            node = child
-        node[keys[-1]] = value
+    prefixed = [
+        o if o.split("=", 1)[0].strip().split(".")[0] == "evaluate" else f"evaluate.{o.strip()}"
+        for o in overrides
+    ]
+    base = {"evaluate": dict((recipe or {}).get("evaluate") or {})}
+    tree = apply_overrides(base, prefixed)[0]["evaluate"]
     try:
         return EvaluateConfig.model_validate(tree)
     except ValidationError as exc:

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -356,6 +356,44 @@ class _PredictLane:
         self.batches_reported = batches_reported
         self._version_bytes: dict[Any, bytes] = {}
 
+    async def predict(
+        self, name: str, body: Callable[[], Awaitable[bytes | None]]
+    ) -> Response | tuple[bytes, int | str]:
+        """The predict endpoint itself, shared by the lane and the declared route: an error
+        Response, or the answer's JSON and the version that answered (metrics and the request
+        log done). ``body()`` reads the request body: None when the client went away, a
+        RequestError when the body limit answers (413 / 408, as BodyLimitMiddleware would)."""
+        metrics = self.metrics
+        began = time.perf_counter()
+        label: str = UNKNOWN
+        version: int | str = ""
+        try:
+            served = self.pool.route(name)
+            label, version = name, served.version
+            try:
+                raw = await body()
+            except RequestError as exc:  # the body limit's answer, not the endpoint's
+                return _request_error(exc)
+            if raw is None:  # nobody is listening
+                return Response(status_code=499)
+            payload = decode_body(raw)
+            x = served.parse(payload, self.max_rows)
+            async with asyncio.timeout(self.timeout):
+                out = await served.predict(x)
+            if self.request_log is not None:
+                self.request_log.record(name, served.version, payload, out["predictions"])
+            content = _dumps({"model": name, "version": served.version, "ref": served.ref, **out})
+        except Exception as exc:
+            response, code = _predict_failure(exc, self.timeout)
+            metrics.observe_request(
+                label, version, response.status_code, time.perf_counter() - began
+            )
+            metrics.observe_error(label, code)
+            return response
+        rows = None if self.batches_reported else len(x)
+        metrics.observe_request(name, version, 200, time.perf_counter() - began, rows=rows)
+        return content, version
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         started = False
 
@@ -388,38 +426,15 @@ class _PredictLane:
             return
         scope[SCOPE_KEY] = key  # type: ignore[literal-required]
         # then the endpoint
-        metrics = self.metrics
-        began = time.perf_counter()
-        label: str = UNKNOWN
-        version: int | str = ""
-        try:
-            served = self.pool.route(name)
-            label, version = name, served.version
-            try:
-                body = await read_body(receive, self.max_body_bytes, self.body_timeout_s, deadline)
-            except RequestError as exc:  # 413 or 408, answered as BodyLimitMiddleware does
-                await _request_error(exc)(scope, receive, send)
-                return
-            if body is None:  # the client went away
-                await Response(status_code=499)(scope, receive, send)
-                return
-            payload = decode_body(body)
-            x = served.parse(payload, self.max_rows)
-            async with asyncio.timeout(self.timeout):
-                out = await served.predict(x)
-            if self.request_log is not None:
-                self.request_log.record(name, served.version, payload, out["predictions"])
-            content = _dumps({"model": name, "version": served.version, "ref": served.ref, **out})
-        except Exception as exc:
-            response, code = _predict_failure(exc, self.timeout)
-            metrics.observe_request(
-                label, version, response.status_code, time.perf_counter() - began
-            )
-            metrics.observe_error(label, code)
-            await response(scope, receive, send)
+
+        async def body() -> bytes | None:
+            return await read_body(receive, self.max_body_bytes, self.body_timeout_s, deadline)
+
+        answer = await self.predict(name, body)
+        if isinstance(answer, Response):
+            await answer(scope, receive, send)
             return
-        rows = None if self.batches_reported else len(x)
-        metrics.observe_request(name, version, 200, time.perf_counter() - began, rows=rows)
+        content, version = answer
         version_bytes = self._version_bytes.get(version)
         if version_bytes is None:
             if len(self._version_bytes) > 64:
@@ -794,8 +809,15 @@ def create_app(
         **_no_telemetry(),
     )
     app.state.danlu = state
-    timeout = settings.request_timeout_s
-    max_rows = settings.max_rows
+    lane = _PredictLane(
+        pool=pool,
+        auth=auth,
+        metrics=metrics,
+        request_log=request_log,
+        settings=settings,
+        body_timeout_s=float(settings.extra.get("body_timeout_s", settings.request_timeout_s)),
+        batches_reported=batches_reported,
+    )
 
     def served_pairs() -> Iterator[tuple[str, ServedModelLike]]:
         for name in pool.names():
@@ -828,33 +850,18 @@ def create_app(
     # -- predict (the hot path: a plain Starlette route, no FastAPI body machinery) -------------
     @requires(PREDICT)
     async def predict(request: Request) -> Response:
-        name = request.path_params["name"]
-        started = time.perf_counter()
-        label: str = UNKNOWN
-        version: int | str = ""
-        try:
-            served = pool.route(name)
-            label, version = name, served.version
-            payload = decode_body(await request.body())
-            x = served.parse(payload, max_rows)
-            async with asyncio.timeout(timeout):
-                out = await served.predict(x)
-            if request_log is not None:
-                request_log.record(name, served.version, payload, out["predictions"])
-            body = _dumps({"model": name, "version": served.version, "ref": served.ref, **out})
-        except ClientDisconnect:
-            return Response(status_code=499)  # nobody is listening (or the body limit answered)
-        except Exception as exc:
-            response, code = _predict_failure(exc, timeout)
-            metrics.observe_request(
-                label, version, response.status_code, time.perf_counter() - started
-            )
-            metrics.observe_error(label, code)
-            return response
-        rows = None if batches_reported else len(x)
-        metrics.observe_request(name, version, 200, time.perf_counter() - started, rows=rows)
+        async def body() -> bytes | None:
+            try:
+                return await request.body()
+            except ClientDisconnect:  # nobody is listening (or the body limit answered)
+                return None
+
+        answer = await lane.predict(request.path_params["name"], body)
+        if isinstance(answer, Response):
+            return answer
+        content, version = answer
         return Response(
-            body, headers={"X-Model-Version": str(version)}, media_type="application/json"
+            content, headers={"X-Model-Version": str(version)}, media_type="application/json"
         )
 
     app.add_route(PREDICT_PATH, predict, methods=["POST"], include_in_schema=False)
@@ -1033,24 +1040,15 @@ def create_app(
         )
 
     _install_error_handlers(app)
-    body_timeout_s = float(settings.extra.get("body_timeout_s", settings.request_timeout_s))
     app.add_middleware(AuthMiddleware, routes_of=app, authenticator=auth, respond=_auth_error)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        body_timeout_s=body_timeout_s,
+        body_timeout_s=lane.body_timeout_s,
         respond=_request_error,
     )
     app.add_middleware(_ErrorBoundary)
-    app._lane = _PredictLane(
-        pool=pool,
-        auth=auth,
-        metrics=metrics,
-        request_log=request_log,
-        settings=settings,
-        body_timeout_s=body_timeout_s,
-        batches_reported=batches_reported,
-    )
+    app._lane = lane
     app._lane_middleware = len(app.user_middleware)
 
     openapi_cache: dict[Any, dict[str, Any]] = {}

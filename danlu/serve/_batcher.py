@@ -10,6 +10,7 @@ the model is never called concurrently) and hands each request its own slice of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -114,10 +115,8 @@ class MicroBatcher:
         for request in left:
             if not request.future.done():
                 request.future.set_exception(closed)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._consumer
-        except asyncio.CancelledError:
-            pass
         assert self._executor is not None
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -10,6 +10,7 @@ to the new) and then drains the old one. A version that fails to load leaves the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -85,10 +86,8 @@ class ModelPool:
         self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-            except asyncio.CancelledError:
-                pass
             self._watcher = None
         models = [*self._primary.values(), *self._canary.values()]
         self._primary, self._canary = {}, {}

@@ -11,6 +11,7 @@ feature columns plus ``prediction``) every ``flush_seconds``, when a buffer reac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import random
 import threading
@@ -142,10 +143,8 @@ class RequestLog:
         """Write what is left and finish the run."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._store is None or self.run_id is None:
             return
         await asyncio.to_thread(self.flush)
