@@ -26,7 +26,7 @@ from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
 from danlu.data._quality import quality_html, quality_report
 from danlu.data._reduce import FeatureReducer
-from danlu.data._schema import Feature, FeatureSchema, infer_schema
+from danlu.data._schema import Feature, FeatureSchema, infer_schema, to_plain
 from danlu.data._sources import BuiltinDataset, RawData, list_builtin, load_source
 from danlu.data._split import kfold_indices, split_indices
 from danlu.data._stream import TrainStream, prepare_stream
@@ -63,6 +63,7 @@ __all__ = [
     "prepare_data",
     "prepare_stream",
     "psi",
+    "to_plain",
     "quality_html",
     "quality_report",
     "resample_training",

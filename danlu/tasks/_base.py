@@ -67,3 +67,25 @@ class Task(ABC):
     @abstractmethod
     def predict(self, outputs: np.ndarray, schema: FeatureSchema) -> dict[str, np.ndarray]:
         """Decode raw outputs: ``{"prediction": labels or values[, "probabilities": (N, K)]}``."""
+
+    def signature(self, schema: FeatureSchema) -> dict[str, Any]:
+        """The model's request/response contract: what export, ``load_model`` and the server
+        accept and answer. ``inputs`` are the raw feature columns; ``outputs`` is this task's
+        :meth:`output_signature`.
+
+        Example:
+            >>> # get_task("regression").signature(prepared.schema)["outputs"]
+        """
+        inputs = [
+            {
+                "name": f.name,
+                "kind": f.kind,
+                **({"categories": list(f.categories)} if f.categories else {}),
+            }
+            for f in schema.features
+        ]
+        return {"task": self.name, "inputs": inputs, "outputs": self.output_signature(schema)}
+
+    @abstractmethod
+    def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
+        """Each decoded output's name → its description (``type``, ``classes``, ``shape``...)."""

@@ -117,3 +117,12 @@ class ClassificationTask(Task):
         proba = _softmax(outputs.astype(np.float64))
         classes = np.asarray(schema.classes, dtype=object)
         return {"prediction": classes[proba.argmax(axis=1)], "probabilities": proba}
+
+    def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
+        from danlu.data import to_plain
+
+        classes = [to_plain(c) for c in schema.classes or ()]
+        return {
+            "prediction": {"type": "label", "classes": classes},
+            "probabilities": {"type": "float", "shape": [len(classes)]},
+        }

@@ -78,3 +78,6 @@ class RegressionTask(Task):
 
     def predict(self, outputs: np.ndarray, schema: FeatureSchema) -> dict[str, np.ndarray]:
         return {"prediction": _unscale(outputs.reshape(-1).astype("float64"), schema)}
+
+    def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
+        return {"prediction": {"type": "float", "target": schema.target}}
