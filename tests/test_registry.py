@@ -48,3 +48,39 @@ def test_missing_optional_package_gives_an_install_hint():
     with pytest.raises(MissingExtraError, match=r"pip install 'danlu\[tune\]'"):
         import_optional("surely_not_installed_pkg", extra="tune")
     assert import_optional("json", extra="core").__name__ == "json"
+
+
+def test_untrusted_import_path_needs_the_operators_allow_list(monkeypatch):
+    import sys
+
+    from danlu.registry import ALLOWED_BUILDERS_ENV
+
+    reg: Registry = Registry("widget")
+    reg.register("round")(lambda: "round")
+    monkeypatch.delenv(ALLOWED_BUILDERS_ENV, raising=False)
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    assert reg.get("round", trusted=False).name == "round"  # built-ins need no allow-list
+    with pytest.raises(NotFoundError, match=f"{ALLOWED_BUILDERS_ENV}=colorsys"):
+        reg.get("colorsys:rgb_to_hls", trusted=False)
+    assert "colorsys" not in sys.modules  # refused before importing
+    with pytest.raises(NotFoundError, match="neither a built-in widget"):
+        reg.get("colorsys:rgb to hls", trusted=False)
+    monkeypatch.setenv(ALLOWED_BUILDERS_ENV, "colorsy, json")  # a prefix of the name is not it
+    with pytest.raises(NotFoundError, match="not allow-listed"):
+        reg.get("colorsys:rgb_to_hls", trusted=False)
+    monkeypatch.setenv(ALLOWED_BUILDERS_ENV, "json, colorsys")
+    assert reg.get("colorsys:rgb_to_hls", trusted=False).builder(1, 1, 1) == (0, 1, 0)
+    monkeypatch.setenv(ALLOWED_BUILDERS_ENV, "mypkg.models:build")
+    with pytest.raises(NotFoundError, match="not a module name"):
+        reg.get("colorsys:rgb_to_hls", trusted=False)
+    assert reg.get("colorsys:rgb_to_hls").name == "colorsys:rgb_to_hls"  # trusted: a recipe
+
+
+def test_allowed_import_is_the_module_or_below_it():
+    from danlu.registry import is_allowed_import
+
+    assert is_allowed_import("mypkg.models:build", ("mypkg.models",))
+    assert is_allowed_import("mypkg.models.cnn:build", ("mypkg",))
+    assert not is_allowed_import("mypkg.modelsx:build", ("mypkg.models",))
+    assert not is_allowed_import("mypkg:build", ("mypkg.models",))
+    assert not is_allowed_import("mypkg.models:build", ())

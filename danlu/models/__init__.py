@@ -2,7 +2,10 @@
 
 Each builder owns the pydantic spec of its options. Users plug in their own builder by import
 path: ``model: {type: mypkg.models:build}``; if the function has a ``spec`` attribute (a pydantic
-class) the options are validated with it, otherwise it receives them as a dict.
+class) the options are validated with it, otherwise it receives them as a dict. A stored model
+(whose ``model.json`` anyone with write access to the store could edit) is rebuilt only from the
+built-in architectures or from builders whose module the operator allow-lists in
+``DANLU_ALLOWED_BUILDERS``.
 """
 
 from __future__ import annotations
@@ -42,13 +45,17 @@ MODELS.register("mlp", spec=MLPSpec)(build_mlp)
 MODELS.register("cnn", spec=CNNSpec)(build_cnn)
 
 
-def check_model_config(config: ModelConfig) -> tuple[Any, list[ConfigIssue]]:
+def check_model_config(
+    config: ModelConfig, *, trusted: bool = True
+) -> tuple[Any, list[ConfigIssue]]:
     """Validate the model block against its builder's spec; return (options, issues).
 
     Issues carry key paths under ``model`` so the recipe loader can point at the YAML line.
+    ``trusted=False`` (a model block read from a stored artifact) imports a builder path only
+    when ``DANLU_ALLOWED_BUILDERS`` allows it (see :meth:`danlu.registry.Registry.get`).
     """
     try:
-        entry = MODELS.get(config.type)
+        entry = MODELS.get(config.type, trusted=trusted)
     except NotFoundError as exc:
         return None, [ConfigIssue(("model", "type"), str(exc).rstrip("."), None, "")]
     if entry.spec is None:
@@ -71,14 +78,16 @@ def check_model_config(config: ModelConfig) -> tuple[Any, list[ConfigIssue]]:
         return None, issues
 
 
-def build_model(config: ModelConfig, schema: FeatureSchema, task: Task) -> nn.Module:
-    """Build the model a recipe asks for.
+def build_model(
+    config: ModelConfig, schema: FeatureSchema, task: Task, *, trusted: bool = True
+) -> nn.Module:
+    """Build the model a recipe asks for (``trusted=False``: one a stored artifact describes).
 
     Example:
         >>> # build_model(recipe.model, prepared.schema, get_task(recipe.task))
     """
     from danlu.config import raise_issues
 
-    options, issues = check_model_config(config)
+    options, issues = check_model_config(config, trusted=trusted)
     raise_issues(issues, getattr(config, "_source", None))
-    return MODELS.get(config.type).builder(options, schema, task)
+    return MODELS.get(config.type, trusted=trusted).builder(options, schema, task)
