@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from danlu.errors import ConfigError, StoreError
 
 __all__ = [
+    "folder_to_delete",
     "parse_model_ref",
     "safe_join",
     "validate_artifact_name",
@@ -100,6 +101,22 @@ def safe_join(root: Path, *parts: str) -> Path:
     if not path.resolve().is_relative_to(root):
         raise StoreError(f"Refusing '{path}': it resolves outside the store '{root}'.")
     return path
+
+
+def folder_to_delete(what: str, root: Path, *parts: str) -> Path:
+    """The folder of ``what`` under ``root``, checked before its rows are deleted.
+
+    A folder that is a symbolic link (or lies under one) is refused rather than followed: the
+    deletion stops before touching anything, so a run or model is never left half deleted.
+    """
+    try:
+        return safe_join(root, *parts)
+    except StoreError as exc:
+        raise StoreError(
+            f"Cannot delete {what}: {exc} danlu never follows links out of the store, so nothing "
+            "was deleted. Remove the link (or move what it points at into the store), then "
+            "delete again."
+        ) from None
 
 
 _REF = re.compile(

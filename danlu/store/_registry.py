@@ -27,7 +27,12 @@ from danlu.registry import did_you_mean
 from danlu.store import _tables as t
 from danlu.store._atomic import atomic_write_bytes
 from danlu.store._entities import AuditEntry, ModelVersion, RegisteredModel
-from danlu.store._names import safe_join, validate_artifact_name, validate_model_name
+from danlu.store._names import (
+    folder_to_delete,
+    safe_join,
+    validate_artifact_name,
+    validate_model_name,
+)
 
 __all__ = ["MODEL_FILES", "SqlRegistryMixin"]
 
@@ -319,6 +324,9 @@ class SqlRegistryMixin:
 
     def delete_model(self, name: str, version: int | None = None, *, actor: str = "danlu") -> None:
         self.get_model_version(name, version)
+        what = f"model {name}" if version is None else f"model version {name}:{version}"
+        parts = (name,) if version is None else (name, str(version))
+        folder = folder_to_delete(what, self.model_root, *parts)
         with self._write() as conn:
             if version is None:
                 conn.execute(delete(t.model_aliases).where(t.model_aliases.c.name == name))
@@ -337,11 +345,6 @@ class SqlRegistryMixin:
                     )
                 )
                 self._audit(conn, actor, "delete_version", name, version)
-        folder = (
-            safe_join(self.model_root, name)
-            if version is None
-            else safe_join(self.model_root, name, str(version))
-        )
         shutil.rmtree(folder, ignore_errors=True)
 
     def audit_log(self, name: str | None = None) -> list[AuditEntry]:

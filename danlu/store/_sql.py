@@ -50,6 +50,7 @@ from danlu.store._filter import Clause, parse_filter, parse_order
 from danlu.store._keys import SqlApiKeysMixin
 from danlu.store._migrate import upgrade
 from danlu.store._names import (
+    folder_to_delete,
     safe_join,
     validate_artifact_name,
     validate_run_id,
@@ -523,13 +524,12 @@ class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, Store):
         return [self._run(r, details[r.id]) for r in rows]
 
     def delete_run(self, run_id: str) -> None:
+        folder = folder_to_delete(f"run {run_id}", self.artifact_root, validate_run_id(run_id))
         with self._write() as conn:
             self._require_run(conn, run_id)
             conn.execute(delete(t.runs).where(t.runs.c.id == run_id))
-        folder = safe_join(self.artifact_root, run_id)
-        shutil.rmtree(
-            folder, ignore_errors=True
-        )  # rows first: a row never points at a missing file
+        # rows first: a row never points at a missing file
+        shutil.rmtree(folder, ignore_errors=True)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         rows = [

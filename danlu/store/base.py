@@ -83,7 +83,11 @@ class Store(ABC):
 
     @abstractmethod
     def delete_run(self, run_id: str) -> None:
-        """Delete a run with its params, metrics, tags and artifact files."""
+        """Delete a run with its params, metrics, tags and artifact files.
+
+        All or nothing: a run whose artifact folder is a symbolic link is refused with a
+        StoreError before anything is deleted (links out of the store are never followed).
+        """
 
     @abstractmethod
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
@@ -169,7 +173,10 @@ class Store(ABC):
 
     @abstractmethod
     def delete_model(self, name: str, version: int | None = None, *, actor: str = "danlu") -> None:
-        """Delete one version, or the whole model with every version."""
+        """Delete one version, or the whole model with every version.
+
+        All or nothing, like :meth:`delete_run`: a linked folder is refused before any row goes.
+        """
 
     @abstractmethod
     def audit_log(self, name: str | None = None) -> list[AuditEntry]:

@@ -509,6 +509,46 @@ class StoreConformance:
         assert kept.run_id is None  # a registered model outlives the run that made it
         assert store.model_version_path("made-by-doomed", 1, "w.bin").read_bytes() == b"w"
 
+    def test_delete_run_with_a_linked_folder_deletes_nothing(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        run = store.create_run(experiment="exp", name="linked")
+        store.log_params(run.id, {"p": 1})
+        store.log_artifact(run.id, "a.txt", b"data")
+        folder = store.artifact_path(run.id, "a.txt").parent
+        outside = tmp_path / "outside"
+        folder.rename(outside)  # the run's files now live outside the store, behind a link
+        folder.symlink_to(outside, target_is_directory=True)
+        with pytest.raises(StoreError, match="symbolic link.*nothing was deleted"):
+            store.delete_run(run.id)
+        assert store.get_run(run.id).params == {"p": "1"}  # the rows are all there
+        assert [a.name for a in store.list_artifacts(run.id)] == ["a.txt"]
+        assert folder.is_symlink() and (outside / "a.txt").read_bytes() == b"data"
+        folder.unlink()  # the fix the message asks for, then deleting works
+        folder.mkdir()
+        store.delete_run(run.id)
+        with pytest.raises(NotFoundError):
+            store.get_run(run.id)
+        assert (outside / "a.txt").read_bytes() == b"data"  # never followed
+
+    def test_delete_model_with_a_linked_folder_deletes_nothing(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        store.create_model_version(
+            "linked", run_id=None, files={"w.bin": b"w"}, signature={}, metrics={}
+        )
+        folder = store.model_version_path("linked", 1, "w.bin").parent
+        outside = tmp_path / "outside"
+        folder.rename(outside)
+        folder.symlink_to(outside, target_is_directory=True)
+        with pytest.raises(StoreError, match="symbolic link.*nothing was deleted"):
+            store.delete_model("linked", 1)
+        assert store.get_model_version("linked", 1).files == ("w.bin",)
+        assert (outside / "w.bin").read_bytes() == b"w"
+        store.delete_model("linked")  # its folder is real: the link in it goes, not its target
+        assert not folder.is_symlink() and not folder.parent.exists()
+        assert (outside / "w.bin").read_bytes() == b"w"  # and what it points at stays
+
     # -- artifacts -----------------------------------------------------------------------------
     def test_log_artifact(self, store: Store) -> None:
         run = store.create_run(experiment="exp", name="r")
