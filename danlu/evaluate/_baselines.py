@@ -5,81 +5,34 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from danlu.evaluate._bootstrap import bootstrap_ci
 from danlu.evaluate._context import EvalData, Section
 from danlu.evaluate._plots import figure, svg
 from danlu.logging import get_logger
 
-if TYPE_CHECKING:
-    import numpy as np
-
 __all__ = ["baselines_section", "fit_baselines"]
 
 log = get_logger(__name__)
 
-_SHOWN = {
-    "classification": ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss"),
-    "regression": ("r2", "mae", "rmse"),
-}
-
-
-def _estimators(classification: bool, seed: int) -> dict[str, Any]:
-    from sklearn.dummy import DummyClassifier, DummyRegressor
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.linear_model import LinearRegression, LogisticRegression
-
-    if classification:
-        return {
-            "most frequent (dummy)": DummyClassifier(strategy="most_frequent"),
-            "logistic regression": LogisticRegression(max_iter=1000),
-            "HistGradientBoosting": HistGradientBoostingClassifier(random_state=seed),
-        }
-    return {
-        "mean (dummy)": DummyRegressor(strategy="mean"),
-        "linear regression": LinearRegression(),
-        "HistGradientBoosting": HistGradientBoostingRegressor(random_state=seed),
-    }
-
-
-def _outputs(estimator: Any, x: np.ndarray, k: int | None) -> np.ndarray:
-    """The estimator's predictions shaped like the model's raw outputs (log-probabilities over
-    all K classes, or standardized values (n, 1)), so the task's metrics apply unchanged."""
-    import numpy as np
-
-    if k is None:
-        return estimator.predict(x).reshape(-1, 1)
-    proba = np.full((len(x), k), 1e-12)
-    proba[:, estimator.classes_.astype(int)] = estimator.predict_proba(x)  # absent classes: ~0
-    return np.log(np.clip(proba, 1e-12, 1.0))
-
-
 def fit_baselines(data: EvalData, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Fit each baseline on ``data``'s training split; name → {outputs, seconds}.
+    """Fit each of the task's baselines on ``data``'s training split; name → {outputs, seconds}.
 
     Example:
         >>> # fit_baselines(data)["HistGradientBoosting"]["outputs"].shape  # (n_test, K)
     """
-    k = len(data.schema.classes or ()) if data.classification else None
+    task = data.task
+    target = task.baseline_target(data.y_train)
     fitted = {}
-    for name, estimator in _estimators(data.classification, seed).items():
+    for name, estimator in task.baselines(seed).items():
         start = time.perf_counter()
         with warnings.catch_warnings():  # a linear model that stops at max_iter still informs
             warnings.simplefilter("ignore")
-            estimator.fit(data.x_train, data.y_train)
-            outputs = _outputs(estimator, data.x, k)
+            estimator.fit(data.x_train, target)
+            outputs = task.baseline_outputs(estimator, data.x, data.schema)
         fitted[name] = {"outputs": outputs, "seconds": time.perf_counter() - start}
     return fitted
-
-
-def _headline_rows(data: EvalData, outputs: np.ndarray) -> np.ndarray:
-    """Per-row scores whose mean is the headline difference: correctness (classification) or
-    negative squared error in standardized units (regression)."""
-
-    if data.classification:
-        return (outputs.argmax(axis=1) == data.y).astype(float)
-    return -((outputs.reshape(-1) - data.y) ** 2)
 
 
 def baselines_section(data: EvalData, seed: int = 0) -> Section:
@@ -96,8 +49,9 @@ def baselines_section(data: EvalData, seed: int = 0) -> Section:
         section.data["skipped"] = reason
         section.notes.append(f"Baselines skipped: {reason}.")
         return section
-    shown = _SHOWN[data.task.name]
-    headline = data.task.headline
+    task = data.task
+    shown = task.report_metrics or (task.headline,)
+    headline = task.headline
     model_metrics = data.task.metrics(data.test_outputs, data.y, data.schema)
     rows: list[dict[str, Any]] = [
         {"model": "danlu model", **{m: model_metrics.get(m) for m in shown}, "seconds": None}
@@ -113,8 +67,8 @@ def baselines_section(data: EvalData, seed: int = 0) -> Section:
     best = max(rows[1:], key=lambda r: r[headline] if r[headline] is not None else -np.inf)
     gain = rows[0][headline] - best[headline]
     # paired bootstrap of the per-row difference to the strongest baseline
-    diff = _headline_rows(data, data.test_outputs) - _headline_rows(
-        data, fitted[best["model"]]["outputs"]
+    diff = task.row_scores(data.test_outputs, data.y, data.schema) - task.row_scores(
+        fitted[best["model"]]["outputs"], data.y, data.schema
     )
     try:
         ci = bootstrap_ci(lambda d: float(d.mean()), diff, resamples=1000, seed=seed)
@@ -122,16 +76,15 @@ def baselines_section(data: EvalData, seed: int = 0) -> Section:
     except ValueError:
         paired = None
     section.data["strongest"] = {"model": best["model"], "difference": gain, "paired": paired}
-    unit = "points" if data.classification else ""
-    amount = f"{100 * abs(gain):.1f} {unit}" if data.classification else f"{abs(gain):.3f}"
+    amount = f"{100 * abs(gain):.1f} points" if task.headline_percent else f"{abs(gain):.3f}"
     verb = "beats" if gain > 0 else "trails" if gain < 0 else "ties with"
-    label = "accuracy" if data.classification else "R²"
-    section.summary = f"{verb} {best['model']} by {amount.strip()} of {label}"
+    label = task.headline_label or headline
+    section.summary = f"{verb} {best['model']} by {amount} of {label}"
     if paired is not None:
         significant = paired["low"] > 0 or paired["high"] < 0
         section.notes.append(
             f"Paired bootstrap of the per-row difference to {best['model']} "
-            f"({'correctness' if data.classification else 'squared error'}): 95% interval "
+            f"({task.row_score_label}): 95% interval "
             f"[{paired['low']:.4f}, {paired['high']:.4f}] — "
             + ("a real difference." if significant else "not distinguishable from noise.")
         )

@@ -232,8 +232,8 @@ def calibration_section(data: EvalData, config: CalibrationConfig) -> Section:
         'ECE 0.034 (0.012 after temperature scaling)'
     """
     section = Section(key="calibration", title="Calibration")
-    if not data.classification:
-        reason = "calibration applies to classification"
+    if not data.task.calibrates:
+        reason = f"calibration does not apply to the {data.task.name} task"
         section.data = {"skipped": reason}
         section.notes.append(f"Skipped: {reason}; this model is a regression.")
         return section

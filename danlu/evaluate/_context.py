@@ -124,7 +124,8 @@ class EvalData:
 
     @property
     def classification(self) -> bool:
-        return self.task.name == "classification"
+        """A single-label class target: per-class tables, confusion matrix, parity per class."""
+        return self.task.target_kind == "classes"
 
     def outputs(self, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """The model's raw outputs (logits / standardized values) for prepared rows, in batches.
@@ -142,7 +143,7 @@ class EvalData:
                 parts.append(self.model(batch).float().cpu().numpy())
         width = self.task.output_dim(self.schema)
         out = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
-        return out / self.temperature if self.classification else out
+        return out / self.temperature if self.task.calibrates else out
 
     @cached_property
     def test_outputs(self) -> np.ndarray:

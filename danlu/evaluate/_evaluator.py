@@ -112,7 +112,7 @@ def build_report(
     start = time.perf_counter()
     sections: dict[str, Section] = {}
     data.model.eval()
-    if config.calibration is not None and data.classification:
+    if config.calibration is not None and data.task.calibrates:
         from danlu.evaluate._calibration import calibration_section
 
         calibration = config.calibration
@@ -179,9 +179,32 @@ def build_report(
         cost = config.cost
         sections["cost"] = _timed("cost", lambda: cost_section(data, cost), on_section)
     ordered = [sections[key] for key in SECTION_ORDER if key in sections]
+    ordered[1:1] = _task_sections(data)  # the task's own, after the metrics
     report = Report(subject=subject, sections=ordered)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _task_sections(data: EvalData) -> list[Section]:
+    """The sections the task adds to every report (``Task.report_sections``)."""
+    if len(data.y) == 0:
+        return []
+    start = time.perf_counter()
+    try:
+        extras = data.task.report_sections(data.test_outputs, data.y, data.schema)
+    except DanluError:
+        raise
+    except Exception as exc:  # a bug in a task's section must not cost the whole report
+        log.exception("The %s task's report sections failed", data.task.name)
+        section = Section("task", f"{data.task.name} sections", data={"error": str(exc)})
+        section.flags.append(f"the task's sections failed ({type(exc).__name__}: {exc})")
+        return [section]
+    sections = [
+        Section(e.key, e.title, e.data, e.figures, e.summary, e.notes, e.flags) for e in extras
+    ]
+    for section in sections:
+        section.seconds = (time.perf_counter() - start) / len(sections)
+    return sections
 
 
 # -- data --------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def _captum() -> Any:
 
 def _forward(data: EvalData) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model's outputs as ``EvalData.outputs`` computes them (logits / temperature)."""
-    scale = data.temperature if data.classification else 1.0
+    scale = data.temperature if data.task.calibrates else 1.0
     model = data.model
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -110,10 +110,19 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _default_target(data: EvalData, x: np.ndarray) -> np.ndarray | None:
-    """The predicted class of each row (classification); None (the single output) otherwise."""
-    if not data.classification:
+    """The output the task explains for each row (the predicted class for classification); None
+    (the single output) when the task explains its only output."""
+    if data.task.output_dim(data.schema) == 1:
         return None
-    return data.outputs(x).argmax(axis=1)
+    outputs = data.outputs(x)
+    return data.task.explain(outputs, _no_truth(outputs), data.schema, data.temperature).targets
+
+
+def _no_truth(outputs: np.ndarray) -> np.ndarray:
+    """Placeholder targets for :meth:`Task.explain` when only the explained outputs matter."""
+    import numpy as np
+
+    return np.zeros(len(outputs), dtype=np.int64)
 
 
 def attributions(
@@ -133,8 +142,8 @@ def attributions(
         data: the model and its data (training rows give the baselines).
         x: prepared rows, (n, input_dim).
         config: the ``evaluate.explain`` block.
-        target: classification: the class explained per row, (n,); default the predicted class.
-            Ignored for regression (its single output is explained).
+        target: the output explained per row, (n,); default the one the task picks (the
+            predicted class). Ignored for a single-output model.
 
     Returns:
         float64 (n, input_dim) attributions, in the units of the model's output (logits /
@@ -157,8 +166,8 @@ def attributions(
     x = np.asarray(x, dtype=np.float32)
     if len(x) == 0:
         return np.zeros(x.shape, dtype=np.float64)
-    targets: np.ndarray | None = None  # regression: the single output (index 0)
-    if data.classification:
+    targets: np.ndarray | None = None  # a single-output model: output 0
+    if data.task.output_dim(data.schema) > 1:
         chosen = _default_target(data, x) if target is None else target
         targets = np.asarray(chosen, dtype=np.int64).reshape(-1)
         if len(targets) != len(x):
@@ -276,6 +285,15 @@ def global_importance(attr: np.ndarray, groups: list[InputGroup]) -> dict[str, f
     means = merged.mean(axis=0) if len(merged) else np.zeros(len(groups))
     scores = {g.name: round(float(v), 12) for g, v in zip(groups, means, strict=True)}
     return dict(sorted(scores.items(), key=lambda item: -item[1]))
+
+
+def _short(value: Any) -> str:
+    """A prediction or truth as a figure label: numbers to 3 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "{" + ", ".join(map(str, value)) + "}"
+    return str(value)
 
 
 def _plain(value: Any) -> Any:
@@ -494,24 +512,12 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
     rows = np.arange(total) if count == total else np.sort(rng.choice(total, count, replace=False))
     x = np.asarray(data.x[rows], dtype=np.float32)
     outputs = data.test_outputs[rows]
-    classes = data.schema.classes
-    if data.classification:
-        assert classes is not None
-        probabilities = data.probabilities(outputs)  # (n, K)
-        predicted = probabilities.argmax(axis=1)
-        confidence = probabilities.max(axis=1)
-        predictions = [_plain(classes[i]) for i in predicted]
-        truths = [_plain(classes[int(i)]) for i in data.y[rows]]
-        target: np.ndarray | None = predicted
-    else:
-        value = data.task.predict(outputs, data.schema)["prediction"]  # original units
-        true = data.task.predict(data.y[rows].reshape(-1, 1), data.schema)["prediction"]
-        confidence = -np.abs(value - true)
-        predictions = [float(v) for v in value]
-        truths = [float(v) for v in true]
-        target = None
+    # outputs are already divided by the temperature (EvalData.outputs)
+    explained_rows = data.task.explain(outputs, data.y[rows], data.schema)
+    confidence = explained_rows.confidence
+    predictions, truths = explained_rows.predictions, explained_rows.truths
 
-    attr = attributions(data, x, config, target)  # (n, D)
+    attr = attributions(data, x, config, explained_rows.targets)  # (n, D)
     groups = data.groups
     grouped = _grouped(attr, groups)  # (n, G)
     importance = global_importance(attr, groups)
@@ -560,9 +566,7 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
         least = [int(i) for i in by_confidence[::-1][:n_pick] if int(i) not in most]
         picks = [("most confident", i) for i in most] + [("least confident", i) for i in least]
         labels = [
-            f"pred {predictions[i]} ({confidence[i]:.2f})\ntrue {truths[i]}"
-            if data.classification
-            else f"pred {predictions[i]:.3g}\ntrue {truths[i]:.3g}"
+            f"pred {_short(predictions[i])} ({confidence[i]:.2f})\ntrue {_short(truths[i])}"
             for _, i in picks
         ]
         section.figures["Saliency: inputs and their attributions"] = _saliency_plot(
@@ -578,15 +582,10 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
     section.notes.append(f"Baseline: {base}.")
     sampled = "a seeded sample of " if count < total else ""
     section.notes.append(f"Rows explained: {count} ({sampled}{total} test rows).")
-    what = "the predicted class's logit" if data.classification else "the standardized output"
     section.notes.append(
-        f"Attributions explain {what}; one-hot columns are summed into their raw feature, and a "
-        "feature's importance is the mean over rows of its |attribution|."
+        f"Attributions explain {explained_rows.what}; one-hot columns are summed into their raw "
+        "feature, and a feature's importance is the mean over rows of its |attribution|."
     )
-    if not data.classification:
-        section.notes.append(
-            "Regression has no confidence: rows are ranked by -|residual| in the target's units "
-            "(reported as 'confidence'), so 'most confident' are the best-predicted rows."
-        )
+    section.notes.extend(explained_rows.notes)
     logger.debug("explained %d rows with %s", count, config.method)
     return section

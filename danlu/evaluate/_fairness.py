@@ -245,6 +245,31 @@ def _regression(
     return metrics, y_true, y_pred
 
 
+def _by_task(
+    data: EvalData, result: dict[str, Any], notes: list[str]
+) -> tuple[dict[str, Callable[..., float]], np.ndarray, np.ndarray]:
+    """Any other kind of task: each group's figures are the task's own report metrics,
+    computed on the group's rows (y_pred holds the model's raw outputs)."""
+    task, schema = data.task, data.schema
+
+    def metric(name: str) -> Callable[..., float]:
+        return lambda t, p: float(task.metric(name, p, t, schema))
+
+    names = list(dict.fromkeys([task.headline, *task.report_metrics]))
+    metrics: dict[str, Callable[..., float]] = {"count": lambda t, p: float(len(t))}
+    metrics.update({name: metric(name) for name in names})
+    result.update(
+        demographic_parity_difference=None,
+        demographic_parity_ratio=None,
+        equalized_odds_difference=None,
+    )
+    notes.append(
+        f"Parity figures are defined for single-label classes; for the {task.name} task the "
+        f"groups are compared on {task.headline_label or task.headline}."
+    )
+    return metrics, np.asarray(data.y), np.asarray(data.test_outputs)
+
+
 def _figure(rows: list[dict[str, Any]], headline: str, overall: float | None, column: str) -> str:
     from danlu.evaluate._plots import figure, svg
 
@@ -316,8 +341,10 @@ def fairness_section(data: EvalData, config: FairnessConfig) -> Section:
     result: dict[str, Any] = {"group": column}
     if data.classification:
         metrics, y_true, y_pred = _classification(data, groups, result, notes)
-    else:
+    elif data.task.target_kind == "values":
         metrics, y_true, y_pred = _regression(data, result)
+    else:
+        metrics, y_true, y_pred = _by_task(data, result, notes)
     headline = data.task.headline
 
     metric_frame = MetricFrame(

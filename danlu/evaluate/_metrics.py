@@ -297,6 +297,8 @@ def metrics_section(data: EvalData, resamples: int = 1000, confidence: float = 0
                 "ROC-AUC and PR-AUC need every class among the evaluation rows; some are absent."
             )
         headline = "accuracy"
+    elif data.task.target_kind != "values":  # any other kind of task: its own metrics
+        values, chosen, arrays, headline = _task_metrics(data)
     else:
         true = data.task.predict(data.y.astype(np.float64).reshape(-1, 1) * 1.0, data.schema)[
             "prediction"
@@ -337,7 +339,29 @@ def metrics_section(data: EvalData, resamples: int = 1000, confidence: float = 0
     if data.classification:
         margin = f" ± {100 * (interval['high'] - interval['low']) / 2:.1f}" if interval else ""
         section.summary = f"{_pct(value)}{margin} test accuracy ({n} rows)"
-    else:
+    elif data.task.target_kind == "values":
         margin = f" ± {(interval['high'] - interval['low']) / 2:.3f}" if interval else ""
         section.summary = f"R² {value:.3f}{margin}, MAE {values['mae']:.4g} ({n} test rows)"
+    else:
+        half = (interval["high"] - interval["low"]) / 2 if interval else None
+        section.summary = f"{data.task.describe(value, half)} ({n} test rows)"
     return section
+
+
+def _task_metrics(
+    data: EvalData,
+) -> tuple[dict[str, Any], dict[str, Callable[..., float]], dict[str, tuple[Any, ...]], str]:
+    """The task's own metrics, and a bootstrap of each metric its baselines table shows.
+
+    Returns (values, metric functions of (outputs, y), their arrays, the headline).
+    """
+    task, schema = data.task, data.schema
+    values = task.metrics(data.test_outputs, data.y, schema)
+
+    def metric(name: str) -> Callable[..., float]:
+        return lambda outputs, y: float(task.metric(name, outputs, y, schema))
+
+    names = [m for m in task.report_metrics or (task.headline,) if isinstance(values.get(m), float)]
+    chosen = {name: metric(name) for name in names}
+    arrays = {name: (data.test_outputs, data.y) for name in names}
+    return values, chosen, arrays, task.headline

@@ -257,7 +257,7 @@ def _attacked(
     import torch
 
     loss = data.task.make_loss().to(data.device)
-    temperature = data.temperature if data.classification else 1.0
+    temperature = data.temperature if data.task.calibrates else 1.0
 
     def loss_fn(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # attack the model as it predicts: calibrated logits when temperature-scaled

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from danlu.tasks._base import Task
+from danlu.tasks._base import Explained, Task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,10 +56,16 @@ class ClassificationTask(Task):
     """One logit per class (binary included, so probabilities and metrics look the same)."""
 
     name = "classification"
+    target_kind = "classes"
     target_dtype = "int64"
     epoch_metrics = ("accuracy",)
     headline = "accuracy"
     headline_mode = "max"
+    headline_label = "accuracy"
+    headline_percent = True
+    report_metrics = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss")
+    calibrates = True
+    row_score_label = "correctness"
 
     def output_dim(self, schema: FeatureSchema) -> int:
         assert schema.classes is not None, "classification schema without classes"
@@ -111,18 +117,68 @@ class ClassificationTask(Task):
         result["confusion_matrix"] = skm.confusion_matrix(y, pred, labels=labels).tolist()
         return result
 
-    def predict(self, outputs: np.ndarray, schema: FeatureSchema) -> dict[str, np.ndarray]:
+    def predict(
+        self, outputs: np.ndarray, schema: FeatureSchema, temperature: float = 1.0
+    ) -> dict[str, np.ndarray]:
         import numpy as np
 
-        proba = _softmax(outputs.astype(np.float64))
+        proba = _softmax(outputs.astype(np.float64) / temperature)
         classes = np.asarray(schema.classes, dtype=object)
         return {"prediction": classes[proba.argmax(axis=1)], "probabilities": proba}
+
+    def row_scores(self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema) -> np.ndarray:
+        return (outputs.argmax(axis=1) == y).astype(float)  # correctness
+
+    def baselines(self, seed: int) -> dict[str, Any]:
+        from sklearn.dummy import DummyClassifier
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.linear_model import LogisticRegression
+
+        return {
+            "most frequent (dummy)": DummyClassifier(strategy="most_frequent"),
+            "logistic regression": LogisticRegression(max_iter=1000),
+            "HistGradientBoosting": HistGradientBoostingClassifier(random_state=seed),
+        }
+
+    def baseline_outputs(self, estimator: Any, x: np.ndarray, schema: FeatureSchema) -> np.ndarray:
+        """Log-probabilities over all K classes (a class absent from the training rows: ~0)."""
+        import numpy as np
+
+        proba = np.full((len(x), self.output_dim(schema)), 1e-12)
+        proba[:, estimator.classes_.astype(int)] = estimator.predict_proba(x)
+        return np.log(np.clip(proba, 1e-12, 1.0))
+
+    def explain(
+        self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema, temperature: float = 1.0
+    ) -> Explained:
+        from danlu.data import to_plain
+
+        classes = list(schema.classes or ())
+        proba = self.predict(outputs, schema, temperature)["probabilities"]  # (n, K)
+        predicted = proba.argmax(axis=1)
+        return Explained(
+            targets=predicted,
+            confidence=proba.max(axis=1),
+            predictions=[to_plain(classes[i]) for i in predicted],
+            truths=[to_plain(classes[int(i)]) for i in y],
+            what="the predicted class's logit",
+        )
 
     def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
         from danlu.data import to_plain
 
         classes = [to_plain(c) for c in schema.classes or ()]
+        k = len(classes)
         return {
-            "prediction": {"type": "label", "classes": classes},
-            "probabilities": {"type": "float", "shape": [len(classes)]},
+            "prediction": {"type": "label", "classes": classes, "json_schema": {"enum": classes}},
+            "probabilities": {
+                "type": "float",
+                "shape": [k],
+                "json_schema": {
+                    "type": "array",
+                    "items": {"type": "number", "minimum": 0, "maximum": 1},
+                    "minItems": k,
+                    "maxItems": k,
+                },
+            },
         }

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from danlu.errors import ConfigError
-from danlu.tasks._base import Task
+from danlu.tasks._base import Explained, Task
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from danlu.config import LossConfig
+    from danlu.config import ConfigIssue, LossConfig, Recipe
     from danlu.data import FeatureSchema
 
 __all__ = ["RegressionTask"]
@@ -25,13 +25,26 @@ class RegressionTask(Task):
     """A single linear output trained on ``(y - mean) / std``; reported back in y's units."""
 
     name = "regression"
+    target_kind = "values"
     target_dtype = "float32"
     epoch_metrics = ("mae", "rmse", "r2")
     headline = "r2"
     headline_mode = "max"
+    headline_label = "R²"
+    report_metrics = ("r2", "mae", "rmse")
+    row_score_label = "squared error"
 
     def output_dim(self, schema: FeatureSchema) -> int:
         return 1
+
+    def check_recipe(self, recipe: Recipe) -> list[ConfigIssue]:
+        from dataclasses import replace
+
+        fix = "Remove train.loss (regression trains with MSE)."
+        return [  # say what regression trains with instead
+            replace(issue, fix=fix) if issue.loc == ("train", "loss", "name") else issue
+            for issue in super().check_recipe(recipe)
+        ]
 
     def make_loss(
         self, class_weights: torch.Tensor | None = None, loss: LossConfig | None = None
@@ -76,8 +89,52 @@ class RegressionTask(Task):
             "mape": float(skm.mean_absolute_percentage_error(true, pred)),
         }
 
-    def predict(self, outputs: np.ndarray, schema: FeatureSchema) -> dict[str, np.ndarray]:
+    def predict(
+        self, outputs: np.ndarray, schema: FeatureSchema, temperature: float = 1.0
+    ) -> dict[str, np.ndarray]:
         return {"prediction": _unscale(outputs.reshape(-1).astype("float64"), schema)}
 
+    def row_scores(self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema) -> np.ndarray:
+        return -((outputs.reshape(-1) - y) ** 2)  # negative squared error, standardized units
+
+    def baselines(self, seed: int) -> dict[str, Any]:
+        from sklearn.dummy import DummyRegressor
+        from sklearn.ensemble import HistGradientBoostingRegressor
+        from sklearn.linear_model import LinearRegression
+
+        return {
+            "mean (dummy)": DummyRegressor(strategy="mean"),
+            "linear regression": LinearRegression(),
+            "HistGradientBoosting": HistGradientBoostingRegressor(random_state=seed),
+        }
+
+    def baseline_outputs(self, estimator: Any, x: np.ndarray, schema: FeatureSchema) -> np.ndarray:
+        return estimator.predict(x).reshape(-1, 1)  # standardized values, like the model's
+
+    def explain(
+        self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema, temperature: float = 1.0
+    ) -> Explained:
+        import numpy as np
+
+        value = self.predict(outputs, schema)["prediction"]  # original units
+        true = _unscale(np.asarray(y, dtype=np.float64).reshape(-1), schema)
+        return Explained(
+            targets=None,
+            confidence=-np.abs(value - true),
+            predictions=[float(v) for v in value],
+            truths=[float(v) for v in true],
+            what="the standardized output",
+            notes=[
+                "Regression has no confidence: rows are ranked by -|residual| in the target's "
+                "units (reported as 'confidence'), so 'most confident' are the best-predicted rows."
+            ],
+        )
+
     def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
-        return {"prediction": {"type": "float", "target": schema.target}}
+        return {
+            "prediction": {
+                "type": "float",
+                "target": schema.target,
+                "json_schema": {"type": "number"},
+            }
+        }

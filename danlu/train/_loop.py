@@ -264,7 +264,7 @@ class Trainer:
                 data.schema,
                 counts=None if stream is None else stream.class_counts,
             )
-            if task.name == "classification"
+            if task.target_kind == "classes"
             else None
         )
         loss_fn = task.make_loss(weights.to(device) if weights is not None else None, cfg.loss)

@@ -144,5 +144,5 @@ def test_regression_is_skipped(make_eval_data):
     section = calibration_section(
         make_eval_data("builtin:diabetes", "regression"), CalibrationConfig()
     )
-    assert section.data == {"skipped": "calibration applies to classification"}
+    assert section.data == {"skipped": "calibration does not apply to the regression task"}
     assert section.notes and not section.figures and section.summary is None
