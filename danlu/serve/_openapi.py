@@ -1,0 +1,299 @@
+"""The OpenAPI side of ``danlu serve``: the response shapes the routes declare, the error codes,
+and the spec itself — with one predict path per served model whose request body is built from the
+model's signature (pydantic models turned into JSON Schema)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from danlu.errors import NotFoundError
+from danlu.serve._auth import ADMIN, PREDICT, PUBLIC, route_scopes
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from danlu.serve._types import ServeSettings
+
+__all__ = [
+    "ERROR_CODES",
+    "AliasRequest",
+    "AliasSet",
+    "DriftReport",
+    "ErrorBody",
+    "LoadRequest",
+    "ModelInfo",
+    "ModelList",
+    "ModelSummary",
+    "PredictResponse",
+    "Status",
+    "Unloaded",
+    "build_openapi",
+    "errors",
+]
+
+_FLOAT_MAX = 1.7976931348623157e308
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "too_many_requests",
+    500: "internal",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+# -- response shapes (OpenAPI) --------------------------------------------------------------------
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    field: str | None = None
+    message: str
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    ref: str
+    predictions: list[Any]
+    probabilities: list[list[float | None]] | None = None
+
+
+class CanaryInfo(_Open):
+    ref: str
+    version: int
+    share: float | None = None
+
+
+class ModelSummary(_Open):
+    name: str
+    version: int
+    ref: str
+    runtime: str
+    task: str | None = None
+    canary: CanaryInfo | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class ModelInfo(ModelSummary):
+    signature: dict[str, Any]
+    metrics: dict[str, float | None]
+    queue_depth: int
+
+
+class DriftReport(_Open):
+    model: str
+    version: int
+    features: list[dict[str, Any]] = []
+    canary: dict[str, Any] | None = None
+
+
+class Status(_Open):
+    status: str
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ref: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(:[0-9]{1,9}|@[A-Za-z][A-Za-z0-9._-]{0,99})?$",
+        description="NAME (latest), NAME:VERSION or NAME@ALIAS, e.g. wine@production",
+    )
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alias: str = Field(
+        pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,99}$",
+        description="a name starting with a letter, e.g. production",
+    )
+    version: int = Field(ge=1, le=2**31 - 1, description="the version the alias points at")
+
+
+class Unloaded(BaseModel):
+    model: str
+    unloaded: bool
+
+
+class AliasSet(BaseModel):
+    model: str
+    alias: str
+    version: int
+    serving: ModelSummary | None = None
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": ERROR_CODES[code]} for code in codes}
+
+
+# -- the spec ---------------------------------------------------------------------------------------
+def _model_request_schemas(
+    name: str, signature: dict[str, Any], max_rows: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The predict body of one model (``{"rows": [Row]}`` or ``{"columns": {...}}``), as a
+    requestBody schema and the component schemas it refers to — pydantic models built from the
+    model's signature."""
+    from typing import Annotated, Literal
+
+    from pydantic import create_model
+    from pydantic.json_schema import models_json_schema
+
+    prefix = re.sub(r"[^A-Za-z0-9]", "_", name)
+    # what ServedModel.parse accepts: a number where a float is expected, 0/1 for a boolean, a
+    # number for a category, and null where training learned a fill value
+    finite = Annotated[float, Field(allow_inf_nan=False, ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
+    row: dict[str, Any] = {}
+    columns: dict[str, Any] = {}
+    for i, feature in enumerate(signature.get("inputs") or ()):
+        kind = feature.get("kind")
+        kind_type: Any
+        if kind == "boolean":
+            kind_type, what = bool | Literal[0, 1] | None, "true or false"
+        elif kind == "categorical":
+            known = [str(c) for c in feature.get("categories") or ()]
+            listed = ", ".join(known[:50]) + (", ..." if len(known) > 50 else "")
+            what = f"one of the known categories: {listed}" if known else "a category"
+            kind_type = str | finite | None
+        else:
+            kind_type, what = finite | None, "a finite number"
+        what += " (null: the value learned in training, where the model has one)"
+        alias = str(feature.get("name"))
+        row[f"f{i}"] = (kind_type, Field(alias=alias, description=what))
+        columns[f"f{i}"] = (
+            list[kind_type],  # type: ignore[valid-type]
+            Field(
+                alias=alias, min_length=1, max_length=max_rows, description=f"one per row: {what}"
+            ),
+        )
+    forbid = ConfigDict(extra="forbid")
+    row_model = create_model(f"{prefix}_Row", __config__=forbid, **row)
+    columns_model = create_model(f"{prefix}_Columns", __config__=forbid, **columns)
+    by_rows = create_model(
+        f"{prefix}_RowsRequest",
+        __config__=forbid,
+        rows=(list[row_model], Field(min_length=1, max_length=max_rows)),  # type: ignore[valid-type]
+    )
+    by_columns = create_model(
+        f"{prefix}_ColumnsRequest",
+        __config__=forbid,
+        columns=(columns_model, Field(description="feature → its values; all lists equally long")),
+    )
+    refs, top = models_json_schema(
+        [(by_rows, "validation"), (by_columns, "validation")],
+        ref_template="#/components/schemas/{model}",
+    )
+    body = {"oneOf": [refs[(by_rows, "validation")], refs[(by_columns, "validation")]]}
+    return body, top.get("$defs", {})
+
+
+def _security(scope: str) -> list[dict[str, list[str]]]:
+    keys: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+    return keys if scope == ADMIN else [*keys, {}]  # {}: no key needed (no keys, loopback)
+
+
+def build_openapi(
+    app: FastAPI, pool: Any, settings: ServeSettings, cache: dict[Any, dict[str, Any]]
+) -> dict[str, Any]:
+    """The app's OpenAPI document, with one predict path per served model (cached per set of
+    served versions)."""
+    from fastapi.openapi.utils import get_openapi
+
+    served = []
+    for name in sorted(pool.names()):
+        try:
+            served.append((name, pool.primary(name)))
+        except NotFoundError:  # unloaded meanwhile
+            continue
+    key = tuple((name, model.ref) for name, model in served)
+    if key in cache:
+        return cache[key]
+
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)  # our 422 body is ErrorBody
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    predict_ref = {"$ref": "#/components/schemas/PredictResponse"}
+    for model in (ErrorBody, PredictResponse):
+        _, top = models_json_schema_of(model)
+        schemas.update(top)
+
+    paths = schema.setdefault("paths", {})
+    for name, model in served:
+        body, defs = _model_request_schemas(name, model.signature, settings.max_rows)
+        schemas.update(defs)
+        responses: dict[str, Any] = {
+            "200": {
+                "description": "predictions by the version that answered (also in X-Model-Version)",
+                "content": {"application/json": {"schema": predict_ref}},
+                "headers": {"X-Model-Version": {"schema": {"type": "string"}}},
+            }
+        }
+        for code in (400, 401, 404, 408, 413, 422, 503, 504):
+            responses[str(code)] = {
+                "description": ERROR_CODES[code],
+                "content": {"application/json": {"schema": error_ref}},
+            }
+        paths[f"/v1/models/{name}/predict"] = {
+            "post": {
+                "tags": ["predict"],
+                "summary": f"Predict with {name} ({model.ref})",
+                "operationId": f"predict_{re.sub(r'[^A-Za-z0-9]', '_', name)}",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": body}},
+                },
+                "responses": responses,
+            }
+        }
+
+    scopes = route_scopes(app)
+    for path, item in paths.items():
+        scope = scopes.get(path, PREDICT if path.startswith("/v1/models/") else PUBLIC)
+        for operation in item.values():
+            for status, response in operation.get("responses", {}).items():
+                if status == "422":
+                    response["content"] = {"application/json": {"schema": error_ref}}
+            if scope != PUBLIC:
+                operation["security"] = _security(scope)
+    cache.clear()
+    cache[key] = schema
+    return schema
+
+
+def models_json_schema_of(model: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the model's own schema, every schema it defines) with refs into components."""
+    from pydantic.json_schema import models_json_schema
+
+    refs, top = models_json_schema(
+        [(model, "serialization")], ref_template="#/components/schemas/{model}"
+    )
+    return refs[(model, "serialization")], top.get("$defs", {})
