@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from danlu.config import ConfigIssue, ModelConfig
 from danlu.errors import NotFoundError
-from danlu.models._bundle import ModelBundle, load_bundle, load_weights
+from danlu.models._bundle import ModelBundle, Predictor, Rows, load_bundle, load_weights
 from danlu.models._cnn import CNNSpec, build_cnn
 from danlu.models._common import ModelSpec
 from danlu.models._mlp import MLPSpec, build_mlp
@@ -33,6 +33,8 @@ __all__ = [
     "CNNSpec",
     "MLPSpec",
     "ModelBundle",
+    "Predictor",
+    "Rows",
     "ModelSpec",
     "build_model",
     "check_model_config",

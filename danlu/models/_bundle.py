@@ -5,19 +5,24 @@ these files; the store hands them over through a ``read(file)`` function."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from danlu.errors import NotFoundError, StoreError
+from danlu.errors import DataError, NotFoundError, StoreError
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
     import torch
 
     from danlu.data import FeatureSchema, Preprocessor
     from danlu.tasks import Task
 
-__all__ = ["ModelBundle", "load_bundle", "load_weights"]
+__all__ = ["ModelBundle", "Predictor", "Rows", "load_bundle", "load_weights"]
+
+#: raw rows a predictor takes: a DataFrame, dict rows, a dict of columns, or an array.
+Rows: TypeAlias = "pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | np.ndarray"
 
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol ≥ 2, and torch.save's zip archive
 
@@ -44,15 +49,24 @@ def load_weights(raw: bytes, where: str) -> dict[str, torch.Tensor]:
 
 @dataclass
 class ModelBundle:
-    """A rebuilt model with what it needs to predict raw rows.
+    """A trained model with what it needs to predict raw rows: the one predictor.
+
+    Raw rows → the saved preprocessing → the network → the task's decoding. ``Result.predict``,
+    ``danlu.load_model`` and the serving runtimes all predict through this class (the server
+    computes the raw outputs on its runtime and decodes them with :meth:`decode`).
 
     Attributes:
         model: the network, weights loaded, in eval mode.
-        task: its task.
+        task: its task, with any decoding fitted on validation (``decoding.json``).
         schema: its feature schema.
         preprocessor: the fitted preprocessing of raw rows.
         card: the model card (``model.json``): type, options, task, schema.
         temperature: the logits' temperature from ``calibration.json`` (1.0 when uncalibrated).
+        version: the registered version it was loaded from (None for a run's model).
+
+    Example:
+        >>> # predictor = danlu.load_model("wine@staging")
+        >>> # predictor.predict(frame)["prediction"]
     """
 
     model: torch.nn.Module
@@ -61,6 +75,63 @@ class ModelBundle:
     preprocessor: Preprocessor
     card: dict[str, Any]
     temperature: float = 1.0
+    version: Any = None  # the store's ModelVersion, for a registered model
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        """The request/response contract (the version's, else the task's from the schema)."""
+        if self.version is not None:
+            return self.version.signature
+        return self.task.signature(self.schema)
+
+    def __repr__(self) -> str:
+        where = self.version.ref if self.version is not None else self.card.get("type", "model")
+        return f"Predictor({where}, task={self.task.name}, inputs={len(self.schema.features)})"
+
+    def frame(self, data: Rows) -> pd.DataFrame:
+        """Raw rows as a DataFrame: a DataFrame, dict rows, a dict of columns, or an array whose
+        columns are the schema's features in order."""
+        import numpy as np
+        import pandas as pd
+
+        names = list(self.schema.feature_names)
+        if isinstance(data, pd.DataFrame):
+            return data
+        if isinstance(data, np.ndarray):
+            if data.ndim != 2 or data.shape[1] != len(names):
+                more = "..." if len(names) > 5 else ""
+                raise DataError(
+                    f"An array input must have shape (rows, {len(names)}) with columns "
+                    f"{names[:5]}{more}; got {data.shape}."
+                )
+            return pd.DataFrame(data, columns=names)
+        if isinstance(data, Mapping):
+            return pd.DataFrame(dict(data))
+        return pd.DataFrame(list(data))
+
+    def encode(self, data: Rows) -> np.ndarray:
+        """Raw rows → the prepared float32 matrix the network takes, (n, input_dim)."""
+        return self.preprocessor.transform(self.frame(data))
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """The network's raw outputs for prepared rows, float32 (n, output_dim)."""
+        import torch
+
+        self.model.eval()
+        with torch.inference_mode():
+            return self.model(torch.as_tensor(x)).float().numpy()
+
+    def decode(self, outputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs → the task's predictions (temperature and fitted decoding applied)."""
+        return self.task.predict(outputs, self.schema, self.temperature)
+
+    def predict(self, data: Rows) -> dict[str, np.ndarray]:
+        """Predict raw rows: a DataFrame, dict rows, a dict of columns, or an array in schema
+        order. Returns ``prediction`` and the task's other outputs (``probabilities``...)."""
+        return self.decode(self.outputs(self.encode(data)))
+
+
+Predictor = ModelBundle  # the name the Python API uses
 
 
 def _card(raw: bytes, where: str) -> dict[str, Any]:
@@ -142,4 +213,10 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     temperature = float(json.loads(calibration)["temperature"]) if calibration else 1.0
     if not temperature > 0:
         raise StoreError(f"{where}/calibration.json holds a temperature ≤ 0 ({temperature}).")
+    decoding = read("decoding.json")  # e.g. per-label thresholds fitted on validation
+    if decoding is not None:
+        try:
+            task = task.with_decoding(json.loads(decoding))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{where}/decoding.json is malformed ({exc}).") from None
     return ModelBundle(model.eval(), task, schema, preprocessor, card, temperature)
