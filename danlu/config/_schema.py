@@ -264,7 +264,15 @@ class DataConfig(Strict):
     source: str = Field(
         description="builtin:NAME (see `danlu datasets`) or a path to .csv, .parquet, .jsonl or .npz."
     )
-    target: str | None = Field(None, description="Target column (default: the dataset's own).")
+    target: str | Annotated[list[str], Field(min_length=1)] | None = Field(
+        None,
+        description=(
+            "Target column (default: the dataset's own). For a label-set (multi-label) task, "
+            "either one column whose cells hold label sets (lists, JSON lists, or 'a|b' "
+            "strings) or a list of 0/1 columns, one per label, packed into one label-set "
+            "column named 'labels'; listed columns are not features."
+        ),
+    )
     features: dict[str, FeatureKind] | None = Field(
         None, description="Override the inferred kind of some columns; 'ignore' drops a column."
     )

@@ -2,7 +2,10 @@
 
 The pipeline calls one function, :func:`prepare_data`, which turns the recipe's ``data:`` block
 into train / validation / test arrays plus the fitted :class:`Preprocessor` and
-:class:`FeatureSchema` that travel with the model. Everything here works on pandas frames and
+:class:`FeatureSchema` that travel with the model. The data layer knows kinds of *target*
+(``classes``, ``values``, ``label_sets``; see :data:`TARGET_KINDS`), never names of tasks: a task
+is passed as ``"classification"`` / ``"regression"`` or as any object with ``name`` and
+``target_kind`` (:class:`TaskLike`). Everything here works on pandas frames and
 numpy arrays; torch is imported only inside the augmentation functions, which run per batch.
 
 Example:
@@ -26,12 +29,15 @@ from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
 from danlu.data._quality import quality_html, quality_report
 from danlu.data._reduce import FeatureReducer
-from danlu.data._schema import Feature, FeatureSchema, infer_schema, to_plain
+from danlu.data._schema import Feature, FeatureSchema, infer_schema
 from danlu.data._sources import BuiltinDataset, RawData, list_builtin, load_source
 from danlu.data._split import kfold_indices, split_indices
 from danlu.data._stream import TrainStream, prepare_stream
+from danlu.data._target import TARGET_KINDS, TaskLike, TaskRef, label_set, resolve_task
+from danlu.data._values import to_plain
 
 __all__ = [
+    "TARGET_KINDS",
     "Augmenter",
     "BuiltinDataset",
     "DriftMonitor",
@@ -41,6 +47,8 @@ __all__ = [
     "PreparedData",
     "Preprocessor",
     "RawData",
+    "TaskLike",
+    "TaskRef",
     "TrainStream",
     "Violation",
     "Mix",
@@ -57,6 +65,7 @@ __all__ = [
     "infer_task",
     "inspect_data",
     "kfold_indices",
+    "label_set",
     "list_builtin",
     "load_source",
     "outlier_rows",
@@ -67,5 +76,6 @@ __all__ = [
     "quality_html",
     "quality_report",
     "resample_training",
+    "resolve_task",
     "split_indices",
 ]

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from danlu.config import ChecksConfig, ColumnCheck
-from danlu.data._schema import bool_token, category_str, preview
+from danlu.data._schema import bool_token, category_str
+from danlu.data._values import preview
 from danlu.errors import DataCheckError
 from danlu.registry import did_you_mean
 

@@ -23,6 +23,18 @@ from danlu.errors import DataError
 
 __all__ = ["RESAMPLING_METHODS", "SMOTE_METHODS", "imbalance_class_weight", "resample_training"]
 
+_KIND_WORDS = {"values": "numbers", "label_sets": "label sets (several labels per row)"}
+
+
+def _not_classes(what: str, target_kind: str) -> DataError:
+    """The error for an imbalance method on a target that is not one class per row."""
+    holds = _KIND_WORDS.get(target_kind, f"a '{target_kind}' target")
+    return DataError(
+        f"{what} needs a single-label class target (one class per row), but this task's target "
+        f"holds {holds}. Remove data.imbalance (the default is none)."
+    )
+
+
 #: Methods that synthesise rows by interpolating between neighbours of the same class.
 SMOTE_METHODS = ("smote", "borderline_smote", "svm_smote", "adasyn", "smote_tomek", "smote_enn")
 #: Methods that change the training rows (everything but none and class_weight).
@@ -106,6 +118,8 @@ def resample_training(
     config: ImbalanceConfig,
     classes: Sequence[Any] | None,
     seed: int,
+    *,
+    target_kind: str = "classes",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Resample the encoded training rows as ``config.method`` asks.
 
@@ -116,15 +130,17 @@ def resample_training(
         x: float32 training features, shape (n, d).
         y: int64 class indices into ``classes``, shape (n,).
         config: the recipe's ``data.imbalance`` block.
-        classes: the class labels (``schema.classes``); None for regression.
+        classes: the class labels (``schema.classes``); None for a numeric target.
         seed: the resampling seed (``config.seed`` wins when it is set).
+        target_kind: the target's kind; resampling needs ``classes`` (one class per row).
 
     Returns:
         The resampled ``(x, y)`` (float32, int64) and a report: method, seed, rows and class
         counts before and after.
 
     Raises:
-        DataError: resampling asked for a regression target; a SMOTE variant with a class of
+        DataError: resampling asked for a target that is not one class per row (numbers, label
+            sets); a SMOTE variant with a class of
             ``k_neighbors`` rows or fewer; imbalanced-learn rejects the data.
 
     Example:
@@ -136,14 +152,14 @@ def resample_training(
         {'a': 8, 'b': 8}
     """
     method = config.method
+    if classes is None:  # no classes: a numeric target, whatever the caller said
+        target_kind = "values" if target_kind == "classes" else target_kind
     if method not in RESAMPLING_METHODS:
-        counts = {} if classes is None else {"counts": _counts(y, classes)}
+        counts = {"counts": _counts(y, classes)} if target_kind == "classes" and classes else {}
         return x, y, {"method": method, **counts}
-    if classes is None:
-        raise DataError(
-            f"data.imbalance method '{method}' resamples classes, but the task is regression "
-            "(a continuous target has no classes to balance). Remove data.imbalance or use "
-            "task: classification."
+    if classes is None or target_kind != "classes":
+        raise _not_classes(
+            f"data.imbalance method '{method}' resamples rows by class, which", target_kind
         )
     seed = config.seed if config.seed is not None else seed
     before = _counts(y, classes)
@@ -180,7 +196,7 @@ def resample_training(
 
 
 def imbalance_class_weight(
-    config: ImbalanceConfig, classes: Sequence[Any] | None
+    config: ImbalanceConfig, classes: Sequence[Any] | None, *, target_kind: str = "classes"
 ) -> str | dict[str, float] | None:
     """The loss weights ``data.imbalance: class_weight`` asks for, checked against the classes.
 
@@ -188,7 +204,8 @@ def imbalance_class_weight(
     ``PreparedData.class_weight`` (``train.class_weight`` wins when both are set).
 
     Raises:
-        DataError: class weights on a regression task, or weights naming unknown classes.
+        DataError: class weights on a target that is not one class per row (numbers, label
+            sets), or weights naming unknown classes.
 
     Example:
         >>> from danlu.config import ImbalanceConfig
@@ -197,11 +214,9 @@ def imbalance_class_weight(
     """
     if config.method != "class_weight":
         return None
-    if classes is None:
-        raise DataError(
-            "data.imbalance: class_weight weights the loss per class, but the task is regression "
-            "(no classes). Remove data.imbalance or use task: classification."
-        )
+    if classes is None or target_kind != "classes":
+        kind = "values" if classes is None and target_kind == "classes" else target_kind
+        raise _not_classes("data.imbalance: class_weight weights the loss per class, which", kind)
     if isinstance(config.weights, str):
         return config.weights
     labels = [str(c) for c in classes]

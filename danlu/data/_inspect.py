@@ -13,10 +13,11 @@ import pandas as pd
 
 from danlu.config import DataConfig
 from danlu.data._checks import find_violations
-from danlu.data._prepare import split_rows
+from danlu.data._prepare import normalized_target, split_rows
 from danlu.data._quality import quality_report
-from danlu.data._schema import check_task
 from danlu.data._sources import load_source
+from danlu.data._target import TaskLike, resolve_task
+from danlu.errors import DataError
 
 __all__ = ["infer_task", "inspect_data"]
 
@@ -45,16 +46,18 @@ def infer_task(column: pd.Series) -> str:
     return "regression"
 
 
-def inspect_data(config: DataConfig, task: str | None = None) -> dict[str, Any]:
+def inspect_data(config: DataConfig, task: str | TaskLike | None = None) -> dict[str, Any]:
     """Load, clean and split the data of ``config`` as ``prepare_data`` would, and report on it.
 
     Args:
         config: a recipe's ``data`` block.
-        task: ``classification`` or ``regression``; None infers it from the target column.
+        task: ``classification``, ``regression``, or a task object with ``name`` and
+            ``target_kind``; None infers classification or regression from the target column
+            (a label-set target needs its task named).
 
     Returns:
         :func:`~danlu.data.quality_report`'s report of the cleaned rows with the train / test
-        split, plus ``source``, ``task``, ``cleaning`` (rows loaded and dropped), the split sizes
+        split, plus ``source``, ``task`` (its name), ``target_kind``, ``cleaning`` (rows loaded and dropped), the split sizes
         (``split.val`` included) and ``checks`` (the ``data.checks`` violations, when set).
 
     Raises:
@@ -69,14 +72,21 @@ def inspect_data(config: DataConfig, task: str | None = None) -> dict[str, Any]:
     """
     raw = load_source(config.source, config.target)
     if task is None:
+        if raw.label_columns:
+            raise DataError(
+                f"data.target lists {len(raw.label_columns)} label columns, which make a "
+                "label-set target; name the task to inspect it (a task whose target kind is "
+                "label_sets)."
+            )
         task = infer_task(raw.frame[raw.target])
-    check_task(task)
+    ref = resolve_task(task)
+    raw = normalized_target(raw, ref)
     violations = find_violations(raw.frame, config.checks) if config.checks else []
-    rows = split_rows(raw, config, task)
+    rows = split_rows(raw, config, ref)
     report = quality_report(
         rows.frame,
         rows.target,
-        task,
+        ref,
         train_idx=rows.train_idx,
         test_idx=rows.test_idx,
         features=rows.features,
@@ -98,4 +108,4 @@ def inspect_data(config: DataConfig, task: str | None = None) -> dict[str, Any]:
             *(f"Data check failed: {v.line()}" for v in violations),
             *report["warnings"],
         ]
-    return {"source": raw.source, "task": task, **report}
+    return {"source": raw.source, "task": ref.name, "target_kind": ref.target_kind, **report}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from danlu.data._schema import preview
+from danlu.data._values import preview
 from danlu.errors import DataError
 
 if TYPE_CHECKING:

@@ -2,8 +2,9 @@
 
 The order matters and is the point of this module:
 
-1. load the rows and check the target (no missing values; numeric for regression; two or more
-   classes for classification);
+1. load the rows and check the target by its kind (``danlu.data._target``): no missing values and
+   a number per row for ``values``; two or more classes for ``classes``; at least one label for
+   ``label_sets`` (whose cells are parsed into sorted tuples of labels first);
 2. infer the schema and drop ignored columns;
 3. drop rows with missing features (``missing: drop``) and exact duplicates (``dedupe``) *before*
    splitting, so that no copy of a test row is trained on;
@@ -12,7 +13,10 @@ The order matters and is the point of this module:
 5. fit the preprocessor on the training rows only (no statistic of validation or test rows leaks
    into training) and transform every split with it; ``data.reduce`` is part of it;
 6. resample the encoded *training* arrays for ``data.imbalance`` (validation and test rows keep
-   their real class balance).
+   their real class balance; single-label class targets only).
+
+``task`` is ``"classification"``, ``"regression"`` or any task object with ``name`` and
+``target_kind`` (:class:`~danlu.data.TaskLike`); only its target kind matters here.
 """
 
 from __future__ import annotations
@@ -31,18 +35,13 @@ from danlu.data._checks import check_data
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
 from danlu.data._imbalance import imbalance_class_weight, resample_training
 from danlu.data._prepared import PreparedData
-from danlu.data._preprocessor import Preprocessor, first_row, numeric_values
+from danlu.data._preprocessor import Preprocessor
 from danlu.data._quality import quality_report
-from danlu.data._schema import (
-    FeatureSchema,
-    check_task,
-    infer_kinds,
-    infer_schema,
-    preview,
-    sorted_labels,
-)
+from danlu.data._schema import FeatureSchema, infer_kinds, infer_schema
 from danlu.data._sources import RawData, load_source
 from danlu.data._split import kfold_indices, split_indices
+from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
+from danlu.data._values import numeric_values, preview
 from danlu.errors import DataError
 from danlu.logging import get_logger
 
@@ -53,38 +52,34 @@ logger = get_logger(__name__)
 _DEFAULT_THRESHOLD = {"zscore": 3.0, "iqr": 1.5}
 
 
-def _check_target(column: pd.Series, target: str, task: str) -> None:
-    missing = column.isna().to_numpy()
-    if missing.any():
+#: How log and error messages name each target kind.
+TARGET_KIND_WORDS = {
+    "classes": "one class per row",
+    "values": "a number per row",
+    "label_sets": "a set of labels per row",
+}
+
+
+def normalized_target(raw: RawData, task: TaskRef) -> RawData:
+    """``raw`` with its target cells in canonical form (label sets: sorted tuples of labels).
+
+    Raises:
+        DataError: listed 0/1 label columns for a task whose target is not label sets, or a
+            label-set cell that cannot be read.
+    """
+    kind = task.target_kind
+    if raw.label_columns and kind != "label_sets":
         raise DataError(
-            f"Target column '{target}' has {int(missing.sum())} missing value(s) in "
-            f"{len(column)} rows, the first at row {first_row(missing)} (1 = first data row). "
-            "Every row needs a target: drop or fill those rows."
+            f"data.target lists {len(raw.label_columns)} label columns "
+            f"({preview(raw.label_columns)}), which make a label-set target, but task "
+            f"'{task.name}' needs {TARGET_KIND_WORDS[kind]}. Name one target column in "
+            "data.target, or use a task whose target kind is label_sets."
         )
-    if task == "regression":
-        if not pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(
-            column.dtype
-        ):
-            raise DataError(
-                f"Regression needs a numeric target, but column '{target}' holds {column.dtype} "
-                f"values such as {column.iloc[0]!r}. Use task: classification, or pick a numeric "
-                "target column."
-            )
-        return
-    labels = column.unique()
-    if len(labels) < 2:
-        raise DataError(
-            f"Classification needs at least two classes, but target column '{target}' holds only "
-            f"{labels[0]!r} in all {len(column)} rows. Check data.target, or add rows of the "
-            "other classes."
-        )
-    # Many classes with a row or two each cannot be learned nor tested: a quantity or an id.
-    if len(labels) > 20 and len(column) < 3 * len(labels):
-        raise DataError(
-            f"Target column '{target}' does not look like classes: {len(labels)} classes in "
-            f"{len(column)} rows ({len(column) / len(labels):.1f} rows per class). If it is a "
-            "quantity, use task: regression; if it is an id, pick another data.target."
-        )
+    column = raw.frame[raw.target]
+    canonical = target_codec(kind).normalize(column, raw.target)
+    if canonical is column:
+        return raw
+    return replace(raw, frame=raw.frame.assign(**{raw.target: canonical}))
 
 
 def outlier_rows(
@@ -149,7 +144,8 @@ class SplitRows:
         schema: the schema inferred from all rows (categories, classes).
         features: the feature columns, in order.
         image_shape: the image shape of one row, if any.
-        classes: the sorted class labels (classification), else None.
+        classes: the sorted classes (``classes`` targets) or label vocabulary (``label_sets``)
+            of all rows; None for ``values``.
         stratify: whether the split kept class proportions.
         rows_loaded: rows before cleaning.
         missing_dropped: rows dropped for a missing feature value.
@@ -157,6 +153,7 @@ class SplitRows:
         train_idx: row positions in ``frame`` of the training split (sorted, int64).
         val_idx: likewise, validation.
         test_idx: likewise, test.
+        task: the task's name and target kind.
     """
 
     frame: pd.DataFrame
@@ -173,9 +170,10 @@ class SplitRows:
     train_idx: np.ndarray
     val_idx: np.ndarray
     test_idx: np.ndarray
+    task: TaskRef
 
 
-def split_rows(raw: RawData, config: DataConfig, task: str) -> SplitRows:
+def split_rows(raw: RawData, config: DataConfig, task: str | TaskLike) -> SplitRows:
     """Check the target, infer kinds, drop missing / duplicate rows, and split: steps 1-4 above.
 
     ``prepare_data`` and ``inspect_data`` share it, so ``danlu data inspect`` sees the very
@@ -189,10 +187,16 @@ def split_rows(raw: RawData, config: DataConfig, task: str) -> SplitRows:
         >>> len(rows.frame), len(rows.train_idx), len(rows.test_idx)
         (149, 104, 30)
     """
-    check_task(task)
+    ref = resolve_task(task)
+    return _split_rows(normalized_target(raw, ref), config, ref)
+
+
+def _split_rows(raw: RawData, config: DataConfig, task: TaskRef) -> SplitRows:
+    """:func:`split_rows` of rows whose target is already normalized."""
     prep = config.prepare
     frame, target = raw.frame, raw.target
-    _check_target(frame[target], target, task)
+    codec = target_codec(task.target_kind)
+    codec.check(frame[target], target)
     image_shape = tuple(config.image_shape) if config.image_shape else raw.image_shape
     kinds = infer_kinds(frame, target, task, config.features)
     schema = infer_schema(frame, target, task, kinds, encode=prep.encode, image_shape=image_shape)
@@ -218,13 +222,9 @@ def split_rows(raw: RawData, config: DataConfig, task: str) -> SplitRows:
             f"No rows are left in '{raw.source}' after dropping {missing_dropped} row(s) with "
             f"missing values and {duplicates_dropped} duplicate(s). Use another missing strategy."
         )
-    _check_target(frame[target], target, task)
-    classes = sorted_labels(frame[target]) if task == "classification" else None
-
-    stratify = config.split.stratify if config.split.stratify is not None else classes is not None
-    if stratify and classes is None:
-        logger.warning("data.split.stratify is ignored for regression: it needs classes.")
-        stratify = False
+    codec.check(frame[target], target)
+    classes = codec.labels(frame[target])
+    stratify = _stratify(config.split.stratify, task.target_kind)
     split = config.split
     train_idx, val_idx, test_idx = split_indices(
         frame[target].to_numpy(), test=split.test, val=split.val, stratify=stratify, seed=split.seed
@@ -234,16 +234,35 @@ def split_rows(raw: RawData, config: DataConfig, task: str) -> SplitRows:
         image_shape=image_shape, classes=classes, stratify=bool(stratify),
         rows_loaded=rows_loaded, missing_dropped=missing_dropped,
         duplicates_dropped=duplicates_dropped,
-        train_idx=train_idx, val_idx=val_idx, test_idx=test_idx,
+        train_idx=train_idx, val_idx=val_idx, test_idx=test_idx, task=task,
     )  # fmt: skip
 
 
+def _stratify(asked: bool | None, kind: str) -> bool:
+    """Whether to stratify: by default for class targets, never for other kinds (logged)."""
+    if kind == "classes":
+        return True if asked is None else asked
+    if asked:
+        logger.warning(
+            "data.split.stratify is ignored: stratifying needs a single-label class target, and "
+            "this target holds %s. The rows are split at random (seeded by data.split.seed).",
+            TARGET_KIND_WORDS[kind],
+        )
+    elif kind == "label_sets":
+        logger.info(
+            "The rows are split at random (seeded by data.split.seed), not stratified: "
+            "stratifying needs a single-label class target, and this target holds %s.",
+            TARGET_KIND_WORDS[kind],
+        )
+    return False
+
+
 def cv_splits(
-    config: DataConfig, task: str, k: int
+    config: DataConfig, task: str | TaskLike, k: int
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``k`` cross-validation folds of the cleaned rows, as ``(train, val, test)`` positions.
 
-    Each fold holds one k-th of the rows out as its test split (stratified for classification
+    Each fold holds one k-th of the rows out as its test split (stratified for class targets
     when every class has k rows); the validation split, the recipe's ``split.val`` share of all
     rows, is carved from the remaining rows, so early stopping never sees the held-out fold.
     Pass each triple to ``prepare_data(..., indices=...)``.
@@ -273,7 +292,7 @@ def cv_splits(
 
 def prepare_data(
     config: DataConfig,
-    task: str,
+    task: str | TaskLike,
     *,
     indices: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> PreparedData:
@@ -281,7 +300,9 @@ def prepare_data(
 
     Args:
         config: the recipe's ``data`` block.
-        task: ``classification`` or ``regression``.
+        task: ``classification``, ``regression``, or a task object with ``name`` and
+            ``target_kind`` (``classes``, ``values`` or ``label_sets``). The encoded targets are
+            int64 class indices, float32 standardized values, or float32 multi-hot ``(N, L)``.
         indices: (train, val, test) row positions of the cleaned rows to use instead of the
             recipe's split (one cross-validation fold, from :func:`cv_splits`).
 
@@ -298,7 +319,8 @@ def prepare_data(
         >>> data.x_train.shape[1], data.schema.image_shape, data.report["rows"]["test"]
         (64, (1, 8, 8), 360)
     """
-    check_task(task)
+    ref = resolve_task(task)
+    kind = ref.target_kind
     if config.stream is not None:  # larger than memory: Parquet read in chunks, never all at once
         if indices is not None:  # a fold's rows cannot be picked out of a stream
             raise DataError(
@@ -307,13 +329,13 @@ def prepare_data(
             )
         from danlu.data._stream import prepare_stream
 
-        return prepare_stream(config, task)
+        return prepare_stream(config, ref)
     prep = config.prepare
-    raw = load_source(config.source, config.target)
+    raw = normalized_target(load_source(config.source, config.target), ref)
     if config.checks is not None:  # the recipe's expectations come first: fail before any work
         check_data(raw.frame, config.checks, raw.source)
     raw_fingerprint = fingerprint_frame(raw.frame)
-    rows = split_rows(raw, config, task)
+    rows = _split_rows(raw, config, ref)
     if indices is not None:
         train_idx, val_idx, test_idx = (np.sort(np.asarray(i, dtype=np.int64)) for i in indices)
         rows = replace(rows, train_idx=train_idx, val_idx=val_idx, test_idx=test_idx)
@@ -344,16 +366,19 @@ def prepare_data(
                 len(flagged),
             )
     if classes is not None:
-        absent = sorted(set(map(str, classes)) - {str(v) for v in train[target].unique()})
+        seen = target_codec(kind).labels(train[target]) or ()
+        absent = sorted(set(map(str, classes)) - set(map(str, seen)))
         if absent:
+            what = "Class" if kind == "classes" else "Label"
             logger.warning(
-                "Class %s has no training rows; the model cannot learn it. Add data of that class.",
+                "%s %s has no training rows; the model cannot learn it. Add data with it.",
+                what,
                 preview(absent),
             )
 
-    class_weight = imbalance_class_weight(config.imbalance, classes)
+    class_weight = imbalance_class_weight(config.imbalance, classes, target_kind=kind)
     pre = Preprocessor(
-        prep, target=target, task=task, overrides=kinds, image_shape=image_shape, classes=classes,
+        prep, target=target, task=ref, overrides=kinds, image_shape=image_shape, classes=classes,
         reduce=config.reduce,
     ).fit(train)  # fmt: skip
     fitted = pre.schema_
@@ -378,7 +403,7 @@ def prepare_data(
     )  # fmt: skip
     # Only the training arrays are resampled, after encoding: validation and test stay real.
     x_train, y_train, imbalance = resample_training(
-        arrays[0], arrays[1], config.imbalance, classes, split.seed
+        arrays[0], arrays[1], config.imbalance, classes, split.seed, target_kind=kind
     )
     arrays = (x_train, y_train, *arrays[2:])
     report = {
@@ -398,7 +423,7 @@ def prepare_data(
     if pre.reducer_ is not None:
         report["reduce"] = pre.reducer_.summary()
     quality = {"source": raw.source, **quality_report(
-        frame, target, task, train_idx=train_idx, test_idx=test_idx, features=features, kinds=kinds
+        frame, target, ref, train_idx=train_idx, test_idx=test_idx, features=features, kinds=kinds
     )}  # fmt: skip
     for warning in quality["warnings"]:  # alerts (leakage, shift ...) are warnings; notes info
         level = logging.WARNING if warning in quality["alerts"] else logging.INFO

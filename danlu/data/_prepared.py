@@ -24,7 +24,8 @@ class PreparedData:
 
     Attributes:
         x_train: float32, shape (n_train, input_dim).
-        y_train: int64 class indices (classification) or float32 standardized targets (regression).
+        y_train: by target kind: int64 class indices (``classes``), float32 standardized values
+            (``values``), or float32 multi-hot rows of shape (n_train, n_labels) (``label_sets``).
         x_val: float32, shape (n_val, input_dim); may have zero rows.
         y_val: like ``y_train``.
         x_test: float32, shape (n_test, input_dim); may have zero rows.
@@ -76,5 +77,5 @@ class PreparedData:
 
     @property
     def n_classes(self) -> int | None:
-        """The number of classes (classification), else None."""
+        """The number of classes (or labels, for label sets); None for numeric targets."""
         return self.schema.n_classes

@@ -31,53 +31,19 @@ from danlu.data._schema import (
     category_str,
     encoded_columns,
     infer_kinds,
-    preview,
-    sorted_labels,
-    to_plain,
 )
+from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
+from danlu.data._values import first_row, numeric_values, preview, to_plain
 from danlu.errors import DataError, NotFittedError
 from danlu.logging import get_logger
 
-__all__ = ["Preprocessor", "first_row", "numeric_values"]
+__all__ = ["Preprocessor"]
 
 logger = get_logger(__name__)
 
 _FORMAT = "danlu.preprocessor"
-_VERSION = 2  # 2 added the feature reducer (data.reduce)
+_VERSION = 2  # 2 added the feature reducer (data.reduce); target_kind is optional within 2
 _READABLE_VERSIONS = (1, 2)
-
-
-def first_row(mask: np.ndarray) -> int:
-    """The 1-based number of the first True row of ``mask`` (1 = the first data row)."""
-    return int(np.flatnonzero(mask)[0]) + 1
-
-
-def numeric_values(column: pd.Series) -> np.ndarray:
-    """A column as float64 with NaN for missing values.
-
-    Raises:
-        DataError: a value is not a number, or is infinite.
-    """
-    name = column.name
-    if pd.api.types.is_bool_dtype(column.dtype):
-        values = column.astype("float64").to_numpy(dtype="float64", na_value=np.nan)
-    else:
-        converted = pd.to_numeric(column, errors="coerce")
-        bad = converted.isna().to_numpy() & column.notna().to_numpy()
-        if bad.any():
-            raise DataError(
-                f"Numeric column '{name}' holds {int(bad.sum())} value(s) that are not numbers, "
-                f"e.g. {column[bad].iloc[0]!r} at row {first_row(bad)}. Fix the data or set "
-                f"data.features: {{{name}: categorical}}."
-            )
-        values = converted.to_numpy(dtype="float64", na_value=np.nan)
-    infinite = np.isinf(values)
-    if infinite.any():
-        raise DataError(
-            f"Numeric column '{name}' holds {int(infinite.sum())} infinite value(s), the first at "
-            f"row {first_row(infinite)}. Replace them with finite numbers or leave them empty."
-        )
-    return values
 
 
 def _boolean_values(column: pd.Series) -> np.ndarray:
@@ -140,10 +106,13 @@ class Preprocessor:
     Args:
         config: the recipe's ``data.prepare`` block (missing values, scaling, encoding).
         target: the target column.
-        task: ``classification`` or ``regression``.
+        task: ``classification``, ``regression``, or a task object with ``name`` and
+            ``target_kind`` (``classes``, ``values`` or ``label_sets``); kept as ``task`` (the
+            name) and ``target_kind``.
         overrides: column → kind (``numeric``/``categorical``/``boolean``/``ignore``).
         image_shape: the image shape the encoded features form, if any (kept in the schema).
-        classes: the known labels (classification); default: the labels in the fitted rows.
+        classes: the known classes (or labels, for label sets); default: those of the fitted
+            rows.
         reduce: the recipe's ``data.reduce`` block: a feature reducer fitted after encoding.
 
     Example:
@@ -161,7 +130,7 @@ class Preprocessor:
         config: PrepareConfig | None = None,
         *,
         target: str,
-        task: str,
+        task: str | TaskLike,
         overrides: Mapping[str, str] | None = None,
         image_shape: Sequence[int] | None = None,
         classes: Sequence[Any] | None = None,
@@ -169,7 +138,8 @@ class Preprocessor:
     ) -> None:
         self.config = config if config is not None else PrepareConfig.model_validate({})
         self.target = target
-        self.task = task
+        ref = resolve_task(task)
+        self.task, self.target_kind = ref.name, ref.target_kind
         self.overrides = dict(overrides or {})
         self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
         self.classes = None if classes is None else tuple(to_plain(c) for c in classes)
@@ -201,7 +171,7 @@ class Preprocessor:
         Raises:
             DataError: a column cannot be used as its kind, or has no values to learn from.
         """
-        kinds = infer_kinds(frame, self.target, self.task, self.overrides)
+        kinds = infer_kinds(frame, self.target, self._task_ref(), self.overrides)
         if all(kind == "ignore" for kind in kinds.values()):
             raise DataError(
                 f"No feature columns are left: every column but the target '{self.target}' is "
@@ -247,7 +217,7 @@ class Preprocessor:
         reducer = FeatureReducer(self.reduce).fit(
             self._encode(frame),
             self.encode_target(frame[self.target]),
-            task=self.task,
+            task=self._task_ref(),
             names=schema.encoded_names,
         )
         if schema.image_shape is not None:
@@ -316,31 +286,23 @@ class Preprocessor:
             out[np.isnan(out)] = fill
         return out
 
+    def _task_ref(self) -> TaskRef:
+        return TaskRef(self.task, self.target_kind)
+
     def _fit_target(self, column: pd.Series, features: list[Feature]) -> FeatureSchema:
-        missing = column.isna().to_numpy()
-        if missing.any():
-            raise DataError(
-                f"Target column '{self.target}' has {int(missing.sum())} missing value(s) in the "
-                f"rows to fit, the first at row {first_row(missing)}. Drop or fill those rows."
-            )
-        classes = mean = std = None
-        if self.task == "classification":
-            classes = self.classes if self.classes is not None else sorted_labels(column)
-        else:
-            y = numeric_values(column)
-            mean, std = float(np.mean(y)), float(np.std(y))
-            std = std if std > 0 else 1.0
+        fitted = target_codec(self.target_kind).fit(column, self.target, self.classes)
         encoded = encoded_columns(features, self.config.encode)
         return FeatureSchema(
             features=tuple(features),
             target=self.target,
             task=self.task,
-            classes=classes,
-            target_mean=mean,
-            target_std=std,
+            classes=fitted.classes,
+            target_mean=fitted.target_mean,
+            target_std=fitted.target_std,
             image_shape=self.image_shape,
             input_dim=len(encoded),
             encoded_names=encoded,
+            target_kind=self.target_kind,
         )
 
     # ---- replay --------------------------------------------------------------------------------
@@ -417,57 +379,30 @@ class Preprocessor:
     # ---- target --------------------------------------------------------------------------------
 
     def encode_target(self, series: pd.Series | Sequence[Any] | np.ndarray) -> np.ndarray:
-        """Classification: int64 indices into ``classes``; regression: float32 ``(y - mean) / std``.
+        """Raw targets → what the model trains on, by target kind.
+
+        ``classes``: int64 indices into ``classes``; ``values``: float32 ``(y - mean) / std``;
+        ``label_sets``: float32 multi-hot of shape ``(n, len(classes))``.
 
         Raises:
             NotFittedError: before ``fit``.
-            DataError: a missing value, or a label the preprocessor does not know.
+            DataError: a missing value (label sets: a missing cell is no label), or a class or
+                label the preprocessor does not know.
         """
         self._check_fitted()
         column = pd.Series(series, name=self.target).reset_index(drop=True)
-        missing = column.isna().to_numpy()
-        if missing.any():
-            raise DataError(
-                f"Target column '{self.target}' has {int(missing.sum())} missing value(s), the "
-                f"first at row {first_row(missing)}. Every row needs a target."
-            )
-        schema = self.schema_
-        if schema.classes is None:
-            mean, std = schema.target_mean or 0.0, schema.target_std or 1.0
-            return ((numeric_values(column) - mean) / std).astype(np.float32)
-        index = {c: i for i, c in enumerate(schema.classes)}
-        codes = np.fromiter((index.get(to_plain(v), -1) for v in column), np.int64, len(column))
-        unknown = codes < 0
-        if unknown.any():
-            labels = sorted({str(v) for v in column[unknown]})
-            raise DataError(
-                f"Target column '{self.target}' holds label(s) {preview(labels)} (first at row "
-                f"{first_row(unknown)}) that are not among the known classes "
-                f"{preview([str(c) for c in schema.classes])}. Add rows of those classes to the "
-                "training data or remove them."
-            )
-        return codes
+        return target_codec(self.target_kind).encode(column, self.target, self.schema_)
 
     def decode_target(self, array: Sequence[Any] | np.ndarray) -> np.ndarray:
-        """Invert :meth:`encode_target`: indices → original labels; regression: un-standardize.
+        """Invert :meth:`encode_target`: indices → labels; values: un-standardize; label sets:
+        multi-hot rows (a value above 0.5 is on) → tuples of labels.
 
         Raises:
             NotFittedError: before ``fit``.
-            DataError: a class index out of range.
+            DataError: a class index out of range, or a multi-hot array of the wrong width.
         """
         self._check_fitted()
-        values = np.asarray(array)
-        schema = self.schema_
-        if schema.classes is None:
-            mean, std = schema.target_mean or 0.0, schema.target_std or 1.0
-            return values.astype("float64") * std + mean
-        k = len(schema.classes)
-        if values.size and (values.min() < 0 or values.max() >= k):
-            raise DataError(
-                f"Class indices must lie in 0..{k - 1} (there are {k} classes); got values from "
-                f"{values.min()} to {values.max()}."
-            )
-        return np.asarray(schema.classes)[values.astype(np.int64)]
+        return target_codec(self.target_kind).decode(np.asarray(array), self.schema_)
 
     # ---- persistence ---------------------------------------------------------------------------
 
@@ -488,6 +423,7 @@ class Preprocessor:
             "config": self.config.model_dump(mode="json"),
             "target": self.target,
             "task": self.task,
+            "target_kind": self.target_kind,
             "overrides": dict(self.overrides),
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "classes": None if self.classes is None else [to_plain(c) for c in self.classes],
@@ -517,15 +453,18 @@ class Preprocessor:
                 "with this version of danlu."
             )
         try:
+            schema = FeatureSchema.from_dict(data["schema"])
+            # Files saved before target kinds carry none: the schema derives it from the task.
+            kind = str(data.get("target_kind") or schema.target_kind)
             pre = cls(
                 PrepareConfig.model_validate(data["config"]),
                 target=data["target"],
-                task=data["task"],
+                task=TaskRef(str(data["task"]), kind),
                 overrides=data["overrides"],
                 image_shape=data["image_shape"],
                 classes=data["classes"],
             )
-            pre._schema = FeatureSchema.from_dict(data["schema"])
+            pre._schema = schema
             pre.fill_ = dict(data["fill"])
             pre.center_ = {str(k): float(v) for k, v in data["center"].items()}
             pre.scale_ = {str(k): float(v) for k, v in data["scale"].items()}

@@ -1,8 +1,8 @@
 """The data quality report: what a dataset holds and what in it needs attention before training.
 
 :func:`quality_report` describes the rows (size, duplicates), every column (kind, missing values,
-distinct values, ranges, outliers, top categories, constant columns), the target (class balance or
-distribution), leakage suspects (a feature that copies or perfectly predicts the target, test rows
+distinct values, ranges, outliers, top categories, constant columns), the target (class balance,
+per-label frequency for label sets, or distribution), leakage suspects (a feature that copies or perfectly predicts the target, test rows
 that also appear in training) and the shift of each feature between the train and test splits
 (PSI and the Kolmogorov-Smirnov test). It ends with ``warnings``: one sentence per problem.
 
@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from danlu.data._schema import category_str, infer_kinds, preview
+from danlu.data._schema import category_str, infer_kinds
+from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
+from danlu.data._values import preview
 
 __all__ = ["PSI_THRESHOLD", "quality_html", "quality_report"]
 
@@ -31,6 +33,7 @@ NEAR_CONSTANT = 0.99  # one value in at least this share of rows
 MISSING_WARN = 0.2  # warn when a column misses more than this share of values
 OUTLIER_WARN = 0.02  # warn when more than this share of a column's values are z-score outliers
 IMBALANCE_WARN = 3.0  # warn when the largest class has this many times the rows of the smallest
+RARE_LABEL_ROWS = 5  # label sets: warn about a label held by fewer rows than this
 LEAK_MIN_ROWS = 30  # below this, "perfectly predicts" is too often luck to warn about
 LEAK_ROWS_PER_VALUE = 10  # a value -> target mapping counts only with this many rows per value
 PSI_BINS = 10
@@ -168,14 +171,33 @@ def _column(
 
 
 # -- target -------------------------------------------------------------------------------------
-def _target(column: pd.Series, task: str) -> dict[str, Any]:
+def _label_sets_target(column: pd.Series, info: dict[str, Any]) -> dict[str, Any]:
+    """Per-label frequency of a label-set target (cells are tuples), and rows with no label."""
+    rows = len(column)
+    sizes = np.fromiter((len(labels) for labels in column), np.int64, rows)
+    counts = pd.Series([str(label) for labels in column for label in labels]).value_counts()
+    counts = counts.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
+    info["labels"] = [
+        {"label": str(k), "count": int(c), "percent": _pct(int(c), rows)} for k, c in counts.items()
+    ]
+    no_label = int((sizes == 0).sum())
+    info["no_label_rows"] = no_label
+    info["no_label_percent"] = _pct(no_label, rows)
+    info["labels_per_row"] = _num(sizes.mean(), 4) if rows else None
+    return info
+
+
+def _target(column: pd.Series, task: TaskRef) -> dict[str, Any]:
     rows = len(column)
     info: dict[str, Any] = {
         "name": str(column.name),
-        "task": task,
+        "task": task.name,
+        "target_kind": task.target_kind,
         "missing": int(column.isna().sum()),
     }
-    if task == "classification":
+    if task.target_kind == "label_sets":
+        return _label_sets_target(column, info)
+    if task.target_kind == "classes":
         counts = pd.Series(_labels(column)).value_counts(dropna=True)
         info["classes"] = [
             {"label": str(k), "count": int(c), "percent": _pct(int(c), rows)}
@@ -248,13 +270,13 @@ def _leak_reason(
     values: np.ndarray | None,
     target: pd.Series,
     target_codes: np.ndarray,
-    task: str,
+    kind: str,
 ) -> str | None:
-    """Why a feature gives the target away, or None."""
+    """Why a feature gives the target away, or None (``kind``: the target kind)."""
     rows = len(column)
     if info["constant"] or rows < 2:
         return None
-    if task == "regression":
+    if kind == "values":
         y = _numbers(target)
         if values is not None:
             both = ~np.isnan(values) & ~np.isnan(y)
@@ -278,7 +300,7 @@ def _leak_reason(
                 f"each of its {distinct} values maps to a single target value "
                 f"({rows / distinct:.0f} rows per value on average)"
             )
-    if task == "classification" and values is not None:
+    if kind == "classes" and values is not None:
         present = ~np.isnan(values) & (target_codes >= 0)
         if present.sum() < LEAK_MIN_ROWS:
             return None
@@ -424,6 +446,13 @@ def _warnings(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
             f"'{classes[-1]['label']}' ({classes[-1]['count']} rows). Consider data.imbalance "
             "(class_weight, oversample, smote) and per-class metrics."
         )
+    rare = [k for k in target.get("labels", []) if k["count"] < RARE_LABEL_ROWS]
+    if rare:
+        found.append(
+            f"{len(rare)} label(s) are held by fewer than {RARE_LABEL_ROWS} rows: "
+            f"{preview([k['label'] for k in rare], 10)}. Too few rows to learn or test them; add "
+            "rows or merge rare labels."
+        )
     skew = target.get("skew")
     if skew is not None and abs(skew) > 2:
         found.append(
@@ -460,7 +489,7 @@ def _warnings(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
 def quality_report(
     frame: pd.DataFrame,
     target: str,
-    task: str,
+    task: str | TaskLike,
     *,
     train_idx: Sequence[int] | np.ndarray | None = None,
     test_idx: Sequence[int] | np.ndarray | None = None,
@@ -472,7 +501,9 @@ def quality_report(
     Args:
         frame: the rows, target included.
         target: the target column.
-        task: ``classification`` or ``regression``.
+        task: ``classification``, ``regression``, or a task object with ``name`` and
+            ``target_kind``; the kind decides how the target is described (class balance,
+            per-label frequency and rows with no label, or distribution) and checked for leakage.
         train_idx: row positions of the training split (with ``test_idx``: leakage across the
             splits and shift between them).
         test_idx: row positions of the test split.
@@ -491,7 +522,8 @@ def quality_report(
         (40, ['c'])
     """
     rows = len(frame)
-    kinds = dict(kinds) if kinds is not None else infer_kinds(frame, target, task)
+    ref = resolve_task(task)
+    kinds = dict(kinds) if kinds is not None else infer_kinds(frame, target, ref)
     columns = [str(c) for c in frame.columns if str(c) != target]
     if features is None:
         features = [c for c in columns if kinds.get(c, "ignore") != "ignore"]
@@ -499,7 +531,7 @@ def quality_report(
 
     duplicated = _safe_duplicates(frame)
     n_dup = int(duplicated.sum()) if duplicated is not None else 0
-    target_column = frame[target]
+    target_column = target_codec(ref.target_kind).normalize(frame[target], target)
     target_codes = _codes(_labels(target_column))
 
     split: dict[str, Any] | None = None
@@ -533,7 +565,7 @@ def quality_report(
                 values[leak_rows] if sampled and values is not None else values,
                 target_sample,
                 codes_sample,
-                task,
+                ref.target_kind,
             )
             if reason is not None:
                 leakage.append({"column": name, "reason": reason})
@@ -559,7 +591,7 @@ def quality_report(
         "estimate_rows": len(leak_rows),
         "columns": frame.shape[1],
         "features": len(features),
-        "target": _target(target_column, task),
+        "target": _target(target_column, ref),
         "duplicates": {"rows": n_dup, "percent": _pct(n_dup, rows)},
         "details": details,
         "leakage": leakage,
@@ -640,20 +672,34 @@ def _html_columns(details: Sequence[Mapping[str, Any]]) -> str:
     return f'<table class="dq-columns"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _html_shares(entries: Sequence[Mapping[str, Any]], what: str) -> str:
+    """A table of classes or labels: rows, share, and a bar of the share."""
+    rows = "".join(
+        f'<tr><td>{_e(k["label"])}</td><td class="num">{k["count"]}</td>'
+        f'<td class="num">{k["percent"]:g}%</td>'
+        f'<td><span class="dq-bar" style="width:{max(1, round(k["percent"] * 2))}px">'
+        "</span></td></tr>"
+        for k in entries
+    )
+    return (
+        f'<table class="dq-target"><thead><tr><th>{what}</th><th>rows</th><th>share</th>'
+        f"<th></th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _html_target(target: Mapping[str, Any]) -> str:
-    if "classes" in target:
-        rows = "".join(
-            f'<tr><td>{_e(k["label"])}</td><td class="num">{k["count"]}</td>'
-            f'<td class="num">{k["percent"]:g}%</td>'
-            f'<td><span class="dq-bar" style="width:{max(1, round(k["percent"] * 2))}px">'
-            "</span></td></tr>"
-            for k in target["classes"]
+    if "labels" in target:
+        return (
+            f"<p>Rows with no label: {target['no_label_rows']} "
+            f"({target['no_label_percent']:g}%); labels per row: "
+            f"{_e(_fmt(target.get('labels_per_row')))}</p>"
+            + _html_shares(target["labels"], "label")
         )
+    if "classes" in target:
         ratio = target.get("imbalance_ratio")
         return (
             f"<p>Imbalance ratio (largest / smallest class): {_e(_fmt(ratio))}</p>"
-            '<table class="dq-target"><thead><tr><th>class</th><th>rows</th><th>share</th>'
-            f"<th></th></tr></thead><tbody>{rows}</tbody></table>"
+            + _html_shares(target["classes"], "class")
         )
     keys = ("min", "q1", "median", "mean", "q3", "max", "std", "skew")
     head = "".join(f"<th>{k}</th>" for k in keys)

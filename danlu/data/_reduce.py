@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from danlu.config import ReduceConfig
+from danlu.data._target import TaskLike, resolve_task
 from danlu.errors import DataError, NotFittedError
 
 __all__ = ["FeatureReducer"]
@@ -63,15 +64,22 @@ class FeatureReducer:
     # ---- fitting -------------------------------------------------------------------------------
 
     def fit(
-        self, x: np.ndarray, y: np.ndarray | None, *, task: str, names: Sequence[str]
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None,
+        *,
+        task: str | TaskLike,
+        names: Sequence[str],
     ) -> FeatureReducer:
         """Learn which columns to keep (or the PCA projection) from the training rows.
 
         Args:
             x: the encoded training matrix, shape (n, d).
-            y: the encoded training target (class indices, or standardized values); needed by
-                ``mutual_info`` and ``model``.
-            task: ``classification`` or ``regression``.
+            y: the encoded training target (class indices, standardized values, or multi-hot
+                label sets of shape (n, L)); needed by ``mutual_info`` and ``model``.
+            task: ``classification``, ``regression``, or a task object with a ``target_kind``;
+                the target kind picks the classifier or regressor (label sets: a multi-output
+                classifier, and mutual information averaged over the labels).
             names: the ``d`` encoded column names.
 
         Returns:
@@ -97,7 +105,8 @@ class FeatureReducer:
         elif method == "pca":
             mean, components, ratios = self._fit_pca(x)
         else:
-            kept = self._fit_top_k(x, self._target(y, task, method), task, d)
+            kind = resolve_task(task).target_kind
+            kept = self._fit_top_k(x, self._target(y, kind, method), kind, d)
         # Assign the learned state last, so a failed fit leaves no half-fitted object behind.
         self.kept_ = kept
         self.mean_, self.components_, self.explained_variance_ratio_ = mean, components, ratios
@@ -141,13 +150,13 @@ class FeatureReducer:
         return pca.mean_, pca.components_, pca.explained_variance_ratio_
 
     @staticmethod
-    def _target(y: np.ndarray | None, task: str, method: str) -> np.ndarray:
+    def _target(y: np.ndarray | None, kind: str, method: str) -> np.ndarray:
         if y is None or len(y) == 0:
             raise DataError(
                 f"data.reduce method '{method}' ranks columns by how well they predict the "
                 "target, but no target values were given. Use method: variance or pca."
             )
-        if task == "classification" and len(np.unique(y)) < 2:
+        if kind == "classes" and len(np.unique(y)) < 2:
             raise DataError(
                 f"data.reduce method '{method}' ranks columns by how well they tell the classes "
                 f"apart, but the training rows hold a single class. Add rows of the other "
@@ -155,14 +164,14 @@ class FeatureReducer:
             )
         return np.asarray(y)
 
-    def _fit_top_k(self, x: np.ndarray, y: np.ndarray, task: str, d: int) -> list[int]:
-        scores = self._scores(x, y, task, d)
+    def _fit_top_k(self, x: np.ndarray, y: np.ndarray, kind: str, d: int) -> list[int]:
+        scores = self._scores(x, y, kind, d)
         self.scores_ = [float(s) for s in scores]
         # The k best, ties broken by column order; kept in their original order.
         best = np.argsort(-scores, kind="stable")[: self.config.k]
         return sorted(int(i) for i in best)
 
-    def _scores(self, x: np.ndarray, y: np.ndarray, task: str, d: int) -> np.ndarray:
+    def _scores(self, x: np.ndarray, y: np.ndarray, kind: str, d: int) -> np.ndarray:
         k = int(self.config.k or 0)
         method = self.config.method
         if k > d:
@@ -170,13 +179,16 @@ class FeatureReducer:
                 f"data.reduce.k is {k}, but the prepared data has only {d} feature column(s) "
                 f"after encoding. Use k <= {d} (k = {d} keeps every column)."
             )
-        classify = task == "classification"
+        classify = kind != "values"
+        if kind == "label_sets":  # (n, L) multi-hot: each label is a 0/1 class column
+            y = np.asarray(y, dtype=np.int64)
         try:
             if method == "mutual_info":
                 from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
 
                 score = mutual_info_classif if classify else mutual_info_regression
-                scores = score(x, y, random_state=self.seed)
+                columns = y.T if y.ndim == 2 else y[None]  # one score per label, averaged
+                scores = np.mean([score(x, c, random_state=self.seed) for c in columns], axis=0)
             else:
                 from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
 

@@ -11,9 +11,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from danlu.data._target import (
+    TARGET_KINDS,
+    TASK_TARGET_KINDS,
+    TaskLike,
+    TaskRef,
+    resolve_task,
+    target_codec,
+)
+from danlu.data._values import preview, to_plain
 from danlu.errors import DataError
 from danlu.logging import get_logger
 from danlu.registry import did_you_mean
@@ -23,16 +31,12 @@ __all__ = ["KINDS", "TASKS", "Feature", "FeatureSchema", "infer_schema"]
 logger = get_logger(__name__)
 
 KINDS = ("numeric", "categorical", "boolean", "ignore")
-TASKS = ("classification", "regression")
+#: The task names accepted as strings (any other task is passed as a :class:`TaskLike` object).
+TASKS = tuple(TASK_TARGET_KINDS)
 
 # Strings read as booleans. A column is boolean when its values are exactly one of each set.
 TRUE_TOKENS = frozenset({"true", "yes", "y", "t", "1", "1.0", "on"})
 FALSE_TOKENS = frozenset({"false", "no", "n", "f", "0", "0.0", "off"})
-
-
-def to_plain(value: Any) -> Any:
-    """A numpy scalar as the matching Python scalar (JSON-serialisable); other values unchanged."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def category_str(value: Any) -> str:
@@ -56,13 +60,9 @@ def bool_token(value: Any) -> bool | None:
     return None
 
 
-def check_task(task: str) -> None:
-    """Raise DataError unless ``task`` is one the tabular data layer prepares."""
-    if task not in TASKS:
-        raise DataError(
-            f"The data layer prepares tabular data for tasks {', '.join(TASKS)}; got task "
-            f"'{task}'.{did_you_mean(task, TASKS)}"
-        )
+def check_task(task: str | TaskLike) -> TaskRef:
+    """``task`` resolved to its name and target kind; DataError for an unknown task."""
+    return resolve_task(task)
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,18 @@ class FeatureSchema:
     Attributes:
         features: the raw input columns, in order (ignored columns are not listed).
         target: the target column.
-        task: ``classification`` or ``regression``.
-        classes: classification: the original labels, sorted; model output ``i`` is ``classes[i]``.
-        target_mean: regression: the training mean of the target (y is fed as (y - mean) / std).
-        target_std: regression: the training standard deviation of the target.
+        task: the task's name (``classification``, ``regression``, or another task's).
+        classes: ``classes`` targets: the original labels, sorted; model output ``i`` is
+            ``classes[i]``. ``label_sets`` targets: the label vocabulary, sorted; column ``i`` of
+            the multi-hot target is ``classes[i]``. None for ``values``.
+        target_mean: ``values`` targets: the training mean (y is fed as (y - mean) / std).
+        target_std: ``values`` targets: the training standard deviation of the target.
         image_shape: the shape the encoded features form as an image, e.g. ``(1, 8, 8)``.
         input_dim: the number of columns after encoding.
         encoded_names: the name of each encoded column (``colour=red`` for one-hot).
+        target_kind: ``classes``, ``values`` or ``label_sets`` (see ``danlu.data._target``);
+            when not given it is derived from ``task``: ``classification`` → ``classes``,
+            anything else → ``values`` (what schemas saved before target kinds meant).
 
     Example:
         >>> s = FeatureSchema((Feature("x", "numeric"),), "y", "regression", None, 0.0, 1.0,
@@ -114,10 +119,20 @@ class FeatureSchema:
     image_shape: tuple[int, ...] | None = None
     input_dim: int = 0
     encoded_names: tuple[str, ...] = field(default=())
+    target_kind: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.target_kind:  # frozen: set the derived default through object.__setattr__
+            object.__setattr__(self, "target_kind", _legacy_target_kind(self.task))
+        elif self.target_kind not in TARGET_KINDS:
+            raise DataError(
+                f"FeatureSchema.target_kind must be one of {', '.join(TARGET_KINDS)}; got "
+                f"{self.target_kind!r}."
+            )
 
     @property
     def n_classes(self) -> int | None:
-        """The number of classes (classification), else None."""
+        """The number of classes (or of labels, for label sets); None for numeric targets."""
         return None if self.classes is None else len(self.classes)
 
     @property
@@ -137,6 +152,7 @@ class FeatureSchema:
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "input_dim": self.input_dim,
             "encoded_names": list(self.encoded_names),
+            "target_kind": self.target_kind,
         }
 
     @classmethod
@@ -163,12 +179,18 @@ class FeatureSchema:
                 image_shape=None if shape is None else tuple(int(s) for s in shape),
                 input_dim=int(data["input_dim"]),
                 encoded_names=tuple(str(n) for n in data["encoded_names"]),
+                target_kind=str(data.get("target_kind") or ""),  # absent before target kinds
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(
                 f"The feature schema is malformed ({type(exc).__name__}: {exc}). It must be the "
                 "output of FeatureSchema.to_dict(); re-export the model if the file was edited."
             ) from exc
+
+
+def _legacy_target_kind(task: str) -> str:
+    """The target kind a schema saved without one meant: classes for classification, else values."""
+    return "classes" if task == "classification" else "values"
 
 
 def encoded_columns(features: Sequence[Feature], encode: str) -> tuple[str, ...]:
@@ -180,15 +202,6 @@ def encoded_columns(features: Sequence[Feature], encode: str) -> tuple[str, ...]
         else:
             names.append(f.name)
     return tuple(names)
-
-
-def sorted_labels(values: Sequence[Any] | np.ndarray | pd.Series) -> tuple[Any, ...]:
-    """The distinct non-missing labels, sorted (by string when the types do not compare)."""
-    labels = {to_plain(v) for v in pd.Series(values).dropna().unique()}
-    try:
-        return tuple(sorted(labels))
-    except TypeError:
-        return tuple(sorted(labels, key=str))
 
 
 def _infer_kind(column: pd.Series) -> str:
@@ -238,18 +251,14 @@ def check_overrides(
     return checked
 
 
-def preview(names: Sequence[str], limit: int = 20) -> str:
-    """``a, b, c`` — or the first ``limit`` names and how many more."""
-    shown = ", ".join(f"'{n}'" for n in list(names)[:limit])
-    more = len(names) - limit
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
 def infer_kinds(
-    frame: pd.DataFrame, target: str, task: str, overrides: Mapping[str, str] | None = None
+    frame: pd.DataFrame,
+    target: str,
+    task: str | TaskLike,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The kind of every column but the target (``ignore`` included), overrides winning."""
-    check_task(task)
+    resolve_task(task)
     columns = [str(c) for c in frame.columns]
     if target not in columns:
         raise DataError(
@@ -263,7 +272,7 @@ def infer_kinds(
 def infer_schema(
     frame: pd.DataFrame,
     target: str,
-    task: str,
+    task: str | TaskLike,
     overrides: Mapping[str, str] | None = None,
     *,
     encode: str = "onehot",
@@ -280,7 +289,7 @@ def infer_schema(
     Args:
         frame: the raw rows, target included.
         target: the target column.
-        task: ``classification`` or ``regression``.
+        task: ``classification``, ``regression``, or a task object (``name``, ``target_kind``).
         overrides: column → kind, winning over inference.
         encode: ``onehot`` or ``ordinal`` (decides ``input_dim`` and ``encoded_names``).
         image_shape: the image shape the features form, if any.
@@ -295,7 +304,8 @@ def infer_schema(
         >>> [(f.name, f.kind) for f in s.features], s.input_dim, s.classes
         ([('a', 'numeric'), ('c', 'categorical'), ('b', 'boolean')], 4, (0, 1))
     """
-    kinds = infer_kinds(frame, target, task, overrides)
+    ref = resolve_task(task)
+    kinds = infer_kinds(frame, target, ref, overrides)
     features: list[Feature] = []
     for name, kind in kinds.items():
         if kind == "ignore":
@@ -305,15 +315,15 @@ def infer_schema(
             categories = tuple(sorted({category_str(v) for v in frame[name].dropna().unique()}))
             _warn_high_cardinality(name, len(categories), len(frame))
         features.append(Feature(name, kind, categories))
-    classes = sorted_labels(frame[target]) if task == "classification" else None
     return FeatureSchema(
         features=tuple(features),
         target=target,
-        task=task,
-        classes=classes,
+        task=ref.name,
+        classes=target_codec(ref.target_kind).labels(frame[target]),
         image_shape=None if image_shape is None else tuple(int(s) for s in image_shape),
         input_dim=len(encoded_columns(features, encode)),
         encoded_names=encoded_columns(features, encode),
+        target_kind=ref.target_kind,
     )
 
 

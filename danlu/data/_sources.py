@@ -8,7 +8,7 @@ built-ins are the data sets that ship inside scikit-learn.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +17,21 @@ import numpy as np
 import pandas as pd
 
 from danlu.data._parquet import read_parquet
-from danlu.data._schema import preview
+from danlu.data._values import first_row, preview, to_plain
 from danlu.errors import DataError, NotFoundError
+from danlu.logging import get_logger
 from danlu.registry import did_you_mean
 from danlu.types import StrPath
 
-__all__ = ["BuiltinDataset", "RawData", "list_builtin", "load_source"]
+__all__ = ["BuiltinDataset", "RawData", "list_builtin", "load_source", "pack_label_columns"]
+
+logger = get_logger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 DEFAULT_TARGET = "target"
+#: The column that several 0/1 label columns (``data.target`` as a list) are packed into; when a
+#: column of that name exists, the first free one of ``labels_1``, ``labels_2`` ...
+PACKED_TARGET = "labels"
 FILE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".json", ".npz")
 
 
@@ -61,12 +67,15 @@ class RawData:
         target: the target column's name.
         source: the source string it was loaded from.
         image_shape: the shape of one row as an image (built-ins and 3-D/4-D ``.npz``), else None.
+        label_columns: the 0/1 columns packed into the label-set column ``target`` when
+            ``data.target`` lists several columns; ``()`` otherwise.
     """
 
     frame: pd.DataFrame
     target: str
     source: str
     image_shape: tuple[int, ...] | None = None
+    label_columns: tuple[str, ...] = ()
 
 
 _BUILTINS: tuple[BuiltinDataset, ...] = (
@@ -243,18 +252,87 @@ def _check_target(frame: pd.DataFrame, target: str | None, source: str) -> str:
     return target
 
 
-def load_source(source: StrPath, target: str | None = None) -> RawData:
+def _label_flags(column: pd.Series, name: str) -> np.ndarray:
+    """A 0/1 (or boolean) label column as a bool array; DataError naming any other value."""
+    if pd.api.types.is_bool_dtype(column.dtype) and not column.isna().any():
+        return column.to_numpy(dtype=bool)
+    numbers = pd.to_numeric(column, errors="coerce")
+    bad = ~numbers.isin([0, 1]).to_numpy()
+    if bad.any():
+        raise DataError(
+            f"data.target lists column '{name}' as a label, so it must hold 0/1 (or true/false) "
+            f"in every row; it holds {to_plain(column[bad].iloc[0])!r} at row {first_row(bad)}. Fix the "
+            "column, or leave it out of data.target."
+        )
+    return numbers.to_numpy(dtype="float64") == 1.0
+
+
+def pack_label_columns(
+    frame: pd.DataFrame, columns: Sequence[str], source: str
+) -> tuple[pd.DataFrame, str]:
+    """Pack 0/1 label columns into one label-set column: each row's tuple of columns that are 1.
+
+    The label columns leave the frame (they are not features). The new column is ``labels``,
+    or the first of ``labels_1``, ``labels_2`` ... that is free.
+
+    Raises:
+        DataError: no or repeated columns, an absent column, or a value other than 0/1.
+
+    Example:
+        >>> df = pd.DataFrame({"x": [1, 2], "a": [1, 0], "b": [True, False]})
+        >>> packed, name = pack_label_columns(df, ["a", "b"], "df")
+        >>> name, packed[name].tolist(), list(packed.columns)
+        ('labels', [('a', 'b'), ()], ['x', 'labels'])
+    """
+    names = [str(c) for c in columns]
+    present = [str(c) for c in frame.columns]
+    if not names:
+        raise DataError(
+            "data.target is an empty list. Name one target column or several 0/1 columns."
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"data.target lists {preview(repeated)} more than once. List each once.")
+    for name in names:
+        if name not in present:
+            raise DataError(
+                f"data.target lists column '{name}', which is not in '{source}'."
+                f"{did_you_mean(name, present)} Columns: {preview(present)}."
+            )
+    flags = np.column_stack([_label_flags(frame[n], n) for n in names])  # (N, L)
+    order = sorted(range(len(names)), key=names.__getitem__)  # labels sorted, as label sets are
+    label_names = np.asarray([names[i] for i in order], dtype=object)
+    packed = [tuple(label_names[row]) for row in flags[:, order]]
+    never = [n for j, n in enumerate(names) if not flags[:, j].any()]
+    if never:
+        logger.warning(
+            "Label column(s) %s of data.target hold 0 in every row: no model can learn them.",
+            preview(never),
+        )
+    taken = set(present) - set(names)
+    packed_name = PACKED_TARGET
+    suffix = 0
+    while packed_name in taken:
+        suffix += 1
+        packed_name = f"{PACKED_TARGET}_{suffix}"
+    out = frame.drop(columns=names)
+    out[packed_name] = pd.Series(packed, index=frame.index, dtype=object)
+    return out, packed_name
+
+
+def load_source(source: StrPath, target: str | Sequence[str] | None = None) -> RawData:
     """Load rows from ``builtin:NAME`` or a .csv, .parquet, .jsonl/.json or .npz file.
 
     ``.json`` files are read as JSON Lines; a folder is read as a folder of ``.parquet`` files
     (every file with the same columns and types). A ``.npz`` file holds ``X`` (rows, features) and
     ``y`` (rows,) (``x``/``y`` also accepted); features become columns ``x0..x{d-1}`` and the
     target ``target``. Built-ins name their target ``target``; so does a file unless ``target``
-    names another column.
+    names another column. A list ``target`` names 0/1 label columns, packed into one label-set
+    column (see :func:`pack_label_columns`; ``RawData.label_columns`` lists them).
 
     Args:
         source: ``builtin:NAME`` or a file path.
-        target: the target column (default ``target``).
+        target: the target column (default ``target``), or several 0/1 label columns.
 
     Raises:
         NotFoundError: an unknown built-in (the message lists the valid names).
@@ -282,5 +360,8 @@ def load_source(source: StrPath, target: str | None = None) -> RawData:
         raise DataError(
             f"'{source}' has zero rows (columns: {preview(columns)}). It needs data rows."
         )
+    if target is not None and not isinstance(target, str):
+        frame, name = pack_label_columns(frame, target, source)
+        return RawData(frame, name, source, image_shape, tuple(str(c) for c in target))
     name = _check_target(frame, target, source)
     return RawData(frame=frame, target=name, source=source, image_shape=image_shape)

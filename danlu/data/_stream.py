@@ -37,15 +37,10 @@ from danlu.data._augment import check_augment
 from danlu.data._parquet import ParquetLayout, RowGroup, iter_chunks, parquet_layout
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
-from danlu.data._schema import (
-    Feature,
-    check_task,
-    encoded_columns,
-    infer_kinds,
-    preview,
-    sorted_labels,
-)
+from danlu.data._schema import Feature, encoded_columns, infer_kinds
 from danlu.data._stream_stats import SPLITS, StreamStats, collect_stats, column_values, split_codes
+from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
+from danlu.data._values import preview, sorted_labels
 from danlu.errors import DataError
 from danlu.logging import get_logger
 from danlu.registry import did_you_mean
@@ -123,7 +118,7 @@ class TrainStream:
 
     Attributes:
         rows: the number of rows of each split (exact, from the one-pass statistics).
-        class_counts: classification: training rows per class (in ``schema.classes`` order).
+        class_counts: class targets: training rows per class (in ``schema.classes`` order).
         peak_rows: the most encoded rows the reader has held at once (buffer + chunk).
         chunks_read: Parquet record batches decoded so far.
 
@@ -240,7 +235,7 @@ class TrainStream:
         import pyarrow.compute as pc
 
         pre = self.preprocessor
-        if self._classes is None:
+        if self._classes is None:  # a numeric target (label sets are never streamed)
             schema = pre.schema_
             y = np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False))
             mean, std = schema.target_mean or 0.0, schema.target_std or 1.0
@@ -346,7 +341,7 @@ def _static_kinds(layout: ParquetLayout, target: str, overrides: dict[str, str])
     return kinds
 
 
-def _exact(pre: Preprocessor, stats: StreamStats, task: str) -> tuple[Preprocessor, list[str]]:
+def _exact(pre: Preprocessor, stats: StreamStats, kind: str) -> tuple[Preprocessor, list[str]]:
     """The sample-fitted preprocessor with every statistic the pass knows exactly put in.
 
     Fitting on the sample reuses all of :class:`Preprocessor` (kinds, encoders, the reducer);
@@ -358,12 +353,12 @@ def _exact(pre: Preprocessor, stats: StreamStats, task: str) -> tuple[Preprocess
     state = pre.to_dict()
     exact: list[str] = ["split sizes"]
     features = state["schema"]["features"]
-    if task == "regression" and stats.target.count:
+    if kind == "values" and stats.target.count:
         state["schema"]["target_mean"] = stats.target.mean
         std = math.sqrt(stats.target.var())
         state["schema"]["target_std"] = std if std > 0 else 1.0
         exact.append("target mean/std")
-    elif task == "classification":
+    elif kind == "classes":
         exact.append("classes")
     if pre.reducer_ is not None:
         logger.info(
@@ -416,7 +411,7 @@ def fingerprint_files(layout: ParquetLayout) -> str:
     return digest.hexdigest()
 
 
-def prepare_stream(config: DataConfig, task: str) -> PreparedData:
+def prepare_stream(config: DataConfig, task: str | TaskLike) -> PreparedData:
     """Prepare a Parquet file or folder for streaming: one pass of statistics, no rows held.
 
     The returned :class:`PreparedData` has empty ``x_*`` / ``y_*`` arrays (with the right
@@ -424,21 +419,29 @@ def prepare_stream(config: DataConfig, task: str) -> PreparedData:
 
     Args:
         config: the recipe's ``data`` block, with ``stream`` set.
-        task: ``classification`` or ``regression``.
+        task: ``classification``, ``regression``, or a task object whose ``target_kind`` is
+            ``classes`` or ``values`` (label sets are not streamed).
 
     Raises:
-        DataError: the source is not Parquet, the files disagree, the target is unusable, or an
-            option that needs every row in memory (outliers, resampling) is set.
+        DataError: the source is not Parquet, the files disagree, the target is unusable (label
+            sets and lists of label columns included), or an option that needs every row in
+            memory (outliers, resampling) is set.
 
     Example:
         >>> # cfg = DataConfig(source="data/events/", target="y", stream={"chunk_rows": 65536})
         >>> # data = prepare_stream(cfg, "classification")
         >>> # data.stream.rows["train"], data.x_train.shape  # (..., (0, input_dim))
     """
-    check_task(task)
+    ref = resolve_task(task)
     stream = config.stream
     if stream is None:
         raise DataError("prepare_stream needs data.stream to be set.")
+    if ref.target_kind == "label_sets" or isinstance(config.target, list):
+        raise DataError(
+            f"Streaming (data.stream) reads targets of one class or one number per row; task "
+            f"'{ref.name}' has a label-set target (several labels per row), which it cannot "
+            "stream. Remove data.stream to load the data into memory."
+        )
     _check_supported(config)
     layout = parquet_layout(config.source)
     target = config.target or _DEFAULT_TARGET
@@ -458,7 +461,7 @@ def prepare_stream(config: DataConfig, task: str) -> PreparedData:
         )
     split, prep = config.split, config.prepare
     stats = collect_stats(
-        layout, target=target, task=task, kinds=kinds, test=split.test, val=split.val,
+        layout, target=target, task=ref, kinds=kinds, test=split.test, val=split.val,
         seed=split.seed, chunk_rows=stream.chunk_rows, sample_rows=stream.sample_rows,
         drop_missing=prep.missing == "drop",
     )  # fmt: skip
@@ -466,14 +469,14 @@ def prepare_stream(config: DataConfig, task: str) -> PreparedData:
     # Ignored columns were not read, so they are not in the sample.
     ignored = [name for name, kind in kinds.items() if kind == "ignore"]
     known = {k: v for k, v in overrides.items() if k not in ignored}
-    kinds = infer_kinds(stats.sample, target, task, known)
-    classes = sorted_labels(list(stats.labels)) if task == "classification" else None
+    kinds = infer_kinds(stats.sample, target, ref, known)
+    classes = sorted_labels(list(stats.labels)) if ref.target_kind == "classes" else None
     image_shape = tuple(config.image_shape) if config.image_shape else None
     pre = Preprocessor(
-        prep, target=target, task=task, overrides=kinds, image_shape=image_shape,
+        prep, target=target, task=ref, overrides=kinds, image_shape=image_shape,
         classes=classes, reduce=config.reduce,
     ).fit(stats.sample)  # fmt: skip
-    pre, exact = _exact(pre, stats, task)
+    pre, exact = _exact(pre, stats, ref.target_kind)
     fitted = pre.schema_
     if image_shape is not None and fitted.image_shape is not None:
         if int(np.prod(image_shape)) != fitted.input_dim:
@@ -497,12 +500,12 @@ def prepare_stream(config: DataConfig, task: str) -> PreparedData:
         seed=split.seed, chunk_rows=stream.chunk_rows, shuffle_buffer=stream.shuffle_buffer,
         drop_missing=prep.missing == "drop",
     )  # fmt: skip
-    return _prepared(config, task, layout, pre, stats, reader, exact, classes, ignored)
+    return _prepared(config, ref, layout, pre, stats, reader, exact, classes, ignored)
 
 
 def _prepared(
     config: DataConfig,
-    task: str,
+    task: TaskRef,
     layout: ParquetLayout,
     pre: Preprocessor,
     stats: StreamStats,
@@ -557,8 +560,8 @@ def _prepared(
         },
     }
     d = fitted.input_dim
-    y_dtype = np.int64 if task == "classification" else np.float32
-    empty_x, empty_y = np.empty((0, d), dtype=np.float32), np.empty(0, dtype=y_dtype)
+    empty_x = np.empty((0, d), dtype=np.float32)
+    empty_y = target_codec(task.target_kind).empty(fitted)
     return PreparedData(
         empty_x, empty_y, empty_x, empty_y, empty_x, empty_y,
         schema=fitted,
@@ -567,6 +570,8 @@ def _prepared(
         fingerprint=fingerprint,
         report=report,
         augment=tuple(config.augment),
-        class_weight=imbalance_class_weight(config.imbalance, classes),
+        class_weight=imbalance_class_weight(
+            config.imbalance, classes, target_kind=task.target_kind
+        ),
         stream=reader,
     )  # fmt: skip

@@ -9,7 +9,7 @@ the training rows only:
   per-chunk moments), min, max and missing count (:class:`Moments`);
 * per categorical column: exact category counts, up to :data:`MAX_CATEGORIES` distinct values;
 * for the target: class counts (over all splits, as the in-memory path reads classes from every
-  row) or the moments of a regression target;
+  row) or the moments of a numeric target;
 * a seeded reservoir of ``sample_rows`` raw rows, for what one pass cannot give exactly
   (medians, robust scaling, most frequent numbers, feature reduction). The reservoir keeps the
   rows with the smallest hash keys, so it is the same whatever order the chunks come in.
@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from danlu.data._parquet import ParquetLayout, iter_chunks
-from danlu.data._preprocessor import numeric_values
-from danlu.data._schema import category_str, preview, to_plain
+from danlu.data._schema import category_str
+from danlu.data._target import TaskLike, resolve_task
+from danlu.data._values import numeric_values, preview, to_plain
 from danlu.errors import DataError
 
 if TYPE_CHECKING:
@@ -164,9 +165,9 @@ class StreamStats:
         moments: numeric and boolean columns → exact :class:`Moments`.
         categories: categorical columns → category counts (strings, as the preprocessor encodes).
         truncated: categorical columns with more than :data:`MAX_CATEGORIES` distinct values.
-        labels: classification: label → count over every split.
-        train_labels: classification: label → count over the training rows.
-        target: regression: the target's :class:`Moments`.
+        labels: class targets: label → count over every split.
+        train_labels: class targets: label → count over the training rows.
+        target: numeric targets: the target's :class:`Moments`.
         sample: the reservoir: up to ``sample_rows`` raw training rows.
     """
 
@@ -228,7 +229,7 @@ def _label_counts(array: pa.Array) -> Counter[Any]:
     return counts
 
 
-def _check_target(array: pa.Array, first: int, name: str, task: str, source: str) -> None:
+def _check_target(array: pa.Array, first: int, name: str, kind: str, source: str) -> None:
     import pyarrow as pa
 
     numbers = _is_number(array.type)
@@ -241,12 +242,11 @@ def _check_target(array: pa.Array, first: int, name: str, task: str, source: str
             "data row, counting over the files in name order). Every row needs a target: drop "
             "or fill those rows."
         )
-    if task == "regression" and not (
-        _is_number(array.type) and not pa.types.is_boolean(array.type)
-    ):
+    if kind == "values" and not (_is_number(array.type) and not pa.types.is_boolean(array.type)):
         raise DataError(
-            f"Regression needs a numeric target, but column '{name}' of '{source}' holds "
-            f"{array.type} values. Use task: classification, or pick a numeric target column."
+            f"A numeric target is needed, but column '{name}' of '{source}' holds "
+            f"{array.type} values. Use a task with a class target (task: classification), or "
+            "pick a numeric target column."
         )
 
 
@@ -294,7 +294,7 @@ def collect_stats(
     layout: ParquetLayout,
     *,
     target: str,
-    task: str,
+    task: str | TaskLike,
     kinds: dict[str, str],
     test: float,
     val: float,
@@ -308,7 +308,8 @@ def collect_stats(
     Args:
         layout: the Parquet source.
         target: the target column.
-        task: ``classification`` or ``regression``.
+        task: ``classification``, ``regression``, or a task object whose ``target_kind`` is
+            ``classes`` or ``values``.
         kinds: every feature column's kind (``ignore`` columns are not read).
         test: fraction of rows for the test split (by row hash).
         val: fraction of rows for the validation split (by row hash).
@@ -318,14 +319,20 @@ def collect_stats(
         drop_missing: ``missing: drop``: leave out rows with a missing feature value, everywhere.
 
     Raises:
-        DataError: a missing target, a non-numeric regression target, a value that does not fit
-            its column's kind, or too many classes.
+        DataError: a missing target, a non-numeric numeric target, a value that does not fit
+            its column's kind, too many classes, or a label-set target (not streamed).
 
     Example:
         >>> # stats = collect_stats(layout, target="y", task="classification", kinds={"x": "numeric"},
         >>> #                       test=0.2, val=0.1, seed=0, chunk_rows=65_536,
         >>> #                       sample_rows=10_000, drop_missing=False)
     """
+    target_kind = resolve_task(task).target_kind
+    if target_kind not in ("classes", "values"):
+        raise DataError(
+            "Streaming (data.stream) supports targets of one class or one number per row; "
+            f"this task's target kind is {target_kind}. Remove data.stream."
+        )
     features = [name for name, kind in kinds.items() if kind != "ignore"]
     stats = StreamStats()
     for name in features:
@@ -338,7 +345,7 @@ def collect_stats(
     for first, batch in iter_chunks(layout.row_groups, columns, chunk_rows):
         n = batch.num_rows
         y = batch.column(target)
-        _check_target(y, first, target, task, layout.source)
+        _check_target(y, first, target, target_kind, layout.source)
         codes = split_codes(first, n, test=test, val=val, seed=seed)
         arrays = {name: batch.column(name) for name in features}
         values = {name: column_values(arrays[name], kinds[name], name) for name in features}
@@ -350,7 +357,7 @@ def collect_stats(
         for i, split in enumerate(SPLITS):
             stats.rows[split] += int((keep & (codes == i)).sum())
         train = keep & (codes == 0)
-        if task == "classification":
+        if target_kind == "classes":
             stats.labels.update(_label_counts(y.filter(keep) if drop_missing else y))
             stats.train_labels.update(_label_counts(y.filter(train)))
             if len(stats.labels) > _MAX_CLASSES:
@@ -380,7 +387,7 @@ def collect_stats(
             f"{stats.missing_dropped} dropped for missing values). Lower data.split.test / val "
             "or use another data.prepare.missing strategy."
         )
-    if task == "classification":
+    if target_kind == "classes":
         _check_classes(stats.labels, target, sum(stats.rows.values()))
     return stats
 
@@ -396,7 +403,7 @@ def _check_classes(labels: Counter[Any], target: str, rows: int) -> None:
     if len(labels) < 2:
         only = preview([str(k) for k in labels]) or "no label"
         raise DataError(
-            f"Classification needs at least two classes, but target column '{target}' holds only "
+            f"A class target needs at least two classes, but target column '{target}' holds only "
             f"{only} in all {rows} rows. Check data.target, or add rows of the other classes."
         )
     if len(labels) > 20 and rows < 3 * len(labels):
