@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from danlu.store._atomic import atomic_write_bytes, atomic_write_text
+from danlu.store._atomic import atomic_write_bytes, atomic_write_text, remove_stale_temps
 from danlu.store._entities import (
     API_KEY_SCOPES,
     RUN_STATUSES,
@@ -53,6 +53,7 @@ __all__ = [
     "git_state",
     "host_name",
     "package_versions",
+    "remove_stale_temps",
     "validate_artifact_name",
     "validate_model_name",
     "validate_run_id",

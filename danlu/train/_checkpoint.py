@@ -3,7 +3,8 @@
 Nothing is pickled. Arbitrary state trees (optimizer and scheduler state dicts, callback state,
 RNG states) are split into tensors and a JSON skeleton that points at them; tuples and dicts with
 non-string keys are tagged so they come back exactly as they were saved. One file written
-atomically means a killed process leaves the previous checkpoint intact.
+atomically means a killed process leaves the previous checkpoint intact; the temp file it leaves
+beside it is removed when a run starts writing checkpoints there, or resumes from one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from danlu.errors import StoreError
-from danlu.store import atomic_write_bytes
+from danlu.store import atomic_write_bytes, remove_stale_temps
 
 __all__ = ["CheckpointWriter", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
@@ -98,9 +99,14 @@ class CheckpointWriter:
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="danlu-checkpoint")
         self._pending: Any = None
+        self._cleaned: set[Path] = set()
 
     def save(self, path: Path, state: dict[str, Any]) -> None:
         self.wait()
+        folder = Path(path).parent
+        if folder not in self._cleaned:  # once: what killed writers left here before this run
+            self._cleaned.add(folder)
+            remove_stale_temps(folder)
         self._pending = self._pool.submit(_write, path, *_snapshot(state))
 
     def wait(self) -> None:
@@ -117,7 +123,11 @@ class CheckpointWriter:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (never unpickles)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (never unpickles).
+
+    Resuming starts here, so the temp files of killed writers beside it are removed first.
+    """
+    remove_stale_temps(Path(path).parent)
     try:
         raw = Path(path).read_bytes()
         tensors = st_load(raw)

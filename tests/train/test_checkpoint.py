@@ -8,6 +8,8 @@ import torch
 
 from danlu.errors import StoreError
 from danlu.train import load_checkpoint, save_checkpoint
+from danlu.train._checkpoint import CheckpointWriter
+from tests.store._writers import blocked_writer, kill
 
 
 def test_round_trip_of_an_arbitrary_state_tree(tmp_path):
@@ -69,3 +71,33 @@ def test_unsupported_values_fail_loudly(tmp_path):
     with pytest.raises(TypeError, match="cannot checkpoint"):
         save_checkpoint(tmp_path / "c.safetensors", {"f": object()})
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_start_and_resume_remove_temp_files_of_killed_writers(tmp_path):
+    """Issue 13: 100 SIGKILLs during checkpoint writes left 78 temp files (789 MB)."""
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, {"epoch": 1})
+    code = f"""
+        import torch
+        from danlu.train import save_checkpoint
+        save_checkpoint({str(path)!r}, {{"epoch": 2, "w": torch.zeros(10_000)}})
+    """
+    for _ in range(2):
+        kill(blocked_writer(code))
+
+    def temps():
+        return sorted(p.name for p in tmp_path.glob("*.tmp"))
+
+    assert len(temps()) == 2
+    live = blocked_writer(code)
+    try:
+        [live_temp] = [t for t in temps() if f".{live.pid}@" in t]
+        assert load_checkpoint(path)["epoch"] == 1  # resume: the killed writers' files go
+        assert temps() == [live_temp]  # a writer still writing keeps its own
+    finally:
+        kill(live)
+    writer = CheckpointWriter()  # a run starting to write checkpoints in the folder
+    writer.save(path, {"epoch": 3})
+    writer.close()
+    assert temps() == []
+    assert load_checkpoint(path)["epoch"] == 3
