@@ -1,7 +1,19 @@
-"""Runs a recipe's stages in order: prepare data → train → test metrics
-(``danlu.train.run_training``) → the trust report when the recipe has ``evaluate:``
-(``danlu.evaluate``) → register. ``danlu tune`` searches the recipe's ``tune:`` block
-(``danlu.tune``). Each later stage (compression, export) chains on here.
+"""``danlu run``: the full plan of a recipe, run by the stage runner.
+
+A recipe resolves to an ordered list of stages — prepare → train → evaluate → compress →
+register+export, the later ones when the recipe asks for them — each a plain function of a typed
+:class:`~danlu.train.Context` that returns it. :func:`plan` is that list; adding a stage (say
+compression, on the roadmap) is one function and one line in it.
+
+The split with the layers below (imports point down, DESIGN.md): the runner's mechanics (the
+context, :class:`~danlu.train.Stage`, the :class:`~danlu.train.Runner` that validates the recipe
+once, opens the run once, times and records each stage, marks failures and resumes from the
+stage that failed) and the prepare and train stages live in ``danlu.train``, because tuning
+trials, the tuning refit and cross-validation folds (``danlu.tune``, ``danlu.evaluate``) run the
+same prepare → train plan (:func:`danlu.train.run_training`) and must not import this module.
+This module owns the plan and the stages that only ``danlu run`` has: the trust report
+(``evaluate:``) and registration with its ONNX export (``register:``, through
+:func:`danlu.export.register_model`, the one step every way of registering uses).
 """
 
 from __future__ import annotations
@@ -13,24 +25,27 @@ from danlu.config import Recipe
 from danlu.types import StrPath
 
 if TYPE_CHECKING:
-    from danlu.store import Store
+    from danlu.store import ModelVersion, Store
+    from danlu.train import Context, Stage
     from danlu.train._callbacks import Callback
-    from danlu.train._run import Result, check_recipe, register_run
+    from danlu.train._run import Result, check_recipe
 
 __all__ = [
     "Result",
     "check_recipe",
-    "export_registered",
+    "plan",
     "recipe_json_schema",
     "register_run",
     "run",
 ]
 
+_PARITY_ROWS = 256  # test rows the ONNX export's parity check runs on
+
 
 def __getattr__(name: str) -> Any:
-    """``Result``, ``check_recipe`` and ``register_run`` live in ``danlu.train`` (loaded lazily:
-    importing this module must not import torch)."""
-    if name in {"Result", "check_recipe", "register_run"}:
+    """``Result`` and ``check_recipe`` live in ``danlu.train`` (loaded lazily: importing this
+    module must not import torch)."""
+    if name in {"Result", "check_recipe"}:
         from danlu.train import _run
 
         return getattr(_run, name)
@@ -47,118 +62,143 @@ def run(
     store: Store | None = None,
     on_section: Callable[[str], None] | None = None,
 ) -> Result:
-    """Run a recipe end to end: train, make the trust report (``evaluate:``), register.
+    """Run a recipe end to end: prepare, train, make the trust report (``evaluate:``), register
+    and export (``register:``).
 
     The report (``report.html``, ``report.json``) is stored with the run and, when the recipe
     registers the model, with the new version; a temperature fitted by
-    ``evaluate.calibration.temperature`` is saved with the model (``calibration.json``).
-    Arguments are those of :func:`danlu.train.run_training`; ``on_section`` is called with each
-    report section's key as it starts.
+    ``evaluate.calibration.temperature`` is saved with the model (``calibration.json``). Each
+    stage's status and seconds are recorded on the run (``stages.json``, metrics
+    ``stage_<name>_seconds``) and returned in ``Result.stages``. Arguments are those of
+    :func:`danlu.train.run_training`; ``resume`` continues a run from the stage that failed
+    (training from its last checkpoint; a run whose training finished is not trained again).
+    ``on_section`` is called with each report section's key as it starts.
 
     Example:
         >>> import danlu
         >>> result = danlu.run("examples/breast_cancer_mlp.yaml")  # doctest: +SKIP
-        >>> result.report.summary  # doctest: +SKIP
+        >>> result.report.summary, [(s.name, s.seconds) for s in result.stages]  # doctest: +SKIP
     """
-    from danlu.config import load_recipe
-    from danlu.store import SqlStore
-    from danlu.train._run import check_recipe, register_run, run_training
+    from danlu.train import Result, Runner, make_context
 
-    recipe = load_recipe(recipe, overrides)
-    if recipe.evaluate is None:
-        store = store or SqlStore(home=home)
-        result = run_training(recipe, callbacks=callbacks, resume=resume, store=store)
-        if result.registered is not None:
-            export_registered(store, result.registered.ref)
-        return result
+    ctx = make_context(
+        recipe,
+        overrides=overrides,
+        store=store,
+        home=home,
+        callbacks=callbacks,
+        resume=resume,
+        on_section=on_section,
+    )
+    return Result.from_context(Runner(plan()).run(ctx))
 
-    from danlu.data import prepare_data
+
+def plan() -> list[Stage]:
+    """Every stage ``danlu run`` knows, in order; each says when a recipe asks for it."""
+    from danlu.train import PREPARE, TRAIN, Stage
+
+    return [
+        PREPARE,
+        TRAIN,
+        Stage("evaluate", evaluate_stage, when=_has("evaluate"), check=check_evaluate),
+        # compression (roadmap): Stage("compress", compress_stage, when=_has("compress")),
+        Stage("register", register_stage, when=_has("register"), phase="after_run"),
+    ]
+
+
+def _has(block: str) -> Callable[[Recipe], bool]:
+    return lambda recipe: getattr(recipe, block, None) is not None
+
+
+def check_evaluate(ctx: Context) -> None:
+    """Before any training: the report needs the test rows in memory and the fairness column."""
     from danlu.errors import ConfigError
-    from danlu.evaluate import EvalData, build_report, check_fairness_group, save_report
+    from danlu.evaluate import check_fairness_group
 
-    check_recipe(recipe)
-    if recipe.data.stream is not None:
+    assert ctx.data is not None
+    if ctx.recipe.data.stream is not None:
         raise ConfigError(
             "evaluate: needs the test rows in memory, and data.stream reads them in chunks. "
             "Remove the evaluate block and run `danlu evaluate RUN --data FILE` on a sample."
         )
-    prepared = prepare_data(recipe.data, recipe.task)
-    check_fairness_group(recipe.evaluate, prepared.test_frame)  # before any training
-    store = store or SqlStore(home=home)
-    result = run_training(
-        recipe,
-        callbacks=callbacks,
-        resume=resume,
-        store=store,
-        prepared=prepared,
-        register_model=False,
-    )
-    run_record = store.get_run(result.run_id)
-    weights = store.artifact_path(result.run_id, "model.safetensors")
-    data = EvalData.from_prepared(
-        result.model,
-        result.task,
-        prepared,
-        files={"model.safetensors": weights.stat().st_size},
-        run_metrics=dict(run_record.metrics),
-        run_tags=dict(run_record.tags),
+    check_fairness_group(ctx.recipe.evaluate, ctx.data.test_frame)
+
+
+def evaluate_stage(ctx: Context) -> Context:
+    """The trust report of the trained model, stored with the run (``report.html``/``.json``,
+    ``calibration.json`` with a fitted temperature) and summarised in run metrics."""
+    from danlu.evaluate import EvalData, build_report, save_report
+
+    recipe, data, model, task = ctx.recipe, ctx.data, ctx.model, ctx.task
+    assert recipe.evaluate is not None and data is not None and model is not None and task
+    energy = ctx.energy
+    eval_data = EvalData.from_prepared(
+        model,
+        task,
+        data,
+        files=dict(ctx.files),
+        run_metrics=energy.to_metrics() if energy else {},
+        run_tags=energy.to_tags() if energy else {},
     )
     subject = {
-        "run_id": result.run_id,
-        "run_name": run_record.name,
+        "run_id": ctx.run_id,
+        "run_name": ctx.run_name,
         "recipe": recipe.name,
         "task": recipe.task,
         "model_type": recipe.model.type,
         "data": f"test split of {recipe.data.source}",
-        "rows": len(prepared.y_test),
+        "rows": len(data.y_test),
     }
     report = build_report(
-        data,
+        eval_data,
         recipe.evaluate,
         subject=subject,
         recipe=recipe,
-        store=store,
-        run_id=result.run_id,
-        on_section=on_section,
-        callbacks=callbacks,
+        store=ctx.store,
+        run_id=ctx.run_id,
+        on_section=ctx.on_section,
+        callbacks=ctx.callbacks,
     )
+    temperature = eval_data.temperature
     save_report(
-        store,
-        report,
-        run_id=result.run_id,
-        temperature=data.temperature if data.temperature != 1.0 else None,
+        ctx.store, report, run_id=ctx.run_id, temperature=temperature if temperature != 1 else None
     )
-    _log_report_metrics(store, result.run_id, report)
-    result.report, result.temperature = report, data.temperature
-    if recipe.register is not None:
-        result.registered = register_run(
-            store, result.run_id, recipe.register.name, recipe.register.alias
-        )
-        export_registered(store, result.registered.ref, prepared.x_test[:256])
-    return result
+    _log_report_metrics(ctx.store, ctx.run_id, report)
+    ctx.report, ctx.temperature = report, temperature
+    return ctx
 
 
-def export_registered(store: Store, ref: str, sample: Any = None) -> Any:
-    """Export a newly registered version to ONNX with its parity check (``danlu export``).
+def register_stage(ctx: Context) -> Context:
+    """Register the finished run's model (report and calibration included) and export it."""
+    from danlu.export import register_model
 
-    Registration never fails because of the export: a failed parity check is recorded on the
-    version (``export.json``, never served) and logged; without the ``[serve]`` extra the export
-    is skipped with a warning. Returns the :class:`~danlu.export.ExportResult`, or None.
+    register, data = ctx.recipe.register, ctx.data
+    assert register is not None and data is not None
+    ctx.registered = register_model(
+        ctx.store,
+        ctx.run_id,
+        register.name,
+        register.alias,
+        schema=data.schema,
+        task=ctx.task,
+        sample=data.x_test[:_PARITY_ROWS],
+    )
+    return ctx
+
+
+def register_run(
+    store: Store, run_id: str, name: str, alias: str | None = None, *, actor: str | None = None
+) -> ModelVersion:
+    """Register a finished run's model without exporting it (for tools that export later);
+    ``danlu run``, ``danlu tune`` and ``danlu models register`` use
+    :func:`danlu.export.register_model`, which exports too.
+
+    Example:
+        >>> # mv = register_run(SqlStore(), result.run_id, "digits")
     """
-    from danlu.errors import DanluError
-    from danlu.export import export_version
-    from danlu.logging import get_logger
+    from danlu.export import register_model
 
-    log = get_logger(__name__)
-    try:
-        sample = sample if sample is not None and len(sample) else None
-        exported = export_version(store, ref, sample=sample)
-    except DanluError as exc:
-        log.warning("Model %s is registered but not exported to ONNX: %s", ref, exc)
-        return None
-    if not exported.ok:
-        log.warning("The ONNX export of %s failed its parity check: %s", ref, exported.error)
-    return exported
+    return register_model(store, run_id, name, alias, actor=actor, export=False)
 
 
 def _log_report_metrics(store: Store, run_id: str, report: Any) -> None:

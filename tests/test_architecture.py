@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "models": LEAF | {"config", "data", "tasks"},
     "store": LEAF | {"config"},
     "train": BELOW_TRAIN,
-    "tune": BELOW_TRAIN | {"train"},
+    "tune": BELOW_TRAIN | {"train", "export"},  # the winner is registered and exported
     "evaluate": BELOW_TRAIN | {"train"},
     "compress": BELOW_TRAIN | {"train", "evaluate"},
     "export": LEAF | {"config", "data", "tasks", "models", "store"},

@@ -60,7 +60,31 @@ def test_run_records_everything_in_the_store(tmp_path):
         "drift_reference.json",
         "summary.json",
         "checkpoint.safetensors",
+        "stages.json",
     }
+    stages = json.loads((result.run_dir / "stages.json").read_text())["stages"]
+    assert [(s["name"], s["status"]) for s in stages] == [
+        ("prepare", "finished"),
+        ("train", "finished"),
+    ]
+    assert stages[0]["artifacts"] == [
+        "data_quality.html",
+        "data_quality.json",
+        "data_report.json",
+        "preprocessing.json",
+    ]
+    assert set(stages[1]["artifacts"]) == {
+        "checkpoint.safetensors",
+        "drift_reference.json",
+        "model.json",
+        "model.safetensors",
+        "summary.json",
+    }
+    assert [(s.name, s.seconds) for s in result.stages] == [
+        (s["name"], s["seconds"]) for s in stages
+    ]
+    assert run.metrics["stage_train_seconds"] == pytest.approx(stages[1]["seconds"])
+    assert run.metrics["stage_prepare_seconds"] > 0
     for artifact in store.list_artifacts(result.run_id):  # every row points at a real file
         assert store.artifact_path(result.run_id, artifact.name).stat().st_size == artifact.size
     assert not [p for p in result.run_dir.rglob("*") if p.name.endswith(".tmp")]
@@ -300,3 +324,72 @@ def test_a_failure_during_training_marks_the_run_failed(tmp_path, monkeypatch):
     [run] = SqlStore(home=tmp_path).search_runs()
     assert run.status == "failed" and "simulated" in (run.error or "")
     assert not [t for t in threading.enumerate() if t.name.startswith("danlu-heartbeat")]
+
+
+def test_resume_continues_from_the_stage_that_failed(tmp_path, monkeypatch):
+    """Evaluation crashes once after training finished: the resumed run reuses the trained model
+    (no epoch runs again, same weights), then makes the report and registers and exports."""
+    import danlu.evaluate
+    from danlu.train import Trainer, check_recipe
+
+    recipe = {
+        **WINE,
+        "evaluate": {"bootstrap": 0, "baselines": False, "robustness": False, "explain": False},
+        "register": {"name": "wine", "alias": "staging"},
+    }
+    build_report, fit, checks = danlu.evaluate.build_report, Trainer.fit, []
+    crashes = ["evaluation crashed (simulated)"]
+    epochs: list[int] = []
+
+    def flaky_report(*args, **kwargs):
+        if crashes:
+            raise RuntimeError(crashes.pop())
+        return build_report(*args, **kwargs)
+
+    def counted_fit(self, *args, **kwargs):
+        out = fit(self, *args, **kwargs)
+        epochs.append(self.epoch)
+        return out
+
+    def counted_check(recipe):
+        checks.append(recipe.name)
+        return check_recipe(recipe)
+
+    monkeypatch.setattr("danlu.evaluate.build_report", flaky_report)
+    monkeypatch.setattr(Trainer, "fit", counted_fit)
+    monkeypatch.setattr("danlu.train._run.check_recipe", counted_check)
+    with pytest.raises(RuntimeError, match="simulated"):
+        danlu.run(recipe, home=tmp_path)
+    assert checks == ["wine"]  # the recipe is validated once per run
+    store = SqlStore(home=tmp_path)
+    [run] = store.search_runs()
+    assert run.status == "failed" and "simulated" in (run.error or "")
+    stages = json.loads(store.artifact_path(run.id, "stages.json").read_text())["stages"]
+    assert [(s["name"], s["status"]) for s in stages] == [
+        ("prepare", "finished"),
+        ("train", "finished"),
+        ("evaluate", "failed"),
+    ]
+    assert "simulated" in stages[2]["error"]
+    assert store.list_models() == []
+    weights = load_file(store.artifact_path(run.id, "model.safetensors"))
+
+    resumed = danlu.run(recipe, resume=run.id, home=tmp_path)
+    assert epochs == [4]  # training ran once, in the first session
+    assert resumed.run_id == run.id and len(resumed.history) == 4
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, weights[name])
+    assert resumed.report is not None and resumed.metrics["accuracy"] > 0
+    assert [p.step for p in store.metric_history(run.id, "train_loss")] == [1, 2, 3, 4]
+    assert store.get_run(run.id).status == "finished"
+    stages = json.loads(store.artifact_path(run.id, "stages.json").read_text())["stages"]
+    assert [(s["name"], s["status"], s["restored"]) for s in stages] == [
+        ("prepare", "finished", False),
+        ("train", "finished", True),
+        ("evaluate", "finished", False),
+        ("register", "finished", False),
+    ]
+    assert "report.json" in stages[2]["artifacts"]
+    assert resumed.registered is not None and resumed.registered.ref == "wine:1"
+    files = set(store.get_model_version("wine", alias="staging").files)
+    assert {"report.html", "model.safetensors", "export.json"} <= files

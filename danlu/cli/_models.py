@@ -245,11 +245,10 @@ def register_model(
     ] = None,
 ) -> None:
     """Register a finished run's model as the next version of NAME."""
-    from danlu.pipeline import export_registered, register_run
+    from danlu.export import register_model as register_and_export
 
     with open_store() as store:
-        mv = register_run(store, run_id, name, alias=alias, actor=actor())
-        export_registered(store, mv.ref)
+        mv = register_and_export(store, run_id, name, alias, actor=actor())
         aliases = f" (alias {', '.join(mv.aliases)})" if mv.aliases else ""
         cli.out.print(
             f"registered run {escape(run_id)} as model {escape(mv.ref)}{escape(aliases)}",

@@ -308,10 +308,6 @@ def _tune(
             if progress is not None:
                 progress.stop()
         previous = None
-        if result.registered is not None:  # the winner is exported like any registered model
-            from danlu.pipeline import export_registered
-
-            export_registered(store, result.registered.ref)
         if result.registered is None and result.best_trial is not None:
             previous = store.get_run(result.run_id).tags.get("registered")
     if as_json:

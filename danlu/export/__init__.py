@@ -1,4 +1,4 @@
-"""Export and loading of registered models (safetensors weights, JSON preprocessing, signature,
+"""Registration, export and loading of models (safetensors weights, JSON preprocessing, signature,
 and ONNX with a parity check against torch)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from danlu.export._onnx import (
     read_onnx,
 )
 from danlu.export._predictor import Predictor, load_model, parse_model_ref
+from danlu.export._register import register_model
 
 __all__ = [
     "ExportResult",
@@ -25,4 +26,5 @@ __all__ = [
     "parse_model_ref",
     "read_export",
     "read_onnx",
+    "register_model",
 ]

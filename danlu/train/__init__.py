@@ -1,4 +1,5 @@
-"""The training engine: the loop, callbacks, optimizers and schedules, checkpoints."""
+"""The training engine: the loop, callbacks, optimizers and schedules, checkpoints, and the stage
+runner every run goes through (``danlu.train.Runner``; the full plan is ``danlu.pipeline``)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,38 @@ from danlu.train._checkpoint import load_checkpoint, save_checkpoint
 from danlu.train._energy import EnergyMeter, EnergyReading, watts_per_core
 from danlu.train._loop import Trainer, class_weights, resolve_device, seed_everything
 from danlu.train._optim import LRSchedule, build_optimizer
-from danlu.train._run import Result, check_recipe, register_run, run_training
+from danlu.train._run import (
+    PREPARE,
+    TRAIN,
+    TRAINING_PLAN,
+    Result,
+    check_recipe,
+    make_context,
+    run_training,
+)
+from danlu.train._runner import Context, Runner, Stage, StageRecord
 
 __all__ = [
+    "PREPARE",
+    "TRAIN",
+    "TRAINING_PLAN",
     "Callback",
+    "Context",
     "EarlyStopping",
     "EnergyMeter",
     "EnergyReading",
     "LRSchedule",
-    "Result",
     "Pruned",
+    "Result",
+    "Runner",
+    "Stage",
+    "StageRecord",
     "Trainer",
     "build_optimizer",
     "check_recipe",
     "class_weights",
     "load_checkpoint",
-    "register_run",
+    "make_context",
     "resolve_device",
     "run_training",
     "save_checkpoint",

@@ -1,30 +1,27 @@
-"""One training run of a recipe: prepare data → build task and model → train → test metrics.
+"""One training run: the ``prepare`` and ``train`` stages, and :func:`run_training`, the plan
+made of the two.
 
-Every check that can fail on bad input runs before anything is written, so a bad recipe or bad
-data leaves no run behind. Everything the run produces is recorded in the store: the resolved
-recipe and its hash, the data fingerprint, code version, packages and host, params, metrics per
-epoch, test metrics, artifacts (weights, preprocessing, summary, checkpoint).
+``prepare`` (before the run exists) prepares the data and builds the task and the untrained
+model, so bad data or a model that does not fit it leaves no run behind; ``train`` trains (from
+the checkpoint when resuming), computes the test metrics and writes the model's files. The
+:class:`~danlu.train.Runner` (``_runner.py``) opens the run between them and records everything:
+the resolved recipe and its hash, the data fingerprint, code version, packages and host, params,
+metrics per epoch, test metrics, artifacts (weights, preprocessing, summary, checkpoint) and each
+stage's status and time (``stages.json``). ``danlu/pipeline.py`` runs the same two stages,
+followed by evaluate and register, for ``danlu run``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from danlu.config import (
-    ConfigIssue,
-    Recipe,
-    load_recipe,
-    raise_issues,
-    recipe_to_dict,
-    recipe_to_yaml,
-)
-from danlu.errors import ConfigError
+from danlu.config import ConfigIssue, Recipe, load_recipe, raise_issues, recipe_to_dict
 from danlu.logging import get_logger
+from danlu.train._runner import Context, Runner, Stage, StageRecord
 from danlu.types import StrPath
 
 if TYPE_CHECKING:
@@ -33,16 +30,24 @@ if TYPE_CHECKING:
     import torch
 
     from danlu.data import FeatureSchema, PreparedData, Preprocessor
-    from danlu.store import ModelVersion, Store, Tracker
+    from danlu.store import ModelVersion, Store
     from danlu.tasks import Task
     from danlu.train._callbacks import Callback
 
-__all__ = ["Result", "check_recipe", "register_run", "run_training"]
+__all__ = [
+    "PREPARE",
+    "TRAIN",
+    "TRAINING_PLAN",
+    "Result",
+    "check_recipe",
+    "make_context",
+    "prepare_stage",
+    "reload_trained",
+    "run_training",
+    "train_stage",
+]
 
 log = get_logger(__name__)
-
-_RESUMABLE_KEYS = {"train.epochs"}  # keys a resumed run may change
-_OPTIONAL_MODEL_FILES = ("calibration.json", "drift_reference.json", "report.html", "report.json")
 
 
 @dataclass
@@ -65,6 +70,32 @@ class Result:
     registered: ModelVersion | None = None
     report: Any = None  # the trust report (danlu.evaluate.Report) when the recipe has evaluate:
     temperature: float = 1.0  # temperature scaling fitted by the evaluation, else 1
+    stages: list[StageRecord] = field(default_factory=list)  # each stage's status and seconds
+
+    @classmethod
+    def from_context(cls, ctx: Context) -> Result:
+        """The result of a plan run by the :class:`~danlu.train.Runner`."""
+        data, task, model = ctx.data, ctx.task, ctx.model
+        assert data is not None and task is not None and model is not None
+        return cls(
+            run_id=ctx.run_id,
+            run_dir=ctx.store.artifact_path(ctx.run_id, "summary.json").parent,
+            recipe=ctx.recipe,
+            metrics=ctx.metrics,
+            details=ctx.details,
+            history=ctx.history,
+            best_epoch=ctx.best_epoch,
+            model=model,
+            task=task,
+            schema=data.schema,
+            preprocessor=data.preprocessor,
+            data_fingerprint=data.raw_fingerprint,
+            data_report=data.report,
+            registered=ctx.registered,
+            report=ctx.report,
+            temperature=ctx.temperature,
+            stages=list(ctx.stages),
+        )
 
     def predict(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """Predict raw rows (a DataFrame or dict rows) with the saved preprocessing.
@@ -152,32 +183,158 @@ def check_recipe(recipe: Recipe) -> Any:
     return options
 
 
-def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    from danlu.store import flatten_params
+def make_context(
+    recipe: StrPath | Mapping[str, Any] | Recipe,
+    *,
+    overrides: Iterable[str] = (),
+    store: Store | None = None,
+    home: StrPath | None = None,
+    **settings: Any,
+) -> Context:
+    """Load and validate the recipe (the one time a run does) into a fresh :class:`Context`.
 
-    a, b = flatten_params(old), flatten_params(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_KEYS)
+    ``settings`` are the context's own (``callbacks``, ``resume``, ``run_stage``, ``parent_id``,
+    ``tags``, ``run_name``, ``data``, ``on_section``); the store is opened from ``home`` unless
+    given.
+
+    Example:
+        >>> # ctx = make_context("examples/wine_mlp.yaml", overrides=["train.epochs=2"])
+        >>> # Runner(TRAINING_PLAN).run(ctx).metrics
+    """
+    from danlu.store import SqlStore
+
+    recipe = load_recipe(recipe, overrides)
+    options = check_recipe(recipe)
+    store = store or SqlStore(home=home)
+    return Context(recipe, recipe_to_dict(recipe), options, store, **settings)
 
 
-def _recipe_hash(resolved: Mapping[str, Any]) -> str:
-    """sha256 of the resolved recipe, ignoring keys that do not change the model (name, register)."""
-    relevant = {k: v for k, v in resolved.items() if k not in {"name", "register"}}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+def prepare_stage(ctx: Context) -> Context:
+    """Prepare the data (unless given), build the task and the untrained model.
+
+    Runs before the run exists, so bad data or a model that does not fit the data leaves no
+    run behind; its artifacts (preprocessing, data report and quality) wait for the run.
+    """
+    from danlu.data import prepare_data, quality_html
+    from danlu.models import MODELS
+    from danlu.tasks import get_task
+    from danlu.train._loop import seed_everything
+
+    recipe = ctx.recipe
+    data = ctx.data if ctx.data is not None else prepare_data(recipe.data, recipe.task)
+    ctx.data, ctx.task = data, get_task(recipe.task)
+    seed_everything(recipe.train.seed)  # model initialisation depends on it
+    ctx.model = MODELS.get(recipe.model.type).builder(ctx.options, data.schema, ctx.task)
+    ctx.log_artifact("preprocessing.json", json.dumps(data.preprocessor.to_dict(), indent=1))
+    ctx.log_artifact("data_report.json", json.dumps(data.report, indent=1))
+    if data.quality:
+        ctx.log_artifact("data_quality.json", json.dumps(data.quality, indent=1))
+        ctx.log_artifact("data_quality.html", quality_html(data.quality, page=True))
+    return ctx
 
 
-def _resume_id(resume: StrPath) -> str:
-    """A run id, or a path to a run's artifact folder (whose name is the id)."""
-    text = str(resume).rstrip("/")
-    return Path(text).name if "/" in text else text
+def train_stage(ctx: Context) -> Context:
+    """Train the model (from the run's checkpoint when resuming), then its test metrics and the
+    model files: weights, model card, drift reference, summary."""
+    from danlu.train._checkpoint import load_checkpoint
+    from danlu.train._energy import EnergyMeter, EnergyReading
+    from danlu.train._loop import Trainer, resolve_device
+
+    recipe, data, task, tracker = ctx.recipe, ctx.data, ctx.task, ctx.tracker
+    assert data is not None and task is not None and ctx.model is not None and tracker is not None
+    checkpoint = tracker.artifact_path("checkpoint.safetensors")
+    trainer = Trainer(
+        recipe.train,
+        callbacks=ctx.callbacks,
+        tracker=tracker,
+        checkpoint_path=checkpoint if recipe.train.checkpoint.every else None,
+    )
+    resuming = ctx.previous is not None and checkpoint.exists()
+    if ctx.previous is not None:  # points logged after the checkpoint will be logged again
+        epoch = load_checkpoint(checkpoint)["epoch"] if resuming else 0
+        ctx.store.delete_metrics_after(tracker.run_id, epoch)
+    meter = EnergyMeter(device=str(resolve_device(recipe.train.device))).start()
+    try:
+        trainer.fit(ctx.model, task, data, resume=resuming)
+    finally:  # an interrupted session's time and energy count too (a resume adds to them)
+        reading = meter.stop()
+        if ctx.previous is not None:
+            earlier = EnergyReading.from_run(ctx.previous.metrics, ctx.previous.tags)
+            reading = earlier.add(reading) if earlier else reading
+        tracker.log_metrics(reading.to_metrics(), step=trainer.epoch)
+        ctx.store.set_tags(tracker.run_id, reading.to_tags())
+        ctx.energy = reading
+    if data.stream is None:
+        test_outputs, y_test = trainer.predict_outputs(data.x_test).numpy(), data.y_test
+    else:  # streamed test rows: only the model's outputs and the targets are kept
+        outputs, targets = trainer.stream_outputs(data.stream, "test")
+        test_outputs, y_test = outputs.numpy(), targets.numpy()
+    all_metrics = task.metrics(test_outputs, y_test, data.schema) if len(y_test) else {}
+    ctx.metrics = {k: v for k, v in all_metrics.items() if isinstance(v, float)}
+    ctx.details = {k: v for k, v in all_metrics.items() if not isinstance(v, float)}
+    ctx.model, ctx.history, ctx.best_epoch = trainer.model, trainer.history_, trainer.best_epoch
+    tracker.log_metrics({f"test_{k}": v for k, v in ctx.metrics.items()}, step=trainer.epoch)
+    tracker.log_metrics(
+        {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch}, step=trainer.epoch
+    )
+    _save_outputs(ctx)
+    summary = {
+        "run_id": tracker.run_id,
+        "recipe": recipe.name,
+        "task": recipe.task,
+        "test": ctx.metrics,
+        **ctx.details,
+        "best_epoch": trainer.best_epoch,
+        "epochs_run": trainer.epoch,
+        "final": trainer.history_[-1] if trainer.history_ else {},
+        "history": trainer.history_,
+        "data_fingerprint": data.raw_fingerprint,
+        "prepared_fingerprint": data.fingerprint,
+    }
+    ctx.log_artifact("summary.json", json.dumps(summary, indent=1))
+    if checkpoint.exists():
+        tracker.record_artifact("checkpoint.safetensors")
+    return ctx
 
 
-def _save_outputs(
-    tracker: Tracker, recipe: Recipe, options: Any, model: torch.nn.Module, data: PreparedData
-) -> None:
+_SUMMARY_KEYS = {"run_id", "recipe", "task", "test", "best_epoch", "epochs_run", "final"}
+_SUMMARY_KEYS |= {"history", "data_fingerprint", "prepared_fingerprint"}
+
+
+def reload_trained(ctx: Context) -> Context:
+    """The train stage's outputs from a run that finished training in an earlier session: the
+    weights into the model the prepare stage built, the metrics from ``summary.json``."""
+    from danlu.models import load_weights
+    from danlu.train._energy import EnergyReading
+
+    assert ctx.model is not None and ctx.previous is not None
+    weights = ctx.store.artifact_path(ctx.run_id, "model.safetensors").read_bytes()
+    ctx.model.load_state_dict(load_weights(weights, f"Run {ctx.run_id}/model.safetensors"))
+    ctx.model.eval()
+    summary = json.loads(ctx.store.artifact_path(ctx.run_id, "summary.json").read_text())
+    ctx.metrics = dict(summary["test"])
+    ctx.details = {k: v for k, v in summary.items() if k not in _SUMMARY_KEYS}
+    ctx.history, ctx.best_epoch = list(summary.get("history", [])), int(summary["best_epoch"])
+    ctx.energy = EnergyReading.from_run(ctx.previous.metrics, ctx.previous.tags)
+    ctx.files["model.safetensors"] = len(weights)
+    return ctx
+
+
+PREPARE = Stage("prepare", prepare_stage, phase="before_run")
+TRAIN = Stage("train", train_stage, restore=reload_trained)
+TRAINING_PLAN = (PREPARE, TRAIN)  # run_training; pipeline.PLAN adds evaluate and register
+
+
+def _save_outputs(ctx: Context) -> None:
+    """The model's files: safetensors weights, the model card and the drift reference."""
     from safetensors.torch import save as st_save
 
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tracker.log_artifact("model.safetensors", st_save(weights))
+    assert ctx.model is not None and ctx.data is not None
+    recipe, data, options = ctx.recipe, ctx.data, ctx.options
+    state = ctx.model.state_dict()
+    weights = st_save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})
+    ctx.log_artifact("model.safetensors", weights)
+    ctx.files["model.safetensors"] = len(weights)
     spec = (
         options.model_dump(mode="json") if hasattr(options, "model_dump") else dict(options or {})
     )
@@ -187,79 +344,12 @@ def _save_outputs(
         "task": recipe.task,
         "schema": data.schema.to_dict(),
     }
-    tracker.log_artifact("model.json", json.dumps(model_card, indent=1))
+    ctx.log_artifact("model.json", json.dumps(model_card, indent=1))
     if len(data.x_train):  # the training distribution a server compares its inputs with (PSI)
         from danlu.data import drift_reference
 
         reference = drift_reference(data.x_train, data.schema)
-        tracker.log_artifact("drift_reference.json", json.dumps(reference))
-
-
-def _signature(schema: dict[str, Any], task: str) -> dict[str, Any]:
-    """The model's input/output contract, from its feature schema."""
-    inputs = [
-        {
-            "name": f["name"],
-            "kind": f["kind"],
-            **({"categories": list(f["categories"])} if f.get("categories") else {}),
-        }
-        for f in schema["features"]
-    ]
-    if task == "classification":
-        outputs: dict[str, Any] = {
-            "prediction": {"type": "label", "classes": list(schema["classes"])},
-            "probabilities": {"type": "float", "shape": [len(schema["classes"])]},
-        }
-    else:
-        outputs = {"prediction": {"type": "float", "target": schema["target"]}}
-    return {"task": task, "inputs": inputs, "outputs": outputs}
-
-
-def register_run(
-    store: Store, run_id: str, name: str, alias: str | None = None, actor: str | None = None
-) -> ModelVersion:
-    """Register a finished run's model as the next version of ``name`` (and point ``alias`` at it).
-
-    The version keeps its own copy of the weights (safetensors), the model card and the
-    preprocessing (JSON), so it survives the deletion of the run.
-
-    Example:
-        >>> # mv = register_run(SqlStore(), result.run_id, "digits", alias="staging")
-    """
-    from danlu.errors import StoreError
-    from danlu.store import current_actor
-
-    actor = actor or current_actor()
-    run = store.get_run(run_id)
-    if run.status != "finished":
-        raise StoreError(f"Run '{run_id}' is {run.status}; only a finished run can be registered.")
-    files: dict[str, bytes] = {}
-    for file in ("model.safetensors", "model.json", "preprocessing.json"):
-        path = store.artifact_path(run_id, file)
-        if not path.is_file():
-            raise StoreError(
-                f"Run '{run_id}' has no '{file}' artifact, so it cannot be registered."
-            )
-        files[file] = path.read_bytes()
-    for file in _OPTIONAL_MODEL_FILES:  # temperature scaling and the trust report travel along
-        path = store.artifact_path(run_id, file)
-        if path.is_file():
-            files[file] = path.read_bytes()
-    card = json.loads(files["model.json"])
-    metrics = {k: v for k, v in run.metrics.items() if k.startswith("test_")}
-    version = store.create_model_version(
-        name,
-        run_id=run_id,
-        files=files,
-        signature=_signature(card["schema"], card["task"]),
-        metrics=metrics,
-        tags={"recipe": run.name, "model.type": str(card["type"])},
-        actor=actor,
-    )
-    if alias is not None:
-        store.set_alias(name, alias, version.version, actor=actor)
-        version = store.get_model_version(name, version.version)
-    return version
+        ctx.log_artifact("drift_reference.json", json.dumps(reference))
 
 
 def run_training(
@@ -275,16 +365,20 @@ def run_training(
     tags: Mapping[str, str] | None = None,
     prepared: PreparedData | None = None,
     run_name: str | None = None,
-    register_model: bool = True,
 ) -> Result:
     """Train a recipe, record the run in the store, and return the model with its metrics.
+
+    The plan prepare → train through the :class:`~danlu.train.Runner` (tuning trials, the tuning
+    refit and cross-validation folds run it); :func:`danlu.run` adds the trust report and
+    registration. Nothing is registered here.
 
     Args:
         recipe: a YAML path, a mapping or a :class:`~danlu.config.Recipe`.
         overrides: ``key.path=value`` strings applied on top of the recipe.
         callbacks: extra engine callbacks (progress bars, user hooks).
         home: where the store lives (default ``$DANLU_HOME`` or ``./.danlu``).
-        resume: a run id (or its artifact folder) to continue from its last checkpoint.
+        resume: a run id (or its artifact folder) to continue: from the stage that failed, and
+            within training from the last checkpoint.
         store: an open store to use instead of opening one from ``home``.
         stage: the run's stage in the store (``tune-trial`` for a tuning trial).
         parent_id: the run this one belongs to (a tuning trial's study run).
@@ -292,154 +386,23 @@ def run_training(
         prepared: data already prepared from this recipe's ``data`` block and task (tuning
             reuses it across trials whose space does not touch ``data``).
         run_name: the run's name (default the recipe's name, which is also its experiment).
-        register_model: register the model as the recipe's ``register`` block says (the
-            pipeline turns it off to register after the evaluation, with the report).
 
     Example:
         >>> from danlu.train import run_training
         >>> result = run_training("examples/wine_mlp.yaml", overrides=["train.epochs=2"])  # doctest: +SKIP
         >>> result.metrics["accuracy"]  # doctest: +SKIP
     """
-    from danlu.data import prepare_data, quality_html
-    from danlu.models import MODELS
-    from danlu.store import SqlStore, StoreTracker, git_state, host_name, package_versions
-    from danlu.tasks import get_task
-    from danlu.train._callbacks import Pruned
-    from danlu.train._checkpoint import load_checkpoint
-    from danlu.train._energy import EnergyMeter, EnergyReading
-    from danlu.train._loop import Trainer, resolve_device, seed_everything
-
-    recipe = load_recipe(recipe, overrides)
-    options = check_recipe(recipe)
-    data = prepared if prepared is not None else prepare_data(recipe.data, recipe.task)
-    task = get_task(recipe.task)
-    seed_everything(recipe.train.seed)  # model initialisation depends on it
-    model = MODELS.get(recipe.model.type).builder(options, data.schema, task)
-    resolved = recipe_to_dict(recipe)
-    store = store or SqlStore(home=home)
-
-    if resume is not None:
-        run_id = _resume_id(resume)
-        previous = store.get_run(run_id)
-        changed = _diff(previous.recipe or {}, resolved)
-        if changed:
-            raise ConfigError(
-                f"Cannot resume run {run_id}: the recipe differs from the one it was started with at {', '.join(changed)}. Only train.epochs may change on resume."
-            )
-        if previous.data_fingerprint != data.raw_fingerprint:
-            raise ConfigError(
-                f"Cannot resume run {run_id}: the data changed since it started (fingerprint {data.raw_fingerprint[:12]} ≠ {str(previous.data_fingerprint)[:12]})."
-            )
-        tracker = StoreTracker(store, run_id)
-        tracker.set_status("running")
-    else:
-        commit, dirty = git_state()
-        run_record = store.create_run(
-            experiment=recipe.name,
-            name=run_name or recipe.name,
-            stage=stage,
-            parent_id=parent_id,
-            recipe=resolved,
-            recipe_hash=_recipe_hash(resolved),
-            data_fingerprint=data.raw_fingerprint,
-            git_commit=commit,
-            git_dirty=dirty,
-            packages=package_versions(),
-            host=host_name(),
-            tags={"task": recipe.task, "model.type": recipe.model.type, **(tags or {})},
-        )
-        tracker = StoreTracker(store, run_record.id)
-
-    checkpoint = tracker.artifact_path("checkpoint.safetensors")
-    trainer = Trainer(
-        recipe.train,
+    ctx = make_context(
+        recipe,
+        overrides=overrides,
+        store=store,
+        home=home,
         callbacks=callbacks,
-        tracker=tracker,
-        checkpoint_path=checkpoint if recipe.train.checkpoint.every else None,
+        resume=resume,
+        run_stage=stage,
+        parent_id=parent_id,
+        tags=dict(tags or {}),
+        data=prepared,
+        run_name=run_name,
     )
-    resuming = resume is not None and checkpoint.exists()
-    try:  # from here on, any failure marks the run failed (and stops its heartbeat)
-        if resume is None:
-            tracker.log_params(resolved)
-            tracker.log_artifact("recipe.yaml", recipe_to_yaml(recipe))
-            tracker.log_artifact(
-                "preprocessing.json", json.dumps(data.preprocessor.to_dict(), indent=1)
-            )
-            tracker.log_artifact("data_report.json", json.dumps(data.report, indent=1))
-            if data.quality:
-                tracker.log_artifact("data_quality.json", json.dumps(data.quality, indent=1))
-                tracker.log_artifact("data_quality.html", quality_html(data.quality, page=True))
-        else:  # points logged after the checkpoint will be logged again
-            tracker.log_params({"train": {"epochs": recipe.train.epochs}})
-            store.delete_metrics_after(
-                tracker.run_id, load_checkpoint(checkpoint)["epoch"] if resuming else 0
-            )
-        meter = EnergyMeter(device=str(resolve_device(recipe.train.device))).start()
-        try:
-            trainer.fit(model, task, data, resume=resuming)
-        finally:  # an interrupted session's time and energy count too (a resume adds to them)
-            reading = meter.stop()
-            if resume is not None:
-                previous_reading = EnergyReading.from_run(previous.metrics, previous.tags)
-                reading = previous_reading.add(reading) if previous_reading else reading
-            tracker.log_metrics(reading.to_metrics(), step=trainer.epoch)
-            store.set_tags(tracker.run_id, reading.to_tags())
-        if data.stream is None:
-            test_outputs, y_test = trainer.predict_outputs(data.x_test).numpy(), data.y_test
-        else:  # streamed test rows: only the model's outputs and the targets are kept
-            outputs, targets = trainer.stream_outputs(data.stream, "test")
-            test_outputs, y_test = outputs.numpy(), targets.numpy()
-        all_metrics = task.metrics(test_outputs, y_test, data.schema) if len(y_test) else {}
-        metrics = {k: v for k, v in all_metrics.items() if isinstance(v, float)}
-        details = {k: v for k, v in all_metrics.items() if not isinstance(v, float)}
-        tracker.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=trainer.epoch)
-        tracker.log_metrics(
-            {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch}, step=trainer.epoch
-        )
-        _save_outputs(tracker, recipe, options, trainer.model, data)
-        summary = {
-            "run_id": tracker.run_id,
-            "recipe": recipe.name,
-            "task": recipe.task,
-            "test": metrics,
-            **details,
-            "best_epoch": trainer.best_epoch,
-            "epochs_run": trainer.epoch,
-            "final": trainer.history_[-1] if trainer.history_ else {},
-            "data_fingerprint": data.raw_fingerprint,
-            "prepared_fingerprint": data.fingerprint,
-        }
-        tracker.log_artifact("summary.json", json.dumps(summary, indent=1))
-        if checkpoint.exists():
-            tracker.record_artifact("checkpoint.safetensors")
-    except KeyboardInterrupt:
-        tracker.set_status("interrupted", error="interrupted by the user")
-        raise
-    except Pruned as exc:
-        tracker.set_status("pruned", error=str(exc) or None)
-        raise
-    except BaseException as exc:
-        tracker.set_status("failed", error=str(exc) or type(exc).__name__)
-        raise
-    tracker.set_status("finished")
-    registered = None
-    if recipe.register is not None and register_model:
-        registered = register_run(
-            store, tracker.run_id, recipe.register.name, recipe.register.alias
-        )
-    return Result(
-        registered=registered,
-        run_id=tracker.run_id,
-        run_dir=store.artifact_path(tracker.run_id, "summary.json").parent,
-        recipe=recipe,
-        metrics=metrics,
-        details=details,
-        history=trainer.history_,
-        best_epoch=trainer.best_epoch,
-        model=trainer.model,
-        task=task,
-        schema=data.schema,
-        preprocessor=data.preprocessor,
-        data_fingerprint=data.raw_fingerprint,
-        data_report=data.report,
-    )
+    return Result.from_context(Runner(TRAINING_PLAN).run(ctx))

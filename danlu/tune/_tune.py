@@ -1,5 +1,9 @@
 """``danlu tune``: create or resume a study, run its workers, record and register the best.
 
+Every trial, and the refit, is a prepare → train run of the stage runner
+(:func:`danlu.train.run_training`); the winner is registered and exported to ONNX by
+:func:`danlu.export.register_model`, as ``danlu run`` registers its model.
+
 The study's run (stage ``tune``) is the parent of every trial's run. ``jobs`` worker processes
 (spawned, so each has its own interpreter: training holds the GIL) share the study through the
 danlu database; more workers on other machines may join with ``danlu tune --worker STUDY``.
@@ -275,7 +279,7 @@ def _finish(
     tracker: StoreTracker,
     callbacks: Sequence[Callback],
 ) -> TuneResult:
-    from danlu.train import register_run
+    from danlu.export import register_model
     from danlu.tune._plots import study_plots
 
     summary = study_summary(study)
@@ -301,20 +305,16 @@ def _finish(
     refit_id, registered = None, None
     if best is not None:
         store.set_tags(run_id, {"best_trial": str(best["number"]), "best_run": str(best["run_id"])})
-        source = best["run_id"]
+        source = str(best["run_id"])
         if recipe.tune is not None and recipe.tune.refit:
             refit = _refit(recipe, {**best, "study": study.study_name}, store, run_id, callbacks)
             refit_id = source = refit.run_id
-            registered = refit.registered
-        elif recipe.register is not None:
-            previous = store.get_run(run_id).tags.get("registered_trial")
-            if previous != str(
-                best["number"]
-            ):  # a resumed study with the same winner registers nothing new
-                registered = register_run(
-                    store, str(source), recipe.register.name, recipe.register.alias
-                )
-        if registered is not None:
+        # a resumed study with the same winner (and no refit) registers nothing new
+        new_winner = refit_id is not None or (
+            store.get_run(run_id).tags.get("registered_trial") != str(best["number"])
+        )
+        if recipe.register is not None and new_winner:
+            registered = register_model(store, source, recipe.register.name, recipe.register.alias)
             store.set_tags(
                 run_id,
                 {"registered_trial": str(best["number"]), "registered": registered.ref},

@@ -126,10 +126,16 @@ def test_register_a_finished_run(monkeypatch):
     card = {
         "task": "classification",
         "type": "mlp",
-        "schema": {
-            "features": [{"name": "x", "kind": "numeric"}],
-            "classes": ["a", "b"],
+        "schema": {  # FeatureSchema.to_dict(): the signature is built from it
+            "features": [{"name": "x", "kind": "numeric", "categories": []}],
             "target": "y",
+            "task": "classification",
+            "classes": ["a", "b"],
+            "target_mean": None,
+            "target_std": None,
+            "image_shape": None,
+            "input_dim": 1,
+            "encoded_names": ["x"],
         },
     }
     store.log_artifact(run.id, "model.safetensors", b"weights")

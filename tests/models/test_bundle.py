@@ -19,9 +19,10 @@ import pytest
 
 import danlu
 from danlu.errors import NotFoundError, StoreError
+from danlu.pipeline import register_run
 from danlu.store import SqlStore
 from danlu.testing import wine_recipe
-from danlu.train import register_run, run_training
+from danlu.train import run_training
 
 ENV = "DANLU_ALLOWED_BUILDERS"
 

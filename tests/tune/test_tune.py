@@ -69,6 +69,10 @@ def test_every_trial_is_a_run_under_the_study_run(tmp_path):
     assert result.best_value == pytest.approx(min(values.values()))
     assert result.registered is not None and result.registered.run_id == result.best_run_id
     assert store.get_model_version("iris", alias="tuned").version == result.registered.version
+    # tune() from Python exports the winner to ONNX, as `danlu run` and the CLI do
+    assert {"export.json", "model.onnx"} <= set(result.registered.files)
+    export = json.loads(store.model_version_path("iris", 1, "export.json").read_text())
+    assert export["status"] == "ok" and export["parity"]["passed"]
     assert study_run.metrics["best_value"] == pytest.approx(result.best_value)
     assert study_run.metrics["trials_complete"] == 3
     names = {a.name for a in store.list_artifacts(result.run_id)}

@@ -1,0 +1,346 @@
+"""The stage runner: a recipe's stages run in order on one typed context, each named, timed and
+recorded on the run.
+
+A stage is a plain function ``Context → Context``. The :class:`Runner` does everything around
+the stages, so stage code never opens runs, registers or exports on its own:
+
+- the stages that need no run (``prepare``) run first, then every stage's ``check``: bad data
+  or a bad option fails before anything is written, so it leaves no run behind;
+- it opens the run once (or reattaches to the run being resumed) and logs the resolved recipe;
+- it times each stage and records it on the run: ``stages.json`` (each stage's status, seconds
+  and the artifacts it wrote) and the metric ``stage_<name>_seconds``;
+- a failure marks the stage and the run ``failed`` (``interrupted`` on Ctrl-C, ``pruned`` for a
+  pruned tuning trial); the run is marked ``finished`` once its in-run stages are done, before
+  the ``after_run`` stages (registration needs a finished run);
+- resuming a run skips the stages it already finished when the recipe is unchanged: each has a
+  ``restore`` that reloads its outputs from the run's artifacts. The first stage that failed (or
+  never ran) runs again, and every stage after it.
+
+Where things live (imports point down, DESIGN.md): this module and the ``prepare`` and
+``train`` stages (``danlu/train/_run.py``; :func:`~danlu.train.run_training` is that two-stage
+plan, used by tuning trials, the tuning refit and cross-validation folds, which sit below the
+pipeline) are the train layer. ``danlu/pipeline.py`` owns the full plan — prepare → train →
+evaluate → compress → register+export — with the evaluate and register stages, and runs it with
+this same :class:`Runner`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from danlu.config import recipe_to_yaml
+from danlu.errors import ConfigError
+from danlu.logging import get_logger
+from danlu.types import StrPath
+
+if TYPE_CHECKING:
+    import torch
+
+    from danlu.config import Recipe
+    from danlu.data import PreparedData
+    from danlu.store import ModelVersion, Run, Store, StoreTracker
+    from danlu.tasks import Task
+    from danlu.train._callbacks import Callback
+    from danlu.train._energy import EnergyReading
+
+__all__ = ["Context", "Runner", "Stage", "StageRecord"]
+
+log = get_logger(__name__)
+
+STAGES_FILE = "stages.json"
+_RESUMABLE_KEYS = {"train.epochs"}  # keys a resumed run may change
+
+Phase = Literal["before_run", "in_run", "after_run"]
+
+
+@dataclass
+class StageRecord:
+    """One stage of a run as ``stages.json`` records it."""
+
+    name: str
+    status: str = "running"  # finished | failed | interrupted | pruned
+    seconds: float = 0.0
+    started_at: float = 0.0
+    artifacts: list[str] = field(default_factory=list)
+    error: str | None = None
+    restored: bool = False  # finished by an earlier session of the run; reloaded on resume
+
+
+@dataclass
+class Context:
+    """What the stages of one run hand each other: given settings first, then stage outputs.
+
+    Made by :func:`danlu.train.make_context` (which loads and validates the recipe, once).
+    """
+
+    recipe: Recipe
+    resolved: dict[str, Any]  # the recipe as plain data, as the run records it
+    options: Any  # the model's validated options (check_recipe)
+    store: Store
+    callbacks: Sequence[Callback] = ()
+    on_section: Callable[[str], None] | None = None  # each report section as it starts
+    # how the run is recorded
+    run_stage: str = "train"  # the run's stage in the store: train, tune-trial, cv-fold ...
+    parent_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    run_name: str | None = None
+    resume: StrPath | None = None  # a run id (or its artifact folder) to continue
+    previous: Run | None = None  # that run, as stored when this session started
+    # filled by the runner and the stages
+    tracker: StoreTracker | None = None
+    data: PreparedData | None = None
+    task: Task | None = None
+    model: torch.nn.Module | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # test metrics
+    details: dict[str, Any] = field(default_factory=dict)  # confusion matrix ...
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    energy: EnergyReading | None = None  # training time and energy (the report's cost)
+    files: dict[str, int] = field(default_factory=dict)  # size of each model file written
+    report: Any = None  # the trust report (danlu.evaluate.Report)
+    temperature: float = 1.0
+    registered: ModelVersion | None = None
+    stages: list[StageRecord] = field(default_factory=list)
+    pending: dict[str, bytes] = field(default_factory=dict)  # artifacts awaiting the run
+
+    @property
+    def run_id(self) -> str:
+        if self.tracker is None:
+            raise RuntimeError("The run is not open yet: this stage must run in_run.")
+        return self.tracker.run_id
+
+    def log_artifact(self, name: str, data: bytes | str) -> None:
+        """Store an artifact of the run (kept until the run opens when it is not open yet)."""
+        if self.tracker is not None:
+            self.tracker.log_artifact(name, data)
+        else:
+            self.pending[name] = data.encode() if isinstance(data, str) else data
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a plan.
+
+    Attributes:
+        name: its name in ``stages.json`` and in the metric ``stage_<name>_seconds``.
+        run: the stage itself, ``Context → Context``.
+        when: whether a recipe asks for it (default: always).
+        phase: ``before_run`` (no run exists yet: a failure leaves nothing behind),
+            ``in_run``, or ``after_run`` (the run is already marked finished).
+        check: validation that needs the prepared data, run before the run opens.
+        restore: on resume, reloads the outputs of this stage when the run already finished it
+            (a stage without one runs again).
+    """
+
+    name: str
+    run: Callable[[Context], Context]
+    when: Callable[[Recipe], bool] | None = None
+    phase: Phase = "in_run"
+    check: Callable[[Context], None] | None = None
+    restore: Callable[[Context], Context] | None = None
+
+
+class Runner:
+    """Runs a plan (a sequence of :class:`Stage`) on a context; see the module docstring.
+
+    Example:
+        >>> # ctx = Runner([PREPARE, TRAIN]).run(make_context("examples/wine_mlp.yaml"))
+        >>> # [(s.name, s.status, s.seconds) for s in ctx.stages]
+    """
+
+    def __init__(self, plan: Sequence[Stage]) -> None:
+        self.plan = tuple(plan)
+
+    def run(self, ctx: Context) -> Context:
+        stages = [s for s in self.plan if s.when is None or s.when(ctx.recipe)]
+        done = _finished_before(ctx)  # also checks a resumed run's recipe
+        for stage in stages:
+            if stage.phase == "before_run":
+                ctx = self._step(stage, ctx)
+        for stage in stages:
+            if stage.check is not None:
+                stage.check(ctx)
+        tracker = _open_run(ctx)
+        finished = False
+        try:
+            reuse = True  # restore the finished stages up to the first that must run again
+            for stage in stages:
+                if stage.phase == "before_run":
+                    continue
+                if stage.phase == "after_run" and not finished:
+                    tracker.set_status("finished")
+                    finished = True
+                reuse = reuse and stage.restore is not None and stage.name in done
+                ctx = (
+                    self._restore(stage, ctx, done[stage.name]) if reuse else self._step(stage, ctx)
+                )
+            if not finished:
+                tracker.set_status("finished")
+        except KeyboardInterrupt:
+            tracker.set_status("interrupted", error="interrupted by the user")
+            raise
+        except BaseException as exc:
+            tracker.set_status(_status_of(exc), error=str(exc) or type(exc).__name__)
+            raise
+        return ctx
+
+    def _step(self, stage: Stage, ctx: Context) -> Context:
+        """Run one stage, timed; record it (and a failure) on the run."""
+        record = StageRecord(stage.name, started_at=time.time())
+        ctx.stages.append(record)
+        before, pending = _artifact_times(ctx), set(ctx.pending)
+        start = time.perf_counter()
+        try:
+            ctx = stage.run(ctx)
+            record.status = "finished"
+        except BaseException as exc:
+            record.status, record.error = _status_of(exc), str(exc) or type(exc).__name__
+            raise
+        finally:
+            record.seconds = time.perf_counter() - start
+            after = _artifact_times(ctx)
+            written = {n for n, t in after.items() if before.get(n) != t} - {STAGES_FILE}
+            record.artifacts = sorted(written | (set(ctx.pending) - pending))
+            _save_records(ctx, [record])
+        return ctx
+
+    def _restore(self, stage: Stage, ctx: Context, record: StageRecord) -> Context:
+        assert stage.restore is not None
+        ctx = stage.restore(ctx)
+        ctx.stages.append(StageRecord(**{**asdict(record), "restored": True}))
+        _save_records(ctx, [])
+        log.info("Stage %s was finished by the run's earlier session: reloaded", stage.name)
+        return ctx
+
+
+def _status_of(exc: BaseException) -> str:
+    from danlu.train._callbacks import Pruned
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return "pruned" if isinstance(exc, Pruned) else "failed"
+
+
+def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    from danlu.store import flatten_params
+
+    a, b = flatten_params(old), flatten_params(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_KEYS)
+
+
+def recipe_hash(resolved: Mapping[str, Any]) -> str:
+    """sha256 of the resolved recipe, ignoring keys that do not change the model (name, register)."""
+    relevant = {k: v for k, v in resolved.items() if k not in {"name", "register"}}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _resume_id(resume: StrPath) -> str:
+    """A run id, or a path to a run's artifact folder (whose name is the id)."""
+    text = str(resume).rstrip("/")
+    return Path(text).name if "/" in text else text
+
+
+def _finished_before(ctx: Context) -> dict[str, StageRecord]:
+    """On resume: the run's stages that an earlier session finished with this very recipe.
+
+    Raises ConfigError when the recipe differs from the run's beyond ``train.epochs``.
+    """
+    if ctx.resume is None:
+        return {}
+    run_id = _resume_id(ctx.resume)
+    ctx.previous = previous = ctx.store.get_run(run_id)
+    changed = _diff(previous.recipe or {}, ctx.resolved)
+    if changed:
+        raise ConfigError(
+            f"Cannot resume run {run_id}: the recipe differs from the one it was started with at "
+            f"{', '.join(changed)}. Only train.epochs may change on resume."
+        )
+    path = ctx.store.artifact_path(run_id, STAGES_FILE)
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("recipe_hash") != recipe_hash(ctx.resolved):  # e.g. more epochs: train again
+        return {}
+    records = [StageRecord(**r) for r in saved.get("stages", [])]
+    return {r.name: r for r in records if r.status == "finished"}
+
+
+def _open_run(ctx: Context) -> StoreTracker:
+    """Create the run (or reattach to the one being resumed) and log what the recipe asked."""
+    from danlu.store import StoreTracker, git_state, host_name, package_versions
+
+    assert ctx.data is not None, "a plan opens its run after the data is prepared"
+    recipe, previous = ctx.recipe, ctx.previous
+    if previous is not None:
+        if previous.data_fingerprint != ctx.data.raw_fingerprint:
+            raise ConfigError(
+                f"Cannot resume run {previous.id}: the data changed since it started (fingerprint "
+                f"{ctx.data.raw_fingerprint[:12]} ≠ {str(previous.data_fingerprint)[:12]})."
+            )
+        tracker = StoreTracker(ctx.store, previous.id)
+        tracker.set_status("running")
+        ctx.run_name = previous.name
+    else:
+        commit, dirty = git_state()
+        ctx.run_name = ctx.run_name or recipe.name
+        run = ctx.store.create_run(
+            experiment=recipe.name,
+            name=ctx.run_name,
+            stage=ctx.run_stage,
+            parent_id=ctx.parent_id,
+            recipe=ctx.resolved,
+            recipe_hash=recipe_hash(ctx.resolved),
+            data_fingerprint=ctx.data.raw_fingerprint,
+            git_commit=commit,
+            git_dirty=dirty,
+            packages=package_versions(),
+            host=host_name(),
+            tags={"task": recipe.task, "model.type": recipe.model.type, **ctx.tags},
+        )
+        tracker = StoreTracker(ctx.store, run.id)
+    ctx.tracker = tracker
+    try:
+        tracker.log_params(ctx.resolved)  # on resume: the new train.epochs
+        tracker.log_artifact("recipe.yaml", recipe_to_yaml(recipe))
+        for name, data in ctx.pending.items():  # what the stages before the run produced
+            tracker.log_artifact(name, data)
+        ctx.pending.clear()
+        _save_records(ctx, ctx.stages)  # the stages before the run
+    except BaseException as exc:
+        tracker.set_status("failed", error=str(exc) or type(exc).__name__)
+        raise
+    return tracker
+
+
+def _artifact_times(ctx: Context) -> dict[str, float]:
+    """When each of the run's artifacts was last written (which tells a stage's own apart)."""
+    if ctx.tracker is None:
+        return {}
+    try:
+        return {a.name: a.created_at for a in ctx.store.list_artifacts(ctx.tracker.run_id)}
+    except Exception as exc:  # bookkeeping never hides the stage's own error
+        log.warning("Could not list the artifacts of run %s: %s", ctx.tracker.run_id, exc)
+        return {}
+
+
+def _save_records(ctx: Context, timed: Sequence[StageRecord]) -> None:
+    """Write ``stages.json``, and each ``timed`` stage's seconds as a metric, once the run is open.
+
+    A failure here never hides the stage's own error: it is logged.
+    """
+    tracker = ctx.tracker
+    if tracker is None:
+        return
+    saved = {"recipe_hash": recipe_hash(ctx.resolved), "stages": [asdict(s) for s in ctx.stages]}
+    try:
+        tracker.log_metrics({f"stage_{r.name}_seconds": r.seconds for r in timed}, step=0)
+        tracker.log_artifact(STAGES_FILE, json.dumps(saved, indent=1))
+        tracker.flush()
+    except Exception as exc:
+        log.warning("Could not record the stages of run %s: %s", tracker.run_id, exc)
