@@ -321,9 +321,16 @@ def test_a_failure_during_training_marks_the_run_failed(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "fit", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         danlu.run(WINE, home=tmp_path)
-    [run] = SqlStore(home=tmp_path).search_runs()
+    store = SqlStore(home=tmp_path)
+    [run] = store.search_runs()
     assert run.status == "failed" and "simulated" in (run.error or "")
     assert not [t for t in threading.enumerate() if t.name.startswith("danlu-heartbeat")]
+    stages = json.loads(store.artifact_path(run.id, "stages.json").read_text())["stages"]
+    assert [(s["name"], s["status"]) for s in stages] == [
+        ("prepare", "finished"),
+        ("train", "failed"),
+    ]
+    assert "simulated" in stages[1]["error"]
 
 
 def test_resume_continues_from_the_stage_that_failed(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
-"""Cross-validation: k folds, each trained by the engine with the same recipe and recorded as a
-child run of the evaluated run; the report shows each metric's mean ± std over the folds."""
+"""Cross-validation: k folds, each a prepare → train run of the stage runner
+(:func:`danlu.train.run_training`) with the same recipe, recorded as a child run of the evaluated
+run; the report shows each metric's mean ± std over the folds."""
 
 from __future__ import annotations
 

@@ -182,11 +182,8 @@ class Runner:
                 )
             if not finished:
                 tracker.set_status("finished")
-        except KeyboardInterrupt:
-            tracker.set_status("interrupted", error="interrupted by the user")
-            raise
         except BaseException as exc:
-            tracker.set_status(_status_of(exc), error=str(exc) or type(exc).__name__)
+            tracker.set_status(_status_of(exc), error=_error_of(exc))
             raise
         return ctx
 
@@ -200,7 +197,7 @@ class Runner:
             ctx = stage.run(ctx)
             record.status = "finished"
         except BaseException as exc:
-            record.status, record.error = _status_of(exc), str(exc) or type(exc).__name__
+            record.status, record.error = _status_of(exc), _error_of(exc)
             raise
         finally:
             record.seconds = time.perf_counter() - start
@@ -210,10 +207,17 @@ class Runner:
             _save_records(ctx, [record])
         return ctx
 
-    def _restore(self, stage: Stage, ctx: Context, record: StageRecord) -> Context:
+    def _restore(self, stage: Stage, ctx: Context, earlier: StageRecord) -> Context:
+        """Reload the outputs of a stage an earlier session of the run finished."""
         assert stage.restore is not None
-        ctx = stage.restore(ctx)
-        ctx.stages.append(StageRecord(**{**asdict(record), "restored": True}))
+        try:
+            ctx = stage.restore(ctx)
+        except BaseException as exc:  # e.g. its files were deleted: say so, resume cannot go on
+            failed = StageRecord(stage.name, _status_of(exc), error=_error_of(exc))
+            ctx.stages.append(failed)
+            _save_records(ctx, [])
+            raise
+        ctx.stages.append(StageRecord(**{**asdict(earlier), "restored": True}))
         _save_records(ctx, [])
         log.info("Stage %s was finished by the run's earlier session: reloaded", stage.name)
         return ctx
@@ -225,6 +229,12 @@ def _status_of(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     return "pruned" if isinstance(exc, Pruned) else "failed"
+
+
+def _error_of(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by the user"
+    return str(exc) or type(exc).__name__
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -264,10 +274,14 @@ def _finished_before(ctx: Context) -> dict[str, StageRecord]:
     path = ctx.store.artifact_path(run_id, STAGES_FILE)
     if not path.is_file():
         return {}
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+        records = [StageRecord(**r) for r in saved["stages"]]
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("Run %s: unreadable %s (%s); every stage runs again", run_id, STAGES_FILE, exc)
+        return {}
     if saved.get("recipe_hash") != recipe_hash(ctx.resolved):  # e.g. more epochs: train again
         return {}
-    records = [StageRecord(**r) for r in saved.get("stages", [])]
     return {r.name: r for r in records if r.status == "finished"}
 
 

@@ -1,7 +1,8 @@
 """A tuning worker: takes trials from a shared study until its budget is spent.
 
 Each trial is a normal training run in the store (stage ``tune-trial``, parent = the study's run)
-with the sampled values applied to the recipe. The engine reports the tuned metric to the trial
+with the sampled values applied to the recipe: the prepare → train plan of the stage runner
+(:func:`danlu.train.run_training`), so it is recorded like any run (``stages.json`` included). The engine reports the tuned metric to the trial
 after every epoch; when the pruner says so, training stops at once and the run is ``pruned``.
 """
 
