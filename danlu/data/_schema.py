@@ -15,9 +15,7 @@ import pandas as pd
 
 from danlu.data._target import (
     TARGET_KINDS,
-    TASK_TARGET_KINDS,
     TaskLike,
-    TaskRef,
     resolve_task,
     target_codec,
 )
@@ -26,13 +24,11 @@ from danlu.errors import DataError
 from danlu.logging import get_logger
 from danlu.registry import did_you_mean
 
-__all__ = ["KINDS", "TASKS", "Feature", "FeatureSchema", "infer_schema"]
+__all__ = ["KINDS", "Feature", "FeatureSchema", "infer_schema"]
 
 logger = get_logger(__name__)
 
 KINDS = ("numeric", "categorical", "boolean", "ignore")
-#: The task names accepted as strings (any other task is passed as a :class:`TaskLike` object).
-TASKS = tuple(TASK_TARGET_KINDS)
 
 # Strings read as booleans. A column is boolean when its values are exactly one of each set.
 TRUE_TOKENS = frozenset({"true", "yes", "y", "t", "1", "1.0", "on"})
@@ -58,11 +54,6 @@ def bool_token(value: Any) -> bool | None:
     if token in FALSE_TOKENS:
         return False
     return None
-
-
-def check_task(task: str | TaskLike) -> TaskRef:
-    """``task`` resolved to its name and target kind; DataError for an unknown task."""
-    return resolve_task(task)
 
 
 @dataclass(frozen=True)

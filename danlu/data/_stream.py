@@ -437,10 +437,15 @@ def prepare_stream(config: DataConfig, task: str | TaskLike) -> PreparedData:
     if stream is None:
         raise DataError("prepare_stream needs data.stream to be set.")
     if ref.target_kind == "label_sets" or isinstance(config.target, list):
+        what = (
+            "data.target lists label columns, which make"
+            if isinstance(config.target, list)
+            else f"task '{ref.name}' has"
+        )
         raise DataError(
-            f"Streaming (data.stream) reads targets of one class or one number per row; task "
-            f"'{ref.name}' has a label-set target (several labels per row), which it cannot "
-            "stream. Remove data.stream to load the data into memory."
+            f"Streaming (data.stream) reads targets of one class or one number per row; {what} "
+            "a label-set target (several labels per row), which it cannot stream. Remove "
+            "data.stream to load the data into memory."
         )
     _check_supported(config)
     layout = parquet_layout(config.source)

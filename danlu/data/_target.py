@@ -213,7 +213,14 @@ class ClassesCodec(TargetCodec):
 
     def check(self, column: pd.Series, target: str) -> None:
         _require_targets(column, target)
-        labels = column.unique()
+        try:
+            labels = column.unique()
+        except TypeError:  # unhashable cells: lists, i.e. several labels per row
+            raise DataError(
+                f"Target column '{target}' holds lists such as {column.iloc[0]!r}, but this task "
+                "needs one class per row. For several labels per row use a task whose target "
+                "kind is label_sets."
+            ) from None
         if len(labels) < 2:
             raise DataError(
                 f"A class target needs at least two classes, but target column '{target}' holds "

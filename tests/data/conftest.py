@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -49,3 +50,26 @@ def mixed_frame() -> pd.DataFrame:
             "label": np.array(["cat", "dog", "fish"])[np.arange(n) % 3],
         }
     )
+
+
+#: The labels of :func:`wine_tags`, sorted.
+WINE_LABELS = ("cultivar_0", "dark", "strong")
+#: A task object of a kind the data layer has no name for: only its target kind matters.
+MULTILABEL = SimpleNamespace(name="multilabel", target_kind="label_sets")
+
+
+@pytest.fixture
+def wine_tags() -> pd.DataFrame:
+    """sklearn's wine (178 rows, 13 measurements) with a label-set column ``tags`` instead of
+    the cultivar: ``strong`` (alcohol > 13 %), ``dark`` (colour intensity > 5), ``cultivar_0``.
+    Some rows hold no label, most hold one or two."""
+    from sklearn.datasets import load_wine
+
+    wine = load_wine(as_frame=True).frame
+    flags = {
+        "strong": wine["alcohol"] > 13.0,
+        "dark": wine["color_intensity"] > 5.0,
+        "cultivar_0": wine["target"] == 0,
+    }
+    tags = [[name for name, on in flags.items() if on.iloc[i]] for i in range(len(wine))]
+    return wine.drop(columns=["target"]).assign(tags=tags)

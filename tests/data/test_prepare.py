@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,8 @@ import pytest
 from danlu.config import DataConfig, PrepareConfig, SplitConfig
 from danlu.data import PreparedData, outlier_rows, prepare_data, split_indices
 from danlu.errors import DataError, NotFoundError
+
+from .conftest import MULTILABEL, WINE_LABELS
 
 SPLIT = SplitConfig(test=0.2, val=0.1, seed=0)
 
@@ -263,3 +267,98 @@ def test_streamed_data_has_no_cv_folds() -> None:
     folds = (np.arange(3), np.arange(3, 4), np.arange(4, 6))
     with pytest.raises(DataError, match=r"folds \(indices\) need the rows in memory"):
         prepare_data(config, "classification", indices=folds)
+
+
+# -- label-set targets (a task the data layer knows only by its target kind) ------------------
+def _label_set_sources(wine_tags: pd.DataFrame, write) -> dict[str, DataConfig]:
+    """The same label sets four ways: lists (JSON Lines), '|' strings, JSON strings, 0/1 columns."""
+    columns = wine_tags.drop(columns=["tags"]).assign(
+        **{label: [int(label in t) for t in wine_tags["tags"]] for label in WINE_LABELS}
+    )
+    return {
+        "lists": DataConfig(source=write(wine_tags, "lists.jsonl"), target="tags"),
+        "pipes": DataConfig(
+            source=write(wine_tags.assign(tags=wine_tags["tags"].map("|".join)), "pipes.csv"),
+            target="tags",
+        ),
+        "json": DataConfig(
+            source=write(wine_tags.assign(tags=wine_tags["tags"].map(json.dumps)), "json.csv"),
+            target="tags",
+        ),
+        "columns": DataConfig(source=write(columns, "columns.parquet"), target=list(WINE_LABELS)),
+    }
+
+
+def test_label_sets_prepare_to_multi_hot_the_same_from_every_form(
+    wine_tags: pd.DataFrame, write
+) -> None:
+    prepared = {
+        form: prepare_data(config, MULTILABEL)
+        for form, config in _label_set_sources(wine_tags, write).items()
+    }
+    lists = prepared["lists"]
+    assert lists.y_train.dtype == np.float32 and lists.y_train.shape == (124, 3)
+    assert lists.y_val.shape == (18, 3) and lists.y_test.shape == (36, 3)
+    assert lists.n_classes == 3 and lists.n_features == 13
+    schema = lists.schema
+    assert (schema.task, schema.target_kind, schema.classes) == (
+        "multilabel",
+        "label_sets",
+        WINE_LABELS,
+    )
+    assert lists.report["stratified"] is False
+    assert lists.quality["target"]["target_kind"] == "label_sets"
+    for form, data in prepared.items():
+        assert data.schema.classes == WINE_LABELS, form
+        for split in ("y_train", "y_val", "y_test", "x_train", "x_test"):
+            assert np.array_equal(getattr(data, split), getattr(lists, split)), (form, split)
+    # the encoded test rows decode to the label sets of the same raw rows
+    decoded = lists.preprocessor.decode_target(lists.y_test)
+    assert decoded.tolist() == [tuple(sorted(t)) for t in _test_tags(wine_tags, lists)]
+
+
+def _test_tags(wine_tags: pd.DataFrame, data: PreparedData) -> list[list[str]]:
+    """The raw label sets of the test rows, found by their features (wine's rows are unique)."""
+    features = wine_tags.drop(columns=["tags"]).to_numpy(dtype=float).round(6)
+    by_row = dict(zip(map(tuple, features), wine_tags["tags"], strict=True))
+    return [by_row[row] for row in map(tuple, data.test_frame.to_numpy(dtype=float).round(6))]
+
+
+def test_label_sets_fold_split_and_refuse_class_only_options(
+    wine_tags: pd.DataFrame, write, caplog: pytest.LogCaptureFixture
+) -> None:
+    from danlu.data import cv_splits
+
+    config = _label_set_sources(wine_tags, write)["pipes"]
+    folds = cv_splits(config, MULTILABEL, 3)
+    assert sorted(np.concatenate([te for _, _, te in folds]).tolist()) == list(range(178))
+    fold = prepare_data(config, MULTILABEL, indices=folds[0])
+    assert fold.y_test.shape == (len(folds[0][2]), 3)
+    with caplog.at_level(logging.WARNING, logger="danlu"):
+        prepare_data(config.model_copy(update={"split": SplitConfig(stratify=True)}), MULTILABEL)
+    assert "stratify is ignored: stratifying needs a single-label class target" in caplog.text
+    for method in ("class_weight", "oversample", "smote"):
+        bad = DataConfig.model_validate({**config.model_dump(), "imbalance": method})
+        with pytest.raises(DataError, match="single-label class target.*label sets"):
+            prepare_data(bad, MULTILABEL)
+
+
+def test_listed_label_columns_need_a_label_set_task(wine_tags: pd.DataFrame, write) -> None:
+    config = _label_set_sources(wine_tags, write)["columns"]
+    with pytest.raises(
+        DataError, match="lists 3 label columns.*task 'classification' needs one class"
+    ):
+        prepare_data(config, "classification")
+    with pytest.raises(DataError, match="target_kind.*'label_set'"):
+        prepare_data(config, SimpleNamespace(name="multilabel", target_kind="label_set"))
+    with pytest.raises(DataError, match="classification, regression.*'multilabel'"):
+        prepare_data(config, "multilabel")
+
+
+def test_the_task_object_path_matches_the_task_name_path() -> None:
+    config = DataConfig(source="builtin:wine")
+    by_name = prepare_data(config, "classification")
+    by_object = prepare_data(config, SimpleNamespace(name="tabular", target_kind="classes"))
+    assert np.array_equal(by_name.y_train, by_object.y_train)
+    assert by_object.schema.task == "tabular" and by_object.schema.target_kind == "classes"
+    assert by_name.schema.target_kind == "classes"

@@ -13,6 +13,8 @@ from danlu.config import PrepareConfig
 from danlu.data import Preprocessor, load_source
 from danlu.errors import DataError, NotFittedError
 
+from .conftest import MULTILABEL, WINE_LABELS
+
 
 def _fit(frame: pd.DataFrame, target: str = "label", task: str = "classification", **prep):
     return Preprocessor(PrepareConfig(**prep), target=target, task=task).fit(frame)
@@ -192,3 +194,39 @@ def test_from_dict_rejects_foreign_or_broken_dicts(mixed_frame: pd.DataFrame) ->
     del broken["center"]
     with pytest.raises(DataError, match="malformed"):
         Preprocessor.from_dict(broken)
+
+
+def test_label_set_preprocessor_round_trips_without_knowing_the_task(
+    wine_tags: pd.DataFrame,
+) -> None:
+    pre = Preprocessor(target="tags", task=MULTILABEL).fit(wine_tags)
+    assert (pre.task, pre.target_kind, pre.schema_.classes) == (
+        "multilabel",
+        "label_sets",
+        WINE_LABELS,
+    )
+    y = pre.encode_target(wine_tags["tags"])
+    assert y.dtype == np.float32 and y.shape == (178, 3)
+    saved = json.loads(json.dumps(pre.to_dict()))
+    assert saved["target_kind"] == saved["schema"]["target_kind"] == "label_sets"
+    again = Preprocessor.from_dict(saved)  # a name the data layer has never heard of
+    assert (again.task, again.target_kind) == ("multilabel", "label_sets")
+    assert again.schema_ == pre.schema_
+    assert np.array_equal(again.transform(wine_tags), pre.transform(wine_tags))
+    assert np.array_equal(again.encode_target(wine_tags["tags"]), y)
+    assert again.decode_target(y).tolist() == [tuple(sorted(t)) for t in wine_tags["tags"]]
+    with pytest.raises(DataError, match="'sweet'.*not among the known labels"):
+        again.encode_target(["dark|sweet"])
+
+
+def test_preprocessors_saved_before_target_kinds_still_load() -> None:
+    frame = load_source("builtin:wine").frame
+    for task, kind in (("classification", "classes"), ("regression", "values")):
+        saved = json.loads(json.dumps(_fit(frame, target="target", task=task).to_dict()))
+        del saved["target_kind"], saved["schema"]["target_kind"]
+        again = Preprocessor.from_dict(saved)
+        assert again.target_kind == again.schema_.target_kind == kind
+        assert np.array_equal(
+            again.encode_target(frame["target"]),
+            _fit(frame, target="target", task=task).encode_target(frame["target"]),
+        )

@@ -19,6 +19,9 @@ from danlu.data import (
     split_indices,
 )
 from danlu.data._quality import PSI_THRESHOLD
+from danlu.errors import DataError
+
+from .conftest import MULTILABEL, WINE_LABELS
 
 
 def _column(report: dict, name: str) -> dict:
@@ -258,9 +261,46 @@ def test_prepare_data_logs_the_warnings_and_keeps_the_report(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="danlu"):
         prepared = prepare_data(DataConfig(source="builtin:digits"), "classification")
-    notes = [r for r in caplog.records if "Data quality: 3 column(s) hold a single value" in r.message]
+    notes = [
+        r for r in caplog.records if "Data quality: 3 column(s) hold a single value" in r.message
+    ]
     assert [r.levelno for r in notes] == [logging.INFO]  # a note about the data, not an alarm
     assert prepared.quality["alerts"] == []
     assert prepared.quality["source"] == "builtin:digits"
     assert prepared.quality["split"]["test"] == prepared.report["rows"]["test"]
     assert prepared.quality["warnings"] and json.dumps(prepared.quality, allow_nan=False)
+
+
+def test_a_label_set_target_is_described_per_label(wine_tags: pd.DataFrame) -> None:
+    frame = wine_tags.assign(tags=wine_tags["tags"].map("|".join))
+    frame.loc[:2, "tags"] = "rare"  # a label of 3 rows: too few to learn or test
+    report = quality_report(frame, "tags", MULTILABEL)
+    target = report["target"]
+    assert (target["task"], target["target_kind"]) == ("multilabel", "label_sets")
+    sets = [("rare",)] * 3 + [tuple(t) for t in wine_tags["tags"][3:]]
+    counts = {k["label"]: k["count"] for k in target["labels"]}
+    assert counts == {label: sum(label in s for s in sets) for label in (*WINE_LABELS, "rare")}
+    assert [k["count"] for k in target["labels"]] == sorted(counts.values(), reverse=True)
+    assert target["no_label_rows"] == sum(not s for s in sets) > 0
+    assert target["labels_per_row"] == pytest.approx(np.mean([len(s) for s in sets]), abs=1e-3)
+    assert "classes" not in target and "imbalance_ratio" not in target
+    assert any("fewer than 5 rows: 'rare'" in w for w in report["warnings"])
+    page = quality_html(report)
+    assert "Rows with no label:" in page and "<th>label</th>" in page
+    json.dumps(report)
+
+
+def test_inspect_data_reports_a_list_target_as_label_sets(
+    wine_tags: pd.DataFrame, tmp_path
+) -> None:
+    frame = wine_tags.drop(columns=["tags"]).assign(
+        **{label: [int(label in t) for t in wine_tags["tags"]] for label in WINE_LABELS}
+    )
+    frame.to_csv(tmp_path / "wine.csv", index=False)
+    config = DataConfig(source=str(tmp_path / "wine.csv"), target=list(WINE_LABELS))
+    report = inspect_data(config, MULTILABEL)
+    assert (report["task"], report["target_kind"]) == ("multilabel", "label_sets")
+    assert report["features"] == 13 and report["split"]["stratified"] is False
+    assert [k["label"] for k in report["target"]["labels"]] == ["strong", "dark", "cultivar_0"]
+    with pytest.raises(DataError, match="name the task"):
+        inspect_data(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from sklearn.decomposition import PCA
 
 import danlu
 from danlu.config import DataConfig, ReduceConfig
-from danlu.data import FeatureReducer, Preprocessor, prepare_data, split_indices
+from danlu.data import FeatureReducer, Preprocessor, TaskLike, prepare_data, split_indices
 from danlu.errors import ConfigError, DataError, NotFittedError
 from danlu.store import SqlStore
 from danlu.testing import wine_recipe
@@ -32,7 +33,7 @@ def generated(task: str, n: int = 400, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def fit(frame: pd.DataFrame, task: str, **reduce: object) -> Preprocessor:
+def fit(frame: pd.DataFrame, task: str | TaskLike, **reduce: object) -> Preprocessor:
     return Preprocessor(target="y", task=task, reduce=ReduceConfig.model_validate(reduce)).fit(
         frame
     )
@@ -158,6 +159,18 @@ def test_pca_with_more_components_than_training_rows() -> None:
 def test_k_larger_than_the_features_is_an_error() -> None:
     with pytest.raises(DataError, match=r"data.reduce.k is 30.*only 20 feature column"):
         fit(generated("classification"), "classification", method="mutual_info", k=30)
+
+
+@pytest.mark.parametrize("method", ["mutual_info", "model"])
+def test_ranking_by_label_sets_finds_the_columns_of_every_label(method: str) -> None:
+    frame = generated("regression")
+    frame["y"] = [
+        ("a",) * (a > 0) + ("b",) * (b > 0) for a, b in zip(frame["f3"], frame["f14"], strict=True)
+    ]
+    multilabel = SimpleNamespace(name="multilabel", target_kind="label_sets")
+    pre = fit(frame, multilabel, method=method, k=2)
+    assert set(pre.schema_.encoded_names) == {"f3", "f14"}
+    assert pre.reducer_ is not None and pre.reducer_.scores_ is not None
 
 
 def test_variance_threshold_removing_every_column() -> None:

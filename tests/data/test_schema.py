@@ -11,6 +11,8 @@ import pytest
 from danlu.data import Feature, FeatureSchema, infer_schema, load_source
 from danlu.errors import DataError
 
+from .conftest import MULTILABEL, WINE_LABELS
+
 
 def _kinds(schema: FeatureSchema) -> dict[str, str]:
     return {f.name: f.kind for f in schema.features}
@@ -118,3 +120,35 @@ def test_malformed_schema_dict_is_a_data_error() -> None:
     del broken["features"]
     with pytest.raises(DataError, match="malformed"):
         FeatureSchema.from_dict(broken)
+
+
+def test_label_set_schema_round_trips_with_its_target_kind(wine_tags: pd.DataFrame) -> None:
+    schema = infer_schema(wine_tags, "tags", MULTILABEL)
+    assert (schema.task, schema.target_kind) == ("multilabel", "label_sets")
+    assert schema.classes == WINE_LABELS and schema.n_classes == 3
+    assert [f.name for f in schema.features] == list(wine_tags.columns[:-1])
+    saved = json.loads(json.dumps(schema.to_dict()))
+    assert saved["target_kind"] == "label_sets"
+    assert FeatureSchema.from_dict(saved) == schema
+
+
+@pytest.mark.parametrize(
+    ("task", "kind"),
+    [("classification", "classes"), ("regression", "values"), ("forecasting", "values")],
+)
+def test_schemas_saved_without_a_target_kind_derive_it(task: str, kind: str) -> None:
+    classes = ["a", "b"] if task == "classification" else None
+    old = {
+        "features": [{"name": "x", "kind": "numeric", "categories": []}],
+        "target": "y", "task": task, "classes": classes, "target_mean": None,
+        "target_std": None, "image_shape": None, "input_dim": 1, "encoded_names": ["x"],
+    }  # fmt: skip
+    schema = FeatureSchema.from_dict(old)
+    assert schema.target_kind == kind and schema.task == task
+    assert FeatureSchema((Feature("x", "numeric"),), "y", task).target_kind == kind
+
+
+def test_an_unknown_target_kind_is_malformed() -> None:
+    saved = FeatureSchema((Feature("x", "numeric"),), "y", "regression").to_dict()
+    with pytest.raises(DataError, match="malformed.*target_kind must be one of"):
+        FeatureSchema.from_dict({**saved, "target_kind": "sets"})

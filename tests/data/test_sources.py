@@ -169,3 +169,43 @@ def test_parquet_written_by_helper_round_trips_dtypes(tmp_path: Path) -> None:
     frame = pd.DataFrame({"n": [1, 2, 3], "flag": [True, False, True], "target": [0.5, 1.5, 2.5]})
     raw = load_source(write_frame(frame, tmp_path / "rows.parquet"))
     assert raw.frame["flag"].dtype == bool and raw.frame["n"].dtype == np.int64
+
+
+def _label_columns(wine_tags: pd.DataFrame) -> pd.DataFrame:
+    """wine_tags with its label sets spread over one 0/1 column per label (``dark`` as bool)."""
+    frame = wine_tags.drop(columns=["tags"])
+    for label in ("strong", "dark", "cultivar_0"):
+        frame[label] = [int(label in tags) for tags in wine_tags["tags"]]
+    return frame.assign(dark=frame["dark"].astype(bool))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_a_list_target_packs_0_1_columns_into_one_label_set_column(
+    wine_tags: pd.DataFrame, tmp_path: Path, suffix: str
+) -> None:
+    path = write_frame(_label_columns(wine_tags), tmp_path / f"wine{suffix}")
+    raw = load_source(path, ["strong", "dark", "cultivar_0"])
+    assert raw.target == "labels" and raw.label_columns == ("strong", "dark", "cultivar_0")
+    assert list(raw.frame.columns) == [*wine_tags.columns[:-1], "labels"]  # labels not features
+    expected = [tuple(sorted(tags)) for tags in wine_tags["tags"]]
+    assert raw.frame["labels"].tolist() == expected
+
+
+def test_the_packed_column_takes_the_first_free_name(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"labels": [1.0, 2.0], "labels_1": ["a", "b"], "x": [1, 0]})
+    raw = load_source(write_frame(frame, tmp_path / "t.csv"), ["x"])
+    assert raw.target == "labels_2" and raw.frame["labels_2"].tolist() == [("x",), ()]
+
+
+def test_a_listed_column_must_hold_0_or_1(wine_tags: pd.DataFrame, tmp_path: Path) -> None:
+    frame = _label_columns(wine_tags)
+    frame.loc[5, "strong"] = 2
+    path = write_frame(frame, tmp_path / "wine.csv")
+    with pytest.raises(DataError, match="column 'strong'.*holds 2 at row 6"):
+        load_source(path, ["strong", "dark"])
+    with pytest.raises(DataError, match="'alcohol'.*holds 14.23 at row 1"):
+        load_source(path, ["alcohol"])
+    with pytest.raises(DataError, match="'drak'.*Did you mean 'dark'"):
+        load_source(path, ["drak"])
+    with pytest.raises(DataError, match="more than once"):
+        load_source(path, ["dark", "dark"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -122,6 +123,17 @@ def test_options_needing_all_rows_are_refused(folder):
     )
     with pytest.raises(DataError, match="outliers"):
         prepare_data(cfg, "classification")
+
+
+def test_label_set_targets_are_not_streamed(folder):
+    multilabel = SimpleNamespace(name="multilabel", target_kind="label_sets")
+    with pytest.raises(DataError, match="label-set target.*Remove data.stream"):
+        prepare_data(config(folder), multilabel)
+    listed = DataConfig(source=str(folder), target=["flag"], stream=STREAM)
+    with pytest.raises(DataError, match="label-set target.*Remove data.stream"):
+        prepare_data(listed, multilabel)
+    with pytest.raises(DataError, match="label-set target.*Remove data.stream"):
+        prepare_data(listed, "classification")
 
 
 def test_folder_is_also_an_in_memory_source(folder):
