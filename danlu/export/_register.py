@@ -2,7 +2,8 @@
 (``danlu run``'s register stage, ``danlu tune``'s winner, ``danlu models register``).
 
 The version keeps its own copy of the run's files (safetensors weights, model card,
-preprocessing, and the calibration, drift reference and trust report when the run has them), so
+preprocessing, and the calibration, fitted decoding, drift reference and trust report when the
+run has them), so
 it survives the deletion of the run. Its signature comes from the task
 (:meth:`danlu.tasks.Task.signature`). The ONNX export and its parity check follow; they never fail
 the registration: a failed check is recorded on the version (``export.json``, never served).
@@ -28,7 +29,13 @@ __all__ = ["register_model"]
 log = get_logger(__name__)
 
 _MODEL_FILES = ("model.safetensors", "model.json", "preprocessing.json")
-_OPTIONAL_FILES = ("calibration.json", "drift_reference.json", "report.html", "report.json")
+_OPTIONAL_FILES = (
+    "calibration.json",
+    "decoding.json",
+    "drift_reference.json",
+    "report.html",
+    "report.json",
+)
 
 
 def register_model(
