@@ -166,6 +166,17 @@ def _require_targets(column: pd.Series, target: str, where: str = "") -> None:
         )
 
 
+def _unknown(
+    target: str, unknown: set[str], row: int, known: Sequence[Any], what: str
+) -> DataError:
+    """The error for target labels that the fitted classes (or label vocabulary) lack."""
+    return DataError(
+        f"Target column '{target}' holds label(s) {preview(sorted(unknown))} (first at row "
+        f"{row}) that are not among the known {what} {preview([str(c) for c in known])}. Add "
+        "rows with those labels to the training data or remove them."
+    )
+
+
 class TargetCodec(ABC):
     """How one kind of target is checked, learned, encoded and decoded (stateless)."""
 
@@ -252,13 +263,8 @@ class ClassesCodec(TargetCodec):
         codes = np.fromiter((index.get(to_plain(v), -1) for v in column), np.int64, len(column))
         unknown = codes < 0
         if unknown.any():
-            labels = sorted({str(v) for v in column[unknown]})
-            raise DataError(
-                f"Target column '{target}' holds label(s) {preview(labels)} (first at row "
-                f"{first_row(unknown)}) that are not among the known classes "
-                f"{preview([str(c) for c in classes])}. Add rows of those classes to the "
-                "training data or remove them."
-            )
+            labels = {str(v) for v in column[unknown]}
+            raise _unknown(target, labels, first_row(unknown), classes, "classes")
         return codes
 
     def decode(self, array: np.ndarray, fitted: FittedTarget) -> np.ndarray:
@@ -405,12 +411,7 @@ class LabelSetsCodec(TargetCodec):
                 else:
                     out[row, j] = 1.0
         if unknown:
-            raise DataError(
-                f"Target column '{target}' holds label(s) {preview(sorted(unknown))} (first at "
-                f"row {first_unknown}) that are not among the known labels "
-                f"{preview([str(c) for c in classes])}. Add rows with those labels to the "
-                "training data or remove them."
-            )
+            raise _unknown(target, unknown, first_unknown, classes, "labels")
         return out
 
     def decode(self, array: np.ndarray, fitted: FittedTarget) -> np.ndarray:
