@@ -46,28 +46,36 @@ def parse_canary(text: str, models: list[str] | None = None) -> Canary:
         raise ConfigError(
             f"--canary {text!r}: the share must lie strictly between 0% and 100%; got {percent:g}%."
         )
+    model = name  # the registry's name of the model served as `name`
     if models is not None:
+        from danlu.serve._pool import served_models
         from danlu.store import parse_model_ref
 
-        served = [parse_model_ref(m)[0] for m in models]
+        served = dict(served_models(models))
         if name not in served:
             raise ConfigError(
                 f"--canary {text!r} is for '{name}', which is not served; serve it too "
                 f"(served: {', '.join(served)})."
             )
-    return Canary(name=name, ref=f"{name}:{version}", share=percent / 100)
+        model = parse_model_ref(served[name])[0]
+    return Canary(name=name, ref=f"{model}:{version}", share=percent / 100)
 
 
-def parse_size(text: str, option: str = "--max-body") -> int:
-    """``1MB``, ``512KB``, ``1MiB``, ``2000000`` → bytes.
+def parse_size(text: str, option: str = "--max-body") -> int | None:
+    """``1MB``, ``512KB``, ``1MiB``, ``2000000`` → bytes; ``auto`` → None (worked out by the
+    server).
 
     Example:
-        >>> parse_size("1MB"), parse_size("64KiB")
-        (1000000, 65536)
+        >>> parse_size("1MB"), parse_size("64KiB"), parse_size("auto")
+        (1000000, 65536, None)
     """
+    if text.strip().lower() == "auto":
+        return None
     match = _SIZE.match(text.strip())
     if match is None:
-        raise ConfigError(f"{option} {text!r} is not a size; write it like 1MB, 512KB or 65536.")
+        raise ConfigError(
+            f"{option} {text!r} is not a size; write it like 1MB, 512KB or 65536, or auto."
+        )
     unit = (match.group(2) or "").upper()
     binary = "I" in unit
     prefix = unit[:1] if unit[:1] in "KMG" else ""
@@ -82,7 +90,9 @@ def serve_command(
     models: Annotated[
         list[str],
         typer.Argument(
-            help="Models to serve: NAME (latest), NAME:VERSION or NAME@ALIAS.",
+            help="Models to serve: NAME (latest), NAME:VERSION or NAME@ALIAS, each under its "
+            "registry name; SERVED=MODEL serves one under a name of its own (two versions of one "
+            "model: digits@staging digits-tuned=digits@tuned).",
             metavar="MODEL...",
             show_default=False,
         ),
@@ -113,8 +123,13 @@ def serve_command(
         float, typer.Option(help="Seconds before an unanswered request gets 504.", min=0.001)
     ] = 10.0,
     max_body: Annotated[
-        str, typer.Option(help="Largest request body (larger: 413).", metavar="SIZE")
-    ] = "1MB",
+        str,
+        typer.Option(
+            help="Largest request body (larger: 413). auto: room for --max-rows rows of the "
+            "widest model at 40 bytes a value, at least 1MB.",
+            metavar="SIZE|auto",
+        ),
+    ] = "auto",
     max_rows: Annotated[
         int, typer.Option(help="Most rows one request may carry (more: 413).", min=1)
     ] = 1024,
@@ -140,6 +155,15 @@ def serve_command(
             max=1.0,
         ),
     ] = 0.0,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            help="Host names clients reach the server by, besides localhost, 127.0.0.1, ::1 and "
+            "--host (comma-separated; any port). Other Host headers get 400 (DNS rebinding); "
+            "'*' answers any.",
+            metavar="NAME,...",
+        ),
+    ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log every request (slower).")
     ] = False,
@@ -150,6 +174,7 @@ def serve_command(
     """
     cli._setup_logging(True, False)
     from danlu.serve import ServeSettings, serve
+    from danlu.serve._guard import parse_allowed_hosts
     from danlu.store import SqlStore
 
     if runtime not in ("onnx", "torch"):
@@ -170,6 +195,7 @@ def serve_command(
         poll_seconds=poll,
         threads=threads,
         log_sample=log_sample,
+        allowed_hosts=parse_allowed_hosts(allowed_hosts),
         extra={"access_log": access_log},
     )
     serve(settings, SqlStore)

@@ -3,6 +3,11 @@
 - :class:`BodyLimitMiddleware` (pure ASGI): a body over ``max_body_bytes`` gets 413 — at once when
   ``Content-Length`` says so, else as soon as the streamed (chunked) body passes the cap — and a
   body that has not fully arrived ``body_timeout_s`` after its headers gets 408 (slowloris).
+- :class:`RowLimits`: the most rows one request to a model may carry — ``--max-rows``, or fewer
+  when that many of the model's rows would not fit ``--max-body`` at :data:`VALUE_BYTES` a value,
+  so that the limit a client is told (the OpenAPI ``maxItems``, the 413) is one it can reach.
+  :func:`body_bytes_for` sizes a body cap the other way round (``danlu serve`` without
+  ``--max-body``).
 - :func:`header_deadline_protocol`: uvicorn's HTTP protocol with a deadline on the request
   headers, so a client that connects and trickles headers (or nothing) is disconnected; uvicorn's
   own ``timeout_keep_alive`` only covers idle time *between* requests. Its request line and
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from danlu.serve._types import RequestError
@@ -24,13 +29,88 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_HEADER_BYTES",
+    "VALUE_BYTES",
     "BodyLimitMiddleware",
+    "RowLimits",
+    "body_bytes_for",
     "content_length_error",
     "header_deadline_protocol",
     "read_body",
+    "row_bytes",
 ]
 
 MAX_HEADER_BYTES = 64 * 1024  # a request's line and headers, at most
+# a value's share of a {"rows": [...]} body besides its key: a float64 at full precision (at most
+# 24 characters), ": " and ", ", and indentation as json.dumps(indent=4) writes it
+VALUE_BYTES = 40
+_ENVELOPE_BYTES = 64  # {"rows": [ ... ]} and the whitespace around it
+
+
+def row_bytes(features: Sequence[str]) -> int:
+    """The bytes one row of these features may take: each key as JSON, plus VALUE_BYTES.
+
+    Example:
+        >>> row_bytes(["alcohol", "hue"])  # {"alcohol": ..., "hue": ...}
+        96
+    """
+    return 2 + sum(len(json.dumps(name)) + VALUE_BYTES for name in features)
+
+
+def body_bytes_for(rows: int, features: Sequence[str]) -> int:
+    """A body cap that holds ``rows`` rows of these features.
+
+    Example:
+        >>> body_bytes_for(1024, [f"pixel_{i}_{j}" for i in range(8) for j in range(8)])
+        3344448
+    """
+    return _ENVELOPE_BYTES + rows * row_bytes(features)
+
+
+def _feature_names(signature: Mapping[str, Any]) -> list[str]:
+    return [str(f.get("name")) for f in signature.get("inputs") or () if isinstance(f, Mapping)]
+
+
+class RowLimits:
+    """The most rows one request to a model may carry: ``max_rows``, or as many of the model's
+    rows as ``max_body_bytes`` holds at VALUE_BYTES a value when that is fewer (at least 1).
+
+    Args:
+        max_rows: ``--max-rows``.
+        max_body_bytes: ``--max-body``.
+
+    Example:
+        >>> limits = RowLimits(max_rows=1024, max_body_bytes=64_000)
+        >>> limits.of({"inputs": [{"name": f"x{i}"} for i in range(64)]}, "m:1")
+        22
+    """
+
+    def __init__(self, max_rows: int, max_body_bytes: int) -> None:
+        self.max_rows = max_rows
+        self.max_body_bytes = max_body_bytes
+        self._by_ref: dict[str, int] = {}
+
+    def of(self, signature: Mapping[str, Any], ref: str) -> int:
+        """The limit of the version ``ref`` with this signature (cached by ``ref``)."""
+        limit = self._by_ref.get(ref)
+        if limit is None:
+            features = _feature_names(signature)
+            fit = (self.max_body_bytes - _ENVELOPE_BYTES) // row_bytes(features)
+            limit = max(1, min(self.max_rows, fit))
+            if len(self._by_ref) > 256:
+                self._by_ref.clear()
+            self._by_ref[ref] = limit
+        return limit
+
+    def why(self, signature: Mapping[str, Any], ref: str) -> str:
+        """Which setting makes the limit of ``ref``, for a 413's message."""
+        limit = self.of(signature, ref)
+        if limit >= self.max_rows:
+            return f"the server's --max-rows is {self.max_rows}"
+        n = len(_feature_names(signature))
+        return (
+            f"--max-body ({self.max_body_bytes} bytes) holds {limit} rows of this model's {n} "
+            f"features at {VALUE_BYTES} bytes a value; --max-rows is {self.max_rows}"
+        )
 
 
 class BodyLimitMiddleware:
@@ -140,7 +220,8 @@ class BodyLimitMiddleware:
 def _too_large(max_body_bytes: int) -> RequestError:
     return RequestError(
         "body",
-        f"is larger than the server's limit of {max_body_bytes} bytes; send fewer rows per request",
+        f"is larger than the server's limit of {max_body_bytes} bytes (--max-body); send fewer "
+        "rows per request",
         413,
     )
 

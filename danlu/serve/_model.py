@@ -99,7 +99,6 @@ class ServedModel:
         self.name = mv.name
         self.version = mv.version
         self.ref = mv.ref
-        self.signature = mv.signature
         self.metrics = dict(mv.metrics)
         self.runtime = runtime
         self.runtime_name = runtime.name
@@ -122,6 +121,15 @@ class ServedModel:
             col += len(f.categories) if f.kind == "categorical" and self._encode == "onehot" else 1
         self._inputs = tuple(inputs)
         self._width = col  # encoded columns before the reducer
+        # the signature as served: each input says whether null is accepted (a fill was learned)
+        nullable = {i.name: i.fill is not None for i in inputs}
+        self.signature = {
+            **mv.signature,
+            "inputs": [
+                {**f, "nullable": nullable.get(f.get("name"), False)}
+                for f in mv.signature.get("inputs") or ()
+            ],
+        }
         self._names = frozenset(i.name for i in inputs)
         numeric = [i for i in inputs if i.kind == "numeric"]
         self._num_index = [j for j, i in enumerate(inputs) if i.kind == "numeric"]

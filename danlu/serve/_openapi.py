@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from danlu.errors import NotFoundError
 from danlu.serve._auth import ADMIN, PREDICT, PUBLIC, route_scopes
+from danlu.serve._guard import EXEMPT_PATHS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from danlu.serve._types import ServeSettings
+    from danlu.serve._limits import RowLimits
 
 __all__ = [
     "ERROR_CODES",
@@ -23,6 +24,7 @@ __all__ = [
     "AliasSet",
     "DriftReport",
     "ErrorBody",
+    "FailedModel",
     "LoadRequest",
     "ModelInfo",
     "ModelList",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 _FLOAT_MAX = 1.7976931348623157e308
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -93,8 +96,16 @@ class ModelSummary(_Open):
     canary: CanaryInfo | None = None
 
 
+class FailedModel(BaseModel):
+    name: str
+    ref: str
+    role: str  # model | canary
+    error: str
+
+
 class ModelList(BaseModel):
     models: list[ModelSummary]
+    failed: list[FailedModel] = []  # named at start-up, not loadable
 
 
 class ModelInfo(ModelSummary):
@@ -112,6 +123,8 @@ class DriftReport(_Open):
 
 class Status(_Open):
     status: str
+    models: list[str] | None = None
+    failed: list[str] | None = None
 
 
 class LoadRequest(BaseModel):
@@ -119,6 +132,11 @@ class LoadRequest(BaseModel):
     ref: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(:[0-9]{1,9}|@[A-Za-z][A-Za-z0-9._-]{0,99})?$",
         description="NAME (latest), NAME:VERSION or NAME@ALIAS, e.g. wine@production",
+    )
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="the name to serve it under (default: the model's own), e.g. wine-tuned",
     )
 
 
@@ -148,12 +166,19 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # -- the spec ---------------------------------------------------------------------------------------
+MAX_ENUMERATED_ROWS = 4096  # past this, "equally long columns" is said in words only
+
+
 def _model_request_schemas(
     name: str, signature: dict[str, Any], max_rows: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The predict body of one model (``{"rows": [Row]}`` or ``{"columns": {...}}``), as a
     requestBody schema and the component schemas it refers to — pydantic models built from the
-    model's signature."""
+    model's signature, so that a body valid under the schema is one the server answers.
+
+    JSON Schema has no keyword for "these arrays are equally long"; the columns form says it as
+    one ``anyOf`` branch per row count n (every column has exactly n values), up to
+    ``max_rows`` (the model's row limit; at most MAX_ENUMERATED_ROWS)."""
     from typing import Annotated, Literal
 
     from pydantic import create_model
@@ -169,15 +194,17 @@ def _model_request_schemas(
         kind = feature.get("kind")
         kind_type: Any
         if kind == "boolean":
-            kind_type, what = bool | Literal[0, 1] | None, "true or false"
+            kind_type, what = bool | Literal[0, 1], "true or false"
         elif kind == "categorical":
             known = [str(c) for c in feature.get("categories") or ()]
             listed = ", ".join(known[:50]) + (", ..." if len(known) > 50 else "")
             what = f"one of the known categories: {listed}" if known else "a category"
-            kind_type = str | finite | None
+            kind_type = str | finite
         else:
-            kind_type, what = finite | None, "a finite number"
-        what += " (null: the value learned in training, where the model has one)"
+            kind_type, what = finite, "a finite number"
+        if feature.get("nullable", True):  # False: trained with missing: drop (no fill value)
+            kind_type = kind_type | None
+            what += " (null: the value learned in training)"
         alias = str(feature.get("name"))
         row[f"f{i}"] = (kind_type, Field(alias=alias, description=what))
         columns[f"f{i}"] = (
@@ -204,7 +231,12 @@ def _model_request_schemas(
         ref_template="#/components/schemas/{model}",
     )
     body = {"oneOf": [refs[(by_rows, "validation")], refs[(by_columns, "validation")]]}
-    return body, top.get("$defs", {})
+    defs = top.get("$defs", {})
+    if columns and max_rows <= MAX_ENUMERATED_ROWS:
+        defs[f"{prefix}_Columns"]["oneOf"] = [
+            {"additionalProperties": {"minItems": n, "maxItems": n}} for n in range(1, max_rows + 1)
+        ]
+    return body, defs
 
 
 def _security(scope: str) -> list[dict[str, list[str]]]:
@@ -212,11 +244,30 @@ def _security(scope: str) -> list[dict[str, list[str]]]:
     return keys if scope == ADMIN else [*keys, {}]  # {}: no key needed (no keys, loopback)
 
 
+def _declare(operation: dict[str, Any], *codes: int) -> None:
+    """Add error responses (ErrorBody) an operation may answer, where it declares none yet."""
+    responses = operation.setdefault("responses", {})
+    for code in codes:
+        responses.setdefault(
+            str(code),
+            {
+                "description": ERROR_CODES[code],
+                "content": {"application/json": {"schema": _ERROR_REF}},
+            },
+        )
+
+
 def build_openapi(
-    app: FastAPI, pool: Any, settings: ServeSettings, cache: dict[Any, dict[str, Any]]
+    app: FastAPI, pool: Any, row_limits: RowLimits, cache: dict[Any, dict[str, Any]]
 ) -> dict[str, Any]:
     """The app's OpenAPI document, with one predict path per served model (cached per set of
-    served versions)."""
+    served versions).
+
+    Every operation declares every status it can answer besides 500: the route's own, and those
+    of the checks in front of every route — 400 for a Host not allowed (but /healthz and
+    /readyz), 403 for a cross-site Origin and 415 for a body that is not JSON (on the methods
+    that change something), 401 and 503 (keys cannot be checked) where a key may be needed, and
+    400/408/413 where a body is read."""
     from fastapi.openapi.utils import get_openapi
 
     served = []
@@ -240,7 +291,7 @@ def build_openapi(
         "bearer": {"type": "http", "scheme": "bearer"},
         "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     }
-    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    error_ref = _ERROR_REF
     predict_ref = {"$ref": "#/components/schemas/PredictResponse"}
     for model in (ErrorBody, PredictResponse):
         _, top = models_json_schema_of(model)
@@ -248,7 +299,8 @@ def build_openapi(
 
     paths = schema.setdefault("paths", {})
     for name, model in served:
-        body, defs = _model_request_schemas(name, model.signature, settings.max_rows)
+        limit = row_limits.of(model.signature, model.ref)
+        body, defs = _model_request_schemas(name, model.signature, limit)
         schemas.update(defs)
         responses: dict[str, Any] = {
             "200": {
@@ -257,33 +309,35 @@ def build_openapi(
                 "headers": {"X-Model-Version": {"schema": {"type": "string"}}},
             }
         }
-        for code in (400, 401, 404, 408, 413, 422, 503, 504):
-            responses[str(code)] = {
-                "description": ERROR_CODES[code],
-                "content": {"application/json": {"schema": error_ref}},
-            }
-        paths[f"/v1/models/{name}/predict"] = {
-            "post": {
-                "tags": ["predict"],
-                "summary": f"Predict with {name} ({model.ref})",
-                "operationId": f"predict_{re.sub(r'[^A-Za-z0-9]', '_', name)}",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": body}},
-                },
-                "responses": responses,
-            }
+        operation = {
+            "tags": ["predict"],
+            "summary": f"Predict with {name} ({model.ref})",
+            "description": f"At most {limit} rows per request ({row_limits.why(model.signature, model.ref)}).",
+            "operationId": f"predict_{re.sub(r'[^A-Za-z0-9]', '_', name)}",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": responses,
         }
+        _declare(operation, 400, 401, 403, 404, 408, 413, 415, 422, 503, 504)
+        paths[f"/v1/models/{name}/predict"] = {"post": operation}
 
     scopes = route_scopes(app)
     for path, item in paths.items():
         scope = scopes.get(path, PREDICT if path.startswith("/v1/models/") else PUBLIC)
-        for operation in item.values():
+        for method, operation in item.items():
             for status, response in operation.get("responses", {}).items():
                 if status == "422":
                     response["content"] = {"application/json": {"schema": error_ref}}
+            if path not in EXEMPT_PATHS:
+                _declare(operation, 400)  # a Host not allowed
+            if method.upper() in ("POST", "PUT", "PATCH", "DELETE"):
+                _declare(operation, 403)  # a cross-site Origin
+            if method.upper() in ("POST", "PUT", "PATCH"):
+                _declare(operation, 415)  # a body that is not JSON
+            if "requestBody" in operation:
+                _declare(operation, 400, 408, 413)
             if scope != PUBLIC:
                 operation["security"] = _security(scope)
+                _declare(operation, 401, 503)
     cache.clear()
     cache[key] = schema
     return schema

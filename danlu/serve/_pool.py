@@ -1,10 +1,13 @@
 """The models a server answers for: loading, routing (canaries), hot swap and alias watching.
 
-A model is served under its registry name. Its reference (``digits@production``, ``wine:3`` or
-``digits`` for the latest) is kept: :meth:`ModelPool.reload` resolves it again and, when the
-version changed, loads the new version *beside* the old one, swaps the dict entry (one
-assignment: a request routed before the swap finishes on the old version, one routed after goes
-to the new) and then drains the old one. A version that fails to load leaves the old one serving.
+A model is served under its registry name, or under a name of its own given as ``NAME=MODEL``
+(``digits-tuned=digits@tuned``), so two versions of one model can be served side by side. Its
+reference (``digits@production``, ``wine:3`` or ``digits`` for the latest) is kept:
+:meth:`ModelPool.reload` resolves it again and, when the version changed, loads the new version
+*beside* the old one, swaps the dict entry (one assignment: a request routed before the swap
+finishes on the old version, one routed after goes to the new) and then drains the old one. A
+version that fails to load leaves the old one serving; at start-up, a model that fails to load is
+listed in :attr:`ModelPool.failed` and the others serve.
 """
 
 from __future__ import annotations
@@ -12,21 +15,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from danlu.errors import ConfigError, NotFoundError, StoreError
+from danlu.errors import ConfigError, NotFoundError
 from danlu.logging import get_logger
 from danlu.serve._model import BatchHook, ServedModel
-from danlu.serve._types import ServeSettings
+from danlu.serve._types import ModelLoadError, ServeSettings
 from danlu.store import parse_model_ref
 
 if TYPE_CHECKING:
     from danlu.store import ModelVersion, Store
 
-__all__ = ["ModelPool"]
+__all__ = ["ModelPool", "served_models"]
 
 logger = get_logger(__name__)
+
+_SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # as the registry's model names
+
+
+def served_models(specs: Iterable[str]) -> list[tuple[str, str]]:
+    """``MODEL`` or ``NAME=MODEL`` → (the name it is served under, the model reference).
+
+    Raises:
+        ConfigError: a name that is not a valid model name, or two models under one name.
+
+    Example:
+        >>> served_models(["digits@staging", "digits-tuned=digits@tuned"])
+        [('digits', 'digits@staging'), ('digits-tuned', 'digits@tuned')]
+    """
+    served: dict[str, str] = {}
+    for spec in specs:
+        name, sep, ref = spec.partition("=")
+        if not sep:
+            name, ref = parse_model_ref(spec)[0], spec
+        elif not _SERVED_NAME.match(name):
+            raise ConfigError(
+                f"{spec!r}: {name[:100]!r} is not a name to serve a model under; use letters, "
+                "digits, '.', '_' and '-', starting with a letter or digit (NAME=MODEL)."
+            )
+        else:
+            parse_model_ref(ref)  # ConfigError for a malformed reference
+        if name in served:
+            raise ConfigError(
+                f"{served[name]!r} and {ref!r} would both be served as '{name}'. Give the second a "
+                f"name of its own with NAME=MODEL, e.g. danlu serve {served[name]} "
+                f"{name}-2={ref}; it then answers at /v1/models/{name}-2/predict."
+            )
+        served[name] = ref
+    return list(served.items())
 
 
 class ModelPool:
@@ -63,18 +101,48 @@ class ModelPool:
         self._locks: dict[str, asyncio.Lock] = {}
         self._rng = random.Random(seed)
         self._watcher: asyncio.Task[None] | None = None
-        self._expected = {parse_model_ref(r)[0] for r in settings.models}  # ready needs these
+        self._specs = served_models(settings.models)
+        self._expected = {name for name, _ in self._specs}  # ready needs these
         self._started = False
         self._stopping = False
+        # models of the settings that failed to load at start-up: {"name", "ref", "error"}
+        self.failed: list[dict[str, str]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every model and canary of the settings, then start the alias watcher."""
-        for ref in self.settings.models:
-            await self.load(ref)
+        """Load every model and canary of the settings, then start the alias watcher.
+
+        A model or canary that fails to load is logged and listed in :attr:`failed`; the others
+        serve.
+
+        Raises:
+            ModelLoadError: no model of the settings could be loaded.
+        """
+        for name, ref in self._specs:
+            try:
+                await self.load(ref, name=name)
+            except (ModelLoadError, NotFoundError) as exc:
+                self._fail(name, ref, exc)
+        if self._specs and not self._primary:
+            reasons = [f["error"] for f in self.failed]
+            if len(reasons) == 1:
+                raise ModelLoadError(reasons[0])
+            raise ModelLoadError("None of the models could be loaded. " + " ".join(reasons))
+        for failed in self.failed:
+            logger.error(
+                "%s The others serve; GET /v1/models lists '%s' as failed.",
+                failed["error"],
+                failed["name"],
+            )
         for canary in self.settings.canaries:
-            await self._load_canary(canary.name, canary.ref, canary.share)
+            if canary.name not in self._primary and canary.name in self._failed_names():
+                continue  # its model failed: already said
+            try:
+                await self._load_canary(canary.name, canary.ref, canary.share)
+            except (ModelLoadError, NotFoundError) as exc:
+                self._fail(canary.name, canary.ref, exc, canary=True)
+                logger.error("%s '%s' serves without its canary.", exc, canary.name)
         self._started = True
         if self.settings.poll_seconds > 0 and self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(
@@ -101,6 +169,16 @@ class ModelPool:
             and not self._stopping
             and all(name in self._primary for name in self._expected)
         )
+
+    def _fail(self, name: str, ref: str, exc: Exception, *, canary: bool = False) -> None:
+        role = "canary" if canary else "model"
+        error = str(exc) if isinstance(exc, ModelLoadError) else f"Model '{name}' ({ref}): {exc}"
+        self.failed.append({"name": name, "ref": ref, "role": role, "error": error})
+        if not canary:
+            self._expected.discard(name)
+
+    def _failed_names(self) -> set[str]:
+        return {f["name"] for f in self.failed}
 
     async def _get_store(self) -> Store:
         if self._store is None:
@@ -129,6 +207,12 @@ class ModelPool:
         """
         model = self._primary.get(name)
         if model is None:
+            failed = next((f for f in self.failed if f["name"] == name), None)
+            if failed is not None and failed["role"] == "model":
+                raise NotFoundError(
+                    f"Model '{name}' is not served: it failed to load at start-up. "
+                    f"{failed['error']} Load a version that works with POST /v1/admin/models."
+                )
             served = ", ".join(self._primary) or "none"
             raise NotFoundError(
                 f"Model '{name}' is not served here; served models: {served}. Load it with "
@@ -157,17 +241,18 @@ class ModelPool:
 
     # ---- loading and swapping --------------------------------------------------------------
 
-    async def load(self, ref: str) -> ServedModel:
-        """Serve ``ref`` (``NAME``, ``NAME:VERSION`` or ``NAME@ALIAS``) under its name.
+    async def load(self, ref: str, name: str | None = None) -> ServedModel:
+        """Serve ``ref`` (``NAME``, ``NAME:VERSION`` or ``NAME@ALIAS``) under ``name`` (by
+        default the model's registry name).
 
         A name already served switches to ``ref`` through a hot swap (:meth:`reload`).
 
         Raises:
-            ConfigError: ``ref`` is not a model reference.
+            ConfigError: ``ref`` is not a model reference, or ``name`` not a valid name.
             NotFoundError: no such model, version or alias.
-            StoreError: the version fails to load.
+            ModelLoadError: the version fails to load (a ``StoreError``).
         """
-        name = parse_model_ref(ref)[0]
+        name = served_models([f"{name}={ref}" if name else ref])[0][0]
         async with self._lock(name):
             if name in self._primary:
                 previous = self._refs[name]
@@ -178,13 +263,31 @@ class ModelPool:
                     self._refs[name] = previous
                     raise
             mv = await self._resolve(ref)
-            model = await ServedModel.load(
-                await self._get_store(), mv, self.settings, on_batch=self.on_batch
-            )
+            model = await self._load_version(name, ref, mv)
             self._refs[name] = ref
             self._primary[name] = model
-            logger.info("Serving %s as '%s' (%s runtime).", model.ref, ref, model.runtime_name)
+            self.failed = [f for f in self.failed if f["name"] != name or f["role"] != "model"]
+            self._expected.add(name)
+            logger.info(
+                "Serving %s as '%s' (%s, %s runtime).", model.ref, name, ref, model.runtime_name
+            )
             return model
+
+    async def _load_version(
+        self, name: str, ref: str, mv: ModelVersion, keeps: str | None = None
+    ) -> ServedModel:
+        """Load ``mv`` to serve under ``name``; any failure is a ModelLoadError saying which
+        model, which version and why (and what ``keeps`` serving, if anything)."""
+        store = await self._get_store()
+        try:
+            model = await ServedModel.load(store, mv, self.settings, on_batch=self.on_batch)
+        except Exception as exc:
+            still = f", so {keeps} keeps serving" if keeps else ""
+            raise ModelLoadError(
+                f"Model '{name}': version {mv.version} (from '{ref}') failed to load{still}: {exc}"
+            ) from exc
+        model.name = name  # metrics and logs use the name it is served under
+        return model
 
     async def _load_canary(self, name: str, ref: str, share: float) -> ServedModel:
         if name not in self._primary:
@@ -196,17 +299,16 @@ class ModelPool:
             raise ConfigError(
                 f"The canary share of '{name}' must lie between 0 and 1 (0% and 100%); got {share}."
             )
+        registry_name = parse_model_ref(self._refs[name])[0]  # NAME=MODEL: MODEL's name
         if ref.isdigit():
-            ref = f"{name}:{ref}"
-        if parse_model_ref(ref)[0] != name:
+            ref = f"{registry_name}:{ref}"
+        if parse_model_ref(ref)[0] != registry_name:
             raise ConfigError(
-                f"The canary '{ref}' is a version of another model than '{name}'; write it as "
-                f"{name}:VERSION=SHARE%."
+                f"The canary '{ref}' is a version of another model than '{registry_name}' "
+                f"(served as '{name}'); write it as {name}:VERSION=SHARE%."
             )
         mv = await self._resolve(ref)
-        model = await ServedModel.load(
-            await self._get_store(), mv, self.settings, on_batch=self.on_batch
-        )
+        model = await self._load_version(name, ref, mv)
         old = self._canary.get(name)
         self._canary[name], self._share[name] = model, share
         if old is not None:
@@ -218,7 +320,7 @@ class ModelPool:
 
         Raises:
             NotFoundError: ``name`` is not served, or its reference no longer resolves.
-            StoreError: the new version fails to load (the old one keeps serving).
+            ModelLoadError: the new version fails to load (the old one keeps serving).
         """
         self.primary(name)  # NotFoundError for an unknown name
         async with self._lock(name):
@@ -231,15 +333,7 @@ class ModelPool:
         mv = await self._resolve(ref)
         if mv.version == old.version:
             return old
-        try:
-            new = await ServedModel.load(
-                await self._get_store(), mv, self.settings, on_batch=self.on_batch
-            )
-        except Exception as exc:
-            raise StoreError(
-                f"Model '{name}': version {mv.version} (from '{ref}') failed to load, so "
-                f"{old.ref} keeps serving. {exc}"
-            ) from exc
+        new = await self._load_version(name, ref, mv, keeps=old.ref)
         self._primary[name] = new  # the swap: one assignment, no await in between
         logger.info("Model '%s' now served by %s (was %s).", name, new.ref, old.ref)
         await old.close()  # its queued requests are answered first

@@ -59,6 +59,7 @@ def settings_from_json(text: str) -> ServeSettings:
     """
     data = json.loads(text)
     data["models"] = tuple(data["models"])
+    data["allowed_hosts"] = tuple(data.get("allowed_hosts", ()))
     data["canaries"] = tuple(Canary(**c) for c in data.get("canaries", ()))
     return ServeSettings(**data)
 
@@ -76,13 +77,68 @@ def check_binding(settings: ServeSettings, store: Any) -> None:
         )
 
 
-def _check_models(settings: ServeSettings, store: Any) -> None:
-    """Fail before uvicorn starts when a model or canary reference does not resolve."""
+def _check_models(settings: ServeSettings, store: Any) -> list[Any]:
+    """Fail before uvicorn starts when two models would be served under one name or a model or
+    canary reference does not resolve; the model versions of ``settings.models``."""
+    from danlu.serve._pool import served_models
     from danlu.store import parse_model_ref
 
-    for ref in (*settings.models, *(c.ref for c in settings.canaries)):
+    versions = []
+    for _, ref in served_models(settings.models):
         name, version, alias = parse_model_ref(ref)
+        versions.append(store.get_model_version(name, version, alias=alias))
+    for canary in settings.canaries:
+        name, version, alias = parse_model_ref(canary.ref)
         store.get_model_version(name, version, alias=alias)
+    return versions
+
+
+def size_body_limit(settings: ServeSettings, versions: list[Any]) -> ServeSettings:
+    """``settings`` with ``max_body_bytes`` worked out when it was left open: large enough for
+    ``max_rows`` rows of the widest of these model versions at VALUE_BYTES a value, and at least
+    1 MB. A cap given that holds fewer rows of a model is kept, with a warning: that model's
+    requests are limited to the rows that fit (its OpenAPI ``maxItems`` says so).
+
+    Example:
+        >>> size_body_limit(ServeSettings(models=()), []).max_body_bytes
+        1000000
+    """
+    from danlu.serve._limits import VALUE_BYTES, RowLimits, body_bytes_for
+    from danlu.serve._types import DEFAULT_MAX_BODY
+
+    def features(mv: Any) -> list[str]:
+        return [str(f.get("name")) for f in (mv.signature or {}).get("inputs") or ()]
+
+    if settings.max_body_bytes is None:
+        need = [body_bytes_for(settings.max_rows, features(mv)) for mv in versions]
+        return dataclasses.replace(settings, max_body_bytes=max([DEFAULT_MAX_BODY, *need]))
+    limits = RowLimits(settings.max_rows, settings.max_body_bytes)
+    for mv in versions:
+        rows = limits.of(mv.signature or {}, mv.ref)
+        if rows < settings.max_rows:
+            log.warning(
+                "--max-body %d holds %d rows of %s's %d features at %d bytes a value, fewer than "
+                "--max-rows %d: its requests are limited to %d rows. Leave --max-body out to size "
+                "it for --max-rows.",
+                settings.max_body_bytes,
+                rows,
+                mv.ref,
+                len(features(mv)),
+                VALUE_BYTES,
+                settings.max_rows,
+                rows,
+            )
+    return settings
+
+
+def _warn_about_hosts(settings: ServeSettings) -> None:
+    if settings.host in ("0.0.0.0", "::") and not settings.allowed_hosts:
+        log.warning(
+            "Listening on every interface (%s), but answering only requests addressed to "
+            "localhost, 127.0.0.1 or ::1 (the Host header). Name the addresses clients use with "
+            "--allowed-hosts, e.g. --allowed-hosts models.example.com,10.0.0.5.",
+            settings.host,
+        )
 
 
 def build_app(settings: ServeSettings, store_factory: Callable[[], Any]) -> FastAPI:
@@ -180,8 +236,10 @@ def make_server(app: FastAPI, settings: ServeSettings, **overrides: Any) -> uvic
 def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
     """Serve ``settings.models`` until SIGTERM or Ctrl-C.
 
-    Raises ConfigError when asked to listen beyond loopback with no API key configured, and
-    NotFoundError when a model reference does not resolve.
+    Raises ConfigError when asked to listen beyond loopback with no API key configured or when
+    two models would be served under one name, NotFoundError when a model reference does not
+    resolve, and ModelLoadError when no model could be loaded (with several models, one that
+    fails is logged and listed as failed, and the others serve).
 
     Example:
         >>> # serve(ServeSettings(models=("wine@production",)), SqlStore)
@@ -190,6 +248,7 @@ def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
         import uvicorn
     except ImportError:
         raise MissingExtraError.for_package("uvicorn", "serve") from None
+    from danlu.serve._app import server_state
     from danlu.serve._limits import header_deadline_protocol
 
     if settings.workers < 1:
@@ -199,11 +258,12 @@ def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
     store = store_factory()
     try:
         check_binding(settings, store)
-        _check_models(settings, store)
+        settings = size_body_limit(settings, _check_models(settings, store))
     finally:
         close = getattr(store, "close", None)
         if close is not None:
             close()
+    _warn_about_hosts(settings)
 
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = settings_to_json(settings)
@@ -216,7 +276,12 @@ def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
             "danlu.serve._server:app_factory", factory=True, workers=settings.workers, **options
         )
         return
-    server = make_server(build_app(settings, store_factory), settings)
+    app = build_app(settings, store_factory)
+    state = server_state(app)
+    state.reports_startup_error = True  # raised below, so uvicorn need not log it
+    server = make_server(app, settings)
     server.run()
     if not server.started:
+        if state.startup_error is not None:  # no model could be loaded: which and why
+            raise state.startup_error
         raise ConfigError("The server did not start; the log above says why.")

@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from danlu.errors import DanluError
+from danlu.errors import DanluError, StoreError
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
     "Canary",
+    "ModelLoadError",
     "QueueFull",
     "RequestError",
     "ServeSettings",
@@ -20,6 +21,7 @@ __all__ = [
 ]
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+DEFAULT_MAX_BODY = 1_000_000  # bytes: the least a worked-out --max-body is
 
 
 class RequestError(DanluError, ValueError):
@@ -30,11 +32,19 @@ class RequestError(DanluError, ValueError):
         422
     """
 
-    def __init__(self, field: str, message: str, status: int = 422) -> None:
+    def __init__(
+        self, field: str, message: str, status: int = 422, *, code: str | None = None
+    ) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
         self.message = message
         self.status = status
+        self.code = code  # the error body's code; None: the status's usual one
+
+
+class ModelLoadError(StoreError):
+    """A model version resolved but could not be loaded (bad files, a refused architecture, a
+    failed warm-up): the admin routes answer 409, and at start-up the other models still serve."""
 
 
 class QueueFull(DanluError, RuntimeError):
@@ -66,13 +76,16 @@ class ServeSettings:
         max_wait_ms: how long the first request of a batch waits for company.
         max_queue: requests waiting per model before new ones get 503.
         request_timeout_s: a request not answered by then gets 504.
-        max_body_bytes: larger bodies get 413.
-        max_rows: most rows one request may carry (more: 413).
+        max_body_bytes: larger bodies get 413; None: large enough for ``max_rows`` rows of the
+            widest model served at start-up (``danlu serve`` works it out), at least 1 MB.
+        max_rows: most rows one request may carry (more: 413); a model whose rows at
+            ``VALUE_BYTES`` a value would not fit ``max_body_bytes`` takes fewer.
         canaries: traffic splits.
         poll_seconds: how often aliases are checked for a move (hot swap); 0 turns it off.
         drift_window: rows per model kept for the drift estimate (PSI).
         log_sample: share of requests logged to the store for later evaluation (0..1).
         threads: ONNX Runtime / torch intra-op threads per model.
+        allowed_hosts: Host names answered besides the loopback names and ``host``; ``*``: any.
     """
 
     models: tuple[str, ...]
@@ -84,18 +97,24 @@ class ServeSettings:
     max_wait_ms: float = 2.0
     max_queue: int = 1024
     request_timeout_s: float = 10.0
-    max_body_bytes: int = 1_000_000
+    max_body_bytes: int | None = None
     max_rows: int = 1024
     canaries: tuple[Canary, ...] = ()
     poll_seconds: float = 2.0
     drift_window: int = 2000
     log_sample: float = 0.0
     threads: int = 1
+    allowed_hosts: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def loopback(self) -> bool:
         return self.host in LOOPBACK
+
+    @property
+    def body_limit(self) -> int:
+        """``max_body_bytes``, or 1 MB when it was left to be worked out and was not."""
+        return self.max_body_bytes or DEFAULT_MAX_BODY
 
 
 class ServedModelLike(Protocol):

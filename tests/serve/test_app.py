@@ -154,6 +154,7 @@ class FakePool:
         self.to_canary = False  # route() sends the next requests to the canary
         self.reloaded: list[str] = []
         self.load_error: Exception | None = None
+        self.failed: list[dict[str, str]] = []
 
     async def start(self) -> None:
         self.ready = True
@@ -184,12 +185,14 @@ class FakePool:
         self.reloaded.append(name)
         return self.models[name]
 
-    async def load(self, ref: str) -> FakeServed:
+    async def load(self, ref: str, name: str | None = None) -> FakeServed:
         if self.load_error is not None:
             raise self.load_error
-        name, _, version = ref.partition(":")
-        self.models[name] = FakeServed(name, int(version or 1))
-        return self.models[name]
+        model, _, version = ref.partition(":")
+        served = FakeServed(model, int(version or 1))
+        served.name = name or model
+        self.models[served.name] = served
+        return served
 
     async def unload(self, name: str) -> None:
         self.primary(name)
@@ -252,7 +255,11 @@ def make_app(
 ) -> tuple[Any, FakePool, FakeStore]:
     pool = pool or FakePool(FakeServed())
     store = store if store is not None else keyed_store()
-    defaults: dict[str, Any] = {"models": tuple(pool.names()), "max_rows": 8}
+    defaults: dict[str, Any] = {
+        "models": tuple(pool.names()),
+        "max_rows": 8,
+        "allowed_hosts": ("testserver",),  # httpx's ASGI transport sends Host: testserver
+    }
     app = create_app(pool, lambda: store, ServeSettings(**{**defaults, **settings}))
     return app, pool, store
 
@@ -711,13 +718,13 @@ def test_a_real_server_serves_then_drains_gracefully():
         # a client that never finishes its headers is disconnected
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             assert raw.recv(100) == b""  # closed by the server
 
         # a body that does not arrive in time is 408
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             raw.sendall(
-                b"POST /v1/models/wine/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                b"POST /v1/models/wine/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
                 + f"Authorization: Bearer {PREDICT_SECRET}\r\n\r\n".encode()
                 + b'{"rows": ['
             )

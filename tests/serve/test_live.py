@@ -33,7 +33,7 @@ from tests.serve.conftest import (
 WINE = "/v1/models/wine/predict"
 JSON = {"Content-Type": "application/json"}
 MAX_BODY = 64_000  # --max-body 64KB
-MAX_ROWS = 256  # --max-rows 256
+MAX_ROWS = 64  # --max-rows 64
 
 
 # -- helpers ---------------------------------------------------------------------------------------
