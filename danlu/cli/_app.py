@@ -1,24 +1,34 @@
 """The ``danlu`` command line: thin commands that parse, call a stage and render with Rich.
 
 Heavy libraries (torch, pandas, scikit-learn) load inside the commands that need them, so
-``danlu --help`` stays fast.
+``danlu --help`` stays fast. This module is the top of the CLI: it imports the subcommand
+modules, and they share the consoles, flags and options through the leaf modules ``_console``
+and ``_options``, never through this one.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 
+from danlu.cli._console import (
+    cell,
+    err,
+    out,
+    print_error,
+    setup_logging,
+    state,
+)
 from danlu.cli._data import data_app
 from danlu.cli._db import db_app
-from danlu.cli._evaluate import evaluate_command, report_command
+from danlu.cli._evaluate import evaluate_command, print_summary, report_command
 from danlu.cli._export import export_command
 from danlu.cli._keys import keys_app
 from danlu.cli._models import models_app
@@ -45,27 +55,12 @@ app.add_typer(data_app, name="data")
 app.add_typer(studies_app, name="studies")
 app.add_typer(keys_app, name="keys")
 
-_state = {"debug": False}
-out = Console()
-err = Console(stderr=True)
+# danlu/cli/_serve.py and _tune.py still reach these through this module; they are the
+# leaf's objects under their old names, until those two import danlu.cli._console themselves.
+_state = state
+_setup_logging = setup_logging
 
 RecipeArg = Annotated[Path, typer.Argument(help="Path to a YAML recipe.", metavar="RECIPE")]
-
-
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    from rich.logging import RichHandler
-
-    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
-    handler = (
-        RichHandler(console=err, show_time=False, show_path=False)
-        if err.is_terminal
-        else logging.StreamHandler(sys.stderr)
-    )
-    if not err.is_terminal:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("danlu")
-    root.handlers = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
-    root.setLevel(level)
 
 
 @app.callback()
@@ -73,8 +68,8 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
-    _state["debug"] = debug
-    _state["verbose"] = verbose
+    state["debug"] = debug
+    state["verbose"] = verbose
 
 
 @app.command()
@@ -97,7 +92,7 @@ def run(
     ] = None,
 ) -> None:
     """Run a recipe end to end: prepare data, train, report test metrics."""
-    _setup_logging(bool(_state.get("verbose")), quiet)
+    setup_logging(state["verbose"], quiet)
     import torch
 
     from danlu.cli._progress import PlainProgress, RichProgress
@@ -141,26 +136,26 @@ def run(
         return
     rows = result.data_report.get("rows", {})
     out.print(
-        f"[bold]{result.recipe.name}[/]: test metrics on {rows.get('test', '?')} held-out rows",
+        f"[bold]{escape(result.recipe.name)}[/]: test metrics on {rows.get('test', '?')} "
+        "held-out rows",
         highlight=False,
     )
     table = Table("metric", Column("value", justify="right"))
     for key, value in result.metrics.items():
-        table.add_row(key, f"{value:.4f}")
+        table.add_row(cell(key), f"{value:.4f}")
     out.print(table)
     out.print(
-        f"best epoch {result.best_epoch} of {len(result.history)} · run {result.run_id} "
-        f"(details: danlu runs show {result.run_id}) · artifacts in {result.run_dir}",
-        highlight=False,
+        Text(
+            f"best epoch {result.best_epoch} of {len(result.history)} · run {result.run_id} "
+            f"(details: danlu runs show {result.run_id}) · artifacts in {result.run_dir}"
+        ),
         soft_wrap=True,
     )
     if report is not None:
-        out.print(f"[bold]Trust report[/]: {report.summary}", highlight=False, soft_wrap=True)
-        for flag in report.flags:
-            out.print(f"[yellow]! {flag}[/]", highlight=False, soft_wrap=True)
-        out.print(f"report: {result.run_dir / 'report.html'}", highlight=False, soft_wrap=True)
+        print_summary(report.summary, report.flags, title="Trust report: ")
+        out.print(Text(f"report: {result.run_dir / 'report.html'}"), soft_wrap=True)
     if result.registered is not None:
-        out.print(registered_line(result.registered), highlight=False)
+        out.print(Text(registered_line(result.registered)))
 
 
 app.command("tune")(tune_command)
@@ -193,10 +188,13 @@ def validate(
         from danlu.data import prepare_data
 
         prepared = prepare_data(loaded.data, loaded.task)
-        out.print(f"data: {prepared.report}", highlight=False, soft_wrap=True)
+        out.print(Text(f"data: {prepared.report}"), soft_wrap=True)
     searched = f", tunes {len(loaded.tune.space)} key(s)" if loaded.tune is not None else ""
     out.print(
-        f"[green]OK[/] {recipe} is a valid recipe ({loaded.task}, model {loaded.model.type}{searched})."
+        Text.assemble(
+            ("OK", "green"),
+            f" {recipe} is a valid recipe ({loaded.task}, model {loaded.model.type}{searched}).",
+        )
     )
 
 
@@ -247,8 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except DanluError as exc:
-        if _state["debug"]:
+        if state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc)
         err.print("[dim](run with --debug for a traceback)[/]")
         sys.exit(exc.exit_code)

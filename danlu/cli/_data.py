@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from danlu.cli import _app as cli
+from danlu.cli._console import out, setup_logging, state
 from danlu.cli._options import SetOption
 from danlu.cli._runs import jsonable, print_json, print_table
 from danlu.errors import DanluError
@@ -77,7 +77,6 @@ def _summary(c: dict[str, Any]) -> str:
 
 
 def _render(report: dict[str, Any]) -> None:
-    out = cli.out
     dup, split = report["duplicates"], report["split"]
     cleaning = report.get("cleaning", {})
     overview = (
@@ -189,7 +188,7 @@ def inspect(
     A recipe is inspected with its data block and split (the splits training uses); a data file
     or builtin:NAME with the default split settings.
     """
-    cli._setup_logging(bool(cli._state.get("verbose")), quiet=as_json)
+    setup_logging(state["verbose"], quiet=as_json)
     from danlu.config import load_recipe
     from danlu.data import inspect_data, quality_html
 
@@ -214,4 +213,4 @@ def inspect(
     _render(report)
     for path, what in ((output, "JSON report"), (html, "HTML report")):
         if path is not None:
-            cli.out.print(f"{what} written to {escape(str(path))}", highlight=False)
+            out.print(f"{what} written to {escape(str(path))}", highlight=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from danlu.cli import _app as cli
+from danlu.cli._console import out
 from danlu.cli._runs import open_store
 
 __all__ = ["db_app"]
@@ -24,5 +24,5 @@ def upgrade() -> None:
     with open_store() as store:  # opening the store migrates it to the head revision
         revision = current_revision(store.engine)
         url = store.engine.url.render_as_string(hide_password=True)
-    cli.out.print(f"schema revision: {revision}", highlight=False, markup=False)
-    cli.out.print(f"database: {url}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"schema revision: {revision}", highlight=False, markup=False)
+    out.print(f"database: {url}", highlight=False, markup=False, soft_wrap=True)

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Column, Table
+from rich.text import Text
 
-from danlu.cli import _app as cli
+from danlu.cli._console import cell, err, out, setup_logging, state
 from danlu.cli._options import JsonOption, QuietOption, SetOption
 from danlu.cli._runs import open_store, print_json, print_table
 from danlu.errors import ConfigError, NotFoundError, StoreError
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from danlu.evaluate import Report
     from danlu.store import Store
 
-__all__ = ["SectionProgress", "evaluate_command", "report_command"]
+__all__ = ["SectionProgress", "evaluate_command", "print_summary", "report_command"]
 
 TargetArg = Annotated[
     str,
@@ -91,37 +92,42 @@ class SectionProgress:
         if self.quiet:
             return
         label = f"report: {key.replace('_', ' ')}"
-        if cli.err.is_terminal:
+        if err.is_terminal:
             if self.status is None:
-                self.status = cli.err.status(label)
+                self.status = err.status(label)
                 self.status.start()
             else:
                 self.status.update(label)
         else:
-            cli.err.print(label, highlight=False)
+            err.print(label, highlight=False)
 
     def close(self) -> None:
         if self.status is not None:
             self.status.stop()
 
 
+def print_summary(summary: str, flags: list[str], *, title: str = "") -> None:
+    """A report's summary line and its flags, as plain text (they quote feature and group names)."""
+    out.print(Text.assemble((title, "bold"), summary), soft_wrap=True)
+    for flag in flags:
+        out.print(Text(f"! {flag}", style="yellow"), soft_wrap=True)
+
+
 def _print_report(report: Report, where: list[Path]) -> None:
-    cli.out.print(report.summary, highlight=False, soft_wrap=True)
-    for flag in report.flags:
-        cli.out.print(f"[yellow]! {flag}[/]", highlight=False, soft_wrap=True)
+    print_summary(report.summary, report.flags)
     table = Table("section", Column("seconds", justify="right"), "result")
     for section in report.sections:
-        table.add_row(section.title, f"{section.seconds:.1f}", section.summary or "")
+        table.add_row(cell(section.title), f"{section.seconds:.1f}", cell(section.summary or ""))
     print_table(table)
     for path in where:
-        cli.out.print(f"report: {path}", highlight=False, soft_wrap=True)
+        out.print(Text(f"report: {path}"), soft_wrap=True)
 
 
 def _open(path: Path) -> None:
     import webbrowser
 
     if not webbrowser.open(path.resolve().as_uri()):
-        cli.err.print(f"No browser found; open {path} yourself.", highlight=False)
+        err.print(Text(f"No browser found; open {path} yourself."))
 
 
 def evaluate_command(
@@ -145,7 +151,7 @@ def evaluate_command(
     Sections follow the recipe's evaluate: block (every section on when it has none);
     --set changes them, e.g. --set cross_validation=5 --set robustness=false.
     """
-    cli._setup_logging(bool(cli._state.get("verbose")), quiet)
+    setup_logging(state["verbose"], quiet)
     from danlu.evaluate import evaluate_model, evaluate_run
 
     progress = SectionProgress(quiet or as_json)
@@ -186,7 +192,7 @@ def report_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show where a model's (or run's) trust report is, with its summary; make it if missing."""
-    cli._setup_logging(bool(cli._state.get("verbose")), False)
+    setup_logging(state["verbose"], False)
     from danlu.evaluate import evaluate_model, evaluate_run
 
     with open_store() as store:
@@ -197,7 +203,7 @@ def report_command(
             mv = store.get_model_version(name, version, alias=alias)
             path = store.model_version_path(mv.name, mv.version, "report.html")
             if not path.is_file():
-                cli.err.print(f"{mv.ref} has no report yet; making one.", highlight=False)
+                err.print(Text(f"{mv.ref} has no report yet; making one."))
                 progress = SectionProgress(as_json)
                 try:
                     evaluate_model(mv.ref, store=store, on_section=progress)
@@ -206,7 +212,7 @@ def report_command(
         else:
             path = store.artifact_path(target, "report.html")
             if not path.is_file():
-                cli.err.print(f"Run {target} has no report yet; making one.", highlight=False)
+                err.print(Text(f"Run {target} has no report yet; making one."))
                 progress = SectionProgress(as_json)
                 try:
                     evaluate_run(target, store=store, on_section=progress)
@@ -216,16 +222,14 @@ def report_command(
     if as_json:
         print_json({**summary, "html": str(path)})
     else:
-        cli.out.print(summary["summary"], highlight=False, soft_wrap=True)
-        for flag in summary.get("flags", []):
-            cli.out.print(f"[yellow]! {flag}[/]", highlight=False, soft_wrap=True)
+        print_summary(summary["summary"], summary.get("flags", []))
         made = summary.get("created_at")
-        cli.out.print(f"report: {path}", highlight=False, soft_wrap=True)
+        out.print(Text(f"report: {path}"), soft_wrap=True)
         if made:
             import time
 
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(made))
-            cli.out.print(f"made {when}; remake it with: danlu evaluate {target}", highlight=False)
+            out.print(Text(f"made {when}; remake it with: danlu evaluate {target}"))
     if open_:
         _open(path)
     sys.stdout.flush()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.text import Text
 
-from danlu.cli import _app as cli
+from danlu.cli._console import print_error, setup_logging, state
 from danlu.cli._options import JsonOption
 from danlu.cli._runs import (
     human_duration,
@@ -57,7 +57,7 @@ def export_command(
 
     Writes model.onnx and export.json beside the version's files. When the outputs disagree beyond --atol (or any argmax differs), only a failed export.json is written, nothing is served from ONNX, and the command exits with status 1.
     """
-    cli._setup_logging(bool(cli._state.get("verbose")), False)
+    setup_logging(state["verbose"], False)
     if format_.lower() not in FORMATS:
         raise ConfigError(
             f"--format must be one of {', '.join(FORMATS)}; got '{format_}'. "
@@ -74,7 +74,7 @@ def export_command(
         _print_result(result)
     if not result.ok:
         if not as_json:
-            cli.err.print(f"[bold red]error:[/] {result.error}", highlight=False, soft_wrap=True)
+            print_error(result.error)
         raise typer.Exit(1)
 
 

@@ -18,9 +18,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from danlu.cli import _app as cli
+from danlu.cli._console import cell, err, out
 from danlu.cli._options import JsonOption
-from danlu.cli._runs import cell, local_time, open_store, print_json, print_table
+from danlu.cli._runs import local_time, open_store, print_json, print_table
 
 if TYPE_CHECKING:
     from danlu.store import ApiKey
@@ -74,8 +74,8 @@ def create_key(
     with open_store() as store:
         key, secret = store.create_api_key(scope.value, name=name, actor=_actor())
     about = f"Created {key.scope} key {key.id}" + (f" ({key.name})" if key.name else "") + "."
-    cli.err.print(Text(about))
-    cli.err.print(Text(_NOT_AGAIN, style="bold yellow"))
+    err.print(Text(about))
+    err.print(Text(_NOT_AGAIN, style="bold yellow"))
     if as_json:
         print_json({**_as_json(key), "secret": secret})
     else:
@@ -91,7 +91,7 @@ def list_keys(as_json: JsonOption = False) -> None:
         print_json([_as_json(k) for k in keys])
         return
     if not keys:
-        cli.err.print("No API keys. Create one with: danlu keys create --scope predict")
+        err.print("No API keys. Create one with: danlu keys create --scope predict")
         return
     table = Table("id", "name", "scope", "prefix", "created", "last used", "revoked")
     for k in keys:
@@ -115,4 +115,4 @@ def revoke_key(
     with open_store() as store:
         key = store.revoke_api_key(key_id, actor=_actor())
     shown = f"{key.id}" + (f" ({key.name})" if key.name else "")
-    cli.out.print(Text(f"revoked {key.scope} key {shown}"))
+    out.print(Text(f"revoked {key.scope} key {shown}"))

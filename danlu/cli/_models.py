@@ -11,14 +11,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 
-from danlu.cli import _app as cli
+from danlu.cli._console import cell, err, out
 from danlu.cli._options import JsonOption
 from danlu.cli._runs import (
     HEADLINE_METRICS,
-    cell,
     confirm_deletion,
     human_size,
     local_time,
@@ -130,9 +129,7 @@ def list_models(as_json: JsonOption = False) -> None:
         print_json([asdict(m) for m in models])
         return
     if not models:
-        cli.err.print(
-            "No registered models. Register a run with: danlu models register RUN_ID NAME"
-        )
+        err.print("No registered models. Register a run with: danlu models register RUN_ID NAME")
         return
     table = Table("name", Column("latest", justify="right"), "aliases", "created")
     for m in models:
@@ -174,8 +171,8 @@ def _versions_table(name: str, versions: list[ModelVersion]) -> Table:
         "run",
         "created",
         "aliases",
-        *(Column(m, justify="right") for m in metrics),
-        title=f"model {name}",
+        *(Column(cell(m), justify="right") for m in metrics),
+        title=Text(f"model {name}"),
         title_justify="left",
     )
     for v in versions:
@@ -250,10 +247,7 @@ def register_model(
     with open_store() as store:
         mv = register_and_export(store, run_id, name, alias, actor=actor())
         aliases = f" (alias {', '.join(mv.aliases)})" if mv.aliases else ""
-        cli.out.print(
-            f"registered run {escape(run_id)} as model {escape(mv.ref)}{escape(aliases)}",
-            highlight=False,
-        )
+        out.print(Text(f"registered run {run_id} as model {mv.ref}{aliases}"))
 
 
 @alias_app.command("set")
@@ -265,7 +259,7 @@ def set_alias(
     """Point ALIAS of model NAME at VERSION (moving it if it pointed elsewhere)."""
     with open_store() as store:
         store.set_alias(name, alias, version, actor=actor())
-        cli.out.print(f"{escape(name)}@{escape(alias)} → version {version}", highlight=False)
+        out.print(Text(f"{name}@{alias} → version {version}"))
 
 
 @alias_app.command("rm")
@@ -276,7 +270,7 @@ def remove_alias(
     """Remove ALIAS from model NAME (the version itself stays)."""
     with open_store() as store:
         store.delete_alias(name, alias, actor=actor())
-        cli.out.print(f"removed alias {escape(name)}@{escape(alias)}", highlight=False)
+        out.print(Text(f"removed alias {name}@{alias}"))
 
 
 @models_app.command("rm")
@@ -296,7 +290,7 @@ def remove_model(
             parsed.resolve(store)  # a clear error for a missing version before asking
             what = f"model version {parsed}"
         if not confirm_deletion(f"Delete {what}?", yes=yes, what=what):
-            cli.err.print("Nothing deleted.")
+            err.print("Nothing deleted.")
             raise typer.Exit(1)
         store.delete_model(parsed.name, parsed.version, actor=actor())
-        cli.out.print(f"deleted {escape(what)}", highlight=False)
+        out.print(Text(f"deleted {what}"))

@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
 
-from danlu.cli import _app as cli
+from danlu.cli._console import SafeConsole, cell, err, out
 from danlu.cli._options import JsonOption
 from danlu.errors import ConfigError, StoreError
 
@@ -100,9 +98,9 @@ def jsonable(value: Any) -> Any:
 def print_json(value: Any) -> None:
     """JSON on stdout: coloured on a terminal, plain bytes into a pipe (even under FORCE_COLOR,
     which would otherwise put escape codes into what a program parses)."""
-    text = json.dumps(jsonable(value), indent=2, allow_nan=False)
+    text = json.dumps(jsonable(value), indent=2, allow_nan=False)  # controls become \u001b
     if sys.stdout.isatty():
-        cli.out.print_json(text)
+        out.print_json(text)
     else:
         sys.stdout.write(text + "\n")
 
@@ -110,12 +108,11 @@ def print_json(value: Any) -> None:
 def print_table(table: Table) -> None:
     """Print a table: fitted to a terminal's width, at full width into a pipe or a log (where
     an ellipsis would hide part of a run id for good)."""
-    out = cli.out
     if out.is_terminal:
         out.print(table)
         return
     needed = Measurement.get(out, out.options.update_width(10_000), table).maximum
-    Console(width=max(out.width, needed), highlight=False).print(table)
+    SafeConsole(width=max(out.width, needed), highlight=False).print(table)
 
 
 def local_time(timestamp: float | None, *, seconds: bool = False) -> str:
@@ -159,22 +156,21 @@ def number(value: float | None) -> str:
     return f"{value:.4f}"
 
 
-def cell(value: object) -> Text:
-    """User data as a table cell: never parsed as Rich markup (a name may contain ``[red]``)."""
-    return Text("-" if value is None else str(value))
-
-
 def print_details(kind: str, ident: str, subtitle: str, rows: Sequence[tuple[str, Any]]) -> None:
-    """A bold ``kind ident  subtitle`` line, then a two-column grid of the rows whose value is set."""
-    cli.out.print(
-        Text.assemble((f"{kind} ", "bold"), (ident, "bold"), f"  {subtitle}"), soft_wrap=True
+    """A bold ``kind ident  subtitle`` line, then a two-column grid of the rows whose value is set.
+
+    ``ident``, ``subtitle`` and text values are shown as plain text (see :func:`cell`).
+    """
+    out.print(
+        Text.assemble((f"{kind} ", "bold"), (ident, "bold"), f"  {subtitle}"),
+        soft_wrap=True,
     )
     about = Table.grid(padding=(0, 2))
     about.add_column(style="dim")
     about.add_column()
     for key, value in rows:
         if value is not None:
-            about.add_row(key, value)
+            about.add_row(key, cell(value) if isinstance(value, str) else value)
     print_table(about)
 
 
@@ -242,9 +238,7 @@ def list_runs(
         print_json([_run_dict(r) for r in runs])
         return
     if not runs:
-        cli.err.print(
-            "No runs match." if filter else "No runs yet. Start one with: danlu run RECIPE"
-        )
+        err.print("No runs match." if filter else "No runs yet. Start one with: danlu run RECIPE")
         return
     metrics = _metric_columns(runs, filter, sort or ())
     values = {m: [number(r.metrics[m]) if m in r.metrics else "-" for r in runs] for m in metrics}
@@ -257,7 +251,7 @@ def list_runs(
         Column("started", overflow="fold"),
         Column("duration", justify="right", overflow="fold"),
         *(
-            Column(m, justify="right", overflow="fold", min_width=max(len(c) for c in cells))
+            Column(cell(m), justify="right", overflow="fold", min_width=max(len(c) for c in cells))
             for m, cells in values.items()
         ),
     )
@@ -374,7 +368,6 @@ def compare_runs(
             }
         )
         return
-    out = cli.out
     headers = [Column(r.id, overflow="fold") for r in runs]
     params = Table("param", *headers, title="params" + ("" if all_params else " that differ"))
     params.title_justify = "left"
@@ -421,11 +414,11 @@ def remove_runs(
             )
         what = f"run {runs[0].id}" if len(runs) == 1 else f"{len(runs)} runs"
         if not confirm_deletion(f"Delete {what} and its artifacts?", yes=yes, what=what):
-            cli.err.print("Nothing deleted.")
+            err.print("Nothing deleted.")
             raise typer.Exit(1)
         for r in runs:
             store.delete_run(r.id)
-            cli.out.print(f"deleted run {escape(r.id)} ({escape(r.name)})", highlight=False)
+            out.print(Text(f"deleted run {r.id} ({r.name})"))
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -494,11 +487,14 @@ def _export_row(run: Run) -> dict[str, Any]:
 
 
 def _csv_value(value: Any) -> Any:
+    """A CSV cell: empty for none and NaN, true/false, and text a spreadsheet will not run."""
+    from danlu.store import csv_safe
+
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return value
+    return csv_safe(value)
 
 
 @runs_app.command("export")
@@ -540,8 +536,8 @@ def export_runs(
         text += "\n"
     else:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\r\n")
+        writer.writeheader()  # every column starts with a letter: id, params., metrics., tags.
         for row in rows:
             writer.writerow({c: _csv_value(row.get(c)) for c in columns})
         text = buffer.getvalue()
@@ -552,4 +548,4 @@ def export_runs(
     from danlu.store._atomic import atomic_write_text
 
     atomic_write_text(output, text)
-    cli.err.print(f"wrote {len(rows)} runs to {escape(str(output))}", highlight=False)
+    err.print(Text(f"wrote {len(rows)} runs to {output}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from danlu.store._atomic import atomic_write_bytes, atomic_write_text, remove_stale_temps
+from danlu.store._csv import csv_safe
 from danlu.store._entities import (
     API_KEY_SCOPES,
     RUN_STATUSES,
@@ -46,6 +47,7 @@ __all__ = [
     "Tracker",
     "atomic_write_bytes",
     "atomic_write_text",
+    "csv_safe",
     "current_actor",
     "danlu_home",
     "default_db_url",

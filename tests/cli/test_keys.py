@@ -149,3 +149,12 @@ def test_names_are_never_markup():
     out = danlu("keys", "create", "--scope", "predict", "--name", "[red]x[/red]")
     assert out.code == 0, out.stderr
     assert "[red]x[/red]" in danlu("keys", "ls").stdout
+
+
+def test_names_with_escape_codes_are_shown_not_obeyed():
+    out = danlu("keys", "create", "--scope", "predict", "--name", "web\x1b[2J\x9b1m")
+    assert out.code == 0, out.stderr
+    listed = danlu("keys", "ls")
+    for text in (out.stderr, listed.stdout):
+        assert "\x1b" not in text and "\x9b" not in text
+        assert "web\\x1b[2J\\x9b1m" in text

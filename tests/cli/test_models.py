@@ -153,3 +153,33 @@ def test_register_a_finished_run(monkeypatch):
     mv = store.get_model_version("digits", alias="staging")
     assert mv.run_id == run.id and mv.metrics == {"test_accuracy": 0.9}
     assert {e.actor for e in store.audit_log("digits")} == {"bob"}
+
+
+def test_stored_text_is_shown_not_obeyed(monkeypatch):
+    """Issue 13: tags, signature names and audit actors may hold escape codes or markup."""
+    esc = "\x1b[2J\x1b]0;pwned\x07"
+    monkeypatch.setenv("DANLU_ACTOR", f"mallory{esc}")
+    store = SqlStore()
+    signature = {
+        "task": "classification",
+        "inputs": [{"name": f"col{esc}", "kind": "categorical", "categories": [f"[red]c{esc}"]}],
+        "outputs": {"prediction": {"type": "label", "classes": [f"a{esc}"]}},
+    }
+    store.create_model_version(
+        "hostile",
+        run_id=None,
+        files={"model.json": b"{}"},
+        signature=signature,
+        metrics={f"test_m{esc}": 1.0},
+        tags={f"t{esc}": f"[bold]v{esc}"},
+        actor=f"mallory{esc}",
+    )
+    assert danlu("models", "alias", "set", "hostile", "staging", "1").code == 0
+    for args in (("models", "ls"), ("models", "show", "hostile"), ("models", "show", "hostile:1")):
+        out = danlu(*args)
+        assert out.code == 0, out.stderr
+        text = out.stdout + out.stderr
+        assert "\x1b" not in text and "\x07" not in text, (args, text)
+    shown = danlu("models", "show", "hostile:1").stdout
+    assert "col\\x1b[2J" in shown and "mallory\\x1b[2J" in shown
+    assert "[red]c" in shown and "[bold]v" in shown

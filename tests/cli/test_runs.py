@@ -267,3 +267,75 @@ def test_the_danlu_entry_point_lists_runs_as_json(runs):
     )
     assert out.returncode == 0, out.stderr
     assert {r["id"] for r in json.loads(out.stdout)} == {runs.best, runs.fast, runs.mlp}
+
+
+# -- hostile stored text (issue 13) ---------------------------------------------------------------
+ESC = "\x1b[2J\x1b]0;pwned\x07"
+
+
+@pytest.fixture
+def hostile() -> tuple[str, str]:
+    """Two runs whose stored text tries to drive the terminal or to be Rich markup."""
+    store = SqlStore()
+    ids = []
+    for name in (f"clear{ESC}", "[red]x[/red]"):
+        run = store.create_run(experiment=f"exp{ESC}", name=name, tags={f"t{ESC}": f"v{ESC}"})
+        store.log_params(run.id, {f"p{ESC}": f"[bold]{ESC}", "lr": 0.1 if ids else 0.2})
+        store.log_metrics(run.id, [MetricPoint(f"test_m{ESC}", 1.0), MetricPoint("test_r2", 0.5)])
+        store.set_status(run.id, "failed", error=f"boom{ESC}\nsecond line")
+        ids.append(run.id)
+    return ids[0], ids[1]
+
+
+def _inert(text: str) -> None:
+    assert "\x1b" not in text and "\x07" not in text, repr(text)
+
+
+def test_stored_text_never_reaches_the_terminal_raw(hostile):
+    escaped, marked = hostile
+    shown = "\\x1b[2J"  # what a reader sees instead of a cleared screen
+    for args, expected in (
+        (("runs", "ls"), (shown, "[red]x[/red]")),
+        (("runs", "ls", "--filter", "metrics.test_r2 > 0"), (shown, "[red]x[/red]")),
+        (("runs", "show", escaped), (shown, "[bold]", "second line")),
+        (("runs", "show", marked), (shown, "[red]x[/red]", "[bold]")),
+        (("runs", "compare", escaped, marked, "--all"), (shown, "[bold]")),
+        (("runs", "rm", escaped, "--yes"), (shown,)),
+    ):
+        out = danlu(*args)
+        assert out.code == 0, out.stderr
+        _inert(out.stdout + out.stderr)
+        for text in expected:
+            assert text in out.stdout, (args, text)
+
+
+def test_errors_quoting_stored_or_typed_text_are_plain(hostile):
+    out = danlu("runs", "ls", "--filter", f"name = '[red]x{ESC}")
+    assert out.code == 2
+    _inert(out.stderr)
+    assert "[red]x" in out.stderr
+
+
+def test_csv_export_neutralises_formulas_but_keeps_numbers():
+    store = SqlStore()
+    run = store.create_run(
+        experiment="exp", name='=HYPERLINK("http://x","y")', tags={"a": "@SUM(1)"}
+    )
+    store.log_params(
+        run.id,
+        {"plus": "+cmd", "minus": "-2+3", "tab": "\tx", "cr": "\rx", "mid": "a\r=1+1"}
+        | {"lr": -1.5, "big": "-3e-4"},
+    )
+    store.log_metrics(run.id, [MetricPoint("test_delta", -1.5)])
+    out = danlu("runs", "export", "--format", "csv")
+    assert out.code == 0, out.stderr
+    [row] = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert row["name"] == '\'=HYPERLINK("http://x","y")'
+    assert row["tags.a"] == "'@SUM(1)"
+    assert row["params.plus"] == "'+cmd" and row["params.minus"] == "'-2+3"
+    assert row["params.tab"] == "'\tx" and row["params.cr"] == "'\rx"
+    assert row["params.mid"] == "a\r=1+1"  # quoted: a reader cannot start a new row at the \r
+    assert row["params.lr"] == "-1.5" and row["params.big"] == "-3e-4"  # numbers stay numbers
+    assert row["metrics.test_delta"] == "-1.5"
+    as_json = json.loads(danlu("runs", "export", "--format", "json").stdout)[0]
+    assert as_json["name"] == '=HYPERLINK("http://x","y")'  # JSON keeps the data as it is
