@@ -2,7 +2,8 @@
 
 ``load_source("builtin:digits")`` or ``load_source("data/train.csv", target="label")`` returns a
 :class:`RawData`: one frame holding the features and the target. Nothing is ever downloaded; the
-built-ins are the data sets that ship inside scikit-learn.
+built-ins are the data sets that ship inside scikit-learn, plus the MULAN yeast multi-label set
+that river ships (``pip install 'danlu[datasets]'``).
 """
 
 from __future__ import annotations
@@ -37,16 +38,17 @@ FILE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".json", ".npz")
 
 @dataclass(frozen=True)
 class BuiltinDataset:
-    """A data set that ships inside scikit-learn (no download).
+    """A data set that ships inside an installed package (no download).
 
     Attributes:
         name: the name used in ``source: builtin:NAME``.
-        task: ``classification`` or ``regression``.
+        task: the task it is for (``classification``, ``regression``, ``multilabel``).
         rows: number of rows.
         features: number of feature columns.
-        classes: number of classes (classification), else None.
+        classes: number of classes or labels, else None.
         description: one line on what it is.
         image_shape: the shape of one row as an image, e.g. ``(1, 8, 8)``, else None.
+        label_columns: the 0/1 label columns packed into one label-set target by default.
     """
 
     name: str
@@ -56,6 +58,7 @@ class BuiltinDataset:
     classes: int | None
     description: str
     image_shape: tuple[int, ...] | None = None
+    label_columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,14 @@ _BUILTINS: tuple[BuiltinDataset, ...] = (
         "wine", "classification", 178, 13, 3,
         "Wine recognition: 13 chemical measurements of wines from three cultivars.",
     ),
+    BuiltinDataset(
+        "yeast", "multilabel", 2417, 103, 14,
+        "Yeast genes (MULAN): 103 expression features, 14 functional classes per gene "
+        "(4.2 on average); shipped by river.",
+        label_columns=tuple(f"Class{i}" for i in range(1, 15)),
+    ),
 )  # fmt: skip
+_RIVER_YEAST = "river/datasets/yeast.csv.gz"
 
 
 def list_builtin() -> list[BuiltinDataset]:
@@ -108,7 +118,7 @@ def list_builtin() -> list[BuiltinDataset]:
 
     Example:
         >>> [d.name for d in list_builtin()]
-        ['breast_cancer', 'diabetes', 'digits', 'iris', 'wine']
+        ['breast_cancer', 'diabetes', 'digits', 'iris', 'wine', 'yeast']
     """
     return list(_BUILTINS)
 
@@ -134,11 +144,32 @@ def _load_builtin(name: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
             f"Unknown built-in data set '{name}'.{did_you_mean(name, names)} "
             f"Valid names: {', '.join(names)} (use e.g. 'builtin:{names[0]}')."
         )
+    if name == "yeast":
+        return _load_yeast(), None
     bunch = _sklearn_loader(name)()
     frame = bunch.frame.copy()
     if DEFAULT_TARGET not in frame.columns:  # sklearn names it 'target'; keep that promise
         frame[DEFAULT_TARGET] = np.asarray(bunch.target)
     return frame.reset_index(drop=True), known[name].image_shape
+
+
+def _load_yeast() -> pd.DataFrame:
+    """The MULAN yeast table from river's wheel, read as CSV without importing river."""
+    import importlib.metadata
+
+    try:
+        path = Path(str(importlib.metadata.distribution("river").locate_file(_RIVER_YEAST)))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise DataError(
+            "builtin:yeast ships inside the river package (0.26 or newer), which is not "
+            "installed. Install it with: pip install 'danlu[datasets]'"
+        )
+    frame = pd.read_csv(path)
+    labels = [f"Class{i}" for i in range(1, 15)]
+    frame[labels] = frame[labels].astype("int64")
+    return frame
 
 
 def _check_path(source: str) -> Path:
@@ -315,9 +346,8 @@ def pack_label_columns(
     while packed_name in taken:
         suffix += 1
         packed_name = f"{PACKED_TARGET}_{suffix}"
-    out = frame.drop(columns=names)
-    out[packed_name] = pd.Series(packed, index=frame.index, dtype=object)
-    return out, packed_name
+    column = pd.Series(packed, index=frame.index, dtype=object, name=packed_name)
+    return pd.concat([frame.drop(columns=names), column], axis=1), packed_name
 
 
 def load_source(source: StrPath, target: str | Sequence[str] | None = None) -> RawData:
@@ -345,7 +375,11 @@ def load_source(source: StrPath, target: str | Sequence[str] | None = None) -> R
     """
     source = os.fspath(source)
     if source.startswith(BUILTIN_PREFIX):
-        frame, image_shape = _load_builtin(source[len(BUILTIN_PREFIX) :])
+        name = source[len(BUILTIN_PREFIX) :]
+        frame, image_shape = _load_builtin(name)
+        builtin = {d.name: d for d in _BUILTINS}[name]
+        if target is None and builtin.label_columns:  # a multi-label set: its label columns
+            target = list(builtin.label_columns)
     else:
         frame, image_shape = _read_file(_check_path(source), source)
     columns = [str(c) for c in frame.columns]

@@ -14,9 +14,9 @@ from danlu.errors import DataError, NotFoundError
 from .conftest import write_frame
 
 
-def test_list_builtin_names_the_five_bundled_sets() -> None:
+def test_list_builtin_names_the_bundled_sets() -> None:
     names = [d.name for d in list_builtin()]
-    assert names == ["breast_cancer", "diabetes", "digits", "iris", "wine"]
+    assert names == ["breast_cancer", "diabetes", "digits", "iris", "wine", "yeast"]
     assert all(isinstance(d, BuiltinDataset) for d in list_builtin())
 
 
@@ -24,6 +24,10 @@ def test_list_builtin_names_the_five_bundled_sets() -> None:
 def test_builtin_loads_with_the_advertised_shape(dataset: BuiltinDataset) -> None:
     raw = load_source(f"builtin:{dataset.name}")
     assert isinstance(raw, RawData)
+    if dataset.label_columns:  # a multi-label set: checked below
+        assert raw.frame.shape == (dataset.rows, dataset.features + 1)
+        assert raw.frame[raw.target].explode().nunique() == dataset.classes
+        return
     assert raw.target == "target"
     assert raw.frame.shape == (dataset.rows, dataset.features + 1)
     assert raw.image_shape == dataset.image_shape
@@ -209,3 +213,16 @@ def test_a_listed_column_must_hold_0_or_1(wine_tags: pd.DataFrame, tmp_path: Pat
         load_source(path, ["drak"])
     with pytest.raises(DataError, match="more than once"):
         load_source(path, ["dark", "dark"])
+
+
+def test_builtin_yeast_is_the_real_mulan_multilabel_set():
+    """river's bundled MULAN yeast: 2417 genes, 103 features, 14 classes packed into one
+    label-set column (4.237 labels per gene on average, as published)."""
+    raw = load_source("builtin:yeast")
+    assert raw.target == "labels"
+    assert raw.label_columns == tuple(f"Class{i}" for i in range(1, 15))
+    assert raw.frame.shape == (2417, 104)
+    sizes = raw.frame["labels"].map(len)
+    assert round(float(sizes.mean()), 3) == 4.237
+    assert sizes.min() == 1 and sizes.max() == 11
+    assert "yeast" in [d.name for d in list_builtin()]
