@@ -325,7 +325,9 @@ def _open_run(ctx: Context) -> StoreTracker:
         for name, data in ctx.pending.items():  # what the stages before the run produced
             tracker.log_artifact(name, data)
         ctx.pending.clear()
-        _save_records(ctx, ctx.stages)  # the stages before the run
+        # the seconds of the stages before the run; stages.json waits for the first stage in it
+        # (a run killed before then resumes from the start anyway)
+        tracker.log_metrics({f"stage_{r.name}_seconds": r.seconds for r in ctx.stages}, step=0)
     except BaseException as exc:
         tracker.set_status("failed", error=str(exc) or type(exc).__name__)
         raise
