@@ -112,7 +112,7 @@ class Context:
     @property
     def run_id(self) -> str:
         if self.tracker is None:
-            raise RuntimeError("The run is not open yet: this stage must run in_run.")
+            raise RuntimeError("The run is not open yet: a before_run stage has no run id.")
         return self.tracker.run_id
 
     def log_artifact(self, name: str, data: bytes | str) -> None:
@@ -244,7 +244,7 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_KEYS)
 
 
-def recipe_hash(resolved: Mapping[str, Any]) -> str:
+def _recipe_hash(resolved: Mapping[str, Any]) -> str:
     """sha256 of the resolved recipe, ignoring keys that do not change the model (name, register)."""
     relevant = {k: v for k, v in resolved.items() if k not in {"name", "register"}}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
@@ -280,7 +280,7 @@ def _finished_before(ctx: Context) -> dict[str, StageRecord]:
     except (ValueError, TypeError, KeyError) as exc:
         log.warning("Run %s: unreadable %s (%s); every stage runs again", run_id, STAGES_FILE, exc)
         return {}
-    if saved.get("recipe_hash") != recipe_hash(ctx.resolved):  # e.g. more epochs: train again
+    if saved.get("recipe_hash") != _recipe_hash(ctx.resolved):  # e.g. more epochs: train again
         return {}
     return {r.name: r for r in records if r.status == "finished"}
 
@@ -309,7 +309,7 @@ def _open_run(ctx: Context) -> StoreTracker:
             stage=ctx.run_stage,
             parent_id=ctx.parent_id,
             recipe=ctx.resolved,
-            recipe_hash=recipe_hash(ctx.resolved),
+            recipe_hash=_recipe_hash(ctx.resolved),
             data_fingerprint=ctx.data.raw_fingerprint,
             git_commit=commit,
             git_dirty=dirty,
@@ -353,7 +353,7 @@ def _save_records(ctx: Context, timed: Sequence[StageRecord]) -> None:
     tracker = ctx.tracker
     if tracker is None:
         return
-    saved = {"recipe_hash": recipe_hash(ctx.resolved), "stages": [asdict(s) for s in ctx.stages]}
+    saved = {"recipe_hash": _recipe_hash(ctx.resolved), "stages": [asdict(s) for s in ctx.stages]}
     try:
         tracker.log_metrics({f"stage_{r.name}_seconds": r.seconds for r in timed}, step=0)
         tracker.log_artifact(STAGES_FILE, json.dumps(saved, indent=1))
