@@ -124,7 +124,7 @@ class RequestGuard:
                 else:
                     problem = _remember(self._types, content_type, _type_problem(content_type))
                 if problem is not None:
-                    return RequestError("Content-Type", problem, 415)
+                    return RequestError("Content-Type", problem, 415, code="unsupported_media_type")
         return None
 
     def _host_allowed(self, host: bytes | None) -> bool:
@@ -141,7 +141,9 @@ class RequestGuard:
 
     def _bad_host(self, host: bytes | None) -> RequestError:
         if host is None:
-            return RequestError("Host", "is missing; send the name the server is reached by.", 400)
+            return RequestError(
+                "Host", "is missing; send the name the server is reached by.", 400, code="bad_host"
+            )
         shown = host.decode("latin-1")[:100]
         name = _host_name(shown)
         allowed = ", ".join(sorted(self.names))
@@ -150,6 +152,7 @@ class RequestGuard:
             f"{shown!r} is not a name this server answers to (it answers to {allowed}, on any "
             f"port). If clients reach it by that name, start it with --allowed-hosts {name}.",
             400,
+            code="bad_host",
         )
 
 
@@ -168,6 +171,7 @@ def _cross_origin(origin: bytes) -> RequestError:
         "pages of other origins. Call the API from your own server, or add that host to "
         "--allowed-hosts.",
         403,
+        code="cross_origin",
     )
 
 

@@ -280,8 +280,12 @@ def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
     state = server_state(app)
     state.reports_startup_error = True  # raised below, so uvicorn need not log it
     server = make_server(app, settings)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits (status 3) when the app's start-up fails
+        if state.startup_error is None:
+            raise
+    if state.startup_error is not None:  # no model could be loaded: which and why
+        raise state.startup_error
     if not server.started:
-        if state.startup_error is not None:  # no model could be loaded: which and why
-            raise state.startup_error
         raise ConfigError("The server did not start; the log above says why.")

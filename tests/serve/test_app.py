@@ -327,6 +327,11 @@ LANE_CASES = [  # (model, body, headers) for POST /v1/models/{model}/predict
     ("wine", json.dumps({"rows": [{**ROW, "alcohol": "x"}]}), PREDICT),
     ("wine", "x" * 5000, PREDICT),
     ("wine", json.dumps({"rows": [ROW]}), {**PREDICT, "Content-Length": "12x"}),
+    ("wine", json.dumps({"rows": [ROW]}), {**PREDICT, "Host": "evil.example"}),
+    ("wine", json.dumps({"rows": [ROW]}), {**PREDICT, "Origin": "http://evil.example"}),
+    ("wine", json.dumps({"rows": [ROW]}), {**PREDICT, "Content-Type": "text/plain"}),
+    ("wine", '{"rows": [], "rows": [{"alcohol": 1}]}', PREDICT),
+    ("wine", '{"rows": [{"alcohol": 1, "alcohol": 2}]}', PREDICT),
 ]
 
 
@@ -912,3 +917,130 @@ def test_canary_and_size_options_are_parsed_strictly():
     for bad in ("lots", "-1MB", "0", "1TB"):
         with pytest.raises(ConfigError, match="--max-body"):
             parse_size(bad)
+
+
+# -- issue 13: what the attack run found ---------------------------------------------------------
+def test_hosts_origins_and_content_types_are_checked_on_every_route(served):
+    client, pool, _ = served
+    rows = json.dumps({"rows": [ROW]})
+    evil_host = {**ADMIN, "Host": "evil.example"}
+    assert_error(client.post("/v1/admin/models/wine/reload", headers=evil_host), 400, "Host")
+    assert_error(client.get("/v1/models", headers=evil_host), 400, "Host")
+    assert_error(client.get("/openapi.json", headers={"Host": "evil.example"}), 400, "Host")
+    assert client.get("/healthz", headers={"Host": "10.0.0.1"}).status_code == 200
+    cross = {**ADMIN, "Origin": "https://evil.example"}
+    assert_error(client.post("/v1/admin/models/wine/reload", headers=cross), 403, "Origin")
+    body = {"alias": "production", "version": 3}
+    moved = client.put("/v1/admin/models/wine/alias", json=body, headers=cross)
+    assert_error(moved, 403, "Origin")
+    assert pool.reloaded == []  # nothing happened
+    pickled = client.post(
+        "/v1/models/wine/predict",
+        content=rows,
+        headers={**PREDICT, "Content-Type": "application/python-pickle"},
+    )
+    error = assert_error(pickled, 415, "Content-Type")
+    assert error["code"] == "unsupported_media_type" and "application/json" in error["message"]
+    form = client.post(
+        "/v1/admin/models",
+        content=b'{"ref": "other:2"}',
+        headers={**ADMIN, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_error(form, 415, "Content-Type")
+    for headers in ({}, {"Content-Type": "application/json; charset=utf-8"}):
+        answer = client.post(
+            "/v1/models/wine/predict", content=rows, headers={**PREDICT, **headers}
+        )
+        assert answer.status_code == 200, answer.text
+    loaded = client.post("/v1/admin/models", content=b'{"ref": "other:2"}', headers=ADMIN)
+    assert loaded.status_code == 200, loaded.text  # no Content-Type: read as JSON
+
+
+def test_duplicate_keys_are_400_naming_the_key(served):
+    client, pool, _ = served
+    body = '{"rows": [{"alcohol": 1.0}], "rows": [{"alcohol": 2.0}]}'
+    error = assert_error(post(client, body), 400, "rows")
+    assert error["code"] == "duplicate_key" and "twice" in error["message"]
+    assert_error(post(client, '{"rows": [{"alcohol": 1.0}, {"alcohol": 1.0, "alcohol": 2.0}]}'), 400, "rows[1].alcohol")  # fmt: skip
+    columns = '{"columns": {"alcohol": [1.0], "alcohol": [2.0]}}'
+    assert_error(post(client, columns), 400, "columns.alcohol")
+    # colons inside strings take the slow path, and pass
+    assert post(client, '{"rows": [{"alcohol": 1.5, "note": "12:30"}]}').status_code == 200
+    admin = client.post(
+        "/v1/admin/models", content=b'{"ref": "other:2", "ref": "nosuch"}', headers=ADMIN
+    )
+    assert_error(admin, 400, "ref")
+    assert "other" not in pool.models
+
+
+def test_a_failed_load_at_the_admin_route_is_409_whatever_the_loader_raised(served):
+    from danlu.serve._types import ModelLoadError
+
+    client, pool, _ = served
+    try:
+        raise NotFoundError("Unknown architecture 'builtins:print': not built in.")
+    except NotFoundError as cause:
+        pool.load_error = ModelLoadError(
+            "Model 'other': version 2 (from 'other:2') failed to load: " + str(cause)
+        )
+    response = client.post("/v1/admin/models", json={"ref": "other:2"}, headers=ADMIN)
+    error = assert_error(response, 409)
+    assert error["code"] == "load_failed" and "builtins:print" in error["message"]
+    pool.load_error = NotFoundError("No model named 'nosuch'.")  # resolving: still 404
+    assert_error(client.post("/v1/admin/models", json={"ref": "nosuch"}, headers=ADMIN), 404)
+
+
+def test_models_that_failed_at_start_up_are_listed(served):
+    client, pool, _ = served
+    pool.failed = [
+        {"name": "bad", "ref": "bad:2", "role": "model", "error": "Model 'bad' failed to load: "
+         "/srv/danlu/models/bad/2/model.safetensors is corrupt"},
+    ]  # fmt: skip
+    assert client.get("/readyz").json() == {"status": "ready", "models": ["wine"], "failed": ["bad"]}  # fmt: skip
+    listed = client.get("/v1/models", headers=PREDICT).json()
+    assert [m["name"] for m in listed["models"]] == ["wine"]
+    assert listed["failed"][0]["name"] == "bad" and "/srv/" not in listed["failed"][0]["error"]
+
+
+def test_the_row_limit_is_what_the_body_cap_holds_and_the_413_says_which():
+    from danlu.serve._limits import VALUE_BYTES, row_bytes
+
+    per_row = row_bytes([f["name"] for f in FEATURES])
+    app, _, _ = make_app(max_rows=100, max_body_bytes=64 + 5 * per_row)
+    with AppClient(app) as client:
+        spec = client.get("/openapi.json").json()
+        rows = spec["components"]["schemas"]["wine_RowsRequest"]["properties"]["rows"]
+        assert rows["maxItems"] == 5  # not --max-rows' 100: 5 rows is what the cap holds
+        lengths = spec["components"]["schemas"]["wine_Columns"]["oneOf"]
+        assert [b["additionalProperties"]["minItems"] for b in lengths] == [1, 2, 3, 4, 5]
+        error = assert_error(post(client, json.dumps({"rows": [{"alcohol": 1}] * 6})), 413, "rows")
+        assert (
+            "--max-body" in error["message"] and f"{VALUE_BYTES} bytes a value" in error["message"]
+        )
+        assert post(client, json.dumps({"rows": [ROW] * 5})).status_code == 200
+    app, _, _ = make_app(max_rows=3)
+    with AppClient(app) as client:
+        error = assert_error(post(client, json.dumps({"rows": [ROW] * 4})), 413, "rows")
+        assert "--max-rows is 3" in error["message"]
+
+
+def test_openapi_declares_every_status_a_route_answers():
+    app, _, _ = make_app()
+    with AppClient(app) as client:
+        spec = client.get("/openapi.json").json()
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            codes = set(operation["responses"])
+            if path not in ("/healthz", "/readyz"):
+                assert "400" in codes, (path, method)  # a Host not allowed
+            if method in ("post", "put", "delete"):
+                assert "403" in codes, (path, method)  # a cross-site Origin
+            if method in ("post", "put"):
+                assert "415" in codes, (path, method)
+            if "requestBody" in operation:
+                assert {"400", "408", "413"} <= codes, (path, method)
+            if "security" in operation:
+                assert {"401", "503"} <= codes, (path, method)
+    predict = spec["paths"]["/v1/models/wine/predict"]["post"]
+    assert {"400", "401", "403", "404", "408", "413", "415", "422", "503", "504"} <= set(predict["responses"])  # fmt: skip
+    assert "At most 8 rows" in predict["description"]

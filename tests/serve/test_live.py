@@ -348,6 +348,21 @@ def test_without_keys_loopback_predict_is_open_and_admin_is_closed(
         assert client.post(WINE, json={"rows": [row]}).status_code == 200
 
 
+def test_without_keys_a_rebound_name_gets_no_predictions(
+    keyless_server: LiveServer, live_registry: LiveRegistry
+) -> None:
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 reaches the
+    keyless server, but its requests say Host: evil.example (400); a cross-site post is 403."""
+    row = live_registry.row
+    with httpx.Client(base_url=keyless_server.url, timeout=30) as client:
+        rebound = client.post(WINE, json={"rows": [row]}, headers={"Host": "evil.example:8000"})
+        assert_rejected(rebound, 400, "Host", "evil.example")
+        assert_rejected(client.get("/v1/models", headers={"Host": "evil.example"}), 400, "Host")
+        cross = client.post(WINE, json={"rows": [row]}, headers={"Origin": "http://evil.example"})
+        assert_rejected(cross, 403, "Origin")
+        assert client.post(WINE, json={"rows": [row]}).status_code == 200
+
+
 # -- slow clients ----------------------------------------------------------------------------------
 def test_a_client_that_stalls_its_body_gets_408(
     keyless_server: LiveServer, live_registry: LiveRegistry

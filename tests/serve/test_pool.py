@@ -12,8 +12,8 @@ import pytest
 
 from danlu import pipeline
 from danlu.errors import ConfigError, NotFoundError, StoreError
-from danlu.serve._pool import ModelPool
-from danlu.serve._types import Canary, ServeSettings
+from danlu.serve._pool import ModelPool, served_models
+from danlu.serve._types import Canary, ModelLoadError, ServeSettings
 from danlu.store import SqlStore, Store
 
 WINE = {
@@ -28,12 +28,18 @@ WINE = {
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
-    """wine:1 and wine:2 load; wine:3's weights were corrupted on disk after registration."""
+    """wine:1 and wine:2 load; wine:3's weights were corrupted on disk after registration, and
+    wine:4's model.json names ``builtins:print`` as its architecture."""
+    import json
+
     home = tmp_path_factory.mktemp("pool")
     store = SqlStore(home=home)
-    for _ in range(3):
+    for _ in range(4):
         pipeline.run(WINE, store=store, home=home)
     store.model_version_path("wine", 3, "model.safetensors").write_bytes(b"not safetensors")
+    card_path = store.model_version_path("wine", 4, "model.json")
+    card = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**card, "type": "builtins:print"}))
     return home
 
 
@@ -238,3 +244,79 @@ def test_a_pinned_version_is_not_watched(home) -> None:
         return moved
 
     assert asyncio.run(main()) == []
+
+
+def test_whatever_the_loader_raises_is_a_model_load_error(home) -> None:
+    """An architecture the loader refuses (a NotFoundError from it) is a failed load — not an
+    unknown model — and so is a corrupt file, under a new name or the name of a served model."""
+    pool, _ = _pool(home)
+
+    async def main() -> None:
+        await pool.start()
+        for ref, name, words in (
+            ("wine:4", "wine-four", "builtins:print"),
+            ("wine:4", None, "keeps serving"),
+            ("wine:3", "wine-three", "safetensors"),
+        ):
+            with pytest.raises(ModelLoadError, match=rf"version \d .*failed to load.*{words}"):
+                await pool.load(ref, name=name)
+        assert pool.names() == ["wine"] and pool.primary("wine").version == 1
+        await pool.stop()
+
+    asyncio.run(main())
+
+
+def test_two_versions_serve_under_names_of_their_own(home) -> None:
+    pool, _ = _pool(home, models=("wine:1", "wine-two=wine:2"), canaries=(Canary("wine-two", "1", 0.5),))  # fmt: skip
+
+    async def main() -> None:
+        await pool.start()
+        assert sorted(pool.names()) == ["wine", "wine-two"]
+        assert pool.primary("wine").version == 1 and pool.primary("wine-two").version == 2
+        assert pool.primary("wine-two").name == "wine-two"  # metrics and logs use it
+        assert pool.canary("wine-two") is not None and pool.canary("wine-two").ref == "wine:1"
+        await pool.stop()
+
+    asyncio.run(main())
+    with pytest.raises(ConfigError, match=r"both be served as 'wine'.*NAME=MODEL.*wine-2=wine:2"):
+        served_models(["wine:1", "wine:2"])
+    with pytest.raises(ConfigError, match="not a name"):
+        served_models(["../x=wine:1"])
+    assert served_models(["wine@production", "w2=wine:2"]) == [
+        ("wine", "wine@production"),
+        ("w2", "wine:2"),
+    ]
+
+
+def test_a_model_that_fails_at_start_up_is_listed_and_the_others_serve(home, caplog) -> None:
+    pool, _ = _pool(home, models=("wine:1", "bad=wine:3"), canaries=(Canary("wine", "wine:4", 0.1),))  # fmt: skip
+
+    async def main() -> None:
+        with caplog.at_level(logging.ERROR, logger="danlu"):
+            await pool.start()
+        assert pool.ready and pool.names() == ["wine"] and pool.canary("wine") is None
+        assert [(f["name"], f["role"]) for f in pool.failed] == [("bad", "model"), ("wine", "canary")]  # fmt: skip
+        with pytest.raises(NotFoundError, match="failed to load at start-up"):
+            pool.route("bad")
+        assert await _ask(pool) == 1
+        await pool.load("wine:2", name="bad")  # a version that works takes the name
+        assert [f["name"] for f in pool.failed] == ["wine"] and pool.ready
+        await pool.stop()
+
+    asyncio.run(main())
+    assert "Model 'bad': version 3 (from 'wine:3') failed to load" in caplog.text
+    assert "The others serve" in caplog.text and "serves without its canary" in caplog.text
+
+
+def test_when_no_model_loads_start_up_fails_saying_which_and_why(home) -> None:
+    async def main(*models: str) -> None:
+        pool, _ = _pool(home, models=models)
+        try:
+            await pool.start()
+        finally:
+            await pool.stop()
+
+    with pytest.raises(ModelLoadError, match=r"^Model 'wine': version 3 .*safetensors"):
+        asyncio.run(main("wine:3"))
+    with pytest.raises(ModelLoadError, match="None of the models could be loaded.*version 3.*version 4"):  # fmt: skip
+        asyncio.run(main("wine:3", "w4=wine:4"))
