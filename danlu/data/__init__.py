@@ -20,14 +20,16 @@ from __future__ import annotations
 
 from danlu.data._augment import Augmenter, Mix, check_augment
 from danlu.data._checks import Violation, check_data, find_violations
-from danlu.data._drift import DriftMonitor, drift_reference, drift_status, psi
+from danlu.data._drift import DriftMonitor, drift_reference, drift_status
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
 from danlu.data._imbalance import imbalance_class_weight, resample_training
 from danlu.data._inspect import infer_task, inspect_data
 from danlu.data._prepare import cv_splits, outlier_rows, prepare_data
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
-from danlu.data._quality import quality_html, quality_report
+from danlu.data._psi import PSI_MAJOR, PSI_MODERATE, psi
+from danlu.data._quality import quality_report
+from danlu.data._quality_html import quality_html
 from danlu.data._reduce import FeatureReducer
 from danlu.data._schema import Feature, FeatureSchema, infer_schema
 from danlu.data._sources import BuiltinDataset, RawData, list_builtin, load_source
@@ -37,6 +39,8 @@ from danlu.data._target import TARGET_KINDS, TaskLike, TaskRef, label_set, resol
 from danlu.data._values import to_plain
 
 __all__ = [
+    "PSI_MAJOR",
+    "PSI_MODERATE",
     "TARGET_KINDS",
     "Augmenter",
     "BuiltinDataset",

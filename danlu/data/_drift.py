@@ -3,11 +3,9 @@
 Training saves a *reference* (:func:`drift_reference`): for every raw feature, the bins of its
 model input column(s) and the share of training rows in each bin. Serving keeps the last
 ``window`` model inputs in a ring buffer (:class:`DriftMonitor`) and compares their shares with the
-reference by the population stability index (:func:`psi`). Everything works on the *encoded* model
+reference by the population stability index (:func:`~danlu.data.psi`, the one the quality report
+uses for train/test shift, with the same thresholds). Everything works on the *encoded* model
 input (what the preprocessor outputs), so the server never keeps raw request values.
-
-Rule of thumb for PSI: below 0.1 the population is stable, 0.1 to 0.25 it moved moderately, above
-0.25 it drifted.
 """
 
 from __future__ import annotations
@@ -18,45 +16,26 @@ from typing import Any
 
 import numpy as np
 
+from danlu.data._psi import PSI_MAJOR, PSI_MODERATE, psi
 from danlu.data._schema import FeatureSchema
 from danlu.errors import DataError
 
-__all__ = ["DriftMonitor", "drift_reference", "drift_status", "psi"]
+__all__ = ["DriftMonitor", "drift_reference", "drift_status"]
 
 _FORMAT = "danlu.drift_reference"
 MIN_ROWS = 100  # below this a window's shares are too noisy to compare
-MODERATE, DRIFT = 0.1, 0.25  # PSI thresholds (the common rule of thumb)
-
-
-def psi(
-    expected: np.ndarray | list[float], actual: np.ndarray | list[float], eps: float = 1e-4
-) -> float:
-    """The population stability index ``Σ (a − e) · ln(a / e)`` of two sets of bin shares.
-
-    Shares below ``eps`` are raised to ``eps`` so that an empty bin does not make it infinite.
-
-    Example:
-        >>> round(psi([0.5, 0.5], [0.5, 0.5]), 6)
-        0.0
-        >>> psi([0.5, 0.5], [0.9, 0.1]) > 0.25
-        True
-    """
-    e = np.maximum(np.asarray(expected, dtype=np.float64), eps)
-    a = np.maximum(np.asarray(actual, dtype=np.float64), eps)
-    if e.shape != a.shape:
-        raise DataError(
-            f"psi needs as many expected as actual shares; got {e.shape} and {a.shape}."
-        )
-    return float(np.sum((a - e) * np.log(a / e)))
 
 
 def drift_status(value: float | None) -> str:
-    """``ok`` (< 0.1), ``moderate`` (< 0.25), ``drift``, or ``insufficient data`` for None."""
+    """``ok`` (PSI < 0.1), ``moderate`` (< 0.25), ``drift``, or ``insufficient data`` for None.
+
+    The thresholds are :data:`~danlu.data.PSI_MODERATE` and :data:`~danlu.data.PSI_MAJOR`.
+    """
     if value is None:
         return "insufficient data"
-    if value < MODERATE:
+    if value < PSI_MODERATE:
         return "ok"
-    return "moderate" if value < DRIFT else "drift"
+    return "moderate" if value < PSI_MAJOR else "drift"
 
 
 def _feature_columns(schema: FeatureSchema) -> list[tuple[str, str, list[int]]]:
@@ -96,9 +75,8 @@ def _bin_codes(entry: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
     return np.where(hot, block.argmax(axis=1), k)  # k: "other" (unseen or missing category)
 
 
-def _shares(codes: np.ndarray, n_bins: int) -> np.ndarray:
-    counts = np.bincount(codes, minlength=n_bins)[:n_bins].astype(np.float64)
-    return counts / max(len(codes), 1)
+def _counts(codes: np.ndarray, n_bins: int) -> np.ndarray:
+    return np.bincount(codes, minlength=n_bins)[:n_bins].astype(np.float64)
 
 
 def drift_reference(x_train: np.ndarray, schema: FeatureSchema, bins: int = 10) -> dict[str, Any]:
@@ -145,7 +123,7 @@ def drift_reference(x_train: np.ndarray, schema: FeatureSchema, bins: int = 10) 
                 entry["categories"] = list(feature.categories)
                 entry["encoding"] = "ordinal"
             n_bins = len(entry["categories"]) + 1
-        entry["expected"] = _shares(_bin_codes(entry, x), n_bins).tolist()
+        entry["expected"] = (_counts(_bin_codes(entry, x), n_bins) / len(x)).tolist()
         features.append(entry)
     return {
         "format": _FORMAT,
@@ -222,8 +200,10 @@ class DriftMonitor:
         for entry in self.reference["features"]:
             value: float | None = None
             if len(x) >= MIN_ROWS and x.shape[1] == self.reference["input_dim"]:
-                expected = entry["expected"]
-                value = psi(expected, _shares(_bin_codes(entry, x), len(expected)))
+                # the reference keeps shares; PSI compares counts (its smoothing is per row)
+                expected = np.asarray(entry["expected"], dtype=np.float64)
+                actual = _counts(_bin_codes(entry, x), len(expected))
+                value = psi(expected * self.reference["rows"], actual)
             features.append(
                 {"feature": entry["feature"], "psi": value, "status": drift_status(value)}
             )
