@@ -218,10 +218,16 @@ def _log_report_metrics(store: Store, run_id: str, report: Any) -> None:
 
 
 def recipe_json_schema() -> dict[str, Any]:
-    """The JSON Schema of a recipe, with each registered model's options under ``model``."""
+    """The JSON Schema of a recipe, with each registered model's options under ``model`` and
+    the registered tasks under ``task``."""
     from danlu.models import MODELS
+    from danlu.tasks import TASKS
 
     schema = Recipe.model_json_schema()
+    schema["properties"]["task"] = {
+        "description": schema["properties"]["task"].get("description", ""),
+        "enum": TASKS.names(),
+    }
     variants = []
     for entry in MODELS:
         if entry.spec is None:

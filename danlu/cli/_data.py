@@ -8,7 +8,6 @@ the default split settings. pandas and scikit-learn load inside the command.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,11 +32,6 @@ data_app = typer.Typer(
 )
 
 _RECIPE_SUFFIXES = (".yaml", ".yml")
-
-
-class TaskChoice(StrEnum):
-    classification = "classification"
-    regression = "regression"
 
 
 def _file_config(source: str, overrides: list[str]) -> tuple[DataConfig, str | None]:
@@ -171,8 +165,12 @@ def inspect(
         typer.Option("--target", "-t", help="The target column (default: the data's own)."),
     ] = None,
     task: Annotated[
-        TaskChoice | None,
-        typer.Option("--task", help="Override the task (a file's is inferred from its target)."),
+        str | None,
+        typer.Option(
+            "--task",
+            help="Override the task: classification, regression, multilabel... (a file's is "
+            "inferred from its target).",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     output: Annotated[
@@ -198,11 +196,13 @@ def inspect(
         overrides.append(f"data.target={target}")
     if Path(source).suffix.lower() in _RECIPE_SUFFIXES:
         recipe = load_recipe(Path(source), overrides)
-        config, chosen = recipe.data, task.value if task else recipe.task
+        config, chosen = recipe.data, task or recipe.task
     else:
         config, given = _file_config(source, overrides)
-        chosen = task.value if task else given
-    report = inspect_data(config, chosen)
+        chosen = task or given
+    from danlu.tasks import get_task
+
+    report = inspect_data(config, None if chosen is None else get_task(chosen))
     if output is not None:
         _write(output, json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n", "report")
     if html is not None:

@@ -409,7 +409,16 @@ with warnings.catch_warnings():
         name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.-]*$")]
         schema_version: Literal[1] = SCHEMA_VERSION
         data: DataConfig
-        task: Literal["classification", "regression"]
+        task: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=100,
+                pattern=r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$",
+                description="The kind of task: classification, regression, multilabel (any "
+                "registered task; checked against danlu.tasks when the recipe is run).",
+            ),
+        ]
         model: ModelConfig
         train: TrainConfig = Field(default_factory=TrainConfig)
         tune: TuneConfig | None = Field(None, description="Hyperparameter search (danlu tune).")

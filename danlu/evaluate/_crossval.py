@@ -44,15 +44,16 @@ def cross_validate(
     import numpy as np
 
     from danlu.data import cv_splits, prepare_data
+    from danlu.tasks import get_task
     from danlu.train import run_training
 
     fold_recipe = recipe.model_copy(update={"register": None, "evaluate": None, "tune": None})
     section = Section("cross_validation", f"Cross-validation ({k} folds)")
     folds: list[dict[str, Any]] = []
-    for i, indices in enumerate(cv_splits(recipe.data, recipe.task, k), start=1):
+    for i, indices in enumerate(cv_splits(recipe.data, get_task(recipe.task), k), start=1):
         if on_fold is not None:
             on_fold(i, k)
-        data = prepare_data(recipe.data, recipe.task, indices=indices)
+        data = prepare_data(recipe.data, get_task(recipe.task), indices=indices)
         result = run_training(
             fold_recipe,
             store=store,
@@ -78,13 +79,11 @@ def cross_validate(
                 "folds": values.tolist(),
             }
     section.data.update({"k": k, "folds": folds, "metrics": summary})
-    headline = "accuracy" if recipe.task == "classification" else "r2"
+    task = get_task(recipe.task)
+    headline = task.headline
     if headline in summary:
         mean, std = summary[headline]["mean"], summary[headline]["std"]
-        if recipe.task == "classification":
-            section.summary = f"{k}-fold accuracy {100 * mean:.1f}% ± {100 * std:.1f}"
-        else:
-            section.summary = f"{k}-fold R² {mean:.3f} ± {std:.3f}"
+        section.summary = f"{k}-fold {task.describe(mean, std)}"
         fig, ax = figure(4.8, 2.8)
         ax.bar([str(f["fold"]) for f in folds], summary[headline]["folds"], color="#1f77b4")
         ax.axhline(mean, ls="--", color="black", lw=0.8, label=f"mean {mean:.3f}")
@@ -95,6 +94,6 @@ def cross_validate(
     section.notes.append(
         f"Each fold trains the recipe from scratch on {k - 1}/{k} of the rows (its validation "
         "split carved from them) and is tested on the held-out fold; folds are stratified for "
-        "classification. The fold runs are child runs of this run (stage cv-fold)."
+        "single-label classes. The fold runs are child runs of this run (stage cv-fold)."
     )
     return section

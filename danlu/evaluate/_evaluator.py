@@ -341,12 +341,13 @@ def _run_context(
     """The run's recipe, its data prepared again (same split), and its recorded cost figures."""
     from danlu.config import load_recipe
     from danlu.data import prepare_data
+    from danlu.tasks import get_task
 
     recipe = load_recipe(run.recipe) if run.recipe else None
     prepared = None
     if recipe is not None and recipe.data.stream is None:
         try:
-            prepared = prepare_data(recipe.data, recipe.task)
+            prepared = prepare_data(recipe.data, get_task(recipe.task))
         except DanluError as exc:
             log.warning("The run's data could not be prepared again (%s).", exc)
         if prepared is not None and run.data_fingerprint not in {None, prepared.raw_fingerprint}:
@@ -421,11 +422,7 @@ def _make_report(
 def _run_bundle(store: Store, run_id: str) -> ModelBundle:
     from danlu.models import load_bundle
 
-    def read(file: str) -> bytes | None:
-        path = store.artifact_path(run_id, file)
-        return path.read_bytes() if path.is_file() else None
-
-    return load_bundle(read, f"Run {run_id}")
+    return load_bundle(store.run_reader(run_id), f"Run {run_id}")
 
 
 def evaluate_run(
@@ -505,17 +502,11 @@ def evaluate_model(
     """
     from danlu.errors import NotFoundError
     from danlu.models import load_bundle
-    from danlu.store import SqlStore, parse_model_ref
+    from danlu.store import SqlStore
 
     store = store or SqlStore(home=home)
-    name, version, alias = parse_model_ref(ref)
-    mv = store.get_model_version(name, version, alias=alias)
-
-    def read(file: str) -> bytes | None:
-        path = store.model_version_path(mv.name, mv.version, file)
-        return path.read_bytes() if path.is_file() else None
-
-    bundle = load_bundle(read, f"Model {mv.ref}")
+    mv = store.resolve(ref)
+    bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
     recipe, prepared, extra = None, None, dict[str, Any]()
     run = None
     if mv.run_id is not None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from danlu.errors import DataError, MissingExtraError, NotFoundError, StoreError
 from danlu.logging import get_logger
-from danlu.store import ModelVersion, Store, parse_model_ref
+from danlu.store import ModelVersion, Store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -331,6 +331,7 @@ def _sample_rows(store: Store, mv: ModelVersion) -> np.ndarray:
     """The first rows of the version's run's test split, prepared again from its recipe."""
     from danlu.config import load_recipe
     from danlu.data import prepare_data
+    from danlu.tasks import get_task
 
     hint = (
         "Pass preprocessed sample rows instead: export_version(store, ref, sample=x) with x of "
@@ -354,7 +355,7 @@ def _sample_rows(store: Store, mv: ModelVersion) -> np.ndarray:
             f"for the parity check cannot be prepared again. {hint}"
         )
     recipe = load_recipe(run.recipe)
-    prepared = prepare_data(recipe.data, recipe.task)
+    prepared = prepare_data(recipe.data, get_task(recipe.task))
     for x in (prepared.x_test, prepared.x_val, prepared.x_train):
         if len(x):
             return x[:SAMPLE_ROWS]
@@ -407,14 +408,8 @@ def export_version(
         raise DataError(f"atol must be a number ≥ 0 (e.g. 1e-4); got {atol}.")
     _require_onnx()
     started = time.perf_counter()
-    name, version, alias = parse_model_ref(ref)
-    mv = store.get_model_version(name, version, alias=alias)
-
-    def read(file: str) -> bytes | None:
-        path = store.model_version_path(mv.name, mv.version, file)
-        return path.read_bytes() if path.is_file() else None
-
-    bundle = load_bundle(read, f"Model {mv.ref}")
+    mv = store.resolve(ref)
+    bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
     input_dim = bundle.schema.input_dim
     if sample is None:
         x = _sample_rows(store, mv)

@@ -93,6 +93,9 @@ class Task(ABC):
     report_metrics: ClassVar[tuple[str, ...]] = ()
     #: whether temperature scaling of the outputs applies (calibrated probabilities).
     calibrates: ClassVar[bool] = False
+    #: whether :meth:`fit_decoding` fits anything (the engine then scores the validation rows
+    #: once more after training).
+    fits_decoding: ClassVar[bool] = False
     #: metrics where smaller is better (the rest: larger is better).
     smaller_is_better: ClassVar[frozenset[str]] = frozenset(
         {"loss", "mae", "rmse", "mse", "log_loss", "hamming_loss"}

@@ -26,10 +26,10 @@ from danlu.types import StrPath
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
     import torch
 
     from danlu.data import FeatureSchema, PreparedData, Preprocessor
+    from danlu.models import Predictor, Rows
     from danlu.store import ModelVersion, Store
     from danlu.tasks import Task
     from danlu.train._callbacks import Callback
@@ -97,23 +97,24 @@ class Result:
             stages=list(ctx.stages),
         )
 
-    def predict(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        """Predict raw rows (a DataFrame or dict rows) with the saved preprocessing.
+    @property
+    def predictor(self) -> Predictor:
+        """The trained model as the one :class:`~danlu.models.Predictor` (raw rows in)."""
+        from danlu.models import Predictor
+
+        card = {"type": self.recipe.model.type, "task": self.task.name}
+        return Predictor(
+            self.model, self.task, self.schema, self.preprocessor, card, self.temperature
+        )
+
+    def predict(self, rows: Rows) -> dict[str, np.ndarray]:
+        """Predict raw rows (a DataFrame, dict rows, a dict of columns or an array) with the
+        saved preprocessing, through :attr:`predictor`.
 
         Example:
             >>> # result.predict(frame.head())["prediction"]
         """
-        import pandas as pd
-        import torch
-
-        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-        x = torch.as_tensor(self.preprocessor.transform(frame))
-        self.model.eval()
-        with torch.inference_mode():
-            outputs = self.model(x).float().numpy()
-        if self.task.name == "classification":
-            outputs = outputs / self.temperature
-        return self.task.predict(outputs, self.schema)
+        return self.predictor.predict(rows)
 
 
 def check_recipe(recipe: Recipe) -> Any:
@@ -121,11 +122,29 @@ def check_recipe(recipe: Recipe) -> Any:
 
     Returns the validated model options. Raises one ConfigError listing every problem.
     """
+    from danlu.errors import NotFoundError
     from danlu.models import check_model_config
-    from danlu.tasks import get_task
+    from danlu.tasks import TASKS, get_task
 
-    task = get_task(recipe.task)
     options, issues = check_model_config(recipe.model)
+    try:
+        task = get_task(recipe.task)
+    except NotFoundError:
+        from danlu.registry import did_you_mean
+
+        issues.append(
+            ConfigIssue(
+                ("task",),
+                "unknown task",
+                recipe.task,
+                (
+                    did_you_mean(recipe.task, TASKS.names())
+                    + f" Tasks: {', '.join(TASKS.names())}."
+                ).strip(),
+            )
+        )
+        raise_issues(issues, recipe._source)
+        raise
     train = recipe.train
     if train.early_stopping and train.early_stopping.monitor not in task.monitorable():
         from danlu.registry import did_you_mean
@@ -142,41 +161,15 @@ def check_recipe(recipe: Recipe) -> Any:
                 ).strip(),
             )
         )
-    if train.class_weight is not None and recipe.task != "classification":
-        issues.append(
-            ConfigIssue(
-                ("train", "class_weight"),
-                "class weights apply to classification only",
-                train.class_weight,
-                "Remove train.class_weight.",
-            )
-        )
+    issues.extend(task.check_recipe(recipe))  # what this kind of task refuses
     imbalance = recipe.data.imbalance.method
-    if imbalance != "none" and recipe.task != "classification":
-        issues.append(
-            ConfigIssue(
-                ("data", "imbalance", "method"),
-                "class imbalance methods apply to classification only",
-                imbalance,
-                "Remove data.imbalance (a regression target has no classes to balance).",
-            )
-        )
-    elif imbalance == "class_weight" and train.class_weight is not None:
+    if imbalance == "class_weight" and train.class_weight is not None:
         issues.append(
             ConfigIssue(
                 ("data", "imbalance", "method"),
                 "class weights are given twice, here and in train.class_weight",
                 imbalance,
                 "Keep one: remove train.class_weight, or set data.imbalance to none.",
-            )
-        )
-    if train.loss.name == "focal" and recipe.task != "classification":
-        issues.append(
-            ConfigIssue(
-                ("train", "loss", "name"),
-                "the focal loss applies to classification only",
-                train.loss.name,
-                "Remove train.loss (regression trains with MSE).",
             )
         )
     raise_issues(issues, recipe._source)
@@ -221,8 +214,9 @@ def prepare_stage(ctx: Context) -> Context:
     from danlu.train._loop import seed_everything
 
     recipe = ctx.recipe
-    data = ctx.data if ctx.data is not None else prepare_data(recipe.data, recipe.task)
-    ctx.data, ctx.task = data, get_task(recipe.task)
+    task = get_task(recipe.task)
+    data = ctx.data if ctx.data is not None else prepare_data(recipe.data, task)
+    ctx.data, ctx.task = data, task
     seed_everything(recipe.train.seed)  # model initialisation depends on it
     ctx.model = MODELS.get(recipe.model.type).builder(ctx.options, data.schema, ctx.task)
     ctx.log_artifact("preprocessing.json", json.dumps(data.preprocessor.to_dict(), indent=1))
@@ -264,6 +258,13 @@ def train_stage(ctx: Context) -> Context:
         tracker.log_metrics(reading.to_metrics(), step=trainer.epoch)
         ctx.store.set_tags(tracker.run_id, reading.to_tags())
         ctx.energy = reading
+    if task.fits_decoding and data.stream is None and len(data.y_val):
+        decoding = task.fit_decoding(
+            trainer.predict_outputs(data.x_val).numpy(), data.y_val, data.schema
+        )
+        if decoding is not None:  # e.g. per-label thresholds: saved with the model, used below
+            ctx.log_artifact("decoding.json", json.dumps(decoding, indent=1))
+            task = ctx.task = task.with_decoding(decoding)
     if data.stream is None:
         test_outputs, y_test = trainer.predict_outputs(data.x_test).numpy(), data.y_test
     else:  # streamed test rows: only the model's outputs and the targets are kept
@@ -311,6 +312,9 @@ def reload_trained(ctx: Context) -> Context:
     weights = ctx.store.artifact_path(ctx.run_id, "model.safetensors").read_bytes()
     ctx.model.load_state_dict(load_weights(weights, f"Run {ctx.run_id}/model.safetensors"))
     ctx.model.eval()
+    decoding = ctx.store.artifact_path(ctx.run_id, "decoding.json")
+    if decoding.is_file() and ctx.task is not None:
+        ctx.task = ctx.task.with_decoding(json.loads(decoding.read_text()))
     summary = json.loads(ctx.store.artifact_path(ctx.run_id, "summary.json").read_text())
     ctx.metrics = dict(summary["test"])
     ctx.details = {k: v for k, v in summary.items() if k not in _SUMMARY_KEYS}

@@ -76,7 +76,7 @@ def test_mean_and_std_are_numpy_over_the_folds(iris_cv) -> None:
         assert stats["std"] == pytest.approx(values.std(ddof=1))
     accuracy = summary["accuracy"]
     assert section.summary == (
-        f"3-fold accuracy {100 * accuracy['mean']:.1f}% ± {100 * accuracy['std']:.1f}"
+        f"3-fold {100 * accuracy['mean']:.1f}% ± {100 * accuracy['std']:.1f} accuracy"
     )
     assert list(section.figures) == ["accuracy per fold"]
     assert "<svg" in section.figures["accuracy per fold"]
