@@ -47,10 +47,7 @@ def _is_model(store: Store, target: str) -> bool:
 
 
 def _model_run_recipe(store: Store, target: str) -> dict[str, Any] | None:
-    from danlu.store import parse_model_ref
-
-    name, version, alias = parse_model_ref(target)
-    run_id = store.get_model_version(name, version, alias=alias).run_id
+    run_id = store.resolve(target).run_id
     try:
         return store.get_run(run_id).recipe if run_id else None
     except NotFoundError:
@@ -164,7 +161,7 @@ def evaluate_command(
                 report = evaluate_model(
                     target, store=store, config=config, data=data, on_section=progress
                 )
-                mv = store.get_model_version(*_name_version(report))
+                mv = store.resolve(str(report.subject["model"]))  # NAME:VERSION
                 where = [store.model_version_path(mv.name, mv.version, "report.html")]
             else:
                 report = evaluate_run(
@@ -181,11 +178,6 @@ def evaluate_command(
         _open(where[0])
 
 
-def _name_version(report: Report) -> tuple[str, int]:
-    name, _, version = str(report.subject["model"]).rpartition(":")
-    return name, int(version)
-
-
 def report_command(
     target: TargetArg,
     open_: OpenOption = False,
@@ -197,10 +189,7 @@ def report_command(
 
     with open_store() as store:
         if _is_model(store, target):
-            from danlu.store import parse_model_ref
-
-            name, version, alias = parse_model_ref(target)
-            mv = store.get_model_version(name, version, alias=alias)
+            mv = store.resolve(target)
             path = store.model_version_path(mv.name, mv.version, "report.html")
             if not path.is_file():
                 err.print(Text(f"{mv.ref} has no report yet; making one."))

@@ -65,7 +65,7 @@ class ModelRef:
         return f"{self.name}@{self.alias}" if self.alias is not None else self.name
 
     def resolve(self, store: Store) -> ModelVersion:
-        return store.get_model_version(self.name, self.version, alias=self.alias)
+        return store.resolve(str(self))
 
 
 def parse_model_ref(text: str, *, allow_alias: bool = True) -> ModelRef:
@@ -75,7 +75,7 @@ def parse_model_ref(text: str, *, allow_alias: bool = True) -> ModelRef:
         >>> parse_model_ref("digits@production")
         ModelRef(name='digits', version=None, alias='production')
     """
-    from danlu.export import parse_model_ref as parse  # the one parser of model references
+    from danlu.store import parse_model_ref as parse  # the one parser of model references
 
     name, version, alias = parse(text.strip())
     if version is not None and version < 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from danlu.models import Predictor
-from danlu.store import SqlStore, Store, parse_model_ref
+from danlu.store import SqlStore, Store, parse_model_ref  # parse_model_ref: re-exported
 
 if TYPE_CHECKING:
     from danlu.store import ModelVersion
@@ -22,11 +22,7 @@ def load_version(store: Store, mv: ModelVersion) -> Predictor:
     """The predictor of a registered version (its files read from the store)."""
     from danlu.models import load_bundle
 
-    def read(file: str) -> bytes | None:
-        path = store.model_version_path(mv.name, mv.version, file)
-        return path.read_bytes() if path.is_file() else None
-
-    predictor = load_bundle(read, f"Model {mv.ref}")
+    predictor = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
     predictor.version = mv
     return predictor
 
@@ -39,6 +35,5 @@ def load_model(ref: str, *, store: Store | None = None) -> Predictor:
         >>> predictor = danlu.load_model("wine@staging")  # doctest: +SKIP
         >>> predictor.predict(frame)["prediction"]  # doctest: +SKIP
     """
-    name, version, alias = parse_model_ref(ref)
     store = store or SqlStore()
-    return load_version(store, store.get_model_version(name, version, alias=alias))
+    return load_version(store, store.resolve(ref))

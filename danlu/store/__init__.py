@@ -26,7 +26,7 @@ from danlu.store._names import (
 from danlu.store._provenance import current_actor, git_state, host_name, package_versions
 from danlu.store._sql import SqlStore, danlu_home, default_db_url
 from danlu.store._tracker import StoreTracker, Tracker, flatten_params
-from danlu.store.base import Store
+from danlu.store.base import FileReader, Store
 
 __all__ = [
     "parse_model_ref",
@@ -37,6 +37,7 @@ __all__ = [
     "Artifact",
     "AuditEntry",
     "Experiment",
+    "FileReader",
     "MetricPoint",
     "ModelVersion",
     "RegisteredModel",

@@ -4,7 +4,7 @@ conformance suite in ``danlu.testing.store`` checks any backend against it."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,13 @@ from danlu.store._entities import (
     RegisteredModel,
     Run,
 )
+from danlu.store._names import parse_model_ref
 
-__all__ = ["Store"]
+__all__ = ["FileReader", "Store"]
+
+#: Reads one file by name, or returns None when there is none by that name (what
+#: ``danlu.models.load_bundle`` reads a model's files with).
+FileReader = Callable[[str], "bytes | None"]
 
 
 class Store(ABC):
@@ -27,6 +32,9 @@ class Store(ABC):
 
     Every method returns frozen entities. Names and ids that come from outside are validated;
     writes that matter are atomic; a database row never points at a missing file.
+
+    A backend implements the abstract primitives; :meth:`resolve`, :meth:`model_reader` and
+    :meth:`run_reader` are built on them once, here, for every backend.
     """
 
     # -- runs ----------------------------------------------------------------------------------
@@ -158,6 +166,54 @@ class Store(ABC):
     @abstractmethod
     def model_version_path(self, name: str, version: int, file: str) -> Path:
         """Path of one file of a registered version (validated)."""
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """The version a model reference names: ``NAME`` (the latest), ``NAME:VERSION`` or
+        ``NAME@ALIAS``.
+
+        Raises ConfigError for a malformed reference, NotFoundError (with the nearest known name
+        or alias) for a model, version or alias the registry does not hold.
+
+        Example:
+            >>> import tempfile
+            >>> from danlu.store import SqlStore
+            >>> store = SqlStore(home=tempfile.mkdtemp())
+            >>> mv = store.create_model_version(
+            ...     "digits", run_id=None, files={"w.bin": b"w"}, signature={}, metrics={}
+            ... )
+            >>> store.set_alias("digits", "production", 1)
+            >>> store.resolve("digits@production").ref
+            'digits:1'
+        """
+        name, version, alias = parse_model_ref(ref)
+        return self.get_model_version(name, version, alias=alias)
+
+    def model_reader(self, mv: ModelVersion) -> FileReader:
+        """A reader of the version's files: ``read("model.safetensors")`` → bytes, or None when
+        the version has no such file. Names are validated like :meth:`model_version_path`.
+
+        Example:
+            >>> # bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
+        """
+
+        def read(file: str) -> bytes | None:
+            path = self.model_version_path(mv.name, mv.version, file)
+            return path.read_bytes() if path.is_file() else None
+
+        return read
+
+    def run_reader(self, run_id: str) -> FileReader:
+        """A reader of the run's artifacts, like :meth:`model_reader` (None: no such artifact).
+
+        Example:
+            >>> # bundle = load_bundle(store.run_reader(run_id), f"Run {run_id}")
+        """
+
+        def read(name: str) -> bytes | None:
+            path = self.artifact_path(run_id, name)
+            return path.read_bytes() if path.is_file() else None
+
+        return read
 
     @abstractmethod
     def list_models(self) -> list[RegisteredModel]: ...

@@ -688,6 +688,44 @@ class StoreConformance:
         with pytest.raises(NotFoundError):
             store.delete_model("digit")
 
+    def test_resolve_reads_every_form_of_reference(self, store: Store) -> None:
+        self._register(store, n=3)
+        store.set_alias("digits", "staging", 2)
+        assert store.resolve("digits") == store.get_model_version("digits")  # the latest
+        assert store.resolve("digits:1") == store.get_model_version("digits", 1)
+        assert store.resolve("digits@staging") == store.get_model_version("digits", 2)
+
+    def test_resolve_gives_the_same_errors_for_a_bad_reference(self, store: Store) -> None:
+        self._register(store, n=2)
+        store.set_alias("digits", "staging", 1)
+        for bad in ("", "digits:x", "digits@", "digits:1@staging", "../digits", "digits:-1"):
+            with pytest.raises(ConfigError, match="not a model reference.*NAME@ALIAS"):
+                store.resolve(bad)
+        with pytest.raises(NotFoundError, match=r"No registered model 'digit'.*'digits'"):
+            store.resolve("digit")
+        with pytest.raises(NotFoundError, match=r"no alias 'stagin'.*'staging'"):
+            store.resolve("digits@stagin")
+        with pytest.raises(NotFoundError, match="no version 7"):
+            store.resolve("digits:7")
+
+    def test_model_reader_reads_a_versions_files(self, store: Store) -> None:
+        self._register(store, n=2)
+        read = store.model_reader(store.resolve("digits:1"))
+        assert read("model.safetensors") == b"weights-0"
+        assert read("card/README.md") == b"card"
+        assert read("missing.json") is None
+        with pytest.raises(StoreError):
+            read("../2/model.safetensors")  # names are validated, never followed out
+
+    def test_run_reader_reads_a_runs_artifacts(self, store: Store) -> None:
+        run = store.create_run(experiment="exp", name="r")
+        store.log_artifact(run.id, "ckpt/model.safetensors", b"weights")
+        read = store.run_reader(run.id)
+        assert read("ckpt/model.safetensors") == b"weights"
+        assert read("missing.json") is None
+        with pytest.raises(StoreError):
+            read("/etc/passwd")
+
     def test_register_with_unknown_run_creates_nothing(self, store: Store) -> None:
         with pytest.raises(NotFoundError):
             store.create_model_version(
