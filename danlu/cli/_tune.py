@@ -14,19 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Column, Table
 from rich.text import Text
 
-from danlu.cli import _app as cli
+from danlu.cli._console import err, out, setup_logging, state
 from danlu.cli._options import JsonOption, QuietOption, SetOption, registered_line
 from danlu.cli._runs import (
     cell,
@@ -37,11 +28,10 @@ from danlu.cli._runs import (
     print_json,
     print_table,
 )
+from danlu.cli._tune_progress import FINISHED, TrialProgress
 from danlu.errors import ConfigError, DanluError, NotFoundError
 
 if TYPE_CHECKING:
-    import optuna
-
     from danlu.store import SqlStore
     from danlu.train import Callback
     from danlu.tune import TuneResult
@@ -55,7 +45,6 @@ studies_app = typer.Typer(
 )
 
 _STATE_STYLE = {"complete": "green", "pruned": "dim", "failed": "red", "running": "yellow"}
-_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 StudyArg = Annotated[str, typer.Argument(help="The study's name (see `danlu studies ls`).")]
 
@@ -77,113 +66,6 @@ def _short_names(keys: Sequence[str]) -> dict[str, str]:
     return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last, strict=True)}
 
 
-# -- progress ----------------------------------------------------------------------------------
-class TrialProgress:
-    """Trials finished out of the budget, the best value so far and the pruned count: a Rich bar
-    on a terminal, one plain line per finished trial otherwise (logs and CI stay clean).
-
-    Called by ``danlu.tune.tune`` with the study and each trial as it finishes.
-    """
-
-    def __init__(self, console: Console, metric: str, budget: int | None) -> None:
-        self.console = console
-        self.metric = metric
-        self.budget = budget
-        self.progress: Progress | None = None
-        self._task: Any = None
-        self._epochs: TaskID | None = None
-        if console.is_terminal:
-            self.progress = Progress(
-                TextColumn("[bold]{task.description:>7}"),
-                BarColumn(bar_width=24),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=console,
-                transient=False,
-            )
-            self._task = self.progress.add_task("trials", total=budget, info="")
-
-    def start(self, done: int) -> None:
-        """Show the bar, ``done`` trials already finished (a resumed study)."""
-        if self.progress is not None:
-            self.progress.update(self._task, completed=done)
-            self.progress.start()
-
-    def epoch_callback(self) -> Callback:
-        """An engine callback showing the running trial's epochs under the trials bar."""
-        assert self.progress is not None
-        self._epochs = self.progress.add_task("epochs", total=None, info="", visible=False)
-        return _epoch_row(self.progress, self._epochs)
-
-    def stop(self) -> None:
-        if self.progress is not None:
-            self._hide_epochs()
-            self.progress.stop()
-
-    def _hide_epochs(self) -> None:
-        # a pruned trial stops inside an epoch: its row would stay behind, half full
-        if self.progress is not None and self._epochs is not None:
-            self.progress.update(self._epochs, visible=False)
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        # what was known when this trial finished: parallel workers may have finished more since
-        end = trial.datetime_complete
-        trials = [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.number == trial.number
-            or (end is not None and t.datetime_complete is not None and t.datetime_complete <= end)
-        ]
-        states = [t.state.name for t in trials]
-        finished = sum(states.count(s) for s in _FINISHED)
-        pruned = states.count("PRUNED")
-        complete = [t.value for t in trials if t.state.name == "COMPLETE" and t.value is not None]
-        best = None
-        if complete:
-            best = (max if study.direction.name == "MAXIMIZE" else min)(complete)
-        best_text = f"best {self.metric} {number(best)}" if best is not None else "no best yet"
-        if self.progress is not None:
-            done = min(finished, self.budget) if self.budget else finished
-            self._hide_epochs()
-            self.progress.update(self._task, completed=done, info=f"{best_text} · {pruned} pruned")
-            return
-        state = trial.state.name.lower().replace("fail", "failed")
-        value = ""
-        if trial.value is not None:  # a pruned trial keeps its last reported value
-            last = "last " if state == "pruned" else ""
-            value = f" ({last}{self.metric} {number(trial.value)})"
-        self.console.print(
-            f"trial {trial.number} {state}{value} · {finished}/{self.budget or '?'} finished · "
-            f"{best_text} · {pruned} pruned",
-            highlight=False,
-            soft_wrap=True,
-        )
-
-
-def _epoch_row(progress: Progress, task: TaskID) -> Callback:
-    """An engine callback that shows the running trial's epochs as a second row of the trials
-    bar. Not ``RichProgress``: older rich refuses a second live display, and a pruned trial
-    never reaches ``on_fit_end``, where that bar takes itself down."""
-    from danlu.cli._progress import format_metrics
-    from danlu.train import Callback, Trainer
-
-    class EpochRow(Callback):
-        def on_fit_start(self, trainer: Trainer) -> None:
-            progress.reset(
-                task,
-                total=trainer.config.epochs,
-                completed=trainer.epoch,
-                info="",
-                visible=True,
-            )
-
-        def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-            progress.update(task, completed=epoch, info=format_metrics(metrics))
-
-    return EpochRow()
-
-
 def _finished_before(name: str, store: SqlStore) -> int | None:
     """Finished trials of study ``name`` before this session (None: a new study)."""
     from danlu.tune import load_study
@@ -192,7 +74,7 @@ def _finished_before(name: str, store: SqlStore) -> int | None:
         study = load_study(name, store)
     except NotFoundError:
         return None
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED)
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED)
 
 
 # -- danlu tune ----------------------------------------------------------------------------------
@@ -238,7 +120,7 @@ def tune_command(
 
     Running the same recipe again resumes its study (a larger tune.trials adds trials).
     """
-    cli._setup_logging(bool(cli._state.get("verbose")), quiet)
+    setup_logging(bool(state.get("verbose")), quiet)
     if worker is not None:
         if recipe is not None or study is not None or set_ or jobs is not None:
             raise ConfigError(
@@ -261,7 +143,6 @@ def _tune(
     from danlu.config import load_recipe
     from danlu.tune import tune
 
-    err = cli.err
     show = not quiet and not as_json
     with open_store() as store:
         progress: TrialProgress | None = None
@@ -273,8 +154,10 @@ def _tune(
                 before = _finished_before(name, store)
                 if before is not None:
                     err.print(
-                        f"Resuming study {name}: {before} of {recipe.tune.trials or '?'} trials finished.",
-                        highlight=False,
+                        Text(
+                            f"Resuming study {name}: {before} of {recipe.tune.trials or '?'} "
+                            "trials finished."
+                        ),
                         soft_wrap=True,
                     )
                 progress = TrialProgress(err, recipe.tune.metric, recipe.tune.trials)
@@ -334,7 +217,6 @@ def _result_dict(result: TuneResult) -> dict[str, Any]:
 
 
 def _print_result(result: TuneResult, previous: str | None) -> None:
-    out = cli.out
     counts = result.counts
     out.print(
         Text.assemble(("study ", "bold"), (result.study, "bold"), f"  run {result.run_id}"),
@@ -342,8 +224,11 @@ def _print_result(result: TuneResult, previous: str | None) -> None:
     )
     if result.best_value is None:
         out.print(
-            f"No trial completed, so there is no best {result.metric} and nothing was registered.",
-            highlight=False,
+            Text(
+                f"No trial completed, so there is no best {result.metric} and nothing was "
+                "registered."
+            ),
+            soft_wrap=True,
         )
     else:
         out.print(
@@ -365,50 +250,45 @@ def _print_result(result: TuneResult, previous: str | None) -> None:
         highlight=False,
     )
     if result.refit_run_id is not None:
-        out.print(
-            f"refit on train + validation: run {result.refit_run_id}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        out.print(Text(f"refit on train + validation: run {result.refit_run_id}"), soft_wrap=True)
     if result.registered is not None:
         mv = result.registered
-        out.print(registered_line(mv), highlight=False, soft_wrap=True)
+        out.print(Text(registered_line(mv)), soft_wrap=True)
     elif previous is not None:
         out.print(
-            f"best trial unchanged: nothing new registered (still {previous})",
-            highlight=False,
+            Text(f"best trial unchanged: nothing new registered (still {previous})"),
             soft_wrap=True,
         )
-    out.print(f"details: danlu studies show {result.study}", highlight=False, soft_wrap=True)
+    out.print(Text(f"details: danlu studies show {result.study}"), soft_wrap=True)
 
 
 def _join(name: str, *, quiet: bool, as_json: bool) -> None:
     from danlu.tune import join_study
 
     if not quiet and not as_json:
-        cli.err.print(f"Joining study {name} as one more worker…", highlight=False)
+        err.print(Text(f"Joining study {name} as one more worker…"), soft_wrap=True)
     with open_store() as store:
         try:
             ran = join_study(name, store=store)
         except KeyboardInterrupt:
-            cli.err.print(
+            err.print(
                 "[yellow]Interrupted.[/] The interrupted trial is queued again for the other workers."
             )
             raise typer.Exit(130) from None
     if as_json:
         print_json({"study": name, "trials_run": ran})
         return
-    out = cli.out
     if ran == 0:
         out.print(
-            f"This worker ran no trial: study {name} has used its trial budget.", highlight=False
+            Text(f"This worker ran no trial: study {name} has used its trial budget."),
+            soft_wrap=True,
         )
     else:
         out.print(
-            f"This worker ran {ran} trial{'s' if ran != 1 else ''} of study {name}.",
-            highlight=False,
+            Text(f"This worker ran {ran} trial{'s' if ran != 1 else ''} of study {name}."),
+            soft_wrap=True,
         )
-    out.print(f"details: danlu studies show {name}", highlight=False, soft_wrap=True)
+    out.print(Text(f"details: danlu studies show {name}"), soft_wrap=True)
 
 
 # -- danlu studies -------------------------------------------------------------------------------
@@ -423,7 +303,7 @@ def list_studies_command(as_json: JsonOption = False) -> None:
         print_json(rows)
         return
     if not rows:
-        cli.err.print("No studies yet. Start one with: danlu tune RECIPE")
+        err.print("No studies yet. Start one with: danlu tune RECIPE")
         return
     table = Table(
         Column("study", overflow="fold"),
@@ -509,20 +389,17 @@ def show_study(
     if as_json:
         print_json(summary)
         if written:
-            cli.err.print(
-                f"wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True
-            )
+            err.print(Text(f"wrote {', '.join(str(p) for p in written)}"), soft_wrap=True)
         return
     _render_summary(summary)
     if folder is not None:
-        cli.out.print(
-            f"plots: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True
-        )
+        out.print(Text(f"plots: {', '.join(str(p) for p in written)}"), soft_wrap=True)
     if summary["run_id"]:
-        cli.out.print(
-            f"The study's run keeps the same plots (as of its last `danlu tune`) as artifacts: "
-            f"danlu runs show {summary['run_id']}",
-            highlight=False,
+        out.print(
+            Text(
+                "The study's run keeps the same plots (as of its last `danlu tune`) as "
+                f"artifacts: danlu runs show {summary['run_id']}"
+            ),
             soft_wrap=True,
         )
 
@@ -567,7 +444,7 @@ def _render_summary(summary: dict[str, Any]) -> None:
 
 def _render_importance(importance: dict[str, float]) -> None:
     if not importance:
-        cli.out.print(
+        out.print(
             "[dim]parameter importance: needs at least two complete trials with varied params[/]"
         )
         return
@@ -593,16 +470,18 @@ def _render_history(history: list[dict[str, Any]], metric: str) -> None:
     if not steps:
         return
     spent = history[-1]["epochs_spent"]
-    cli.out.print(
-        f"[bold]history[/] best {metric} vs epochs spent: {' → '.join(steps)}; {spent} epochs in all",
-        highlight=False,
+    out.print(
+        Text.assemble(
+            ("history", "bold"),
+            f" best {metric} vs epochs spent: {' → '.join(steps)}; {spent} epochs in all",
+        ),
         soft_wrap=True,
     )
 
 
 def _render_trials(trials: list[dict[str, Any]]) -> None:
     if not trials:
-        cli.out.print("No trials yet.")
+        out.print("No trials yet.")
         return
     keys = list(dict.fromkeys(k for t in trials for k in t["params"]))
     short = _short_names(keys)
@@ -635,6 +514,6 @@ def _render_trials(trials: list[dict[str, Any]]) -> None:
     print_table(table)
     for t in trials:
         if t["state"] == "fail" and t.get("error"):
-            cli.out.print(
+            out.print(
                 Text(f"trial {t['number']} failed: {t['error']}", style="red"), soft_wrap=True
             )

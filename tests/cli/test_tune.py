@@ -150,3 +150,15 @@ def test_validate_checks_the_search_space_too(tmp_path):
     assert outcome.code == 2 and "Traceback" not in outcome.stderr
     assert "tune.space.train.batch_sise: no such key in the recipe" in outcome.stderr
     assert "Did you mean 'train.batch_size'?" in outcome.stderr
+
+
+def test_stored_names_are_shown_not_obeyed_as_markup():
+    study = "[bold red]x[/bold red]"
+    first = tune("--quiet", "--study", study, trials=1)
+    assert first.code == 0, first.stderr
+    again = tune("--study", study, trials=1)  # the budget is spent: resumes, runs nothing
+    assert again.code == 0, again.stderr
+    assert f"Resuming study {study}: 1 of 1 trials finished." in again.stderr
+    assert f"study {study}" in again.stdout and f"danlu studies show {study}" in again.stdout
+    joined = danlu("tune", "--worker", "[red]nope[/red]")
+    assert "Joining study [red]nope[/red] as one more worker" in joined.stderr
