@@ -3,16 +3,17 @@
 SQLite runs in WAL mode with a busy timeout, and every write transaction starts with
 ``BEGIN IMMEDIATE``: a writer queues for the lock up front instead of failing half-way with
 "database is locked" when two transactions try to upgrade a read lock at once.
+
+This module holds the connection, transactions and runs (params, metrics, tags); the registry
+(``_registry.py``), artifacts (``_artifacts.py``) and API keys (``_keys.py``) are mixins, and run
+search builds its SQL in ``_search.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import mimetypes
-import operator
 import os
 import secrets
 import shutil
@@ -25,11 +26,9 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
     create_engine,
     delete,
     event,
-    exists,
     insert,
     select,
     update,
@@ -39,36 +38,26 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from danlu.errors import NotFoundError, StoreError
 from danlu.logging import get_logger
 from danlu.store import _tables as t
-from danlu.store._atomic import atomic_write_bytes
+from danlu.store._artifacts import SqlArtifactsMixin
 from danlu.store._entities import (
     RUN_STATUSES,
-    Artifact,
     MetricPoint,
     Run,
 )
-from danlu.store._filter import Clause, parse_filter, parse_order
 from danlu.store._keys import SqlApiKeysMixin
 from danlu.store._migrate import upgrade
 from danlu.store._names import (
     folder_to_delete,
-    safe_join,
-    validate_artifact_name,
     validate_run_id,
 )
 from danlu.store._registry import SqlRegistryMixin
+from danlu.store._search import filter_runs, order_runs
 from danlu.store.base import Store
 from danlu.types import StrPath
 
 __all__ = ["SqlStore", "danlu_home", "default_db_url"]
 
 log = get_logger(__name__)
-
-_MEDIA = {
-    ".safetensors": "application/vnd.safetensors",
-    ".jsonl": "application/jsonl",
-    ".yaml": "application/yaml",
-    ".onnx": "application/onnx",
-}
 
 
 def danlu_home() -> Path:
@@ -88,16 +77,6 @@ def _normalise_url(url: str) -> str:
     if url.startswith(("postgresql://", "postgres://")):  # prefer psycopg 3 over psycopg2
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
-
-
-_COMPARE = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
 
 
 def _check_length(what: str, value: str, limit: int) -> str:
@@ -139,7 +118,7 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 # SqlRegistryMixin comes first: its _audit implements the one SqlApiKeysMixin declares.
-class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, Store):
+class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, SqlArtifactsMixin, Store):
     """Tracking database + artifact folder + model registry.
 
     Args:
@@ -438,47 +417,6 @@ class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, Store):
                 .values(heartbeat_at=time.time())
             )
 
-    def _clause(self, clause: Clause) -> Any:
-        op = clause.op
-
-        def compare(column: Any, value: Any) -> Any:
-            if op == "like":  # case-insensitive on every backend (LIKE is not, on PostgreSQL)
-                return column.ilike(value)
-            return _COMPARE[op](column, value)
-
-        if clause.kind == "metric":
-            m = t.latest_metrics
-            return exists().where(
-                m.c.run_id == t.runs.c.id, m.c.key == clause.key, compare(m.c.value, clause.value)
-            )
-        if clause.kind in {"param", "tag"}:
-            table = t.params if clause.kind == "param" else t.tags
-            if op in {"<", "<=", ">", ">="}:
-                raise StoreError(
-                    f"{clause.kind}s.{clause.key} holds text: compare with =, != or like."
-                )
-            if isinstance(clause.value, float):  # 30 may be stored as "30" or "30.0"
-                texts = sorted(
-                    {
-                        json.dumps(clause.value),
-                        *([str(int(clause.value))] if clause.value.is_integer() else []),
-                    }
-                )
-                condition = table.c.value.in_(texts) if op == "=" else table.c.value.not_in(texts)
-            else:
-                condition = compare(table.c.value, clause.value)
-            return exists().where(
-                table.c.run_id == t.runs.c.id, table.c.key == clause.key, condition
-            )
-        column = (
-            t.experiments.c.name
-            if clause.key == "experiment"
-            else t.runs.c.id
-            if clause.key == "run_id"
-            else t.runs.c[clause.key]
-        )
-        return compare(column, clause.value)
-
     def search_runs(
         self,
         filter: str | None = None,
@@ -487,31 +425,7 @@ class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, Store):
         limit: int = 100,
         offset: int = 0,
     ) -> list[Run]:
-        clauses = parse_filter(filter)
-        query = self._runs_query()
-        if clauses:
-            query = query.where(and_(*(self._clause(c) for c in clauses)))
-        for i, item in enumerate(order_by):
-            kind, key, descending = parse_order(item)
-            if kind == "attribute":
-                column = (
-                    t.experiments.c.name
-                    if key == "experiment"
-                    else t.runs.c.id
-                    if key == "run_id"
-                    else t.runs.c[key]
-                )
-            else:
-                table = {"metric": t.latest_metrics, "param": t.params, "tag": t.tags}[kind].alias(
-                    f"sort{i}"
-                )
-                query = query.outerjoin(
-                    table, and_(table.c.run_id == t.runs.c.id, table.c.key == key)
-                )
-                column = table.c.value
-            query = query.order_by(
-                column.desc().nulls_last() if descending else column.asc().nulls_last()
-            )
+        query = order_runs(filter_runs(self._runs_query(), filter), order_by)
         query = (
             query.order_by(t.runs.c.created_at.desc(), t.runs.c.id.desc())
             .limit(limit)
@@ -651,73 +565,3 @@ class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, Store):
                     insert(t.tags),
                     [{"run_id": run_id, "key": k, "value": str(v)} for k, v in tags.items()],
                 )
-
-    # -- artifacts -----------------------------------------------------------------------------
-    def artifact_path(self, run_id: str, name: str) -> Path:
-        return safe_join(self.artifact_root, validate_run_id(run_id), validate_artifact_name(name))
-
-    def _record(
-        self, conn: Connection, run_id: str, name: str, path: Path, media_type: str | None
-    ) -> Artifact:
-        digest = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-                size += len(chunk)
-        media = (
-            media_type
-            or _MEDIA.get(path.suffix)
-            or mimetypes.guess_type(path.name)[0]
-            or "application/octet-stream"
-        )
-        artifact = Artifact(run_id, name, size, digest.hexdigest(), media, time.time())
-        conn.execute(
-            delete(t.artifacts).where(t.artifacts.c.run_id == run_id, t.artifacts.c.name == name)
-        )
-        conn.execute(
-            insert(t.artifacts).values(
-                run_id=run_id,
-                name=name,
-                size=size,
-                sha256=artifact.sha256,
-                media_type=media,
-                created_at=artifact.created_at,
-            )
-        )
-        return artifact
-
-    def log_artifact(
-        self, run_id: str, name: str, data: bytes, media_type: str | None = None
-    ) -> Artifact:
-        path = self.artifact_path(run_id, name)
-        with self._write() as conn:
-            self._require_run(conn, run_id)
-            existed = path.exists()
-            atomic_write_bytes(path, data)
-            try:
-                return self._record(conn, run_id, name, path, media_type)
-            except BaseException:
-                if not existed:
-                    path.unlink(missing_ok=True)  # no file without its row
-                raise
-
-    def record_artifact(self, run_id: str, name: str, media_type: str | None = None) -> Artifact:
-        path = self.artifact_path(run_id, name)
-        if not path.is_file():
-            raise NotFoundError(f"Artifact file '{name}' of run '{run_id}' does not exist.")
-        with self._write() as conn:
-            self._require_run(conn, run_id)
-            return self._record(conn, run_id, name, path, media_type)
-
-    def list_artifacts(self, run_id: str) -> list[Artifact]:
-        with self._read() as conn:
-            self._require_run(conn, run_id)
-            rows = conn.execute(
-                select(t.artifacts)
-                .where(t.artifacts.c.run_id == run_id)
-                .order_by(t.artifacts.c.name)
-            ).all()
-        return [
-            Artifact(r.run_id, r.name, r.size, r.sha256, r.media_type, r.created_at) for r in rows
-        ]
