@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import time
-from abc import abstractmethod
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 from sqlalchemy import Connection, delete, insert, select
@@ -16,6 +14,7 @@ from sqlalchemy import Connection, delete, insert, select
 from danlu.errors import NotFoundError
 from danlu.store import _tables as t
 from danlu.store._atomic import atomic_write_bytes
+from danlu.store._connection import SqlConnection
 from danlu.store._entities import Artifact
 from danlu.store._names import safe_join, validate_artifact_name, validate_run_id
 
@@ -29,20 +28,10 @@ _MEDIA = {
 }
 
 
-class SqlArtifactsMixin:
+class SqlArtifactsMixin(SqlConnection):
     """Artifact methods of the SQL store (mixed into ``SqlStore``, which provides the rest)."""
 
     artifact_root: Path
-
-    # Transactions and run checks come from SqlStore; declared here so the mixin type-checks.
-    @abstractmethod
-    def _write(self) -> AbstractContextManager[Connection]: ...
-
-    @abstractmethod
-    def _read(self) -> AbstractContextManager[Connection]: ...
-
-    @abstractmethod
-    def _require_run(self, conn: Connection, run_id: str) -> None: ...
 
     def artifact_path(self, run_id: str, name: str) -> Path:
         return safe_join(self.artifact_root, validate_run_id(run_id), validate_artifact_name(name))

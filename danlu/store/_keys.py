@@ -16,16 +16,15 @@ import hmac
 import re
 import secrets
 import time
-from abc import abstractmethod
-from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from danlu.errors import ConfigError, NotFoundError, StoreError
 from danlu.logging import get_logger
 from danlu.store import _tables as t
+from danlu.store._connection import SqlConnection
 from danlu.store._entities import API_KEY_SCOPES, ApiKey
 
 __all__ = ["KEYS_AUDIT_SUBJECT", "SqlApiKeysMixin"]
@@ -54,30 +53,8 @@ def _check_scope(scope: object) -> str:
     return str(scope)
 
 
-class SqlApiKeysMixin:
-    """API-key methods of the SQL store (mixed into ``SqlStore``, which provides the rest).
-
-    Listed after ``SqlRegistryMixin`` in ``SqlStore``'s bases: its ``_audit`` implements the
-    abstract one declared here.
-    """
-
-    # Transactions and the audit log come from SqlStore; declared here so the mixin type-checks.
-    @abstractmethod
-    def _write(self) -> AbstractContextManager[Connection]: ...
-
-    @abstractmethod
-    def _read(self) -> AbstractContextManager[Connection]: ...
-
-    @abstractmethod
-    def _audit(
-        self,
-        conn: Connection,
-        actor: str,
-        action: str,
-        model: str,
-        version: int | None,
-        **detail: Any,
-    ) -> None: ...
+class SqlApiKeysMixin(SqlConnection):
+    """API-key methods of the SQL store (mixed into ``SqlStore``)."""
 
     @staticmethod
     def _api_key(row: Any) -> ApiKey:

@@ -13,9 +13,7 @@ import os
 import secrets
 import shutil
 import time
-from abc import abstractmethod
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from danlu.errors import NotFoundError, StoreError
 from danlu.registry import did_you_mean
 from danlu.store import _tables as t
 from danlu.store._atomic import atomic_write_bytes
+from danlu.store._connection import SqlConnection
 from danlu.store._entities import AuditEntry, ModelVersion, RegisteredModel
 from danlu.store._names import (
     folder_to_delete,
@@ -40,40 +39,10 @@ __all__ = ["MODEL_FILES", "SqlRegistryMixin"]
 MODEL_FILES = ("model.safetensors", "model.json", "preprocessing.json", "calibration.json")
 
 
-class SqlRegistryMixin:
+class SqlRegistryMixin(SqlConnection):
     """Registry methods of the SQL store (mixed into ``SqlStore``, which provides the rest)."""
 
     model_root: Path
-
-    # Transactions and run checks come from SqlStore; declared here so the mixin type-checks.
-    @abstractmethod
-    def _write(self) -> AbstractContextManager[Connection]: ...
-
-    @abstractmethod
-    def _read(self) -> AbstractContextManager[Connection]: ...
-
-    @abstractmethod
-    def _require_run(self, conn: Connection, run_id: str) -> None: ...
-
-    def _audit(
-        self,
-        conn: Connection,
-        actor: str,
-        action: str,
-        model: str,
-        version: int | None,
-        **detail: Any,
-    ) -> None:
-        conn.execute(
-            insert(t.audit_log).values(
-                time=time.time(),
-                actor=actor,
-                action=action,
-                model=model,
-                version=version,
-                detail=json.dumps(detail, default=str),
-            )
-        )
 
     def model_version_path(self, name: str, version: int, file: str) -> Path:
         return safe_join(

@@ -11,14 +11,13 @@ search builds its SQL in ``_search.py``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from danlu.errors import NotFoundError, StoreError
-from danlu.logging import get_logger
 from danlu.store import _tables as t
 from danlu.store._artifacts import SqlArtifactsMixin
+from danlu.store._connection import SqlConnection
 from danlu.store._entities import (
     RUN_STATUSES,
     MetricPoint,
@@ -56,8 +55,6 @@ from danlu.store.base import Store
 from danlu.types import StrPath
 
 __all__ = ["SqlStore", "danlu_home", "default_db_url"]
-
-log = get_logger(__name__)
 
 
 def danlu_home() -> Path:
@@ -117,8 +114,7 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-# SqlRegistryMixin comes first: its _audit implements the one SqlApiKeysMixin declares.
-class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, SqlArtifactsMixin, Store):
+class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, SqlArtifactsMixin, SqlConnection, Store):
     """Tracking database + artifact folder + model registry.
 
     Args:
@@ -189,46 +185,6 @@ class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, SqlArtifactsMixin, Store):
             if hasattr(self, "engine")
             else self.url.split("@")[-1]
         )
-
-    # -- transactions --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction. Starting it (``BEGIN IMMEDIATE`` on SQLite) is retried while the
-        database is busy beyond the busy timeout; an error inside the body rolls back and, for a
-        database error, becomes a StoreError."""
-        conn = self._begin_write()
-        try:
-            yield conn
-            conn.commit()
-        except OperationalError as exc:
-            conn.rollback()
-            raise StoreError(f"Database write failed: {exc.orig}") from None
-        except BaseException:
-            conn.rollback()
-            raise
-        finally:
-            conn.close()
-
-    def _begin_write(self) -> Connection:
-        delay = 0.05
-        for attempt in range(8):
-            conn = self.engine.connect().execution_options(danlu_write=True)
-            try:
-                conn.begin()
-                return conn
-            except OperationalError as exc:
-                conn.close()
-                if "locked" not in str(exc.orig).lower() or attempt == 7:
-                    raise StoreError(f"Database write failed: {exc.orig}") from None
-                log.warning("database busy, retrying in %.2fs", delay)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
 
     # -- runs ----------------------------------------------------------------------------------
     def _experiment_id(self, conn: Connection, name: str) -> int:
@@ -380,11 +336,6 @@ class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, SqlArtifactsMixin, Store):
                     f"Run '{run_id}' does not exist. List runs with `danlu runs ls`."
                 )
             return self._run(row, self._details(conn, [run_id])[run_id])
-
-    def _require_run(self, conn: Connection, run_id: str) -> None:
-        validate_run_id(run_id)
-        if conn.execute(select(t.runs.c.id).where(t.runs.c.id == run_id)).first() is None:
-            raise NotFoundError(f"Run '{run_id}' does not exist.")
 
     def set_status(
         self,
