@@ -38,8 +38,10 @@ demo: $(VENV)/.installed-core
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
+## ruff (with a complexity limit: lint.mccabe in pyproject.toml), the formatter's check, mypy.
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check danlu tests bench
+	$(BIN)/ruff format --check danlu tests bench
 	$(BIN)/mypy danlu
 
 bench: $(VENV)/.installed-test

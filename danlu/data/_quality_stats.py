@@ -106,6 +106,67 @@ def _orders_classes(x: np.ndarray, y: np.ndarray) -> bool:
     return int((ys[1:] != ys[:-1]).sum()) == np.unique(y).size - 1
 
 
+def _copy_reason(
+    info: Mapping[str, Any],
+    column: pd.Series,
+    values: np.ndarray | None,
+    target: pd.Series,
+    target_codes: np.ndarray,
+    kind: str,
+) -> str | None:
+    """The feature is the target itself, or (numbers) predicts it almost exactly."""
+    if kind != "values":
+        same_shape = info["missing"] == 0 and info["distinct"] == np.unique(target_codes).size
+        if same_shape and np.array_equal(as_labels(column), as_labels(target)):
+            return "it is identical to the target"
+        return None
+    if values is None:
+        return None
+    y = as_numbers(target)
+    both = ~np.isnan(values) & ~np.isnan(y)
+    if both.all() and np.array_equal(values, y):
+        return "it is identical to the target"
+    if len(column) < LEAK_MIN_ROWS or info["id_like"] or both.sum() < LEAK_MIN_ROWS:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.corrcoef(values[both], y[both])[0, 1]
+    if np.isfinite(r) and abs(r) >= 0.999:
+        return f"it predicts the target almost exactly (correlation {r:.4f})"
+    return None
+
+
+def _mapping_reason(
+    info: Mapping[str, Any], column: pd.Series, values: np.ndarray | None, target_codes: np.ndarray
+) -> str | None:
+    """Each of the feature's (well-populated) values goes with a single target value."""
+    rows, distinct = len(column), int(info["distinct"])
+    if distinct < 2 or rows / distinct < LEAK_ROWS_PER_VALUE:
+        return None
+    codes = as_codes(values) if values is not None else as_codes(as_labels(column))
+    if not _deterministic(codes, target_codes):
+        return None
+    return (
+        f"each of its {distinct} values maps to a single target value "
+        f"({rows / distinct:.0f} rows per value on average)"
+    )
+
+
+def _separation_reason(values: np.ndarray, target_codes: np.ndarray) -> str | None:
+    """Thresholds on the (numeric) feature alone separate the classes."""
+    present = ~np.isnan(values) & (target_codes >= 0)
+    if present.sum() < LEAK_MIN_ROWS:
+        return None
+    x, y = values[present], target_codes[present]
+    n_classes = np.unique(y).size
+    if n_classes == 2:
+        accuracy = _threshold_accuracy(x, (y == y.max()).astype(np.int64))
+        if accuracy >= 0.99:
+            return f"a single threshold on it separates the classes ({accuracy:.1%} accuracy)"
+    elif n_classes > 2 and _orders_classes(x, y):
+        return "thresholds on it alone separate every class perfectly"
+    return None
+
+
 def leak_reason(
     info: Mapping[str, Any],
     column: pd.Series,
@@ -114,47 +175,20 @@ def leak_reason(
     target_codes: np.ndarray,
     kind: str,
 ) -> str | None:
-    """Why a feature gives the target away, or None (``kind``: the target kind)."""
-    rows = len(column)
-    if info["constant"] or rows < 2:
+    """Why a feature gives the target away, or None (``kind``: the target kind).
+
+    In order: it copies the target; (enough rows, not an id) each of its values maps to one
+    target value; (classes, numbers) thresholds on it separate the classes.
+    """
+    if info["constant"] or len(column) < 2:
         return None
-    if kind == "values":
-        y = as_numbers(target)
-        if values is not None:
-            both = ~np.isnan(values) & ~np.isnan(y)
-            if both.all() and np.array_equal(values, y):
-                return "it is identical to the target"
-            if rows >= LEAK_MIN_ROWS and not info["id_like"] and both.sum() >= LEAK_MIN_ROWS:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    r = np.corrcoef(values[both], y[both])[0, 1]
-                if np.isfinite(r) and abs(r) >= 0.999:
-                    return f"it predicts the target almost exactly (correlation {r:.4f})"
-    elif info["missing"] == 0 and info["distinct"] == np.unique(target_codes).size:
-        if np.array_equal(as_labels(column), as_labels(target)):
-            return "it is identical to the target"
-    if rows < LEAK_MIN_ROWS or info["id_like"]:
-        return None
-    distinct = int(info["distinct"])
-    if 2 <= distinct and rows / distinct >= LEAK_ROWS_PER_VALUE:
-        codes = as_codes(values) if values is not None else as_codes(as_labels(column))
-        if _deterministic(codes, target_codes):
-            return (
-                f"each of its {distinct} values maps to a single target value "
-                f"({rows / distinct:.0f} rows per value on average)"
-            )
-    if kind == "classes" and values is not None:
-        present = ~np.isnan(values) & (target_codes >= 0)
-        if present.sum() < LEAK_MIN_ROWS:
-            return None
-        x, y = values[present], target_codes[present]
-        n_classes = np.unique(y).size
-        if n_classes == 2:
-            accuracy = _threshold_accuracy(x, (y == y.max()).astype(np.int64))
-            if accuracy >= 0.99:
-                return f"a single threshold on it separates the classes ({accuracy:.1%} accuracy)"
-        elif n_classes > 2 and _orders_classes(x, y):
-            return "thresholds on it alone separate every class perfectly"
-    return None
+    reason = _copy_reason(info, column, values, target, target_codes, kind)
+    if reason is not None or len(column) < LEAK_MIN_ROWS or info["id_like"]:
+        return reason
+    reason = _mapping_reason(info, column, values, target_codes)
+    if reason is None and kind == "classes" and values is not None:
+        reason = _separation_reason(values, target_codes)
+    return reason
 
 
 # -- shift --------------------------------------------------------------------------------------

@@ -133,8 +133,8 @@ def test_report_shows_the_summary_and_opens(home: Trained, monkeypatch: pytest.M
 
 
 def test_report_makes_a_missing_report(home: Trained) -> None:
-    from danlu.store import SqlStore
     from danlu.pipeline import register_run
+    from danlu.store import SqlStore
 
     store = SqlStore()
     for file in ("report.html", "report.json"):  # a run registered before it was evaluated
