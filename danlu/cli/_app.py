@@ -79,7 +79,8 @@ def run(
         str | None,
         typer.Option(
             "--resume",
-            help="Continue this run (its id, or its artifact folder) from its last checkpoint.",
+            help="Continue this run (its id, or its artifact folder) from the stage that "
+            "failed, and within training from its last checkpoint.",
             metavar="RUN_ID",
         ),
     ] = None,
@@ -129,6 +130,10 @@ def run(
                     "epochs_run": len(result.history),
                     "report": report.summary if report is not None else None,
                     "report_html": str(result.run_dir / "report.html") if report else None,
+                    "stages": [
+                        {"name": s.name, "status": s.status, "seconds": round(s.seconds, 3)}
+                        for s in result.stages
+                    ],
                 }
             )
         )
@@ -150,6 +155,11 @@ def run(
         ),
         soft_wrap=True,
     )
+    stages = " · ".join(
+        f"{s.name} {s.seconds:.1f} s" + (" (reused)" if s.restored else "") for s in result.stages
+    )
+    if stages:
+        out.print(Text(f"stages: {stages}"), soft_wrap=True)
     if report is not None:
         print_summary(report.summary, report.flags, title="Trust report: ")
         out.print(Text(f"report: {result.run_dir / 'report.html'}"), soft_wrap=True)

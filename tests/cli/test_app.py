@@ -35,10 +35,13 @@ def test_run_json_and_quiet(tmp_path):
     result = json.loads(out.stdout)
     assert result["epochs_run"] == 2 and "accuracy" in result["test"]
     assert Path(result["run_dir"]).is_dir()
+    assert [s["name"] for s in result["stages"]] == ["prepare", "train"]
+    assert all(s["status"] == "finished" and s["seconds"] >= 0 for s in result["stages"])
     quiet = danlu(
         "run", str(EXAMPLES / "wine_mlp.yaml"), "-s", "train.epochs=2", "--quiet", home=tmp_path
     )
     assert quiet.returncode == 0 and quiet.stderr == ""
+    assert "stages: prepare " in quiet.stdout and " · train " in quiet.stdout
 
 
 def test_config_error_exits_non_zero_without_traceback_and_writes_nothing(tmp_path):
