@@ -1,7 +1,9 @@
 """The HTTP layer of ``danlu serve``: routes, strict body decoding, error bodies, OpenAPI.
 
-Every route declares who may call it (``@requires``); one middleware checks keys for all of them
-(``_auth.py``). The predict route is a plain Starlette route that reads the raw body itself: it
+Before anything else, one middleware refuses a Host the server does not answer to, a cross-site
+Origin on a request that changes something, and a body declared as anything but JSON
+(``_guard.py``). Every route declares who may call it (``@requires``); one middleware checks keys
+for all of them (``_auth.py``). The predict route is a plain Starlette route that reads the raw body itself: it
 decodes strictly (UTF-8, JSON without NaN/Infinity, bounded nesting), hands the payload to the
 served model's ``parse`` and awaits its micro-batched ``predict`` under the request timeout.
 Under a server, :class:`DanluApp` answers that route through a fast lane (:class:`_PredictLane`)
@@ -110,7 +112,7 @@ def _too_deep(value: Any, limit: int) -> bool:
 
 def decode_body(body: bytes) -> dict[str, Any]:
     """Decode a predict body strictly; raises RequestError naming ``body`` (400, or 422 for a
-    well-formed body that is not a JSON object).
+    well-formed body that is not a JSON object), or naming a key an object has twice (400).
 
     Example:
         >>> decode_body(b'{"rows": [{"x": 1.5}]}')
@@ -400,8 +402,9 @@ class DanluApp(FastAPI):
         Starlette) replaced by the danlu error's own, or by nothing when ``serve()`` reports it."""
 
         async def reporting_send(message: Message) -> None:
-            state = server_state(self)
-            if message["type"] == "lifespan.startup.failed" and state.startup_error is not None:
+            state: ServerState | None = getattr(self.state, "danlu", None)
+            failed = message["type"] == "lifespan.startup.failed"
+            if failed and state is not None and state.startup_error is not None:
                 text = "" if state.reports_startup_error else str(state.startup_error)
                 message = {**message, "message": text}
             await send(message)

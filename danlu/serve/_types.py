@@ -120,7 +120,7 @@ class ServeSettings:
 class ServedModelLike(Protocol):
     """What the HTTP layer needs from one served model version (``_model.ServedModel``)."""
 
-    name: str
+    name: str  # the name it is served under (the registry's, or its own: NAME=MODEL)
     version: int
     ref: str  # "digits:3"
     signature: dict[str, Any]
