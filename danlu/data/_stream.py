@@ -46,7 +46,12 @@ from danlu.logging import get_logger
 from danlu.registry import did_you_mean
 
 if TYPE_CHECKING:
+    from collections import Counter
+
     import pyarrow as pa
+
+    from danlu.config import PrepareConfig
+    from danlu.data._stream_stats import Moments
 
 __all__ = ["TrainStream", "prepare_stream", "read_ahead"]
 
@@ -351,15 +356,7 @@ def _exact(pre: Preprocessor, stats: StreamStats, kind: str) -> tuple[Preprocess
     """
     config = pre.config
     state = pre.to_dict()
-    exact: list[str] = ["split sizes"]
-    features = state["schema"]["features"]
-    if kind == "values" and stats.target.count:
-        state["schema"]["target_mean"] = stats.target.mean
-        std = math.sqrt(stats.target.var())
-        state["schema"]["target_std"] = std if std > 0 else 1.0
-        exact.append("target mean/std")
-    elif kind == "classes":
-        exact.append("classes")
+    exact = ["split sizes", *_exact_target(state["schema"], stats.target, kind)]
     if pre.reducer_ is not None:
         logger.info(
             "data.reduce is fitted on the %d sampled rows; scaling and categories stay those of "
@@ -367,30 +364,15 @@ def _exact(pre: Preprocessor, stats: StreamStats, kind: str) -> tuple[Preprocess
             len(stats.sample),
         )
         return Preprocessor.from_dict(state), exact
+    features = state["schema"]["features"]
     for f in features:
-        name, kind, fill = f["name"], f["kind"], state["fill"].get(f["name"])
-        moments = stats.moments.get(name)
-        if kind == "numeric" and moments is not None and moments.count:
-            if config.missing == "mean":
-                state["fill"][name] = fill = moments.mean
-            filled = moments.with_fill(fill) if fill is not None else moments
-            if config.scale in ("standard", "minmax"):
-                if config.scale == "standard":
-                    center, scale = filled.mean, math.sqrt(filled.var())
-                else:
-                    center, scale = filled.min, filled.max - filled.min
-                state["center"][name] = center
-                state["scale"][name] = scale if math.isfinite(scale) and scale != 0 else 1.0
-        elif kind == "boolean" and moments is not None and moments.count:
-            if config.missing not in ("drop", "constant"):
-                ones = round(moments.mean * moments.count)
-                state["fill"][name] = 1.0 if ones > moments.count - ones else 0.0  # ties: 0
-        elif kind == "categorical" and name in stats.categories and name not in stats.truncated:
-            counts = stats.categories[name]
-            if counts:
-                f["categories"] = sorted(counts)
-                if config.missing not in ("drop", "constant"):
-                    state["fill"][name] = min(counts, key=lambda c: (-counts[c], c))
+        name, moments = f["name"], stats.moments.get(f["name"])
+        if f["kind"] == "numeric" and moments is not None and moments.count:
+            _exact_numeric(state, name, moments, config)
+        elif f["kind"] == "boolean" and moments is not None and moments.count:
+            _exact_boolean(state, name, moments, config)
+        elif f["kind"] == "categorical" and name not in stats.truncated:
+            _exact_categorical(state, f, stats.categories.get(name), config)
     schema_features = [Feature(f["name"], f["kind"], tuple(f["categories"])) for f in features]
     names = encoded_columns(schema_features, config.encode)
     state["schema"]["encoded_names"], state["schema"]["input_dim"] = list(names), len(names)
@@ -399,6 +381,57 @@ def _exact(pre: Preprocessor, stats: StreamStats, kind: str) -> tuple[Preprocess
     if stats.categories:
         exact.append("category counts")
     return Preprocessor.from_dict(state), exact
+
+
+def _exact_target(schema: dict[str, Any], target: Moments, kind: str) -> list[str]:
+    """Put a numeric target's exact mean and std into ``schema``; returns what is exact."""
+    if kind == "values" and target.count:
+        schema["target_mean"] = target.mean
+        std = math.sqrt(target.var())
+        schema["target_std"] = std if std > 0 else 1.0
+        return ["target mean/std"]
+    return ["classes"] if kind == "classes" else []
+
+
+def _exact_numeric(
+    state: dict[str, Any], name: str, moments: Moments, config: PrepareConfig
+) -> None:
+    """A numeric column's exact mean fill and its standard or min-max scaling."""
+    fill = state["fill"].get(name)
+    if config.missing == "mean":
+        state["fill"][name] = fill = moments.mean
+    filled = moments.with_fill(fill) if fill is not None else moments
+    if config.scale not in ("standard", "minmax"):
+        return
+    if config.scale == "standard":
+        center, scale = filled.mean, math.sqrt(filled.var())
+    else:
+        center, scale = filled.min, filled.max - filled.min
+    state["center"][name] = center
+    state["scale"][name] = scale if math.isfinite(scale) and scale != 0 else 1.0
+
+
+def _exact_boolean(
+    state: dict[str, Any], name: str, moments: Moments, config: PrepareConfig
+) -> None:
+    """A boolean column's fill: its exact most frequent value (ties: 0)."""
+    if config.missing not in ("drop", "constant"):
+        ones = round(moments.mean * moments.count)
+        state["fill"][name] = 1.0 if ones > moments.count - ones else 0.0
+
+
+def _exact_categorical(
+    state: dict[str, Any],
+    feature: dict[str, Any],
+    counts: Counter[str] | None,
+    config: PrepareConfig,
+) -> None:
+    """A categorical column's categories from every training row, and its most frequent fill."""
+    if not counts:
+        return
+    feature["categories"] = sorted(counts)
+    if config.missing not in ("drop", "constant"):
+        state["fill"][feature["name"]] = min(counts, key=lambda c: (-counts[c], c))
 
 
 def fingerprint_files(layout: ParquetLayout) -> str:

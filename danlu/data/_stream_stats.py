@@ -341,8 +341,7 @@ def collect_stats(
         else:
             stats.moments[name] = Moments()
     reservoir = _Reservoir(sample_rows)
-    columns = [*features, target]
-    for first, batch in iter_chunks(layout.row_groups, columns, chunk_rows):
+    for first, batch in iter_chunks(layout.row_groups, [*features, target], chunk_rows):
         n = batch.num_rows
         y = batch.column(target)
         _check_target(y, first, target, target_kind, layout.source)
@@ -358,27 +357,10 @@ def collect_stats(
             stats.rows[split] += int((keep & (codes == i)).sum())
         train = keep & (codes == 0)
         if target_kind == "classes":
-            stats.labels.update(_label_counts(y.filter(keep) if drop_missing else y))
-            stats.train_labels.update(_label_counts(y.filter(train)))
-            if len(stats.labels) > _MAX_CLASSES:
-                raise DataError(
-                    f"Target column '{target}' has more than {_MAX_CLASSES} distinct values, "
-                    "which do not look like classes. If it is a quantity, use task: regression; "
-                    "if it is an id, pick another data.target."
-                )
+            _count_labels(stats, y.filter(keep) if drop_missing else y, y.filter(train), target)
         else:
             stats.target.update(np.asarray(column_values(y, "numeric", target))[train])
-        for name in features:
-            column = values[name]
-            if column is not None and name in stats.moments:
-                stats.moments[name].update(column[train])
-            elif name in stats.categories and name not in stats.truncated:
-                counts = stats.categories[name]
-                for label, count in _label_counts(arrays[name].filter(train)).items():
-                    if label is not None and not (isinstance(label, float) and math.isnan(label)):
-                        counts[category_str(label)] += count
-                if len(counts) > MAX_CATEGORIES:
-                    stats.truncated.add(name)
+        _add_features(stats, arrays, values, train)
         reservoir.offer(batch, _train_keys(first, n, seed, train))
     stats.sample = reservoir.frame()
     if stats.rows["train"] == 0:
@@ -390,6 +372,37 @@ def collect_stats(
     if target_kind == "classes":
         _check_classes(stats.labels, target, sum(stats.rows.values()))
     return stats
+
+
+def _count_labels(stats: StreamStats, kept: pa.Array, train: pa.Array, target: str) -> None:
+    """Add a chunk's class labels: ``kept`` (every split) and ``train`` (its training rows)."""
+    stats.labels.update(_label_counts(kept))
+    stats.train_labels.update(_label_counts(train))
+    if len(stats.labels) > _MAX_CLASSES:
+        raise DataError(
+            f"Target column '{target}' has more than {_MAX_CLASSES} distinct values, "
+            "which do not look like classes. If it is a quantity, use task: regression; "
+            "if it is an id, pick another data.target."
+        )
+
+
+def _add_features(
+    stats: StreamStats,
+    arrays: dict[str, pa.Array],
+    values: dict[str, np.ndarray | None],
+    train: np.ndarray,
+) -> None:
+    """Add a chunk's training rows to each column's moments or category counts."""
+    for name, column in values.items():
+        if column is not None and name in stats.moments:
+            stats.moments[name].update(column[train])
+        elif name in stats.categories and name not in stats.truncated:
+            counts = stats.categories[name]
+            for label, count in _label_counts(arrays[name].filter(train)).items():
+                if label is not None and not (isinstance(label, float) and math.isnan(label)):
+                    counts[category_str(label)] += count
+            if len(counts) > MAX_CATEGORIES:
+                stats.truncated.add(name)
 
 
 def _train_keys(first: int, n: int, seed: int, train: np.ndarray) -> np.ndarray:

@@ -360,37 +360,21 @@ def robustness_section(data: EvalData, config: RobustnessConfig) -> Section:
         >>> section.data["curves"]["fgsm"][0]  # doctest: +SKIP
         {'epsilon': 0.01, 'value': 0.947}
     """
-    import numpy as np
-
     section = Section(key="robustness", title="Robustness")
     total = len(data.x)
     if total == 0:
-        reason = "the evaluation split has no rows"
-        section.data = {"skipped": reason}
-        section.notes.append(f"Robustness was not measured: {reason}.")
-        return section
-
-    if total > config.samples:
-        rows = np.sort(np.random.default_rng(config.seed).choice(total, config.samples, False))
-    else:
-        rows = np.arange(total)
-    x = np.asarray(data.x[rows], dtype=np.float32)
-    y = np.asarray(data.y[rows])
+        return _skipped(section, "the evaluation split has no rows")
+    x, y = _sample_rows(data, config)
     metric = data.task.headline
 
     def score(inputs: np.ndarray) -> float:
         return float(data.task.metrics(data.outputs(inputs), y, data.schema)[metric])
 
     width = x.shape[1]
-    continuous = np.zeros(width, dtype=bool)
-    for group in data.groups:
-        if group.continuous:
-            continuous[list(group.columns)] = True
+    continuous = _continuous_columns(data, width)
     k = int(continuous.sum())
-
     notes: list[str] = []
-    perturbs = bool(config.fgsm or config.pgd or config.noise)
-    if perturbs and k == 0:
+    if (config.fgsm or config.pgd or config.noise) and k == 0:
         notes.append(
             "Attacks and Gaussian noise were skipped: the model has no continuous input column "
             "(every feature is categorical or boolean, and a one-hot column moved by ε is not a "
@@ -398,50 +382,12 @@ def robustness_section(data: EvalData, config: RobustnessConfig) -> Section:
         )
     if not config.dropout and k == 0:
         reason = "no continuous input column to attack or add noise to, and no dropout asked"
-        section.data = {"skipped": reason}
-        section.notes.extend(notes or [f"Robustness was not measured: {reason}."])
-        return section
+        return _skipped(section, reason, notes)
 
     clean = score(x)
-    curves: dict[str, list[dict[str, float]]] = {}
-    if k > 0:
-        for attack in ("fgsm", "pgd"):
-            levels: list[float] = getattr(config, attack)
-            if levels:
-                curves[attack] = [
-                    {
-                        "epsilon": e,
-                        "value": score(_attacked(data, x, y, attack, e, continuous, config)),
-                    }
-                    for e in levels
-                ]
-        if config.noise:
-            # the same seed at every σ: common random numbers make the curve smooth in σ
-            curves["noise"] = [
-                {
-                    "sigma": s,
-                    "value": score(
-                        gaussian_noise(x, s, continuous, np.random.default_rng(config.seed))
-                    ),
-                }
-                for s in config.noise
-            ]
+    curves = _perturbation_curves(data, x, y, continuous, config, score) if k > 0 else {}
     if config.dropout:
-        if len(data.x_train):
-            fill = np.asarray(data.x_train, dtype=np.float64).mean(axis=0).astype(np.float32)
-        else:
-            fill = np.zeros(width, dtype=np.float32)
-            notes.append("No training rows: dropped features were set to 0 instead of their mean.")
-        groups = [g.columns for g in data.groups]
-        curves["dropout"] = [
-            {
-                "fraction": f,
-                "value": score(
-                    feature_dropout(x, f, groups, fill, np.random.default_rng(config.seed))
-                ),
-            }
-            for f in config.dropout
-        ]
+        curves["dropout"] = _dropout_curve(data, x, config, score, notes)
 
     label = _metric_label(metric)
     notes.insert(
@@ -451,6 +397,119 @@ def robustness_section(data: EvalData, config: RobustnessConfig) -> Section:
         + ". ε and σ are in the model's input units after preprocessing: standard deviations of "
         "each feature under the default standard scaling; inputs are not clipped afterwards.",
     )
+    notes.extend(_method_notes(config, curves, k, width))
+    section.data = {
+        "metric": metric,
+        "clean": clean,
+        "rows": len(x),
+        "continuous_columns": k,
+        "curves": curves,
+    }
+    section.notes = notes
+    section.summary = _summary(metric, clean, curves)
+    if curves:
+        caption = f"{label[0].upper()}{label[1:]} under attack and corruption"
+        section.figures[caption] = _figure(metric, clean, curves)
+    logger.debug("robustness: %s", section.summary)
+    return section
+
+
+def _skipped(section: Section, reason: str, notes: Sequence[str] = ()) -> Section:
+    """``section`` saying robustness was not measured, and why."""
+    section.data = {"skipped": reason}
+    section.notes.extend(notes or [f"Robustness was not measured: {reason}."])
+    return section
+
+
+def _sample_rows(data: EvalData, config: RobustnessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``config.samples`` test rows (a seeded sample, in their original order)."""
+    import numpy as np
+
+    total = len(data.x)
+    if total > config.samples:
+        rows = np.sort(np.random.default_rng(config.seed).choice(total, config.samples, False))
+    else:
+        rows = np.arange(total)
+    return np.asarray(data.x[rows], dtype=np.float32), np.asarray(data.y[rows])  # (n, D), (n,)
+
+
+def _continuous_columns(data: EvalData, width: int) -> np.ndarray:
+    """(D,) boolean: the input columns of continuous features, the ones attacks may move."""
+    import numpy as np
+
+    continuous = np.zeros(width, dtype=bool)
+    for group in data.groups:
+        if group.continuous:
+            continuous[list(group.columns)] = True
+    return continuous
+
+
+def _perturbation_curves(
+    data: EvalData,
+    x: np.ndarray,
+    y: np.ndarray,
+    continuous: np.ndarray,
+    config: RobustnessConfig,
+    score: Callable[[np.ndarray], float],
+) -> dict[str, list[dict[str, float]]]:
+    """The metric under FGSM and PGD at each ε and under Gaussian noise at each σ."""
+    import numpy as np
+
+    curves: dict[str, list[dict[str, float]]] = {}
+    for attack in ("fgsm", "pgd"):
+        levels: list[float] = getattr(config, attack)
+        if levels:
+            curves[attack] = [
+                {"epsilon": e, "value": score(_attacked(data, x, y, attack, e, continuous, config))}
+                for e in levels
+            ]
+    if config.noise:
+        # the same seed at every σ: common random numbers make the curve smooth in σ
+        curves["noise"] = [
+            {
+                "sigma": s,
+                "value": score(
+                    gaussian_noise(x, s, continuous, np.random.default_rng(config.seed))
+                ),
+            }
+            for s in config.noise
+        ]
+    return curves
+
+
+def _dropout_curve(
+    data: EvalData,
+    x: np.ndarray,
+    config: RobustnessConfig,
+    score: Callable[[np.ndarray], float],
+    notes: list[str],
+) -> list[dict[str, float]]:
+    """The metric with each fraction of raw features set to their training mean.
+
+    Without training rows the dropped features are set to 0, and a note in ``notes`` says so.
+    """
+    import numpy as np
+
+    if len(data.x_train):
+        fill = np.asarray(data.x_train, dtype=np.float64).mean(axis=0).astype(np.float32)
+    else:
+        fill = np.zeros(x.shape[1], dtype=np.float32)
+        notes.append("No training rows: dropped features were set to 0 instead of their mean.")
+    groups = [g.columns for g in data.groups]
+    return [
+        {
+            "fraction": f,
+            "value": score(feature_dropout(x, f, groups, fill, np.random.default_rng(config.seed))),
+        }
+        for f in config.dropout
+    ]
+
+
+def _method_notes(
+    config: RobustnessConfig, curves: dict[str, list[dict[str, float]]], k: int, width: int
+) -> list[str]:
+    """What moved, and how each measured perturbation works."""
+    notes = []
     if k > 0 and (config.fgsm or config.pgd or config.noise):
         if k == width:
             notes.append(f"Attacks and noise move all {width} input columns.")
@@ -469,18 +528,4 @@ def robustness_section(data: EvalData, config: RobustnessConfig) -> Section:
             "Dropout sets a random fraction of each row's raw features (all one-hot columns of a "
             "categorical together) to their training mean."
         )
-
-    section.data = {
-        "metric": metric,
-        "clean": clean,
-        "rows": len(x),
-        "continuous_columns": k,
-        "curves": curves,
-    }
-    section.notes = notes
-    section.summary = _summary(metric, clean, curves)
-    if curves:
-        caption = f"{label[0].upper()}{label[1:]} under attack and corruption"
-        section.figures[caption] = _figure(metric, clean, curves)
-    logger.debug("robustness: %s", section.summary)
-    return section
+    return notes

@@ -14,6 +14,7 @@ import contextlib
 import math
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,28 @@ def class_weights(
             f"train.class_weight names classes {unknown} that are not in the data; the classes are {classes}."
         )
     return torch.tensor([setting.get(c, 1.0) for c in classes], dtype=torch.float32)
+
+
+@dataclass(slots=True)
+class _FitSetup:
+    """What :meth:`Trainer.fit` wires once and its loop reads on every batch and epoch."""
+
+    device: torch.device
+    x_train: torch.Tensor  # (N, D) on the device; empty when streaming
+    y_train: torch.Tensor  # (N,)
+    x_val: torch.Tensor  # (V, D) on the CPU
+    y_val: torch.Tensor  # (V,)
+    stream: TrainStream | None  # data larger than memory, read from Parquet
+    rows: int  # training rows, in memory or streamed
+    batch_size: int
+    accumulation: int  # batches per optimizer step
+    loss_fn: torch.nn.Module
+    val_loss_fn: torch.nn.Module  # the same loss, its class weights on the CPU
+    schedule: LRSchedule
+    monitor: str  # the metric the schedule steps on
+    generator: torch.Generator  # the shuffle's RNG, saved in checkpoints
+    augment: Augmenter | None
+    l1_params: list[torch.nn.Parameter]  # weights (not biases) under train.l1
 
 
 class Trainer:
@@ -231,74 +254,9 @@ class Trainer:
         self.history_ = []
         self.epoch = self.global_step = 0
         self.should_stop = False
-
-        target_dtype = getattr(torch, task.target_dtype)
-        x_train = torch.as_tensor(data.x_train, device=device)  # (N, D)
-        y_train = torch.as_tensor(data.y_train, device=device).to(target_dtype)  # (N,)
-        x_val = torch.as_tensor(data.x_val)
-        y_val = torch.as_tensor(data.y_val).to(target_dtype)
-        stream = data.stream  # data larger than memory: batches come from Parquet, not tensors
-        n = len(x_train) if stream is None else stream.rows["train"]
-        n_val = len(x_val) if stream is None else stream.rows["val"]
-        if n == 0:
-            raise DataError(
-                "The training split is empty; lower data.split.test / data.split.val or add rows."
-            )
-        batch_size = cfg.batch_size
-        if batch_size > n:
-            log.warning(
-                "train.batch_size %d is larger than the training split (%d rows); using %d.",
-                batch_size,
-                n,
-                n,
-            )
-            batch_size = n
-        num_batches = self.num_batches = math.ceil(n / batch_size)
-        accumulation = min(cfg.grad_accumulation, num_batches)
-        steps_per_epoch = math.ceil(num_batches / accumulation)
-
-        weights = (
-            class_weights(
-                cfg.class_weight or data.class_weight,
-                data.y_train,
-                data.schema,
-                counts=None if stream is None else stream.class_counts,
-            )
-            if task.target_kind == "classes"
-            else None
-        )
-        loss_fn = task.make_loss(weights.to(device) if weights is not None else None, cfg.loss)
-        val_loss_fn = task.make_loss(weights, cfg.loss)  # validation outputs come back on the CPU
-        self.optimizer = build_optimizer(cfg.optimizer, self.model)
-        monitor = cfg.early_stopping.monitor if cfg.early_stopping else "val_loss"
-        if n_val == 0 and monitor.startswith("val_"):
-            monitor = "train_loss"
-        mode_of = lambda m: task.monitor_mode(m)  # noqa: E731
-        schedule = LRSchedule(
-            cfg.scheduler,
-            self.optimizer,
-            epochs=cfg.epochs,
-            steps_per_epoch=steps_per_epoch,
-            monitor_mode=mode_of(monitor),
-        )
-        if cfg.early_stopping and not any(isinstance(cb, EarlyStopping) for cb in self.callbacks):
-            mode = (
-                mode_of(cfg.early_stopping.monitor)
-                if cfg.early_stopping.mode == "auto"
-                else cfg.early_stopping.mode
-            )
-            self.callbacks.insert(0, EarlyStopping(cfg.early_stopping, mode))
-        generator = torch.Generator().manual_seed(cfg.seed)
-        augment = Augmenter(data.augment, data.schema.image_shape, cfg.seed) if data.augment else None
-        l1_params = [p for p in self.model.parameters() if p.ndim > 1] if cfg.l1 > 0 else []
-
+        setup = self._setup(data, device)  # data, batches, losses, optimizer, schedule, monitor
         if resume:
-            if self.checkpoint_path is None or not self.checkpoint_path.exists():
-                raise DataError(
-                    f"Cannot resume: there is no checkpoint at '{self.checkpoint_path}'."
-                )
-            self._restore(load_checkpoint(self.checkpoint_path), schedule, generator)
-            log.info("resumed from %s after epoch %d", self.checkpoint_path, self.epoch)
+            self._resume(setup)
         batch_hooks = [
             cb for cb in self.callbacks if type(cb).on_batch_end is not Callback.on_batch_end
         ]
@@ -307,72 +265,28 @@ class Trainer:
 
         writer = CheckpointWriter()  # checkpoints are written off the training thread
         try:
-            last_batch = num_batches - 1
+            last_batch = self.num_batches - 1
             while self.epoch < cfg.epochs and not self.should_stop:
                 epoch = self.epoch + 1
                 for cb in self.callbacks:
                     cb.on_epoch_start(self, epoch)
                 self.model.train()
-                batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
-                if stream is None:  # in memory: slices of a shuffled index, as by hand
-                    order = torch.randperm(n, generator=generator).to(device)
-                    batches = ((x_train[idx], y_train[idx]) for idx in order.split(batch_size))
-                else:  # from Parquet: row groups and a buffer shuffled per epoch, read ahead
-                    batches = (  # y is already int64 (classes) or float32 (regression)
-                        (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-                        for x, y in stream.batches("train", batch_size, epoch=epoch)
-                    )
                 loss_sum = torch.zeros((), device=device)
-                for batch, (xb, yb) in enumerate(batches):  # (B, D), (B,)
-                    mix = None
-                    if augment is not None:  # training batches only; seeded by the batch position
-                        xb, mix = augment(xb, (epoch - 1) * num_batches + batch)
-                    with self._autocast(device):
-                        outputs = self.model(xb)
-                        loss = loss_fn(outputs.float(), yb)
-                        if mix is not None:  # mixup: the loss mixes the two targets the same way
-                            loss = mix.lam * loss + (1 - mix.lam) * loss_fn(
-                                outputs.float(), yb[mix.perm]
-                            )
-                    total = loss
-                    if l1_params:
-                        total = total + cfg.l1 * sum(p.abs().sum() for p in l1_params)
-                    (total / accumulation if accumulation > 1 else total).backward()
-                    if (batch + 1) % accumulation == 0 or batch == last_batch:
-                        if cfg.grad_clip is not None:
-                            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                        schedule.step_batch()
-                        self.global_step += 1
-                    loss_sum += loss.detach() * len(yb)  # summed on device: no sync per batch
+                first_batch = (epoch - 1) * self.num_batches  # counted over the run: seeds augment
+                for batch, (xb, yb) in enumerate(self._epoch_batches(setup, epoch)):  # (B, D), (B,)
+                    loss = self._forward_backward(setup, xb, yb, first_batch + batch)
+                    if (batch + 1) % setup.accumulation == 0 or batch == last_batch:
+                        self._optimizer_step(setup)
+                    loss_sum += loss * len(yb)  # summed on device: no sync per batch
                     for cb in batch_hooks:
-                        cb.on_batch_end(self, batch, loss.detach())
+                        cb.on_batch_end(self, batch, loss)
 
-                metrics: dict[str, float] = {"epoch": epoch, "train_loss": (loss_sum / n).item()}
-                metrics.update(self._validate(x_val, y_val, val_loss_fn, stream))
-                metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-                if not math.isfinite(metrics["train_loss"]):
-                    raise DataError(
-                        f"The training loss became {metrics['train_loss']} at epoch {epoch}. Lower train.optimizer.lr, set train.grad_clip, or check the data for extreme values."
-                    )
-                schedule.step_epoch(metrics.get(monitor))
-                self.epoch = epoch
-                self.history_.append(metrics)
-                if self.tracker is not None:  # before the callbacks: a pruned epoch is recorded too
-                    self.tracker.log_metrics(metrics, step=epoch, epoch=epoch)
+                metrics = self._epoch_metrics(setup, epoch, loss_sum)  # train loss, val_*, lr
+                self._record_epoch(setup, epoch, metrics)  # schedule, history, tracker
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, epoch, metrics)
-                if (
-                    self.checkpoint_path is not None
-                    and cfg.checkpoint.every
-                    and (
-                        epoch % cfg.checkpoint.every == 0 or self.should_stop or epoch == cfg.epochs
-                    )
-                ):
-                    if self.tracker is not None:
-                        self.tracker.flush()  # metrics on disk before the checkpoint that covers them
-                    writer.save(self.checkpoint_path, self._state(schedule, generator))
+                if self.checkpoint_path is not None and self._checkpoint_due(epoch):
+                    self._save_checkpoint(self.checkpoint_path, setup, writer)
         finally:
             writer.close()  # the last checkpoint is on disk (or its error raised) before we go on
 
@@ -381,6 +295,195 @@ class Trainer:
         if self.tracker is not None:
             self.tracker.flush()
         return self
+
+    # -- fit's parts, in the order fit calls them -------------------------------------------------
+    def _setup(self, data: PreparedData, device: torch.device) -> _FitSetup:
+        """Wire one fit: data on the device, the batch plan, losses, optimizer, schedule, monitor."""
+        cfg, task = self.config, self.task
+        target_dtype = getattr(torch, task.target_dtype)
+        x_train = torch.as_tensor(data.x_train, device=device)  # (N, D)
+        y_train = torch.as_tensor(data.y_train, device=device).to(target_dtype)  # (N,)
+        x_val = torch.as_tensor(data.x_val)  # (V, D), validated on the CPU in chunks
+        y_val = torch.as_tensor(data.y_val).to(target_dtype)  # (V,)
+        stream = data.stream  # data larger than memory: batches come from Parquet, not tensors
+        rows = len(x_train) if stream is None else stream.rows["train"]
+        val_rows = len(x_val) if stream is None else stream.rows["val"]
+        batch_size = self._batch_size(rows)
+        self.num_batches = math.ceil(rows / batch_size)
+        accumulation = min(cfg.grad_accumulation, self.num_batches)
+
+        loss_fn, val_loss_fn = self._losses(data, device)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        monitor = self._monitor(val_rows)
+        schedule = LRSchedule(
+            cfg.scheduler,
+            self.optimizer,
+            epochs=cfg.epochs,
+            steps_per_epoch=math.ceil(self.num_batches / accumulation),
+            monitor_mode=task.monitor_mode(monitor),
+        )
+        self._add_early_stopping()
+        return _FitSetup(
+            device=device,
+            x_train=x_train,
+            y_train=y_train,
+            x_val=x_val,
+            y_val=y_val,
+            stream=stream,
+            rows=rows,
+            batch_size=batch_size,
+            accumulation=accumulation,
+            loss_fn=loss_fn,
+            val_loss_fn=val_loss_fn,
+            schedule=schedule,
+            monitor=monitor,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            augment=(
+                Augmenter(data.augment, data.schema.image_shape, cfg.seed) if data.augment else None
+            ),
+            l1_params=[p for p in self.model.parameters() if p.ndim > 1] if cfg.l1 > 0 else [],
+        )
+
+    def _batch_size(self, rows: int) -> int:
+        """``train.batch_size``, or the whole training split when that is smaller."""
+        if rows == 0:
+            raise DataError(
+                "The training split is empty; lower data.split.test / data.split.val or add rows."
+            )
+        if self.config.batch_size > rows:
+            log.warning(
+                "train.batch_size %d is larger than the training split (%d rows); using %d.",
+                self.config.batch_size,
+                rows,
+                rows,
+            )
+            return rows
+        return self.config.batch_size
+
+    def _losses(
+        self, data: PreparedData, device: torch.device
+    ) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The training loss (on the device) and the validation loss (on the CPU).
+
+        Validation outputs come back on the CPU; both losses carry the class weights when the
+        target is classes.
+        """
+        cfg, stream = self.config, data.stream
+        weights = (
+            class_weights(
+                cfg.class_weight or data.class_weight,
+                data.y_train,
+                data.schema,
+                counts=None if stream is None else stream.class_counts,
+            )
+            if self.task.target_kind == "classes"
+            else None
+        )
+        loss_fn = self.task.make_loss(weights.to(device) if weights is not None else None, cfg.loss)
+        return loss_fn, self.task.make_loss(weights, cfg.loss)
+
+    def _monitor(self, val_rows: int) -> str:
+        """The metric the schedule (and early stopping) watch; train_loss without validation."""
+        stopping = self.config.early_stopping
+        monitor = stopping.monitor if stopping else "val_loss"
+        if val_rows == 0 and monitor.startswith("val_"):
+            return "train_loss"
+        return monitor
+
+    def _add_early_stopping(self) -> None:
+        """Put ``train.early_stopping`` first among the callbacks unless one was passed in."""
+        stopping = self.config.early_stopping
+        if stopping is None or any(isinstance(cb, EarlyStopping) for cb in self.callbacks):
+            return
+        mode = (
+            self.task.monitor_mode(stopping.monitor) if stopping.mode == "auto" else stopping.mode
+        )
+        self.callbacks.insert(0, EarlyStopping(stopping, mode))
+
+    def _resume(self, setup: _FitSetup) -> None:
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            raise DataError(f"Cannot resume: there is no checkpoint at '{self.checkpoint_path}'.")
+        self._restore(load_checkpoint(self.checkpoint_path), setup.schedule, setup.generator)
+        log.info("resumed from %s after epoch %d", self.checkpoint_path, self.epoch)
+
+    def _epoch_batches(
+        self, setup: _FitSetup, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch's training batches, (B, D) and (B,), on the device."""
+        if setup.stream is None:  # in memory: slices of a shuffled index, as by hand
+            order = torch.randperm(setup.rows, generator=setup.generator).to(setup.device)
+            return (
+                (setup.x_train[idx], setup.y_train[idx]) for idx in order.split(setup.batch_size)
+            )
+        # from Parquet: row groups and a buffer shuffled per epoch, read ahead; y is already
+        # int64 (classes) or float32 (regression)
+        return (
+            (torch.from_numpy(x).to(setup.device), torch.from_numpy(y).to(setup.device))
+            for x, y in setup.stream.batches("train", setup.batch_size, epoch=epoch)
+        )
+
+    def _forward_backward(
+        self, setup: _FitSetup, xb: torch.Tensor, yb: torch.Tensor, position: int
+    ) -> torch.Tensor:
+        """Adds one batch's gradients (scaled for accumulation); returns its detached loss.
+
+        ``position`` counts batches over the whole run: it seeds the batch's augmentation.
+        """
+        mix = None
+        if setup.augment is not None:  # training batches only
+            xb, mix = setup.augment(xb, position)
+        with self._autocast(setup.device):
+            outputs = self.model(xb)  # (B, C) or (B,)
+            loss = setup.loss_fn(outputs.float(), yb)
+            if mix is not None:  # mixup: the loss mixes the two targets the same way
+                loss = mix.lam * loss + (1 - mix.lam) * setup.loss_fn(outputs.float(), yb[mix.perm])
+        total = loss
+        if setup.l1_params:
+            total = total + self.config.l1 * sum(p.abs().sum() for p in setup.l1_params)
+        (total / setup.accumulation if setup.accumulation > 1 else total).backward()
+        return loss.detach()
+
+    def _optimizer_step(self, setup: _FitSetup) -> None:
+        """Clip, step and clear the gradients, then advance the per-batch LR schedule."""
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        setup.schedule.step_batch()
+        self.global_step += 1
+
+    def _epoch_metrics(
+        self, setup: _FitSetup, epoch: int, loss_sum: torch.Tensor
+    ) -> dict[str, float]:
+        """The epoch's row: mean training loss, validation metrics and the learning rate."""
+        metrics: dict[str, float] = {"epoch": epoch, "train_loss": (loss_sum / setup.rows).item()}
+        metrics.update(self._validate(setup.x_val, setup.y_val, setup.val_loss_fn, setup.stream))
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if not math.isfinite(metrics["train_loss"]):
+            raise DataError(
+                f"The training loss became {metrics['train_loss']} at epoch {epoch}. Lower train.optimizer.lr, set train.grad_clip, or check the data for extreme values."
+            )
+        return metrics
+
+    def _record_epoch(self, setup: _FitSetup, epoch: int, metrics: dict[str, float]) -> None:
+        """Step the per-epoch schedule and log the epoch in the history and the tracker."""
+        setup.schedule.step_epoch(metrics.get(setup.monitor))
+        self.epoch = epoch
+        self.history_.append(metrics)
+        if self.tracker is not None:  # before the callbacks: a pruned epoch is recorded too
+            self.tracker.log_metrics(metrics, step=epoch, epoch=epoch)
+
+    def _checkpoint_due(self, epoch: int) -> bool:
+        """Every ``checkpoint.every`` epochs, and after the last one (stopped early or not)."""
+        every = self.config.checkpoint.every
+        if not every:
+            return False
+        return epoch % every == 0 or self.should_stop or epoch == self.config.epochs
+
+    def _save_checkpoint(self, path: Path, setup: _FitSetup, writer: CheckpointWriter) -> None:
+        if self.tracker is not None:
+            self.tracker.flush()  # metrics on disk before the checkpoint that covers them
+        writer.save(path, self._state(setup.schedule, setup.generator))
 
     @property
     def best_epoch(self) -> int:
