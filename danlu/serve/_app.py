@@ -149,10 +149,10 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(payload, MAX_DEPTH):
         raise RequestError("body", f"nests arrays or objects deeper than {MAX_DEPTH} levels", 400)
     # a key twice in one object: the decoder keeps the last one silently. When every colon of
-    # the body belongs to a key counted here, there is none (about 1 µs for a 64-feature row,
+    # the body belongs to a key counted here, there is none (1.5 µs for a 64-feature row,
     # against 4 µs for decoding with object_pairs_hook); any other body is decoded again, its
     # pairs kept, to find one
-    if body.count(b":") != _key_count(payload):
+    if text.count(":") != _key_count(payload):
         refuse_duplicate_keys(text)
     if not isinstance(payload, dict):
         raise RequestError(
