@@ -83,7 +83,7 @@ def test_schema_and_datasets(tmp_path):
     assert json.loads(schema.stdout)["title"] == "Recipe"
     listing = danlu("datasets", "--json", home=tmp_path)
     names = {d["name"] for d in json.loads(listing.stdout)}
-    assert names == {"digits", "breast_cancer", "wine", "iris", "diabetes"}
+    assert names == {"digits", "breast_cancer", "wine", "iris", "diabetes", "yeast"}
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
