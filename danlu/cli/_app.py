@@ -55,10 +55,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(studies_app, name="studies")
 app.add_typer(keys_app, name="keys")
 
-# danlu/cli/_serve.py still reaches this through this module: the leaf's function under its old
-# name, until _serve.py imports danlu.cli._console itself.
-_setup_logging = setup_logging
-
 RecipeArg = Annotated[Path, typer.Argument(help="Path to a YAML recipe.", metavar="RECIPE")]
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from danlu.cli import _app as cli
+from danlu.cli._console import setup_logging
 from danlu.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def serve_command(
 
     Example: danlu serve digits@production wine:3 --canary digits:5=10%
     """
-    cli._setup_logging(True, False)
+    setup_logging(True, False)
     from danlu.serve import ServeSettings, serve
     from danlu.serve._guard import parse_allowed_hosts
     from danlu.store import SqlStore
