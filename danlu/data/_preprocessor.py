@@ -12,7 +12,7 @@ scalers are used to fit, and their learned centre and scale are kept as floats s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -81,6 +81,109 @@ def _mode(values: np.ndarray) -> Any:
     return to_plain(present.mode().iloc[0])
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where the fitted preprocessor puts each feature in the encoded row (before a reducer).
+
+    Numeric and boolean features ("dense") encode as ``(x - center) / scale`` in one column
+    each (a boolean: centre 0, scale 1); categorical ones as one-hot columns or one ordinal code.
+    """
+
+    width: int  # encoded columns
+    dense_names: tuple[str, ...]
+    dense_cols: np.ndarray  # (dense,) int64: each dense feature's column
+    center: np.ndarray  # (dense,) float64
+    scale: np.ndarray  # (dense,) float64
+    fill: np.ndarray  # (dense,) float64; NaN: no fill value (missing: drop)
+    categorical: tuple[tuple[str, int, dict[str, int], str | None], ...]  # name, first column,
+    # category → position, fill
+
+    @classmethod
+    def of(
+        cls,
+        schema: FeatureSchema,
+        fill: Mapping[str, Any],
+        center: Mapping[str, float],
+        scale: Mapping[str, float],
+        encode: str,
+    ) -> _Layout:
+        dense: list[tuple[str, int, float, float, float]] = []
+        categorical = []
+        col = 0
+        for f in schema.features:
+            value = fill.get(f.name)
+            if f.kind == "categorical":
+                index = {c: i for i, c in enumerate(f.categories)}
+                categorical.append((f.name, col, index, None if value is None else str(value)))
+                col += len(f.categories) if encode == "onehot" else 1
+                continue
+            numeric = f.kind == "numeric"
+            dense.append(
+                (
+                    f.name,
+                    col,
+                    center[f.name] if numeric else 0.0,
+                    scale[f.name] if numeric else 1.0,
+                    np.nan if value is None else float(value),
+                )
+            )
+            col += 1
+        names, cols, centers, scales, fills = zip(*dense, strict=True) if dense else ((),) * 5
+        return cls(
+            width=col,
+            dense_names=tuple(names),
+            dense_cols=np.asarray(cols, dtype=np.int64),
+            center=np.asarray(centers, dtype=np.float64),
+            scale=np.asarray(scales, dtype=np.float64),
+            fill=np.asarray(fills, dtype=np.float64),
+            categorical=tuple(categorical),
+        )
+
+
+def _dense_matrix(
+    columns: Mapping[str, Sequence[Any] | np.ndarray], layout: _Layout, n: int
+) -> np.ndarray:
+    """The numeric and boolean columns as one raw float64 matrix ``(n, dense features)``: one
+    numpy conversion for the usual case, column by column (naming a bad one) otherwise."""
+    names = layout.dense_names
+    try:
+        stacked = np.array([columns[name] for name in names], dtype=np.float64)  # (dense, n)
+    except (ValueError, TypeError, OverflowError):
+        stacked = None
+    if stacked is not None and stacked.shape == (len(names), n):
+        return stacked.T
+    matrix = np.empty((n, len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        try:
+            matrix[:, j] = np.asarray(columns[name], dtype=np.float64)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise DataError(
+                f"Column '{name}' holds a value that is not a number ({exc}). Read raw values "
+                "with Preprocessor.read_column first."
+            ) from None
+    return matrix
+
+
+def _category_codes(
+    values: Sequence[Any] | np.ndarray, index: Mapping[str, int], fill: str | None, name: str
+) -> np.ndarray:
+    """Each value's position among the known categories, -1 for an unseen one; a missing value
+    (None, NaN) takes ``fill``, and without one is a DataError."""
+    codes = np.empty(len(values), dtype=np.int64)
+    get = index.get
+    for i, value in enumerate(values):
+        if type(value) is not str:
+            if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+                if fill is None:
+                    missing = np.asarray([v is None or pd.isna(v) for v in values])
+                    Preprocessor._no_fill(name, missing)
+                value = fill
+            else:
+                value = category_str(value)
+        codes[i] = get(value, -1)
+    return codes
+
+
 _SCALERS = {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}
 
 
@@ -146,6 +249,7 @@ class Preprocessor:
         self.reduce = reduce
         self._schema: FeatureSchema | None = None  # set by fit / from_dict
         self.reducer_: FeatureReducer | None = None  # set by fit / from_dict with reduce
+        self._layout_cache: tuple[tuple[Any, ...], _Layout] | None = None
 
     @property
     def schema_(self) -> FeatureSchema:
@@ -215,7 +319,7 @@ class Preprocessor:
         assert self.reduce is not None and self._schema is not None
         schema = self._schema
         reducer = FeatureReducer(self.reduce).fit(
-            self._encode(frame),
+            self.transform_columns(self._read_frame(frame)),  # no reducer yet: the encoding
             self.encode_target(frame[self.target]),
             task=self._task_ref(),
             names=schema.encoded_names,
@@ -322,12 +426,10 @@ class Preprocessor:
             DataError: a feature column is absent, a value cannot be read as its kind, or a value
                 is missing with ``missing: drop``.
         """
-        self._check_fitted()
-        encoded = self._encode(frame)
-        return encoded if self.reducer_ is None else self.reducer_.transform(encoded)
+        return self.transform_columns(self._read_frame(frame))
 
-    def _encode(self, frame: pd.DataFrame) -> np.ndarray:
-        """Impute, scale and encode raw rows (everything ``transform`` does but the reduction)."""
+    def _read_frame(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Each feature column of ``frame`` read as its kind (:meth:`read_column`)."""
         schema = self.schema_
         absent = [f.name for f in schema.features if f.name not in frame.columns]
         if absent:
@@ -335,42 +437,130 @@ class Preprocessor:
                 f"The input rows lack feature column(s) {preview(absent)}. Every row needs the "
                 f"columns the model was trained on: {preview(schema.feature_names)}."
             )
-        width = len(encoded_columns(schema.features, self.config.encode))
-        out = np.zeros((len(frame), width), dtype=np.float32)  # (n, encoded width)
-        col = 0
-        for feature in schema.features:
-            values = self._raw_values(frame[feature.name], feature.kind)
-            values = self._replay_fill(feature.name, values)
-            if feature.kind == "numeric":
-                out[:, col] = (values - self.center_[feature.name]) / self.scale_[feature.name]
-                col += 1
-            elif feature.kind == "boolean":
-                out[:, col] = values
-                col += 1
-            else:
-                index = {c: i for i, c in enumerate(feature.categories)}
-                k = len(feature.categories)
-                codes = np.fromiter((index.get(v, -1) for v in values), np.int64, len(values))
-                if self.config.encode == "ordinal":
-                    out[:, col] = np.where(codes < 0, k, codes)
-                    col += 1
-                else:
-                    seen = codes >= 0
-                    out[np.flatnonzero(seen), col + codes[seen]] = 1.0
-                    col += k
-        return out
+        return {f.name: self.read_column(frame[f.name], f.kind) for f in schema.features}
 
-    def _replay_fill(self, name: str, values: np.ndarray) -> np.ndarray:
-        missing = pd.isna(values) if values.dtype == object else np.isnan(values)
-        if not missing.any():
-            return values
-        if self.fill_[name] is None:
+    @staticmethod
+    def read_column(column: pd.Series, kind: str) -> np.ndarray:
+        """A raw column read as its feature kind, as :meth:`transform_columns` takes it:
+        ``numeric`` and ``boolean`` as float64 with NaN for missing values, ``categorical`` as
+        category strings with None for missing values.
+
+        Raises:
+            DataError: a value that is not a number (numeric) or a true/false token (boolean),
+                or an infinite number.
+        """
+        if kind == "numeric":
+            return numeric_values(column)
+        if kind == "boolean":
+            return _boolean_values(column)
+        return _category_values(column)
+
+    def transform_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> np.ndarray:
+        """Encode feature columns already read as their kinds: the one replay of the fitted
+        state (fill, centre and scale, categories, reducer) that :meth:`transform`, the
+        streaming reader and the server share, without a DataFrame.
+
+        Args:
+            columns: feature name → its values, all of one length. Numeric and boolean: numbers
+                (0/1 or true/false for booleans), NaN or None where missing. Categorical: the
+                categories, numbers read as their string (``3.0`` → ``'3'``), None or NaN where
+                missing. Other keys are ignored.
+
+        Returns:
+            float32 ``(n, input_dim)``, as :meth:`transform` returns for the same rows.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            DataError: a feature is absent, the columns differ in length, a numeric or boolean
+                value is not a number, or a value is missing with ``missing: drop``.
+
+        Example:
+            >>> import pandas as pd
+            >>> df = pd.DataFrame({"x": [1.0, 3.0], "c": ["a", "b"], "y": [0.0, 2.0]})
+            >>> pre = Preprocessor(target="y", task="regression").fit(df)
+            >>> pre.transform_columns({"x": [3.0], "c": ["a"]}).tolist()
+            [[1.0, 1.0, 0.0]]
+        """
+        layout = self._layout()
+        n = self._column_length(columns)
+        out = np.zeros((n, layout.width), dtype=np.float32)  # (n, encoded width)
+        if layout.dense_names:
+            out[:, layout.dense_cols] = self._scale_dense(_dense_matrix(columns, layout, n), layout)
+        ordinal = self.config.encode == "ordinal"
+        for name, col, index, fill in layout.categorical:
+            codes = _category_codes(columns[name], index, fill, name)  # (n,), -1: unseen
+            if ordinal:
+                out[:, col] = np.where(codes < 0, len(index), codes)
+            else:
+                seen = codes >= 0
+                out[np.flatnonzero(seen), col + codes[seen]] = 1.0
+        return out if self.reducer_ is None else self.reducer_.transform(out)
+
+    def transform_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Encode raw rows of a model without categorical features given as one float64 matrix
+        ``(n, features)`` in schema order (NaN where missing): :meth:`transform_columns`'s
+        arithmetic in one numpy pass, for the server's all-numeric requests.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            DataError: the schema has categorical features, the matrix is not ``features``
+                wide, or a value is missing with ``missing: drop``.
+        """
+        layout = self._layout()
+        if layout.categorical or matrix.ndim != 2 or matrix.shape[1] != len(layout.dense_names):
             raise DataError(
-                f"Column '{name}' has {int(missing.sum())} missing value(s), the first at row "
-                f"{first_row(missing)}, and data.prepare.missing is 'drop', so no fill value was "
-                "learned. Supply a value for every feature, or train with another missing strategy."
+                f"transform_matrix takes rows of {len(layout.dense_names)} numeric or boolean "
+                f"features; got shape {matrix.shape} for a schema with "
+                f"{len(layout.categorical)} categorical feature(s). Use transform_columns."
             )
-        return self._filled(values, self.fill_[name])
+        out = self._scale_dense(matrix, layout).astype(np.float32)  # (n, input_dim)
+        return out if self.reducer_ is None else self.reducer_.transform(out)
+
+    def _column_length(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> int:
+        names = self.schema_.feature_names
+        absent = [name for name in names if name not in columns]
+        if absent:
+            raise DataError(
+                f"The input columns lack feature(s) {preview(absent)}. Every row needs the "
+                f"features the model was trained on: {preview(names)}."
+            )
+        lengths = {len(columns[name]) for name in names}
+        if len(lengths) > 1:
+            raise DataError(
+                f"The input columns differ in length ({sorted(lengths)[:5]}); give every "
+                "feature one value per row."
+            )
+        return lengths.pop() if lengths else 0
+
+    def _scale_dense(self, matrix: np.ndarray, layout: _Layout) -> np.ndarray:
+        """Fill, then ``(x - center) / scale`` (booleans: centre 0, scale 1), float64."""
+        missing = np.isnan(matrix)
+        if missing.any():
+            absent = missing.any(axis=0) & np.isnan(layout.fill)  # missing, and no fill value
+            if absent.any():
+                j = int(np.flatnonzero(absent)[0])
+                self._no_fill(layout.dense_names[j], missing[:, j])
+            matrix = np.where(missing, layout.fill, matrix)
+        return (matrix - layout.center) / layout.scale
+
+    @staticmethod
+    def _no_fill(name: str, missing: np.ndarray) -> None:
+        raise DataError(
+            f"Column '{name}' has {int(missing.sum())} missing value(s), the first at row "
+            f"{first_row(missing)}, and data.prepare.missing is 'drop', so no fill value was "
+            "learned. Supply a value for every feature, or train with another missing strategy."
+        )
+
+    def _layout(self) -> _Layout:
+        """Where each feature's encoding goes, worked out once per fitted state."""
+        schema = self.schema_
+        key = (id(schema), id(self.fill_), id(self.center_), id(self.scale_), self.config.encode)
+        cached = self._layout_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        layout = _Layout.of(schema, self.fill_, self.center_, self.scale_, self.config.encode)
+        self._layout_cache = (key, layout)
+        return layout
 
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
         """``fit(frame)`` then ``transform(frame)``."""

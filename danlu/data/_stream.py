@@ -212,28 +212,20 @@ class TrainStream:
             yield self._encode(batch), self._encode_target(batch.column(self._columns[-1]))
 
     def _encode(self, batch: pa.RecordBatch) -> np.ndarray:
-        """Preprocess a whole chunk: vectorised per column, or the preprocessor's own replay."""
+        """Preprocess a whole chunk: each column read from Arrow (numbers and booleans without
+        pandas), then the preprocessor's one replay of its fitted state (``transform_columns``,
+        which the server and ``Preprocessor.transform`` use too)."""
+        import pandas as pd
+
         pre = self.preprocessor
-        schema = pre.schema_
-        if pre.reducer_ is None and all(f.kind != "categorical" for f in schema.features):
-            out = np.empty((batch.num_rows, schema.input_dim), dtype=np.float32)  # (n, D)
-            for j, f in enumerate(schema.features):
-                values = column_values(batch.column(f.name), f.kind, f.name)
-                if values is None:
-                    break  # booleans spelled as strings: the preprocessor reads those
-                missing = np.isnan(values)
-                if missing.any():
-                    fill = pre.fill_[f.name]
-                    if fill is None:
-                        break  # missing: drop and a missing value: let the preprocessor explain
-                    values = np.where(missing, fill, values)
-                if f.kind == "numeric":
-                    out[:, j] = (values - pre.center_[f.name]) / pre.scale_[f.name]
-                else:
-                    out[:, j] = values
-            else:
-                return out
-        return pre.transform(batch.to_pandas())
+        columns: dict[str, np.ndarray] = {}
+        for f in pre.schema_.features:
+            array = batch.column(f.name)
+            values = column_values(array, f.kind, f.name)
+            if values is None:  # categories, and booleans spelled as strings
+                values = pre.read_column(pd.Series(array.to_pandas(), name=f.name), f.kind)
+            columns[f.name] = values
+        return pre.transform_columns(columns)
 
     def _encode_target(self, column: pa.Array) -> np.ndarray:
         import pyarrow as pa

@@ -106,6 +106,69 @@ def test_non_numeric_value_in_numeric_column_is_named(mixed_frame: pd.DataFrame)
         pre.transform(bad)
 
 
+def _gappy(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with an unseen category and a missing value in every kind of column."""
+    frame = frame.astype({"member": object, "flag": object, "colour": object})
+    frame.loc[1, "colour"] = "purple"  # unseen
+    frame.loc[2, ["age", "colour", "member", "flag", "income"]] = [np.nan, None, None, None, np.nan]
+    return frame
+
+
+@pytest.mark.parametrize("encode", ["onehot", "ordinal"])
+def test_transform_columns_is_transforms_replay_without_a_frame(
+    mixed_frame: pd.DataFrame, encode: str
+) -> None:
+    pre = _fit(mixed_frame, encode=encode)
+    frame = _gappy(mixed_frame.iloc[:10].drop(columns="label"))
+    expected = pre.transform(frame)
+    read = {f.name: pre.read_column(frame[f.name], f.kind) for f in pre.schema_.features}
+    np.testing.assert_array_equal(pre.transform_columns(read), expected)
+    # raw JSON-like values: lists with None, numbers as categories, 0/1 and true/false
+    raw = {name: frame[name].tolist() for name in ("age", "colour", "income")}
+    raw["member"] = [None if v is None else v == "yes" for v in frame["member"]]
+    raw["flag"] = [None if v is None else int(v) for v in frame["flag"]]
+    raw["age"] = [None if v != v else v for v in raw["age"]]
+    np.testing.assert_array_equal(pre.transform_columns(raw), expected)
+
+
+def test_categorical_numbers_encode_as_their_string() -> None:
+    frame = pd.DataFrame({"c": ["3", "4", "3.5"], "label": [0, 1, 0]})
+    pre = _fit(frame)
+    a = pre.transform_columns({"c": [3, 3.0, "3", 3.5, np.float64(4.0)]})
+    assert a.tolist() == [[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def test_transform_matrix_matches_transform_for_numeric_and_boolean_rows() -> None:
+    frame = pd.DataFrame(
+        {"x": [1.0, 2.0, np.nan, 4.0], "b": [True, False, True, True], "label": [0, 1, 0, 1]}
+    )
+    pre = _fit(frame)
+    rows = pd.DataFrame({"x": [np.nan, 3.0], "b": [0.0, 1.0]})
+    matrix = rows.to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(pre.transform_matrix(matrix), pre.transform(rows))
+    with pytest.raises(DataError, match="transform_columns"):
+        _fit(pd.DataFrame({"c": ["a", "b"], "label": [0, 1]})).transform_matrix(matrix)
+
+
+def test_transform_columns_names_what_is_wrong(mixed_frame: pd.DataFrame) -> None:
+    pre = _fit(mixed_frame)
+    columns = {name: mixed_frame[name].iloc[:3].tolist() for name in pre.schema_.feature_names}
+    with pytest.raises(DataError, match="'member' holds a value that is not a number"):
+        pre.transform_columns(columns)  # "yes": read it with read_column first
+    columns["member"] = [1.0, 0.0, 1.0]
+    with pytest.raises(DataError, match="'income'"):
+        pre.transform_columns({k: v for k, v in columns.items() if k != "income"})
+    with pytest.raises(DataError, match="differ in length"):
+        pre.transform_columns({**columns, "age": [1.0]})
+    with pytest.raises(DataError, match="'age' holds a value that is not a number"):
+        pre.transform_columns({**columns, "age": [1.0, "old", 2.0]})
+    strict = _fit(mixed_frame, missing="drop")
+    with pytest.raises(
+        DataError, match=r"Column 'colour' has 1 missing value\(s\), the first at row 2"
+    ):
+        strict.transform_columns({**columns, "colour": ["red", None, "blue"]})
+
+
 def test_column_with_no_values_cannot_be_filled() -> None:
     frame = pd.DataFrame({"x": [np.nan, np.nan], "y": [1.0, 2.0], "label": [0, 1]})
     with pytest.raises(DataError, match="'x' has no values.*ignore"):

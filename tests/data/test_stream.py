@@ -269,7 +269,22 @@ def test_streamed_rows_equal_the_preprocessors_own_replay(folder):
     frame = all_rows(folder)
     val = frame[split_codes(0, len(frame), test=0.2, val=0.1, seed=0) == 1]
     streamed = np.concatenate([x for x, _ in data.stream.batches("val")])
-    np.testing.assert_allclose(streamed, data.preprocessor.transform(val), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(streamed, data.preprocessor.transform(val))
+
+
+def test_streamed_gaps_and_unseen_categories_encode_as_the_preprocessor_does(folder):
+    data = prepare_data(config(folder), "classification")
+    assert data.stream is not None
+    frame = all_rows(folder).iloc[:6].drop(columns="y").reset_index(drop=True)
+    frame = frame.astype({"colour": object, "flag": object})
+    frame.loc[1, "colour"] = "purple"  # unseen
+    frame.loc[2, ["x0", "x2", "colour", "flag"]] = [np.nan, np.nan, None, None]
+    batch = pa.RecordBatch.from_pandas(frame.assign(y=0), preserve_index=False)
+    expected = data.preprocessor.transform(frame)
+    np.testing.assert_array_equal(data.stream._encode(batch), expected)
+    strings = frame.assign(flag=frame["flag"].map({True: "yes", False: "no", None: None}), y=0)
+    batch = pa.RecordBatch.from_pandas(strings, preserve_index=False)  # booleans as words
+    np.testing.assert_array_equal(data.stream._encode(batch), expected)
 
 
 def test_read_ahead_raises_the_readers_error_and_stops_early():
