@@ -341,8 +341,11 @@ def _run_context(
     """The run's recipe, its data prepared again (same split), and its recorded cost figures."""
     from danlu.config import load_recipe
     from danlu.data import prepare_data
+    from danlu.models import check_stored_recipe
     from danlu.tasks import get_task
 
+    if run.recipe:  # stored data: its model and task must be built in or allow-listed
+        check_stored_recipe(run.recipe, f"Run {run.id}'s recipe")
     recipe = load_recipe(run.recipe) if run.recipe else None
     prepared = None
     if recipe is not None and recipe.data.stream is None:

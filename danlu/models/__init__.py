@@ -10,6 +10,7 @@ built-in architectures or from builders whose module the operator allow-lists in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -37,6 +38,7 @@ __all__ = [
     "Rows",
     "ModelSpec",
     "build_model",
+    "check_stored_recipe",
     "check_model_config",
     "load_bundle",
     "load_weights",
@@ -93,3 +95,28 @@ def build_model(
     options, issues = check_model_config(config, trusted=trusted)
     raise_issues(issues, getattr(config, "_source", None))
     return MODELS.get(config.type, trusted=trusted).builder(options, schema, task)
+
+
+def check_stored_recipe(recipe: Mapping[str, Any], where: str) -> None:
+    """Refuse a recipe read back from the store whose model or task is an import path the
+    operator has not allow-listed (``DANLU_ALLOWED_BUILDERS``), before anything is imported.
+
+    A recipe in the store is data anyone with write access to the store can edit; running it
+    again (cross-validation of a stored run, a ``danlu tune --worker`` joining a study) must not
+    import code on its say-so.
+
+    Raises:
+        NotFoundError: naming the builder or task and the variable to set.
+    """
+    from danlu.tasks import TASKS
+
+    model = recipe.get("model")
+    kind = model.get("type") if isinstance(model, Mapping) else None
+    try:
+        if isinstance(kind, str):
+            MODELS.get(kind, trusted=False)
+        task = recipe.get("task")
+        if isinstance(task, str):
+            TASKS.get(task, trusted=False)
+    except NotFoundError as exc:
+        raise NotFoundError(f"{where}: {exc}") from None

@@ -441,6 +441,9 @@ def join_study(name: str, *, home: StrPath | None = None, store: SqlStore | None
         close_storage(study._storage)
         if not recipe.get("tune"):
             raise DanluError(f"Study '{name}' was not created by danlu tune.")
+        from danlu.models import check_stored_recipe
+
+        check_stored_recipe(recipe, f"Study '{name}'")  # read from the database, not a file
         return work(name, store, worker=os.getpid() % 9973)
     finally:
         if own_store:

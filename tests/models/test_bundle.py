@@ -175,3 +175,75 @@ def test_weights_whose_header_length_starts_like_a_pickle_still_load() -> None:
     assert torch.equal(load_weights(raw, "w")["weight"], tensors["weight"])
     with pytest.raises(StoreError, match="refuses to load pickled"):
         load_weights(b"\x80\x04" + raw[2:40], "w")
+
+
+# Evaluates the run of wine:1 in a fresh interpreter after its stored recipe was edited.
+_EVALUATE_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from danlu.evaluate import evaluate_run
+    from danlu.store import SqlStore
+    store = SqlStore(home=sys.argv[1])
+    run_id = store.get_model_version("wine", 1).run_id
+    try:
+        evaluate_run(run_id, store=store)
+        error = None
+    except Exception as exc:
+        error = [type(exc).__name__, str(exc)]
+    print("RESULT " + json.dumps({"error": error, "this": "this" in sys.modules}))
+    """
+)
+
+
+_CV = {"evaluate": {"cross_validation": 2}}  # cross-validation retrains from the stored recipe
+
+
+@pytest.mark.parametrize("edit", [{"model": {"type": "this:s"}, **_CV}, {"task": "this:s", **_CV}])
+def test_a_stored_recipe_cannot_import_code_when_evaluated_again(stored: Path, edit) -> None:
+    """The run's recipe lives in the database: evaluating the run again (cross-validation
+    retrains from it) refuses an import path in it, before importing anything."""
+    import sqlalchemy as sa
+
+    store = SqlStore(home=stored)
+    run_id = store.get_model_version("wine", 1).run_id
+    original = store.get_run(run_id).recipe
+    store.close()
+    engine = sa.create_engine(f"sqlite:///{stored / 'danlu.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE runs SET recipe = :r WHERE id = :id"),
+                {"r": json.dumps({**original, **edit}), "id": run_id},
+            )
+        environ = {k: v for k, v in os.environ.items() if k != ENV}
+        done = subprocess.run(
+            [sys.executable, "-c", _EVALUATE_PROBE, str(stored)],
+            capture_output=True, text=True, env=environ, timeout=300, check=True,
+        )  # fmt: skip
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE runs SET recipe = :r WHERE id = :id"),
+                {"r": json.dumps(original), "id": run_id},
+            )
+        engine.dispose()
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["this"] is False
+    assert result["error"][0] == "NotFoundError" and ENV in result["error"][1]
+    assert "recipe" in result["error"][1]
+
+
+def test_check_stored_recipe_allows_builtins_and_allow_listed_builders_only(monkeypatch) -> None:
+    """What `danlu tune --worker` runs on a study's recipe read from the database."""
+    from danlu.models import check_stored_recipe
+
+    monkeypatch.delenv(ENV, raising=False)
+    check_stored_recipe({"model": {"type": "mlp"}, "task": "classification"}, "Study s")
+    with pytest.raises(NotFoundError, match=f"Study s: .*{ENV}"):
+        check_stored_recipe({"model": {"type": "mypkg.models:build"}, "task": "regression"}, "Study s")
+    with pytest.raises(NotFoundError, match="Study s"):
+        check_stored_recipe({"model": {"type": "mlp"}, "task": "this:s"}, "Study s")
+    monkeypatch.setenv(ENV, "mypkg")
+    with pytest.raises(NotFoundError, match="mypkg"):  # allowed, so imported: not installed here
+        check_stored_recipe({"model": {"type": "mypkg.models:build"}, "task": "regression"}, "S")
