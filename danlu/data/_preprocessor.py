@@ -485,7 +485,9 @@ class Preprocessor:
         n = self._column_length(columns)
         out = np.zeros((n, layout.width), dtype=np.float32)  # (n, encoded width)
         if layout.dense_names:
-            out[:, layout.dense_cols] = self._scale_dense(_dense_matrix(columns, layout, n), layout)
+            dense = _dense_matrix(columns, layout, n)
+            with np.errstate(over="ignore"):  # beyond float32's range: ±inf, as the model sees it
+                out[:, layout.dense_cols] = self._scale_dense(dense, layout)
         ordinal = self.config.encode == "ordinal"
         for name, col, index, fill in layout.categorical:
             codes = _category_codes(columns[name], index, fill, name)  # (n,), -1: unseen
@@ -513,7 +515,8 @@ class Preprocessor:
                 f"features; got shape {matrix.shape} for a schema with "
                 f"{len(layout.categorical)} categorical feature(s). Use transform_columns."
             )
-        out = self._scale_dense(matrix, layout).astype(np.float32)  # (n, input_dim)
+        with np.errstate(over="ignore"):  # beyond float32's range: ±inf, as the model sees it
+            out = self._scale_dense(matrix, layout).astype(np.float32)  # (n, input_dim)
         return out if self.reducer_ is None else self.reducer_.transform(out)
 
     def _column_length(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> int:

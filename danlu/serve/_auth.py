@@ -361,5 +361,5 @@ class AuthMiddleware:
             except AuthError as exc:
                 await self.respond(exc)(scope, receive, send)
                 return
-            scope[SCOPE_KEY] = key  # type: ignore[literal-required]
+            scope[SCOPE_KEY] = key
         await self.app(scope, receive, send)

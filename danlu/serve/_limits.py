@@ -338,7 +338,7 @@ def _make_protocol(header_timeout_s: float) -> type[asyncio.Protocol] | None:
     except ImportError:  # pragma: no cover - a uvicorn without these modules
         return None
 
-    class HeaderDeadlineProtocol(Base):  # type: ignore[misc, valid-type]
+    class HeaderDeadlineProtocol(Base):
         _header_timer: asyncio.TimerHandle | None = None
         _header_bytes = 0  # httptools: the current request's line and headers so far
         _headers_too_large = False
@@ -380,13 +380,13 @@ def _make_protocol(header_timeout_s: float) -> type[asyncio.Protocol] | None:
         # httptools: the parser calls this when the headers are complete.
         def on_headers_complete(self) -> None:
             self._disarm()
-            super().on_headers_complete()  # type: ignore[misc]
+            super().on_headers_complete()
 
         # httptools has no cap on the headers' size: count them as the parser reports them. An
         # exception here stops the parser; uvicorn then answers with send_400_response.
         def on_message_begin(self) -> None:
             self._header_bytes = 0
-            super().on_message_begin()  # type: ignore[misc]
+            super().on_message_begin()
 
         def _count_header_bytes(self, size: int) -> None:
             self._header_bytes += size
@@ -396,15 +396,15 @@ def _make_protocol(header_timeout_s: float) -> type[asyncio.Protocol] | None:
 
         def on_url(self, url: bytes) -> None:
             self._count_header_bytes(len(url))
-            super().on_url(url)  # type: ignore[misc]
+            super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
-            super().on_header(name, value)  # type: ignore[misc]
+            super().on_header(name, value)
 
         def send_400_response(self, msg: str) -> None:
             if not self._headers_too_large:
-                super().send_400_response(msg)  # type: ignore[misc]
+                super().send_400_response(msg)
                 return
             error = {
                 "status": 431,

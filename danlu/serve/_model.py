@@ -1,19 +1,18 @@
-"""One served model version: request validation, preprocessing, batching, decoding, drift.
+"""One served model version: its predictor, request parsing, micro-batching, answers, drift.
 
-:meth:`ServedModel.parse` runs on the event loop for every request, so it validates and encodes
-raw JSON values itself, one feature at a time with numpy, replaying the saved
-:class:`~danlu.data.Preprocessor`'s state (fill values, centre and scale, categories, reducer)
-rather than building a pandas frame (a frame costs about a millisecond per request; this costs
-tens of microseconds). Tests check it against ``Preprocessor.transform`` on the same rows.
+A :class:`ServedModel` holds the version's :class:`~danlu.models.ModelBundle` (the one predictor)
+and a runtime (ONNX Runtime, or the bundle's own torch model) that computes raw outputs. Requests
+are checked and encoded by :class:`~danlu.serve._parse.RequestParser` (the bundle's
+preprocessor), queued for a micro-batch, run on the runtime and decoded with the bundle's
+``decode`` — the task's ``predict`` with the temperature and any decoding fitted on validation —
+so whatever the task, a served model answers what ``danlu.load_model(...).predict`` answers:
+``predictions`` plus every other output its signature names, as JSON values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,52 +20,20 @@ import numpy as np
 from danlu.errors import StoreError
 from danlu.logging import get_logger
 from danlu.serve._batcher import MicroBatcher
-from danlu.serve._runtime import Runtime, load_runtime, read_bytes
-from danlu.serve._types import RequestError, ServeSettings
+from danlu.serve._outputs import PREDICTION, json_rows, response_key, response_outputs
+from danlu.serve._parse import RequestParser
+from danlu.serve._runtime import Runtime, load_runtime
+from danlu.serve._types import BatchHook, ServeSettings
 
 if TYPE_CHECKING:
     from danlu.data import DriftMonitor, FeatureSchema, Preprocessor
+    from danlu.models import ModelBundle
     from danlu.store import ModelVersion, Store
     from danlu.tasks import Task
 
-__all__ = ["BatchHook", "ServedModel"]
+__all__ = ["ServedModel"]
 
 logger = get_logger(__name__)
-
-BatchHook = Callable[["ServedModel", int, float], None]  # (model, rows, inference seconds)
-
-_NUMBER = (int, float)
-_FLOAT_INT = frozenset((float, int))
-_PAYLOAD_KEYS = ("rows", "columns")
-_SHAPE = '{"rows": [{feature: value, ...}, ...]} or {"columns": {feature: [values]}}'
-
-
-@dataclass(frozen=True, slots=True)
-class _Input:
-    """One raw feature and where its encoding goes in the (pre-reduction) encoded row."""
-
-    name: str
-    kind: str  # numeric | boolean | categorical
-    col: int  # its first encoded column
-    fill: Any  # the learned fill value for null; None: null is refused
-    index: dict[str, int]  # categorical: category → position
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _show(value: Any) -> str:
-    """A short, safe rendering of a client's value for an error message."""
-    if isinstance(value, str):
-        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return repr(value)[:40]
 
 
 class ServedModel:
@@ -74,8 +41,16 @@ class ServedModel:
 
     Build it with :meth:`load` (it starts its micro-batcher); stop it with :meth:`close`.
 
+    Args:
+        mv: the registered version.
+        runtime: computes the raw outputs (``OnnxRuntime``, or ``TorchRuntime`` of ``bundle``).
+        bundle: the version's predictor: preprocessing, task, temperature, fitted decoding.
+        settings: batching and drift settings.
+        monitor: the drift window (default: one without a reference).
+        on_batch: called after every micro-batch.
+
     Example:
-        >>> # model = await ServedModel.load(store, store.get_model_version("wine", 3), settings)
+        >>> # model = await ServedModel.load(store, store.resolve("wine:3"), settings)
         >>> # x = model.parse({"rows": [{"alcohol": 13.2, ...}]}, max_rows=1024)
         >>> # await model.predict(x)  # {"predictions": [1], "probabilities": [[0.1, 0.8, 0.1]]}
     """
@@ -84,12 +59,9 @@ class ServedModel:
         self,
         mv: ModelVersion,
         runtime: Runtime,
-        task: Task,
-        schema: FeatureSchema,
-        preprocessor: Preprocessor,
+        bundle: ModelBundle,
         settings: ServeSettings,
         *,
-        temperature: float = 1.0,
         monitor: DriftMonitor | None = None,
         on_batch: BatchHook | None = None,
     ) -> None:
@@ -102,45 +74,26 @@ class ServedModel:
         self.metrics = dict(mv.metrics)
         self.runtime = runtime
         self.runtime_name = runtime.name
-        self.task = task
-        self.schema = schema
-        self.preprocessor = preprocessor
-        self.temperature = temperature
+        self.bundle = bundle
         self.monitor = monitor or DriftMonitor(None, settings.drift_window)
         self.on_batch = on_batch
         self.batches = 0  # batches run, and the rows in them
         self.rows = 0
-
-        pre_schema = preprocessor.schema_
-        self._encode = preprocessor.config.encode  # onehot | ordinal
-        self.input_dim = pre_schema.input_dim  # after the reducer, if any
-        inputs, col = [], 0
-        for f in pre_schema.features:
-            index = {c: i for i, c in enumerate(f.categories)}
-            inputs.append(_Input(f.name, f.kind, col, preprocessor.fill_.get(f.name), index))
-            col += len(f.categories) if f.kind == "categorical" and self._encode == "onehot" else 1
-        self._inputs = tuple(inputs)
-        self._width = col  # encoded columns before the reducer
+        self.input_dim = self.preprocessor.schema_.input_dim  # after the reducer, if any
+        self._parser = RequestParser(self.preprocessor, self.ref)
         # the signature as served: each input says whether null is accepted (a fill was learned)
-        nullable = {i.name: i.fill is not None for i in inputs}
-        self.signature = {
+        nullable = {i.name: i.nullable for i in self._parser.inputs}
+        self.signature: dict[str, Any] = {
             **mv.signature,
             "inputs": [
                 {**f, "nullable": nullable.get(f.get("name"), False)}
                 for f in mv.signature.get("inputs") or ()
             ],
         }
-        self._names = frozenset(i.name for i in inputs)
-        numeric = [i for i in inputs if i.kind == "numeric"]
-        self._num_index = [j for j, i in enumerate(inputs) if i.kind == "numeric"]
-        self._num_cols = np.array([i.col for i in numeric], dtype=np.int64)
-        self._center = np.array([preprocessor.center_[i.name] for i in numeric], dtype=np.float64)
-        self._scale = np.array([preprocessor.scale_[i.name] for i in numeric], dtype=np.float64)
-        self._classify = task.name == "classification"
-        # every input numeric and no reducer: a row of finite numbers encodes in one numpy pass
-        self._order = tuple(i.name for i in inputs)
-        self._all_numeric = len(numeric) == len(inputs) > 0 and preprocessor.reducer_ is None
-
+        # decoded output → JSON Schema of one row's value; trimmed to what decode returns by
+        # the warm-up (_check_outputs)
+        self.outputs = response_outputs(self.signature)
+        self._keys = tuple(response_key(name) for name in self.outputs)
         self._batcher = MicroBatcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
@@ -149,6 +102,18 @@ class ServedModel:
             name=self.ref,
             on_batch=self._batch_done,
         )
+
+    @property
+    def task(self) -> Task:
+        return self.bundle.task
+
+    @property
+    def schema(self) -> FeatureSchema:
+        return self.bundle.schema
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        return self.bundle.preprocessor
 
     # ---- building ------------------------------------------------------------------------
 
@@ -177,29 +142,45 @@ class ServedModel:
         from danlu.data import DriftMonitor
         from danlu.models import load_bundle
 
-        bundle = load_bundle(lambda f: read_bytes(store, mv, f), f"Model {mv.ref}")
+        bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
+        bundle.version = mv
         runtime = load_runtime(store, mv, settings.runtime, settings.threads, bundle=bundle)
         monitor = DriftMonitor(_drift_reference(store, mv), settings.drift_window)
-        model = cls(
-            mv,
-            runtime,
-            bundle.task,
-            bundle.schema,
-            bundle.preprocessor,
-            settings,
-            temperature=bundle.temperature,
-            monitor=monitor,
-            on_batch=on_batch,
-        )
-        try:  # a model that cannot answer one row must not replace one that can
-            out = runtime.predict(np.zeros((1, model.input_dim), dtype=np.float32))
-            if len(out) != 1:
-                raise ValueError(f"1 input row gave {len(out)} output rows")
+        model = cls(mv, runtime, bundle, settings, monitor=monitor, on_batch=on_batch)
+        model.warm_up()
+        return model
+
+    def warm_up(self) -> None:
+        """Answer one row of zeros through the whole path (runtime, decode, JSON), and keep the
+        outputs of the signature that the decoding returns (a version registered with a task
+        that answers less is logged and served without them).
+
+        Raises:
+            StoreError: the model cannot answer one row (a model that cannot must not replace
+                one that can).
+        """
+        try:
+            decoded = self._decoded(np.zeros((1, self.input_dim), dtype=np.float32))
+            if PREDICTION not in decoded:
+                raise ValueError("the task's decoding returned no prediction")
+            for name, values in decoded.items():
+                if len(values) != 1:
+                    raise ValueError(f"1 input row gave {len(values)} rows of {name!r}")
         except Exception as exc:
             raise StoreError(
-                f"Model {mv.ref} ({runtime.name} runtime) failed its warm-up prediction: {exc}"
+                f"Model {self.ref} ({self.runtime_name} runtime) failed its warm-up prediction: "
+                f"{exc}"
             ) from exc
-        return model
+        absent = [name for name in self.outputs if name not in decoded]
+        if absent:
+            logger.warning(
+                "Model %s: its signature names the output(s) %s, which its task does not "
+                "return; it is served without them.",
+                self.ref,
+                ", ".join(absent),
+            )
+            self.outputs = {k: v for k, v in self.outputs.items() if k in decoded}
+        self._keys = tuple(response_key(name) for name in self.outputs)
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -211,251 +192,35 @@ class ServedModel:
         Raises:
             RequestError: naming the field (``rows[2].alcohol``); 413 for more than ``max_rows``.
         """
-        if not isinstance(payload, dict):
-            raise RequestError("body", f"must be a JSON object: {_SHAPE}; got {_show(payload)}.")
-        unknown = [k for k in payload if k not in _PAYLOAD_KEYS]
-        if unknown:
-            raise RequestError(
-                str(unknown[0])[:100], f"is not a known key; send exactly one of {_SHAPE}."
-            )
-        if len(payload) != 1:
-            raise RequestError("body", f"send exactly one of 'rows' or 'columns': {_SHAPE}.")
-        if "rows" in payload:
-            x = self._numeric_rows(payload["rows"], max_rows) if self._all_numeric else None
-            if x is not None:
-                return x
-            n, values, field = self._from_rows(payload["rows"], max_rows)
-        else:
-            n, values, field = self._from_columns(payload["columns"], max_rows)
-        return self._encode_values(n, values, field)
-
-    def _check_count(self, key: str, n: int, max_rows: int) -> None:
-        if n == 0:
-            raise RequestError(key, "empty: send at least one row.")
-        if n > max_rows:
-            raise RequestError(
-                key,
-                f"holds {n} rows; one request may carry at most {max_rows}. Split it into "
-                "smaller requests.",
-                status=413,
-            )
-
-    def _key_problem(self, where: str, keys: Sequence[str] | Any) -> RequestError:
-        """The error for a row or columns object whose keys are not exactly the features."""
-        given = set(keys)
-        extra = [str(k) for k in keys if k not in self._names]
-        if extra:
-            takes = ", ".join(i.name for i in self._inputs[:20])
-            more = f" and {len(self._inputs) - 20} more" if len(self._inputs) > 20 else ""
-            return RequestError(
-                f"{where}.{extra[0][:100]}",
-                f"is not a feature of model {self.ref}; it takes {len(self._inputs)} "
-                f"features: {takes}{more}.",
-            )
-        missing = next(i.name for i in self._inputs if i.name not in given)
-        return RequestError(
-            f"{where}.{missing}",
-            f"is missing; every row needs all {len(self._inputs)} features of model {self.ref}.",
-        )
-
-    def _from_rows(
-        self, rows: Any, max_rows: int
-    ) -> tuple[int, list[list[Any]], Callable[[int, str], str]]:
-        if not isinstance(rows, list):
-            raise RequestError("rows", f"must be a list of objects; got {_show(rows)}.")
-        self._check_count("rows", len(rows), max_rows)
-        names, n_names = self._names, len(self._names)
-        for i, row in enumerate(rows):
-            if type(row) is not dict:
-                raise RequestError(
-                    f"rows[{i}]", f"must be an object of feature values; got {_show(row)}."
-                )
-            if len(row) != n_names or row.keys() != names:
-                raise self._key_problem(f"rows[{i}]", list(row))
-        values = [[row[inp.name] for row in rows] for inp in self._inputs]
-        return len(rows), values, lambda i, name: f"rows[{i}].{name}"
-
-    def _numeric_rows(self, rows: Any, max_rows: int) -> np.ndarray | None:
-        """The usual request of an all-numeric model — rows holding exactly its features, each
-        a finite JSON number — encoded in one numpy pass (a third of the general path's time for
-        one row); None for anything else, which the general path then checks and explains."""
-        if type(rows) is not list or not 0 < len(rows) <= max_rows:
-            return None
-        names, n_names, order = self._names, len(self._names), self._order
-        flat: list[Any] = []
-        for row in rows:
-            if type(row) is not dict or len(row) != n_names or row.keys() != names:
-                return None
-            flat.extend(map(row.__getitem__, order))
-        if not set(map(type, flat)) <= _FLOAT_INT:  # no bool, str, None, list ...
-            return None
-        try:
-            matrix = np.array(flat, dtype=np.float64).reshape(len(rows), n_names)
-        except OverflowError:  # an integer beyond float range
-            return None
-        if not np.isfinite(matrix).all():
-            return None
-        return ((matrix - self._center) / self._scale).astype(np.float32)  # (n, input_dim)
-
-    def _from_columns(
-        self, columns: Any, max_rows: int
-    ) -> tuple[int, list[list[Any]], Callable[[int, str], str]]:
-        if not isinstance(columns, dict):
-            raise RequestError(
-                "columns", f"must be an object of feature → list of values; got {_show(columns)}."
-            )
-        if len(columns) != len(self._names) or columns.keys() != self._names:
-            raise self._key_problem("columns", list(columns))
-        lengths = set()
-        for inp in self._inputs:
-            column = columns[inp.name]
-            if not isinstance(column, list):
-                raise RequestError(
-                    f"columns.{inp.name}", f"must be a list of values; got {_show(column)}."
-                )
-            lengths.add(len(column))
-        if len(lengths) > 1:
-            raise RequestError(
-                "columns",
-                f"the lists must all be the same length; got lengths {sorted(lengths)[:10]}.",
-            )
-        n = lengths.pop()
-        self._check_count("columns", n, max_rows)
-        values = [columns[inp.name] for inp in self._inputs]
-        return n, values, lambda i, name: f"columns.{name}[{i}]"
-
-    def _encode_values(
-        self, n: int, values: list[list[Any]], field: Callable[[int, str], str]
-    ) -> np.ndarray:
-        """Replay the preprocessor on validated values: ``values[j]`` is feature j's column."""
-        out = np.zeros((n, self._width), dtype=np.float32)  # (n, encoded width)
-        if len(self._num_cols):
-            numeric = self._numeric_matrix(values, field)  # (n, numeric features), raw
-            out[:, self._num_cols] = (numeric - self._center) / self._scale
-        for inp, column in zip(self._inputs, values, strict=True):
-            if inp.kind == "numeric":
-                continue
-            if inp.kind == "boolean":
-                out[:, inp.col] = [self._boolean(inp, v, i, field) for i, v in enumerate(column)]
-            else:
-                for i, v in enumerate(column):
-                    code = inp.index.get(self._category(inp, v, i, field), -1)
-                    if self._encode == "ordinal":
-                        out[i, inp.col] = code if code >= 0 else len(inp.index)
-                    elif code >= 0:
-                        out[i, inp.col + code] = 1.0
-        reducer = self.preprocessor.reducer_
-        return out if reducer is None else reducer.transform(out)
-
-    def _numeric_matrix(
-        self, values: list[list[Any]], field: Callable[[int, str], str]
-    ) -> np.ndarray:
-        """All numeric features' values, ``(n, numeric features)`` float64, fill applied.
-
-        The common case (every value a finite JSON number) is one numpy conversion; anything
-        else goes feature by feature to fill nulls or name the first bad value.
-        """
-        columns = [values[j] for j in self._num_index]
-        if all(type(v) is float or type(v) is int for column in columns for v in column):
-            try:
-                matrix = np.array(columns, dtype=np.float64).T
-            except OverflowError:  # an integer beyond float range
-                pass
-            else:
-                if np.isfinite(matrix).all():
-                    return matrix
-        numeric = [self._inputs[j] for j in self._num_index]
-        return np.column_stack(
-            [self._numbers(inp, c, field) for inp, c in zip(numeric, columns, strict=True)]
-        )
-
-    def _numbers(self, inp: _Input, column: list[Any], field: Callable[[int, str], str]) -> Any:
-        """A numeric feature's values as float64, fill applied; the first bad value raises."""
-        if all(type(v) is float or type(v) is int for v in column):
-            try:
-                array = np.array(column, dtype=np.float64)
-            except OverflowError:
-                array = None
-            if array is not None and np.isfinite(array).all():
-                return array
-        return [self._number(inp, v, i, field) for i, v in enumerate(column)]
-
-    def _null(self, inp: _Input, i: int, field: Callable[[int, str], str]) -> Any:
-        if inp.fill is None:
-            raise RequestError(
-                field(i, inp.name),
-                "is null, and the model learned no fill value for it (it was trained with "
-                "missing: drop); send a value.",
-            )
-        return inp.fill
-
-    def _number(self, inp: _Input, v: Any, i: int, field: Callable[[int, str], str]) -> float:
-        if v is None:
-            return float(self._null(inp, i, field))
-        if isinstance(v, _NUMBER) and not isinstance(v, bool):
-            try:
-                number = float(v)
-            except OverflowError:
-                number = math.inf
-            if math.isfinite(number):
-                return number
-            raise RequestError(
-                field(i, inp.name), f"must be a finite number; got {_show(v)} (out of range)."
-            )
-        raise RequestError(field(i, inp.name), f"must be a number; got {_show(v)}.")
-
-    def _boolean(self, inp: _Input, v: Any, i: int, field: Callable[[int, str], str]) -> float:
-        if v is None:
-            return float(self._null(inp, i, field))
-        if v is True or v is False or (type(v) in _NUMBER and v in (0, 1)):
-            return float(v)
-        raise RequestError(field(i, inp.name), f"must be true or false; got {_show(v)}.")
-
-    def _category(self, inp: _Input, v: Any, i: int, field: Callable[[int, str], str]) -> str:
-        if v is None:
-            v = self._null(inp, i, field)
-        if isinstance(v, str):
-            return v
-        if type(v) is int:
-            return str(v)
-        if type(v) is float and math.isfinite(v):
-            return str(int(v)) if v.is_integer() else str(v)
-        raise RequestError(
-            field(i, inp.name), f"must be a category (a string or a number); got {_show(v)}."
-        )
+        return self._parser.parse(payload, max_rows)
 
     async def predict(self, x: np.ndarray) -> dict[str, list[Any]]:
-        """Queue ``x`` for the next micro-batch; predictions (and probabilities) as JSON types.
+        """Queue ``x`` for the next micro-batch: ``{"predictions": [...], other outputs...}``,
+        one JSON value per row.
 
         Raises:
             QueueFull: the model's queue is full.
         """
-        answers = await self._batcher.submit(x)  # one (prediction, probabilities) per row
-        result: dict[str, list[Any]] = {"predictions": [a[0] for a in answers]}
-        if answers[0][1] is not None:  # a task with probabilities (classification)
-            result["probabilities"] = [a[1] for a in answers]
-        return result
+        answers = await self._batcher.submit(x)  # one tuple of output values per row
+        return {key: [a[j] for a in answers] for j, key in enumerate(self._keys)}
+
+    def _decoded(self, x: np.ndarray) -> dict[str, list[Any]]:
+        """The served outputs of prepared rows, as JSON values: runtime → bundle.decode."""
+        decoded = self.bundle.decode(self.runtime.outputs(x))
+        return {name: json_rows(decoded[name]) for name in self.outputs if name in decoded}
 
     def _run_batch(self, x: np.ndarray) -> np.ndarray:
-        """A batch's answers, in the batcher's worker thread: one ``(prediction, probabilities
-        or None)`` per row as JSON types, in an object array the batcher slices per request.
+        """A batch's answers, in the batcher's worker thread: one tuple of the served outputs'
+        values per row (JSON types), in an object array the batcher slices per request.
 
-        The model's raw outputs (logits divided by T) are decoded for the whole batch at once,
-        and the batch joins the drift window at once — here, off the event loop, not per request
-        on it (the task decodes row by row, so a batch decodes as its requests would alone).
+        The raw outputs are decoded for the whole batch at once, and the batch joins the drift
+        window at once — here, off the event loop, not per request on it (tasks decode row by
+        row, so a batch decodes as its requests would alone).
         """
-        out = self.runtime.predict(x)
-        if self._classify and self.temperature != 1.0:
-            out = out / np.float32(self.temperature)
-        decoded = self.task.predict(out, self.schema)
-        predictions = [_plain(v) for v in np.asarray(decoded["prediction"]).tolist()]
-        probabilities: list[Any] = (
-            np.asarray(decoded["probabilities"]).tolist()
-            if "probabilities" in decoded
-            else [None] * len(predictions)
-        )
-        answers = np.empty(len(predictions), dtype=object)
-        for i, answer in enumerate(zip(predictions, probabilities, strict=True)):
+        decoded = self._decoded(x)
+        columns = [decoded[name] for name in self.outputs]
+        answers = np.empty(len(x), dtype=object)
+        for i, answer in enumerate(zip(*columns, strict=True)):
             answers[i] = answer
         try:
             self.monitor.observe(x)
@@ -487,7 +252,7 @@ class ServedModel:
 
 def _drift_reference(store: Store, mv: ModelVersion) -> dict[str, Any] | None:
     """The version's ``drift_reference.json``, or None (absent or unreadable: drift is off)."""
-    raw = read_bytes(store, mv, "drift_reference.json")
+    raw = store.model_reader(mv)("drift_reference.json")
     if raw is None:
         return None
     try:

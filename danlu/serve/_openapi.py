@@ -12,11 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from danlu.errors import NotFoundError
 from danlu.serve._auth import ADMIN, PREDICT, PUBLIC, route_scopes
 from danlu.serve._guard import EXEMPT_PATHS
+from danlu.serve._outputs import response_key, response_outputs
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from danlu.serve._limits import RowLimits
+    from danlu.serve._types import ModelPoolLike, ServedModelLike
 
 __all__ = [
     "ERROR_CODES",
@@ -29,10 +31,10 @@ __all__ = [
     "ModelInfo",
     "ModelList",
     "ModelSummary",
-    "PredictResponse",
     "Status",
     "Unloaded",
     "build_openapi",
+    "predict_response_schema",
     "errors",
 ]
 
@@ -71,14 +73,6 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
-
-
-class PredictResponse(BaseModel):
-    model: str
-    version: int
-    ref: str
-    predictions: list[Any]
-    probabilities: list[list[float | None]] | None = None
 
 
 class CanaryInfo(_Open):
@@ -184,7 +178,7 @@ def _model_request_schemas(
     from pydantic import create_model
     from pydantic.json_schema import models_json_schema
 
-    prefix = re.sub(r"[^A-Za-z0-9]", "_", name)
+    prefix = _prefix(name)
     # what ServedModel.parse accepts: a number where a float is expected, 0/1 for a boolean, a
     # number for a category, and null where training learned a fill value
     finite = Annotated[float, Field(allow_inf_nan=False, ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
@@ -208,7 +202,7 @@ def _model_request_schemas(
         alias = str(feature.get("name"))
         row[f"f{i}"] = (kind_type, Field(alias=alias, description=what))
         columns[f"f{i}"] = (
-            list[kind_type],  # type: ignore[valid-type]
+            list[kind_type],
             Field(
                 alias=alias, min_length=1, max_length=max_rows, description=f"one per row: {what}"
             ),
@@ -219,7 +213,7 @@ def _model_request_schemas(
     by_rows = create_model(
         f"{prefix}_RowsRequest",
         __config__=forbid,
-        rows=(list[row_model], Field(min_length=1, max_length=max_rows)),  # type: ignore[valid-type]
+        rows=(list[row_model], Field(min_length=1, max_length=max_rows)),
     )
     by_columns = create_model(
         f"{prefix}_ColumnsRequest",
@@ -258,10 +252,10 @@ def _declare(operation: dict[str, Any], *codes: int) -> None:
 
 
 def build_openapi(
-    app: FastAPI, pool: Any, row_limits: RowLimits, cache: dict[Any, dict[str, Any]]
+    app: FastAPI, pool: ModelPoolLike, row_limits: RowLimits, cache: dict[Any, dict[str, Any]]
 ) -> dict[str, Any]:
     """The app's OpenAPI document, with one predict path per served model (cached per set of
-    served versions).
+    served versions): its request body and its response, both built from the model's signature.
 
     Every operation declares every status it can answer besides 500: the route's own, and those
     of the checks in front of every route — 400 for a Host not allowed (but /healthz and
@@ -291,56 +285,116 @@ def build_openapi(
         "bearer": {"type": "http", "scheme": "bearer"},
         "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     }
-    error_ref = _ERROR_REF
-    predict_ref = {"$ref": "#/components/schemas/PredictResponse"}
-    for model in (ErrorBody, PredictResponse):
-        _, top = models_json_schema_of(model)
-        schemas.update(top)
-
+    schemas.update(models_json_schema_of(ErrorBody)[1])
     paths = schema.setdefault("paths", {})
     for name, model in served:
-        limit = row_limits.of(model.signature, model.ref)
-        body, defs = _model_request_schemas(name, model.signature, limit)
-        schemas.update(defs)
-        responses: dict[str, Any] = {
-            "200": {
-                "description": "predictions by the version that answered (also in X-Model-Version)",
-                "content": {"application/json": {"schema": predict_ref}},
-                "headers": {"X-Model-Version": {"schema": {"type": "string"}}},
-            }
-        }
-        operation = {
-            "tags": ["predict"],
-            "summary": f"Predict with {name} ({model.ref})",
-            "description": f"At most {limit} rows per request ({row_limits.why(model.signature, model.ref)}).",
-            "operationId": f"predict_{re.sub(r'[^A-Za-z0-9]', '_', name)}",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-            "responses": responses,
-        }
-        _declare(operation, 400, 401, 403, 404, 408, 413, 415, 422, 503, 504)
-        paths[f"/v1/models/{name}/predict"] = {"post": operation}
-
+        path, operation = _predict_operation(name, model, row_limits, schemas)
+        paths[path] = {"post": operation}
     scopes = route_scopes(app)
     for path, item in paths.items():
         scope = scopes.get(path, PREDICT if path.startswith("/v1/models/") else PUBLIC)
         for method, operation in item.items():
-            for status, response in operation.get("responses", {}).items():
-                if status == "422":
-                    response["content"] = {"application/json": {"schema": error_ref}}
-            if path not in EXEMPT_PATHS:
-                _declare(operation, 400)  # a Host not allowed
-            if method.upper() in ("POST", "PUT", "PATCH", "DELETE"):
-                _declare(operation, 403)  # a cross-site Origin
-            if method.upper() in ("POST", "PUT", "PATCH"):
-                _declare(operation, 415)  # a body that is not JSON
-            if "requestBody" in operation:
-                _declare(operation, 400, 408, 413)
-            if scope != PUBLIC:
-                operation["security"] = _security(scope)
-                _declare(operation, 401, 503)
+            _declare_checks(path, method.upper(), operation, scope)
     cache.clear()
     cache[key] = schema
     return schema
+
+
+def _predict_operation(
+    name: str, model: ServedModelLike, row_limits: RowLimits, schemas: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The predict path of one served model and its operation; the component schemas its request
+    and response refer to go into ``schemas``."""
+    prefix = _prefix(name)
+    limit = row_limits.of(model.signature, model.ref)
+    body, defs = _model_request_schemas(name, model.signature, limit)
+    schemas.update(defs)
+    schemas[f"{prefix}_PredictResponse"] = predict_response_schema(model.signature)
+    response_ref = {"$ref": f"#/components/schemas/{prefix}_PredictResponse"}
+    operation = {
+        "tags": ["predict"],
+        "summary": f"Predict with {name} ({model.ref})",
+        "description": f"At most {limit} rows per request ({row_limits.why(model.signature, model.ref)}).",
+        "operationId": f"predict_{prefix}",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {
+                "description": "predictions by the version that answered (also in X-Model-Version)",
+                "content": {"application/json": {"schema": response_ref}},
+                "headers": {"X-Model-Version": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+    _declare(operation, 400, 401, 403, 404, 408, 413, 415, 422, 503, 504)
+    return f"/v1/models/{name}/predict", operation
+
+
+def predict_response_schema(signature: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of a model's predict answer: ``model``, ``version``, ``ref``, and one list
+    per output of its signature (``predictions`` and the task's others, such as
+    ``probabilities`` or ``scores``), each item that output's ``json_schema`` for one row (for
+    versions registered without one: a schema derived from the output's type). JSON has no NaN
+    or infinity: a number the model could not compute is answered as null, so the numbers of
+    the schema may be null.
+
+    Example:
+        >>> schema = predict_response_schema({"outputs": {"prediction": {"type": "float"}}})
+        >>> schema["properties"]["predictions"]["items"]
+        {'type': 'number'}
+    """
+    outputs = {response_key(name): row for name, row in response_outputs(signature).items()}
+    properties: dict[str, Any] = {
+        "model": {"type": "string", "description": "the name the model is served under"},
+        "version": {"type": "integer", "description": "the version that answered"},
+        "ref": {"type": "string", "description": "NAME:VERSION of the version that answered"},
+    }
+    for key, row in outputs.items():
+        items = _nullable_numbers(row)
+        properties[key] = {"type": "array", "items": items, "description": "one per row"}
+    return {
+        "title": "PredictResponse",
+        "type": "object",
+        "properties": properties,
+        "required": ["model", "version", "ref", *outputs],
+    }
+
+
+def _nullable_numbers(schema: Any) -> Any:
+    """``schema`` with every ``number`` (and ``integer``) type also allowing null."""
+    if isinstance(schema, list):
+        return [_nullable_numbers(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _nullable_numbers(v) for k, v in schema.items() if k != "type"}
+    kind = schema.get("type")
+    if kind in ("number", "integer"):
+        out["type"] = [kind, "null"]
+    elif kind is not None:
+        out["type"] = kind
+    return out
+
+
+def _declare_checks(path: str, method: str, operation: dict[str, Any], scope: str) -> None:
+    """Declare on an operation the statuses of the checks in front of every route."""
+    for status, response in operation.get("responses", {}).items():
+        if status == "422":
+            response["content"] = {"application/json": {"schema": _ERROR_REF}}
+    if path not in EXEMPT_PATHS:
+        _declare(operation, 400)  # a Host not allowed
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        _declare(operation, 403)  # a cross-site Origin
+    if method in ("POST", "PUT", "PATCH"):
+        _declare(operation, 415)  # a body that is not JSON
+    if "requestBody" in operation:
+        _declare(operation, 400, 408, 413)
+    if scope != PUBLIC:
+        operation["security"] = _security(scope)
+        _declare(operation, 401, 503)
+
+
+def _prefix(name: str) -> str:
+    """A served name as a component-schema and operation-id prefix."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name)
 
 
 def models_json_schema_of(model: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:

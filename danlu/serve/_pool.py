@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from danlu.errors import ConfigError, NotFoundError
 from danlu.logging import get_logger
-from danlu.serve._model import BatchHook, ServedModel
-from danlu.serve._types import ModelLoadError, ServeSettings
+from danlu.serve._model import ServedModel
+from danlu.serve._types import BatchHook, ModelLoadError, ServeSettings
 from danlu.store import parse_model_ref
 
 if TYPE_CHECKING:
@@ -186,9 +186,8 @@ class ModelPool:
         return self._store
 
     async def _resolve(self, ref: str) -> ModelVersion:
-        name, version, alias = parse_model_ref(ref)
         store = await self._get_store()
-        return await asyncio.to_thread(store.get_model_version, name, version, alias=alias)
+        return await asyncio.to_thread(store.resolve, ref)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

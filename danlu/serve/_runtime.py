@@ -1,9 +1,11 @@
-"""Runtimes: what turns a batch of model inputs into raw model outputs.
+"""Runtimes: what turns a batch of prepared rows into the network's raw outputs.
 
-ONNX Runtime is the default (the version's parity-checked ``model.onnx``); torch is the fallback,
-rebuilt from the safetensors weights. A version whose export failed, or was never made, is served
-by torch: a failed export is never served. A runtime is called by one thread at a time (the
-micro-batcher's worker), so neither needs locking.
+ONNX Runtime is the default (the version's parity-checked ``model.onnx``); torch is the fallback:
+the version's :class:`~danlu.models.ModelBundle` (the one predictor), rebuilt from the
+safetensors weights. Either way the served model decodes the raw outputs with the bundle's
+``decode``, so both runtimes answer what ``danlu.load_model(...).predict`` answers. A version
+whose export failed, or was never made, is served by torch: a failed export is never served. A
+runtime is called by one thread at a time (the micro-batcher's worker), so neither needs locking.
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ from danlu.errors import ConfigError, StoreError
 from danlu.logging import get_logger
 
 if TYPE_CHECKING:
-    import torch
-
     from danlu.models import ModelBundle
     from danlu.store import ModelVersion, Store
 
-__all__ = ["OnnxRuntime", "Runtime", "TorchRuntime", "load_runtime", "read_bytes"]
+__all__ = ["OnnxRuntime", "Runtime", "TorchRuntime", "load_runtime"]
 
 logger = get_logger(__name__)
 
@@ -30,11 +30,11 @@ RUNTIMES = ("onnx", "torch")
 
 
 class Runtime(Protocol):
-    """Raw outputs for a batch of model inputs; called by one thread at a time."""
+    """Raw outputs for a batch of prepared rows; called by one thread at a time."""
 
     name: str
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def outputs(self, x: np.ndarray) -> np.ndarray:
         """``x``: (n, input_dim) float32 → raw outputs (n, out) float32 (logits, not labels)."""
         ...
 
@@ -48,7 +48,7 @@ class OnnxRuntime:
 
     Example:
         >>> # runtime = OnnxRuntime(store.model_version_path("wine", 3, "model.onnx"))
-        >>> # runtime.predict(x)  # (n, classes) logits
+        >>> # runtime.outputs(x)  # (n, classes) logits
     """
 
     name = "onnx"
@@ -71,40 +71,33 @@ class OnnxRuntime:
         )
         self.input_name = self.session.get_inputs()[0].name
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def outputs(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
         return np.asarray(out[0], dtype=np.float32)
 
 
 class TorchRuntime:
-    """A torch module in eval mode, run under ``inference_mode`` on the CPU.
+    """The version's predictor itself (:meth:`ModelBundle.outputs`: eval mode, under
+    ``inference_mode``, on the CPU), with the serving thread count.
 
     Example:
-        >>> # runtime = TorchRuntime(load_bundle(read, "wine:3").model, threads=1)
+        >>> # runtime = TorchRuntime(load_bundle(store.model_reader(mv), "wine:3"), threads=1)
     """
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, threads: int = 1) -> None:
-        self.model = model.eval()
+    def __init__(self, bundle: ModelBundle, threads: int = 1) -> None:
+        self.bundle = bundle
         self.threads = max(1, int(threads))
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def outputs(self, x: np.ndarray) -> np.ndarray:
         import torch
 
         # torch's thread count is per process; setting it here keeps the serving setting even
         # when something else changed it.
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        with torch.inference_mode():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
-        return out.float().numpy()
-
-
-def read_bytes(store: Store, mv: ModelVersion, file: str) -> bytes | None:
-    """One file of a registered version, or None when it has none by that name."""
-    path = store.model_version_path(mv.name, mv.version, file)
-    return path.read_bytes() if path.is_file() else None
+        return self.bundle.outputs(np.ascontiguousarray(x, np.float32))
 
 
 def load_runtime(
@@ -129,7 +122,7 @@ def load_runtime(
         StoreError: the version's files are missing or corrupt.
 
     Example:
-        >>> # runtime = load_runtime(store, store.get_model_version("wine", 3), "onnx")
+        >>> # runtime = load_runtime(store, store.resolve("wine:3"), "onnx")
     """
     if kind not in RUNTIMES:
         raise ConfigError(
@@ -155,5 +148,5 @@ def load_runtime(
     if bundle is None:
         from danlu.models import load_bundle
 
-        bundle = load_bundle(lambda f: read_bytes(store, mv, f), f"Model {mv.ref}")
-    return TorchRuntime(bundle.model, threads)
+        bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
+    return TorchRuntime(bundle, threads)

@@ -81,15 +81,10 @@ def _check_models(settings: ServeSettings, store: Any) -> list[Any]:
     """Fail before uvicorn starts when two models would be served under one name or a model or
     canary reference does not resolve; the model versions of ``settings.models``."""
     from danlu.serve._pool import served_models
-    from danlu.store import parse_model_ref
 
-    versions = []
-    for _, ref in served_models(settings.models):
-        name, version, alias = parse_model_ref(ref)
-        versions.append(store.get_model_version(name, version, alias=alias))
+    versions = [store.resolve(ref) for _, ref in served_models(settings.models)]
     for canary in settings.canaries:
-        name, version, alias = parse_model_ref(canary.ref)
-        store.get_model_version(name, version, alias=alias)
+        store.resolve(canary.ref)
     return versions
 
 
@@ -230,7 +225,10 @@ def make_server(app: FastAPI, settings: ServeSettings, **overrides: Any) -> uvic
     from danlu.serve._app import server_state
 
     state = server_state(app)
-    return _server_class()(uvicorn_config(app, settings, **overrides), state.begin_drain)
+    server: uvicorn.Server = _server_class()(
+        uvicorn_config(app, settings, **overrides), state.begin_drain
+    )
+    return server
 
 
 def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:

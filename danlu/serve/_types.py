@@ -1,10 +1,13 @@
 """What the server's parts share: its settings, the errors a request can meet, and the contract
-between the HTTP layer (``_app.py``) and the models it serves (``_pool.py``, ``_model.py``)."""
+between the HTTP layer (``_app.py``, ``_routes.py``, ``_lane.py``) and the models it serves
+(``_pool.py``, ``_model.py``): the HTTP layer depends on :class:`ModelPoolLike` and
+:class:`ServedModelLike` only, never on the classes behind them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from danlu.errors import DanluError, StoreError
 
@@ -12,8 +15,10 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "BatchHook",
     "Canary",
     "ModelLoadError",
+    "ModelPoolLike",
     "QueueFull",
     "RequestError",
     "ServeSettings",
@@ -134,8 +139,8 @@ class ServedModelLike(Protocol):
         ...
 
     async def predict(self, x: np.ndarray) -> dict[str, list[Any]]:
-        """Queue ``x`` for the next micro-batch; ``{"predictions": [...], "probabilities":
-        [[...]]?}``. Raises QueueFull when the queue is full."""
+        """Queue ``x`` for the next micro-batch; ``{"predictions": [...], other outputs of the
+        signature: [...]}``, one JSON value per row. Raises QueueFull when the queue is full."""
         ...
 
     def queue_depth(self) -> int: ...
@@ -143,3 +148,45 @@ class ServedModelLike(Protocol):
     def drift(self) -> dict[str, Any]:
         """{"window": rows seen, "features": [{"feature", "psi", "status"}], "reference": bool}"""
         ...
+
+
+#: called after every micro-batch of a served model: (the model, rows, inference seconds)
+BatchHook: TypeAlias = Callable[[ServedModelLike, int, float], None]
+
+
+class ModelPoolLike(Protocol):
+    """What the HTTP layer needs from the models a server answers for (``_pool.ModelPool``)."""
+
+    #: the models named at start-up that failed to load: {"name", "ref", "role", "error"}
+    failed: list[dict[str, str]]
+    #: called after every micro-batch; the app installs one (batch sizes) when it is None
+    on_batch: BatchHook | None
+
+    @property
+    def ready(self) -> bool:
+        """Every model of the settings is loaded and the pool is not stopping."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def names(self) -> list[str]:
+        """The served names."""
+        ...
+
+    def primary(self, name: str) -> ServedModelLike:
+        """The main version served under ``name``; NotFoundError when none is."""
+        ...
+
+    def canary(self, name: str) -> ServedModelLike | None: ...
+
+    def route(self, name: str) -> ServedModelLike:
+        """The version that answers the next request for ``name`` (a canary takes its share)."""
+        ...
+
+    async def load(self, ref: str, name: str | None = None) -> ServedModelLike: ...
+
+    async def reload(self, name: str) -> ServedModelLike: ...
+
+    async def unload(self, name: str) -> None: ...

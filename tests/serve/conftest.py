@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,3 +185,25 @@ def assert_no_leak(text: str, *secrets: Any) -> None:
         assert sql not in lowered, f"SQL ({sql!r}) leaked into {text!r}"
     for secret in secrets:
         assert str(secret) not in text, f"{secret!r} leaked into {text!r}"
+
+
+@contextmanager
+def running_server(app: Any, settings: Any) -> Iterator[tuple[Any, str]]:
+    """uvicorn on 127.0.0.1 (an ephemeral port) in a thread of this process, for an app built
+    here; stopped gracefully, bounded in time."""
+    from danlu.serve._server import make_server
+
+    server = make_server(app, settings, port=0, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        server.handle_exit(15, None)  # what SIGTERM does
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the server did not stop"

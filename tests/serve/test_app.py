@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ from danlu.errors import NotFoundError, StoreError
 from danlu.serve import Canary, QueueFull, RequestError, ServeSettings
 from danlu.serve._app import MAX_DEPTH, create_app, decode_body, server_state
 from danlu.store._entities import ApiKey
+from tests.serve.conftest import running_server
 
 FEATURES = [
     {"name": "alcohol", "kind": "numeric"},
@@ -89,8 +89,12 @@ class FakeServed:
         self.signature = {
             "task": "classification",
             "inputs": FEATURES,
-            "outputs": {"prediction": {"type": "label", "classes": ["a", "b"]}},
+            "outputs": {  # as versions registered before json_schema describe them
+                "prediction": {"type": "label", "classes": ["a", "b"]},
+                "probabilities": {"type": "float", "shape": [2]},
+            },
         }
+        self.pool: FakePool | None = None  # its on_batch hook hears of every prediction
         self.metrics = {"accuracy": 0.9, "ece": float("nan")}
         self.runtime_name = "onnx"
         self.error: BaseException | None = None  # raised by predict
@@ -124,6 +128,8 @@ class FakeServed:
             await asyncio.sleep(0.005)
         if self.error is not None:
             raise self.error
+        if self.pool is not None and self.pool.on_batch is not None:
+            self.pool.on_batch(self, len(x), 0.001)  # one micro-batch per request
         return {
             "predictions": ["a"] * len(x),
             "probabilities": np.tile(np.float32([0.75, 0.25]), (len(x), 1)).tolist(),
@@ -143,12 +149,15 @@ class FakeServed:
 
 
 class FakePool:
-    """``ModelPool``'s members: start, stop, ready, names, route, primary, canary, load, reload,
-    unload."""
+    """``ModelPoolLike``'s members: start, stop, ready, failed, on_batch, names, route, primary,
+    canary, load, reload, unload."""
 
     def __init__(self, *models: FakeServed, canaries: dict[str, FakeServed] | None = None) -> None:
         self.models = {m.name: m for m in models}
         self.canaries = dict(canaries or {})
+        for served in (*models, *self.canaries.values()):
+            served.pool = self
+        self.on_batch: Any = None
         self.ready = False
         self.stopped = False
         self.to_canary = False  # route() sends the next requests to the canary
@@ -191,6 +200,7 @@ class FakePool:
         model, _, version = ref.partition(":")
         served = FakeServed(model, int(version or 1))
         served.name = name or model
+        served.pool = self
         self.models[served.name] = served
         return served
 
@@ -678,27 +688,6 @@ def test_openapi_follows_loads_and_unloads(served):
 
 
 # -- a real server ----------------------------------------------------------------------------------
-@contextmanager
-def running_server(app: Any, settings: ServeSettings) -> Iterator[tuple[Any, str]]:
-    """uvicorn on 127.0.0.1 (an ephemeral port) in a thread; stopped gracefully, bounded in time."""
-    from danlu.serve._server import make_server
-
-    server = make_server(app, settings, port=0, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield server, f"http://127.0.0.1:{port}"
-    finally:
-        server.handle_exit(15, None)  # what SIGTERM does
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the server did not stop"
-
-
 def test_a_real_server_serves_then_drains_gracefully():
     pool = FakePool(FakeServed())
     store = keyed_store()

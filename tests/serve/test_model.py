@@ -250,6 +250,43 @@ def test_rows_and_columns_encode_like_the_preprocessor(mixed) -> None:
     assert not x_rows[5, 1:4].any()
 
 
+def test_the_server_training_stream_and_preprocessor_encode_alike(mixed) -> None:
+    """One encoding of values, three callers: the server's parse, ``Preprocessor.transform`` and
+    the streaming reader give identical matrices — numbers, categories (unseen too), booleans and
+    missing values of every kind."""
+    import pyarrow as pa
+
+    from danlu.data._stream import TrainStream
+
+    pre = mixed.preprocessor
+    frame, rows = _requests(_frame(12, seed=4))
+    frame = frame.astype({"colour": object, "member": object})
+    frame.loc[1, "colour"] = rows[1]["colour"] = "purple"  # unseen
+    for name in ROW:  # a missing value in every column, each in its own row
+        row = 2 + list(ROW).index(name)
+        frame.loc[row, name] = np.nan if name in ("age", "income") else None
+        rows[row][name] = None
+    columns = {name: [row[name] for row in rows] for name in ROW}
+    stream = TrainStream(
+        None,  # type: ignore[arg-type]  # the layout is only read by batches()
+        pre,
+        rows={},
+        class_counts=None,
+        test=0.2,
+        val=0.1,
+        seed=0,
+        chunk_rows=100,
+        shuffle_buffer=100,
+        drop_missing=False,
+    )
+    batch = pa.RecordBatch.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    expected = pre.transform(frame)
+    assert np.isnan(expected).sum() == 0 and not expected[1, 1:4].any()
+    np.testing.assert_array_equal(mixed.parse({"rows": rows}, 100), expected)
+    np.testing.assert_array_equal(mixed.parse({"columns": columns}, 100), expected)
+    np.testing.assert_array_equal(stream._encode(batch), expected)
+
+
 def test_categorical_numbers_are_read_as_their_string(mixed) -> None:
     a = mixed.parse({"rows": [_row(colour=3)]}, 1)
     b = mixed.parse({"rows": [_row(colour="3")]}, 1)
@@ -288,24 +325,17 @@ def test_predictions_match_the_torch_predictor_and_are_json_native(store) -> Non
 def test_the_temperature_divides_the_logits(store) -> None:
     mv = store.get_model_version("mixed")
     predictor = load_model("mixed", store=store)
+    predictor.temperature = 2.5  # the bundle's decode applies it, on either runtime
     frame, rows = _requests(_frame(8, seed=6))
 
     async def main() -> dict[str, list[Any]]:
-        model = ServedModel(
-            mv,
-            TorchRuntime(predictor.model),
-            predictor.task,
-            predictor.schema,
-            predictor.preprocessor,
-            SETTINGS,
-            temperature=2.5,
-        )
+        model = ServedModel(mv, TorchRuntime(predictor), predictor, SETTINGS)
+        model.warm_up()
         model._batcher.start()
         out = await model.predict(model.parse({"rows": rows}, 10))
         await model.close()
         return out
 
-    predictor.temperature = 2.5
     expected = predictor.predict(frame)
     np.testing.assert_allclose(
         asyncio.run(main())["probabilities"], expected["probabilities"], atol=1e-6

@@ -14,7 +14,7 @@ import pytest
 from danlu import pipeline
 from danlu.errors import ConfigError
 from danlu.models import load_bundle
-from danlu.serve._runtime import OnnxRuntime, TorchRuntime, load_runtime, read_bytes
+from danlu.serve._runtime import OnnxRuntime, TorchRuntime, load_runtime
 from danlu.store import ModelVersion, SqlStore, Store
 
 WINE = {
@@ -31,7 +31,7 @@ def export_onnx(store: Store, mv: ModelVersion, path: Path) -> None:
     """Export ``mv`` to one self-contained ONNX file and attach it (with export.json: ok)."""
     import torch
 
-    bundle = load_bundle(lambda f: read_bytes(store, mv, f), mv.ref)
+    bundle = load_bundle(store.model_reader(mv), mv.ref)
     x = torch.zeros(2, bundle.schema.input_dim)
     with warnings.catch_warnings():  # the exporter's own deprecation and tracing chatter
         warnings.simplefilter("ignore")
@@ -56,7 +56,7 @@ def register_unexported(store: Store, mv: ModelVersion) -> ModelVersion:
     """A new version with ``mv``'s model files only: never exported to ONNX."""
     files = {}
     for file in ("model.safetensors", "model.json", "preprocessing.json"):
-        raw = read_bytes(store, mv, file)
+        raw = store.model_reader(mv)(file)
         assert raw is not None
         files[file] = raw
     return store.create_model_version(
@@ -84,18 +84,18 @@ def test_onnx_and_torch_give_the_same_outputs(registry) -> None:
     assert isinstance(torch_rt, TorchRuntime) and torch_rt.name == "torch"
     x = np.random.default_rng(0).normal(size=(37, 13)).astype(np.float32)
     for rows in (x[:1], x):  # the batch axis is dynamic
-        a, b = onnx.predict(rows), torch_rt.predict(rows)
+        a, b = onnx.outputs(rows), torch_rt.outputs(rows)
         assert a.shape == b.shape == (len(rows), 3) and a.dtype == np.float32
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_onnx_runtime_loads_from_bytes(registry) -> None:
     store, mv, _ = registry
-    raw = read_bytes(store, mv, "model.onnx")
+    raw = store.model_reader(mv)("model.onnx")
     assert raw is not None
     x = np.ones((4, 13), dtype=np.float32)
     np.testing.assert_allclose(
-        OnnxRuntime(raw).predict(x), load_runtime(store, mv, "onnx").predict(x), atol=0
+        OnnxRuntime(raw).outputs(x), load_runtime(store, mv, "onnx").outputs(x), atol=0
     )
 
 
@@ -109,7 +109,7 @@ def test_a_version_without_an_ok_export_is_served_by_torch(registry, caplog) -> 
 
 def test_a_failed_export_is_never_served(registry) -> None:
     store, _, unexported = registry
-    onnx = read_bytes(store, store.get_model_version("wine", 1), "model.onnx")
+    onnx = store.model_reader(store.get_model_version("wine", 1))("model.onnx")
     assert onnx is not None
     failed = json.dumps({"status": "failed", "error": "max abs diff 0.3"}).encode()
     store.attach_model_files("wine", 2, {"model.onnx": onnx, "export.json": failed})
@@ -118,7 +118,7 @@ def test_a_failed_export_is_never_served(registry) -> None:
 
 def test_an_onnx_file_that_is_not_the_checked_one_is_never_served(registry, caplog) -> None:
     store, _, _ = registry
-    onnx = read_bytes(store, store.get_model_version("wine", 1), "model.onnx")
+    onnx = store.model_reader(store.get_model_version("wine", 1))("model.onnx")
     assert onnx is not None
     claimed = {"status": "ok", "sha256": "0" * 64, "size_bytes": len(onnx)}
     store.attach_model_files(

@@ -1,0 +1,105 @@
+"""What a served model answers, whatever its task: the decoded outputs as JSON, and their schema.
+
+A task's ``predict`` decodes raw outputs into ``{"prediction": ..., other outputs...}`` (numpy
+arrays, one value per row); its signature names each output with its ``type`` and a JSON Schema
+of one row's value. The response carries the prediction as ``predictions`` and every other
+output of the signature under its own name (``probabilities``, ``scores``...), each a list with
+one JSON value per row. Versions registered before signatures carried ``json_schema`` get one
+derived from the output's ``type`` (:func:`row_schema`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PREDICTION", "json_rows", "response_key", "response_outputs", "row_schema"]
+
+PREDICTION = "prediction"  # the decoded output every task has; answered as "predictions"
+
+
+def response_key(output: str) -> str:
+    """The response's key for a decoded output: ``predictions`` for the prediction, else the
+    output's own name.
+
+    Example:
+        >>> response_key("prediction"), response_key("scores")
+        ('predictions', 'scores')
+    """
+    return "predictions" if output == PREDICTION else output
+
+
+def response_outputs(signature: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The outputs a version answers: decoded output name → JSON Schema of one row's value, the
+    prediction first.
+
+    Example:
+        >>> response_outputs({"outputs": {"prediction": {"type": "float"}}})
+        {'prediction': {'type': 'number'}}
+    """
+    outputs = signature.get("outputs")
+    declared: Mapping[str, Any] = outputs if isinstance(outputs, Mapping) else {}
+    result = {PREDICTION: row_schema(declared.get(PREDICTION))}
+    for name, output in declared.items():
+        if name != PREDICTION and isinstance(name, str):
+            result[name] = row_schema(output)
+    return result
+
+
+def row_schema(output: Any) -> dict[str, Any]:
+    """The JSON Schema of one row's value of an output the signature describes: its
+    ``json_schema``, or for signatures without one (versions registered before it), the shape
+    its ``type`` implies: ``label`` (one of ``classes``), ``labels`` (a list of them), ``float``
+    (a number, or a list of ``shape[0]`` numbers); ``{}`` (any value) for anything else.
+
+    Example:
+        >>> row_schema({"type": "float", "shape": [2]})["maxItems"]
+        2
+    """
+    if not isinstance(output, Mapping):
+        return {}
+    given = output.get("json_schema")
+    if isinstance(given, Mapping):
+        return dict(given)
+    kind, classes, shape = output.get("type"), output.get("classes"), output.get("shape")
+    label: dict[str, Any] = {"enum": list(classes)} if isinstance(classes, list) else {}
+    if kind == "label":
+        return label
+    if kind == "labels":
+        return {"type": "array", "items": label}
+    if kind == "float" and isinstance(shape, list) and len(shape) == 1:
+        k = shape[0]
+        return {"type": "array", "items": {"type": "number"}, "minItems": k, "maxItems": k}
+    if kind == "float":
+        return {"type": "number"}
+    return {}
+
+
+def _plain(value: Any) -> Any:
+    """A decoded value as JSON types: numpy scalars and arrays, tuples and sets become Python
+    numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def json_rows(values: Any) -> list[Any]:
+    """One decoded output of a batch as one JSON value per row: a numeric array through
+    ``tolist`` (rows of a 2-D array become lists), an object array (labels, lists of labels)
+    value by value.
+
+    Example:
+        >>> json_rows(np.asarray([[0.25, 0.75]], dtype=np.float32))
+        [[0.25, 0.75]]
+    """
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return values.tolist()  # type: ignore[no-any-return]
+    return [_plain(v) for v in values]
