@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from danlu.serve._types import RequestError
 
@@ -140,9 +140,6 @@ class BodyLimitMiddleware:
         self.body_timeout_s = body_timeout_s
         self.respond = respond
 
-    def _too_large(self) -> RequestError:
-        return _too_large(self.max_body_bytes)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -151,70 +148,80 @@ class BodyLimitMiddleware:
         if error is not None:
             await self.respond(error)(scope, receive, send)
             return
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_timeout_s
-        received = 0
-        body_done = False
-        answered = False  # we answered with 413/408: drop what the app sends
-        # the deadline is one timer, armed on the first read (routes that read no body pay
-        # nothing); it cancels the read it interrupts, and only a read (cheaper than a
-        # timeout context around every read)
-        timer: asyncio.TimerHandle | None = None
-        reading: asyncio.Task[Any] | None = None
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            if reading is not None:
-                reading.cancel()
-
-        def too_slow() -> RequestError:
-            return _too_slow(self.body_timeout_s)
-
-        async def reply(error: RequestError) -> Message:
-            nonlocal answered
-            if not answered:
-                answered = True
-                await self.respond(error)(scope, receive, send)
-            return {"type": "http.disconnect"}
-
-        async def limited_receive() -> Message:
-            nonlocal received, body_done, timer, reading
-            if body_done or answered:
-                return await receive()  # after the body: waits for a disconnect, no deadline
-            if expired:
-                return await reply(too_slow())
-            if timer is None:
-                timer = loop.call_at(deadline, expire)
-            reading = asyncio.current_task()
-            try:
-                message = await receive()
-            except asyncio.CancelledError:
-                if expired and reading is not None and reading.uncancel() == 0:
-                    return await reply(too_slow())  # our deadline, nobody else's cancel
-                raise
-            finally:
-                reading = None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    return await reply(self._too_large())
-                if not message.get("more_body", False):
-                    body_done = True
-                    timer.cancel()
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if not answered:
-                await send(message)
-
+        body = _LimitedBody(self, scope, receive, send)
         try:
-            await self.app(scope, limited_receive, guarded_send)
+            await self.app(scope, body.receive, body.send)
         finally:
-            if timer is not None:
-                timer.cancel()
+            body.close()
+
+
+class _LimitedBody:
+    """One request's body under :class:`BodyLimitMiddleware`'s limits: the app reads it through
+    :meth:`receive` (counted, and under the deadline) and answers through :meth:`send`, which
+    drops what the app sends once the middleware has answered (413/408) itself.
+
+    The deadline is one timer, armed on the first read (routes that read no body pay nothing);
+    it cancels the read it interrupts, and only a read (cheaper than a timeout context around
+    every read).
+    """
+
+    def __init__(
+        self, limits: BodyLimitMiddleware, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.limits = limits
+        self.scope, self._receive, self._send = scope, receive, send
+        self.loop = asyncio.get_running_loop()
+        self.deadline = self.loop.time() + limits.body_timeout_s
+        self.received = 0
+        self.body_done = False
+        self.answered = False  # the middleware answered with 413/408: drop what the app sends
+        self.timer: asyncio.TimerHandle | None = None
+        self.reading: asyncio.Task[Any] | None = None
+        self.expired = False
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self.reading is not None:
+            self.reading.cancel()
+
+    async def _reply(self, error: RequestError) -> Message:
+        if not self.answered:
+            self.answered = True
+            await self.limits.respond(error)(self.scope, self._receive, self._send)
+        return {"type": "http.disconnect"}
+
+    async def receive(self) -> Message:
+        if self.body_done or self.answered:
+            return await self._receive()  # after the body: waits for a disconnect, no deadline
+        if self.expired:
+            return await self._reply(_too_slow(self.limits.body_timeout_s))
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._expire)
+        self.reading = asyncio.current_task()
+        try:
+            message = await self._receive()
+        except asyncio.CancelledError:
+            if self.expired and self.reading is not None and self.reading.uncancel() == 0:
+                return await self._reply(_too_slow(self.limits.body_timeout_s))  # our deadline
+            raise
+        finally:
+            self.reading = None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limits.max_body_bytes:
+                return await self._reply(_too_large(self.limits.max_body_bytes))
+            if not message.get("more_body", False):
+                self.body_done = True
+                self.timer.cancel()
+        return message
+
+    async def send(self, message: Message) -> None:
+        if not self.answered:
+            await self._send(message)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def _too_large(max_body_bytes: int) -> RequestError:
@@ -328,102 +335,135 @@ def __getattr__(name: str) -> Any:
 
 
 def _make_protocol(header_timeout_s: float) -> type[asyncio.Protocol] | None:
-    try:
-        import importlib.util
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with :class:`_HeaderDeadline`
+    mixed in, for this deadline."""
+    import importlib.util
 
+    base: type[asyncio.Protocol]
+    try:
         if importlib.util.find_spec("httptools") is not None:
-            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+            base = HttpToolsProtocol
         else:
-            from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
+            from uvicorn.protocols.http.h11_impl import H11Protocol
+
+            base = H11Protocol
     except ImportError:  # pragma: no cover - a uvicorn without these modules
         return None
+    default = header_timeout_s == HEADER_TIMEOUT_S
+    name = "HeaderDeadlineProtocol" if default else f"HeaderDeadlineProtocol_{header_timeout_s:g}"
+    namespace = {"header_timeout_s": header_timeout_s, "__module__": __name__, "__qualname__": name}
+    return cast("type[asyncio.Protocol]", type(name, (_HeaderDeadline, base), namespace))
 
-    class HeaderDeadlineProtocol(Base):
-        _header_timer: asyncio.TimerHandle | None = None
-        _header_bytes = 0  # httptools: the current request's line and headers so far
-        _headers_too_large = False
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._header_timer = self.loop.call_later(header_timeout_s, self._expire)
+if TYPE_CHECKING:
 
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+    class _UvicornHttp(asyncio.Protocol):
+        """What :class:`_HeaderDeadline` uses of uvicorn's HTTP protocols (for the type checker;
+        at run time the mixin sits in front of the real protocol class)."""
 
-        def _expire(self) -> None:
+        loop: asyncio.AbstractEventLoop
+        cycle: Any
+        transport: asyncio.Transport
+
+        def on_response_complete(self) -> None: ...
+        def handle_events(self) -> None: ...
+        def on_headers_complete(self) -> None: ...
+        def on_message_begin(self) -> None: ...
+        def on_url(self, url: bytes) -> None: ...
+        def on_header(self, name: bytes, value: bytes) -> None: ...
+        def send_400_response(self, msg: str) -> None: ...
+
+    _Mixin = _UvicornHttp
+else:
+    _Mixin = object
+
+
+class _HeaderDeadline(_Mixin):
+    """Mixed in front of uvicorn's HTTP protocol: a deadline on each request's headers, and (for
+    httptools, which has none) a cap on their size."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    _header_timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0  # httptools: the current request's line and headers so far
+    _headers_too_large = False
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
             self._header_timer = None
-            waiting = self.cycle is None or self.cycle.response_complete
-            if waiting and not self.transport.is_closing():
-                self.transport.close()  # headers too slow: drop the connection
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
+    def _expire(self) -> None:
+        self._header_timer = None
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and not self.transport.is_closing():
+            self.transport.close()  # headers too slow: drop the connection
 
-        def connection_lost(self, exc: Exception | None) -> None:
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        self._arm()  # before super(): it may start a pipelined request, which disarms
+        super().on_response_complete()
+
+    # h11: a request's headers are complete when handle_events starts a new cycle.
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:
             self._disarm()
-            super().connection_lost(exc)
 
-        def on_response_complete(self) -> None:
-            self._arm()  # before super(): it may start a pipelined request, which disarms
-            super().on_response_complete()
+    # httptools: the parser calls this when the headers are complete.
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
 
-        # h11: a request's headers are complete when handle_events starts a new cycle.
-        def handle_events(self) -> None:
-            cycle = self.cycle
-            super().handle_events()  # type: ignore[misc]
-            if self.cycle is not cycle:
-                self._disarm()
+    # httptools has no cap on the headers' size: count them as the parser reports them. An
+    # exception here stops the parser; uvicorn then answers with send_400_response.
+    def on_message_begin(self) -> None:
+        self._header_bytes = 0
+        super().on_message_begin()
 
-        # httptools: the parser calls this when the headers are complete.
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._headers_too_large = True
+            raise ValueError("request headers too large")
 
-        # httptools has no cap on the headers' size: count them as the parser reports them. An
-        # exception here stops the parser; uvicorn then answers with send_400_response.
-        def on_message_begin(self) -> None:
-            self._header_bytes = 0
-            super().on_message_begin()
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
 
-        def _count_header_bytes(self, size: int) -> None:
-            self._header_bytes += size
-            if self._header_bytes > MAX_HEADER_BYTES:
-                self._headers_too_large = True
-                raise ValueError("request headers too large")
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
 
-        def on_url(self, url: bytes) -> None:
-            self._count_header_bytes(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
-            super().on_header(name, value)
-
-        def send_400_response(self, msg: str) -> None:
-            if not self._headers_too_large:
-                super().send_400_response(msg)
-                return
-            error = {
-                "status": 431,
-                "code": "headers_too_large",
-                "field": "headers",
-                "message": f"the request line and headers exceed {MAX_HEADER_BYTES} bytes",
-            }
-            body = json.dumps({"error": error}, separators=(",", ":")).encode()
-            self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                b"content-type: application/json\r\n"
-                + b"content-length: %d\r\n" % len(body)
-                + b"connection: close\r\n\r\n"
-                + body
-            )
-            self.transport.close()
-
-    if header_timeout_s != HEADER_TIMEOUT_S:
-        HeaderDeadlineProtocol.__qualname__ = f"HeaderDeadlineProtocol_{header_timeout_s:g}"
-    else:
-        HeaderDeadlineProtocol.__qualname__ = "HeaderDeadlineProtocol"  # importable: see above
-    return HeaderDeadlineProtocol
+    def send_400_response(self, msg: str) -> None:
+        if not self._headers_too_large:
+            super().send_400_response(msg)
+            return
+        error = {
+            "status": 431,
+            "code": "headers_too_large",
+            "field": "headers",
+            "message": f"the request line and headers exceed {MAX_HEADER_BYTES} bytes",
+        }
+        body = json.dumps({"error": error}, separators=(",", ":")).encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            + b"content-length: %d\r\n" % len(body)
+            + b"connection: close\r\n\r\n"
+            + body
+        )
+        self.transport.close()
