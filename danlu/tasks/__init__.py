@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from danlu.registry import Registry
-from danlu.tasks._base import Task
+from danlu.tasks._base import Explained, ExtraSection, Task
 from danlu.tasks._classification import ClassificationTask
+from danlu.tasks._multilabel import MultiLabelTask
 from danlu.tasks._regression import RegressionTask
 
-__all__ = ["TASKS", "ClassificationTask", "RegressionTask", "Task", "get_task"]
+__all__ = [
+    "TASKS",
+    "ClassificationTask",
+    "Explained",
+    "ExtraSection",
+    "MultiLabelTask",
+    "RegressionTask",
+    "Task",
+    "get_task",
+]
 
 TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register("classification")(ClassificationTask)
 TASKS.register("regression")(RegressionTask)
+TASKS.register("multilabel")(MultiLabelTask)
 
 
 def get_task(name: str) -> Task:
