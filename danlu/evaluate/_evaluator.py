@@ -265,10 +265,13 @@ def _file_rows(
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Prepared inputs, targets and raw rows of an evaluation file, checked against the model."""
     from danlu.data import load_source
+    from danlu.store import csv_restore_frame
 
     schema = bundle.schema
     raw = load_source(path, schema.target if schema.target else None)
     frame = raw.frame.reset_index(drop=True)
+    if str(path).lower().endswith(".csv"):  # danlu's CSVs (request logs) quote formulas: unquote
+        frame = csv_restore_frame(frame)
     check_columns(frame, schema, allowed, where=f"evaluation data '{path}'")
     x = bundle.preprocessor.transform(frame)
     y = bundle.preprocessor.encode_target(frame[schema.target])

@@ -3,9 +3,14 @@ rows and predictions go to the store, for later labelling and evaluation.
 
 The server records one run (stage ``serve``, experiment ``serve``) per process. Sampled rows are
 buffered in memory and written as CSV artifacts ``requests/NAME-vVERSION-SEQ.csv`` (the model's
-feature columns plus ``prediction``) every ``flush_seconds``, when a buffer reaches
-``flush_rows``, and at shutdown. Add the true target column to such a file and
+feature columns plus ``prediction``; a list of labels as JSON text) every ``flush_seconds``, when
+a buffer reaches ``flush_rows``, and at shutdown. Add the true target column to such a file and
 ``danlu evaluate NAME:VERSION --data FILE`` scores the model on live traffic.
+
+The rows are the clients' own values, so every text cell that a spreadsheet would run as a
+formula (``=``, ``+``, ``-``, ``@``, a tab or a carriage return first) is written with a leading
+``'`` (:func:`danlu.store.csv_safe`); ``danlu evaluate --data`` takes it off again
+(:func:`danlu.store.csv_restore_frame`), so the values round-trip.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +39,16 @@ def _rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     names = list(columns)
     length = len(columns[names[0]]) if names else 0
     return [{name: columns[name][i] for name in names} for i in range(length)]
+
+
+def _csv_rows(rows: list[dict[str, Any]]) -> list[dict[Any, Any]]:
+    """Rows as CSV cells: lists (label sets) as JSON text, formulas neutralised, names too."""
+    from danlu.store import csv_safe
+
+    def cell(value: Any) -> Any:
+        return csv_safe(json.dumps(value) if isinstance(value, list | tuple) else value)
+
+    return [{csv_safe(k): cell(v) for k, v in row.items()} for row in rows]
 
 
 class RequestLog:
@@ -120,9 +136,9 @@ class RequestLog:
                 chunks.append((key, self._sequence[key]))
         written = 0
         for (name, version), sequence in chunks:
-            frame = pd.DataFrame(taken[(name, version)])
+            frame = pd.DataFrame(_csv_rows(taken[(name, version)]))
             buffer = io.StringIO()
-            frame.to_csv(buffer, index=False)
+            frame.to_csv(buffer, index=False, lineterminator="\r\n")  # RFC 4180: CR quoted
             artifact = f"requests/{name}-v{version}-{sequence:05d}.csv"
             try:
                 self._store.log_artifact(self.run_id, artifact, buffer.getvalue().encode())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from danlu.store._atomic import atomic_write_bytes, atomic_write_text, remove_stale_temps
-from danlu.store._csv import csv_safe
+from danlu.store._csv import csv_restore, csv_restore_frame, csv_safe
 from danlu.store._entities import (
     API_KEY_SCOPES,
     RUN_STATUSES,
@@ -48,6 +48,8 @@ __all__ = [
     "Tracker",
     "atomic_write_bytes",
     "atomic_write_text",
+    "csv_restore",
+    "csv_restore_frame",
     "csv_safe",
     "current_actor",
     "danlu_home",

@@ -67,3 +67,68 @@ def test_only_the_share_is_kept(tmp_path) -> None:
 def test_a_share_outside_0_1_is_refused(share: float) -> None:
     with pytest.raises(ValueError, match="share"):
         RequestLog(SqlStore, share, ["m"])
+
+
+# client values a spreadsheet would run as formulas, and one that only looks like one
+FORMULAS = ['=HYPERLINK("http://x","y")', "+1+2", "-x", "@SUM(1)", "\tTAB", "\rCR", "'=quoted"]
+
+
+def _log_rows(tmp_path, rows: list[dict], predictions: list) -> tuple[bytes, pd.DataFrame]:
+    """Log ``rows`` through a RequestLog; the CSV artifact's bytes, and the frame the store's
+    restore reads back from it."""
+    from danlu.store import csv_restore_frame
+
+    async def main() -> str:
+        log = RequestLog(lambda: SqlStore(home=tmp_path), 1.0, ["m"])
+        await log.start()
+        log.record("m", 1, {"rows": rows}, predictions)
+        await log.stop()
+        assert log.run_id is not None
+        return log.run_id
+
+    run_id = asyncio.run(main())
+    store = SqlStore(home=tmp_path)
+    (artifact,) = [a for a in store.list_artifacts(run_id) if a.name.startswith("requests/")]
+    raw = store.artifact_path(run_id, artifact.name).read_bytes()
+    return raw, csv_restore_frame(pd.read_csv(io.BytesIO(raw)))
+
+
+def test_client_formulas_are_neutralised_and_read_back_as_sent(tmp_path) -> None:
+    import csv
+
+    rows = [{"a": float(i), "text": text} for i, text in enumerate(FORMULAS)]
+    predictions = ["=cmd", *([["@a", "b"], []] * 3)]  # a label, and label sets (JSON text)
+    raw, back = _log_rows(tmp_path, rows, predictions)
+    cells = [cell for row in csv.reader(io.StringIO(raw.decode(), newline="")) for cell in row]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], cells
+    assert "'=HYPERLINK" in raw.decode() and "''=quoted" in raw.decode()
+    assert list(back["text"]) == FORMULAS  # the exact values, CR and quote included
+    assert list(back["prediction"]) == ["=cmd", *(['["@a", "b"]', "[]"] * 3)]
+    assert list(back["a"]) == [float(i) for i in range(len(FORMULAS))]
+
+
+def test_danlu_evaluate_reads_a_request_log_back_as_sent(tmp_path) -> None:
+    """``danlu evaluate MODEL --data LOG.csv`` (its file reader) takes the quotes off again:
+    the formula-like categories are the model's own, not unseen ones."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from danlu.data import Preprocessor
+    from danlu.evaluate._evaluator import _file_rows
+
+    colours = ["=red", "-blue", "@green", "+x", "plain"]
+    train = pd.DataFrame(
+        {"size": [1.0, 2.0, 3.0, 4.0, 5.0], "colour": colours, "y": [0, 1] * 2 + [0]}
+    )
+    pre = Preprocessor(target="y", task="classification").fit(train)
+    rows = [{"size": float(i), "colour": c} for i, c in enumerate(colours)]
+    raw, _ = _log_rows(tmp_path, rows, [0] * len(rows))
+    logged = pd.read_csv(io.BytesIO(raw)).drop(columns="prediction").assign(y=[0, 1, 0, 1, 0])
+    path = tmp_path / "labelled.csv"  # the log with the true target added, as the docs say
+    logged.to_csv(path, index=False)
+    bundle = SimpleNamespace(schema=pre.schema_, preprocessor=pre)
+    x, _, frame = _file_rows(path, bundle, [])  # type: ignore[arg-type]
+    assert list(frame["colour"]) == colours
+    np.testing.assert_array_equal(x, pre.transform(pd.DataFrame(rows)))
+    assert (x[:, 1:].sum(axis=1) == 1).all()  # every colour known: one-hot, none unseen
