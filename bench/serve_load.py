@@ -388,7 +388,7 @@ def stage_profile(
     import uvloop
 
     from danlu.serve import ServeSettings
-    from danlu.serve._app import _dumps, decode_body, server_state
+    from danlu.serve._app import decode_body, dumps, server_state
     from danlu.serve._auth import PREDICT
     from danlu.serve._server import build_app
     from danlu.store import SqlStore
@@ -456,7 +456,7 @@ def stage_profile(
         served = state.pool.route(name)
         payload = decode_body(body)
         x = served.parse(payload, settings.max_rows)
-        raw = served.runtime.predict(x)
+        raw = served.runtime.outputs(x)
         out = await served.predict(x)
         answer = {"model": name, "version": served.version, "ref": served.ref, **out}
         path = f"/v1/models/{name}/predict"
@@ -465,16 +465,16 @@ def stage_profile(
             "auth (cached key)": await timed_async(lambda: state.auth.authorize(headers, PREDICT)),
             "decode_body (UTF-8 + JSON)": _us(lambda: decode_body(body)),
             "parse (validate + preprocess)": _us(lambda: served.parse(payload, settings.max_rows)),
-            "runtime.predict (ONNX Runtime, 1 row)": _us(lambda: served.runtime.predict(x)),
+            "runtime.outputs (ONNX Runtime, 1 row)": _us(lambda: served.runtime.outputs(x)),
             "batcher round trip (submit → worker thread → future), incl. model": (
                 await timed_async(lambda: served._batcher.submit(x))
             ),
-            "decode outputs (task.predict)": _us(lambda: served.task.predict(raw, served.schema)),
+            "decode outputs (bundle.decode)": _us(lambda: served.bundle.decode(raw)),
             "drift observe": _us(lambda: served.monitor.observe(x)),
             "served.predict (batcher + decode + drift)": await timed_async(
                 lambda: served.predict(x)
             ),
-            "encode response (_dumps)": _us(lambda: _dumps(answer)),
+            "encode response (dumps)": _us(lambda: dumps(answer)),
             "metrics observe_request": _us(
                 lambda: state.metrics.observe_request(name, served.version, 200, 0.002)
             ),
@@ -506,20 +506,19 @@ CATEGORIES = (  # (substring of a py-spy frame, category); a frame's first match
     ("onnxruntime", "model (ONNX Runtime)"),
     ("_runtime.py", "model (ONNX Runtime)"),
     ("decode_body", "JSON decode/encode"),
-    ("_dumps", "JSON decode/encode"),
+    ("dumps (", "JSON decode/encode"),
+    ("_codec.py", "JSON decode/encode"),
     ("/json/", "JSON decode/encode"),
     ("prometheus_client", "metrics"),
     ("_metrics.py", "metrics"),
     ("parse (", "validation + preprocessing"),
-    ("_from_rows", "validation + preprocessing"),
-    ("_encode_values", "validation + preprocessing"),
-    ("_numeric_matrix", "validation + preprocessing"),
-    ("_numbers", "validation + preprocessing"),
-    ("_check_count", "validation + preprocessing"),
-    ("_numeric_rows", "validation + preprocessing"),
+    ("_parse.py", "validation + preprocessing"),
+    ("_preprocessor.py", "validation + preprocessing"),
     ("danlu/tasks", "output decoding + drift"),
     ("danlu/data", "output decoding + drift"),
     ("_model.py", "output decoding + drift"),
+    ("_outputs.py", "output decoding + drift"),
+    ("danlu/models", "output decoding + drift"),
     ("_batcher.py", "batching (queue, thread hop)"),
     ("_auth.py", "auth"),
     ("_limits.py", "limits (body size/deadline, header deadline)"),
@@ -531,6 +530,8 @@ CATEGORIES = (  # (substring of a py-spy frame, category); a frame's first match
     ("starlette/", "ASGI framework (Starlette/FastAPI, routing, middleware)"),
     ("fastapi/", "ASGI framework (Starlette/FastAPI, routing, middleware)"),
     ("_app.py", "ASGI framework (Starlette/FastAPI, routing, middleware)"),
+    ("_lane.py", "ASGI framework (Starlette/FastAPI, routing, middleware)"),
+    ("_errors.py", "ASGI framework (Starlette/FastAPI, routing, middleware)"),
     ("_pool.py", "ASGI framework (Starlette/FastAPI, routing, middleware)"),
 )
 
