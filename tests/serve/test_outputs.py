@@ -123,20 +123,35 @@ CHECKS = (  # schemathesis' checks of an answer against the spec
 )
 
 
-@pytest.mark.parametrize("runtime", ["onnx", "torch"])
-def test_a_task_with_its_own_output_is_answered_and_described(registry: Path, runtime) -> None:
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
+def answer_checks() -> list[Any]:
     from schemathesis.checks import CHECKS as ALL
     from schemathesis.checks import load_all_checks
+
+    load_all_checks()
+    checks = [check for check in ALL.get_all() if check.__name__ in CHECKS]
+    assert len(checks) == len(CHECKS)
+    return checks
+
+
+def spec_operation(url: str, label: str) -> Any:
+    """The operation ``label`` of the spec a live server publishes (schemathesis)."""
+    import schemathesis
+
+    operation = schemathesis.openapi.from_url(f"{url}/openapi.json", timeout=30)
+    found = operation.find_operation_by_label(label)
+    assert found is not None, label
+    return found
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_a_task_with_its_own_output_is_answered_and_described(registry: Path, runtime) -> None:
+    from hypothesis import HealthCheck, given, settings
 
     from danlu.export import load_model
     from danlu.serve._server import build_app
     from danlu.store import SqlStore
 
-    load_all_checks()
-    checks = [check for check in ALL.get_all() if check.__name__ in CHECKS]
-    assert len(checks) == len(CHECKS)
+    checks = answer_checks()
     serve = ServeSettings(models=("interval",), runtime=runtime, poll_seconds=0, max_rows=16)
     app = build_app(serve, lambda: SqlStore(home=registry))
     predictor = load_model("interval", store=SqlStore(home=registry))
@@ -160,9 +175,7 @@ def test_a_task_with_its_own_output_is_answered_and_described(registry: Path, ru
         assert items == {**INTERVAL["json_schema"], "items": {"type": ["number", "null"]}}
         assert {"predictions", "interval"} <= set(response["required"])
 
-        schema = schemathesis.openapi.from_url(f"{url}/openapi.json", timeout=30)
-        predict = schema.find_operation_by_label("POST /v1/models/interval/predict")
-        assert predict is not None
+        predict = spec_operation(url, "POST /v1/models/interval/predict")
         case = predict.Case(body={"rows": rows}, media_type="application/json")
         case.call_and_validate(checks=checks, timeout=30)  # the answer above, against the spec
 
@@ -178,3 +191,65 @@ def test_a_task_with_its_own_output_is_answered_and_described(registry: Path, ru
             case.call_and_validate(checks=checks, timeout=30)
 
         generated()
+
+
+@pytest.fixture(scope="module")
+def multilabel_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with ``tags:1``, a multi-label model (thresholds fitted on validation)."""
+    import pandas as pd
+
+    from danlu import pipeline
+    from danlu.store import SqlStore
+
+    home = tmp_path_factory.mktemp("multilabel")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    tags = [
+        "|".join(t for t, on in (("a", r[0] > 0), ("b", r[1] > 0), ("c", r[0] + r[2] > 1)) if on)
+        for r in x
+    ]
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(4)]).assign(tags=tags)
+    frame.to_csv(home / "tags.csv", index=False)
+    recipe = {
+        "name": "tags",
+        "data": {"source": str(home / "tags.csv"), "target": "tags"},
+        "task": "multilabel",
+        "model": {"type": "mlp", "hidden": [16]},
+        "train": {"epochs": 3, "checkpoint": {"every": 0}},
+        "register": {"name": "tags"},
+    }
+    store = SqlStore(home=home)
+    pipeline.run(recipe, store=store, home=home)
+    store.close()
+    return home
+
+
+def test_a_multilabel_model_answers_label_lists_and_scores(multilabel_home: Path) -> None:
+    from danlu.export import load_model
+    from danlu.serve._server import build_app
+    from danlu.store import SqlStore
+
+    serve = ServeSettings(models=("tags",), poll_seconds=0)
+    app = build_app(serve, lambda: SqlStore(home=multilabel_home))
+    predictor = load_model("tags", store=SqlStore(home=multilabel_home))
+    rows = [
+        {f"x{i}": v for i, v in enumerate(r)}
+        for r in ((2, 2, 2, 0), (-2, -2, -2, 0), (2, -1, 0, 1))
+    ]
+    expected = predictor.predict(rows)  # thresholds from decoding.json applied
+    with running_server(app, serve) as (_, url), httpx.Client(base_url=url, timeout=30) as http:
+        answer = http.post("/v1/models/tags/predict", json={"rows": rows})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert set(body) == {"model", "version", "ref", "predictions", "scores"}
+        assert body["predictions"] == [list(p) for p in expected["prediction"]]
+        assert body["predictions"][0] and body["predictions"][1] == []
+        np.testing.assert_allclose(body["scores"], expected["scores"], atol=1e-4)
+        spec = http.get("/openapi.json").json()
+        response = spec["components"]["schemas"]["tags_PredictResponse"]
+        items = response["properties"]["predictions"]["items"]
+        assert items["type"] == "array" and items["items"] == {"enum": ["a", "b", "c"]}
+        assert response["properties"]["scores"]["items"]["maxItems"] == 3
+        predict = spec_operation(url, "POST /v1/models/tags/predict")
+        case = predict.Case(body={"rows": rows}, media_type="application/json")
+        case.call_and_validate(checks=answer_checks(), timeout=30)
