@@ -95,6 +95,7 @@ class _Layout:
     center: np.ndarray  # (dense,) float64
     scale: np.ndarray  # (dense,) float64
     fill: np.ndarray  # (dense,) float64; NaN: no fill value (missing: drop)
+    bound: float  # raw values below this in magnitude scale to within float32's range
     categorical: tuple[tuple[str, int, dict[str, int], str | None], ...]  # name, first column,
     # category → position, fill
 
@@ -129,13 +130,18 @@ class _Layout:
             )
             col += 1
         names, cols, centers, scales, fills = zip(*dense, strict=True) if dense else ((),) * 5
+        centre_of = np.asarray(centers, dtype=np.float64)
+        scale_of = np.asarray(scales, dtype=np.float64)
+        # |x| < bound ⇒ |(x - center) / scale| < float32's largest value, with a margin of 2
+        room = 0.5 * float(np.finfo(np.float32).max) * np.abs(scale_of) - np.abs(centre_of)
         return cls(
             width=col,
             dense_names=tuple(names),
             dense_cols=np.asarray(cols, dtype=np.int64),
-            center=np.asarray(centers, dtype=np.float64),
-            scale=np.asarray(scales, dtype=np.float64),
+            center=centre_of,
+            scale=scale_of,
             fill=np.asarray(fills, dtype=np.float64),
+            bound=float(room.min()) if len(room) else float("inf"),
             categorical=tuple(categorical),
         )
 
@@ -249,7 +255,7 @@ class Preprocessor:
         self.reduce = reduce
         self._schema: FeatureSchema | None = None  # set by fit / from_dict
         self.reducer_: FeatureReducer | None = None  # set by fit / from_dict with reduce
-        self._layout_cache: tuple[tuple[Any, ...], _Layout] | None = None
+        self._layout_cache: tuple[Any, ...] | None = None  # (state objects..., _Layout)
 
     @property
     def schema_(self) -> FeatureSchema:
@@ -483,6 +489,8 @@ class Preprocessor:
         """
         layout = self._layout()
         n = self._column_length(columns)
+        if not layout.categorical:  # column j encodes feature j
+            return self._encode_dense(_dense_matrix(columns, layout, n), layout)
         out = np.zeros((n, layout.width), dtype=np.float32)  # (n, encoded width)
         if layout.dense_names:
             dense = _dense_matrix(columns, layout, n)
@@ -515,8 +523,18 @@ class Preprocessor:
                 f"features; got shape {matrix.shape} for a schema with "
                 f"{len(layout.categorical)} categorical feature(s). Use transform_columns."
             )
-        with np.errstate(over="ignore"):  # beyond float32's range: ±inf, as the model sees it
-            out = self._scale_dense(matrix, layout).astype(np.float32)  # (n, input_dim)
+        return self._encode_dense(matrix, layout)
+
+    def _encode_dense(self, matrix: np.ndarray, layout: _Layout) -> np.ndarray:
+        """Raw rows of a schema without categorical features → float32, reduced if fitted so.
+
+        The usual rows (no missing value, nothing that scales beyond float32) pass one check
+        and go straight to ``(x - center) / scale``: a server calls this for every request."""
+        if np.abs(matrix).max(initial=0.0) < layout.bound:  # NaN fails the comparison
+            out = ((matrix - layout.center) / layout.scale).astype(np.float32)  # (n, input_dim)
+        else:
+            with np.errstate(over="ignore"):  # beyond float32's range: ±inf, as the model sees
+                out = self._scale_dense(matrix, layout).astype(np.float32)
         return out if self.reducer_ is None else self.reducer_.transform(out)
 
     def _column_length(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> int:
@@ -555,14 +573,28 @@ class Preprocessor:
         )
 
     def _layout(self) -> _Layout:
-        """Where each feature's encoding goes, worked out once per fitted state."""
-        schema = self.schema_
-        key = (id(schema), id(self.fill_), id(self.center_), id(self.scale_), self.config.encode)
+        """Where each feature's encoding goes, worked out once per fitted state (the state's
+        objects are compared by identity: this runs for every request a server answers)."""
         cached = self._layout_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        schema = self.schema_
+        if (
+            cached is not None
+            and cached[0] is schema
+            and cached[1] is self.fill_
+            and cached[2] is self.center_
+            and cached[3] is self.scale_
+            and cached[4] == self.config.encode
+        ):
+            return cached[5]
         layout = _Layout.of(schema, self.fill_, self.center_, self.scale_, self.config.encode)
-        self._layout_cache = (key, layout)
+        self._layout_cache = (
+            schema,
+            self.fill_,
+            self.center_,
+            self.scale_,
+            self.config.encode,
+            layout,
+        )
         return layout
 
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:

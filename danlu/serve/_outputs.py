@@ -77,14 +77,22 @@ def row_schema(output: Any) -> dict[str, Any]:
     return {}
 
 
+_JSON_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def _plain(value: Any) -> Any:
     """A decoded value as JSON types: numpy scalars and arrays, tuples and sets become Python
     numbers and lists."""
+    kind = type(value)
+    if kind in _JSON_SCALARS:
+        return value
+    if kind is list or kind is tuple:
+        return [_plain(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if isinstance(value, list | tuple | set | frozenset):
+        return _plain(value.tolist())
+    if isinstance(value, set | frozenset):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -94,12 +102,18 @@ def _plain(value: Any) -> Any:
 def json_rows(values: Any) -> list[Any]:
     """One decoded output of a batch as one JSON value per row: a numeric array through
     ``tolist`` (rows of a 2-D array become lists), an object array (labels, lists of labels)
-    value by value.
+    value by value where a value is not a JSON scalar already.
 
     Example:
         >>> json_rows(np.asarray([[0.25, 0.75]], dtype=np.float32))
         [[0.25, 0.75]]
     """
-    if isinstance(values, np.ndarray) and values.dtype != object:
-        return values.tolist()  # type: ignore[no-any-return]
-    return [_plain(v) for v in values]
+    if isinstance(values, np.ndarray):
+        rows: list[Any] = values.tolist()
+        if values.dtype != object:
+            return rows
+    else:
+        rows = list(values)
+    if set(map(type, rows)) <= _JSON_SCALARS:  # labels: strings or numbers already
+        return rows
+    return [_plain(v) for v in rows]

@@ -77,13 +77,10 @@ class RequestParser:
         )
         self._names = frozenset(i.name for i in self.inputs)
         self._order = tuple(i.name for i in self.inputs)
-        # every input numeric: a row of finite numbers encodes in one numpy pass
-        self._all_numeric = bool(self.inputs) and all(i.kind == "numeric" for i in self.inputs)
-        self._check_kind = {
-            "numeric": self._numbers,
-            "boolean": self._booleans,
-            "categorical": self._categories,
-        }
+        self._numeric = tuple(j for j, i in enumerate(self.inputs) if i.kind == "numeric")
+        # every input numeric: the rows encode as one matrix (transform_matrix)
+        self._all_numeric = bool(self.inputs) and len(self._numeric) == len(self.inputs)
+        self._check_kind = {"boolean": self._booleans, "categorical": self._categories}
 
     def parse(self, payload: Any, max_rows: int) -> np.ndarray:
         """Validate a decoded JSON body and encode it: ``(n, input_dim)`` float32.
@@ -106,13 +103,16 @@ class RequestParser:
             matrix = self._numeric_rows(payload["rows"], max_rows) if self._all_numeric else None
             if matrix is not None:
                 return self.preprocessor.transform_matrix(matrix)
-            n, values, field = self._from_rows(payload["rows"], max_rows)
+            _, values, field = self._from_rows(payload["rows"], max_rows)
         else:
-            n, values, field = self._from_columns(payload["columns"], max_rows)
-        checked = {
-            inp.name: self._check_kind[inp.kind](inp, column, field)
-            for inp, column in zip(self.inputs, values, strict=True)
-        }
+            _, values, field = self._from_columns(payload["columns"], max_rows)
+        numbers = self._numbers(values, field)  # each numeric input's column, checked
+        if self._all_numeric:
+            return self.preprocessor.transform_matrix(np.array(numbers, dtype=np.float64).T)
+        checked = dict(zip((self._order[j] for j in self._numeric), numbers, strict=True))
+        for inp, column in zip(self.inputs, values, strict=True):
+            if inp.kind != "numeric":
+                checked[inp.name] = self._check_kind[inp.kind](inp, column, field)
         return self.preprocessor.transform_columns(checked)
 
     # ---- the body's shape ------------------------------------------------------------------
@@ -217,15 +217,24 @@ class RequestParser:
                 "missing: drop); send a value.",
             )
 
-    def _numbers(self, inp: _Input, column: list[Any], field: Field) -> Any:
-        """Finite numbers, or null where a fill was learned; the first bad value raises."""
-        if all(type(v) is float or type(v) is int for v in column):
+    def _numbers(self, values: list[list[Any]], field: Field) -> Any:
+        """The numeric inputs' columns, checked: finite numbers, or null where a fill was
+        learned. The usual case (every value a finite number) is one numpy conversion, (k, n)
+        float64; anything else goes feature by feature to name the first bad value."""
+        columns = [values[j] for j in self._numeric]
+        if all(type(v) is float or type(v) is int for column in columns for v in column):
             try:
-                array = np.array(column, dtype=np.float64)
-            except OverflowError:
-                array = None
-            if array is not None and np.isfinite(array).all():
-                return array
+                block = np.array(columns, dtype=np.float64)
+            except OverflowError:  # an integer beyond float range
+                block = None
+            if block is not None and np.isfinite(block).all():
+                return block
+        return [
+            self._number_column(self.inputs[j], column, field)
+            for j, column in zip(self._numeric, columns, strict=True)
+        ]
+
+    def _number_column(self, inp: _Input, column: list[Any], field: Field) -> list[Any]:
         for i, v in enumerate(column):
             if v is None:
                 self._null(inp, i, field)

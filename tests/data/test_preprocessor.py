@@ -148,6 +148,10 @@ def test_transform_matrix_matches_transform_for_numeric_and_boolean_rows() -> No
     np.testing.assert_array_equal(pre.transform_matrix(matrix), pre.transform(rows))
     with pytest.raises(DataError, match="transform_columns"):
         _fit(pd.DataFrame({"c": ["a", "b"], "label": [0, 1]})).transform_matrix(matrix)
+    huge = np.array([[1e300, 1.0], [-1e300, 0.0]])  # beyond float32: ±inf, without a warning
+    assert np.isinf(pre.transform_matrix(huge)[:, 0]).all()
+    columns = {"x": huge[:, 0], "b": huge[:, 1]}
+    np.testing.assert_array_equal(pre.transform_columns(columns), pre.transform_matrix(huge))
 
 
 def test_transform_columns_names_what_is_wrong(mixed_frame: pd.DataFrame) -> None:
