@@ -90,8 +90,8 @@ class ServedModel:
                 for f in mv.signature.get("inputs") or ()
             ],
         }
-        # decoded output → JSON Schema of one row's value; trimmed to what decode returns by
-        # the warm-up (_check_outputs)
+        # decoded output → JSON Schema of one row's value; trimmed by warm_up() to the outputs
+        # the decoding returns
         self.outputs = response_outputs(self.signature)
         self._keys = tuple(response_key(name) for name in self.outputs)
         self._batcher = MicroBatcher(
