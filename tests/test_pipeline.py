@@ -159,7 +159,11 @@ def test_same_seed_same_metrics(tmp_path):
         (["model.type=transformr"], ConfigError, "model.type"),
         (["model.hiddn=[4]"], ConfigError, "Did you mean 'hidden'"),
         (["train.early_stopping.monitor=val_r2"], ConfigError, "val_accuracy"),
-        (["task=regression", "train.class_weight=balanced"], ConfigError, "need single-label classes"),
+        (
+            ["task=regression", "train.class_weight=balanced"],
+            ConfigError,
+            "need single-label classes",
+        ),
         (["train.optimizer.lr=-1"], ConfigError, "train.optimizer.lr"),
         (["train.batch_size=0"], ConfigError, "train.batch_size"),
     ],

@@ -16,6 +16,7 @@ __all__ = ["baselines_section", "fit_baselines"]
 
 log = get_logger(__name__)
 
+
 def fit_baselines(data: EvalData, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Fit each of the task's baselines on ``data``'s training split; name → {outputs, seconds}.
 

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["ModelBundle", "Predictor", "Rows", "load_bundle", "load_weights"]
 
 #: raw rows a predictor takes: a DataFrame, dict rows, a dict of columns, or an array.
-Rows: TypeAlias = "pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | np.ndarray"
+Rows: TypeAlias = (
+    "pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | np.ndarray"
+)
 
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol ≥ 2, and torch.save's zip archive
 

@@ -131,7 +131,8 @@ def test_grid_values(data, values):
 
 
 @pytest.mark.parametrize(
-    ("data", "top"), [({"uniform": [0.0, 1.0], "step": 0.3}, "0.9"), ({"int": [1, 8], "step": 2}, "7")]
+    ("data", "top"),
+    [({"uniform": [0.0, 1.0], "step": 0.3}, "0.9"), ({"int": [1, 8], "step": 2}, "7")],
 )
 def test_a_range_that_is_not_a_whole_number_of_steps_is_refused(data, top):
     # Optuna would silently lower the top of the range (with a warning): say so up front

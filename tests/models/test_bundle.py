@@ -241,7 +241,9 @@ def test_check_stored_recipe_allows_builtins_and_allow_listed_builders_only(monk
     monkeypatch.delenv(ENV, raising=False)
     check_stored_recipe({"model": {"type": "mlp"}, "task": "classification"}, "Study s")
     with pytest.raises(NotFoundError, match=f"Study s: .*{ENV}"):
-        check_stored_recipe({"model": {"type": "mypkg.models:build"}, "task": "regression"}, "Study s")
+        check_stored_recipe(
+            {"model": {"type": "mypkg.models:build"}, "task": "regression"}, "Study s"
+        )
     with pytest.raises(NotFoundError, match="Study s"):
         check_stored_recipe({"model": {"type": "mlp"}, "task": "this:s"}, "Study s")
     monkeypatch.setenv(ENV, "mypkg")

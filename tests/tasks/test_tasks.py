@@ -91,5 +91,7 @@ def test_focal_loss_down_weights_easy_examples():
 def test_focal_loss_on_regression_is_a_config_error():
     recipe = {"name": "r", "data": {"source": "builtin:diabetes"}, "task": "regression",
               "model": {"type": "mlp"}, "train": {"loss": "focal"}}  # fmt: skip
-    with pytest.raises(ConfigError, match="train.loss.name: the focal loss needs single-label classes"):
+    with pytest.raises(
+        ConfigError, match="train.loss.name: the focal loss needs single-label classes"
+    ):
         danlu.run(recipe)

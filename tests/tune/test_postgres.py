@@ -30,7 +30,13 @@ def pg_url():
 
 
 def _env(url, home, **extra):
-    return {**os.environ, "DANLU_DB_URL": url, "DANLU_HOME": str(home), "OMP_NUM_THREADS": "1", **extra}
+    return {
+        **os.environ,
+        "DANLU_DB_URL": url,
+        "DANLU_HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
 
 
 @contextlib.contextmanager
