@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from danlu.tasks import ExtraSection
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -160,7 +162,7 @@ class EvalData:
 
 
 @dataclass
-class Section:
+class Section(ExtraSection):
     """One section of the trust report.
 
     Attributes:
@@ -174,13 +176,6 @@ class Section:
         seconds: time the section took (set by the evaluator).
     """
 
-    key: str
-    title: str
-    data: dict[str, Any] = field(default_factory=dict)
-    figures: dict[str, str] = field(default_factory=dict)
-    summary: str | None = None
-    notes: list[str] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:

@@ -199,9 +199,7 @@ def _task_sections(data: EvalData) -> list[Section]:
         section = Section("task", f"{data.task.name} sections", data={"error": str(exc)})
         section.flags.append(f"the task's sections failed ({type(exc).__name__}: {exc})")
         return [section]
-    sections = [
-        Section(e.key, e.title, e.data, e.figures, e.summary, e.notes, e.flags) for e in extras
-    ]
+    sections = [Section(**vars(extra)) for extra in extras]
     for section in sections:
         section.seconds = (time.perf_counter() - start) / len(sections)
     return sections

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from danlu.config import ConfigIssue, LossConfig, Recipe
     from danlu.data import FeatureSchema
 
-__all__ = ["Explained", "ExtraSection", "Task"]
+__all__ = ["Explained", "ExtraSection", "Task", "score_rows"]
 
 
 @dataclass
@@ -283,3 +283,17 @@ class Task(ABC):
     def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
         """Each decoded output's name → its description: ``type``, a JSON Schema of one row's
         value under ``schema``, and task details (``classes``, ``shape``...)."""
+
+
+def score_rows(k: int) -> dict[str, Any]:
+    """The signature entry of a (k,) row of scores in [0, 1] (probabilities, label scores)."""
+    return {
+        "type": "float",
+        "shape": [k],
+        "json_schema": {
+            "type": "array",
+            "items": {"type": "number", "minimum": 0, "maximum": 1},
+            "minItems": k,
+            "maxItems": k,
+        },
+    }

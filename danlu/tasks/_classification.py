@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from danlu.tasks._base import Explained, Task
+from danlu.tasks._base import Explained, Task, score_rows
 
 if TYPE_CHECKING:
     import numpy as np
@@ -171,14 +171,5 @@ class ClassificationTask(Task):
         k = len(classes)
         return {
             "prediction": {"type": "label", "classes": classes, "json_schema": {"enum": classes}},
-            "probabilities": {
-                "type": "float",
-                "shape": [k],
-                "json_schema": {
-                    "type": "array",
-                    "items": {"type": "number", "minimum": 0, "maximum": 1},
-                    "minItems": k,
-                    "maxItems": k,
-                },
-            },
+            "probabilities": score_rows(k),
         }

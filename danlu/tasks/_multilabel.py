@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from danlu.errors import StoreError
-from danlu.tasks._base import Explained, ExtraSection, Task
+from danlu.tasks._base import Explained, ExtraSection, Task, score_rows
 
 if TYPE_CHECKING:
     import numpy as np
@@ -304,14 +304,5 @@ class MultiLabelTask(Task):
                 "classes": labels,
                 "json_schema": {"type": "array", "items": {"enum": labels}, "uniqueItems": True},
             },
-            "scores": {
-                "type": "float",
-                "shape": [k],
-                "json_schema": {
-                    "type": "array",
-                    "items": {"type": "number", "minimum": 0, "maximum": 1},
-                    "minItems": k,
-                    "maxItems": k,
-                },
-            },
+            "scores": score_rows(k),
         }
