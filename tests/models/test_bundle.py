@@ -249,3 +249,23 @@ def test_check_stored_recipe_allows_builtins_and_allow_listed_builders_only(monk
     monkeypatch.setenv(ENV, "mypkg")
     with pytest.raises(NotFoundError, match="mypkg"):  # allowed, so imported: not installed here
         check_stored_recipe({"model": {"type": "mypkg.models:build"}, "task": "regression"}, "S")
+
+
+def test_the_predictor_takes_frames_dict_rows_columns_and_arrays(stored: Path) -> None:
+    """One Predictor behind load_model: every raw-row form gives the same predictions, and
+    an array of the wrong width is a DataError naming the expected shape."""
+    import numpy as np
+    from sklearn.datasets import load_wine
+
+    from danlu.errors import DataError
+
+    predictor = danlu.load_model("wine:1", store=SqlStore(home=stored))
+    frame = load_wine(as_frame=True).frame.drop(columns="target").head(5)
+    expected = predictor.predict(frame)["prediction"].tolist()
+    assert predictor.predict(frame.to_dict("records"))["prediction"].tolist() == expected
+    assert predictor.predict(frame.to_dict("list"))["prediction"].tolist() == expected
+    assert predictor.predict(frame.to_numpy())["prediction"].tolist() == expected
+    assert np.allclose(predictor.predict(frame)["probabilities"].sum(axis=1), 1.0)
+    with pytest.raises(DataError, match=r"shape \(rows, 13\)"):
+        predictor.predict(frame.to_numpy()[:, :5])
+    assert predictor.signature["task"] == "classification" and "wine:1" in repr(predictor)
