@@ -115,7 +115,8 @@ def _default_target(data: EvalData, x: np.ndarray) -> np.ndarray | None:
     if data.task.output_dim(data.schema) == 1:
         return None
     outputs = data.outputs(x)
-    return data.task.explain(outputs, _no_truth(outputs), data.schema, data.temperature).targets
+    # outputs are already divided by the temperature (EvalData.outputs)
+    return data.task.explain(outputs, _no_truth(outputs), data.schema).targets
 
 
 def _no_truth(outputs: np.ndarray) -> np.ndarray:
