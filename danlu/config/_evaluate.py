@@ -27,6 +27,9 @@ __all__ = [
     "ExplainConfig",
     "FairnessConfig",
     "RobustnessConfig",
+    "OFF_SWITCH",
+    "SWITCH",
+    "switch_blocks",
 ]
 
 Epsilon = Annotated[float, Field(ge=0.0, le=100.0)]
@@ -140,6 +143,40 @@ class CostConfig(_Strict):
     )
 
 
+def _variant(extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def add(schema: dict[str, Any]) -> None:
+        variants = schema.get("anyOf")
+        if isinstance(variants, list) and extra not in variants:
+            variants.insert(0, extra)
+
+    return add
+
+
+# json_schema_extra of a block that also takes true (its defaults) and false (off)
+SWITCH: dict[str, Any] = {"json_schema_extra": _variant({"type": "boolean"})}
+# json_schema_extra of a block that false turns off (tune, register: true would lack their keys)
+OFF_SWITCH: dict[str, Any] = {"json_schema_extra": _variant({"const": False})}
+
+
+def switch_blocks(data: Any) -> Any:
+    """``evaluate: false`` (and ``tune: false``, ``register: false``) turns a recipe block off, as
+    leaving it out does; ``evaluate: true`` makes the whole report with its defaults
+    (``true`` elsewhere reads as an empty block, whose missing keys are then named).
+
+    Example:
+        >>> switch_blocks({"evaluate": True, "register": False})
+        {'evaluate': {}, 'register': None}
+    """
+    if not isinstance(data, dict):
+        return data
+    switched = dict(data)
+    for block in ("evaluate", "tune", "register"):
+        value = data.get(block)
+        if isinstance(value, bool):
+            switched[block] = {} if value else None
+    return switched
+
+
 _SECTIONS: dict[str, Callable[[], BaseModel]] = {
     "calibration": CalibrationConfig,
     "robustness": _default_robustness,
@@ -165,11 +202,11 @@ class EvaluateConfig(_Strict):
         description="Fit scikit-learn baselines (dummy, linear, HistGradientBoosting) on the same "
         "split and preprocessing.",
     )
-    calibration: CalibrationConfig | None = Field(default_factory=CalibrationConfig)
-    fairness: FairnessConfig | None = None
-    robustness: RobustnessConfig | None = Field(default_factory=_default_robustness)
-    explain: ExplainConfig | None = Field(default_factory=ExplainConfig)
-    cost: CostConfig | None = Field(default_factory=CostConfig)
+    calibration: CalibrationConfig | None = Field(default_factory=CalibrationConfig, **SWITCH)
+    fairness: FairnessConfig | None = Field(None, **SWITCH)
+    robustness: RobustnessConfig | None = Field(default_factory=_default_robustness, **SWITCH)
+    explain: ExplainConfig | None = Field(default_factory=ExplainConfig, **SWITCH)
+    cost: CostConfig | None = Field(default_factory=CostConfig, **SWITCH)
 
     @field_validator("calibration", "robustness", "explain", "cost", mode="before")
     @classmethod

@@ -160,19 +160,53 @@ def parse_override(item: str) -> tuple[Loc, Any]:
     return tuple(key.split(".")), value
 
 
+# Maps whose keys are recipe key paths themselves (dots included): tune.space's entries
+_KEY_PATH_MAPS: tuple[Loc, ...] = (("tune", "space"),)
+
+
+def _key_path_entry(data: Mapping[str, Any], loc: Loc) -> Loc:
+    """``tune.space.model.dropout`` names the space entry ``model.dropout``, not a nested key.
+
+    Within such a map the entry is the longest prefix of the rest that the recipe already has
+    (so ``tune.space.model.dropout.uniform=[0.1, 0.4]`` changes one field of an entry); when
+    none matches, the whole rest is one new entry, whose value is its distribution.
+    """
+    for prefix in _KEY_PATH_MAPS:
+        n = len(prefix)
+        if loc[:n] != prefix or len(loc) <= n + 1:
+            continue
+        node: Any = data
+        for part in prefix:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        rest = [str(p) for p in loc[n:]]
+        existing = node if isinstance(node, Mapping) else {}
+        for end in range(len(rest), 0, -1):
+            if ".".join(rest[:end]) in existing:
+                return (*prefix, ".".join(rest[:end]), *rest[end:])
+        return (*prefix, ".".join(rest))
+    return loc
+
+
 def apply_overrides(
     data: dict[str, Any], overrides: Iterable[str]
 ) -> tuple[dict[str, Any], dict[Loc, str]]:
-    """Return a copy of ``data`` with each ``key.path=value`` applied, and where each came from."""
+    """Return a copy of ``data`` with each ``key.path=value`` applied, and where each came from.
+
+    Example:
+        >>> data, _ = apply_overrides({}, ["tune.space.model.dropout={uniform: [0.1, 0.5]}"])
+        >>> data["tune"]["space"]
+        {'model.dropout': {'uniform': [0.1, 0.5]}}
+    """
     data = copy.deepcopy(data)
     origin: dict[Loc, str] = {}
     for item in overrides:
         loc, value = parse_override(item)
+        loc = _key_path_entry(data, loc)
         node: Any = data
         for i, part in enumerate(loc[:-1]):
             child = node.get(part)
-            if child is None:
-                child = node[part] = {}
+            if child is None or isinstance(child, bool):  # a key inside a block switched off
+                child = node[part] = {}  # (evaluate: false) turns it on
             if not isinstance(child, dict):
                 raise ConfigError(
                     f"--set {item}: '{'.'.join(map(str, loc[: i + 1]))}' is a "

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from danlu.config._evaluate import EvaluateConfig
+from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_blocks
 from danlu.config._tune import TuneConfig
 
 __all__ = [
@@ -421,11 +421,21 @@ with warnings.catch_warnings():
         ]
         model: ModelConfig
         train: TrainConfig = Field(default_factory=TrainConfig)
-        tune: TuneConfig | None = Field(None, description="Hyperparameter search (danlu tune).")
-        evaluate: EvaluateConfig | None = Field(
-            None, description="The trust report made after training (danlu evaluate / report)."
+        tune: TuneConfig | None = Field(
+            None, description="Hyperparameter search (danlu tune); false: none.", **OFF_SWITCH
         )
-        register: RegisterConfig | None = None
+        evaluate: EvaluateConfig | None = Field(
+            None,
+            description="The trust report made after training (danlu evaluate / report); "
+            "true: every section's defaults, false: no report.",
+            **SWITCH,
+        )
+        register: RegisterConfig | None = Field(None, **OFF_SWITCH)
 
         # Where the recipe came from (file lines, --set flags), so later stages can point at the line.
         _source: Any = PrivateAttr(default=None)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _switches(cls, data: Any) -> Any:
+            return switch_blocks(data)  # evaluate: false, tune: false, register: false

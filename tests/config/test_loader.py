@@ -156,3 +156,55 @@ def test_an_unknown_task_is_named_with_its_line_and_the_nearest_task(tmp_path):
     msg = str(info.value)
     assert f"{path}:" in msg and "task: unknown task (found 'clasification')" in msg
     assert "Did you mean 'classification'?" in msg and "Tasks: classification," in msg
+
+
+TUNED = (
+    GOOD
+    + """\
+tune:
+  trials: 2
+  space:
+    train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}
+"""
+)
+
+
+def test_set_reaches_tune_space_entries_whose_names_have_dots(tmp_path):
+    """A space entry is named by a recipe key path: --set tune.space.model.dropout=... adds the
+    entry 'model.dropout' (its value a YAML flow mapping), and a field of an entry the file has
+    can be changed alone; errors name the entry and the flag."""
+    path = write(tmp_path, TUNED)
+    recipe = load_recipe(path, ["tune.space.model.dropout={uniform: [0.1, 0.5], step: 0.1}"])
+    space = recipe.tune.space
+    assert set(space) == {"train.optimizer.lr", "model.dropout"}
+    assert space["model.dropout"].uniform == (0.1, 0.5) and space["model.dropout"].step == 0.1
+    changed = load_recipe(path, ["tune.space.train.optimizer.lr.loguniform=[0.001, 0.1]"])
+    assert changed.tune.space["train.optimizer.lr"].loguniform == (0.001, 0.1)
+    assert set(changed.tune.space) == {"train.optimizer.lr"}
+
+    flag = "tune.space.model.dropout={uniform: [0.5, 0.1]}"
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path, [flag])
+    assert f"--set {flag}: tune.space.model.dropout.uniform:" in str(info.value)
+    assert "swap the two values" in str(info.value)
+    with pytest.raises(ConfigError, match=r"tune\.space\.model\.dropout\.unifrm: unknown key"):
+        load_recipe(path, ["tune.space.model.dropout={unifrm: [0.1, 0.5]}"])
+
+
+def test_evaluate_tune_and_register_take_true_and_false(tmp_path):
+    """Blocks switch like the report's sections: false is off (as when left out), evaluate: true
+    is the whole report with its defaults, a --set inside a block switched off turns it on."""
+    from danlu.pipeline import recipe_json_schema
+
+    off = load_recipe(write(tmp_path, GOOD + "evaluate: false\ntune: false\nregister: false\n"))
+    assert off.evaluate is None and off.tune is None and off.register is None
+    assert load_recipe(write(tmp_path, GOOD + "evaluate: true\n")).evaluate.bootstrap == 1000
+    path = write(tmp_path, GOOD + "evaluate: false\n")
+    assert load_recipe(path, ["evaluate.bootstrap=10"]).evaluate.bootstrap == 10
+    assert load_recipe(path, ["evaluate=true"]).evaluate is not None
+    with pytest.raises(ConfigError, match=r"recipe.yaml:\d+: register.name: required key"):
+        load_recipe(write(tmp_path, GOOD + "register: true\n"))
+    properties = recipe_json_schema()["properties"]
+    assert {"type": "boolean"} in properties["evaluate"]["anyOf"]
+    assert {"const": False} in properties["register"]["anyOf"]
+    assert {"const": False} in properties["tune"]["anyOf"]
