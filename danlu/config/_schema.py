@@ -36,6 +36,7 @@ __all__ = [
     "ReduceConfig",
     "StreamConfig",
     "EarlyStoppingConfig",
+    "FeatureSpec",
     "ModelConfig",
     "OptimizerConfig",
     "PrepareConfig",
@@ -49,13 +50,32 @@ __all__ = [
 SCHEMA_VERSION: Literal[1] = 1
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-FeatureKind = Literal["numeric", "categorical", "boolean", "ignore"]
+FeatureKind = Literal["numeric", "categorical", "boolean", "datetime", "ignore"]
 
 
 class Strict(BaseModel):
     """Base of every recipe block: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FeatureSpec(Strict):
+    """One column's kind with its options, e.g. ``{kind: numeric, errors: nan}``."""
+
+    kind: FeatureKind = Field(description="numeric, categorical, boolean, datetime or ignore.")
+    errors: Literal["raise", "nan"] = Field(
+        "raise",
+        description="numeric / datetime: a value that does not parse is an error naming its row "
+        "(raise), or a missing value filled by data.prepare.missing (nan).",
+    )
+
+    @model_validator(mode="after")
+    def _errors_apply(self) -> FeatureSpec:
+        if self.errors == "nan" and self.kind not in ("numeric", "datetime"):
+            raise ValueError(
+                f"errors: nan applies to numeric and datetime columns; this one is {self.kind}"
+            )
+        return self
 
 
 class SplitConfig(Strict):
@@ -95,6 +115,12 @@ class PrepareConfig(Strict):
     outliers: OutlierConfig | None = None
     scale: Literal["standard", "minmax", "robust", "none"] = "standard"
     encode: Literal["onehot", "ordinal"] = "onehot"
+    max_categories: PositiveInt = Field(
+        50,
+        description="A categorical column with more distinct training values than this is "
+        "frequency-encoded (one column: the share of training rows holding the value) instead "
+        "of one-hot or ordinal.",
+    )
 
 
 class ColumnCheck(Strict):
@@ -273,8 +299,10 @@ class DataConfig(Strict):
             "column named 'labels'; listed columns are not features."
         ),
     )
-    features: dict[str, FeatureKind] | None = Field(
-        None, description="Override the inferred kind of some columns; 'ignore' drops a column."
+    features: dict[str, FeatureKind | FeatureSpec] | None = Field(
+        None,
+        description="Override the inferred kind of some columns: a kind, or {kind, errors}; "
+        "'ignore' drops a column.",
     )
     image_shape: list[PositiveInt] | None = Field(
         None, description="Treat the numeric features as an image of this shape, e.g. [1, 8, 8]."

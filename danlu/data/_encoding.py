@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
+from danlu.data._datetime import ISO, date_parts, datetime_seconds, guess_date_format, parse_dates
 from danlu.data._schema import (
     FALSE_TOKENS,
     TRUE_TOKENS,
@@ -21,6 +22,9 @@ from danlu.data._schema import (
 )
 from danlu.data._values import first_row, to_plain
 from danlu.errors import DataError
+from danlu.logging import get_logger
+
+logger = get_logger("danlu.data._preprocessor")
 
 
 def _boolean_values(column: pd.Series) -> np.ndarray:
@@ -75,6 +79,9 @@ class _Layout:
     bound: float  # raw values below this in magnitude scale to within float32's range
     categorical: tuple[tuple[str, int, dict[str, int], str | None], ...]  # name, first column,
     # category → position, fill
+    # features computed before encoding: ("datetime", name, parts, origin, fill seconds,
+    # format, errors) and ("frequency", name, category → position, shares + [0], fill)
+    derived: tuple[tuple[Any, ...], ...] = ()
 
     @classmethod
     def of(
@@ -87,9 +94,27 @@ class _Layout:
     ) -> _Layout:
         dense: list[tuple[str, int, float, float, float]] = []
         categorical = []
+        derived: list[tuple[Any, ...]] = []
         col = 0
         for f in schema.features:
             value = fill.get(f.name)
+            if f.kind == "datetime":
+                when = np.nan if value is None else float(value)
+                derived.append(("datetime", f.name, f.parts, f.origin or 0.0, when,
+                                f.date_format or ISO, f.errors))  # fmt: skip
+                for part in f.parts:
+                    name = f"{f.name}.{part}"
+                    dense.append((name, col, center[name], scale[name], np.nan))
+                    col += 1
+                continue
+            if f.frequency_encoded:
+                index = {c: i for i, c in enumerate(f.categories)}
+                shares = np.asarray([*f.frequencies, 0.0], dtype=np.float64)  # -1: unseen
+                derived.append(("frequency", f.name, index, shares,
+                                None if value is None else str(value)))  # fmt: skip
+                dense.append((f.name, col, center[f.name], scale[f.name], np.nan))
+                col += 1
+                continue
             if f.kind == "categorical":
                 index = {c: i for i, c in enumerate(f.categories)}
                 categorical.append((f.name, col, index, None if value is None else str(value)))
@@ -120,7 +145,78 @@ class _Layout:
             fill=np.asarray(fills, dtype=np.float64),
             bound=float(room.min()) if len(room) else float("inf"),
             categorical=tuple(categorical),
+            derived=tuple(derived),
         )
+
+
+def frequency_values(codes: np.ndarray, shares: Sequence[float]) -> np.ndarray:
+    """Category codes (-1: unseen) → the share of training rows of each, 0 for unseen."""
+    table = np.asarray([*shares, 0.0], dtype=np.float64)
+    return table[codes]
+
+
+def derive_columns(
+    columns: Mapping[str, Sequence[Any] | np.ndarray], layout: _Layout
+) -> dict[str, Any]:
+    """``columns`` with the features computed before encoding added: each date's calendar
+    features (``date.year`` ...) and each frequency-encoded category's share (under its own
+    name). Dates may come as seconds (:meth:`Preprocessor.read_column`) or as raw values
+    (strings, as a server receives them)."""
+    out = dict(columns)
+    for item in layout.derived:
+        if item[0] == "datetime":
+            _, name, parts, origin, fill, fmt, errors = item
+            seconds = _date_seconds(columns[name], name, fmt, errors)
+            missing = np.isnan(seconds)
+            if missing.any():
+                if np.isnan(fill):
+                    no_fill(name, missing)
+                seconds = np.where(missing, fill, seconds)
+            out.update({f"{name}.{p}": v for p, v in date_parts(seconds, parts, origin).items()})
+        else:
+            _, name, index, shares, fill = item
+            out[name] = shares[_category_codes(columns[name], index, fill, name)]
+    return out
+
+
+def _date_seconds(values: Sequence[Any] | np.ndarray, name: str, fmt: str, errors: str) -> Any:
+    """A date feature's values as seconds: already so (float64), or parsed now."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        return values
+    column = pd.Series(values if isinstance(values, np.ndarray) else list(values), name=name)
+    return datetime_seconds(column, fmt, errors)
+
+
+def _date_format(column: pd.Series) -> str:
+    """The format of a date column's strings (from its first value); ISO 8601 for native
+    dates and when no format is recognised..."""
+    if pd.api.types.is_datetime64_any_dtype(column.dtype):
+        return ISO
+    present = column.dropna()
+    if present.empty:
+        return ISO
+    return guess_date_format(present.iloc[:1].astype(str)) or "mixed"
+
+
+def _date_fill(name: str, constant: Any, values: np.ndarray) -> float:
+    """``missing: constant`` for a date column: ``fill_value`` read as a date; a value that is
+    not a date falls back to the median training date (logged)."""
+    seconds, bad = parse_dates([constant]) if isinstance(constant, str) else (None, None)
+    if seconds is not None and not bad.any() and not np.isnan(seconds[0]):
+        return float(seconds[0])
+    present = values[~np.isnan(values)]
+    if present.size == 0:
+        raise DataError(
+            f"Column '{name}' has no dates in the training rows, so its missing values cannot "
+            f"be filled. Set data.features: {{{name}: ignore}} or fix the data."
+        )
+    logger.warning(
+        "data.prepare.fill_value %r is not a date, so missing values of date column '%s' are "
+        "filled with its median training date. Set fill_value to a date (2020-01-31) to choose.",
+        constant,
+        name,
+    )
+    return float(np.median(present))
 
 
 def _dense_matrix(

@@ -20,14 +20,20 @@ import pandas as pd
 from pydantic import ValidationError
 
 from danlu.config import PrepareConfig, ReduceConfig
+from danlu.data._datetime import ISO, date_parts, datetime_seconds, fit_parts, parse_dates
+from danlu.data._detect import read_errors
 from danlu.data._encoding import (
     _boolean_values,
     _category_codes,
     _category_values,
+    _date_fill,
+    _date_format,
     _dense_matrix,
     _fit_scaler,
     _Layout,
     _mode,
+    derive_columns,
+    frequency_values,
     no_fill,
 )
 from danlu.data._reduce import FeatureReducer
@@ -40,7 +46,7 @@ from danlu.data._schema import (
     infer_kinds,
 )
 from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
-from danlu.data._values import numeric_values, preview, to_plain
+from danlu.data._values import coerce_numbers, numeric_values, preview, to_plain
 from danlu.errors import DataError, NotFittedError
 from danlu.logging import get_logger
 
@@ -49,8 +55,10 @@ __all__ = ["Preprocessor"]
 logger = get_logger(__name__)
 
 _FORMAT = "danlu.preprocessor"
-_VERSION = 2  # 2 added the feature reducer (data.reduce); target_kind is optional within 2
-_READABLE_VERSIONS = (1, 2)
+# 2 added the feature reducer (data.reduce); target_kind is optional within 2. 3 added datetime
+# features, frequency-encoded categories and errors: nan (options on the schema's features).
+_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 class Preprocessor:
@@ -133,23 +141,16 @@ class Preprocessor:
             )
         fill: dict[str, Any] = {}
         features: list[Feature] = []
-        numeric: list[np.ndarray] = []
+        dense: dict[str, np.ndarray] = {}  # scaled column → its filled training values
         for name, kind in kinds.items():
             if kind == "ignore":
                 continue
-            values = self._raw_values(frame[name], kind)
-            fill[name] = self._fit_fill(name, kind, values)
-            filled = self._filled(values, fill[name])
-            if kind == "categorical":
-                categories = tuple(sorted({v for v in filled if v is not None}))
-                features.append(Feature(name, kind, categories))
-                continue
-            if kind == "numeric":
-                numeric.append(filled)
-            features.append(Feature(name, kind))
-        matrix = np.column_stack(numeric) if numeric else np.empty((len(frame), 0))
+            feature, fill[name], columns = self._fit_column(frame[name], name, kind)
+            features.append(feature)
+            dense.update(columns)
+        names = list(dense)
+        matrix = np.column_stack(list(dense.values())) if dense else np.empty((len(frame), 0))
         center, scale = _fit_scaler(self.config.scale, matrix)
-        names = [f.name for f in features if f.kind == "numeric"]
         schema = self._fit_target(frame[self.target], features)
         # Assign the learned state last, so a failed fit leaves no half-fitted object behind.
         self.fill_ = fill
@@ -191,9 +192,50 @@ class Preprocessor:
         )
         self.reducer_ = reducer
 
-    def _raw_values(self, column: pd.Series, kind: str) -> np.ndarray:
+    def _fit_column(
+        self, column: pd.Series, name: str, kind: str
+    ) -> tuple[Feature, Any, dict[str, np.ndarray]]:
+        """One feature fitted on its training values: ``(feature, fill value, scaled columns)``
+        — the columns the scaler learns centre and scale of, by encoded name."""
+        errors = read_errors(kind)
+        if kind == "datetime":
+            fmt = _date_format(column)
+            values = datetime_seconds(column, fmt, errors)
+            fill = self._fit_fill(name, kind, values)
+            filled = self._filled(values, fill)
+            parts, origin = fit_parts(filled)
+            feature = Feature(name, "datetime", errors=errors, parts=parts, origin=origin,
+                              date_format=fmt)  # fmt: skip
+            derived = date_parts(filled, parts, origin)
+            return feature, fill, {f"{name}.{p}": v for p, v in derived.items()}
+        values = self._raw_values(column, kind, errors)
+        fill = self._fit_fill(name, kind, values)
+        filled = self._filled(values, fill)
         if kind == "numeric":
-            return numeric_values(column)
+            return Feature(name, kind, errors=errors), fill, {name: filled}
+        if kind == "boolean":
+            return Feature(name, kind), fill, {}
+        present = pd.Series(filled).dropna()
+        categories = tuple(sorted(set(present)))
+        if len(categories) <= self.config.max_categories:
+            return Feature(name, kind, categories), fill, {}
+        counts = present.value_counts()
+        shares = tuple(float(counts[c]) / len(filled) for c in categories)
+        feature = Feature(name, kind, categories, encoding="frequency", frequencies=shares)
+        codes = _category_codes(filled, {c: i for i, c in enumerate(categories)}, fill, name)
+        logger.info(
+            "Categorical column '%s' has %d distinct training values (more than "
+            "data.prepare.max_categories, %d): it is frequency-encoded, one column holding the "
+            "share of training rows with the value.",
+            name,
+            len(categories),
+            self.config.max_categories,
+        )
+        return feature, fill, {name: frequency_values(codes, shares)}
+
+    def _raw_values(self, column: pd.Series, kind: str, errors: str = "raise") -> np.ndarray:
+        if kind == "numeric":
+            return numeric_values(column, errors)
         if kind == "boolean":
             return _boolean_values(column)
         return _category_values(column)
@@ -208,6 +250,8 @@ class Preprocessor:
         token = bool_token(constant)
         if kind == "boolean" and strategy == "constant" and token is not None:
             return float(token)
+        if kind == "datetime" and strategy == "constant":
+            return _date_fill(name, constant, values)
         if kind == "numeric" and strategy == "constant":
             try:
                 return float(constant)
@@ -216,7 +260,7 @@ class Preprocessor:
                     f"data.prepare.fill_value {constant!r} cannot fill missing values of numeric "
                     f"column '{name}'. Use a number, or another missing strategy."
                 ) from None
-        if kind == "numeric" and strategy in ("mean", "median"):
+        if kind in ("numeric", "datetime") and strategy in ("mean", "median"):
             present = values[~np.isnan(values)]
             value = None if present.size == 0 else getattr(np, strategy)(present)
         else:  # most_frequent, and the only choice for categorical and boolean columns
@@ -287,23 +331,45 @@ class Preprocessor:
                 f"The input rows lack feature column(s) {preview(absent)}. Every row needs the "
                 f"columns the model was trained on: {preview(schema.feature_names)}."
             )
-        return {f.name: self.read_column(frame[f.name], f.kind) for f in schema.features}
+        return {f.name: self.read_column(frame[f.name], f) for f in schema.features}
 
     @staticmethod
-    def read_column(column: pd.Series, kind: str) -> np.ndarray:
+    def read_column(column: pd.Series, kind: str | Feature) -> np.ndarray:
         """A raw column read as its feature kind, as :meth:`transform_columns` takes it:
-        ``numeric`` and ``boolean`` as float64 with NaN for missing values, ``categorical`` as
-        category strings with None for missing values.
+        ``numeric``, ``boolean`` and ``datetime`` (seconds since the epoch) as float64 with NaN
+        for missing values, ``categorical`` as category strings with None for missing values.
+
+        ``kind`` may be the fitted :class:`Feature`, whose options apply (``errors: nan``, the
+        training date format).
 
         Raises:
-            DataError: a value that is not a number (numeric) or a true/false token (boolean),
-                or an infinite number.
+            DataError: a value that is not a number (numeric), a date (datetime) or a true/false
+                token (boolean), or an infinite number.
         """
-        if kind == "numeric":
-            return numeric_values(column)
-        if kind == "boolean":
+        feature = kind if isinstance(kind, Feature) else Feature("", str(kind))
+        name = feature.kind
+        if name == "numeric":
+            return numeric_values(column, feature.errors)
+        if name == "datetime":
+            return datetime_seconds(column, feature.date_format or ISO, feature.errors)
+        if name == "boolean":
             return _boolean_values(column)
         return _category_values(column)
+
+    def parse_values(self, name: str, values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values of numeric or datetime feature ``name`` as float64 (NaN where missing or
+        unreadable) and where they do not parse: the server names the first bad one.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            DataError: ``name`` is not a numeric or datetime feature.
+        """
+        feature = next((f for f in self.schema_.features if f.name == name), None)
+        if feature is None or feature.kind not in ("numeric", "datetime"):
+            raise DataError(f"'{name}' is not a numeric or datetime feature of this model.")
+        if feature.kind == "numeric":
+            return coerce_numbers(values)
+        return parse_dates(values, feature.date_format or ISO)
 
     def transform_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> np.ndarray:
         """Encode feature columns already read as their kinds: the one replay of the fitted
@@ -333,6 +399,8 @@ class Preprocessor:
         """
         layout = self._layout()
         n = self._column_length(columns)
+        if layout.derived:  # dates → calendar features, frequent categories → their shares
+            columns = derive_columns(columns, layout)
         if not layout.categorical:  # column j encodes feature j
             return self._encode_dense(_dense_matrix(columns, layout, n), layout)
         out = np.zeros((n, layout.width), dtype=np.float32)  # (n, encoded width)
@@ -489,7 +557,7 @@ class Preprocessor:
             "target": self.target,
             "task": self.task,
             "target_kind": self.target_kind,
-            "overrides": dict(self.overrides),
+            "overrides": {k: _spec(v) for k, v in self.overrides.items()},
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "classes": None if self.classes is None else [to_plain(c) for c in self.classes],
             "schema": self.schema_.to_dict(),
@@ -547,3 +615,10 @@ class Preprocessor:
     def __repr__(self) -> str:
         state = "fitted" if self._schema is not None else "not fitted"
         return f"Preprocessor(target={self.target!r}, task={self.task!r}, {state})"
+
+
+def _spec(kind: Any) -> Any:
+    """An override as JSON: the kind, or ``{kind, errors}`` when it reads with ``errors: nan``."""
+    if isinstance(kind, str) and read_errors(kind) != "raise":
+        return {"kind": str(kind), "errors": read_errors(kind)}
+    return kind if isinstance(kind, str | dict) else str(kind)

@@ -13,13 +13,15 @@ from typing import Any
 
 import pandas as pd
 
+from danlu.data._datetime import DATE_PARTS, ELAPSED, datetime_seconds, guess_date_format
+from danlu.data._detect import ColumnKind, detect_kind, read_errors
 from danlu.data._target import (
     TARGET_KINDS,
     TaskLike,
     resolve_task,
     target_codec,
 )
-from danlu.data._values import preview, to_plain
+from danlu.data._values import numeric_values, preview, to_plain
 from danlu.errors import DataError
 from danlu.logging import get_logger
 from danlu.registry import did_you_mean
@@ -28,7 +30,7 @@ __all__ = ["KINDS", "Feature", "FeatureSchema", "infer_schema"]
 
 logger = get_logger(__name__)
 
-KINDS = ("numeric", "categorical", "boolean", "ignore")
+KINDS = ("numeric", "categorical", "boolean", "datetime", "ignore")
 
 # Strings read as booleans. A column is boolean when its values are exactly one of each set.
 TRUE_TOKENS = frozenset({"true", "yes", "y", "t", "1", "1.0", "on"})
@@ -62,16 +64,65 @@ class Feature:
 
     Attributes:
         name: the column name.
-        kind: ``numeric``, ``categorical`` or ``boolean``.
+        kind: ``numeric``, ``categorical``, ``boolean`` or ``datetime``.
         categories: the known categories of a categorical column (sorted strings), else ``()``.
+        errors: numeric / datetime: ``nan`` reads a value that does not parse as missing;
+            ``raise`` (default) refuses it.
+        encoding: categorical: ``frequency`` when the column has more categories than
+            ``data.prepare.max_categories`` (one column: the category's share of training
+            rows); ``""``: the recipe's ``data.prepare.encode``.
+        frequencies: frequency encoding: the share of training rows of each category.
+        parts: datetime: the calendar features it expands into (``year``, ``month`` ...).
+        origin: datetime: the earliest training date (seconds since the epoch), from which
+            the ``days`` feature counts.
+        date_format: datetime: the format of the training strings (``ISO8601``, ``%d/%m/%Y``).
     """
 
     name: str
     kind: str
     categories: tuple[str, ...] = ()
+    errors: str = "raise"
+    encoding: str = ""
+    frequencies: tuple[float, ...] = ()
+    parts: tuple[str, ...] = ()
+    origin: float | None = None
+    date_format: str = ""
+
+    @property
+    def frequency_encoded(self) -> bool:
+        return self.kind == "categorical" and self.encoding == "frequency"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "categories": list(self.categories)}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "categories": list(self.categories),
+        }
+        extra = {
+            "errors": self.errors if self.errors != "raise" else None,
+            "encoding": self.encoding or None,
+            "frequencies": list(self.frequencies) or None,
+            "parts": list(self.parts) or None,
+            "origin": self.origin,
+            "date_format": self.date_format or None,
+        }
+        return {**out, **{k: v for k, v in extra.items() if v is not None}}  # only what is set
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Feature:
+        """Rebuild a feature from :meth:`to_dict` (files saved before the options have none)."""
+        origin = data.get("origin")
+        return cls(
+            str(data["name"]),
+            str(data["kind"]),
+            tuple(str(c) for c in data["categories"]),
+            errors=str(data.get("errors") or "raise"),
+            encoding=str(data.get("encoding") or ""),
+            frequencies=tuple(float(f) for f in data.get("frequencies") or ()),
+            parts=tuple(str(p) for p in data.get("parts") or ()),
+            origin=None if origin is None else float(origin),
+            date_format=str(data.get("date_format") or ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -154,10 +205,7 @@ class FeatureSchema:
             DataError: a key is missing or malformed.
         """
         try:
-            features = tuple(
-                Feature(str(f["name"]), str(f["kind"]), tuple(str(c) for c in f["categories"]))
-                for f in data["features"]
-            )
+            features = tuple(Feature.from_dict(f) for f in data["features"])
             classes = data["classes"]
             shape = data["image_shape"]
             return cls(
@@ -185,14 +233,22 @@ def _legacy_target_kind(task: str) -> str:
 
 
 def encoded_columns(features: Sequence[Feature], encode: str) -> tuple[str, ...]:
-    """The encoded column names of ``features``: one-hot expands each category in place."""
+    """The encoded column names of ``features``: one-hot expands each category in place, a
+    date each calendar feature (``date.year``); a frequency-encoded column stays one."""
     names: list[str] = []
     for f in features:
-        if f.kind == "categorical" and encode == "onehot":
+        if f.kind == "categorical" and encode == "onehot" and not f.frequency_encoded:
             names.extend(f"{f.name}={c}" for c in f.categories)
+        elif f.kind == "datetime":
+            names.extend(f"{f.name}.{p}" for p in f.parts or default_parts())
         else:
             names.append(f.name)
     return tuple(names)
+
+
+def default_parts() -> tuple[str, ...]:
+    """The calendar features of a date column before fitting decides on a time of day."""
+    return (*DATE_PARTS, ELAPSED)
 
 
 def _infer_kind(column: pd.Series) -> str:
@@ -200,29 +256,58 @@ def _infer_kind(column: pd.Series) -> str:
         return "boolean"
     if pd.api.types.is_numeric_dtype(column.dtype):
         return "numeric"
-    if pd.api.types.is_datetime64_any_dtype(column.dtype) or isinstance(
-        column.dtype, pd.PeriodDtype | pd.IntervalDtype
-    ):
+    if isinstance(column.dtype, pd.PeriodDtype | pd.IntervalDtype):
         logger.warning(
-            "Column '%s' holds dates or intervals (%s), which danlu does not encode yet; it is "
-            "ignored. Derive numeric columns from it (e.g. day of week) to use it.",
+            "Column '%s' holds periods or intervals (%s), which danlu does not encode; it is "
+            "ignored. Derive numeric columns from it (e.g. the interval's start) to use it.",
             column.name,
             column.dtype,
         )
         return "ignore"
-    values = column.dropna()
-    tokens = {str(to_plain(v)).strip().lower() for v in values.unique()}
-    if len(tokens) == 2 and len(tokens & TRUE_TOKENS) == 1 and len(tokens & FALSE_TOKENS) == 1:
-        return "boolean"
-    return "categorical"
+    kind = detect_kind(column, str(column.name))
+    note = getattr(kind, "note", "")
+    if getattr(kind, "flag", ""):  # a guess the user should know about (dirty, free text)
+        logger.warning("%s", note)
+    elif note:
+        logger.info("%s", note)
+    return kind
+
+
+def feature_kinds(overrides: Mapping[str, Any] | None) -> dict[str, str]:
+    """``data.features`` as column → kind: a kind as it is (a :class:`ColumnKind` keeps its
+    options), ``{kind, errors}`` as a kind carrying ``errors``."""
+    out: dict[str, str] = {}
+    for name, spec in (overrides or {}).items():
+        if isinstance(spec, str):
+            out[name] = spec
+            continue
+        if isinstance(spec, Mapping):
+            kind, errors = spec.get("kind"), spec.get("errors") or "raise"
+        else:  # a FeatureSpec
+            kind, errors = getattr(spec, "kind", spec), getattr(spec, "errors", "raise")
+        out[name] = ColumnKind(str(kind), errors=str(errors)) if errors != "raise" else str(kind)
+    return out
+
+
+def _check_forced(column: pd.Series, kind: str) -> None:
+    """A column the recipe forces numeric or datetime (``errors: raise``) must parse: the
+    error names the rows of ``column``, the whole data when called from :func:`infer_kinds`."""
+    if read_errors(kind) != "raise" or pd.api.types.is_numeric_dtype(column.dtype):
+        return
+    if kind == "numeric":
+        numeric_values(column)
+    elif kind == "datetime" and not pd.api.types.is_datetime64_any_dtype(column.dtype):
+        values = column.dropna()
+        fmt = guess_date_format(values.iloc[:1].astype(str)) or "mixed"
+        datetime_seconds(column, fmt)
 
 
 def check_overrides(
-    overrides: Mapping[str, str] | None, columns: Sequence[str], target: str
+    overrides: Mapping[str, Any] | None, columns: Sequence[str], target: str
 ) -> dict[str, str]:
     """Validate ``data.features`` overrides against the frame's columns."""
     checked: dict[str, str] = {}
-    for name, kind in (overrides or {}).items():
+    for name, kind in feature_kinds(overrides).items():
         if kind not in KINDS:
             raise DataError(
                 f"data.features sets column '{name}' to kind '{kind}', which is not a kind."
@@ -246,9 +331,15 @@ def infer_kinds(
     frame: pd.DataFrame,
     target: str,
     task: str | TaskLike,
-    overrides: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The kind of every column but the target (``ignore`` included), overrides winning."""
+    """The kind of every column but the target (``ignore`` included), overrides winning.
+
+    ``overrides``: column → a kind or ``{kind, errors}`` (``data.features``). A column forced
+    ``numeric`` or ``datetime`` without ``errors: nan`` must parse (the error names its rows).
+    A kind that was guessed with a caveat (dirty numbers, dates, free text) is a
+    :class:`~danlu.data._detect.ColumnKind` carrying its note.
+    """
     resolve_task(task)
     columns = [str(c) for c in frame.columns]
     if target not in columns:
@@ -257,6 +348,8 @@ def infer_kinds(
             f"Columns: {preview(columns)}. Set data.target to one of them."
         )
     kinds = check_overrides(overrides, columns, target)
+    for name, kind in kinds.items():
+        _check_forced(frame[name], kind)
     return {name: kinds.get(name) or _infer_kind(frame[name]) for name in columns if name != target}
 
 
@@ -264,9 +357,10 @@ def infer_schema(
     frame: pd.DataFrame,
     target: str,
     task: str | TaskLike,
-    overrides: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     *,
     encode: str = "onehot",
+    max_categories: int | None = None,
     image_shape: Sequence[int] | None = None,
 ) -> FeatureSchema:
     """Infer each column's kind and describe ``frame`` as a :class:`FeatureSchema`.
@@ -302,10 +396,12 @@ def infer_schema(
         if kind == "ignore":
             continue
         categories: tuple[str, ...] = ()
+        encoding = ""
         if kind == "categorical":
             categories = tuple(sorted({category_str(v) for v in frame[name].dropna().unique()}))
-            _warn_high_cardinality(name, len(categories), len(frame))
-        features.append(Feature(name, kind, categories))
+            if max_categories is not None and len(categories) > max_categories:
+                encoding = "frequency"
+        features.append(Feature(name, str(kind), categories, encoding=encoding))
     return FeatureSchema(
         features=tuple(features),
         target=target,
@@ -316,15 +412,3 @@ def infer_schema(
         encoded_names=encoded_columns(features, encode),
         target_kind=ref.target_kind,
     )
-
-
-def _warn_high_cardinality(name: str, n_categories: int, n_rows: int) -> None:
-    if n_categories > 100 and n_categories > 0.5 * n_rows:
-        logger.warning(
-            "Categorical column '%s' has %d distinct values in %d rows; it looks like an id or "
-            "free text. Set data.features: {%s: ignore} if it carries no signal.",
-            name,
-            n_categories,
-            n_rows,
-            name,
-        )

@@ -37,7 +37,7 @@ from danlu.data._augment import check_augment
 from danlu.data._parquet import ParquetLayout, RowGroup, iter_chunks, parquet_layout
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
-from danlu.data._schema import infer_kinds
+from danlu.data._schema import feature_kinds, infer_kinds
 from danlu.data._stream_exact import _check_supported, _exact, _static_kinds
 from danlu.data._stream_stats import SPLITS, StreamStats, collect_stats, column_values, split_codes
 from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
@@ -218,9 +218,10 @@ class TrainStream:
         columns: dict[str, np.ndarray] = {}
         for f in pre.schema_.features:
             array = batch.column(f.name)
-            values = column_values(array, f.kind, f.name)
-            if values is None:  # categories, and booleans spelled as strings
-                values = pre.read_column(pd.Series(array.to_pandas(), name=f.name), f.kind)
+            # errors: nan and dates read through the preprocessor (its options, its format)
+            values = column_values(array, f.kind, f.name) if f.errors == "raise" else None
+            if values is None:  # categories, dates, and booleans spelled as strings
+                values = pre.read_column(pd.Series(array.to_pandas(), name=f.name), f)
             columns[f.name] = values
         return pre.transform_columns(columns)
 
@@ -344,7 +345,7 @@ def prepare_stream(config: DataConfig, task: str | TaskLike) -> PreparedData:
             f"{did_you_mean(target, layout.columns)} Columns: {preview(layout.columns)}. Set "
             "data.target to one of them."
         )
-    overrides: dict[str, str] = dict(config.features or {})
+    overrides = feature_kinds(config.features)
     kinds = _static_kinds(layout, target, overrides)
     if all(kind == "ignore" for kind in kinds.values()):
         raise DataError(

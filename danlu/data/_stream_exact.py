@@ -46,7 +46,8 @@ def _check_supported(config: DataConfig) -> None:
 
 
 def _static_kinds(layout: ParquetLayout, target: str, overrides: dict[str, str]) -> dict[str, str]:
-    """Kinds known before any row is read: the recipe's, dates ignored, numbers numeric."""
+    """Kinds known before any row is read: the recipe's, dates and times datetime, numbers
+    numeric."""
     import pyarrow as pa
 
     kinds: dict[str, str] = {}
@@ -56,7 +57,9 @@ def _static_kinds(layout: ParquetLayout, target: str, overrides: dict[str, str])
             continue
         if name in overrides:
             kinds[name] = overrides[name]
-        elif pa.types.is_temporal(dtype):
+        elif pa.types.is_timestamp(dtype) or pa.types.is_date(dtype):
+            kinds[name] = "datetime"
+        elif pa.types.is_temporal(dtype):  # durations, times of day: not encoded
             kinds[name] = "ignore"
         elif (
             pa.types.is_integer(dtype)
@@ -98,7 +101,7 @@ def _exact(pre: Preprocessor, stats: StreamStats, kind: str) -> tuple[Preprocess
             _exact_boolean(state, name, moments, config)
         elif f["kind"] == "categorical" and name not in stats.truncated:
             _exact_categorical(state, f, stats.categories.get(name), config)
-    schema_features = [Feature(f["name"], f["kind"], tuple(f["categories"])) for f in features]
+    schema_features = [Feature.from_dict(f) for f in features]
     names = encoded_columns(schema_features, config.encode)
     state["schema"]["encoded_names"], state["schema"]["input_dim"] = list(names), len(names)
     if stats.moments:
@@ -155,5 +158,8 @@ def _exact_categorical(
     if not counts:
         return
     feature["categories"] = sorted(counts)
+    if feature.get("encoding") == "frequency":  # the shares of every training row
+        total = sum(counts.values())
+        feature["frequencies"] = [counts[c] / total for c in feature["categories"]]
     if config.missing not in ("drop", "constant"):
         state["fill"][feature["name"]] = min(counts, key=lambda c: (-counts[c], c))

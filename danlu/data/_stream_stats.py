@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from danlu.data._detect import read_errors
 from danlu.data._parquet import ParquetLayout, iter_chunks
 from danlu.data._schema import category_str
 from danlu.data._target import TaskLike, resolve_task
@@ -209,8 +210,8 @@ def column_values(array: pa.Array, kind: str, name: str) -> np.ndarray | None:
         if kind == "numeric" and np.isinf(values).any():
             numeric_values(pd.Series(values, name=name))  # raises its DataError (row, fix)
         return values
-    if kind == "numeric":
-        return numeric_values(pd.Series(array.to_pandas(), name=name))
+    if kind == "numeric":  # a kind read with errors: nan carries it (ColumnKind)
+        return numeric_values(pd.Series(array.to_pandas(), name=name), read_errors(kind))
     return None
 
 

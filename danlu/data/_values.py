@@ -14,7 +14,17 @@ import pandas as pd
 
 from danlu.errors import DataError
 
-__all__ = ["first_row", "numeric_values", "preview", "sort_labels", "sorted_labels", "to_plain"]
+__all__ = [
+    "bad_examples",
+    "coerce_numbers",
+    "first_row",
+    "numeric_values",
+    "preview",
+    "sort_labels",
+    "sorted_labels",
+    "to_plain",
+    "unreadable",
+]
 
 
 def to_plain(value: Any) -> Any:
@@ -53,25 +63,54 @@ def sorted_labels(values: Sequence[Any] | np.ndarray | pd.Series) -> tuple[Any, 
     return sort_labels(to_plain(v) for v in pd.Series(values).dropna().unique())
 
 
-def numeric_values(column: pd.Series) -> np.ndarray:
+ROWS_NOTE = "row 1 = the first data row, line 2 of a CSV file with a header"
+
+
+def bad_examples(column: pd.Series, bad: np.ndarray, limit: int = 5) -> str:
+    """``'?' at row 3, 'n/a' at row 17`` for the first ``limit`` flagged values (1-based rows)."""
+    rows = np.flatnonzero(bad)
+    shown = ", ".join(f"{column.iloc[i]!r} at row {i + 1}" for i in rows[:limit])
+    more = len(rows) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def unreadable(column: pd.Series, bad: np.ndarray, what: str, kind: str) -> None:
+    """Raise the error for values of a ``kind`` column that are not ``what`` (a number, a
+    date): which, at which rows, and the two fixes."""
+    name = column.name
+    raise DataError(
+        f"{kind.capitalize()} column '{name}' holds {int(bad.sum())} value(s) that are not "
+        f"{what}: {bad_examples(column, bad)} ({ROWS_NOTE}). Clean those values, or read them "
+        f"as missing with data.features: {{{name}: {{kind: {kind}, errors: nan}}}} (they are "
+        f"then filled by data.prepare.missing); data.features: {{{name}: categorical}} keeps "
+        "the values as categories."
+    )
+
+
+def coerce_numbers(values: pd.Series | Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(float64 numbers with NaN, bad)``: ``bad`` marks values present but not numbers."""
+    column = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    if pd.api.types.is_bool_dtype(column.dtype):
+        numbers = column.astype("float64").to_numpy(dtype="float64", na_value=np.nan)
+        return numbers, np.zeros(len(column), dtype=bool)
+    converted = pd.to_numeric(column, errors="coerce")
+    bad = converted.isna().to_numpy() & column.notna().to_numpy()
+    return converted.to_numpy(dtype="float64", na_value=np.nan), bad
+
+
+def numeric_values(column: pd.Series, errors: str = "raise") -> np.ndarray:
     """A column as float64 with NaN for missing values.
 
+    ``errors='nan'`` reads a value that is not a number as missing; infinite numbers are always
+    an error (an infinity is not a missing value).
+
     Raises:
-        DataError: a value is not a number, or is infinite.
+        DataError: a value is not a number (``errors='raise'``), or is infinite.
     """
     name = column.name
-    if pd.api.types.is_bool_dtype(column.dtype):
-        values = column.astype("float64").to_numpy(dtype="float64", na_value=np.nan)
-    else:
-        converted = pd.to_numeric(column, errors="coerce")
-        bad = converted.isna().to_numpy() & column.notna().to_numpy()
-        if bad.any():
-            raise DataError(
-                f"Numeric column '{name}' holds {int(bad.sum())} value(s) that are not numbers, "
-                f"e.g. {column[bad].iloc[0]!r} at row {first_row(bad)}. Fix the data or set "
-                f"data.features: {{{name}: categorical}}."
-            )
-        values = converted.to_numpy(dtype="float64", na_value=np.nan)
+    values, bad = coerce_numbers(column)
+    if bad.any() and errors == "raise":
+        unreadable(column, bad, "numbers", "numeric")
     infinite = np.isinf(values)
     if infinite.any():
         raise DataError(

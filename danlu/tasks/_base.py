@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from danlu.config import ConfigIssue, LossConfig, Recipe
-    from danlu.data import FeatureSchema
+    from danlu.data import Feature, FeatureSchema
 
 __all__ = ["Explained", "ExtraSection", "Task", "score_rows"]
 
@@ -269,20 +269,40 @@ class Task(ABC):
         Example:
             >>> # get_task("regression").signature(prepared.schema)["outputs"]
         """
-        inputs = [
-            {
-                "name": f.name,
-                "kind": f.kind,
-                **({"categories": list(f.categories)} if f.categories else {}),
-            }
-            for f in schema.features
-        ]
+        inputs = [input_signature(f) for f in schema.features]
         return {"task": self.name, "inputs": inputs, "outputs": self.output_signature(schema)}
 
     @abstractmethod
     def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
         """Each decoded output's name → its description: ``type``, a JSON Schema of one row's
         value under ``schema``, and task details (``classes``, ``shape``...)."""
+
+
+def input_signature(feature: Feature) -> dict[str, Any]:
+    """One raw input of the signature: its name, kind and what a value may be.
+
+    A ``datetime`` input is a string in ISO 8601 (``format: date-time``; a date alone is
+    accepted too, as is the training data's own format, given as ``date_format``); a numeric
+    input read with ``errors: nan`` also takes strings, a string that is not a number counting
+    as missing; a frequency-encoded categorical says so (``encoding: frequency``).
+
+    Example:
+        >>> from danlu.data import Feature
+        >>> input_signature(Feature("d", "datetime", date_format="%d/%m/%Y"))
+        {'name': 'd', 'kind': 'datetime', 'type': 'string', 'format': 'date-time', 'date_format': '%d/%m/%Y'}
+    """
+    entry: dict[str, Any] = {"name": feature.name, "kind": feature.kind}
+    if feature.categories:
+        entry["categories"] = list(feature.categories)
+    if feature.kind == "datetime":
+        entry.update(type="string", format="date-time")
+        if feature.date_format and feature.date_format != "ISO8601":
+            entry["date_format"] = feature.date_format
+    if feature.errors != "raise":
+        entry["errors"] = feature.errors
+    if feature.encoding:
+        entry["encoding"] = feature.encoding
+    return entry
 
 
 def score_rows(k: int) -> dict[str, Any]:

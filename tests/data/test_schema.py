@@ -74,7 +74,7 @@ def test_override_of_unknown_column_suggests_nearest(mixed_frame: pd.DataFrame) 
 
 
 def test_override_with_unknown_kind_lists_kinds(mixed_frame: pd.DataFrame) -> None:
-    with pytest.raises(DataError, match="numeric, categorical, boolean, ignore"):
+    with pytest.raises(DataError, match="numeric, categorical, boolean, datetime, ignore"):
         infer_schema(mixed_frame, "label", "classification", {"age": "number"})
 
 
