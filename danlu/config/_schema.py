@@ -40,6 +40,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "PrepareConfig",
+    "ReadConfig",
     "Recipe",
     "RegisterConfig",
     "SchedulerConfig",
@@ -79,14 +80,30 @@ class FeatureSpec(Strict):
 
 
 class SplitConfig(Strict):
-    """How rows are split into train / validation / test."""
+    """How rows are split into train / validation / test.
+
+    ``by: random`` (default) shuffles rows; exact duplicate rows always stay in one split.
+    ``by: time`` with ``column`` puts the earliest rows in train and the latest in test.
+    ``group: COLUMN`` keeps the rows sharing a value of that column in one split.
+    """
 
     test: Fraction = Field(0.2, description="Fraction of rows held out for the final test.")
     val: Fraction = Field(0.1, description="Fraction of rows used for validation each epoch.")
     stratify: bool | None = Field(
-        None, description="Keep class proportions in every split (default: on for classification)."
+        None,
+        description="Keep class proportions in every split (default: on for classification, "
+        "off for by: time).",
     )
     seed: int = Field(0, description="Seed of the split; the same seed gives the same rows.")
+    by: Literal["random", "time"] = Field(
+        "random", description="random (shuffled), or time: train earliest, test latest rows."
+    )
+    column: str | None = Field(
+        None, description="by: time: the column that orders rows (dates, times or numbers)."
+    )
+    group: str | None = Field(
+        None, description="Rows sharing a value of this column stay in one split."
+    )
 
     @model_validator(mode="after")
     def _leave_rows_for_training(self) -> SplitConfig:
@@ -94,6 +111,18 @@ class SplitConfig(Strict):
             raise ValueError(
                 f"test + val must leave at least 10% of rows for training; got {self.test} + {self.val}"
             )
+        if self.by == "time":
+            if self.column is None:
+                raise ValueError("by: time needs column: the column that orders the rows")
+            if self.stratify:
+                raise ValueError(
+                    "stratify: true cannot be kept with by: time (the split is decided by time, "
+                    "not by class); remove stratify"
+                )
+            if self.group is not None:
+                raise ValueError("by: time and group cannot be combined; keep one")
+        elif self.column is not None:
+            raise ValueError("column is read only with by: time; add by: time or remove column")
         return self
 
 
@@ -111,7 +140,14 @@ class PrepareConfig(Strict):
 
     missing: Literal["drop", "mean", "median", "most_frequent", "constant"] = "median"
     fill_value: float | str = Field(0.0, description="Value used when missing is 'constant'.")
-    dedupe: bool = Field(True, description="Drop exact duplicate rows before splitting.")
+    dedupe: bool = Field(
+        False,
+        description="Drop exact duplicate rows before splitting (the count is reported). Off by "
+        "default: duplicates are kept, each set of copies in one split.",
+    )
+    missing_target: Literal["error", "drop"] = Field(
+        "error", description="Rows without a target: error (default), or drop them (counted)."
+    )
     outliers: OutlierConfig | None = None
     scale: Literal["standard", "minmax", "robust", "none"] = "standard"
     encode: Literal["onehot", "ordinal"] = "onehot"
@@ -284,11 +320,39 @@ class StreamConfig(Strict):
     )
 
 
+# The key "json" shadows BaseModel.json (deprecated) on the class; pydantic warns, and instances
+# read their field. The key name is the recipe format (data.read.json).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarning)
+
+    class ReadConfig(Strict):
+        """How a data file is read (``data.read``); every key is optional."""
+
+        sep: Annotated[str, Field(min_length=1)] | None = Field(
+            None, description="CSV separator (default: sniffed from the file; tab for .tsv)."
+        )
+        encoding: Annotated[str, Field(min_length=1)] | None = Field(
+            None, description="Text encoding of CSV/JSON files (default utf-8), e.g. latin-1."
+        )
+        sheet: str | Annotated[int, Field(ge=0)] | None = Field(
+            None, description="Excel: the sheet's name or 0-based position (default: the first)."
+        )
+        json: Literal["records", "lines"] | None = Field(
+            None,
+            description="JSON layout: records (one array of objects) or lines (JSON Lines); "
+            "default: records when the file starts with '[', else lines.",
+        )
+
+
 class DataConfig(Strict):
     """Where the data comes from and how it is prepared."""
 
     source: str = Field(
-        description="builtin:NAME (see `danlu datasets`) or a path to .csv, .parquet, .jsonl or .npz."
+        description="builtin:NAME (see `danlu datasets`) or a path to .csv, .tsv, .parquet, "
+        ".json, .jsonl, .xlsx or .npz."
+    )
+    read: ReadConfig = Field(
+        default_factory=ReadConfig, description="How the file is read: sep, encoding, sheet, json."
     )
     target: str | Annotated[list[str], Field(min_length=1)] | None = Field(
         None,

@@ -68,9 +68,9 @@ def inspect_data(config: DataConfig, task: str | TaskLike | None = None) -> dict
         >>> from danlu.config import DataConfig
         >>> report = inspect_data(DataConfig(source="builtin:iris"))
         >>> report["task"], report["split"]["test"], report["cleaning"]["duplicates_dropped"]
-        ('classification', 30, 1)
+        ('classification', 30, 0)
     """
-    raw = load_source(config.source, config.target)
+    raw = load_source(config.source, config.target, read=config.read)
     if task is None:
         if raw.label_columns:
             raise DataError(

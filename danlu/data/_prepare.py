@@ -3,13 +3,16 @@
 The order matters and is the point of this module:
 
 1. load the rows and check the target by its kind (``danlu.data._target``): no missing values and
-   a number per row for ``values``; two or more classes for ``classes``; at least one label for
-   ``label_sets`` (whose cells are parsed into sorted tuples of labels first);
+   a number per row for ``values`` (``missing_target: drop`` drops the rows without one, counted);
+   two or more classes, and not more than a sane number for the rows, for ``classes``; at least
+   one label for ``label_sets`` (whose cells are parsed into sorted tuples of labels first);
 2. infer the schema and drop ignored columns;
-3. drop rows with missing features (``missing: drop``) and exact duplicates (``dedupe``) *before*
-   splitting, so that no copy of a test row is trained on;
-4. split, then remove outliers from the *training* rows only (the model must still be judged on
-   ordinary and unusual test rows alike);
+3. drop rows with missing features (``missing: drop``) and, only when asked, exact duplicates
+   (``dedupe``) *before* splitting;
+4. split: at random, keeping every set of identical rows (equal features) in one split, so that
+   no copy of a test row is trained on and no row is deleted; or by ``split.group``; or by time
+   (``split: {by: time, column: ...}``). Then remove outliers from the *training* rows only
+   (the model must still be judged on ordinary and unusual test rows alike);
 5. fit the preprocessor on the training rows only (no statistic of validation or test rows leaks
    into training) and transform every split with it; ``data.reduce`` is part of it;
 6. resample the encoded *training* arrays for ``data.imbalance`` (validation and test rows keep
@@ -39,13 +42,19 @@ from danlu.data._preprocessor import Preprocessor
 from danlu.data._quality import quality_report
 from danlu.data._schema import FeatureSchema, infer_kinds, infer_schema
 from danlu.data._sources import RawData, load_source
-from danlu.data._split import kfold_indices, split_indices
-from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
+from danlu.data._split import (
+    RecipeDataError,
+    kfold_indices,
+    row_groups,
+    split_indices,
+    time_split_indices,
+)
+from danlu.data._target import TaskLike, TaskRef, check_task_fit, resolve_task, target_codec
 from danlu.data._values import numeric_values, preview
 from danlu.errors import DataError
 from danlu.logging import get_logger
 
-__all__ = ["SplitRows", "outlier_rows", "prepare_data", "split_rows"]
+__all__ = ["SplitRows", "dropped_rows", "outlier_rows", "prepare_data", "split_rows"]
 
 logger = get_logger(__name__)
 
@@ -150,6 +159,10 @@ class SplitRows:
         rows_loaded: rows before cleaning.
         missing_dropped: rows dropped for a missing feature value.
         duplicates_dropped: exact duplicates dropped.
+        target_dropped: rows dropped for a missing target (``missing_target: drop``).
+        split_by: how the rows were split: ``random``, ``group`` or ``time``.
+        groups: each row's group (sets of identical rows, or ``split.group``), None when
+            every row is alone (or the split is by time).
         train_idx: row positions in ``frame`` of the training split (sorted, int64).
         val_idx: likewise, validation.
         test_idx: likewise, test.
@@ -171,6 +184,9 @@ class SplitRows:
     val_idx: np.ndarray
     test_idx: np.ndarray
     task: TaskRef
+    target_dropped: int = 0
+    split_by: str = "random"
+    groups: np.ndarray | None = None
 
 
 def split_rows(raw: RawData, config: DataConfig, task: str | TaskLike) -> SplitRows:
@@ -185,7 +201,7 @@ def split_rows(raw: RawData, config: DataConfig, task: str | TaskLike) -> SplitR
         >>> rows = split_rows(load_source("builtin:iris"), DataConfig(source="builtin:iris"),
         ...                   "classification")
         >>> len(rows.frame), len(rows.train_idx), len(rows.test_idx)
-        (149, 104, 30)
+        (150, 105, 30)
     """
     ref = resolve_task(task)
     return _split_rows(normalized_target(raw, ref), config, ref)
@@ -195,7 +211,13 @@ def _split_rows(raw: RawData, config: DataConfig, task: TaskRef) -> SplitRows:
     """:func:`split_rows` of rows whose target is already normalized."""
     prep = config.prepare
     frame, target = raw.frame, raw.target
+    rows_loaded = len(frame)
     codec = target_codec(task.target_kind)
+    target_dropped = 0
+    if prep.missing_target == "drop":
+        mask = frame[target].isna().to_numpy()
+        frame, target_dropped = _drop(frame, mask, "the target is missing (missing_target: drop)")
+        frame = frame.reset_index(drop=True)
     codec.check(frame[target], target)
     image_shape = tuple(config.image_shape) if config.image_shape else raw.image_shape
     kinds = infer_kinds(frame, target, task, config.features)
@@ -206,16 +228,27 @@ def _split_rows(raw: RawData, config: DataConfig, task: TaskRef) -> SplitRows:
             f"No feature columns are left in '{raw.source}': every column but the target "
             f"'{target}' is ignored. Remove some 'ignore' entries from data.features."
         )
-    rows_loaded = len(frame)
+    split = config.split
+    for key, name in (("column", split.column), ("group", split.group)):
+        if name is not None and name not in frame.columns:
+            from danlu.registry import did_you_mean
 
-    # Both drops happen before the split, so no duplicate of a test row can land in training.
+            columns = [str(c) for c in frame.columns]
+            raise RecipeDataError(
+                ("data", "split", key),
+                f"column '{name}' is not in '{raw.source}'",
+                name,
+                f"{did_you_mean(name, columns)} Columns: {preview(columns)}.".strip(),
+            )
+
+    # Both drops happen before the split; dedupe only when asked (copies are kept together).
     missing_dropped = duplicates_dropped = 0
     if prep.missing == "drop":
         mask = frame[features].isna().any(axis=1).to_numpy()
         frame, missing_dropped = _drop(frame, mask, "a feature value is missing (missing: drop)")
     if prep.dedupe:
         mask = frame.duplicated(subset=[*features, target]).to_numpy()
-        frame, duplicates_dropped = _drop(frame, mask, "exact duplicates of earlier rows")
+        frame, duplicates_dropped = _drop(frame, mask, "exact duplicates of earlier rows (dedupe)")
     frame = frame.reset_index(drop=True)
     if len(frame) == 0:
         raise DataError(
@@ -223,19 +256,106 @@ def _split_rows(raw: RawData, config: DataConfig, task: TaskRef) -> SplitRows:
             f"missing values and {duplicates_dropped} duplicate(s). Use another missing strategy."
         )
     codec.check(frame[target], target)
+    check_task_fit(frame[target], target, task)
     classes = codec.labels(frame[target])
-    stratify = _stratify(config.split.stratify, task.target_kind)
-    split = config.split
-    train_idx, val_idx, test_idx = split_indices(
-        frame[target].to_numpy(), test=split.test, val=split.val, stratify=stratify, seed=split.seed
-    )
+    stratify = _stratify(split.stratify if split.by != "time" else False, task.target_kind)
+    y = frame[target].to_numpy()
+    groups: np.ndarray | None = None
+    split_by = "random"
+    if split.by == "time":
+        assert split.column is not None
+        split_by = "time"
+        order = _time_order(frame[split.column], split.column)
+        train_idx, val_idx, test_idx = time_split_indices(order, test=split.test, val=split.val)
+    else:
+        if split.group is not None:
+            split_by, groups = "group", _group_ids(frame[split.group])
+        else:
+            groups = row_groups(frame[features])
+        if groups.max(initial=-1) + 1 == len(frame):
+            groups = None  # every row alone: the plain split
+        train_idx, val_idx, test_idx = split_indices(
+            y, test=split.test, val=split.val, stratify=stratify, seed=split.seed,
+            groups=groups, strict_groups=split.group is not None,
+        )  # fmt: skip
+        if groups is not None and split.group is None:
+            copies = len(frame) - int(groups.max()) - 1
+            logger.info(
+                "%d row(s) repeat an earlier row's features; each set of copies is kept in one "
+                "split, so no copy of a test row is trained on (nothing is deleted).",
+                copies,
+            )
     return SplitRows(
         frame=frame, target=target, kinds=kinds, schema=schema, features=features,
         image_shape=image_shape, classes=classes, stratify=bool(stratify),
         rows_loaded=rows_loaded, missing_dropped=missing_dropped,
         duplicates_dropped=duplicates_dropped,
         train_idx=train_idx, val_idx=val_idx, test_idx=test_idx, task=task,
+        target_dropped=target_dropped, split_by=split_by, groups=groups,
     )  # fmt: skip
+
+
+def _group_ids(column: pd.Series) -> np.ndarray:
+    """Group ids of ``split.group``'s values; a row without a value is a group of its own."""
+    codes = pd.factorize(column, use_na_sentinel=True)[0].astype(np.int64)
+    missing = codes < 0
+    if missing.any():
+        logger.info(
+            "%d row(s) have no value in the group column '%s'; each is a group of its own.",
+            int(missing.sum()),
+            column.name,
+        )
+        codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
+    return codes
+
+
+def _time_order(column: pd.Series, name: str) -> np.ndarray:
+    """The column as sortable numbers: numbers as they are, dates and times as nanoseconds."""
+    missing = column.isna().to_numpy()
+    if missing.any():
+        raise RecipeDataError(
+            ("data", "split", "column"),
+            f"column '{name}' has {int(missing.sum())} missing value(s) (the first at row "
+            f"{int(np.argmax(missing)) + 1}), and a row without a time cannot be ordered",
+            name,
+            "Fill or drop those rows first, or order by another column.",
+        )
+    dtype = column.dtype
+    if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+        return column.to_numpy(dtype="float64")
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+    if pd.api.types.is_datetime64_any_dtype(column.dtype):
+        return column.to_numpy().astype("datetime64[ns]").astype(np.int64)
+    parsed = pd.to_datetime(column.astype(str), errors="coerce", format="mixed", utc=True)
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise RecipeDataError(
+            ("data", "split", "column"),
+            f"column '{name}' holds {column.iloc[first]!r} at row {first + 1} "
+            f"({int(bad.sum())} value(s) in all), which is neither a date/time nor a number",
+            name,
+            "Order by a column of dates, times or numbers, or clean those values.",
+        )
+    return parsed.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
+
+
+def dropped_rows(report: dict[str, Any]) -> dict[str, int]:
+    """Rows each cleaning step dropped, from a data report (:func:`prepare_data`'s ``report``).
+
+    Keys: ``missing_target``, ``missing_values``, ``duplicates``, ``outliers`` (training rows).
+
+    Example:
+        >>> dropped_rows({"duplicates_dropped": 3, "missing_dropped": 1})["duplicates"]
+        3
+    """
+    return {
+        "missing_target": int(report.get("target_dropped", 0)),
+        "missing_values": int(report.get("missing_dropped", 0)),
+        "duplicates": int(report.get("duplicates_dropped", 0)),
+        "outliers": int(report.get("outliers_removed", 0)),
+    }
 
 
 def _stratify(asked: bool | None, kind: str) -> bool:
@@ -258,34 +378,44 @@ def _stratify(asked: bool | None, kind: str) -> bool:
 
 
 def cv_splits(
-    config: DataConfig, task: str | TaskLike, k: int
+    config: DataConfig, task: str | TaskLike, k: int, *, frame: pd.DataFrame | None = None
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``k`` cross-validation folds of the cleaned rows, as ``(train, val, test)`` positions.
 
     Each fold holds one k-th of the rows out as its test split (stratified for class targets
     when every class has k rows); the validation split, the recipe's ``split.val`` share of all
     rows, is carved from the remaining rows, so early stopping never sees the held-out fold.
-    Pass each triple to ``prepare_data(..., indices=...)``.
+    Sets of identical rows, and the groups of ``split.group``, stay whole in one fold. Pass each
+    triple to ``prepare_data(..., indices=...)`` (with the same ``frame``, if any).
 
     Example:
         >>> from danlu.config import DataConfig
-        >>> folds = cv_splits(DataConfig(source="builtin:iris"), "classification", 5)
+        >>> folds = cv_splits(DataConfig(source="builtin:wine"), "classification", 5)
         >>> [len(te) for _, _, te in folds]
-        [30, 30, 30, 30, 29]
+        [36, 36, 36, 35, 35]
     """
     if config.stream is not None:
         raise DataError(
             "Cross-validation needs the rows in memory; data.stream reads them in chunks. "
             "Remove evaluate.cross_validation or data.stream."
         )
-    rows = split_rows(load_source(config.source, config.target), config, task)
+    if config.split.by == "time":
+        raise DataError(
+            "Cross-validation shuffles rows into folds, which a split by time (data.split.by: "
+            "time) must not do: later rows would train a model tested on earlier ones. Remove "
+            "evaluate.cross_validation, or split at random."
+        )
+    source = frame if frame is not None else config.source
+    rows = split_rows(load_source(source, config.target, read=config.read), config, task)
     y = rows.frame[rows.target].to_numpy()
+    groups, seed = rows.groups, config.split.seed
     folds = []
-    for rest, test_idx in kfold_indices(y, k, stratify=rows.stratify, seed=config.split.seed):
+    for rest, test_idx in kfold_indices(y, k, stratify=rows.stratify, seed=seed, groups=groups):
         share = min(config.split.val * len(y) / max(len(rest), 1), 0.5)
         train_pos, val_pos, _ = split_indices(
-            y[rest], test=0.0, val=share, stratify=rows.stratify, seed=config.split.seed
-        )
+            y[rest], test=0.0, val=share, stratify=rows.stratify, seed=seed,
+            groups=None if groups is None else groups[rest], strict_groups=False,
+        )  # fmt: skip
         folds.append((rest[train_pos], rest[val_pos], test_idx))
     return folds
 
@@ -295,6 +425,7 @@ def prepare_data(
     task: str | TaskLike,
     *,
     indices: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    frame: pd.DataFrame | None = None,
 ) -> PreparedData:
     """Load, clean, split and encode the data a recipe's ``data:`` block describes.
 
@@ -305,6 +436,8 @@ def prepare_data(
             int64 class indices, float32 standardized values, or float32 multi-hot ``(N, L)``.
         indices: (train, val, test) row positions of the cleaned rows to use instead of the
             recipe's split (one cross-validation fold, from :func:`cv_splits`).
+        frame: rows to use instead of reading ``config.source`` (``danlu.run(recipe,
+            data=frame)``); its fingerprint is the data fingerprint.
 
     Returns:
         The prepared splits with the fitted schema and preprocessor, fingerprints and a report.
@@ -321,6 +454,11 @@ def prepare_data(
     """
     ref = resolve_task(task)
     kind = ref.target_kind
+    if frame is not None and config.stream is not None:
+        raise DataError(
+            "data.stream reads a Parquet source in chunks, but the rows were passed as a "
+            "DataFrame, which is in memory already. Remove data.stream to use it."
+        )
     if config.stream is not None:  # larger than memory: Parquet read in chunks, never all at once
         if indices is not None:  # a fold's rows cannot be picked out of a stream
             raise DataError(
@@ -331,7 +469,8 @@ def prepare_data(
 
         return prepare_stream(config, ref)
     prep = config.prepare
-    raw = normalized_target(load_source(config.source, config.target), ref)
+    source = frame if frame is not None else config.source
+    raw = normalized_target(load_source(source, config.target, read=config.read), ref)
     if config.checks is not None:  # the recipe's expectations come first: fail before any work
         check_data(raw.frame, config.checks, raw.source)
     raw_fingerprint = fingerprint_frame(raw.frame)
@@ -409,10 +548,17 @@ def prepare_data(
     report = {
         "source": raw.source,
         "rows_loaded": rows_loaded,
+        "target_dropped": rows.target_dropped,
         "missing_dropped": missing_dropped,
         "duplicates_dropped": duplicates_dropped,
         "outliers_removed": outliers_removed,
         "rows": {"train": len(train), "val": len(val), "test": len(test)},
+        "split_by": rows.split_by,
+        "copies_kept_together": (
+            len(frame) - int(rows.groups.max()) - 1
+            if rows.groups is not None and rows.split_by == "random"
+            else 0
+        ),
         "features": len(features),
         "ignored": [c for c, kind in kinds.items() if kind == "ignore"],
         "input_dim": fitted.input_dim,

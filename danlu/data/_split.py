@@ -3,6 +3,14 @@
 Stratification keeps class proportions in every split. It is used only when asked and possible:
 a class with too few rows cannot be spread over the splits, so the split falls back to a plain
 shuffle and logs a warning naming the class.
+
+Groups keep rows together: given a group per row (``data.split.group``, or the hash of each
+row's features so that exact duplicates never straddle train and test), every group lands whole
+in one split. Groups of many rows are placed first, largest first, each in the split that most needs
+its classes; the other groups, in random order, then fill each split's remaining share of their
+most frequent class (so stratification holds over groups, as far as mixed groups allow). Split
+sizes are then near, not exactly, the fractions.
+A time split (:func:`time_split_indices`) orders the rows instead: train is the earliest.
 """
 
 from __future__ import annotations
@@ -10,16 +18,59 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from danlu.errors import DataError
 from danlu.logging import get_logger
 
-__all__ = ["kfold_indices", "split_indices"]
+__all__ = [
+    "RecipeDataError",
+    "kfold_indices",
+    "row_groups",
+    "split_indices",
+    "time_split_indices",
+]
 
 logger = get_logger(__name__)
 
 _EMPTY = np.empty(0, dtype=np.int64)
+_NAMES = ("train", "validation", "test")
+
+
+class RecipeDataError(DataError):
+    """A data error that one recipe key causes and fixes (e.g. a split column not in the data).
+
+    Attributes:
+        loc: the recipe key path, e.g. ``("data", "split", "column")``.
+        problem: what is wrong, in a few words.
+        found: the value the recipe holds.
+        fix: how to fix it.
+    """
+
+    def __init__(self, loc: tuple[str, ...], problem: str, found: object, fix: str) -> None:
+        super().__init__(f"{'.'.join(loc)}: {problem} (found {found!r}). {fix}")
+        self.loc, self.problem, self.found, self.fix = loc, problem, found, fix
+
+
+def row_groups(frame: pd.DataFrame) -> np.ndarray:
+    """A group id per row: rows with equal values in every column share one (int64, 0..G-1).
+
+    Example:
+        >>> row_groups(pd.DataFrame({"a": [1, 2, 1], "b": ["x", "y", "x"]})).tolist()
+        [0, 1, 0]
+    """
+    if frame.shape[1] == 0:
+        return np.arange(len(frame), dtype=np.int64)
+    try:
+        hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    except TypeError:  # unhashable cells (lists read from JSON): hash their text
+        hashes = pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy()
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    # number the groups in order of first appearance, so ids do not depend on hash values
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.ravel()]
 
 
 def _rare_classes(y: np.ndarray, min_count: int) -> list[str]:
@@ -80,6 +131,8 @@ def split_indices(
     val: float,
     stratify: bool,
     seed: int,
+    groups: Sequence[object] | np.ndarray | None = None,
+    strict_groups: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split row positions ``0..n-1`` into train, validation and test indices.
 
@@ -92,9 +145,13 @@ def split_indices(
         val: fraction of rows for the validation split.
         stratify: keep class proportions in each split when every class has enough rows.
         seed: the same seed gives the same split.
+        groups: a group per row; the rows of a group land in one split (see the module doc).
+        strict_groups: when the groups cannot fill every split asked for (too few or too
+            large), raise (True) or split the rows one by one with a warning (False).
 
     Raises:
-        DataError: the fractions are out of range or leave no training rows.
+        DataError: the fractions are out of range or leave no training rows, or (strict) the
+            groups cannot fill the splits.
 
     Example:
         >>> tr, va, te = split_indices([0, 1] * 10, test=0.2, val=0.1, stratify=True, seed=0)
@@ -110,19 +167,135 @@ def split_indices(
         )
     if n == 0:
         raise DataError("Cannot split an empty data set: there are no rows left to split.")
+    if groups is not None:
+        ids = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+        if len(ids) != n:
+            raise DataError(f"groups has {len(ids)} entries for {n} rows; give one per row.")
+        if ids.max(initial=-1) + 1 < n:  # some group holds several rows
+            split = _group_split(y, ids, test=test, val=val, stratify=stratify, seed=seed)
+            if split is not None:
+                return split
+            if strict_groups:
+                raise DataError(
+                    f"Cannot split {n} rows in {ids.max() + 1} groups into the train / "
+                    f"validation / test shares asked (test={test}, val={val}) without splitting a "
+                    "group: the groups are too few or too large. Use a column with more groups, "
+                    "or smaller data.split fractions."
+                )
+            logger.warning(
+                "Copies of the same row are too many to keep each set of copies in one split "
+                "(%d distinct rows of %d); the rows are split one by one, so copies of a test "
+                "row may be in training.",
+                ids.max() + 1,
+                n,
+            )
     all_rows = np.arange(n, dtype=np.int64)
     rest, test_idx = _hold_out(all_rows, y, _count(test, n), stratify, seed, "test")
     train_idx, val_idx = _hold_out(rest, y, _count(val, n), stratify, seed, "validation")
     return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
 
 
+def _group_split(
+    y: np.ndarray, ids: np.ndarray, *, test: float, val: float, stratify: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Place whole groups in splits (see the module doc); None when a split would be empty."""
+    n = len(y)
+    n_test, n_val = _count(test, n), _count(val, n)
+    quota = np.array([n - n_test - n_val, n_val, n_test], dtype=np.float64)  # rows per split
+    cls = np.unique(y, return_inverse=True)[1].ravel() if stratify else np.zeros(n, np.int64)
+    k = int(cls.max(initial=0)) + 1
+    desired = quota[:, None] * np.bincount(cls, minlength=k)[None, :] / n  # (3, K)
+    current = np.zeros((3, k))
+    rng = np.random.default_rng(seed)
+    sizes = np.bincount(ids)
+    by_group = np.argsort(ids, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    # Groups large next to a split's share are placed one by one, largest first.
+    one_by_one = np.flatnonzero(sizes > max(1.0, 0.01 * quota[quota > 0].min()))
+    one_by_one = one_by_one[rng.permutation(len(one_by_one))]
+    one_by_one = one_by_one[np.argsort(-sizes[one_by_one], kind="stable")]
+    split_of = np.full(len(sizes), -1, dtype=np.int64)
+    for g in one_by_one:
+        rows = by_group[starts[g] : starts[g + 1]]
+        labels, counts = np.unique(cls[rows], return_counts=True)
+        want = desired[:, labels]
+        need = np.where(want > 0, (want - current[:, labels]) / np.maximum(want, 1e-12), -1.0)
+        score = (need * counts).sum(axis=1) / counts.sum()
+        overflow = np.maximum(current.sum(axis=1) + len(rows) - quota, 0) / np.maximum(quota, 1)
+        s = int(np.argmax(np.where(quota > 0, score - overflow, -np.inf)))
+        current[s, labels] += counts
+        split_of[g] = s
+    # The other groups, by their most frequent class and in random order, fill each split's
+    # remaining share of that class: a group goes where the middle of its rows falls.
+    pairs, counts = np.unique(ids * k + cls, return_counts=True)
+    first = np.lexsort((-counts, pairs // k))  # per group, its most frequent class first
+    top = np.empty(len(sizes), dtype=np.int64)
+    top[(pairs // k)[first][::-1]] = (pairs % k)[first][::-1]  # the first of each group wins
+    rest = np.flatnonzero(split_of < 0)
+    rest = rest[np.lexsort((rng.random(len(rest)), top[rest]))]  # by class, at random within
+    bounds = np.searchsorted(top[rest], np.arange(k + 1))
+    for c in range(k):
+        groups = rest[bounds[c] : bounds[c + 1]]
+        if not len(groups):
+            continue
+        cumulative = np.cumsum(sizes[groups])
+        share = np.maximum(desired[:, c] - current[:, c], 0)
+        share = share if share.sum() > 0 else quota.copy()
+        edges = np.cumsum(share / share.sum() * cumulative[-1])
+        middle = cumulative - sizes[groups] / 2
+        split_of[groups] = np.minimum(np.searchsorted(edges, middle, side="right"), 2)
+    where = split_of[ids]
+    splits = tuple(np.flatnonzero(where == s).astype(np.int64) for s in range(3))
+    if any(quota[s] > 0 and not len(splits[s]) for s in range(3)):
+        return None
+    return splits[0], splits[1], splits[2]
+
+
+def time_split_indices(
+    order: np.ndarray, *, test: float, val: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split rows by time: train the earliest, validation the next, test the latest.
+
+    ``order`` holds one sortable number per row (a time as nanoseconds, or any number). Rows
+    with the same time stay in one split (the later one) unless that would empty a split.
+
+    Example:
+        >>> [s.tolist() for s in time_split_indices(np.array([5, 1, 4, 2, 3]), test=0.2, val=0.2)]
+        [[1, 3, 4], [2], [0]]
+    """
+    n = len(order)
+    position = np.argsort(order, kind="stable")
+    ordered = np.asarray(order)[position]
+    n_test, n_val = _count(test, n), _count(val, n)
+    cuts = [n - n_test - n_val, n - n_test]
+    if cuts[0] <= 0:
+        raise DataError(
+            f"Cannot hold out {n_test + n_val} of {n} rows for validation and test: no rows would "
+            "be left for training. Use more data or smaller split fractions in data.split."
+        )
+    for i, cut in enumerate(cuts):
+        if 0 < cut < n:
+            earlier = int(np.searchsorted(ordered, ordered[cut], side="left"))
+            if earlier > (cuts[i - 1] if i else 0):  # ties go to the later split
+                cuts[i] = earlier
+    cuts[1] = max(cuts[1], cuts[0])
+    parts = np.split(position, cuts)
+    return tuple(np.sort(p).astype(np.int64) for p in parts)  # type: ignore[return-value]
+
+
 def kfold_indices(
-    y: Sequence[object] | np.ndarray, k: int, *, stratify: bool, seed: int
+    y: Sequence[object] | np.ndarray,
+    k: int,
+    *,
+    stratify: bool,
+    seed: int,
+    groups: Sequence[object] | np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` shuffled (train, held-out) index pairs for cross-validation.
 
     Uses ``StratifiedKFold`` when ``stratify`` and every class has at least ``k`` rows, otherwise
-    ``KFold`` (with a warning naming the rare classes).
+    ``KFold`` (with a warning naming the rare classes). With ``groups`` that hold several rows,
+    ``StratifiedGroupKFold`` (or ``GroupKFold``): each group is held out whole, in one fold.
 
     Raises:
         DataError: ``k`` < 2 or more folds than rows.
@@ -140,6 +313,10 @@ def kfold_indices(
             f"Cannot make {k} folds from {len(y)} rows: each fold needs at least one row. "
             "Use fewer folds."
         )
+    if groups is not None:
+        ids = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+        if ids.max(initial=-1) + 1 < len(y):
+            return _group_kfold(y, ids, k, stratify=stratify, seed=seed)
     splitter: KFold | StratifiedKFold = KFold(n_splits=k, shuffle=True, random_state=seed)
     if stratify:
         rare = _rare_classes(y, k)
@@ -157,4 +334,28 @@ def kfold_indices(
     return [
         (np.asarray(tr, dtype=np.int64), np.asarray(te, dtype=np.int64))
         for tr, te in splitter.split(rows, y)
+    ]
+
+
+def _group_kfold(
+    y: np.ndarray, ids: np.ndarray, k: int, *, stratify: bool, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k folds that hold each group out whole (stratified over groups when asked)."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    n_groups = int(ids.max()) + 1
+    if k > n_groups:
+        raise DataError(
+            f"Cannot make {k} folds from {n_groups} groups of rows (copies of a row, or rows "
+            "sharing data.split.group, stay in one fold). Use fewer folds."
+        )
+    splitter: GroupKFold | StratifiedGroupKFold
+    if stratify and not _rare_classes(y, k):
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    else:
+        splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    rows = np.zeros((len(y), 1))
+    return [
+        (np.asarray(tr, dtype=np.int64), np.asarray(te, dtype=np.int64))
+        for tr, te in splitter.split(rows, y, ids)
     ]

@@ -45,6 +45,7 @@ from danlu.data._values import (
     to_plain,
 )
 from danlu.errors import DataError
+from danlu.logging import get_logger
 from danlu.registry import did_you_mean
 
 __all__ = [
@@ -56,17 +57,24 @@ __all__ = [
     "TargetFit",
     "TaskLike",
     "TaskRef",
+    "check_task_fit",
     "label_set",
     "resolve_task",
     "target_codec",
 ]
+
+_log = get_logger(__name__)
 
 TARGET_KINDS = ("classes", "values", "label_sets")
 #: The task names the data layer has always accepted as strings, and their target kinds.
 TASK_TARGET_KINDS = {"classification": "classes", "regression": "values"}
 #: Separates the labels of a label-set cell written as one string: ``"sports|politics"``.
 LABEL_SEPARATOR = "|"
-_MAX_CLASSES_LOOSE = 20  # beyond this many classes, ask for 3 rows per class on average
+# A class target is refused when it has more than 20 classes with fewer than 3 rows per class
+# on average, or more than 100 classes with fewer than 10: a quantity or an id, not classes.
+_CLASS_LIMITS = ((20, 3.0), (100, 10.0))
+# Regression over this few distinct integers (e.g. 0/1/2 codes) gets a warning.
+_FEW_CODES = 10
 
 
 @runtime_checkable
@@ -162,7 +170,8 @@ def _require_targets(column: pd.Series, target: str, where: str = "") -> None:
         raise DataError(
             f"Target column '{target}' has {int(missing.sum())} missing value(s) in "
             f"{len(column)} rows{where}, the first at row {first_row(missing)} (1 = first data "
-            "row). Every row needs a target: drop or fill those rows."
+            "row). Every row needs a target: fill those rows, or set "
+            "data.prepare.missing_target: drop to drop them (the count is reported)."
         )
 
 
@@ -238,13 +247,22 @@ class ClassesCodec(TargetCodec):
                 f"only {labels[0]!r} in all {len(column)} rows. Check data.target, or add rows of "
                 "the other classes."
             )
-        # Many classes with a row or two each cannot be learned nor tested: a quantity or an id.
-        if len(labels) > _MAX_CLASSES_LOOSE and len(column) < 3 * len(labels):
-            raise DataError(
-                f"Target column '{target}' does not look like classes: {len(labels)} classes in "
-                f"{len(column)} rows ({len(column) / len(labels):.1f} rows per class). If it is a "
-                "quantity, use task: regression; if it is an id, pick another data.target."
-            )
+        # Many classes with a few rows each cannot be learned nor tested: a quantity or an id.
+        n, k = len(column), len(labels)
+        for most, rows_per_class in _CLASS_LIMITS:
+            if k > most and n < rows_per_class * k:
+                numeric = pd.api.types.is_numeric_dtype(column.dtype)
+                raise DataError(
+                    f"Target column '{target}' does not look like classes: {k} classes in {n} "
+                    f"rows ({n / k:.1f} rows per class; danlu asks for at least "
+                    f"{rows_per_class:g} rows per class on average above {most} classes). "
+                    + (
+                        "Its values are numbers: use task: regression to predict them."
+                        if numeric
+                        else "If it is a quantity, use task: regression; if it is an id, pick "
+                        "another data.target."
+                    )
+                )
 
     def labels(self, column: pd.Series) -> tuple[Any, ...]:
         return sorted_labels(column)
@@ -429,6 +447,34 @@ class LabelSetsCodec(TargetCodec):
 
     def empty(self, fitted: FittedTarget) -> np.ndarray:
         return np.empty((0, len(fitted.classes or ())), dtype=self.dtype)
+
+
+def check_task_fit(column: pd.Series, target: str, task: TaskRef) -> None:
+    """Warn when the task looks wrong for the target: a regression over a few integer codes.
+
+    (A class target with far too many classes is refused by the classes codec's ``check``.)
+
+    Example:
+        >>> check_task_fit(pd.Series([0.5, 1.5, 2.5]), "y", resolve_task("regression"))
+    """
+    if task.target_kind != "values":
+        return
+    values = numeric_values(column)
+    values = values[~np.isnan(values)]
+    if values.size < 3 * _FEW_CODES or not np.all(values == np.round(values)):
+        return
+    distinct = np.unique(values)
+    if 2 <= len(distinct) <= _FEW_CODES:
+        shown = ", ".join(f"{v:g}" for v in distinct)
+        _log.warning(
+            "Target column '%s' holds only %d distinct whole numbers (%s) in %d rows. If they "
+            "are categories (codes, ratings, counts of a few kinds), use task: classification; "
+            "regression treats them as amounts.",
+            target,
+            len(distinct),
+            shown,
+            values.size,
+        )
 
 
 _CODECS: dict[str, TargetCodec] = {

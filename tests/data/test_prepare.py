@@ -87,13 +87,13 @@ def test_outliers_are_removed_from_training_rows_only(method: str, write) -> Non
     y = _labels(n)
     train, _, test = _planned_split(y)
     x = np.random.default_rng(2).uniform(0, 1, n)
-    x[train[0]], x[test[0]] = 1000.0, 1000.0
+    x[train[0]], x[test[0]] = 1000.0, 999.0  # distinct: equal rows would share a split
     path = write(pd.DataFrame({"x": x, "target": y}), "rows.csv")
     prepare = PrepareConfig(outliers={"method": method})
     data = prepare_data(DataConfig(source=path, split=SPLIT, prepare=prepare), "classification")
     assert data.report["outliers_removed"] == 1
     assert data.report["rows"] == {"train": len(train) - 1, "val": 20, "test": len(test)}
-    assert data.test_frame["x"].max() == 1000.0  # the test outlier is still judged
+    assert data.test_frame["x"].max() == 999.0  # the test outlier is still judged
     # the scaler is fitted after the outlier left the training rows
     assert data.preprocessor.center_["x"] == pytest.approx(x[train[1:]].mean())
 
@@ -104,7 +104,7 @@ def test_outlier_rows_skips_constant_and_missing_values() -> None:
     assert not outlier_rows(frame, ["c"], "zscore").any()
 
 
-def test_duplicates_are_dropped_before_the_split(write) -> None:
+def test_duplicates_are_dropped_before_the_split_only_when_asked(write) -> None:
     rng = np.random.default_rng(3)
     unique = pd.DataFrame(
         {"a": rng.normal(size=50), "b": rng.normal(size=50), "target": _labels(50)}
@@ -114,14 +114,16 @@ def test_duplicates_are_dropped_before_the_split(write) -> None:
     def overlap(data: PreparedData) -> int:
         return len(set(map(tuple, data.x_train)) & set(map(tuple, data.x_test)))
 
-    deduped = prepare_data(DataConfig(source=path, split=SPLIT), "classification")
+    deduped = prepare_data(
+        DataConfig(source=path, split=SPLIT, prepare=PrepareConfig(dedupe=True)), "classification"
+    )
     assert deduped.report["duplicates_dropped"] == 150 and deduped.report["rows_loaded"] == 200
     assert sum(deduped.report["rows"].values()) == 50
     assert overlap(deduped) == 0
-    kept = prepare_data(
-        DataConfig(source=path, split=SPLIT, prepare=PrepareConfig(dedupe=False)), "classification"
-    )
-    assert overlap(kept) > 0  # without dedupe, copies of test rows are trained on
+    kept = prepare_data(DataConfig(source=path, split=SPLIT), "classification")  # the default
+    assert kept.report["duplicates_dropped"] == 0 and sum(kept.report["rows"].values()) == 200
+    assert kept.report["copies_kept_together"] == 150
+    assert overlap(kept) == 0  # every copy of a test row is in test too: none is trained on
 
 
 def test_missing_drop_removes_rows_before_the_split(write) -> None:
@@ -214,7 +216,7 @@ def test_cv_splits_hold_each_row_out_exactly_once(k: int) -> None:
 
     config = DataConfig(source="builtin:iris")
     folds = cv_splits(config, "classification", k)
-    n = 149  # iris less one exact duplicate (dedupe)
+    n = 150  # iris, its one exact duplicate kept (in the same fold as its twin)
     assert len(folds) == k
     tests = [te for _, _, te in folds]
     assert sum(len(te) for te in tests) == n

@@ -170,7 +170,7 @@ def test_duplicates_and_rows_shared_by_train_and_test() -> None:
     train = np.arange(20)
     test = np.arange(20, 24)
     report = quality_report(df, "y", "classification", train_idx=train, test_idx=test)
-    assert report["duplicates"] == {"rows": 4, "percent": round(400 / 24, 2)}
+    assert report["duplicates"] == {"rows": 4, "percent": round(400 / 24, 2), "identifying": ["x"]}
     assert report["split"]["shared_rows"] == 4 and report["split"]["shared_percent"] == 100.0
     assert any("4 test row(s)" in w for w in report["warnings"])
     clean = quality_report(
@@ -227,7 +227,7 @@ def test_inspect_data_sees_the_splits_prepare_data_uses() -> None:
     config = DataConfig(source="builtin:iris", split={"test": 0.3, "val": 0.1, "seed": 3})
     report = inspect_data(config, "classification")
     prepared = prepare_data(config, "classification")
-    assert report["cleaning"]["duplicates_dropped"] == prepared.report["duplicates_dropped"] == 1
+    assert report["cleaning"]["duplicates_dropped"] == prepared.report["duplicates_dropped"] == 0
     rows = prepared.report["rows"]
     assert (report["split"]["train"], report["split"]["val"], report["split"]["test"]) == (
         rows["train"],
