@@ -131,6 +131,7 @@ def date_parts(seconds: np.ndarray, parts: Sequence[str], origin: float) -> dict
     in_day = seconds - whole * DAY
     out: dict[str, np.ndarray] = {}
     for part in parts:
+        value: Any
         if part == "year":
             value = days.astype("datetime64[Y]").astype(np.int64) + 1970
         elif part == "month":

@@ -201,9 +201,10 @@ def _date_format(column: pd.Series) -> str:
 def _date_fill(name: str, constant: Any, values: np.ndarray) -> float:
     """``missing: constant`` for a date column: ``fill_value`` read as a date; a value that is
     not a date falls back to the median training date (logged)."""
-    seconds, bad = parse_dates([constant]) if isinstance(constant, str) else (None, None)
-    if seconds is not None and not bad.any() and not np.isnan(seconds[0]):
-        return float(seconds[0])
+    if isinstance(constant, str):
+        seconds, _ = parse_dates([constant])
+        if not np.isnan(seconds[0]):
+            return float(seconds[0])
     present = values[~np.isnan(values)]
     if present.size == 0:
         raise DataError(

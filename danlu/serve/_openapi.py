@@ -173,7 +173,7 @@ def _model_request_schemas(
     JSON Schema has no keyword for "these arrays are equally long"; the columns form says it as
     one ``anyOf`` branch per row count n (every column has exactly n values), up to
     ``max_rows`` (the model's row limit; at most MAX_ENUMERATED_ROWS)."""
-    from typing import Annotated, Literal
+    from typing import Annotated
 
     from pydantic import create_model
     from pydantic.json_schema import models_json_schema
@@ -185,17 +185,8 @@ def _model_request_schemas(
     row: dict[str, Any] = {}
     columns: dict[str, Any] = {}
     for i, feature in enumerate(signature.get("inputs") or ()):
-        kind = feature.get("kind")
         kind_type: Any
-        if kind == "boolean":
-            kind_type, what = bool | Literal[0, 1], "true or false"
-        elif kind == "categorical":
-            known = [str(c) for c in feature.get("categories") or ()]
-            listed = ", ".join(known[:50]) + (", ..." if len(known) > 50 else "")
-            what = f"one of the known categories: {listed}" if known else "a category"
-            kind_type = str | finite
-        else:
-            kind_type, what = finite, "a finite number"
+        kind_type, what = _input_type(feature, finite)
         if feature.get("nullable", True):  # False: trained with missing: drop (no fill value)
             kind_type = kind_type | None
             what += " (null: the value learned in training)"
@@ -231,6 +222,28 @@ def _model_request_schemas(
             {"additionalProperties": {"minItems": n, "maxItems": n}} for n in range(1, max_rows + 1)
         ]
     return body, defs
+
+
+def _input_type(feature: dict[str, Any], finite: Any) -> tuple[Any, str]:
+    """The type one value of an input may have in a request body, and its description."""
+    from typing import Annotated, Literal
+
+    kind = feature.get("kind")
+    if kind == "boolean":
+        return bool | Literal[0, 1], "true or false"
+    if kind == "categorical":
+        known = [str(c) for c in feature.get("categories") or ()]
+        listed = ", ".join(known[:50]) + (", ..." if len(known) > 50 else "")
+        return str | finite, f"one of the known categories: {listed}" if known else "a category"
+    if kind == "datetime":
+        own = feature.get("date_format")
+        what = "a date-time in ISO 8601 (a date alone, 2024-05-01, is accepted too" + (
+            f"; so is the training data's format, {own})" if own else ")"
+        )
+        return Annotated[str, Field(json_schema_extra={"format": "date-time"})], what
+    if feature.get("errors") == "nan":
+        return finite | str, "a finite number (a string that is not a number counts as missing)"
+    return finite, "a finite number"
 
 
 def _security(scope: str) -> list[dict[str, list[str]]]:

@@ -36,11 +36,13 @@ Columns: TypeAlias = tuple[int, list[list[Any]], Field]  # rows, each feature's 
 
 @dataclass(frozen=True, slots=True)
 class _Input:
-    """One raw feature: its kind and whether null is accepted (training learned a fill)."""
+    """One raw feature: its kind, whether null is accepted (training learned a fill), and
+    whether a value that does not parse counts as missing (``errors: nan``)."""
 
     name: str
-    kind: str  # numeric | boolean | categorical
+    kind: str  # numeric | boolean | categorical | datetime
     nullable: bool
+    coerce: bool = False
 
 
 def show(value: Any) -> str:
@@ -72,7 +74,7 @@ class RequestParser:
         self.ref = ref
         fill = preprocessor.fill_
         self.inputs = tuple(
-            _Input(f.name, f.kind, fill.get(f.name) is not None)
+            _Input(f.name, f.kind, fill.get(f.name) is not None, f.errors == "nan")
             for f in preprocessor.schema_.features
         )
         self._names = frozenset(i.name for i in self.inputs)
@@ -80,7 +82,11 @@ class RequestParser:
         self._numeric = tuple(j for j, i in enumerate(self.inputs) if i.kind == "numeric")
         # every input numeric: the rows encode as one matrix (transform_matrix)
         self._all_numeric = bool(self.inputs) and len(self._numeric) == len(self.inputs)
-        self._check_kind = {"boolean": self._booleans, "categorical": self._categories}
+        self._check_kind = {
+            "boolean": self._booleans,
+            "categorical": self._categories,
+            "datetime": self._dates,
+        }
 
     def parse(self, payload: Any, max_rows: int) -> np.ndarray:
         """Validate a decoded JSON body and encode it: ``(n, input_dim)`` float32.
@@ -234,7 +240,9 @@ class RequestParser:
             for j, column in zip(self._numeric, columns, strict=True)
         ]
 
-    def _number_column(self, inp: _Input, column: list[Any], field: Field) -> list[Any]:
+    def _number_column(self, inp: _Input, column: list[Any], field: Field) -> Any:
+        if inp.coerce and any(type(v) is str for v in column):  # errors: nan: junk is missing
+            return self._parsed(inp, column, field).tolist()
         for i, v in enumerate(column):
             if v is None:
                 self._null(inp, i, field)
@@ -251,6 +259,33 @@ class RequestParser:
             else:
                 raise RequestError(field(i, inp.name), f"must be a number; got {show(v)}.")
         return column
+
+    def _parsed(self, inp: _Input, column: list[Any], field: Field) -> np.ndarray:
+        """A numeric (strings allowed) or datetime column read by the model's preprocessor:
+        float64, NaN where missing; a value that does not parse is an error naming it, or
+        (``errors: nan``) missing; a missing value needs a learned fill."""
+        for i, v in enumerate(column):
+            if not (v is None or type(v) is str or (inp.kind == "numeric" and type(v) in _NUMBER)):
+                what = "a number or a string" if inp.kind == "numeric" else "a date string"
+                raise RequestError(field(i, inp.name), f"must be {what}; got {show(v)}.")
+        values, bad = self.preprocessor.parse_values(inp.name, column)
+        if bad.any() and not inp.coerce:
+            i = int(np.flatnonzero(bad)[0])
+            raise RequestError(
+                field(i, inp.name),
+                f"must be a date or date-time (ISO 8601, e.g. 2024-05-01 or "
+                f"2024-05-01T12:30:00Z); got {show(column[i])}.",
+            )
+        missing = np.isnan(values)
+        if missing.any() and not inp.nullable:
+            i = int(np.flatnonzero(missing)[0])
+            self._null(inp, i, field)
+        return values
+
+    def _dates(self, inp: _Input, column: list[Any], field: Field) -> Any:
+        """Date or date-time strings (ISO 8601, or the training data's format), or null where a
+        fill was learned: read as seconds since the epoch, as transform_columns takes them."""
+        return self._parsed(inp, column, field)
 
     def _booleans(self, inp: _Input, column: list[Any], field: Field) -> Any:
         """``true``/``false`` or 0/1, or null where a fill was learned."""
