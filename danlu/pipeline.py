@@ -145,7 +145,7 @@ def evaluate_stage(ctx: Context) -> Context:
         "run_name": ctx.run_name,
         "recipe": recipe.name,
         "task": recipe.task,
-        "model_type": recipe.model.type,
+        "model_type": ctx.model_type or recipe.model.type,
         "data": f"test split of {recipe.data.source}",
         "rows": len(data.y_test),
     }
@@ -159,6 +159,10 @@ def evaluate_stage(ctx: Context) -> Context:
         on_section=ctx.on_section,
         callbacks=ctx.callbacks,
     )
+    if "model_selection" in ctx.details:  # model.type auto: the candidates, after the metrics
+        from danlu.evaluate._selection import model_selection_section
+
+        report.sections.insert(1, model_selection_section(ctx.details["model_selection"], task))
     temperature = eval_data.temperature
     save_report(
         ctx.store, report, run_id=ctx.run_id, temperature=temperature if temperature != 1 else None

@@ -508,6 +508,14 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
         }
         return section
 
+    switched = None
+    if config.method != "kernel_shap" and not getattr(data.model, "differentiable", True):
+        switched = (
+            f"{config.method.replace('_', ' ')} follows input gradients, which a tree ensemble "
+            "does not have (its output is piecewise constant in the inputs): explained with "
+            "kernel SHAP instead, which only calls the model."
+        )
+        config = config.model_copy(update={"method": "kernel_shap"})
     rng = np.random.default_rng(config.seed)
     count = min(config.samples, total)
     rows = np.arange(total) if count == total else np.sort(rng.choice(total, count, replace=False))
@@ -580,6 +588,8 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
     section.summary = "top features: " + ", ".join(top3)
     method, base = _method_note(config, data)
     section.notes.append(f"Method: {method}.")
+    if switched:
+        section.notes.append(switched)
     section.notes.append(f"Baseline: {base}.")
     sampled = "a seeded sample of " if count < total else ""
     section.notes.append(f"Rows explained: {count} ({sampled}{total} test rows).")

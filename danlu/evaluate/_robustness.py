@@ -398,6 +398,13 @@ def robustness_section(data: EvalData, config: RobustnessConfig) -> Section:
         "each feature under the default standard scaling; inputs are not clipped afterwards.",
     )
     notes.extend(_method_notes(config, curves, k, width))
+    if (config.fgsm or config.pgd) and not getattr(data.model, "differentiable", True):
+        notes.append(
+            "FGSM and PGD were skipped: they follow the loss's input gradient, and a tree "
+            "ensemble's output is piecewise constant (its gradient is zero almost everywhere), "
+            "so a gradient attack would report robustness it did not test. Noise and dropout "
+            "still measure it."
+        )
     section.data = {
         "metric": metric,
         "clean": clean,
@@ -458,7 +465,7 @@ def _perturbation_curves(
     curves: dict[str, list[dict[str, float]]] = {}
     for attack in ("fgsm", "pgd"):
         levels: list[float] = getattr(config, attack)
-        if levels:
+        if levels and getattr(data.model, "differentiable", True):
             curves[attack] = [
                 {"epsilon": e, "value": score(_attacked(data, x, y, attack, e, continuous, config))}
                 for e in levels

@@ -156,6 +156,12 @@ def _export(model: torch.nn.Module, input_dim: int, sample: np.ndarray) -> tuple
     from onnx.external_data_helper import uses_external_data
 
     example = _example(sample, input_dim)
+    native = getattr(model, "to_onnx", None)
+    if callable(native):  # a tree ensemble writes its own graph (ONNX-ML trees, run natively)
+        proto = onnx.load_from_string(native())
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "danlu.exporter", "trees"
+        return proto.SerializeToString(), "trees"
     training = model.training
     model.eval()
     errors: list[str] = []
@@ -295,7 +301,8 @@ class ExportResult:
         status: ``ok`` (``model.onnx`` written) or ``failed`` (only ``export.json``).
         parity: the :func:`parity_check` result (None when the export itself failed).
         size_bytes: the ONNX file's size (0 when nothing was exported).
-        exporter: ``dynamo`` or ``torchscript`` (None when both failed).
+        exporter: ``dynamo`` or ``torchscript`` (None when both failed); ``trees`` for a tree
+            ensemble, which writes its own ONNX-ML graph (:meth:`TreeEnsemble.to_onnx`).
         opset: the ONNX opset of the graph (None when nothing was exported).
         seconds: time spent exporting and checking.
         error: why the export failed, with the diff for a failed parity check.

@@ -17,9 +17,11 @@ from pydantic import ValidationError
 
 from danlu.config import ConfigIssue, ModelConfig
 from danlu.errors import NotFoundError
+from danlu.models._auto import DEFAULT_CANDIDATES, AutoSpec, build_auto
 from danlu.models._bundle import ModelBundle, Predictor, Rows, load_bundle, load_weights
 from danlu.models._cnn import CNNSpec, build_cnn
 from danlu.models._common import ModelSpec
+from danlu.models._gbdt import GBDTSpec, build_gbdt
 from danlu.models._mlp import MLPSpec, build_mlp
 from danlu.registry import Registry
 
@@ -30,8 +32,11 @@ if TYPE_CHECKING:
     from danlu.tasks import Task
 
 __all__ = [
+    "DEFAULT_CANDIDATES",
     "MODELS",
+    "AutoSpec",
     "CNNSpec",
+    "GBDTSpec",
     "MLPSpec",
     "ModelBundle",
     "Predictor",
@@ -47,6 +52,8 @@ __all__ = [
 MODELS: Registry[Any] = Registry("model")
 MODELS.register("mlp", spec=MLPSpec)(build_mlp)
 MODELS.register("cnn", spec=CNNSpec)(build_cnn)
+MODELS.register("gbdt", spec=GBDTSpec)(build_gbdt)  # gradient-boosted trees (TreeEnsemble)
+MODELS.register("auto", spec=AutoSpec)(build_auto)  # trains the candidates, ships the best
 
 
 def check_model_config(

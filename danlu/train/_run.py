@@ -162,6 +162,8 @@ def check_recipe(recipe: Recipe) -> Any:
             )
         )
     issues.extend(task.check_recipe(recipe))  # what this kind of task refuses
+    if hasattr(options, "recipe_issues"):  # what the model refuses (gbdt: its tasks ...)
+        issues.extend(options.recipe_issues(recipe))
     imbalance = recipe.data.imbalance.method
     if imbalance == "class_weight" and train.class_weight is not None:
         issues.append(
@@ -229,7 +231,11 @@ def prepare_stage(ctx: Context) -> Context:
 
 def train_stage(ctx: Context) -> Context:
     """Train the model (from the run's checkpoint when resuming), then its test metrics and the
-    model files: weights, model card, drift reference, summary."""
+    model files: weights, model card, drift reference, summary.
+
+    A model a library fits (``gbdt``) trains through :class:`~danlu.train.BoostingTrainer`;
+    ``model: {type: auto}`` trains each candidate and keeps the best (``_auto.py``)."""
+    from danlu.train._boost import BoostingTrainer, is_boosted
     from danlu.train._checkpoint import load_checkpoint
     from danlu.train._energy import EnergyMeter, EnergyReading
     from danlu.train._loop import Trainer, resolve_device
@@ -237,7 +243,8 @@ def train_stage(ctx: Context) -> Context:
     recipe, data, task, tracker = ctx.recipe, ctx.data, ctx.task, ctx.tracker
     assert data is not None and task is not None and ctx.model is not None and tracker is not None
     checkpoint = tracker.artifact_path("checkpoint.safetensors")
-    trainer = Trainer(
+    engine = BoostingTrainer if is_boosted(ctx.model) else Trainer
+    trainer: Any = engine(
         recipe.train,
         callbacks=ctx.callbacks,
         tracker=tracker,
@@ -249,7 +256,14 @@ def train_stage(ctx: Context) -> Context:
         ctx.store.delete_metrics_after(tracker.run_id, epoch)
     meter = EnergyMeter(device=str(resolve_device(recipe.train.device))).start()
     try:
-        trainer.fit(ctx.model, task, data, resume=resuming)
+        if recipe.model.type == "auto":
+            from danlu.train._auto import select_model
+
+            trainer = select_model(ctx)  # the winner, trained
+            task = ctx.task
+            assert task is not None
+        else:
+            trainer.fit(ctx.model, task, data, resume=resuming)
     finally:  # an interrupted session's time and energy count too (a resume adds to them)
         reading = meter.stop()
         if ctx.previous is not None:
@@ -278,6 +292,10 @@ def train_stage(ctx: Context) -> Context:
     tracker.log_metrics(
         {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch}, step=trainer.epoch
     )
+    if getattr(trainer, "native", None):  # trees read out of a library, checked against it
+        ctx.log_artifact("trees.json", json.dumps(trainer.native, indent=1))
+    if getattr(trainer, "selection", None):  # auto: every candidate's figures
+        ctx.details["model_selection"] = trainer.selection
     _save_outputs(ctx)
     summary = {
         "run_id": tracker.run_id,
@@ -310,6 +328,14 @@ def reload_trained(ctx: Context) -> Context:
 
     assert ctx.model is not None and ctx.previous is not None
     weights = ctx.store.artifact_path(ctx.run_id, "model.safetensors").read_bytes()
+    if ctx.recipe.model.type == "auto":  # the model the run chose, as its card describes it
+        from danlu.config import ModelConfig
+        from danlu.models import build_model
+
+        card = json.loads(ctx.store.artifact_path(ctx.run_id, "model.json").read_text())
+        config = ModelConfig.model_validate({**card["options"], "type": card["type"]})
+        assert ctx.data is not None and ctx.task is not None
+        ctx.model, ctx.model_type = build_model(config, ctx.data.schema, ctx.task), card["type"]
     ctx.model.load_state_dict(load_weights(weights, f"Run {ctx.run_id}/model.safetensors"))
     ctx.model.eval()
     decoding = ctx.store.artifact_path(ctx.run_id, "decoding.json")
@@ -343,7 +369,7 @@ def _save_outputs(ctx: Context) -> None:
         options.model_dump(mode="json") if hasattr(options, "model_dump") else dict(options or {})
     )
     model_card = {
-        "type": recipe.model.type,
+        "type": ctx.model_type or recipe.model.type,  # auto: the candidate that won
         "options": spec,
         "task": recipe.task,
         "schema": data.schema.to_dict(),

@@ -97,6 +97,7 @@ class Context:
     data: PreparedData | None = None
     task: Task | None = None
     model: torch.nn.Module | None = None
+    model_type: str | None = None  # the trained model's type when not the recipe's (auto's winner)
     metrics: dict[str, float] = field(default_factory=dict)  # test metrics
     details: dict[str, Any] = field(default_factory=dict)  # confusion matrix ...
     history: list[dict[str, float]] = field(default_factory=list)
