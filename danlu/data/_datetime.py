@@ -26,6 +26,7 @@ __all__ = [
     "DATE_PARTS",
     "ISO",
     "TIME_PARTS",
+    "column_format",
     "date_parts",
     "datetime_seconds",
     "guess_date_format",
@@ -67,6 +68,17 @@ def guess_date_format(values: Sequence[str]) -> str | None:
             return None
         return ISO if fmt.startswith("%Y-%m-%d") else fmt
     return None
+
+
+def column_format(column: pd.Series) -> str:
+    """The format of a date column: that of its first string (:func:`guess_date_format`),
+    ``mixed`` (each value on its own) when none is recognised; ISO 8601 for native dates."""
+    if pd.api.types.is_datetime64_any_dtype(column.dtype):
+        return ISO
+    present = column.dropna()
+    if present.empty:
+        return ISO
+    return guess_date_format(present.iloc[:1].astype(str)) or "mixed"
 
 
 def parse_dates(values: pd.Series | Sequence[Any], fmt: str = ISO) -> tuple[np.ndarray, np.ndarray]:

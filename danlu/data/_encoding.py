@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
-from danlu.data._datetime import ISO, date_parts, datetime_seconds, guess_date_format, parse_dates
+from danlu.data._datetime import ISO, date_parts, datetime_seconds, parse_dates
 from danlu.data._schema import (
     FALSE_TOKENS,
     TRUE_TOKENS,
@@ -185,17 +185,6 @@ def _date_seconds(values: Sequence[Any] | np.ndarray, name: str, fmt: str, error
         return values
     column = pd.Series(values if isinstance(values, np.ndarray) else list(values), name=name)
     return datetime_seconds(column, fmt, errors)
-
-
-def _date_format(column: pd.Series) -> str:
-    """The format of a date column's strings (from its first value); ISO 8601 for native
-    dates and when no format is recognised..."""
-    if pd.api.types.is_datetime64_any_dtype(column.dtype):
-        return ISO
-    present = column.dropna()
-    if present.empty:
-        return ISO
-    return guess_date_format(present.iloc[:1].astype(str)) or "mixed"
 
 
 def _date_fill(name: str, constant: Any, values: np.ndarray) -> float:

@@ -91,6 +91,7 @@ def inspect_data(config: DataConfig, task: str | TaskLike | None = None) -> dict
         test_idx=rows.test_idx,
         features=rows.features,
         kinds=rows.kinds,
+        max_categories=config.prepare.max_categories,
     )
     report["split"]["val"] = len(rows.val_idx)
     report["split"]["stratified"] = rows.stratify

@@ -569,7 +569,8 @@ def prepare_data(
     if pre.reducer_ is not None:
         report["reduce"] = pre.reducer_.summary()
     quality = {"source": raw.source, **quality_report(
-        frame, target, ref, train_idx=train_idx, test_idx=test_idx, features=features, kinds=kinds
+        frame, target, ref, train_idx=train_idx, test_idx=test_idx, features=features, kinds=kinds,
+        schema=fitted,
     )}  # fmt: skip
     for warning in quality["warnings"]:  # alerts (leakage, shift ...) are warnings; notes info
         level = logging.WARNING if warning in quality["alerts"] else logging.INFO

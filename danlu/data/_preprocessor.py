@@ -20,14 +20,20 @@ import pandas as pd
 from pydantic import ValidationError
 
 from danlu.config import PrepareConfig, ReduceConfig
-from danlu.data._datetime import ISO, date_parts, datetime_seconds, fit_parts, parse_dates
+from danlu.data._datetime import (
+    ISO,
+    column_format,
+    date_parts,
+    datetime_seconds,
+    fit_parts,
+    parse_dates,
+)
 from danlu.data._detect import read_errors
 from danlu.data._encoding import (
     _boolean_values,
     _category_codes,
     _category_values,
     _date_fill,
-    _date_format,
     _dense_matrix,
     _fit_scaler,
     _Layout,
@@ -199,7 +205,7 @@ class Preprocessor:
         — the columns the scaler learns centre and scale of, by encoded name."""
         errors = read_errors(kind)
         if kind == "datetime":
-            fmt = _date_format(column)
+            fmt = column_format(column)
             values = datetime_seconds(column, fmt, errors)
             fill = self._fit_fill(name, kind, values)
             filled = self._filled(values, fill)

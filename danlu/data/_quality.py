@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from danlu.config import PrepareConfig
+from danlu.data._datetime import column_format, fit_parts, parse_dates
 from danlu.data._psi import PSI_MAJOR
 from danlu.data._quality_stats import (
     as_codes,
@@ -31,7 +33,7 @@ from danlu.data._quality_stats import (
     pct,
     sample_rows,
 )
-from danlu.data._schema import category_str, infer_kinds
+from danlu.data._schema import FeatureSchema, category_str, infer_kinds
 from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
 from danlu.data._values import preview
 
@@ -43,6 +45,9 @@ OUTLIER_WARN = 0.02  # warn when more than this share of a column's values are z
 IMBALANCE_WARN = 3.0  # warn when the largest class has this many times the rows of the smallest
 RARE_LABEL_ROWS = 5  # label sets: warn about a label held by fewer rows than this
 TOP_CATEGORIES = 5
+#: flags of columns read otherwise than their dtype suggests (see danlu.data._detect)
+ATTENTION_FLAGS = ("dirty-numeric", "dirty-datetime", "free-text", "frequency-encoded")
+DEFAULT_MAX_CATEGORIES = int(PrepareConfig.model_fields["max_categories"].default)
 IDENTIFYING = 0.5  # a column with distinct values in at least this share of rows identifies rows
 
 
@@ -89,6 +94,59 @@ def _is_id_like(column: pd.Series, values: np.ndarray | None, distinct: int, row
         return True
     present = values[~np.isnan(values)]
     return bool(present.size == rows and np.all(present == np.floor(present)))
+
+
+def _shift(
+    column: pd.Series, kind: str, values: np.ndarray | None, train: np.ndarray, test: np.ndarray
+) -> dict[str, Any] | None:
+    """The train/test shift of a feature: numbers (dates as days) binned, categories counted."""
+    if values is None and kind == "datetime":
+        values = parse_dates(column, column_format(column))[0]
+    if values is not None:
+        return numeric_shift(values[train], values[test])
+    labels = as_labels(column)
+    return categorical_shift(labels[train], labels[test])
+
+
+def describe_kind(
+    info: dict[str, Any],
+    column: pd.Series,
+    kind: str,
+    schema: FeatureSchema | None,
+    max_categories: int,
+) -> None:
+    """Add to a column's entry how it is encoded (``encoding``), why its kind was chosen
+    (``note``, from a :class:`~danlu.data._detect.ColumnKind`) and the flag that goes with it."""
+    feature = (
+        None
+        if schema is None
+        else next((f for f in schema.features if f.name == info["name"]), None)
+    )
+    note, flag = getattr(kind, "note", ""), getattr(kind, "flag", "")
+    if kind == "datetime":
+        if feature is not None and feature.parts:
+            parts = feature.parts
+        else:  # not fitted yet: the parts the dates of the whole column call for
+            parts = fit_parts(parse_dates(column, column_format(column))[0])[0]
+        info["encoding"] = "calendar features: " + ", ".join(parts)
+    elif kind == "categorical" and info["feature"]:
+        many = info["distinct"] > max_categories
+        if feature is not None:
+            many = feature.frequency_encoded
+        if many:
+            info["encoding"] = "frequency"
+            flag = flag or "frequency-encoded"
+            note = note or (
+                f"Column '{info['name']}' has {info['distinct']} distinct values, more than "
+                f"data.prepare.max_categories ({max_categories}): it is frequency-encoded (one "
+                "column: the share of training rows holding its value) instead of one-hot "
+                f"encoded into {info['distinct']} columns. Raise max_categories to one-hot "
+                f"encode it, or set data.features: {{{info['name']}: ignore}} if it is an id."
+            )
+    if note:
+        info["note"] = note
+    if flag:
+        info["flags"].append(flag)
 
 
 def _column(
@@ -234,6 +292,7 @@ def _warnings(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
             f"standard deviations: {preview(_names(outlying), 10)}. Consider "
             "data.prepare.outliers or scale: robust."
         )
+    found.extend(c["note"] for c in columns if c.get("note") and _needs_attention(c))
     target = report["target"]
     ratio = target.get("imbalance_ratio")
     if ratio is not None and ratio >= IMBALANCE_WARN:
@@ -303,6 +362,12 @@ def _duplicates_note(dup: Mapping[str, Any]) -> str:
     )
 
 
+def _needs_attention(column: Mapping[str, Any]) -> bool:
+    """A column whose kind or encoding was chosen for the user, who should know (not plain
+    dates, which are listed with their encoding only)."""
+    return any(f in column["flags"] for f in ATTENTION_FLAGS)
+
+
 # -- the report ---------------------------------------------------------------------------------
 def quality_report(
     frame: pd.DataFrame,
@@ -313,6 +378,8 @@ def quality_report(
     test_idx: Sequence[int] | np.ndarray | None = None,
     features: Sequence[str] | None = None,
     kinds: Mapping[str, str] | None = None,
+    schema: FeatureSchema | None = None,
+    max_categories: int = DEFAULT_MAX_CATEGORIES,
 ) -> dict[str, Any]:
     """Describe ``frame`` and list what needs attention before training on it.
 
@@ -326,7 +393,13 @@ def quality_report(
             splits and shift between them).
         test_idx: row positions of the test split.
         features: the columns the model uses (default: every column whose kind is not ignore).
-        kinds: column -> kind (default: inferred with ``infer_kinds``).
+        kinds: column -> kind (default: inferred with ``infer_kinds``). A kind inferred with
+            a caveat (numbers with junk values, dates, free text) carries its note, which the
+            report repeats with the rows it names (rows of the data ``infer_kinds`` read).
+        schema: the fitted schema, which says how each column was encoded (frequency-encoded
+            categories, the calendar features of dates); without it the encoding is predicted
+            from ``max_categories`` and the distinct values of ``frame``.
+        max_categories: ``data.prepare.max_categories``, when ``schema`` is not given.
 
     Returns:
         Plain JSON types: ``rows``, ``columns``, ``duplicates``, ``details`` (one entry per
@@ -376,6 +449,7 @@ def quality_report(
         kind = kinds.get(name, "ignore")
         values = as_numbers(column) if kind == "numeric" else None
         info = _column(name, column, kind, name in feature_set, values)
+        describe_kind(info, column, kind, schema, max_categories)
         if name in feature_set:
             reason = leak_reason(
                 info,
@@ -389,11 +463,7 @@ def quality_report(
                 leakage.append({"column": name, "reason": reason})
                 info["flags"].append("leakage")
             if train is not None and test is not None and len(train) and len(test):
-                if values is not None:
-                    info["shift"] = numeric_shift(values[shift_train], values[shift_test])
-                else:
-                    labels = as_labels(column)
-                    info["shift"] = categorical_shift(labels[shift_train], labels[shift_test])
+                info["shift"] = _shift(column, kind, values, shift_train, shift_test)
                 if info["shift"] and info["shift"]["shifted"]:
                     info["flags"].append("shift")
         for flag in ("constant", "near_constant", "id_like"):

@@ -63,7 +63,7 @@ def _html_columns(details: Sequence[Mapping[str, Any]]) -> str:
         zscore_iqr = f"{outliers['zscore']} / {outliers['iqr']}" if outliers else "-"
         cells = [
             f"<td>{_e(c['name'])}</td>",
-            f"<td>{_e(c['kind'])}</td>",
+            f"<td>{_e(c['kind'])}{_e(' (' + c['encoding'] + ')' if c.get('encoding') else '')}</td>",
             f'<td class="num">{c["missing_percent"]:g}</td>',
             f'<td class="num">{c["distinct"]}</td>',
             f"<td>{_e(_summary(c))}</td>",

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from danlu.data._datetime import DATE_PARTS, ELAPSED, datetime_seconds, guess_date_format
+from danlu.data._datetime import DATE_PARTS, ELAPSED, column_format, datetime_seconds
 from danlu.data._detect import ColumnKind, detect_kind, read_errors
 from danlu.data._target import (
     TARGET_KINDS,
@@ -297,9 +297,7 @@ def _check_forced(column: pd.Series, kind: str) -> None:
     if kind == "numeric":
         numeric_values(column)
     elif kind == "datetime" and not pd.api.types.is_datetime64_any_dtype(column.dtype):
-        values = column.dropna()
-        fmt = guess_date_format(values.iloc[:1].astype(str)) or "mixed"
-        datetime_seconds(column, fmt)
+        datetime_seconds(column, column_format(column))
 
 
 def check_overrides(
