@@ -25,6 +25,8 @@ from danlu.config import Recipe
 from danlu.types import StrPath
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from danlu.store import ModelVersion, Store
     from danlu.train import Context, Stage
     from danlu.train._callbacks import Callback
@@ -55,6 +57,7 @@ def __getattr__(name: str) -> Any:
 def run(
     recipe: StrPath | Mapping[str, Any] | Recipe,
     *,
+    data: pd.DataFrame | None = None,
     overrides: Iterable[str] = (),
     callbacks: Sequence[Callback] = (),
     home: StrPath | None = None,
@@ -74,6 +77,11 @@ def run(
     (training from its last checkpoint; a run whose training finished is not trained again).
     ``on_section`` is called with each report section's key as it starts.
 
+    ``data`` is a DataFrame to train on in place of ``data.source`` (which the recipe may then
+    leave out): the run records ``data.source: dataframe:<first 12 hex digits of the frame's
+    fingerprint>`` and the frame's fingerprint as its data fingerprint. Cross-validation
+    (``evaluate.cross_validation``) reads ``data.source`` again, so it needs a file.
+
     Example:
         >>> import danlu
         >>> result = danlu.run("examples/breast_cancer_mlp.yaml")  # doctest: +SKIP
@@ -81,6 +89,10 @@ def run(
     """
     from danlu.train import Result, Runner, make_context
 
+    if data is not None:  # the frame stands in for data.source; the recipe records which one
+        from danlu.data import DATAFRAME_PREFIX, fingerprint_frame
+
+        overrides = [*overrides, f"data.source={DATAFRAME_PREFIX}{fingerprint_frame(data)[:12]}"]
     ctx = make_context(
         recipe,
         overrides=overrides,
@@ -90,6 +102,11 @@ def run(
         resume=resume,
         on_section=on_section,
     )
+    if data is not None:
+        from danlu.tasks import get_task
+        from danlu.train._run import prepare_recipe_data
+
+        ctx.data = prepare_recipe_data(ctx.recipe, get_task(ctx.recipe.task), frame=data)
     return Result.from_context(Runner(plan()).run(ctx))
 
 

@@ -92,6 +92,7 @@ def run(
     import torch
 
     from danlu.cli._progress import PlainProgress, RichProgress
+    from danlu.data import row_accounting
     from danlu.pipeline import run as run_recipe
 
     if threads:
@@ -124,6 +125,7 @@ def run(
                     "test": result.metrics,
                     "best_epoch": result.best_epoch,
                     "epochs_run": len(result.history),
+                    "rows": row_accounting(result.data_report),
                     "report": report.summary if report is not None else None,
                     "report_html": str(result.run_dir / "report.html") if report else None,
                     "stages": [
@@ -144,6 +146,7 @@ def run(
     for key, value in result.metrics.items():
         table.add_row(cell(key), f"{value:.4f}")
     out.print(table)
+    out.print(Text(rows_line(row_accounting(result.data_report))), soft_wrap=True)
     out.print(
         Text(
             f"best epoch {result.best_epoch} of {len(result.history)} · run {result.run_id} "
@@ -216,7 +219,7 @@ def schema() -> None:
 def datasets(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """List the built-in datasets (shipped inside scikit-learn; nothing is downloaded)."""
+    """List the built-in datasets (shipped inside installed packages; nothing is downloaded)."""
     from dataclasses import asdict
 
     from danlu.data import list_builtin
@@ -225,11 +228,12 @@ def datasets(
     if as_json:
         out.print_json(json.dumps([asdict(d) for d in items]))
         return
-    table = Table("source", "task", "rows", "features", "classes", "description")
+    table = Table("source", "task", "target", "rows", "features", "classes", "description")
     for d in items:
         table.add_row(
             f"builtin:{d.name}",
             d.task,
+            d.target if not d.label_columns else f"{len(d.label_columns)} label columns",
             str(d.rows),
             str(d.features),
             str(d.classes or "-"),
@@ -256,3 +260,27 @@ def main(argv: list[str] | None = None) -> None:
         print_error(exc)
         err.print("[dim](run with --debug for a traceback)[/]")
         sys.exit(exc.exit_code)
+
+
+_DROP_WORDS = {
+    "missing_target": "without a target (data.prepare.missing_target: drop)",
+    "missing_values": "with a missing value (data.prepare.missing: drop)",
+    "duplicates": "exact duplicates (data.prepare.dedupe)",
+    "outliers": "training outliers (data.prepare.outliers)",
+}
+
+
+def rows_line(rows: dict[str, Any]) -> str:
+    """Where the loaded rows went, in one line: the splits and every drop with its cause.
+
+    Example:
+        >>> rows_line({"loaded": 10, "dropped": {"duplicates": 2}, "used": {"train": 6, "test": 2}})
+        'rows: 10 loaded · train 6 · test 2 · dropped 2 exact duplicates (data.prepare.dedupe)'
+    """
+    used = " · ".join(f"{k} {v:,}" for k, v in rows["used"].items())
+    dropped = [f"{n:,} {_DROP_WORDS.get(k, k)}" for k, n in rows["dropped"].items() if n]
+    line = f"rows: {rows['loaded']:,} loaded · {used}"
+    line += f" · dropped {', '.join(dropped)}" if dropped else " · none dropped"
+    if rows.get("copies_kept_together"):
+        line += f" · {rows['copies_kept_together']:,} repeated rows kept with their copies"
+    return line

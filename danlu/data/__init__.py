@@ -24,7 +24,7 @@ from danlu.data._drift import DriftMonitor, drift_reference, drift_status
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
 from danlu.data._imbalance import imbalance_class_weight, resample_training
 from danlu.data._inspect import infer_task, inspect_data
-from danlu.data._prepare import cv_splits, outlier_rows, prepare_data
+from danlu.data._prepare import cv_splits, outlier_rows, prepare_data, row_accounting
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
 from danlu.data._psi import PSI_MAJOR, PSI_MODERATE, psi
@@ -32,13 +32,20 @@ from danlu.data._quality import quality_report
 from danlu.data._quality_html import quality_html
 from danlu.data._reduce import FeatureReducer
 from danlu.data._schema import Feature, FeatureSchema, infer_schema
-from danlu.data._sources import BuiltinDataset, RawData, list_builtin, load_source
-from danlu.data._split import kfold_indices, split_indices
+from danlu.data._sources import (
+    DATAFRAME_PREFIX,
+    BuiltinDataset,
+    RawData,
+    list_builtin,
+    load_source,
+)
+from danlu.data._split import RecipeDataError, kfold_indices, split_indices, time_split_indices
 from danlu.data._stream import TrainStream, prepare_stream
 from danlu.data._target import TARGET_KINDS, TaskLike, TaskRef, label_set, resolve_task
 from danlu.data._values import to_plain
 
 __all__ = [
+    "DATAFRAME_PREFIX",
     "PSI_MAJOR",
     "PSI_MODERATE",
     "TARGET_KINDS",
@@ -58,6 +65,7 @@ __all__ = [
     "Mix",
     "check_augment",
     "cv_splits",
+    "row_accounting",
     "drift_reference",
     "drift_status",
     "check_data",
@@ -69,6 +77,8 @@ __all__ = [
     "infer_task",
     "inspect_data",
     "kfold_indices",
+    "time_split_indices",
+    "RecipeDataError",
     "label_set",
     "list_builtin",
     "load_source",

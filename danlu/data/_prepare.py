@@ -54,7 +54,7 @@ from danlu.data._values import numeric_values, preview
 from danlu.errors import DataError
 from danlu.logging import get_logger
 
-__all__ = ["SplitRows", "dropped_rows", "outlier_rows", "prepare_data", "split_rows"]
+__all__ = ["SplitRows", "outlier_rows", "prepare_data", "row_accounting", "split_rows"]
 
 logger = get_logger(__name__)
 
@@ -341,20 +341,31 @@ def _time_order(column: pd.Series, name: str) -> np.ndarray:
     return parsed.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
 
 
-def dropped_rows(report: dict[str, Any]) -> dict[str, int]:
-    """Rows each cleaning step dropped, from a data report (:func:`prepare_data`'s ``report``).
+def row_accounting(report: dict[str, Any]) -> dict[str, Any]:
+    """Where every loaded row went, from a data report (:func:`prepare_data`'s ``report``).
 
-    Keys: ``missing_target``, ``missing_values``, ``duplicates``, ``outliers`` (training rows).
+    ``loaded`` rows; ``dropped`` per step (``missing_target``, ``missing_values``, ``duplicates``,
+    ``outliers``: training rows only); ``used`` per split; ``copies_kept_together``: rows that
+    repeat another row's features and were kept in its split. ``loaded`` equals the dropped
+    plus the used rows.
 
     Example:
-        >>> dropped_rows({"duplicates_dropped": 3, "missing_dropped": 1})["duplicates"]
-        3
+        >>> from danlu.config import DataConfig
+        >>> rows = row_accounting(prepare_data(DataConfig(source="builtin:iris"),
+        ...                                    "classification").report)
+        >>> rows["loaded"], sum(rows["dropped"].values()), sum(rows["used"].values())
+        (150, 0, 150)
     """
     return {
-        "missing_target": int(report.get("target_dropped", 0)),
-        "missing_values": int(report.get("missing_dropped", 0)),
-        "duplicates": int(report.get("duplicates_dropped", 0)),
-        "outliers": int(report.get("outliers_removed", 0)),
+        "loaded": int(report.get("rows_loaded", 0)),
+        "dropped": {
+            "missing_target": int(report.get("target_dropped", 0)),
+            "missing_values": int(report.get("missing_dropped", 0)),
+            "duplicates": int(report.get("duplicates_dropped", 0)),
+            "outliers": int(report.get("outliers_removed", 0)),
+        },
+        "used": {k: int(v) for k, v in report.get("rows", {}).items()},
+        "copies_kept_together": int(report.get("copies_kept_together", 0)),
     }
 
 

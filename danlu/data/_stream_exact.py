@@ -29,16 +29,29 @@ def _check_supported(config: DataConfig) -> None:
     unsupported = []
     if prep.outliers is not None:
         unsupported.append("data.prepare.outliers (remove it)")
+    if prep.missing_target == "drop":
+        unsupported.append("data.prepare.missing_target: drop (fill the targets first)")
     if config.imbalance.method not in ("none", "class_weight"):
         unsupported.append(f"data.imbalance: {config.imbalance.method} (use class_weight, or none)")
+    split = config.split
+    if split.by == "time" or split.group is not None:
+        unsupported.append("data.split.by: time" if split.by == "time" else "data.split.group")
     if unsupported:
         raise DataError(
-            f"Streaming (data.stream) cannot use {'; '.join(unsupported)}: resampling and "
-            "outlier removal need every training row in memory. Remove data.stream to load "
-            "the data into memory instead."
+            f"Streaming (data.stream) cannot use {'; '.join(unsupported)}: resampling, "
+            "outlier removal and splits by time or group need every row in memory (a stream "
+            "splits rows by a hash of the row number). Remove data.stream to load the data "
+            "into memory instead."
         )
     if prep.dedupe:
-        logger.info("Streaming does not drop duplicate rows (data.prepare.dedupe needs every row).")
+        logger.warning(
+            "Streaming does not drop duplicate rows (data.prepare.dedupe needs every row in "
+            "memory); no row is dropped as a duplicate."
+        )
+    logger.info(
+        "Streaming splits rows by a hash of the row number: copies of a row may land in "
+        "different splits (the in-memory path keeps them together)."
+    )
     if config.split.stratify:
         logger.info("Streaming splits rows by a hash of the row number; it cannot stratify.")
     if config.checks is not None:

@@ -204,20 +204,33 @@ def make_context(
     return Context(recipe, recipe_to_dict(recipe), options, store, **settings)
 
 
+def prepare_recipe_data(recipe: Recipe, task: Any, frame: Any = None) -> PreparedData:
+    """``prepare_data`` of the recipe's ``data`` block (rows from ``frame`` when given); a data
+    error that one recipe key fixes (a split column not in the data) names the key's line."""
+    from danlu.data import RecipeDataError, prepare_data
+
+    try:
+        return prepare_data(recipe.data, task, frame=frame)
+    except RecipeDataError as exc:
+        issue = ConfigIssue(exc.loc, exc.problem, exc.found, exc.fix)
+        raise_issues([issue], recipe._source)
+        raise
+
+
 def prepare_stage(ctx: Context) -> Context:
     """Prepare the data (unless given), build the task and the untrained model.
 
     Runs before the run exists, so bad data or a model that does not fit the data leaves no
     run behind; its artifacts (preprocessing, data report and quality) wait for the run.
     """
-    from danlu.data import prepare_data, quality_html
+    from danlu.data import quality_html
     from danlu.models import MODELS
     from danlu.tasks import get_task
     from danlu.train._loop import seed_everything
 
     recipe = ctx.recipe
     task = get_task(recipe.task)
-    data = ctx.data if ctx.data is not None else prepare_data(recipe.data, task)
+    data = ctx.data if ctx.data is not None else prepare_recipe_data(recipe, task)
     ctx.data, ctx.task = data, task
     seed_everything(recipe.train.seed)  # model initialisation depends on it
     ctx.model = MODELS.get(recipe.model.type).builder(ctx.options, data.schema, ctx.task)
@@ -235,6 +248,7 @@ def train_stage(ctx: Context) -> Context:
 
     A model a library fits (``gbdt``) trains through :class:`~danlu.train.BoostingTrainer`;
     ``model: {type: auto}`` trains each candidate and keeps the best (``_auto.py``)."""
+    from danlu.data import row_accounting
     from danlu.train._boost import BoostingTrainer, is_boosted
     from danlu.train._checkpoint import load_checkpoint
     from danlu.train._energy import EnergyMeter, EnergyReading
@@ -292,6 +306,8 @@ def train_stage(ctx: Context) -> Context:
     tracker.log_metrics(
         {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch}, step=trainer.epoch
     )
+    rows = row_accounting(data.report)
+    tracker.log_metrics(_row_metrics(rows), step=trainer.epoch)
     if getattr(trainer, "native", None):  # trees read out of a library, checked against it
         ctx.log_artifact("trees.json", json.dumps(trainer.native, indent=1))
     if getattr(trainer, "selection", None):  # auto: every candidate's figures
@@ -309,6 +325,7 @@ def train_stage(ctx: Context) -> Context:
         "history": trainer.history_,
         "data_fingerprint": data.raw_fingerprint,
         "prepared_fingerprint": data.fingerprint,
+        "rows": rows,
     }
     ctx.log_artifact("summary.json", json.dumps(summary, indent=1))
     if checkpoint.exists():
@@ -317,7 +334,16 @@ def train_stage(ctx: Context) -> Context:
 
 
 _SUMMARY_KEYS = {"run_id", "recipe", "task", "test", "best_epoch", "epochs_run", "final"}
-_SUMMARY_KEYS |= {"history", "data_fingerprint", "prepared_fingerprint"}
+_SUMMARY_KEYS |= {"history", "data_fingerprint", "prepared_fingerprint", "rows"}
+
+
+def _row_metrics(rows: dict[str, Any]) -> dict[str, float]:
+    """The row accounting as run metrics: ``rows_loaded``, ``rows_dropped_<step>``,
+    ``rows_<split>`` (so ``danlu runs`` can show and compare them)."""
+    metrics = {"rows_loaded": float(rows["loaded"])}
+    metrics.update({f"rows_dropped_{k}": float(v) for k, v in rows["dropped"].items()})
+    metrics.update({f"rows_{k}": float(v) for k, v in rows["used"].items()})
+    return metrics
 
 
 def reload_trained(ctx: Context) -> Context:
