@@ -78,7 +78,9 @@ class GBDTSpec(ModelSpec):
         31, description="Leaves per tree at most."
     )
     min_child_samples: Annotated[int, Field(ge=1)] = Field(
-        20, description="Training rows per leaf at least (XGBoost: min_child_weight)."
+        20,
+        description="Training rows per leaf at least (XGBoost: min_child_weight, a hessian sum: "
+        "this many rows for regression, a quarter of it for classification).",
     )
     l2: Annotated[float, Field(ge=0.0)] = Field(0.0, description="L2 penalty on leaf values.")
     subsample: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
@@ -426,7 +428,9 @@ def _xgboost_trees(booster: Any, per_round: int, positive: int) -> list[Tree]:
     for i, tree in enumerate(model["trees"]):
         left = np.asarray(tree["left_children"], dtype=np.int64)
         leaf = left < 0
-        conditions = np.asarray(tree["split_conditions"], dtype=np.float64)
+        # XGBoost keeps its thresholds in float32 and compares float32 inputs with them; the
+        # JSON's decimals are only close to those floats
+        conditions = np.asarray(tree["split_conditions"], dtype=np.float32).astype(np.float64)
         group = int(model["tree_info"][i]) if per_round > 1 else positive
         trees.append(
             Tree(
@@ -468,7 +472,8 @@ def _fit_xgboost(
         "max_depth": spec.max_depth or 0,
         "max_leaves": spec.num_leaves,
         "grow_policy": "lossguide",
-        "min_child_weight": spec.min_child_samples,
+        # a hessian sum: one per row for squared error, p(1 - p) ≤ 1/4 per row for log-loss
+        "min_child_weight": spec.min_child_samples * (0.25 if classes else 1.0),
         "lambda": spec.l2,
         "subsample": spec.subsample,
         "colsample_bytree": spec.colsample,

@@ -259,6 +259,8 @@ def _refit(
         best.get("best_epoch") or best.get("epochs") or recipe.train.epochs
     )
     data["train"]["early_stopping"] = None
+    if data["model"].get("type") == "gbdt":  # its epochs are boosting rounds
+        data["model"]["n_estimators"] = data["train"]["epochs"]
     if data["train"]["scheduler"]["name"] == "plateau":  # it watched the validation loss
         data["train"]["scheduler"]["name"] = "none"
     return run_training(
