@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 ISO = "ISO8601"
+_SAMPLE = 200  # distinct values a format is chosen on
 DATE_PARTS = ("year", "month", "day", "weekday", "yearday")
 TIME_PARTS = ("hour", "minute")
 ELAPSED = "days"  # days since the earliest training date
@@ -51,23 +52,28 @@ def guess_date_format(values: Sequence[str]) -> str | None:
     None when the first of them does not look like a date.
 
     Example:
-        >>> guess_date_format(["2024-05-01"]), guess_date_format(["13/02/2024"]),
-        ... guess_date_format(["2015"])
-        ('ISO8601', '%d/%m/%Y', None)
+        >>> [guess_date_format([v]) for v in ("2024-05-01", "13/02/2024", "2015")]
+        ['ISO8601', '%d/%m/%Y', None]
     """
     from pandas.tseries.api import guess_datetime_format
 
-    for value in values:
-        text = str(value).strip()
-        if not _DATE_LIKE.search(text) or len(text) > 40:
-            return None
-        with warnings.catch_warnings():  # "Parsing dates in %d/%m/%Y format when dayfirst=False"
-            warnings.simplefilter("ignore")
-            fmt = guess_datetime_format(text) or guess_datetime_format(text, dayfirst=True)
-        if fmt is None:
-            return None
-        return ISO if fmt.startswith("%Y-%m-%d") else fmt
-    return None
+    texts = [str(v).strip() for v in list(values)[:_SAMPLE]]
+    if not texts or not _DATE_LIKE.search(texts[0]) or len(texts[0]) > 40:
+        return None
+    with warnings.catch_warnings():  # "Parsing dates in %d/%m/%Y format when dayfirst=False"
+        warnings.simplefilter("ignore")
+        guesses = {guess_datetime_format(texts[0], dayfirst=first) for first in (False, True)}
+    candidates = sorted(ISO if g.startswith("%Y-%m-%d") else g for g in guesses if g)
+    if len(candidates) < 2:
+        return candidates[0] if candidates else None
+    # 01/02/2024 reads either way: the format that reads most of the sample wins; on a tie ISO
+    # 8601, else month first (pandas' default)
+    return min(candidates, key=lambda fmt: (int(parse_dates(texts, fmt)[1].sum()), _rank(fmt)))
+
+
+def _rank(fmt: str) -> tuple[bool, bool]:
+    """Tie-break between formats: ISO 8601 first, then month before day."""
+    return fmt != ISO, 0 <= fmt.find("%d") < fmt.find("%m")
 
 
 def column_format(column: pd.Series) -> str:
@@ -78,7 +84,7 @@ def column_format(column: pd.Series) -> str:
     present = column.dropna()
     if present.empty:
         return ISO
-    return guess_date_format(present.iloc[:1].astype(str)) or "mixed"
+    return guess_date_format(present.astype(str).unique()[:_SAMPLE]) or "mixed"
 
 
 def parse_dates(values: pd.Series | Sequence[Any], fmt: str = ISO) -> tuple[np.ndarray, np.ndarray]:

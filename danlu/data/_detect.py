@@ -114,7 +114,7 @@ def _dirty_numeric(name: str, column: pd.Series, uniques: pd.Series, counts: np.
 
 
 def _dates(name: str, column: pd.Series, uniques: pd.Series, counts: np.ndarray) -> Any:
-    fmt = guess_date_format(uniques.iloc[:1].astype(str))
+    fmt = guess_date_format(uniques.astype(str).tolist())
     if fmt is None:
         return None
     _, bad_unique = parse_dates(uniques.astype(str), fmt)

@@ -40,7 +40,7 @@ from danlu.data._imbalance import imbalance_class_weight, resample_training
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
 from danlu.data._quality import quality_report
-from danlu.data._schema import FeatureSchema, infer_kinds, infer_schema
+from danlu.data._schema import FeatureSchema, infer_kinds, infer_schema, missing_rows
 from danlu.data._sources import RawData, load_source
 from danlu.data._split import (
     RecipeDataError,
@@ -244,7 +244,7 @@ def _split_rows(raw: RawData, config: DataConfig, task: TaskRef) -> SplitRows:
     # Both drops happen before the split; dedupe only when asked (copies are kept together).
     missing_dropped = duplicates_dropped = 0
     if prep.missing == "drop":
-        mask = frame[features].isna().any(axis=1).to_numpy()
+        mask = missing_rows(frame, features, kinds)  # junk read as missing (errors: nan) too
         frame, missing_dropped = _drop(frame, mask, "a feature value is missing (missing: drop)")
     if prep.dedupe:
         mask = frame.duplicated(subset=[*features, target]).to_numpy()

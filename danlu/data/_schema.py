@@ -11,9 +11,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from danlu.data._datetime import DATE_PARTS, ELAPSED, column_format, datetime_seconds
+from danlu.data._datetime import (
+    DATE_PARTS,
+    ELAPSED,
+    column_format,
+    datetime_seconds,
+    parse_dates,
+)
 from danlu.data._detect import ColumnKind, detect_kind, read_errors
 from danlu.data._target import (
     TARGET_KINDS,
@@ -21,7 +28,7 @@ from danlu.data._target import (
     resolve_task,
     target_codec,
 )
-from danlu.data._values import numeric_values, preview, to_plain
+from danlu.data._values import coerce_numbers, numeric_values, preview, to_plain
 from danlu.errors import DataError
 from danlu.logging import get_logger
 from danlu.registry import did_you_mean
@@ -298,6 +305,29 @@ def _check_forced(column: pd.Series, kind: str) -> None:
         numeric_values(column)
     elif kind == "datetime" and not pd.api.types.is_datetime64_any_dtype(column.dtype):
         datetime_seconds(column, column_format(column))
+
+
+def missing_rows(frame: pd.DataFrame, features: Sequence[str], kinds: Mapping[str, str]) -> Any:
+    """Rows with a missing feature value (what ``missing: drop`` drops), counting a value
+    that a kind read with ``errors: nan`` turns into a missing one.
+
+    Example:
+        >>> df = pd.DataFrame({"x": ["1", "?", "3"], "c": ["a", None, "b"]})
+        >>> missing_rows(df, ["x"], {"x": ColumnKind("numeric", errors="nan")}).tolist()
+        [False, True, False]
+    """
+    mask = np.array(frame[list(features)].isna().any(axis=1), dtype=bool)
+    for name in features:
+        kind = kinds.get(name, "")
+        if read_errors(kind) == "nan" and not pd.api.types.is_numeric_dtype(frame[name].dtype):
+            column = frame[name]
+            bad = (
+                coerce_numbers(column)[1]
+                if kind == "numeric"
+                else parse_dates(column, column_format(column))[1]
+            )
+            mask |= bad
+    return mask
 
 
 def check_overrides(
