@@ -33,6 +33,7 @@ from danlu.cli._export import export_command
 from danlu.cli._keys import keys_app
 from danlu.cli._models import models_app
 from danlu.cli._options import QuietOption, SetOption, registered_line
+from danlu.cli._predict import predict_command
 from danlu.cli._runs import runs_app
 from danlu.cli._serve import serve_command
 from danlu.cli._tune import studies_app, tune_command
@@ -170,6 +171,7 @@ app.command("tune")(tune_command)
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
 app.command("export")(export_command)
+app.command("predict")(predict_command)
 app.command("serve")(serve_command)
 
 
