@@ -358,6 +358,7 @@ def compare_runs(
         if values:
             target = (min if lower_is_better(key) else max)(values.values())
             best[key] = [i for i, v in values.items() if v == target]
+    warnings = different_test_sets(runs)
     if as_json:
         print_json(
             {
@@ -365,9 +366,12 @@ def compare_runs(
                 "params": {k: {r.id: r.params.get(k) for r in runs} for k in param_keys},
                 "metrics": {k: {r.id: r.metrics.get(k) for r in runs} for k in metric_keys},
                 "best": best,
+                "warnings": warnings,
             }
         )
         return
+    for warning in warnings:
+        err.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
     headers = [Column(r.id, overflow="fold") for r in runs]
     params = Table("param", *headers, title="params" + ("" if all_params else " that differ"))
     params.title_justify = "left"
@@ -396,6 +400,62 @@ def compare_runs(
         )
     if metric_keys:
         print_table(metrics)
+
+
+# params that decide which rows a run is tested on (beside the data itself)
+_ROW_PARAMS = (
+    "data.split.",
+    "data.prepare.dedupe",
+    "data.prepare.missing",
+    "data.prepare.outliers",
+)
+
+
+def _groups(keys: dict[str, Any]) -> str:
+    """Run ids sharing a key, e.g. ``A = B; C``."""
+    by_key: dict[str, list[str]] = {}
+    for run_id, key in keys.items():
+        by_key.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(run_id)
+    return "; ".join(" = ".join(ids) for ids in by_key.values())
+
+
+def different_test_sets(runs: Sequence[Run]) -> list[str]:
+    """Warnings when the runs' test metrics come from different test rows.
+
+    Every training run records ``test_fingerprint`` (a hash of its raw test rows and of the
+    data's fingerprint); runs made before it existed are compared by data fingerprint and the
+    params that decide the rows (split, dedupe, missing values, outliers) instead, and the
+    warning says so.
+    """
+    tested = [r for r in runs if any(k.startswith("test_") for k in r.metrics)]
+    if len(tested) < 2:
+        return []
+    fingerprints = {r.id: r.tags.get("test_fingerprint") for r in tested}
+    if all(fingerprints.values()):
+        if len(set(fingerprints.values())) == 1:
+            return []
+        return [
+            f"These runs were tested on different rows (same test set: {_groups(fingerprints)}), "
+            "so their test metrics are not comparable. Compare runs made from the same data "
+            "and split."
+        ]
+    rows = {
+        r.id: [r.data_fingerprint]
+        + [(k, v) for k, v in sorted(r.params.items()) if k.startswith(_ROW_PARAMS)]
+        for r in tested
+    }
+    older = ", ".join(i for i, fp in fingerprints.items() if not fp)
+    if len({json.dumps(v, default=str) for v in rows.values()}) == 1:
+        return [
+            f"Run {older} recorded no test-set fingerprint (made by an older danlu); the data "
+            "fingerprint and split settings of the runs match, so they were probably tested on "
+            "the same rows."
+        ]
+    return [
+        f"Run {older} recorded no test-set fingerprint (made by an older danlu), and the runs' "
+        f"data fingerprint or split settings differ (alike: {_groups(rows)}): they were "
+        "probably tested on different rows, so their test metrics may not be comparable."
+    ]
 
 
 @runs_app.command("rm")

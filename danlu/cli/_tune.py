@@ -140,8 +140,9 @@ def tune_command(
 def _tune(
     path: Path, overrides: list[str], jobs: int, study: str | None, *, quiet: bool, as_json: bool
 ) -> None:
+    from danlu.cli._evaluate import SectionProgress
     from danlu.config import load_recipe
-    from danlu.tune import tune
+    from danlu.pipeline import tune
 
     show = not quiet and not as_json
     with open_store() as store:
@@ -169,6 +170,7 @@ def _tune(
 
                         callbacks.append(PlainProgress(err))
                 progress.start(before or 0)
+        sections = SectionProgress(not show)  # the winner's trust report, section by section
         try:
             result = tune(
                 path,
@@ -178,10 +180,12 @@ def _tune(
                 store=store,
                 callbacks=callbacks,
                 on_trial=progress,
+                on_section=sections,
             )
         except KeyboardInterrupt:
             if progress is not None:
                 progress.stop()
+            sections.close()
             err.print(
                 "[yellow]Interrupted.[/] Run the same command again to resume the study: "
                 "finished trials are kept, the interrupted one runs again."
@@ -190,6 +194,7 @@ def _tune(
         finally:
             if progress is not None:
                 progress.stop()
+            sections.close()
         previous = None
         if result.registered is None and result.best_trial is not None:
             previous = store.get_run(result.run_id).tags.get("registered")
@@ -213,6 +218,8 @@ def _result_dict(result: TuneResult) -> dict[str, Any]:
         "epochs_spent": result.epochs_spent,
         "refit_run_id": result.refit_run_id,
         "registered": result.registered.ref if result.registered else None,
+        "report": result.report.summary if result.report is not None else None,
+        "report_run_id": result.report_run_id,
     }
 
 
@@ -251,6 +258,14 @@ def _print_result(result: TuneResult, previous: str | None) -> None:
     )
     if result.refit_run_id is not None:
         out.print(Text(f"refit on train + validation: run {result.refit_run_id}"), soft_wrap=True)
+    if result.report is not None:
+        from danlu.cli._evaluate import print_summary
+
+        print_summary(result.report.summary, result.report.flags, title="Trust report: ")
+        out.print(
+            Text(f"report: danlu report {result.report_run_id} (stored with that run)"),
+            soft_wrap=True,
+        )
     if result.registered is not None:
         mv = result.registered
         out.print(Text(registered_line(mv)), soft_wrap=True)

@@ -17,7 +17,7 @@ from danlu.train._run import (
     make_context,
     run_training,
 )
-from danlu.train._runner import Context, Runner, Stage, StageRecord
+from danlu.train._runner import Context, Runner, Stage, StageRecord, check_device, run_of
 
 __all__ = [
     "PREPARE",
@@ -36,11 +36,13 @@ __all__ = [
     "StageRecord",
     "Trainer",
     "build_optimizer",
+    "check_device",
     "check_recipe",
     "class_weights",
     "load_checkpoint",
     "make_context",
     "resolve_device",
+    "run_of",
     "run_training",
     "save_checkpoint",
     "seed_everything",

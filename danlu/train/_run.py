@@ -303,6 +303,8 @@ def train_stage(ctx: Context) -> Context:
     ctx.details = {k: v for k, v in all_metrics.items() if not isinstance(v, float)}
     ctx.model, ctx.history, ctx.best_epoch = trainer.model, trainer.history_, trainer.best_epoch
     tracker.log_metrics({f"test_{k}": v for k, v in ctx.metrics.items()}, step=trainer.epoch)
+    if (tested_on := tested_rows_fingerprint(data)) is not None:  # runs compare: same test rows?
+        ctx.store.set_tags(tracker.run_id, {"test_fingerprint": tested_on})
     tracker.log_metrics(
         {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch}, step=trainer.epoch
     )
@@ -406,6 +408,30 @@ def _save_outputs(ctx: Context) -> None:
 
         reference = drift_reference(data.x_train, data.schema)
         ctx.log_artifact("drift_reference.json", json.dumps(reference))
+
+
+def tested_rows_fingerprint(data: PreparedData) -> str | None:
+    """sha256 of the rows a run is tested on: the data's fingerprint and the raw test rows
+    (every column, in order), so runs whose test metrics are comparable share it whatever their
+    preprocessing. None when the test rows are not in memory (``data.stream``) or there are none.
+    """
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+
+    if data.stream is not None or not len(data.y_test):
+        return None
+    digest = hashlib.sha256(f"{data.raw_fingerprint}:{len(data.y_test)}".encode())
+    frame = data.test_frame
+    try:
+        if len(frame) != len(data.y_test):
+            raise TypeError("the raw test rows are not kept")
+        digest.update("\0".join(map(str, frame.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    except TypeError:  # cells that do not hash (lists, arrays): the prepared test inputs
+        digest.update(np.ascontiguousarray(data.x_test).tobytes())
+    return digest.hexdigest()
 
 
 def run_training(

@@ -49,12 +49,13 @@ if TYPE_CHECKING:
     from danlu.train._callbacks import Callback
     from danlu.train._energy import EnergyReading
 
-__all__ = ["Context", "Runner", "Stage", "StageRecord"]
+__all__ = ["Context", "Runner", "Stage", "StageRecord", "check_device", "run_of"]
 
 log = get_logger(__name__)
 
 STAGES_FILE = "stages.json"
-_RESUMABLE_KEYS = {"train.epochs"}  # keys a resumed run may change
+# what a resumed run may change: more epochs, and the report (made after training, again on resume)
+_RESUMABLE_KEYS = ("train.epochs", "evaluate")
 
 Phase = Literal["before_run", "in_run", "after_run"]
 
@@ -160,6 +161,7 @@ class Runner:
 
     def run(self, ctx: Context) -> Context:
         stages = [s for s in self.plan if s.when is None or s.when(ctx.recipe)]
+        check_device(ctx.recipe)  # a recipe this machine cannot run leaves no run behind
         done = _finished_before(ctx)  # also checks a resumed run's recipe
         for stage in stages:
             if stage.phase == "before_run":
@@ -185,6 +187,7 @@ class Runner:
                 tracker.set_status("finished")
         except BaseException as exc:
             tracker.set_status(_status_of(exc), error=_error_of(exc))
+            _name_run(exc, tracker.run_id)
             raise
         return ctx
 
@@ -224,6 +227,50 @@ class Runner:
         return ctx
 
 
+def check_device(recipe: Recipe) -> None:
+    """Refuse ``train.device: cuda`` on a machine without a visible GPU, naming the key.
+
+    The runner checks it before the run opens, so the refusal leaves nothing in the store.
+    """
+    if recipe.train.device != "cuda":
+        return  # cpu and auto run anywhere (and need no torch import here)
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    from danlu.config import ConfigIssue, raise_issues
+
+    issue = ConfigIssue(
+        ("train", "device"),
+        "no CUDA device is visible on this machine",
+        "cuda",
+        "Use device: auto (the GPU when there is one, else the CPU) or cpu, or run on a "
+        "machine with a GPU (check CUDA_VISIBLE_DEVICES and the driver: nvidia-smi).",
+    )
+    raise_issues([issue], recipe._source)
+
+
+def _name_run(exc: BaseException, run_id: str) -> None:
+    """Note on a failure which run it left behind (the outermost runner's run wins: a fold or
+    a trial runs inside it), so the CLI can say what to resume."""
+    try:
+        exc.danlu_run_id = run_id  # type: ignore[attr-defined]
+    except AttributeError:  # an exception type that takes no attributes: nothing to say
+        pass
+
+
+def run_of(exc: BaseException) -> str | None:
+    """The run a failure or Ctrl-C left in the store (``failed`` or ``interrupted``, resumable
+    with ``danlu run RECIPE --resume RUN_ID``); None when it came before the run opened.
+
+    Example:
+        >>> # try: danlu.run("r.yaml")
+        >>> # except KeyboardInterrupt as exc: print(run_of(exc))
+    """
+    run_id = getattr(exc, "danlu_run_id", None)
+    return run_id if isinstance(run_id, str) else None
+
+
 def _status_of(exc: BaseException) -> str:
     from danlu.train._callbacks import Pruned
 
@@ -242,12 +289,18 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     from danlu.store import flatten_params
 
     a, b = flatten_params(old), flatten_params(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_KEYS)
+    return sorted(
+        k
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k)
+        and not any(k == r or k.startswith(f"{r}.") for r in _RESUMABLE_KEYS)
+    )
 
 
 def _recipe_hash(resolved: Mapping[str, Any]) -> str:
-    """sha256 of the resolved recipe, ignoring keys that do not change the model (name, register)."""
-    relevant = {k: v for k, v in resolved.items() if k not in {"name", "register"}}
+    """sha256 of the resolved recipe, ignoring keys that do not change the model (name, evaluate,
+    register)."""
+    relevant = {k: v for k, v in resolved.items() if k not in {"name", "evaluate", "register"}}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
@@ -270,7 +323,7 @@ def _finished_before(ctx: Context) -> dict[str, StageRecord]:
     if changed:
         raise ConfigError(
             f"Cannot resume run {run_id}: the recipe differs from the one it was started with at "
-            f"{', '.join(changed)}. Only train.epochs may change on resume."
+            f"{', '.join(changed)}. Only train.epochs and the evaluate block may change on resume."
         )
     path = ctx.store.artifact_path(run_id, STAGES_FILE)
     if not path.is_file():

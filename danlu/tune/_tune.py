@@ -1,8 +1,11 @@
 """``danlu tune``: create or resume a study, run its workers, record and register the best.
 
 Every trial, and the refit, is a prepare → train run of the stage runner
-(:func:`danlu.train.run_training`); the winner is registered and exported to ONNX by
-:func:`danlu.export.register_model`, as ``danlu run`` registers its model.
+(:func:`danlu.train.run_training`); when the recipe has ``evaluate:``, the winner's run gets its
+trust report from ``danlu run``'s evaluate stage (``report_winner``, which
+:func:`danlu.pipeline.tune` passes: the pipeline sits above this layer); the winner is then
+registered and exported to ONNX by :func:`danlu.export.register_model`, as ``danlu run``
+registers its model, report included.
 
 The study's run (stage ``tune``) is the parent of every trial's run. ``jobs`` worker processes
 (spawned, so each has its own interpreter: training holds the GIL) share the study through the
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,15 +42,19 @@ from danlu.types import StrPath
 if TYPE_CHECKING:
     import optuna
 
+    from danlu.config import EvaluateConfig
     from danlu.store import ModelVersion, SqlStore, StoreTracker
     from danlu.train import Callback
+
+    # the winner's run id -> its trust report (stored with the run), given the evaluate block
+    ReportWinner = Callable[[SqlStore, str, EvaluateConfig], Any]
 
 __all__ = ["TuneResult", "join_study", "tune"]
 
 log = get_logger(__name__)
 
 # keys a resumed study may change: its budget, and what happens to the winner
-_RESUMABLE = ("tune.trials", "tune.timeout", "tune.refit", "register.")
+_RESUMABLE = ("tune.trials", "tune.timeout", "tune.refit", "register", "evaluate")
 
 
 @dataclass
@@ -67,6 +74,8 @@ class TuneResult:
     summary: dict[str, Any] = field(default_factory=dict)
     refit_run_id: str | None = None
     registered: ModelVersion | None = None
+    report: Any = None  # the winner's trust report (danlu.evaluate.Report), made this session
+    report_run_id: str | None = None  # the run that holds it (the best trial's, or the refit's)
 
 
 def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -74,7 +83,9 @@ def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return sorted(
         k
         for k in set(a) | set(b)
-        if a.get(k) != b.get(k) and not k.startswith(_RESUMABLE) and k != "name"
+        if a.get(k) != b.get(k)
+        and not any(k == r or k.startswith(f"{r}.") for r in _RESUMABLE)
+        and k != "name"
     )
 
 
@@ -126,7 +137,7 @@ def _open_study(
         if changed:
             raise ConfigError(
                 f"Study '{name}' was started with a different recipe (it differs at {', '.join(changed[:8])}). "
-                f"Run it with the recipe it started with (only tune.trials, tune.timeout, tune.refit and register may change), "
+                f"Run it with the recipe it started with (only tune.trials, tune.timeout, tune.refit, evaluate and register may change), "
                 f"or start a new study: --study NEW_NAME or tune.study in the recipe."
             )
         study.set_user_attr(RECIPE_ATTR, json.dumps(resolved))  # a new budget reaches every worker
@@ -280,6 +291,7 @@ def _finish(
     store: SqlStore,
     tracker: StoreTracker,
     callbacks: Sequence[Callback],
+    report_winner: ReportWinner | None,
 ) -> TuneResult:
     from danlu.export import register_model
     from danlu.tune._plots import study_plots
@@ -304,17 +316,29 @@ def _finish(
         tracker.log_artifact(file, data)
     tracker.flush()
 
-    refit_id, registered = None, None
+    refit_id, registered, report, reported = None, None, None, None
     if best is not None:
         store.set_tags(run_id, {"best_trial": str(best["number"]), "best_run": str(best["run_id"])})
         source = str(best["run_id"])
         if recipe.tune is not None and recipe.tune.refit:
             refit = _refit(recipe, {**best, "study": study.study_name}, store, run_id, callbacks)
             refit_id = source = refit.run_id
-        # a resumed study with the same winner (and no refit) registers nothing new
-        new_winner = refit_id is not None or (
-            store.get_run(run_id).tags.get("registered_trial") != str(best["number"])
-        )
+        # a resumed study with the same winner (and no refit) reports and registers nothing new
+        tags = store.get_run(run_id).tags
+        winner = str(best["number"])
+        if recipe.evaluate is not None and report_winner is None:
+            log.warning(
+                "the winner of study %s gets no trust report: danlu.pipeline.tune (danlu tune) "
+                "makes it",
+                study.study_name,
+            )
+        elif recipe.evaluate is not None and (
+            refit_id is not None or tags.get("reported") != winner
+        ):
+            report = report_winner(store, source, recipe.evaluate)
+            reported = source
+            store.set_tags(run_id, {"reported": winner, "report_run": source})
+        new_winner = refit_id is not None or tags.get("registered_trial") != winner
         if recipe.register is not None and new_winner:
             registered = register_model(store, source, recipe.register.name, recipe.register.alias)
             store.set_tags(
@@ -337,6 +361,8 @@ def _finish(
         summary=summary,
         refit_run_id=refit_id,
         registered=registered,
+        report=report,
+        report_run_id=reported,
     )
 
 
@@ -350,6 +376,7 @@ def tune(
     store: SqlStore | None = None,
     callbacks: Sequence[Callback] = (),
     on_trial: TrialCallback | None = None,
+    report_winner: ReportWinner | None = None,
 ) -> TuneResult:
     """Search the recipe's ``tune:`` space with Optuna; record every trial; register the best.
 
@@ -359,6 +386,9 @@ def tune(
             study of that name is resumed.
         callbacks: extra engine callbacks for each trial run in this process (jobs=1).
         on_trial: called with the study and every trial as it finishes.
+        report_winner: makes the winner's trust report when the recipe has ``evaluate:``
+            (called with the store, the winner's run id and the evaluate block, before
+            registering); :func:`danlu.pipeline.tune` passes ``danlu run``'s evaluate stage.
 
     Example:
         >>> from danlu.tune import tune
@@ -385,7 +415,9 @@ def tune(
         with quiet_optuna():
             storage = open_storage(store)
             try:
-                return _tune_study(recipe, name, store, storage, jobs, callbacks, on_trial)
+                return _tune_study(
+                    recipe, name, store, storage, jobs, callbacks, on_trial, report_winner
+                )
             finally:
                 close_storage(storage)
     finally:
@@ -401,6 +433,7 @@ def _tune_study(
     jobs: int,
     callbacks: Sequence[Callback],
     on_trial: TrialCallback | None,
+    report_winner: ReportWinner | None,
 ) -> TuneResult:
     from danlu.store import StoreTracker
 
@@ -417,7 +450,7 @@ def _tune_study(
             work(name, store, deadline=deadline, callbacks=callbacks, on_trial=on_trial)
         else:
             _run_pool(name, store, optuna_study, jobs, deadline, on_trial)
-        result = _finish(recipe, optuna_study, store, tracker, callbacks)
+        result = _finish(recipe, optuna_study, store, tracker, callbacks, report_winner)
     except KeyboardInterrupt:
         tracker.set_status("interrupted", error="interrupted by the user")
         raise

@@ -90,3 +90,107 @@ def test_schema_and_datasets(tmp_path):
 def test_help(tmp_path, argv):
     out = danlu(*argv, home=tmp_path)
     assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_ctrl_c_names_the_run_to_resume_and_the_run_resumes(tmp_path):
+    """SIGINT to a real `danlu run`: exit 130, the message names the run id in a command that
+    resumes it (with the same --set), and that command continues the run from its checkpoint."""
+    import signal
+    import time
+
+    from danlu.store import SqlStore
+
+    recipe = tmp_path / "wine.yaml"
+    recipe.write_text((EXAMPLES / "wine_mlp.yaml").read_text())
+    home = tmp_path / "home"
+    env = {**os.environ, "DANLU_HOME": str(home), "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
+    sets = ("--set", "train.epochs=5000", "--set", "train.batch_size=8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "danlu", "run", str(recipe), *sets],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run_id, deadline = None, time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # interrupt once 2 epochs are in
+        if (home / "danlu.db").exists():
+            store = SqlStore(home=home)
+            found = store.search_runs()
+            if found and len(store.metric_history(found[0].id, "train_loss")) >= 2:
+                run_id = found[0].id
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert run_id is not None, "the run never logged 2 epochs"
+    assert proc.returncode == 130, stderr
+    assert f"Run {run_id} is kept (status interrupted)" in stderr
+    command = (
+        f"danlu run {recipe} --set train.epochs=5000 --set train.batch_size=8 --resume {run_id}"
+    )
+    assert command in stderr and "Traceback" not in stderr
+    store = SqlStore(home=home)
+    assert store.get_run(run_id).status == "interrupted"
+    done = len(store.metric_history(run_id, "train_loss"))
+
+    # the printed command, with fewer epochs: it continues the same run to its end
+    args = command.split()[1:] + ["--set", f"train.epochs={done + 2}", "--json"]
+    resumed = danlu(*args, home=home)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["run_id"] == run_id
+    assert store.get_run(run_id).status == "finished"
+    steps = [p.step for p in store.metric_history(run_id, "train_loss")]
+    assert steps == list(range(1, done + 3))
+
+
+def test_a_recipe_asking_for_a_missing_gpu_is_refused_before_any_run(tmp_path):
+    """train.device: cuda without a GPU is a recipe error naming the key and its line, found
+    by `danlu validate` and by `danlu run` before the run opens: nothing is left in the store."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    recipe = tmp_path / "gpu.yaml"
+    recipe.write_text((EXAMPLES / "wine_mlp.yaml").read_text() + "\n")
+    text = recipe.read_text()
+    assert "train:\n" in text
+    recipe.write_text(text.replace("train:\n", "train:\n  device: cuda\n", 1))
+    line = recipe.read_text().splitlines().index("  device: cuda") + 1
+    for command in ("validate", "run"):
+        out = danlu(command, str(recipe), home=tmp_path / "home")
+        assert out.returncode == 2, out.stderr
+        assert f"{recipe}:{line}: train.device: no CUDA device is visible" in out.stderr
+        assert "device: auto" in out.stderr and "Traceback" not in out.stderr
+    listed = danlu("runs", "ls", "--json", home=tmp_path / "home")
+    assert json.loads(listed.stdout or "[]") == []
+
+
+def test_run_prints_where_the_rows_went_and_what_dedupe_dropped(tmp_path):
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        {"x": [float(i % 20) for i in range(40)], "target": [i % 2 for i in range(40)]}
+    )
+    rows.to_csv(tmp_path / "rows.csv", index=False)  # rows 20-39 repeat rows 0-19
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"name: copies\ndata:\n  source: {tmp_path / 'rows.csv'}\n  prepare: {{dedupe: true}}\n"
+        "task: classification\nmodel: {type: mlp, hidden: [4]}\ntrain: {epochs: 1}\n"
+    )
+    out = danlu("run", str(recipe), "--quiet", home=tmp_path / "home")
+    assert out.returncode == 0, out.stderr
+    assert "rows: 40 loaded" in out.stdout
+    assert "dropped 20 exact duplicates (data.prepare.dedupe)" in out.stdout
+
+
+def test_a_split_column_not_in_the_data_is_named_with_its_recipe_line(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "name: grouped\ndata:\n  source: builtin:wine\n  split:\n    group: cultivar\n"
+        "task: classification\nmodel: {type: mlp}\n"
+    )
+    out = danlu("run", str(recipe), home=tmp_path / "home")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{recipe}:5: data.split.group: column 'cultivar' is not in" in out.stderr
+    assert not (tmp_path / "home" / "artifacts").exists()  # nothing recorded

@@ -339,3 +339,42 @@ def test_csv_export_neutralises_formulas_but_keeps_numbers():
     assert row["metrics.test_delta"] == "-1.5"
     as_json = json.loads(danlu("runs", "export", "--format", "json").stdout)[0]
     assert as_json["name"] == '=HYPERLINK("http://x","y")'  # JSON keeps the data as it is
+
+
+def test_compare_warns_when_runs_were_tested_on_different_rows(tmp_path):
+    """Every run records a fingerprint of its test rows: runs with another split warn, runs that
+    differ only in training settings (or preprocessing) share it; runs without it (older ones)
+    are compared by data fingerprint and split settings, and the warning says so."""
+    import danlu as api
+
+    iris = {
+        "name": "iris",
+        "data": {"source": "builtin:iris", "split": {"seed": 0}},
+        "task": "classification",
+        "model": {"type": "mlp", "hidden": [4]},
+        "train": {"epochs": 1},
+    }
+    a = api.run(iris).run_id
+    b = api.run(iris, overrides=["train.optimizer.lr=0.01", "data.prepare.scale=minmax"]).run_id
+    c = api.run(iris, overrides=["data.split.seed=1"]).run_id
+    store = SqlStore()
+    assert len(store.get_run(a).tags["test_fingerprint"]) == 64
+    assert store.get_run(a).tags["test_fingerprint"] == store.get_run(b).tags["test_fingerprint"]
+    same = json.loads(danlu("runs", "compare", a, b, "--json").stdout)
+    assert same["warnings"] == []
+    differ = json.loads(danlu("runs", "compare", a, b, c, "--json").stdout)
+    [warning] = differ["warnings"]
+    assert "tested on different rows" in warning and f"{a} = {b}; {c}" in warning
+    table = danlu("runs", "compare", a, c)
+    assert table.code == 0 and "warning: These runs were tested on different rows" in table.stderr
+
+    older = []
+    for seed in (0, 0, 1):  # runs made before the fingerprint: no test_fingerprint tag
+        run = store.create_run(experiment="old", name="old", data_fingerprint="cd" * 32)
+        store.log_params(run.id, {"data.split.seed": seed, "data.split.test": 0.2})
+        store.log_metrics(run.id, [MetricPoint("test_accuracy", 0.9, step=1)])
+        older.append(run.id)
+    alike = json.loads(danlu("runs", "compare", *older[:2], "--json").stdout)["warnings"]
+    assert len(alike) == 1 and "no test-set fingerprint" in alike[0] and "match" in alike[0]
+    [mixed] = json.loads(danlu("runs", "compare", *older, "--json").stdout)["warnings"]
+    assert "split settings differ" in mixed and f"{older[0]} = {older[1]}; {older[2]}" in mixed
