@@ -205,9 +205,11 @@ def _shift(value: float, pvalue: float, ks: Any = None) -> dict[str, Any]:
         "ks": None if ks is None else num(ks.statistic, 4),
         "ks_pvalue": None if ks is None else num(ks.pvalue, 4),
         # a shift must be major (PSI) and more than the noise of the sample sizes (both tests)
-        "shifted": value >= PSI_MAJOR
-        and pvalue < SHIFT_PVALUE
-        and (ks is None or ks.pvalue < SHIFT_PVALUE),
+        "shifted": bool(
+            value >= PSI_MAJOR
+            and pvalue < SHIFT_PVALUE
+            and (ks is None or ks.pvalue < SHIFT_PVALUE)
+        ),  # a Python bool: the report is JSON
     }
 
 
