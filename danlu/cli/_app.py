@@ -121,9 +121,10 @@ def run(
         print_error(exc)
         err.print(
             Text(
-                f"Run {failed} is kept as failed (danlu runs show {failed}). To continue it from "
-                f"the stage that failed, with the same recipe: "
-                f"{_resume_command(recipe, set_)} {failed}; to delete it: danlu runs rm {failed}"
+                f"Run {failed} is kept as failed (danlu runs show {failed}). When the cause was "
+                "outside the recipe (memory, disk, a crash), continue it from the stage that "
+                f"failed with: {_resume_command(recipe, set_)} {failed}; else delete it: "
+                f"danlu runs rm {failed}"
             ),
             soft_wrap=True,
         )

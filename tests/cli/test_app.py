@@ -83,7 +83,12 @@ def test_schema_and_datasets(tmp_path):
     assert json.loads(schema.stdout)["title"] == "Recipe"
     listing = danlu("datasets", "--json", home=tmp_path)
     names = {d["name"] for d in json.loads(listing.stdout)}
-    assert names == {"digits", "breast_cancer", "wine", "iris", "diabetes", "yeast"}
+    assert names == {
+        "digits", "breast_cancer", "wine", "iris", "diabetes", "yeast", "penguins", "titanic",
+        "diamonds",
+    }  # fmt: skip
+    targets = {d["name"]: d["target"] for d in json.loads(listing.stdout)}
+    assert targets["penguins"] == "species" and targets["diamonds"] == "price"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
@@ -194,3 +199,21 @@ def test_a_split_column_not_in_the_data_is_named_with_its_recipe_line(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"{recipe}:5: data.split.group: column 'cultivar' is not in" in out.stderr
     assert not (tmp_path / "home" / "artifacts").exists()  # nothing recorded
+
+
+def test_a_run_that_fails_after_it_opened_is_kept_as_failed_and_named(tmp_path):
+    """A failure once the run exists (here the loss diverges) keeps the run as failed with its
+    error; the CLI prints the error, the run id and the commands that resume or delete it."""
+    from danlu.store import SqlStore
+
+    recipe = str(EXAMPLES / "diabetes_regression.yaml")
+    sets = ["--set", "train.epochs=2", "--set", "train.optimizer.name=sgd"]
+    sets += ["--set", "train.optimizer.lr=1e30"]
+    out = danlu("run", recipe, *sets, "--quiet", home=tmp_path)
+    assert out.returncode == 3, out.stderr  # a DataError's exit code
+    [run] = SqlStore(home=tmp_path).search_runs()
+    assert run.status == "failed" and "training loss became" in (run.error or "")
+    assert "error: The training loss became" in out.stderr and "Traceback" not in out.stderr
+    assert f"Run {run.id} is kept as failed" in out.stderr
+    assert f"danlu run {recipe} {' '.join(sets)} --resume {run.id}" in out.stderr
+    assert f"danlu runs rm {run.id}" in out.stderr
