@@ -238,6 +238,8 @@ def check_columns(
             continue
         column = frame[feature.name]
         present = column.notna()
+        if feature.kind == "numeric" and feature.errors == "nan":
+            continue  # a value that is not a number reads as missing
         if feature.kind == "numeric":
             bad = present & pd.to_numeric(column, errors="coerce").isna()
         elif feature.kind == "boolean":
@@ -301,8 +303,13 @@ def _eval_data(
         train, val = (prepared.x_train, prepared.y_train), (prepared.x_val, prepared.y_val)
     if data_file is not None:
         allowed = [config.fairness.group] if config.fairness else []
+        # columns training ignored, as the recipe said or as inferred (free text)
+        kinds = bundle.preprocessor.overrides
+        allowed += [c for c, kind in kinds.items() if getattr(kind, "kind", kind) == "ignore"]
         if recipe is not None and recipe.data.features:
-            allowed += [c for c, kind in recipe.data.features.items() if kind == "ignore"]
+            allowed += [
+                c for c, k in recipe.data.features.items() if getattr(k, "kind", k) == "ignore"
+            ]
         x, y, frame = _file_rows(data_file, bundle, allowed)
         described = str(data_file)
     elif prepared is not None:
