@@ -482,17 +482,18 @@ def predict_file(
     if out_path is not None and out_path.resolve() == source.resolve():
         raise ConfigError(f"--out '{out_path}' is the input file; write to another file.")
     available = source_columns(source, in_format)
-    predictor = model
-    if not isinstance(predictor, BatchPredictor):
+    if isinstance(model, BatchPredictor):
+        predictor = model
+    elif store is not None:
+        predictor = open_predictor(store, model, proba=proba, keep=list(keep), threads=threads)
+    else:
         from danlu.store import SqlStore
 
-        owned = store is None
-        store = store or SqlStore()
+        owned = SqlStore()
         try:
-            predictor = open_predictor(store, model, proba=proba, keep=list(keep), threads=threads)
+            predictor = open_predictor(owned, model, proba=proba, keep=list(keep), threads=threads)
         finally:
-            if owned:
-                store.close()
+            owned.close()
     predictor.check_columns(available, str(source))
     return _run(predictor, source, in_format, out_path, out_format, chunk_rows, stream, on_chunk)
 

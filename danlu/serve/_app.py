@@ -79,6 +79,7 @@ def create_app(
         "{status, code, field, message}}.",
         lifespan=_lifespan(state, request_log),
         redoc_url=None,
+        docs_url=None,  # /docs is served by _routes.py, offline (FastAPI's loads a CDN)
         strict_content_type=False,  # no Content-Type: read as JSON (GuardMiddleware: 415 for others)
         **_no_telemetry(),
     )

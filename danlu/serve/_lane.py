@@ -26,6 +26,7 @@ from danlu.serve._errors import auth_error, internal_error, predict_failure, req
 from danlu.serve._guard import RequestGuard
 from danlu.serve._limits import RowLimits, content_length_error, read_body
 from danlu.serve._metrics import UNKNOWN, ServeMetrics
+from danlu.serve._outputs import CLASSES, response_classes
 from danlu.serve._state import ServerState
 from danlu.serve._types import ModelPoolLike, RequestError, ServedModelLike, ServeSettings
 
@@ -153,7 +154,11 @@ class PredictLane:
                 out = await served.predict(x)
             if self.request_log is not None:
                 self.request_log.record(name, served.version, payload, out["predictions"])
-            content = dumps({"model": name, "version": served.version, "ref": served.ref, **out})
+            answer = {"model": name, "version": served.version, "ref": served.ref, **out}
+            classes = response_classes(served.signature)
+            if classes is not None and len(out) > 1:  # what each score column stands for
+                answer[CLASSES] = classes
+            content = dumps(answer)
         except Exception as exc:
             if isinstance(exc, RequestError) and exc.status == 413 and served is not None:
                 if exc.field != "body":  # too many rows: say which setting sets the limit

@@ -12,7 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from danlu.errors import NotFoundError
 from danlu.serve._auth import ADMIN, PREDICT, PUBLIC, route_scopes
 from danlu.serve._guard import EXEMPT_PATHS
-from danlu.serve._outputs import response_key, response_outputs
+from danlu.serve._outputs import (
+    CLASSES,
+    PREDICTION,
+    response_classes,
+    response_key,
+    response_outputs,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -346,7 +352,8 @@ def predict_response_schema(signature: dict[str, Any]) -> dict[str, Any]:
     """The JSON Schema of a model's predict answer: ``model``, ``version``, ``ref``, and one list
     per output of its signature (``predictions`` and the task's others, such as
     ``probabilities`` or ``scores``), each item that output's ``json_schema`` for one row (for
-    versions registered without one: a schema derived from the output's type). JSON has no NaN
+    versions registered without one: a schema derived from the output's type), and, when an
+    output holds one score per class, ``classes``: the class each of its columns stands for. JSON has no NaN
     or infinity: a number the model could not compute is answered as null, so the numbers of
     the schema may be null.
 
@@ -364,11 +371,24 @@ def predict_response_schema(signature: dict[str, Any]) -> dict[str, Any]:
     for key, row in outputs.items():
         items = _nullable_numbers(row)
         properties[key] = {"type": "array", "items": items, "description": "one per row"}
+    required = ["model", "version", "ref", *outputs]
+    classes = response_classes(signature)
+    if classes is not None:
+        scored = ", ".join(k for k in outputs if k != response_key(PREDICTION))
+        properties[CLASSES] = {
+            "type": "array",
+            "items": {"enum": classes},
+            "minItems": len(classes),
+            "maxItems": len(classes),
+            "description": f"the class each column of {scored} stands for, in column order",
+            "example": classes,
+        }
+        required.append(CLASSES)
     return {
         "title": "PredictResponse",
         "type": "object",
         "properties": properties,
-        "required": ["model", "version", "ref", *outputs],
+        "required": required,
     }
 
 

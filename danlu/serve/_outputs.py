@@ -4,7 +4,9 @@ A task's ``predict`` decodes raw outputs into ``{"prediction": ..., other output
 arrays, one value per row); its signature names each output with its ``type`` and a JSON Schema
 of one row's value. The response carries the prediction as ``predictions`` and every other
 output of the signature under its own name (``probabilities``, ``scores``...), each a list with
-one JSON value per row. Versions registered before signatures carried ``json_schema`` get one
+one JSON value per row. When an output holds one score per class (a classifier's probabilities,
+a multi-label model's label scores), ``classes`` names those columns, in their order
+(:func:`response_classes`). Versions registered before signatures carried ``json_schema`` get one
 derived from the output's ``type`` (:func:`row_schema`).
 """
 
@@ -15,9 +17,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PREDICTION", "json_rows", "response_key", "response_outputs", "row_schema"]
+__all__ = [
+    "CLASSES",
+    "PREDICTION",
+    "json_rows",
+    "response_classes",
+    "response_key",
+    "response_outputs",
+    "row_schema",
+]
 
 PREDICTION = "prediction"  # the decoded output every task has; answered as "predictions"
+CLASSES = "classes"  # the response key naming the columns of per-class scores
 
 
 def response_key(output: str) -> str:
@@ -46,6 +57,31 @@ def response_outputs(signature: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if name != PREDICTION and isinstance(name, str):
             result[name] = row_schema(output)
     return result
+
+
+def response_classes(signature: Mapping[str, Any]) -> list[Any] | None:
+    """The class (or label) names the columns of a version's per-class scores stand for, in
+    column order: the prediction's ``classes`` when another output holds one score per class
+    (``probabilities``, ``scores``); None when no output does (regression).
+
+    Example:
+        >>> response_classes({"outputs": {
+        ...     "prediction": {"type": "label", "classes": ["ham", "spam"]},
+        ...     "probabilities": {"type": "float", "shape": [2]}}})
+        ['ham', 'spam']
+    """
+    outputs = signature.get("outputs")
+    if not isinstance(outputs, Mapping):
+        return None
+    prediction = outputs.get(PREDICTION)
+    classes = prediction.get("classes") if isinstance(prediction, Mapping) else None
+    if not isinstance(classes, list) or not classes:
+        return None
+    for name, output in outputs.items():
+        if name != PREDICTION and isinstance(output, Mapping):
+            if output.get("shape") == [len(classes)]:
+                return list(classes)
+    return None
 
 
 def row_schema(output: Any) -> dict[str, Any]:

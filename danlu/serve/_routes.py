@@ -56,6 +56,7 @@ def add_routes(app: FastAPI, state: ServerState, lane: PredictLane) -> None:
     _add_models(app, state, catalog)
     _add_health(app, state, catalog)
     _add_admin(app, state, catalog)
+    _add_docs(app)
 
 
 class _Catalog:
@@ -226,6 +227,20 @@ def _add_health(app: FastAPI, state: ServerState, catalog: _Catalog) -> None:
             log.exception("Could not refresh the queue and drift gauges.")
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs``: the API reference rendered here from the OpenAPI document, so that it works
+    without internet access (FastAPI's own page loads Swagger UI from a CDN)."""
+    from fastapi.responses import HTMLResponse
+
+    from danlu.serve._docs import CONTENT_SECURITY_POLICY, docs_html
+
+    @app.get("/docs", include_in_schema=False, response_model=None)
+    @requires(PUBLIC)
+    async def docs() -> Response:
+        page = docs_html(app.openapi(), app.openapi_url or "/openapi.json")
+        return HTMLResponse(page, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
 
 
 async def _admin_call(what: str, call: Awaitable[T]) -> T:

@@ -318,6 +318,7 @@ def test_predict_answers_with_the_version(served):
         "ref": "wine:3",
         "predictions": ["a", "a"],
         "probabilities": [[0.75, 0.25], [0.75, 0.25]],
+        "classes": ["a", "b"],  # what each column of the probabilities stands for
     }
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from danlu.serve import ServeSettings
 from danlu.serve._openapi import predict_response_schema
-from danlu.serve._outputs import json_rows, response_outputs, row_schema
+from danlu.serve._outputs import json_rows, response_classes, response_outputs, row_schema
 from danlu.tasks import TASKS, RegressionTask
 from tests.serve.conftest import running_server
 
@@ -79,6 +79,9 @@ def test_signatures_without_json_schema_get_one_from_the_type() -> None:
     }
     assert row_schema({"type": "float"}) == {"type": "number"} and row_schema({"type": "?"}) == {}
     assert response_outputs({}) == {"prediction": {}}  # no outputs at all: any prediction
+    assert response_classes(old) == ["a", "b"]  # probabilities' columns, named
+    assert response_classes({"outputs": {"prediction": {"type": "float"}}}) is None
+    assert predict_response_schema(old)["properties"]["classes"]["items"] == {"enum": ["a", "b"]}
     schema = predict_response_schema({"outputs": {"prediction": INTERVAL, "x": {"type": "float"}}})
     assert schema["required"] == ["model", "version", "ref", "predictions", "x"]
     nullable = {**INTERVAL["json_schema"], "items": {"type": ["number", "null"]}}
@@ -241,7 +244,8 @@ def test_a_multilabel_model_answers_label_lists_and_scores(multilabel_home: Path
         answer = http.post("/v1/models/tags/predict", json={"rows": rows})
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert set(body) == {"model", "version", "ref", "predictions", "scores"}
+        assert set(body) == {"model", "version", "ref", "predictions", "scores", "classes"}
+        assert body["classes"] == ["a", "b", "c"]  # the label each score column stands for
         assert body["predictions"] == [list(p) for p in expected["prediction"]]
         assert body["predictions"][0] and body["predictions"][1] == []
         np.testing.assert_allclose(body["scores"], expected["scores"], atol=1e-4)
@@ -250,6 +254,7 @@ def test_a_multilabel_model_answers_label_lists_and_scores(multilabel_home: Path
         items = response["properties"]["predictions"]["items"]
         assert items["type"] == "array" and items["items"] == {"enum": ["a", "b", "c"]}
         assert response["properties"]["scores"]["items"]["maxItems"] == 3
+        assert response["properties"]["classes"]["items"] == {"enum": ["a", "b", "c"]}
         predict = spec_operation(url, "POST /v1/models/tags/predict")
         case = predict.Case(body={"rows": rows}, media_type="application/json")
         case.call_and_validate(checks=answer_checks(), timeout=30)
