@@ -212,10 +212,32 @@ class Client:
     def predict(self, model: str, data: Any) -> dict[str, Any]:
         """Predictions for ``data``: a list of row dicts, a dict of columns, or a DataFrame.
 
-        Returns the server's answer: ``{"model", "version", "ref", "predictions",
-        "probabilities"?}``.
+        Returns the server's answer: ``{"model", "version", "ref", "predictions", ...}`` plus
+        the task's other outputs (``probabilities`` of a classifier, ``scores`` of a multi-label
+        model) and, with them, ``classes``: the class each of their columns stands for.
         """
         return self._call("POST", f"/v1/models/{quote(model, safe='')}/predict", _payload(data))  # type: ignore[no-any-return]
+
+    def predict_proba(self, model: str, data: Any) -> list[dict[Any, float]]:
+        """One ``{class: probability}`` dict per row (a multi-label model: ``{label: score}``).
+
+        Raises:
+            ServerError: the model answers no per-class scores (a regression model).
+
+        Example:
+            >>> # client.predict_proba("wine", rows)[0]  # {0: 0.02, 1: 0.95, 2: 0.03}
+        """
+        answer = self.predict(model, data)
+        classes = answer.get("classes")
+        scores = next((answer[k] for k in ("probabilities", "scores") if k in answer), None)
+        if not isinstance(classes, list) or scores is None:
+            raise ServerError(
+                f"Model {answer.get('ref', model)} answers no per-class scores (its outputs: "
+                f"{', '.join(k for k in answer if k not in ('model', 'version', 'ref'))}); use "
+                "predict().",
+                code="no_classes",
+            )
+        return [dict(zip(classes, row, strict=True)) for row in scores]
 
     def models(self) -> list[dict[str, Any]]:
         """The served models."""

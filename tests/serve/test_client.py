@@ -48,6 +48,8 @@ def test_predict_rows_columns_and_frames(live):
     with Client(url, key=PREDICT_SECRET) as client:
         answer = client.predict("wine", [ROW, ROW])
         assert answer["version"] == 3 and answer["predictions"] == ["a", "a"]
+        assert answer["classes"] == ["a", "b"]  # the probabilities' columns, named
+        assert client.predict_proba("wine", [ROW]) == [{"a": 0.75, "b": 0.25}]
         assert client.predict("wine", {"rows": [ROW]})["predictions"] == ["a"]
         frame = pd.DataFrame([ROW, ROW, ROW])
         assert client.predict("wine", frame)["predictions"] == ["a", "a", "a"]
