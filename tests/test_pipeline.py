@@ -404,3 +404,19 @@ def test_resume_continues_from_the_stage_that_failed(tmp_path, monkeypatch):
     assert resumed.registered is not None and resumed.registered.ref == "wine:1"
     files = set(store.get_model_version("wine", alias="staging").files)
     assert {"report.html", "model.safetensors", "export.json"} <= files
+
+
+def test_run_takes_a_dataframe_and_records_its_fingerprint_and_rows(tmp_path):
+    from danlu.data import fingerprint_frame, load_source
+
+    frame = load_source("builtin:wine").frame
+    recipe = wine_recipe(epochs=1)
+    recipe["data"] = {"target": "target"}  # no data.source: the frame stands in for it
+    result = danlu.run(recipe, data=frame, home=tmp_path)
+    run = SqlStore(home=tmp_path).get_run(result.run_id)
+    assert run.data_fingerprint == fingerprint_frame(frame) == result.data_fingerprint
+    assert run.recipe["data"]["source"] == f"dataframe:{fingerprint_frame(frame)[:12]}"
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["rows"]["loaded"] == 178 and sum(summary["rows"]["used"].values()) == 178
+    assert run.metrics["rows_loaded"] == 178 and run.metrics["rows_dropped_duplicates"] == 0
+    assert run.metrics["rows_test"] == summary["rows"]["used"]["test"]

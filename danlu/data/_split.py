@@ -267,18 +267,23 @@ def time_split_indices(
     position = np.argsort(order, kind="stable")
     ordered = np.asarray(order)[position]
     n_test, n_val = _count(test, n), _count(val, n)
-    cuts = [n - n_test - n_val, n - n_test]
-    if cuts[0] <= 0:
+    train_end, val_end = n - n_test - n_val, n - n_test
+    if train_end <= 0:
         raise DataError(
             f"Cannot hold out {n_test + n_val} of {n} rows for validation and test: no rows would "
             "be left for training. Use more data or smaller split fractions in data.split."
         )
-    for i, cut in enumerate(cuts):
-        if 0 < cut < n:
-            earlier = int(np.searchsorted(ordered, ordered[cut], side="left"))
-            if earlier > (cuts[i - 1] if i else 0):  # ties go to the later split
-                cuts[i] = earlier
-    cuts[1] = max(cuts[1], cuts[0])
+
+    def back(cut: int, floor: int) -> int:
+        """The cut moved back to the first row of its time, unless that reaches ``floor``."""
+        if not 0 < cut < n:
+            return cut
+        first = int(np.searchsorted(ordered, ordered[cut], side="left"))
+        return first if first > floor else cut
+
+    val_end = back(val_end, train_end if n_val else 0)  # ties go to the later split
+    train_end = val_end if not n_val else back(train_end, 0)
+    cuts = [train_end, val_end]
     parts = np.split(position, cuts)
     return tuple(np.sort(p).astype(np.int64) for p in parts)  # type: ignore[return-value]
 

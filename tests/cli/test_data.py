@@ -60,7 +60,7 @@ def test_inspect_builtin_json_output_and_html(tmp_path: Path) -> None:
     assert out.code == 0, out.stderr
     printed = json.loads(out.stdout)
     assert printed == json.loads(report_path.read_text())
-    assert printed["source"] == "builtin:iris" and printed["rows"] == 149
+    assert printed["source"] == "builtin:iris" and printed["rows"] == 150  # its one duplicate kept
     assert {c["name"] for c in printed["details"]} == {
         "sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)",
     }  # fmt: skip

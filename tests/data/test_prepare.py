@@ -13,7 +13,16 @@ import pandas as pd
 import pytest
 
 from danlu.config import DataConfig, PrepareConfig, SplitConfig
-from danlu.data import PreparedData, outlier_rows, prepare_data, split_indices
+from danlu.data import (
+    PreparedData,
+    RecipeDataError,
+    load_source,
+    outlier_rows,
+    prepare_data,
+    row_accounting,
+    split_indices,
+)
+from danlu.data._prepare import split_rows
 from danlu.errors import DataError, NotFoundError
 
 from .conftest import MULTILABEL, WINE_LABELS
@@ -364,3 +373,108 @@ def test_the_task_object_path_matches_the_task_name_path() -> None:
     assert np.array_equal(by_name.y_train, by_object.y_train)
     assert by_object.schema.task == "tabular" and by_object.schema.target_kind == "classes"
     assert by_name.schema.target_kind == "classes"
+
+
+# -- no silent row loss: copies kept together, drops counted -------------------------------------
+def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+
+def test_titanic_keeps_every_row_and_no_copy_crosses_the_splits() -> None:
+    config = DataConfig(source="builtin:titanic")
+    rows = split_rows(load_source("builtin:titanic"), config, "classification")
+    assert len(rows.frame) == 1309 and rows.duplicates_dropped == 0
+    hashes = _row_hashes(rows.frame)
+    seen = [set(hashes[i].tolist()) for i in (rows.train_idx, rows.val_idx, rows.test_idx)]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    data = prepare_data(config, "classification")
+    accounting = row_accounting(data.report)
+    assert accounting["loaded"] == sum(accounting["used"].values()) == 1309
+    assert accounting["copies_kept_together"] > 500
+    assert data.quality["split"]["shared_rows"] == 0  # no test row's features seen in training
+
+
+def test_dedupe_when_asked_drops_and_counts_the_copies() -> None:
+    config = DataConfig(source="builtin:titanic", prepare=PrepareConfig(dedupe=True))
+    accounting = row_accounting(prepare_data(config, "classification").report)
+    assert accounting["dropped"]["duplicates"] == 596
+    assert sum(accounting["used"].values()) == 1309 - 596
+
+
+def test_missing_targets_are_an_error_naming_the_key_or_dropped_and_counted(write) -> None:
+    frame = pd.DataFrame({"x": np.arange(40.0), "target": _labels(40).astype(float)})
+    frame.loc[[5, 17], "target"] = np.nan
+    path = write(frame, "rows.csv")
+    with pytest.raises(DataError, match="2 missing value.*data.prepare.missing_target: drop"):
+        prepare_data(DataConfig(source=path), "classification")
+    config = DataConfig(source=path, prepare=PrepareConfig(missing_target="drop"))
+    data = prepare_data(config, "classification")
+    assert data.report["target_dropped"] == 2 and sum(data.report["rows"].values()) == 38
+
+
+def test_split_by_time_trains_on_the_earliest_rows(write) -> None:
+    n = 50
+    days = pd.date_range("2024-01-01", periods=n, freq="D")
+    order = np.random.default_rng(1).permutation(n)
+    frame = pd.DataFrame(
+        {"when": days[order].strftime("%Y-%m-%d"), "x": np.arange(n, dtype=float),
+         "target": _labels(n)}
+    )  # fmt: skip
+    split = SplitConfig(by="time", column="when", test=0.2, val=0.2)
+    data = prepare_data(DataConfig(source=write(frame, "rows.csv"), split=split), "classification")
+    assert data.report["rows"] == {"train": 30, "val": 10, "test": 10}
+    assert data.report["split_by"] == "time" and data.report["stratified"] is False
+    config = DataConfig(source=write(frame, "rows.csv"), split=split)
+    rows = split_rows(load_source(config.source), config, "classification")
+    when = pd.to_datetime(rows.frame["when"])
+    assert when[rows.train_idx].max() < when[rows.val_idx].min()
+    assert when[rows.val_idx].max() < when[rows.test_idx].min()
+
+
+def test_split_by_time_refuses_values_that_are_not_times(write) -> None:
+    frame = pd.DataFrame({"when": ["2024-01-01"] * 19 + ["soon"], "target": _labels(20)})
+    frame["x"] = 1.0
+    split = SplitConfig(by="time", column="when")
+    with pytest.raises(RecipeDataError, match="'soon' at row 20") as info:
+        prepare_data(DataConfig(source=write(frame, "rows.csv"), split=split), "classification")
+    assert info.value.loc == ("data", "split", "column")
+
+
+def test_split_by_group_keeps_each_group_in_one_split(write) -> None:
+    n = 120
+    frame = pd.DataFrame(
+        {"patient": np.arange(n) // 4, "x": np.random.default_rng(0).normal(size=n),
+         "target": _labels(n)}
+    )  # fmt: skip
+    config = DataConfig(source=write(frame, "rows.csv"), split=SplitConfig(group="patient"))
+    rows = split_rows(load_source(config.source), config, "classification")
+    patients = [
+        set(rows.frame["patient"][i]) for i in (rows.train_idx, rows.val_idx, rows.test_idx)
+    ]
+    assert all(len(p) for p in patients)
+    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2])
+    assert not (patients[1] & patients[2]) and rows.split_by == "group"
+
+
+def test_a_split_column_not_in_the_data_names_the_key(write) -> None:
+    frame = pd.DataFrame({"patient": np.arange(20), "target": _labels(20)})
+    config = DataConfig(source=write(frame, "rows.csv"), split=SplitConfig(group="patiemt"))
+    with pytest.raises(RecipeDataError, match="Did you mean 'patient'") as info:
+        prepare_data(config, "classification")
+    assert info.value.loc == ("data", "split", "group")
+
+
+# -- task sanity ----------------------------------------------------------------------------------
+def test_classification_of_a_price_is_refused_with_regression_suggested() -> None:
+    with pytest.raises(DataError, match="does not look like classes.*use task: regression"):
+        prepare_data(DataConfig(source="builtin:diamonds"), "classification")
+
+
+def test_regression_over_a_few_integer_codes_is_warned(
+    write, caplog: pytest.LogCaptureFixture
+) -> None:
+    frame = pd.DataFrame({"x": np.arange(60.0), "target": np.arange(60) % 3})
+    with caplog.at_level(logging.WARNING, logger="danlu"):
+        prepare_data(DataConfig(source=write(frame, "rows.csv")), "regression")
+    assert "only 3 distinct whole numbers (0, 1, 2)" in caplog.text
+    assert "task: classification" in caplog.text

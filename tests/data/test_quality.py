@@ -304,3 +304,18 @@ def test_inspect_data_reports_a_list_target_as_label_sets(
     assert [k["label"] for k in report["target"]["labels"]] == ["strong", "dark", "cultivar_0"]
     with pytest.raises(DataError, match="name the task"):
         inspect_data(config)
+
+
+def test_duplicate_wording_tells_legitimate_repeats_from_accidental_copies() -> None:
+    titanic = load_source("builtin:titanic")
+    report = quality_report(titanic.frame, titanic.target, "classification")
+    note = next(w for w in report["warnings"] if "repeat an earlier row" in w)
+    assert report["duplicates"]["identifying"] == [] and "probably different records" in note
+    assert "legitimate" in note and "Remove the copies" not in note
+    rng = np.random.default_rng(0)
+    people = pd.DataFrame({"name": [f"p{i}" for i in range(40)], "y": rng.integers(0, 2, 40)})
+    doubled = pd.concat([people, people.iloc[:5]], ignore_index=True)  # five records loaded twice
+    copies = quality_report(doubled, "y", "classification")
+    note = next(w for w in copies["warnings"] if "repeat an earlier row" in w)
+    assert copies["duplicates"]["identifying"] == ["name"] and "accidental copies" in note
+    assert "data.prepare.dedupe: true" in note

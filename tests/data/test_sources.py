@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from danlu.config import ReadConfig
 from danlu.data import BuiltinDataset, RawData, list_builtin, load_source
 from danlu.errors import DataError, NotFoundError
 
@@ -230,3 +231,81 @@ def test_builtin_yeast_is_the_real_mulan_multilabel_set():
     assert round(float(sizes.mean()), 3) == 4.237
     assert sizes.min() == 1 and sizes.max() == 11
     assert "yeast" in [d.name for d in list_builtin()]
+
+
+# -- data.read: separators, encodings, JSON layouts, Excel, DataFrames ---------------------------
+def test_a_semicolon_csv_is_sniffed_and_a_tsv_is_read_with_tabs(
+    mixed_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    mixed_frame.to_csv(tmp_path / "rows.csv", sep=";", index=False)
+    mixed_frame.to_csv(tmp_path / "rows.tsv", sep="\t", index=False)
+    for name in ("rows.csv", "rows.tsv"):
+        raw = load_source(tmp_path / name, target="label")
+        assert list(raw.frame.columns) == list(mixed_frame.columns), name
+        np.testing.assert_allclose(raw.frame["income"], mixed_frame["income"])
+        assert raw.frame["colour"].tolist() == mixed_frame["colour"].tolist()
+
+
+def test_a_wrong_separator_says_which_one_the_header_holds(
+    mixed_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    path = tmp_path / "rows.csv"
+    mixed_frame.to_csv(path, sep=";", index=False)
+    with pytest.raises(DataError, match="single column.*delimited by ';'.*data.read.sep: ';'"):
+        load_source(path, target="label", read=ReadConfig(sep=","))
+    assert load_source(path, target="label", read=ReadConfig(sep=";")).frame.shape == (60, 6)
+
+
+def test_an_encoding_error_names_data_read_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("city,target\nZürich,1\nGenève,0\n".encode("latin-1"))
+    with pytest.raises(DataError, match="data.read.encoding"):
+        load_source(path)
+    raw = load_source(path, read=ReadConfig(encoding="latin-1"))
+    assert raw.frame["city"].tolist() == ["Zürich", "Genève"]
+
+
+def test_json_arrays_are_records_and_other_json_is_lines(
+    mixed_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    mixed_frame.to_json(tmp_path / "array.json", orient="records")
+    (tmp_path / "spaced.json").write_text("  \n" + mixed_frame.to_json(orient="records"))
+    mixed_frame.to_json(tmp_path / "lines.json", orient="records", lines=True)
+    for name in ("array.json", "spaced.json", "lines.json"):
+        raw = load_source(tmp_path / name, target="label")
+        assert raw.frame.shape == (60, 6), name
+        np.testing.assert_allclose(raw.frame["income"], mixed_frame["income"])
+    with pytest.raises(DataError, match="data.read.json: lines"):
+        load_source(tmp_path / "lines.json", target="label", read=ReadConfig(json="records"))
+
+
+def test_xlsx_round_trip_with_sheets(mixed_frame: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "book.xlsx"
+    with pd.ExcelWriter(path, engine="openpyxl") as book:
+        mixed_frame.head(5).to_excel(book, sheet_name="notes", index=False)
+        mixed_frame.to_excel(book, sheet_name="rows", index=False)
+    first = load_source(path, target="label")
+    assert len(first.frame) == 5  # the first sheet by default
+    raw = load_source(path, target="label", read=ReadConfig(sheet="rows"))
+    assert raw.frame.shape == (60, 6) and raw.frame["flag"].tolist() == mixed_frame["flag"].tolist()
+    np.testing.assert_allclose(raw.frame["income"], mixed_frame["income"])
+    assert len(load_source(path, target="label", read=ReadConfig(sheet=1)).frame) == 60
+    with pytest.raises(DataError, match="no sheet 'row'.*Did you mean 'rows'"):
+        load_source(path, target="label", read=ReadConfig(sheet="row"))
+
+
+def test_a_dataframe_is_a_source_and_a_recorded_dataframe_source_is_not_a_file() -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
+    raw = load_source(frame, target="y")
+    assert raw.source == "DataFrame" and raw.frame.equals(frame)
+    raw.frame.loc[0, "x"] = 99.0
+    assert frame.loc[0, "x"] == 1.0  # copied, never changed in place
+    with pytest.raises(DataError, match="DataFrame that was passed to danlu.run"):
+        load_source("dataframe:0123456789ab", target="y")
+
+
+def test_titanic_keeps_every_passenger_and_drops_r_row_names() -> None:
+    raw = load_source("builtin:titanic")
+    assert raw.target == "survived" and "rownames" not in raw.frame.columns
+    assert len(raw.frame) == 1309 and set(raw.frame["survived"]) == {"died", "survived"}
+    assert raw.frame.duplicated().sum() > 500  # different passengers who share every value

@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from danlu.data import kfold_indices, load_source, split_indices
+from danlu.data import kfold_indices, load_source, split_indices, time_split_indices
+from danlu.data._split import row_groups
 from danlu.errors import DataError
 
 
@@ -98,3 +99,76 @@ def test_kfold_bad_k_is_a_data_error() -> None:
         kfold_indices(np.zeros(10), 1, stratify=False, seed=0)
     with pytest.raises(DataError, match="5 folds from 3 rows"):
         kfold_indices(np.zeros(3), 5, stratify=False, seed=0)
+
+
+# -- groups: identical rows and data.split.group stay in one split -------------------------------
+def _crossing(groups: np.ndarray, *splits: np.ndarray) -> int:
+    """Groups found in more than one of ``splits``."""
+    seen = [set(groups[s].tolist()) for s in splits]
+    return sum(len(a & b) for i, a in enumerate(seen) for b in seen[i + 1 :])
+
+
+@pytest.mark.parametrize("stratify", [True, False])
+def test_groups_stay_whole_and_stratification_holds_over_groups(stratify: bool) -> None:
+    raw = load_source("builtin:titanic")  # 1309 passengers, hundreds sharing every value
+    y = raw.frame[raw.target].to_numpy()
+    groups = row_groups(raw.frame)
+    assert groups.max() + 1 < 800  # many identical rows
+    train, val, test = split_indices(y, test=0.2, val=0.1, stratify=stratify, seed=0, groups=groups)
+    assert np.array_equal(np.sort(np.concatenate([train, val, test])), np.arange(1309))
+    assert _crossing(groups, train, val, test) == 0
+    assert abs(len(test) - 262) <= 15 and abs(len(val) - 131) <= 15
+    if stratify:
+        share = (y == "survived").mean()
+        for part in (train, val, test):
+            assert abs((y[part] == "survived").mean() - share) < 0.02
+
+
+def test_groups_that_cannot_fill_the_splits_raise_or_fall_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    y = np.array([0, 1] * 10)
+    groups = np.array([0] * 19 + [1])  # one group holds 19 of 20 rows
+    with pytest.raises(DataError, match="without splitting a group"):
+        split_indices(y, test=0.2, val=0.1, stratify=False, seed=0, groups=groups)
+    with caplog.at_level(logging.WARNING, logger="danlu"):
+        train, val, test = split_indices(
+            y, test=0.2, val=0.1, stratify=False, seed=0, groups=groups, strict_groups=False
+        )
+    assert (len(train), len(val), len(test)) == (14, 2, 4)  # row by row, as without groups
+    assert "split one by one" in caplog.text
+
+
+def test_row_groups_number_identical_rows_alike() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [1, 2, 1, 2, 3], "b": ["x", "y", "x", "z", "x"]})
+    assert row_groups(frame).tolist() == [0, 1, 0, 2, 3]
+    lists = pd.DataFrame({"a": [[1, 2], [1, 2], [3]]})  # unhashable cells hash as text
+    assert row_groups(lists).tolist() == [0, 0, 1]
+
+
+def test_kfold_holds_each_group_out_whole() -> None:
+    raw = load_source("builtin:titanic")
+    y = raw.frame[raw.target].to_numpy()
+    groups = row_groups(raw.frame)
+    folds = kfold_indices(y, 5, stratify=True, seed=0, groups=groups)
+    held = np.concatenate([te for _, te in folds])
+    assert np.array_equal(np.sort(held), np.arange(1309))
+    for train, held_out in folds:
+        assert _crossing(groups, train, held_out) == 0
+
+
+# -- time -----------------------------------------------------------------------------------------
+def test_time_split_trains_on_the_past_and_tests_on_the_future() -> None:
+    order = np.random.default_rng(0).permutation(100).astype(float)
+    train, val, test = time_split_indices(order, test=0.2, val=0.1)
+    assert (len(train), len(val), len(test)) == (70, 10, 20)
+    assert order[train].max() < order[val].min() and order[val].max() < order[test].min()
+
+
+def test_time_split_keeps_equal_times_in_one_split() -> None:
+    order = np.array([1, 1, 2, 2, 2, 3, 3, 3, 3, 4])  # a cut at 8/10 would split time 3
+    train, val, test = time_split_indices(order, test=0.2, val=0.0)
+    assert set(order[train]) & set(order[test]) == set()
+    assert order[test].min() == 3 and len(val) == 0

@@ -61,7 +61,7 @@ def test_fold_rows_are_the_held_out_folds(iris_cv) -> None:
     recipe, _, _, section, _ = iris_cv
     splits = cv_splits(recipe.data, recipe.task, K)
     assert [f["rows"] for f in section.data["folds"]] == [len(te) for _, _, te in splits]
-    assert sum(f["rows"] for f in section.data["folds"]) == 149  # iris less one duplicate row
+    assert sum(f["rows"] for f in section.data["folds"]) == 150  # iris, its duplicate kept
 
 
 def test_mean_and_std_are_numpy_over_the_folds(iris_cv) -> None:
