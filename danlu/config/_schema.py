@@ -337,7 +337,7 @@ with warnings.catch_warnings():
         sheet: str | Annotated[int, Field(ge=0)] | None = Field(
             None, description="Excel: the sheet's name or 0-based position (default: the first)."
         )
-        json: Literal["records", "lines"] | None = Field(
+        json: Literal["records", "lines"] | None = Field(  # type: ignore[assignment]
             None,
             description="JSON layout: records (one array of objects) or lines (JSON Lines); "
             "default: records when the file starts with '[', else lines.",
