@@ -123,6 +123,15 @@ def test_options_needing_all_rows_are_refused(folder):
     )
     with pytest.raises(DataError, match="outliers"):
         prepare_data(cfg, "classification")
+    for split in ({"by": "time", "column": "x"}, {"group": "x"}):
+        cfg = DataConfig(source=str(folder), target="y", stream=STREAM, split=split)
+        with pytest.raises(DataError, match="splits by time or group need every row"):
+            prepare_data(cfg, "classification")
+    cfg = DataConfig(
+        source=str(folder), target="y", stream=STREAM, prepare={"missing_target": "drop"}
+    )
+    with pytest.raises(DataError, match="missing_target: drop"):
+        prepare_data(cfg, "classification")
 
 
 def test_label_set_targets_are_not_streamed(folder):
