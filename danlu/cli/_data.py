@@ -81,12 +81,14 @@ def _render(report: dict[str, Any]) -> None:
     if cleaning:
         overview += (
             f"; loaded {cleaning['rows_loaded']}, dropped {cleaning['duplicates_dropped']} "
-            f"duplicates and {cleaning['missing_dropped']} with missing values"
+            f"duplicates, {cleaning['missing_dropped']} with missing values and "
+            f"{cleaning.get('target_dropped', 0)} without a target"
         )
     if split:
         overview += (
             f"; split train {split['train']} / val {split.get('val', 0)} / test {split['test']}"
             f"{' (stratified)' if split.get('stratified') else ''}"
+            f"{' (by ' + split['by'] + ')' if split.get('by', 'random') != 'random' else ''}"
         )
     out.print(overview, highlight=False, soft_wrap=True)
 

@@ -97,9 +97,11 @@ def inspect_data(config: DataConfig, task: str | TaskLike | None = None) -> dict
     report["split"]["stratified"] = rows.stratify
     report["cleaning"] = {
         "rows_loaded": rows.rows_loaded,
+        "target_dropped": rows.target_dropped,
         "missing_dropped": rows.missing_dropped,
         "duplicates_dropped": rows.duplicates_dropped,
     }
+    report["split"]["by"] = rows.split_by
     if config.checks is not None:
         report["checks"] = {
             "passed": not violations,

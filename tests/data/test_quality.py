@@ -235,7 +235,7 @@ def test_inspect_data_sees_the_splits_prepare_data_uses() -> None:
         rows["test"],
     )
     assert prepared.quality["split"] == {
-        k: v for k, v in report["split"].items() if k not in ("val", "stratified")
+        k: v for k, v in report["split"].items() if k not in ("val", "stratified", "by")
     }
     assert prepared.quality["details"] == report["details"]
     assert report["source"] == "builtin:iris" and report["task"] == "classification"
