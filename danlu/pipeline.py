@@ -27,22 +27,18 @@ from danlu.types import StrPath
 if TYPE_CHECKING:
     import pandas as pd
 
-    from danlu.config import EvaluateConfig
-    from danlu.store import ModelVersion, SqlStore, Store
+    from danlu.store import ModelVersion, Store
     from danlu.train import Context, Stage
     from danlu.train._callbacks import Callback
     from danlu.train._run import Result, check_recipe
-    from danlu.tune import TuneResult
 
 __all__ = [
     "Result",
     "check_recipe",
-    "add_report",
     "plan",
     "recipe_json_schema",
     "register_run",
     "run",
-    "tune",
 ]
 
 _PARITY_ROWS = 256  # test rows the ONNX export's parity check runs on
@@ -114,58 +110,6 @@ def run(
     return Result.from_context(Runner(plan()).run(ctx))
 
 
-def add_report(
-    run_id: str,
-    *,
-    store: Store,
-    evaluate: EvaluateConfig | None = None,
-    on_section: Callable[[str], None] | None = None,
-) -> Result:
-    """The trust report of a finished run, made by ``danlu run``'s own evaluate stage.
-
-    The stage runner resumes the run with the recipe it was trained with (``evaluate`` replaces
-    its ``evaluate:`` block when given): the trained weights are reloaded, not trained again, the
-    evaluate stage runs, and the report is stored with the run as ``danlu run`` stores it. Nothing
-    is registered. ``danlu tune`` reports its winner this way before registering it.
-
-    Example:
-        >>> # add_report(trial_run_id, store=SqlStore()).report.summary
-    """
-    from danlu.train import Result, Runner, make_context
-
-    recipe = dict(store.get_run(run_id).recipe or {})
-    if evaluate is not None:
-        recipe["evaluate"] = evaluate.model_dump(mode="json")
-    ctx = make_context(recipe, store=store, resume=run_id, on_section=on_section)
-    in_run = [stage for stage in plan() if stage.phase != "after_run"]
-    return Result.from_context(Runner(in_run).run(ctx))
-
-
-def tune(
-    recipe: StrPath | Mapping[str, Any] | Recipe,
-    *,
-    on_section: Callable[[str], None] | None = None,
-    **options: Any,
-) -> TuneResult:
-    """``danlu tune``: search the recipe's ``tune:`` space (:func:`danlu.tune.tune`, whose
-    keyword arguments ``options`` are); when the recipe has ``evaluate:``, the winner gets its
-    trust report from the evaluate stage of ``danlu run`` (:func:`add_report`) before it is
-    registered, so the registered version carries ``report.html`` / ``report.json`` like any
-    ``danlu run`` model. ``on_section`` is called with each report section's key as it starts.
-
-    Example:
-        >>> from danlu.pipeline import tune
-        >>> result = tune("examples/digits_tune.yaml", overrides=["tune.trials=2"])  # doctest: +SKIP
-        >>> result.report.summary  # doctest: +SKIP
-    """
-    from danlu.tune import tune as tune_study
-
-    def report(store: SqlStore, run_id: str, evaluate: EvaluateConfig) -> Any:
-        return add_report(run_id, store=store, evaluate=evaluate, on_section=on_section).report
-
-    return tune_study(recipe, report_winner=report, **options)
-
-
 def plan() -> list[Stage]:
     """Every stage ``danlu run`` knows, in order; each says when a recipe asks for it."""
     from danlu.train import PREPARE, TRAIN, Stage
@@ -212,6 +156,7 @@ def evaluate_stage(ctx: Context) -> Context:
         files=dict(ctx.files),
         run_metrics=energy.to_metrics() if energy else {},
         run_tags=energy.to_tags() if energy else {},
+        history=list(ctx.history),
     )
     subject = {
         "run_id": ctx.run_id,
@@ -241,6 +186,14 @@ def evaluate_stage(ctx: Context) -> Context:
         ctx.store, report, run_id=ctx.run_id, temperature=temperature if temperature != 1 else None
     )
     _log_report_metrics(ctx.store, ctx.run_id, report)
+    # the test metrics of the model as served (after a kept temperature): the report's, so
+    # `danlu run`'s table, Result.metrics, the run's test_* metrics and the report agree
+    served = report.test_metrics()
+    ctx.metrics = {k: served.get(k, v) for k, v in ctx.metrics.items()}
+    if temperature != 1 and ctx.tracker is not None:
+        ctx.tracker.log_metrics(
+            {f"test_{k}": v for k, v in ctx.metrics.items()}, step=len(ctx.history)
+        )
     ctx.report, ctx.temperature = report, temperature
     return ctx
 

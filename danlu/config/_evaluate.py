@@ -49,7 +49,13 @@ class CalibrationConfig(_Strict):
     temperature: bool = Field(
         False,
         description="Fit temperature scaling on the validation split and save it with the model "
-        "(predictions then use the calibrated probabilities).",
+        "(predictions then use the calibrated probabilities) when it lowers the log-loss of "
+        "held-out validation rows beyond noise.",
+    )
+    min_rows: Annotated[int, Field(ge=10)] = Field(
+        100,
+        description="Fewest validation rows to fit the temperature on; with fewer, T stays 1 "
+        "and the report says why.",
     )
 
 
@@ -201,6 +207,9 @@ class EvaluateConfig(_Strict):
         True,
         description="Fit scikit-learn baselines (dummy, linear, HistGradientBoosting) on the same "
         "split and preprocessing.",
+    )
+    training: bool = Field(
+        True, description="Training curves (loss and the headline metric per epoch)."
     )
     calibration: CalibrationConfig | None = Field(default_factory=CalibrationConfig, **SWITCH)
     fairness: FairnessConfig | None = Field(None, **SWITCH)

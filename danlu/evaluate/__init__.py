@@ -1,5 +1,5 @@
-"""Evaluation and the trust report: metrics with confidence intervals, cross-validation,
-baselines, calibration, fairness, robustness, explanations and cost.
+"""Evaluation and the trust report: metrics with confidence intervals, training curves,
+cross-validation, baselines, calibration, fairness, robustness, explanations and cost.
 
 Example:
     >>> from danlu.evaluate import evaluate_run
@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from danlu.evaluate._bootstrap import Interval, bootstrap_ci
+from danlu.evaluate._bootstrap import Interval, bootstrap_ci, wilson_interval
 from danlu.evaluate._context import EvalData, InputGroup, Section, input_groups
 from danlu.evaluate._evaluator import (
     build_report,
@@ -19,7 +19,7 @@ from danlu.evaluate._evaluator import (
     evaluate_run,
     save_report,
 )
-from danlu.evaluate._report import SECTION_ORDER, Report
+from danlu.evaluate._report import SECTION_ORDER, Report, field_label
 
 __all__ = [
     "SECTION_ORDER",
@@ -34,6 +34,8 @@ __all__ = [
     "check_fairness_group",
     "evaluate_model",
     "evaluate_run",
+    "field_label",
     "input_groups",
     "save_report",
+    "wilson_interval",
 ]

@@ -85,6 +85,7 @@ class EvalData:
         files: size in bytes of each stored model file (``model.safetensors``, ``model.onnx``).
         run_metrics: the training run's metrics (``train_seconds``, ``energy_joules`` ...).
         run_tags: the training run's tags (``energy_method`` ...).
+        history: the training run's metrics per epoch (``train_loss``, ``val_loss`` ...), if known.
         device: where the model runs.
     """
 
@@ -102,6 +103,7 @@ class EvalData:
     files: dict[str, int] = field(default_factory=dict)
     run_metrics: dict[str, float] = field(default_factory=dict)
     run_tags: dict[str, str] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"
 
     @classmethod

@@ -41,6 +41,7 @@ log = get_logger(__name__)
 
 _TITLES = {
     "metrics": "Metrics",
+    "training": "Training",
     "baselines": "Baselines",
     "cross_validation": "Cross-validation",
     "calibration": "Calibration",
@@ -100,10 +101,11 @@ def build_report(
 ) -> Report:
     """Run every section ``config`` asks for on ``data`` and assemble the report.
 
-    With ``calibration.temperature`` and ``fit_temperature``, the temperature fitted on the
-    validation split is applied to ``data`` before the other sections (``data.temperature``), so
-    the report describes the calibrated model. Cross-validation needs ``recipe`` and ``store``
-    (its fold runs become children of ``run_id``).
+    With ``calibration.temperature`` and ``fit_temperature``, a temperature fitted on the
+    validation split and kept (it lowers held-out validation log-loss beyond noise) is applied to
+    ``data`` before the other sections (``data.temperature``), so the report describes the model
+    as served. Cross-validation needs ``recipe`` and ``store`` (its fold runs become children of
+    ``run_id``). ``data.history`` adds the training curves.
 
     Example:
         >>> # report = build_report(EvalData.from_prepared(model, task, prepared), EvaluateConfig(),
@@ -117,11 +119,13 @@ def build_report(
 
         calibration = config.calibration
         sections["calibration"] = _timed(
-            "calibration", lambda: calibration_section(data, calibration), on_section
+            "calibration",
+            lambda: calibration_section(data, calibration, apply=fit_temperature),
+            on_section,
         )
-        fitted = sections["calibration"].data.get("temperature")
-        if calibration.temperature and fitted and fit_temperature:
-            data.temperature = float(fitted)
+        served = sections["calibration"].data.get("temperature")
+        if fit_temperature and served is not None and served != data.temperature:
+            data.temperature = float(served)  # a kept temperature: the model as served
             data.__dict__.pop("test_outputs", None)  # recomputed with the temperature
     from danlu.evaluate._metrics import metrics_section
 
@@ -130,6 +134,10 @@ def build_report(
         lambda: metrics_section(data, config.bootstrap, config.confidence),
         on_section,
     )
+    if config.training and data.history:
+        from danlu.evaluate._training import training_section
+
+        sections["training"] = _timed("training", lambda: training_section(data), on_section)
     if config.baselines:
         from danlu.evaluate._baselines import baselines_section
 
@@ -372,8 +380,20 @@ def _run_context(
     extra = {
         "run_metrics": dict(run.metrics),
         "run_tags": dict(run.tags),
+        "history": _run_history(store, run),
     }
     return recipe, prepared, extra
+
+
+def _run_history(store: Store, run: Run) -> list[dict[str, float]]:
+    """The run's metrics per epoch from its ``summary.json`` (empty when it has none)."""
+    path = store.artifact_path(run.id, "summary.json")
+    try:
+        history = json.loads(path.read_text()).get("history", []) if path.is_file() else []
+    except (OSError, ValueError, AttributeError):
+        log.warning("Run %s's summary.json could not be read; the report has no curves.", run.id)
+        return []
+    return [row for row in history if isinstance(row, dict)]
 
 
 def _sizes(path_of: Callable[[str], Any]) -> dict[str, int]:

@@ -1,12 +1,16 @@
-"""The metrics section: every test metric, the headline ones with bootstrap confidence intervals,
-per-class results, the confusion matrix, ROC / PR curves, and residual plots for regression."""
+"""The metrics section: every test metric, the headline ones with confidence intervals (Wilson
+for a proportion of rows such as accuracy, the percentile bootstrap for the others), per-class
+results, the confusion matrix, ROC / PR curves, and residual plots for regression.
+
+The metrics the train stage reports (``Task.metrics``: accuracy, log-loss ...) are taken from the
+task, so ``danlu run``'s table and the report show the same numbers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from danlu.evaluate._bootstrap import bootstrap_ci
+from danlu.evaluate._bootstrap import bootstrap_ci, wilson_interval
 from danlu.evaluate._context import EvalData, Section
 from danlu.evaluate._plots import figure, svg
 
@@ -18,6 +22,8 @@ __all__ = ["classification_metrics", "metrics_section", "regression_metrics"]
 #: metrics given a confidence interval, in the order the report shows them
 CLASSIFICATION_CI = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc")
 REGRESSION_CI = ("mae", "rmse", "r2", "mape")
+#: metrics that are a proportion of the evaluated rows: their interval is Wilson's, not a bootstrap
+PROPORTIONS = frozenset({"accuracy", "subset_accuracy"})
 _MAX_CURVES = 10  # one ROC / PR curve per class, up to this many classes
 
 
@@ -107,7 +113,9 @@ def _pr_auc(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
 
 
 def classification_metrics(proba: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Every classification metric of the report from probabilities (n, K) and class indices.
+    """Every classification metric of the report from probabilities (n, K) and class indices,
+    but the log-loss, which the task computes (``Task.metrics``, one definition for the train
+    stage and the report).
 
     Example:
         >>> import numpy as np
@@ -132,7 +140,6 @@ def classification_metrics(proba: np.ndarray, y: np.ndarray, classes: list[str])
         )
         result.update({f"precision_{average}": float(p), f"recall_{average}": float(r)})
         result[f"f1_{average}"] = float(f)
-    result["log_loss"] = float(skm.log_loss(y, np.clip(proba, 1e-15, 1.0), labels=labels))
     if len(np.unique(y)) == k:  # the areas need every class among the rows
         result["roc_auc"] = _roc_auc(k)(y, proba)
         result["pr_auc"] = _pr_auc(k)(y, proba)
@@ -177,16 +184,71 @@ def _intervals(
     arrays: Mapping[str, tuple[np.ndarray, ...]],
     resamples: int,
     confidence: float,
-) -> tuple[dict[str, dict[str, float]], list[str]]:
+    values: Mapping[str, Any],
+    n: int,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each metric's interval: Wilson's for a proportion of the ``n`` rows, else a bootstrap."""
     intervals, notes = {}, []
     for name, metric in metrics.items():
         try:
-            ci = bootstrap_ci(metric, *arrays[name], resamples=resamples, confidence=confidence)
+            if name in PROPORTIONS and isinstance(values.get(name), float):
+                ci = wilson_interval(round(values[name] * n), n, confidence)
+            else:
+                ci = bootstrap_ci(metric, *arrays[name], resamples=resamples, confidence=confidence)
         except ValueError as exc:
             notes.append(f"No confidence interval for {name}: {exc}")
             continue
-        intervals[name] = {"value": ci.value, "low": ci.low, "high": ci.high, "std": ci.std}
+        intervals[name] = {
+            "value": ci.value,
+            "low": ci.low,
+            "high": ci.high,
+            "std": ci.std,
+            "method": ci.method,
+        }
     return intervals, notes
+
+
+def _interval_notes(
+    intervals: dict[str, dict[str, Any]], level: str, n: int, resamples: int
+) -> str:
+    wilson = [name for name, ci in intervals.items() if ci["method"] == "wilson"]
+    text = ""
+    if wilson:
+        text = (
+            f"The {level} interval of {' and '.join(n.replace('_', ' ') for n in wilson)} (a "
+            f"proportion of the {n} rows) is the Wilson score interval: unlike a bootstrap it "
+            "does not collapse when every row, or none, is right. "
+        )
+    if len(wilson) < len(intervals):
+        text += (
+            f"{'The other' if wilson else 'The'} intervals are {level} percentile-bootstrap "
+            f"intervals over {resamples} resamples of the {n} evaluation rows. "
+        )
+    return text + (
+        "They show the uncertainty due to the finite test set, not to training randomness."
+    )
+
+
+def _headline_summary(
+    data: EvalData, values: dict[str, Any], interval: dict[str, Any] | None, confidence: float
+) -> str:
+    """The section's summary, interval included: ``98.6% test accuracy, 95% CI [92.2%, 99.7%]
+    (69 rows)`` (a proportion's interval is asymmetric near 1, so it is not written ± half)."""
+    n = len(data.y)
+    headline = "accuracy" if data.classification else data.task.headline
+    value = values.get(headline, float("nan"))
+    if data.classification or (headline in PROPORTIONS and data.task.headline_percent):
+        label = "test accuracy" if data.classification else data.task.headline_label or headline
+        ci = ""
+        if interval is not None:
+            level = f"{round(100 * confidence)}% CI"
+            ci = f", {level} [{_pct(interval['low'])}, {_pct(interval['high'])}]"
+        return f"{_pct(value)} {label}{ci} ({n} rows)"
+    if data.task.target_kind == "values":
+        margin = f" ± {(interval['high'] - interval['low']) / 2:.3f}" if interval else ""
+        return f"R² {value:.3f}{margin}, MAE {values['mae']:.4g} ({n} test rows)"
+    half = (interval["high"] - interval["low"]) / 2 if interval else None
+    return f"{data.task.describe(value, half)} ({n} test rows)"
 
 
 def _confusion_figure(matrix: list[list[int]], classes: list[str]) -> str:
@@ -246,12 +308,20 @@ def _residual_figure(pred: np.ndarray, true: np.ndarray, target: str) -> str:
     return svg(fig)
 
 
+def _task_values(data: EvalData) -> dict[str, float]:
+    """The task's test metrics (``Task.metrics``): the numbers the train stage reported, so the
+    CLI's table and the report agree (log-loss is computed there and only there)."""
+    values = data.task.metrics(data.test_outputs, data.y, data.schema)
+    return {name: value for name, value in values.items() if isinstance(value, float)}
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
 def metrics_section(data: EvalData, resamples: int = 1000, confidence: float = 0.95) -> Section:
-    """All test metrics; the headline ones with a percentile-bootstrap interval.
+    """All test metrics; the headline ones with a confidence interval (Wilson for accuracy, a
+    percentile bootstrap for the others).
 
     Example:
         >>> # section = metrics_section(EvalData.from_prepared(model, task, prepared))
@@ -272,7 +342,7 @@ def metrics_section(data: EvalData, resamples: int = 1000, confidence: float = 0
         proba = data.probabilities(data.test_outputs)
         y = data.y.astype(np.int64)
         pred = proba.argmax(axis=1)
-        values = classification_metrics(proba, y, classes)
+        values = {**classification_metrics(proba, y, classes), **_task_values(data)}
         candidates: dict[str, Callable[..., float]] = {
             "accuracy": _accuracy,
             "balanced_accuracy": _balanced_accuracy(k),
@@ -304,7 +374,7 @@ def metrics_section(data: EvalData, resamples: int = 1000, confidence: float = 0
             "prediction"
         ]  # standardized targets back to the target's units
         pred = data.task.predict(data.test_outputs, data.schema)["prediction"]
-        values = dict(regression_metrics(pred, true))
+        values = {**regression_metrics(pred, true), **_task_values(data)}
         chosen = {
             "mae": lambda t, p: float(np.abs(p - t).mean()),
             "rmse": lambda t, p: float(np.sqrt(((p - t) ** 2).mean())),
@@ -325,26 +395,13 @@ def metrics_section(data: EvalData, resamples: int = 1000, confidence: float = 0
         if key in values:
             section.data[key] = values[key]
     if resamples:
-        intervals, notes = _intervals(chosen, arrays, resamples, confidence)
+        intervals, notes = _intervals(chosen, arrays, resamples, confidence, values, n)
         section.data["intervals"] = intervals
         section.data["bootstrap"] = {"resamples": resamples, "confidence": confidence}
         section.notes.extend(notes)
-        section.notes.append(
-            f"Intervals are {level} percentile-bootstrap intervals over {resamples} resamples of "
-            f"the {n} evaluation rows; they show the uncertainty due to the finite test set, not "
-            "to training randomness."
-        )
-    value = section.data["values"].get(headline, float("nan"))
+        section.notes.append(_interval_notes(intervals, level, n, resamples))
     interval = section.data.get("intervals", {}).get(headline)
-    if data.classification:
-        margin = f" ± {100 * (interval['high'] - interval['low']) / 2:.1f}" if interval else ""
-        section.summary = f"{_pct(value)}{margin} test accuracy ({n} rows)"
-    elif data.task.target_kind == "values":
-        margin = f" ± {(interval['high'] - interval['low']) / 2:.3f}" if interval else ""
-        section.summary = f"R² {value:.3f}{margin}, MAE {values['mae']:.4g} ({n} test rows)"
-    else:
-        half = (interval["high"] - interval["low"]) / 2 if interval else None
-        section.summary = f"{data.task.describe(value, half)} ({n} test rows)"
+    section.summary = _headline_summary(data, values, interval, confidence)
     return section
 
 

@@ -7,18 +7,20 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from danlu.evaluate._context import Section
 
-__all__ = ["REPORT_FORMAT", "SECTION_ORDER", "Report"]
+__all__ = ["REPORT_FORMAT", "SECTION_ORDER", "Report", "field_label"]
 
 REPORT_FORMAT = 1
 #: the order of the sections in every report (absent ones are skipped)
 SECTION_ORDER = (
     "metrics",
+    "training",
     "baselines",
     "cross_validation",
     "calibration",
@@ -44,26 +46,189 @@ nav a{margin-right:12px}.time{color:#8a949c;font-size:12px;font-weight:normal}
 """
 
 
+#: Human labels of the report's field names (and of the metric names they hold). A key not
+#: here is written in words (``cpu_seconds`` → "CPU seconds") when it names a field; a key that
+#: may be data (a class, a file) is shown as it is.
+LABELS = {
+    # metrics
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "precision_macro": "Precision (macro)",
+    "recall_macro": "Recall (macro)",
+    "f1_macro": "F1 (macro)",
+    "precision_weighted": "Precision (weighted)",
+    "recall_weighted": "Recall (weighted)",
+    "f1_weighted": "F1 (weighted)",
+    "log_loss": "Log-loss",
+    "roc_auc": "ROC-AUC",
+    "pr_auc": "PR-AUC",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "mse": "MSE",
+    "r2": "R²",
+    "mape": "MAPE",
+    "micro_f1": "F1 (micro)",
+    "macro_f1": "F1 (macro)",
+    "subset_accuracy": "Subset accuracy",
+    "hamming_loss": "Hamming loss",
+    "roc_auc_macro": "ROC-AUC (macro)",
+    "f1": "F1",
+    "ece": "ECE",
+    # fields
+    "values": "Test metrics",
+    "intervals": "Confidence intervals",
+    "bootstrap": "Bootstrap",
+    "per_class": "Per class",
+    "per_label": "Per label",
+    "std": "Standard error",
+    "method": "Method",
+    "low": "From",
+    "high": "To",
+    "run_id": "Run ID",
+    "model_type": "Model type",
+    "ece_ci": "ECE 95% CI",
+    "bin_count": "Confidence bins",
+    "bins": "Reliability bins (as served)",
+    "temperature": "Temperature T",
+    "test": "Test rows: log-loss and ECE",
+    "uncalibrated": "Uncalibrated (T = 1)",
+    "scaled": "At the fitted temperature",
+    "served": "As served",
+    "worse_after_scaling": "Worse after temperature scaling",
+    "temperature_fit": "Temperature fit",
+    "fitted": "Fitted temperature",
+    "validation_rows": "Validation rows",
+    "bounds": "Search range",
+    "validation_log_loss": "Validation log-loss",
+    "out_of_fold_improvement": "Held-out log-loss gain per row",
+    "lowest_val_loss": "Lowest validation loss",
+    "final": "Last epoch",
+    "history": "Per epoch",
+    "train_loss": "Training loss",
+    "val_loss": "Validation loss",
+    "lr": "Learning rate",
+    "paired": "Paired 95% CI",
+    "strongest": "Strongest baseline",
+    "headline_gap": "Headline gap",
+    "within_thresholds": "Within thresholds",
+    "batch_1": "Batch of 1",
+    "p90": "90th percentile",
+    "fgsm": "FGSM",
+    "pgd": "PGD",
+    "noise": "Gaussian noise",
+    "dropout": "Feature dropout",
+    "epsilon": "ε",
+    "sigma": "σ",
+    "size_bytes": "Size (bytes)",
+    "latency_ms": "Latency (ms)",
+    "batch_ms": "Batch (ms)",
+    "wh_per_1000": "Wh per 1,000 rows",
+    "joules_per_1000": "Joules per 1,000 rows",
+    "energy_wh": "Energy (Wh)",
+    "energy_joules": "Energy (J)",
+    "most_confident": "Most confident",
+    "least_confident": "Least confident",
+    "k": "Folds",
+    "true": "True",
+}
+_WORDS = {
+    "id": "ID",
+    "cpu": "CPU",
+    "gpu": "GPU",
+    "ms": "(ms)",
+    "ci": "95% CI",
+    "auc": "AUC",
+    "roc": "ROC",
+    "ece": "ECE",
+    "val": "validation",
+    "f1": "F1",
+}
+_SNAKE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+
+
+def field_label(key: str, *, data: bool = False) -> str:
+    """The human label of a report field: ``log_loss`` → "Log-loss", ``cpu_seconds`` → "CPU
+    seconds". With ``data=True`` the key may be data (a class, a feature, a file): only known
+    field names are relabelled.
+
+    Example:
+        >>> field_label("balanced_accuracy"), field_label("val_log_loss"), field_label("Adelie")
+        ('Balanced accuracy', 'Validation log-loss', 'Adelie')
+    """
+    if key in LABELS:
+        return LABELS[key]
+    if key.startswith("val_") and key[4:] in LABELS:  # history columns: val_accuracy ...
+        return f"Validation {LABELS[key[4:]][0].lower()}{LABELS[key[4:]][1:]}"
+    if data or not _SNAKE.fullmatch(key):
+        return key
+    words = [_WORDS.get(word, word) for word in key.split("_")]
+    text = " ".join(words)
+    return text[0].upper() + text[1:]
+
+
 def _number(value: float) -> str:
     if isinstance(value, bool):
-        return str(value)
+        return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
     if not math.isfinite(value):
         return str(value)
-    if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+    if value == 0:  # -0.0 too: a log-loss of exactly 0 is written "0", not "-0"
+        return "0"
+    if abs(value) >= 1e6 or abs(value) < 1e-3:
         return f"{value:.3e}"
     return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.1f}"
+
+
+def _range(low: Any, high: Any) -> str:
+    """An interval as ``[low, high]`` (asymmetric intervals are not written ± half)."""
+    return f"[{_number(low)}, {_number(high)}]"
+
+
+def _is_range(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"low", "high"}
+
+
+def _with_ranges(record: dict[str, Any]) -> dict[str, Any]:
+    """A record holding an estimate (``value`` / ``difference``) and its ``low`` / ``high``
+    with the two merged into one "95% CI" column."""
+    if not ({"low", "high"} <= set(record) and {"value", "difference"} & set(record)):
+        return record
+    level = record.get("confidence")
+    name = f"{round(100 * level)}% CI" if isinstance(level, float) else "95% CI"
+    merged: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "low":
+            merged[name] = _Range(record["low"], record["high"])
+        elif key not in {"high", "confidence"}:
+            merged[key] = value
+    return merged
+
+
+@dataclass(frozen=True)
+class _Range:
+    low: Any
+    high: Any
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "<td>—</td>"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, _Range):
+        return f'<td class="n">{_range(value.low, value.high)}</td>'
+    if isinstance(value, bool):
+        return f"<td>{_number(value)}</td>"
+    if isinstance(value, (int, float)):
         return f'<td class="n">{_number(value)}</td>'
+    if _is_range(value):
+        return f'<td class="n">{_range(value["low"], value["high"])}</td>'
     if isinstance(value, (dict, list)):
         return f"<td>{_render(value, depth=2)}</td>"
     return f"<td>{html.escape(str(value))}</td>"
+
+
+def _head(key: str, *, data: bool = False) -> str:
+    return html.escape(field_label(str(key), data=data))
 
 
 def _is_records(value: Any) -> bool:
@@ -83,34 +248,90 @@ def _is_flat(value: Any) -> bool:
     )
 
 
-def _render(value: Any, depth: int = 0) -> str:
-    """Plain JSON data as HTML: dicts as key/value tables, lists of records as tables."""
-    if _is_records(value):
-        columns: list[str] = []
-        for record in value:
-            columns.extend(k for k in record if k not in columns)
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-        body = "".join(
-            "<tr>" + "".join(_cell(record.get(c)) for c in columns) + "</tr>" for record in value
+_FOLD_ROWS = 20  # longer tables are folded (<details>): the figure above shows them
+
+
+def _table(records: list[dict[str, Any]], row_keys: bool = False) -> str:
+    """Records as a table; ``row_keys``: the first column holds dict keys (maybe data)."""
+    records = [_with_ranges(r) for r in records]
+    columns: list[str] = []
+    for record in records:
+        columns.extend(k for k in record if k not in columns)
+    head = "".join(f"<th>{_head(c)}</th>" if c else "<th></th>" for c in columns)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<th>{_head(record[c], data=True)}</th>"
+            if row_keys and c == ""
+            else _cell(record.get(c))
+            for c in columns
         )
-        return f"<table><tr>{head}</tr>{body}</table>"
+        + "</tr>"
+        for record in records
+    )
+    table = f"<table><tr>{head}</tr>{body}</table>"
+    if len(records) > _FOLD_ROWS:
+        return f"<details><summary>{len(records)} rows</summary>{table}</details>"
+    return table
+
+
+def _render(value: Any, depth: int = 0) -> str:
+    """Plain JSON data as HTML: dicts as key/value tables, lists of records as tables, field
+    names as human labels, intervals as [low, high]."""
+    if _is_records(value):
+        return _table(value)
+    if _is_range(value):
+        return _range(value["low"], value["high"])
     if isinstance(value, dict) and value and all(_is_flat(v) for v in value.values()):
         # {"accuracy": {"value": .., "low": ..}, ...}: one row per key
-        return _render([{"": k, **v} for k, v in value.items()], depth)
+        return _table([{"": k, **v} for k, v in value.items()], row_keys=True)
     if isinstance(value, dict):
         if not value:
             return "—"
-        rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th>{_cell(v)}</tr>" for k, v in value.items()
-        )
+        record = _with_ranges(value)
+        rows = "".join(f"<tr><th>{_head(k)}</th>{_cell(v)}</tr>" for k, v in record.items())
         return f"<table>{rows}</table>"
     if isinstance(value, list):
+        if not value:
+            return "none"
+        if len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+            return _range(value[0], value[1])  # a [low, high] pair
         if len(value) > 40 or any(isinstance(v, list) for v in value):
             return f"<i>{len(value)} values (in report.json)</i>"
-        return html.escape(", ".join(_number(v) if isinstance(v, float) else str(v) for v in value))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return html.escape(
+            ", ".join(
+                _number(v) if isinstance(v, float) else field_label(str(v), data=True)
+                for v in value
+            )
+        )
+    if isinstance(value, (int, float)):
         return _number(value)
     return html.escape(str(value))
+
+
+def _section_tables(data: dict[str, Any]) -> list[str]:
+    """A section's data: its single values in one table first, then one titled table each for
+    the structured ones (the confusion matrix is drawn as a figure)."""
+    single, blocks = {}, []
+    for key, value in data.items():
+        if key == "confusion_matrix" or value is None:
+            continue  # drawn as a figure, or not measured
+        if _is_single(value):
+            single[key] = value
+        else:
+            blocks.append(f"<h3>{_head(key)}</h3>{_render(value)}")
+    return ([_render(single)] if single else []) + blocks
+
+
+def _is_single(value: Any) -> bool:
+    """A value written in one cell: a number, a text, an interval, a short list of words."""
+    if _is_range(value):
+        return True
+    if isinstance(value, list):
+        return not value or (
+            len(value) <= 12 and not any(isinstance(v, (dict, list)) for v in value)
+        )
+    return not isinstance(value, dict)
 
 
 @dataclass
@@ -132,6 +353,12 @@ class Report:
     def section(self, key: str) -> Section | None:
         """The section with this key, or None."""
         return next((s for s in self.sections if s.key == key), None)
+
+    def test_metrics(self) -> dict[str, float]:
+        """The metrics section's test metrics (the model as served), e.g. ``{"accuracy": ..}``."""
+        section = self.section("metrics")
+        values = section.data.get("values", {}) if section is not None else {}
+        return {k: float(v) for k, v in values.items()}
 
     @property
     def summary(self) -> str:
@@ -207,10 +434,7 @@ class Report:
                 parts.append(f'<div class="flags"><ul>{items}</ul></div>')
             for caption, markup in s.figures.items():
                 parts.append(f'<div class="fig">{markup}<p>{html.escape(caption)}</p></div>')
-            for key, value in s.data.items():
-                if key in {"confusion_matrix"} or value is None:
-                    continue  # drawn as a figure, or not measured
-                parts.append(f"<h3>{html.escape(key.replace('_', ' '))}</h3>{_render(value)}")
+            parts.extend(_section_tables(s.data))
             if s.notes:
                 items = "".join(f"<li>{html.escape(n)}</li>" for n in s.notes)
                 parts.append(f'<ul class="notes">{items}</ul>')

@@ -76,13 +76,57 @@ def test_run_prints_the_report_and_registers_it(trained: Trained) -> None:
     assert (version / "report.html").is_file() and (version / "report.json").is_file()
 
 
+def test_run_table_and_report_show_the_same_metrics(tmp_path: Path, monkeypatch) -> None:
+    """`danlu run`'s table is the served model's metrics (a kept temperature included): the
+    same numbers as the report's metrics section, log-loss computed once."""
+    recipe = tmp_path / "cal.yaml"
+    recipe.write_text(
+        RECIPE.replace("name: bc-eval", "name: bc-cal")
+        .replace("register: {name: bc, alias: staging}\n", "")
+        .replace("  bootstrap: 200\n", "  bootstrap: 50\n  baselines: false\n")
+        .replace("  robustness: {fgsm: [0.05]}\n", "  robustness: false\n")
+        .replace("  explain: {samples: 20, top_k: 1}\n", "  explain: false\n")
+        .replace(
+            "  cost: {repeats: 3}\n",
+            "  cost: false\n  calibration: {temperature: true, min_rows: 40}\n",
+        )
+    )
+    monkeypatch.setenv("DANLU_HOME", str(tmp_path / "home"))
+    outcome = danlu("run", str(recipe))
+    assert outcome.code == 0, outcome.stderr
+    run_dir = Path(outcome.stdout.split("report: ")[-1].strip()).parent
+    report = json.loads((run_dir / "report.json").read_text())
+    values = report["sections"]["metrics"]["values"]
+    temperature = report["sections"]["calibration"]["temperature"]
+    rows = dict(
+        (label.strip(), float(value))
+        for label, value in (
+            line.strip("│┃ ").split("│")
+            for line in outcome.stdout.splitlines()
+            if line.count("│") == 3
+        )
+    )
+    assert rows["Log-loss"] == pytest.approx(values["log_loss"], abs=5e-5)
+    assert rows["Accuracy"] == pytest.approx(values["accuracy"], abs=5e-5)
+    assert "log_loss" not in outcome.stdout  # human labels
+    assert temperature != 1  # 3 epochs: under-confident, and sharpening is kept
+    assert f"temperature-scaled (T = {temperature:.3g})" in outcome.stdout
+
+
 def test_evaluate_run_json(home: Trained) -> None:
     outcome = danlu("evaluate", home.run_id, "--json", "--set", "explain=false")
     assert outcome.code == 0, outcome.stderr
     report = json.loads(outcome.stdout)
     assert report["subject"]["run_id"] == home.run_id
     assert "explain" not in report["sections"]  # --set turned it off
-    assert list(report["sections"]) == ["metrics", "baselines", "calibration", "robustness", "cost"]
+    assert list(report["sections"]) == [
+        "metrics",
+        "training",
+        "baselines",
+        "calibration",
+        "robustness",
+        "cost",
+    ]
     assert Path(report["html"][0]).is_file()
 
 

@@ -82,3 +82,46 @@ def test_a_metric_defined_on_too_few_resamples_is_refused():
     y = np.array([0] * 98 + [1, 1])
     with pytest.raises(ValueError, match="only .* of 200 resamples"):
         bootstrap_ci(fragile, y, resamples=200)
+
+
+# --- Wilson's interval of a proportion ---------------------------------------------------------
+
+
+def test_wilson_gives_room_below_a_perfect_score():
+    from danlu.evaluate import wilson_interval
+
+    ci = wilson_interval(360, 360)  # the bootstrap above says [1, 1]
+    assert ci.value == 1.0 and ci.high == 1.0
+    assert ci.low == pytest.approx(360 / (360 + 1.959964**2), abs=1e-6)  # k = n: n / (n + z²)
+    assert round(ci.low, 4) == 0.9894
+    assert ci.method == "wilson" and ci.resamples == 0
+    zero = wilson_interval(0, 20)
+    assert zero.low == 0.0 and zero.high == pytest.approx(1.959964**2 / (20 + 1.959964**2))
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
+def test_wilson_matches_published_values(k, n, low, high):
+    """Newcombe (1998), Statistics in Medicine 17:857, table I, method 3 (Wilson score)."""
+    from danlu.evaluate import wilson_interval
+
+    ci = wilson_interval(k, n)
+    assert (ci.low, ci.high) == pytest.approx((low, high), abs=1e-4)
+    narrow = wilson_interval(k, n, confidence=0.5)
+    assert ci.low <= narrow.low <= k / n < narrow.high < ci.high
+
+
+def test_wilson_refuses_impossible_counts():
+    from danlu.evaluate import wilson_interval
+
+    with pytest.raises(ValueError, match="between 0 and n"):
+        wilson_interval(11, 10)
+    with pytest.raises(ValueError, match="at least one row"):
+        wilson_interval(0, 0)

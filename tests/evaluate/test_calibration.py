@@ -10,7 +10,9 @@ import pytest
 
 from danlu.config import CalibrationConfig
 from danlu.evaluate._calibration import (
+    TEMPERATURE_BOUNDS,
     calibration_section,
+    choose_temperature,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
@@ -95,39 +97,160 @@ def test_temperature_scaling_lowers_the_nll_and_keeps_every_prediction():
     assert expected_calibration_error(softmax(overconfident / t), y) < before
 
 
-def test_section_fits_a_temperature_on_breast_cancer(make_eval_data):
-    data = make_eval_data()
+def test_fit_temperature_stays_within_its_bounds():
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(500, 3))
+    y = z.argmax(axis=1)  # separable: the NLL falls without end as T shrinks
+    assert fit_temperature(z, y) == pytest.approx(TEMPERATURE_BOUNDS[0], abs=1e-4)
+    noise = rng.integers(0, 3, 500)  # labels unrelated to the logits: T grows without end
+    assert fit_temperature(z * 10, noise) == pytest.approx(TEMPERATURE_BOUNDS[1], abs=1e-3)
+
+
+# --- choosing a temperature that cannot hurt ---------------------------------------------------
+
+
+def test_an_overconfident_model_keeps_its_temperature():
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(600, 3)) * 1.5
+    y = sample_labels(z, seed=6)
+    choice = choose_temperature(z * 2.5, y)
+    assert choice.kept and choice.fitted == choice.temperature
+    assert choice.temperature == pytest.approx(2.5, rel=0.2)
+    assert choice.improvement is not None and choice.improvement.low > 0
+    before, after = choice.val_log_loss
+    assert after < before
+    assert choice.reason.startswith("Temperature scaling kept")
+    assert choice.to_dict()["out_of_fold_improvement"]["low"] > 0
+
+
+def test_few_validation_rows_are_refused_with_the_reason():
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(99, 3)) * 4
+    y = sample_labels(z / 4, seed=8)  # over-confident, but only 99 rows
+    choice = choose_temperature(z, y, min_rows=100)
+    assert (choice.temperature, choice.fitted, choice.kept) == (1.0, None, False)
+    assert "99 rows" in choice.reason and "evaluate.calibration.min_rows" in choice.reason
+    assert choice.short == "only 99 validation rows"
+    assert choose_temperature(z, y, min_rows=50).fitted is not None  # enough rows: fitted
+
+
+def test_a_model_right_on_every_validation_row_is_refused():
+    """Penguins: 35 validation rows all right fitted T = 0.118 and test log-loss rose 6-fold."""
+    rng = np.random.default_rng(9)
+    z = rng.normal(size=(300, 3)) * 3
+    choice = choose_temperature(z, z.argmax(axis=1))
+    assert not choice.kept and choice.fitted is None and choice.temperature == 1.0
+    assert "right on all 300 validation rows" in choice.reason
+
+
+def test_a_harmful_temperature_is_not_kept():
+    """One confident mistake among 150 rows: in-sample, sharpening still lowers the NLL (T < 1),
+    but on held-out folds the mistake costs more than the sharpening gains."""
+    rng = np.random.default_rng(10)
+    n = 150
+    z = rng.normal(size=(n, 3))
+    y = z.argmax(axis=1)
+    z[np.arange(n), y] += 2.0  # margins of about 2-4: right, and under-confident
+    z[0] = [6.0, 0.0, 0.0]  # one confident mistake
+    y[0] = 1
+    raw_nll = nll(z, y)
+    choice = choose_temperature(z, y)
+    assert choice.fitted is not None and choice.fitted < 1.0  # in-sample, sharpening helps ...
+    assert nll(z / choice.fitted, y) < raw_nll
+    assert not choice.kept and choice.temperature == 1.0  # ... held out, it does not
+    assert choice.improvement is not None and choice.improvement.low <= 0
+    assert choice.reason.startswith("Temperature scaling not kept")
+    assert "did not improve validation log-loss beyond noise" in choice.short
+
+
+def test_calibrated_logits_keep_t_equal_one():
+    rng = np.random.default_rng(11)
+    z = rng.normal(size=(400, 4)) * 2
+    choice = choose_temperature(z, sample_labels(z, seed=12))
+    assert choice.fitted == pytest.approx(1.0, abs=0.25)
+    assert not choice.kept and choice.temperature == 1.0  # nothing to gain beyond noise
+
+
+# --- the report section ----------------------------------------------------------------------------
+
+
+def test_section_refuses_a_small_validation_split(make_eval_data):
+    data = make_eval_data()  # breast cancer, val 0.1: 57 rows
     section = calibration_section(data, CalibrationConfig(temperature=True))
     d = section.data
-    assert (section.key, section.title) == ("calibration", "Calibration")
-    assert 0.05 <= d["temperature"] <= 20.0
-    assert 0.0 <= d["ece_calibrated"] <= 1.0 and 0.0 <= d["ece"] <= 1.0
-    proba = data.probabilities(data.test_outputs)
-    assert d["ece"] == pytest.approx(expected_calibration_error(proba, data.y, 15))
+    assert d["temperature"] == 1.0 and d["worse_after_scaling"] == []
+    fit = d["temperature_fit"]
+    assert fit["fitted"] is None and not fit["kept"] and fit["validation_rows"] == len(data.y_val)
+    assert "evaluate.calibration.min_rows" in fit["reason"]
+    assert fit["reason"] in section.notes
+    assert set(d["test"]) == {"uncalibrated", "served"}
+    assert d["test"]["served"] == d["test"]["uncalibrated"]
+    assert re.fullmatch(
+        rf"ECE \d\.\d{{3}}, log-loss \d\.\d{{3}} \(no temperature scaling: only "
+        rf"{len(data.y_val)} validation rows\)",
+        section.summary,
+    )
+
+
+def test_section_measures_test_log_loss_and_ece_before_and_after(make_eval_data):
+    data = make_eval_data()
+    section = calibration_section(data, CalibrationConfig(temperature=True, min_rows=30))
+    d = section.data
+    fit = d["temperature_fit"]
+    assert fit["fitted"] is not None
+    assert TEMPERATURE_BOUNDS[0] <= fit["fitted"] <= TEMPERATURE_BOUNDS[1]
+    assert d["temperature"] == (fit["fitted"] if fit["kept"] else 1.0)
+    y = data.y.astype(int)
+    for row, t in (("uncalibrated", 1.0), ("scaled", fit["fitted"]), ("served", d["temperature"])):
+        proba = softmax(data.test_outputs / t)
+        assert d["test"][row]["log_loss"] == pytest.approx(nll(data.test_outputs / t, y))
+        assert d["test"][row]["ece"] == pytest.approx(expected_calibration_error(proba, y, 15))
+    assert (
+        d["ece"] == d["test"]["served"]["ece"] and d["log_loss"] == d["test"]["served"]["log_loss"]
+    )
+    val = fit["validation_log_loss"]
+    assert val["scaled"] <= val["uncalibrated"] + 1e-9  # the fit's objective
     assert sum(b["count"] for b in d["bins"]) == len(data.y)
-    assert d["val_log_loss_calibrated"] <= d["val_log_loss"] + 1e-9  # the fit's objective
-    assert d["log_loss"] > 0 and d["log_loss_calibrated"] > 0
     low, high = d["ece_ci"]
     assert 0.0 <= low <= high <= 1.0
-    assert re.fullmatch(r"ECE \d\.\d{3} \(\d\.\d{3} after temperature scaling\)", section.summary)
     assert "<svg" in next(iter(section.figures.values()))
-    assert any("validation rows" in note for note in section.notes)
+
+
+def test_a_kept_temperature_that_hurts_the_test_rows_is_flagged(make_eval_data):
+    """The 5-epoch model is under-confident on its validation rows, so sharpening (T < 1) is
+    kept; on test rows with 30% of their labels flipped, sharper is worse: the report says so."""
+    data = make_eval_data()
+    flip = np.random.default_rng(0).random(len(data.y)) < 0.3
+    noisy = dataclasses.replace(data, y=np.where(flip, 1 - data.y, data.y))
+    section = calibration_section(noisy, CalibrationConfig(temperature=True, min_rows=30))
+    d = section.data
+    assert d["temperature_fit"]["kept"] and d["temperature"] < 1.0
+    assert "log_loss" in d["worse_after_scaling"]
+    assert d["test"]["served"]["log_loss"] > d["test"]["uncalibrated"]["log_loss"]
+    assert "(worse)" in section.summary and f"T = {d['temperature']:.2f}" in section.summary
+    assert any("made the test" in flag and "worse" in flag for flag in section.flags)
 
 
 def test_the_fit_ignores_the_temperature_the_model_already_has(make_eval_data):
     data = make_eval_data()
-    config = CalibrationConfig(temperature=True)
+    config = CalibrationConfig(temperature=True, min_rows=30)
     plain = calibration_section(data, config).data
-    scaled = calibration_section(dataclasses.replace(data, temperature=2.5), config).data
-    assert scaled["temperature"] == pytest.approx(plain["temperature"], rel=1e-3)
-    assert scaled["ece_calibrated"] == pytest.approx(plain["ece_calibrated"], abs=1e-6)
-    assert scaled["ece"] != pytest.approx(plain["ece"])  # measured as deployed, at T = 2.5
+    saved = dataclasses.replace(data, temperature=2.5)
+    scaled = calibration_section(saved, config).data
+    fit, plain_fit = scaled["temperature_fit"], plain["temperature_fit"]
+    assert fit["fitted"] == pytest.approx(plain_fit["fitted"], rel=1e-5)  # raw logits either way
+    assert fit["kept"] == plain_fit["kept"]
+    assert scaled["test"]["uncalibrated"] == pytest.approx(plain["test"]["uncalibrated"])
+    fixed = calibration_section(saved, config, apply=False)  # a registered version's
+    assert fixed.data["temperature"] == 2.5  # measured as deployed
+    assert fixed.data["ece"] != pytest.approx(plain["test"]["uncalibrated"]["ece"])
+    assert any("reported, not applied" in note for note in fixed.notes)
 
 
 def test_without_temperature_nothing_is_fitted(make_eval_data):
     section = calibration_section(make_eval_data(), CalibrationConfig(bins=10))
-    assert section.data["temperature"] is None and section.data["ece_calibrated"] is None
-    assert re.fullmatch(r"ECE \d\.\d{3}", section.summary)
+    assert section.data["temperature"] == 1.0 and section.data["temperature_fit"] is None
+    assert re.fullmatch(r"ECE \d\.\d{3}, log-loss \d\.\d{3}", section.summary)
     assert all(b["high"] - b["low"] == pytest.approx(0.1) for b in section.data["bins"])
 
 
@@ -135,7 +258,7 @@ def test_an_empty_validation_split_gives_a_note(make_eval_data):
     data = make_eval_data(split={"val": 0.0})
     assert len(data.y_val) == 0
     section = calibration_section(data, CalibrationConfig(temperature=True))
-    assert section.data["temperature"] is None
+    assert section.data["temperature"] == 1.0
     assert any("validation split is empty" in note for note in section.notes)
     assert section.data["ece"] >= 0.0
 

@@ -30,7 +30,7 @@ RECIPE = {
     "evaluate": {
         "bootstrap": 100,
         "cross_validation": 2,
-        "calibration": {"temperature": True, "bins": 10},
+        "calibration": {"temperature": True, "bins": 10, "min_rows": 50},
         "fairness": {"group": "mean radius", "bins": 2},
         "robustness": {"fgsm": [0.05], "noise": [0.1], "samples": 100},
         "explain": {"samples": 20, "top_k": 1, "steps": 8},
@@ -40,7 +40,13 @@ RECIPE = {
 }
 #: only the metrics section: for the tests that evaluate the stored model again
 METRICS_ONLY = EvaluateConfig(
-    bootstrap=0, baselines=False, calibration=None, robustness=None, explain=None, cost=None
+    bootstrap=0,
+    baselines=False,
+    training=False,
+    calibration=None,
+    robustness=None,
+    explain=None,
+    cost=None,
 )
 
 
@@ -113,6 +119,7 @@ def test_report_json_follows_the_section_order_with_timings(piped) -> None:
     assert started == [
         "calibration",
         "metrics",
+        "training",
         "baselines",
         "cross_validation",
         "fairness",
@@ -170,6 +177,44 @@ def test_temperature_is_saved_and_applied_by_load_model(piped, test_rows) -> Non
     values = result.report.section("metrics").data["values"]
     expected = log_loss(prepared.y_test, softmax(logits / temperature), labels=[0, 1])
     assert values["log_loss"] == pytest.approx(expected, rel=1e-4)
+    fit = calibration.data["temperature_fit"]
+    assert fit["kept"] and fit["out_of_fold_improvement"]["low"] > 0  # kept: a real gain
+    served = calibration.data["test"]["served"]
+    assert served["temperature"] == temperature
+    assert served["log_loss"] == pytest.approx(values["log_loss"], rel=1e-5)
+
+
+def test_the_cli_table_and_the_report_show_the_same_metrics(piped) -> None:
+    """`danlu run` prints Result.metrics: the served (temperature-scaled) model's, as the report
+    and the run's test_* metrics."""
+    result, store, _, _, _ = piped
+    assert result.temperature != 1.0
+    values = result.report.section("metrics").data["values"]
+    assert result.metrics.keys() <= values.keys() and "log_loss" in result.metrics
+    for key, value in result.metrics.items():
+        assert value == values[key], key
+    run = store.get_run(result.run_id)
+    assert run.metrics["test_log_loss"] == pytest.approx(values["log_loss"])
+    uncalibrated = result.report.section("calibration").data["test"]["uncalibrated"]
+    assert uncalibrated["log_loss"] != pytest.approx(values["log_loss"])  # T made a difference
+
+
+def test_the_report_has_training_curves_from_the_runs_history(piped) -> None:
+    result, _, _, _, snapshot = piped
+    training = result.report.section("training")
+    assert training is not None and training.data["epochs"] == len(result.history) == 5
+    assert [row["epoch"] for row in training.data["history"]] == [1, 2, 3, 4, 5]
+    lowest = training.data["lowest_val_loss"]
+    assert lowest["value"] == min(row["val_loss"] for row in result.history)
+    page = snapshot["run"]["report.html"]
+    assert "Loss and validation metric per epoch" in page
+    body = page.split('id="training"')[1].split("<h2")[0]
+    assert "<svg" in body and "Loss per epoch" in body and "Accuracy per epoch" in body
+    assert training.summary.startswith("trained 5 epochs, lowest validation loss")
+    headers = re.findall(r"<th>([^<]*)</th>", page.split('id="metrics"')[1])
+    features = {f.name for f in result.schema.features}
+    snake = [h for h in headers if re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)+", h) and h not in features]
+    assert not snake, snake
 
 
 # --- evaluating stored runs and versions ------------------------------------------------------------

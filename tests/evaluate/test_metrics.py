@@ -118,7 +118,7 @@ def test_classification_metrics_equal_scikit_learn(k: int) -> None:
         assert m[f"precision_{average}"] == pytest.approx(p)
         assert m[f"recall_{average}"] == pytest.approx(r)
         assert m[f"f1_{average}"] == pytest.approx(f)
-    assert m["log_loss"] == pytest.approx(skm.log_loss(y, proba))
+    assert "log_loss" not in m  # the task computes it (one definition, CLI and report agree)
     assert m["roc_auc"] == pytest.approx(sklearn_roc_auc(y, proba), abs=1e-12)
     assert m["pr_auc"] == pytest.approx(sklearn_pr_auc(y, proba), abs=1e-12)
 
@@ -169,8 +169,11 @@ def test_classification_section_values_intervals_and_figures(make_eval_data) -> 
         data.task.metrics(data.test_outputs, data.y, data.schema)["accuracy"]
     )
     assert values["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba[:, 1]))
-    for name in ("balanced_accuracy", "f1_macro", "log_loss", "pr_auc", "precision_weighted"):
+    for name in ("balanced_accuracy", "f1_macro", "pr_auc", "precision_weighted"):
         assert values[name] == pytest.approx(expected[name])
+    task_values = data.task.metrics(data.test_outputs, data.y, data.schema)
+    assert values["log_loss"] == task_values["log_loss"]  # the train stage's number, exactly
+    assert values["log_loss"] == pytest.approx(skm.log_loss(y, proba))
     assert section.data["rows"] == len(y)
     assert sum(c["support"] for c in section.data["per_class"]) == len(y)
     assert np.array(section.data["confusion_matrix"]).sum() == len(y)
@@ -182,13 +185,50 @@ def test_classification_section_values_intervals_and_figures(make_eval_data) -> 
         assert ci["value"] == pytest.approx(values[name])
         assert ci["std"] >= 0
     assert intervals["accuracy"]["low"] < intervals["accuracy"]["high"]  # a real spread
+    # accuracy is a proportion of rows: Wilson's interval; the others are bootstrapped
+    assert intervals["accuracy"]["method"] == "wilson"
+    assert {ci["method"] for n, ci in intervals.items() if n != "accuracy"} == {"bootstrap"}
+    hits = round(values["accuracy"] * len(y))
+    wilson = skm_free_wilson(hits, len(y), 0.9)
+    assert (intervals["accuracy"]["low"], intervals["accuracy"]["high"]) == pytest.approx(wilson)
     assert section.data["bootstrap"] == {"resamples": 200, "confidence": 0.9}
     assert any("90%" in note and "200 resamples" in note for note in section.notes)
+    assert any("Wilson" in note for note in section.notes)
 
     assert set(section.figures) == {"Confusion matrix", "ROC curves", "Precision-recall curves"}
     assert all("<svg" in markup for markup in section.figures.values())
     assert section.summary is not None and "test accuracy" in section.summary
     assert f"{100 * values['accuracy']:.1f}%" in section.summary
+    low, high = intervals["accuracy"]["low"], intervals["accuracy"]["high"]
+    assert f"90% CI [{100 * low:.1f}%, {100 * high:.1f}%]" in section.summary
+    assert "±" not in section.summary
+
+
+def skm_free_wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson's score interval written out from its formula (Wilson, 1927)."""
+    from scipy.stats import norm
+
+    z = norm.ppf(0.5 + confidence / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_a_perfect_score_gets_an_honest_interval(make_eval_data) -> None:
+    """360 of 360 right is not "100.0% ± 0.0": a bootstrap of it is [1, 1]; Wilson's is not."""
+    import dataclasses
+
+    data = make_eval_data()
+    right = data.test_outputs.argmax(axis=1) == data.y  # keep only the rows the model gets right
+    perfect = dataclasses.replace(data, x=data.x[right], y=data.y[right], frame=data.frame[right])
+    n = int(right.sum())
+    section = metrics_section(perfect, resamples=100)
+    ci = section.data["intervals"]["accuracy"]
+    assert ci["value"] == 1.0 and ci["high"] == 1.0
+    assert ci["low"] == pytest.approx(n / (n + 1.959964**2))  # Wilson's bound at k = n
+    assert ci["low"] < 0.99
+    assert f"[{100 * ci['low']:.1f}%, 100.0%]" in section.summary
 
 
 def test_multiclass_section_has_one_row_per_class(make_eval_data) -> None:

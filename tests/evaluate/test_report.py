@@ -6,7 +6,7 @@ import json
 import math
 import re
 
-from danlu.evaluate import SECTION_ORDER, Report, Section
+from danlu.evaluate import SECTION_ORDER, Report, Section, field_label
 
 
 def sections() -> list[Section]:
@@ -90,7 +90,7 @@ def test_html_escapes_values_in_notes_tables_and_records() -> None:
     ):
         assert escaped in page, escaped
     # the records list is a table with one header per key and one row per record
-    assert "<th>group</th><th>rows</th>" in page
+    assert "<th>Group</th><th>Rows</th>" in page  # field names as labels
     assert page.count("<tr>") >= 3
 
 
@@ -104,3 +104,49 @@ def test_html_is_one_self_contained_page_with_figures_inline() -> None:
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page)
     assert '<a href="#metrics">Metrics</a>' in page and 'id="metrics"' in page
     assert "Trust report · m:1" in page
+
+
+def test_field_labels_are_words_and_data_keys_stay_as_they_are() -> None:
+    assert field_label("log_loss") == "Log-loss"
+    assert field_label("ece_ci") == "ECE 95% CI"
+    assert field_label("val_log_loss") == "Validation log-loss"
+    assert field_label("val_accuracy") == "Validation accuracy"
+    assert field_label("cpu_seconds") == "CPU seconds"  # not listed: written in words
+    assert field_label("run_id") == "Run ID"
+    assert field_label("bill_length_mm", data=True) == "bill_length_mm"  # maybe a feature
+    assert field_label("model.safetensors") == "model.safetensors"
+
+
+def test_html_tables_read_as_a_report() -> None:
+    """No snake_case field names, -0 written 0, intervals as [low, high] under "95% CI"."""
+    section = Section(
+        "calibration",
+        "Calibration",
+        data={
+            "ece": 0.018,
+            "ece_ci": [0.01, 0.03],
+            "val_log_loss_calibrated": -0.0,
+            "worse_after_scaling": ["log_loss"],
+            "intervals": {"accuracy": {"value": 1.0, "low": 0.98944, "high": 1.0, "std": 0.0}},
+            "per_class": {"long_class_name": {"precision_macro": 1.0}},
+            "strongest": {
+                "model": "logistic regression",
+                "difference": 0.01,
+                "paired": {"low": -0.02, "high": 0.03},
+            },
+            "kept": False,
+        },
+    )
+    page = Report(subject={"run_id": "r"}, sections=[section]).to_html()
+    headers = re.findall(r"<th>([^<]*)</th>", page)
+    assert headers and not [
+        h for h in headers if re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)+", h) and h != "long_class_name"
+    ]  # a data key stays as it is
+    assert "<th>long_class_name</th>" in page
+    assert "<th>ECE 95% CI</th><td" in page and "[0.01, 0.03]" in page
+    assert "-0<" not in page and ">0</td>" in page
+    assert "<th>95% CI</th>" in page and "[0.9894, 1]" in page
+    assert "<th>Paired 95% CI</th><td" in page and "[-0.02, 0.03]" in page
+    assert "<th>Worse after temperature scaling</th><td>Log-loss</td>" in page
+    assert "<td>no</td>" in page
+    assert "±" not in page
