@@ -27,18 +27,22 @@ from danlu.types import StrPath
 if TYPE_CHECKING:
     import pandas as pd
 
-    from danlu.store import ModelVersion, Store
+    from danlu.config import EvaluateConfig
+    from danlu.store import ModelVersion, SqlStore, Store
     from danlu.train import Context, Stage
     from danlu.train._callbacks import Callback
     from danlu.train._run import Result, check_recipe
+    from danlu.tune import TuneResult
 
 __all__ = [
     "Result",
     "check_recipe",
+    "add_report",
     "plan",
     "recipe_json_schema",
     "register_run",
     "run",
+    "tune",
 ]
 
 _PARITY_ROWS = 256  # test rows the ONNX export's parity check runs on
@@ -108,6 +112,58 @@ def run(
 
         ctx.data = prepare_recipe_data(ctx.recipe, get_task(ctx.recipe.task), frame=data)
     return Result.from_context(Runner(plan()).run(ctx))
+
+
+def add_report(
+    run_id: str,
+    *,
+    store: Store,
+    evaluate: EvaluateConfig | None = None,
+    on_section: Callable[[str], None] | None = None,
+) -> Result:
+    """The trust report of a finished run, made by ``danlu run``'s own evaluate stage.
+
+    The stage runner resumes the run with the recipe it was trained with (``evaluate`` replaces
+    its ``evaluate:`` block when given): the trained weights are reloaded, not trained again, the
+    evaluate stage runs, and the report is stored with the run as ``danlu run`` stores it. Nothing
+    is registered. ``danlu tune`` reports its winner this way before registering it.
+
+    Example:
+        >>> # add_report(trial_run_id, store=SqlStore()).report.summary
+    """
+    from danlu.train import Result, Runner, make_context
+
+    recipe = dict(store.get_run(run_id).recipe or {})
+    if evaluate is not None:
+        recipe["evaluate"] = evaluate.model_dump(mode="json")
+    ctx = make_context(recipe, store=store, resume=run_id, on_section=on_section)
+    in_run = [stage for stage in plan() if stage.phase != "after_run"]
+    return Result.from_context(Runner(in_run).run(ctx))
+
+
+def tune(
+    recipe: StrPath | Mapping[str, Any] | Recipe,
+    *,
+    on_section: Callable[[str], None] | None = None,
+    **options: Any,
+) -> TuneResult:
+    """``danlu tune``: search the recipe's ``tune:`` space (:func:`danlu.tune.tune`, whose
+    keyword arguments ``options`` are); when the recipe has ``evaluate:``, the winner gets its
+    trust report from the evaluate stage of ``danlu run`` (:func:`add_report`) before it is
+    registered, so the registered version carries ``report.html`` / ``report.json`` like any
+    ``danlu run`` model. ``on_section`` is called with each report section's key as it starts.
+
+    Example:
+        >>> from danlu.pipeline import tune
+        >>> result = tune("examples/digits_tune.yaml", overrides=["tune.trials=2"])  # doctest: +SKIP
+        >>> result.report.summary  # doctest: +SKIP
+    """
+    from danlu.tune import tune as tune_study
+
+    def report(store: SqlStore, run_id: str, evaluate: EvaluateConfig) -> Any:
+        return add_report(run_id, store=store, evaluate=evaluate, on_section=on_section).report
+
+    return tune_study(recipe, report_winner=report, **options)
 
 
 def plan() -> list[Stage]:

@@ -95,6 +95,7 @@ def run(
     from danlu.cli._progress import PlainProgress, RichProgress
     from danlu.data import row_accounting
     from danlu.pipeline import run as run_recipe
+    from danlu.train import run_of
 
     if threads:
         torch.set_num_threads(threads)
@@ -108,11 +109,26 @@ def run(
         result = run_recipe(
             recipe, overrides=set_ or (), callbacks=callbacks, resume=resume, on_section=progress
         )
-    except KeyboardInterrupt:
-        err.print(
-            "[yellow]Interrupted.[/] Resume from the last checkpoint with: danlu run RECIPE --resume RUN_ID (see `danlu runs ls`)."
-        )
+    except KeyboardInterrupt as exc:
+        progress.close()
+        _say_interrupted(run_of(exc), _resume_command(recipe, set_))
         raise typer.Exit(130) from None
+    except DanluError as exc:  # after the run opened: it is kept as failed, say how to go on
+        failed = run_of(exc)
+        if failed is None or state["debug"]:
+            raise
+        progress.close()
+        print_error(exc)
+        err.print(
+            Text(
+                f"Run {failed} is kept as failed (danlu runs show {failed}). When the cause was "
+                "outside the recipe (memory, disk, a crash), continue it from the stage that "
+                f"failed with: {_resume_command(recipe, set_)} {failed}; else delete it: "
+                f"danlu runs rm {failed}"
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(exc.exit_code) from None
     finally:
         progress.close()
     report = result.report
@@ -173,6 +189,28 @@ def run(
         out.print(Text(registered_line(result.registered)))
 
 
+def _resume_command(recipe: Path, overrides: list[str] | None) -> str:
+    """``danlu run RECIPE [--set ...] --resume``: the command that resumes this one's run."""
+    import shlex
+
+    sets = "".join(f" --set {shlex.quote(item)}" for item in overrides or ())
+    return f"danlu run {shlex.quote(str(recipe))}{sets} --resume"
+
+
+def _say_interrupted(run_id: str | None, resume: str) -> None:
+    if run_id is None:
+        err.print("[yellow]Interrupted[/] before the run started: nothing was recorded.")
+        return
+    err.print(
+        Text.assemble(
+            ("Interrupted. ", "yellow"),
+            f"Run {run_id} is kept (status interrupted). Continue it from its last checkpoint "
+            f"with: {resume} {run_id}",
+        ),
+        soft_wrap=True,
+    )
+
+
 app.command("tune")(tune_command)
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
@@ -195,6 +233,10 @@ def validate(
 
     loaded = load_recipe(recipe, set_ or ())
     check_recipe(loaded)
+    if loaded.train.device == "cuda":  # whether this machine can run it (imports torch)
+        from danlu.train import check_device
+
+        check_device(loaded)
     if loaded.tune is not None:  # the search space too, so `danlu tune` will not refuse it later
         from danlu.config import raise_issues
         from danlu.tune import check_tune
