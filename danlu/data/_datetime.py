@@ -171,9 +171,19 @@ def date_parts(seconds: np.ndarray, parts: Sequence[str], origin: float) -> dict
 
 
 def fit_parts(seconds: np.ndarray) -> tuple[tuple[str, ...], float]:
-    """The calendar features a date column expands into, and its origin (earliest date):
-    hour and minute only when some training date has a time of day."""
+    """The calendar features a date column expands into, and its origin (earliest date).
+
+    A part that does not vary over the training dates carries nothing and is left out: hour
+    and minute unless the dates have a time of day, the day of monthly data. The days since
+    the origin are always kept.
+
+    Example:
+        >>> monthly = np.array([0.0, 31.0, 59.0]) * DAY  # the 1st of Jan, Feb, Mar 1970
+        >>> fit_parts(monthly)
+        (('month', 'weekday', 'yearday', 'days'), 0.0)
+    """
     present = seconds[~np.isnan(seconds)]
-    has_time = bool(present.size) and bool(np.any(present % DAY != 0))
     origin = float(present.min()) if present.size else 0.0
-    return (*DATE_PARTS, *(TIME_PARTS if has_time else ()), ELAPSED), origin
+    candidates = date_parts(present, (*DATE_PARTS, *TIME_PARTS), origin)
+    varying = tuple(p for p, v in candidates.items() if v.size and np.ptp(v) > 0)
+    return (*varying, ELAPSED), origin

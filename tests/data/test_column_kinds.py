@@ -42,16 +42,16 @@ def test_date_strings_are_inferred_and_expanded_fitted_on_train_only(economics):
     train, rest = economics.iloc[:400], economics.iloc[400:]
     pre = Preprocessor(target="unemploy", task="regression").fit(train)
     (date,) = [f for f in pre.schema_.features if f.name == "date"]
-    # monthly dates carry no time of day: no hour / minute features
-    assert date.parts == ("year", "month", "day", "weekday", "yearday", "days")
-    assert pre.schema_.encoded_names[:6] == tuple(f"date.{p}" for p in date.parts)
+    # monthly dates: no time of day (hour, minute) and always the 1st (day) — left out
+    assert date.parts == ("year", "month", "weekday", "yearday", "days")
+    assert pre.schema_.encoded_names[:5] == tuple(f"date.{p}" for p in date.parts)
     first = pd.Timestamp(train["date"].min()).timestamp()
     assert date.origin == first  # elapsed days count from the earliest *training* date
     years = pd.to_datetime(train["date"]).dt.year
     assert pre.center_["date.year"] == pytest.approx(years.mean())  # scaled like a number
     x = pre.transform(rest)
     later = (pd.to_datetime(rest["date"]) - pd.Timestamp(first, unit="s")).dt.days
-    days = x[:, 5] * pre.scale_["date.days"] + pre.center_["date.days"]
+    days = x[:, 4] * pre.scale_["date.days"] + pre.center_["date.days"]
     np.testing.assert_allclose(days, later, rtol=1e-6)
 
 
@@ -85,14 +85,14 @@ def test_calendar_features_match_pandas():
 
 
 def test_time_of_day_features_only_when_training_has_times():
-    stamps = pd.date_range("2024-01-01 06:00", periods=40, freq="17h")  # days 1 to 29
+    stamps = pd.date_range("2024-01-01 06:00", periods=40, freq="1037min")  # days 1 to 29
     frame = pd.DataFrame({"at": stamps.strftime("%d/%m/%Y %H:%M"), "y": np.arange(40) % 2})
     pre = Preprocessor(target="y", task="classification").fit(frame)
     (at,) = pre.schema_.features
     assert at.parts[-3:] == ("hour", "minute", "days") and at.date_format == "%d/%m/%Y %H:%M"
     # the training format decides the day/month order; ISO 8601 is understood as well
-    a = pre.transform_columns({"at": ["02/03/2024 06:00"]})
-    b = pre.transform_columns({"at": ["2024-03-02T06:00:00Z"]})
+    a = pre.transform_columns({"at": ["02/03/2024 06:10"]})
+    b = pre.transform_columns({"at": ["2024-03-02T06:10:00Z"]})
     np.testing.assert_array_equal(a, b)
 
 
@@ -222,7 +222,7 @@ def test_inspect_says_how_each_column_is_read(write):
     report = inspect_data(DataConfig(source=write(frame, "t.csv"), target="y"), "classification")
     by_name = {c["name"]: c for c in report["details"]}
     assert by_name["when"]["kind"] == "datetime"
-    assert by_name["when"]["encoding"].startswith("calendar features: year, month")
+    assert by_name["when"]["encoding"] == "calendar features: month, day, weekday, yearday, days"
     assert by_name["ticket"]["encoding"] == "frequency"
     assert "frequency-encoded" in by_name["ticket"]["flags"]
     assert "dirty-numeric" in by_name["price"]["flags"]
