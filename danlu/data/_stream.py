@@ -141,6 +141,7 @@ class TrainStream:
         chunk_rows: int,
         shuffle_buffer: int,
         drop_missing: bool,
+        group: str | None = None,
     ) -> None:
         self.layout = layout
         self.preprocessor = preprocessor
@@ -149,11 +150,13 @@ class TrainStream:
         self.test, self.val, self.seed = test, val, seed
         self.chunk_rows, self.shuffle_buffer = chunk_rows, shuffle_buffer
         self.drop_missing = drop_missing
+        self.group = group
         self.peak_rows = 0
         self.chunks_read = 0
         schema = preprocessor.schema_
         self._features = [f.name for f in schema.features]
         self._columns = [*self._features, schema.target]
+        self._read = self._columns + ([group] if group and group not in self._columns else [])
         self._classes = None if schema.classes is None else list(schema.classes)
 
     def __repr__(self) -> str:
@@ -196,10 +199,12 @@ class TrainStream:
         import pyarrow as pa
 
         code = SPLITS.index(split)
-        for first, batch in iter_chunks(groups, self._columns, self.chunk_rows):
+        for first, batch in iter_chunks(groups, self._read, self.chunk_rows):
             self.chunks_read += 1
             n = batch.num_rows
-            mask = split_codes(first, n, test=self.test, val=self.val, seed=self.seed) == code
+            by = None if self.group is None else batch.column(self.group)
+            codes = split_codes(first, n, test=self.test, val=self.val, seed=self.seed, groups=by)
+            mask = codes == code
             if self.drop_missing:
                 for name in self._features:
                     mask &= ~np.asarray(batch.column(name).is_null(nan_is_null=True))
@@ -345,6 +350,16 @@ def prepare_stream(config: DataConfig, task: str | TaskLike) -> PreparedData:
             f"{did_you_mean(target, layout.columns)} Columns: {preview(layout.columns)}. Set "
             "data.target to one of them."
         )
+    if config.split.group is not None and config.split.group not in layout.columns:
+        from danlu.data._split import RecipeDataError
+
+        raise RecipeDataError(
+            ("data", "split", "group"),
+            f"column '{config.split.group}' is not in '{config.source}'",
+            config.split.group,
+            f"{did_you_mean(config.split.group, layout.columns)} Columns: "
+            f"{preview(layout.columns)}.".strip(),
+        )
     overrides = feature_kinds(config.features)
     kinds = _static_kinds(layout, target, overrides)
     if all(kind == "ignore" for kind in kinds.values()):
@@ -356,7 +371,7 @@ def prepare_stream(config: DataConfig, task: str | TaskLike) -> PreparedData:
     stats = collect_stats(
         layout, target=target, task=ref, kinds=kinds, test=split.test, val=split.val,
         seed=split.seed, chunk_rows=stream.chunk_rows, sample_rows=stream.sample_rows,
-        drop_missing=prep.missing == "drop",
+        drop_missing=prep.missing == "drop", group=split.group,
     )  # fmt: skip
     # The sample decides what the Parquet types cannot (a yes/no string column is boolean).
     # Ignored columns were not read, so they are not in the sample.
@@ -391,7 +406,7 @@ def prepare_stream(config: DataConfig, task: str | TaskLike) -> PreparedData:
     reader = TrainStream(
         layout, pre, rows=stats.rows, class_counts=class_counts, test=split.test, val=split.val,
         seed=split.seed, chunk_rows=stream.chunk_rows, shuffle_buffer=stream.shuffle_buffer,
-        drop_missing=prep.missing == "drop",
+        drop_missing=prep.missing == "drop", group=split.group,
     )  # fmt: skip
     return _prepared(config, ref, layout, pre, stats, reader, exact, classes, ignored)
 
@@ -433,6 +448,7 @@ def _prepared(
         "ignored": ignored,
         "input_dim": fitted.input_dim,
         "stratified": False,
+        "split_by": "group" if config.split.group else "random",
         "stream": {
             **stream.model_dump(),
             "exact": exact,

@@ -33,25 +33,26 @@ def _check_supported(config: DataConfig) -> None:
         unsupported.append("data.prepare.missing_target: drop (fill the targets first)")
     if config.imbalance.method not in ("none", "class_weight"):
         unsupported.append(f"data.imbalance: {config.imbalance.method} (use class_weight, or none)")
-    split = config.split
-    if split.by == "time" or split.group is not None:
-        unsupported.append("data.split.by: time" if split.by == "time" else "data.split.group")
+    if config.split.by == "time":
+        unsupported.append("data.split.by: time (use data.split.group, or no stream)")
     if unsupported:
         raise DataError(
             f"Streaming (data.stream) cannot use {'; '.join(unsupported)}: resampling, "
-            "outlier removal and splits by time or group need every row in memory (a stream "
-            "splits rows by a hash of the row number). Remove data.stream to load the data "
-            "into memory instead."
+            "outlier removal and a split by time need every row in memory (a stream splits "
+            "rows by a hash of the row number or of split.group). Remove data.stream to load "
+            "the data into memory instead."
         )
     if prep.dedupe:
         logger.warning(
             "Streaming does not drop duplicate rows (data.prepare.dedupe needs every row in "
             "memory); no row is dropped as a duplicate."
         )
-    logger.info(
-        "Streaming splits rows by a hash of the row number: copies of a row may land in "
-        "different splits (the in-memory path keeps them together)."
-    )
+    if config.split.group is None:
+        logger.info(
+            "Streaming splits rows by a hash of the row number: copies of a row may land in "
+            "different splits (the in-memory path keeps them together; data.split.group keeps "
+            "the rows of a group together when streaming too)."
+        )
     if config.split.stratify:
         logger.info("Streaming splits rows by a hash of the row number; it cannot stratify.")
     if config.checks is not None:

@@ -1,8 +1,9 @@
 """One pass over a Parquet source: seeded splits by row number, exact moments, a reservoir sample.
 
 Streaming cannot shuffle row positions and cut them like :func:`~danlu.data.split_indices`, so
-each row's split comes from a seeded hash of its *global row number* (:func:`split_codes`): the
-same on every pass, in any reading order, and with no row held in memory. The pass then keeps, for
+each row's split comes from a seeded hash of its *global row number* (:func:`split_codes`), or of
+its value in the ``split.group`` column (rows sharing a value share a split): the same on every
+pass, in any reading order, and with no row held in memory. The pass then keeps, for
 the training rows only:
 
 * per numeric (and boolean) column: exact count, mean, variance (Chan et al.'s pairwise merge of
@@ -64,16 +65,52 @@ def row_uniform(first: int, count: int, seed: int, salt: int = _SPLIT_SALT) -> n
         >>> bool(((u >= 0) & (u < 1)).all()), bool((u == row_uniform(0, 4, seed=0)).all())
         (True, True)
     """
+    return _uniform(np.arange(first, first + count, dtype=np.uint64), seed, salt)
+
+
+def _uniform(x: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """splitmix64 of the uint64 keys ``x``, as uniform numbers in [0, 1)."""
     key = np.uint64(((seed * 0x2545F4914F6CDD1D) ^ salt) % 2**64)
-    x = np.arange(first, first + count, dtype=np.uint64) * _GOLDEN + key  # wraps modulo 2**64
+    x = x * _GOLDEN + key  # wraps modulo 2**64
     x = (x ^ (x >> np.uint64(30))) * _M1
     x = (x ^ (x >> np.uint64(27))) * _M2
     x = x ^ (x >> np.uint64(31))
     return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def split_codes(first: int, count: int, *, test: float, val: float, seed: int) -> np.ndarray:
-    """Each row's split as a uint8 code (0 train, 1 val, 2 test), from its global row number.
+def group_uniform(groups: pa.Array, first: int, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per row from its group value (the same for equal values, in
+    any chunk); a row without a value gets its row number's (a group of its own).
+
+    Example:
+        >>> import pyarrow as pa
+        >>> u = group_uniform(pa.array(["a", "b", "a", None]), 0, seed=0)
+        >>> bool(u[0] == u[2]), bool(u[0] != u[1])
+        (True, True)
+    """
+    import pyarrow as pa
+
+    text = groups.cast(pa.string()).to_numpy(zero_copy_only=False)  # one form for every chunk
+    missing = np.asarray(groups.is_null())
+    text[missing] = ""
+    hashed = pd.util.hash_array(text.astype(object), categorize=False)
+    u = _uniform(hashed.astype(np.uint64), seed, _SPLIT_SALT)
+    if missing.any():
+        u[missing] = row_uniform(first, len(u), seed)[missing]
+    return u
+
+
+def split_codes(
+    first: int,
+    count: int,
+    *,
+    test: float,
+    val: float,
+    seed: int,
+    groups: pa.Array | None = None,
+) -> np.ndarray:
+    """Each row's split as a uint8 code (0 train, 1 val, 2 test), from its global row number,
+    or from its value in ``groups`` (``split.group``'s column) when given.
 
     A row lands in test with probability ``test`` and in validation with probability ``val``,
     independently of every other row: the split sizes are near, not exactly, those fractions.
@@ -83,7 +120,7 @@ def split_codes(first: int, count: int, *, test: float, val: float, seed: int) -
         >>> [round(float((codes == i).mean()), 2) for i in range(3)]
         [0.7, 0.1, 0.2]
     """
-    u = row_uniform(first, count, seed)
+    u = row_uniform(first, count, seed) if groups is None else group_uniform(groups, first, seed)
     codes = np.zeros(count, dtype=np.uint8)
     codes[u < test + val] = 1
     codes[u < test] = 2
@@ -303,6 +340,7 @@ def collect_stats(
     chunk_rows: int,
     sample_rows: int,
     drop_missing: bool,
+    group: str | None = None,
 ) -> StreamStats:
     """Read every row once and learn the statistics of the training rows (see the module doc).
 
@@ -318,6 +356,7 @@ def collect_stats(
         chunk_rows: rows per chunk read.
         sample_rows: size of the reservoir sample.
         drop_missing: ``missing: drop``: leave out rows with a missing feature value, everywhere.
+        group: ``split.group``: rows sharing a value of this column share a split.
 
     Raises:
         DataError: a missing target, a non-numeric numeric target, a value that does not fit
@@ -342,11 +381,16 @@ def collect_stats(
         else:
             stats.moments[name] = Moments()
     reservoir = _Reservoir(sample_rows)
-    for first, batch in iter_chunks(layout.row_groups, [*features, target], chunk_rows):
+    columns = [*features, target]
+    extra = [group] if group is not None and group not in columns else []
+    for first, batch in iter_chunks(layout.row_groups, [*columns, *extra], chunk_rows):
         n = batch.num_rows
         y = batch.column(target)
         _check_target(y, first, target, target_kind, layout.source)
-        codes = split_codes(first, n, test=test, val=val, seed=seed)
+        groups = None if group is None else batch.column(group)
+        codes = split_codes(first, n, test=test, val=val, seed=seed, groups=groups)
+        if extra:  # read to split by, not a feature: kept out of the sample
+            batch = batch.select(columns)
         arrays = {name: batch.column(name) for name in features}
         values = {name: column_values(arrays[name], kinds[name], name) for name in features}
         keep = np.ones(n, dtype=bool)

@@ -17,7 +17,7 @@ from danlu.config import DataConfig
 from danlu.data import load_source, prepare_data
 from danlu.data._parquet import parquet_layout
 from danlu.data._stream import read_ahead
-from danlu.data._stream_stats import Moments, collect_stats, split_codes
+from danlu.data._stream_stats import SPLITS, Moments, collect_stats, split_codes
 from danlu.errors import DataError
 
 STREAM = {"chunk_rows": 1500, "shuffle_buffer": 3000, "sample_rows": 2000}
@@ -123,10 +123,11 @@ def test_options_needing_all_rows_are_refused(folder):
     )
     with pytest.raises(DataError, match="outliers"):
         prepare_data(cfg, "classification")
-    for split in ({"by": "time", "column": "x"}, {"group": "x"}):
-        cfg = DataConfig(source=str(folder), target="y", stream=STREAM, split=split)
-        with pytest.raises(DataError, match="splits by time or group need every row"):
-            prepare_data(cfg, "classification")
+    cfg = DataConfig(
+        source=str(folder), target="y", stream=STREAM, split={"by": "time", "column": "x0"}
+    )
+    with pytest.raises(DataError, match="split by time need every row"):
+        prepare_data(cfg, "classification")
     cfg = DataConfig(
         source=str(folder), target="y", stream=STREAM, prepare={"missing_target": "drop"}
     )
@@ -329,3 +330,31 @@ def test_streamed_run_resumes_at_the_epoch_boundary(folder, tmp_path):
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     fresh = danlu.run(recipe(folder, stream=True, epochs=2), home=tmp_path)
     assert resumed.history[-1]["train_loss"] == pytest.approx(fresh.history[-1]["train_loss"])
+
+
+def test_split_group_keeps_each_group_in_one_split_when_streaming(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    n = 6000
+    frame = pd.DataFrame(
+        {"shop": rng.integers(0, 300, n), "x0": rng.normal(size=n), "y": rng.integers(0, 2, n)}
+    )
+    frame.loc[rng.random(n) < 0.01, "shop"] = None  # a row without a shop is its own group
+    frame["shop"] = frame["shop"].astype("Int64")
+    folder = tmp_path / "shops"
+    folder.mkdir()
+    for i in range(3):
+        part = frame.iloc[i * 2000 : (i + 1) * 2000]
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), folder / f"{i}.parquet")
+    cfg = DataConfig(
+        source=str(folder), target="y", stream=STREAM, split={"group": "shop"},
+        features={"shop": "ignore"},
+    )  # fmt: skip
+    data = prepare_data(cfg, "classification")
+    codes = split_codes(0, n, test=0.2, val=0.1, seed=0, groups=pa.array(frame["shop"]))
+    known = frame["shop"].notna().to_numpy()
+    per_shop = pd.Series(codes[known]).groupby(frame["shop"][known].to_numpy()).nunique()
+    assert (per_shop == 1).all() and len(per_shop) > 250  # every shop in one split
+    assert data.stream.rows == {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
+    assert sum(len(y) for _, y in data.stream.batches("test")) == data.stream.rows["test"]
+    assert [f.name for f in data.schema.features] == ["x0"]  # read to split by, not a feature
+    assert data.report["split_by"] == "group"
