@@ -203,7 +203,7 @@ class Preprocessor:
     ) -> tuple[Feature, Any, dict[str, np.ndarray]]:
         """One feature fitted on its training values: ``(feature, fill value, scaled columns)``
         — the columns the scaler learns centre and scale of, by encoded name."""
-        errors = read_errors(kind)
+        errors, kind = read_errors(kind), str(kind)  # the options, then the kind's plain name
         if kind == "datetime":
             fmt = column_format(column)
             values = datetime_seconds(column, fmt, errors)
@@ -214,7 +214,7 @@ class Preprocessor:
                               date_format=fmt)  # fmt: skip
             derived = date_parts(filled, parts, origin)
             return feature, fill, {f"{name}.{p}": v for p, v in derived.items()}
-        values = self._raw_values(column, kind, errors)
+        values = self.read_column(column, Feature(name, kind, errors=errors))
         fill = self._fit_fill(name, kind, values)
         filled = self._filled(values, fill)
         if kind == "numeric":
@@ -238,13 +238,6 @@ class Preprocessor:
             self.config.max_categories,
         )
         return feature, fill, {name: frequency_values(codes, shares)}
-
-    def _raw_values(self, column: pd.Series, kind: str, errors: str = "raise") -> np.ndarray:
-        if kind == "numeric":
-            return numeric_values(column, errors)
-        if kind == "boolean":
-            return _boolean_values(column)
-        return _category_values(column)
 
     def _fit_fill(self, name: str, kind: str, values: np.ndarray) -> Any:
         """The value that replaces a missing one in this column (None with ``missing: drop``)."""
