@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/augmentation.py
 	$(BIN)/python bench/imbalance.py
+	$(BIN)/python bench/column_kinds.py
 	$(BIN)/python bench/streaming.py   # writes a 20-million-row Parquet set under bench/data/ once
 	$(BIN)/python bench/tune_efficiency.py
 	$(BIN)/python bench/tune_efficiency.py --jobs-timing
