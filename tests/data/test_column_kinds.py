@@ -227,3 +227,23 @@ def test_inspect_says_how_each_column_is_read(write):
     assert "frequency-encoded" in by_name["ticket"]["flags"]
     assert "dirty-numeric" in by_name["price"]["flags"]
     assert any("max_categories" in w for w in report["warnings"])
+
+
+def test_streaming_reads_junk_numbers_and_frequency_encodes_like_memory(tmp_path):
+    rng = np.random.default_rng(3)
+    frame = _dirty_prices(600).assign(ticket=[f"T{i}" for i in rng.integers(0, 70, 600)])
+    path = tmp_path / "prices.parquet"
+    frame.to_parquet(path, row_group_size=200, index=False)
+    data = {"source": str(path), "target": "y", "prepare": {"max_categories": 40}}
+    stream = {"chunk_rows": 200, "shuffle_buffer": 400, "sample_rows": 600}
+    streamed = prepare_data(DataConfig(**data, stream=stream), "classification")
+    memory = prepare_data(DataConfig(**data), "classification")
+    for prepared in (streamed, memory):
+        price, _, ticket = prepared.schema.features
+        assert (price.kind, price.errors) == ("numeric", "nan")
+        assert ticket.encoding == "frequency" and len(ticket.frequencies) == 70
+    assert (
+        streamed.schema.encoded_names == memory.schema.encoded_names == ("price", "size", "ticket")
+    )
+    x = np.concatenate([x for x, _ in streamed.stream.batches("train", 64)])
+    assert np.isfinite(x).all() and len(x) == streamed.report["rows"]["train"]
