@@ -220,7 +220,8 @@ def _split_rows(raw: RawData, config: DataConfig, task: TaskRef) -> SplitRows:
         frame = frame.reset_index(drop=True)
     codec.check(frame[target], target)
     image_shape = tuple(config.image_shape) if config.image_shape else raw.image_shape
-    kinds = infer_kinds(frame, target, task, config.features)
+    # kinds from the rows as loaded: the rows a junk value is reported at are the file's
+    kinds = infer_kinds(raw.frame, target, task, config.features)
     schema = infer_schema(frame, target, task, kinds, encode=prep.encode, image_shape=image_shape)
     features = list(schema.feature_names)
     if not features:

@@ -159,10 +159,11 @@ def test_a_numeric_column_with_junk_is_numeric_and_its_junk_reported_with_rows(c
 def test_forcing_a_dirty_column_numeric_names_the_data_rows_and_the_fix(write):
     frame = _dirty_prices()
     frame.loc[0, "size"] = np.nan  # dropped by missing: drop, *after* the check
+    frame["y"] = frame["y"].astype(float)
+    frame.loc[1, "y"] = np.nan  # dropped by missing_target: drop, *after* the check too
     path = write(frame, "prices.csv")
-    config = DataConfig(
-        source=path, target="y", features={"price": "numeric"}, prepare={"missing": "drop"}
-    )
+    prepare = {"missing": "drop", "missing_target": "drop"}
+    config = DataConfig(source=path, target="y", features={"price": "numeric"}, prepare=prepare)
     with pytest.raises(DataError) as caught:
         prepare_data(config, "classification")
     message = str(caught.value)
