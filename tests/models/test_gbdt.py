@@ -227,3 +227,37 @@ def test_a_malformed_stored_ensemble_is_refused():
     state["feature"][0] = 7  # a column the model does not have
     with pytest.raises(StoreError, match="outside"):
         TreeEnsemble(2, 1).load_state_dict(state)
+
+
+def test_a_gbdt_version_is_served_from_its_onnx_trees(tmp_path):
+    import httpx
+
+    from danlu.serve import ServeSettings
+    from danlu.serve._server import build_app
+    from tests.serve.conftest import running_server
+
+    spec = {**recipe("builtin:wine", library="sklearn"), "register": {"name": "wine-trees"}}
+    danlu.run(spec, home=tmp_path)
+    store = SqlStore(home=tmp_path)
+    key = store.create_api_key("predict", name="predict")[1]
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame.drop(columns="target").iloc[::20]
+    rows = frame.to_dict(orient="records")
+    expected = danlu.load_model("wine-trees", store=store).predict(frame)
+    store.close()
+    settings = ServeSettings(models=("wine-trees",), poll_seconds=0, max_wait_ms=1.0)
+    app = build_app(settings, lambda: SqlStore(home=tmp_path))
+    with running_server(app, settings) as (_, url), httpx.Client(base_url=url, timeout=30) as http:
+        answer = http.post(
+            "/v1/models/wine-trees/predict",
+            json={"rows": rows},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [str(p) for p in body["predictions"]] == [str(p) for p in expected["prediction"]]
+    served = np.asarray(
+        [list(p.values()) if isinstance(p, dict) else p for p in body["probabilities"]]
+    )
+    np.testing.assert_allclose(served, expected["probabilities"], atol=1e-5)
