@@ -385,6 +385,13 @@ def prepare_stream(config: DataConfig, task: str | TaskLike) -> PreparedData:
         classes=classes, reduce=config.reduce,
     ).fit(stats.sample)  # fmt: skip
     pre, exact = _exact(pre, stats, ref.target_kind)
+    coerced = [f.name for f in pre.schema_.features if f.errors == "nan"]
+    if coerced and prep.missing == "drop":  # the pass counted rows before junk read as missing
+        raise DataError(
+            f"Streaming with data.prepare.missing: drop cannot drop the rows whose values in "
+            f"{preview(coerced)} are read as missing (errors: nan): the rows were counted "
+            "before. Use another data.prepare.missing strategy (median), or clean the data."
+        )
     fitted = pre.schema_
     if image_shape is not None and fitted.image_shape is not None:
         if int(np.prod(image_shape)) != fitted.input_dim:

@@ -248,3 +248,13 @@ def test_streaming_reads_junk_numbers_and_frequency_encodes_like_memory(tmp_path
     )
     x = np.concatenate([x for x, _ in streamed.stream.batches("train", 64)])
     assert np.isfinite(x).all() and len(x) == streamed.report["rows"]["train"]
+
+
+def test_streaming_refuses_to_drop_rows_whose_junk_reads_as_missing(tmp_path):
+    path = tmp_path / "prices.parquet"
+    _dirty_prices(300).to_parquet(path, row_group_size=100, index=False)
+    config = DataConfig(
+        source=str(path), target="y", prepare={"missing": "drop"}, stream={"chunk_rows": 100}
+    )
+    with pytest.raises(DataError, match=r"missing: drop cannot drop the rows.*'price'"):
+        prepare_data(config, "classification")
