@@ -8,7 +8,7 @@
 3. Runs ``danlu predict MODEL rows.csv --out predictions.csv --keep id`` in a subprocess, timed
    from outside (start-up, model load and the import of torch included), its peak resident
    memory read by ``/usr/bin/time -v`` (else the parent's RUSAGE_CHILDREN); then the same with
-   ``--proba``.
+   ``--proba``, and with the same rows as Parquet in and out (no text to parse or format).
 4. The reference, in this process: the same CSV already read and preprocessed into one float32
    matrix (not timed), then ONNX Runtime on the same ``model.onnx`` over it in batches of 1,024
    rows (timed): inference alone, no reading, no preprocessing, no writing.
@@ -59,6 +59,7 @@ def generate(path: Path, rows: int) -> float:
     import numpy as np
     import pyarrow as pa
     import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
 
     from danlu.data import load_source
 
@@ -75,7 +76,9 @@ def generate(path: Path, rows: int) -> float:
         noisy = values[picks] + rng.normal(0.0, 0.05 * values.std(), rows)
         columns[name] = np.round(np.abs(noisy), 5)  # positive, as measurements are
     path.parent.mkdir(parents=True, exist_ok=True)
-    pcsv.write_csv(pa.table(columns), path)
+    table = pa.table(columns)
+    pcsv.write_csv(table, path)
+    pq.write_table(table, path.with_suffix(".parquet"))
     path.with_suffix(".rows").write_text(str(rows))
     return time.perf_counter() - start
 
@@ -198,6 +201,9 @@ def main() -> None:
             lines = sum(1 for _ in out.open()) - 1
             assert lines == args.rows, (lines, args.rows)
             proba = [run_predict([*common, "--proba"], env) for _ in range(args.repeats)]
+            parquet = [model, str(csv.with_suffix(".parquet")), "--keep", "id"]
+            parquet += ["--out", str(out.with_suffix(".parquet")), "--threads", str(args.threads)]
+            columnar = [run_predict(parquet, env) for _ in range(args.repeats)]
             ref_times, rows = reference(home, model, csv, args.threads, args.repeats)
             ref = statistics.median(ref_times)
             results[label] = {
@@ -205,6 +211,7 @@ def main() -> None:
                 "reference_rows_per_s": round(rows / ref),
                 "predict": _summary(plain, rows, ref),
                 "predict --proba": _summary(proba, rows, ref),
+                "predict (Parquet in and out)": _summary(columnar, rows, ref),
             }
     payload = {
         "rows": args.rows,
@@ -232,7 +239,7 @@ def main() -> None:
                 "1.00×",
             ]
         )
-        for name in ("predict", "predict --proba"):
+        for name in ("predict", "predict --proba", "predict (Parquet in and out)"):
             p = r[name]
             table.append(
                 [

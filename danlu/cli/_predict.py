@@ -142,7 +142,8 @@ def predict_command(
         )
     except KeyboardInterrupt:
         progress.close()
-        err.print("[yellow]Interrupted.[/] No output file was written.")
+        stopped = "no output file was written" if out else "the output stops part-way"
+        err.print(f"[yellow]Interrupted:[/] {stopped}.")
         raise typer.Exit(130) from None
     finally:
         progress.close()
