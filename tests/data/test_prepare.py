@@ -478,3 +478,14 @@ def test_regression_over_a_few_integer_codes_is_warned(
         prepare_data(DataConfig(source=write(frame, "rows.csv")), "regression")
     assert "only 3 distinct whole numbers (0, 1, 2)" in caplog.text
     assert "task: classification" in caplog.text
+
+
+def test_cv_folds_keep_copies_of_a_row_in_one_fold() -> None:
+    from danlu.data import cv_splits
+
+    config = DataConfig(source="builtin:titanic")
+    rows = split_rows(load_source("builtin:titanic"), config, "classification")
+    features = _row_hashes(rows.frame.drop(columns=[rows.target]))
+    for train, val, test in cv_splits(config, "classification", 5):
+        seen = [set(features[i].tolist()) for i in (train, val, test)]
+        assert not (seen[0] & seen[2]) and not (seen[1] & seen[2]) and not (seen[0] & seen[1])
