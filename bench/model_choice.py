@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2 cores shared: threads spin-wait
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import machine, write  # noqa: E402

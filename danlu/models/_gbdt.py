@@ -38,6 +38,7 @@ __all__ = ["GBDTSpec", "NativeFit", "build_gbdt", "fit_gbdt"]
 Library = Literal["lightgbm", "sklearn", "xgboost"]
 EXTRA = {"xgboost": "gbdt-xgboost", "lightgbm": "gbdt", "sklearn": "gbdt"}
 _TASKS = ("classification", "regression")
+_SMALL_TABLE = 5_000_000  # training values (rows × columns) up to which the library uses 1 thread
 
 #: each option's name in each library (None: the library has no such option).
 OPTION_NAMES: dict[str, dict[str, str | None]] = {
@@ -218,6 +219,14 @@ def fit_gbdt(
     return fit[spec.library](spec, x, y, weight, x_val, y_val, outputs, classes, seed)
 
 
+def _threads(x: np.ndarray) -> int:
+    """Threads for the library: one on small tables, where OpenMP threads waiting on each other
+    (worst on a busy machine) cost far more than they save; torch's count on large ones."""
+    import torch
+
+    return 1 if x.size < _SMALL_TABLE else max(1, torch.get_num_threads())
+
+
 def _binary_layout(margin: np.ndarray, outputs: int, positive: int = 1, negative: int = 0) -> Any:
     """Margins (n,) of a binary model as logits (n, outputs): 0 for the negative class, the
     margin for the positive one, a large negative logit for classes the model never saw."""
@@ -289,6 +298,7 @@ def _fit_lightgbm(
         "seed": seed,
         "deterministic": True,
         "verbosity": -1,
+        "num_threads": _threads(x),
     }
     if spec.subsample < 1.0:
         params.update(bagging_fraction=spec.subsample, bagging_freq=1)
@@ -377,7 +387,10 @@ def _fit_sklearn(
     )
     model = kind(**settings)
     extra = {"X_val": x_val, "y_val": y_val} if stopping else {}
-    model.fit(x, y, sample_weight=weight, **extra)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=_threads(x), user_api="openmp"):
+        model.fit(x, y, sample_weight=weight, **extra)
     if classes:
         seen = [int(c) for c in model.classes_]
         per_round = len(seen) if len(seen) > 2 else 1
@@ -479,6 +492,7 @@ def _fit_xgboost(
         "colsample_bytree": spec.colsample,
         "max_bin": spec.max_bins,
         "tree_method": "hist",
+        "nthread": _threads(x),
         "seed": seed,
         "verbosity": 0,
     }
