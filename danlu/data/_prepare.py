@@ -44,6 +44,7 @@ from danlu.data._schema import FeatureSchema, infer_kinds, infer_schema, missing
 from danlu.data._sources import RawData, load_source
 from danlu.data._split import (
     RecipeDataError,
+    group_ids,
     kfold_indices,
     row_groups,
     split_indices,
@@ -298,16 +299,14 @@ def _split_rows(raw: RawData, config: DataConfig, task: TaskRef) -> SplitRows:
 
 def _group_ids(column: pd.Series) -> np.ndarray:
     """Group ids of ``split.group``'s values; a row without a value is a group of its own."""
-    codes = pd.factorize(column, use_na_sentinel=True)[0].astype(np.int64)
-    missing = codes < 0
-    if missing.any():
+    missing = int(column.isna().sum())
+    if missing:
         logger.info(
             "%d row(s) have no value in the group column '%s'; each is a group of its own.",
-            int(missing.sum()),
+            missing,
             column.name,
         )
-        codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
-    return codes
+    return group_ids(column)
 
 
 def _time_order(column: pd.Series, name: str) -> np.ndarray:

@@ -26,6 +26,7 @@ from danlu.logging import get_logger
 
 __all__ = [
     "RecipeDataError",
+    "group_ids",
     "kfold_indices",
     "row_groups",
     "split_indices",
@@ -51,6 +52,21 @@ class RecipeDataError(DataError):
     def __init__(self, loc: tuple[str, ...], problem: str, found: object, fix: str) -> None:
         super().__init__(f"{'.'.join(loc)}: {problem} (found {found!r}). {fix}")
         self.loc, self.problem, self.found, self.fix = loc, problem, found, fix
+
+
+def group_ids(values: Sequence[object] | np.ndarray | pd.Series) -> np.ndarray:
+    """A group id per row (int64, 0..G-1) from any values; a missing value is a group of its own.
+
+    Example:
+        >>> group_ids(["b", 1, "b", None, None]).tolist()
+        [0, 1, 0, 2, 3]
+    """
+    codes = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)[0]
+    codes = codes.astype(np.int64)
+    missing = codes < 0
+    if missing.any():
+        codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
+    return codes
 
 
 def row_groups(frame: pd.DataFrame) -> np.ndarray:
@@ -168,7 +184,7 @@ def split_indices(
     if n == 0:
         raise DataError("Cannot split an empty data set: there are no rows left to split.")
     if groups is not None:
-        ids = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+        ids = group_ids(groups)
         if len(ids) != n:
             raise DataError(f"groups has {len(ids)} entries for {n} rows; give one per row.")
         if ids.max(initial=-1) + 1 < n:  # some group holds several rows
@@ -319,7 +335,7 @@ def kfold_indices(
             "Use fewer folds."
         )
     if groups is not None:
-        ids = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+        ids = group_ids(groups)
         if ids.max(initial=-1) + 1 < len(y):
             return _group_kfold(y, ids, k, stratify=stratify, seed=seed)
     splitter: KFold | StratifiedKFold = KFold(n_splits=k, shuffle=True, random_state=seed)

@@ -172,3 +172,13 @@ def test_time_split_keeps_equal_times_in_one_split() -> None:
     train, val, test = time_split_indices(order, test=0.2, val=0.0)
     assert set(order[train]) & set(order[test]) == set()
     assert order[test].min() == 3 and len(val) == 0
+
+
+def test_group_ids_take_mixed_values_and_make_missing_values_groups_of_their_own() -> None:
+    from danlu.data._split import group_ids
+
+    assert group_ids(["b", 1, "b", None, float("nan"), 1]).tolist() == [0, 1, 0, 2, 3, 1]
+    y = np.array([0, 1] * 10)
+    mixed = ["a", 2, "b", 3] * 5  # types that numpy cannot sort together
+    train, val, test = split_indices(y, test=0.25, val=0.0, stratify=False, seed=0, groups=mixed)
+    assert {mixed[i] for i in train}.isdisjoint({mixed[i] for i in test})
