@@ -42,7 +42,8 @@ def _feature_columns(schema: FeatureSchema) -> list[tuple[str, str, list[int]]]:
     """(feature, kind, model input column indices) per raw feature, then reduced columns alone.
 
     A raw feature owns the encoded columns named like it (``age``) or one-hot from it
-    (``colour=red``); a column no raw feature owns (PCA's ``pc1``) is a numeric feature itself.
+    (``colour=red``); a column no raw feature owns (PCA's ``pc1``, a date's ``date.month``) is a
+    numeric feature itself.
     """
     names = list(schema.encoded_names)
     owned: set[int] = set()
@@ -50,8 +51,8 @@ def _feature_columns(schema: FeatureSchema) -> list[tuple[str, str, list[int]]]:
     for f in schema.features:
         prefix = f"{f.name}="
         cols = [i for i, n in enumerate(names) if n == f.name or n.startswith(prefix)]
-        if cols:
-            out.append((f.name, f.kind, cols))
+        if cols:  # a frequency-encoded category is one number (its training share)
+            out.append((f.name, "numeric" if f.frequency_encoded else f.kind, cols))
             owned.update(cols)
     out.extend((n, "numeric", [i]) for i, n in enumerate(names) if i not in owned)
     return out

@@ -258,3 +258,13 @@ def test_streaming_refuses_to_drop_rows_whose_junk_reads_as_missing(tmp_path):
     )
     with pytest.raises(DataError, match=r"missing: drop cannot drop the rows.*'price'"):
         prepare_data(config, "classification")
+
+
+def test_drift_watches_date_parts_and_frequency_shares_as_numbers(economics):
+    from danlu.data import drift_reference
+
+    frame = economics.assign(code=[f"C{i % 60}" for i in range(len(economics))])
+    pre = Preprocessor(target="unemploy", task="regression").fit(frame)
+    reference = drift_reference(pre.transform(frame), pre.schema_)
+    kinds = {f["feature"]: f["kind"] for f in reference["features"]}
+    assert kinds["date.year"] == kinds["date.days"] == kinds["code"] == "numeric"
