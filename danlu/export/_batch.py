@@ -257,7 +257,7 @@ class BatchPredictor:
 
     def _read(self, feature: Any, array: Any, first: int, problems: list[str]) -> Any:
         """One feature column as ``transform_columns`` takes it, or None after a problem."""
-        if feature.kind == "numeric":
+        if feature.kind == "numeric" and feature.errors == "raise":
             return self._numbers(feature.name, array, first, problems)
         if feature.kind == "boolean":
             return self._booleans(feature.name, array, first, problems)
@@ -345,8 +345,8 @@ class BatchPredictor:
         import pandas as pd
 
         try:
-            return self.bundle.preprocessor.read_column(
-                pd.Series(array.to_pandas(), name=feature.name), feature.kind
+            return self.bundle.preprocessor.read_column(  # the feature: its options apply
+                pd.Series(array.to_pandas(), name=feature.name), feature
             )
         except DataError as exc:
             rows = f"rows {first + 1}–{first + len(array)}"
@@ -521,7 +521,8 @@ def _run(
         stream = lambda: sys.stdout.buffer  # noqa: E731
     started = time.perf_counter()
     total = source_rows(source, in_format)
-    numeric = [f.name for f in predictor.features if f.kind == "numeric"]
+    # parsed as numbers by the reader, unless junk in them reads as missing (errors: nan)
+    numeric = [f.name for f in predictor.features if f.kind == "numeric" and f.errors == "raise"]
     result = BatchResult(predictor.name, predictor.runtime, format=out_format)
     batches = read_batches(source, in_format, predictor.needed, numeric, chunk_rows)
     with atomic_output(out, stream) as (sink, commit):

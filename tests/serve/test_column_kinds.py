@@ -72,6 +72,22 @@ def test_dates_junk_numbers_and_many_categories_round_trip_to_a_real_server(tmp_
     assert list(loaded["prediction"]) == list(expected["prediction"])
     np.testing.assert_allclose(loaded["probabilities"], expected["probabilities"], rtol=1e-6)
 
+    # danlu predict (batch, streamed from the CSV): the same predictions, junk and dates alike
+    from danlu.export._batch import predict_file
+
+    batch_in = tmp_path / "new.csv"
+    rows.to_csv(batch_in, index=False)
+    store = SqlStore(home=home)
+    try:
+        predict_file("bookings@production", batch_in, tmp_path / "out.csv", proba=True, store=store)
+    finally:
+        store.close()
+    batch = pd.read_csv(tmp_path / "out.csv")
+    assert list(batch["prediction"]) == list(expected["prediction"])
+    np.testing.assert_allclose(
+        batch[["proba_weekday", "proba_weekend"]], expected["probabilities"], rtol=1e-5, atol=1e-6
+    )
+
     body = json.loads(rows.to_json(orient="records"))
     iso = dict(body[1], when=pd.to_datetime(body[1]["when"], dayfirst=True).isoformat() + "Z")
     with (
