@@ -189,6 +189,20 @@ class NativeFit:
         return len(self.trees) // max(self.per_round, 1)
 
 
+@dataclass
+class FitRows:
+    """What every library's fit takes: the rows, the output layout and the seed."""
+
+    x: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray | None
+    x_val: np.ndarray
+    y_val: np.ndarray
+    outputs: int
+    classes: bool
+    seed: int
+
+
 def fit_gbdt(
     spec: GBDTSpec,
     x: np.ndarray,
@@ -216,7 +230,8 @@ def fit_gbdt(
         MissingExtraError: the library is not installed (the message names the extra).
     """
     fit = {"lightgbm": _fit_lightgbm, "sklearn": _fit_sklearn, "xgboost": _fit_xgboost}
-    return fit[spec.library](spec, x, y, weight, x_val, y_val, outputs, classes, seed)
+    rows = FitRows(x, y, weight, x_val, y_val, outputs, classes, seed)
+    return fit[spec.library](spec, rows)
 
 
 def _threads(x: np.ndarray) -> int:
@@ -271,17 +286,9 @@ def _lightgbm_trees(booster: Any, outputs: int, per_round: int, positive: int) -
     return trees
 
 
-def _fit_lightgbm(
-    spec: GBDTSpec,
-    x: np.ndarray,
-    y: np.ndarray,
-    weight: np.ndarray | None,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    outputs: int,
-    classes: bool,
-    seed: int,
-) -> NativeFit:
+def _fit_lightgbm(spec: GBDTSpec, rows: FitRows) -> NativeFit:
+    x, y, weight, x_val, y_val = rows.x, rows.y, rows.weight, rows.x_val, rows.y_val
+    outputs, classes, seed = rows.outputs, rows.classes, rows.seed
     import numpy as np
 
     lgb = require_library("lightgbm")
@@ -349,17 +356,9 @@ def _sklearn_tree(nodes: np.ndarray, output: int) -> Tree:
     )
 
 
-def _fit_sklearn(
-    spec: GBDTSpec,
-    x: np.ndarray,
-    y: np.ndarray,
-    weight: np.ndarray | None,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    outputs: int,
-    classes: bool,
-    seed: int,
-) -> NativeFit:
+def _fit_sklearn(spec: GBDTSpec, rows: FitRows) -> NativeFit:
+    x, y, weight, x_val, y_val = rows.x, rows.y, rows.weight, rows.x_val, rows.y_val
+    outputs, classes, seed = rows.outputs, rows.classes, rows.seed
     import numpy as np
     import sklearn
 
@@ -458,17 +457,9 @@ def _xgboost_trees(booster: Any, per_round: int, positive: int) -> list[Tree]:
     return trees
 
 
-def _fit_xgboost(
-    spec: GBDTSpec,
-    x: np.ndarray,
-    y: np.ndarray,
-    weight: np.ndarray | None,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    outputs: int,
-    classes: bool,
-    seed: int,
-) -> NativeFit:
+def _fit_xgboost(spec: GBDTSpec, rows: FitRows) -> NativeFit:
+    x, y, weight, x_val, y_val = rows.x, rows.y, rows.weight, rows.x_val, rows.y_val
+    outputs, classes, seed = rows.outputs, rows.classes, rows.seed
     import numpy as np
 
     xgb = require_library("xgboost")

@@ -145,7 +145,13 @@ def test_auto_trains_each_candidate_and_ships_the_best_on_validation(tmp_path):
             ],
         },
         "train": {"epochs": 2, "seed": 0},
-        "evaluate": {"baselines": False, "cost": False, "calibration": False},
+        "evaluate": {
+            "baselines": False,
+            "cost": False,
+            "calibration": False,
+            "robustness": False,
+            "explain": False,
+        },
         "register": {"name": "chosen"},
     }
     result = danlu.run(spec, home=tmp_path)
