@@ -377,7 +377,8 @@ def infer_kinds(
         )
     kinds = check_overrides(overrides, columns, target)
     for name, kind in kinds.items():
-        _check_forced(frame[name], kind)
+        if not isinstance(kind, ColumnKind) or not kind.note:  # inferred ones were read already
+            _check_forced(frame[name], kind)
     return {name: kinds.get(name) or _infer_kind(frame[name]) for name in columns if name != target}
 
 
