@@ -51,6 +51,11 @@ def cost_section(data: EvalData, config: CostConfig) -> Section:
     notes: list[str] = []
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not parameters and hasattr(model, "n_trees"):  # a tree ensemble: its size is its trees
+        notes.append(
+            f"A tree ensemble: {model.n_trees} trees of depth ≤ {model.depth}, held as tables "
+            f"(no trained parameters); {sum(b.numel() for b in model.buffers()):,} numbers."
+        )
 
     sizes = {name: int(size) for name, size in data.files.items()}
     if not sizes:
@@ -110,7 +115,12 @@ def cost_section(data: EvalData, config: CostConfig) -> Section:
 
     size = sizes.get("model.safetensors", next(iter(sizes.values())))
     summary = (
-        f"{_count(parameters)} parameters, {_bytes(size)}, {_number(median_ms)} ms per row"
+        (
+            f"{model.n_trees} trees"
+            if hasattr(model, "n_trees")
+            else f"{_count(parameters)} parameters"
+        )
+        + f", {_bytes(size)}, {_number(median_ms)} ms per row"
         + (f", {_training_phrase(training)}" if training else "")
     )
     return Section(

@@ -94,10 +94,11 @@ def test_trust_report_skips_gradient_methods_for_trees_and_says_why(tmp_path):
             "robustness": {"fgsm": [0.1], "pgd": [0.1], "noise": [0.2], "samples": 60},
             "explain": {"method": "integrated_gradients", "samples": 12, "top_k": 1},
             "baselines": False,
-            "cost": False,
+            "cost": {"repeats": 3, "batch": 8},
         },
     }
     report = danlu.run(spec, home=tmp_path).report
+    assert report.section("cost").summary.split(",")[0].endswith(" trees")
     robustness = report.section("robustness")
     assert set(robustness.data["curves"]) == {"noise"}
     assert any("FGSM and PGD were skipped" in note for note in robustness.notes)
