@@ -324,8 +324,17 @@ def choose_temperature(
     fitted = fit_temperature(logits, y)
     before, after = _nll(logits, y), _nll(logits / fitted, y)
     gain = bootstrap_ci(lambda d: float(d.mean()), _cross_fitted_gain(logits, y, seed), seed=seed)
-    near_bound = any(abs(np.log(fitted / bound)) < 1e-3 for bound in TEMPERATURE_BOUNDS)
-    at_bound = " (at the bound of the search)" if near_bound else ""
+    at_bound = ""
+    if abs(np.log(fitted / _T_MIN)) < 1e-3:
+        at_bound = (
+            " (at the bound of the search: the model is more than 4× under-confident; more "
+            "epochs or less regularisation would fix the model itself)"
+        )
+    elif abs(np.log(fitted / _T_MAX)) < 1e-3:
+        at_bound = (
+            " (at the bound of the search: the model is more than 4× over-confident; early "
+            "stopping or more regularisation would fix the model itself)"
+        )
     measured = (
         f"T = {fitted:.3g}{at_bound} fitted on the {n} validation rows changes the log-loss of "
         f"held-out validation rows by {-gain.value:+.4f} per row (5-fold cross-fitting; 95% "

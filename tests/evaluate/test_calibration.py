@@ -123,6 +123,15 @@ def test_an_overconfident_model_keeps_its_temperature():
     assert choice.to_dict()["out_of_fold_improvement"]["low"] > 0
 
 
+def test_a_temperature_at_the_bound_says_what_to_fix():
+    rng = np.random.default_rng(13)
+    z = rng.normal(size=(500, 3)) * 3
+    y = sample_labels(z, seed=14)
+    choice = choose_temperature(z / 10, y)  # ten times under-confident: T = 0.1 is out of range
+    assert choice.kept and choice.temperature == pytest.approx(TEMPERATURE_BOUNDS[0], abs=1e-4)
+    assert "more than 4× under-confident" in choice.reason
+
+
 def test_few_validation_rows_are_refused_with_the_reason():
     rng = np.random.default_rng(7)
     z = rng.normal(size=(99, 3)) * 4
