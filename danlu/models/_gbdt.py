@@ -316,8 +316,13 @@ def _fit_lightgbm(spec: GBDTSpec, rows: FitRows) -> NativeFit:
     if len(x_val) and spec.early_stopping_rounds:
         valid = [lgb.Dataset(x_val, label=y_val, reference=train)]
         callbacks.append(lgb.early_stopping(spec.early_stopping_rounds, verbose=False))
-    booster = lgb.train(
-        params, train, num_boost_round=spec.n_estimators, valid_sets=valid, callbacks=callbacks
+    booster = lgb.train(  # keep_training_booster: every round, not only those up to the best
+        params,
+        train,
+        num_boost_round=spec.n_estimators,
+        valid_sets=valid,
+        callbacks=callbacks,
+        keep_training_booster=True,
     )
     per_round = outputs if objective == "multiclass" else 1
 
