@@ -204,6 +204,7 @@ def _intervals(
             "high": ci.high,
             "std": ci.std,
             "method": ci.method,
+            "confidence": ci.confidence,
         }
     return intervals, notes
 

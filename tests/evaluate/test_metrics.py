@@ -7,6 +7,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
+from danlu.evaluate import Report
 from danlu.evaluate._metrics import (
     _average_precision,
     _balanced_accuracy,
@@ -194,6 +195,9 @@ def test_classification_section_values_intervals_and_figures(make_eval_data) -> 
     assert section.data["bootstrap"] == {"resamples": 200, "confidence": 0.9}
     assert any("90%" in note and "200 resamples" in note for note in section.notes)
     assert any("Wilson" in note for note in section.notes)
+    assert {ci["confidence"] for ci in intervals.values()} == {0.9}
+    page = Report(subject={}, sections=[section]).to_html()
+    assert "<th>90% CI</th>" in page and "95% CI</th>" not in page
 
     assert set(section.figures) == {"Confusion matrix", "ROC curves", "Precision-recall curves"}
     assert all("<svg" in markup for markup in section.figures.values())
