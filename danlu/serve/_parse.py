@@ -279,6 +279,12 @@ class RequestParser:
         missing = np.isnan(values)
         if missing.any() and not inp.nullable:
             i = int(np.flatnonzero(missing)[0])
+            if bad[i]:  # junk that reads as missing (errors: nan), and no fill to take its place
+                raise RequestError(
+                    field(i, inp.name),
+                    f"is not a number ({show(column[i])}), so it reads as missing, and the model "
+                    "learned no fill value (it was trained with missing: drop); send a number.",
+                )
             self._null(inp, i, field)
         return values
 

@@ -109,3 +109,22 @@ def test_dates_junk_numbers_and_many_categories_round_trip_to_a_real_server(tmp_
         row = next(v for k, v in spec.items() if k.endswith("_Row"))
         when = row["properties"]["when"]
         assert {"type": "string", "format": "date-time"} in when.get("anyOf", [when])
+
+
+def test_the_request_parser_reads_dates_and_junk_numbers_as_the_preprocessor_does():
+    from danlu.config import PrepareConfig
+    from danlu.data import Preprocessor
+    from danlu.serve._parse import RequestParser
+    from danlu.serve._types import RequestError
+
+    table = _table().drop(columns="note")
+    kinds = {"price": {"kind": "numeric", "errors": "nan"}}
+    pre = Preprocessor(target="y", task="classification", overrides=kinds).fit(table)
+    parser = RequestParser(pre, "bookings:1")
+    rows = json.loads(table.drop(columns="y").head(6).to_json(orient="records"))
+    np.testing.assert_array_equal(parser.parse({"rows": rows}, 10), pre.transform(table.head(6)))
+    strict = Preprocessor(PrepareConfig(missing="drop"), target="y", task="classification",
+                          overrides=kinds).fit(table.dropna().drop(index=[4, 40]))  # fmt: skip
+    with pytest.raises(RequestError, match="reads as missing.*learned no fill value") as caught:
+        RequestParser(strict, "bookings:2").parse({"rows": [dict(rows[0], price="?")]}, 10)
+    assert caught.value.field == "rows[0].price"
