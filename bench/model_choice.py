@@ -10,7 +10,7 @@ model is "worse beyond noise" only when that whole interval is below 0. For the 
 it also shows test accuracy with Wilson intervals for the shipped model, logistic regression
 and the GBDT candidate.
 
-    python bench/model_choice.py [--seed 0] [--tables breast_cancer diabetes ...]
+    python bench/model_choice.py [--seeds 0 1 2] [--tables breast_cancer diabetes ...]
 """
 
 from __future__ import annotations
@@ -139,72 +139,103 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _detail_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-seed table, as Markdown lines."""
+    lines = [
+        "| table | seed | shipped | shipped test [95% CI] | best baseline | baseline test | "
+        "paired diff 95% CI | worse beyond noise | candidates (val / test / s) | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        candidates = "; ".join(
+            f"{c['type']} {_fmt(c['validation'])} / {_fmt(c['test'])} / {c['seconds']:.0f}"
+            for c in r["candidates"]
+        )
+        lines.append(
+            f"| {r['table']} | {r['seed']} | {r['shipped']} | {r['shipped_test']:.3f} "
+            f"[{_fmt(r['shipped_low'])}, {_fmt(r['shipped_high'])}] | {r['best_baseline']} | "
+            f"{r['best_baseline_test']:.3f} | [{_fmt(r['paired_low'], 4)}, "
+            f"{_fmt(r['paired_high'], 4)}] | {'yes' if r['worse_beyond_noise'] else 'no'} | "
+            f"{candidates} | {r['seconds']} |"
+        )
+    return lines
+
+
+def _summary(rows: list[dict[str, Any]], tables: list[str]) -> list[list[Any]]:
+    """Per table over the seeds: medians, their ratio, and how often the shipped model lost."""
+    import statistics
+
+    summary = []
+    for name in tables:
+        mine = [r for r in rows if r["table"] == name]
+        shipped = statistics.median(r["shipped_test"] for r in mine)
+        baseline = statistics.median(r["best_baseline_test"] for r in mine)
+        summary.append(
+            [
+                name,
+                mine[0]["metric"],
+                f"{shipped:.3f}",
+                f"{baseline:.3f}",
+                f"{shipped / baseline:.3f}" if baseline else "–",
+                f"{sum(r['worse_beyond_noise'] for r in mine)} of {len(mine)}",
+                ", ".join(r["shipped"] for r in mine),
+                f"{statistics.median(r['seconds'] for r in mine):.0f}",
+            ]
+        )
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
     args = parser.parse_args()
     logging.getLogger("danlu").setLevel(logging.ERROR)
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    rows = []
     with tempfile.TemporaryDirectory(prefix="danlu-model-choice-") as home:
         os.environ["DANLU_HOME"] = home
-        rows = []
-        for name in args.tables:
-            row = run_one(name, args.seed)
-            rows.append(row)
-            print(
-                f"{name}: shipped {row['shipped']} {row['metric']} {row['shipped_test']:.4f} "
-                f"vs {row['best_baseline']} {row['best_baseline_test']:.4f} ({row['seconds']} s)",
-                flush=True,
-            )
+        for seed in args.seeds:
+            for name in args.tables:
+                row = {**run_one(name, seed), "seed": seed}
+                rows.append(row)
+                print(
+                    f"{name} seed {seed}: shipped {row['shipped']} {row['metric']} "
+                    f"{row['shipped_test']:.4f} vs {row['best_baseline']} "
+                    f"{row['best_baseline_test']:.4f} ({row['seconds']} s)",
+                    flush=True,
+                )
     header = [
         "table",
         "metric",
-        "shipped",
-        "shipped test [95% CI]",
-        "best baseline",
-        "baseline test",
-        "paired diff 95% CI",
+        "shipped test (median)",
+        "best baseline test (median)",
+        "ratio",
         "worse beyond noise",
-        "candidates (val / test / s)",
-        "seconds",
+        "shipped per seed",
+        "seconds (median)",
     ]
-    table = []
-    for r in rows:
-        candidates = "; ".join(
-            f"{c['type']} {_fmt(c['validation'])} / {_fmt(c['test'])} / {c['seconds']:.0f}"
-            for c in r["candidates"]
-        )
-        table.append(
-            [
-                r["table"],
-                r["metric"],
-                r["shipped"],
-                f"{r['shipped_test']:.3f} [{_fmt(r['shipped_low'])}, {_fmt(r['shipped_high'])}]",
-                r["best_baseline"],
-                f"{r['best_baseline_test']:.3f}",
-                f"[{_fmt(r['paired_low'], 4)}, {_fmt(r['paired_high'], 4)}]",
-                "yes" if r["worse_beyond_noise"] else "no",
-                candidates,
-                r["seconds"],
-            ]
-        )
     notes = [
-        "Command: `python bench/model_choice.py` (seed "
-        f"{args.seed}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}). Each table is one "
+        f"Command: `python bench/model_choice.py --seeds {' '.join(map(str, args.seeds))}` "
+        f"(OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}). Each table and seed is one "
         "`danlu run` with `model: {type: auto}` (default candidates: the MLP, 60 epochs at most "
-        "with early stopping, and LightGBM trees); the winner is chosen on validation, the test "
-        "split is only reported. Baselines are the trust report's, fitted on the same training "
-        "split. 'paired diff' is the 95% bootstrap interval of the per-row difference shipped − "
-        "best baseline (correctness for classification, −squared error in standardized units "
-        "for regression); 'worse beyond noise' means the whole interval is below 0.",
+        "with early stopping, and LightGBM trees); the seed sets the split and the training. "
+        "The winner is chosen on validation; the test split is only reported. Baselines are the "
+        "trust report's (dummy, logistic / linear regression, HistGradientBoosting), fitted on "
+        "the same training split; 'best baseline' is the strongest on test. 'paired diff' is the "
+        "95% bootstrap interval of the per-row difference shipped − best baseline (correctness "
+        "for classification, −squared error in standardized units for regression); 'worse "
+        "beyond noise' counts the seeds where the whole interval is below 0.",
+        "",
+        *_detail_rows(rows),
     ]
     titanic = next((r for r in rows if "titanic_accuracy" in r), None)
     if titanic is not None:
         notes.append(
-            "\nTitanic (vcdExtra/Titanicp, no row dropped) test accuracy, Wilson 95% CI:\n"
+            f"\nTitanic (vcdExtra/Titanicp, no row dropped), seed {titanic['seed']}: test "
+            "accuracy, Wilson 95% CI:\n"
         )
         notes.append("| model | accuracy [95% CI] | test rows |\n|---|---|---|")
         for model, acc in titanic["titanic_accuracy"].items():
@@ -214,9 +245,9 @@ def main() -> None:
             )
     path = write(
         "model_choice",
-        {"machine": machine(), "seed": args.seed, "rows": rows},
+        {"machine": machine(), "seeds": args.seeds, "rows": rows},
         header,
-        table,
+        _summary(rows, args.tables),
         notes="\n".join(notes),
     )
     print(path.read_text())
