@@ -20,6 +20,7 @@ __all__ = ["CONTENT_SECURITY_POLICY", "docs_html"]
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'"
 _METHODS = ("get", "post", "put", "patch", "delete")
 _ENUM_SHOWN = 12
+_TAG_ORDER = ("predict", "models", "health", "admin")  # what a reader comes for, first
 
 _STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:980px;padding:0 20px 60px;
@@ -56,7 +57,9 @@ def docs_html(spec: Mapping[str, Any], openapi_url: str = "/openapi.json") -> st
     ]
     if info.get("description"):
         parts.append(f"<p>{escape(str(info['description']))}</p>")
-    for tag, operations in _by_tag(spec.get("paths") or {}).items():
+    groups = _by_tag(spec.get("paths") or {})
+    for tag in sorted(groups, key=lambda t: (_TAG_ORDER.index(t) if t in _TAG_ORDER else 99, t)):
+        operations = groups[tag]
         parts.append(f"<h2 id='tag-{escape(tag)}'>{escape(tag)}</h2>")
         parts.extend(_operation(method, path, op) for method, path, op in operations)
     if schemas:
@@ -104,7 +107,8 @@ def _operation(method: str, path: str, op: Mapping[str, Any]) -> str:
     if isinstance(body, Mapping):
         html.append(f"<div>request body (JSON): {_type(body.get('schema') or {})}</div>")
     responses = op.get("responses") or {}
-    rows = "".join(_response(str(code), r) for code, r in responses.items())
+    codes = sorted(responses, key=lambda code: str(code))
+    rows = "".join(_response(str(code), responses[code]) for code in codes)
     html.append(f"<table><tr><th>status</th><th>meaning</th><th>body</th></tr>{rows}</table>")
     html.append("</div>")
     return "".join(html)
