@@ -261,7 +261,11 @@ def _lightgbm_trees(booster: Any, outputs: int, per_round: int, positive: int) -
 
     trees = []
     for i, info in enumerate(booster.dump_model(num_iteration=-1)["tree_info"]):
-        feature, threshold, left, right, value = [], [], [], [], []
+        feature: list[int] = []
+        threshold: list[float] = []
+        left: list[int] = []
+        right: list[int] = []
+        value: list[float] = []
         stack = [(info["tree_structure"], -1, "")]
         while stack:  # pre-order, parents before children
             node, parent, side = stack.pop()
@@ -281,7 +285,14 @@ def _lightgbm_trees(booster: Any, outputs: int, per_round: int, positive: int) -
                 stack.append((node["left_child"], index, "left"))
         output = i % per_round if per_round > 1 else positive
         trees.append(
-            Tree(*(np.asarray(a) for a in (feature, threshold, left, right, value)), output=output)
+            Tree(
+                feature=np.asarray(feature),
+                threshold=np.asarray(threshold),
+                left=np.asarray(left),
+                right=np.asarray(right),
+                value=np.asarray(value),
+                output=output,
+            )
         )
     return trees
 

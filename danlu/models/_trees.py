@@ -91,11 +91,23 @@ class TreeEnsemble(torch.nn.Module):
     """
 
     differentiable = False  # piecewise constant: no input gradients worth following
+    # buffers (registered in __init__; typed here for the type checker)
+    feature: torch.Tensor
+    threshold: torch.Tensor
+    left: torch.Tensor
+    right: torch.Tensor
+    value: torch.Tensor
+    roots: torch.Tensor
+    tree_output: torch.Tensor
+    bias: torch.Tensor
+    steps: torch.Tensor
+    spec: Any  # the options training fits with (``GBDTSpec``); None once loaded from a store
 
     def __init__(self, input_dim: int, output_dim: int) -> None:
         super().__init__()
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.depth = 0
+        self.spec = None
         empty = {
             "feature": torch.zeros(0, dtype=torch.int64),  # (T·N,) flat over trees
             "threshold": torch.zeros(0, dtype=torch.float32),  # (T·N,)

@@ -75,7 +75,7 @@ def select_model(ctx: Context) -> ChosenModel:
         )
     task = ctx.task
     metric = f"val_{task.headline}"
-    candidates = ctx.model.candidates if ctx.model is not None else []
+    candidates: list[tuple[str, Any]] = list(getattr(ctx.model, "candidates", []))
     rows, results = [], []
     for i, (kind, options) in enumerate(candidates):
         recipe = copy.deepcopy(ctx.resolved)

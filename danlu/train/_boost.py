@@ -47,7 +47,9 @@ _CALLBACK_POINTS = 100  # rounds at most that the callbacks see (evenly spaced, 
 
 def is_boosted(model: torch.nn.Module) -> bool:
     """True for a model fitted by a boosting library rather than by the torch loop."""
-    return getattr(model, "differentiable", True) is False and hasattr(model, "spec")
+    return (
+        getattr(model, "differentiable", True) is False and getattr(model, "spec", None) is not None
+    )
 
 
 class BoostingTrainer:
@@ -85,6 +87,9 @@ class BoostingTrainer:
     ) -> BoostingTrainer:
         """Fit the trees of ``model.spec`` on ``data``; returns ``self``. ``resume`` fits anew."""
         from danlu.models._gbdt import fit_gbdt
+        from danlu.models._trees import TreeEnsemble
+
+        assert isinstance(model, TreeEnsemble), "BoostingTrainer fits a TreeEnsemble"
 
         if data.stream is not None:
             raise DataError("Gradient-boosted trees are fitted on rows in memory, not streamed.")
