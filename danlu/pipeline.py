@@ -158,12 +158,26 @@ def tune(
         >>> result = tune("examples/digits_tune.yaml", overrides=["tune.trials=2"])  # doctest: +SKIP
         >>> result.report.summary  # doctest: +SKIP
     """
+    from danlu.config import load_recipe
+    from danlu.store import SqlStore
+    from danlu.train import Runner, make_context
     from danlu.tune import tune as tune_study
 
     def report(store: SqlStore, run_id: str, evaluate: EvaluateConfig) -> Any:
         return add_report(run_id, store=store, evaluate=evaluate, on_section=on_section).report
 
-    return tune_study(recipe, report_winner=report, **options)
+    given = options.pop("store", None)
+    store = given or SqlStore(home=options.pop("home", None))
+    try:
+        loaded = load_recipe(recipe, options.get("overrides", ()))
+        if loaded.evaluate is not None and loaded.tune is not None:
+            # the winner's report must be possible before any trial runs (its checks need the
+            # prepared data: a fairness column, test rows in memory)
+            Runner(plan()).check(make_context(loaded, store=store))
+        return tune_study(recipe, store=store, report_winner=report, **options)
+    finally:
+        if given is None:
+            store.close()
 
 
 def plan() -> list[Stage]:

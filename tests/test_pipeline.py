@@ -42,6 +42,7 @@ def test_run_records_everything_in_the_store(tmp_path):
     assert run.metrics["test_accuracy"] == pytest.approx(result.metrics["accuracy"])
     energy_method = run.tags.pop("energy_method")
     assert energy_method in {"rapl", "nvml", "estimate"} and run.tags.pop("energy_detail")
+    assert len(run.tags.pop("test_fingerprint")) == 64  # which rows test_* come from
     assert run.tags == {"task": "classification", "model.type": "mlp"}
     assert run.metrics["train_seconds"] > 0 and run.metrics["energy_joules"] > 0
     assert 0 < run.metrics["train_cpu_seconds"]

@@ -160,15 +160,9 @@ class Runner:
         self.plan = tuple(plan)
 
     def run(self, ctx: Context) -> Context:
-        stages = [s for s in self.plan if s.when is None or s.when(ctx.recipe)]
-        check_device(ctx.recipe)  # a recipe this machine cannot run leaves no run behind
+        stages = self._stages(ctx)
         done = _finished_before(ctx)  # also checks a resumed run's recipe
-        for stage in stages:
-            if stage.phase == "before_run":
-                ctx = self._step(stage, ctx)
-        for stage in stages:
-            if stage.check is not None:
-                stage.check(ctx)
+        ctx = self.check(ctx)
         tracker = _open_run(ctx)
         finished = False
         try:
@@ -190,6 +184,27 @@ class Runner:
             _name_run(exc, tracker.run_id)
             raise
         return ctx
+
+    def check(self, ctx: Context) -> Context:
+        """All that :meth:`run` does before the run opens, and no more: the device, the stages
+        that need no run (``prepare``) and every stage's ``check``. Nothing is written, so it
+        tells whether a plan would start (``danlu tune`` asks before its first trial).
+
+        Example:
+            >>> # Runner(plan()).check(make_context("r.yaml")).data.report
+        """
+        check_device(ctx.recipe)  # a recipe this machine cannot run leaves no run behind
+        stages = self._stages(ctx)
+        for stage in stages:
+            if stage.phase == "before_run":
+                ctx = self._step(stage, ctx)
+        for stage in stages:
+            if stage.check is not None:
+                stage.check(ctx)
+        return ctx
+
+    def _stages(self, ctx: Context) -> list[Stage]:
+        return [s for s in self.plan if s.when is None or s.when(ctx.recipe)]
 
     def _step(self, stage: Stage, ctx: Context) -> Context:
         """Run one stage, timed; record it (and a failure) on the run."""

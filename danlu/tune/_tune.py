@@ -396,7 +396,7 @@ def tune(
         >>> result.best_params  # doctest: +SKIP
     """
     from danlu.store import SqlStore
-    from danlu.train import check_recipe
+    from danlu.train import check_device, check_recipe
     from danlu.tune._storage import close_storage, open_storage
 
     if jobs < 1:
@@ -407,6 +407,7 @@ def tune(
     recipe = load_recipe(recipe, overrides)
     raise_issues(check_tune(recipe), recipe._source)
     check_recipe(recipe)
+    check_device(recipe)  # before any trial: each would fail on its own
     assert recipe.tune is not None
     name = study or recipe.tune.study or recipe.name
     own_store = store is None

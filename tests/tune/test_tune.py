@@ -322,3 +322,14 @@ def test_a_study_whose_creator_stopped_early_is_completed_on_the_next_run(tmp_pa
     result = tune(iris_recipe(trials=1), store=store)
     assert store.get_run(result.run_id).stage == "tune"
     assert result.counts["complete"] == 1
+
+
+def test_a_recipe_asking_for_a_missing_gpu_is_refused_before_any_trial(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    store = SqlStore(home=tmp_path / "home")
+    with pytest.raises(ConfigError, match=r"--set train.device=cuda: train.device: no CUDA"):
+        tune(iris_recipe(), overrides=["train.device=cuda"], store=store)
+    assert store.search_runs() == []

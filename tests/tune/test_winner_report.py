@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import danlu
+from danlu.errors import DataError
 from danlu.pipeline import tune
 from danlu.store import SqlStore
 from tests.cli._runner import danlu as cli
@@ -108,3 +111,12 @@ def test_danlu_tune_reports_the_winner_and_takes_a_dotted_space_key(tmp_path, mo
     assert result["registered"] == "iris:1"
     store = SqlStore(home=tmp_path / "home")
     assert "report.json" in store.get_model_version("iris", 1).files
+
+
+def test_a_report_that_cannot_be_made_is_refused_before_any_trial(tmp_path):
+    """The winner's report is checked with the prepared data first (a fairness column that is
+    not in the data): the study never starts."""
+    store = SqlStore(home=tmp_path / "home")
+    with pytest.raises(DataError, match="sex"):
+        tune(recipe(evaluate={**QUICK_REPORT, "fairness": {"group": "sex"}}), store=store)
+    assert store.search_runs() == []
