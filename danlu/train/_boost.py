@@ -102,6 +102,11 @@ class BoostingTrainer:
         weights = self._class_weights(data)
         row_weight = None if weights is None else weights.numpy()[data.y_train].astype(np.float64)
         outputs = task.output_dim(data.schema)
+        # progress bars start before the library fits (its rounds at most; early stopping ends
+        # sooner, as it does for a network's epochs)
+        self.config = self.config.model_copy(update={"epochs": model.spec.n_estimators})
+        for cb in self.callbacks:
+            cb.on_fit_start(self)  # type: ignore[arg-type]
         native = fit_gbdt(
             model.spec,
             data.x_train,
@@ -233,11 +238,9 @@ class BoostingTrainer:
         return parity
 
     def _replay(self, rounds: int) -> None:
-        """The rounds as epochs: tracker metrics for each, callbacks at evenly spaced rounds."""
-        self.config = self.config.model_copy(update={"epochs": rounds})  # progress totals
+        """The rounds as epochs: tracker metrics for each, the callbacks' epoch hooks at evenly
+        spaced rounds (and the last)."""
         step = max(1, math.ceil(rounds / _CALLBACK_POINTS))
-        for cb in self.callbacks:
-            cb.on_fit_start(self)  # type: ignore[arg-type]
         for row in self.history_:
             epoch = int(row["epoch"])
             self.epoch = epoch
