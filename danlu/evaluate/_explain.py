@@ -30,6 +30,7 @@ logger = get_logger(__name__)
 
 _METHODS = ("integrated_gradients", "gradient_shap", "kernel_shap")
 _KERNEL_SAMPLES = 200  # coalitions per row for kernel SHAP
+_TREE_SAMPLES = 50  # rows kernel SHAP explains when it stands in for a gradient method (trees)
 _GRADIENT_SHAP_SAMPLES = 16  # (baseline, α) draws per row for gradient SHAP
 _BATCH_EVALS = 8192  # model rows per captum call (rows × steps), which bounds memory
 _TOP_FEATURES_PER_ROW = 5
@@ -510,12 +511,15 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
 
     switched = None
     if config.method != "kernel_shap" and not getattr(data.model, "differentiable", True):
+        samples = min(config.samples, _TREE_SAMPLES)
         switched = (
             f"{config.method.replace('_', ' ')} follows input gradients, which a tree ensemble "
             "does not have (its output is piecewise constant in the inputs): explained with "
-            "kernel SHAP instead, which only calls the model."
+            f"kernel SHAP instead, which only calls the model, on {samples} rows at most (it "
+            "costs far more per row; evaluate.explain.method: kernel_shap explains "
+            "evaluate.explain.samples rows)."
         )
-        config = config.model_copy(update={"method": "kernel_shap"})
+        config = config.model_copy(update={"method": "kernel_shap", "samples": samples})
     rng = np.random.default_rng(config.seed)
     count = min(config.samples, total)
     rows = np.arange(total) if count == total else np.sort(rng.choice(total, count, replace=False))
