@@ -268,3 +268,20 @@ def test_a_gbdt_version_is_served_from_its_onnx_trees(tmp_path):
         [list(p.values()) if isinstance(p, dict) else p for p in body["probabilities"]]
     )
     np.testing.assert_allclose(served, expected["probabilities"], atol=1e-5)
+
+
+def test_a_finished_gbdt_run_is_reloaded_not_refitted_on_resume(tmp_path):
+    from danlu.config import EvaluateConfig
+    from danlu.pipeline import add_report
+    from danlu.train import run_training
+
+    store = SqlStore(home=tmp_path)
+    trained = run_training(recipe("builtin:diabetes", "regression", library="sklearn"), store=store)
+    sections = {"explain": False, "robustness": False, "cost": False}
+    result = add_report(trained.run_id, store=store, evaluate=EvaluateConfig(**sections))
+    assert [(s.name, s.restored) for s in result.stages][:2] == [
+        ("prepare", False),
+        ("train", True),
+    ]
+    assert result.model.n_trees == trained.model.n_trees and result.metrics == trained.metrics
+    assert result.report.section("metrics").summary.startswith("R²")
