@@ -14,6 +14,7 @@ The options are one vocabulary across libraries; each maps them to its own names
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field
 
 from danlu.config import ConfigIssue
+from danlu.errors import ConfigError
 from danlu.models._common import ModelSpec
 
 if TYPE_CHECKING:
@@ -401,6 +403,12 @@ def _fit_sklearn(spec: GBDTSpec, rows: FitRows) -> NativeFit:
         else ensemble.HistGradientBoostingRegressor
     )
     model = kind(**settings)
+    if stopping and "X_val" not in inspect.signature(kind.fit).parameters:
+        raise ConfigError(
+            f"model.library sklearn early-stops on danlu's validation split, which needs "
+            f"scikit-learn's fit(X_val=...), added after {sklearn.__version__}. Upgrade "
+            "scikit-learn, use model.library: lightgbm, or set model.early_stopping_rounds: null."
+        )
     extra = {"X_val": x_val, "y_val": y_val} if stopping else {}
     from threadpoolctl import threadpool_limits
 
