@@ -96,7 +96,6 @@ def one(name: str, seed: int, home: Path) -> dict[str, Any]:
     from danlu.data import prepare_data
     from danlu.evaluate import bootstrap_ci
     from danlu.pipeline import run
-    from danlu.store import SqlStore
 
     torch.set_num_threads(1)
     logging.getLogger("danlu").setLevel(logging.ERROR)
@@ -113,13 +112,9 @@ def one(name: str, seed: int, home: Path) -> dict[str, Any]:
         "train": {**TRAIN, "epochs": config["epochs"], "seed": seed, **config.get("train", {})},
         "evaluate": EVALUATE,
     }
-    store = SqlStore(home=home)
-    try:
-        start = time.perf_counter()
-        result = run(recipe, store=store)
-        seconds = time.perf_counter() - start
-    finally:
-        store.close()
+    start = time.perf_counter()
+    result = run(recipe, home=home)  # a store of its own
+    seconds = time.perf_counter() - start
     calibration = result.report.section("calibration").data
     tests, fit = calibration["test"], calibration["temperature_fit"]
     served_t = calibration["temperature"]

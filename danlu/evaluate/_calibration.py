@@ -48,6 +48,7 @@ logger = get_logger(__name__)
 TEMPERATURE_BOUNDS = (0.25, 4.0)
 _T_MIN, _T_MAX = TEMPERATURE_BOUNDS
 _FOLDS = 5  # cross-fitting folds of the keep test
+_LABEL = {"ece": "ECE", "log_loss": "log-loss"}
 
 
 def _check(proba: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -433,8 +434,8 @@ def _summary(
             text += f" (no temperature scaling: {choice.short})"
         return text
     parts = [
-        f"{label} {before[key]:.3f} → {served[key]:.3f}{' (worse)' if key in worse else ''}"
-        for key, label in (("ece", "ECE"), ("log_loss", "log-loss"))
+        f"{_LABEL[key]} {before[key]:.3f} → {served[key]:.3f}{' (worse)' if key in worse else ''}"
+        for key in ("ece", "log_loss")
     ]
     return f"{', '.join(parts)} with temperature scaling (T = {t:.2f})"
 
@@ -494,7 +495,6 @@ def calibration_section(
     ci = bootstrap_ci(
         lambda p, t: expected_calibration_error(p, t, config.bins), proba, y, resamples=200, seed=0
     )
-    fitted = choice.fitted if choice is not None else None
     section.data = {
         "temperature": served_t,
         "ece": tests["served"]["ece"],
@@ -517,10 +517,9 @@ def calibration_section(
     if served_t != 1.0 and (choice is None or not apply):
         section.notes.append(f"The model's saved temperature T = {served_t:.3g} is served.")
     if worse:
-        names = " and ".join("ECE" if k == "ece" else "log-loss" for k in worse)
+        names = " and ".join(_LABEL[k] for k in worse)
         changes = "; ".join(
-            f"{k.replace('_', '-')} {tests['uncalibrated'][k]:.4f} → {tests['served'][k]:.4f}"
-            for k in worse
+            f"{_LABEL[k]} {tests['uncalibrated'][k]:.4f} → {tests['served'][k]:.4f}" for k in worse
         )
         section.flags.append(
             f"Temperature scaling (T = {served_t:.3g}) made the test {names} worse ({changes}); "
@@ -530,19 +529,26 @@ def calibration_section(
         f"Top-label ECE over {config.bins} equal-width confidence bins (Guo et al., 2017) and "
         "log-loss on the test rows; the ECE's interval is a 95% bootstrap over 200 resamples."
     )
-    if fitted is not None or served_t != 1.0:
-        scaled_t = served_t if served_t != 1.0 else fitted
-        assert scaled_t is not None
-        scaled_bins = reliability_bins(_softmax(raw / scaled_t), y, config.bins)
-        state = "served" if scaled_t == served_t else "not kept"
-        label = f"temperature-scaled (T = {scaled_t:.2f}, {state})"
-    else:
-        scaled_bins, label = None, ""
-    section.figures["Reliability diagram: accuracy per confidence bin"] = _reliability_figure(
-        reliability_bins(_softmax(raw), y, config.bins),
-        scaled_bins,
-        _softmax(raw).max(axis=1),
-        config.bins,
-        label,
+    section.figures["Reliability diagram: accuracy per confidence bin"] = _figure(
+        raw, y, config.bins, served_t, choice
     )
     return section
+
+
+def _figure(
+    raw: np.ndarray, y: np.ndarray, bins: int, served_t: float, choice: TemperatureChoice | None
+) -> str:
+    """The reliability diagram at T = 1, with the served (else the fitted) temperature's line."""
+    fitted = choice.fitted if choice is not None else None
+    scaled_t = served_t if served_t != 1.0 else fitted
+    scaled_bins, label = None, ""
+    if scaled_t is not None:
+        scaled_bins = reliability_bins(_softmax(raw / scaled_t), y, bins)
+        state = "served" if scaled_t == served_t else "not kept"
+        if scaled_t != served_t and choice is not None and choice.kept:
+            state = "not applied"
+        label = f"temperature-scaled (T = {scaled_t:.2f}, {state})"
+    proba = _softmax(raw)
+    return _reliability_figure(
+        reliability_bins(proba, y, bins), scaled_bins, proba.max(axis=1), bins, label
+    )
