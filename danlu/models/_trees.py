@@ -3,8 +3,11 @@
 Gradient-boosted trees from LightGBM, XGBoost or scikit-learn all reduce to the same tables —
 per node a feature, a threshold, a left and a right child, a leaf value — plus, per tree, the
 output it adds to. :class:`TreeEnsemble` holds those tables as buffers, so a trained ensemble is
-stored like any danlu model (safetensors weights, no pickle), rebuilt by the model registry,
-exported to ONNX by the same exporter (with its parity check) and served by the same runtime.
+stored like any danlu model (safetensors weights, no pickle) and rebuilt by the model registry.
+For ONNX it writes its own graph, one ONNX-ML ``TreeEnsembleRegressor`` that ONNX Runtime runs
+natively (:meth:`TreeEnsemble.to_onnx`); the exporter parity-checks it against this module like
+any export, and the server runs it like any version. This module is imported lazily (it
+imports torch): the registry's ``gbdt`` builder loads it.
 
 Prediction walks every tree at once: ``depth`` steps of "look up the node's feature and
 threshold, go left or right" on a (rows, trees) index, then a sum of the leaves reached.
