@@ -72,6 +72,15 @@ class AutoSpec(ModelSpec):
         for _, options in checked:
             if hasattr(options, "recipe_issues"):
                 issues.extend(options.recipe_issues(recipe))
+        if recipe.data.split.val == 0:
+            issues.append(
+                ConfigIssue(
+                    ("data", "split", "val"),
+                    "model.type auto chooses on the validation split, and this one is empty",
+                    0,
+                    "Set data.split.val above 0 (e.g. 0.15).",
+                )
+            )
         if recipe.tune is not None:
             issues.append(
                 ConfigIssue(

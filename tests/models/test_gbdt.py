@@ -195,6 +195,10 @@ def test_bad_gbdt_options_are_named_with_a_fix():
             },
         }
         check_recipe(danlu.load_recipe(auto))
+    no_validation = {**recipe(), "model": {"type": "auto"}}
+    no_validation["data"] = {**no_validation["data"], "split": {"test": 0.2, "val": 0.0}}
+    with pytest.raises(ConfigError, match=r"data.split.val"):
+        check_recipe(danlu.load_recipe(no_validation))
 
 
 def test_a_missing_library_names_the_extra_to_install(tmp_path, monkeypatch):
