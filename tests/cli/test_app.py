@@ -109,7 +109,8 @@ def test_ctrl_c_names_the_run_to_resume_and_the_run_resumes(tmp_path):
     recipe.write_text((EXAMPLES / "wine_mlp.yaml").read_text())
     home = tmp_path / "home"
     env = {**os.environ, "DANLU_HOME": str(home), "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
-    sets = ("--set", "train.epochs=5000", "--set", "train.batch_size=8")
+    # many epochs, no early stopping: the run is still training when SIGINT comes
+    sets = ("--set", "train.epochs=5000", "--set", "train.early_stopping=null")
     proc = subprocess.Popen(
         [sys.executable, "-m", "danlu", "run", str(recipe), *sets],
         env=env,
@@ -132,7 +133,8 @@ def test_ctrl_c_names_the_run_to_resume_and_the_run_resumes(tmp_path):
     assert proc.returncode == 130, stderr
     assert f"Run {run_id} is kept (status interrupted)" in stderr
     command = (
-        f"danlu run {recipe} --set train.epochs=5000 --set train.batch_size=8 --resume {run_id}"
+        f"danlu run {recipe} --set train.epochs=5000 --set train.early_stopping=null "
+        f"--resume {run_id}"
     )
     assert command in stderr and "Traceback" not in stderr
     store = SqlStore(home=home)
