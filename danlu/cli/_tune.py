@@ -116,7 +116,8 @@ def tune_command(
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Tune a recipe's hyperparameters with Optuna; record every trial; register the best.
+    """Tune a recipe's hyperparameters with Optuna; record every trial; report (with
+    evaluate:) and register (with register:) the best.
 
     Running the same recipe again resumes its study (a larger tune.trials adds trials).
     """
