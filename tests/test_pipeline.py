@@ -18,6 +18,7 @@ from danlu.errors import ConfigError, DataError, NotFoundError, StoreError
 from danlu.pipeline import recipe_json_schema
 from danlu.store import SqlStore
 from danlu.testing import wine_recipe
+from tests._runs import wait_for_epochs
 
 WINE = wine_recipe()
 
@@ -248,16 +249,7 @@ def test_resume_continues_a_killed_process_to_the_same_result(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    run_id = None
-    while time.monotonic() < deadline and proc.poll() is None:  # kill once 3 epochs are stored
-        if (home / "danlu.db").exists():
-            store = SqlStore(home=home)
-            found = store.search_runs()
-            if found and len(store.metric_history(found[0].id, "train_loss")) >= 3:
-                run_id = found[0].id
-                break
-        time.sleep(0.05)
+    run_id = wait_for_epochs(home, proc, 3)  # kill once 3 epochs are stored
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert run_id is not None, "the run never logged 3 epochs"

@@ -101,9 +101,9 @@ def test_ctrl_c_names_the_run_to_resume_and_the_run_resumes(tmp_path):
     """SIGINT to a real `danlu run`: exit 130, the message names the run id in a command that
     resumes it (with the same --set), and that command continues the run from its checkpoint."""
     import signal
-    import time
 
     from danlu.store import SqlStore
+    from tests._runs import wait_for_epochs
 
     recipe = tmp_path / "wine.yaml"
     recipe.write_text((EXAMPLES / "wine_mlp.yaml").read_text())
@@ -118,15 +118,7 @@ def test_ctrl_c_names_the_run_to_resume_and_the_run_resumes(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    run_id, deadline = None, time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:  # interrupt once 2 epochs are in
-        if (home / "danlu.db").exists():
-            store = SqlStore(home=home)
-            found = store.search_runs()
-            if found and len(store.metric_history(found[0].id, "train_loss")) >= 2:
-                run_id = found[0].id
-                break
-        time.sleep(0.05)
+    run_id = wait_for_epochs(home, proc, 2)  # interrupt once 2 epochs are in
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert run_id is not None, "the run never logged 2 epochs"
