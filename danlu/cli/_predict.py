@@ -162,7 +162,7 @@ def predict_command(
         err.print(
             Text(
                 f"predicted {result.rows:,} rows with {result.model} ({result.runtime}) in "
-                f"{result.seconds:.1f} s ({result.rows_per_second:,.0f} rows/s) → {where}"
+                f"{result.seconds:.2f} s ({result.rows_per_second:,.0f} rows/s) → {where}"
             ),
             soft_wrap=True,
         )
