@@ -122,7 +122,7 @@ def predict_command(
     Registered models run on ONNX Runtime when their export passed its parity check.
     """
     setup_logging(state["verbose"], quiet)
-    from danlu.export._batch import predict_file
+    from danlu.export import predict_file
     from danlu.store import SqlStore
 
     progress = _Progress(quiet)
