@@ -225,3 +225,21 @@ def test_proba_on_a_model_without_classes_is_refused(tmp_path: Path, monkeypatch
     assert plain.code == 0, plain.stderr
     values = pd.read_csv(io.StringIO(plain.stdout))["prediction"]
     assert len(values) == 30 and values.dtype == float
+
+
+def test_unseen_categories_are_counted_and_the_python_api_says_what_it_did(
+    home: Home, tmp_path: Path
+) -> None:
+    from danlu.export import predict_file
+
+    frame = home.rows.copy()
+    frame.loc[:9, "petal size"] = "huge"  # never seen in training: encoded as unknown
+    rows = tmp_path / "rows.parquet"
+    frame.to_parquet(rows)
+    outcome = danlu("predict", "iris@staging", str(rows), "-o", str(tmp_path / "o.csv"))
+    assert outcome.code == 0, outcome.stderr
+    assert "'petal size': 10 row(s) hold a category the model never saw" in outcome.stderr
+    result = predict_file("iris@staging", rows, tmp_path / "o.jsonl", keep=["id"], chunk_rows=64)
+    assert (result.rows, result.chunks, result.runtime) == (150, 3, "onnx")
+    assert result.columns == ["id", "prediction"] and result.unseen == {"petal size": 10}
+    assert result.out == str(tmp_path / "o.jsonl") and result.format == "jsonl"
