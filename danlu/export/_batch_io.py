@@ -174,8 +174,7 @@ def _csv_reader(path: Path, columns: Sequence[str], numeric: Sequence[str], bloc
             include_columns=list(columns),
             column_types=types,
             null_values=_NULLS,
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
+            strings_can_be_null=True,  # an empty cell is missing, quoted or not, as in pandas
         ),
     )
 
