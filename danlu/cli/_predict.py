@@ -67,7 +67,7 @@ def predict_command(
     file: Annotated[
         Path,
         typer.Argument(
-            help="Raw rows to predict: .csv, .parquet or .jsonl with the model's input "
+            help="Raw rows to predict: .csv (.tsv), .parquet or .jsonl with the model's input "
             "columns (a target column is not needed; if present it is ignored).",
             metavar="FILE",
         ),
@@ -109,6 +109,16 @@ def predict_command(
             "--chunk-rows", min=1, help="Rows read and predicted at once (memory stays bounded)."
         ),
     ] = 65_536,
+    sep: Annotated[
+        str | None,
+        typer.Option(
+            "--sep",
+            help="An input CSV's separator, e.g. ';' or '\\t' (default: tab for .tsv, else ',').",
+        ),
+    ] = None,
+    encoding: Annotated[
+        str, typer.Option("--encoding", help="An input CSV's text encoding, e.g. latin-1.")
+    ] = "utf-8",
     threads: Annotated[
         int | None,
         typer.Option("--threads", min=1, help="CPU threads of the runtime (default: its own)."),
@@ -136,6 +146,8 @@ def predict_command(
             proba=proba,
             keep=keep or (),
             chunk_rows=chunk_rows,
+            sep=sep,
+            encoding=encoding,
             threads=threads,
             store=store,
             on_chunk=progress,

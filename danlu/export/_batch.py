@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from danlu.errors import ConfigError, DataError, NotFoundError, StoreError
 from danlu.export._batch_io import (
     BatchWriter,
+    CsvOptions,
     atomic_output,
     category_lookup,
     file_format,
@@ -463,6 +464,8 @@ def predict_file(
     proba: bool = False,
     keep: Iterable[str] = (),
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    sep: str | None = None,
+    encoding: str = "utf-8",
     threads: int | None = None,
     store: Store | None = None,
     stream: Callable[[], IO[bytes]] | None = None,
@@ -481,6 +484,8 @@ def predict_file(
         proba: add one column per class (``proba_<class>``).
         keep: input columns copied to the output (ids, or the target).
         chunk_rows: rows per chunk read, preprocessed and predicted at once.
+        sep: an input CSV's separator (default: a tab for ``.tsv``, else a comma).
+        encoding: an input CSV's text encoding.
         threads: CPU threads of the runtime.
         store: the store holding the model (default: ``SqlStore()``).
         stream: the binary stream written when ``out`` is None.
@@ -504,11 +509,12 @@ def predict_file(
     out_path = None if out is None else Path(out)
     out_format = file_format(out_path, fmt, what="output file")
     in_format = file_format(source, what="input file")
+    csv_options = CsvOptions.for_file(source, sep, encoding)
     if out_path is None and out_format == "parquet":
         raise ConfigError("Parquet output needs a file: add --out FILE.parquet.")
     if out_path is not None and out_path.resolve() == source.resolve():
         raise ConfigError(f"--out '{out_path}' is the input file; write to another file.")
-    available = source_columns(source, in_format)
+    available = source_columns(source, in_format, csv_options)
     if isinstance(model, BatchPredictor):
         predictor = model
     elif store is not None:
@@ -522,16 +528,15 @@ def predict_file(
         finally:
             owned.close()
     predictor.check_columns(available, str(source))
-    return _run(predictor, source, in_format, out_path, out_format, chunk_rows, stream, on_chunk)
+    reading = (source, in_format, csv_options, chunk_rows)
+    return _run(predictor, reading, out_path, out_format, stream, on_chunk)
 
 
 def _run(
     predictor: BatchPredictor,
-    source: Path,
-    in_format: str,
+    reading: tuple[Path, str, CsvOptions, int],
     out: Path | None,
     out_format: str,
-    chunk_rows: int,
     stream: Callable[[], IO[bytes]] | None,
     on_chunk: Callable[[int, int | None], None] | None,
 ) -> BatchResult:
@@ -541,12 +546,13 @@ def _run(
         import sys
 
         stream = lambda: sys.stdout.buffer  # noqa: E731
+    source, in_format, csv_options, chunk_rows = reading
     started = time.perf_counter()
     total = source_rows(source, in_format)
     # parsed as numbers by the reader, unless junk in them reads as missing (errors: nan)
     numeric = [f.name for f in predictor.features if f.kind == "numeric" and f.errors == "raise"]
     result = BatchResult(predictor.name, predictor.runtime, format=out_format)
-    batches = read_batches(source, in_format, predictor.needed, numeric, chunk_rows)
+    batches = read_batches(source, in_format, predictor.needed, numeric, chunk_rows, csv_options)
     with atomic_output(out, stream) as (sink, commit):
         writer = BatchWriter(sink, out_format)
         for batch in read_ahead(batches, depth=2):

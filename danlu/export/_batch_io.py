@@ -21,6 +21,7 @@ import csv
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMATS",
     "BatchWriter",
+    "CsvOptions",
     "atomic_output",
     "file_format",
     "read_batches",
@@ -42,6 +44,7 @@ __all__ = [
 FORMATS = ("csv", "parquet", "jsonl")
 _SUFFIXES = {
     ".csv": "csv",
+    ".tsv": "csv",  # read with a tab separator (CsvOptions.for_file)
     ".parquet": "parquet",
     ".pq": "parquet",
     ".jsonl": "jsonl",
@@ -53,6 +56,38 @@ _MAX_BLOCK = 4 << 20  # CSV blocks parse fastest at a few MB (measured: 16 MB is
 # what pandas reads as missing in a CSV, so that a file reads here as it did in training
 _NULLS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND"]
 _NULLS += ["1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How an input CSV is written: its separator and its text encoding.
+
+    Example:
+        >>> CsvOptions.for_file("rows.tsv", None, "utf-8").sep
+        '\\t'
+    """
+
+    sep: str = ","
+    encoding: str = "utf-8"
+
+    @classmethod
+    def for_file(cls, path: str | Path, sep: str | None, encoding: str) -> CsvOptions:
+        """The options of ``path``: ``sep`` as given, else a tab for ``.tsv``, else a comma."""
+        if sep is None:
+            sep = "\t" if Path(path).suffix.lower() == ".tsv" else ","
+        sep = "\t" if sep in ("\\t", "tab") else sep
+        if len(sep) != 1:
+            raise ConfigError(f"--sep must be one character (or \\t for a tab); got {sep!r}.")
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ConfigError(
+                f"--encoding {encoding!r} is not a text encoding Python knows; use e.g. utf-8, "
+                "latin-1 or cp1252."
+            ) from None
+        return cls(sep, encoding)
 
 
 def file_format(path: str | Path | None, given: str | None = None, *, what: str = "file") -> str:
@@ -81,13 +116,13 @@ def file_format(path: str | Path | None, given: str | None = None, *, what: str 
 
 
 def _open_error(path: Path, fmt: str, exc: BaseException) -> DataError:
-    return DataError(
-        f"Cannot read '{path}' as {fmt}: {type(exc).__name__}: {exc}. Check that the file is "
-        "complete and in that format."
-    )
+    hint = "Check that the file is complete and in that format."
+    if isinstance(exc, UnicodeDecodeError) or "invalid UTF8" in str(exc):
+        hint = "The file is not UTF-8 text: name its encoding, e.g. --encoding latin-1."
+    return DataError(f"Cannot read '{path}' as {fmt}: {type(exc).__name__}: {exc}. {hint}")
 
 
-def source_columns(path: Path, fmt: str) -> list[str]:
+def source_columns(path: Path, fmt: str, options: CsvOptions = CsvOptions()) -> list[str]:
     """The column names of a data file, from its header (CSV), footer (Parquet) or first line
     (JSON Lines), without reading its rows."""
     if not path.is_file():
@@ -97,9 +132,14 @@ def source_columns(path: Path, fmt: str) -> list[str]:
             import pyarrow.parquet as pq
 
             return list(pq.ParquetFile(path).schema_arrow.names)
-        with path.open(newline="", encoding="utf-8-sig") as file:
+        encoding = (
+            "utf-8-sig" if options.encoding.lower() in ("utf-8", "utf8") else options.encoding
+        )
+        with path.open(newline="", encoding=encoding) as file:
             if fmt == "csv":
-                return next(csv.reader(file), [])
+                header = next(csv.reader(file, delimiter=options.sep), [])
+                _check_separator(path, header, options)
+                return header
             import json
 
             line = next((line for line in file if line.strip()), "{}")
@@ -116,6 +156,18 @@ def source_columns(path: Path, fmt: str) -> list[str]:
     return [str(k) for k in first]
 
 
+def _check_separator(path: Path, header: list[str], options: CsvOptions) -> None:
+    """One column whose name holds another separator: the file is delimited otherwise."""
+    if len(header) != 1:
+        return
+    for sep, name in ((";", "';'"), ("\t", "'\\t'"), ("|", "'|'"), (",", "','")):
+        if sep != options.sep and sep in header[0]:
+            raise DataError(
+                f"'{path}' reads as one column, {header[0][:60]!r}, which holds {name}: its "
+                f"values look separated by {name}. Pass --sep {name}."
+            )
+
+
 def source_rows(path: Path, fmt: str) -> int | None:
     """The number of rows when the file says so without being read (Parquet), else None."""
     if fmt != "parquet":
@@ -126,7 +178,12 @@ def source_rows(path: Path, fmt: str) -> int | None:
 
 
 def read_batches(
-    path: Path, fmt: str, columns: Sequence[str], numeric: Sequence[str], chunk_rows: int
+    path: Path,
+    fmt: str,
+    columns: Sequence[str],
+    numeric: Sequence[str],
+    chunk_rows: int,
+    options: CsvOptions = CsvOptions(),
 ) -> Iterator[pa.RecordBatch]:
     """Chunks of about ``chunk_rows`` rows of ``columns``, in file order.
 
@@ -137,7 +194,7 @@ def read_batches(
     if fmt == "parquet":
         yield from _parquet_batches(path, columns, chunk_rows)
     elif fmt == "csv":
-        yield from _csv_batches(path, columns, numeric, chunk_rows)
+        yield from _csv_batches(path, columns, numeric, chunk_rows, options)
     else:
         yield from _jsonl_batches(path, columns, chunk_rows)
 
@@ -162,14 +219,17 @@ def _block_size(path: Path, chunk_rows: int) -> int:
     return max(per_row, min(chunk_rows * per_row, _MAX_BLOCK))
 
 
-def _csv_reader(path: Path, columns: Sequence[str], numeric: Sequence[str], block_size: int) -> Any:
+def _csv_reader(
+    path: Path, columns: Sequence[str], numeric: Sequence[str], block_size: int, options: CsvOptions
+) -> Any:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     types = {name: pa.float64() if name in numeric else pa.string() for name in columns}
     return pcsv.open_csv(
         path,
-        read_options=pcsv.ReadOptions(block_size=block_size, encoding="utf-8"),
+        read_options=pcsv.ReadOptions(block_size=block_size, encoding=options.encoding),
+        parse_options=pcsv.ParseOptions(delimiter=options.sep),
         convert_options=pcsv.ConvertOptions(
             include_columns=list(columns),
             column_types=types,
@@ -180,7 +240,11 @@ def _csv_reader(path: Path, columns: Sequence[str], numeric: Sequence[str], bloc
 
 
 def _csv_batches(
-    path: Path, columns: Sequence[str], numeric: Sequence[str], chunk_rows: int
+    path: Path,
+    columns: Sequence[str],
+    numeric: Sequence[str],
+    chunk_rows: int,
+    options: CsvOptions,
 ) -> Iterator[Any]:
     """The CSV's chunks; on a value the fast float parse refuses, the rest of the file again
     with every column as text, from the first row not yet yielded."""
@@ -189,22 +253,22 @@ def _csv_batches(
     block = _block_size(path, chunk_rows)
     done = 0
     try:
-        for batch in _csv_reader(path, columns, numeric, block):
+        for batch in _csv_reader(path, columns, numeric, block, options):
             done += batch.num_rows
             yield batch
         return
-    except pa.ArrowInvalid as exc:
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         if "conversion error" not in str(exc):
             raise _open_error(path, "csv", exc) from None
     skip = done  # the slow path: text columns, checked by the caller with row numbers
     try:
-        for batch in _csv_reader(path, columns, (), block):
+        for batch in _csv_reader(path, columns, (), block, options):
             if skip >= batch.num_rows:
                 skip -= batch.num_rows
                 continue
             yield batch.slice(skip)
             skip = 0
-    except pa.ArrowInvalid as exc:
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise _open_error(path, "csv", exc) from None
 
 

@@ -243,3 +243,23 @@ def test_unseen_categories_are_counted_and_the_python_api_says_what_it_did(
     assert (result.rows, result.chunks, result.runtime) == (150, 3, "onnx")
     assert result.columns == ["id", "prediction"] and result.unseen == {"petal size": 10}
     assert result.out == str(tmp_path / "o.jsonl") and result.format == "jsonl"
+
+
+def test_semicolon_latin1_and_tsv_files(home: Home, tmp_path: Path) -> None:
+    expected = list(_expected(home)["prediction"])
+    frame = home.rows.assign(note="crème brûlée")  # an extra column, in Latin-1
+    semicolons = tmp_path / "rows.csv"
+    frame.to_csv(semicolons, sep=";", index=False, encoding="latin-1")
+    tabs = tmp_path / "rows.tsv"
+    frame.to_csv(tabs, sep="\t", index=False)
+    for args in ([str(semicolons), "--sep", ";", "--encoding", "latin-1"], [str(tabs)]):
+        outcome = danlu("predict", "iris@staging", *args, "-q", "-k", "note")
+        assert outcome.code == 0, outcome.stderr
+        scored = pd.read_csv(io.StringIO(outcome.stdout))
+        assert scored["prediction"].tolist() == expected
+        assert set(scored["note"]) == {"crème brûlée"}
+    wrong = danlu("predict", "iris@staging", str(semicolons))  # not UTF-8
+    assert wrong.code == 3 and "--encoding latin-1" in wrong.stderr, wrong.stderr
+    home.rows.to_csv(semicolons, sep=";", index=False)
+    wrong = danlu("predict", "iris@staging", str(semicolons))  # one column, ';' in its name
+    assert wrong.code == 3 and "--sep ';'" in wrong.stderr, wrong.stderr
