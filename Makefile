@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet torch==2.13.0
 
 $(VENV)/.installed-core: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[serve]'
+	$(BIN)/pip install --quiet -e '.[serve,datasets]'
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml
@@ -31,6 +31,8 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu tune examples/digits_tune.yaml --jobs 2
 	$(BIN)/danlu studies show digits-tune
 	$(BIN)/danlu models show digits
+	$(BIN)/danlu run examples/titanic_auto.yaml
+	$(BIN)/danlu predict titanic@staging examples/passengers.csv --proba --keep passenger
 	$(BIN)/python -c "import danlu; from sklearn.datasets import load_digits; \
 	  m = danlu.load_model('digits@staging'); print(m, '->', m.predict(load_digits().data[:10])['prediction'])"
 
