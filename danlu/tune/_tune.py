@@ -332,8 +332,10 @@ def _finish(
                 "makes it",
                 study.study_name,
             )
-        elif recipe.evaluate is not None and (
-            refit_id is not None or tags.get("reported") != winner
+        elif (
+            recipe.evaluate is not None
+            and report_winner is not None
+            and (refit_id is not None or tags.get("reported") != winner)
         ):
             report = report_winner(store, source, recipe.evaluate)
             reported = source
