@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from danlu.config import ExplainConfig
 
-__all__ = ["attributions", "explain_section", "global_importance"]
+__all__ = ["attributions", "explain_section", "global_importance", "tree_shap"]
 
 logger = get_logger(__name__)
 
@@ -37,6 +37,11 @@ _TOP_FEATURES_PER_ROW = 5
 _SWARM_FEATURES = 12
 _BAR_FEATURES = 15
 _SALIENCY_ROWS = 3  # most and least confident rows shown as images
+_NO_NATIVE = (
+    "scikit-learn's HistGradientBoosting has no safe (non-pickle) model format to run exact "
+    "TreeSHAP on, so its trees are explained with kernel SHAP; model.library: lightgbm or "
+    "xgboost get exact TreeSHAP."
+)
 
 
 def _captum() -> Any:
@@ -260,6 +265,64 @@ def _attribute(
                 values = coefs.detach().double().cpu().numpy().reshape(-1)
                 parts.append((values[mask[0]] * share)[None, :])
     return np.concatenate(parts)
+
+
+def tree_shap(
+    data: EvalData, x: np.ndarray, target: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact TreeSHAP of a tree ensemble from its library's own model (``model.native_model``).
+
+    Each row's attributions explain the output the report explains (the predicted class's
+    logit; for a binary model, whose logits are ``[0, margin]``, the predicted class's log-odds:
+    the margin, negated for the first class), in the model's output units (divided by the
+    temperature like :meth:`EvalData.outputs`). Attributions plus the bias sum to that output.
+
+    Returns:
+        float64 attributions (n, input_dim) and bias (n,).
+
+    Example:
+        >>> # attr, bias = tree_shap(data, data.x[:100])
+        >>> # np.allclose(attr.sum(axis=1) + bias, explained_output)
+    """
+    import numpy as np
+
+    from danlu.models._gbdt import tree_contributions
+
+    native = _native(data)
+    if native is None:
+        raise ValueError("the model has no stored native tree model to run TreeSHAP on")
+    library, raw = native
+    contrib = tree_contributions(library, raw, x)  # (n, P, D + 1)
+    n = len(x)
+    if contrib.shape[1] > 1:  # multiclass: one output per class
+        chosen = _default_target(data, x) if target is None else target
+        picked = contrib[np.arange(n), np.asarray(chosen, dtype=np.int64).reshape(-1)]
+    else:
+        picked = contrib[:, 0]
+        if data.task.output_dim(data.schema) == 2:  # binary: log-odds of the predicted class
+            chosen = _default_target(data, x) if target is None else target
+            picked = picked * np.where(np.asarray(chosen).reshape(-1) == 0, -1.0, 1.0)[:, None]
+    scale = data.temperature if data.task.calibrates else 1.0
+    return picked[:, :-1] / scale, picked[:, -1] / scale
+
+
+def _native(data: EvalData) -> tuple[str, bytes] | None:
+    """The tree ensemble's library and its own stored model, or None (any other model)."""
+    native = getattr(data.model, "native_model", None)
+    return native if isinstance(native, tuple) else None
+
+
+def _explained_outputs(data: EvalData, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The output :func:`tree_shap` explains, from the torch model (n,)."""
+    import numpy as np
+
+    outputs = data.outputs(x).astype(np.float64)  # (n, K), already / temperature
+    if outputs.shape[1] == 1:
+        return outputs[:, 0]
+    if outputs.shape[1] == 2:  # binary trees: logits [0, margin]
+        margin = outputs[:, 1] - outputs[:, 0]
+        return np.where(np.asarray(target) == 0, -margin, margin)
+    return outputs[np.arange(len(x)), np.asarray(target, dtype=np.int64)]
 
 
 def _grouped(attr: np.ndarray, groups: list[InputGroup]) -> np.ndarray:
@@ -510,14 +573,25 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
         return section
 
     switched = None
-    if config.method != "kernel_shap" and not getattr(data.model, "differentiable", True):
+    trees = not getattr(data.model, "differentiable", True)
+    native = _native(data) if trees else None
+    exact = native is not None
+    if native is not None:
+        switched = (
+            "Tree ensemble: attributions are exact TreeSHAP values computed by "
+            f"{native[0]} from its own stored model (evaluate.explain.method {config.method} "
+            "does not apply)."
+        )
+    elif trees and config.method == "kernel_shap":
+        switched = _NO_NATIVE
+    elif trees:
         samples = min(config.samples, _TREE_SAMPLES)
         switched = (
             f"{config.method.replace('_', ' ')} follows input gradients, which a tree ensemble "
             "does not have (its output is piecewise constant in the inputs): explained with "
             f"kernel SHAP instead, which only calls the model, on {samples} rows at most (it "
             "costs far more per row; evaluate.explain.method: kernel_shap explains "
-            "evaluate.explain.samples rows)."
+            f"evaluate.explain.samples rows). {_NO_NATIVE}"
         )
         config = config.model_copy(update={"method": "kernel_shap", "samples": samples})
     rng = np.random.default_rng(config.seed)
@@ -530,7 +604,13 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
     confidence = explained_rows.confidence
     predictions, truths = explained_rows.predictions, explained_rows.truths
 
-    attr = attributions(data, x, config, explained_rows.targets)  # (n, D)
+    additivity = None
+    if exact:
+        attr, bias = tree_shap(data, x, explained_rows.targets)  # (n, D), (n,)
+        want = _explained_outputs(data, x, explained_rows.targets)
+        additivity = float(np.abs(attr.sum(axis=1) + bias - want).max())
+    else:
+        attr = attributions(data, x, config, explained_rows.targets)  # (n, D)
     groups = data.groups
     grouped = _grouped(attr, groups)  # (n, G)
     importance = global_importance(attr, groups)
@@ -560,7 +640,7 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
 
     k = min(config.top_k, count)
     section.data = {
-        "method": config.method,
+        "method": "tree_shap" if exact else config.method,
         "rows": int(count),
         "importance": [{"feature": n, "importance": v} for n, v in importance.items()],
         "samples": {
@@ -590,7 +670,23 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
 
     top3 = list(importance)[:3]
     section.summary = "top features: " + ", ".join(top3)
-    method, base = _method_note(config, data)
+    what = explained_rows.what
+    if native is not None:
+        section.data["additivity_error"] = additivity
+        if data.task.output_dim(data.schema) == 2 and data.task.target_kind == "classes":
+            what = "the predicted class's log-odds (the trees' margin, negated for the first class)"
+        if additivity is not None and additivity > 1e-3:
+            section.flags.append(
+                f"TreeSHAP attributions plus the bias differ from the model's output by up to "
+                f"{additivity:.2g}: the stored {native[0]} model does not match the trees."
+            )
+        method = (
+            f"exact TreeSHAP ({native[0]}'s own pred_contrib on its stored "
+            f"model; attributions plus the bias give the model's output within {additivity:.1e})"
+        )
+        base = "the expected output over the training rows (the trees' cover)"
+    else:
+        method, base = _method_note(config, data)
     section.notes.append(f"Method: {method}.")
     if switched:
         section.notes.append(switched)
@@ -598,9 +694,9 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
     sampled = "a seeded sample of " if count < total else ""
     section.notes.append(f"Rows explained: {count} ({sampled}{total} test rows).")
     section.notes.append(
-        f"Attributions explain {explained_rows.what}; one-hot columns are summed into their raw "
+        f"Attributions explain {what}; one-hot columns are summed into their raw "
         "feature, and a feature's importance is the mean over rows of its |attribution|."
     )
     section.notes.extend(explained_rows.notes)
-    logger.debug("explained %d rows with %s", count, config.method)
+    logger.debug("explained %d rows with %s", count, section.data["method"])
     return section

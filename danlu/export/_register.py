@@ -33,6 +33,8 @@ _OPTIONAL_FILES = (
     "calibration.json",
     "decoding.json",
     "drift_reference.json",
+    "lightgbm_model.txt",  # trees: the library's own model (text / JSON), for exact TreeSHAP
+    "xgboost_model.json",
     "report.html",
     "report.json",
 )

@@ -35,11 +35,14 @@ if TYPE_CHECKING:
     from danlu.models._trees import Tree, TreeEnsemble
     from danlu.tasks import Task
 
-__all__ = ["GBDTSpec", "NativeFit", "build_gbdt", "fit_gbdt"]
+__all__ = ["GBDTSpec", "NATIVE_FILES", "NativeFit", "build_gbdt", "fit_gbdt", "tree_contributions"]
 
 Library = Literal["lightgbm", "sklearn", "xgboost"]
 EXTRA = {"xgboost": "gbdt-xgboost", "lightgbm": "gbdt", "sklearn": "gbdt"}
 _TASKS = ("classification", "regression")
+#: the library's own model file kept beside the torch tables, for exact TreeSHAP explanations:
+#: plain text / JSON the library parses (never a pickle); scikit-learn has no such format.
+NATIVE_FILES = {"lightgbm": "lightgbm_model.txt", "xgboost": "xgboost_model.json"}
 _SMALL_TABLE = 5_000_000  # training values (rows × columns) up to which the library uses 1 thread
 
 #: each option's name in each library (None: the library has no such option).
@@ -177,6 +180,8 @@ class NativeFit:
         native_outputs: ``(x, rounds) →`` the library's own raw outputs of its first ``rounds``
             rounds, in the task's layout (for the parity check).
         library: the library and its version.
+        save: ``rounds →`` the library's own model of its first ``rounds`` rounds, in its safe
+            text / JSON format (:data:`NATIVE_FILES`); None where the library has none.
     """
 
     trees: list[Tree]
@@ -185,6 +190,7 @@ class NativeFit:
     strict: bool
     native_outputs: Callable[[np.ndarray, int], np.ndarray]
     library: str
+    save: Callable[[int], bytes] | None = None
 
     @property
     def rounds(self) -> int:
@@ -352,6 +358,7 @@ def _fit_lightgbm(spec: GBDTSpec, rows: FitRows) -> NativeFit:
         strict=False,
         native_outputs=native,
         library=f"lightgbm {lgb.__version__}",
+        save=lambda rounds: booster.model_to_string(num_iteration=rounds).encode(),
     )
 
 
@@ -552,4 +559,39 @@ def _fit_xgboost(spec: GBDTSpec, rows: FitRows) -> NativeFit:
         strict=True,
         native_outputs=native,
         library=f"xgboost {xgb.__version__}",
+        save=lambda rounds: bytes(booster[:rounds].save_raw("json")),
     )
+
+
+# -- exact TreeSHAP from the library's own model -------------------------------------------------
+def tree_contributions(library: str, raw: bytes, x: np.ndarray) -> np.ndarray:
+    """Exact TreeSHAP values of the library's stored model (:data:`NATIVE_FILES`) for rows ``x``.
+
+    The model is parsed from its text (LightGBM) or JSON (XGBoost): no code is executed. The
+    values are in the library's raw margin space: for each row and each of the library's outputs
+    (one for regression and binary models, one per class for multiclass), one value per input
+    column and last the bias (the expected margin), which sum to the library's raw score.
+
+    Returns:
+        float64 (n, outputs, input_dim + 1).
+
+    Example:
+        >>> # contrib = tree_contributions("lightgbm", model_text, x)  # (n, 1, D + 1)
+        >>> # np.allclose(contrib.sum(axis=2)[:, 0], booster.predict(x, raw_score=True))
+    """
+    import numpy as np
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    width = x.shape[1] + 1
+    if library == "lightgbm":
+        lgb = require_library("lightgbm")
+        booster = lgb.Booster(model_str=raw.decode("utf-8"))
+        values = np.asarray(booster.predict(x, pred_contrib=True), dtype=np.float64)
+    elif library == "xgboost":
+        xgb = require_library("xgboost")
+        booster = xgb.Booster()
+        booster.load_model(bytearray(raw))
+        values = np.asarray(booster.predict(xgb.DMatrix(x), pred_contribs=True), dtype=np.float64)
+    else:
+        raise ValueError(f"{library} has no native model file for TreeSHAP")
+    return values.reshape(len(x), -1, width)

@@ -105,12 +105,16 @@ class TreeEnsemble(torch.nn.Module):
     bias: torch.Tensor
     steps: torch.Tensor
     spec: Any  # the options training fits with (``GBDTSpec``); None once loaded from a store
+    #: (library, bytes) of the library's own model of the same trees, in its safe text / JSON
+    #: format (``NATIVE_FILES``), for exact TreeSHAP; None for scikit-learn or when not stored
+    native_model: tuple[str, bytes] | None
 
     def __init__(self, input_dim: int, output_dim: int) -> None:
         super().__init__()
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.depth = 0
         self.spec = None
+        self.native_model = None
         empty = {
             "feature": torch.zeros(0, dtype=torch.int64),  # (T·N,) flat over trees
             "threshold": torch.zeros(0, dtype=torch.float32),  # (T·N,)

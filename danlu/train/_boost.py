@@ -123,6 +123,8 @@ class BoostingTrainer:
         self.best_epoch = self._best_round(native.rounds)
         self.model = full.truncated(self.best_epoch * native.per_round)
         self.model.spec = model.spec
+        if native.save is not None:  # the library's own model of the kept rounds (TreeSHAP)
+            self.model.native_model = (model.spec.library, native.save(self.best_epoch))
         self.native = {
             "library": native.library,
             "rounds": native.rounds,

@@ -366,6 +366,12 @@ def reload_trained(ctx: Context) -> Context:
         ctx.model, ctx.model_type = build_model(config, ctx.data.schema, ctx.task), card["type"]
     ctx.model.load_state_dict(load_weights(weights, f"Run {ctx.run_id}/model.safetensors"))
     ctx.model.eval()
+    if hasattr(ctx.model, "native_model"):  # trees: the library's own model, when it has one
+        from danlu.models._gbdt import NATIVE_FILES
+
+        for library, file in NATIVE_FILES.items():
+            if (path := ctx.store.artifact_path(ctx.run_id, file)).is_file():
+                ctx.model.native_model = (library, path.read_bytes())
     decoding = ctx.store.artifact_path(ctx.run_id, "decoding.json")
     if decoding.is_file() and ctx.task is not None:
         ctx.task = ctx.task.with_decoding(json.loads(decoding.read_text()))
@@ -393,6 +399,12 @@ def _save_outputs(ctx: Context) -> None:
     weights = st_save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})
     ctx.log_artifact("model.safetensors", weights)
     ctx.files["model.safetensors"] = len(weights)
+    native = getattr(ctx.model, "native_model", None)
+    if native is not None:  # the library's own text / JSON model of the trees: exact TreeSHAP
+        from danlu.models._gbdt import NATIVE_FILES
+
+        library, raw = native
+        ctx.log_artifact(NATIVE_FILES[library], raw)
     spec = (
         options.model_dump(mode="json") if hasattr(options, "model_dump") else dict(options or {})
     )
