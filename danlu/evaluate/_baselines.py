@@ -1,5 +1,5 @@
 """Baselines: scikit-learn models fitted on the same training split with the same preprocessing,
-scored on the same rows, so the report shows at once whether the neural model earns its keep."""
+scored on the same rows, so the report shows at once whether the model earns its keep."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def baselines_section(data: EvalData, seed: int = 0) -> Section:
     if gain < 0 and (paired is None or paired["high"] < 0):  # behind, and not by chance
         section.flags.append(
             f"{best['model']} scores {label} {best[headline]:.4f} against the model's "
-            f"{rows[0][headline]:.4f}: the neural model does not earn its keep on this data."
+            f"{rows[0][headline]:.4f}: the model does not earn its keep on this data."
         )
     section.notes.append(
         "Baselines use the model's training split and preprocessing (scikit-learn defaults)."

@@ -312,13 +312,15 @@ def _native(data: EvalData) -> tuple[str, bytes] | None:
     return native if isinstance(native, tuple) else None
 
 
-def _explained_outputs(data: EvalData, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _explained_outputs(data: EvalData, x: np.ndarray, target: np.ndarray | None) -> np.ndarray:
     """The output :func:`tree_shap` explains, from the torch model (n,)."""
     import numpy as np
 
     outputs = data.outputs(x).astype(np.float64)  # (n, K), already / temperature
     if outputs.shape[1] == 1:
         return outputs[:, 0]
+    if target is None:
+        target = _default_target(data, x)
     if outputs.shape[1] == 2:  # binary trees: logits [0, margin]
         margin = outputs[:, 1] - outputs[:, 0]
         return np.where(np.asarray(target) == 0, -margin, margin)

@@ -44,7 +44,7 @@ def _plot(
 
 
 def _curves_figure(
-    history: list[dict[str, float]], metric: str, label: str, best: float | None
+    history: list[dict[str, float]], metric: str, label: str, best: float | None, unit: str
 ) -> str:
     from danlu.evaluate._plots import figure, svg
 
@@ -52,10 +52,11 @@ def _curves_figure(
     fig, axes = figure(8.4 if has_metric else 4.6, 3.2, ncols=2 if has_metric else 1)
     loss_ax = axes[0] if has_metric else axes
     _plot(loss_ax, history, ("train_loss", "val_loss"), best)
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
+    loss_ax.set(xlabel=unit, ylabel="loss", title=f"Loss per {unit}")
     if has_metric:
         _plot(axes[1], history, (metric, f"val_{metric}"), best)
-        axes[1].set(xlabel="epoch", ylabel=label, title=f"{label[0].upper()}{label[1:]} per epoch")
+        title = f"{label[0].upper()}{label[1:]} per {unit}"
+        axes[1].set(xlabel=unit, ylabel=label, title=title)
     return svg(fig)
 
 
@@ -74,9 +75,11 @@ def training_section(data: EvalData) -> Section:
         return section
     metric = data.task.headline
     label = data.task.headline_label or metric.replace("_", " ")
+    # trees are grown by a boosting library: each history row is a boosting round, not an epoch
+    unit = "boosting round" if not getattr(data.model, "differentiable", True) else "epoch"
     epochs = len(history)
     last = history[-1]
-    result: dict[str, Any] = {"epochs": epochs, "final": dict(last)}
+    result: dict[str, Any] = {"epochs": epochs, "unit": unit, "final": dict(last)}
     val_epochs, val_loss = _series(history, "val_loss")
     best_epoch = None
     if val_loss:
@@ -84,27 +87,39 @@ def training_section(data: EvalData) -> Section:
         best_epoch = val_epochs[best]
         result["lowest_val_loss"] = {"epoch": int(best_epoch), "value": val_loss[best]}
         section.summary = (
-            f"trained {epochs} epochs, lowest validation loss {val_loss[best]:.4g} at epoch "
+            f"trained {epochs} {unit}{'s' * (epochs != 1)}, lowest validation loss {val_loss[best]:.4g} at {unit} "
             f"{int(val_epochs[best])}"
         )
         if best < len(val_loss) - 1 and val_loss[-1] > val_loss[best] * 1.1:
             section.notes.append(
-                f"Validation loss rose from {val_loss[best]:.4g} (epoch {int(val_epochs[best])}) "
-                f"to {val_loss[-1]:.4g} (epoch {int(val_epochs[-1])}): the model over-fitted "
-                "after its best epoch; early stopping (train.early_stopping) keeps the best one."
+                f"Validation loss rose from {val_loss[best]:.4g} ({unit} "
+                f"{int(val_epochs[best])}) to {val_loss[-1]:.4g} ({unit} "
+                f"{int(val_epochs[-1])}): the model over-fitted after its best {unit}; "
+                + (
+                    "the model keeps the trees up to that round."
+                    if unit != "epoch"
+                    else "early stopping (train.early_stopping) keeps the best one."
+                )
             )
     else:
         _, train_loss = _series(history, "train_loss")
         final = f", final training loss {train_loss[-1]:.4g}" if train_loss else ""
-        section.summary = f"trained {epochs} epochs (no validation split){final}"
+        plural = "s" * (epochs != 1)
+        section.summary = f"trained {epochs} {unit}{plural} (no validation split){final}"
     result["history"] = [dict(row) for row in history]
     section.data = result
-    section.figures["Loss and validation metric per epoch"] = _curves_figure(
-        history, metric, label, best_epoch
+    section.figures[f"Loss and validation metric per {unit}"] = _curves_figure(
+        history, metric, label, best_epoch, unit
     )
-    section.notes.append(
-        "From the run's history: the training loss is the mean over each epoch's batches (with "
-        f"dropout and augmentation on); the validation loss and {label} are measured after each "
-        "epoch."
-    )
+    if unit == "epoch":
+        section.notes.append(
+            "From the run's history: the training loss is the mean over each epoch's batches "
+            f"(with dropout and augmentation on); the validation loss and {label} are measured "
+            "after each epoch."
+        )
+    else:
+        section.notes.append(
+            "From the run's history: the training loss (on a seeded sample of training rows), "
+            f"the validation loss and {label} of the trees after each boosting round."
+        )
     return section

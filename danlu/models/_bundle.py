@@ -210,7 +210,9 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     config = ModelConfig.model_validate({**card["options"], "type": card["type"]})
     model = build_model(config, schema, task, trusted=False)
     model.load_state_dict(load_weights(required("model.safetensors"), f"{where}/model.safetensors"))
-    if hasattr(model, "native_model"):  # trees: the library's own text / JSON model (TreeSHAP)
+    from danlu.models._trees import TreeEnsemble
+
+    if isinstance(model, TreeEnsemble):  # trees: the library's own text / JSON model (TreeSHAP)
         from danlu.models._gbdt import NATIVE_FILES
 
         for library, file in NATIVE_FILES.items():

@@ -366,7 +366,9 @@ def reload_trained(ctx: Context) -> Context:
         ctx.model, ctx.model_type = build_model(config, ctx.data.schema, ctx.task), card["type"]
     ctx.model.load_state_dict(load_weights(weights, f"Run {ctx.run_id}/model.safetensors"))
     ctx.model.eval()
-    if hasattr(ctx.model, "native_model"):  # trees: the library's own model, when it has one
+    from danlu.models._trees import TreeEnsemble
+
+    if isinstance(ctx.model, TreeEnsemble):  # trees: the library's own model, when it has one
         from danlu.models._gbdt import NATIVE_FILES
 
         for library, file in NATIVE_FILES.items():

@@ -82,6 +82,7 @@ def _test_rows(source):
     loader = {
         "builtin:breast_cancer": datasets.load_breast_cancer,
         "builtin:diabetes": datasets.load_diabetes,
+        "builtin:wine": datasets.load_wine,
     }
     frame = loader[source](as_frame=True).frame
     return frame.drop(columns="target").head(64)
@@ -103,7 +104,8 @@ def test_trust_report_skips_gradient_methods_for_trees_and_says_why(tmp_path):
     assert set(robustness.data["curves"]) == {"noise"}
     assert any("FGSM and PGD were skipped" in note for note in robustness.notes)
     explain = report.section("explain")
-    assert any("kernel SHAP" in note and "gradients" in note for note in explain.notes)
+    assert explain.data["method"] == "tree_shap"  # exact, from LightGBM's own model
+    assert any("integrated_gradients does not apply" in note for note in explain.notes)
     assert len(explain.data["importance"]) == 30 and explain.data["importance"][0]["importance"] > 0
 
 
@@ -289,3 +291,89 @@ def test_a_finished_gbdt_run_is_reloaded_not_refitted_on_resume(tmp_path):
     ]
     assert result.model.n_trees == trained.model.n_trees and result.metrics == trained.metrics
     assert result.report.section("metrics").summary.startswith("R²")
+
+
+def _explained_report(tmp_path, library, source="builtin:breast_cancer", **evaluate):
+    spec = {
+        **recipe(source, library=library),
+        "evaluate": {"robustness": False, "cost": False, "baselines": False, **evaluate},
+        "register": {"name": "trees"},
+    }
+    return danlu.run(spec, home=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("library", "source", "file"),
+    [
+        ("lightgbm", "builtin:breast_cancer", "lightgbm_model.txt"),
+        ("xgboost", "builtin:wine", "xgboost_model.json"),
+    ],
+)
+def test_lightgbm_and_xgboost_trees_are_explained_with_exact_treeshap(
+    library, source, file, tmp_path
+):
+    from danlu.evaluate import evaluate_model
+    from danlu.models import load_bundle
+    from danlu.models._gbdt import tree_contributions
+
+    pytest.importorskip(library)
+    result = _explained_report(tmp_path, library, source, explain={"samples": 500, "top_k": 2})
+    explain = result.report.section("explain")
+    assert explain.data["method"] == "tree_shap" and explain.data["additivity_error"] < 1e-4
+    rows = next(note for note in explain.notes if note.startswith("Rows explained"))
+    assert "sample" not in rows  # every test row (kernel SHAP stops at 50)
+    assert library != "lightgbm" or explain.data["rows"] > 50
+    assert any("exact TreeSHAP" in note for note in explain.notes)
+    assert explain.data["importance"][0]["importance"] > 0
+    assert "boosting round" in result.report.section("training").summary
+
+    store = SqlStore(home=tmp_path)
+    raw = store.model_version_path("trees", 1, file).read_bytes()
+    assert not raw.startswith(b"\x80")  # the library's text / JSON, never a pickle
+    if library == "xgboost":
+        assert json.loads(raw)["learner"]["gradient_booster"]["model"]["trees"]
+    else:
+        assert raw.startswith(b"tree\n")
+    # the values sum to the stored trees' raw output on real rows, in danlu's encoded columns
+    bundle = load_bundle(store.model_reader(store.resolve("trees")), "trees")
+    x = bundle.encode(_test_rows(source))
+    contrib = tree_contributions(library, raw, x)  # (n, P, D + 1)
+    assert contrib.shape[2] == x.shape[1] + 1 == bundle.schema.input_dim + 1
+    features = {row["feature"] for row in explain.data["importance"]}
+    assert features == set(bundle.schema.feature_names)  # danlu's features, not f0, f1 ...
+    with torch.inference_mode():
+        logits = bundle.model(torch.as_tensor(x)).double().numpy()
+    want = logits[:, 1:2] - logits[:, :1] if logits.shape[1] == 2 else logits
+    np.testing.assert_allclose(contrib.sum(axis=2), want, atol=1e-4)
+    # `danlu evaluate` on the registered version finds the stored model too
+    again = evaluate_model("trees", store=store, config=_explain_only())
+    assert again.section("explain").data["method"] == "tree_shap"
+
+
+def _explain_only():
+    from danlu.config import EvaluateConfig
+
+    return EvaluateConfig(
+        explain={"samples": 20, "top_k": 1}, robustness=False, cost=False, baselines=False
+    )
+
+
+def test_sklearn_trees_keep_kernel_shap_and_say_why_and_wording_fits_trees(tmp_path):
+    spec = {
+        **recipe(library="sklearn", n_estimators=1, learning_rate=0.01),
+        "evaluate": {
+            "explain": {"samples": 4, "top_k": 1},
+            "robustness": False,
+            "cost": False,
+        },
+    }
+    report = danlu.run(spec, home=tmp_path).report
+    explain = report.section("explain")
+    assert explain.data["method"] == "kernel_shap" and "additivity_error" not in explain.data
+    assert any("no safe (non-pickle) model format" in note for note in explain.notes)
+    training = report.section("training")
+    assert training.summary.startswith("trained 1 boosting round,")
+    assert "epoch" not in training.summary
+    flags = report.section("baselines").flags  # one round at a tiny rate: barely a model
+    assert flags and "the model does not earn its keep" in flags[0]
+    assert all("neural" not in flag for flag in flags)
