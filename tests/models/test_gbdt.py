@@ -377,3 +377,16 @@ def test_sklearn_trees_keep_kernel_shap_and_say_why_and_wording_fits_trees(tmp_p
     flags = report.section("baselines").flags  # one round at a tiny rate: barely a model
     assert flags and "the model does not earn its keep" in flags[0]
     assert all("neural" not in flag for flag in flags)
+
+
+def test_a_reloaded_lightgbm_run_still_explains_with_treeshap(tmp_path):
+    from danlu.pipeline import add_report
+    from danlu.train import run_training
+
+    store = SqlStore(home=tmp_path)
+    trained = run_training(recipe(library="lightgbm"), store=store)
+    assert (trained.run_dir / "lightgbm_model.txt").is_file()
+    result = add_report(trained.run_id, store=store, evaluate=_explain_only())
+    assert dict((s.name, s.restored) for s in result.stages)["train"] is True
+    explain = result.report.section("explain")
+    assert explain.data["method"] == "tree_shap" and explain.data["additivity_error"] < 1e-4
