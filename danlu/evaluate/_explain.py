@@ -37,6 +37,7 @@ _TOP_FEATURES_PER_ROW = 5
 _SWARM_FEATURES = 12
 _BAR_FEATURES = 15
 _SALIENCY_ROWS = 3  # most and least confident rows shown as images
+_CONTRIB_ARG = {"lightgbm": "pred_contrib", "xgboost": "pred_contribs"}  # for the note
 _NO_NATIVE = (
     "scikit-learn's HistGradientBoosting has no safe (non-pickle) model format to run exact "
     "TreeSHAP on, so its trees are explained with kernel SHAP; model.library: lightgbm or "
@@ -683,7 +684,8 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
                 f"{additivity:.2g}: the stored {native[0]} model does not match the trees."
             )
         method = (
-            f"exact TreeSHAP ({native[0]}'s own pred_contrib on its stored "
+            f"exact TreeSHAP ({native[0]}'s own {_CONTRIB_ARG.get(native[0], 'TreeSHAP')} "
+            "on its stored "
             f"model; attributions plus the bias give the model's output within {additivity:.1e})"
         )
         base = "the expected output over the training rows (the trees' cover)"
