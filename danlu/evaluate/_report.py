@@ -102,8 +102,8 @@ LABELS = {
     "validation_log_loss": "Validation log-loss",
     "out_of_fold_improvement": "Held-out log-loss gain per row",
     "lowest_val_loss": "Lowest validation loss",
-    "final": "Last epoch",
-    "history": "Per epoch",
+    "final": "End of training",  # the last epoch, or boosting round for trees
+    "history": "Over training",  # one row per epoch (boosting round for trees)
     "train_loss": "Training loss",
     "val_loss": "Validation loss",
     "lr": "Learning rate",
