@@ -10,6 +10,7 @@ import torch
 from sklearn.linear_model import LinearRegression
 
 from danlu.evaluate._baselines import baselines_section, fit_baselines
+from danlu.evaluate._bootstrap import wilson_interval
 
 
 class FixedOutputs(torch.nn.Module):
@@ -56,6 +57,12 @@ def test_classification_rows_and_dummy_accuracy(make_eval_data) -> None:
     paired = strongest["paired"]
     assert paired["low"] <= strongest["difference"] <= paired["high"]
     assert "<svg" in next(iter(section.figures.values()))
+    n = len(data.y)  # every row's accuracy carries its Wilson interval on the same test rows
+    for row in rows.values():
+        low, high = row["accuracy_ci"]
+        assert low < row["accuracy"] < high or row["accuracy"] in (0.0, 1.0)
+        ci = wilson_interval(round(row["accuracy"] * n), n)
+        assert (low, high) == pytest.approx((ci.low, ci.high))
 
 
 def test_regression_rows(make_eval_data) -> None:
@@ -78,6 +85,7 @@ def test_regression_rows(make_eval_data) -> None:
     assert rows["linear regression"]["r2"] > 0.2
     assert rows["mean (dummy)"]["mae"] > 10  # in the target's units
     assert "R²" in (section.summary or "")
+    assert not any(k.endswith("_ci") for k in rows["danlu model"])  # no proportion here
 
 
 def test_a_constant_model_is_flagged(make_eval_data) -> None:
