@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 from danlu.evaluate._bootstrap import bootstrap_ci
 from danlu.evaluate._context import EvalData, Section
+from danlu.evaluate._metrics import add_proportion_intervals
 from danlu.evaluate._plots import figure, svg
 from danlu.logging import get_logger
 
@@ -64,7 +64,8 @@ def baselines_section(data: EvalData, seed: int = 0) -> Section:
         rows.append(
             {"model": name, **{m: metrics.get(m) for m in shown}, "seconds": fit["seconds"]}
         )
-    _proportion_intervals(rows, shown, len(data.y))
+    for row in rows:  # on the same test rows: the uncertainty of each comparison
+        add_proportion_intervals(row, shown, len(data.y))
     section.data.update({"metric": headline, "columns": list(shown), "rows": rows})
 
     best = max(rows[1:], key=lambda r: r[headline] if r[headline] is not None else -np.inf)
@@ -112,17 +113,3 @@ def baselines_section(data: EvalData, seed: int = 0) -> Section:
     ax.set(xlabel=label)
     section.figures[f"{label} of the model and the baselines"] = svg(fig)
     return section
-
-
-def _proportion_intervals(rows: list[dict[str, Any]], shown: Sequence[str], n: int) -> None:
-    """Add each proportion metric's Wilson 95% interval to every row (``<metric>_ci``), so the
-    model and the baselines are compared with their uncertainty on the same ``n`` test rows."""
-    from danlu.evaluate._bootstrap import wilson_interval
-    from danlu.evaluate._metrics import PROPORTIONS
-
-    for row in rows:
-        for name in shown:
-            value = row.get(name)
-            if name in PROPORTIONS and isinstance(value, float) and n > 0:
-                ci = wilson_interval(round(value * n), n)
-                row[f"{name}_ci"] = [ci.low, ci.high]

@@ -19,6 +19,7 @@ import numpy as np
 
 from danlu.errors import DataError
 from danlu.evaluate._context import EvalData, Section
+from danlu.evaluate._metrics import add_proportion_intervals
 from danlu.registry import did_you_mean
 
 if TYPE_CHECKING:
@@ -356,6 +357,7 @@ def fairness_section(data: EvalData, config: FairnessConfig) -> Section:
         values = by_group.loc[name]
         row: dict[str, Any] = {"group": name, "count": int(values["count"])}
         row.update({m: _finite(values[m]) for m in metrics if m != "count"})
+        add_proportion_intervals(row, metrics, row["count"])  # small groups: wide intervals
         rows.append(row)
     overall = {m: _finite(v) for m, v in metric_frame.overall.items() if m != "count"}
     scores = [r[headline] for r in rows if r[headline] is not None]

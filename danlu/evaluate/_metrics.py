@@ -7,7 +7,7 @@ task, so ``danlu run``'s table and the report show the same numbers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from danlu.evaluate._bootstrap import bootstrap_ci, wilson_interval
@@ -423,3 +423,20 @@ def _task_metrics(
     chosen = {name: metric(name) for name in names}
     arrays = {name: (data.test_outputs, data.y) for name in names}
     return values, chosen, arrays, task.headline
+
+
+def add_proportion_intervals(row: dict[str, Any], names: Iterable[str], n: int) -> None:
+    """Add to ``row`` each proportion metric's Wilson 95% interval as ``<metric>_ci`` =
+    ``[low, high]``, for a value measured on ``n`` rows (a baseline, a group of rows).
+
+    Example:
+        >>> row = {"accuracy": 0.75}
+        >>> add_proportion_intervals(row, ["accuracy"], 8)
+        >>> [round(v, 3) for v in row["accuracy_ci"]]
+        [0.409, 0.929]
+    """
+    for name in names:
+        value = row.get(name)
+        if name in PROPORTIONS and isinstance(value, float) and n > 0:
+            ci = wilson_interval(round(value * n), n)
+            row[f"{name}_ci"] = [ci.low, ci.high]
