@@ -94,7 +94,8 @@ class AutoSpec(ModelSpec):
 
 
 def build_auto(spec: AutoSpec, schema: FeatureSchema, task: Task) -> nn.Module:
-    """A placeholder module holding the candidates; the train stage replaces it by the winner."""
+    """The untrained model of ``type: auto``: it holds the checked candidates, and the train
+    stage trains each and puts the winner in its place (it cannot predict before that)."""
     import torch.nn as nn
 
     class Candidates(nn.Module):

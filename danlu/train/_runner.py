@@ -26,6 +26,7 @@ this same :class:`Runner`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -268,10 +269,9 @@ def check_device(recipe: Recipe) -> None:
 def _name_run(exc: BaseException, run_id: str) -> None:
     """Note on a failure which run it left behind (the outermost runner's run wins: a fold or
     a trial runs inside it), so the CLI can say what to resume."""
-    try:
+    # an exception type that takes no attributes: nothing to say
+    with contextlib.suppress(AttributeError):
         exc.danlu_run_id = run_id  # type: ignore[attr-defined]
-    except AttributeError:  # an exception type that takes no attributes: nothing to say
-        pass
 
 
 def run_of(exc: BaseException) -> str | None:
