@@ -160,3 +160,69 @@ api_keys = Table(
     Column("revoked_at", Float),
     Column("last_used_at", Float),
 )
+
+# -- the job queue (danlu.jobs) ------------------------------------------------------------------
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(10), nullable=False),  # run | tune
+    Column("name", String(200), nullable=False),  # the recipe's name
+    Column("recipe", Text, nullable=False),  # the recipe's text as submitted
+    Column("recipe_path", Text, nullable=False),  # where it was read from (for messages)
+    Column("workdir", Text, nullable=False),  # the submitter's folder: relative data paths
+    Column("overrides", Text, nullable=False),  # JSON list of --set items
+    Column("project", String(100), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("cpus", Integer, nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("memory_gb", Float, nullable=False),
+    Column("preemptible", Boolean, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("preemptions", Integer, nullable=False),
+    Column("not_before", Float, nullable=False),  # retry backoff: not claimed before this time
+    Column("lease_owner", String(64)),
+    Column("lease_token", String(64)),
+    Column("lease_expires_at", Float),
+    Column("agent_id", String(64)),
+    Column("slot", Text),  # JSON: the CPUs, GPUs and memory the running attempt holds
+    Column("run_ids", Text, nullable=False),  # JSON list: the runs the attempts made, in order
+    Column("exit_code", Integer),
+    Column("error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("preempt_requested", Boolean, nullable=False),
+    Column("estimate", Text),  # JSON: the pre-flight memory estimate
+    Column("submitted_by", String(200), nullable=False),
+    Index("ix_jobs_queue", "status", "priority", "created_at"),
+    Index("ix_jobs_project", "project", "status"),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(10), nullable=False),  # local | dask
+    Column("cpus", Integer, nullable=False),
+    Column("gpus", Text, nullable=False),  # JSON list of device ids
+    Column("memory_gb", Float, nullable=False),
+    Column("slots", Integer, nullable=False),  # jobs at once
+    Column("timeout_s", Float, nullable=False),  # silent for longer: taken for dead
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("stopped_at", Float),
+)
+
+quotas = Table(
+    "quotas",
+    metadata,
+    Column("project", String(100), primary_key=True),
+    Column("max_running", Integer, nullable=False),  # jobs of the project running at once
+    Column("updated_at", Float, nullable=False),
+)
