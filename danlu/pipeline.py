@@ -68,6 +68,7 @@ def run(
     resume: StrPath | None = None,
     store: Store | None = None,
     on_section: Callable[[str], None] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Result:
     """Run a recipe end to end: prepare, train, make the trust report (``evaluate:``), register
     and export (``register:``).
@@ -79,7 +80,8 @@ def run(
     ``stage_<name>_seconds``) and returned in ``Result.stages``. Arguments are those of
     :func:`danlu.train.run_training`; ``resume`` continues a run from the stage that failed
     (training from its last checkpoint; a run whose training finished is not trained again).
-    ``on_section`` is called with each report section's key as it starts.
+    ``on_section`` is called with each report section's key as it starts. ``tags`` are set on a
+    new run (a queued job's runs carry ``job=<id>``).
 
     ``data`` is a DataFrame to train on in place of ``data.source`` (which the recipe may then
     leave out): the run records ``data.source: dataframe:<first 12 hex digits of the frame's
@@ -105,6 +107,7 @@ def run(
         callbacks=callbacks,
         resume=resume,
         on_section=on_section,
+        tags=dict(tags or {}),
     )
     if data is not None:
         from danlu.tasks import get_task
