@@ -25,6 +25,9 @@ from danlu.store._names import (
 )
 from danlu.store._provenance import current_actor, git_state, host_name, package_versions
 from danlu.store._sql import SqlStore, danlu_home, default_db_url
+from danlu.store._tables import agents as agents_table
+from danlu.store._tables import jobs as jobs_table
+from danlu.store._tables import quotas as quotas_table
 from danlu.store._tracker import StoreTracker, Tracker, flatten_params
 from danlu.store.base import FileReader, Store
 
@@ -46,6 +49,7 @@ __all__ = [
     "Store",
     "StoreTracker",
     "Tracker",
+    "agents_table",
     "atomic_write_bytes",
     "atomic_write_text",
     "csv_restore",
@@ -57,7 +61,9 @@ __all__ = [
     "flatten_params",
     "git_state",
     "host_name",
+    "jobs_table",
     "package_versions",
+    "quotas_table",
     "remove_stale_temps",
     "validate_artifact_name",
     "validate_model_name",
