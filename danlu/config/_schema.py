@@ -31,6 +31,7 @@ __all__ = [
     "ChecksConfig",
     "ColumnCheck",
     "DataConfig",
+    "DistributedConfig",
     "ImbalanceConfig",
     "LossConfig",
     "ReduceConfig",
@@ -458,6 +459,62 @@ class CheckpointConfig(Strict):
     )
 
 
+class DistributedConfig(Strict):
+    """Data-parallel training over several processes (and machines), launched through torchrun.
+
+    ``danlu run`` starts ``nproc_per_node`` ranks on this machine through PyTorch's elastic
+    launcher (``torch.distributed.run``); each trains on its own shard of the training rows.
+    """
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every rank holds the whole model (DistributedDataParallel); fsdp: "
+        "parameters, gradients and optimizer state are sharded over the ranks (fully_shard).",
+    )
+    nproc_per_node: PositiveInt = Field(
+        2, description="Ranks on each machine: one per GPU, or one per core given on a CPU."
+    )
+    nnodes: PositiveInt = Field(1, description="Machines taking part (each runs danlu run).")
+    node_rank: Annotated[int, Field(ge=0)] = Field(
+        0, description="This machine's index, 0 … nnodes-1; node 0 hosts rank 0 (nnodes > 1)."
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="host:port where the ranks meet: node 0's address when nnodes > 1 "
+        "(default on one machine: 127.0.0.1 and a free port).",
+    )
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = Field(
+        0, description="Restarts of all ranks after one fails; each resumes from the checkpoint."
+    )
+    timeout_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = Field(
+        300.0, description="Seconds a collective waits for a silent rank before failing."
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="auto: nccl on CUDA, gloo on the CPU."
+    )
+
+    @model_validator(mode="after")
+    def _where_ranks_meet(self) -> DistributedConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(
+                f"node_rank must be below nnodes ({self.nnodes}). Got {self.node_rank} instead: "
+                f"number the machines 0 … {self.nnodes - 1}."
+            )
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(
+                f"nnodes is {self.nnodes}, so rdzv_endpoint is required: set it to node 0's "
+                "address and a free port, the same on every machine (e.g. 10.0.0.1:29400)."
+            )
+        if self.rdzv_endpoint is not None:
+            host, sep, port = self.rdzv_endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"rdzv_endpoint must be host:port with a port 1-65535. Got "
+                    f"{self.rdzv_endpoint!r} instead (e.g. 127.0.0.1:29400)."
+                )
+        return self
+
+
 class TrainConfig(Strict):
     """The engine's settings."""
 
@@ -477,6 +534,18 @@ class TrainConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig | None = Field(
+        None,
+        description="Train over several processes / machines through torchrun; false: one process.",
+        **OFF_SWITCH,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _distributed_switch(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("distributed"), bool):
+            return {**data, "distributed": {} if data["distributed"] else None}
+        return data
 
 
 class RegisterConfig(Strict):
