@@ -170,7 +170,12 @@ class TrainStream:
         return math.ceil(self.rows[split] / batch_size)
 
     def batches(
-        self, split: str = "train", batch_size: int | None = None, *, epoch: int = 0
+        self,
+        split: str = "train",
+        batch_size: int | None = None,
+        *,
+        epoch: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One pass over ``split`` as ``(x, y)`` numpy batches, read ahead in a background thread.
 
@@ -182,13 +187,15 @@ class TrainStream:
             split: ``train``, ``val`` or ``test``.
             batch_size: rows per batch (required for ``train``).
             epoch: seeds the training order; the same epoch gives the same batches.
+            shard: ``(rank, ranks)``: ``train`` reads only every ``ranks``-th row group of the
+                epoch's order, from ``rank`` (each rank of a distributed run its own groups).
         """
         if split not in SPLITS:
             raise DataError(f"Unknown split '{split}'; use one of {', '.join(SPLITS)}.")
         if split == "train":
             if batch_size is None:
                 raise DataError("Streaming training batches needs a batch_size.")
-            return read_ahead(self._shuffled(batch_size, epoch))
+            return read_ahead(self._shuffled(batch_size, epoch, shard))
         return read_ahead(self._in_order(split, batch_size))
 
     # -- reading -------------------------------------------------------------------------------
@@ -257,7 +264,9 @@ class TrainStream:
             for start in range(0, len(x), step):
                 yield x[start : start + step], y[start : start + step]
 
-    def _shuffled(self, batch_size: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _shuffled(
+        self, batch_size: int, epoch: int, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Training batches: seeded row-group order, then a shuffle buffer of bounded size.
 
         Each chunk joins the buffer; once the buffer holds more than ``shuffle_buffer`` rows,
@@ -267,6 +276,7 @@ class TrainStream:
         """
         rng = np.random.default_rng([self.seed % 2**32, epoch])
         groups = [self.layout.row_groups[i] for i in rng.permutation(len(self.layout.row_groups))]
+        groups = groups[shard[0] :: shard[1]]  # a rank's own row groups (all of them alone)
         buf_x: np.ndarray | None = None
         buf_y: np.ndarray | None = None
         for x, y in self._chunks("train", groups):
