@@ -109,12 +109,41 @@ def run(
         on_section=on_section,
         tags=dict(tags or {}),
     )
-    if data is not None:
+    if ctx.recipe.train.distributed is not None:  # torchrun's ranks train; this process reports
+        ctx = _trained_by_ranks(ctx, frame=data is not None)
+    elif data is not None:
         from danlu.tasks import get_task
         from danlu.train._run import prepare_recipe_data
 
         ctx.data = prepare_recipe_data(ctx.recipe, get_task(ctx.recipe.task), frame=data)
     return Result.from_context(Runner(plan()).run(ctx))
+
+
+def _trained_by_ranks(ctx: Context, *, frame: bool) -> Context:
+    """Train on ``train.distributed``'s ranks through torchrun (``danlu.train._torchrun``), then
+    the context that resumes their finished run here: training is reloaded, not redone, and the
+    later stages (evaluate, register) run in this process as for any run."""
+    from danlu.errors import ConfigError
+    from danlu.train import check_device, make_context
+    from danlu.train._runner import _resume_id
+    from danlu.train._torchrun import launch
+
+    if frame:
+        raise ConfigError(
+            "train.distributed: each rank reads data.source itself, so a DataFrame passed as "
+            "data= cannot reach them. Save it (frame.to_parquet('rows.parquet')) and set "
+            "data.source to the file."
+        )
+    check_device(ctx.recipe)  # a recipe this machine cannot run never launches
+    resume = _resume_id(ctx.resume) if ctx.resume is not None else None
+    run_id = launch(ctx.recipe, store=ctx.store, resume=resume, tags=ctx.tags)
+    return make_context(
+        ctx.recipe,
+        store=ctx.store,
+        callbacks=ctx.callbacks,
+        resume=run_id,
+        on_section=ctx.on_section,
+    )
 
 
 def add_report(

@@ -174,6 +174,9 @@ def check_recipe(recipe: Recipe) -> Any:
                 "Keep one: remove train.class_weight, or set data.imbalance to none.",
             )
         )
+    from danlu.train._distributed import distributed_issues
+
+    issues.extend(distributed_issues(recipe))  # what train.distributed cannot do
     raise_issues(issues, recipe._source)
     return options
 
@@ -269,6 +272,7 @@ def train_stage(ctx: Context) -> Context:
         epoch = load_checkpoint(checkpoint)["epoch"] if resuming else 0
         ctx.store.delete_metrics_after(tracker.run_id, epoch)
     meter = EnergyMeter(device=str(resolve_device(recipe.train.device))).start()
+    trained = False
     try:
         if recipe.model.type == "auto":
             from danlu.train._auto import select_model
@@ -278,8 +282,13 @@ def train_stage(ctx: Context) -> Context:
             assert task is not None
         else:
             trainer.fit(ctx.model, task, data, resume=resuming)
+        trained = True
     finally:  # an interrupted session's time and energy count too (a resume adds to them)
         reading = meter.stop()
+        if trained:  # a rank of a torchrun job: every rank's time and energy
+            from danlu.train._distributed import active_strategy
+
+            reading = active_strategy().after_fit(reading, tracker.run_id)
         if ctx.previous is not None:
             earlier = EnergyReading.from_run(ctx.previous.metrics, ctx.previous.tags)
             reading = earlier.add(reading) if earlier else reading
