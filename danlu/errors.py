@@ -18,6 +18,7 @@ __all__ = [
     "MissingExtraError",
     "NotFittedError",
     "NotFoundError",
+    "Preempted",
     "StoreError",
 ]
 
@@ -69,6 +70,18 @@ class StoreError(DanluError, OSError):
     """The run store cannot be read or written."""
 
     exit_code = 5
+
+
+class Preempted(DanluError):
+    """The process was asked to give its slot back (SIGTERM) and stopped: training stopped
+    after a batch, with a checkpoint, and the run is kept as ``interrupted``; ``danlu run
+    RECIPE --resume RUN_ID`` continues it exactly where it stopped.
+
+    Exit status 75 (``EX_TEMPFAIL``: try again later), which tells a scheduler to queue the job
+    again rather than count a failure.
+    """
+
+    exit_code = 75
 
 
 class NotFittedError(DanluError, AttributeError):

@@ -37,7 +37,7 @@ from danlu.cli._predict import predict_command
 from danlu.cli._runs import runs_app
 from danlu.cli._serve import serve_command
 from danlu.cli._tune import studies_app, tune_command
-from danlu.errors import DanluError
+from danlu.errors import DanluError, Preempted
 
 __all__ = ["app", "main"]
 
@@ -95,7 +95,7 @@ def run(
     from danlu.cli._progress import PlainProgress, RichProgress
     from danlu.data import row_accounting
     from danlu.pipeline import run as run_recipe
-    from danlu.train import run_of
+    from danlu.train import preemptible, run_of
 
     if threads:
         torch.set_num_threads(threads)
@@ -106,9 +106,24 @@ def run(
 
     progress = SectionProgress(quiet or as_json)
     try:
-        result = run_recipe(
-            recipe, overrides=set_ or (), callbacks=callbacks, resume=resume, on_section=progress
-        )
+        with preemptible():  # SIGTERM: exit 75 (training stops after a batch, checkpointed)
+            result = run_recipe(
+                recipe,
+                overrides=set_ or (),
+                callbacks=callbacks,
+                resume=resume,
+                on_section=progress,
+            )
+    except Preempted as exc:  # SIGTERM: one line (and --json's object), exit 75
+        progress.close()
+        stopped, command = run_of(exc), _resume_command(recipe, set_)
+        _say_preempted(stopped, command)
+        if as_json:
+            resume_with = f"{command} {stopped}" if stopped else None
+            out.print_json(
+                json.dumps({"preempted": True, "run_id": stopped, "resume": resume_with})
+            )
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
         progress.close()
         _say_interrupted(run_of(exc), _resume_command(recipe, set_))
@@ -195,6 +210,13 @@ def _resume_command(recipe: Path, overrides: list[str] | None) -> str:
 
     sets = "".join(f" --set {shlex.quote(item)}" for item in overrides or ())
     return f"danlu run {shlex.quote(str(recipe))}{sets} --resume"
+
+
+def _say_preempted(run_id: str | None, resume: str) -> None:
+    if run_id is None:
+        err.print("[yellow]preempted[/] before the run started: nothing was recorded.")
+    else:
+        err.print(Text(f"preempted; resume with: {resume} {run_id}"), soft_wrap=True)
 
 
 def _say_interrupted(run_id: str | None, resume: str) -> None:

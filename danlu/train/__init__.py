@@ -8,6 +8,7 @@ from danlu.train._checkpoint import load_checkpoint, save_checkpoint
 from danlu.train._energy import EnergyMeter, EnergyReading, watts_per_core
 from danlu.train._loop import Trainer, class_weights, resolve_device, seed_everything
 from danlu.train._optim import LRSchedule, build_optimizer
+from danlu.train._preempt import preemptible
 from danlu.train._run import (
     PREPARE,
     TRAIN,
@@ -41,6 +42,7 @@ __all__ = [
     "class_weights",
     "load_checkpoint",
     "make_context",
+    "preemptible",
     "resolve_device",
     "run_of",
     "run_training",

@@ -11,23 +11,25 @@ else (early stopping, progress, user hooks) is a callback; checkpoints capture t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
 
 from danlu.config import TrainConfig
 from danlu.data import Augmenter
-from danlu.errors import ConfigError, DataError
+from danlu.errors import ConfigError, DataError, Preempted
 from danlu.logging import get_logger
 from danlu.train._callbacks import Callback, EarlyStopping
 from danlu.train._checkpoint import CheckpointWriter, capture_rng, load_checkpoint, restore_rng
 from danlu.train._optim import LRSchedule, build_optimizer
+from danlu.train._preempt import safe_points, stop_requested
 
 if TYPE_CHECKING:
     from danlu.data import FeatureSchema, PreparedData, TrainStream
@@ -106,6 +108,8 @@ class _FitSetup:
     generator: torch.Generator  # the shuffle's RNG, saved in checkpoints
     augment: Augmenter | None
     l1_params: list[torch.nn.Parameter]  # weights (not biases) under train.l1
+    resume_at: dict[str, Any] | None = None  # where a preempted session stopped in its epoch
+    epoch_shuffle: torch.Tensor | None = None  # the shuffle's RNG as the current epoch began
 
 
 class Trainer:
@@ -204,7 +208,14 @@ class Trainer:
             keyed.append((name if seen[name] == 1 else f"{name}{seen[name]}", cb))
         return keyed
 
-    def _state(self, schedule: LRSchedule, generator: torch.Generator) -> dict[str, Any]:
+    def _state(
+        self,
+        schedule: LRSchedule,
+        generator: torch.Generator,
+        position: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The whole training state; ``position`` (a preempted epoch's batches done, loss so far,
+        shuffle RNG at the epoch's start and pending accumulated gradients) when mid-epoch."""
         return {
             "epoch": self.epoch,
             "should_stop": self.should_stop,
@@ -217,11 +228,13 @@ class Trainer:
                 key: state for key, cb in self._keyed_callbacks() if (state := cb.state_dict())
             },
             "rng": capture_rng(generator),
+            **({"position": position} if position is not None else {}),
         }
 
     def _restore(
         self, state: dict[str, Any], schedule: LRSchedule, generator: torch.Generator
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """Load a checkpoint's state; returns its position inside an epoch, if it has one."""
         keyed = dict(self._keyed_callbacks())
         missing = sorted(set(state["callbacks"]) - set(keyed))
         if missing:
@@ -237,6 +250,12 @@ class Trainer:
         self.should_stop = state["should_stop"]
         self.history_ = list(state["history"])
         restore_rng(state["rng"], generator)
+        position = state.get("position")
+        if position is not None:  # gradients of an accumulation cycle the preemption cut short
+            params = dict(self.model.named_parameters())
+            for name, grad in position["grads"].items():
+                params[name].grad = grad.to(params[name].device)
+        return position
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(
@@ -263,23 +282,28 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_start(self)
 
-        writer = CheckpointWriter()  # checkpoints are written off the training thread
-        try:
+        # Checkpoints are written off the training thread, and are on disk (or their error
+        # raised) before fit goes on. SIGTERM (preemption) stops after the current batch with a
+        # checkpoint of the position inside the epoch, then raises Preempted (_preempt.py).
+        with safe_points(), contextlib.closing(CheckpointWriter()) as writer:
             last_batch = self.num_batches - 1
             while self.epoch < cfg.epochs and not self.should_stop:
                 epoch = self.epoch + 1
                 for cb in self.callbacks:
                     cb.on_epoch_start(self, epoch)
                 self.model.train()
-                loss_sum = torch.zeros((), device=device)
+                start, loss_sum = self._epoch_start(setup)  # 0 and 0, or where preemption stopped
                 first_batch = (epoch - 1) * self.num_batches  # counted over the run: seeds augment
-                for batch, (xb, yb) in enumerate(self._epoch_batches(setup, epoch)):  # (B, D), (B,)
+                batches = self._epoch_batches(setup, epoch, start)
+                for batch, (xb, yb) in enumerate(batches, start):  # (B, D), (B,)
                     loss = self._forward_backward(setup, xb, yb, first_batch + batch)
                     if (batch + 1) % setup.accumulation == 0 or batch == last_batch:
                         self._optimizer_step(setup)
                     loss_sum += loss * len(yb)  # summed on device: no sync per batch
                     for cb in batch_hooks:
                         cb.on_batch_end(self, batch, loss)
+                    if stop_requested():  # SIGTERM: checkpoint this position, raise Preempted
+                        self._stop_preempted(setup, writer, epoch, batch + 1, loss_sum)
 
                 metrics = self._epoch_metrics(setup, epoch, loss_sum)  # train loss, val_*, lr
                 self._record_epoch(setup, epoch, metrics)  # schedule, history, tracker
@@ -287,8 +311,8 @@ class Trainer:
                     cb.on_epoch_end(self, epoch, metrics)
                 if self.checkpoint_path is not None and self._checkpoint_due(epoch):
                     self._save_checkpoint(self.checkpoint_path, setup, writer)
-        finally:
-            writer.close()  # the last checkpoint is on disk (or its error raised) before we go on
+                if stop_requested():  # SIGTERM during validation: stop at the epoch's end
+                    self._stop_preempted(setup, writer, epoch, None, loss_sum)
 
         for cb in self.callbacks:
             cb.on_fit_end(self)
@@ -403,23 +427,39 @@ class Trainer:
     def _resume(self, setup: _FitSetup) -> None:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             raise DataError(f"Cannot resume: there is no checkpoint at '{self.checkpoint_path}'.")
-        self._restore(load_checkpoint(self.checkpoint_path), setup.schedule, setup.generator)
-        log.info("resumed from %s after epoch %d", self.checkpoint_path, self.epoch)
+        state = load_checkpoint(self.checkpoint_path)
+        setup.resume_at = self._restore(state, setup.schedule, setup.generator)
+        done = setup.resume_at["batch"] if setup.resume_at else 0
+        log.info("resumed from %s: epoch %d, batch %d", self.checkpoint_path, self.epoch + 1, done)
+
+    def _epoch_start(self, setup: _FitSetup) -> tuple[int, torch.Tensor]:
+        """The epoch's first batch and its loss sum so far: 0 and 0, except in the first epoch
+        after resuming a preempted session, which goes on where that one stopped."""
+        position, setup.resume_at = setup.resume_at, None
+        if position is None:
+            setup.epoch_shuffle = setup.generator.get_state()  # replayed if preempted mid-epoch
+            return 0, torch.zeros((), device=setup.device)
+        setup.epoch_shuffle = position["shuffle"]
+        setup.generator.set_state(position["shuffle"])  # the same order as the stopped epoch
+        return int(position["batch"]), position["loss_sum"].to(setup.device)
 
     def _epoch_batches(
-        self, setup: _FitSetup, epoch: int
+        self, setup: _FitSetup, epoch: int, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch's training batches, (B, D) and (B,), on the device."""
+        """One epoch's training batches from batch ``start``, (B, D) and (B,), on the device."""
         if setup.stream is None:  # in memory: slices of a shuffled index, as by hand
             order = torch.randperm(setup.rows, generator=setup.generator).to(setup.device)
             return (
-                (setup.x_train[idx], setup.y_train[idx]) for idx in order.split(setup.batch_size)
+                (setup.x_train[idx], setup.y_train[idx])
+                for idx in order.split(setup.batch_size)[start:]
             )
         # from Parquet: row groups and a buffer shuffled per epoch, read ahead; y is already
-        # int64 (classes) or float32 (regression)
+        # int64 (classes) or float32 (regression). The order depends on the epoch alone, so a
+        # resumed epoch reads (and skips) the batches it had already trained on.
+        batches = setup.stream.batches("train", setup.batch_size, epoch=epoch)
         return (
             (torch.from_numpy(x).to(setup.device), torch.from_numpy(y).to(setup.device))
-            for x, y in setup.stream.batches("train", setup.batch_size, epoch=epoch)
+            for x, y in itertools.islice(batches, start, None)
         )
 
     def _forward_backward(
@@ -480,10 +520,49 @@ class Trainer:
             return False
         return epoch % every == 0 or self.should_stop or epoch == self.config.epochs
 
-    def _save_checkpoint(self, path: Path, setup: _FitSetup, writer: CheckpointWriter) -> None:
+    def _save_checkpoint(
+        self,
+        path: Path,
+        setup: _FitSetup,
+        writer: CheckpointWriter,
+        position: dict[str, Any] | None = None,
+    ) -> None:
         if self.tracker is not None:
             self.tracker.flush()  # metrics on disk before the checkpoint that covers them
-        writer.save(path, self._state(setup.schedule, setup.generator))
+        writer.save(path, self._state(setup.schedule, setup.generator, position))
+
+    def _stop_preempted(
+        self,
+        setup: _FitSetup,
+        writer: CheckpointWriter,
+        epoch: int,
+        batches_done: int | None,
+        loss_sum: torch.Tensor,
+    ) -> NoReturn:
+        """SIGTERM came: checkpoint where training is (``batches_done`` of ``epoch``, or its end
+        when None), wait until it is on disk, raise Preempted."""
+        where = (
+            f"epoch {epoch}" if batches_done is None else f"batch {batches_done} of epoch {epoch}"
+        )
+        if self.checkpoint_path is None:
+            raise Preempted(
+                f"The run was preempted (SIGTERM) at {where}. No checkpoint is kept "
+                "(train.checkpoint.every is 0): resuming trains it again from the start."
+            )
+        position = None
+        if batches_done is not None:  # mid-epoch: what resuming needs to go on from this batch
+            position = {
+                "epoch": epoch,
+                "batch": batches_done,
+                "loss_sum": loss_sum,
+                "shuffle": setup.epoch_shuffle,
+                "grads": {
+                    n: p.grad for n, p in self.model.named_parameters() if p.grad is not None
+                },
+            }
+        self._save_checkpoint(self.checkpoint_path, setup, writer, position)
+        writer.wait()
+        raise Preempted(f"The run was preempted (SIGTERM) at {where}, with a checkpoint there.")
 
     @property
     def best_epoch(self) -> int:

@@ -9,8 +9,10 @@ the stages, so stage code never opens runs, registers or exports on its own:
 - it opens the run once (or reattaches to the run being resumed) and logs the resolved recipe;
 - it times each stage and records it on the run: ``stages.json`` (each stage's status, seconds
   and the artifacts it wrote) and the metric ``stage_<name>_seconds``;
-- a failure marks the stage and the run ``failed`` (``interrupted`` on Ctrl-C, ``pruned`` for a
-  pruned tuning trial); the run is marked ``finished`` once its in-run stages are done, before
+- a failure marks the stage and the run ``failed`` (``interrupted`` on Ctrl-C and on SIGTERM,
+  ``pruned`` for a pruned tuning trial); SIGTERM raises :class:`~danlu.errors.Preempted`
+  (exit 75) and training stops after its current batch with a checkpoint (``_preempt.py``);
+  the run is marked ``finished`` once its in-run stages are done, before
   the ``after_run`` stages (registration needs a finished run);
 - resuming a run skips the stages it already finished when the recipe is unchanged: each has a
   ``restore`` that reloads its outputs from the run's artifacts. The first stage that failed (or
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from danlu.config import recipe_to_yaml
-from danlu.errors import ConfigError
+from danlu.errors import ConfigError, Preempted
 from danlu.logging import get_logger
 from danlu.types import StrPath
 
@@ -161,6 +163,12 @@ class Runner:
         self.plan = tuple(plan)
 
     def run(self, ctx: Context) -> Context:
+        from danlu.train._preempt import preemptible
+
+        with preemptible():  # SIGTERM: Preempted (training stops after a batch, checkpointed)
+            return self._run(ctx)
+
+    def _run(self, ctx: Context) -> Context:
         stages = self._stages(ctx)
         done = _finished_before(ctx)  # also checks a resumed run's recipe
         ctx = self.check(ctx)
@@ -275,8 +283,9 @@ def _name_run(exc: BaseException, run_id: str) -> None:
 
 
 def run_of(exc: BaseException) -> str | None:
-    """The run a failure or Ctrl-C left in the store (``failed`` or ``interrupted``, resumable
-    with ``danlu run RECIPE --resume RUN_ID``); None when it came before the run opened.
+    """The run a failure, Ctrl-C or SIGTERM left in the store (``failed`` or ``interrupted``,
+    resumable with ``danlu run RECIPE --resume RUN_ID``); None when it came before the run
+    opened.
 
     Example:
         >>> # try: danlu.run("r.yaml")
@@ -289,7 +298,7 @@ def run_of(exc: BaseException) -> str | None:
 def _status_of(exc: BaseException) -> str:
     from danlu.train._callbacks import Pruned
 
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt | Preempted):
         return "interrupted"
     return "pruned" if isinstance(exc, Pruned) else "failed"
 
@@ -297,6 +306,8 @@ def _status_of(exc: BaseException) -> str:
 def _error_of(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted by the user"
+    if isinstance(exc, Preempted):
+        return "preempted (SIGTERM)"
     return str(exc) or type(exc).__name__
 
 
