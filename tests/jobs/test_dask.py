@@ -1,0 +1,291 @@
+"""The Dask executor (``danlu agent --dask``) on a real ``distributed.LocalCluster``: two worker
+processes on 127.0.0.1 with ``CPU=1`` each, a real SQLite store, real ``danlu run`` jobs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from danlu.errors import ConfigError
+from danlu.jobs import AgentReport, JobQueue, Resources, SlotPool
+from danlu.jobs._dask import ClusterResources, DaskExecutor, task_resources
+
+from .conftest import QueueDb, wait_until, wine_recipe
+
+distributed = pytest.importorskip("distributed")
+
+LEASE_S = 2.0
+POLL_S = 0.2
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """Two worker processes, one thread and ``CPU=1`` each; no dashboard; loopback only."""
+    local = distributed.LocalCluster(
+        n_workers=2,
+        processes=True,
+        threads_per_worker=1,
+        resources={"CPU": 1},
+        host="127.0.0.1",
+        dashboard_address=None,  # no dashboard; its health/metrics routes on a free port
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        silence_logs=logging.ERROR,
+    )
+    client = distributed.Client(local, set_as_default=False)
+    yield client
+    client.close()
+    local.close()
+
+
+@pytest.fixture
+def client(cluster: Any) -> Any:
+    cluster.wait_for_workers(2, timeout=60)  # a test may have killed one (its nanny restarts it)
+    return cluster
+
+
+class Running:
+    """An executor running in a thread of the test, stopped (bounded) at the end."""
+
+    def __init__(self, executor: DaskExecutor) -> None:
+        self.executor = executor
+        self.report: AgentReport | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.report = self.executor.run()
+        except BaseException as exc:  # re-raised in the test's thread
+            self.error = exc
+
+    def wait(self, timeout: float = 90) -> AgentReport:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.executor.stop()
+            self.thread.join(30)
+            raise AssertionError(f"the executor did not finish within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        assert self.report is not None
+        return self.report
+
+
+def _executor(queue: JobQueue, client: Any, events: list[str], **kwargs: Any) -> Running:
+    settings: dict[str, Any] = {
+        "poll_s": POLL_S,
+        "lease_s": LEASE_S,
+        "exit_when_idle": True,
+        "cancel_grace_s": 5.0,
+        "preempt_grace_s": 10.0,
+        "on_event": events.append,
+        "client": client,
+    }
+    return Running(DaskExecutor(queue, **(settings | kwargs)))
+
+
+def _submit(queue: JobQueue, recipe: Path, *overrides: str, cpus: int = 1):  # noqa: ANN202
+    return queue.submit(
+        recipe=recipe.read_text(),
+        recipe_path=str(recipe),
+        name=recipe.stem,
+        overrides=list(overrides),
+        resources=Resources(cpus=cpus),
+        workdir=str(recipe.parent),
+    )
+
+
+def _epochs(queue: JobQueue, job_id: str) -> int:
+    """Epochs the job's latest run has logged so far."""
+    runs = queue.store.search_runs(f"tags.job = '{job_id}'")
+    return len(queue.store.metric_history(runs[0].id, "train_loss")) if runs else 0
+
+
+def _worker_of(client: Any, job_id: str) -> str | None:
+    for address, keys in client.processing().items():
+        if any(str(k).startswith(f"danlu-job-{job_id}-") for k in keys):
+            return str(address)
+    return None
+
+
+def test_cluster_resources_and_task_requests() -> None:
+    info = {
+        "address": "tcp://s:8786",
+        "workers": {
+            "tcp://a:1": {"resources": {"CPU": 8, "GPU": 2}, "memory_limit": 64e9, "nthreads": 8},
+            "tcp://b:1": {"resources": {"CPU": 16}, "memory_limit": 32e9, "nthreads": 4},
+            "tcp://c:1": {"resources": {}, "memory_limit": 8e9, "nthreads": 2},
+        },
+    }
+    cluster = ClusterResources.from_scheduler_info(info)
+    assert cluster.ignored == ("tcp://c:1",)  # no CPU resource: it gets no jobs
+    assert cluster.largest == Resources(16, 2, 64.0)
+    assert cluster.total == Resources(24, 2, 96.0) and cluster.threads == 12
+    assert cluster.fits(Resources(8, 2, 10.0))
+    assert not cluster.fits(Resources(16, 1, 10.0))  # the 16-CPU worker has no GPU
+    assert task_resources(Resources(2, 0, 4.0)) == {"CPU": 2}
+    assert task_resources(Resources(2, 1, 4.0), memory=True) == {"CPU": 2, "GPU": 1, "MEMORY": 4.0}
+
+
+def test_jobs_run_once_each_where_dask_puts_them(
+    client: Any, sqlite_db: QueueDb, tmp_path: Path
+) -> None:
+    queue = sqlite_db.queue()
+    recipe = wine_recipe(tmp_path, epochs=2)
+    jobs = [_submit(queue, recipe, f"train.seed={seed}") for seed in range(4)]
+    events: list[str] = []
+    report = _executor(queue, client, events).wait()
+
+    done = [queue.get(j.id) for j in jobs]
+    assert [j.status for j in done] == ["succeeded"] * 4
+    assert [j.attempts for j in done] == [1] * 4
+    assert all(len(j.run_ids) == 1 for j in done)
+    assert len({j.run_ids[0] for j in done}) == 4
+    assert sorted(job_id for job_id, _ in report.attempts) == sorted(j.id for j in jobs)
+    for job in done:  # the run trained with its own override and logged its test metrics
+        run = queue.store.get_run(job.run_ids[0])
+        assert run.status == "finished"
+        assert str(run.params["train.seed"]) == job.overrides[0].split("=")[1]
+        assert "test_accuracy" in run.metrics
+
+    # Dask placed them: both workers ran jobs, never two at once on a CPU=1 worker
+    placed: dict[str, list[tuple[float, float]]] = {}
+    for line in events:
+        found = re.search(r"job (\w+) attempt 1 ended on (\S+):", line)
+        if found:
+            job = queue.get(found.group(1))
+            placed.setdefault(found.group(2), []).append((job.started_at, job.ended_at))
+    assert len(placed) == 2 and sum(len(v) for v in placed.values()) == 4
+    for spans in placed.values():
+        spans.sort()
+        assert all(
+            a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)
+        )
+
+
+def test_a_job_no_worker_can_hold_is_refused_at_submit(
+    client: Any, sqlite_db: QueueDb, tmp_path: Path
+) -> None:
+    queue = sqlite_db.queue()
+    running = _executor(queue, client, [], exit_when_idle=False)
+    agent = wait_until(lambda: next(iter(queue.agents(live=True)), None), timeout=30)
+    try:
+        assert (agent.kind, agent.cpus, agent.gpus, agent.slots) == ("dask", 1, (), 2)
+        assert agent.host == client.scheduler_info()["address"]
+        with pytest.raises(ConfigError) as refused:
+            _submit(queue, wine_recipe(tmp_path), cpus=2)
+        message = str(refused.value)
+        assert "asks for 2 CPUs but the largest slot has 1 (dask agent" in message
+        assert "dask agent" in message and agent.host in message
+        assert queue.list_jobs() == []  # nothing was queued
+    finally:
+        running.executor.stop()
+        running.wait(30)
+    assert queue.agents(live=True) == []  # it deregistered
+
+
+def test_a_killed_workers_job_comes_back_through_its_lease_and_finishes_once(
+    client: Any, sqlite_db: QueueDb, tmp_path: Path
+) -> None:
+    queue = sqlite_db.queue()
+    job = _submit(queue, wine_recipe(tmp_path, epochs=120))
+    events: list[str] = []
+    running = _executor(queue, client, events)
+
+    wait_until(lambda: _epochs(queue, job.id) >= 3, timeout=60)
+    address = wait_until(lambda: _worker_of(client, job.id), timeout=10)
+    pid = client.run(os.getpid, workers=[address])[address]
+    os.kill(pid, signal.SIGKILL)  # the worker dies mid-training; its nanny starts a new one
+    report = running.wait(120)
+
+    done = queue.get(job.id)
+    assert done.status == "succeeded"
+    assert done.attempts == 2  # the lease lapsed, the job was queued again and ran again
+    assert "lost its executor" not in (done.error or "")
+    assert len(done.run_ids) == 1  # the second attempt resumed the first one's run
+    run = queue.store.get_run(done.run_ids[0])
+    assert run.status == "finished"
+    steps = [p.step for p in queue.store.metric_history(run.id, "train_loss")]
+    assert steps == sorted(set(steps)) and len(steps) == 120  # each epoch logged once
+    # Dask ran the dead worker's task again elsewhere: it found its claim gone and ran nothing
+    assert [(job_id, o.status) for job_id, o in report.attempts] == [(job.id, "succeeded")]
+    assert any(
+        f"job {job.id}: its task ran on" in line and "ran nothing" in line for line in events
+    )
+    log_text = queue.log_path(job.id).read_text()
+    assert log_text.count("attempt 1 on agent") == 1
+    assert log_text.count("attempt 2 on agent") == 1 and "resuming run" in log_text
+
+
+def test_cancel_reaches_the_task_through_the_store(
+    client: Any, sqlite_db: QueueDb, tmp_path: Path
+) -> None:
+    queue = sqlite_db.queue()
+    job = _submit(queue, wine_recipe(tmp_path, epochs=2000))
+    running = _executor(queue, client, [])
+    wait_until(lambda: _epochs(queue, job.id) >= 1, timeout=60)
+    queue.cancel(job.id)
+    report = running.wait(60)
+
+    done = queue.get(job.id)
+    assert done.status == "cancelled" and done.attempts == 1
+    assert [(job_id, o.reason) for job_id, o in report.attempts] == [(job.id, "cancelled")]
+    run = queue.store.get_run(done.run_ids[0])
+    assert run.status != "finished"
+    assert _epochs(queue, job.id) < 2000
+
+
+def _executor_process(db: QueueDb, address: str) -> subprocess.Popen[str]:
+    """``danlu agent --dask`` in a process of its own (to be killed)."""
+    code = (
+        "from danlu.jobs import JobQueue; from danlu.store import SqlStore; "
+        "from danlu.jobs._dask import DaskExecutor; "
+        f"DaskExecutor(JobQueue(SqlStore()), {address!r}, poll_s={POLL_S}, lease_s={LEASE_S}).run()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=db.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    db.procs.append(proc)
+    return proc
+
+
+def test_a_restarted_executor_leaves_live_tasks_alone_and_requeues_lapsed_leases(
+    client: Any, sqlite_db: QueueDb, tmp_path: Path
+) -> None:
+    queue = sqlite_db.queue()
+    address = client.scheduler_info()["address"]
+    first = _executor_process(sqlite_db, address)
+    recipe = wine_recipe(tmp_path, epochs=60)
+    jobs = [_submit(queue, recipe, f"train.seed={seed}") for seed in range(2)]
+    wait_until(lambda: all(_epochs(queue, j.id) >= 1 for j in jobs), timeout=90)
+    # a third job claimed by an executor that died before handing it out: its lease lapses
+    lapsed = _submit(queue, recipe, "train.seed=7")
+    gone = queue.claim("gone-executor", SlotPool(cpu_ids=[0], memory_gb=1.0), lease_s=0.5)
+    assert gone is not None and gone.id == lapsed.id
+
+    first.send_signal(signal.SIGKILL)  # the executor dies; its tasks run on
+    first.communicate(timeout=30)
+    events: list[str] = []
+    report = _executor(queue, client, events).wait(120)
+
+    done = [queue.get(j.id) for j in jobs]
+    assert [j.status for j in done] == ["succeeded", "succeeded"]
+    assert [j.attempts for j in done] == [1, 1]  # left alone: never requeued, never rerun
+    again = queue.get(lapsed.id)
+    assert again.status == "succeeded" and again.attempts == 2
+    # the new executor ran only the lapsed job; the others recorded themselves
+    assert [job_id for job_id, _ in report.attempts] == [lapsed.id]
