@@ -9,6 +9,7 @@ and ``_options``, never through this one.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ from danlu.cli._data import data_app
 from danlu.cli._db import db_app
 from danlu.cli._evaluate import evaluate_command, print_summary, report_command
 from danlu.cli._export import export_command
+from danlu.cli._jobs import agent_command, jobs_app, submit_command
 from danlu.cli._keys import keys_app
 from danlu.cli._models import models_app
 from danlu.cli._options import QuietOption, SetOption, registered_line
@@ -55,6 +57,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 app.add_typer(studies_app, name="studies")
 app.add_typer(keys_app, name="keys")
+app.add_typer(jobs_app, name="jobs")
 
 RecipeArg = Annotated[Path, typer.Argument(help="Path to a YAML recipe.", metavar="RECIPE")]
 
@@ -113,6 +116,7 @@ def run(
                 callbacks=callbacks,
                 resume=resume,
                 on_section=progress,
+                tags=_job_tags(),
             )
     except Preempted as exc:  # SIGTERM: one line (and --json's object), exit 75
         progress.close()
@@ -204,6 +208,12 @@ def run(
         out.print(Text(registered_line(result.registered)))
 
 
+def _job_tags() -> dict[str, str]:
+    """``job=<id>`` when a queued job's agent started this run (``danlu.jobs`` finds it so)."""
+    job = os.environ.get("DANLU_JOB_ID")
+    return {"job": job} if job else {}
+
+
 def _resume_command(recipe: Path, overrides: list[str] | None) -> str:
     """``danlu run RECIPE [--set ...] --resume``: the command that resumes this one's run."""
     import shlex
@@ -239,6 +249,8 @@ app.command("report")(report_command)
 app.command("export")(export_command)
 app.command("predict")(predict_command)
 app.command("serve")(serve_command)
+app.command("submit")(submit_command)
+app.command("agent")(agent_command)
 
 
 @app.command()
