@@ -84,6 +84,12 @@ def _job_dict(job: Job) -> dict[str, Any]:
     }
 
 
+def _needs(job: Job) -> str:
+    need = job.resources
+    text = f"{need.cpus} CPU" + (f" {need.gpus} GPU" if need.gpus else "")
+    return text + (f" {need.memory_gb:g} GB" if need.memory_gb else "")
+
+
 _STATUS_STYLE = {
     "queued": "cyan",
     "running": "yellow",
@@ -209,15 +215,15 @@ def list_command(
         out.print("No jobs. Queue one with: danlu submit RECIPE")
         return
     table = Table(
-        "id",
+        Column("id", no_wrap=True),
         "name",
-        "status",
+        Column("status", no_wrap=True),
         Column("prio", justify="right"),
         "project",
-        Column("attempts", justify="right"),
+        Column("tries", justify="right"),
         "needs",
         "runs",
-        "submitted",
+        "age",
     )
     for job in jobs:
         status_text = Text(job.status, style=_STATUS_STYLE.get(job.status, ""))
@@ -232,8 +238,8 @@ def list_command(
             str(job.priority),
             cell(job.project),
             f"{job.attempts}/{job.max_attempts}",
-            job.resources.describe(),
-            ", ".join(job.run_ids) or "-",
+            _needs(job),
+            "\n".join(job.run_ids) or "-",
             _ago(job.created_at),
         )
     out.print(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["MachineResources", "machine_resources"]
 
@@ -25,6 +26,8 @@ def _gpu_ids() -> tuple[int, ...]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and not visible.strip():
         return ()
+    if not any(Path(p).exists() for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd")):
+        return ()  # no GPU driver here: spare the torch import (seconds)
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
