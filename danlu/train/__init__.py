@@ -6,6 +6,7 @@ from __future__ import annotations
 from danlu.train._callbacks import Callback, EarlyStopping, Pruned
 from danlu.train._checkpoint import load_checkpoint, save_checkpoint
 from danlu.train._energy import EnergyMeter, EnergyReading, watts_per_core
+from danlu.train._estimate import MemoryEstimate, estimate_memory
 from danlu.train._loop import Trainer, class_weights, resolve_device, seed_everything
 from danlu.train._optim import LRSchedule, build_optimizer
 from danlu.train._preempt import preemptible
@@ -30,6 +31,7 @@ __all__ = [
     "EnergyMeter",
     "EnergyReading",
     "LRSchedule",
+    "MemoryEstimate",
     "Pruned",
     "Result",
     "Runner",
@@ -40,6 +42,7 @@ __all__ = [
     "check_device",
     "check_recipe",
     "class_weights",
+    "estimate_memory",
     "load_checkpoint",
     "make_context",
     "preemptible",
