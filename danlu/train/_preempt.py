@@ -11,8 +11,8 @@ second SIGTERM raises at once wherever it lands; SIGINT keeps Python's own handl
 (``KeyboardInterrupt``).
 
 Signal handlers belong to the main thread: elsewhere (a tuning trial on a thread) both context
-managers do nothing. The handler that was there before is put back when the outermost
-``preemptible`` block ends.
+managers do nothing, and ``safe_points`` does nothing outside ``preemptible`` either. The handler
+that was there before is put back when the outermost ``preemptible`` block ends.
 
 Example:
     >>> with preemptible():
@@ -93,19 +93,21 @@ def safe_points() -> Iterator[None]:
     """Within the block SIGTERM only sets :func:`stop_requested`; the caller checks it at its
     safe points (after each batch) and stops there. A request still pending when the block
     ends without an error (the signal came after the last check) raises ``Preempted`` then.
+
+    Only inside :func:`preemptible`: elsewhere (a bare ``Trainer.fit``, a tuning trial) SIGTERM
+    keeps whatever handling the process gave it.
     """
-    if not _in_main_thread():
+    if not _in_main_thread() or _STATE.depth == 0:
         yield
         return
-    with preemptible():
-        _STATE.safe += 1
-        try:
-            yield
-        except BaseException:  # the loop's own Preempted (or any error): the request is answered
-            _STATE.safe -= 1
-            _STATE.requested = _STATE.requested and _STATE.safe > 0
-            raise
+    _STATE.safe += 1
+    try:
+        yield
+    except BaseException:  # the loop's own Preempted (or any error): the request is answered
         _STATE.safe -= 1
-        if _STATE.safe == 0 and _STATE.requested:
-            _STATE.requested = False
-            raise Preempted("The run was preempted (SIGTERM) after its training ended.")
+        _STATE.requested = _STATE.requested and _STATE.safe > 0
+        raise
+    _STATE.safe -= 1
+    if _STATE.safe == 0 and _STATE.requested:
+        _STATE.requested = False
+        raise Preempted("The run was preempted (SIGTERM) after its training ended.")

@@ -61,6 +61,10 @@ STAGES_FILE = "stages.json"
 _RESUMABLE_KEYS = ("train.epochs", "evaluate")
 
 Phase = Literal["before_run", "in_run", "after_run"]
+# A tuning worker counts a DanluError as a failed trial and goes on with the next one, so a
+# Preempted trial would not stop it: in ``danlu tune`` SIGTERM ends the process as it always
+# did (the study requeues a dead worker's trial when it resumes).
+_NOT_PREEMPTIBLE = frozenset({"tune-trial", "tune-refit"})
 
 
 @dataclass
@@ -165,6 +169,8 @@ class Runner:
     def run(self, ctx: Context) -> Context:
         from danlu.train._preempt import preemptible
 
+        if ctx.run_stage in _NOT_PREEMPTIBLE:
+            return self._run(ctx)
         with preemptible():  # SIGTERM: Preempted (training stops after a batch, checkpointed)
             return self._run(ctx)
 

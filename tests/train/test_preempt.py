@@ -25,6 +25,7 @@ from torch import nn
 
 from danlu.errors import Preempted
 from danlu.models._mlp import MLPSpec, build_mlp
+from danlu.train import Callback, preemptible
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGTERM_AT = "DANLU_TEST_SIGTERM_AT"  # "k" or "k,k" (twice): training forward passes
@@ -60,6 +61,14 @@ build.spec = MLPSpec  # type: ignore[attr-defined]
 
 
 # -- in process: the engine ---------------------------------------------------------------------
+WINE_RECIPE = {
+    "name": "preempt",
+    "data": {"source": "builtin:wine"},
+    "task": "classification",
+    "model": {"type": "mlp", "hidden": [8]},
+}
+
+
 def _fit(tmp_path: Path, name: str | None, at: list[int], *, resume: bool = False, **train):
     from danlu.config import load_recipe
     from danlu.data import prepare_data
@@ -80,7 +89,8 @@ def _fit(tmp_path: Path, name: str | None, at: list[int], *, resume: bool = Fals
     seed_everything(0)
     model = _SelfPreempting(build_mlp(MLPSpec(hidden=[16], dropout=0.2), data.schema, task), at)
     trainer = Trainer(recipe.train, checkpoint_path=None if name is None else tmp_path / name)
-    return trainer.fit(model, task, data, resume=resume)
+    with preemptible():  # as the Runner wraps every run
+        return trainer.fit(model, task, data, resume=resume)
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -132,6 +142,38 @@ def test_a_second_sigterm_stops_at_once(tmp_path):
 def test_without_checkpoints_sigterm_still_stops(tmp_path):
     with pytest.raises(Preempted, match="train.checkpoint.every is 0"):
         _fit(tmp_path, None, [2])  # the train stage's choice under train.checkpoint.every: 0
+
+
+def test_a_bare_fit_and_a_tuning_trial_keep_the_process_sigterm_handling(tmp_path):
+    """Outside preemptible() the loop installs nothing; a tuning worker counts a DanluError as
+    a failed trial and goes on, so its trials keep SIGTERM's own handling (the process ends)."""
+    from danlu.config import load_recipe
+    from danlu.data import prepare_data
+    from danlu.models import build_model
+    from danlu.tasks import get_task
+    from danlu.train import Trainer, run_training
+
+    class Handler(Callback):
+        def __init__(self) -> None:
+            self.seen: list[object] = []
+
+        def on_fit_start(self, trainer) -> None:
+            self.seen.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    recipe = load_recipe({**WINE_RECIPE, "train": {"epochs": 1}})
+    data = prepare_data(recipe.data, recipe.task)
+    task = get_task(recipe.task)
+    bare = Handler()
+    Trainer(recipe.train, callbacks=[bare]).fit(
+        build_model(recipe.model, data.schema, task), task, data
+    )
+    runs = {stage: Handler() for stage in ("train", "tune-trial")}
+    for stage, seen in runs.items():
+        run_training(recipe, home=tmp_path, stage=stage, callbacks=[seen], prepared=data)
+    assert bare.seen == runs["tune-trial"].seen == [before]
+    assert runs["train"].seen != [before]  # the Runner's own, for the run
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_preemption_is_a_main_thread_affair():
