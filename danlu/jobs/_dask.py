@@ -6,8 +6,9 @@ Where a job runs is Dask's decision; what ran, and how it ended, is danlu's reco
   leases, priorities, quotas and preemption as ``danlu agent``) while the cluster has room: the
   room is the workers' resources (``dask worker --resources "CPU=8,GPU=1"``, read from the
   scheduler) less what the jobs running on this cluster hold, counted from the store. A job
-  no worker can hold is refused at submit: the executor registers the largest worker in the
-  ``agents`` table (``danlu submit`` checks against it and names it).
+  no worker can hold is refused at submit: the executor registers what the workers offer in
+  the ``agents`` table, one row per worker shape (``danlu submit`` checks against them and
+  names the largest).
 - **Tasks.** Each claimed job becomes one Dask task with ``resources={"CPU": cpus, "GPU":
   gpus}``, fire-and-forget: it runs even if the executor goes away. The task, on a worker,
   opens the same store (the executor's database URL and artifact folder travel with it) and
@@ -84,6 +85,7 @@ class WorkerResources:
     gpus: int
     memory_gb: float
     threads: int
+    name: str = ""
 
     @property
     def offer(self) -> Resources:
@@ -129,6 +131,7 @@ class ClusterResources:
                     gpus=int(math.floor(float(res.get("GPU", 0)) + 1e-9)),
                     memory_gb=round(memory, 1),
                     threads=int(w.get("nthreads") or 1),
+                    name=str(w.get("name", address)),
                 )
             )
         return cls(str(info.get("address", "")), tuple(workers), tuple(ignored), memory_resource)
@@ -161,11 +164,37 @@ class ClusterResources:
         """Whether one worker could ever hold ``need``."""
         return any(w.offer.covers(need) for w in self.workers)
 
+    def shapes(self) -> list[tuple[Resources, list[WorkerResources]]]:
+        """The workers grouped by what they offer, leaving out offers another one covers: a
+        job fits some worker exactly when it fits one of these (a CPU node and a GPU node are
+        two shapes; the cluster is not one slot of the most CPUs and the most GPUs).
+
+        Example:
+            >>> info = {"workers": {
+            ...     "tcp://a:1": {"resources": {"CPU": 8, "GPU": 1}, "memory_limit": 32e9},
+            ...     "tcp://b:1": {"resources": {"CPU": 32}, "memory_limit": 64e9},
+            ...     "tcp://c:1": {"resources": {"CPU": 4}, "memory_limit": 8e9}}}
+            >>> [offer for offer, _ in ClusterResources.from_scheduler_info(info).shapes()]
+            [Resources(cpus=32, gpus=0, memory_gb=64.0), Resources(cpus=8, gpus=1, memory_gb=32.0)]
+        """
+        groups: dict[Resources, list[WorkerResources]] = {}
+        for worker in self.workers:
+            groups.setdefault(worker.offer, []).append(worker)
+        kept = [
+            (offer, members)
+            for offer, members in groups.items()
+            if not any(other != offer and other.covers(offer) for other in groups)
+        ]
+        return sorted(kept, key=lambda k: (-k[0].cpus, -k[0].gpus, -k[0].memory_gb))
+
     def describe(self) -> str:
         total = self.total
+        shapes = "; ".join(
+            f"{len(members)} x {offer.describe()}" for offer, members in self.shapes()
+        )
         return (
-            f"{len(self.workers)} worker(s), {total.cpus} CPUs and {total.gpus} GPUs in all, "
-            f"the largest {self.largest.describe()}"
+            f"{len(self.workers)} worker(s), {total.cpus} CPUs and {total.gpus} GPUs in all "
+            f"({shapes})"
         )
 
 
@@ -399,12 +428,17 @@ class _Task:
 
 @dataclass
 class _Seen:
-    """What the executor last read of the cluster."""
+    """What the executor last read of the cluster, and its rows in the ``agents`` table: one
+    per worker shape, the first one the executor's own (its claims carry that id)."""
 
     cluster: ClusterResources | None = None
-    agent_id: str = ""
-    largest: Resources | None = None
+    agent_ids: list[str] = field(default_factory=list)
+    shapes: list[Resources] = field(default_factory=list)
     missing_cpu_warned: set[str] = field(default_factory=set)
+
+    @property
+    def agent_id(self) -> str:
+        return self.agent_ids[0] if self.agent_ids else ""
 
 
 class DaskExecutor:
@@ -491,7 +525,7 @@ class DaskExecutor:
     def _read_cluster(self, client: Any, *, wait: bool) -> ClusterResources:
         deadline = time.monotonic() + (self.connect_timeout_s if wait else 0.0)
         while True:
-            cluster = ClusterResources.from_scheduler_info(client.scheduler_info(n_workers=-1))
+            cluster = ClusterResources.from_scheduler_info(client.scheduler_info())
             if cluster.workers or time.monotonic() >= deadline or self._stopping.is_set():
                 break
             self._stopping.wait(min(self.poll_s, 0.5))
@@ -513,31 +547,45 @@ class DaskExecutor:
         return cluster
 
     def _register(self, cluster: ClusterResources) -> str:
-        """Register the cluster's largest worker in the ``agents`` table (what ``danlu
-        submit`` checks a job against); again whenever it changes."""
-        largest = cluster.largest
-        if self._seen.agent_id and self._seen.largest == largest:
+        """Register what the cluster's workers offer in the ``agents`` table, one row per
+        worker shape (what ``danlu submit`` checks a job against, naming the largest); again
+        whenever the shapes change (workers join and leave). Returns the executor's agent id."""
+        shapes = cluster.shapes()
+        offers = [offer for offer, _ in shapes]
+        # a cluster scaled to zero for a while (adaptive) keeps its slots: submit still works
+        if self._seen.agent_ids and (self._seen.shapes == offers or not offers):
+            for agent_id in self._seen.agent_ids:
+                self.queue.agent_heartbeat(agent_id)
             return self._seen.agent_id
-        if self._seen.agent_id:
-            self.queue.deregister_agent(self._seen.agent_id)
+        self._deregister()
         total = cluster.total
-        info = self.queue.register_agent(
-            name=(
-                f"largest of {len(cluster.workers)} Dask worker(s); "
-                f"{total.cpus} CPUs, {total.gpus} GPUs in all"
-            ),
-            kind="dask",
-            cpus=largest.cpus,
-            gpus=range(largest.gpus),
-            memory_gb=largest.memory_gb,
-            slots=cluster.threads,
-            timeout_s=max(self.lease_s, 3 * self.poll_s),
-            host=cluster.address,
+        whole = (
+            f"the cluster: {len(cluster.workers)} worker(s), {total.cpus} CPUs, "
+            f"{total.gpus} GPUs in all"
         )
-        self._seen.agent_id, self._seen.largest = info.id, largest
-        self.report.agent_id = info.id
-        self._say(f"dask executor {info.id} on {cluster.address}: {cluster.describe()}")
-        return info.id
+        for offer, members in shapes:
+            like = f" and {len(members) - 1} like it" if len(members) > 1 else ""
+            info = self.queue.register_agent(
+                name=f"Dask worker {members[0].name}{like}; {whole}",
+                kind="dask",
+                cpus=offer.cpus,
+                gpus=range(offer.gpus),
+                memory_gb=offer.memory_gb,
+                slots=sum(w.threads for w in members),
+                timeout_s=max(self.lease_s, 3 * self.poll_s),
+                host=cluster.address,
+            )
+            self._seen.agent_ids.append(info.id)
+        self._seen.shapes = offers
+        self.report.agent_id = self._seen.agent_id
+        self._say(f"dask executor {self._seen.agent_id} on {cluster.address}: {cluster.describe()}")
+        return self._seen.agent_id
+
+    def _deregister(self) -> None:
+        for agent_id in self._seen.agent_ids:
+            with contextlib.suppress(DanluError):
+                self.queue.deregister_agent(agent_id)
+        self._seen.agent_ids, self._seen.shapes = [], []
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> AgentReport:
@@ -573,8 +621,7 @@ class DaskExecutor:
         """One look at the cluster and the queue. True when the executor should exit (idle)."""
         cluster = self._read_cluster(client, wait=False)
         self._seen.cluster = cluster
-        agent_id = self._register(cluster)
-        self.queue.agent_heartbeat(agent_id)
+        agent_id = self._register(cluster)  # and renews its heartbeat
         self.queue.requeue_expired()
         self._collect()
         self._renew_claims()
@@ -672,7 +719,10 @@ class DaskExecutor:
         """A task that raised instead of running its job (the worker cannot import danlu, reach
         the database, ...). A claim it never took over fails the attempt with that error; one it
         took over ends through its lease."""
-        error = f"its Dask task failed: {type(exc).__name__}: {exc}"
+        error = (
+            f"its Dask task failed: {type(exc).__name__}: {exc} (every worker needs the same "
+            "danlu installed, the database's URL reachable and DANLU_HOME at the same path)"
+        )
         log.error("job %s: %s", t.job.id, error)
         final = self.queue.finish(t.job, Outcome("not_started", error=error))
         if final is not None:
@@ -690,10 +740,10 @@ class DaskExecutor:
                 t.future.cancel(force=True)
             with contextlib.suppress(DanluError):
                 self.queue.finish(t.job, Outcome("preempted"))
-        if self._seen.agent_id:
-            with contextlib.suppress(DanluError):
-                self.queue.deregister_agent(self._seen.agent_id)
-            self._say(f"dask executor {self._seen.agent_id} stopped")
+        if self._seen.agent_ids:
+            agent_id = self._seen.agent_id
+            self._deregister()
+            self._say(f"dask executor {agent_id} stopped")
         if self._own_client:
             with contextlib.suppress(Exception):
                 client.close(timeout=5)

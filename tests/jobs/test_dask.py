@@ -133,6 +133,11 @@ def test_cluster_resources_and_task_requests() -> None:
     assert cluster.total == Resources(24, 2, 96.0) and cluster.threads == 12
     assert cluster.fits(Resources(8, 2, 10.0))
     assert not cluster.fits(Resources(16, 1, 10.0))  # the 16-CPU worker has no GPU
+    # registered as two slots (not one with 16 CPUs and 2 GPUs): a job asking for both is refused
+    assert [offer for offer, _ in cluster.shapes()] == [
+        Resources(16, 0, 32.0),
+        Resources(8, 2, 64.0),
+    ]
     assert task_resources(Resources(2, 0, 4.0)) == {"CPU": 2}
     assert task_resources(Resources(2, 1, 4.0), memory=True) == {"CPU": 2, "GPU": 1, "MEMORY": 4.0}
 
@@ -142,15 +147,15 @@ def test_jobs_run_once_each_where_dask_puts_them(
 ) -> None:
     queue = sqlite_db.queue()
     recipe = wine_recipe(tmp_path, epochs=2)
-    jobs = [_submit(queue, recipe, f"train.seed={seed}") for seed in range(4)]
+    jobs = [_submit(queue, recipe, f"train.seed={seed}") for seed in range(3)]
     events: list[str] = []
     report = _executor(queue, client, events).wait()
 
     done = [queue.get(j.id) for j in jobs]
-    assert [j.status for j in done] == ["succeeded"] * 4
-    assert [j.attempts for j in done] == [1] * 4
+    assert [j.status for j in done] == ["succeeded"] * 3
+    assert [j.attempts for j in done] == [1] * 3
     assert all(len(j.run_ids) == 1 for j in done)
-    assert len({j.run_ids[0] for j in done}) == 4
+    assert len({j.run_ids[0] for j in done}) == 3
     assert sorted(job_id for job_id, _ in report.attempts) == sorted(j.id for j in jobs)
     for job in done:  # the run trained with its own override and logged its test metrics
         run = queue.store.get_run(job.run_ids[0])
@@ -165,7 +170,7 @@ def test_jobs_run_once_each_where_dask_puts_them(
         if found:
             job = queue.get(found.group(1))
             placed.setdefault(found.group(2), []).append((job.started_at, job.ended_at))
-    assert len(placed) == 2 and sum(len(v) for v in placed.values()) == 4
+    assert len(placed) == 2 and sum(len(v) for v in placed.values()) == 3
     for spans in placed.values():
         spans.sort()
         assert all(
@@ -198,7 +203,7 @@ def test_a_killed_workers_job_comes_back_through_its_lease_and_finishes_once(
     client: Any, sqlite_db: QueueDb, tmp_path: Path
 ) -> None:
     queue = sqlite_db.queue()
-    job = _submit(queue, wine_recipe(tmp_path, epochs=120))
+    job = _submit(queue, wine_recipe(tmp_path, epochs=80))
     events: list[str] = []
     running = _executor(queue, client, events)
 
@@ -216,7 +221,7 @@ def test_a_killed_workers_job_comes_back_through_its_lease_and_finishes_once(
     run = queue.store.get_run(done.run_ids[0])
     assert run.status == "finished"
     steps = [p.step for p in queue.store.metric_history(run.id, "train_loss")]
-    assert steps == sorted(set(steps)) and len(steps) == 120  # each epoch logged once
+    assert steps == sorted(set(steps)) and len(steps) == 80  # each epoch logged once
     # Dask ran the dead worker's task again elsewhere: it found its claim gone and ran nothing
     assert [(job_id, o.status) for job_id, o in report.attempts] == [(job.id, "succeeded")]
     assert any(
@@ -267,25 +272,23 @@ def test_a_restarted_executor_leaves_live_tasks_alone_and_requeues_lapsed_leases
     client: Any, sqlite_db: QueueDb, tmp_path: Path
 ) -> None:
     queue = sqlite_db.queue()
-    address = client.scheduler_info()["address"]
-    first = _executor_process(sqlite_db, address)
+    first = _executor_process(sqlite_db, client.scheduler_info()["address"])
     recipe = wine_recipe(tmp_path, epochs=60)
-    jobs = [_submit(queue, recipe, f"train.seed={seed}") for seed in range(2)]
-    wait_until(lambda: all(_epochs(queue, j.id) >= 1 for j in jobs), timeout=90)
-    # a third job claimed by an executor that died before handing it out: its lease lapses
-    lapsed = _submit(queue, recipe, "train.seed=7")
+    live = _submit(queue, recipe, "train.seed=1")
+    wait_until(lambda: _epochs(queue, live.id) >= 1, timeout=90)
+    # a second job claimed by an executor that died before handing it out: its lease lapses
+    lapsed = _submit(queue, recipe, "train.seed=2")
     gone = queue.claim("gone-executor", SlotPool(cpu_ids=[0], memory_gb=1.0), lease_s=0.5)
     assert gone is not None and gone.id == lapsed.id
 
-    first.send_signal(signal.SIGKILL)  # the executor dies; its tasks run on
+    first.send_signal(signal.SIGKILL)  # the executor dies; its task runs on
     first.communicate(timeout=30)
-    events: list[str] = []
-    report = _executor(queue, client, events).wait(120)
+    report = _executor(queue, client, []).wait(120)
 
-    done = [queue.get(j.id) for j in jobs]
-    assert [j.status for j in done] == ["succeeded", "succeeded"]
-    assert [j.attempts for j in done] == [1, 1]  # left alone: never requeued, never rerun
+    done = queue.get(live.id)
+    assert done.status == "succeeded" and done.attempts == 1  # left alone, never requeued
+    assert "attempt 2" not in queue.log_path(live.id).read_text()
     again = queue.get(lapsed.id)
-    assert again.status == "succeeded" and again.attempts == 2
-    # the new executor ran only the lapsed job; the others recorded themselves
+    assert again.status == "succeeded" and again.attempts == 2  # requeued once, ran once
+    # the new executor ran only the lapsed job; the live one recorded itself
     assert [job_id for job_id, _ in report.attempts] == [lapsed.id]
