@@ -163,10 +163,15 @@ def submit_command(
         from danlu.tune import check_tune
 
         raise_issues(check_tune(loaded), loaded._source)
-    distributed = getattr(loaded.train, "distributed", None)
-    need_cpus = cpus or int(getattr(distributed, "nproc_per_node", 1) or 1)
-    estimate: dict[str, Any] | None = None
-    need_memory = memory if memory is not None else 0.0
+    distributed = loaded.train.distributed
+    need_cpus = cpus or (distributed.nproc_per_node if distributed is not None else 1)
+    from danlu.train import estimate_memory
+
+    guess = estimate_memory(loaded)  # prepares the data: a data error is refused here too
+    estimate = guess.to_dict() | {"summary": guess.describe()}
+    # the slot's memory is the host's: all of it on the CPU, the process (and data) with a GPU
+    host_bytes = guess.process + (guess.total if guess.device == "cpu" else guess.data)
+    need_memory = memory if memory is not None else round(host_bytes / 1e9, 3)
     queue = _queue()
     job = queue.submit(
         recipe=recipe.read_text(encoding="utf-8"),
@@ -193,6 +198,7 @@ def submit_command(
         ),
         soft_wrap=True,
     )
+    out.print(Text(f"memory estimate: {guess.describe()}", style="dim"), soft_wrap=True)
 
 
 # -- danlu jobs ------------------------------------------------------------------------------------

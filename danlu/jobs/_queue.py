@@ -192,8 +192,11 @@ class JobQueue:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.store.engine.connect() as conn, conn.begin():
-            yield conn
+        try:
+            with self.store.engine.connect() as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"Job queue read failed: {exc.orig}") from None
 
     # -- submit ---------------------------------------------------------------------------------
     def submit(
