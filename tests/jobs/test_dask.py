@@ -3,6 +3,7 @@ processes on 127.0.0.1 with ``CPU=1`` each, a real SQLite store, real ``danlu ru
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -94,13 +95,13 @@ def _executor(queue: JobQueue, client: Any, events: list[str], **kwargs: Any) ->
     return Running(DaskExecutor(queue, **(settings | kwargs)))
 
 
-def _submit(queue: JobQueue, recipe: Path, *overrides: str, cpus: int = 1):  # noqa: ANN202
+def _submit(queue: JobQueue, recipe: Path, *overrides: str, cpus: int = 1, gpus: int = 0):  # noqa: ANN202
     return queue.submit(
         recipe=recipe.read_text(),
         recipe_path=str(recipe),
         name=recipe.stem,
         overrides=list(overrides),
-        resources=Resources(cpus=cpus),
+        resources=Resources(cpus=cpus, gpus=gpus),
         workdir=str(recipe.parent),
     )
 
@@ -163,6 +164,10 @@ def test_jobs_run_once_each_where_dask_puts_them(
         assert str(run.params["train.seed"]) == job.overrides[0].split("=")[1]
         assert "test_accuracy" in run.metrics
 
+    # the executor claimed no more than the cluster holds (2 CPUs): at most 2 jobs held a claim
+    # at once, from claim to recorded outcome
+    edges = sorted([(j.started_at, 1) for j in done] + [(j.ended_at, -1) for j in done])
+    assert max(itertools.accumulate(step for _, step in edges)) == 2
     # Dask placed them: both workers ran jobs, never two at once on a CPU=1 worker
     placed: dict[str, list[tuple[float, float]]] = {}
     for line in events:
@@ -192,6 +197,8 @@ def test_a_job_no_worker_can_hold_is_refused_at_submit(
         message = str(refused.value)
         assert "asks for 2 CPUs but the largest slot has 1 (dask agent" in message
         assert "dask agent" in message and agent.host in message
+        with pytest.raises(ConfigError, match=r"asks for 1 GPUs but the largest slot has 0"):
+            _submit(queue, wine_recipe(tmp_path), gpus=1)
         assert queue.list_jobs() == []  # nothing was queued
     finally:
         running.executor.stop()
