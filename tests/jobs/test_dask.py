@@ -19,7 +19,7 @@ import pytest
 
 from danlu.errors import ConfigError
 from danlu.jobs import AgentReport, JobQueue, Resources, SlotPool
-from danlu.jobs._dask import ClusterResources, DaskExecutor, task_resources
+from danlu.jobs._dask import ClusterResources, DaskExecutor, _WorkerGpus, task_resources
 
 from .conftest import QueueDb, wait_until, wine_recipe
 
@@ -141,6 +141,21 @@ def test_cluster_resources_and_task_requests() -> None:
     ]
     assert task_resources(Resources(2, 0, 4.0)) == {"CPU": 2}
     assert task_resources(Resources(2, 1, 4.0), memory=True) == {"CPU": 2, "GPU": 1, "MEMORY": 4.0}
+
+
+def test_gpu_ids_on_a_worker_are_handed_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask counts a worker's GPUs; the task picks free device ids among the visible ones."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    gpus = _WorkerGpus()
+    assert gpus.take(0, 2) == ()
+    first, second = gpus.take(1, 2), gpus.take(1, 2)
+    assert {first, second} == {(2,), (3,)}
+    with pytest.raises(ConfigError, match="GPU=2 but only 0 of its devices are free"):
+        gpus.take(1, 2)
+    gpus.give_back(first)
+    assert gpus.take(1, 2) == first
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _WorkerGpus().take(2, 2) == (0, 1)  # no CUDA_VISIBLE_DEVICES: 0..GPU-1
 
 
 def test_jobs_run_once_each_where_dask_puts_them(
