@@ -207,6 +207,8 @@ def run_job(
         cancel_grace_s=cancel_grace_s, preempt_grace_s=preempt_grace_s,
     )  # fmt: skip
     pump.join(timeout=10)
+    if proc.stdout is not None and not pump.is_alive():
+        proc.stdout.close()
     code = proc.returncode
     known = _merge(known, _runs_of(queue, job) if job.kind == "run" else [])
     error = None
@@ -253,6 +255,10 @@ def _supervise(
         if reason == "exited" and stop is not None and stop.is_set():
             reason, kill_at = "preempted", now + preempt_grace_s
             _signal(proc, signal.SIGTERM)
+        if reason != "lost" and now - renewed > lease_s * 0.75:  # before anyone may requeue it
+            log.error("job %s: its lease was not renewed in time; killing its process", job.id)
+            _signal(proc, signal.SIGKILL, group=True)
+            reason = "lost"
         if now - last_try < every:
             continue
         last_try = now
@@ -262,12 +268,8 @@ def _supervise(
             answer = queue.heartbeat(job, lease_s=lease_s, run_ids=known)
         except Exception as exc:  # the database is out of reach: keep trying while we may
             log.warning("job %s: could not renew its lease: %s", job.id, exc)
-            if reason != "lost" and now - renewed > lease_s * 0.8:
-                log.error("job %s: its lease is about to lapse; killing its process", job.id)
-                _signal(proc, signal.SIGKILL, group=True)
-                reason = "lost"
             continue
-        renewed = now
+        renewed = time.monotonic()  # the new expiry was written during the call
         if not answer.held and reason != "lost":
             log.error("job %s: its lease was lost (requeued); killing its process", job.id)
             _signal(proc, signal.SIGKILL, group=True)
