@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from danlu.errors import ConfigError
+from danlu.errors import ConfigError, DanluError
 from danlu.jobs import AgentReport, JobQueue, Resources, SlotPool
 from danlu.jobs._dask import ClusterResources, DaskExecutor, _WorkerGpus, task_resources
 
@@ -314,3 +314,10 @@ def test_a_restarted_executor_leaves_live_tasks_alone_and_requeues_lapsed_leases
     assert again.status == "succeeded" and again.attempts == 2  # requeued once, ran once
     # the new executor ran only the lapsed job; the live one recorded itself
     assert [job_id for job_id, _ in report.attempts] == [lapsed.id]
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(sqlite_db: QueueDb) -> None:
+    executor = DaskExecutor(sqlite_db.queue(), "tcp://127.0.0.1:9", connect_timeout_s=1)
+    with pytest.raises(DanluError, match=r"Cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        executor.run()
+    assert sqlite_db.queue().agents() == []  # nothing registered
