@@ -438,7 +438,27 @@ def start_process_group(config: DistributedConfig, device_name: str = "auto") ->
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=config.timeout_s))
+    timeout = timedelta(seconds=config.timeout_s)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    # torchrun keeps one store across restarts: keys of the attempt before (the dead ranks'
+    # addresses) would be read again, so each attempt gets its own prefix
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not agent_store and rank == 0,
+        timeout=timeout,
+        multi_tenant=not agent_store,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(
+        backend=backend,
+        store=dist.PrefixStore(f"danlu/attempt_{attempt}", store),
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+    )
     _ACTIVE = DataParallel(config, device)
     log.info(
         "rank %d of %d joined (%s, %s)",

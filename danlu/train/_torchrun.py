@@ -144,22 +144,24 @@ def launch(
 def _run_torchrun(cmd: Sequence[str], env: dict[str, str]) -> tuple[int, list[str]]:
     """Run ``torchrun``, passing its stderr through and keeping its tail; stop it on Ctrl-C."""
     tail: deque[str] = deque(maxlen=400)
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
-    assert proc.stderr is not None
-    try:
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            tail.append(line)
-        return proc.wait(), list(tail)
-    except BaseException:  # Ctrl-C, SIGTERM (Preempted): the ranks stop too, then we go
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+    with subprocess.Popen(
+        cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace"
+    ) as proc:
+        assert proc.stderr is not None
         try:
-            proc.wait(timeout=_STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=_STOP_WAIT_S)
-        raise
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                tail.append(line)
+            return proc.wait(), list(tail)
+        except BaseException:  # Ctrl-C, SIGTERM (Preempted): the ranks stop too, then we go
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=_STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=_STOP_WAIT_S)
+            raise
 
 
 def _read(path: Path) -> str | None:
@@ -322,6 +324,8 @@ def main() -> None:
         assert recipe.train.distributed is not None
         strategy = start_process_group(recipe.train.distributed, recipe.train.device)
         callbacks = _Fault(rank, attempt).callbacks()
+        if strategy.is_main and attempt:
+            sys.stderr.write(f"rank 0: restart {attempt}: resuming the run from its checkpoint\n")
         if strategy.is_main:
             _train_main(recipe, folder, callbacks)
         else:
