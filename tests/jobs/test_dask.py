@@ -18,8 +18,14 @@ from typing import Any
 import pytest
 
 from danlu.errors import ConfigError, DanluError
-from danlu.jobs import AgentReport, JobQueue, Resources, SlotPool
-from danlu.jobs._dask import ClusterResources, DaskExecutor, _WorkerGpus, task_resources
+from danlu.jobs import AgentReport, JobQueue, Outcome, Resources, Slot, SlotPool
+from danlu.jobs._dask import (
+    ClusterResources,
+    DaskExecutor,
+    _take_over,
+    _WorkerGpus,
+    task_resources,
+)
 
 from .conftest import QueueDb, wait_until, wine_recipe
 
@@ -156,6 +162,24 @@ def test_gpu_ids_on_a_worker_are_handed_out_once(monkeypatch: pytest.MonkeyPatch
     assert gpus.take(1, 2) == first
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert _WorkerGpus().take(2, 2) == (0, 1)  # no CUDA_VISIBLE_DEVICES: 0..GPU-1
+
+
+def test_a_task_takes_its_claim_over_once(queue_db: QueueDb) -> None:
+    """The swap that makes a second run of a Dask task (its worker died) run nothing, on
+    SQLite and PostgreSQL."""
+    queue = queue_db.queue()
+    job = queue.submit(recipe="name: x\n", recipe_path="x.yaml", name="x")
+    claimed = queue.claim("executor", SlotPool(cpu_ids=[0], memory_gb=1.0), lease_s=30)
+    assert claimed is not None and claimed.id == job.id and claimed.lease_token
+    slot = Slot(cpus=(), gpus=(), memory_gb=0.0, threads=1)
+    mine = _take_over(queue, claimed, claimed.lease_token, slot, 30.0)
+    assert mine is not None and mine.lease_token != claimed.lease_token
+    assert mine.status == "running" and mine.attempts == 1 and mine.slot == slot
+    assert _take_over(queue, claimed, claimed.lease_token, slot, 30.0) is None  # a second run
+    assert not queue.heartbeat(claimed, lease_s=30).held  # the executor sees it taken over
+    assert queue.heartbeat(mine, lease_s=30).held
+    assert queue.finish(mine, Outcome("exited", exit_code=0)).status == "succeeded"
+    assert _take_over(queue, mine, mine.lease_token, slot, 30.0) is None  # nothing to take
 
 
 def test_jobs_run_once_each_where_dask_puts_them(
