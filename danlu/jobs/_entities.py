@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
@@ -176,4 +176,3 @@ class Outcome:
     run_ids: tuple[str, ...] = ()
     error: str | None = None
     status: str | None = None  # the job's status after the attempt (filled by JobQueue.finish)
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -116,7 +116,10 @@ class _LogPump(threading.Thread):
         self.tail: list[str] = []
 
     def run(self) -> None:
-        with open(self.log_file, "a", encoding="utf-8", errors="replace") as handle:
+        with (
+            open(self.log_file, "a", encoding="utf-8", errors="replace") as handle,
+            contextlib.suppress(ValueError),  # the pipe was closed under a reader left behind
+        ):
             for line in self.stream:  # type: ignore[attr-defined]
                 handle.write(line)
                 handle.flush()
@@ -206,8 +209,8 @@ def run_job(
         queue, job, proc, known, lease_s=lease_s, stop=stop,
         cancel_grace_s=cancel_grace_s, preempt_grace_s=preempt_grace_s,
     )  # fmt: skip
-    pump.join(timeout=10)
-    if proc.stdout is not None and not pump.is_alive():
+    pump.join(timeout=60)  # the child is gone: only what it left in the pipe remains
+    if proc.stdout is not None:
         proc.stdout.close()
     code = proc.returncode
     known = _merge(known, _runs_of(queue, job) if job.kind == "run" else [])

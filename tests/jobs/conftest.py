@@ -70,7 +70,7 @@ class QueueDb:
         return proc
 
 
-def wait_agent(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+def wait_agent(proc: subprocess.Popen[str], timeout: float = 300) -> str:
     """Wait for an agent to exit by itself (``--exit-when-idle``); its output."""
     try:
         output, _ = proc.communicate(timeout=timeout)
@@ -82,7 +82,7 @@ def wait_agent(proc: subprocess.Popen[str], timeout: float = 120) -> str:
     return output
 
 
-def wait_until(check, timeout: float = 90, every: float = 0.1):  # noqa: ANN001, ANN201
+def wait_until(check, timeout: float = 180, every: float = 0.1):  # noqa: ANN001, ANN201
     """Poll ``check()`` until it returns something truthy (bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -27,12 +27,12 @@ def test_a_pinned_attempt_is_killed_when_its_lease_is_lost(
         recipe=recipe.read_text(), recipe_path=str(recipe), name="wine", workdir=str(tmp_path)
     )
     cpu = sorted(os.sched_getaffinity(0))[-1]
-    job = queue.claim("agent-1", SlotPool(cpu_ids=[cpu], memory_gb=1.0), lease_s=3)
+    job = queue.claim("agent-1", SlotPool(cpu_ids=[cpu], memory_gb=1.0), lease_s=6)
     assert job.slot.cpus == (cpu,)
     result = {}
     worker = threading.Thread(
         target=lambda: result.setdefault(
-            "outcome", run_job(queue, job, job.slot, "agent-1", lease_s=3)
+            "outcome", run_job(queue, job, job.slot, "agent-1", lease_s=6)
         )
     )
     worker.start()
