@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from danlu.train._callbacks import Callback, EarlyStopping, Pruned
 from danlu.train._checkpoint import load_checkpoint, save_checkpoint
+from danlu.train._distributed import RankFailed
 from danlu.train._energy import EnergyMeter, EnergyReading, watts_per_core
 from danlu.train._estimate import MemoryEstimate, estimate_memory
 from danlu.train._loop import Trainer, class_weights, resolve_device, seed_everything
@@ -33,6 +34,7 @@ __all__ = [
     "LRSchedule",
     "MemoryEstimate",
     "Pruned",
+    "RankFailed",
     "Result",
     "Runner",
     "Stage",

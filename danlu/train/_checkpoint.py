@@ -23,7 +23,14 @@ from safetensors.torch import save as st_save
 from danlu.errors import StoreError
 from danlu.store import atomic_write_bytes, remove_stale_temps
 
-__all__ = ["CheckpointWriter", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = [
+    "CheckpointWriter",
+    "capture_rng",
+    "checkpoint_from_bytes",
+    "load_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 _HEADER_KEY = "danlu_state"
 _FORMAT = 1
@@ -130,14 +137,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     remove_stale_temps(Path(path).parent)
     try:
         raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"No checkpoint at '{path}'.") from None
+    except OSError as exc:
+        raise StoreError(f"'{path}' is not a readable danlu checkpoint ({exc}).") from exc
+    return checkpoint_from_bytes(raw, path)
+
+
+def checkpoint_from_bytes(raw: bytes, path: Path | str = "<bytes>") -> dict[str, Any]:
+    """The state in a checkpoint file's bytes (a distributed run's rank 0 reads the file and
+    every rank decodes what it sent); ``path`` names it in errors."""
+    try:
         tensors = st_load(raw)
         # The header is the first 8 bytes (length) + JSON; safetensors exposes metadata via safe_open,
         # but parsing it here avoids a second read of the file.
         size = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + size])["__metadata__"][_HEADER_KEY]
         payload = json.loads(header)
-    except FileNotFoundError:
-        raise StoreError(f"No checkpoint at '{path}'.") from None
     except (OSError, KeyError, ValueError, SafetensorError) as exc:
         raise StoreError(f"'{path}' is not a readable danlu checkpoint ({exc}).") from exc
     if payload.get("format") != _FORMAT:

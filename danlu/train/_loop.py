@@ -27,7 +27,14 @@ from danlu.data import Augmenter
 from danlu.errors import ConfigError, DataError, Preempted
 from danlu.logging import get_logger
 from danlu.train._callbacks import Callback, EarlyStopping
-from danlu.train._checkpoint import CheckpointWriter, capture_rng, load_checkpoint, restore_rng
+from danlu.train._checkpoint import (
+    CheckpointWriter,
+    capture_rng,
+    checkpoint_from_bytes,
+    load_checkpoint,
+    restore_rng,
+)
+from danlu.train._distributed import Strategy, active_strategy
 from danlu.train._optim import LRSchedule, build_optimizer
 from danlu.train._preempt import safe_points, stop_requested
 
@@ -93,12 +100,13 @@ class _FitSetup:
     """What :meth:`Trainer.fit` wires once and its loop reads on every batch and epoch."""
 
     device: torch.device
+    net: torch.nn.Module  # what forward/backward runs through: the model, or its DDP wrapper
     x_train: torch.Tensor  # (N, D) on the device; empty when streaming
     y_train: torch.Tensor  # (N,)
     x_val: torch.Tensor  # (V, D) on the CPU
     y_val: torch.Tensor  # (V,)
     stream: TrainStream | None  # data larger than memory, read from Parquet
-    rows: int  # training rows, in memory or streamed
+    rows: int  # training rows (of this rank: a shard, when distributed), in memory or streamed
     batch_size: int
     accumulation: int  # batches per optimizer step
     loss_fn: torch.nn.Module
@@ -128,8 +136,11 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         tracker: Tracker | None = None,
         checkpoint_path: Path | None = None,
+        strategy: Strategy | None = None,
     ) -> None:
         self.config = config
+        # one process (a no-op), or this rank's part of a torchrun job (_distributed.py)
+        self.strategy = strategy if strategy is not None else active_strategy()
         self.callbacks = list(callbacks)
         self.tracker = tracker
         self.checkpoint_path = checkpoint_path
@@ -215,21 +226,26 @@ class Trainer:
         position: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The whole training state; ``position`` (a preempted epoch's batches done, loss so far,
-        shuffle RNG at the epoch's start and pending accumulated gradients) when mid-epoch."""
-        return {
-            "epoch": self.epoch,
-            "should_stop": self.should_stop,
-            "global_step": self.global_step,
-            "history": self.history_,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "callbacks": {
-                key: state for key, cb in self._keyed_callbacks() if (state := cb.state_dict())
-            },
-            "rng": capture_rng(generator),
-            **({"position": position} if position is not None else {}),
-        }
+        shuffle RNG at the epoch's start and pending accumulated gradients) when mid-epoch.
+
+        Distributed, it is the full state on every rank (FSDP shards gathered): a checkpoint
+        resumes on any number of ranks."""
+        return self.strategy.full_state(
+            {
+                "epoch": self.epoch,
+                "should_stop": self.should_stop,
+                "global_step": self.global_step,
+                "history": self.history_,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "callbacks": {
+                    key: state for key, cb in self._keyed_callbacks() if (state := cb.state_dict())
+                },
+                "rng": capture_rng(generator),
+                **({"position": position} if position is not None else {}),
+            }
+        )
 
     def _restore(
         self, state: dict[str, Any], schedule: LRSchedule, generator: torch.Generator
@@ -241,8 +257,8 @@ class Trainer:
             raise ConfigError(
                 f"The checkpoint holds state of callbacks {missing} that this run does not have (was train.early_stopping removed?); resume with the same recipe."
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_model_state(self.model, state["model"])
+        self.strategy.load_optimizer_state(self.optimizer, state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         for key, cb_state in state["callbacks"].items():
             keyed[key].load_state_dict(cb_state)
@@ -251,6 +267,13 @@ class Trainer:
         self.history_ = list(state["history"])
         restore_rng(state["rng"], generator)
         position = state.get("position")
+        if position is not None and self.strategy.distributed:  # batches differ per world size:
+            generator.set_state(position["shuffle"])  # the stopped epoch again, from its start
+            log.warning(
+                "resuming on %d ranks: the stopped epoch starts again",
+                self.strategy.world_size,
+            )
+            return None
         if position is not None:  # gradients of an accumulation cycle the preemption cut short
             params = dict(self.model.named_parameters())
             for name, grad in position["grads"].items():
@@ -259,7 +282,12 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(
-        self, model: torch.nn.Module, task: Task, data: PreparedData, *, resume: bool = False
+        self,
+        model: torch.nn.Module,
+        task: Task,
+        data: PreparedData,
+        *,
+        resume: bool = False,
     ) -> Trainer:
         """Train ``model`` on ``data.x_train`` with per-epoch validation; returns ``self``.
 
@@ -273,8 +301,10 @@ class Trainer:
         self.history_ = []
         self.epoch = self.global_step = 0
         self.should_stop = False
-        setup = self._setup(data, device)  # data, batches, losses, optimizer, schedule, monitor
-        if resume:
+        strategy = self.strategy
+        net = strategy.wrap(self.model)  # DDP / FSDP on a rank of a torchrun job, else the model
+        setup = self._setup(data, device, net)  # data, batches, losses, optimizer, schedule …
+        if strategy.agree(resume):  # rank 0 decides, and reads the checkpoint
             self._resume(setup)
         batch_hooks = [
             cb for cb in self.callbacks if type(cb).on_batch_end is not Callback.on_batch_end
@@ -291,6 +321,7 @@ class Trainer:
                 epoch = self.epoch + 1
                 for cb in self.callbacks:
                     cb.on_epoch_start(self, epoch)
+                strategy.seed_epoch(cfg.seed, epoch)  # distributed: dropout differs per rank
                 self.model.train()
                 start, loss_sum = self._epoch_start(setup)  # 0 and 0, or where preemption stopped
                 first_batch = (epoch - 1) * self.num_batches  # counted over the run: seeds augment
@@ -302,13 +333,16 @@ class Trainer:
                     loss_sum += loss * len(yb)  # summed on device: no sync per batch
                     for cb in batch_hooks:
                         cb.on_batch_end(self, batch, loss)
-                    if stop_requested():  # SIGTERM: checkpoint this position, raise Preempted
+                    if stop_requested() and not strategy.distributed:  # SIGTERM: checkpoint
                         self._stop_preempted(setup, writer, epoch, batch + 1, loss_sum)
 
                 metrics = self._epoch_metrics(setup, epoch, loss_sum)  # train loss, val_*, lr
                 self._record_epoch(setup, epoch, metrics)  # schedule, history, tracker
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, epoch, metrics)
+                if strategy.distributed:  # the ranks agree on stopping, and checkpoint together
+                    self._end_distributed_epoch(setup, writer, epoch)
+                    continue
                 if self.checkpoint_path is not None and self._checkpoint_due(epoch):
                     self._save_checkpoint(self.checkpoint_path, setup, writer)
                 if stop_requested():  # SIGTERM during validation: stop at the epoch's end
@@ -316,12 +350,13 @@ class Trainer:
 
         for cb in self.callbacks:
             cb.on_fit_end(self)
+        self.model = strategy.finish(self.model)  # FSDP: the gathered, unsharded model
         if self.tracker is not None:
             self.tracker.flush()
         return self
 
     # -- fit's parts, in the order fit calls them -------------------------------------------------
-    def _setup(self, data: PreparedData, device: torch.device) -> _FitSetup:
+    def _setup(self, data: PreparedData, device: torch.device, net: torch.nn.Module) -> _FitSetup:
         """Wire one fit: data on the device, the batch plan, losses, optimizer, schedule, monitor."""
         cfg, task = self.config, self.task
         target_dtype = getattr(torch, task.target_dtype)
@@ -330,7 +365,7 @@ class Trainer:
         x_val = torch.as_tensor(data.x_val)  # (V, D), validated on the CPU in chunks
         y_val = torch.as_tensor(data.y_val).to(target_dtype)  # (V,)
         stream = data.stream  # data larger than memory: batches come from Parquet, not tensors
-        rows = len(x_train) if stream is None else stream.rows["train"]
+        rows = self.strategy.rows_per_rank(len(x_train) if stream is None else stream.rows["train"])
         val_rows = len(x_val) if stream is None else stream.rows["val"]
         batch_size = self._batch_size(rows)
         self.num_batches = math.ceil(rows / batch_size)
@@ -349,6 +384,7 @@ class Trainer:
         self._add_early_stopping()
         return _FitSetup(
             device=device,
+            net=net,
             x_train=x_train,
             y_train=y_train,
             x_val=x_val,
@@ -363,7 +399,13 @@ class Trainer:
             monitor=monitor,
             generator=torch.Generator().manual_seed(cfg.seed),
             augment=(
-                Augmenter(data.augment, data.schema.image_shape, cfg.seed) if data.augment else None
+                Augmenter(
+                    data.augment,
+                    data.schema.image_shape,
+                    self.strategy.rank_seed(cfg.seed),
+                )
+                if data.augment
+                else None
             ),
             l1_params=[p for p in self.model.parameters() if p.ndim > 1] if cfg.l1 > 0 else [],
         )
@@ -425,12 +467,23 @@ class Trainer:
         self.callbacks.insert(0, EarlyStopping(stopping, mode))
 
     def _resume(self, setup: _FitSetup) -> None:
-        if self.checkpoint_path is None or not self.checkpoint_path.exists():
-            raise DataError(f"Cannot resume: there is no checkpoint at '{self.checkpoint_path}'.")
-        state = load_checkpoint(self.checkpoint_path)
+        path, strategy = self.checkpoint_path, self.strategy
+        if strategy.is_main and (path is None or not path.exists()):
+            raise DataError(f"Cannot resume: there is no checkpoint at '{path}'.")
+        if not strategy.distributed:
+            assert path is not None
+            state = load_checkpoint(path)
+        else:  # rank 0 reads the file, every rank decodes the bytes it sent
+            raw = strategy.share_bytes(path.read_bytes() if path is not None else None)
+            state = checkpoint_from_bytes(raw, path or "rank 0's checkpoint")
         setup.resume_at = self._restore(state, setup.schedule, setup.generator)
         done = setup.resume_at["batch"] if setup.resume_at else 0
-        log.info("resumed from %s: epoch %d, batch %d", self.checkpoint_path, self.epoch + 1, done)
+        log.info(
+            "resumed from %s: epoch %d, batch %d",
+            self.checkpoint_path,
+            self.epoch + 1,
+            done,
+        )
 
     def _epoch_start(self, setup: _FitSetup) -> tuple[int, torch.Tensor]:
         """The epoch's first batch and its loss sum so far: 0 and 0, except in the first epoch
@@ -448,7 +501,8 @@ class Trainer:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch's training batches from batch ``start``, (B, D) and (B,), on the device."""
         if setup.stream is None:  # in memory: slices of a shuffled index, as by hand
-            order = torch.randperm(setup.rows, generator=setup.generator).to(setup.device)
+            order = torch.randperm(len(setup.x_train), generator=setup.generator)
+            order = self.strategy.shard(order).to(setup.device)  # distributed: this rank's share
             return (
                 (setup.x_train[idx], setup.y_train[idx])
                 for idx in order.split(setup.batch_size)[start:]
@@ -456,7 +510,7 @@ class Trainer:
         # from Parquet: row groups and a buffer shuffled per epoch, read ahead; y is already
         # int64 (classes) or float32 (regression). The order depends on the epoch alone, so a
         # resumed epoch reads (and skips) the batches it had already trained on.
-        batches = setup.stream.batches("train", setup.batch_size, epoch=epoch)
+        batches = self.strategy.stream_batches(setup.stream, setup.batch_size, epoch)
         return (
             (torch.from_numpy(x).to(setup.device), torch.from_numpy(y).to(setup.device))
             for x, y in itertools.islice(batches, start, None)
@@ -473,7 +527,7 @@ class Trainer:
         if setup.augment is not None:  # training batches only
             xb, mix = setup.augment(xb, position)
         with self._autocast(setup.device):
-            outputs = self.model(xb)  # (B, C) or (B,)
+            outputs = setup.net(xb)  # (B, C) or (B,)
             loss = setup.loss_fn(outputs.float(), yb)
             if mix is not None:  # mixup: the loss mixes the two targets the same way
                 loss = mix.lam * loss + (1 - mix.lam) * setup.loss_fn(outputs.float(), yb[mix.perm])
@@ -496,9 +550,18 @@ class Trainer:
         self, setup: _FitSetup, epoch: int, loss_sum: torch.Tensor
     ) -> dict[str, float]:
         """The epoch's row: mean training loss, validation metrics and the learning rate."""
-        metrics: dict[str, float] = {"epoch": epoch, "train_loss": (loss_sum / setup.rows).item()}
+        if self.strategy.distributed:  # the loss over every rank's rows
+            seen = setup.rows if setup.stream is None else self.strategy.epoch_rows
+            total = self.strategy.sum(
+                torch.stack([loss_sum.double(), loss_sum.new_tensor(seen, dtype=torch.float64)])
+            )
+            train_loss = (total[0] / total[1]).item()
+        else:
+            train_loss = (loss_sum / setup.rows).item()
+        metrics: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
         metrics.update(self._validate(setup.x_val, setup.y_val, setup.val_loss_fn, setup.stream))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics = self.strategy.same_metrics(metrics)  # rank 0's, so the ranks never diverge
         if not math.isfinite(metrics["train_loss"]):
             raise DataError(
                 f"The training loss became {metrics['train_loss']} at epoch {epoch}. Lower train.optimizer.lr, set train.grad_clip, or check the data for extreme values."
@@ -522,14 +585,16 @@ class Trainer:
 
     def _save_checkpoint(
         self,
-        path: Path,
+        path: Path | None,
         setup: _FitSetup,
         writer: CheckpointWriter,
         position: dict[str, Any] | None = None,
     ) -> None:
         if self.tracker is not None:
             self.tracker.flush()  # metrics on disk before the checkpoint that covers them
-        writer.save(path, self._state(setup.schedule, setup.generator, position))
+        state = self._state(setup.schedule, setup.generator, position)  # FSDP: every rank
+        if path is not None and self.strategy.is_main:
+            writer.save(path, state)
 
     def _stop_preempted(
         self,
@@ -563,6 +628,23 @@ class Trainer:
         self._save_checkpoint(self.checkpoint_path, setup, writer, position)
         writer.wait()
         raise Preempted(f"The run was preempted (SIGTERM) at {where}, with a checkpoint there.")
+
+    def _end_distributed_epoch(
+        self, setup: _FitSetup, writer: CheckpointWriter, epoch: int
+    ) -> None:
+        """A rank's epoch end: rank 0's stop decision (early stopping) holds for all; SIGTERM
+        on any rank stops all after this epoch's checkpoint, the same on every rank (FSDP
+        gathers its shards for it) and written by rank 0 alone."""
+        strategy = self.strategy
+        self.should_stop = strategy.agree(self.should_stop)
+        preempted = strategy.any(stop_requested())
+        if self._checkpoint_due(epoch) or preempted:
+            self._save_checkpoint(self.checkpoint_path, setup, writer)
+        if preempted:
+            writer.wait()
+            raise Preempted(
+                f"The run was preempted (SIGTERM) after epoch {epoch}, with a checkpoint there."
+            )
 
     @property
     def best_epoch(self) -> int:

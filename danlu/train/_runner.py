@@ -57,8 +57,9 @@ __all__ = ["Context", "Runner", "Stage", "StageRecord", "check_device", "run_of"
 log = get_logger(__name__)
 
 STAGES_FILE = "stages.json"
-# what a resumed run may change: more epochs, and the report (made after training, again on resume)
-_RESUMABLE_KEYS = ("train.epochs", "evaluate")
+# what a resumed run may change: more epochs, the number of ranks (checkpoints hold the full
+# state), and the report (made after training, again on resume)
+_RESUMABLE_KEYS = ("train.epochs", "train.distributed", "evaluate")
 
 Phase = Literal["before_run", "in_run", "after_run"]
 # A tuning worker counts a DanluError as a failed trial and goes on with the next one, so a
@@ -355,7 +356,8 @@ def _finished_before(ctx: Context) -> dict[str, StageRecord]:
     if changed:
         raise ConfigError(
             f"Cannot resume run {run_id}: the recipe differs from the one it was started with at "
-            f"{', '.join(changed)}. Only train.epochs and the evaluate block may change on resume."
+            f"{', '.join(changed)}. Only train.epochs, train.distributed and the evaluate block "
+            "may change on resume."
         )
     path = ctx.store.artifact_path(run_id, STAGES_FILE)
     if not path.is_file():

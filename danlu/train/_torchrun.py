@@ -267,7 +267,9 @@ def _train_main(recipe: Recipe, folder: Path, callbacks: Sequence[Callback]) -> 
     try:
         Runner((PREPARE, train)).run(ctx)
     finally:
-        ctx.store.close()
+        close = getattr(ctx.store, "close", None)
+        if close is not None:
+            close()
 
 
 def _train_other(recipe: Recipe, callbacks: Sequence[Callback]) -> None:
