@@ -32,6 +32,7 @@ written: no run is opened.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -184,9 +185,12 @@ def estimate_memory(
     gradients = sum(_nbytes(p) for p in trainable)
     optimizer = _optimizer_bytes(train.optimizer, trainable)
     sample = _sample_rows(data)
+    bf16 = train.precision == "bf16"  # the engine's autocast, in training and in evaluation
     activations = max(
-        _train_activations(model, sample, batch, bf16=train.precision == "bf16"),
-        _eval_activations(model, sample, min(_EVAL_CHUNK, max(val_rows, len(data.x_test)))),
+        _train_activations(model, sample, batch, bf16=bf16),
+        _eval_activations(
+            model, sample, min(_EVAL_CHUNK, max(val_rows, len(data.x_test))), bf16=bf16
+        ),
     )
     counted = parameters + gradients + optimizer + activations + data_bytes
     overhead = int(counted * _OVERHEAD_SHARE) + _FRAMEWORK.get(device, _FRAMEWORK["cpu"])
@@ -289,9 +293,15 @@ def _train_activations(model: torch.nn.Module, sample: torch.Tensor, batch: int,
     return int(math.ceil(fixed + per_row * batch))
 
 
-def _saved_bytes(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> int:
-    import contextlib
+def _autocast(bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    import torch
 
+    if bf16:  # as the engine does on the CPU (estimates are made there, for any device)
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _saved_bytes(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> int:
     import torch
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -309,14 +319,9 @@ def _saved_bytes(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> int:
 
     was_training = model.training
     model.train()
-    autocast = (
-        torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-        if bf16
-        else contextlib.nullcontext()
-    )
     state = torch.get_rng_state()  # dropout draws: leave the caller's RNG as it was
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(bf16):
             out = model(x)
         total += _nbytes(out)
     finally:
@@ -325,7 +330,7 @@ def _saved_bytes(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> int:
     return total
 
 
-def _eval_activations(model: torch.nn.Module, sample: torch.Tensor, rows: int) -> int:
+def _eval_activations(model: torch.nn.Module, sample: torch.Tensor, rows: int, bf16: bool) -> int:
     """The evaluation pass (no autograd, ``rows`` per chunk): the input chunk and the two largest
     module outputs alive at once, per row, times ``rows``."""
     import torch
@@ -343,7 +348,7 @@ def _eval_activations(model: torch.nn.Module, sample: torch.Tensor, rows: int) -
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(bf16):
             model(sample)
     finally:
         for h in handles:

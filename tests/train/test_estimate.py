@@ -145,6 +145,7 @@ Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the c
 before = status("VmRSS")
 seed_everything(recipe.train.seed)
 trainer = Trainer(recipe.train).fit(build_model(recipe.model, data.schema, task), task, data)
+trainer.predict_outputs(data.x_test)  # as the train stage does next: test outputs, in chunks
 peak = status("VmHWM") - before
 est = estimate_memory(recipe, data=data)  # after the measurement: it cannot warm anything up
 state = trainer.optimizer.state_dict()["state"].values()
