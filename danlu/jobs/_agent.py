@@ -134,7 +134,8 @@ class Agent:
             if job is None:
                 break
             self._start(agent_id, job)
-        self.queue.preempt_for(agent_id, self.pool)
+        # a new job gets a moment to find free room on another agent before this one preempts
+        self.queue.preempt_for(agent_id, self.pool, min_wait_s=max(2 * self.poll_s, 1.0))
         if self.exit_when_idle and not self._running:
             return not self.queue.has_work_for(agent_id, self.pool)
         return False

@@ -6,7 +6,8 @@ the CPU affinity to its CPUs, ``OMP_NUM_THREADS`` and ``--threads`` to its CPU c
 asks the kernel for SIGKILL when the thread that started it dies (``PR_SET_PDEATHSIG``), so a
 ``kill -9`` of the executor takes the child with it and the job can never run twice at once.
 
-While the child runs, the lease is renewed every third of its length. When renewal fails (the
+While the child runs, the lease is renewed every third of its length (and the cancel and preempt
+flags are read every second). When renewal fails (the
 job was requeued elsewhere) or no renewal succeeded for most of the lease (the database is out
 of reach), the child is killed at once: another executor may take the job once the lease ends.
 A cancel request stops the child with SIGTERM, then SIGKILL after a grace period; a preempt
@@ -43,6 +44,7 @@ log = get_logger(__name__)
 JOB_ID_ENV = "DANLU_JOB_ID"
 _PR_SET_PDEATHSIG = 1
 _TAIL_LINES = 20  # log lines kept for the error message of a failed attempt
+_LOOK_EVERY_S = 1.0  # how often a running attempt reads its cancel and preempt flags
 
 
 def _runs_of(queue: JobQueue, job: Job) -> list[str]:
@@ -239,14 +241,18 @@ def _supervise(
     cancel_grace_s: float,
     preempt_grace_s: float,
 ) -> tuple[str, list[str]]:
-    """Renew the lease until the child exits; stop it when asked. Returns why it ended."""
+    """Renew the lease until the child exits; stop it when asked. Returns why it ended.
+
+    The lease is renewed (a write) every third of its length; in between, the job's cancel and
+    preempt flags are read every second, so a request takes effect within about a second."""
     every = max(lease_s / 3, 0.05)
-    renewed = last_try = time.monotonic()
+    look_every = min(every, _LOOK_EVERY_S)
+    renewed = last_look = time.monotonic()
     reason = "exited"
     kill_at: float | None = None
     while True:
         try:
-            proc.wait(timeout=0.2 if kill_at is not None else min(every, 0.5))
+            proc.wait(timeout=0.2 if kill_at is not None else min(look_every, 0.5))
             break
         except subprocess.TimeoutExpired:
             pass
@@ -262,17 +268,26 @@ def _supervise(
             log.error("job %s: its lease was not renewed in time; killing its process", job.id)
             _signal(proc, signal.SIGKILL, group=True)
             reason = "lost"
-        if now - last_try < every:
+        if now - last_look < look_every:
             continue
-        last_try = now
-        if job.kind == "run":
-            known = _merge(known, _runs_of(queue, job))
+        last_look = now
+        renew = now - renewed >= every
         try:
-            answer = queue.heartbeat(job, lease_s=lease_s, run_ids=known)
+            if renew:
+                if job.kind == "run":
+                    known = _merge(known, _runs_of(queue, job))
+                answer = queue.heartbeat(job, lease_s=lease_s, run_ids=known)
+                renewed = time.monotonic()  # the new expiry was written during the call
+            else:
+                answer = queue.peek(job)
         except Exception as exc:  # the database is out of reach: keep trying while we may
-            log.warning("job %s: could not renew its lease: %s", job.id, exc)
+            log.warning(
+                "job %s: could not %s: %s",
+                job.id,
+                "renew its lease" if renew else "look at its flags",
+                exc,
+            )
             continue
-        renewed = time.monotonic()  # the new expiry was written during the call
         if not answer.held and reason != "lost":
             log.error("job %s: its lease was lost (requeued); killing its process", job.id)
             _signal(proc, signal.SIGKILL, group=True)

@@ -48,6 +48,7 @@ from danlu.jobs._entities import (
     Signal,
     Slot,
 )
+from danlu.jobs._rows import agent_from_row, describe_agent, job_from_row, loads, merge_runs
 from danlu.logging import get_logger
 from danlu.store import SqlStore, agents_table, current_actor, host_name, jobs_table, quotas_table
 
@@ -73,77 +74,6 @@ class Placer(Protocol):
     def fits(self, job: Job) -> bool: ...
 
     def can_place(self, job: Job, releasing: Sequence[Slot] = ()) -> bool: ...
-
-
-def _loads(text: str | None, default: Any) -> Any:
-    return json.loads(text) if text else default
-
-
-def _job(row: Any) -> Job:
-    return Job(
-        id=row.id,
-        kind=row.kind,
-        name=row.name,
-        recipe=row.recipe,
-        recipe_path=row.recipe_path,
-        workdir=row.workdir,
-        overrides=tuple(_loads(row.overrides, [])),
-        project=row.project,
-        priority=row.priority,
-        resources=Resources(row.cpus, row.gpus, row.memory_gb),
-        preemptible=bool(row.preemptible),
-        status=row.status,
-        attempts=row.attempts,
-        max_attempts=row.max_attempts,
-        preemptions=row.preemptions,
-        not_before=row.not_before,
-        created_at=row.created_at,
-        submitted_by=row.submitted_by,
-        lease_owner=row.lease_owner,
-        lease_token=row.lease_token,
-        lease_expires_at=row.lease_expires_at,
-        agent_id=row.agent_id,
-        slot=Slot.from_json(row.slot),
-        run_ids=tuple(_loads(row.run_ids, [])),
-        exit_code=row.exit_code,
-        error=row.error,
-        started_at=row.started_at,
-        ended_at=row.ended_at,
-        cancel_requested=bool(row.cancel_requested),
-        preempt_requested=bool(row.preempt_requested),
-        estimate=_loads(row.estimate, None),
-    )
-
-
-def _agent(row: Any) -> AgentInfo:
-    return AgentInfo(
-        id=row.id,
-        host=row.host,
-        name=row.name,
-        kind=row.kind,
-        cpus=row.cpus,
-        gpus=tuple(_loads(row.gpus, [])),
-        memory_gb=row.memory_gb,
-        slots=row.slots,
-        timeout_s=row.timeout_s,
-        started_at=row.started_at,
-        heartbeat_at=row.heartbeat_at,
-        stopped_at=row.stopped_at,
-    )
-
-
-def _merge_runs(known: Sequence[str], new: Sequence[str]) -> list[str]:
-    merged = list(known)
-    merged += [r for r in new if r not in merged]
-    return merged
-
-
-def _describe_agent(agent: AgentInfo) -> str:
-    gpus = ",".join(map(str, agent.gpus)) or "none"
-    return (
-        f"{agent.kind} agent '{agent.name}' on {agent.host}: {agent.cpus} CPUs, GPUs {gpus}, "
-        f"{agent.memory_gb:.1f} GB"
-    )
 
 
 class JobQueue:
@@ -276,7 +206,7 @@ class JobQueue:
         now = time.time()
         live = [a for a in self.agents() if a.live(now)]
         if live:
-            return [(_describe_agent(a), a.largest_slot) for a in live]
+            return [(describe_agent(a), a.largest_slot) for a in live]
         from danlu.jobs._machine import machine_resources
 
         here = machine_resources()
@@ -329,7 +259,7 @@ class JobQueue:
             row = conn.execute(select(jobs_table).where(jobs_table.c.id == job_id)).first()
         if row is None:
             raise NotFoundError(f"No job with id '{job_id}'. List jobs with `danlu jobs ls`.")
-        return _job(row)
+        return job_from_row(row)
 
     def list_jobs(
         self, *, status: str | None = None, project: str | None = None, limit: int = 50
@@ -346,7 +276,7 @@ class JobQueue:
         if project is not None:
             query = query.where(c.project == project)
         with self._read() as conn:
-            return [_job(r) for r in conn.execute(query).all()]
+            return [job_from_row(r) for r in conn.execute(query).all()]
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each status."""
@@ -383,7 +313,7 @@ class JobQueue:
         )
         if self._pg:
             query = query.with_for_update(skip_locked=True)
-        return [_job(r) for r in conn.execute(query).all()]
+        return [job_from_row(r) for r in conn.execute(query).all()]
 
     def claim(self, agent_id: str, placer: Placer, *, lease_s: float = 30.0) -> Job | None:
         """Claim the first queued job ``placer`` has room for, holding its lease for ``lease_s``
@@ -444,7 +374,7 @@ class JobQueue:
         )
         if done.rowcount != 1:
             return None
-        return _job(conn.execute(select(jobs_table).where(c.id == job.id)).one())
+        return job_from_row(conn.execute(select(jobs_table).where(c.id == job.id)).one())
 
     def heartbeat(self, job: Job, *, lease_s: float = 30.0, run_ids: Sequence[str] = ()) -> Signal:
         """Renew ``job``'s lease (held by ``job.lease_token``) and note the runs its attempt has
@@ -460,8 +390,8 @@ class JobQueue:
             if row is None or row.status != "running" or row.lease_token != job.lease_token:
                 return Signal(held=False)
             values: dict[str, Any] = {"lease_expires_at": time.time() + lease_s}
-            merged = _merge_runs(_loads(row.run_ids, []), run_ids)
-            if merged != _loads(row.run_ids, []):
+            merged = merge_runs(loads(row.run_ids, []), run_ids)
+            if merged != loads(row.run_ids, []):
                 values["run_ids"] = json.dumps(merged)
             conn.execute(
                 update(jobs_table)
@@ -473,6 +403,21 @@ class JobQueue:
                 cancel=bool(row.cancel_requested),
                 preempt=bool(row.preempt_requested),
             )
+
+    def peek(self, job: Job) -> Signal:
+        """What :meth:`heartbeat` would answer, read only (the lease is not renewed)."""
+        c = jobs_table.c
+        with self._read() as conn:
+            row = conn.execute(
+                select(c.status, c.lease_token, c.cancel_requested, c.preempt_requested).where(
+                    c.id == job.id
+                )
+            ).first()
+        if row is None or row.status != "running" or row.lease_token != job.lease_token:
+            return Signal(held=False)
+        return Signal(
+            held=True, cancel=bool(row.cancel_requested), preempt=bool(row.preempt_requested)
+        )
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self.max_backoff_s, self.backoff_s * 2 ** max(attempts - 1, 0)))
@@ -527,13 +472,13 @@ class JobQueue:
                 "slot": None,
                 "exit_code": outcome.exit_code,
                 "preempt_requested": False,
-                "run_ids": json.dumps(_merge_runs(_loads(row.run_ids, []), outcome.run_ids)),
+                "run_ids": json.dumps(merge_runs(loads(row.run_ids, []), outcome.run_ids)),
                 **self._after(row, outcome, now),
             }
             if values["status"] != "cancelled":
                 values["cancel_requested"] = False
             conn.execute(update(jobs_table).where(c.id == job.id).values(**values))
-            final = _job(conn.execute(select(jobs_table).where(c.id == job.id)).one())
+            final = job_from_row(conn.execute(select(jobs_table).where(c.id == job.id)).one())
         log.info(
             "job %s: attempt %d ended (%s) -> %s",
             job.id,
@@ -670,15 +615,17 @@ class JobQueue:
         return {p: int(n) for p, n in rows}
 
     # -- preemption -----------------------------------------------------------------------------
-    def preempt_for(self, agent_id: str, placer: Placer) -> list[str]:
+    def preempt_for(self, agent_id: str, placer: Placer, *, min_wait_s: float = 0.0) -> list[str]:
         """Ask the lowest-priority preemptible jobs running on ``agent_id`` to stop when the
         first waiting job that could run there has no room now and stopping them makes room.
-        Returns the ids of the jobs asked (none while an earlier request is still pending)."""
+        Only jobs waiting for ``min_wait_s`` seconds count (another executor with room may
+        claim a new one first). Returns the ids of the jobs asked (none while an earlier request
+        is still pending)."""
         c = jobs_table.c
         now = time.time()
         with self._write() as conn:
             running = [
-                _job(r)
+                job_from_row(r)
                 for r in conn.execute(
                     select(jobs_table).where(c.status == "running", c.agent_id == agent_id)
                 ).all()
@@ -686,6 +633,8 @@ class JobQueue:
             if any(j.preempt_requested for j in running):
                 return []
             for waiting in self._queued_head(conn, now):
+                if max(waiting.created_at, waiting.not_before) > now - min_wait_s:
+                    continue
                 if not placer.fits(waiting) or self._quota_full(conn, waiting.project):
                     continue
                 if placer.can_place(waiting):
@@ -767,7 +716,7 @@ class JobQueue:
             row = conn.execute(select(agents_table).where(agents_table.c.id == agent_id)).first()
         if row is None:
             raise NotFoundError(f"No agent with id '{agent_id}'.")
-        return _agent(row)
+        return agent_from_row(row)
 
     def agents(self, *, live: bool = False) -> list[AgentInfo]:
         """Registered executors, newest first (only the live ones with ``live``)."""
@@ -775,7 +724,7 @@ class JobQueue:
             rows = conn.execute(
                 select(agents_table).order_by(agents_table.c.started_at.desc())
             ).all()
-        found = [_agent(r) for r in rows]
+        found = [agent_from_row(r) for r in rows]
         now = time.time()
         return [a for a in found if a.live(now)] if live else found
 
@@ -797,14 +746,17 @@ class JobQueue:
 
     def has_work_for(self, agent_id: str, placer: Placer) -> bool:
         """Whether a job is or may become waiting that ``placer`` could run: a queued one (in
-        its backoff too) that fits it, or one running elsewhere (its executor may die and its
-        lease expire). ``danlu agent --exit-when-idle`` stops when there is none."""
+        its backoff too) that fits it and whose project's quota is not 0, or one running
+        elsewhere (its executor may die and its lease expire). ``danlu agent --exit-when-idle``
+        stops when there is none."""
         c = jobs_table.c
         with self._read() as conn:
             queued = [
-                _job(r) for r in conn.execute(select(jobs_table).where(c.status == "queued")).all()
+                job_from_row(r)
+                for r in conn.execute(select(jobs_table).where(c.status == "queued")).all()
             ]
             elsewhere = conn.execute(
                 select(func.count()).where(c.status == "running", c.lease_owner != agent_id)
             ).scalar()
-        return bool(elsewhere) or any(placer.fits(j) for j in queued)
+        paused = {project for project, limit in self.quotas().items() if limit == 0}
+        return bool(elsewhere) or any(placer.fits(j) and j.project not in paused for j in queued)

@@ -69,6 +69,14 @@ def test_quota_limits_a_projects_running_jobs(queue_db: QueueDb) -> None:
     assert queue.quotas() == {"vision": 1}
     queue.set_quota("vision", None)
     assert queue.quotas() == {}
+    later = _submit(queue, "v3", project="vision")
+    queue.set_quota("vision", 0)  # paused: an idle agent does not wait for it
+    assert not queue.has_work_for("agent-1", pool)  # (what runs is agent-1's own)
+    queue.set_quota("vision", 5)
+    assert queue.has_work_for("agent-1", pool)
+    assert queue.has_work_for("agent-2", pool)  # agent-1's jobs may come back to the queue
+    queue.set_quota("vision", 0)
+    assert queue.claim("agent-1", pool) is None and queue.get(later.id).status == "queued"
 
 
 def test_a_crash_is_retried_after_a_growing_backoff_a_recipe_error_never(
@@ -153,10 +161,11 @@ def test_preemption_asks_the_lowest_priority_preemptible_job(queue_db: QueueDb) 
     assert {a.id, b.id} == {keep.id, low.id}
     assert queue.preempt_for("agent-1", pool) == []  # nothing waits
     urgent = _submit(queue, "urgent", priority=9)
+    assert queue.preempt_for("agent-1", pool, min_wait_s=60) == []  # another agent may take it
     assert queue.preempt_for("agent-1", pool) == [low.id]
     assert queue.preempt_for("agent-1", pool) == []  # one request at a time
     victim = a if a.id == low.id else b
-    assert queue.heartbeat(victim).preempt
+    assert queue.peek(victim).preempt and queue.heartbeat(victim).preempt
     after = queue.finish(victim, Outcome("preempted", exit_code=75, run_ids=("run-low",)))
     assert (after.status, after.attempts, after.preemptions) == ("queued", 0, 1)
     pool.release(victim.slot)
