@@ -110,7 +110,9 @@ def run(
         tags=dict(tags or {}),
     )
     if ctx.recipe.train.distributed is not None:  # torchrun's ranks train; this process reports
-        ctx = _trained_by_ranks(ctx, frame=data is not None)
+        ctx, node0 = _trained_by_ranks(ctx, frame=data is not None)
+        if not node0:  # another machine of a multi-node job: the run as node 0 trained it
+            return Result.from_context(ctx)
     elif data is not None:
         from danlu.tasks import get_task
         from danlu.train._run import prepare_recipe_data
@@ -119,10 +121,11 @@ def run(
     return Result.from_context(Runner(plan()).run(ctx))
 
 
-def _trained_by_ranks(ctx: Context, *, frame: bool) -> Context:
+def _trained_by_ranks(ctx: Context, *, frame: bool) -> tuple[Context, bool]:
     """Train on ``train.distributed``'s ranks through torchrun (``danlu.train._torchrun``), then
     the context that resumes their finished run here: training is reloaded, not redone, and the
-    later stages (evaluate, register) run in this process as for any run."""
+    later stages (evaluate, register) run in this process as for any run. On a machine other
+    than node 0, the run read back (and False: nothing more runs there)."""
     from danlu.errors import ConfigError
     from danlu.train import check_device, make_context
     from danlu.train._runner import _resume_id
@@ -137,13 +140,34 @@ def _trained_by_ranks(ctx: Context, *, frame: bool) -> Context:
     check_device(ctx.recipe)  # a recipe this machine cannot run never launches
     resume = _resume_id(ctx.resume) if ctx.resume is not None else None
     run_id = launch(ctx.recipe, store=ctx.store, resume=resume, tags=ctx.tags)
-    return make_context(
+    config = ctx.recipe.train.distributed
+    if config is not None and config.node_rank > 0:  # node 0 evaluates and registers the run
+        return _reloaded(ctx, run_id), False
+    resumed = make_context(
         ctx.recipe,
         store=ctx.store,
         callbacks=ctx.callbacks,
         resume=run_id,
         on_section=ctx.on_section,
     )
+    return resumed, True
+
+
+def _reloaded(ctx: Context, run_id: str) -> Context:
+    """The run as node 0 trained it, read back without writing anything (another machine of a
+    multi-node job: its ``danlu run`` returns the run, node 0 alone evaluates and registers)."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from danlu.logging import get_logger
+    from danlu.train import PREPARE, TRAIN, Runner
+    from danlu.train._run import reload_trained
+
+    get_logger(__name__).info("this node's ranks are done; node 0 records run %s", run_id)
+    ctx = Runner([PREPARE, TRAIN]).check(ctx)  # data and the untrained model; nothing written
+    ctx.previous = ctx.store.get_run(run_id)
+    ctx.tracker = cast(Any, SimpleNamespace(run_id=run_id))  # read-only: only its id is used
+    return reload_trained(ctx)
 
 
 def add_report(
