@@ -21,7 +21,7 @@ from danlu.cli._options import JsonOption, QuietOption, SetOption
 from danlu.errors import ConfigError
 
 if TYPE_CHECKING:
-    from danlu.jobs import Job, JobQueue
+    from danlu.jobs import Agent, DaskExecutor, Job, JobQueue
 
 __all__ = ["agent_command", "jobs_app", "submit_command"]
 
@@ -452,11 +452,46 @@ def agent_command(
             help="Seconds a preempted job has to checkpoint before SIGKILL.",
         ),
     ] = 120.0,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="Hand the jobs to the Dask cluster of this scheduler instead (tcp://HOST:8786): "
+            "each job is a task asking for its CPUs and GPUs as worker resources.",
+            metavar="ADDRESS",
+        ),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Run queued jobs on this machine's CPU/GPU slots until stopped (SIGTERM or Ctrl-C
-    preempts the running jobs: they checkpoint and go back to the queue)."""
+    preempts the running jobs: they checkpoint and go back to the queue). With --dask, hand
+    them to a Dask cluster (stopping the executor leaves its running tasks alone)."""
     setup_logging(bool(state.get("verbose")), quiet)
+    on_event = None if quiet else (lambda line: err.print(Text(line), soft_wrap=True))
+    if dask is not None:
+        local = {"--cpus": cpus, "--gpus": gpus, "--memory": memory, "--slots": slots}
+        given = [flag for flag, value in local.items() if value is not None]
+        given += ["--name"] if name is not None else []
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} {'describes' if len(given) == 1 else 'describe'} this "
+                "machine's agent; with --dask the Dask "
+                'workers\' resources decide (dask worker ADDRESS --resources "CPU=8,GPU=1"). '
+                "Drop them."
+            )
+        from danlu.jobs import DaskExecutor
+
+        executor = DaskExecutor(
+            _queue(retry_backoff),
+            dask,
+            poll_s=poll,
+            lease_s=lease,
+            exit_when_idle=exit_when_idle,
+            preempt_grace_s=preempt_grace,
+            on_event=on_event,
+        )
+        _run_executor(executor, quiet)
+        return
     from danlu.jobs import Agent, SlotPool, machine_resources
 
     here = machine_resources()
@@ -479,8 +514,13 @@ def agent_command(
         lease_s=lease,
         exit_when_idle=exit_when_idle,
         preempt_grace_s=preempt_grace,
-        on_event=None if quiet else (lambda line: err.print(Text(line), soft_wrap=True)),
+        on_event=on_event,
     )
+    _run_executor(agent, quiet)
+
+
+def _run_executor(agent: Agent | DaskExecutor, quiet: bool) -> None:
+    """Run an executor until it stops (SIGTERM and Ctrl-C stop it), then sum up."""
 
     def _stop(signum: int, frame: object) -> None:
         agent.stop()

@@ -8,6 +8,7 @@ embedded executor behind ``danlu agent``. See docs/scaling.md.
 from __future__ import annotations
 
 from danlu.jobs._agent import Agent, AgentReport
+from danlu.jobs._dask import DaskExecutor
 from danlu.jobs._entities import (
     EXIT_PREEMPTED,
     FINAL_STATUSES,
@@ -36,6 +37,7 @@ __all__ = [
     "Agent",
     "AgentInfo",
     "AgentReport",
+    "DaskExecutor",
     "Job",
     "JobQueue",
     "MachineResources",
