@@ -298,13 +298,9 @@ def test_cancel_reaches_the_task_through_the_store(
 
 def _executor_process(db: QueueDb, address: str) -> subprocess.Popen[str]:
     """``danlu agent --dask`` in a process of its own (to be killed)."""
-    code = (
-        "from danlu.jobs import JobQueue; from danlu.store import SqlStore; "
-        "from danlu.jobs._dask import DaskExecutor; "
-        f"DaskExecutor(JobQueue(SqlStore()), {address!r}, poll_s={POLL_S}, lease_s={LEASE_S}).run()"
-    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-m", "danlu", "agent", "--dask", address]
+        + ["--poll", str(POLL_S), "--lease", str(LEASE_S)],
         env=db.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -328,7 +324,8 @@ def test_a_restarted_executor_leaves_live_tasks_alone_and_requeues_lapsed_leases
     assert gone is not None and gone.id == lapsed.id
 
     first.send_signal(signal.SIGKILL)  # the executor dies; its task runs on
-    first.communicate(timeout=30)
+    output, _ = first.communicate(timeout=30)
+    assert f"job {live.id} (wine_60) attempt 1 handed to Dask as danlu-job-{live.id}-1-" in output
     report = _executor(queue, client, []).wait(240)
 
     done = queue.get(live.id)
