@@ -1,0 +1,198 @@
+"""Distributed data-parallel training (train.distributed, torchrun): 2 ranks × 1 thread vs
+1 rank × 1 thread, side by side in one run.
+
+1. Throughput: the digits CNN (examples/digits_cnn.yaml; no report, no registration), global
+   batch 128 (1 rank × 128 vs 2 ranks × 64: the same steps per epoch). Rows per second over
+   epochs 2..E, from the times the run's tracker logged each epoch (so neither torchrun's start,
+   the data preparation nor the first epoch's warm-up counts). Runs alternate (1, 2, 2, 1, …);
+   the table reports medians and the median of per-pair ratios, and the machine's load.
+2. Equivalence: one optimizer step with 2 ranks × batch b against 1 rank × batch 2b on the same
+   rows (a 160-row training split, b = 80): the largest parameter difference.
+3. Accuracy: the digits CNN trained to the end (early stopping as in the example) by 1 rank
+   (batch 64) and by 2 ranks (batch 32 each), over 3 seeds: test accuracy.
+
+    python bench/ddp.py [--reps 3] [--epochs 6] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from _report import machine, write  # noqa: E402
+
+import danlu  # noqa: E402
+from danlu.store import SqlStore  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits_cnn.yaml"
+BARE = ["evaluate=false", "register=false"]
+
+
+def ranks_override(ranks: int) -> list[str]:
+    if ranks == 1:
+        return ["train.distributed=false"]
+    return [f"train.distributed.nproc_per_node={ranks}", "train.distributed.timeout_s=120"]
+
+
+def throughput(ranks: int, epochs: int, home: Path) -> float:
+    """Training rows per second over epochs 2..E (the epochs' log times)."""
+    overrides = [
+        *BARE,
+        *ranks_override(ranks),
+        f"train.epochs={epochs}",
+        f"train.batch_size={128 // ranks}",
+        "train.early_stopping=null",
+        "train.checkpoint.every=0",
+    ]
+    result = danlu.run(EXAMPLE, overrides=overrides, home=home)
+    store = SqlStore(home=home)
+    points = {p.step: p.time for p in store.metric_history(result.run_id, "train_loss")}
+    rows = store.get_run(result.run_id).metrics["rows_train"]
+    store.close()
+    return rows * (epochs - 1) / (points[epochs] - points[1])
+
+
+def equivalence(folder: Path) -> dict[str, float]:
+    """One step of 2 ranks × 80 rows vs 1 rank × 160 rows: the largest parameter difference."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(250, 6))
+    frame = pd.DataFrame({f"f{i}": x[:, i] for i in range(6)})
+    frame["label"] = (x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 2] > 0.8).astype(int)
+    frame.to_csv(folder / "table.csv", index=False)
+
+    def run(ranks: int, batch: int) -> dict[str, torch.Tensor]:
+        recipe = {
+            "name": "ddp-equivalence",
+            "data": {
+                "source": str(folder / "table.csv"),
+                "target": "label",
+                "split": {"test": 0.2, "val": 0.16, "stratify": False, "seed": 0},
+            },
+            "task": "classification",
+            "model": {"type": "mlp", "hidden": [64], "dropout": 0.0},
+            "train": {"epochs": 1, "batch_size": batch, "optimizer": {"name": "adam", "lr": 0.01}},
+        }
+        if ranks > 1:
+            recipe["train"]["distributed"] = {"nproc_per_node": ranks, "timeout_s": 120}
+        result = danlu.run(recipe, home=folder / f"home{ranks}")
+        return {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+
+    one, two = run(1, 160), run(2, 80)  # 160 training rows: one step each
+    diff = max((one[k] - two[k]).abs().max().item() for k in one)
+    scale = max(one[k].abs().max().item() for k in one)
+    return {"max_abs_diff": diff, "max_abs_param": scale}
+
+
+def accuracy(ranks: int, seed: int, home: Path) -> tuple[float, int]:
+    overrides = [
+        *BARE,
+        *ranks_override(ranks),
+        f"train.seed={seed}",
+        f"train.batch_size={64 // ranks}",
+    ]
+    result = danlu.run(EXAMPLE, overrides=overrides, home=home)
+    return result.metrics["accuracy"], len(result.history)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        speed: dict[int, list[float]] = {1: [], 2: []}
+        for rep in range(args.reps):
+            for ranks in (1, 2) if rep % 2 == 0 else (2, 1):
+                speed[ranks].append(throughput(ranks, args.epochs, root / f"t{rep}-{ranks}"))
+        ratios = [b / a for a, b in zip(speed[1], speed[2], strict=True)]
+        equal = equivalence(root)
+        acc: dict[int, list[float]] = {1: [], 2: []}
+        epochs_run: dict[int, list[int]] = {1: [], 2: []}
+        for seed in range(args.seeds):
+            for ranks in (1, 2):
+                value, ran = accuracy(ranks, seed, root / f"a{seed}-{ranks}")
+                acc[ranks].append(value)
+                epochs_run[ranks].append(ran)
+    load_after = os.getloadavg()
+    result = {
+        "benchmark": "ddp",
+        "setup": {
+            "model": "digits CNN (examples/digits_cnn.yaml), no report",
+            "global_batch": 128,
+            "epochs_timed": f"2..{args.epochs}",
+            "reps": args.reps,
+            "seeds": args.seeds,
+            "threads_per_rank": 1,
+        },
+        "machine": machine(),
+        "load_average_1_5_15": {"before": load_before, "after": load_after},
+        "seconds": time.time() - started,
+        "rows_per_s": {str(k): v for k, v in speed.items()},
+        "median_rows_per_s": {str(k): statistics.median(v) for k, v in speed.items()},
+        "throughput_ratio_pairs": ratios,
+        "median_throughput_ratio": statistics.median(ratios),
+        "equivalence": equal,
+        "test_accuracy": {str(k): v for k, v in acc.items()},
+        "mean_test_accuracy": {str(k): statistics.mean(v) for k, v in acc.items()},
+        "epochs_run": {str(k): v for k, v in epochs_run.items()},
+    }
+    spread = {k: f"{min(v):.4f}–{max(v):.4f}" for k, v in acc.items()}
+    rows = [
+        [
+            "training throughput, digits CNN (rows/s, median)",
+            f"{result['median_rows_per_s']['1']:.0f}",
+            f"{result['median_rows_per_s']['2']:.0f}",
+            f"**{result['median_throughput_ratio']:.2f}×** (pairs: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + ")",
+        ],
+        [
+            "one step: 1 rank × 160 rows vs 2 ranks × 80, largest parameter difference",
+            "—",
+            "—",
+            f"**{equal['max_abs_diff']:.1e}** (largest parameter {equal['max_abs_param']:.2f})",
+        ],
+        [
+            f"test accuracy, mean of {args.seeds} seeds (range)",
+            f"{result['mean_test_accuracy']['1']:.4f} ({spread[1]})",
+            f"{result['mean_test_accuracy']['2']:.4f} ({spread[2]})",
+            f"{result['mean_test_accuracy']['2'] - result['mean_test_accuracy']['1']:+.4f}",
+        ],
+    ]
+    path = write(
+        "ddp",
+        result,
+        ["figure", "1 rank × 1 thread", "2 ranks × 1 thread", "2 ranks vs 1"],
+        rows,
+        notes=(
+            f"{os.cpu_count()} cores; load average (1, 5, 15 min) {load_before[0]:.2f}, "
+            f"{load_before[1]:.2f}, {load_before[2]:.2f} before and {load_after[0]:.2f}, "
+            f"{load_after[1]:.2f}, {load_after[2]:.2f} after (other work shared the machine). "
+            f"Command: `python bench/ddp.py --reps {args.reps} --epochs {args.epochs} "
+            f"--seeds {args.seeds}`"
+        ),
+    )
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
