@@ -12,8 +12,9 @@ variations (learning rate, hidden width, batch size) so the jobs are not all the
 Both executors poll every 0.2 s and exit when idle. Checked job by job: the same recipe,
 overrides and training params, and the same test metrics (exactly: CPU, one thread, same seed).
 Timed: the batch's wall time (executor start to exit) and, per job, its own time (its run's
-``started_at`` to ``ended_at``: data, training, evaluation) and the rest of its attempt
-(claim → recorded outcome, minus the run's own time: process start-up, imports, hand-off).
+``started_at`` to ``ended_at``: data, training, evaluation), the time from its claim to its
+run's start (the hand-off to a slot or a Dask worker, process start-up, imports) and the rest of
+its attempt (claim → recorded outcome, minus the run's own time).
 The overhead per job is ``(wall × 2 slots − Σ own times) / jobs``: slot-seconds each job costs
 beyond its own run. Sides alternate over ``--reps`` (local, dask, dask, local, ...).
 
@@ -95,8 +96,10 @@ def run_side(side: str, jobs: list[list[str]], epochs: int, client: Any) -> dict
             job = queue.get(job_id)
             assert job.status == "succeeded" and job.attempts == 1, (side, job)
             run = store.get_run(job.run_ids[-1])
-            own = (run.ended_at or 0.0) - (run.started_at or run.created_at)
+            run_start = run.started_at or run.created_at
+            own = (run.ended_at or 0.0) - run_start
             attempt = (job.ended_at or 0.0) - (job.started_at or 0.0)
+            to_run = run_start - (job.started_at or 0.0)
             rows.append(
                 {
                     "job": job_id,
@@ -105,6 +108,7 @@ def run_side(side: str, jobs: list[list[str]], epochs: int, client: Any) -> dict
                     "test": {k: v for k, v in sorted(run.metrics.items()) if k.startswith("test_")},
                     "own_s": own,
                     "attempt_s": attempt,
+                    "claim_to_run_s": to_run,
                 }
             )
         store.close()
@@ -116,6 +120,7 @@ def run_side(side: str, jobs: list[list[str]], epochs: int, client: Any) -> dict
         "overhead_per_job_s": (wall * SLOTS - own_total) / len(rows),
         "median_own_s": statistics.median(r["own_s"] for r in rows),
         "median_outside_run_s": statistics.median(r["attempt_s"] - r["own_s"] for r in rows),
+        "median_claim_to_run_s": statistics.median(r["claim_to_run_s"] for r in rows),
     }
 
 
@@ -177,6 +182,7 @@ def main() -> None:
         "wall time (s)",
         "jobs",
         "median run's own time (s)",
+        "median claim → run start (s)",
         "median attempt outside the run (s)",
         "overhead per job (slot-s)",
     ]
@@ -186,6 +192,7 @@ def main() -> None:
             f"{med('local', 'wall_s'):.1f}",
             args.jobs,
             f"{med('local', 'median_own_s'):.2f}",
+            f"{med('local', 'median_claim_to_run_s'):.2f}",
             f"{med('local', 'median_outside_run_s'):.2f}",
             f"{med('local', 'overhead_per_job_s'):.2f}",
         ],
@@ -194,20 +201,24 @@ def main() -> None:
             f"{med('dask', 'wall_s'):.1f}",
             args.jobs,
             f"{med('dask', 'median_own_s'):.2f}",
+            f"{med('dask', 'median_claim_to_run_s'):.2f}",
             f"{med('dask', 'median_outside_run_s'):.2f}",
             f"{med('dask', 'overhead_per_job_s'):.2f}",
         ],
-        ["**ratio dask / local (wall, median of reps)**", f"**{ratio:.3f}**", "", "", "", ""],
+        ["**ratio dask / local (wall, median of reps)**", f"**{ratio:.3f}**", "", "", "", "", ""],
     ]
+    extra = med("dask", "overhead_per_job_s") - med("local", "overhead_per_job_s")
     notes = (
         f"Same runs and test metrics job by job: {compared} of {args.jobs} jobs compared, all "
-        f"identical ({args.reps} rep(s), {args.epochs} epochs each)."
+        f"identical ({args.reps} rep(s), {args.epochs} epochs each). The Dask executor's "
+        f"overhead beyond the local agent's: {extra:+.2f} slot-seconds per job."
     )
     payload = {
         "machine": machine(),
         "args": vars(args),
         "identical_jobs": compared,
         "ratio_wall_dask_over_local": ratio,
+        "dask_extra_overhead_per_job_s": extra,
         "results": results,
     }
     path = write("dask_vs_local", payload, header, rows, notes)
