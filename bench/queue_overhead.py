@@ -6,7 +6,8 @@ in one run of this script, each against its own SQLite store in a temporary DANL
 
 - **reference**: a plain pool of ``--slots`` worker threads, each calling ``subprocess.run`` on
   ``python -m danlu run RECIPE --set train.seed=S --threads 1`` (``OMP_NUM_THREADS=1``, output
-  piped and dropped) — no queue. Each subprocess's wall time is *the job's own time*.
+  piped and dropped), pinned to a CPU of its own as the agent pins its attempts — no queue. Each
+  subprocess's wall time is *the job's own time*.
 - **queue**: one ``danlu agent --cpus SLOTS`` (started first and left running: its start-up is
   not per-job), the jobs submitted with ``JobQueue.submit`` (the Python API; ``danlu submit`` also
   validates the recipe and estimates its memory, timed separately below), the wall time taken from
@@ -16,7 +17,8 @@ Overhead per job, for each side, is ``(wall × slots − Σ own time) / jobs``, 
 are the reference's subprocess times (the queue's runs are the same commands): what the executor
 adds beyond the work itself, idle slots included. For the queue it also splits into the slots'
 idle time between attempts (claims wait for the agent's next look at the queue, every
-``--poll`` seconds) and what an attempt costs beyond the bare subprocess (log pump, lease
+``--poll`` seconds: the wait of each job for its claim, once queued and with a slot free, is
+reported too) and what an attempt costs beyond the bare subprocess (log pump, lease
 renewal, run lookup, the log kept as an artifact, the finish).
 
 Both sides run the same seeds in ``--rounds`` alternating blocks (reference, queue, queue,
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue as queue_module
 import statistics
 import subprocess
 import sys
@@ -100,20 +103,30 @@ def command(recipe: Path, seed: int) -> list[str]:
 
 
 def run_reference(recipe: Path, seeds: list[int], slots: int, home: Path) -> dict[str, Any]:
-    """The same commands through a plain pool of ``slots`` subprocess.run calls."""
-    env = env_for(home)
+    """The same commands through a plain pool of ``slots`` subprocess.run calls, each pinned to
+    a CPU of its own and given the environment an agent gives its attempts (one thread, no GPU),
+    as the queue's are: only the queue itself differs."""
+    env = env_for(home) | {"CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    free = queue_module.SimpleQueue()
+    for cpu in sorted(os.sched_getaffinity(0))[:slots]:
+        free.put(cpu)
 
     def one(seed: int) -> float:
-        start = time.perf_counter()
-        done = subprocess.run(
-            command(recipe, seed),
-            env=env,
-            cwd=recipe.parent,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        seconds = time.perf_counter() - start
+        cpu = free.get()
+        try:
+            start = time.perf_counter()
+            done = subprocess.run(
+                command(recipe, seed),
+                env=env,
+                cwd=recipe.parent,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),  # noqa: PLW1509
+            )
+            seconds = time.perf_counter() - start
+        finally:
+            free.put(cpu)
         if done.returncode != 0:
             raise RuntimeError(f"seed {seed}: exit {done.returncode}\n{done.stdout[-2000:]}")
         return seconds
@@ -122,6 +135,19 @@ def run_reference(recipe: Path, seeds: list[int], slots: int, home: Path) -> dic
     with ThreadPoolExecutor(max_workers=slots) as pool:
         own = list(pool.map(one, seeds))
     return {"wall": time.perf_counter() - start, "own": own}
+
+
+def scheduling_gaps(jobs: list[Any], slots: int) -> list[float]:
+    """For each job, in the order the agent claimed them: how long it waited for its claim
+    after both it was queued and a slot was free (the previous attempt there had finished).
+    The tail of a block, where a slot idles because nothing is left, is not counted."""
+    free_at = [min(j.created_at for j in jobs)] * slots
+    gaps = []
+    for job in sorted(jobs, key=lambda j: j.started_at):
+        i = min(range(slots), key=lambda k: free_at[k])  # the slot that freed first
+        gaps.append(job.started_at - max(free_at[i], job.created_at))
+        free_at[i] = job.ended_at
+    return gaps
 
 
 def start_agent(home: Path, slots: int, poll: float, lease: float) -> subprocess.Popen[str]:
@@ -154,7 +180,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_queue(recipe: Path, seeds: list[int], home: Path) -> dict[str, Any]:
+def run_queue(recipe: Path, seeds: list[int], home: Path, slots: int) -> dict[str, Any]:
     """Submit the commands to the running agent; wait for all of them to end."""
     from danlu.jobs import JobQueue, Resources
     from danlu.store import SqlStore
@@ -187,10 +213,11 @@ def run_queue(recipe: Path, seeds: list[int], home: Path) -> dict[str, Any]:
     if bad:
         raise RuntimeError(f"{len(bad)} job(s) did not succeed at the first attempt: {bad[0]}")
     attempts = [j.ended_at - j.started_at for j in jobs]  # type: ignore[operator]
+    gaps = scheduling_gaps(jobs, slots)
     wall = max(j.ended_at for j in jobs) - start  # type: ignore[type-var]
     runs = {seed: j.run_ids[-1] for seed, j in zip(seeds, jobs, strict=True)}
     store.close()
-    return {"wall": wall, "attempts": attempts, "submit_s": submit_s, "runs": runs}
+    return {"wall": wall, "attempts": attempts, "gaps": gaps, "submit_s": submit_s, "runs": runs}
 
 
 def cli_submit_seconds(recipe: Path, home: Path, count: int) -> list[float]:
@@ -256,6 +283,7 @@ def main() -> None:
     que: dict[str, Any] = {
         "wall": 0.0,
         "attempts": [],
+        "gaps": [],
         "submit_s": 0.0,
         "runs": {},
         "agent_cpu_s": 0.0,
@@ -273,10 +301,11 @@ def main() -> None:
                     ref["own_by_seed"].update(dict(zip(block, got["own"], strict=True)))
                 else:
                     cpu_before = cpu_seconds(agent.pid)
-                    got = run_queue(recipe, block, queue_home)
+                    got = run_queue(recipe, block, queue_home, args.slots)
                     que["agent_cpu_s"] += cpu_seconds(agent.pid) - cpu_before
                     que["wall"] += got["wall"]
                     que["attempts"] += got["attempts"]
+                    que["gaps"] += got["gaps"]
                     que["submit_s"] += got["submit_s"]
                     que["runs"].update(got["runs"])
     finally:
@@ -320,6 +349,8 @@ def main() -> None:
             "median_attempt_s": statistics.median(que["attempts"]),
             "overhead_per_job_s": queue_overhead,
             "idle_slot_per_job_s": idle,
+            "claim_gap_mean_s": statistics.fmean(que["gaps"]),
+            "claim_gap_median_s": statistics.median(que["gaps"]),
             "attempt_beyond_subprocess_per_job_s": wrapper,
             "submit_api_per_job_s": que["submit_s"] / n,
             "agent_cpu_per_job_s": que["agent_cpu_s"] / n,
@@ -362,7 +393,10 @@ def main() -> None:
         f"reference's subprocess time of the same command (Σ {own_sum:.1f} s). Target for the "
         f"queue: ≤ 0.5 s per job — **{'met' if queue_overhead <= 0.5 else 'not met'}** "
         f"({queue_overhead:.3f} s). Of the queue's overhead, {idle:.3f} s per job is slots left "
-        f"idle between attempts (a claim waits for the agent's next look, every {args.poll:g} s) "
+        f"idle between attempts and at the end of each block; the wait of a job for its claim "
+        f"once queued and with a slot free (the agent's next look, every {args.poll:g} s) was "
+        f"{statistics.fmean(que['gaps']):.3f} s on average "
+        f"(median {statistics.median(que['gaps']):.3f} s); "
         f"and {wrapper:+.3f} s is an attempt beyond its bare subprocess (log pump, lease, run "
         f"lookup, log artifact, finish; noisy on a loaded machine, where a job's time varies by "
         f"seconds); the agent process itself spent {que['agent_cpu_s'] / n:.3f} s of CPU per "
