@@ -186,7 +186,11 @@ class DataParallel(Strategy):
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)  # broadcasts rank 0's weights
+        # Rank 0's weights are broadcast once, here. Buffers (BatchNorm statistics) are not
+        # broadcast at every forward, a collective per step saved: each rank keeps its own
+        # shard's, and rank 0's (whose metrics, checkpoints and model count) are what they
+        # would be with the broadcast, which only copies rank 0's to the others.
+        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
     def finish(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.sharded:
