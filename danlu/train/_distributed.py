@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -190,7 +191,12 @@ class DataParallel(Strategy):
         # broadcast at every forward, a collective per step saved: each rank keeps its own
         # shard's, and rank 0's (whose metrics, checkpoints and model count) are what they
         # would be with the broadcast, which only copies rank 0's to the others.
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # (torch ≥ 2.13 names the setting forward_sync_buffers; broadcast_buffers warns there)
+        params = inspect.signature(DistributedDataParallel).parameters
+        no_sync = (
+            "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        )
+        return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})
 
     def finish(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.sharded:
