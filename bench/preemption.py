@@ -305,7 +305,7 @@ def main() -> None:
         rows.append(
             [
                 f"`danlu agent --cpus 2 --poll {result['poll_s']:g} --lease {result['lease_s']:g}`",
-                len(latencies),
+                f"{len(latencies)} ({sum(bool(r['preempted']) for r in result['rounds'])})",
                 f"{result['median_latency_s']:.2f}",
                 f"{result['max_latency_s']:.2f}",
                 f"{statistics.median(to_request):.2f}" if to_request else "-",
@@ -327,7 +327,7 @@ def main() -> None:
         "machine": machine(),
         "command": " ".join(["python", "bench/preemption.py", *sys.argv[1:]]),
     }
-    header = ["agent", "preemptions", "median start latency (s)", "max (s)"]
+    header = ["agent", "rounds (with a preemption)", "median start latency (s)", "max (s)"]
     header += ["request set at (s)", "victim exited at (s)", "its run opened at (s)"]
     header += ["target ≤ 5 s", "preempted = uninterrupted"]
     notes = (
