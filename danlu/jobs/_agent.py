@@ -1,7 +1,7 @@
 """``danlu agent``: the embedded executor. It claims jobs while it has free slots and runs each
 attempt with :func:`~danlu.jobs.run_job` in a thread of its own.
 
-Every ``poll_s`` seconds the agent renews its own heartbeat, puts jobs whose lease expired back
+Every ``poll_s`` seconds, and as soon as an attempt ends, the agent renews its own heartbeat, puts jobs whose lease expired back
 in the queue (another agent died), claims what fits its free slots, and asks lower-priority
 preemptible jobs to make room for a waiting one. Stopping it (SIGTERM, Ctrl-C: :meth:`stop`)
 preempts its running jobs: each writes its checkpoint and goes back to the queue, none is lost.
@@ -81,12 +81,14 @@ class Agent:
         self.preempt_grace_s = preempt_grace_s
         self.on_event = on_event
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # an attempt ended: look at the queue now
         self._running: dict[str, _Running] = {}
         self.report = AgentReport()
 
     def stop(self) -> None:
         """Stop claiming and preempt the running jobs (safe from a signal handler)."""
         self._stopping.set()
+        self._wake.set()
 
     def _say(self, line: str) -> None:
         log.info("%s", line)
@@ -119,7 +121,8 @@ class Agent:
                         break
                 except DanluError as exc:  # a busy or unreachable database: try again later
                     log.warning("agent %s: %s", info.id, exc)
-                self._stopping.wait(self.poll_s)
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
         finally:
             self._shutdown(info.id)
         return self.report
@@ -134,8 +137,9 @@ class Agent:
             if job is None:
                 break
             self._start(agent_id, job)
-        # a new job gets a moment to find free room on another agent before this one preempts
-        self.queue.preempt_for(agent_id, self.pool, min_wait_s=max(2 * self.poll_s, 1.0))
+        # a new job gets one poll, for another agent with free room to claim it, before this
+        # one preempts
+        self.queue.preempt_for(agent_id, self.pool, min_wait_s=max(self.poll_s, 0.5))
         if self.exit_when_idle and not self._running:
             return not self.queue.has_work_for(agent_id, self.pool)
         return False
@@ -147,6 +151,16 @@ class Agent:
             f"job {job.id} ({job.name}) attempt {job.attempts} started: CPUs {list(job.slot.cpus)}"
             + (f", GPUs {list(job.slot.gpus)}" if job.slot.gpus else "")
         )
+
+        freed = threading.Event()
+
+        def free() -> None:  # once the child is gone: its slot serves the next job at once
+            if freed.is_set():  # on_exit, then the finally below: release once
+                return
+            freed.set()
+            assert job.slot is not None
+            self.pool.release(job.slot)
+            self._wake.set()
 
         def attempt() -> None:
             assert job.slot is not None
@@ -160,6 +174,7 @@ class Agent:
                     stop=stop,
                     cancel_grace_s=self.cancel_grace_s,
                     preempt_grace_s=self.preempt_grace_s,
+                    on_exit=free,
                 )
                 self.report.attempts.append((job.id, outcome))
                 self._say(
@@ -169,7 +184,7 @@ class Agent:
             except Exception:  # its lease expires and another attempt picks it up
                 log.exception("job %s: the attempt failed in the agent", job.id)
             finally:
-                self.pool.release(job.slot)
+                free()
 
         thread = threading.Thread(target=attempt, name=f"danlu-job-{job.id}", daemon=True)
         self._running[job.id] = _Running(job, thread, stop)

@@ -156,6 +156,7 @@ def run_job(
     on_line: Callable[[str], None] | None = None,
     cancel_grace_s: float = 10.0,
     preempt_grace_s: float = 120.0,
+    on_exit: Callable[[], None] | None = None,
 ) -> Outcome:
     """Run one attempt of a claimed ``job`` in ``slot`` and record how it ended.
 
@@ -164,7 +165,9 @@ def run_job(
     :meth:`JobQueue.claim` returned it (its lease token proves the claim). Setting ``stop``
     preempts the attempt (the executor is shutting down): SIGTERM, the run checkpoints, the job
     goes back to the queue. Returns the attempt's :class:`Outcome`, with ``status`` the job's
-    status afterwards (None when the lease was lost).
+    status afterwards (None when the lease was lost). ``on_exit`` is called once the child is
+    gone, before the outcome is recorded: an executor frees the slot there, so that nobody
+    sees a queued job blocked by a slot whose process has already ended.
 
     Must be called from a thread that stays alive until it returns: the child is bound to that
     thread's life (``PR_SET_PDEATHSIG``).
@@ -215,6 +218,8 @@ def run_job(
     if proc.stdout is not None:
         proc.stdout.close()
     code = proc.returncode
+    if on_exit is not None:
+        on_exit()
     known = _merge(known, _runs_of(queue, job) if job.kind == "run" else [])
     error = None
     if code != 0:

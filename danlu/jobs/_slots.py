@@ -87,8 +87,8 @@ class SlotPool:
 
     def release(self, slot: Slot) -> None:
         with self._lock:
-            if slot not in self._held:
-                return
+            if slot not in self._held:  # released already (release each attempt's slot once:
+                return  # a later job may hold an equal one, the same CPUs)
             self._held.remove(slot)
             self._free_cpus = sorted(self._free_cpus + list(slot.cpus))
             self._free_gpus = sorted(self._free_gpus + list(slot.gpus))
