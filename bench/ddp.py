@@ -65,6 +65,47 @@ def throughput(ranks: int, epochs: int, home: Path) -> float:
     return rows * (epochs - 1) / (points[epochs] - points[1])
 
 
+def wide_table(folder: Path, rows: int) -> Path:
+    """A synthetic table (``rows`` × 32 numeric features, 4 classes) as Parquet."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 32)).astype(np.float32)
+    frame = pd.DataFrame({f"f{i}": x[:, i] for i in range(32)})
+    frame["label"] = (x[:, :4].sum(1) > 0).astype(int) + 2 * (x[:, 4] * x[:, 5] > 0)
+    path = folder / "wide.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def wide_throughput(ranks: int, epochs: int, table: Path, home: Path) -> float:
+    """The same measure on a wide MLP (32 → 1024 → 1024 → 4), global batch 1024."""
+    recipe = {
+        "name": "ddp-wide-mlp",
+        "data": {
+            "source": str(table),
+            "target": "label",
+            "split": {"test": 0.01, "val": 0.01, "seed": 0},
+        },
+        "task": "classification",
+        "model": {"type": "mlp", "hidden": [1024, 1024], "dropout": 0.0},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 1024 // ranks,
+            "optimizer": {"name": "adam", "lr": 1e-3},
+            "checkpoint": {"every": 0},
+        },
+        "evaluate": False,
+        "register": False,
+    }
+    if ranks > 1:
+        recipe["train"]["distributed"] = {"nproc_per_node": ranks, "timeout_s": 120}
+    result = danlu.run(recipe, home=home)
+    store = SqlStore(home=home)
+    points = {p.step: p.time for p in store.metric_history(result.run_id, "train_loss")}
+    rows = store.get_run(result.run_id).metrics["rows_train"]
+    store.close()
+    return rows * (epochs - 1) / (points[epochs] - points[1])
+
+
 def equivalence(folder: Path) -> dict[str, float]:
     """One step of 2 ranks × 80 rows vs 1 rank × 160 rows: the largest parameter difference."""
     rng = np.random.default_rng(0)
@@ -119,6 +160,8 @@ def main() -> None:
         action="store_true",
         help="measure throughput again; keep the equivalence and accuracy of the last results",
     )
+    parser.add_argument("--wide-rows", type=int, default=60_000, help="0: skip the wide MLP")
+    parser.add_argument("--wide-epochs", type=int, default=3)
     args = parser.parse_args()
     earlier = json.loads((RESULTS / "ddp.json").read_text()) if args.throughput_only else None
     torch.set_num_threads(1)
@@ -131,6 +174,14 @@ def main() -> None:
             for ranks in (1, 2) if rep % 2 == 0 else (2, 1):
                 speed[ranks].append(throughput(ranks, args.epochs, root / f"t{rep}-{ranks}"))
         ratios = [b / a for a, b in zip(speed[1], speed[2], strict=True)]
+        wide: dict[int, list[float]] = {1: [], 2: []}
+        if args.wide_rows:
+            table = wide_table(root, args.wide_rows)
+            for rep in range(args.reps):
+                for ranks in (1, 2) if rep % 2 == 0 else (2, 1):
+                    home = root / f"w{rep}-{ranks}"
+                    wide[ranks].append(wide_throughput(ranks, args.wide_epochs, table, home))
+        wide_ratios = [b / a for a, b in zip(wide[1], wide[2], strict=True)]
         acc: dict[int, list[float]] = {1: [], 2: []}
         epochs_run: dict[int, list[int]] = {1: [], 2: []}
         if earlier is not None:  # the deterministic parts, as last measured
@@ -163,6 +214,13 @@ def main() -> None:
         "median_rows_per_s": {str(k): statistics.median(v) for k, v in speed.items()},
         "throughput_ratio_pairs": ratios,
         "median_throughput_ratio": statistics.median(ratios),
+        "wide_mlp": {
+            "setup": f"{args.wide_rows} rows × 32 features, MLP 1024-1024, global batch 1024, "
+            f"epochs timed 2..{args.wide_epochs}",
+            "rows_per_s": {str(k): v for k, v in wide.items()},
+            "throughput_ratio_pairs": wide_ratios,
+            "median_throughput_ratio": statistics.median(wide_ratios) if wide_ratios else None,
+        },
         "equivalence": equal,
         "test_accuracy": {str(k): v for k, v in acc.items()},
         "mean_test_accuracy": {str(k): statistics.mean(v) for k, v in acc.items()},
@@ -178,6 +236,21 @@ def main() -> None:
             + ", ".join(f"{r:.2f}" for r in ratios)
             + ")",
         ],
+        *(
+            [
+                [
+                    f"training throughput, wide MLP on {args.wide_rows:,} synthetic rows "
+                    "(rows/s, median)",
+                    f"{statistics.median(wide[1]):.0f}",
+                    f"{statistics.median(wide[2]):.0f}",
+                    f"**{statistics.median(wide_ratios):.2f}×** (pairs: "
+                    + ", ".join(f"{r:.2f}" for r in wide_ratios)
+                    + ")",
+                ]
+            ]
+            if wide_ratios
+            else []
+        ),
         [
             "one step: 1 rank × 160 rows vs 2 ranks × 80, largest parameter difference",
             "—",
