@@ -196,7 +196,8 @@ class DataParallel(Strategy):
         no_sync = (
             "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
         )
-        return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})
+        options: dict[str, Any] = {no_sync: False}
+        return DistributedDataParallel(model, device_ids=ids, **options)
 
     def finish(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.sharded:
