@@ -2,8 +2,8 @@
 whether the preempted jobs end exactly as uninterrupted runs do.
 
 One ``danlu agent --cpus 2`` (2 slots) on a SQLite store in a temporary DANLU_HOME, for each
-agent setting in ``--configs`` (``POLL,LEASE`` pairs: a running attempt renews its lease, and so
-learns of a preemption request, every third of the lease). Each of ``--repeats`` rounds:
+agent setting in ``--configs`` (``POLL,LEASE`` pairs: a running attempt renews its lease every
+third of it, and reads its job's cancel/preempt flags every second). Each of ``--repeats`` rounds:
 
 1. submits two preemptible priority-0 jobs (``danlu run`` of a wine MLP with dropout and early
    stopping, batch 1, ``--epochs`` epochs, a checkpoint per epoch, seeds of their own) and waits
@@ -338,8 +338,8 @@ def main() -> None:
         f"(to its run opening adds the new process's Python start-up). The steps in between, as "
         f"medians from the submit: the agent's next look sets the victim's preemption request; "
         f"the victim's process exits (it saw the request, finished its batch, wrote its "
-        f"checkpoint and exited with status 75); the agent's next look claims the slot. A running attempt learns "
-        f"of a preemption request when it renews its lease, every third of `--lease`. Equality: "
+        f"checkpoint and exited with status 75); the agent, woken by the attempt's end, claims "
+        f"the slot. A running attempt reads its job's flags every second. Equality: "
         f"each preempted job's final test metrics, best epoch, epochs run and model weights vs an "
         f"uninterrupted `danlu run` of the same recipe and seed on CPU — {equal}/{compared} "
         f"exactly equal (target: all). Load average {load_start[0]:.2f} at the start "
