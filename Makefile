@@ -31,6 +31,7 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu tune examples/digits_tune.yaml --jobs 2
 	$(BIN)/danlu studies show digits-tune
 	$(BIN)/danlu models show digits
+	$(BIN)/danlu run examples/digits_ddp.yaml --set train.epochs=5
 	$(BIN)/danlu submit examples/wine_mlp.yaml --set train.epochs=5 --priority 1
 	$(BIN)/danlu agent --exit-when-idle
 	$(BIN)/danlu jobs ls --limit 5
