@@ -137,5 +137,7 @@ def _stop(db: QueueDb) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
+        if proc.stdout is not None and not proc.stdout.closed:  # a process killed and waited
+            proc.stdout.close()  # for in the test: its pipe, else a ResourceWarning at some GC
     for store in db.stores:
         store.close()  # type: ignore[attr-defined]
