@@ -31,26 +31,6 @@ def _reject_constant(literal: str) -> Any:
     )
 
 
-_FLOAT_MAX = 1.7976931348623157e308
-
-
-def _parse_int(literal: str) -> Any:
-    """A JSON integer, refused (400) when no finite float holds it (a 400-digit integer)."""
-    try:
-        value = int(literal)
-    except ValueError:  # longer than Python converts
-        value = None
-    if value is not None and abs(value) <= _FLOAT_MAX:
-        return value
-    shown = literal if len(literal) <= 24 else literal[:20] + "…"
-    raise RequestError(
-        "body",
-        f"contains the integer {shown}, beyond the largest finite number (±1.8e308); "
-        "send finite numbers",
-        400,
-    )
-
-
 def _too_deep(value: Any, limit: int) -> bool:
     """Whether ``value`` nests lists/dicts more than ``limit`` levels (iterative: no recursion)."""
     if not isinstance(value, dict | list):
@@ -199,7 +179,7 @@ def _plain(value: Any) -> Any:
 
 
 # built once: json.loads/json.dumps with options build a new decoder/encoder on every call
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _PAIRS_DECODER = json.JSONDecoder(object_pairs_hook=_keep_pairs)
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=_plain)
 
