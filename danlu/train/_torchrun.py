@@ -172,7 +172,8 @@ def _read(path: Path) -> str | None:
 
 
 _FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank.*?exitcode\s*:\s*(-?\d+)", re.S)
-_PEER_GONE = "Connection closed by peer"  # gloo, in the ranks left when one rank dies
+# gloo's errors in the ranks left when one rank dies
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker")
 _ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 
 
@@ -191,7 +192,9 @@ def _rank_error(
     found = _ROOT_CAUSE.search("".join(tail))
     rank, exit_code = (int(found.group(1)), int(found.group(2))) if found else (None, code)
     own = [e for e in errors if e["rank"] == rank] if rank is not None else errors[:1]
-    if own and _PEER_GONE in own[0]["message"]:  # a consequence: another rank died first
+    if own and any(
+        mark in own[0]["message"] for mark in _PEER_GONE
+    ):  # a consequence: another rank died first
         failed = {int(r): int(c) for r, c in _FAILURE.findall("".join(tail))}
         others = [r for r in failed if r != rank and not any(e["rank"] == r for e in errors)]
         if others:  # it died without a Python error (killed, os._exit): the real cause

@@ -211,7 +211,7 @@ def test_a_high_priority_job_preempts_and_the_preempted_one_finishes_exactly(
     assert low_done.run_ids == (run_id,)
     assert high_done.ended_at < low_done.ended_at  # it ran while the low one waited
     log = queue.log_path(low.id).read_text()
-    assert "exit status 75" in log and f"resuming run {run_id}" in log, log
+    assert f"resuming run {run_id}" in log, log
 
     # the very same numbers as the uninterrupted run
     ran, _ = uninterrupted.communicate(timeout=120)
