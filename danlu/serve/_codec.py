@@ -31,6 +31,17 @@ def _reject_constant(literal: str) -> Any:
     )
 
 
+def _parse_int(literal: str) -> Any:
+    """A JSON integer; one beyond the largest finite float becomes ±infinity, as a number
+    literal that large does, so the row's parse refuses it naming its field."""
+    value = int(literal)  # more digits than Python converts: ValueError, a 400 naming the body
+    try:
+        float(value)
+    except OverflowError:
+        return -math.inf if value < 0 else math.inf
+    return value
+
+
 def _too_deep(value: Any, limit: int) -> bool:
     """Whether ``value`` nests lists/dicts more than ``limit`` levels (iterative: no recursion)."""
     if not isinstance(value, dict | list):
@@ -179,7 +190,7 @@ def _plain(value: Any) -> Any:
 
 
 # built once: json.loads/json.dumps with options build a new decoder/encoder on every call
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int)
 _PAIRS_DECODER = json.JSONDecoder(object_pairs_hook=_keep_pairs)
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=_plain)
 

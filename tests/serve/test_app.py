@@ -473,6 +473,15 @@ def test_big_numbers_reach_the_model_as_infinity(served):
     assert "finite" in error["message"]
 
 
+def test_integers_beyond_any_float_are_refused_naming_the_field(served):
+    client, _, _ = served
+    number = "-17976931348623157" + "0" * 292 + "1"  # 310 digits: no finite float holds it
+    error = assert_error(
+        post(client, f'{{"rows": [{{"alcohol": {number}}}]}}'), 422, "rows[0].alcohol"
+    )
+    assert "finite" in error["message"]
+
+
 def test_model_request_errors_keep_their_status_and_field(served):
     client, _, _ = served
     assert_error(post(client, '{"rows": [{"alcohol": "abc"}]}'), 422, "rows[0].alcohol")
