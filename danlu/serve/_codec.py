@@ -31,15 +31,19 @@ def _reject_constant(literal: str) -> Any:
     )
 
 
+# The bound the OpenAPI schema declares, 1.7976931348623157e308, read as an exact decimal: a
+# JSON integer past it violates the schema even where it still rounds to the largest float.
+_INT_LIMIT = 17976931348623157 * 10**292
+
+
 def _parse_int(literal: str) -> Any:
-    """A JSON integer; one beyond the largest finite float becomes ±infinity, as a number
-    literal that large does, so the row's parse refuses it naming its field."""
+    """A JSON integer; one beyond the schema's bound (the largest finite float, as written)
+    becomes ±infinity, as a number literal that large does, so the row's parse refuses it
+    naming its field."""
     value = int(literal)  # more digits than Python converts: ValueError, a 400 naming the body
-    try:
-        float(value)
-    except OverflowError:
-        return -math.inf if value < 0 else math.inf
-    return value
+    if -_INT_LIMIT <= value <= _INT_LIMIT:
+        return value
+    return -math.inf if value < 0 else math.inf
 
 
 def _too_deep(value: Any, limit: int) -> bool:
