@@ -6,12 +6,15 @@
    epochs 2..E, from the times the run's tracker logged each epoch (so neither torchrun's start,
    the data preparation nor the first epoch's warm-up counts). Runs alternate (1, 2, 2, 1, …);
    the table reports medians and the median of per-pair ratios, and the machine's load.
+   The same for the compute-bound cases the issue names: the digits CNN on a larger table of
+   8×8 digit images (the real ones resampled with pixel noise; global batch 512) and a wide MLP
+   (32 → 1024 → 1024 → 4) on a synthetic table (global batch 1024).
 2. Equivalence: one optimizer step with 2 ranks × batch b against 1 rank × batch 2b on the same
    rows (a 160-row training split, b = 80): the largest parameter difference.
 3. Accuracy: the digits CNN trained to the end (early stopping as in the example) by 1 rank
    (batch 64) and by 2 ranks (batch 32 each), over 3 seeds: test accuracy.
 
-    python bench/ddp.py [--reps 3] [--epochs 6] [--seeds 3]
+    python bench/ddp.py [--reps 3] [--epochs 6] [--seeds 3] [--image-rows 40000] [--wide-rows 60000]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +36,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from _report import RESULTS, machine, write  # noqa: E402
 
 import danlu  # noqa: E402
@@ -47,8 +52,18 @@ def ranks_override(ranks: int) -> list[str]:
     return [f"train.distributed.nproc_per_node={ranks}", "train.distributed.timeout_s=120"]
 
 
+def logged_throughput(recipe: dict | Path, overrides: list[str], epochs: int, home: Path) -> float:
+    """Training rows per second over epochs 2..E (the times the run's tracker logged them)."""
+    result = danlu.run(recipe, overrides=overrides, home=home)
+    store = SqlStore(home=home)
+    points = {p.step: p.time for p in store.metric_history(result.run_id, "train_loss")}
+    rows = store.get_run(result.run_id).metrics["rows_train"]
+    store.close()
+    return rows * (epochs - 1) / (points[epochs] - points[1])
+
+
 def throughput(ranks: int, epochs: int, home: Path) -> float:
-    """Training rows per second over epochs 2..E (the epochs' log times)."""
+    """The digits CNN on the 1,797 digits themselves, global batch 128."""
     overrides = [
         *BARE,
         *ranks_override(ranks),
@@ -57,12 +72,51 @@ def throughput(ranks: int, epochs: int, home: Path) -> float:
         "train.early_stopping=null",
         "train.checkpoint.every=0",
     ]
-    result = danlu.run(EXAMPLE, overrides=overrides, home=home)
-    store = SqlStore(home=home)
-    points = {p.step: p.time for p in store.metric_history(result.run_id, "train_loss")}
-    rows = store.get_run(result.run_id).metrics["rows_train"]
-    store.close()
-    return rows * (epochs - 1) / (points[epochs] - points[1])
+    return logged_throughput(EXAMPLE, overrides, epochs, home)
+
+
+def digits_table(folder: Path, rows: int) -> Path:
+    """``rows`` 8×8 digit images: the real digits drawn with replacement, plus pixel noise."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(digits.target), rows)
+    x = np.clip(digits.data[pick] + rng.normal(0, 2, (rows, 64)), 0, 16).astype(np.float32)
+    frame = pd.DataFrame(x, columns=[f"pixel_{i // 8}_{i % 8}" for i in range(64)])
+    frame["target"] = digits.target[pick]
+    path = folder / "digits_large.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def image_throughput(ranks: int, epochs: int, table: Path, home: Path) -> float:
+    """The digits CNN (the example's model and optimizer) on a larger image table, global
+    batch 512: enough work per step that the gradient all-reduce is a small part of it."""
+    example = yaml.safe_load(EXAMPLE.read_text())
+    recipe = {
+        "name": "ddp-digits-cnn-large",
+        "data": {
+            "source": str(table),
+            "target": "target",
+            "image_shape": [1, 8, 8],
+            "split": {"test": 0.01, "val": 0.01, "seed": 0},
+            "prepare": {"scale": "minmax"},
+        },
+        "task": "classification",
+        "model": example["model"],
+        "train": {
+            "epochs": epochs,
+            "batch_size": 512 // ranks,
+            "optimizer": example["train"]["optimizer"],
+            "checkpoint": {"every": 0},
+        },
+        "evaluate": False,
+        "register": False,
+    }
+    if ranks > 1:
+        recipe["train"]["distributed"] = {"nproc_per_node": ranks, "timeout_s": 120}
+    return logged_throughput(recipe, [], epochs, home)
 
 
 def wide_table(folder: Path, rows: int) -> Path:
@@ -98,12 +152,7 @@ def wide_throughput(ranks: int, epochs: int, table: Path, home: Path) -> float:
     }
     if ranks > 1:
         recipe["train"]["distributed"] = {"nproc_per_node": ranks, "timeout_s": 120}
-    result = danlu.run(recipe, home=home)
-    store = SqlStore(home=home)
-    points = {p.step: p.time for p in store.metric_history(result.run_id, "train_loss")}
-    rows = store.get_run(result.run_id).metrics["rows_train"]
-    store.close()
-    return rows * (epochs - 1) / (points[epochs] - points[1])
+    return logged_throughput(recipe, [], epochs, home)
 
 
 def equivalence(folder: Path) -> dict[str, float]:
@@ -148,6 +197,18 @@ def accuracy(ranks: int, seed: int, home: Path) -> tuple[float, int]:
     return result.metrics["accuracy"], len(result.history)
 
 
+def throughput_row(label: str, speed: dict[int, list[float]]) -> list[str]:
+    ratios = [b / a for a, b in zip(speed[1], speed[2], strict=True)]
+    return [
+        f"training throughput, {label} (rows/s, median)",
+        f"{statistics.median(speed[1]):.0f}",
+        f"{statistics.median(speed[2]):.0f}",
+        f"**{statistics.median(ratios):.2f}×** (pairs: "
+        + ", ".join(f"{r:.2f}" for r in ratios)
+        + ")",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,6 +221,10 @@ def main() -> None:
         action="store_true",
         help="measure throughput again; keep the equivalence and accuracy of the last results",
     )
+    parser.add_argument(
+        "--image-rows", type=int, default=40_000, help="0: skip the digits CNN on a large table"
+    )
+    parser.add_argument("--image-epochs", type=int, default=4)
     parser.add_argument("--wide-rows", type=int, default=60_000, help="0: skip the wide MLP")
     parser.add_argument("--wide-epochs", type=int, default=3)
     args = parser.parse_args()
@@ -169,18 +234,30 @@ def main() -> None:
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        speed: dict[int, list[float]] = {1: [], 2: []}
-        for rep in range(args.reps):
-            for ranks in (1, 2) if rep % 2 == 0 else (2, 1):
-                speed[ranks].append(throughput(ranks, args.epochs, root / f"t{rep}-{ranks}"))
+
+        def pairs(measure: Callable[[int, Path], float], tag: str) -> dict[int, list[float]]:
+            """``measure`` for 1 and 2 ranks, alternating 1, 2, 2, 1, … over the reps."""
+            speed: dict[int, list[float]] = {1: [], 2: []}
+            for rep in range(args.reps):
+                for ranks in (1, 2) if rep % 2 == 0 else (2, 1):
+                    speed[ranks].append(measure(ranks, root / f"{tag}{rep}-{ranks}"))
+            return speed
+
+        speed = pairs(lambda ranks, home: throughput(ranks, args.epochs, home), "t")
         ratios = [b / a for a, b in zip(speed[1], speed[2], strict=True)]
+        image: dict[int, list[float]] = {1: [], 2: []}
+        if args.image_rows:
+            images = digits_table(root, args.image_rows)
+            image = pairs(
+                lambda ranks, home: image_throughput(ranks, args.image_epochs, images, home), "i"
+            )
+        image_ratios = [b / a for a, b in zip(image[1], image[2], strict=True)]
         wide: dict[int, list[float]] = {1: [], 2: []}
         if args.wide_rows:
             table = wide_table(root, args.wide_rows)
-            for rep in range(args.reps):
-                for ranks in (1, 2) if rep % 2 == 0 else (2, 1):
-                    home = root / f"w{rep}-{ranks}"
-                    wide[ranks].append(wide_throughput(ranks, args.wide_epochs, table, home))
+            wide = pairs(
+                lambda ranks, home: wide_throughput(ranks, args.wide_epochs, table, home), "w"
+            )
         wide_ratios = [b / a for a, b in zip(wide[1], wide[2], strict=True)]
         acc: dict[int, list[float]] = {1: [], 2: []}
         epochs_run: dict[int, list[int]] = {1: [], 2: []}
@@ -214,6 +291,13 @@ def main() -> None:
         "median_rows_per_s": {str(k): statistics.median(v) for k, v in speed.items()},
         "throughput_ratio_pairs": ratios,
         "median_throughput_ratio": statistics.median(ratios),
+        "digits_cnn_large": {
+            "setup": f"{args.image_rows} synthetic digit images (the real digits resampled, "
+            f"plus noise), the digits CNN, global batch 512, epochs timed 2..{args.image_epochs}",
+            "rows_per_s": {str(k): v for k, v in image.items()},
+            "throughput_ratio_pairs": image_ratios,
+            "median_throughput_ratio": statistics.median(image_ratios) if image_ratios else None,
+        },
         "wide_mlp": {
             "setup": f"{args.wide_rows} rows × 32 features, MLP 1024-1024, global batch 1024, "
             f"epochs timed 2..{args.wide_epochs}",
@@ -228,25 +312,21 @@ def main() -> None:
     }
     spread = {k: f"{min(v):.4f}–{max(v):.4f}" for k, v in acc.items()}
     rows = [
-        [
-            "training throughput, digits CNN (rows/s, median)",
-            f"{result['median_rows_per_s']['1']:.0f}",
-            f"{result['median_rows_per_s']['2']:.0f}",
-            f"**{result['median_throughput_ratio']:.2f}×** (pairs: "
-            + ", ".join(f"{r:.2f}" for r in ratios)
-            + ")",
-        ],
+        throughput_row("digits CNN on the 1,797 digits, global batch 128", speed),
         *(
             [
-                [
-                    f"training throughput, wide MLP on {args.wide_rows:,} synthetic rows "
-                    "(rows/s, median)",
-                    f"{statistics.median(wide[1]):.0f}",
-                    f"{statistics.median(wide[2]):.0f}",
-                    f"**{statistics.median(wide_ratios):.2f}×** (pairs: "
-                    + ", ".join(f"{r:.2f}" for r in wide_ratios)
-                    + ")",
-                ]
+                throughput_row(
+                    f"digits CNN on {args.image_rows:,} digit images, global batch 512", image
+                )
+            ]
+            if image_ratios
+            else []
+        ),
+        *(
+            [
+                throughput_row(
+                    f"wide MLP on {args.wide_rows:,} synthetic rows, global batch 1024", wide
+                )
             ]
             if wide_ratios
             else []
@@ -274,7 +354,7 @@ def main() -> None:
             f"{load_before[1]:.2f}, {load_before[2]:.2f} before and {load_after[0]:.2f}, "
             f"{load_after[1]:.2f}, {load_after[2]:.2f} after (other work shared the machine). "
             f"Command: `python bench/ddp.py --reps {args.reps} --epochs {args.epochs} "
-            f"--seeds {args.seeds}`"
+            f"--seeds {args.seeds} --image-rows {args.image_rows} --wide-rows {args.wide_rows}`"
             + (
                 " (`--throughput-only`: equivalence and accuracy from the full run before)"
                 if earlier is not None

@@ -91,6 +91,13 @@ class Strategy:
         """The module to run forward/backward through (the model itself here)."""
         return model
 
+    def gradient_sync(
+        self, net: torch.nn.Module, sync: bool
+    ) -> contextlib.AbstractContextManager[Any]:
+        """Where one batch's backward runs: ``sync`` is false for the batches of a gradient
+        accumulation cycle before its last (the ranks then skip the all-reduce)."""
+        return contextlib.nullcontext()
+
     def rows_per_rank(self, rows: int) -> int:
         """Training rows each rank sees per epoch (padded so every rank has as many)."""
         return rows
@@ -209,6 +216,16 @@ class DataParallel(Strategy):
         return model
 
     # -- the data --------------------------------------------------------------------------
+    def gradient_sync(
+        self, net: torch.nn.Module, sync: bool
+    ) -> contextlib.AbstractContextManager[Any]:
+        # DDP: gradients of an accumulation cycle add up locally and are all-reduced once, in
+        # its last backward (one collective per optimizer step, as in Lightning). FSDP keeps
+        # reducing every batch: deferring would hold unsharded gradients, what it exists to avoid.
+        if sync or self.sharded:
+            return contextlib.nullcontext()
+        return net.no_sync()  # type: ignore[operator]
+
     def rows_per_rank(self, rows: int) -> int:
         return math.ceil(rows / self.world_size)
 

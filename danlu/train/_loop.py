@@ -327,8 +327,10 @@ class Trainer:
                 first_batch = (epoch - 1) * self.num_batches  # counted over the run: seeds augment
                 batches = self._epoch_batches(setup, epoch, start)
                 for batch, (xb, yb) in enumerate(batches, start):  # (B, D), (B,)
-                    loss = self._forward_backward(setup, xb, yb, first_batch + batch)
-                    if (batch + 1) % setup.accumulation == 0 or batch == last_batch:
+                    step = (batch + 1) % setup.accumulation == 0 or batch == last_batch
+                    with strategy.gradient_sync(setup.net, step):  # DDP: all-reduce on a step
+                        loss = self._forward_backward(setup, xb, yb, first_batch + batch)
+                    if step:
                         self._optimizer_step(setup)
                     loss_sum += loss * len(yb)  # summed on device: no sync per batch
                     for cb in batch_hooks:

@@ -93,6 +93,37 @@ def test_two_ranks_at_b_train_as_one_rank_at_2b(table, tmp_path):
     assert metrics["train_cpu_seconds"] > 0
 
 
+def test_accumulated_batches_are_all_reduced_once_per_step(table, tmp_path):
+    """2 ranks × 8 rows × 2 accumulated batches train as 1 rank × 16 × 2; the batches before a
+    cycle's last run under DDP's no_sync (one all-reduce per optimizer step)."""
+    one = danlu.run(recipe(table, ranks=None, batch=16, grad_accumulation=2), home=tmp_path / "1")
+    two = danlu.run(recipe(table, ranks=2, batch=8, grad_accumulation=2), home=tmp_path / "2")
+    w1, w2 = weights(one), weights(two)
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_sync_skips_the_all_reduce_inside_a_cycle(tmp_path):
+    import torch.distributed as dist
+
+    from danlu.config import DistributedConfig
+    from danlu.train._distributed import DataParallel
+
+    store = dist.FileStore(str(tmp_path / "rendezvous"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        strategy = DataParallel(DistributedConfig(nproc_per_node=1), torch.device("cpu"))
+        net = strategy.wrap(torch.nn.Linear(3, 2))
+        with strategy.gradient_sync(net, False):
+            assert net.require_backward_grad_sync is False
+            net(torch.ones(4, 3)).sum().backward()
+        assert net.require_backward_grad_sync is True
+        with strategy.gradient_sync(net, True):
+            assert net.require_backward_grad_sync is True
+    finally:
+        dist.destroy_process_group()
+
+
 def test_early_stopping_is_decided_once_for_all_ranks(table, tmp_path):
     config = recipe(table, epochs=30, early_stopping={"monitor": "val_loss", "patience": 1})
     config["train"]["optimizer"]["lr"] = 0.8  # overshoots soon: val_loss stops improving
