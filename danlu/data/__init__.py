@@ -31,7 +31,7 @@ from danlu.data._psi import PSI_MAJOR, PSI_MODERATE, psi
 from danlu.data._quality import quality_report
 from danlu.data._quality_html import quality_html
 from danlu.data._reduce import FeatureReducer
-from danlu.data._schema import Feature, FeatureSchema, infer_schema
+from danlu.data._schema import Feature, FeatureSchema, TextSlice, infer_schema
 from danlu.data._sources import (
     DATAFRAME_PREFIX,
     BuiltinDataset,
@@ -60,6 +60,7 @@ __all__ = [
     "RawData",
     "TaskLike",
     "TaskRef",
+    "TextSlice",
     "TrainStream",
     "Violation",
     "Mix",

@@ -33,7 +33,7 @@ from danlu.errors import DataError
 from danlu.logging import get_logger
 from danlu.registry import did_you_mean
 
-__all__ = ["KINDS", "Feature", "FeatureSchema", "infer_schema"]
+__all__ = ["KINDS", "Feature", "FeatureSchema", "TextSlice", "infer_schema"]
 
 logger = get_logger(__name__)
 
@@ -83,6 +83,12 @@ class Feature:
         origin: datetime: the earliest training date (seconds since the epoch), from which
             the ``days`` feature counts.
         date_format: datetime: the format of the training strings (``ISO8601``, ``%d/%m/%Y``).
+        max_length: text: the token positions the column takes in the encoded matrix (token
+            ids as float32, exact below 2**24, right-padded with ``pad_id``).
+        pad_id: text: the tokenizer's padding id (positions holding it are not attended).
+        vocab_size: text: the tokenizer's vocabulary size (ids are ``0 … vocab_size - 1``).
+        tokenizer: text: where the tokenizer came from — ``pretrained:DIR_NAME`` (the model's
+            own), ``wordpiece`` or ``bpe`` (trained on the training split).
     """
 
     name: str
@@ -94,6 +100,10 @@ class Feature:
     parts: tuple[str, ...] = ()
     origin: float | None = None
     date_format: str = ""
+    max_length: int = 0
+    pad_id: int = 0
+    vocab_size: int = 0
+    tokenizer: str = ""
 
     @property
     def frequency_encoded(self) -> bool:
@@ -112,6 +122,10 @@ class Feature:
             "parts": list(self.parts) or None,
             "origin": self.origin,
             "date_format": self.date_format or None,
+            "max_length": self.max_length or None,
+            "pad_id": self.pad_id if self.kind == "text" else None,
+            "vocab_size": self.vocab_size or None,
+            "tokenizer": self.tokenizer or None,
         }
         return {**out, **{k: v for k, v in extra.items() if v is not None}}  # only what is set
 
@@ -129,6 +143,10 @@ class Feature:
             parts=tuple(str(p) for p in data.get("parts") or ()),
             origin=None if origin is None else float(origin),
             date_format=str(data.get("date_format") or ""),
+            max_length=int(data.get("max_length") or 0),
+            pad_id=int(data.get("pad_id") or 0),
+            vocab_size=int(data.get("vocab_size") or 0),
+            tokenizer=str(data.get("tokenizer") or ""),
         )
 
 
@@ -189,6 +207,25 @@ class FeatureSchema:
         """The raw input column names, in order."""
         return tuple(f.name for f in self.features)
 
+    def text_slices(self) -> tuple[TextSlice, ...]:
+        """Where each text column's token ids sit in the encoded matrix, in feature order."""
+        out, position = [], 0
+        for f in self.features:
+            width = len(encoded_columns((f,), "onehot" if self._onehot() else "ordinal"))
+            if f.kind == "text":
+                out.append(TextSlice(f.name, position, position + width, f.pad_id, f.vocab_size))
+            position += width
+        return tuple(out)
+
+    def tabular_positions(self) -> tuple[int, ...]:
+        """The encoded columns that are not token ids (numbers, categories, dates)."""
+        tokens = {i for t in self.text_slices() for i in range(t.start, t.stop)}
+        return tuple(i for i in range(self.input_dim) if i not in tokens)
+
+    def _onehot(self) -> bool:
+        """Whether categories were one-hot encoded (read from the encoded names' width)."""
+        return len(encoded_columns(self.features, "onehot")) == self.input_dim
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (``json.dumps`` works on it)."""
         return {
@@ -239,12 +276,26 @@ def _legacy_target_kind(task: str) -> str:
     return "classes" if task == "classification" else "values"
 
 
+@dataclass(frozen=True)
+class TextSlice:
+    """A text column's token ids in the encoded matrix: ``x[:, start:stop]`` (B, max_length)."""
+
+    name: str
+    start: int
+    stop: int
+    pad_id: int
+    vocab_size: int
+
+
 def encoded_columns(features: Sequence[Feature], encode: str) -> tuple[str, ...]:
     """The encoded column names of ``features``: one-hot expands each category in place, a
-    date each calendar feature (``date.year``); a frequency-encoded column stays one."""
+    date each calendar feature (``date.year``), a text column its token positions
+    (``body#0`` …); a frequency-encoded column stays one."""
     names: list[str] = []
     for f in features:
-        if f.kind == "categorical" and encode == "onehot" and not f.frequency_encoded:
+        if f.kind == "text":
+            names.extend(f"{f.name}#{i}" for i in range(f.max_length))
+        elif f.kind == "categorical" and encode == "onehot" and not f.frequency_encoded:
             names.extend(f"{f.name}={c}" for c in f.categories)
         elif f.kind == "datetime":
             names.extend(f"{f.name}.{p}" for p in f.parts or default_parts())
