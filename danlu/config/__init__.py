@@ -45,6 +45,7 @@ from danlu.config._schema import (
     SchedulerConfig,
     SplitConfig,
     StreamConfig,
+    TextConfig,
     TrainConfig,
 )
 from danlu.config._tune import (
@@ -93,6 +94,7 @@ __all__ = [
     "RegisterConfig",
     "SchedulerConfig",
     "SplitConfig",
+    "TextConfig",
     "TrainConfig",
     "apply_overrides",
     "load_recipe",

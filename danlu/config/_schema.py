@@ -46,13 +46,14 @@ __all__ = [
     "RegisterConfig",
     "SchedulerConfig",
     "SplitConfig",
+    "TextConfig",
     "TrainConfig",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-FeatureKind = Literal["numeric", "categorical", "boolean", "datetime", "ignore"]
+FeatureKind = Literal["numeric", "categorical", "boolean", "datetime", "text", "ignore"]
 
 
 class Strict(BaseModel):
@@ -64,7 +65,9 @@ class Strict(BaseModel):
 class FeatureSpec(Strict):
     """One column's kind with its options, e.g. ``{kind: numeric, errors: nan}``."""
 
-    kind: FeatureKind = Field(description="numeric, categorical, boolean, datetime or ignore.")
+    kind: FeatureKind = Field(
+        description="numeric, categorical, boolean, datetime, text or ignore."
+    )
     errors: Literal["raise", "nan"] = Field(
         "raise",
         description="numeric / datetime: a value that does not parse is an error naming its row "
@@ -305,6 +308,27 @@ class ReduceConfig(Strict):
         return self
 
 
+class TextConfig(Strict):
+    """How text columns become token ids (``data.text``); fitted on the training split only."""
+
+    max_length: Annotated[int, Field(ge=2, le=8192)] = Field(
+        128,
+        description="Tokens kept per text (special tokens included); longer texts are truncated "
+        "(counted and warned), shorter ones padded.",
+    )
+    tokenizer: Literal["auto", "wordpiece", "bpe"] = Field(
+        "auto",
+        description="auto: the pretrained model's own tokenizer when model.pretrained is set, "
+        "else a WordPiece trained on the training split; wordpiece / bpe: trained on it.",
+    )
+    vocab_size: Annotated[int, Field(ge=100, le=1_000_000)] = Field(
+        8000, description="Vocabulary size of a tokenizer trained on the training split."
+    )
+    lowercase: bool = Field(
+        True, description="Lowercase text before a trained tokenizer (a pretrained one decides)."
+    )
+
+
 class StreamConfig(Strict):
     """Read a Parquet file or folder in row-group chunks instead of loading it into memory."""
 
@@ -367,7 +391,11 @@ class DataConfig(Strict):
     features: dict[str, FeatureKind | FeatureSpec] | None = Field(
         None,
         description="Override the inferred kind of some columns: a kind, or {kind, errors}; "
-        "'ignore' drops a column.",
+        "'ignore' drops a column, 'text' tokenizes it (see data.text).",
+    )
+    text: TextConfig = Field(
+        default_factory=TextConfig,
+        description="Tokenization of text columns: max_length, tokenizer, vocab_size, lowercase.",
     )
     image_shape: list[PositiveInt] | None = Field(
         None, description="Treat the numeric features as an image of this shape, e.g. [1, 8, 8]."
