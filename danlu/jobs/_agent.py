@@ -138,8 +138,11 @@ class Agent:
                 break
             self._start(agent_id, job)
         # a new job gets one poll, for another agent with free room to claim it, before this
-        # one preempts
-        self.queue.preempt_for(agent_id, self.pool, min_wait_s=max(self.poll_s, 0.5))
+        # one preempts; its own attempts are told at once (not at their next look at the flags)
+        for job_id in self.queue.preempt_for(agent_id, self.pool, min_wait_s=max(self.poll_s, 0.5)):
+            running = self._running.get(job_id)
+            if running is not None:
+                running.stop.set()
         if self.exit_when_idle and not self._running:
             return not self.queue.has_work_for(agent_id, self.pool)
         return False

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -322,36 +321,6 @@ class _WorkerGpus:
 _gpus = _WorkerGpus()
 
 
-def _take_over(queue: JobQueue, job: Job, token: str, slot: Slot, lease_s: float) -> Job | None:
-    """Swap the claim's lease token for this task's own, in one conditional update; None when
-    the claim's token is gone (this is a second run of the task, or the job was requeued,
-    cancelled or finished meanwhile)."""
-    from sqlalchemy import update
-
-    from danlu.store import jobs_table
-
-    c = jobs_table.c
-    mine = secrets.token_hex(16)
-    conn = queue.store.engine.connect().execution_options(danlu_write=True)
-    try:
-        conn.begin()
-        done = conn.execute(
-            update(jobs_table)
-            .where(c.id == job.id, c.status == "running", c.lease_token == token)
-            .values(
-                lease_token=mine,
-                lease_expires_at=time.time() + lease_s,
-                slot=slot.to_json(),
-            )
-        )
-        conn.commit()
-    finally:
-        conn.close()
-    if done.rowcount != 1:
-        return None
-    return queue.get(job.id)
-
-
 def _worker_address() -> tuple[str, int]:
     """This worker's address and declared GPU count (outside a worker: ``local``, 0)."""
     try:
@@ -385,7 +354,7 @@ def run_on_worker(task: dict[str, Any]) -> dict[str, Any]:
             memory_gb=job.resources.memory_gb,
             threads=max(job.resources.cpus, 1),
         )
-        mine = _take_over(queue, job, task["token"], slot, float(task["lease_s"]))
+        mine = queue.take_over(job, task["token"], slot, lease_s=float(task["lease_s"]))
         if mine is None:
             return summary
         outcome = run_job(

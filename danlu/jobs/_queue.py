@@ -404,6 +404,24 @@ class JobQueue:
                 preempt=bool(row.preempt_requested),
             )
 
+    def take_over(self, job: Job, token: str, slot: Slot, *, lease_s: float = 30.0) -> Job | None:
+        """Swap a claim's lease ``token`` for a new one held by whoever calls this (a Dask task
+        running the job a scheduler claimed), in one conditional update, and record ``slot``.
+        None when ``token`` no longer holds the job (a second run of the task, or the job was
+        requeued, cancelled or finished meanwhile)."""
+        c = jobs_table.c
+        with self._write() as conn:
+            done = conn.execute(
+                update(jobs_table)
+                .where(c.id == job.id, c.status == "running", c.lease_token == token)
+                .values(
+                    lease_token=secrets.token_hex(16),
+                    lease_expires_at=time.time() + lease_s,
+                    slot=slot.to_json(),
+                )
+            )
+        return self.get(job.id) if done.rowcount == 1 else None
+
     def peek(self, job: Job) -> Signal:
         """What :meth:`heartbeat` would answer, read only (the lease is not renewed)."""
         c = jobs_table.c

@@ -22,7 +22,6 @@ from danlu.jobs import AgentReport, JobQueue, Outcome, Resources, Slot, SlotPool
 from danlu.jobs._dask import (
     ClusterResources,
     DaskExecutor,
-    _take_over,
     _WorkerGpus,
     task_resources,
 )
@@ -172,14 +171,14 @@ def test_a_task_takes_its_claim_over_once(queue_db: QueueDb) -> None:
     claimed = queue.claim("executor", SlotPool(cpu_ids=[0], memory_gb=1.0), lease_s=30)
     assert claimed is not None and claimed.id == job.id and claimed.lease_token
     slot = Slot(cpus=(), gpus=(), memory_gb=0.0, threads=1)
-    mine = _take_over(queue, claimed, claimed.lease_token, slot, 30.0)
+    mine = queue.take_over(claimed, claimed.lease_token, slot)
     assert mine is not None and mine.lease_token != claimed.lease_token
     assert mine.status == "running" and mine.attempts == 1 and mine.slot == slot
-    assert _take_over(queue, claimed, claimed.lease_token, slot, 30.0) is None  # a second run
+    assert queue.take_over(claimed, claimed.lease_token, slot) is None  # a second run
     assert not queue.heartbeat(claimed, lease_s=30).held  # the executor sees it taken over
     assert queue.heartbeat(mine, lease_s=30).held
     assert queue.finish(mine, Outcome("exited", exit_code=0)).status == "succeeded"
-    assert _take_over(queue, mine, mine.lease_token, slot, 30.0) is None  # nothing to take
+    assert queue.take_over(mine, mine.lease_token, slot) is None  # nothing to take
 
 
 def test_jobs_run_once_each_where_dask_puts_them(
