@@ -36,6 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _queue import env_for  # noqa: E402
+
 from _report import machine, write  # noqa: E402
 
 LOW = """\
@@ -64,14 +66,6 @@ task: classification
 model: {type: mlp, hidden: [16]}
 train: {epochs: 1, batch_size: 16, seed: 0}
 """
-
-
-def env_for(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("DANLU_DB_URL", "DANLU_JOB_ID"):
-        env.pop(key, None)
-    env.update({"DANLU_HOME": str(home), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    return env
 
 
 def wait_for(check: Any, what: str, timeout: float = 600.0, every: float = 0.05) -> Any:

@@ -41,6 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _queue import env_for  # noqa: E402
+
 from _report import machine, write  # noqa: E402
 
 RECIPE = """\
@@ -115,14 +117,6 @@ class Watcher(threading.Thread):
             job = next((e[13:].decode() for e in environ if e.startswith(b"DANLU_JOB_ID=")), None)
             if job is not None:
                 self.seen[key] = Seen(job, pid, int(stat[1]), now, now)
-
-
-def env_for(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("DANLU_DB_URL", "DANLU_JOB_ID"):
-        env.pop(key, None)
-    env.update({"DANLU_HOME": str(home), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    return env
 
 
 class AgentProc:

@@ -46,6 +46,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _queue import env_for  # noqa: E402
+
 from _report import machine, write  # noqa: E402
 
 RECIPE = """\
@@ -84,14 +86,6 @@ class LoadSampler(threading.Thread):
     def mean(self, phase: str) -> float | None:
         values = [v for p, v in self.samples if p == phase]
         return round(statistics.fmean(values), 2) if values else None
-
-
-def env_for(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("DANLU_DB_URL", "DANLU_JOB_ID"):
-        env.pop(key, None)
-    env.update({"DANLU_HOME": str(home), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    return env
 
 
 def command(recipe: Path, seed: int) -> list[str]:
