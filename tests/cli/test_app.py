@@ -85,7 +85,7 @@ def test_schema_and_datasets(tmp_path):
     names = {d["name"] for d in json.loads(listing.stdout)}
     assert names == {
         "digits", "breast_cancer", "wine", "iris", "diabetes", "yeast", "penguins", "titanic",
-        "diamonds",
+        "diamonds", "bbc_news",
     }  # fmt: skip
     targets = {d["name"]: d["target"] for d in json.loads(listing.stdout)}
     assert targets["penguins"] == "species" and targets["diamonds"] == "price"

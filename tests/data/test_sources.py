@@ -18,8 +18,8 @@ from .conftest import write_frame
 def test_list_builtin_names_the_bundled_sets() -> None:
     names = [d.name for d in list_builtin()]
     assert names == [
-        "breast_cancer", "diabetes", "diamonds", "digits", "iris", "penguins", "titanic", "wine",
-        "yeast",
+        "bbc_news", "breast_cancer", "diabetes", "diamonds", "digits", "iris", "penguins",
+        "titanic", "wine", "yeast",
     ]  # fmt: skip
     assert all(isinstance(d, BuiltinDataset) for d in list_builtin())
 
