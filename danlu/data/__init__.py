@@ -42,6 +42,7 @@ from danlu.data._sources import (
 from danlu.data._split import RecipeDataError, kfold_indices, split_indices, time_split_indices
 from danlu.data._stream import TrainStream, prepare_stream
 from danlu.data._target import TARGET_KINDS, TaskLike, TaskRef, label_set, resolve_task
+from danlu.data._text import TEXT_MODEL_TYPES, TextEncoder
 from danlu.data._values import to_plain
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "PSI_MAJOR",
     "PSI_MODERATE",
     "TARGET_KINDS",
+    "TEXT_MODEL_TYPES",
     "Augmenter",
     "BuiltinDataset",
     "DriftMonitor",
@@ -60,6 +62,7 @@ __all__ = [
     "RawData",
     "TaskLike",
     "TaskRef",
+    "TextEncoder",
     "TextSlice",
     "TrainStream",
     "Violation",

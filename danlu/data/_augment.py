@@ -30,8 +30,11 @@ __all__ = ["Augmenter", "Mix", "check_augment"]
 _GEOMETRIC = ("rotate", "shift", "scale", "shear")
 
 
-def check_augment(steps: Sequence[AugmentStep], image_shape: Sequence[int] | None) -> None:
-    """Raise DataError when a step does not fit the data (an image augmentation on tabular rows).
+def check_augment(
+    steps: Sequence[AugmentStep], image_shape: Sequence[int] | None, text: Sequence[str] = ()
+) -> None:
+    """Raise DataError when a step does not fit the data (an image augmentation on tabular rows;
+    noise or mixup on rows holding token ids of the ``text`` columns, which must stay ids).
 
     Example:
         >>> check_augment([AugmentStep(noise=0.1)], None)  # noise fits any numeric data
@@ -40,6 +43,13 @@ def check_augment(steps: Sequence[AugmentStep], image_shape: Sequence[int] | Non
         danlu.errors.DataError: data.augment[0] (rotate) needs image data ...
     """
     for i, step in enumerate(steps):
+        if text:
+            shown = ", ".join(f"'{name}'" for name in text)
+            raise DataError(
+                f"data.augment[{i}] ({step.kind}) changes the numbers of a row, and the rows "
+                f"hold token ids of text column(s) {shown}, which must stay whole ids. Remove "
+                "data.augment for text data."
+            )
         if step.kind in IMAGE_ONLY_AUGMENTS and image_shape is None:
             raise DataError(
                 f"data.augment[{i}] ({step.kind}) needs image data, but these rows are tabular "

@@ -7,8 +7,8 @@ become hundreds of one-hot columns. :func:`detect_kind` looks at the values inst
 - mostly numbers, with a few junk values → ``numeric``, the junk read as missing
   (``errors: nan``), reported with its rows;
 - mostly date strings (or a datetime dtype) → ``datetime``;
-- long strings of several words, nearly all distinct → free text, ``ignore`` (danlu has no
-  text feature kind yet), reported;
+- long strings of several words, nearly all distinct → free text: ``text`` when the recipe's
+  model reads text (``model.type: transformer`` or ``text_cnn``), else ``ignore``; reported;
 - anything else that is not a number or a boolean → ``categorical``.
 
 The result is a :class:`ColumnKind`: the kind's name (a ``str``, so it goes wherever a kind
@@ -133,28 +133,36 @@ def _dates(name: str, column: pd.Series, uniques: pd.Series, counts: np.ndarray)
     return ColumnKind("datetime", errors="nan", note=note, flag="dirty-datetime")
 
 
-def _free_text(name: str, uniques: pd.Series, counts: np.ndarray) -> Any:
+def _free_text(name: str, uniques: pd.Series, counts: np.ndarray, text_models: bool) -> Any:
     distinct, rows = len(uniques), int(counts.sum())
     if distinct < TEXT_DISTINCT or distinct < TEXT_UNIQUE_SHARE * rows:
         return None
     words = uniques.astype(str).str.split().str.len().mean()
     if not words >= TEXT_WORDS:
         return None
+    found = f"Column '{name}' looks like free text ({distinct} distinct values in {rows} rows, "
+    if text_models:
+        note = (
+            f"{found}{words:.1f} words on average): it is a text feature, tokenized into "
+            f"data.text.max_length token ids. Set data.features: {{{name}: ignore}} to leave it "
+            f"out, or {{{name}: categorical}} to use it as categories."
+        )
+        return ColumnKind("text", note=note)
     note = (
-        f"Column '{name}' looks like free text ({distinct} distinct values in {rows} rows, "
-        f"{words:.1f} words on average); it is ignored rather than one-hot encoded into "
-        f"{distinct} columns. danlu has no text feature kind yet (planned); derive short "
-        f"categories from it, or set data.features: {{{name}: categorical}} to use it anyway "
-        "(frequency-encoded above data.prepare.max_categories)."
+        f"{found}{words:.1f} words on average); it is ignored rather than one-hot encoded into "
+        f"{distinct} columns, because this recipe's model does not read text. Use a text "
+        f"model (model.type: transformer, or text_cnn) to read it as a text feature, derive "
+        f"short categories from it, or set data.features: {{{name}: categorical}} to use it "
+        "anyway (frequency-encoded above data.prepare.max_categories)."
     )
     return ColumnKind("ignore", note=note, flag="free-text")
 
 
-def detect_kind(column: pd.Series, name: str) -> str:
+def detect_kind(column: pd.Series, name: str, *, text_models: bool = False) -> str:
     """The kind of a column whose dtype is not numeric or boolean (see the module doc).
 
     Returns ``datetime``, ``boolean``, ``categorical``, or a :class:`ColumnKind` with a note
-    (dirty numbers, dates, free text).
+    (dirty numbers, dates, free text: ``text`` when ``text_models``, else ``ignore``).
     """
     from danlu.data._schema import FALSE_TOKENS, TRUE_TOKENS
 
@@ -173,7 +181,7 @@ def detect_kind(column: pd.Series, name: str) -> str:
     for guess in (
         _dirty_numeric(name, column, uniques, counts),
         _dates(name, column, uniques, counts),
-        _free_text(name, uniques, counts),
+        _free_text(name, uniques, counts, text_models),
     ):
         if guess is not None:
             return guess  # type: ignore[no-any-return]

@@ -43,12 +43,15 @@ def _feature_columns(schema: FeatureSchema) -> list[tuple[str, str, list[int]]]:
 
     A raw feature owns the encoded columns named like it (``age``) or one-hot from it
     (``colour=red``); a column no raw feature owns (PCA's ``pc1``, a date's ``date.month``) is a
-    numeric feature itself.
+    numeric feature itself. A text feature's token positions (``body#0`` …) are left out.
     """
     names = list(schema.encoded_names)
     owned: set[int] = set()
     out: list[tuple[str, str, list[int]]] = []
     for f in schema.features:
+        if f.kind == "text":  # token ids are not binned: PSI of ids means nothing
+            owned.update(i for i, n in enumerate(names) if n.startswith(f"{f.name}#"))
+            continue
         prefix = f"{f.name}="
         cols = [i for i, n in enumerate(names) if n == f.name or n.startswith(prefix)]
         if cols:  # a frequency-encoded category is one number (its training share)

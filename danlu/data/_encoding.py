@@ -82,6 +82,8 @@ class _Layout:
     # features computed before encoding: ("datetime", name, parts, origin, fill seconds,
     # format, errors) and ("frequency", name, category → position, shares + [0], fill)
     derived: tuple[tuple[Any, ...], ...] = ()
+    # text features: (name, first column, max_length): token ids, never scaled
+    text: tuple[tuple[str, int, int], ...] = ()
 
     @classmethod
     def of(
@@ -95,9 +97,14 @@ class _Layout:
         dense: list[tuple[str, int, float, float, float]] = []
         categorical = []
         derived: list[tuple[Any, ...]] = []
+        text: list[tuple[str, int, int]] = []
         col = 0
         for f in schema.features:
             value = fill.get(f.name)
+            if f.kind == "text":
+                text.append((f.name, col, f.max_length))
+                col += f.max_length
+                continue
             if f.kind == "datetime":
                 when = np.nan if value is None else float(value)
                 derived.append(("datetime", f.name, f.parts, f.origin or 0.0, when,
@@ -146,6 +153,7 @@ class _Layout:
             bound=float(room.min()) if len(room) else float("inf"),
             categorical=tuple(categorical),
             derived=tuple(derived),
+            text=tuple(text),
         )
 
 

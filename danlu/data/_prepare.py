@@ -18,6 +18,11 @@ The order matters and is the point of this module:
 6. resample the encoded *training* arrays for ``data.imbalance`` (validation and test rows keep
    their real class balance; single-label class targets only).
 
+Text columns (``data.features: {COL: text}``, or free text when the recipe's model reads text)
+become token ids (``danlu.data._text``): the tokenizer is the pretrained model's own
+(``tokenizer_dir``) or trained on the training rows in step 5; nothing scales, reduces, augments
+or interpolates (SMOTE) them.
+
 ``task`` is ``"classification"``, ``"regression"`` or any task object with ``name`` and
 ``target_kind`` (:class:`~danlu.data.TaskLike`); only its target kind matters here.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,11 +42,17 @@ from danlu.config import DataConfig
 from danlu.data._augment import check_augment
 from danlu.data._checks import check_data
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
-from danlu.data._imbalance import imbalance_class_weight, resample_training
+from danlu.data._imbalance import SMOTE_METHODS, imbalance_class_weight, resample_training
 from danlu.data._prepared import PreparedData
 from danlu.data._preprocessor import Preprocessor
 from danlu.data._quality import quality_report
-from danlu.data._schema import FeatureSchema, infer_kinds, infer_schema, missing_rows
+from danlu.data._schema import (
+    FeatureSchema,
+    feature_kinds,
+    infer_kinds,
+    infer_schema,
+    missing_rows,
+)
 from danlu.data._sources import RawData, load_source
 from danlu.data._split import (
     RecipeDataError,
@@ -190,11 +202,14 @@ class SplitRows:
     groups: np.ndarray | None = None
 
 
-def split_rows(raw: RawData, config: DataConfig, task: str | TaskLike) -> SplitRows:
+def split_rows(
+    raw: RawData, config: DataConfig, task: str | TaskLike, *, text_models: bool = False
+) -> SplitRows:
     """Check the target, infer kinds, drop missing / duplicate rows, and split: steps 1-4 above.
 
     ``prepare_data`` and ``inspect_data`` share it, so ``danlu data inspect`` sees the very
-    splits that training uses.
+    splits that training uses. ``text_models``: the recipe's model reads text, so free-text
+    columns are inferred ``text`` (else ``ignore``).
 
     Example:
         >>> from danlu.config import DataConfig
@@ -205,10 +220,12 @@ def split_rows(raw: RawData, config: DataConfig, task: str | TaskLike) -> SplitR
         (150, 105, 30)
     """
     ref = resolve_task(task)
-    return _split_rows(normalized_target(raw, ref), config, ref)
+    return _split_rows(normalized_target(raw, ref), config, ref, text_models)
 
 
-def _split_rows(raw: RawData, config: DataConfig, task: TaskRef) -> SplitRows:
+def _split_rows(
+    raw: RawData, config: DataConfig, task: TaskRef, text_models: bool = False
+) -> SplitRows:
     """:func:`split_rows` of rows whose target is already normalized."""
     prep = config.prepare
     frame, target = raw.frame, raw.target
@@ -222,7 +239,7 @@ def _split_rows(raw: RawData, config: DataConfig, task: TaskRef) -> SplitRows:
     codec.check(frame[target], target)
     image_shape = tuple(config.image_shape) if config.image_shape else raw.image_shape
     # kinds from the rows as loaded: the rows a junk value is reported at are the file's
-    kinds = infer_kinds(raw.frame, target, task, config.features)
+    kinds = infer_kinds(raw.frame, target, task, config.features, text_models=text_models)
     schema = infer_schema(frame, target, task, kinds, encode=prep.encode, image_shape=image_shape)
     features = list(schema.feature_names)
     if not features:
@@ -389,7 +406,12 @@ def _stratify(asked: bool | None, kind: str) -> bool:
 
 
 def cv_splits(
-    config: DataConfig, task: str | TaskLike, k: int, *, frame: pd.DataFrame | None = None
+    config: DataConfig,
+    task: str | TaskLike,
+    k: int,
+    *,
+    frame: pd.DataFrame | None = None,
+    text_models: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``k`` cross-validation folds of the cleaned rows, as ``(train, val, test)`` positions.
 
@@ -397,7 +419,8 @@ def cv_splits(
     when every class has k rows); the validation split, the recipe's ``split.val`` share of all
     rows, is carved from the remaining rows, so early stopping never sees the held-out fold.
     Sets of identical rows, and the groups of ``split.group``, stay whole in one fold. Pass each
-    triple to ``prepare_data(..., indices=...)`` (with the same ``frame``, if any).
+    triple to ``prepare_data(..., indices=...)`` (with the same ``frame`` and
+    ``text_models``, if any).
 
     Example:
         >>> from danlu.config import DataConfig
@@ -417,7 +440,8 @@ def cv_splits(
             "evaluate.cross_validation, or split at random."
         )
     source = frame if frame is not None else config.source
-    rows = split_rows(load_source(source, config.target, read=config.read), config, task)
+    raw = load_source(source, config.target, read=config.read)
+    rows = split_rows(raw, config, task, text_models=text_models)
     y = rows.frame[rows.target].to_numpy()
     groups, seed = rows.groups, config.split.seed
     folds = []
@@ -431,12 +455,45 @@ def cv_splits(
     return folds
 
 
+def _refuse_streamed_text(config: DataConfig) -> None:
+    forced = [n for n, kind in feature_kinds(config.features).items() if kind == "text"]
+    if forced:
+        raise DataError(
+            f"data.stream does not read text columns yet, and data.features makes "
+            f"{preview(forced)} text. Remove data.stream (the rows are read into memory)."
+        )
+
+
+def _text_columns(config: DataConfig, schema: FeatureSchema) -> list[str]:
+    """The text features; SMOTE and friends, which interpolate rows, are refused with them."""
+    text = [f.name for f in schema.features if f.kind == "text"]
+    if text and config.imbalance.method in SMOTE_METHODS:
+        raise DataError(
+            f"data.imbalance: {config.imbalance.method} makes new rows between neighbours, and "
+            f"text column(s) {preview(text)} are token ids, which cannot be interpolated. Use "
+            "class_weight or oversample with text."
+        )
+    return text
+
+
+def _text_report(schema: FeatureSchema) -> dict[str, Any]:
+    """The data report's ``text`` entry: each text column's token positions and tokenizer."""
+    text = {
+        f.name: {"max_length": f.max_length, "tokenizer": f.tokenizer, "vocab_size": f.vocab_size}
+        for f in schema.features
+        if f.kind == "text"
+    }
+    return {"text": text} if text else {}
+
+
 def prepare_data(
     config: DataConfig,
     task: str | TaskLike,
     *,
     indices: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     frame: pd.DataFrame | None = None,
+    text_models: bool = False,
+    tokenizer_dir: Path | None = None,
 ) -> PreparedData:
     """Load, clean, split and encode the data a recipe's ``data:`` block describes.
 
@@ -449,6 +506,11 @@ def prepare_data(
             recipe's split (one cross-validation fold, from :func:`cv_splits`).
         frame: rows to use instead of reading ``config.source`` (``danlu.run(recipe,
             data=frame)``); its fingerprint is the data fingerprint.
+        text_models: the recipe's model reads text (``model.type: transformer`` or
+            ``text_cnn``): free-text columns are inferred ``text`` instead of ``ignore``.
+        tokenizer_dir: the pretrained model's directory; with ``data.text.tokenizer: auto`` its
+            ``tokenizer.json`` tokenizes the text columns (None: one is trained on the
+            training rows).
 
     Returns:
         The prepared splits with the fitted schema and preprocessor, fingerprints and a report.
@@ -471,6 +533,7 @@ def prepare_data(
             "DataFrame, which is in memory already. Remove data.stream to use it."
         )
     if config.stream is not None:  # larger than memory: Parquet read in chunks, never all at once
+        _refuse_streamed_text(config)
         if indices is not None:  # a fold's rows cannot be picked out of a stream
             raise DataError(
                 "Cross-validation folds (indices) need the rows in memory; data.stream reads "
@@ -485,7 +548,7 @@ def prepare_data(
     if config.checks is not None:  # the recipe's expectations come first: fail before any work
         check_data(raw.frame, config.checks, raw.source)
     raw_fingerprint = fingerprint_frame(raw.frame)
-    rows = _split_rows(raw, config, ref)
+    rows = _split_rows(raw, config, ref, text_models)
     if indices is not None:
         train_idx, val_idx, test_idx = (np.sort(np.asarray(i, dtype=np.int64)) for i in indices)
         rows = replace(rows, train_idx=train_idx, val_idx=val_idx, test_idx=test_idx)
@@ -526,10 +589,11 @@ def prepare_data(
                 preview(absent),
             )
 
+    text = _text_columns(config, schema)
     class_weight = imbalance_class_weight(config.imbalance, classes, target_kind=kind)
     pre = Preprocessor(
         prep, target=target, task=ref, overrides=kinds, image_shape=image_shape, classes=classes,
-        reduce=config.reduce,
+        reduce=config.reduce, text=config.text, tokenizer_dir=tokenizer_dir,
     ).fit(train)  # fmt: skip
     fitted = pre.schema_
     # data.reduce drops the image layout (fitted.image_shape is None then): nothing to check.
@@ -544,7 +608,7 @@ def prepare_data(
             f"prepared rows have {fitted.input_dim} feature columns. Make the shape's product "
             f"equal {fitted.input_dim}, or remove data.image_shape."
         )
-    check_augment(config.augment, fitted.image_shape)
+    check_augment(config.augment, fitted.image_shape, text)
     val, test = frame.iloc[val_idx], frame.iloc[test_idx]
     arrays = (
         pre.transform(train), pre.encode_target(train[target]),
@@ -579,9 +643,10 @@ def prepare_data(
         report["imbalance"] = imbalance
     if pre.reducer_ is not None:
         report["reduce"] = pre.reducer_.summary()
+    report.update(_text_report(fitted))
     quality = {"source": raw.source, **quality_report(
         frame, target, ref, train_idx=train_idx, test_idx=test_idx, features=features, kinds=kinds,
-        schema=fitted,
+        schema=fitted, text_encoders=pre.text_,
     )}  # fmt: skip
     for warning in quality["warnings"]:  # alerts (leakage, shift ...) are warnings; notes info
         level = logging.WARNING if warning in quality["alerts"] else logging.INFO

@@ -7,19 +7,22 @@ state is plain JSON (``to_dict`` / ``from_dict``) so it travels with the model; 
 scalers are used to fit, and their learned centre and scale are kept as floats so the replay is
 ``(x - center) / scale`` with no pickled objects. With ``data.reduce`` it also owns a fitted
 :class:`~danlu.data._reduce.FeatureReducer` (column selection or PCA), replayed after encoding.
+Each text column owns a fitted :class:`~danlu.data._text.TextEncoder` (its tokenizer, saved as
+the tokenizer's own JSON): its token ids fill ``max_length`` columns and are never scaled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from danlu.config import PrepareConfig, ReduceConfig
+from danlu.config import PrepareConfig, ReduceConfig, TextConfig
 from danlu.data._datetime import (
     ISO,
     column_format,
@@ -52,6 +55,7 @@ from danlu.data._schema import (
     infer_kinds,
 )
 from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
+from danlu.data._text import TextEncoder
 from danlu.data._values import coerce_numbers, numeric_values, preview, to_plain
 from danlu.errors import DataError, NotFittedError
 from danlu.logging import get_logger
@@ -63,8 +67,9 @@ logger = get_logger(__name__)
 _FORMAT = "danlu.preprocessor"
 # 2 added the feature reducer (data.reduce); target_kind is optional within 2. 3 added datetime
 # features, frequency-encoded categories and errors: nan (options on the schema's features).
-_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+# 4 added text features (their tokenizers, and data.text).
+_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class Preprocessor:
@@ -81,6 +86,9 @@ class Preprocessor:
         classes: the known classes (or labels, for label sets); default: those of the fitted
             rows.
         reduce: the recipe's ``data.reduce`` block: a feature reducer fitted after encoding.
+        text: the recipe's ``data.text`` block: how text columns are tokenized.
+        tokenizer_dir: the pretrained model's directory, whose ``tokenizer.json`` tokenizes
+            text columns when ``text.tokenizer`` is ``auto`` (None: train one on the rows).
 
     Example:
         >>> import pandas as pd
@@ -102,8 +110,12 @@ class Preprocessor:
         image_shape: Sequence[int] | None = None,
         classes: Sequence[Any] | None = None,
         reduce: ReduceConfig | None = None,
+        text: TextConfig | None = None,
+        tokenizer_dir: Path | None = None,
     ) -> None:
         self.config = config if config is not None else PrepareConfig.model_validate({})
+        self.text = text if text is not None else TextConfig()
+        self.tokenizer_dir = None if tokenizer_dir is None else Path(tokenizer_dir)
         self.target = target
         ref = resolve_task(task)
         self.task, self.target_kind = ref.name, ref.target_kind
@@ -113,6 +125,7 @@ class Preprocessor:
         self.reduce = reduce
         self._schema: FeatureSchema | None = None  # set by fit / from_dict
         self.reducer_: FeatureReducer | None = None  # set by fit / from_dict with reduce
+        self.text_: dict[str, TextEncoder] = {}  # text column → its tokenizer (fit / from_dict)
         self._layout_cache: tuple[Any, ...] | None = None  # (state objects..., _Layout)
 
     @property
@@ -145,11 +158,28 @@ class Preprocessor:
                 f"No feature columns are left: every column but the target '{self.target}' is "
                 "ignored. Remove some 'ignore' entries from data.features."
             )
+        text = [name for name, kind in kinds.items() if kind == "text"]
+        if text and self.reduce is not None:
+            raise DataError(
+                f"data.reduce ({self.reduce.method}) works on numbers, and text column(s) "
+                f"{preview(text)} are token ids. Remove data.reduce, or set data.features: "
+                f"{{{text[0]}: ignore}} to train without the text."
+            )
         fill: dict[str, Any] = {}
         features: list[Feature] = []
         dense: dict[str, np.ndarray] = {}  # scaled column → its filled training values
+        encoders: dict[str, TextEncoder] = {}
         for name, kind in kinds.items():
             if kind == "ignore":
+                continue
+            if kind == "text":  # token ids: a tokenizer fitted on the training rows, no scaling
+                encoders[name] = encoder = TextEncoder.fit(
+                    self.read_column(frame[name], "text"),
+                    self.text,
+                    column=name,
+                    tokenizer_dir=self.tokenizer_dir,
+                )
+                features.append(_text_feature(name, encoder))
                 continue
             feature, fill[name], columns = self._fit_column(frame[name], name, kind)
             features.append(feature)
@@ -162,6 +192,7 @@ class Preprocessor:
         self.fill_ = fill
         self.center_ = {n: float(c) for n, c in zip(names, center, strict=True)}
         self.scale_ = {n: float(s) for n, s in zip(names, scale, strict=True)}
+        self.text_ = encoders
         self._schema, self.reducer_ = schema, None
         if self.reduce is not None:
             try:
@@ -336,7 +367,9 @@ class Preprocessor:
     def read_column(column: pd.Series, kind: str | Feature) -> np.ndarray:
         """A raw column read as its feature kind, as :meth:`transform_columns` takes it:
         ``numeric``, ``boolean`` and ``datetime`` (seconds since the epoch) as float64 with NaN
-        for missing values, ``categorical`` as category strings with None for missing values.
+        for missing values, ``categorical`` as category strings with None for missing values,
+        ``text`` as the values themselves (strings; bytes and missing values are read when
+        encoding, anything else is refused there).
 
         ``kind`` may be the fitted :class:`Feature`, whose options apply (``errors: nan``, the
         training date format).
@@ -353,6 +386,8 @@ class Preprocessor:
             return datetime_seconds(column, feature.date_format or ISO, feature.errors)
         if name == "boolean":
             return _boolean_values(column)
+        if name == "text":
+            return column.to_numpy(dtype=object)
         return _category_values(column)
 
     def parse_values(self, name: str, values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -379,7 +414,8 @@ class Preprocessor:
             columns: feature name → its values, all of one length. Numeric and boolean: numbers
                 (0/1 or true/false for booleans), NaN or None where missing. Categorical: the
                 categories, numbers read as their string (``3.0`` → ``'3'``), None or NaN where
-                missing. Other keys are ignored.
+                missing. Text: strings (bytes are decoded as UTF-8, invalid bytes replaced),
+                None or NaN for no text. Other keys are ignored.
 
         Returns:
             float32 ``(n, input_dim)``, as :meth:`transform` returns for the same rows.
@@ -387,7 +423,8 @@ class Preprocessor:
         Raises:
             NotFittedError: before ``fit``.
             DataError: a feature is absent, the columns differ in length, a numeric or boolean
-                value is not a number, or a value is missing with ``missing: drop``.
+                value is not a number, a text value is not a string (the error names the
+                column), or a value is missing with ``missing: drop``.
 
         Example:
             >>> import pandas as pd
@@ -400,7 +437,7 @@ class Preprocessor:
         n = self._column_length(columns)
         if layout.derived:  # dates → calendar features, frequent categories → their shares
             columns = derive_columns(columns, layout)
-        if not layout.categorical:  # column j encodes feature j
+        if not layout.categorical and not layout.text:  # column j encodes feature j
             return self._encode_dense(_dense_matrix(columns, layout, n), layout)
         out = np.zeros((n, layout.width), dtype=np.float32)  # (n, encoded width)
         if layout.dense_names:
@@ -415,7 +452,18 @@ class Preprocessor:
             else:
                 seen = codes >= 0
                 out[np.flatnonzero(seen), col + codes[seen]] = 1.0
+        for name, col, width in layout.text:  # (n, max_length) token ids, as they are
+            out[:, col : col + width] = self._encoder(name).encode(columns[name], name)
         return out if self.reducer_ is None else self.reducer_.transform(out)
+
+    def _encoder(self, name: str) -> TextEncoder:
+        encoder = self.text_.get(name)
+        if encoder is None:  # a schema edited by hand, or a preprocessor built without fit
+            raise DataError(
+                f"Text feature '{name}' has no fitted tokenizer in this preprocessor. Fit it "
+                "again, or rebuild it with Preprocessor.from_dict from a saved model."
+            )
+        return encoder
 
     def transform_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Encode raw rows of a model without categorical features given as one float64 matrix
@@ -428,11 +476,17 @@ class Preprocessor:
                 wide, or a value is missing with ``missing: drop``.
         """
         layout = self._layout()
-        if layout.categorical or matrix.ndim != 2 or matrix.shape[1] != len(layout.dense_names):
+        if (
+            layout.categorical
+            or layout.text
+            or matrix.ndim != 2
+            or matrix.shape[1] != len(layout.dense_names)
+        ):
             raise DataError(
                 f"transform_matrix takes rows of {len(layout.dense_names)} numeric or boolean "
                 f"features; got shape {matrix.shape} for a schema with "
-                f"{len(layout.categorical)} categorical feature(s). Use transform_columns."
+                f"{len(layout.categorical)} categorical and {len(layout.text)} text "
+                "feature(s). Use transform_columns."
             )
         return self._encode_dense(matrix, layout)
 
@@ -564,6 +618,8 @@ class Preprocessor:
             "center": dict(self.center_),
             "scale": dict(self.scale_),
             "reducer": None if self.reducer_ is None else self.reducer_.to_dict(),
+            "text": self.text.model_dump(mode="json"),
+            "tokenizers": {name: encoder.to_str() for name, encoder in self.text_.items()},
         }
 
     @classmethod
@@ -595,6 +651,7 @@ class Preprocessor:
                 overrides=data["overrides"],
                 image_shape=data["image_shape"],
                 classes=data["classes"],
+                text=TextConfig.model_validate(data.get("text") or {}),  # absent before 4
             )
             pre._schema = schema
             pre.fill_ = dict(data["fill"])
@@ -604,6 +661,14 @@ class Preprocessor:
             if reducer is not None:
                 pre.reducer_ = FeatureReducer.from_dict(reducer)
                 pre.reduce = pre.reducer_.config
+            saved = data.get("tokenizers") or {}
+            pre.text_ = {
+                f.name: TextEncoder.from_str(
+                    saved[f.name], max_length=f.max_length, source=f.tokenizer
+                )
+                for f in schema.features
+                if f.kind == "text"
+            }
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
             raise DataError(
                 f"The saved preprocessor is malformed ({type(exc).__name__}: {exc}). Re-export "
@@ -614,6 +679,18 @@ class Preprocessor:
     def __repr__(self) -> str:
         state = "fitted" if self._schema is not None else "not fitted"
         return f"Preprocessor(target={self.target!r}, task={self.task!r}, {state})"
+
+
+def _text_feature(name: str, encoder: TextEncoder) -> Feature:
+    """A text column's feature: its token positions, padding id, vocabulary and tokenizer."""
+    return Feature(
+        name,
+        "text",
+        max_length=encoder.max_length,
+        pad_id=encoder.pad_id,
+        vocab_size=encoder.vocab_size,
+        tokenizer=encoder.source,
+    )
 
 
 def _spec(kind: Any) -> Any:

@@ -4,7 +4,10 @@
 distinct values, ranges, outliers, top categories, constant columns), the target (class balance,
 per-label frequency for label sets, or distribution), leakage suspects (a feature that copies or perfectly predicts the target, test rows
 that also appear in training) and the shift of each feature between the train and test splits
-(PSI and the Kolmogorov-Smirnov test). It ends with ``warnings``: one sentence per problem.
+(PSI and the Kolmogorov-Smirnov test). A text column gets a ``text`` section (lengths, empty and
+duplicate texts, truncation, vocabulary coverage of the test split by the training split's
+tokens) and its shift is that of its token lengths. It ends with ``warnings``: one sentence per
+problem.
 
 Everything is plain JSON types, so the report is logged with every run (``data_quality.json``) and
 embedded in reports (:func:`~danlu.data.quality_html`). It is vectorised: digits (1,797 x 65) takes a few
@@ -35,6 +38,7 @@ from danlu.data._quality_stats import (
 )
 from danlu.data._schema import FeatureSchema, category_str, infer_kinds
 from danlu.data._target import TaskLike, TaskRef, resolve_task, target_codec
+from danlu.data._text import TextEncoder, text_stats, text_warnings
 from danlu.data._values import preview
 
 __all__ = ["quality_report"]
@@ -362,6 +366,18 @@ def _duplicates_note(dup: Mapping[str, Any]) -> str:
     )
 
 
+def _text_warnings(columns: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """(notes, alerts) of the text columns: empty, repeated and truncated texts; vocabulary."""
+    notes: list[str] = []
+    alerts: list[str] = []
+    for column in columns:
+        if column.get("text") is not None:
+            found, alarming = text_warnings(column["text"])
+            notes.extend(found)
+            alerts.extend(alarming)
+    return notes, alerts
+
+
 def _needs_attention(column: Mapping[str, Any]) -> bool:
     """A column whose kind or encoding was chosen for the user, who should know (not plain
     dates, which are listed with their encoding only)."""
@@ -380,6 +396,7 @@ def quality_report(
     kinds: Mapping[str, str] | None = None,
     schema: FeatureSchema | None = None,
     max_categories: int = DEFAULT_MAX_CATEGORIES,
+    text_encoders: Mapping[str, TextEncoder] | None = None,
 ) -> dict[str, Any]:
     """Describe ``frame`` and list what needs attention before training on it.
 
@@ -400,6 +417,8 @@ def quality_report(
             categories, the calendar features of dates); without it the encoding is predicted
             from ``max_categories`` and the distinct values of ``frame``.
         max_categories: ``data.prepare.max_categories``, when ``schema`` is not given.
+        text_encoders: text column → its fitted tokenizer (``Preprocessor.text_``): token
+            lengths, truncation and vocabulary coverage (without one: character lengths only).
 
     Returns:
         Plain JSON types: ``rows``, ``columns``, ``duplicates``, ``details`` (one entry per
@@ -450,6 +469,12 @@ def quality_report(
         values = as_numbers(column) if kind == "numeric" else None
         info = _column(name, column, kind, name in feature_set, values)
         describe_kind(info, column, kind, schema, max_categories)
+        if kind == "text" and name in feature_set:  # distinct texts are expected, not an id
+            info["id_like"] = False
+            info.pop("top", None)  # whole texts (up to megabytes) are no summary
+            info["text"] = text_stats(
+                column, (text_encoders or {}).get(name), train_idx=train, test_idx=test
+            )
         if name in feature_set:
             reason = leak_reason(
                 info,
@@ -462,7 +487,9 @@ def quality_report(
             if reason is not None:
                 leakage.append({"column": name, "reason": reason})
                 info["flags"].append("leakage")
-            if train is not None and test is not None and len(train) and len(test):
+            if kind == "text":  # the shift of the texts' lengths (tokens, else characters)
+                info["shift"] = info["text"].get("length_shift")
+            elif train is not None and test is not None and len(train) and len(test):
                 info["shift"] = _shift(column, kind, values, shift_train, shift_test)
                 if info["shift"] and info["shift"]["shifted"]:
                     info["flags"].append("shift")
@@ -493,6 +520,8 @@ def quality_report(
         "split": split,
     }
     notes, alerts = _warnings(report)
+    text_notes, text_alerts = _text_warnings(details)
+    notes, alerts = [*notes, *text_notes], [*alerts, *text_alerts]
     report["warnings"] = [*notes, *alerts]
     report["alerts"] = alerts
     return report

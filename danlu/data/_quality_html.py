@@ -36,7 +36,19 @@ def _fmt(value: Any) -> str:
 
 
 def _summary(c: Mapping[str, Any]) -> str:
-    """Range and mean of a numeric column, or its top categories."""
+    """Range and mean of a numeric column, lengths of a text column, or its top categories."""
+    text = c.get("text")
+    if text is not None:
+        length = text.get("tokens") or text["chars"]
+        unit = "tokens" if text.get("tokens") else "characters"
+        vocab = text.get("vocabulary") or {}
+        coverage = vocab.get("test_coverage_percent")
+        return (
+            f"{unit}: median {_fmt(length['median'])}, p95 {_fmt(length['p95'])}, max "
+            f"{_fmt(length['max'])}; empty {text['empty']}, repeated {text['duplicates']}"
+            + (f", truncated {_fmt(text['truncated_percent'])}%" if "truncated" in text else "")
+            + (f"; test tokens seen in train {_fmt(coverage)}%" if coverage is not None else "")
+        )
     if "mean" in c:
         return (
             f"{_fmt(c['min'])} .. {_fmt(c['max'])} (mean {_fmt(c['mean'])}, std {_fmt(c['std'])})"

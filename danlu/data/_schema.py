@@ -37,7 +37,7 @@ __all__ = ["KINDS", "Feature", "FeatureSchema", "TextSlice", "infer_schema"]
 
 logger = get_logger(__name__)
 
-KINDS = ("numeric", "categorical", "boolean", "datetime", "ignore")
+KINDS = ("numeric", "categorical", "boolean", "datetime", "ignore", "text")
 
 # Strings read as booleans. A column is boolean when its values are exactly one of each set.
 TRUE_TOKENS = frozenset({"true", "yes", "y", "t", "1", "1.0", "on"})
@@ -309,7 +309,7 @@ def default_parts() -> tuple[str, ...]:
     return (*DATE_PARTS, ELAPSED)
 
 
-def _infer_kind(column: pd.Series) -> str:
+def _infer_kind(column: pd.Series, text_models: bool = False) -> str:
     if pd.api.types.is_bool_dtype(column.dtype):
         return "boolean"
     if pd.api.types.is_numeric_dtype(column.dtype):
@@ -322,7 +322,7 @@ def _infer_kind(column: pd.Series) -> str:
             column.dtype,
         )
         return "ignore"
-    kind = detect_kind(column, str(column.name))
+    kind = detect_kind(column, str(column.name), text_models=text_models)
     note = getattr(kind, "note", "")
     if getattr(kind, "flag", ""):  # a guess the user should know about (dirty, free text)
         logger.warning("%s", note)
@@ -411,13 +411,16 @@ def infer_kinds(
     target: str,
     task: str | TaskLike,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    text_models: bool = False,
 ) -> dict[str, str]:
     """The kind of every column but the target (``ignore`` included), overrides winning.
 
     ``overrides``: column → a kind or ``{kind, errors}`` (``data.features``). A column forced
     ``numeric`` or ``datetime`` without ``errors: nan`` must parse (the error names its rows).
     A kind that was guessed with a caveat (dirty numbers, dates, free text) is a
-    :class:`~danlu.data._detect.ColumnKind` carrying its note.
+    :class:`~danlu.data._detect.ColumnKind` carrying its note. ``text_models``: the recipe's
+    model reads text, so free text is inferred ``text`` (else ``ignore``).
     """
     resolve_task(task)
     columns = [str(c) for c in frame.columns]
@@ -430,7 +433,11 @@ def infer_kinds(
     for name, kind in kinds.items():
         if not isinstance(kind, ColumnKind) or not kind.note:  # inferred ones were read already
             _check_forced(frame[name], kind)
-    return {name: kinds.get(name) or _infer_kind(frame[name]) for name in columns if name != target}
+    return {
+        name: kinds.get(name) or _infer_kind(frame[name], text_models)
+        for name in columns
+        if name != target
+    }
 
 
 def infer_schema(

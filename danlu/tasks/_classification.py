@@ -56,6 +56,7 @@ class ClassificationTask(Task):
     """One logit per class (binary included, so probabilities and metrics look the same)."""
 
     name = "classification"
+    input_kinds = frozenset({"numeric", "categorical", "image", "text"})
     target_kind = "classes"
     target_dtype = "int64"
     epoch_metrics = ("accuracy",)

@@ -59,6 +59,7 @@ class MultiLabelTask(Task):
     """
 
     name = "multilabel"
+    input_kinds = frozenset({"numeric", "categorical", "image", "text"})
     target_kind = "label_sets"
     target_dtype = "float32"
     fits_decoding = True

@@ -25,6 +25,7 @@ class RegressionTask(Task):
     """A single linear output trained on ``(y - mean) / std``; reported back in y's units."""
 
     name = "regression"
+    input_kinds = frozenset({"numeric", "categorical", "image", "text"})
     target_kind = "values"
     target_dtype = "float32"
     epoch_metrics = ("mae", "rmse", "r2")

@@ -115,7 +115,7 @@ def test_round_trip_through_json_gives_identical_transforms(reduce: dict) -> Non
     frame = generated("regression")
     pre = fit(frame, "regression", **reduce)
     saved = json.loads(json.dumps(pre.to_dict()))
-    assert saved["version"] == 3 and saved["reducer"]["config"]["method"] == reduce["method"]
+    assert saved["version"] == 4 and saved["reducer"]["config"]["method"] == reduce["method"]
     again = Preprocessor.from_dict(saved)
     assert again.transform(frame).tobytes() == pre.transform(frame).tobytes()
     assert again.schema_ == pre.schema_ and again.to_dict() == pre.to_dict()
@@ -129,8 +129,8 @@ def test_version_1_files_are_still_read() -> None:
     del old["reducer"]
     again = Preprocessor.from_dict(old)
     assert again.reducer_ is None and np.array_equal(again.transform(frame), pre.transform(frame))
-    with pytest.raises(DataError, match="versions 1, 2, 3"):
-        Preprocessor.from_dict({**old, "version": 4})
+    with pytest.raises(DataError, match="versions 1, 2, 3, 4"):
+        Preprocessor.from_dict({**old, "version": 5})
 
 
 @pytest.mark.parametrize("method", ["mutual_info", "model"])
