@@ -23,6 +23,16 @@ from danlu.models._cnn import CNNSpec, build_cnn
 from danlu.models._common import ModelSpec
 from danlu.models._gbdt import GBDTSpec, build_gbdt
 from danlu.models._mlp import MLPSpec, build_mlp
+from danlu.models._pretrained import resolve_pretrained
+from danlu.models._text import (
+    LoraSpec,
+    TextCNNSpec,
+    TransformerSpec,
+    build_text_cnn,
+    build_transformer,
+    count_parameters,
+    merge_adapters,
+)
 from danlu.registry import Registry
 
 if TYPE_CHECKING:
@@ -37,16 +47,22 @@ __all__ = [
     "AutoSpec",
     "CNNSpec",
     "GBDTSpec",
+    "LoraSpec",
     "MLPSpec",
     "ModelBundle",
     "Predictor",
     "Rows",
     "ModelSpec",
+    "TextCNNSpec",
+    "TransformerSpec",
     "build_model",
     "check_stored_recipe",
     "check_model_config",
+    "count_parameters",
     "load_bundle",
     "load_weights",
+    "merge_adapters",
+    "resolve_pretrained",
 ]
 
 MODELS: Registry[Any] = Registry("model")
@@ -54,6 +70,8 @@ MODELS.register("mlp", spec=MLPSpec)(build_mlp)
 MODELS.register("cnn", spec=CNNSpec)(build_cnn)
 MODELS.register("gbdt", spec=GBDTSpec)(build_gbdt)  # gradient-boosted trees (TreeEnsemble)
 MODELS.register("auto", spec=AutoSpec)(build_auto)  # trains the candidates, ships the best
+MODELS.register("transformer", spec=TransformerSpec)(build_transformer)  # pretrained or scratch
+MODELS.register("text_cnn", spec=TextCNNSpec)(build_text_cnn)
 
 
 def check_model_config(

