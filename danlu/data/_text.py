@@ -429,8 +429,8 @@ def text_stats(
     the share of texts longer than ``max_length`` tokens, and with both splits: how well the
     training split's tokens cover the test split's (the share of test tokens, special ones
     aside, whose id occurs in training, ``[UNK]`` never covered, and the ``[UNK]`` rate of each
-    split — both language
-    agnostic), plus the train/test shift of token lengths (PSI and KS, as for numbers).
+    split — both language agnostic), plus the train/test shift of token lengths (PSI and KS,
+    as for numbers).
     Token counts run on a seeded sample of at most 20,000 rows.
     """
     from danlu.data._quality_stats import numeric_shift, pct, sample_rows
