@@ -27,16 +27,23 @@ __all__ = [
 
 
 def trim_to_longest(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the padding columns every row of the batch has (at least one column is kept).
+    """Drop the padding columns every row of the batch has.
 
-    ``ids``, ``mask``: (B, L) → (B, T), T = the last real token of the longest row + 1. The
-    length is a tensor and the columns are picked with ``index_select`` so that a traced export
-    keeps the sequence length dynamic.
+    ``ids``, ``mask``: (B, L) → (B, T), T = the last real token of the longest row + 1, but at
+    least 2 (when L ≥ 2). The length is a tensor and the columns are picked with
+    ``index_select``, so an exported graph (TorchScript or torch.export) keeps T dynamic. The
+    floor of 2 costs one masked column on a batch of one-token rows and spares torch.export a
+    T = 1 special case (broadcasting in attention), which it cannot decide on a traced length.
     """
-    positions = torch.arange(1, ids.shape[1] + 1, device=ids.device)  # (L,)
-    longest = (mask.long() * positions).amax().clamp(min=1)  # () last real token + 1
+    width = ids.shape[1]
+    positions = torch.arange(1, width + 1, device=ids.device)  # (L,)
+    longest = (mask.long() * positions).amax(dim=(0, 1))  # () last real token + 1
+    longest = longest.clamp(min=min(2, width))
     # A tensor end: the tracer records it, so the exported graph keeps T dynamic.
     keep = torch.arange(longest, device=ids.device)  # type: ignore[call-overload]  # (T,)
+    at_least_two = keep.shape[0] >= 2  # a SymBool under torch.export, a tensor under tracing
+    if width >= 2 and not isinstance(at_least_two, torch.Tensor):
+        torch._check(at_least_two)  # tells torch.export what the clamp guarantees
     return ids.index_select(1, keep), mask.index_select(1, keep)
 
 

