@@ -278,9 +278,10 @@ def validate(
         raise_issues(check_tune(loaded), loaded._source)
     if data:
         from danlu.data import prepare_data
+        from danlu.models._text_inputs import text_inputs
         from danlu.tasks import get_task
 
-        prepared = prepare_data(loaded.data, get_task(loaded.task))
+        prepared = prepare_data(loaded.data, get_task(loaded.task), **text_inputs(loaded.model))
         out.print(Text(f"data: {prepared.report}"), soft_wrap=True)
     searched = f", tunes {len(loaded.tune.space)} key(s)" if loaded.tune is not None else ""
     out.print(

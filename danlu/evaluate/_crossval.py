@@ -44,16 +44,19 @@ def cross_validate(
     import numpy as np
 
     from danlu.data import cv_splits, prepare_data
+    from danlu.models._text_inputs import text_inputs
     from danlu.tasks import get_task
     from danlu.train import run_training
 
     fold_recipe = recipe.model_copy(update={"register": None, "evaluate": None, "tune": None})
     section = Section("cross_validation", f"Cross-validation ({k} folds)")
     folds: list[dict[str, Any]] = []
-    for i, indices in enumerate(cv_splits(recipe.data, get_task(recipe.task), k), start=1):
+    text = text_inputs(recipe.model)  # text columns: inferred alike in the folds and the data
+    splits = cv_splits(recipe.data, get_task(recipe.task), k, text_models=text["text_models"])
+    for i, indices in enumerate(splits, start=1):
         if on_fold is not None:
             on_fold(i, k)
-        data = prepare_data(recipe.data, get_task(recipe.task), indices=indices)
+        data = prepare_data(recipe.data, get_task(recipe.task), indices=indices, **text)
         result = run_training(
             fold_recipe,
             store=store,

@@ -358,6 +358,7 @@ def _run_context(
     from danlu.config import load_recipe
     from danlu.data import prepare_data
     from danlu.models import check_stored_recipe
+    from danlu.models._text_inputs import text_inputs
     from danlu.tasks import get_task
 
     if run.recipe:  # stored data: its model and task must be built in or allow-listed
@@ -366,7 +367,7 @@ def _run_context(
     prepared = None
     if recipe is not None and recipe.data.stream is None:
         try:
-            prepared = prepare_data(recipe.data, get_task(recipe.task))
+            prepared = prepare_data(recipe.data, get_task(recipe.task), **text_inputs(recipe.model))
         except DanluError as exc:
             log.warning("The run's data could not be prepared again (%s).", exc)
         if prepared is not None and run.data_fingerprint not in {None, prepared.raw_fingerprint}:

@@ -338,6 +338,7 @@ def _sample_rows(store: Store, mv: ModelVersion) -> np.ndarray:
     """The first rows of the version's run's test split, prepared again from its recipe."""
     from danlu.config import load_recipe
     from danlu.data import prepare_data
+    from danlu.models._text_inputs import text_inputs
     from danlu.tasks import get_task
 
     hint = (
@@ -362,7 +363,7 @@ def _sample_rows(store: Store, mv: ModelVersion) -> np.ndarray:
             f"for the parity check cannot be prepared again. {hint}"
         )
     recipe = load_recipe(run.recipe)
-    prepared = prepare_data(recipe.data, get_task(recipe.task))
+    prepared = prepare_data(recipe.data, get_task(recipe.task), **text_inputs(recipe.model))
     for x in (prepared.x_test, prepared.x_val, prepared.x_train):
         if len(x):
             return x[:SAMPLE_ROWS]

