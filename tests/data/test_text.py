@@ -358,3 +358,15 @@ def test_drift_reference_leaves_token_ids_out():
     data = prepare_data(config(), "classification", frame=reviews(), text_models=True)
     reference = drift_reference(data.x_train, data.schema)
     assert [f["feature"] for f in reference["features"]] == ["stars"]
+
+
+def test_inspect_describes_a_text_column_in_characters(tmp_path):
+    from danlu.data import inspect_data
+
+    path = tmp_path / "reviews.csv"
+    reviews().to_csv(path, index=False)
+    report = inspect_data(DataConfig(source=str(path), target="y", features={"review": "text"}))
+    column = next(c for c in report["details"] if c["name"] == "review")
+    assert column["kind"] == "text" and "top" not in column  # no whole texts in the report
+    assert "tokens" not in column["text"] and column["text"]["chars"]["min"] > 0
+    assert column["shift"] == column["text"]["length_shift"]  # character lengths
