@@ -437,9 +437,18 @@ def text_stats(
 
     name = str(column.name)
     max_length = encoder.max_length if encoder is not None else 512
-    texts, counts = clean_texts(column.tolist(), name, char_cap(max_length))
+    values = column.tolist()
+    texts, counts = clean_texts(values, name, char_cap(max_length))
     rows = len(texts)
-    chars = np.fromiter((len(t) for t in texts), np.int64, rows)
+    # lengths of the values as given (a cut cell counts whole); bytes count as bytes
+    chars = np.fromiter(
+        (
+            len(v) if isinstance(v, str | bytes | bytearray) else len(t)
+            for v, t in zip(values, texts, strict=True)
+        ),
+        np.int64,
+        rows,
+    )
     present = [t for t in texts if t.strip()]
     duplicates = len(present) - len(set(present))
     out: dict[str, Any] = {
@@ -453,6 +462,8 @@ def text_stats(
         "chars": _distribution(chars),
         "tokenizer": None if encoder is None else encoder.source,
         "max_length": None if encoder is None else encoder.max_length,
+        # token counts are of each text's first char_cap characters (what is tokenized)
+        "char_cap": char_cap(max_length) if encoder is not None else None,
     }
     lengths_of: Any = chars  # what the shift compares: token counts when there is a tokenizer
     if encoder is not None:

@@ -338,6 +338,15 @@ def test_quality_report_has_a_text_section():
     assert "tokens: median" in quality_html(data.quality)
 
 
+def test_quality_report_counts_the_characters_of_a_huge_cell_whole():
+    frame = reviews()
+    frame.loc[0, "review"] = "lorem ipsum " * 90_000
+    data = prepare_data(config(), "classification", frame=frame, text_models=True)
+    text = next(c for c in data.quality["details"] if c["name"] == "review")["text"]
+    assert text["chars"]["max"] == len(frame.loc[0, "review"]) and text["char_cap"] == 1024
+    assert text["tokens"]["max"] <= 1024  # tokens of the first char_cap characters
+
+
 def test_quality_report_flags_poor_vocabulary_coverage():
     train = reviews(40)
     test = pd.DataFrame(
