@@ -239,7 +239,7 @@ def test_metrics(home: Path) -> dict[tuple[int, str], dict[str, float]]:
 
     store = SqlStore(home=home)
     found = {}
-    for run in store.search_runs("status = 'finished'"):
+    for run in store.search_runs("status = 'finished'", limit=100_000):
         seed = int((run.recipe or {})["train"]["seed"])
         found[(seed, run.id)] = {k: v for k, v in run.metrics.items() if k.startswith("test_")}
     store.close()
