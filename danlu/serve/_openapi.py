@@ -247,6 +247,14 @@ def _input_type(feature: dict[str, Any], finite: Any) -> tuple[Any, str]:
             f"; so is the training data's format, {own})" if own else ")"
         )
         return Annotated[str, Field(json_schema_extra={"format": "date-time"})], what
+    if kind == "text":
+        from danlu.serve._parse import MAX_TEXT_CHARS
+
+        limit = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+        return (
+            limit,
+            f"a text (at most {MAX_TEXT_CHARS:,} characters; the model reads its first tokens)",
+        )
     if feature.get("errors") == "nan":
         return finite | str, "a finite number (a string that is not a number counts as missing)"
     return finite, "a finite number"

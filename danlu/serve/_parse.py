@@ -28,6 +28,9 @@ __all__ = ["RequestParser", "show"]
 _NUMBER = (int, float)
 _FLOAT_INT = frozenset((float, int))
 _PAYLOAD_KEYS = ("rows", "columns")
+#: The longest text value a request may send, in characters (the model reads only its first
+#: ``max_length`` tokens; this bounds the work of tokenizing what it will not read).
+MAX_TEXT_CHARS = 100_000
 _SHAPE = '{"rows": [{feature: value, ...}, ...]} or {"columns": {feature: [values]}}'
 
 Field: TypeAlias = Callable[[int, str], str]  # (row, feature) → the field an error names
@@ -40,7 +43,7 @@ class _Input:
     whether a value that does not parse counts as missing (``errors: nan``)."""
 
     name: str
-    kind: str  # numeric | boolean | categorical | datetime
+    kind: str  # numeric | boolean | categorical | datetime | text
     nullable: bool
     coerce: bool = False
 
@@ -74,7 +77,9 @@ class RequestParser:
         self.ref = ref
         fill = preprocessor.fill_
         self.inputs = tuple(
-            _Input(f.name, f.kind, fill.get(f.name) is not None, f.errors == "nan")
+            _Input(
+                f.name, f.kind, f.kind == "text" or fill.get(f.name) is not None, f.errors == "nan"
+            )
             for f in preprocessor.schema_.features
         )
         self._names = frozenset(i.name for i in self.inputs)
@@ -86,6 +91,7 @@ class RequestParser:
             "boolean": self._booleans,
             "categorical": self._categories,
             "datetime": self._dates,
+            "text": self._texts,
         }
 
     def parse(self, payload: Any, max_rows: int) -> np.ndarray:
@@ -300,6 +306,22 @@ class RequestParser:
                 self._null(inp, i, field)
             elif not (v is True or v is False or (type(v) in _NUMBER and v in (0, 1))):
                 raise RequestError(field(i, inp.name), f"must be true or false; got {show(v)}.")
+        return column
+
+    def _texts(self, inp: _Input, column: list[Any], field: Field) -> Any:
+        """Strings (null: no text), each at most MAX_TEXT_CHARS characters; the preprocessor
+        tokenizes them with the model's own tokenizer."""
+        for i, v in enumerate(column):
+            if v is None:
+                continue
+            if type(v) is not str:
+                raise RequestError(field(i, inp.name), f"must be a string (text); got {show(v)}.")
+            if len(v) > MAX_TEXT_CHARS:
+                raise RequestError(
+                    field(i, inp.name),
+                    f"is {len(v):,} characters long; send at most {MAX_TEXT_CHARS:,} (the model "
+                    "reads only the first tokens of a text).",
+                )
         return column
 
     def _categories(self, inp: _Input, column: list[Any], field: Field) -> Any:
