@@ -67,6 +67,26 @@ def test_data_error_exit_code(tmp_path):
     assert "Did you mean 'wine'" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_the_script_exits_without_the_interpreters_teardown_but_loses_nothing():
+    """_exit_now: other threads finish, atexit handlers run, output is flushed, the code kept."""
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from danlu.cli._app import _exit_now\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\n"
+        "print('buffered', end='')\n"
+        "_exit_now(int(sys.argv[1]) if sys.argv[1].isdigit() else sys.argv[1])\n"
+    )
+    for arg, status in (("3", 3), ("0", 0), ("a message", 1)):
+        out = subprocess.run(
+            [sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == status
+        assert out.stdout.startswith("buffered") and "thread done" in out.stdout
+        assert out.stdout.rstrip().endswith("atexit ran")
+        assert ("a message" in out.stderr) == (status == 1)
+
+
 def test_validate(tmp_path):
     ok = danlu("validate", str(EXAMPLES / "digits_cnn.yaml"), "--data", home=tmp_path)
     assert ok.returncode == 0, ok.stderr
