@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -94,26 +95,30 @@ def image_throughput(ranks: int, epochs: int, table: Path, home: Path) -> float:
     """The digits CNN (the example's model and optimizer) on a larger image table, global
     batch 512: enough work per step that the gradient all-reduce is a small part of it."""
     example = yaml.safe_load(EXAMPLE.read_text())
-    recipe = {
-        "name": "ddp-digits-cnn-large",
-        "data": {
-            "source": str(table),
-            "target": "target",
-            "image_shape": [1, 8, 8],
-            "split": {"test": 0.01, "val": 0.01, "seed": 0},
-            "prepare": {"scale": "minmax"},
-        },
+    data = {"target": "target", "image_shape": [1, 8, 8], "prepare": {"scale": "minmax"}}
+    recipe = table_recipe(
+        "ddp-digits-cnn-large", table, data, example["model"], epochs, 512 // ranks
+    )
+    recipe["train"]["optimizer"] = example["train"]["optimizer"]
+    return table_throughput(recipe, ranks, epochs, home)
+
+
+def table_recipe(
+    name: str, table: Path, data: dict, model: dict, epochs: int, batch: int
+) -> dict[str, Any]:
+    """A bare recipe (no report, no registration, no checkpoints) on a large Parquet table."""
+    return {
+        "name": name,
+        "data": {"source": str(table), "split": {"test": 0.01, "val": 0.01, "seed": 0}, **data},
         "task": "classification",
-        "model": example["model"],
-        "train": {
-            "epochs": epochs,
-            "batch_size": 512 // ranks,
-            "optimizer": example["train"]["optimizer"],
-            "checkpoint": {"every": 0},
-        },
+        "model": model,
+        "train": {"epochs": epochs, "batch_size": batch, "checkpoint": {"every": 0}},
         "evaluate": False,
         "register": False,
     }
+
+
+def table_throughput(recipe: dict[str, Any], ranks: int, epochs: int, home: Path) -> float:
     if ranks > 1:
         recipe["train"]["distributed"] = {"nproc_per_node": ranks, "timeout_s": 120}
     return logged_throughput(recipe, [], epochs, home)
@@ -132,27 +137,10 @@ def wide_table(folder: Path, rows: int) -> Path:
 
 def wide_throughput(ranks: int, epochs: int, table: Path, home: Path) -> float:
     """The same measure on a wide MLP (32 → 1024 → 1024 → 4), global batch 1024."""
-    recipe = {
-        "name": "ddp-wide-mlp",
-        "data": {
-            "source": str(table),
-            "target": "label",
-            "split": {"test": 0.01, "val": 0.01, "seed": 0},
-        },
-        "task": "classification",
-        "model": {"type": "mlp", "hidden": [1024, 1024], "dropout": 0.0},
-        "train": {
-            "epochs": epochs,
-            "batch_size": 1024 // ranks,
-            "optimizer": {"name": "adam", "lr": 1e-3},
-            "checkpoint": {"every": 0},
-        },
-        "evaluate": False,
-        "register": False,
-    }
-    if ranks > 1:
-        recipe["train"]["distributed"] = {"nproc_per_node": ranks, "timeout_s": 120}
-    return logged_throughput(recipe, [], epochs, home)
+    model = {"type": "mlp", "hidden": [1024, 1024], "dropout": 0.0}
+    recipe = table_recipe("ddp-wide-mlp", table, {"target": "label"}, model, epochs, 1024 // ranks)
+    recipe["train"]["optimizer"] = {"name": "adam", "lr": 1e-3}
+    return table_throughput(recipe, ranks, epochs, home)
 
 
 def equivalence(folder: Path) -> dict[str, float]:
