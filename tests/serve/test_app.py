@@ -475,7 +475,9 @@ def test_big_numbers_reach_the_model_as_infinity(served):
 
 def test_integers_beyond_any_float_are_refused_naming_the_field(served):
     client, _, _ = served
-    number = "-17976931348623157" + "0" * 292 + "1"  # past the schema's bound, 1.7976931348623157e308
+    number = (
+        "-17976931348623157" + "0" * 292 + "1"
+    )  # past the schema's bound, 1.7976931348623157e308
     error = assert_error(
         post(client, f'{{"rows": [{{"alcohol": {number}}}]}}'), 422, "rows[0].alcohol"
     )
