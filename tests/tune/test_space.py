@@ -416,7 +416,7 @@ def test_an_unknown_model_type_in_a_choice(tmp_path):
     path = write(tmp_path, "model.type: {choice: [mlp, mpl]}\n")
     assert (
         "tune.space.model.type: the value 'mpl' makes an invalid recipe (model.type: Unknown model "
-        "'mpl'. Did you mean 'mlp'? Valid models: auto, cnn, gbdt, mlp;"
+        "'mpl'. Did you mean 'mlp'? Valid models: auto, cnn, gbdt, mlp, text_cnn, transformer;"
     ) in problems(path)
 
 
