@@ -96,6 +96,18 @@ def trainable_names(model):
     ],
     ids=["text_cnn", "transformer-mean", "transformer-cls"],
 )
+def train_steps(model, x, y, opt, steps: int) -> list[float]:
+    """``steps`` optimizer steps of cross-entropy on one batch; the loss before each."""
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_scratch_models_ignore_the_padding_other_rows_bring(options):
     model = build(text_schema(), **options).eval()
     short = token_rows([3, 5])
@@ -150,14 +162,7 @@ def test_a_few_steps_lower_the_loss(kind):
         options.update(d_model=32, heads=2, layers=1, dropout=0.0)
     model = build(text_schema(), **options).train()
     x, y = token_rows([3, 8, 16, 5, 11, 2], seed=4), torch.tensor([0, 1, 2, 0, 1, 2])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(model, x, y, torch.optim.Adam(model.parameters(), lr=1e-3), 8)
     assert losses[-1] < losses[0] * 0.8, losses
 
 
@@ -334,14 +339,7 @@ def test_lora_step_lowers_the_loss_and_merges_exactly():
     model, _ = minilm(finetune="lora", lora={"r": 4, "dropout": 0.0}, dropout=0.0)
     x, y = minilm_rows([6, 12, 3, 9], seed=5), torch.tensor([0, 1, 0, 1])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    losses = []
-    for _ in range(4):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(model.train(), x, y, opt, 4)
     assert losses[-1] < losses[0], losses
     merged = merge_adapters(model).eval()
     model.eval()
