@@ -365,9 +365,15 @@ def _exit_now(code: int | str | None) -> None:
     if isinstance(code, str):
         sys.stderr.write(code + "\n")
     status = code if isinstance(code, int) else (0 if code is None else 1)
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # what the interpreter does first at exit: threading's own exit hooks (a thread pool left
+    # open is told to stop there), then every non-daemon thread joined
+    shutdown = getattr(threading, "_shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    else:  # pragma: no cover - every CPython has it
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()

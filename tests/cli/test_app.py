@@ -74,6 +74,8 @@ def test_the_script_exits_without_the_interpreters_teardown_but_loses_nothing():
         "from danlu.cli._app import _exit_now\n"
         "atexit.register(lambda: print('atexit ran'))\n"
         "threading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "ThreadPoolExecutor(1).submit(print, 'pool done')  # left open: must not hang the exit\n"
         "print('buffered', end='')\n"
         "_exit_now(int(sys.argv[1]) if sys.argv[1].isdigit() else sys.argv[1])\n"
     )
@@ -82,7 +84,9 @@ def test_the_script_exits_without_the_interpreters_teardown_but_loses_nothing():
             [sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=60
         )
         assert out.returncode == status
-        assert out.stdout.startswith("buffered") and "thread done" in out.stdout
+        assert (
+            "buffered" in out.stdout and "thread done" in out.stdout and "pool done" in out.stdout
+        )
         assert out.stdout.rstrip().endswith("atexit ran")
         assert ("a message" in out.stderr) == (status == 1)
 
