@@ -185,8 +185,13 @@ def accuracy(ranks: int, seed: int, home: Path) -> tuple[float, int]:
     return result.metrics["accuracy"], len(result.history)
 
 
+def pair_ratios(speed: dict[int, list[float]]) -> list[float]:
+    """2 ranks' speed over 1 rank's, pair by pair."""
+    return [b / a for a, b in zip(speed[1], speed[2], strict=True)]
+
+
 def throughput_row(label: str, speed: dict[int, list[float]]) -> list[str]:
-    ratios = [b / a for a, b in zip(speed[1], speed[2], strict=True)]
+    ratios = pair_ratios(speed)
     return [
         f"training throughput, {label} (rows/s, median)",
         f"{statistics.median(speed[1]):.0f}",
@@ -232,21 +237,21 @@ def main() -> None:
             return speed
 
         speed = pairs(lambda ranks, home: throughput(ranks, args.epochs, home), "t")
-        ratios = [b / a for a, b in zip(speed[1], speed[2], strict=True)]
+        ratios = pair_ratios(speed)
         image: dict[int, list[float]] = {1: [], 2: []}
         if args.image_rows:
             images = digits_table(root, args.image_rows)
             image = pairs(
                 lambda ranks, home: image_throughput(ranks, args.image_epochs, images, home), "i"
             )
-        image_ratios = [b / a for a, b in zip(image[1], image[2], strict=True)]
+        image_ratios = pair_ratios(image)
         wide: dict[int, list[float]] = {1: [], 2: []}
         if args.wide_rows:
             table = wide_table(root, args.wide_rows)
             wide = pairs(
                 lambda ranks, home: wide_throughput(ranks, args.wide_epochs, table, home), "w"
             )
-        wide_ratios = [b / a for a, b in zip(wide[1], wide[2], strict=True)]
+        wide_ratios = pair_ratios(wide)
         acc: dict[int, list[float]] = {1: [], 2: []}
         epochs_run: dict[int, list[int]] = {1: [], 2: []}
         if earlier is not None:  # the deterministic parts, as last measured
