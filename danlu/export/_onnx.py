@@ -199,8 +199,9 @@ def export_onnx(model: torch.nn.Module, input_dim: int, sample: np.ndarray) -> b
     """The model as ONNX bytes: ``input`` float32 (batch, input_dim) → ``output`` (batch, out).
 
     The batch axis is dynamic (a batch of 1 works) and the file is self-contained (no external
-    data). LoRA adapters (peft) are merged into their base weights first, on a copy. The torch.export-based exporter is tried first, the TorchScript one only if it fails;
-    the one used is recorded in the model's metadata (``danlu.exporter``).
+    data). LoRA adapters (peft) are merged into their base weights first, on a copy. The
+    torch.export-based exporter is tried first, the TorchScript one only if it fails; the one
+    used is recorded in the model's metadata (``danlu.exporter``).
 
     Args:
         model: the network (it is exported in eval mode; its mode is restored afterwards).
