@@ -2,8 +2,8 @@
 attempt with :func:`~danlu.jobs.run_job` in a thread of its own.
 
 Every ``poll_s`` seconds, and as soon as an attempt ends, the agent renews its own heartbeat,
-puts jobs whose lease expired back in the queue (another agent died), claims what fits its free slots, and asks lower-priority
-preemptible jobs to make room for a waiting one. Stopping it (SIGTERM, Ctrl-C: :meth:`stop`)
+puts jobs whose lease expired back in the queue (another agent died), claims what fits its free
+slots, and asks lower-priority preemptible jobs to make room for a waiting one. Stopping it (SIGTERM, Ctrl-C: :meth:`stop`)
 preempts its running jobs: each writes its checkpoint and goes back to the queue, none is lost.
 """
 
