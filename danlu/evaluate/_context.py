@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from danlu.data import FeatureSchema, PreparedData
+    from danlu.data import FeatureSchema, PreparedData, Preprocessor
     from danlu.tasks import Task
 
 __all__ = ["EvalData", "InputGroup", "Section", "input_groups"]
@@ -87,6 +87,8 @@ class EvalData:
         run_tags: the training run's tags (``energy_method`` ...).
         history: the training run's metrics per epoch (``train_loss``, ``val_loss`` ...), if known.
         device: where the model runs.
+        preprocessor: the fitted preprocessing (its text columns' tokenizers turn token ids
+            back into tokens, and raw strings into ids), when known.
     """
 
     model: torch.nn.Module
@@ -105,6 +107,7 @@ class EvalData:
     run_tags: dict[str, str] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"
+    preprocessor: Preprocessor | None = None
 
     @classmethod
     def from_prepared(
@@ -123,7 +126,7 @@ class EvalData:
             y_train=data.y_train,
             x_val=data.x_val,
             y_val=data.y_val,
-            **kwargs,
+            **{"preprocessor": data.preprocessor, **kwargs},  # kwargs may set their own
         )
 
     @property

@@ -346,6 +346,7 @@ def _eval_data(
         x_val=val[0],
         y_val=val[1],
         temperature=bundle.temperature,
+        preprocessor=bundle.preprocessor,
         **extra,
     )
     return data, described
