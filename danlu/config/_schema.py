@@ -327,6 +327,12 @@ class TextConfig(Strict):
     lowercase: bool = Field(
         True, description="Lowercase text before a trained tokenizer (a pretrained one decides)."
     )
+    cache: bool = Field(
+        True,
+        description="Keep each split's token ids under $DANLU_HOME/cache/tokens, keyed by the "
+        "texts, the tokenizer and max_length, so preparing the same data again skips "
+        "tokenizing; false: always tokenize, write nothing.",
+    )
 
 
 class StreamConfig(Strict):
@@ -555,6 +561,12 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig | None = None
     grad_clip: PositiveFloat | None = Field(None, description="Clip the gradient norm to this.")
     grad_accumulation: PositiveInt = 1
+    bucket_by_length: bool = Field(
+        True,
+        description="With text columns: each batch holds rows of similar token length (less "
+        "padding; shuffled in chunks of about 50 batches, the batches' order shuffled too), "
+        "and evaluation predicts in length order; false: a plain shuffle. No effect otherwise.",
+    )
     precision: Literal["fp32", "bf16"] = "fp32"
     class_weight: Literal["balanced"] | dict[str, PositiveFloat] | None = Field(
         None, description="'balanced' (inverse frequency) or {class: weight}; classification only."
