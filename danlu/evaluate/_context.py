@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from danlu.data import FeatureSchema, PreparedData, Preprocessor
+    from danlu.data._prepared import TextSplits
     from danlu.tasks import Task
 
 __all__ = ["EvalData", "InputGroup", "Section", "input_groups"]
@@ -30,7 +31,8 @@ class InputGroup:
 
     Attributes:
         name: the raw feature's name (or the encoded column's, after feature reduction).
-        kind: ``numeric``, ``categorical`` or ``boolean``; reduced columns (PCA ...) are numeric.
+        kind: ``numeric``, ``categorical``, ``boolean`` or ``text`` (a text column's token ids);
+            reduced columns (PCA ...) are numeric.
         columns: positions of its columns in the model's input, ascending.
     """
 
@@ -55,10 +57,12 @@ def input_groups(schema: FeatureSchema) -> list[InputGroup]:
         [('x', (0,)), ('c', (1, 2))]
     """
     kinds = {f.name: f.kind for f in schema.features}
+    # a text column's max_length token-id columns (body#0 ...) are one input
+    text_of = {i: t.name for t in schema.text_slices() for i in range(t.start, t.stop)}
     groups: dict[str, list[int]] = {}
     group_kind: dict[str, str] = {}
     for i, name in enumerate(schema.encoded_names):
-        base = name if name in kinds else name.split("=", 1)[0]
+        base = text_of.get(i) or (name if name in kinds else name.split("=", 1)[0])
         if base not in kinds:  # a reduced column (pc1, ...): its own numeric group
             base, kind = name, "numeric"
         else:
@@ -89,6 +93,9 @@ class EvalData:
         device: where the model runs.
         preprocessor: the fitted preprocessing (its text columns' tokenizers turn token ids
             back into tokens, and raw strings into ids), when known.
+        texts: the raw strings of the text columns for the training and validation rows (the
+            TF-IDF baseline's); None without text columns or training data. The evaluation
+            rows' are in ``frame`` (:attr:`test_texts`).
     """
 
     model: torch.nn.Module
@@ -108,6 +115,7 @@ class EvalData:
     history: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"
     preprocessor: Preprocessor | None = None
+    texts: TextSplits | None = None
 
     @classmethod
     def from_prepared(
@@ -126,7 +134,7 @@ class EvalData:
             y_train=data.y_train,
             x_val=data.x_val,
             y_val=data.y_val,
-            **{"preprocessor": data.preprocessor, **kwargs},  # kwargs may set their own
+            **{"preprocessor": data.preprocessor, "texts": data.texts, **kwargs},
         )
 
     @property
@@ -164,6 +172,19 @@ class EvalData:
     @cached_property
     def groups(self) -> list[InputGroup]:
         return input_groups(self.schema)
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The schema's text features, in order (empty for tabular and image data)."""
+        return tuple(t.name for t in self.schema.text_slices())
+
+    @cached_property
+    def test_texts(self) -> dict[str, np.ndarray]:
+        """Each text column of the evaluation rows as an object array of ``str`` (read from
+        ``frame``), aligned with ``x``; empty without text columns."""
+        from danlu.data._prepared import raw_texts
+
+        return raw_texts(self.frame, self.text_columns) if self.text_columns else {}
 
 
 @dataclass
