@@ -107,6 +107,12 @@ class PretrainedEncoder(nn.Module):
         self.model = model
         self.pooling = pooling
 
+    def token_embedding(self) -> nn.Module:
+        """The layer that maps token ids to vectors (through a peft wrapper, if any)."""
+        layer = self.model.get_input_embeddings()  # type: ignore[operator]  # a transformers model
+        assert isinstance(layer, nn.Module)
+        return layer
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids, attention_mask=mask.long())
         return pool(out.last_hidden_state, mask, self.pooling)  # (B, H)
@@ -178,6 +184,10 @@ class ScratchTransformerEncoder(nn.Module):
         self.pooling = pooling
         self.checkpointing = checkpointing
 
+    def token_embedding(self) -> nn.Module:
+        """The layer that maps token ids to vectors (positions are added after it)."""
+        return self.tokens
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         steps = torch.arange(ids.shape[1], device=ids.device)  # (T,)
         h = self.dropout(self.tokens(ids) + self.positions(steps))  # (B, T, C)
@@ -209,6 +219,10 @@ class TextCNNEncoder(nn.Module):
         self.tokens = nn.Embedding(vocab_size, embedding, padding_idx=pad_id)
         self.convs = nn.ModuleList(nn.Conv1d(embedding, channels, k) for k in kernels)
         self.widths = tuple(kernels)
+
+    def token_embedding(self) -> nn.Module:
+        """The layer that maps token ids to vectors."""
+        return self.tokens
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.tokens(ids) * mask.unsqueeze(-1)  # (B, T, E), padding zeroed
