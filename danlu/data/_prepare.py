@@ -43,7 +43,7 @@ from danlu.data._augment import check_augment
 from danlu.data._checks import check_data
 from danlu.data._fingerprint import fingerprint_arrays, fingerprint_frame
 from danlu.data._imbalance import SMOTE_METHODS, imbalance_class_weight, resample_training
-from danlu.data._prepared import PreparedData
+from danlu.data._prepared import PreparedData, TextSplits, raw_texts
 from danlu.data._preprocessor import Preprocessor
 from danlu.data._quality import quality_report
 from danlu.data._schema import (
@@ -615,6 +615,9 @@ def prepare_data(
         pre.transform(val), pre.encode_target(val[target]),
         pre.transform(test), pre.encode_target(test[target]),
     )  # fmt: skip
+    texts = (  # the raw strings, for the report's text baseline (before any resampling)
+        TextSplits(raw_texts(train, text), arrays[1], raw_texts(val, text)) if text else None
+    )
     # Only the training arrays are resampled, after encoding: validation and test stay real.
     x_train, y_train, imbalance = resample_training(
         arrays[0], arrays[1], config.imbalance, classes, split.seed, target_kind=kind
@@ -662,4 +665,5 @@ def prepare_data(
         test_frame=test.drop(columns=[target]).reset_index(drop=True),
         augment=tuple(config.augment),
         class_weight=class_weight,
+        texts=texts,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,59 @@ from danlu.data._schema import FeatureSchema
 if TYPE_CHECKING:
     from danlu.data._stream import TrainStream
 
-__all__ = ["PreparedData"]
+__all__ = ["TEXT_CHARS", "PreparedData", "TextSplits", "raw_texts"]
+
+#: The characters of a cell that the raw-text consumers (the report's TF-IDF baseline and its
+#: text perturbations) read: as many as a served request may hold, so a 1 MB cell stays cheap.
+TEXT_CHARS = 100_000
+
+
+def raw_texts(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each text column of ``frame`` as an object array of ``str`` (missing: ``""``; bytes
+    decoded as UTF-8; at most :data:`TEXT_CHARS` characters), row-aligned with ``frame``.
+
+    Strings are the frame's own objects, not copies.
+
+    Raises:
+        DataError: a value that is not text (a number, a list ...), naming column and row.
+
+    Example:
+        >>> raw_texts(pd.DataFrame({"body": ["a b", None], "n": [1, 2]}), ["body"])["body"]
+        array(['a b', ''], dtype=object)
+    """
+    from danlu.data._text import clean_texts
+
+    out = {}
+    for column in columns:
+        texts, _ = clean_texts(frame[column].to_numpy(dtype=object), column, TEXT_CHARS)
+        array = np.empty(len(texts), dtype=object)
+        array[:] = texts
+        out[column] = array  # (n,) str
+    return out
+
+
+@dataclass(frozen=True)
+class TextSplits:
+    """The raw text of the text columns for the training and validation rows.
+
+    The prepared matrices hold token ids, which a bag-of-words baseline cannot read and a typo
+    cannot perturb; this keeps the strings (the test rows' are in ``test_frame``).
+
+    Attributes:
+        train: text column → (n_train,) object array of ``str``, the training rows before any
+            resampling (``data.imbalance``), aligned with ``y_train``.
+        y_train: the prepared targets of those rows (``x_train``'s may be resampled).
+        val: text column → (n_val,) object array of ``str``, aligned with ``y_val``.
+    """
+
+    train: dict[str, np.ndarray]
+    y_train: np.ndarray
+    val: dict[str, np.ndarray]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The text columns, in feature order."""
+        return tuple(self.train)
 
 
 @dataclass(frozen=True)
@@ -44,6 +97,8 @@ class PreparedData:
             {label: weight}) for the trainer; None otherwise (``train.class_weight`` wins).
         stream: with ``data.stream``, the :class:`~danlu.data.TrainStream` that reads the splits
             from Parquet in chunks (the ``x_*`` / ``y_*`` arrays then have zero rows); else None.
+        texts: with text columns, their raw strings for the training and validation rows
+            (:class:`TextSplits`, for the trust report); else None.
 
     Example:
         >>> from danlu.config import DataConfig
@@ -69,6 +124,7 @@ class PreparedData:
     augment: tuple[AugmentStep, ...] = ()
     class_weight: str | dict[str, float] | None = None
     stream: TrainStream | None = None
+    texts: TextSplits | None = None
 
     @property
     def n_features(self) -> int:
