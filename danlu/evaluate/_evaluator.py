@@ -347,6 +347,7 @@ def _eval_data(
         y_val=val[1],
         temperature=bundle.temperature,
         preprocessor=bundle.preprocessor,
+        texts=prepared.texts if prepared is not None else None,
         **extra,
     )
     return data, described
