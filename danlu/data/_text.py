@@ -13,11 +13,20 @@ UTF-8 with invalid sequences replaced (counted and warned), a huge cell is cut t
 :func:`char_cap` characters before tokenizing (memory stays bounded), and anything else that is
 not a string is a :class:`~danlu.errors.DataError` naming the column and row.
 
+Encoding a split is cached by content (``data.text.cache``, on by default): the ids of a column's
+texts are kept as ``.npy`` under ``$DANLU_HOME/cache/tokens/``, keyed by the texts, the
+tokenizer's JSON, ``max_length`` and the character cap (:class:`TokenCache`), so preparing the
+same data again (a tuning trial, a cross-validation fold, a rerun) skips the tokenizer.
+
 ``tokenizers`` is imported inside the functions that need it: importing ``danlu.data`` stays light.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +41,7 @@ from danlu.logging import get_logger
 if TYPE_CHECKING:
     from danlu.config import TextConfig
 
-__all__ = ["TEXT_MODEL_TYPES", "TextEncoder", "char_cap", "text_stats"]
+__all__ = ["TEXT_MODEL_TYPES", "TextEncoder", "TokenCache", "char_cap", "text_stats"]
 
 logger = get_logger(__name__)
 
@@ -46,6 +55,11 @@ CHARS_PER_TOKEN = 32
 STATS_ROWS = 20_000
 COVERAGE_WARN = 0.9  # warn when the training tokens cover less than this share of test tokens
 TRUNCATED_WARN = 0.1  # warn when more than this share of texts are truncated
+#: Texts an encoding must have to be cached: smaller ones tokenize in moments, and a few
+#: predicted rows should not write files.
+CACHE_MIN_ROWS = 100
+#: The token cache's size bound: past it, the least recently used files are removed.
+CACHE_MAX_BYTES = 1 << 30
 
 
 def char_cap(max_length: int) -> int:
@@ -89,6 +103,9 @@ class TextEncoder:
         tokenizer: a ``tokenizers.Tokenizer``.
         max_length: token positions per text (special tokens included).
         source: where the tokenizer came from: ``pretrained:DIR_NAME``, ``wordpiece`` or ``bpe``.
+        cache: keep encodings of at least :data:`CACHE_MIN_ROWS` texts in the
+            :class:`TokenCache` (``data.text.cache``; off for an encoder rebuilt from a saved
+            model, which serves a few rows at a time).
 
     Example:
         >>> from danlu.config import TextConfig
@@ -98,9 +115,13 @@ class TextEncoder:
         True
     """
 
-    def __init__(self, tokenizer: Any, *, max_length: int, source: str) -> None:
+    def __init__(
+        self, tokenizer: Any, *, max_length: int, source: str, cache: bool = False
+    ) -> None:
         self.max_length = int(max_length)
         self.source = source
+        self.cache = cache
+        self._identity: str | None = None  # digest of the tokenizer's JSON (the cache key's part)
         self.pad_id = _pad_id(tokenizer)
         pad_token = tokenizer.id_to_token(self.pad_id) or "[PAD]"
         tokenizer.enable_truncation(self.max_length, direction="right")
@@ -156,11 +177,16 @@ class TextEncoder:
                     limit,
                 )
                 max_length = limit
-            return cls(tokenizer, max_length=max_length, source=f"pretrained:{directory.name}")
+            return cls(
+                tokenizer,
+                max_length=max_length,
+                source=f"pretrained:{directory.name}",
+                cache=config.cache,
+            )
         cleaned, _ = clean_texts(texts, column, char_cap(config.max_length))
         kind = "bpe" if config.tokenizer == "bpe" else "wordpiece"
         tokenizer = _train(cleaned, kind, config.vocab_size, config.lowercase)
-        return cls(tokenizer, max_length=config.max_length, source=kind)
+        return cls(tokenizer, max_length=config.max_length, source=kind, cache=config.cache)
 
     def to_str(self) -> str:
         """The tokenizer as JSON (``tokenizers``' own format): what the preprocessor saves."""
@@ -218,16 +244,40 @@ class TextEncoder:
     def encode_counted(
         self, values: Sequence[Any] | np.ndarray, column: str
     ) -> tuple[np.ndarray, TextCounts]:
-        """:meth:`encode` without logging: the ids and what cleaning and truncation found."""
-        texts, counts = clean_texts(values, column, char_cap(self.max_length))
+        """:meth:`encode` without logging: the ids and what cleaning and truncation found.
+
+        With ``cache`` on and at least :data:`CACHE_MIN_ROWS` texts, the ids come from the
+        :class:`TokenCache` when these very texts were encoded before by the same tokenizer
+        (cleaning runs either way, so every count but the tokenizer's is recomputed; whether a
+        text overflowed ``max_length`` is kept beside its ids)."""
+        cap = char_cap(self.max_length)
+        texts, counts = clean_texts(values, column, cap)
         if not texts:
             return np.empty((0, self.max_length), dtype=np.float32), counts
+        cache = key = None
+        if self.cache and len(texts) >= CACHE_MIN_ROWS:
+            cache = TokenCache()
+            key = cache.key(texts, self.identity(), self.max_length, cap)
+            stored = cache.get(key, len(texts), self.max_length)
+            if stored is not None:
+                ids, long = stored
+                long[counts.cut_rows] = True
+                counts.truncated = int(long.sum())
+                return ids, counts
         encodings = self.tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.float32)  # (n, max_length)
         long = np.fromiter((len(e.overflowing) > 0 for e in encodings), bool, len(encodings))
+        if cache is not None and key is not None:
+            cache.put(key, ids, long)
         long[counts.cut_rows] = True
         counts.truncated = int(long.sum())
         return ids, counts
+
+    def identity(self) -> str:
+        """sha256 of the tokenizer's JSON (vocabulary, normalizer, truncation, padding)."""
+        if self._identity is None:
+            self._identity = hashlib.sha256(self.to_str().encode("utf-8")).hexdigest()
+        return self._identity
 
     def ids(self, text: str) -> list[int]:
         """The token ids of one text without special tokens, truncation or padding."""
@@ -294,6 +344,117 @@ def clean_texts(
             counts.empty += 1
         out.append(text)
     return out, counts
+
+
+# ---- the token cache -----------------------------------------------------------------------------
+
+
+class TokenCache:
+    """Token ids of encoded texts on disk, keyed by content: ``DIR/<sha256>.npy``.
+
+    Each file is one int32 ``.npy`` matrix ``(n, max_length + 1)``: the ids, then 1 where the
+    text had more than ``max_length`` tokens (what the truncation warning counts). Files are
+    written to a temporary name, synced and renamed into place, so a reader never sees half a
+    file; they are read with ``allow_pickle=False`` and checked (shape, dtype, flags), and a
+    file that fails is ignored and written again. The folder stays under ``max_bytes``: past
+    it the least recently used files go. A cache that cannot be written (read-only, disk
+    full) only logs; preparing data never fails because of it.
+
+    Args:
+        directory: the folder (default ``$DANLU_HOME/cache/tokens``, ``DANLU_HOME`` defaulting
+            to ``./.danlu``).
+        max_bytes: the folder's size bound (default 1 GiB).
+
+    Example:
+        >>> import tempfile
+        >>> cache = TokenCache(Path(tempfile.mkdtemp()))
+        >>> key = cache.key(["a text"], "tokenizer-digest", 4, 1024)
+        >>> cache.put(key, np.array([[2.0, 7.0, 3.0, 0.0]], dtype=np.float32), np.array([False]))
+        >>> ids, long = cache.get(key, 1, 4)
+        >>> ids.tolist(), long.tolist()
+        ([[2.0, 7.0, 3.0, 0.0]], [False])
+    """
+
+    def __init__(self, directory: Path | None = None, max_bytes: int = CACHE_MAX_BYTES) -> None:
+        home = Path(os.environ.get("DANLU_HOME", ".danlu"))
+        self.directory = directory if directory is not None else home / "cache" / "tokens"
+        self.max_bytes = max_bytes
+
+    @staticmethod
+    def key(texts: Sequence[str], tokenizer: str, max_length: int, cap: int) -> str:
+        """sha256 of the (cleaned) texts in order, the tokenizer's digest, ``max_length`` and
+        the character cap. Each text is length-prefixed, so no two lists share a key."""
+        digest = hashlib.sha256(f"tokens:1\x1f{tokenizer}\x1f{max_length}\x1f{cap}".encode())
+        for text in texts:
+            raw = text.encode("utf-8", "surrogatepass")
+            digest.update(len(raw).to_bytes(8, "little"))
+            digest.update(raw)
+        return digest.hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.npy"
+
+    def get(self, key: str, rows: int, max_length: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ids ``(rows, max_length)`` as float32 and the overflow flags ``(rows,)``, or None
+        when the file is missing or not what it should be (then it is written again)."""
+        path = self.path(key)
+        try:
+            stored = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as exc:
+            logger.warning("Token cache file %s cannot be read (%s); tokenizing again.", path, exc)
+            return None
+        if (
+            not isinstance(stored, np.ndarray)
+            or stored.dtype != np.int32
+            or stored.shape != (rows, max_length + 1)
+            or not np.isin(stored[:, -1], (0, 1)).all()
+        ):
+            logger.warning("Token cache file %s holds something else; tokenizing again.", path)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: the size bound removes the others first
+        logger.debug("token ids of %d texts read from the cache (%s)", rows, path.name)
+        return stored[:, :-1].astype(np.float32), stored[:, -1].astype(bool)
+
+    def put(self, key: str, ids: np.ndarray, long: np.ndarray) -> None:
+        """Store ``ids`` (n, max_length) and the overflow flags ``long`` (n,) under ``key``."""
+        matrix = np.empty((len(ids), ids.shape[1] + 1), dtype=np.int32)
+        matrix[:, :-1] = ids
+        matrix[:, -1] = long
+        path = self.path(key)
+        temp = self.directory / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as f:
+                np.save(f, matrix, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)  # atomic: a reader sees the old file or the whole new one
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            logger.warning("The token cache in %s cannot be written (%s).", self.directory, exc)
+            return
+        self._bound(keep=path)
+
+    def _bound(self, keep: Path) -> None:
+        """Remove the least recently used files while the folder is over ``max_bytes``."""
+        files = []
+        for entry in self.directory.glob("*.npy"):
+            with contextlib.suppress(OSError):
+                stat = entry.stat()
+                files.append((stat.st_mtime, stat.st_size, entry))
+        total = sum(size for _, size, _ in files)
+        for _, size, entry in sorted(files, key=lambda f: f[0]):
+            if total <= self.max_bytes:
+                break
+            if entry == keep:
+                continue
+            with contextlib.suppress(OSError):  # another process may have removed it already
+                entry.unlink()
+                total -= size
 
 
 # ---- tokenizers ----------------------------------------------------------------------------------

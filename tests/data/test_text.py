@@ -379,3 +379,133 @@ def test_inspect_describes_a_text_column_in_characters(tmp_path):
     assert column["kind"] == "text" and "top" not in column  # no whole texts in the report
     assert "tokens" not in column["text"] and column["text"]["chars"]["min"] > 0
     assert column["shift"] == column["text"]["length_shift"]  # character lengths
+
+
+# ---- the token cache -----------------------------------------------------------------------------
+
+
+class _NoEncoding:
+    """A tokenizer that refuses to encode: proves that ids came from the cache."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def encode_batch(self, texts):
+        raise AssertionError(f"tokenized {len(texts)} texts; the cache should have answered")
+
+
+class TestTokenCache:
+    @pytest.fixture(autouse=True)
+    def _every_encoding_cached(self, monkeypatch):
+        from danlu.data import _text
+
+        monkeypatch.setattr(_text, "CACHE_MIN_ROWS", 1)  # the tests' splits are small
+
+    @staticmethod
+    def cache_files(tmp_path):
+        folder = tmp_path / "home" / "cache" / "tokens"  # DANLU_HOME of the autouse fixture
+        return sorted(folder.glob("*.npy")) if folder.exists() else []
+
+    @staticmethod
+    def encoder(texts, **text):
+        settings = {"max_length": L, "vocab_size": 200, "tokenizer": "wordpiece", **text}
+        return TextEncoder.fit(texts, TextConfig(**settings), column="review")
+
+    def test_a_second_prepare_of_the_same_data_reads_the_ids_from_the_cache(
+        self, tmp_path, monkeypatch, caplog
+    ):
+        frame = reviews()
+        with caplog.at_level(logging.WARNING, logger="danlu"):
+            first = prepare_data(config(), "classification", frame=frame, text_models=True)
+        warned = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+        assert len(self.cache_files(tmp_path)) == 3  # train, val and test
+        original = TextEncoder.__init__
+
+        def without_encoding(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            self.tokenizer = _NoEncoding(self.tokenizer)
+
+        monkeypatch.setattr(TextEncoder, "__init__", without_encoding)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="danlu"):
+            second = prepare_data(config(), "classification", frame=frame, text_models=True)
+        for split in ("x_train", "x_val", "x_test"):
+            assert np.array_equal(getattr(first, split), getattr(second, split))
+        # the truncation warnings and the quality report count the same on a hit
+        assert (
+            warned
+            and [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == warned
+        )
+        assert first.quality["details"] == second.quality["details"]
+        assert len(self.cache_files(tmp_path)) == 3
+
+    def test_other_texts_tokenizer_or_max_length_miss(self, tmp_path):
+        texts = reviews()["review"].tolist()
+        encoder = self.encoder(texts)
+        ids = encoder.encode(texts, "review")
+        assert np.array_equal(encoder.encode(texts, "review"), ids)  # a hit: no new file
+        assert len(self.cache_files(tmp_path)) == 1
+        encoder.encode([*texts[:-1], texts[-1] + " changed"], "review")
+        assert len(self.cache_files(tmp_path)) == 2
+        self.encoder(texts, max_length=L + 4).encode(texts, "review")
+        assert len(self.cache_files(tmp_path)) == 3
+        other = self.encoder(texts, tokenizer="bpe")
+        other_ids = other.encode(texts, "review")
+        assert len(self.cache_files(tmp_path)) == 4 and not np.array_equal(other_ids, ids)
+        assert np.array_equal(other.encode(texts, "review"), other_ids)
+
+    def test_counts_on_a_hit_match_a_miss(self):
+        values = [*reviews()["review"], None, b"caf\xe9 film", "word " * 20_000]
+        encoder = self.encoder(values[:60])
+        ids, counts = encoder.encode_counted(values, "review")
+        again, counts_again = encoder.encode_counted(values, "review")
+        assert np.array_equal(ids, again) and again.dtype == np.float32
+        assert counts_again == counts and counts.truncated > counts.cut == 1
+
+    @pytest.mark.parametrize("damage", ["garbage", "wrong shape", "truncated"])
+    def test_a_damaged_file_is_ignored_and_written_again(self, tmp_path, caplog, damage):
+        texts = reviews()["review"].tolist()
+        encoder = self.encoder(texts)
+        ids = encoder.encode(texts, "review")
+        (path,) = self.cache_files(tmp_path)
+        if damage == "garbage":
+            path.write_bytes(b"not a numpy file")
+        elif damage == "wrong shape":
+            np.save(path, np.zeros((3, L + 1), dtype=np.int32))
+        else:
+            path.write_bytes(path.read_bytes()[:200])
+        with caplog.at_level(logging.WARNING, logger="danlu"):
+            assert np.array_equal(encoder.encode(texts, "review"), ids)
+        assert "Token cache file" in caplog.text
+        stored = np.load(path, allow_pickle=False)
+        assert stored.dtype == np.int32 and np.array_equal(stored[:, :-1], ids)
+
+    def test_cache_false_writes_nothing(self, tmp_path):
+        prepare_data(config(cache=False), "classification", frame=reviews(), text_models=True)
+        assert not (tmp_path / "home" / "cache").exists()
+
+    def test_an_encoder_rebuilt_from_a_saved_model_does_not_cache(self, tmp_path):
+        encoder = self.encoder(reviews()["review"].tolist())
+        rebuilt = TextEncoder.from_str(encoder.to_str(), max_length=L, source="wordpiece")
+        rebuilt.encode(["a served request"] * 5, "review")
+        assert self.cache_files(tmp_path) == []
+
+    def test_the_cache_keeps_under_its_size_bound_removing_the_least_recently_used(self, tmp_path):
+        import os
+
+        from danlu.data._text import TokenCache
+
+        ids, long = np.ones((50, L), dtype=np.float32), np.zeros(50, bool)
+        probe = TokenCache(tmp_path / "probe")
+        probe.put("probe", ids, long)
+        size = probe.path("probe").stat().st_size
+        cache = TokenCache(tmp_path / "tokens", max_bytes=int(2.5 * size))  # room for two
+        for age, key in enumerate(["read", "unread"]):
+            cache.put(key, ids, long)
+            os.utime(cache.path(key), (1_000_000 + age, 1_000_000 + age))
+        assert cache.get("read", 50, L) is not None  # now the most recently used
+        cache.put("new", ids, long)
+        assert sorted(p.stem for p in cache.directory.glob("*.npy")) == ["new", "read"]
