@@ -99,7 +99,14 @@ class TransformerSpec(ModelSpec):
                     "transformer trained from scratch trains every weight"
                 )
         else:
-            given = [o for o in _SCRATCH_OPTIONS if o in self.model_fields_set]
+            # Set to other than their defaults: a saved model card lists every option, so the
+            # defaults of the from-scratch shape come back with a pretrained model's card.
+            fields = type(self).model_fields
+            given = [
+                o
+                for o in _SCRATCH_OPTIONS
+                if o in self.model_fields_set and getattr(self, o) != fields[o].default
+            ]
             if given:
                 raise ValueError(
                     f"{', '.join(given)} shape a transformer trained from scratch; a pretrained "
