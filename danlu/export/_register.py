@@ -3,8 +3,9 @@
 
 The version keeps its own copy of the run's files (safetensors weights, model card,
 preprocessing, and the calibration, fitted decoding, drift reference and trust report when the
-run has them), so
-it survives the deletion of the run. Its signature comes from the task
+run has them), so it survives the deletion of the run. A LoRA or frozen-base transformer's
+weights are its adapter and head only; the store keeps its pretrained base once per sha256
+(``store.store_base``), and every version on that base refers to it by the hash in its card. Its signature comes from the task
 (:meth:`danlu.tasks.Task.signature`). The ONNX export and its parity check follow; they never fail
 the registration: a failed check is recorded on the version (``export.json``, never served).
 """
@@ -83,6 +84,7 @@ def register_model(
         raise StoreError(f"Run '{run_id}' is {run.status}; only a finished run can be registered.")
     files = _run_files(store, run_id)
     card = json.loads(files["model.json"])
+    _keep_base(store, card, run_id)
     version = store.create_model_version(
         name,
         run_id=run_id,
@@ -111,6 +113,31 @@ def _run_files(store: Store, run_id: str) -> dict[str, bytes]:
                 f"Run '{run_id}' has no '{file}' artifact, so it cannot be registered."
             )
     return files
+
+
+def _keep_base(store: Store, card: dict[str, Any], run_id: str) -> None:
+    """A model that keeps only its adapter and head (LoRA, frozen base): the store keeps one
+    copy of its pretrained base per hash, shared by every version on it (copied only when the
+    store has none yet; its hash checked against the model card's, before and after copying)."""
+    from danlu.models._base_weights import BASE_CARD_KEY, base_files, base_sha256, resolve_base
+
+    if BASE_CARD_KEY not in card:
+        return
+    where = f"Run '{run_id}'"
+    base = card[BASE_CARD_KEY]
+    if isinstance(base, dict) and store.stored_base(str(base.get("sha256"))) is not None:
+        return
+    directory = resolve_base(card, None, where)  # StoreError when the base changed since
+    want = card[BASE_CARD_KEY]["sha256"]
+
+    def check(copy: Any) -> None:
+        if (got := base_sha256(copy)) != want:
+            raise StoreError(
+                f"The copy of base model '{directory}' changed while it was being stored "
+                f"(sha256 {got}, expected {want}); register the run again."
+            )
+
+    store.store_base(want, base_files(directory), check)
 
 
 def _signature(

@@ -181,13 +181,21 @@ def _check_registered(card: dict[str, Any], where: str) -> Task:
 def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     """Rebuild a model from its files; ``read(file)`` returns the bytes, or None when absent.
 
+    A model card with a ``base`` section (a LoRA or frozen-base transformer) comes with the
+    adapter and head only: the pretrained base is rebuilt from the store's copy of it
+    (``read.base_dir(sha256)``, which the store's readers have) when there is one, else from
+    ``resolve_pretrained`` of its name, and its sha256 must equal the card's. The stored tensors
+    are then loaded strictly: each must exist in the model, and each of the model's tensors not
+    stored must be part of the untouched base.
+
     Only built-in architectures and tasks are rebuilt, plus builders whose module the operator
     allow-lists in ``DANLU_ALLOWED_BUILDERS``: an import path in ``model.json`` is never
     imported on its own say-so.
 
     Raises:
-        StoreError: a required file is missing or malformed, or the weights are pickled or
-            corrupt.
+        StoreError: a required file is missing or malformed, the weights are pickled or
+            corrupt or do not fit the model, or the base model found has another hash than the
+            card's (the message names both).
         NotFoundError: the card names an architecture or task that is neither built in nor
             allow-listed (nothing was imported).
 
@@ -197,6 +205,7 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     from danlu.config import ModelConfig
     from danlu.data import FeatureSchema, Preprocessor
     from danlu.models import build_model
+    from danlu.models._base_weights import BASE_CARD_KEY, load_stored_state, resolve_base
 
     def required(file: str) -> bytes:
         raw = read(file)
@@ -207,9 +216,18 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     card = _card(required("model.json"), where)
     task = _check_registered(card, where)
     schema = FeatureSchema.from_dict(card["schema"])
-    config = ModelConfig.model_validate({**card["options"], "type": card["type"]})
+    options = dict(card["options"])
+    separate = BASE_CARD_KEY in card  # the weights file holds the adapter and head only
+    if separate:  # rebuild the base from the store's copy (else the name), its hash checked
+        options["pretrained"] = str(resolve_base(card, getattr(read, "base_dir", None), where))
+    config = ModelConfig.model_validate({**options, "type": card["type"]})
     model = build_model(config, schema, task, trusted=False)
-    model.load_state_dict(load_weights(required("model.safetensors"), f"{where}/model.safetensors"))
+    weights = f"{where}/model.safetensors"
+    tensors = load_weights(required("model.safetensors"), weights)
+    if separate:
+        load_stored_state(model, tensors, base_separate=True, where=weights)
+    else:
+        model.load_state_dict(tensors)
     from danlu.models._trees import TreeEnsemble
 
     if isinstance(model, TreeEnsemble):  # trees: the library's own text / JSON model (TreeSHAP)

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from danlu.errors import NotFoundError, StoreError
 from danlu.registry import did_you_mean
 from danlu.store import _tables as t
+from danlu.store._artifacts import BASES_FOLDER
 from danlu.store._atomic import atomic_write_bytes
 from danlu.store._connection import SqlConnection
 from danlu.store._entities import AuditEntry, ModelVersion, RegisteredModel
@@ -43,6 +44,7 @@ class SqlRegistryMixin(SqlConnection):
     """Registry methods of the SQL store (mixed into ``SqlStore``, which provides the rest)."""
 
     model_root: Path
+    artifact_root: Path
 
     def model_version_path(self, name: str, version: int, file: str) -> Path:
         return safe_join(
@@ -326,3 +328,39 @@ class SqlRegistryMixin(SqlConnection):
             AuditEntry(r.id, r.time, r.actor, r.action, r.model, r.version, json.loads(r.detail))
             for r in rows
         ]
+
+    def prune_bases(self, *, min_age_s: float = 3600.0) -> list[str]:
+        """Delete the kept base models that no registered version refers to; returns their
+        hashes. A base younger than ``min_age_s`` stays (a registration may be about to refer
+        to it). A version whose model.json cannot be read stops the pruning (StoreError):
+        its base might be in use."""
+        root = self.artifact_root / BASES_FOLDER
+        if not root.is_dir():
+            return []
+        with self._read() as conn:
+            rows = conn.execute(select(t.model_versions.c.name, t.model_versions.c.version)).all()
+        used: set[str] = set()
+        for row in rows:
+            path = self.model_version_path(row.name, row.version, "model.json")
+            if not path.is_file():
+                continue  # not a model with a card (files registered by hand)
+            try:
+                card = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise StoreError(
+                    f"Cannot read the model card of {row.name}:{row.version} ({exc}), so it is "
+                    "unknown whether it uses a kept base model; nothing was pruned."
+                ) from None
+            base = card.get("base") if isinstance(card, dict) else None
+            if isinstance(base, dict) and isinstance(base.get("sha256"), str):
+                used.add(base["sha256"])
+        removed = []
+        now = time.time()
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith(".") or entry.name in used or not entry.is_dir():
+                continue
+            if now - entry.stat().st_mtime < min_age_s:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        return removed

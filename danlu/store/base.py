@@ -19,11 +19,26 @@ from danlu.store._entities import (
 )
 from danlu.store._names import parse_model_ref
 
-__all__ = ["FileReader", "Store"]
+__all__ = ["FileReader", "Store", "StoreReader"]
 
 #: Reads one file by name, or returns None when there is none by that name (what
 #: ``danlu.models.load_bundle`` reads a model's files with).
 FileReader = Callable[[str], "bytes | None"]
+
+
+class StoreReader:
+    """A :data:`FileReader` of a run's or a version's files that also finds the store's copy
+    of a pretrained base model by its sha256 (``base_dir``), which ``load_bundle`` uses for a
+    model that keeps only its adapter."""
+
+    def __init__(
+        self, read: Callable[[str], bytes | None], base_dir: Callable[[str], Path | None]
+    ) -> None:
+        self._read = read
+        self.base_dir = base_dir
+
+    def __call__(self, file: str) -> bytes | None:
+        return self._read(file)
 
 
 class Store(ABC):
@@ -132,6 +147,32 @@ class Store(ABC):
     @abstractmethod
     def list_artifacts(self, run_id: str) -> list[Artifact]: ...
 
+    # -- pretrained base models, stored once ---------------------------------------------------
+    @abstractmethod
+    def stored_base(self, sha256: str) -> Path | None:
+        """The folder of the store's copy of the pretrained base model with this hash, or None.
+
+        A LoRA or frozen-base version keeps only its adapter and head; its base model's files
+        are kept once per hash (content-addressed), whatever the number of versions on it.
+        """
+
+    @abstractmethod
+    def store_base(
+        self,
+        sha256: str,
+        files: Sequence[Path],
+        check: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Keep a copy of a base model's ``files`` under its hash unless one is already kept;
+        returns its folder. The copy is staged, ``check(staged_folder)`` may refuse it (raise),
+        and it is renamed into place whole: a folder that exists is always complete.
+        """
+
+    @abstractmethod
+    def prune_bases(self, *, min_age_s: float = 3600.0) -> list[str]:
+        """Delete the kept base models no registered version refers to (deleting a version
+        never does); returns their hashes. Bases younger than ``min_age_s`` stay."""
+
     # -- model registry ------------------------------------------------------------------------
     @abstractmethod
     def create_model_version(
@@ -200,7 +241,7 @@ class Store(ABC):
             path = self.model_version_path(mv.name, mv.version, file)
             return path.read_bytes() if path.is_file() else None
 
-        return read
+        return StoreReader(read, self.stored_base)
 
     def run_reader(self, run_id: str) -> FileReader:
         """A reader of the run's artifacts, like :meth:`model_reader` (None: no such artifact).
@@ -213,7 +254,7 @@ class Store(ABC):
             path = self.artifact_path(run_id, name)
             return path.read_bytes() if path.is_file() else None
 
-        return read
+        return StoreReader(read, self.stored_base)
 
     @abstractmethod
     def list_models(self) -> list[RegisteredModel]: ...

@@ -362,19 +362,29 @@ def reload_trained(ctx: Context) -> Context:
     """The train stage's outputs from a run that finished training in an earlier session: the
     weights into the model the prepare stage built, the metrics from ``summary.json``."""
     from danlu.models import load_weights
+    from danlu.models._base_weights import BASE_CARD_KEY, load_stored_state, resolve_base
     from danlu.train._energy import EnergyReading
 
     assert ctx.model is not None and ctx.previous is not None
     weights = ctx.store.artifact_path(ctx.run_id, "model.safetensors").read_bytes()
+    card = json.loads(ctx.store.artifact_path(ctx.run_id, "model.json").read_text())
     if ctx.recipe.model.type == "auto":  # the model the run chose, as its card describes it
         from danlu.config import ModelConfig
         from danlu.models import build_model
 
-        card = json.loads(ctx.store.artifact_path(ctx.run_id, "model.json").read_text())
         config = ModelConfig.model_validate({**card["options"], "type": card["type"]})
         assert ctx.data is not None and ctx.task is not None
         ctx.model, ctx.model_type = build_model(config, ctx.data.schema, ctx.task), card["type"]
-    ctx.model.load_state_dict(load_weights(weights, f"Run {ctx.run_id}/model.safetensors"))
+    where = f"Run {ctx.run_id}"
+    separate = BASE_CARD_KEY in card  # adapter and head only: the base must be the same one
+    tensors = load_weights(weights, f"{where}/model.safetensors")
+    if separate:
+        resolve_base(card, None, where)  # the base the prepare stage loaded, hash checked
+        load_stored_state(
+            ctx.model, tensors, base_separate=True, where=f"{where}/model.safetensors"
+        )
+    else:
+        ctx.model.load_state_dict(tensors)
     ctx.model.eval()
     from danlu.models._trees import TreeEnsemble
 
@@ -405,10 +415,13 @@ def _save_outputs(ctx: Context) -> None:
     """The model's files: safetensors weights, the model card and the drift reference."""
     from safetensors.torch import save as st_save
 
+    from danlu.models._base_weights import BASE_CARD_KEY, base_identity, stored_state
+
     assert ctx.model is not None and ctx.data is not None
     recipe, data, options = ctx.recipe, ctx.data, ctx.options
-    state = ctx.model.state_dict()
-    weights = st_save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})
+    model_type = ctx.model_type or recipe.model.type  # auto: the candidate that won
+    # LoRA / frozen base: the adapters and head only; the card names the base and its hash
+    weights = st_save(stored_state(ctx.model, model_type, options))
     ctx.log_artifact("model.safetensors", weights)
     ctx.files["model.safetensors"] = len(weights)
     native = getattr(ctx.model, "native_model", None)
@@ -421,11 +434,13 @@ def _save_outputs(ctx: Context) -> None:
         options.model_dump(mode="json") if hasattr(options, "model_dump") else dict(options or {})
     )
     model_card = {
-        "type": ctx.model_type or recipe.model.type,  # auto: the candidate that won
+        "type": model_type,
         "options": spec,
         "task": recipe.task,
         "schema": data.schema.to_dict(),
     }
+    if (base := base_identity(model_type, options)) is not None:
+        model_card[BASE_CARD_KEY] = base
     ctx.log_artifact("model.json", json.dumps(model_card, indent=1))
     if len(data.x_train):  # the training distribution a server compares its inputs with (PSI)
         from danlu.data import drift_reference
