@@ -3,7 +3,9 @@
 Data lives in memory as tensors and batches are slices of a shuffled index, exactly as in a
 hand-written loop, so the engine costs almost nothing on top of the model's own work. Data larger
 than memory (``data.stream``) feeds the same loop from a :class:`~danlu.data.TrainStream` that
-reads Parquet in chunks, ahead of training in a background thread. Everything
+reads Parquet in chunks, ahead of training in a background thread. With text columns the
+shuffle is length-bucketed (``train.bucket_by_length``, ``_buckets.py``): each batch holds texts
+of similar length, so a text model, which cuts a batch to its longest row, pads less. Everything
 else (early stopping, progress, user hooks) is a callback; checkpoints capture the whole state
 (model, optimizer, schedule, callbacks, every RNG) so a killed run resumes bit-for-bit.
 """
@@ -26,6 +28,7 @@ from danlu.config import TrainConfig
 from danlu.data import Augmenter
 from danlu.errors import ConfigError, DataError, Preempted
 from danlu.logging import get_logger
+from danlu.train._buckets import EVAL_CHUNK_ROWS, bucketed_order, token_lengths
 from danlu.train._callbacks import Callback, EarlyStopping
 from danlu.train._checkpoint import (
     CheckpointWriter,
@@ -118,6 +121,7 @@ class _FitSetup:
     l1_params: list[torch.nn.Parameter]  # weights (not biases) under train.l1
     resume_at: dict[str, Any] | None = None  # where a preempted session stopped in its epoch
     epoch_shuffle: torch.Tensor | None = None  # the shuffle's RNG as the current epoch began
+    lengths: torch.Tensor | None = None  # (N,) rows' token counts: length-bucketed batches
 
 
 class Trainer:
@@ -163,18 +167,40 @@ class Trainer:
 
     @torch.inference_mode()
     def predict_outputs(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Raw model outputs for ``x`` in eval mode, in float32 on the CPU."""
+        """Raw model outputs for ``x`` in eval mode, in float32 on the CPU.
+
+        Rows with text are predicted in order of length, in chunks of similar length (less
+        padding), and the outputs put back in the rows' order."""
         model = self.model
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         x_t = torch.as_tensor(x)
+        schema = getattr(self, "schema", None)
+        lengths = (
+            token_lengths(x_t, schema)
+            if schema is not None and self.config.bucket_by_length and len(x_t)
+            else None
+        )
+        if lengths is None:  # slices in the rows' order
+            chunks = [
+                slice(start, start + _EVAL_CHUNK) for start in range(0, len(x_t), _EVAL_CHUNK)
+            ]
+            order = None
+        else:
+            order = torch.argsort(lengths, stable=True)  # (N,) shortest first
+            chunks = list(order.split(EVAL_CHUNK_ROWS))
         outputs = []
-        for start in range(0, len(x_t), _EVAL_CHUNK):
+        for rows in chunks:
             with self._autocast(device):
-                outputs.append(model(x_t[start : start + _EVAL_CHUNK].to(device)).float().cpu())
+                outputs.append(model(x_t[rows].to(device)).float().cpu())
         model.train(was_training)
-        return torch.cat(outputs) if outputs else torch.empty(0)
+        if not outputs:
+            return torch.empty(0)
+        out = torch.cat(outputs)
+        if order is not None:  # back in the rows' order
+            out = torch.empty_like(out).index_copy_(0, order, out)
+        return out
 
     def stream_outputs(self, stream: TrainStream, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs and targets of a streamed split (``val``/``test``); features are not kept."""
@@ -367,6 +393,11 @@ class Trainer:
         x_val = torch.as_tensor(data.x_val)  # (V, D), validated on the CPU in chunks
         y_val = torch.as_tensor(data.y_val).to(target_dtype)  # (V,)
         stream = data.stream  # data larger than memory: batches come from Parquet, not tensors
+        lengths = (  # text: each row's token count, for batches of similar length
+            token_lengths(data.x_train, data.schema)
+            if cfg.bucket_by_length and stream is None
+            else None
+        )
         rows = self.strategy.rows_per_rank(len(x_train) if stream is None else stream.rows["train"])
         val_rows = len(x_val) if stream is None else stream.rows["val"]
         batch_size = self._batch_size(rows)
@@ -410,6 +441,7 @@ class Trainer:
                 else None
             ),
             l1_params=[p for p in self.model.parameters() if p.ndim > 1] if cfg.l1 > 0 else [],
+            lengths=lengths,
         )
 
     def _batch_size(self, rows: int) -> int:
@@ -504,6 +536,10 @@ class Trainer:
         """One epoch's training batches from batch ``start``, (B, D) and (B,), on the device."""
         if setup.stream is None:  # in memory: slices of a shuffled index, as by hand
             order = torch.randperm(len(setup.x_train), generator=setup.generator)
+            if setup.lengths is not None:  # text: batches of similar length (_buckets.py), cut
+                # at batch_size × ranks, so each rank's strided share of a batch is its batch
+                rows = setup.batch_size * self.strategy.world_size
+                order = bucketed_order(order, setup.lengths, rows, setup.generator)
             order = self.strategy.shard(order).to(setup.device)  # distributed: this rank's share
             return (
                 (setup.x_train[idx], setup.y_train[idx])
