@@ -270,3 +270,56 @@ def test_frozen_stores_the_head_and_full_stores_everything():
     full = {**options, "finetune": "full"}
     assert not stores_base_separately("transformer", full)
     assert set(stored_state(model, "transformer", full)) == set(model.state_dict())
+
+
+def test_a_lora_run_resumed_after_training_reloads_its_adapter(tmp_path, monkeypatch):
+    """Evaluation crashes once after training: the resumed run loads the adapter and head into
+    the base the prepare stage built (hash checked) and carries on with the same model."""
+    from safetensors.torch import load_file
+
+    import danlu.evaluate
+
+    source = tmp_path / "reviews.csv"
+    _reviews().to_csv(source, index=False)
+    recipe = {
+        "name": "reviews",
+        "data": {
+            "source": str(source),
+            "target": "y",
+            "features": {"review": "text"},
+            "text": {"max_length": 16},
+        },
+        "task": "classification",
+        "model": {
+            "type": "transformer",
+            "pretrained": MINILM,
+            "finetune": "lora",
+            "lora": {"r": 2},
+        },
+        "train": {"epochs": 1, "batch_size": 16, "checkpoint": {"every": 0}},
+        "evaluate": {"bootstrap": 0, "baselines": False, "robustness": False, "explain": False},
+    }
+    build_report, crashes = danlu.evaluate.build_report, ["evaluation crashed (simulated)"]
+
+    def flaky_report(*args, **kwargs):
+        if crashes:
+            raise RuntimeError(crashes.pop())
+        return build_report(*args, **kwargs)
+
+    monkeypatch.setattr("danlu.evaluate.build_report", flaky_report)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            danlu.run(recipe, home=tmp_path / "home")
+        store = SqlStore(home=tmp_path / "home")
+        [run] = store.search_runs()
+        stored = load_file(store.artifact_path(run.id, "model.safetensors"))
+        resumed = danlu.run(recipe, resume=run.id, home=tmp_path / "home")
+    finally:
+        torch.set_num_threads(threads)
+    state = resumed.model.state_dict()
+    assert stored and all(torch.equal(state[k], v) for k, v in stored.items())
+    assert resumed.report is not None
+    got = resumed.predict(pd.DataFrame(ROWS))["prediction"]
+    assert len(got) == len(ROWS)
