@@ -257,7 +257,7 @@ class TextEncoder:
         cache = key = None
         if self.cache and len(texts) >= CACHE_MIN_ROWS:
             cache = TokenCache()
-            key = cache.key(texts, self.identity(), self.max_length, cap)
+            key = cache.key("ids", texts, self.identity(), self.max_length, cap)
             stored = cache.get(key, len(texts), self.max_length)
             if stored is not None:
                 ids, long = stored
@@ -285,8 +285,20 @@ class TextEncoder:
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each (cleaned) text's token ids, special tokens included, neither truncated nor
-        padded (within the character cap): what the quality report counts."""
-        return [list(e.ids) for e in self._plain().encode_batch(list(texts))]
+        padded (within the character cap): what the quality report counts. Cached as
+        :meth:`encode_counted` is."""
+        cache = key = None
+        if self.cache and len(texts) >= CACHE_MIN_ROWS:
+            cache = TokenCache()
+            cap = char_cap(self.max_length)
+            key = cache.key("plain", texts, self.identity(), self.max_length, cap)
+            stored = cache.get_lists(key, len(texts))
+            if stored is not None:
+                return stored
+        ids = [list(e.ids) for e in self._plain().encode_batch(list(texts))]
+        if cache is not None and key is not None:
+            cache.put_lists(key, ids)
+        return ids
 
     def _plain(self) -> Any:
         if self._counter is None:
@@ -350,15 +362,17 @@ def clean_texts(
 
 
 class TokenCache:
-    """Token ids of encoded texts on disk, keyed by content: ``DIR/<sha256>.npy``.
+    """Token ids of texts on disk, keyed by content: ``DIR/<sha256>.npy``, one int32 array each.
 
-    Each file is one int32 ``.npy`` matrix ``(n, max_length + 1)``: the ids, then 1 where the
-    text had more than ``max_length`` tokens (what the truncation warning counts). Files are
-    written to a temporary name, synced and renamed into place, so a reader never sees half a
-    file; they are read with ``allow_pickle=False`` and checked (shape, dtype, flags), and a
-    file that fails is ignored and written again. The folder stays under ``max_bytes``: past
-    it the least recently used files go. A cache that cannot be written (read-only, disk
-    full) only logs; preparing data never fails because of it.
+    Two kinds of entry: an encoding (:meth:`put`) is the matrix ``(n, max_length + 1)`` of the
+    ids, then 1 where the text had more than ``max_length`` tokens (what the truncation
+    warning counts); the quality report's untruncated ids (:meth:`put_lists`) are one flat
+    array ``[n, n lengths, the ids one text after another]``. Files are written to a temporary
+    name, synced and renamed into place, so a reader never sees half a file; they are read with
+    ``allow_pickle=False`` and checked (dtype, shape, flags, lengths), and a file that fails is
+    ignored and written again. The folder stays under ``max_bytes``: past it the least
+    recently used files go. A cache that cannot be written (read-only, disk full) only logs;
+    preparing data never fails because of it.
 
     Args:
         directory: the folder (default ``$DANLU_HOME/cache/tokens``, ``DANLU_HOME`` defaulting
@@ -368,7 +382,7 @@ class TokenCache:
     Example:
         >>> import tempfile
         >>> cache = TokenCache(Path(tempfile.mkdtemp()))
-        >>> key = cache.key(["a text"], "tokenizer-digest", 4, 1024)
+        >>> key = cache.key("ids", ["a text"], "tokenizer-digest", 4, 1024)
         >>> cache.put(key, np.array([[2.0, 7.0, 3.0, 0.0]], dtype=np.float32), np.array([False]))
         >>> ids, long = cache.get(key, 1, 4)
         >>> ids.tolist(), long.tolist()
@@ -381,10 +395,11 @@ class TokenCache:
         self.max_bytes = max_bytes
 
     @staticmethod
-    def key(texts: Sequence[str], tokenizer: str, max_length: int, cap: int) -> str:
-        """sha256 of the (cleaned) texts in order, the tokenizer's digest, ``max_length`` and
-        the character cap. Each text is length-prefixed, so no two lists share a key."""
-        digest = hashlib.sha256(f"tokens:1\x1f{tokenizer}\x1f{max_length}\x1f{cap}".encode())
+    def key(kind: str, texts: Sequence[str], tokenizer: str, max_length: int, cap: int) -> str:
+        """sha256 of the entry's kind, the (cleaned) texts in order, the tokenizer's digest,
+        ``max_length`` and the character cap. Each text is length-prefixed, so no two lists
+        share a key."""
+        digest = hashlib.sha256(f"{kind}:1\x1f{tokenizer}\x1f{max_length}\x1f{cap}".encode())
         for text in texts:
             raw = text.encode("utf-8", "surrogatepass")
             digest.update(len(raw).to_bytes(8, "little"))
@@ -395,8 +410,56 @@ class TokenCache:
         return self.directory / f"{key}.npy"
 
     def get(self, key: str, rows: int, max_length: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The ids ``(rows, max_length)`` as float32 and the overflow flags ``(rows,)``, or None
-        when the file is missing or not what it should be (then it is written again)."""
+        """An encoding: the ids ``(rows, max_length)`` as float32 and the overflow flags
+        ``(rows,)``, or None when the file is missing or not what it should be."""
+        stored = self._load(key)
+        if stored is None:
+            return None
+        if stored.shape != (rows, max_length + 1) or not np.isin(stored[:, -1], (0, 1)).all():
+            self._damaged(key)
+            return None
+        logger.debug("token ids of %d texts read from the cache (%s)", rows, key)
+        return stored[:, :-1].astype(np.float32), stored[:, -1].astype(bool)
+
+    def put(self, key: str, ids: np.ndarray, long: np.ndarray) -> None:
+        """Store an encoding: ``ids`` (n, max_length) and the overflow flags ``long`` (n,)."""
+        matrix = np.empty((len(ids), ids.shape[1] + 1), dtype=np.int32)
+        matrix[:, :-1] = ids
+        matrix[:, -1] = long
+        self._store(key, matrix)
+
+    def get_lists(self, key: str, rows: int) -> list[list[int]] | None:
+        """Untruncated ids of ``rows`` texts, or None when missing or not what it should be."""
+        stored = self._load(key)
+        if stored is None:
+            return None
+        lengths = stored[1 : rows + 1].astype(np.int64)
+        if (
+            stored.ndim != 1
+            or len(stored) < rows + 1
+            or stored[0] != rows
+            or len(lengths) != rows
+            or (lengths < 0).any()
+            or len(stored) != 1 + rows + int(lengths.sum())
+        ):
+            self._damaged(key)
+            return None
+        ids = stored[1 + rows :].tolist()
+        bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        return [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def put_lists(self, key: str, lists: Sequence[Sequence[int]]) -> None:
+        """Store untruncated ids, one list per text."""
+        lengths = [len(ids) for ids in lists]
+        flat = np.empty(1 + len(lists) + sum(lengths), dtype=np.int32)
+        flat[0] = len(lists)
+        flat[1 : len(lists) + 1] = lengths
+        flat[len(lists) + 1 :] = [t for ids in lists for t in ids]
+        self._store(key, flat)
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def _load(self, key: str) -> np.ndarray | None:
         path = self.path(key)
         try:
             stored = np.load(path, allow_pickle=False)
@@ -405,30 +468,26 @@ class TokenCache:
         except (OSError, ValueError, EOFError) as exc:
             logger.warning("Token cache file %s cannot be read (%s); tokenizing again.", path, exc)
             return None
-        if (
-            not isinstance(stored, np.ndarray)
-            or stored.dtype != np.int32
-            or stored.shape != (rows, max_length + 1)
-            or not np.isin(stored[:, -1], (0, 1)).all()
-        ):
-            logger.warning("Token cache file %s holds something else; tokenizing again.", path)
+        if not isinstance(stored, np.ndarray) or stored.dtype != np.int32 or stored.ndim > 2:
+            self._damaged(key)
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: the size bound removes the others first
-        logger.debug("token ids of %d texts read from the cache (%s)", rows, path.name)
-        return stored[:, :-1].astype(np.float32), stored[:, -1].astype(bool)
+        return stored
 
-    def put(self, key: str, ids: np.ndarray, long: np.ndarray) -> None:
-        """Store ``ids`` (n, max_length) and the overflow flags ``long`` (n,) under ``key``."""
-        matrix = np.empty((len(ids), ids.shape[1] + 1), dtype=np.int32)
-        matrix[:, :-1] = ids
-        matrix[:, -1] = long
+    def _damaged(self, key: str) -> None:
+        logger.warning(
+            "Token cache file %s holds something else; tokenizing again.", self.path(key)
+        )
+        return None
+
+    def _store(self, key: str, array: np.ndarray) -> None:
         path = self.path(key)
         temp = self.directory / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with open(temp, "wb") as f:
-                np.save(f, matrix, allow_pickle=False)
+                np.save(f, array, allow_pickle=False)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, path)  # atomic: a reader sees the old file or the whole new one

@@ -421,12 +421,14 @@ class TestTokenCache:
         with caplog.at_level(logging.WARNING, logger="danlu"):
             first = prepare_data(config(), "classification", frame=frame, text_models=True)
         warned = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
-        assert len(self.cache_files(tmp_path)) == 3  # train, val and test
+        # the ids of train, val and test, and the quality report's untruncated ids
+        assert len(self.cache_files(tmp_path)) == 4
         original = TextEncoder.__init__
 
         def without_encoding(self, *args, **kwargs):
             original(self, *args, **kwargs)
             self.tokenizer = _NoEncoding(self.tokenizer)
+            self._counter = _NoEncoding(self.tokenizer)  # what the quality report counts with
 
         monkeypatch.setattr(TextEncoder, "__init__", without_encoding)
         caplog.clear()
@@ -440,7 +442,7 @@ class TestTokenCache:
             and [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == warned
         )
         assert first.quality["details"] == second.quality["details"]
-        assert len(self.cache_files(tmp_path)) == 3
+        assert len(self.cache_files(tmp_path)) == 4
 
     def test_other_texts_tokenizer_or_max_length_miss(self, tmp_path):
         texts = reviews()["review"].tolist()
@@ -464,6 +466,18 @@ class TestTokenCache:
         again, counts_again = encoder.encode_counted(values, "review")
         assert np.array_equal(ids, again) and again.dtype == np.float32
         assert counts_again == counts and counts.truncated > counts.cut == 1
+
+    def test_the_quality_reports_token_counts_are_cached_too(self, tmp_path):
+        texts = [*reviews()["review"], "", "word " * 20_000]
+        encoder = self.encoder(texts[:60])
+        counted = encoder.token_ids(texts)
+        assert len(self.cache_files(tmp_path)) == 1
+        plain = encoder._plain()
+        encoder._counter = _NoEncoding(plain)
+        assert encoder.token_ids(texts) == counted and max(map(len, counted)) > L
+        encoder._counter = plain
+        encoder.token_ids(texts[:-1])  # other texts: a miss
+        assert len(self.cache_files(tmp_path)) == 2
 
     @pytest.mark.parametrize("damage", ["garbage", "wrong shape", "truncated"])
     def test_a_damaged_file_is_ignored_and_written_again(self, tmp_path, caplog, damage):
