@@ -181,12 +181,18 @@ def attributions(
         if len(targets) != len(x):
             raise ValueError(f"target has {len(targets)} entries for {len(x)} rows")
     attr = _captum()
-    forward = _forward(data)
     device = torch.device(data.device)
     data.model.eval()
+    columns, forward, context = _explained_inputs(data, x, device)
+    out = np.zeros(x.shape, dtype=np.float64)
+    if len(columns) == 0:  # text only: its tokens are explained by the text section
+        return out
     try:
         with _seeded(config.seed):
-            return _attribute(attr, data, x, config, targets, forward, device)
+            out[:, columns] = _attribute(
+                attr, data, x[:, columns], columns, context, config, targets, forward, device
+            )
+        return out
     except RuntimeError as error:
         if config.method == "kernel_shap" or "grad" not in str(error):
             raise
@@ -197,16 +203,56 @@ def attributions(
         ) from error
 
 
+def _explained_inputs(
+    data: EvalData, x: np.ndarray, device: torch.device
+) -> tuple[np.ndarray, Callable[..., torch.Tensor], torch.Tensor | None]:
+    """The input columns the feature attributions perturb, the forward over them, and what the
+    forward also needs per row.
+
+    A text model's token-id columns are not features (interpolating ids is meaningless, and
+    the model takes no gradient through them): its tabular columns are explained with the
+    pooled text vectors held fixed (:func:`~danlu.evaluate._explain_text.text_parts`, run once
+    per row); its tokens are explained by :func:`~danlu.evaluate._explain_text.token_section`.
+    """
+    import numpy as np
+    import torch
+
+    from danlu.evaluate._explain_text import is_text_model, text_parts
+
+    model: Any = data.model
+    if not is_text_model(model):
+        return np.arange(x.shape[1]), _forward(data), None
+    columns = model.tabular.cpu().numpy()  # the order the head reads them in
+    if len(columns) == 0:
+        return columns, _forward(data), None
+    scale = data.temperature if data.task.calibrates else 1.0
+    with torch.no_grad():
+        parts = torch.cat(
+            [
+                text_parts(model, torch.as_tensor(x[start : start + 64], device=device))
+                for start in range(0, len(x), 64)
+            ]
+        )  # (n, H)
+
+    def forward(tabular: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        return model.head(torch.cat([pooled, tabular], 1)) / scale  # type: ignore[no-any-return]
+
+    return columns, forward, parts
+
+
 def _attribute(
     attr: Any,
     data: EvalData,
     x: np.ndarray,
+    columns: np.ndarray,
+    context: torch.Tensor | None,
     config: ExplainConfig,
     targets: np.ndarray | None,
-    forward: Callable[[torch.Tensor], torch.Tensor],
+    forward: Callable[..., torch.Tensor],
     device: torch.device,
 ) -> np.ndarray:
-    """The batched captum calls of :func:`attributions` (generators already seeded)."""
+    """The batched captum calls of :func:`attributions` over the input ``columns`` (``x`` holds
+    just those; ``context`` rows go to the forward as well), generators already seeded."""
     import numpy as np
     import torch
 
@@ -216,10 +262,13 @@ def _attribute(
     def target_of(start: int, stop: int) -> Any:
         return 0 if targets is None else torch.as_tensor(targets[start:stop], device=device)
 
+    def extra(start: int, stop: int) -> Any:
+        return None if context is None else (context[start:stop],)
+
     parts: list[np.ndarray] = []
     if config.method == "integrated_gradients":
         method = attr.IntegratedGradients(forward)
-        baseline = tensor(_mean_baseline(data))  # (1, D), broadcast over the batch
+        baseline = tensor(_mean_baseline(data)[:, columns])  # (1, D), broadcast over the batch
         rows = max(1, _BATCH_EVALS // config.steps)
         with torch.enable_grad():
             for start in range(0, len(x), rows):
@@ -228,12 +277,13 @@ def _attribute(
                     batch,
                     baselines=baseline.expand_as(batch),
                     target=target_of(start, start + len(batch)),
+                    additional_forward_args=extra(start, start + len(batch)),
                     n_steps=config.steps,
                 )
                 parts.append(out.detach().double().cpu().numpy())
     elif config.method == "gradient_shap":
         method = attr.GradientShap(forward)
-        background = tensor(_background(data, config))  # (B, D)
+        background = tensor(_background(data, config)[:, columns])  # (B, D)
         rows = max(1, _BATCH_EVALS // _GRADIENT_SHAP_SAMPLES)
         with torch.enable_grad():
             for start in range(0, len(x), rows):
@@ -242,13 +292,15 @@ def _attribute(
                     batch,
                     baselines=background,
                     target=target_of(start, start + len(batch)),
+                    additional_forward_args=extra(start, start + len(batch)),
                     n_samples=_GRADIENT_SHAP_SAMPLES,
                 )
                 parts.append(out.detach().double().cpu().numpy())
     else:
         method = attr.KernelShap(forward)
-        baseline = tensor(_mean_baseline(data))
-        mask = _feature_mask(data.groups, x.shape[1])  # (1, D)
+        baseline = tensor(_mean_baseline(data)[:, columns])
+        full = _feature_mask(data.groups, data.x.shape[1])[0, columns]  # (D,)
+        mask = np.unique(full, return_inverse=True)[1].reshape(1, -1)  # (1, D), from 0
         # One Shapley value per raw feature, shared evenly by its columns, so that summing
         # a feature's columns gives back its value (captum would copy it to every column).
         share = 1.0 / np.bincount(mask[0])[mask[0]]  # (D,)
@@ -258,6 +310,7 @@ def _attribute(
                     tensor(x[row : row + 1]),  # (1, D)
                     baselines=baseline,
                     target=target_of(row, row + 1),
+                    additional_forward_args=extra(row, row + 1),
                     feature_mask=torch.as_tensor(mask, device=device),
                     n_samples=_KERNEL_SAMPLES,
                     perturbations_per_eval=_KERNEL_SAMPLES,
@@ -542,6 +595,31 @@ def _method_note(config: ExplainConfig, data: EvalData) -> tuple[str, str]:
     return method, base
 
 
+def _add_tokens(section: Section, data: EvalData, config: ExplainConfig) -> None:
+    """The token attributions of a text model's most and least confident test rows."""
+    from danlu.evaluate._explain_text import is_text_model, token_section
+
+    texts = [g.name for g in data.groups if g.kind == "text"]
+    if not texts or not is_text_model(data.model):
+        return
+    records, block, notes = token_section(data, config)
+    section.data["token_attributions"] = records
+    if block:
+        section.figures[
+            "Token attributions of the most and least confident test rows: red toward the "
+            "prediction, blue against"
+        ] = block
+    section.notes.extend(notes)
+    section.notes.append(
+        f"Text column{'s' if len(texts) > 1 else ''} {', '.join(texts)}: explained token by "
+        "token, not as features (their token-id columns are held as they are while the other "
+        "columns are attributed, with each text's pooled encoding fixed)."
+    )
+    shown = sum(len(rows) for rows in records.values())
+    words = "token attributions of " + (f"{shown} test rows" if shown != 1 else "1 test row")
+    section.summary = f"{section.summary}; {words}" if section.summary else words
+
+
 def explain_section(data: EvalData, config: ExplainConfig) -> Section:
     """The report's explanations: global importance per raw feature, a summary plot, saliency
     maps for images, and the ``top_k`` most and least confident test rows explained.
@@ -614,7 +692,8 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
         additivity = float(np.abs(attr.sum(axis=1) + bias - want).max())
     else:
         attr = attributions(data, x, config, explained_rows.targets)  # (n, D)
-    groups = data.groups
+    # token ids are no feature: a text column is explained token by token (_explain_text)
+    groups = [g for g in data.groups if g.kind != "text"]
     grouped = _grouped(attr, groups)  # (n, G)
     importance = global_importance(attr, groups)
     position = {g.name: i for i, g in enumerate(groups)}
@@ -652,9 +731,10 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
         },
     }
 
-    section.figures["Summary of attributions: each dot is a test row"] = _summary_plot(
-        grouped, x, groups, order
-    )
+    if groups:
+        section.figures["Summary of attributions: each dot is a test row"] = _summary_plot(
+            grouped, x, groups, order
+        )
     shape = data.schema.image_shape
     if shape is not None and math.prod(shape) == x.shape[1] and len(shape) in (2, 3):
         n_pick = min(_SALIENCY_ROWS, count)
@@ -668,11 +748,12 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
         section.figures["Saliency: inputs and their attributions"] = _saliency_plot(
             _raw_pixels(data, rows, x), attr, tuple(shape), picks, labels
         )
-    else:
+    elif groups:
         section.figures["Global feature importance"] = _bar_plot(importance)
 
     top3 = list(importance)[:3]
-    section.summary = "top features: " + ", ".join(top3)
+    section.summary = "top features: " + ", ".join(top3) if top3 else None
+    _add_tokens(section, data, config)
     what = explained_rows.what
     if native is not None:
         section.data["additivity_error"] = additivity

@@ -309,12 +309,17 @@ def _render(value: Any, depth: int = 0) -> str:
     return html.escape(str(value))
 
 
+#: data keys shown as a figure of their section, not as a table (report.json keeps them)
+_DRAWN = frozenset({"confusion_matrix", "token_attributions"})
+
+
 def _section_tables(data: dict[str, Any]) -> list[str]:
     """A section's data: its single values in one table first, then one titled table each for
-    the structured ones (the confusion matrix is drawn as a figure)."""
+    the structured ones (the confusion matrix and the token attributions are drawn as
+    figures)."""
     single, blocks = {}, []
     for key, value in data.items():
-        if key == "confusion_matrix" or value is None:
+        if key in _DRAWN or value is None:
             continue  # drawn as a figure, or not measured
         if _is_single(value):
             single[key] = value
