@@ -13,7 +13,7 @@ import pytest
 from danlu.config import RobustnessConfig
 from danlu.evaluate._baselines import baselines_section
 from danlu.evaluate._robustness import _attacked, _continuous_columns, robustness_section
-from danlu.evaluate._text_baseline import fit_tfidf_baseline, join_columns
+from danlu.evaluate._text_baseline import fit_tfidf_baseline, join_columns, linear_model
 from danlu.evaluate._text_robustness import (
     TEXT_RATES,
     casing,
@@ -118,6 +118,18 @@ def test_the_baseline_is_the_one_the_bench_fits():
     assert joined == ["x\n1", "y\n2"]
 
 
+def test_a_numeric_target_gets_tfidf_and_ridge():
+    train = ["great film", "great plot", "poor film", "poor plot"] * 3
+    fit = fit_tfidf_baseline(
+        train, [5.0, 5.0, 1.0, 1.0] * 3, ["so great", "so poor"], [5.0, 1.0],
+        make=linear_model("values"),
+    )  # fmt: skip
+    assert type(fit.model).__name__ == "Ridge"
+    high, low = fit.predict(["a great one", "a poor one"])
+    assert high > 3 > low
+    assert set(fit.validation) == {1.0, 10.0, 100.0}  # C by validation R²
+
+
 def test_no_text_columns_no_text_baseline(make_eval_data):
     section = baselines_section(make_eval_data())
     assert "text_baseline" not in section.data
@@ -202,6 +214,15 @@ def test_the_text_robustness_curve(text_data):
     assert "fgsm" in section.data["curves"] and "dropout" in section.data["curves"]
 
 
+def test_without_the_preprocessor_the_text_perturbations_are_skipped_with_a_note(text_data):
+    import dataclasses
+
+    data = dataclasses.replace(text_data, preprocessor=None)
+    section = robustness_section(data, RobustnessConfig(dropout=[0.5]))
+    assert "text" not in section.data
+    assert any("Text perturbations were skipped" in note for note in section.notes)
+
+
 def test_word_dropout_at_full_rate_changes_what_the_model_sees(text_data):
     """Perturbed texts are tokenized again: with every word dropped, the text columns hold
     special tokens and padding only."""
@@ -227,3 +248,46 @@ def test_fgsm_does_not_attack_token_ids(text_data):
     np.testing.assert_array_equal(adv[:, text.start : text.stop], x[:, text.start : text.stop])
     numeric = list(text_data.schema.tabular_positions())
     assert not np.allclose(adv[:, numeric], x[:, numeric])
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+
+def test_danlu_run_and_evaluate_run_report_the_text_baseline_and_perturbations(tmp_path):
+    """The raw texts reach the report both ways: ``danlu run``'s evaluate stage (the prepared
+    data in hand) and ``evaluate_run`` (the recipe's data prepared again)."""
+    import danlu
+    from danlu.config import EvaluateConfig
+    from danlu.evaluate import evaluate_run
+
+    source = tmp_path / "topics.csv"
+    _texts().to_csv(source, index=False)
+    recipe = {
+        "name": "text-report-run",
+        "data": {
+            "source": str(source),
+            "target": "topic",
+            "features": {"body": "text"},
+            "text": {"max_length": 16},
+        },
+        "task": "classification",
+        "model": {"type": "text_cnn", "embedding": 8, "channels": 8, "kernels": [2]},
+        "train": {"epochs": 1, "batch_size": 16, "checkpoint": {"every": 0}},
+        "evaluate": {
+            "calibration": False,
+            "explain": False,
+            "cost": False,
+            "robustness": {"dropout": [0.3], "samples": 10},
+        },
+    }
+    home = tmp_path / "home"
+    result = danlu.run(recipe, home=home)
+    sections = {s.key: s for s in result.report.sections}
+    assert sections["baselines"].data["text_baseline"]["model"] == "TF-IDF + logistic regression"
+    text = sections["robustness"].data["text"]
+    assert sections["robustness"].data["rows"] == 10  # the robustness sample bounds the cost
+    assert all(len(points) == len(TEXT_RATES) for points in text["curves"].values())
+    config = EvaluateConfig(calibration=None, robustness=None, explain=None, cost=None)
+    again = evaluate_run(result.run_id, home=home, config=config)
+    baselines = next(s for s in again.sections if s.key == "baselines")
+    assert baselines.data["text_baseline"] == sections["baselines"].data["text_baseline"]
