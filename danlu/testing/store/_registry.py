@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,57 @@ class RegistryConformance:
         store.delete_model("linked")  # its folder is real: the link in it goes, not its target
         assert not folder.is_symlink() and not folder.parent.exists()
         assert (outside / "w.bin").read_bytes() == b"w"  # and what it points at stays
+
+    # -- pretrained bases, kept once per hash ---------------------------------------------------
+    def test_a_base_is_kept_once_and_outlives_the_versions_that_use_it(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        import json
+
+        source = tmp_path / "base"
+        source.mkdir()
+        (source / "config.json").write_text("{}")
+        (source / "model.safetensors").write_bytes(b"weights")
+        (source / "tokenizer.json").write_text("{}")
+        files = sorted(source.iterdir())
+        sha = "ab" * 32
+        assert store.stored_base(sha) is None
+        with pytest.raises(RuntimeError, match="refused"):  # a failed check keeps nothing
+
+            def refuse(staged: Path) -> None:
+                raise RuntimeError("refused")
+
+            store.store_base(sha, files, refuse)
+        assert store.stored_base(sha) is None
+        checked: list[list[str]] = []
+        folder = store.store_base(sha, files, lambda p: checked.append(sorted(os.listdir(p))))
+        assert checked == [["config.json", "model.safetensors", "tokenizer.json"]]
+        assert store.stored_base(sha) == folder
+        assert (folder / "model.safetensors").read_bytes() == b"weights"
+        (source / "model.safetensors").write_bytes(b"changed")
+        assert store.store_base(sha, files) == folder  # kept already: nothing copied again
+        assert (folder / "model.safetensors").read_bytes() == b"weights"
+        # names: a hash only; files: never a pickle
+        with pytest.raises(StoreError, match="sha256"):
+            store.stored_base("../" + sha[3:])
+        pickled = tmp_path / "pytorch_model.bin"
+        pickled.write_bytes(b"\x80\x04")
+        with pytest.raises(StoreError, match="never a pickle"):
+            store.store_base("cd" * 32, [pickled])
+        assert store.stored_base("cd" * 32) is None
+        # versions refer to it through their model card; deleting one keeps it for the other
+        card = json.dumps({"base": {"pretrained": "m", "sha256": sha}}).encode()
+        for name in ("a", "b"):
+            store.create_model_version(
+                name, run_id=None, files={"model.json": card}, signature={}, metrics={}
+            )
+        store.delete_model("a")
+        assert store.stored_base(sha) == folder
+        assert store.prune_bases(min_age_s=0) == []
+        other = "ef" * 32
+        store.store_base(other, files)
+        assert store.prune_bases() == []  # too young: a registration may be about to use it
+        assert store.prune_bases(min_age_s=0) == [other]
+        store.delete_model("b")
+        assert store.prune_bases(min_age_s=0) == [sha]
+        assert store.stored_base(sha) is None
