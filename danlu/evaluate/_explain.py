@@ -604,18 +604,20 @@ def _add_tokens(section: Section, data: EvalData, config: ExplainConfig) -> None
         return
     records, block, notes = token_section(data, config)
     section.data["token_attributions"] = records
-    if block:
-        section.figures[
-            "Token attributions of the most and least confident test rows: red toward the "
-            "prediction, blue against"
-        ] = block
-    section.notes.extend(notes)
     section.notes.append(
         f"Text column{'s' if len(texts) > 1 else ''} {', '.join(texts)}: explained token by "
         "token, not as features (their token-id columns are held as they are while the other "
         "columns are attributed, with each text's pooled encoding fixed)."
     )
     shown = sum(len(rows) for rows in records.values())
+    if not shown:  # evaluate.explain.top_k: 0
+        return
+    if block:
+        section.figures[
+            "Token attributions of the most and least confident test rows: red toward the "
+            "prediction, blue against"
+        ] = block
+    section.notes.extend(notes)
     words = "token attributions of " + (f"{shown} test rows" if shown != 1 else "1 test row")
     section.summary = f"{section.summary}; {words}" if section.summary else words
 
@@ -753,7 +755,6 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
 
     top3 = list(importance)[:3]
     section.summary = "top features: " + ", ".join(top3) if top3 else None
-    _add_tokens(section, data, config)
     what = explained_rows.what
     if native is not None:
         section.data["additivity_error"] = additivity
@@ -783,5 +784,6 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
         "feature, and a feature's importance is the mean over rows of its |attribution|."
     )
     section.notes.extend(explained_rows.notes)
+    _add_tokens(section, data, config)
     logger.debug("explained %d rows with %s", count, section.data["method"])
     return section

@@ -46,7 +46,7 @@ def texts_frame(rows: int, seed: int = 0, numeric: bool = False) -> pd.DataFrame
     return pd.DataFrame(records)
 
 
-def trained(tmp_path, frame, model, text, epochs=8, lr=0.01):
+def trained(tmp_path, frame, model, text, epochs=8, lr=0.01, task="classification"):
     from danlu.config import load_recipe
     from danlu.data import prepare_data
     from danlu.models._text_inputs import text_inputs
@@ -66,7 +66,7 @@ def trained(tmp_path, frame, model, text, epochs=8, lr=0.01):
                 "text": {"max_length": 16, **text},
                 "split": {"test": 0.3, "val": 0.1, "seed": 0},
             },
-            "task": "classification",
+            "task": task,
             "model": model,
             "train": {
                 "epochs": epochs,
@@ -183,6 +183,22 @@ def test_the_report_escapes_the_text_and_its_json_keeps_the_numbers(scratch):
     assert set(first) == {"row", "prediction", "confidence", "true", "texts"}
     assert set(first["texts"][0]) >= {"column", "tokens", "attributions", "words"}
     assert "<" in first["texts"][0]["tokens"]  # the raw token, escaped only in the HTML
+
+
+def test_a_regression_text_model_is_explained_and_top_k_0_turns_it_off(tmp_path):
+    frame = texts_frame(40)
+    frame["label"] = (frame["label"] == "sports").astype(float)
+    data = trained(tmp_path, frame, SCRATCH["text_cnn"], WORDPIECE, epochs=3, task="regression")
+    section = explain_section(data, ExplainConfig(samples=10, top_k=2))
+    rows = explained_rows(section)
+    assert len(rows) == 4  # best- and worst-predicted rows
+    assert all(isinstance(r["prediction"], float) for r in rows)
+    assert all(len(r["texts"][0]["attributions"]) == len(r["texts"][0]["tokens"]) for r in rows)
+
+    quiet = explain_section(data, ExplainConfig(samples=10, top_k=0))
+    assert quiet.data["token_attributions"] == {"most_confident": [], "least_confident": []}
+    assert not any(caption.startswith("Token") for caption in quiet.figures)
+    assert any("explained token by token" in note for note in quiet.notes)
 
 
 def test_highlighted_escapes_every_piece():
