@@ -162,7 +162,8 @@ def text_robustness(
 
     Every text column of a row is perturbed (the other columns stay); the rows are encoded again
     by ``data.preprocessor`` and scored by ``score(x)``. Each (kind, rate) draws from its own
-    generator seeded by ``seed``, the same for every rate of a kind.
+    generator seeded by ``seed``, the same for every rate of a kind. Rate 0, the texts as they
+    are (encoded again all the same), is scored once for the three kinds.
 
     Returns:
         ``{"rates", "curves": {kind: [{"rate", "value"}]}, "table": [{"rate", kind: value}]}``.
@@ -175,14 +176,20 @@ def text_robustness(
     frame = data.frame.iloc[rows].reset_index(drop=True)
     texts = {c: data.test_texts[c][rows] for c in data.text_columns}
     curves: dict[str, list[dict[str, float]]] = {}
+    unperturbed: float | None = None  # rate 0 leaves every text as it is: scored once
     for kind in TEXT_PERTURBATIONS:
         points = []
         for rate in rates:
+            if rate == 0 and unperturbed is not None:
+                points.append({"rate": 0.0, "value": unperturbed})
+                continue
             perturbed = frame.copy()
             for i, (column, values) in enumerate(texts.items()):
                 perturbed[column] = perturb_texts(values, kind, rate, seed + i)
             x = data.preprocessor.transform(perturbed)  # (n, D), the model's own tokenizer
             points.append({"rate": float(rate), "value": score(x)})
+            if rate == 0:
+                unperturbed = points[-1]["value"]
         curves[kind] = points
     table = [
         {"rate": float(rate), **{kind: curves[kind][i]["value"] for kind in curves}}

@@ -130,6 +130,47 @@ def test_a_numeric_target_gets_tfidf_and_ridge():
     assert set(fit.validation) == {1.0, 10.0, 100.0}  # C by validation R²
 
 
+def test_label_sets_get_one_vs_rest_logistic_regression():
+    train = ["red car", "blue car", "red boat", "blue boat"] * 3
+    y = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0], [0, 1, 0]] * 3)  # red, blue, car
+    fit = fit_tfidf_baseline(train, y, make=linear_model("label_sets"))
+    proba = fit.predict_proba(["a red car", "a blue boat"])  # (2, 3)
+    assert proba.shape == (2, 3)
+    assert (proba[0] > 0.5).tolist() == [True, False, True]
+    assert (proba[1] > 0.5).tolist() == [False, True, False]
+
+
+def test_the_raw_training_texts_keep_their_targets_when_the_rows_are_oversampled(tmp_path):
+    """``texts`` holds the training rows before resampling, each with its own target."""
+    from danlu.config import DataConfig
+    from danlu.data import prepare_data
+
+    frame = _texts(60).iloc[list(range(60)) + list(range(0, 60, 3)) * 2]  # fruit: 3x as many
+    config = DataConfig(
+        source="frame",
+        target="topic",
+        features={"body": "text"},
+        text={"max_length": 16},
+        imbalance={"method": "oversample"},
+    )
+    data = prepare_data(config, "classification", frame=frame.reset_index(drop=True))
+    texts = data.texts
+    assert texts is not None and texts.columns == ("body",)
+    assert len(data.x_train) > len(texts.y_train) == data.report["rows"]["train"]
+    classes = list(data.schema.classes)
+    for text, label in zip(texts.train["body"], texts.y_train, strict=True):
+        assert set(text.split()) & set(WORDS[classes[label]])  # its class's words
+    assert len(texts.val["body"]) == len(data.y_val)
+    assert all(isinstance(t, str) for t in texts.val["body"])
+
+
+def test_tabular_data_carries_no_texts():
+    from danlu.config import DataConfig
+    from danlu.data import prepare_data
+
+    assert prepare_data(DataConfig(source="builtin:iris"), "classification").texts is None
+
+
 def test_no_text_columns_no_text_baseline(make_eval_data):
     section = baselines_section(make_eval_data())
     assert "text_baseline" not in section.data
