@@ -306,6 +306,11 @@ def _attribute(
         share = 1.0 / np.bincount(mask[0])[mask[0]]  # (D,)
         with torch.no_grad():
             for row in range(len(x)):
+                if mask.max() == 0:  # one feature: its Shapley value is the whole change
+                    one = tensor(x[row : row + 1])
+                    args = (target_of(row, row + 1), extra(row, row + 1), share)
+                    parts.append(_one_feature(forward, one, baseline, *args))
+                    continue
                 coefs = method.attribute(
                     tensor(x[row : row + 1]),  # (1, D)
                     baselines=baseline,
@@ -319,6 +324,22 @@ def _attribute(
                 values = coefs.detach().double().cpu().numpy().reshape(-1)
                 parts.append((values[mask[0]] * share)[None, :])
     return np.concatenate(parts)
+
+
+def _one_feature(
+    forward: Callable[..., torch.Tensor],
+    row: torch.Tensor,
+    baseline: torch.Tensor,
+    target: Any,
+    extra: Any,
+    share: np.ndarray,
+) -> np.ndarray:
+    """Kernel SHAP's value for a model of one feature (captum's sampler needs two): the
+    explained output at the row minus at the baseline, shared by the feature's columns."""
+    args = extra or ()
+    change = forward(row, *args) - forward(baseline, *args)  # (1, K)
+    picked = change[0, target if isinstance(target, int) else int(target[0])]
+    return (float(picked) * share)[None, :]
 
 
 def tree_shap(
