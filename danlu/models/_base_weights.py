@@ -13,7 +13,10 @@ This module is the one place that decides:
   (:func:`stored_state`),
 * the base's identity and hash (:func:`base_identity`, :func:`base_sha256`, cached per file
   path, size and mtime), and which of its files a store keeps (:func:`base_files`),
-* how stored tensors are loaded back, strictly (:func:`load_stored_state`).
+* how stored tensors are loaded back, strictly (:func:`load_stored_state`),
+* what a training checkpoint (and early stopping's best state) leaves out: the base tensors
+  that do not train (:func:`trained_state`, :func:`with_frozen_base`). A resumed run rebuilds
+  the same base, so the checkpoint completes it exactly.
 
 Example:
     >>> # card["base"] = base_identity("transformer", spec)
@@ -40,10 +43,13 @@ __all__ = [
     "base_identity",
     "base_keys",
     "base_sha256",
+    "frozen_base_keys",
     "load_stored_state",
     "resolve_base",
     "stored_state",
     "stores_base_separately",
+    "trained_state",
+    "with_frozen_base",
 ]
 
 #: the model card's section naming the pretrained base (absent: the weights file is complete)
@@ -186,6 +192,33 @@ def base_keys(model: torch.nn.Module) -> frozenset[str]:
         if any(key.startswith(p) for p in prefixes)
         and not any(part.startswith("lora_") for part in key.split("."))
     )
+
+
+def frozen_base_keys(model: torch.nn.Module) -> frozenset[str]:
+    """The base keys whose parameters do not train (``finetune: lora`` or ``frozen``); empty
+    for a full fine-tune and any model without a pretrained encoder."""
+    trains = {name: p.requires_grad for name, p in model.named_parameters()}
+    return frozenset(k for k in base_keys(model) if trains.get(k) is False)
+
+
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` without the frozen base's tensors (:func:`frozen_base_keys`):
+    what a checkpoint keeps. The tensors are the model's own (not copies)."""
+    skip = frozen_base_keys(model)
+    state = model.state_dict()
+    return {k: v for k, v in state.items() if k not in skip} if skip else state
+
+
+def with_frozen_base(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A state saved by :func:`trained_state`, completed with the model's own frozen base
+    tensors (a full state passes through unchanged), for a strict ``load_state_dict``."""
+    missing = frozen_base_keys(model) - set(state)
+    if not missing:
+        return dict(state)
+    current = model.state_dict()
+    return {**{k: current[k] for k in missing}, **state}
 
 
 def stored_state(

@@ -76,8 +76,10 @@ class EarlyStopping(Callback):
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.config.restore_best:
-                self.best_state = {
-                    k: v.detach().clone() for k, v in trainer.model.state_dict().items()
+                from danlu.models._base_weights import trained_state
+
+                self.best_state = {  # a LoRA / frozen base is left out: it never changes
+                    k: v.detach().clone() for k, v in trained_state(trainer.model).items()
                 }
         else:
             self.wait += 1
@@ -94,7 +96,9 @@ class EarlyStopping(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.config.restore_best and self.best_state is not None:
-            trainer.model.load_state_dict(self.best_state)
+            from danlu.models._base_weights import with_frozen_base
+
+            trainer.model.load_state_dict(with_frozen_base(trainer.model, self.best_state))
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -28,6 +28,7 @@ from danlu.config import TrainConfig
 from danlu.data import Augmenter
 from danlu.errors import ConfigError, DataError, Preempted
 from danlu.logging import get_logger
+from danlu.models._base_weights import trained_state, with_frozen_base
 from danlu.train._buckets import EVAL_CHUNK_ROWS, bucketed_order, token_lengths
 from danlu.train._callbacks import Callback, EarlyStopping
 from danlu.train._checkpoint import (
@@ -262,7 +263,7 @@ class Trainer:
                 "should_stop": self.should_stop,
                 "global_step": self.global_step,
                 "history": self.history_,
-                "model": self.model.state_dict(),
+                "model": trained_state(self.model),  # a LoRA / frozen base: left out
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
                 "callbacks": {
@@ -283,7 +284,7 @@ class Trainer:
             raise ConfigError(
                 f"The checkpoint holds state of callbacks {missing} that this run does not have (was train.early_stopping removed?); resume with the same recipe."
             )
-        self.strategy.load_model_state(self.model, state["model"])
+        self.strategy.load_model_state(self.model, with_frozen_base(self.model, state["model"]))
         self.strategy.load_optimizer_state(self.optimizer, state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         for key, cb_state in state["callbacks"].items():

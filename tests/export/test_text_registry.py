@@ -301,3 +301,73 @@ def test_a_lora_run_resumed_after_training_reloads_its_adapter(tmp_path, monkeyp
     assert resumed.report is not None
     got = resumed.predict(pd.DataFrame(ROWS))["prediction"]
     assert len(got) == len(ROWS)
+
+
+def test_a_lora_checkpoint_leaves_out_the_base_and_resumes_exactly(tmp_path):
+    """A checkpoint (and early stopping's best state) keeps the adapters, head and optimizer,
+    not the frozen base; resuming on a freshly built model gives the uninterrupted run."""
+    from safetensors import safe_open
+
+    from danlu.config import load_recipe
+    from danlu.data import prepare_data
+    from danlu.models import build_model
+    from danlu.models._text_inputs import text_inputs
+    from danlu.tasks import get_task
+    from danlu.train import Callback, Trainer, seed_everything
+
+    source = tmp_path / "reviews.csv"
+    _reviews(32).to_csv(source, index=False)
+    recipe = load_recipe(
+        {
+            "name": "reviews",
+            "data": {
+                "source": str(source),
+                "target": "y",
+                "features": {"review": "text"},
+                "text": {"max_length": 12},
+            },
+            "task": "classification",
+            "model": {
+                "type": "transformer",
+                "pretrained": MINILM,
+                "finetune": "lora",
+                "lora": {"r": 2},
+            },
+            "train": {"epochs": 3, "batch_size": 8, "early_stopping": {"patience": 5}},
+        }
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = prepare_data(recipe.data, recipe.task, **text_inputs(recipe.model))
+        task = get_task(recipe.task)
+
+        def model():
+            seed_everything(recipe.train.seed)
+            return build_model(recipe.model, data.schema, task)
+
+        full = Trainer(recipe.train, checkpoint_path=tmp_path / "full.safetensors").fit(
+            model(), task, data
+        )
+
+        class Crash(Callback):
+            def on_epoch_end(self, trainer, epoch, metrics):
+                if epoch == 2:  # epoch 1's checkpoint is on disk
+                    raise KeyboardInterrupt
+
+        cut = tmp_path / "cut.safetensors"
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(recipe.train, callbacks=[Crash()], checkpoint_path=cut).fit(model(), task, data)
+        with safe_open(str(cut), "pt") as f:
+            keys = list(f.keys())
+        assert cut.stat().st_size < 2_000_000  # MiniLM alone is ~90 MB (twice with best_state)
+        assert not [k for k in keys if "word_embeddings" in k or "base_layer" in k]
+        assert any(".lora_" in k for k in keys)
+        torch.manual_seed(123)  # a differently initialised head and adapters
+        fresh = build_model(recipe.model, data.schema, task)
+        resumed = Trainer(recipe.train, checkpoint_path=cut).fit(fresh, task, data, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed.history_ == full.history_
+    a, b = resumed.model.state_dict(), full.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
