@@ -75,7 +75,9 @@ def _paired(
 
 
 def baselines_section(data: EvalData, seed: int = 0) -> Section:
-    """The model next to a dummy, a linear model and HistGradientBoosting on the same split.
+    """The model next to a dummy, a linear model and HistGradientBoosting on the same split;
+    with text columns also TF-IDF + a linear model on the raw text, and a sentence saying
+    whether the model beats it (``data["text_baseline"]``).
 
     Example:
         >>> # baselines_section(data).data["rows"][0]  # {"model": "danlu model", "accuracy": ...}
