@@ -18,7 +18,7 @@ prepared rows, the same freshly seeded model, the same settings; only the switch
   length, which takes minutes per epoch on a CPU.
 
 The time is the whole ``fit`` per epoch (setup, training, validation, which predicts in length
-order when bucketing), after one untimed warm-up fit; runs alternate (bucketed, plain, then
+order when bucketing), after an untimed warm-up fit on two batches; runs alternate (bucketed, plain, then
 plain, bucketed, ...) so machine noise hits both alike, and the table gives medians and the
 median of the per-rep ratios. The padding share (pad positions / positions the model computes
 on, training batches) is exact and the same on every rep. The token cache: ``prepare_data`` of
@@ -174,6 +174,17 @@ def cache_times(max_length: int, reps: int) -> dict[str, Any]:
     return {"runs": times, "median_s": {k: statistics.median(v) for k, v in times.items()}}
 
 
+def warm_up(data: PreparedData, rows: int) -> PreparedData:
+    """The first ``rows`` training and validation rows: an untimed first fit (lazy set-up)."""
+    return dataclasses.replace(
+        data,
+        x_train=data.x_train[:rows],
+        y_train=data.y_train[:rows],
+        x_val=data.x_val[:rows],
+        y_val=data.y_val[:rows],
+    )
+
+
 def padding_only(data: PreparedData, batch: int) -> dict[str, float]:
     """The padding shares of the engine's batches, bucketed and plain, counted through a tiny
     stand-in model (the batches depend on the rows and the seed, not on the model)."""
@@ -192,19 +203,20 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cnn-max-lengths", type=int, nargs="+", default=[1024, 256])
+    parser.add_argument("--cnn-max-lengths", type=int, nargs="*", default=[1024, 256])
     parser.add_argument("--cnn-width", type=int, default=64, help="embedding and channels")
     parser.add_argument("--cnn-batch", type=int, default=32)
     parser.add_argument("--cnn-rows", type=int, default=0, help="0: the whole training split")
     parser.add_argument("--minilm-rows", type=int, default=300)
     parser.add_argument("--minilm-val", type=int, default=100)
-    parser.add_argument("--minilm-max-lengths", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--minilm-max-lengths", type=int, nargs="*", default=[256, 512])
     parser.add_argument("--minilm-batch", type=int, default=16)
     parser.add_argument(
         "--minilm-time",
         action="store_true",
         help="also time MiniLM + LoRA at the first --minilm-max-lengths (slow on a CPU)",
     )
+    parser.add_argument("--out", default="text_buckets", help="results file name")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -224,7 +236,7 @@ def main() -> None:
             data = dataclasses.replace(
                 data, x_train=data.x_train[:rows], y_train=data.y_train[:rows]
             )
-        one_fit(data, cnn, True, {**cnn_train, "epochs": 1})  # warm-up, not timed
+        one_fit(warm_up(data, 2 * args.cnn_batch), cnn, True, cnn_train)  # not timed
         name = f"text_cnn (width {args.cnn_width}), max_length {max_length}"
         cases.append(compare(name, data, cnn, cnn_train, args.reps))
     minilm_dir = resolve_pretrained("all-MiniLM-L6-v2")
@@ -251,9 +263,10 @@ def main() -> None:
                 "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
                 "scheduler": {"name": "none"},
             }
+            one_fit(warm_up(subset, 2 * args.minilm_batch), MINILM, True, minilm_train)
             name = f"MiniLM + LoRA r 8, {args.minilm_rows} articles, max_length {max_length}"
             cases.append(compare(name, subset, MINILM, minilm_train, args.reps))
-    cache = cache_times(args.cnn_max_lengths[0], args.reps)
+    cache = cache_times(args.cnn_max_lengths[0], args.reps) if args.cnn_max_lengths else None
 
     payload = {
         "machine": machine(),
@@ -289,18 +302,21 @@ def main() -> None:
                 f"{100 * share['bucketed']:.1f}%",
             ]
         )
-    prep = cache["median_s"]
     notes = (
-        f"Median of {args.reps} interleaved reps after a warm-up fit, {args.epochs} epoch(s) "
+        f"Median of {args.reps} interleaved reps after a warm-up fit on two batches, {args.epochs} epoch(s) "
         f"each, {args.threads} thread(s); s/epoch includes the validation pass. Padding: pad "
         "positions / positions computed on in the training batches (each batch cut to its "
-        "longest row).\n\n"
-        f"`prepare_data` of the text_cnn data (max_length {args.cnn_max_lengths[0]}), median of "
-        f"{args.reps}: cold token cache {prep['cold']:.2f} s, warm {prep['warm']:.2f} s, "
-        f"`data.text.cache: false` {prep['off']:.2f} s."
+        "longest row)."
     )
+    if cache is not None:
+        prep = cache["median_s"]
+        notes += (
+            f"\n\n`prepare_data` of the text_cnn data (max_length {args.cnn_max_lengths[0]}), "
+            f"median of {args.reps}: cold token cache {prep['cold']:.2f} s, warm "
+            f"{prep['warm']:.2f} s, `data.text.cache: false` {prep['off']:.2f} s."
+        )
     path = write(
-        "text_buckets",
+        args.out,
         payload,
         [
             "case",
