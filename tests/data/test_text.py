@@ -476,6 +476,12 @@ class TestTokenCache:
         encoder._counter = _NoEncoding(plain)
         assert encoder.token_ids(texts) == counted and max(map(len, counted)) > L
         encoder._counter = plain
+        (path,) = self.cache_files(tmp_path)
+        flat = np.load(path)
+        flat[1] += 1  # a length that does not add up: ignored, counted again, written again
+        np.save(path, flat)
+        assert encoder.token_ids(texts) == counted
+        assert np.load(path)[1] == flat[1] - 1  # rewritten whole
         encoder.token_ids(texts[:-1])  # other texts: a miss
         assert len(self.cache_files(tmp_path)) == 2
 
