@@ -203,12 +203,19 @@ def _encoder(data: EvalData, column: str) -> TextEncoder | None:
     return encoders.get(column)
 
 
+def _specials(encoder: TextEncoder | None) -> set[int]:
+    """The tokenizer's special tokens ([CLS], [SEP], BOS, EOS, padding ...), but not [UNK]:
+    that one stands for a word of the text."""
+    if encoder is None:
+        return set()
+    return set(encoder.special_ids) - {encoder.unk_id}
+
+
 def _special_ids(data: EvalData, column: str, pad_id: int) -> np.ndarray:
     """The ids the baseline keeps: the tokenizer's special tokens and padding."""
     import numpy as np
 
-    encoder = _encoder(data, column)
-    ids = set(encoder.special_ids) if encoder is not None else set()
+    ids = _specials(_encoder(data, column))
     return np.array(sorted(ids | {pad_id}), dtype=np.int64)
 
 
@@ -232,7 +239,7 @@ def words(data: EvalData, row_text: Any, explained: TextAttribution) -> list[Wor
     ``Ġ`` / ``▁`` start one).
     """
     encoder = _encoder(data, explained.column)
-    specials = set(encoder.special_ids) if encoder is not None else set()
+    specials = _specials(encoder)
     if encoder is not None and isinstance(row_text, str):
         from danlu.data._text import char_cap, clean_texts
 
@@ -240,21 +247,17 @@ def words(data: EvalData, row_text: Any, explained: TextAttribution) -> list[Wor
         encoding = encoder.tokenizer.encode(texts[0])
         picked = [encoding.ids[p] if p < len(encoding.ids) else -1 for p in explained.positions]
         if picked == explained.ids:
-            return _by_offsets(texts[0], encoding, explained, specials)
+            return _by_offsets(texts[0], encoding, explained)
     return _by_markers(encoder, explained, specials)
 
 
-def _by_offsets(
-    text: str, encoding: Any, explained: TextAttribution, specials: set[int]
-) -> list[Word]:
+def _by_offsets(text: str, encoding: Any, explained: TextAttribution) -> list[Word]:
     out: list[Word] = []
     last_word: int | None = None
     end = 0
-    for position, token, value in zip(
-        explained.positions, explained.ids, explained.values, strict=True
-    ):
+    for position, value in zip(explained.positions, explained.values, strict=True):
         word_id = encoding.word_ids[position]
-        if token in specials or word_id is None:
+        if word_id is None:  # [CLS], [SEP] ...: in no word of the text
             out.append(Word(encoding.tokens[position], value, " " if out else "", special=True))
             last_word = None
             continue

@@ -256,11 +256,32 @@ def test_pieces_are_joined_back_into_the_words_of_the_text(kind):
         assert joined == ["a", "football", "s", ",", "sofa", "s", "!"]
 
 
+def test_an_unknown_word_is_a_word_of_the_text_not_a_special_token():
+    from danlu.evaluate._explain_text import _special_ids
+
+    encoder = _encoder(["football software tables", "a football, Sofa!"] * 10, "wordpiece")
+    data = SimpleNamespace(preprocessor=SimpleNamespace(text_={"body": encoder}))
+    ids = encoder.encode(["football ☃"], "body")[0]
+    real = [int(p) for p in np.flatnonzero(ids != encoder.pad_id)]
+    assert int(ids[real[2]]) == encoder.unk_id
+    item = TextAttribution("body", real, [int(ids[p]) for p in real], [0.0, 1.0, 2.0, 0.0], 0.0)
+    shown = words(data, "football ☃", item)
+    assert [(w.text, w.special) for w in shown] == [
+        ("[CLS]", True),
+        ("football", False),
+        ("☃", False),
+        ("[SEP]", True),
+    ]
+    kept = _special_ids(data, "body", encoder.pad_id)  # what the baseline keeps
+    assert encoder.unk_id not in kept and encoder.pad_id in kept
+    assert encoder.tokenizer.token_to_id("[CLS]") in kept
+
+
 def test_byte_level_bpe_pieces_join_on_their_word_start_marks():
     vocab = {"<s>": 0, "</s>": 1, "Ġfoot": 2, "ball": 3, "Ġis": 4, "Ġfun": 5, "!": 6, "<pad>": 7}
     tokens = {i: t for t, i in vocab.items()}
     tokenizer = SimpleNamespace(id_to_token=tokens.get, get_vocab=lambda: vocab)
-    encoder = SimpleNamespace(tokenizer=tokenizer, special_ids=frozenset({0, 1, 7}))
+    encoder = SimpleNamespace(tokenizer=tokenizer, special_ids=frozenset({0, 1, 7}), unk_id=None)
     data = SimpleNamespace(preprocessor=SimpleNamespace(text_={"body": encoder}))
     ids = [0, 2, 3, 4, 5, 6, 1]
     item = TextAttribution("body", list(range(7)), ids, [0.0, 1, 2, 3, 4, 5, 0.0], 0.0)
