@@ -95,22 +95,31 @@ class RobustnessConfig(_Strict):
         default_factory=list,
         description="Fractions of features set to their training mean (random feature dropout).",
     )
+    text: list[Fraction] = Field(
+        default_factory=list,
+        description="Shares of words perturbed in text columns (typos, word dropout, casing); "
+        "0 is always scored.",
+    )
     samples: PositiveInt = Field(1000, description="Test rows used (a seeded sample if more).")
     seed: int = 0
 
     @model_validator(mode="after")
     def _something(self) -> RobustnessConfig:
-        if not (self.fgsm or self.pgd or self.noise or self.dropout):
+        if not (self.fgsm or self.pgd or self.noise or self.dropout or self.text):
             raise ValueError(
-                "robustness measures nothing: give at least one of fgsm, pgd, noise or dropout "
-                "(e.g. fgsm: [0.01, 0.05]), or set robustness: false"
+                "robustness measures nothing: give at least one of fgsm, pgd, noise, dropout or "
+                "text (e.g. fgsm: [0.01, 0.05]), or set robustness: false"
             )
         return self
 
 
 def _default_robustness() -> RobustnessConfig:
     return RobustnessConfig(
-        fgsm=[0.01, 0.05, 0.1], pgd=[0.01, 0.05, 0.1], noise=[0.1, 0.5], dropout=[0.1, 0.3]
+        fgsm=[0.01, 0.05, 0.1],
+        pgd=[0.01, 0.05, 0.1],
+        noise=[0.1, 0.5],
+        dropout=[0.1, 0.3],
+        text=[0.05, 0.1, 0.2, 0.3],
     )
 
 

@@ -347,7 +347,7 @@ def robustness_section(data: EvalData, config: RobustnessConfig) -> Section:
     continuous (numeric) input columns; dropout replaces whole raw features by their training
     mean. A model whose inputs are all categorical skips attacks and noise with a note. With
     text columns, their raw texts are perturbed (typos, word dropout, casing at
-    ``TEXT_RATES``) and tokenized again by ``data.preprocessor`` (``data["text"]``).
+    ``config.text`` rates) and tokenized again by ``data.preprocessor`` (``data["text"]``).
 
     Args:
         data: the model and its test split.
@@ -470,9 +470,9 @@ def _text_curves(
 ) -> dict[str, Any] | None:
     """The metric with the sampled rows' raw texts perturbed (None without text columns, or,
     with a note, without the preprocessing to tokenize them again)."""
-    from danlu.evaluate._text_robustness import TEXT_RATES, text_robustness
+    from danlu.evaluate._text_robustness import text_robustness
 
-    if not data.text_columns:
+    if not data.text_columns or not config.text:
         return None
     if data.preprocessor is None:
         notes.append(
@@ -480,7 +480,8 @@ def _text_curves(
             "is not at hand to tokenize the perturbed texts."
         )
         return None
-    text = text_robustness(data, rows, score, config.seed, TEXT_RATES)
+    rates = (0.0, *sorted(set(config.text) - {0.0}))
+    text = text_robustness(data, rows, score, config.seed, rates)
     top = text["rates"][-1]
     text["drop"] = {
         kind: clean - points[-1]["value"] for kind, points in text["curves"].items()

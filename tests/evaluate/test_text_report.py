@@ -237,7 +237,8 @@ def test_a_rate_outside_zero_one_is_refused():
 
 
 def test_the_text_robustness_curve(text_data):
-    section = robustness_section(text_data, RobustnessConfig(fgsm=[0.1], dropout=[0.5]))
+    config = RobustnessConfig(fgsm=[0.1], dropout=[0.5], text=list(TEXT_RATES[1:]))
+    section = robustness_section(text_data, config)
     text = section.data["text"]
     assert text["rates"] == list(TEXT_RATES)
     clean = text_data.task.metrics(text_data.test_outputs, text_data.y, text_data.schema)
@@ -259,9 +260,17 @@ def test_without_the_preprocessor_the_text_perturbations_are_skipped_with_a_note
     import dataclasses
 
     data = dataclasses.replace(text_data, preprocessor=None)
-    section = robustness_section(data, RobustnessConfig(dropout=[0.5]))
+    section = robustness_section(data, RobustnessConfig(dropout=[0.5], text=[0.1]))
     assert "text" not in section.data
     assert any("Text perturbations were skipped" in note for note in section.notes)
+
+
+def test_text_rates_come_from_the_config(text_data):
+    section = robustness_section(text_data, RobustnessConfig(text=[0.3, 0.1], samples=20))
+    assert section.data["text"]["rates"] == [0.0, 0.1, 0.3]  # 0 always, then ascending
+    assert "curves" not in section.data or not section.data["curves"]  # nothing else asked
+    none = robustness_section(text_data, RobustnessConfig(dropout=[0.5]))
+    assert "text" not in none.data  # text: [] measures no perturbation of the texts
 
 
 def test_word_dropout_at_full_rate_changes_what_the_model_sees(text_data):
@@ -318,7 +327,7 @@ def test_danlu_run_and_evaluate_run_report_the_text_baseline_and_perturbations(t
             "calibration": False,
             "explain": False,
             "cost": False,
-            "robustness": {"dropout": [0.3], "samples": 10},
+            "robustness": {"text": list(TEXT_RATES[1:]), "samples": 10},
         },
     }
     home = tmp_path / "home"
