@@ -127,7 +127,10 @@ def baselines_section(data: EvalData, seed: int = 0) -> Section:
             f"[{paired['low']:.4f}, {paired['high']:.4f}] — "
             + ("a real difference." if significant else "not distinguishable from noise.")
         )
-        if not significant:
+        if not significant and gain:  # "beats ... (within noise)" would read as a win
+            where = "above" if gain > 0 else "below"
+            section.summary = f"{amount} of {label} {where} {best['model']} (within noise)"
+        elif not significant:
             section.summary += " (within noise)"
     if gain < 0 and (paired is None or paired["high"] < 0):  # behind, and not by chance
         section.flags.append(
