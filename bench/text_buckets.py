@@ -8,7 +8,7 @@ prepared rows, the same freshly seeded model, the same settings; only the switch
 
 - ``text_cnn`` (embedding and channels ``--cnn-width``, default 64, kernel widths 3/4/5) on the
   training split of ``builtin:bbc_news`` (the example's split: test 0.2, val 0.1, stratified,
-  seed 0; 1,557 articles) with a WordPiece tokenizer trained on it, at each of
+  seed 0; 1,558 articles) with a WordPiece tokenizer trained on it, at each of
   ``--cnn-max-lengths`` (default 1024: the articles' lengths spread from about 120 to over
   1,000 tokens, median about 490; and 256, where most articles fill all 256 positions);
 - MiniLM's own tokenizer on the first ``--minilm-rows`` (300) training articles at each of
