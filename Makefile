@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet torch==2.13.0
 
 $(VENV)/.installed-core: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[serve,datasets]'
+	$(BIN)/pip install --quiet -e '.[serve,datasets,llm]'
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml
@@ -37,6 +37,11 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu jobs ls --limit 5
 	$(BIN)/danlu run examples/titanic_auto.yaml
 	$(BIN)/danlu predict titanic@staging examples/passengers.csv --proba --keep passenger
+	$(BIN)/danlu run examples/bbc_news_lora.yaml --set data.text.max_length=32 --set train.epochs=1 \
+	  --set evaluate.robustness.samples=100
+	$(BIN)/python -c "import danlu; m = danlu.load_model('bbc-news@staging'); \
+	  print(m.predict(['Shares rose after the bank raised its profit forecast for the year.', \
+	  'The striker scored twice as the home side won the cup final.'])['prediction'])"
 	$(BIN)/python -c "import danlu; from sklearn.datasets import load_digits; \
 	  m = danlu.load_model('digits@staging'); print(m, '->', m.predict(load_digits().data[:10])['prediction'])"
 

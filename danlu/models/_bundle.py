@@ -21,9 +21,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelBundle", "Predictor", "Rows", "load_bundle", "load_weights"]
 
-#: raw rows a predictor takes: a DataFrame, dict rows, a dict of columns, or an array.
+#: raw rows a predictor takes: a DataFrame, dict rows, a dict of columns, an array, or raw
+#: strings for a model whose one input is text.
 Rows: TypeAlias = (
     "pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | np.ndarray"
+    " | str | Sequence[str]"
 )
 
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol ≥ 2, and torch.save's zip archive
@@ -91,14 +93,19 @@ class ModelBundle:
         return f"Predictor({where}, task={self.task.name}, inputs={len(self.schema.features)})"
 
     def frame(self, data: Rows) -> pd.DataFrame:
-        """Raw rows as a DataFrame: a DataFrame, dict rows, a dict of columns, or an array whose
-        columns are the schema's features in order."""
+        """Raw rows as a DataFrame: a DataFrame, dict rows, a dict of columns, an array whose
+        columns are the schema's features in order, or — for a model whose one input is a text
+        column — raw strings (a string, or a list of them: one row each)."""
         import numpy as np
         import pandas as pd
 
         names = list(self.schema.feature_names)
         if isinstance(data, pd.DataFrame):
             return data
+        if isinstance(data, str) or (
+            isinstance(data, Sequence) and len(data) and all(isinstance(r, str) for r in data)
+        ):
+            return pd.DataFrame({self._text_input(): [data] if isinstance(data, str) else data})
         if isinstance(data, np.ndarray):
             if data.ndim != 2 or data.shape[1] != len(names):
                 more = "..." if len(names) > 5 else ""
@@ -110,6 +117,18 @@ class ModelBundle:
         if isinstance(data, Mapping):
             return pd.DataFrame(dict(data))
         return pd.DataFrame(list(data))
+
+    def _text_input(self) -> str:
+        """The one feature raw strings fill; a DataError when the model takes other inputs."""
+        text = [f.name for f in self.schema.features if f.kind == "text"]
+        names = list(self.schema.feature_names)
+        if len(text) == 1 and len(names) == 1:
+            return text[0]
+        raise DataError(
+            f"Raw strings are rows of a model whose one input is a text column; this model takes "
+            f"{', '.join(map(repr, names[:5]))}{'...' if len(names) > 5 else ''}. Pass rows as "
+            "dicts ({column: value}) or a DataFrame."
+        )
 
     def encode(self, data: Rows) -> np.ndarray:
         """Raw rows → the prepared float32 matrix the network takes, (n, input_dim)."""

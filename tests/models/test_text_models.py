@@ -493,3 +493,33 @@ def test_a_text_recipe_runs_end_to_end(model, tmp_path):
     assert 0.0 <= result.metrics["accuracy"] <= 1.0
     predicted = result.predict({"review": ["a superb and lovely film"], "stars": [2.0]})
     assert predicted["prediction"][0] in (0, 1)
+
+
+def test_raw_strings_predict_when_the_one_input_is_text(tmp_path):
+    """``predict(["some text"])`` (and a bare string) for a model whose one input is text; a
+    model with other inputs too names them instead of guessing."""
+    import pandas as pd
+
+    import danlu
+    from danlu.errors import DataError
+
+    frame = pd.read_csv(_reviews_csv(tmp_path / "reviews.csv"))
+    recipe = {
+        "name": "reviews-text-only",
+        "data": {"target": "y", "features": {"review": "text", "stars": "ignore"}},
+        "task": "classification",
+        "model": {"type": "text_cnn", "embedding": 16, "channels": 8, "kernels": [2]},
+        "train": {"epochs": 1, "batch_size": 16},
+        "evaluate": False,
+    }
+    result = danlu.run(recipe, data=frame, home=tmp_path / "home")
+    texts = ["a superb and lovely film", "an awful dull story"]
+    by_strings = result.predict(texts)["probabilities"]
+    by_rows = result.predict({"review": texts})["probabilities"]
+    np.testing.assert_array_equal(by_strings, by_rows)
+    np.testing.assert_array_equal(result.predict(texts[0])["probabilities"], by_rows[:1])
+
+    recipe["data"]["features"] = {"review": "text"}  # stars is an input too now
+    mixed = danlu.run({**recipe, "name": "reviews-mixed"}, data=frame, home=tmp_path / "home")
+    with pytest.raises(DataError, match="'review', 'stars'"):
+        mixed.predict(texts)
