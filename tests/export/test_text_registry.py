@@ -50,21 +50,17 @@ def _reviews(n: int = 40) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory):
-    """One MiniLM LoRA (r = 2) run, registered (and exported) as reviews:1, again as :2."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("text_registry")
-    source = tmp / "reviews.csv"
-    _reviews().to_csv(source, index=False)
-    recipe = {
+def _recipe(
+    source: Path, *, max_length: int = 16, train: dict | None = None, **blocks: object
+) -> dict:
+    """A MiniLM LoRA (r = 2) recipe on the reviews CSV at ``source``."""
+    return {
         "name": "reviews",
         "data": {
             "source": str(source),
             "target": "y",
             "features": {"review": "text"},
-            "text": {"max_length": 16},
+            "text": {"max_length": max_length},
         },
         "task": "classification",
         "model": {
@@ -73,9 +69,20 @@ def registered(tmp_path_factory):
             "finetune": "lora",
             "lora": {"r": 2},
         },
-        "train": {"epochs": 1, "batch_size": 16, "checkpoint": {"every": 0}},
-        "register": {"name": "reviews"},
+        "train": train or {"epochs": 1, "batch_size": 16, "checkpoint": {"every": 0}},
+        **blocks,
     }
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """One MiniLM LoRA (r = 2) run, registered (and exported) as reviews:1, again as :2."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("text_registry")
+    source = tmp / "reviews.csv"
+    _reviews().to_csv(source, index=False)
+    recipe = _recipe(source, register={"name": "reviews"})
     result = danlu.run(recipe, home=tmp / "home")
     store = SqlStore(home=tmp / "home")
     register_model(store, result.run_id, "reviews", export=False)
@@ -259,24 +266,10 @@ def test_a_lora_run_resumed_after_training_reloads_its_adapter(tmp_path, monkeyp
 
     source = tmp_path / "reviews.csv"
     _reviews().to_csv(source, index=False)
-    recipe = {
-        "name": "reviews",
-        "data": {
-            "source": str(source),
-            "target": "y",
-            "features": {"review": "text"},
-            "text": {"max_length": 16},
-        },
-        "task": "classification",
-        "model": {
-            "type": "transformer",
-            "pretrained": MINILM,
-            "finetune": "lora",
-            "lora": {"r": 2},
-        },
-        "train": {"epochs": 1, "batch_size": 16, "checkpoint": {"every": 0}},
-        "evaluate": {"bootstrap": 0, "baselines": False, "robustness": False, "explain": False},
-    }
+    recipe = _recipe(
+        source,
+        evaluate={"bootstrap": 0, "baselines": False, "robustness": False, "explain": False},
+    )
     build_report, crashes = danlu.evaluate.build_report, ["evaluation crashed (simulated)"]
 
     def flaky_report(*args, **kwargs):
@@ -318,23 +311,11 @@ def test_a_lora_checkpoint_leaves_out_the_base_and_resumes_exactly(tmp_path):
     source = tmp_path / "reviews.csv"
     _reviews(32).to_csv(source, index=False)
     recipe = load_recipe(
-        {
-            "name": "reviews",
-            "data": {
-                "source": str(source),
-                "target": "y",
-                "features": {"review": "text"},
-                "text": {"max_length": 12},
-            },
-            "task": "classification",
-            "model": {
-                "type": "transformer",
-                "pretrained": MINILM,
-                "finetune": "lora",
-                "lora": {"r": 2},
-            },
-            "train": {"epochs": 3, "batch_size": 8, "early_stopping": {"patience": 5}},
-        }
+        _recipe(
+            source,
+            max_length=12,
+            train={"epochs": 3, "batch_size": 8, "early_stopping": {"patience": 5}},
+        )
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
