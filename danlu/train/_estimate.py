@@ -11,7 +11,8 @@ What a training process holds at its peak, on the device it trains on:
   measured by running the real model forward under ``saved_tensors_hooks`` on 2 and on 4 rows
   and extrapolating to ``train.batch_size`` (under ``precision: bf16`` the forward runs under the
   same autocast, so the saved tensors are bf16 where autocast makes them so), or the evaluation
-  pass in chunks of up to 8192 rows when that is larger;
+  pass in chunks of up to 8192 rows (256 for text rows predicted in length order) when that is
+  larger;
 - **data**: the training tensors the engine puts on the device (``x_train`` and ``y_train``), or
   for ``data.stream`` the rows its reader holds at once (``shuffle_buffer + chunk_rows``);
 - **overhead**: 10 % of the above for allocator slack and backward temporaries, plus what the
@@ -186,11 +187,13 @@ def estimate_memory(
     optimizer = _optimizer_bytes(train.optimizer, trainable)
     sample = _sample_rows(data)
     bf16 = train.precision == "bf16"  # the engine's autocast, in training and in evaluation
+    from danlu.train._buckets import EVAL_CHUNK_ROWS  # text rows in length order: smaller chunks
+
+    bucketed = train.bucket_by_length and bool(data.schema.text_slices())
+    chunk = EVAL_CHUNK_ROWS if bucketed else _EVAL_CHUNK
     activations = max(
         _train_activations(model, sample, batch, bf16=bf16),
-        _eval_activations(
-            model, sample, min(_EVAL_CHUNK, max(val_rows, len(data.x_test))), bf16=bf16
-        ),
+        _eval_activations(model, sample, min(chunk, max(val_rows, len(data.x_test))), bf16=bf16),
     )
     counted = parameters + gradients + optimizer + activations + data_bytes
     overhead = int(counted * _OVERHEAD_SHARE) + _FRAMEWORK.get(device, _FRAMEWORK["cpu"])

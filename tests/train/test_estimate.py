@@ -219,3 +219,39 @@ def test_total_is_within_2x_of_the_measured_peak(kind, tmp_path):
     assert est.parameters == got["parameters"] and est.optimizer == got["optimizer"]
     expected = est.total - est.data
     assert 0.5 <= got["peak"] / expected <= 2.0, (got["peak"], est.describe())
+
+
+def test_text_evaluation_is_estimated_in_the_engines_length_ordered_chunks(tmp_path):
+    """Text rows are predicted in chunks of 256 (in length order): the evaluation pass the
+    estimate sizes is that chunk, not 8,192 rows, unless bucketing is off."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(200)])
+    frame = pd.DataFrame(
+        {
+            "body": [" ".join(rng.choice(words, 12)) for _ in range(3000)],
+            "y": rng.integers(0, 2, 3000),
+        }
+    )
+    recipe = {
+        "name": "estimate-text",
+        "data": {
+            "source": str(tmp_path / "texts.csv"),
+            "target": "y",
+            "features": {"body": "text"},
+            "text": {"max_length": 16},
+        },
+        "task": "classification",
+        "model": {"type": "text_cnn", "embedding": 64, "channels": 64, "kernels": [3]},
+        "train": {"epochs": 1, "batch_size": 8},
+    }
+    frame.to_csv(tmp_path / "texts.csv", index=False)
+    prepared = load_recipe(recipe)
+    from danlu.models._text_inputs import text_inputs
+
+    data = prepare_data(prepared.data, prepared.task, frame=frame, **text_inputs(prepared.model))
+    assert len(data.x_test) > 256
+    on = estimate_memory(recipe, data=data).activations
+    off = estimate_memory(recipe, overrides=["train.bucket_by_length=false"], data=data).activations
+    assert off > 2 * on  # 600 test rows in one pass against 256
