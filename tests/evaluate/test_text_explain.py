@@ -171,11 +171,11 @@ def test_token_ids_are_not_features_and_tabular_columns_keep_theirs(scratch):
     assert "token attributions of 6 test rows" in section.summary
 
 
+@pytest.mark.parametrize("scratch", ["text_cnn"], indirect=True)  # the one with a number
 @pytest.mark.parametrize("method", ["gradient_shap", "kernel_shap"])
 def test_every_method_attributes_the_tabular_column_beside_the_text(scratch, method):
     data, section = scratch
-    if "n" not in data.frame:
-        pytest.skip("the text-only model has no tabular column")
+    assert "n" in data.frame
     other = explain_section(data, ExplainConfig(samples=10, method=method, top_k=1))
     assert [item["feature"] for item in other.data["importance"]] == ["n"]
     assert other.data["importance"][0]["importance"] > 0  # kernel SHAP of a single feature too
