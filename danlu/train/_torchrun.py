@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from danlu.config import load_recipe, recipe_to_yaml
-from danlu.errors import DanluError
+from danlu.errors import DanluError, Preempted
 from danlu.logging import get_logger
 from danlu.train._distributed import RankFailed
 
@@ -132,7 +132,10 @@ def launch(
         code, tail = _run_torchrun(cmd, env)
         run_id = _read(folder / _RUN_FILE)
         if code != 0:
-            raise _rank_error(folder, tail, code, config.max_restarts, run_id)
+            exc = _rank_error(folder, tail, code, config.max_restarts, run_id)
+            if run_id is not None and not isinstance(exc, Preempted):
+                _mark_failed(store, run_id, exc)
+            raise exc
         if run_id is None:
             raise RankFailed(
                 "The distributed run ended without a run: rank 0 did not record one. "
@@ -162,6 +165,16 @@ def _run_torchrun(cmd: Sequence[str], env: dict[str, str]) -> tuple[int, list[st
                 proc.kill()
                 proc.wait(timeout=_STOP_WAIT_S)
             raise
+
+
+def _mark_failed(store: Store, run_id: str, exc: DanluError) -> None:
+    """The job failed, so its run did. When one rank dies, torchrun stops the others with
+    SIGTERM, and rank 0, taking that for a preemption, may have saved a checkpoint and marked
+    the run ``interrupted`` before its collective noticed the dead peer: a race. The run's
+    checkpoint stays (``danlu run --resume`` continues it); its status says what happened."""
+    with contextlib.suppress(DanluError):
+        if store.get_run(run_id).status in ("interrupted", "running"):
+            store.set_status(run_id, "failed", error=str(exc))
 
 
 def _read(path: Path) -> str | None:

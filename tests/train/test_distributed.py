@@ -301,3 +301,23 @@ def test_two_machines_meet_at_node_0s_endpoint(table, tmp_path):
     assert f"RUN {result.run_id} True" in out  # the same run, not registered twice
     assert result.registered is not None and result.registered.version == 1
     assert [r.id for r in SqlStore(home=home).search_runs()] == [result.run_id]
+
+
+@pytest.mark.parametrize(
+    ("left", "after"),
+    [("interrupted", "failed"), ("running", "failed"), ("finished", "finished")],
+)
+def test_a_failed_job_marks_a_run_its_rank_0_left_interrupted_as_failed(tmp_path, left, after):
+    """torchrun stops the ranks left when one dies (SIGTERM): rank 0 may take that for a
+    preemption and leave its run ``interrupted`` before its collective sees the dead peer. The
+    launcher then records what happened to the job: failed (the checkpoint stays for --resume)."""
+    from danlu.train._torchrun import _mark_failed
+
+    store = SqlStore(home=tmp_path)
+    run = store.create_run(experiment="dist", name="dist")
+    if left != "running":
+        store.set_status(run.id, left)
+    _mark_failed(store, run.id, RankFailed("Rank 1 exited with code 3"))
+    got = store.get_run(run.id)
+    assert got.status == after
+    assert (got.error == "Rank 1 exited with code 3") == (after == "failed")
