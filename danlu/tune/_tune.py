@@ -341,7 +341,20 @@ def _finish(
             reported = source
             store.set_tags(run_id, {"reported": winner, "report_run": source})
         new_winner = refit_id is not None or tags.get("registered_trial") != winner
-        if recipe.register is not None and new_winner:
+        if (
+            recipe.register is not None
+            and new_winner
+            and not store.artifact_path(source, "model.safetensors").is_file()
+        ):  # a worker on another machine trained it: its files are in that machine's home
+            log.warning(
+                "The best trial's run %s was trained by a worker whose artifact folder is not "
+                "this one, so it is not registered here; register it where its files are: "
+                "danlu models register %s %s",
+                source,
+                source,
+                recipe.register.name,
+            )
+        elif recipe.register is not None and new_winner:
             registered = register_model(store, source, recipe.register.name, recipe.register.alias)
             store.set_tags(
                 run_id,
