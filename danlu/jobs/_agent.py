@@ -199,6 +199,7 @@ class Agent:
 
     def _shutdown(self, agent_id: str) -> None:
         """Preempt what still runs here (each attempt checkpoints and is requeued), then leave."""
+        self._reap()  # an attempt that ended since the last look is not running any more
         if self._running:
             self._say(f"stopping: preempting {len(self._running)} running job(s)")
         for running in self._running.values():

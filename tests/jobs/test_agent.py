@@ -226,3 +226,25 @@ def test_a_high_priority_job_preempts_and_the_preempted_one_finishes_exactly(
     assert tests and tests == {k: v for k, v in ref.metrics.items() if k.startswith("test_")}
     for store in reference.stores:
         store.close()
+
+
+def test_a_stopped_agent_counts_only_the_attempts_still_running(sqlite_db: QueueDb) -> None:
+    """An attempt that ended just before the stop (its thread gone, not yet reaped) is neither
+    counted nor stopped again: only live attempts are preempted (a race seen in CI)."""
+    import threading
+
+    from danlu.jobs import SlotPool
+    from danlu.jobs._agent import Agent, _Running
+
+    lines: list[str] = []
+    agent = Agent(
+        sqlite_db.queue(), pool=SlotPool(cpu_ids=[0], memory_gb=1.0), on_event=lines.append
+    )
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+    ended.join()
+    agent._running["ended-job"] = _Running(job=None, thread=ended, stop=threading.Event())  # type: ignore[arg-type]
+    agent.stop()
+    report = agent.run()
+    assert report.agent_id and not any("preempting" in line for line in lines), lines
+    assert agent._running == {} and lines[-1] == f"agent {report.agent_id} stopped"
