@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "train": BELOW_TRAIN,
     "tune": BELOW_TRAIN | {"train", "export"},  # the winner is registered and exported
     "evaluate": BELOW_TRAIN | {"train"},
-    "compress": BELOW_TRAIN | {"train", "evaluate"},
+    "compress": BELOW_TRAIN | {"train", "evaluate", "export"},  # variants are exported
     "export": LEAF | {"config", "data", "tasks", "models", "store"},
     "jobs": LEAF | {"config", "store"},
     "pipeline": BELOW_TRAIN | {"train", "tune", "evaluate", "compress", "export", "jobs"},

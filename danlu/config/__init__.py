@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from danlu.config._compress import (
+    QUANTIZE_METHODS,
+    CompressConfig,
+    DistillConfig,
+    LowRankConfig,
+    PruneConfig,
+    QuantizeConfig,
+)
 from danlu.config._evaluate import (
     CalibrationConfig,
     CostConfig,
@@ -57,6 +65,12 @@ from danlu.config._tune import (
 )
 
 __all__ = [
+    "QUANTIZE_METHODS",
+    "CompressConfig",
+    "DistillConfig",
+    "LowRankConfig",
+    "PruneConfig",
+    "QuantizeConfig",
     "CalibrationConfig",
     "CostConfig",
     "EvaluateConfig",

@@ -185,7 +185,7 @@ def switch_blocks(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     switched = dict(data)
-    for block in ("evaluate", "tune", "register"):
+    for block in ("evaluate", "tune", "register", "compress"):
         value = data.get(block)
         if isinstance(value, bool):
             switched[block] = {} if value else None

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from danlu.config._compress import CompressConfig
 from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_blocks
 from danlu.config._tune import TuneConfig
 
@@ -629,6 +630,13 @@ with warnings.catch_warnings():
             None,
             description="The trust report made after training (danlu evaluate / report); "
             "true: every section's defaults, false: no report.",
+            **SWITCH,
+        )
+        compress: CompressConfig | None = Field(
+            None,
+            description="Compressed variants of the trained model (int8, pruning, distillation, "
+            "low-rank), each measured and gated on accuracy (danlu compress); true: every int8 "
+            "quantization, false: none.",
             **SWITCH,
         )
         register: RegisterConfig | None = Field(None, **OFF_SWITCH)

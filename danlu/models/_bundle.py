@@ -225,6 +225,7 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     from danlu.data import FeatureSchema, Preprocessor
     from danlu.models import build_model
     from danlu.models._base_weights import BASE_CARD_KEY, load_stored_state, resolve_base
+    from danlu.models._compressed import COMPRESSED_CARD_KEYS, load_compressed
 
     def required(file: str) -> bytes:
         raw = read(file)
@@ -245,6 +246,8 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     tensors = load_weights(required("model.safetensors"), weights)
     if separate:
         load_stored_state(model, tensors, base_separate=True, where=weights)
+    elif any(card.get(key) for key in COMPRESSED_CARD_KEYS):  # pruned, factorised, int8
+        model = load_compressed(model, card, tensors, weights)
     else:
         model.load_state_dict(tensors)
     from danlu.models._trees import TreeEnsemble
