@@ -48,5 +48,7 @@ def load_compressed(
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
-        raise StoreError(f"{where} does not fit the compressed model its card describes: {exc}")
+        raise StoreError(
+            f"{where} does not fit the compressed model its card describes: {exc}"
+        ) from None
     return model
