@@ -31,6 +31,11 @@ __all__ = [
 
 #: int8 quantizations danlu can make; which is fastest depends on the model, so each is measured.
 QUANTIZE_METHODS = ("torch-dynamic", "ort-dynamic", "ort-static", "torchao")
+QuantizeMethod = Literal["torch-dynamic", "ort-dynamic", "ort-static", "torchao"]
+
+
+def _default_methods() -> list[QuantizeMethod]:
+    return ["torch-dynamic", "ort-dynamic", "ort-static"]
 
 
 class _Strict(BaseModel):
@@ -40,8 +45,8 @@ class _Strict(BaseModel):
 class QuantizeConfig(_Strict):
     """int8 variants of the trained model, each measured where it will be served."""
 
-    methods: list[Literal["torch-dynamic", "ort-dynamic", "ort-static", "torchao"]] = Field(
-        default_factory=lambda: ["torch-dynamic", "ort-dynamic", "ort-static"],
+    methods: list[QuantizeMethod] = Field(
+        default_factory=_default_methods,
         min_length=1,
         description="torch-dynamic: torch's dynamic int8 Linear layers (served by torch); "
         "ort-dynamic / ort-static: ONNX Runtime's dynamic int8 and static QDQ int8 calibrated "
