@@ -49,6 +49,7 @@ __all__ = [
     "SplitConfig",
     "TextConfig",
     "TrainConfig",
+    "TrainDistillConfig",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -550,6 +551,22 @@ class DistributedConfig(Strict):
         return self
 
 
+class TrainDistillConfig(Strict):
+    """Knowledge distillation: train this model on a teacher's soft targets as well as the
+    labels, ``α·KL(softmax(teacher/T) ‖ softmax(student/T))·T² + (1 − α)·task loss`` (MSE to
+    the teacher's output for regression)."""
+
+    teacher: Annotated[str, Field(min_length=1, max_length=300)] = Field(
+        description="The teacher: a run id, or a registered model (NAME:VERSION, NAME@ALIAS)."
+    )
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.5, description="Weight of the teacher's soft targets; 1 - alpha weighs the labels."
+    )
+    temperature: Annotated[float, Field(gt=0.0, le=100.0)] = Field(
+        4.0, description="The softmax temperature of the soft targets (classification)."
+    )
+
+
 class TrainConfig(Strict):
     """The engine's settings."""
 
@@ -575,6 +592,9 @@ class TrainConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    distill: TrainDistillConfig | None = Field(
+        None, description="Learn from a teacher model's outputs too (knowledge distillation)."
+    )
     distributed: DistributedConfig | None = Field(
         None,
         description="Train over several processes / machines through torchrun; false: one process.",

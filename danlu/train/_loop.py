@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from danlu.data import FeatureSchema, PreparedData, TrainStream
     from danlu.store import Tracker
     from danlu.tasks import Task
+    from danlu.train._distill import Distiller
 
 __all__ = ["Trainer", "class_weights", "resolve_device", "seed_everything"]
 
@@ -123,6 +124,7 @@ class _FitSetup:
     resume_at: dict[str, Any] | None = None  # where a preempted session stopped in its epoch
     epoch_shuffle: torch.Tensor | None = None  # the shuffle's RNG as the current epoch began
     lengths: torch.Tensor | None = None  # (N,) rows' token counts: length-bucketed batches
+    distiller: Distiller | None = None  # train.distill: the teacher's soft targets join the loss
 
 
 class Trainer:
@@ -142,8 +144,10 @@ class Trainer:
         tracker: Tracker | None = None,
         checkpoint_path: Path | None = None,
         strategy: Strategy | None = None,
+        teacher: torch.nn.Module | None = None,
     ) -> None:
         self.config = config
+        self.teacher = teacher  # train.distill's teacher (_distill.py), on the model's device
         # one process (a no-op), or this rank's part of a torchrun job (_distributed.py)
         self.strategy = strategy if strategy is not None else active_strategy()
         self.callbacks = list(callbacks)
@@ -443,7 +447,25 @@ class Trainer:
             ),
             l1_params=[p for p in self.model.parameters() if p.ndim > 1] if cfg.l1 > 0 else [],
             lengths=lengths,
+            distiller=self._distiller(device),
         )
+
+    def _distiller(self, device: torch.device) -> Distiller | None:
+        """``train.distill``'s teacher, frozen on the device, with its loss weights."""
+        distill = self.config.distill
+        if distill is None:
+            return None
+        if self.teacher is None:
+            raise ConfigError(
+                "train.distill is set but the Trainer was given no teacher: pass "
+                "Trainer(..., teacher=model), or train through danlu run / run_training, which "
+                "load train.distill.teacher."
+            )
+        from danlu.train._distill import Distiller
+
+        return Distiller(
+            self.teacher, distill.alpha, distill.temperature, self.task.target_kind
+        ).to(device)
 
     def _batch_size(self, rows: int) -> int:
         """``train.batch_size``, or the whole training split when that is smaller."""
@@ -570,6 +592,8 @@ class Trainer:
             loss = setup.loss_fn(outputs.float(), yb)
             if mix is not None:  # mixup: the loss mixes the two targets the same way
                 loss = mix.lam * loss + (1 - mix.lam) * setup.loss_fn(outputs.float(), yb[mix.perm])
+            if setup.distiller is not None:  # the teacher's soft targets on the same batch
+                loss = setup.distiller.loss(xb, outputs, loss)
         total = loss
         if setup.l1_params:
             total = total + self.config.l1 * sum(p.abs().sum() for p in setup.l1_params)

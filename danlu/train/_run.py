@@ -262,11 +262,15 @@ def train_stage(ctx: Context) -> Context:
     assert data is not None and task is not None and ctx.model is not None and tracker is not None
     checkpoint = tracker.artifact_path("checkpoint.safetensors")
     engine = BoostingTrainer if is_boosted(ctx.model) else Trainer
+    distill: dict[str, Any] = (  # train.distill: the teacher, loaded and checked
+        {"teacher": _distill_teacher(ctx)} if recipe.train.distill is not None else {}
+    )
     trainer: Any = engine(
         recipe.train,
         callbacks=ctx.callbacks,
         tracker=tracker,
         checkpoint_path=checkpoint if recipe.train.checkpoint.every else None,
+        **distill,
     )
     resuming = ctx.previous is not None and checkpoint.exists()
     if ctx.previous is not None:  # points logged after the checkpoint will be logged again
@@ -343,6 +347,28 @@ def train_stage(ctx: Context) -> Context:
     if checkpoint.exists():
         tracker.record_artifact("checkpoint.safetensors")
     return ctx
+
+
+def _distill_teacher(ctx: Context) -> torch.nn.Module:
+    """``train.distill``'s teacher, loaded from the store and checked against the student
+    before training (``_distill.py``); the run is tagged with what it resolved to."""
+    from danlu.errors import ConfigError
+    from danlu.train._boost import is_boosted
+    from danlu.train._distill import check_teacher, load_teacher
+
+    distill, data, task = ctx.recipe.train.distill, ctx.data, ctx.task
+    assert distill is not None and data is not None and task is not None
+    assert ctx.model is not None and ctx.tracker is not None
+    if ctx.recipe.model.type == "auto" or is_boosted(ctx.model):
+        raise ConfigError(
+            f"train.distill trains a network on a teacher's outputs; model type "
+            f"{ctx.recipe.model.type!r} is not trained by the engine. Remove train.distill or "
+            "choose a network (mlp, cnn, ...)."
+        )
+    bundle, source = load_teacher(ctx.store, distill.teacher)
+    check_teacher(bundle, ctx.model, data, task)
+    ctx.store.set_tags(ctx.tracker.run_id, {"distill_teacher": source})
+    return bundle.model
 
 
 _SUMMARY_KEYS = {"run_id", "recipe", "task", "test", "best_epoch", "epochs_run", "final"}
