@@ -244,9 +244,16 @@ def plan() -> list[Stage]:
         PREPARE,
         TRAIN,
         Stage("evaluate", evaluate_stage, when=_has("evaluate"), check=check_evaluate),
-        # compression (roadmap): Stage("compress", compress_stage, when=_has("compress")),
         Stage("register", register_stage, when=_has("register"), phase="after_run"),
+        # after registration: the variants are versions of the model, tagged with their parent
+        Stage("compress", _compress_stage, when=_has("compress"), phase="after_run"),
     ]
+
+
+def _compress_stage(ctx: Context) -> Context:
+    from danlu.compress import compress_stage
+
+    return compress_stage(ctx)
 
 
 def _has(block: str) -> Callable[[Recipe], bool]:

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from danlu.cli._compress import compress_command
 from danlu.cli._console import (
     cell,
     err,
@@ -246,6 +247,7 @@ def _say_interrupted(run_id: str | None, resume: str) -> None:
 app.command("tune")(tune_command)
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
+app.command("compress")(compress_command)
 app.command("export")(export_command)
 app.command("predict")(predict_command)
 app.command("serve")(serve_command)

@@ -28,6 +28,7 @@ SECTION_ORDER = (
     "robustness",
     "explain",
     "cost",
+    "compression",
 )
 
 _CSS = """

@@ -422,6 +422,7 @@ def export_version(
     _require_onnx()
     started = time.perf_counter()
     mv = store.resolve(ref)
+    _refuse_compressed(store, mv)
     bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
     input_dim = bundle.schema.input_dim
     if sample is None:
@@ -495,6 +496,23 @@ def export_version(
     else:
         log.info("ONNX export of model %s failed: %s", mv.ref, result.error)
     return result
+
+
+def _refuse_compressed(store: Store, mv: ModelVersion) -> None:
+    """A variant made by ``danlu compress`` is served as it was measured: its int8 graph is not
+    replaced by an fp32 export of its torch weights, nor its torch int8 layers exported."""
+    try:
+        export = read_export(store, mv) or {}
+    except StoreError:
+        export = {}
+    variant = mv.tags.get("compression") or export.get("compression")
+    if variant and (export.get("exporter") == "danlu compress" or export.get("runtime") == "torch"):
+        raise StoreError(
+            f"Model {mv.ref} is the compressed variant {variant} of {mv.tags.get('parent', 'its parent')}; "
+            "it is served as danlu compress measured it and is not exported again. Compress "
+            "the parent again to remake it: danlu compress "
+            f"{mv.tags.get('parent', 'PARENT')}"
+        )
 
 
 def read_export(store: Store, mv: ModelVersion) -> dict[str, Any] | None:

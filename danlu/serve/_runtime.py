@@ -137,6 +137,8 @@ def load_runtime(
                 return OnnxRuntime(read_onnx(store, mv), threads)
             except StoreError as exc:  # not the file the parity check passed: never serve it
                 logger.warning("%s Serving model %s with torch instead.", exc, mv.ref)
+        elif _torch_variant(store, mv):
+            logger.info("Model %s is a torch int8 variant; serving it with torch.", mv.ref)
         else:
             logger.warning(
                 "Model %s has no successful ONNX export (its export failed or was never made); "
@@ -150,3 +152,15 @@ def load_runtime(
 
         bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
     return TorchRuntime(bundle, threads)
+
+
+def _torch_variant(store: Store, mv: ModelVersion) -> bool:
+    """A compressed variant that ``danlu compress`` measured on torch (its int8 layers are
+    torch's): torch is its runtime, not a fallback."""
+    from danlu.export._onnx import read_export
+
+    try:
+        export = read_export(store, mv) or {}
+    except StoreError:
+        return False
+    return export.get("runtime") == "torch" and bool(export.get("compression"))
