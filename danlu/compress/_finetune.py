@@ -10,6 +10,7 @@ preprocessing and test metrics — so it can be inspected, compared and loaded l
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from danlu.logging import get_logger
@@ -55,6 +56,8 @@ def finetune(
     epochs: int,
     learning_rate: float | None = None,
     card: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+    finalize: Callable[[nn.Module], nn.Module] | None = None,
 ) -> tuple[nn.Module, str | None]:
     """Train ``model`` (already initialised: it is not re-initialised) for ``epochs`` epochs
     with the recipe's engine settings, in a child run of ``job.run_id``.
@@ -73,6 +76,9 @@ def finetune(
         epochs: epochs to train; 0 trains nothing and opens no run.
         learning_rate: the fine-tuning learning rate (default the recipe's / 10).
         card: keys merged into the parent's model card (e.g. ``{"resized": True}``).
+        tags: more tags of the child run (e.g. a pruning step).
+        finalize: applied to the trained model before it is saved and returned (e.g. pruning
+            masks made permanent, so the weights file is a plain state dict).
 
     Returns:
         The trained model and the child run's id (None when ``epochs`` is 0).
@@ -107,6 +113,7 @@ def finetune(
             "task": recipe.task,
             "model.type": str(job.card.get("type", recipe.model.type)),
             "compression": name,
+            **(tags or {}),
         },
     )
     tracker = StoreTracker(store, run.id)
@@ -126,6 +133,8 @@ def finetune(
             step=trainer.epoch,
         )
         model = trainer.model.cpu().eval()
+        if finalize is not None:
+            model = finalize(model)
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         tracker.log_artifact("model.safetensors", st_save(state))
         tracker.log_artifact("model.json", json.dumps({**job.card, **(card or {})}, indent=1))
