@@ -177,6 +177,16 @@ def check_recipe(recipe: Recipe) -> Any:
     from danlu.train._distributed import distributed_issues
 
     issues.extend(distributed_issues(recipe))  # what train.distributed cannot do
+    if train.distill is not None and (train.distributed or recipe.model.type in ("gbdt", "auto")):
+        issues.append(
+            ConfigIssue(
+                ("train", "distill"),
+                "distillation trains one network in one process on the teacher's outputs",
+                "train.distributed" if train.distributed else f"model type {recipe.model.type}",
+                "Remove train.distill, or train without train.distributed with a network "
+                "(mlp, cnn, ...).",
+            )
+        )
     raise_issues(issues, recipe._source)
     return options
 

@@ -170,3 +170,11 @@ def test_a_trainer_without_its_teacher_says_how_to_give_one():
     data = prepare_data(recipe.data, task)
     with pytest.raises(ConfigError, match="teacher="):
         Trainer(recipe.train).fit(build_model(recipe.model, data.schema, task), task, data)
+
+
+def test_distillation_of_a_model_the_engine_does_not_train_is_refused_before_the_run():
+    from danlu.train import make_context
+
+    recipe = _recipe(model={"type": "gbdt"}, train={"distill": {"teacher": "abc"}})
+    with pytest.raises(ConfigError, match=r"train\.distill[\s\S]*model type gbdt"):
+        make_context(recipe)
