@@ -235,3 +235,31 @@ def test_resize_to_state_refuses_a_layer_it_cannot_resize():
         resize_to_state(
             torch.nn.Conv2d(2, 4, 3), {"weight": torch.ones(3, 2, 5, 5), "bias": torch.ones(3)}, "r"
         )
+
+
+def test_a_text_cnn_pruned_by_torch_pruning_loads_back():
+    """text_cnn is among the structured types: its pruned convolutions (and the head's inputs,
+    next to the tabular columns) are rebuilt from the stored tensors."""
+    import torch_pruning as tp
+
+    from tests.models.test_text_models import build, text_schema, token_rows
+
+    schema = text_schema(tabular=2)
+    options = {"type": "text_cnn", "embedding": 16, "channels": 8, "kernels": [2, 3]}
+    model = build(schema, **options).eval()
+    x = torch.cat([token_rows([5, 9, 16, 3]), torch.randn(4, 2)], 1)  # (4, L + 2)
+    head = output_layer(model, 3)
+    assert head == "head.1"
+    tp.pruner.MetaPruner(
+        model,
+        x[:2],
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.5,
+        ignored_layers=[dict(model.named_modules())[head]],
+    ).step()
+    assert model.head[1].in_features == 2 * 4 + 2
+    fresh = build(schema, **options).eval()
+    resize_to_state(fresh, model.state_dict(), "x")
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
