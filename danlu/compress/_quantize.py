@@ -187,8 +187,10 @@ def _ort_quantized(
 
 
 def _mark_preprocessed(onnx_bytes: bytes) -> bytes:
-    """The graph with ONNX Runtime's shape inference run and marked done (its quantizers
-    otherwise log a warning on the root logger, which also installs a stderr handler)."""
+    """The graph with ONNX's shape inference run (the tensor shapes ONNX Runtime's quantizer
+    reads) and marked as pre-processed: unmarked, the quantizer logs advice through the root
+    logger, which also installs a stderr handler on it. ORT's full pre-processing (symbolic
+    shapes and graph fusions) was measured too: no faster on the MLP and CNN here."""
     import onnx
 
     proto = onnx.load_from_string(onnx_bytes)
