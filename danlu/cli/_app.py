@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from danlu.cli._compress import compress_command
+from danlu.cli._compress import compress_command, print_compression
 from danlu.cli._console import (
     cell,
     err,
@@ -169,6 +169,11 @@ def run(
                         {"name": s.name, "status": s.status, "seconds": round(s.seconds, 3)}
                         for s in result.stages
                     ],
+                    "compression": (
+                        result.details["compression"].to_dict()
+                        if "compression" in result.details
+                        else None
+                    ),
                 }
             )
         )
@@ -207,6 +212,9 @@ def run(
         out.print(Text(f"report: {result.run_dir / 'report.html'}"), soft_wrap=True)
     if result.registered is not None:
         out.print(Text(registered_line(result.registered)))
+    compression = result.details.get("compression")
+    if compression is not None:
+        print_compression(compression)
 
 
 def _job_tags() -> dict[str, str]:

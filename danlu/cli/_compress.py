@@ -72,6 +72,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def print_compression(result: CompressResult) -> None:
     """The trade-off table: the fp32 model, then each variant and what became of it."""
     reference = result.reference
@@ -93,9 +97,9 @@ def print_compression(result: CompressResult) -> None:
         rt,
         _fmt(reference.value),
         "-",
-        _fmt((reference.size_bytes or 0) / 1024, 5),
+        _fmt((reference.size_bytes or 0) / 1024, 4),
         _fmt(reference.latency_ms(rt), 3),
-        _fmt(reference.rows_per_s(rt), 5),
+        _rate(reference.rows_per_s(rt)),
         "reference",
     )
     for v in result.variants:
@@ -107,9 +111,9 @@ def print_compression(result: CompressResult) -> None:
             runtime,
             _fmt(m.value) if m else "-",
             _fmt(m.drop) if m else "-",
-            _fmt((m.size_bytes or 0) / 1024, 5) if m else "-",
+            _fmt((m.size_bytes or 0) / 1024, 4) if m else "-",
             _fmt(m.latency_ms(runtime), 3) if m else "-",
-            _fmt(m.rows_per_s(runtime), 5) if m else "-",
+            _rate(m.rows_per_s(runtime)) if m else "-",
             cell(status),
         )
     print_table(table)

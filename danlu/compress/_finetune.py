@@ -1,7 +1,7 @@
 """Fine-tuning a changed model (pruned, factorised) with danlu's engine, in a child run.
 
 Every method that trains an already-initialised network again calls :func:`finetune`: the
-recipe's ``train:`` block with fewer epochs and a smaller learning rate, the same early stopping,
+recipe's ``train:`` block with fewer epochs (and its learning rate unless told), the same early stopping,
 seed and device, tracked as a child run of the run that trained the parent (tag
 ``compression: <variant name>``). The child run ends holding a complete model — weights, card,
 preprocessing and test metrics — so it can be inspected, compared and loaded like any run.
@@ -28,10 +28,10 @@ log = get_logger(__name__)
 
 def finetune_recipe(recipe: Recipe, *, epochs: int, learning_rate: float | None) -> Recipe:
     """``recipe`` with its ``train:`` block set for fine-tuning: ``epochs`` epochs at
-    ``learning_rate`` (default: the recipe's learning rate / 10; a one-cycle ``max_lr`` scales
+    ``learning_rate`` (default: the recipe's learning rate; a one-cycle ``max_lr`` scales
     with it). Everything else — early stopping, batch size, seed, device — is the recipe's."""
     train = recipe.train
-    lr = learning_rate if learning_rate is not None else train.optimizer.lr / 10
+    lr = learning_rate if learning_rate is not None else train.optimizer.lr
     scheduler = train.scheduler
     if scheduler.max_lr is not None:  # the one-cycle peak follows the learning rate down
         scheduler = scheduler.model_copy(
@@ -74,7 +74,7 @@ def finetune(
             mode.
         name: the variant's name (the run's ``compression`` tag and part of its name).
         epochs: epochs to train; 0 trains nothing and opens no run.
-        learning_rate: the fine-tuning learning rate (default the recipe's / 10).
+        learning_rate: the fine-tuning learning rate (default: the recipe's).
         card: keys merged into the parent's model card (e.g. ``{"resized": True}``).
         tags: more tags of the child run (e.g. a pruning step).
         finalize: applied to the trained model before it is saved and returned (e.g. pruning

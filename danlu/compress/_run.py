@@ -128,11 +128,12 @@ def compress(
 
 def _target(store: Store, target: str) -> tuple[ModelVersion | None, str]:
     """(the registered version, its run) for a model reference, (None, the run) for a run id."""
-    try:
-        store.get_run(target)
-        return None, target
-    except NotFoundError:
-        pass
+    if ":" not in target and "@" not in target:  # ':' and '@' always mean a model
+        try:
+            store.get_run(target)
+            return None, target
+        except (NotFoundError, StoreError):
+            pass
     try:
         mv = store.resolve(target)
     except NotFoundError:

@@ -350,6 +350,7 @@ def compress_model(
             prepared.reason = (
                 f"its {task.headline} drops by {_amount(task, drop)}, more than "
                 f"max_metric_drop {config.max_metric_drop:g}"
+                + (f" ({_amount(task, config.max_metric_drop)})" if task.headline_percent else "")
             )
     _choose_best(result)
     if model_name is not None:

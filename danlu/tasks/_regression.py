@@ -98,6 +98,23 @@ class RegressionTask(Task):
     def row_scores(self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema) -> np.ndarray:
         return -((outputs.reshape(-1) - y) ** 2)  # negative squared error, standardized units
 
+    def metric(self, name: str, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema) -> float:
+        if name in {"mae", "rmse", "r2"}:  # alone, without sklearn's checks (bootstrap resamples)
+            import numpy as np
+
+            pred = _unscale(outputs.reshape(-1).astype(np.float64), schema)
+            true = _unscale(y.astype(np.float64), schema)
+            err = pred - true
+            if name == "mae":
+                return float(np.abs(err).mean())
+            if name == "rmse":
+                return float(np.sqrt((err**2).mean()))
+            total = float(((true - true.mean()) ** 2).sum())
+            if len(true) < 2 or total == 0:
+                raise ValueError("R² is undefined on fewer than 2 distinct targets")
+            return 1.0 - float((err**2).sum()) / total
+        return super().metric(name, outputs, y, schema)
+
     def baselines(self, seed: int) -> dict[str, Any]:
         from sklearn.dummy import DummyRegressor
         from sklearn.ensemble import HistGradientBoostingRegressor

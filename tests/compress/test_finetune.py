@@ -84,7 +84,7 @@ def test_the_child_run_holds_a_complete_model(job, store):
     assert run.tags["compression"] == "pruned-50"
     assert len(store.metric_history(run_id, "train_loss")) == 2  # one point per epoch
     assert 0.0 <= run.metrics["test_accuracy"] <= 1.0
-    assert float(run.params["train.optimizer.lr"]) == pytest.approx(0.001)  # the recipe's / 10
+    assert float(run.params["train.optimizer.lr"]) == pytest.approx(0.01)  # the recipe's
     bundle = load_bundle(run_files(store, run_id), f"run {run_id}")
     card = json.loads(store.artifact_path(run_id, "model.json").read_text())
     assert card == {**job.card, "note": "x"}
@@ -133,7 +133,9 @@ def test_the_recipe_for_fine_tuning():
     )
     tuned = finetune_recipe(recipe, epochs=4, learning_rate=None)
     assert tuned.train.epochs == 4
-    assert tuned.train.optimizer.lr == pytest.approx(0.001)
-    assert tuned.train.scheduler.max_lr == pytest.approx(0.01)
+    assert tuned.train.optimizer.lr == pytest.approx(0.01)  # the recipe's
+    assert tuned.train.scheduler.max_lr == pytest.approx(0.1)
+    halved = finetune_recipe(recipe, epochs=4, learning_rate=0.005)
+    assert halved.train.scheduler.max_lr == pytest.approx(0.05)  # scaled with the new lr
     assert tuned.train.batch_size == recipe.train.batch_size
     assert finetune_recipe(recipe, epochs=1, learning_rate=0.5).train.optimizer.lr == 0.5
