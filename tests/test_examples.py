@@ -20,6 +20,12 @@ SMALLER = {
         "evaluate.robustness.samples=20",
         "evaluate.explain.top_k=1",
     ],
+    # compression: one epoch of fine-tuning, few timing repeats and resamples
+    "digits_cnn.yaml": [
+        "compress.prune.finetune_epochs=1",
+        "compress.repeats=3",
+        "compress.bootstrap=100",
+    ],
 }
 
 
@@ -60,7 +66,11 @@ def test_serve_demo_runs(tmp_path):
     import subprocess
     import sys
 
-    danlu.run(ROOT / "examples" / "digits_cnn.yaml", overrides=["train.epochs=2"], home=tmp_path)
+    danlu.run(
+        ROOT / "examples" / "digits_cnn.yaml",
+        overrides=["train.epochs=2", "compress=false"],
+        home=tmp_path,
+    )
     env = {**os.environ, "DANLU_HOME": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "serve_demo.py")],
