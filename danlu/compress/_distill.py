@@ -10,6 +10,7 @@ this run trained), on the data already prepared. Tracking, early stopping, check
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,8 @@ NAME = "distilled"
 
 def distill_recipe(job: CompressJob) -> dict[str, Any]:
     """The child run's recipe: the parent's with ``model`` = the student, ``train.distill`` set
-    (and ``train.epochs`` = ``compress.distill.epochs`` when given), trained in this process;
+    (and ``train.epochs`` = ``compress.distill.epochs`` when given; no ``data.augment`` with
+    ``compress.distill.augment: false``), trained in this process;
     ``tune``, ``compress`` and ``register`` removed (the child is trained, not tuned, compressed
     or registered by itself)."""
     from danlu.config import recipe_to_dict
@@ -49,6 +51,8 @@ def distill_recipe(job: CompressJob) -> dict[str, Any]:
         train["epochs"] = config.epochs
     train.pop("distributed", None)  # the student trains in this process
     recipe["train"] = train
+    if not config.augment:
+        recipe["data"] = {**recipe["data"], "augment": []}
     recipe["model"] = dict(config.student)
     return recipe
 
@@ -75,6 +79,7 @@ def distill_variants(job: CompressJob) -> list[Variant]:
     if config is None:
         return []
     recipe = distill_recipe(job)
+    data = job.data if config.augment else dataclasses.replace(job.data, augment=())
     teacher_ref = recipe["train"]["distill"]["teacher"]
     try:
         result = run_training(
@@ -84,7 +89,7 @@ def distill_variants(job: CompressJob) -> list[Variant]:
             stage="compress",
             parent_id=job.run_id,
             tags={"compression": NAME},
-            prepared=job.data,  # the same rows and preprocessing as the teacher's
+            prepared=data,  # the same rows and preprocessing as the teacher's
             run_name=f"{job.recipe.name}-{NAME}",
         )
     except ConfigError as exc:  # the student's block or the teacher: name the compress key
@@ -125,6 +130,7 @@ def distill_variants(job: CompressJob) -> list[Variant]:
                 "teacher_ref": teacher_ref,
                 "alpha": config.alpha,
                 "temperature": config.temperature,
+                "augment": config.augment,
                 "student": {"type": card["type"], **card["options"]},
                 "student_parameters": student_params,
                 "teacher_parameters": teacher_params,

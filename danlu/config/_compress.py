@@ -112,6 +112,11 @@ class DistillConfig(_Strict):
     epochs: PositiveInt | None = Field(
         None, description="The student's training epochs (default: the recipe's train.epochs)."
     )
+    augment: bool = Field(
+        True,
+        description="Train the student on the recipe's augmented batches (data.augment); "
+        "false: on the rows as prepared, the teacher's soft targets its regulariser.",
+    )
 
 
 class LowRankConfig(_Strict):

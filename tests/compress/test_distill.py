@@ -28,11 +28,15 @@ WINE: dict[str, Any] = {
 }
 
 
-def _job(store: SqlStore, result, **distill: Any) -> CompressJob:
+def _job(
+    store: SqlStore, result, data: dict[str, Any] | None = None, **distill: Any
+) -> CompressJob:
     from danlu.train._run import prepare_recipe_data
 
     card = json.loads(store.artifact_path(result.run_id, "model.json").read_text())
-    recipe = load_recipe({**WINE, "compress": {"quantize": False, "distill": distill}})
+    recipe = load_recipe(
+        {**WINE, "data": data or WINE["data"], "compress": {"quantize": False, "distill": distill}}
+    )
     assert recipe.compress is not None
     return CompressJob(
         config=recipe.compress,
@@ -99,11 +103,17 @@ def test_a_registered_teacher_by_version(trained):
     mv = store.create_model_version(
         "wine-teacher", run_id=teacher.run_id, files=files, signature={}, metrics={}
     )
-    job = _job(store, teacher, student={"type": "mlp", "hidden": [4]}, teacher=mv.ref, epochs=1)
+    augmented = {**WINE["data"], "augment": [{"noise": 0.05}]}
+    job = _job(
+        store, teacher, augmented, student={"type": "mlp", "hidden": [4]}, teacher=mv.ref, epochs=1
+    )
     assert distill_recipe(job)["train"]["distill"]["teacher"] == mv.ref
+    assert distill_recipe(job)["data"]["augment"][0]["noise"] == 0.05
+    job.config.distill.augment = False  # the student on the rows as prepared
     [variant] = distill_variants(job)
-    assert variant.details["teacher"] == f"model {mv.ref}"
-    assert store.get_run(variant.run_id).tags["distill_teacher"] == f"model {mv.ref}"
+    assert variant.details["teacher"] == f"model {mv.ref}" and not variant.details["augment"]
+    run = store.get_run(variant.run_id)
+    assert run.tags["distill_teacher"] == f"model {mv.ref}" and run.recipe["data"]["augment"] == []
 
 
 def test_a_student_the_recipe_cannot_build_names_the_compress_key(trained):
