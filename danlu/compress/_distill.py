@@ -73,6 +73,7 @@ def distill_variants(job: CompressJob) -> list[Variant]:
     Example:
         >>> # [variant] = distill_variants(job); variant.details["parameter_ratio"]
     """
+    from danlu.models._compressed import COMPRESSED_CARD_KEYS
     from danlu.train import run_training
 
     config = job.config.distill
@@ -123,7 +124,12 @@ def distill_variants(job: CompressJob) -> list[Variant]:
             method="distill",
             runtime="onnx",
             model=student,
-            card={"type": card["type"], "options": card["options"]},
+            card={
+                "type": card["type"],
+                "options": card["options"],
+                # a compressed parent's reshaping does not apply to the student's network
+                **{key: None for key in COMPRESSED_CARD_KEYS if job.card.get(key)},
+            },
             run_id=result.run_id,
             details={
                 "teacher": teacher_name,

@@ -60,6 +60,7 @@ def trained(tmp_path_factory):
 def test_the_student_trains_in_a_child_run_and_loads_from_its_card(trained):
     store, teacher = trained
     job = _job(store, teacher, student={"type": "mlp", "hidden": [8]}, epochs=3, alpha=0.8)
+    job.card = {**job.card, "low_rank": {"3": 4}}  # as if the parent were factorised
     [variant] = distill_variants(job)
     assert (variant.name, variant.method, variant.runtime, variant.status) == (
         "distilled",
@@ -79,6 +80,7 @@ def test_the_student_trains_in_a_child_run_and_loads_from_its_card(trained):
     assert details["teacher_parameters"] == sum(p.numel() for p in job.model.parameters())
     assert details["parameter_ratio"] < 0.25 and details["epochs_run"] == 3
     assert variant.card["type"] == "mlp" and variant.card["options"]["hidden"] == [8]
+    assert variant.card["low_rank"] is None  # the parent's reshaping is not the student's
     # what the stage registers: the parent's card updated with the variant's, the state dict
     files = {
         "model.json": json.dumps({**job.card, **variant.card}).encode(),
