@@ -1,6 +1,10 @@
 """Serving raw text: MiniLM + LoRA (examples/bbc_news_lora.yaml) on ONNX Runtime vs torch, and
 ``danlu serve`` under load.
 
+The ONNX Runtime models are the version's fp32 ``model.onnx`` (adapters merged) and its int8
+variant made by ``danlu compress`` (ONNX Runtime's dynamic int8 of MatMul/Gemm, registered
+after passing the accuracy gate: ``--max-drop``, default 0.01 = one point of test accuracy).
+
 1. In process, on batches of 32 BBC News test articles, each runtime with the same number of
    threads (``--threads``, each value in turn):
    - *model only*: the torch model (``inference_mode``) vs an ONNX Runtime session on the
@@ -19,6 +23,7 @@ temporary home with the recipe cut to ``--epochs`` (1) — speed does not depend
 was trained.
 
     python bench/text_serve.py [--home DIR] [--epochs 1] [--reps 7] [--threads 1 2] [--seconds 8]
+        [--max-drop 0.01]
 """
 
 from __future__ import annotations
@@ -63,6 +68,42 @@ def prepare_model(home: Path, epochs: int) -> Any:
     return store
 
 
+def int8_variant(store: Any, max_drop: float) -> tuple[Any, dict[str, Any]]:
+    """The int8 variant of ``bbc-news@staging`` (made by ``danlu compress`` unless the store has
+    one), and its row of the compression table (accuracy, drop, agreement, size)."""
+    import json
+
+    from danlu.compress import compress
+
+    parent = store.get_model_version(NAME, None, alias="staging")
+    made = [
+        v
+        for v in store.list_model_versions(NAME)
+        if v.tags.get("compression") == "int8-ort-dynamic" and v.tags.get("parent") == parent.ref
+    ]
+    if not made:
+        print("compressing bbc-news@staging (int8-ort-dynamic) ...", flush=True)
+        result = compress(
+            store,
+            REF,
+            overrides=[
+                "compress.quantize.methods=[ort-dynamic]",
+                f"compress.max_metric_drop={max_drop}",
+                "compress.repeats=5",
+                "compress.alias=null",
+            ],
+        )
+        row = next(v for v in result.variants if v.name == "int8-ort-dynamic")
+        if not row.passed:
+            raise SystemExit(f"the int8 variant did not pass the gate: {row.reason}")
+        made = [store.resolve(str(row.version))]
+    mv = made[-1]
+    record = json.loads(
+        store.model_version_path(mv.name, mv.version, "compression.json").read_text()
+    )
+    return mv, {**record["this"], "parent_accuracy": record["reference"]["value"]}
+
+
 def test_articles(store: Any) -> list[str]:
     """The test articles of the run that made the version, in split order."""
     from danlu.config import load_recipe
@@ -86,8 +127,9 @@ def _rows_per_s(call: Any, rows: int, reps: int, block_s: float) -> list[float]:
     return out
 
 
-def in_process(store: Any, texts: list[str], threads: int, reps: int) -> dict[str, Any]:
-    """torch vs ONNX Runtime at batch 32, model only and raw strings, ``threads`` each."""
+def in_process(store: Any, texts: list[str], threads: int, reps: int, int8: Any) -> dict[str, Any]:
+    """torch vs ONNX Runtime (fp32 and int8) at batch 32, model only and raw strings,
+    ``threads`` each."""
     import numpy as np
     import onnxruntime as ort
     import pandas as pd
@@ -107,6 +149,9 @@ def in_process(store: Any, texts: list[str], threads: int, reps: int) -> dict[st
         read_onnx(store, mv), options, providers=["CPUExecutionProvider"]
     )
     name = session.get_inputs()[0].name
+    quantized = ort.InferenceSession(
+        read_onnx(store, int8), options, providers=["CPUExecutionProvider"]
+    )
     frame = pd.DataFrame({"text": texts[:32]})
     x = bundle.encode(frame)
     model = bundle.model.eval()
@@ -118,34 +163,52 @@ def in_process(store: Any, texts: list[str], threads: int, reps: int) -> dict[st
     def ort_model() -> None:
         session.run(None, {name: x})
 
+    def int8_model() -> None:
+        quantized.run(None, {name: x})
+
     def torch_raw() -> None:
         bundle.predict(frame)
 
     def ort_raw() -> None:
         bundle.decode(session.run(None, {name: bundle.encode(frame)})[0])
 
+    def int8_raw() -> None:
+        bundle.decode(quantized.run(None, {name: bundle.encode(frame)})[0])
+
     with torch.inference_mode():
         reference = model(torch.from_numpy(x)).numpy()
     gap = float(np.abs(session.run(None, {name: x})[0] - reference).max())
     result: dict[str, Any] = {"threads": threads, "batch": len(frame), "max_abs_diff": gap}
-    for what, pair in (("model", (torch_model, ort_model)), ("raw", (torch_raw, ort_raw))):
-        for call in pair:  # warm-up
+    calls = {
+        "model": (torch_model, ort_model, int8_model),
+        "raw": (torch_raw, ort_raw, int8_raw),
+    }
+    for what, trio in calls.items():
+        for call in trio:  # warm-up
             _rows_per_s(call, len(frame), 1, 0.5)
-        t, o = [], []
+        t, o, q = [], [], []
         for _ in range(reps):  # alternate block by block
-            t += _rows_per_s(pair[0], len(frame), 1, 1.0)
-            o += _rows_per_s(pair[1], len(frame), 1, 1.0)
+            t += _rows_per_s(trio[0], len(frame), 1, 1.0)
+            o += _rows_per_s(trio[1], len(frame), 1, 1.0)
+            q += _rows_per_s(trio[2], len(frame), 1, 1.0)
         result[what] = {
             "torch_rows_per_s": statistics.median(t),
             "ort_rows_per_s": statistics.median(o),
+            "int8_rows_per_s": statistics.median(q),
             "ratio": statistics.median([b / a for a, b in zip(t, o, strict=True)]),
+            "int8_ratio": statistics.median([b / a for a, b in zip(t, q, strict=True)]),
         }
         print(f"{threads} thread(s) {what}: {result[what]}", flush=True)
     return result
 
 
 def load_points(
-    home: Path, store: Any, texts: list[str], connections: list[int], seconds: float
+    home: Path,
+    store: Any,
+    texts: list[str],
+    connections: list[int],
+    seconds: float,
+    ref: str = REF,
 ) -> list[dict[str, Any]]:
     """``danlu serve`` on CPU 0 under wrk on CPU 1: one article per request."""
     import json
@@ -155,7 +218,7 @@ def load_points(
     body = home / "body-text.json"
     body.write_text(json.dumps({"rows": [{"text": median}]}))
     pin = (os.cpu_count() or 1) >= 2
-    server = Server("danlu", [DANLU, "serve", REF], "/readyz", home, pin)
+    server = Server("danlu", [DANLU, "serve", ref], "/readyz", home, pin)
     points = []
     try:
         server.wait_ready(timeout=300)
@@ -163,7 +226,7 @@ def load_points(
         run_wrk(url, body, secret, 8, 3.0, pin)  # warm-up
         for c in connections:
             point = run_wrk(url, body, secret, c, seconds, pin)
-            point.update(connections=c, chars=len(median))
+            point.update(connections=c, chars=len(median), model=ref)
             print(f"serve at {c} connections: {point['rps']} req/s, p99 {point['p99_ms']} ms")
             points.append(point)
     finally:
@@ -181,6 +244,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--connections", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--max-drop", type=float, default=0.01)
     args = parser.parse_args()
     tmp = None
     if args.home is None:
@@ -193,8 +257,10 @@ def main() -> None:
     texts = test_articles(store)
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-    local = [in_process(store, texts, t, args.reps) for t in args.threads]
+    int8, gate = int8_variant(store, args.max_drop)
+    local = [in_process(store, texts, t, args.reps, int8) for t in args.threads]
     points = load_points(home, store, texts, args.connections, args.seconds)
+    points += load_points(home, store, texts, args.connections, args.seconds, int8.ref)
     payload = {
         "benchmark": "text_serve",
         "setup": {
@@ -206,6 +272,7 @@ def main() -> None:
         },
         "machine": machine(),
         "in_process": local,
+        "int8": {"ref": int8.ref, **gate},
         "serve": points,
         "target_ratio": TARGET,
     }
@@ -216,12 +283,12 @@ def main() -> None:
             rows.append([
                 f"in process, batch {r['batch']}, {r['threads']} thread(s), {what}",
                 f"{m['torch_rows_per_s']:.0f} rows/s",
-                f"{m['ort_rows_per_s']:.0f} rows/s",
-                f"**{m['ratio']:.2f}×**",
+                f"{m['ort_rows_per_s']:.0f} rows/s ({m['ratio']:.2f}×)",
+                f"{m['int8_rows_per_s']:.0f} rows/s (**{m['int8_ratio']:.2f}×**)",
             ])  # fmt: skip
     for p in points:
         rows.append([
-            f"danlu serve, {p['connections']} connections, 1 article/request",
+            f"danlu serve {p['model']}, {p['connections']} connections, 1 article/request",
             f"{p['rps']:.1f} req/s",
             f"p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms",
             f"{p['errors']} errors",
@@ -229,12 +296,16 @@ def main() -> None:
     path = write(
         "text_serve",
         payload,
-        ["what", "torch", "ONNX Runtime", "ONNX Runtime / torch"],
+        ["what", "torch (fp32)", "ONNX Runtime fp32 (× torch)", "ONNX Runtime int8 (× torch)"],
         rows,
         notes=(
             f"MiniLM + LoRA r = 8 (merged for ONNX), max_length 128. Largest |ONNX − torch| "
-            f"output: {max(r['max_abs_diff'] for r in local):.2e}. Target: ONNX Runtime ≥ "
-            f"{TARGET}× torch at batch 32. Serving rows: torch / ONNX Runtime columns hold "
+            f"output: {max(r['max_abs_diff'] for r in local):.2e}. int8: {int8.ref}, made by "
+            f"danlu compress (int8-ort-dynamic): test accuracy {100 * gate['value']:.1f}% vs "
+            f"{100 * gate['parent_accuracy']:.1f}% fp32 (drop {100 * gate['drop']:.2f} points, "
+            f"gate {100 * args.max_drop:g}), {100 * gate['agreement']:.1f}% of test predictions "
+            f"unchanged, {gate['size_bytes'] / 1e6:.1f} MB. Target: ONNX Runtime ≥ "
+            f"{TARGET}× torch at batch 32. Serving rows: columns hold "
             f"requests/s and latency. Command: `python bench/text_serve.py --epochs "
             f"{args.epochs} --reps {args.reps} --threads {' '.join(map(str, args.threads))} "
             f"--seconds {args.seconds:g}`"

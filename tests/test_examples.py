@@ -19,6 +19,8 @@ SMALLER = {
         "data.text.max_length=16",
         "evaluate.robustness.samples=20",
         "evaluate.explain.top_k=1",
+        "compress.repeats=2",
+        "compress.bootstrap=50",
     ],
     # compression: one epoch of fine-tuning, few timing repeats and resamples
     "digits_cnn.yaml": [

@@ -72,6 +72,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _size(size_bytes: int | None) -> str:
+    return "-" if not size_bytes else f"{size_bytes / 1024:,.1f}"
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
@@ -97,7 +101,7 @@ def print_compression(result: CompressResult) -> None:
         rt,
         _fmt(reference.value),
         "-",
-        _fmt((reference.size_bytes or 0) / 1024, 4),
+        _size(reference.size_bytes),
         _fmt(reference.latency_ms(rt), 3),
         _rate(reference.rows_per_s(rt)),
         "reference",
@@ -111,7 +115,7 @@ def print_compression(result: CompressResult) -> None:
             runtime,
             _fmt(m.value) if m else "-",
             _fmt(m.drop) if m else "-",
-            _fmt((m.size_bytes or 0) / 1024, 4) if m else "-",
+            _size(m.size_bytes) if m else "-",
             _fmt(m.latency_ms(runtime), 3) if m else "-",
             _rate(m.rows_per_s(runtime)) if m else "-",
             cell(status),

@@ -153,8 +153,10 @@ def _ort_quantized(
 
     from danlu.export import export_onnx
 
-    if "fp32" not in exports:
-        exports["fp32"] = export_onnx(job.model, job.data.schema.input_dim, _sample(job))
+    if "fp32" not in exports:  # the stage's export of the fp32 model, else one made here
+        exports["fp32"] = job.onnx or export_onnx(
+            job.model, job.data.schema.input_dim, _sample(job)
+        )
     fp32 = exports["fp32"]
     with tempfile.TemporaryDirectory(prefix="danlu-int8-") as folder:
         source, target = os.path.join(folder, "fp32.onnx"), os.path.join(folder, "int8.onnx")

@@ -291,6 +291,7 @@ def compress_model(
     except Exception as exc:
         log.warning("The fp32 model cannot be exported to ONNX (%s); measured on torch only.", exc)
         reference_onnx = None
+    job.onnx = reference_onnx  # the int8 methods quantize this graph, not a second export
     reference_runtime = "onnx" if reference_onnx is not None else "torch"
     common: dict[str, Any] = {"repeats": config.repeats, "resamples": config.bootstrap}
     reference, reference_outputs = measure(

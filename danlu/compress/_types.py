@@ -41,6 +41,9 @@ class CompressJob:
             ``run_id`` in it.
         run_id: the run that trained ``model``.
         callbacks: the run's callbacks (progress), for methods that train.
+        onnx: the fp32 ONNX export of ``model``, once the stage has made it (None before, or
+            when the model cannot be exported): methods that start from it need not export
+            again.
     """
 
     config: CompressConfig
@@ -52,6 +55,7 @@ class CompressJob:
     store: Store
     run_id: str
     callbacks: Sequence[Callback] = ()
+    onnx: bytes | None = None
 
 
 @dataclass
