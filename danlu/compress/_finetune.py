@@ -43,6 +43,7 @@ def finetune_recipe(recipe: Recipe, *, epochs: int, learning_rate: float | None)
             "optimizer": train.optimizer.model_copy(update={"lr": lr}),
             "scheduler": scheduler,
             "distributed": None,  # fine-tuning runs in this process
+            "distill": None,  # a distilled parent's teacher taught it; fine-tuning is plain
         }
     )
     return recipe.model_copy(update={"train": tuned})

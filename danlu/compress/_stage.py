@@ -399,7 +399,11 @@ def _register(
 
     store, v = job.store, variant.variant
     actor = actor or current_actor()
-    card = {**job.card, **v.card, "compression": {"variant": v.name, "parent": result.parent}}
+    card = {**job.card, **v.card}
+    child_card = store.artifact_path(v.run_id, "model.json") if v.run_id else None
+    if v.method == "distill" and child_card is not None and child_card.is_file():
+        card = json.loads(child_card.read_text())  # the student's own card (no parent keys)
+    card["compression"] = {"variant": v.name, "parent": result.parent}
     files: dict[str, bytes] = {
         "model.json": json.dumps(card, indent=1).encode(),
         "model.safetensors": variant.weights or b"",
