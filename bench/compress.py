@@ -8,8 +8,8 @@ served file size, batch-1 latency and batch-64 throughput on ONNX Runtime and to
    ONNX Runtime, size ≤ 0.3×, metric drop ≤ 0.5 points.
 2. **cnn**: the digits CNN of ``examples/digits_cnn.yaml``: every int8 variant reported as
    measured; target: the chosen one (the alias) is never slower than fp32. Structured pruning of
-   50% of its channels + 3 epochs of fine-tuning: target drop ≤ 1 point, ≥ 1.3× batch-64
-   throughput, ≤ 0.6× parameters.
+   50% of its channels + fine-tuning (``--prune-steps`` steps of ``--prune-epochs`` epochs):
+   target drop ≤ 1 point, ≥ 1.3× batch-64 throughput, ≤ 0.6× parameters.
 3. **distill**: the digits CNN as teacher, a student with ≤ 25% of its parameters trained with
    distillation (``compress.distill``: α 0.9, T 4, on un-augmented batches) and the same
    student trained alone with the same settings (epochs, seed, no augmentation): target within
@@ -154,14 +154,21 @@ def tabular(seeds: list[int], repeats: int, home: Path) -> list[dict[str, Any]]:
     return out
 
 
-def cnn(seeds: list[int], repeats: int, home: Path) -> tuple[list[dict[str, Any]], list[Any]]:
+def cnn(
+    seeds: list[int], repeats: int, home: Path, prune_epochs: int = 3, prune_steps: int = 1
+) -> tuple[list[dict[str, Any]], list[Any]]:
     """Every int8 variant and the structured-pruned one of the digits CNN; returns the rows and
     the runs (the teachers of the distillation section)."""
     import danlu
 
     compress = {
         "quantize": {"methods": INT8},
-        "prune": {"sparsity": 0.5, "structured": True, "finetune_epochs": 3},
+        "prune": {
+            "sparsity": 0.5,
+            "structured": True,
+            "finetune_epochs": prune_epochs,
+            "steps": prune_steps,
+        },
         "max_metric_drop": 0.01,
         "objective": "latency",
     }
@@ -313,6 +320,9 @@ def main() -> None:
     parser.add_argument("--serve-seconds", type=float, default=8.0)
     parser.add_argument("--serve-rounds", type=int, default=3)
     parser.add_argument("--distill-epochs", type=int, default=40)
+    parser.add_argument("--prune-epochs", type=int, default=3, help="fine-tuning per step")
+    parser.add_argument("--prune-steps", type=int, default=2)
+    parser.add_argument("--out", default="compress", help="results file name under bench/results")
     parser.add_argument(
         "--only", nargs="+", default=["tabular", "cnn", "distill", "serve"],
         choices=["tabular", "cnn", "distill", "serve"],
@@ -330,7 +340,9 @@ def main() -> None:
         if "tabular" in args.only or "serve" in args.only:
             payload["tabular"] = tabular(seeds, args.repeats, home)
         if "cnn" in args.only or "distill" in args.only:
-            payload["cnn"], teachers = cnn(seeds, args.repeats, home)
+            payload["cnn"], teachers = cnn(
+                seeds, args.repeats, home, args.prune_epochs, args.prune_steps
+            )
         if "distill" in args.only:
             payload["distill"] = distill(seeds, teachers, args.repeats, home, args.distill_epochs)
         if "serve" in args.only:
@@ -400,7 +412,7 @@ def main() -> None:
             ["serve", "wide MLP at 32 connections", f"int8 / fp32 = {_fmt(ratio)}", per, "≥ 1×"]
         )
     path = write(
-        "compress",
+        args.out,
         payload,
         header,
         rows,

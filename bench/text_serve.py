@@ -303,7 +303,7 @@ def main() -> None:
             f"output: {max(r['max_abs_diff'] for r in local):.2e}. int8: {int8.ref}, made by "
             f"danlu compress (int8-ort-dynamic): test accuracy {100 * gate['value']:.1f}% vs "
             f"{100 * gate['parent_accuracy']:.1f}% fp32 (drop {100 * gate['drop']:.2f} points, "
-            f"gate {100 * args.max_drop:g}), {100 * gate['agreement']:.1f}% of test predictions "
+            f"gate {100 * args.max_drop:g} point(s)), {100 * gate['agreement']:.1f}% of test predictions "
             f"unchanged, {gate['size_bytes'] / 1e6:.1f} MB. Target: ONNX Runtime ≥ "
             f"{TARGET}× torch at batch 32. Serving rows: columns hold "
             f"requests/s and latency. Command: `python bench/text_serve.py --epochs "
