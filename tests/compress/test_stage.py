@@ -222,3 +222,33 @@ def test_danlu_compress_on_a_registered_version_and_bad_overrides(compressed) ->
     )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "compress.prune.sparsity" in bad.stderr + bad.stdout
+
+
+def test_a_gate_no_variant_passes_succeeds_and_registers_nothing(tmp_path: Path) -> None:
+    """95% of the weights zeroed without fine-tuning cannot keep the accuracy within a gate of
+    zero: the run still succeeds, says so, and registers nothing but the parent."""
+    recipe = {
+        **WINE,
+        "name": "wine-gate",
+        "train": {**WINE["train"], "epochs": 8},
+        "register": {"name": "gated"},
+        "compress": {
+            "quantize": False,
+            "prune": {"sparsity": 0.95, "finetune_epochs": 0},
+            "max_metric_drop": 0.0,
+            "bootstrap": 0,
+            "repeats": 2,
+        },
+    }
+    result = danlu.run(recipe, home=tmp_path)
+    store = SqlStore(home=tmp_path)
+    assert store.get_run(result.run_id).status == "finished"
+    compression = result.details["compression"]
+    (variant,) = compression.variants
+    assert variant.name == "pruned-95" and variant.status == "dropped", variant.reason
+    assert variant.measurement.drop > 0 and "more than max_metric_drop 0" in (variant.reason or "")
+    assert compression.passed == [] and compression.best is None and compression.alias is None
+    assert "nothing was registered" in compression.summary
+    assert [mv.ref for mv in store.list_model_versions("gated")] == ["gated:1"]
+    section = json.loads(store.artifact_path(result.run_id, "report.json").read_text())
+    assert "nothing was registered" in section["sections"]["compression"]["summary"]
