@@ -81,21 +81,9 @@ class Measurement:
 
 def onnx_runner(onnx_bytes: bytes, threads: int = 1) -> Runner:
     """Raw outputs of an ONNX graph on ONNX Runtime (CPU, ``threads`` intra-op threads)."""
-    import onnxruntime as ort
+    from danlu.export._onnx import onnx_outputs
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        out = session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float32)
-
-    return run
+    return onnx_outputs(onnx_bytes, threads)
 
 
 def torch_runner(model: torch.nn.Module, threads: int = 1) -> Runner:

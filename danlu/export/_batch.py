@@ -35,6 +35,7 @@ from danlu.export._batch_io import (
     source_columns,
     source_rows,
 )
+from danlu.export._onnx import onnx_outputs
 from danlu.logging import get_logger
 
 if TYPE_CHECKING:
@@ -84,25 +85,6 @@ class BatchResult:
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-def _onnx_outputs(onnx: bytes, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    import numpy as np
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def outputs(x: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {name: x})[0], dtype=np.float32)
-
-    return outputs
 
 
 def _rows(mask: np.ndarray, values: Any, first: int) -> str:
@@ -164,7 +146,7 @@ class BatchPredictor:
             )
         self.runtime = "onnx" if onnx is not None else "torch"
         if onnx is not None:
-            self._outputs = _onnx_outputs(onnx, threads)
+            self._outputs = onnx_outputs(onnx, threads)
         else:
             if threads:
                 import torch

@@ -29,7 +29,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,7 @@ __all__ = [
     "ExportResult",
     "export_onnx",
     "export_version",
+    "onnx_outputs",
     "onnx_ready",
     "parity_check",
     "read_export",
@@ -227,6 +228,32 @@ def _session(onnx_bytes: bytes) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: ORT's warnings go to the process's stderr
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_outputs(
+    onnx_bytes: bytes, threads: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Prepared rows → the graph's raw outputs (float32), on an ONNX Runtime CPU session with
+    every graph optimization and ``threads`` intra-op threads (ONNX Runtime's default when
+    None): what batch prediction and the compression measurements run."""
+    _require_onnx()
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def outputs(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.asarray(session.run(None, {name: x})[0], dtype=np.float32)
+
+    return outputs
 
 
 def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
