@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "jobs": LEAF | {"config", "store"},
     "pipeline": BELOW_TRAIN | {"train", "tune", "evaluate", "compress", "export", "jobs"},
     "serve": LEAF | {"config", "data", "tasks", "models", "store", "export"},
-    "ui": LEAF | {"config", "store"},
+    "ui": LEAF | {"config", "store", "jobs"},  # the jobs page reads and changes the queue
 }
 
 

@@ -40,6 +40,7 @@ from danlu.cli._predict import predict_command
 from danlu.cli._runs import runs_app
 from danlu.cli._serve import serve_command
 from danlu.cli._tune import studies_app, tune_command
+from danlu.cli._ui import ui_command
 from danlu.errors import DanluError, Preempted
 
 __all__ = ["app", "main"]
@@ -259,6 +260,7 @@ app.command("compress")(compress_command)
 app.command("export")(export_command)
 app.command("predict")(predict_command)
 app.command("serve")(serve_command)
+app.command("ui")(ui_command)
 app.command("submit")(submit_command)
 app.command("agent")(agent_command)
 
