@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from danlu.store._atomic import atomic_write_bytes, atomic_write_text, remove_stale_temps
 from danlu.store._csv import csv_restore, csv_restore_frame, csv_safe
+from danlu.store._deployments import DEPLOYMENT_STALE_S, Deployment, DeploymentModel
 from danlu.store._entities import (
     API_KEY_SCOPES,
     RUN_STATUSES,
@@ -39,6 +40,9 @@ __all__ = [
     "ApiKey",
     "Artifact",
     "AuditEntry",
+    "DEPLOYMENT_STALE_S",
+    "Deployment",
+    "DeploymentModel",
     "Experiment",
     "FileReader",
     "MetricPoint",

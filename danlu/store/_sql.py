@@ -38,6 +38,7 @@ from danlu.errors import NotFoundError, StoreError
 from danlu.store import _tables as t
 from danlu.store._artifacts import SqlArtifactsMixin
 from danlu.store._connection import SqlConnection
+from danlu.store._deployments import SqlDeploymentsMixin
 from danlu.store._entities import (
     RUN_STATUSES,
     MetricPoint,
@@ -114,7 +115,14 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-class SqlStore(SqlRegistryMixin, SqlApiKeysMixin, SqlArtifactsMixin, SqlConnection, Store):
+class SqlStore(
+    SqlRegistryMixin,
+    SqlApiKeysMixin,
+    SqlArtifactsMixin,
+    SqlDeploymentsMixin,
+    SqlConnection,
+    Store,
+):
     """Tracking database + artifact folder + model registry.
 
     Args:

@@ -226,3 +226,19 @@ quotas = Table(
     Column("max_running", Integer, nullable=False),  # jobs of the project running at once
     Column("updated_at", Float, nullable=False),
 )
+
+# -- deployments: the danlu serve processes, each registered by itself (danlu.store._deployments)
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("url", String(500), nullable=False),  # http(s)://host:port: where /metrics answers
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("models", Text, nullable=False),  # JSON list of {name, version, ref, role}
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("stopped_at", Float),
+    Index("ix_deployments_started", "started_at"),
+)

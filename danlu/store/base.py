@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from danlu.store._deployments import Deployment, DeploymentModel
 from danlu.store._entities import (
     ApiKey,
     Artifact,
@@ -316,3 +317,36 @@ class Store(ABC):
     def has_api_keys(self, scope: str | None = None) -> bool:
         """Whether an active key exists: of any scope, or able to call ``scope``'s routes (an
         admin key counts for ``predict`` too)."""
+
+    # -- deployments: the danlu serve processes (danlu.store._deployments) ----------------------
+    @abstractmethod
+    def register_deployment(
+        self,
+        *,
+        url: str,
+        host: str,
+        port: int,
+        pid: int,
+        models: Sequence[Mapping[str, Any] | DeploymentModel],
+    ) -> Deployment:
+        """Record a server that has started (live from now); ConfigError for a URL that is not
+        ``http(s)://host:port``, a bad port or a malformed models list."""
+
+    @abstractmethod
+    def heartbeat_deployment(
+        self,
+        deployment_id: str,
+        models: Sequence[Mapping[str, Any] | DeploymentModel] | None = None,
+    ) -> None:
+        """Refresh a server's heartbeat (and its models, when given); NotFoundError if unknown."""
+
+    @abstractmethod
+    def stop_deployment(self, deployment_id: str) -> None:
+        """Mark a server stopped (a clean shutdown); NotFoundError if unknown."""
+
+    @abstractmethod
+    def list_deployments(
+        self, *, stopped_within_s: float | None = 86_400.0, limit: int = 200
+    ) -> list[Deployment]:
+        """Servers newest first: those not stopped, and those stopped within
+        ``stopped_within_s`` seconds (None: all)."""
