@@ -42,7 +42,14 @@ STATIC = HERE / "static"
 KEY_HEADER = "X-Danlu-Key"
 KEY_COOKIE = "danlu_key"
 #: the page modules (each has ``router``), in the navigation's order
-ROUTERS = ("danlu.ui._auth", "danlu.ui._runs", "danlu.ui._compare")
+ROUTERS = (
+    "danlu.ui._auth",
+    "danlu.ui._runs",
+    "danlu.ui._compare",
+    "danlu.ui._studies",
+    "danlu.ui._models",
+    "danlu.ui._jobs",
+)
 
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
