@@ -36,6 +36,7 @@ from danlu.serve._types import ModelPoolLike, ServeSettings
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from danlu.serve._beacon import DeploymentBeacon
     from danlu.serve._requestlog import RequestLog
 
 __all__ = ["MAX_DEPTH", "create_app", "decode_body", "dumps", "server_state"]
@@ -71,13 +72,14 @@ def create_app(
             model.name, model.version, rows
         )
     request_log = _request_log(settings, store_factory)
+    beacon = _beacon(state, store_factory)
     app = DanluApp(
         title="danlu inference server",
         version=_danlu_version(),
         description="Predictions from danlu's registered models. Each model's request and "
         "response bodies are described under its own predict path; errors are JSON {error: "
         "{status, code, field, message}}.",
-        lifespan=_lifespan(state, request_log),
+        lifespan=_lifespan(state, request_log, beacon),
         redoc_url=None,
         docs_url=None,  # /docs is served by _routes.py, offline (FastAPI's loads a CDN)
         strict_content_type=False,  # no Content-Type: read as JSON (GuardMiddleware: 415 for others)
@@ -130,9 +132,22 @@ def _request_log(settings: ServeSettings, store_factory: Callable[[], Any]) -> R
     return RequestLog(store_factory, settings.log_sample, settings.models)
 
 
-def _lifespan(state: ServerState, request_log: RequestLog | None) -> Callable[[FastAPI], Any]:
-    """Start the pool (and warm the key cache, start the request log) before the first request;
-    on shutdown turn readiness off, drain the pool, write the request log, close the store."""
+def _beacon(state: ServerState, store_factory: Callable[[], Any]) -> DeploymentBeacon | None:
+    """The deployments-table entry of a ``danlu serve`` process (``extra["register"]``); apps
+    built in tests do not register."""
+    if not state.settings.extra.get("register"):
+        return None
+    from danlu.serve._beacon import DeploymentBeacon
+
+    return DeploymentBeacon(state.pool, state.settings, store_factory, lambda: state.bound_port)
+
+
+def _lifespan(
+    state: ServerState, request_log: RequestLog | None, beacon: DeploymentBeacon | None = None
+) -> Callable[[FastAPI], Any]:
+    """Start the pool (and warm the key cache, start the request log, register the server in
+    the deployments table) before the first request; on shutdown turn readiness off, drain the
+    pool, write the request log, mark the server stopped, close the store."""
     pool, settings = state.pool, state.settings
 
     @asynccontextmanager
@@ -145,6 +160,8 @@ def _lifespan(state: ServerState, request_log: RequestLog | None) -> Callable[[F
         await state.auth.keys_exist()  # warm the cache before the first request
         if request_log is not None:
             await request_log.start()
+        if beacon is not None:
+            beacon.start()
         if settings.extra.get("gc_freeze"):
             _freeze_heap()
         try:
@@ -156,6 +173,8 @@ def _lifespan(state: ServerState, request_log: RequestLog | None) -> Callable[[F
                 if request_log is not None:
                     await request_log.stop()
             finally:
+                if beacon is not None:
+                    await beacon.stop()
                 await asyncio.to_thread(state.store.close)
 
     return lifespan

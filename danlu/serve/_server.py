@@ -196,9 +196,20 @@ def _server_class() -> Any:
         """uvicorn's server, with readiness turned off before it stops accepting, and a clean
         exit (status 0) after a graceful shutdown instead of re-raising the signal."""
 
-        def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        def __init__(
+            self,
+            config: uvicorn.Config,
+            on_exit: Callable[[], None],
+            on_bound: Callable[[int], None] | None = None,
+        ) -> None:
             super().__init__(config)
             self._on_exit = on_exit
+            self._on_bound = on_bound
+
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets)
+            if self._on_bound is not None and self.servers and self.servers[0].sockets:
+                self._on_bound(self.servers[0].sockets[0].getsockname()[1])  # for --port 0
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             self._on_exit()  # /readyz answers 503 from now on
@@ -225,8 +236,12 @@ def make_server(app: FastAPI, settings: ServeSettings, **overrides: Any) -> uvic
     from danlu.serve._app import server_state
 
     state = server_state(app)
+
+    def on_bound(port: int) -> None:
+        state.bound_port = port
+
     server: uvicorn.Server = _server_class()(
-        uvicorn_config(app, settings, **overrides), state.begin_drain
+        uvicorn_config(app, settings, **overrides), state.begin_drain, on_bound
     )
     return server
 
@@ -252,7 +267,10 @@ def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
     if settings.workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {settings.workers}.")
     # a server process freezes its start-up heap for the garbage collector (see _app.py)
-    settings = dataclasses.replace(settings, extra={"gc_freeze": True, **settings.extra})
+    # ... and registers itself in the store's deployments table (see _beacon.py)
+    settings = dataclasses.replace(
+        settings, extra={"gc_freeze": True, "register": True, **settings.extra}
+    )
     store = store_factory()
     try:
         check_binding(settings, store)

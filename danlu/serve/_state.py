@@ -53,6 +53,7 @@ class ServerState:
     draining: bool = False
     startup_error: DanluError | None = None  # why the models could not be served
     reports_startup_error: bool = False  # serve() says why itself: uvicorn need not log it
+    bound_port: int | None = None  # the port uvicorn listens on (set once it has bound it)
 
     def begin_drain(self) -> None:
         self.draining = True

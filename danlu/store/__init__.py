@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from danlu.store._atomic import atomic_write_bytes, atomic_write_text, remove_stale_temps
 from danlu.store._csv import csv_restore, csv_restore_frame, csv_safe
-from danlu.store._deployments import DEPLOYMENT_STALE_S, Deployment, DeploymentModel
+from danlu.store._deployments import (
+    DEPLOYMENT_STALE_S,
+    Deployment,
+    DeploymentModel,
+    check_deployment_url,
+)
 from danlu.store._entities import (
     API_KEY_SCOPES,
     RUN_STATUSES,
@@ -56,6 +61,7 @@ __all__ = [
     "agents_table",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_deployment_url",
     "csv_restore",
     "csv_restore_frame",
     "csv_safe",
