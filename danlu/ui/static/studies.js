@@ -33,7 +33,7 @@
   parallel.setOption({
     animation: false,
     tooltip: { trigger: "item" },
-    parallel: { left: 60, right: 80, top: 40, bottom: 30 },
+    parallel: { left: 60, right: 120, top: 40, bottom: 30 },
     parallelAxis: axes,
     visualMap: study.parallel.lines.length ? {
       dimension: axes.length - 1, type: "continuous", orient: "vertical", right: 0, top: "middle",
