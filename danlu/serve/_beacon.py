@@ -95,6 +95,7 @@ class DeploymentBeacon:
         self.id: str | None = None
         self._store: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None  # the store write under way
         self._failing = False
 
     def start(self) -> None:
@@ -109,6 +110,12 @@ class DeploymentBeacon:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        try:
+            if self._inflight is not None and not self._inflight.done():
+                # a write a thread is doing (a first registration, say) ends before "stopped"
+                await asyncio.wait_for(asyncio.shield(self._inflight), STOP_WAIT_S)
+        except Exception:  # noqa: BLE001, S110 - _beat logs its failures; stopping goes on
+            pass
         try:
             if self.id is not None:
                 await asyncio.wait_for(
@@ -148,7 +155,8 @@ class DeploymentBeacon:
 
     async def _beat(self, url: str, port: int) -> None:
         try:
-            await asyncio.to_thread(self._write, url, port)
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write, url, port))
+            await asyncio.shield(self._inflight)  # cancelling the task leaves the write to end
         except Exception as exc:  # noqa: BLE001 - a store that fails must not stop serving
             if not self._failing:
                 log.warning(

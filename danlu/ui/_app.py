@@ -49,6 +49,7 @@ ROUTERS = (
     "danlu.ui._studies",
     "danlu.ui._models",
     "danlu.ui._jobs",
+    "danlu.ui._deployments",
 )
 
 PAGE_CSP = (
