@@ -104,11 +104,13 @@ def attempts(text: str) -> list[dict[str, Any]]:
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, job_id: str) -> Response:
-    queue = _queue(request)
     try:
+        queue = _queue(request)
         job = queue.get(job_id)
     except NotFoundError as exc:
-        raise HTTPException(404, str(exc)) from None
+        return render(request, "not_found.html", status=404, message=str(exc))
+    except HTTPException as exc:
+        return render(request, "not_found.html", status=exc.status_code, message=str(exc.detail))
     text, size, cut = _read_log(queue, job.id)
     agent = None
     if job.agent_id:

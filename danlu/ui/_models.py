@@ -76,7 +76,10 @@ def _model_page(
 
 @router.get("/models/{name}")
 def model_page(request: Request, name: str) -> Response:
-    return _model_page(request, name)
+    try:
+        return _model_page(request, name)
+    except HTTPException as exc:
+        return render(request, "not_found.html", status=exc.status_code, message=str(exc.detail))
 
 
 @router.get("/models/{name}/{version}/report")

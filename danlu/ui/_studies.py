@@ -67,7 +67,10 @@ def studies_page(request: Request) -> Response:
 @router.get("/studies/{name}")
 def study_page(request: Request, name: str) -> Response:
     store: Store = request.app.state.store
-    data = study_data(store, name)
+    try:
+        data = study_data(store, name)
+    except HTTPException as exc:
+        return render(request, "not_found.html", status=exc.status_code, message=str(exc.detail))
     chart = {
         "metric": data["metric"],
         "direction": data["direction"],
