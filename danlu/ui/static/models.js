@@ -25,6 +25,7 @@
         type: "scatter",
         symbolSize: status === "fp32" ? 14 : 10,
         label: { show: true, position: "right", formatter: (item) => item.data.name, fontSize: 11 },
+        labelLayout: { hideOverlap: true },
         data: group.points
           .filter((p) => p.status === status && p[x] !== null && p[x] > 0)
           .map((p) => ({ name: p.variant + (p.version ? " · " + p.version : ""), value: [p[x], p.value] })),
