@@ -61,6 +61,13 @@ def studies_page(request: Request) -> Response:
                 "pruned": run.metrics.get("trials_pruned"),
             }
         )
+        if run.status == "running" or rows[-1]["complete"] is None:
+            # the counts are logged when a session ends: count the trial runs so far
+            trials = store.search_runs(
+                f"parent_id = '{run.id}' and stage = 'tune-trial'", limit=MAX_TRIALS
+            )
+            rows[-1]["complete"] = sum(t.status == "finished" for t in trials)
+            rows[-1]["pruned"] = sum(t.status == "pruned" for t in trials)
     return render(request, "studies.html", studies=rows)
 
 

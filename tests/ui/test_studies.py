@@ -161,3 +161,39 @@ def test_study_charts_have_points_in_chromium(study, page, tmp_path):
     assert counts["best"] >= 1 and counts["lines"] == result.counts["complete"]
     assert page.locator("#trials tr.trial-pruned").count() == result.counts["pruned"]
     screenshot(page, tmp_path, "study.png")
+
+
+def test_a_running_study_counts_its_trials_so_far(study):
+    url, store, _ = study
+    from danlu.store import MetricPoint
+
+    parent = store.create_run(
+        experiment="live",
+        name="live-study",
+        stage="tune",
+        recipe={"tune": {"metric": "val_loss", "space": {"model.dropout": {"uniform": [0, 1]}}}},
+        tags={"tune.study": "live-study"},
+    )
+    for number, status in enumerate(["finished", "pruned", "running"]):
+        trial = store.create_run(
+            experiment="live",
+            name=f"live-study-trial-{number}",
+            stage="tune-trial",
+            parent_id=parent.id,
+            tags={"tune.study": "live-study", "tune.trial": str(number)},
+        )
+        store.log_params(trial.id, {"model.dropout": 0.1 * number})
+        store.log_metrics(trial.id, [MetricPoint("val_loss", 1.0 - 0.1 * number, step=1, epoch=1)])
+        if status != "running":
+            store.set_status(trial.id, status)
+    listed = httpx.get(url + "/studies").text
+    row = re.search(r'<a href="/studies/live-study">live-study</a>(.*?)</tr>', listed, re.S)
+    assert row is not None
+    assert '<td class="num">1</td><td class="num">1</td>' in row.group(1)  # complete, pruned
+    data = _chart_data(httpx.get(url + "/studies/live-study").text)
+    assert data["direction"] == "minimize"  # a loss, with direction auto
+    assert [(h["state"], h["value"]) for h in data["history"]] == [
+        ("finished", pytest.approx(1.0)),
+        ("pruned", None),
+        ("running", None),
+    ]
