@@ -35,6 +35,8 @@ LOG_TAIL_BYTES = 20_000
 ATTRIBUTES = ("run_id", "name", "status", "stage", "created_at")
 #: metrics that describe the run's bookkeeping rather than the model (not key columns)
 _BOOKKEEPING = ("rows_", "stage_", "energy_", "best_epoch", "epochs_run", "lr")
+#: params that repeat a column already shown (the recipe's name is the run's name)
+_NOT_KEY_PARAMS = frozenset({"name", "schema_version"})
 
 
 def key_columns(runs: list[Run]) -> tuple[list[str], list[str]]:
@@ -45,7 +47,7 @@ def key_columns(runs: list[Run]) -> tuple[list[str], list[str]]:
     metrics: Counter[str] = Counter()
     for run in runs:
         for key, value in run.params.items():
-            if value not in ("null", "", "[]", "{}"):
+            if value not in ("null", "", "[]", "{}") and key not in _NOT_KEY_PARAMS:
                 params[key] += 1
                 values.setdefault(key, set()).add(value)
         metrics.update(run.metrics)
@@ -85,7 +87,7 @@ def runs_page(
             limit=limit + 1,
             offset=offset,
         )
-    except DanluError as exc:  # a filter or order that does not parse: say so, show nothing
+    except DanluError as exc:  # a filter or order that does not parse: say so (a page, not a 4xx)
         error = str(exc)
     more = len(runs) > limit
     runs = runs[:limit]
@@ -93,7 +95,6 @@ def runs_page(
     return render(
         request,
         "runs.html",
-        status=400 if error else 200,
         runs=runs,
         params=params,
         metrics=metrics,
@@ -105,6 +106,14 @@ def runs_page(
         error=error,
         order_link=lambda field: _order_link(order, field),
     )
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    """No icon (browsers ask for one on every page; a 404 would be logged as an error)."""
+    from fastapi.responses import Response
+
+    return Response(status_code=204)
 
 
 def load_run(request: Request, run_id: str) -> Run:

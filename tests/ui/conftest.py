@@ -210,7 +210,9 @@ def page(browser: Any) -> Iterator[Any]:
     page.on(
         "console",
         lambda msg: (
-            problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None
+            problems.append(f"console {msg.type}: {msg.text} ({msg.location.get('url')})")
+            if msg.type == "error"
+            else None
         ),
     )
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
@@ -227,8 +229,8 @@ def page(browser: Any) -> Iterator[Any]:
     assert not problems, "the browser reported problems:\n" + "\n".join(problems)
 
 
-def screenshot(page: Any, folder: Path, name: str) -> Path:
-    """Save a full-page screenshot of ``page`` as ``folder/name``."""
+def screenshot(page: Any, folder: Path, name: str, *, full_page: bool = True) -> Path:
+    """Save a screenshot of ``page`` (the whole page, or the window) as ``folder/name``."""
     path = folder / name
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path

@@ -47,7 +47,7 @@
       }));
       const plot = new uPlot({
         width: Math.max(320, Math.min(900, root.clientWidth || 900)), height: 260, series: series,
-        scales: { x: { time: false } }, axes: [{ label: "epoch" }, {}],
+        scales: { x: { time: false } }, axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, {}],
       }, data, box);
       box.setAttribute("data-points", String(steps.length));
       box.setAttribute("data-series", String(runs.length));

@@ -40,7 +40,7 @@
       chart.plot = new uPlot({
         width: width(chart.box), height: 280, series: series,
         scales: { x: { time: false } },
-        axes: [{ label: "epoch" }, {}],
+        axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, {}],
       }, data, chart.box);
     }
     chart.box.setAttribute("data-points", String(data[0].length));
