@@ -136,7 +136,7 @@ def test_beacon_registers_heartbeats_and_stops(tmp_path: Path) -> None:
         assert beacon.id is not None
         return beacon.id
 
-    deployment_id = asyncio.run(life())
+    deployment_id = _run_alone(life)
     store = opener()
     try:
         [d] = store.list_deployments()
@@ -146,6 +146,27 @@ def test_beacon_registers_heartbeats_and_stops(tmp_path: Path) -> None:
     assert [m.ref for m in d.models] == ["wine:3"]
     assert d.heartbeat_at > d.started_at  # it beat after registering
     assert d.status() == "stopped"
+
+
+def _run_alone(make: Any) -> Any:
+    """``asyncio.run(make())`` in a thread of its own: the browser fixtures' Playwright keeps
+    an event loop running in the main thread, where asyncio.run refuses to start."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["value"] = asyncio.run(make())
+        except BaseException as exc:  # re-raised in the test's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout=60)
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
 
 
 def test_beacon_survives_a_failing_store(caplog: pytest.LogCaptureFixture) -> None:
@@ -168,7 +189,7 @@ def test_beacon_survives_a_failing_store(caplog: pytest.LogCaptureFixture) -> No
         await beacon.stop()  # nothing to mark stopped; no exception either
 
     with caplog.at_level(logging.WARNING, logger="danlu.serve._beacon"):
-        asyncio.run(life())
+        _run_alone(life)
     assert len(calls) > 3  # it kept trying
     warnings = [r for r in caplog.records if "deployments table" in r.getMessage()]
     assert len(warnings) == 1, "one warning per failure streak, not one per heartbeat"
