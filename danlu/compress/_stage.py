@@ -151,11 +151,9 @@ def _gain(objective: str, reference: Measurement, ref_runtime: str, v: VariantRe
     got = _objective_value(objective, v.measurement, v.variant.runtime)
     if not ref or not got:
         return "not measured"
-    ratio = ref / got if objective != "size" else got / ref
     if objective == "size":
-        return f"{ratio:.2f}× the size"
-    word = "faster" if objective == "latency" else "the throughput"
-    return f"{ratio:.2f}× {word}" if objective == "latency" else f"{ratio:.2f}× {word}"
+        return f"{got / ref:.2f}× the size"
+    return f"{ref / got:.2f}× " + ("faster" if objective == "latency" else "the throughput")
 
 
 def _methods() -> dict[str, Callable[[CompressJob], list[Variant]]]:
