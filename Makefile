@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet torch==2.13.0
 
 $(VENV)/.installed-core: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[serve,ui,datasets,llm,pretrained,compress]'
+	$(BIN)/pip install --quiet -e '.[serve,ui,datasets,llm,pretrained,compress,privacy,security]'
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml
