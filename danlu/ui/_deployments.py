@@ -272,6 +272,29 @@ class Scraper:
         return summarise(now, before, deployment.started_at)
 
 
+def _one_per_server(
+    deployments: list[Deployment], now: float
+) -> tuple[list[Deployment], dict[str, list[int]]]:
+    """``danlu serve --workers N`` registers each worker process: N live rows with one URL and
+    their own pids. Those become one row (the first listed worker's, scraped once) and
+    {its id: every worker's pid}; stale and stopped rows stay as they are."""
+    first: dict[str, Deployment] = {}
+    pids: dict[str, list[int]] = {}
+    kept: list[Deployment] = []
+    for d in deployments:
+        if d.status(now) != "live":
+            kept.append(d)
+            continue
+        lead = first.get(d.url)
+        if lead is None:
+            first[d.url] = d
+            pids[d.id] = [d.pid]
+            kept.append(d)
+        else:
+            pids[lead.id].append(d.pid)
+    return kept, {i: sorted(p) for i, p in pids.items() if len(p) > 1}
+
+
 def _scraper(request: Request) -> Scraper:
     state = request.app.state
     scraper = getattr(state, "deployments_scraper", None)
@@ -285,6 +308,7 @@ async def _view(request: Request) -> list[dict[str, Any]]:
     store = request.app.state.store
     deployments: list[Deployment] = await asyncio.to_thread(store.list_deployments)
     now = time.time()
+    deployments, workers = _one_per_server(deployments, now)
     live = [d for d in deployments if d.status(now) == "live"][:MAX_SCRAPED]
     stats: dict[str, dict[str, Any]] = {}
     if live and os.environ.get(SCRAPE_ENV, "1") != "0":
@@ -292,6 +316,7 @@ async def _view(request: Request) -> list[dict[str, Any]]:
     rows = []
     for d in deployments:
         status = d.status(now)
+        pids = workers.get(d.id, [d.pid])
         rows.append(
             {
                 "id": d.id,
@@ -299,6 +324,8 @@ async def _view(request: Request) -> list[dict[str, Any]]:
                 "host": d.host,
                 "port": d.port,
                 "pid": d.pid,
+                "pids": pids,
+                "workers": len(pids),
                 "status": status,
                 "started_at": d.started_at,
                 "heartbeat_at": d.heartbeat_at,

@@ -303,3 +303,32 @@ def test_a_stopped_server_shows_as_stopped(deployed: Deployed) -> None:
     assert d["stats"] is None  # a stopped server is not scraped
     page = httpx.get(deployed.ui + "/deployments", timeout=10).text
     assert "status-stopped" in page
+
+
+def test_workers_of_one_server_are_one_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`danlu serve --workers 3` registers three processes at one URL: the page lists one server
+    with its three pids; another server and a stopped one keep their own rows."""
+    from danlu.store import SqlStore
+
+    monkeypatch.setenv("DANLU_UI_SCRAPE", "0")
+    store = SqlStore(home=tmp_path)
+    try:
+        url = "http://127.0.0.1:8123"
+        for pid in (301, 302, 303):
+            store.register_deployment(url=url, host="h", port=8123, pid=pid, models=[])
+        store.register_deployment(
+            url="http://127.0.0.1:8124", host="h", port=8124, pid=400, models=[]
+        )
+        gone = store.register_deployment(url=url, host="h", port=8123, pid=200, models=[])
+        store.stop_deployment(gone.id)
+        with serve(store) as ui:
+            listed = httpx.get(ui + "/api/deployments", timeout=10).json()["deployments"]
+            page = httpx.get(ui + "/deployments", timeout=10).text
+    finally:
+        store.close()
+    live = {d["url"]: d for d in listed if d["status"] == "live"}
+    assert len(live) == 2
+    assert live[url]["workers"] == 3 and live[url]["pids"] == [301, 302, 303]
+    assert live["http://127.0.0.1:8124"]["workers"] == 1
+    assert [d["pid"] for d in listed if d["status"] == "stopped"] == [200]
+    assert "3 workers" in page and "301, 302, 303" in page

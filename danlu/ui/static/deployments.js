@@ -50,7 +50,9 @@
     server.appendChild(document.createElement("br"));
     const where = document.createElement("span");
     where.className = "muted";
-    where.textContent = d.host + " · pid " + d.pid;
+    where.textContent = d.host + " · " + (d.workers > 1
+      ? d.workers + " workers (pids " + d.pids.join(", ") + "; figures from the worker that answered)"
+      : "pid " + d.pid);
     server.appendChild(where);
     lines(cell(tr, "", "models"), d.models.map(function (m) {
       let text = m.ref;
