@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "AccessDeniedError",
     "ConfigError",
     "DanluError",
     "DataCheckError",
@@ -70,6 +71,17 @@ class StoreError(DanluError, OSError):
     """The run store cannot be read or written."""
 
     exit_code = 5
+
+
+class AccessDeniedError(DanluError, PermissionError):
+    """Who is acting may not do this: no valid identity (``status`` 401) or a role too low for
+    the project (403). The message names the action, the project and how to get access."""
+
+    exit_code = 7
+
+    def __init__(self, message: str, *, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Preempted(DanluError):
