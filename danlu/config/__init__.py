@@ -16,6 +16,7 @@ from danlu.config._evaluate import (
     EvaluateConfig,
     ExplainConfig,
     FairnessConfig,
+    MembershipConfig,
     RobustnessConfig,
 )
 from danlu.config._loader import (
@@ -76,6 +77,7 @@ __all__ = [
     "EvaluateConfig",
     "ExplainConfig",
     "FairnessConfig",
+    "MembershipConfig",
     "RobustnessConfig",
     "AUGMENT_KINDS",
     "DISTRIBUTION_KINDS",

@@ -10,6 +10,7 @@ block) produces the whole report; ``false`` turns one section off::
       fairness: {group: sex}
       robustness: {fgsm: [0.01, 0.05], noise: [0.1]}
       explain: {method: integrated_gradients, samples: 200}
+      membership: {threshold: 0.6}
       cost: false
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "EvaluateConfig",
     "ExplainConfig",
     "FairnessConfig",
+    "MembershipConfig",
     "RobustnessConfig",
     "OFF_SWITCH",
     "SWITCH",
@@ -144,6 +146,23 @@ class ExplainConfig(_Strict):
     seed: int = 0
 
 
+class MembershipConfig(_Strict):
+    """The membership-inference audit: how well an attacker tells training rows from held-out
+    rows by the model's loss on them (a loss-threshold and a reference-calibrated attack)."""
+
+    threshold: Annotated[float, Field(ge=0.5, le=1.0)] = Field(
+        0.6,
+        description="Flag the model when an attack's AUC is above this with confidence (the "
+        "lower bound of its interval; the value itself without bootstrap).",
+    )
+    samples: Annotated[int, Field(ge=10)] = Field(
+        2000,
+        description="Most rows per side: members (training rows) and non-members (held-out "
+        "rows), a seeded sample of each, equal in number.",
+    )
+    seed: int = 0
+
+
 class CostConfig(_Strict):
     """Size, latency, throughput and energy."""
 
@@ -196,6 +215,7 @@ _SECTIONS: dict[str, Callable[[], BaseModel]] = {
     "calibration": CalibrationConfig,
     "robustness": _default_robustness,
     "explain": ExplainConfig,
+    "membership": MembershipConfig,
     "cost": CostConfig,
 }
 
@@ -224,9 +244,10 @@ class EvaluateConfig(_Strict):
     fairness: FairnessConfig | None = Field(None, **SWITCH)
     robustness: RobustnessConfig | None = Field(default_factory=_default_robustness, **SWITCH)
     explain: ExplainConfig | None = Field(default_factory=ExplainConfig, **SWITCH)
+    membership: MembershipConfig | None = Field(default_factory=MembershipConfig, **SWITCH)
     cost: CostConfig | None = Field(default_factory=CostConfig, **SWITCH)
 
-    @field_validator("calibration", "robustness", "explain", "cost", mode="before")
+    @field_validator("calibration", "robustness", "explain", "membership", "cost", mode="before")
     @classmethod
     def _switch(cls, value: Any, info: Any) -> Any:
         """``true`` keeps a section's defaults, ``false`` turns it off."""
