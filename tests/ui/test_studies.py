@@ -197,3 +197,50 @@ def test_a_running_study_counts_its_trials_so_far(study):
         ("pruned", None),
         ("running", None),
     ]
+
+
+def test_a_running_study_page_refreshes_itself_in_chromium(study, page):
+    """While the study runs, a trial that ends appears in the table and the history chart
+    without a reload; once the study has ended the page stops polling."""
+    url, store, _ = study
+    from danlu.store import MetricPoint
+
+    parent = store.create_run(
+        experiment="live",
+        name="grow-study",
+        stage="tune",
+        recipe={"tune": {"metric": "val_loss", "space": {"model.dropout": {"uniform": [0, 1]}}}},
+        tags={"tune.study": "grow-study"},
+    )
+
+    def trial(number: int) -> None:
+        run = store.create_run(
+            experiment="live",
+            name=f"grow-study-trial-{number}",
+            stage="tune-trial",
+            parent_id=parent.id,
+            tags={"tune.study": "grow-study", "tune.trial": str(number)},
+        )
+        store.log_params(run.id, {"model.dropout": 0.1 * number})
+        store.log_metrics(run.id, [MetricPoint("val_loss", 1.0 - 0.1 * number, step=1, epoch=1)])
+        store.set_status(run.id, "finished")
+
+    trial(0)
+    page.goto(f"{url}/studies/grow-study")
+    page.wait_for_function("() => document.getElementById('study-charts').dataset.trials === '1'")
+    assert page.locator("#trials tbody tr").count() == 1
+    trial(1)
+    page.wait_for_function(
+        "() => document.getElementById('study-charts').dataset.trials === '2'", timeout=15_000
+    )
+    assert page.locator("#trials tbody tr").count() == 2
+    points = page.evaluate(
+        "() => echarts.getInstanceByDom(document.getElementById('history'))"
+        ".getOption().series[0].data.length"
+    )
+    assert points == 2
+    store.set_status(parent.id, "finished")
+    page.wait_for_function(
+        "() => !document.getElementById('study-summary').textContent.includes('refreshed every')",
+        timeout=15_000,
+    )
