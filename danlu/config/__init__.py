@@ -30,6 +30,7 @@ from danlu.config._loader import (
     recipe_to_yaml,
     schema_keys,
 )
+from danlu.config._privacy import PrivacyConfig
 from danlu.config._schema import (
     AUGMENT_KINDS,
     IMAGE_ONLY_AUGMENTS,
@@ -104,6 +105,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "PrepareConfig",
+    "PrivacyConfig",
     "ReadConfig",
     "Recipe",
     "RecipeSource",

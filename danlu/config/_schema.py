@@ -21,6 +21,7 @@ from pydantic import (
 
 from danlu.config._compress import CompressConfig
 from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_blocks
+from danlu.config._privacy import PrivacyConfig
 from danlu.config._tune import TuneConfig
 
 __all__ = [
@@ -594,6 +595,11 @@ class TrainConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     distill: TrainDistillConfig | None = Field(
         None, description="Learn from a teacher model's outputs too (knowledge distillation)."
+    )
+    privacy: PrivacyConfig | None = Field(
+        None,
+        description="Differentially private training (DP-SGD): per-row clipping, noise, "
+        "Poisson batches and the ε spent (danlu.config.PrivacyConfig); null: none.",
     )
     distributed: DistributedConfig | None = Field(
         None,
