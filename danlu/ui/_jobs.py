@@ -19,13 +19,14 @@ from danlu.ui._app import render, require_key
 if TYPE_CHECKING:
     from fastapi.responses import Response
 
-    from danlu.jobs import JobQueue
+    from danlu.jobs import Job, JobQueue
 
 __all__ = ["attempts", "router"]
 
 router = APIRouter()
 
 FINISHED_SHOWN = 50
+FINISHED = ("succeeded", "failed", "cancelled")
 QUEUED_SHOWN = 500
 #: the most of a job's log a page shows (its end); the whole file stays on disk
 LOG_LIMIT = 1_000_000
@@ -43,19 +44,34 @@ def _queue(request: Request) -> JobQueue:
 
 
 @router.get("/jobs")
-def jobs_page(request: Request) -> Response:
+def jobs_page(
+    request: Request,
+    project: str = Query("", max_length=100),
+    status: str = Query("", max_length=20),
+) -> Response:
+    """The queue; ``project`` and ``status`` (both optional) narrow every table to matching jobs."""
+    from danlu.jobs import JOB_STATUSES
+
     queue = _queue(request)
-    running = queue.list_jobs(status="running", limit=QUEUED_SHOWN)
-    queued = sorted(
-        queue.list_jobs(status="queued", limit=QUEUED_SHOWN),
-        key=lambda j: (-j.priority, j.created_at, j.id),
-    )
+    project = project.strip()
+    if status and status not in JOB_STATUSES:
+        return render(
+            request,
+            "not_found.html",
+            status=400,
+            message=f"Unknown job status {status!r} in the filter; use one of: "
+            f"{', '.join(JOB_STATUSES)}.",
+        )
+
+    def listed(wanted: str, limit: int) -> list[Job]:
+        if status and status != wanted:
+            return []
+        return queue.list_jobs(status=wanted, project=project or None, limit=limit)
+
+    running = listed("running", QUEUED_SHOWN)
+    queued = sorted(listed("queued", QUEUED_SHOWN), key=lambda j: (-j.priority, j.created_at, j.id))
     finished = sorted(
-        [
-            job
-            for status in ("succeeded", "failed", "cancelled")
-            for job in queue.list_jobs(status=status, limit=FINISHED_SHOWN)
-        ],
+        [job for ended in FINISHED for job in listed(ended, FINISHED_SHOWN)],
         key=lambda j: -(j.ended_at or j.created_at),
     )[:FINISHED_SHOWN]
     agents = {a.id: a for a in queue.agents()}
@@ -68,6 +84,9 @@ def jobs_page(request: Request) -> Response:
         finished=finished,
         agents=agents,
         live=queue.agents(live=True),
+        project_filter=project,
+        status_filter=status,
+        statuses=JOB_STATUSES,
     )
 
 

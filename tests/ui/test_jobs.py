@@ -160,3 +160,19 @@ def test_job_page_in_chromium(jobs, page, tmp_path):
     with page.expect_response(lambda r: "/api/jobs/" in r.url and r.status == 200):
         page.goto(f"{url}/jobs/{job['running'].id}")
     assert page.locator("#job-status").inner_text() == "running"
+
+
+def test_jobs_filter_by_status_and_project(jobs):
+    url, _, job = jobs
+    project = job["low"].project
+    queued = httpx.get(url + "/jobs", params={"status": "queued"}).text
+    assert _ids(queued, "running") == [] and _ids(queued, "finished") == []
+    assert _ids(queued, "queued") == [job["high"].id, job["mid"].id, job["low"].id]
+    assert '<option value="queued" selected>' in queued
+    same = httpx.get(url + "/jobs", params={"project": project}).text
+    assert _ids(same, "running") == [job["running"].id]
+    elsewhere = httpx.get(url + "/jobs", params={"project": "no-such-project"}).text
+    assert all(_ids(elsewhere, t) == [] for t in ("running", "queued", "finished"))
+    bad = httpx.get(url + "/jobs", params={"status": "<i>nope</i>"})
+    assert bad.status_code == 400
+    assert "Unknown job status" in bad.text and "<i>nope</i>" not in bad.text
