@@ -19,8 +19,10 @@ from danlu.store._entities import (
     Experiment,
     MetricPoint,
     ModelVersion,
+    Principal,
     RegisteredModel,
     Run,
+    User,
 )
 from danlu.store._keys import KEYS_AUDIT_SUBJECT
 from danlu.store._names import (
@@ -30,18 +32,44 @@ from danlu.store._names import (
     validate_run_id,
 )
 from danlu.store._provenance import current_actor, git_state, host_name, package_versions
+from danlu.store._signing import SIGNATURE_FILE, SignatureError, Verification, verify_version
 from danlu.store._sql import SqlStore, danlu_home, default_db_url
 from danlu.store._tables import agents as agents_table
 from danlu.store._tables import jobs as jobs_table
 from danlu.store._tables import quotas as quotas_table
 from danlu.store._tracker import StoreTracker, Tracker, flatten_params
+from danlu.store._users import (
+    ACTION_HELP,
+    ALL_PROJECTS,
+    JOBS_AUDIT_SUBJECT,
+    PERMISSIONS,
+    ROLES,
+    USERS_AUDIT_SUBJECT,
+    check_project,
+    check_role,
+    role_allows,
+)
 from danlu.store.base import FileReader, Store
 
 __all__ = [
+    "ACTION_HELP",
+    "ALL_PROJECTS",
+    "JOBS_AUDIT_SUBJECT",
+    "PERMISSIONS",
+    "Principal",
+    "ROLES",
+    "USERS_AUDIT_SUBJECT",
+    "User",
+    "check_project",
+    "check_role",
+    "role_allows",
     "parse_model_ref",
     "API_KEY_SCOPES",
     "KEYS_AUDIT_SUBJECT",
     "RUN_STATUSES",
+    "SIGNATURE_FILE",
+    "SignatureError",
+    "Verification",
     "ApiKey",
     "Artifact",
     "AuditEntry",
@@ -78,4 +106,5 @@ __all__ = [
     "validate_artifact_name",
     "validate_model_name",
     "validate_run_id",
+    "verify_version",
 ]

@@ -3,7 +3,9 @@
 A version's files (weights, model card, preprocessing) are copied into
 ``$DANLU_HOME/models/<name>/<version>/`` — staged in a hidden folder and renamed into place before
 the version row is committed, so a row never points at missing files and a version outlives the
-run that made it. Every change appends to the audit log in the same transaction.
+run that made it. Every change appends to the audit log in the same transaction. Each version is
+signed (``signature.json``, Ed25519 over its files' sha256: ``_signing.py``) as it is staged, and
+signed again when files are attached.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ from danlu.store._names import (
     validate_artifact_name,
     validate_model_name,
 )
+from danlu.store._signing import (
+    SIGNATURE_FILE,
+    file_digest,
+    read_manifest,
+    sign_manifest,
+    signing_enabled,
+)
 
 __all__ = ["MODEL_FILES", "SqlRegistryMixin"]
 
@@ -43,6 +52,7 @@ MODEL_FILES = ("model.safetensors", "model.json", "preprocessing.json", "calibra
 class SqlRegistryMixin(SqlConnection):
     """Registry methods of the SQL store (mixed into ``SqlStore``, which provides the rest)."""
 
+    home: Path
     model_root: Path
     artifact_root: Path
 
@@ -88,7 +98,9 @@ class SqlRegistryMixin(SqlConnection):
     ) -> ModelVersion:
         validate_model_name(name)
         for file in files:
-            validate_artifact_name(file)
+            _check_file_name(name, file)
+        digests = {file: file_digest(data) for file, data in files.items()}
+        sign = signing_enabled()
         for _attempt in range(5):
             staging: Path | None = None
             try:
@@ -118,6 +130,11 @@ class SqlRegistryMixin(SqlConnection):
                     )
                     for file, data in files.items():
                         atomic_write_bytes(staging / file, data)
+                    if sign:  # the signature is in place before the version is visible
+                        atomic_write_bytes(
+                            staging / SIGNATURE_FILE,
+                            sign_manifest(self.home, name, version, digests),
+                        )
                     if final.exists():  # left by a crash before its row was committed
                         shutil.rmtree(final)
                     os.replace(staging, final)
@@ -157,17 +174,18 @@ class SqlRegistryMixin(SqlConnection):
                 "means the same predictions. Register a new version instead."
             )
         for file in files:
-            validate_artifact_name(file)
+            _check_file_name(name, file)
         for file, data in files.items():  # each write is atomic; the row lists them afterwards
             atomic_write_bytes(self.model_version_path(name, version, file), data)
         with self._write() as conn:
             row = conn.execute(
-                select(t.model_versions.c.files).where(
-                    t.model_versions.c.name == name, t.model_versions.c.version == version
-                )
+                select(t.model_versions.c.files)
+                .where(t.model_versions.c.name == name, t.model_versions.c.version == version)
+                .with_for_update()  # one attach at a time re-signs the version
             ).first()
             if row is None:
                 raise NotFoundError(f"Model version {current.ref} was deleted meanwhile.")
+            self._sign_attached(current.ref, name, version, files)
             listed = sorted(set(json.loads(row.files)) | set(files))
             conn.execute(
                 update(t.model_versions)
@@ -176,6 +194,17 @@ class SqlRegistryMixin(SqlConnection):
             )
             self._audit(conn, actor, "attach_files", name, version, files=sorted(files))
         return self.get_model_version(name, version)
+
+    def _sign_attached(self, ref: str, name: str, version: int, files: Mapping[str, bytes]) -> None:
+        """Re-sign a signed version with ``files`` added: the entries of its verified manifest,
+        with these files' digests (an unsigned version stays unsigned: signing now would vouch
+        for files nobody checked)."""
+        path = self.model_version_path(name, version, SIGNATURE_FILE)
+        if not path.is_file() or not signing_enabled():
+            return
+        manifest = read_manifest(self.home, path.read_bytes(), ref)  # SignatureError if forged
+        entries = {**manifest["files"], **{f: file_digest(d) for f, d in files.items()}}
+        atomic_write_bytes(path, sign_manifest(self.home, name, version, entries))
 
     @staticmethod
     def _next_version(conn: Connection, name: str) -> int:
@@ -364,3 +393,12 @@ class SqlRegistryMixin(SqlConnection):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
         return removed
+
+
+def _check_file_name(model: str, file: str) -> None:
+    validate_artifact_name(file)
+    if file == SIGNATURE_FILE:
+        raise StoreError(
+            f"'{SIGNATURE_FILE}' is the name of model {model}'s signature, which the registry "
+            "writes itself; give the file another name."
+        )
