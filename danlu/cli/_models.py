@@ -294,3 +294,39 @@ def remove_model(
             raise typer.Exit(1)
         store.delete_model(parsed.name, parsed.version, actor=actor())
         out.print(Text(f"deleted {what}"))
+
+
+@models_app.command("verify")
+def verify_model(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.", metavar="MODEL")],
+    as_json: JsonOption = False,
+) -> None:
+    """Check a version's files against its signature: exit 1 naming every file that changed,
+    went missing or was added after signing, and for an unsigned version."""
+    from danlu.store import SignatureError, verify_version
+
+    with open_store() as store:
+        mv = parse_model_ref(ref).resolve(store)
+        try:
+            result = verify_version(store, mv)
+        except SignatureError as exc:
+            if not as_json:
+                raise
+            print_json({"ref": mv.ref, "ok": False, "error": str(exc), "files": {}})
+            raise typer.Exit(1) from None
+    if as_json:
+        print_json({"ref": mv.ref, "ok": result.ok, **asdict(result)})
+        if not result.ok:
+            raise typer.Exit(1)
+        return
+    table = Table("file", "status", title=f"signature of {mv.ref}", title_justify="left")
+    for file, status in result.files.items():
+        table.add_row(cell(file), Text(status, style="green" if status == "ok" else "red"))
+    print_table(table)
+    result.raise_for_problems()
+    out.print(
+        Text(
+            f"{mv.ref}: all {len(result.files)} files match the signature of key "
+            f"{result.key_id} ({local_time(result.signed_at, seconds=True)})"
+        )
+    )
