@@ -122,6 +122,27 @@ def move_alias(
     return RedirectResponse(f"/models/{quote(name)}", status_code=303)
 
 
+@router.post("/models/{name}/aliases/delete")
+def delete_alias(
+    request: Request,
+    name: str,
+    alias: str = Form(..., max_length=100),
+    key: str = Form("", max_length=500),
+) -> Response:
+    """Remove ``alias`` from the model: the same admin key and same-origin rules as moving one;
+    the audit log records ``ui:<key name>``."""
+    who = require_key(request, "admin", secret=key or None)
+    store: Store = request.app.state.store
+    _versions(store, name)
+    try:
+        store.delete_alias(name, alias.strip(), actor=f"ui:{who.name or who.prefix}")
+    except NotFoundError as exc:
+        return _model_page(request, name, error=str(exc), status=404)
+    except DanluError as exc:
+        return _model_page(request, name, error=str(exc), status=400)
+    return RedirectResponse(f"/models/{quote(name)}", status_code=303)
+
+
 def _finite(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)

@@ -199,3 +199,37 @@ def test_report_and_compression_chart_in_chromium(registry, page, tmp_path):
     page.locator('iframe[src="/models/wine/2/report"]').scroll_into_view_if_needed()
     frame.locator("h1").wait_for()
     screenshot(page, tmp_path, "model.png")
+
+
+def test_removing_an_alias_needs_an_admin_key_and_is_audited(registry):
+    url, store = registry
+    admin = _key(store, "admin")
+    store.set_alias("wine", "old", 1)
+
+    def remove(data: dict[str, Any], origin: str = url) -> httpx.Response:
+        return httpx.post(
+            url + "/models/wine/aliases/delete",
+            data=data,
+            headers={"Origin": origin},
+            follow_redirects=False,
+        )
+
+    refused = [
+        remove({"alias": "old"}),  # no key
+        remove({"alias": "old", "key": _key(store, "predict")}),  # too weak
+        remove({"alias": "old", "key": admin}, origin="http://evil.test"),  # another site
+    ]
+    assert [r.status_code for r in refused] == [403, 403, 403]
+    assert store.resolve("wine@old").version == 1
+    assert 'id="alias-delete-form"' in httpx.get(url + "/models/wine").text
+
+    done = remove({"alias": "old", "key": admin})
+    assert done.status_code == 303 and done.headers["location"] == "/models/wine"
+    assert "old" not in store.get_model_version("wine", 1).aliases
+    entry = store.audit_log("wine")[-1]
+    assert (entry.action, entry.actor, entry.detail["alias"]) == (
+        "delete_alias",
+        "ui:ui-admin",
+        "old",
+    )
+    assert remove({"alias": "old", "key": admin}).status_code == 404  # gone already
