@@ -87,8 +87,8 @@ def runs_page(
             limit=limit + 1,
             offset=offset,
         )
-    except DanluError as exc:  # a filter or order that does not parse: say so (a page, not a 4xx)
-        error = str(exc)
+    except DanluError as exc:  # a filter or order that does not parse: 400, the page saying why
+        error = str(exc)  # (with the filter form, to correct it)
     more = len(runs) > limit
     runs = runs[:limit]
     params, metrics = key_columns(runs)
@@ -105,6 +105,7 @@ def runs_page(
         more=more,
         error=error,
         order_link=lambda field: _order_link(order, field),
+        status=400 if error else 200,
     )
 
 
