@@ -167,6 +167,24 @@ def serve_command(
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log every request (slower).")
     ] = False,
+    require_signed: Annotated[
+        bool,
+        typer.Option(
+            "--require-signed",
+            help="Load (and hot-swap to) only versions whose files match their signature; "
+            "refuse others, naming the file (see danlu models verify).",
+        ),
+    ] = False,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-cert", help="Serve HTTPS with this certificate chain (PEM); needs --tls-key."
+        ),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option("--tls-key", help="The private key (PEM) of --tls-cert."),
+    ] = None,
 ) -> None:
     """Serve registered models over HTTP: predictions, metrics, drift and hot swap.
 
@@ -196,6 +214,9 @@ def serve_command(
         threads=threads,
         log_sample=log_sample,
         allowed_hosts=parse_allowed_hosts(allowed_hosts),
+        require_signed=require_signed,
+        tls_certfile=tls_cert,
+        tls_keyfile=tls_key,
         extra={"access_log": access_log},
     )
     serve(settings, SqlStore)

@@ -8,8 +8,8 @@ worker thread, through a store of its own. A failed write is logged and never st
 the dashboard then shows the server as stale until a later heartbeat gets through.
 
 The URL registered is where the dashboard reads ``/metrics``: ``$DANLU_SERVE_URL`` when set
-(a server behind a proxy, or reached by a name), else ``http://HOST:PORT`` of the address it
-listens on (for ``0.0.0.0`` or ``::``, the first ``--allowed-hosts`` name, else 127.0.0.1).
+(a server behind a proxy, or reached by a name), else ``http://HOST:PORT`` (``https://`` with
+``--tls-cert``) of the address it listens on (for ``0.0.0.0`` or ``::``, the first ``--allowed-hosts`` name, else 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def deployment_url(settings: ServeSettings, port: int) -> str:
         host = named[0] if named else "127.0.0.1"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{settings.scheme}://{host}:{port}"
 
 
 def served_models(pool: ModelPoolLike) -> list[dict[str, Any]]:

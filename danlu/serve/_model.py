@@ -142,6 +142,10 @@ class ServedModel:
         from danlu.data import DriftMonitor
         from danlu.models import load_bundle
 
+        if settings.require_signed:  # before a byte of it is loaded (SignatureError)
+            from danlu.store import verify_version
+
+            verify_version(store, mv).raise_for_problems()
         bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
         bundle.version = mv
         runtime = load_runtime(store, mv, settings.runtime, settings.threads, bundle=bundle)

@@ -31,6 +31,7 @@ __all__ = [
     "app_factory",
     "build_app",
     "check_binding",
+    "check_tls",
     "serve",
     "settings_from_json",
     "settings_to_json",
@@ -75,6 +76,43 @@ def check_binding(settings: ServeSettings, store: Any) -> None:
             "this address could use the models. Create one with: danlu keys create --scope predict "
             "(clients send it as 'Authorization: Bearer <key>'), or serve on --host 127.0.0.1."
         )
+
+
+def check_tls(settings: ServeSettings) -> None:
+    """Refuse a TLS setting uvicorn would fail on later, or less clearly: a certificate without
+    its key (or the reverse), a file that is missing or unreadable, a key that is not the
+    certificate's.
+
+    Example:
+        >>> check_tls(ServeSettings(models=()))  # no TLS: nothing to check
+    """
+    import ssl
+
+    cert, key = settings.tls_certfile, settings.tls_keyfile
+    if not cert and not key:
+        return
+    if not cert or not key:
+        given, missing = ("--tls-cert", "--tls-key") if cert else ("--tls-key", "--tls-cert")
+        raise ConfigError(
+            f"{given} was given without {missing}: HTTPS needs both the certificate (PEM) and "
+            "its private key (PEM), e.g. --tls-cert server.crt --tls-key server.key."
+        )
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise ConfigError(
+                f"{option} '{path}' cannot be read: {exc.strerror or exc}. Give the path of a "
+                "readable PEM file."
+            ) from None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(
+            f"--tls-cert '{cert}' and --tls-key '{key}' do not make a usable certificate and "
+            f"key ({exc}): both must be PEM, unencrypted, and the key the certificate's own."
+        ) from None
 
 
 def _check_models(settings: ServeSettings, store: Any) -> list[Any]:
@@ -179,6 +217,11 @@ def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
         "lifespan": "on",
         "ws": "none",  # no websocket routes: do not even load a websocket library
         "http": header_deadline_protocol(header_timeout) or "auto",
+        **(
+            {"ssl_certfile": settings.tls_certfile, "ssl_keyfile": settings.tls_keyfile}
+            if settings.tls_certfile
+            else {}
+        ),
     }
 
 
@@ -266,6 +309,7 @@ def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
 
     if settings.workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {settings.workers}.")
+    check_tls(settings)
     # a server process freezes its start-up heap for the garbage collector (see _app.py)
     # ... and registers itself in the store's deployments table (see _beacon.py)
     settings = dataclasses.replace(

@@ -91,6 +91,8 @@ class ServeSettings:
         log_sample: share of requests logged to the store for later evaluation (0..1).
         threads: ONNX Runtime / torch intra-op threads per model.
         allowed_hosts: Host names answered besides the loopback names and ``host``; ``*``: any.
+        require_signed: load (and hot-swap to) only versions whose files match their signature.
+        tls_certfile, tls_keyfile: PEM certificate chain and private key: serve HTTPS.
     """
 
     models: tuple[str, ...]
@@ -110,11 +112,19 @@ class ServeSettings:
     log_sample: float = 0.0
     threads: int = 1
     allowed_hosts: tuple[str, ...] = ()
+    require_signed: bool = False
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def loopback(self) -> bool:
         return self.host in LOOPBACK
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when serving with a TLS certificate, else ``http``."""
+        return "https" if self.tls_certfile else "http"
 
     @property
     def body_limit(self) -> int:
