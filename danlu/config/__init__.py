@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from danlu.config._adversarial import AdversarialConfig
 from danlu.config._compress import (
     QUANTIZE_METHODS,
     CompressConfig,
@@ -106,6 +107,7 @@ __all__ = [
     "OptimizerConfig",
     "PrepareConfig",
     "PrivacyConfig",
+    "AdversarialConfig",
     "ReadConfig",
     "Recipe",
     "RecipeSource",

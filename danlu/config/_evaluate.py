@@ -104,6 +104,11 @@ class RobustnessConfig(_Strict):
     )
     samples: PositiveInt = Field(1000, description="Test rows used (a seeded sample if more).")
     seed: int = 0
+    compare_standard: bool = Field(
+        True,
+        description="With train.adversarial: also train the recipe without it (same data and "
+        "seed, a child run) and report both models' clean and attacked metric and the gain.",
+    )
 
     @model_validator(mode="after")
     def _something(self) -> RobustnessConfig:

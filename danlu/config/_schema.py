@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from danlu.config._adversarial import AdversarialConfig
 from danlu.config._compress import CompressConfig
 from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_blocks
 from danlu.config._privacy import PrivacyConfig
@@ -600,6 +601,11 @@ class TrainConfig(Strict):
         None,
         description="Differentially private training (DP-SGD): per-row clipping, noise, "
         "Poisson batches and the ε spent (danlu.config.PrivacyConfig); null: none.",
+    )
+    adversarial: AdversarialConfig | None = Field(
+        None,
+        description="Adversarial training: FGSM / PGD examples of the continuous inputs in each "
+        "batch (danlu.config.AdversarialConfig); null: none.",
     )
     distributed: DistributedConfig | None = Field(
         None,
