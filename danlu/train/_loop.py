@@ -29,6 +29,7 @@ from danlu.data import Augmenter
 from danlu.errors import ConfigError, DataError, Preempted
 from danlu.logging import get_logger
 from danlu.models._base_weights import trained_state, with_frozen_base
+from danlu.train._adversarial import Adversary, adversary_for
 from danlu.train._buckets import EVAL_CHUNK_ROWS, bucketed_order, token_lengths
 from danlu.train._callbacks import Callback, EarlyStopping
 from danlu.train._checkpoint import (
@@ -125,6 +126,7 @@ class _FitSetup:
     epoch_shuffle: torch.Tensor | None = None  # the shuffle's RNG as the current epoch began
     lengths: torch.Tensor | None = None  # (N,) rows' token counts: length-bucketed batches
     distiller: Distiller | None = None  # train.distill: the teacher's soft targets join the loss
+    adversary: Adversary | None = None  # train.adversarial: attacks batches (_adversarial.py)
 
 
 class Trainer:
@@ -448,6 +450,7 @@ class Trainer:
             l1_params=[p for p in self.model.parameters() if p.ndim > 1] if cfg.l1 > 0 else [],
             lengths=lengths,
             distiller=self._distiller(device),
+            adversary=adversary_for(cfg.adversarial, data, cfg.seed),
         )
 
     def _distiller(self, device: torch.device) -> Distiller | None:
@@ -587,6 +590,8 @@ class Trainer:
         mix = None
         if setup.augment is not None:  # training batches only
             xb, mix = setup.augment(xb, position)
+        if setup.adversary is not None:  # train.adversarial: a share of the batch attacked
+            xb = setup.adversary.perturb(self.model, xb, yb, setup.loss_fn, position)
         with self._autocast(setup.device):
             outputs = setup.net(xb)  # (B, C) or (B,)
             loss = setup.loss_fn(outputs.float(), yb)

@@ -177,6 +177,9 @@ def check_recipe(recipe: Recipe) -> Any:
     from danlu.train._distributed import distributed_issues
 
     issues.extend(distributed_issues(recipe))  # what train.distributed cannot do
+    from danlu.train._adversarial import adversarial_issues
+
+    issues.extend(adversarial_issues(recipe))  # what train.adversarial cannot do
     if train.distill is not None and (train.distributed or recipe.model.type in ("gbdt", "auto")):
         issues.append(
             ConfigIssue(
