@@ -1,6 +1,8 @@
 """The artifact half of :class:`~danlu.store.SqlStore`: files written under
 ``$DANLU_HOME/artifacts/<run id>/`` atomically, then recorded with their size, SHA-256 and media
-type in the same transaction (a row never points at a missing file).
+type in the same transaction (a row never points at a missing file). When the store encrypts
+(``danlu.store._crypt``), the file on disk is encrypted and the size and SHA-256 recorded are
+its plaintext's, so an artifact's identity does not depend on how it is kept.
 
 Pretrained base models of LoRA / frozen-base versions are kept once per content hash under
 ``$DANLU_HOME/artifacts/bases/<sha256>/`` (a run id never looks like that: it starts with the
@@ -24,8 +26,8 @@ from sqlalchemy import Connection, delete, insert, select
 
 from danlu.errors import NotFoundError, StoreError
 from danlu.store import _tables as t
-from danlu.store._atomic import atomic_write_bytes
 from danlu.store._connection import SqlConnection
+from danlu.store._crypt import encrypt_in_place, plaintext_digest, write_bytes
 from danlu.store._entities import Artifact
 from danlu.store._names import safe_join, validate_artifact_name, validate_run_id
 
@@ -53,26 +55,31 @@ class SqlArtifactsMixin(SqlConnection):
     """Artifact methods of the SQL store (mixed into ``SqlStore``, which provides the rest)."""
 
     artifact_root: Path
+    home: Path
 
     def artifact_path(self, run_id: str, name: str) -> Path:
         return safe_join(self.artifact_root, validate_run_id(run_id), validate_artifact_name(name))
 
     def _record(
-        self, conn: Connection, run_id: str, name: str, path: Path, media_type: str | None
+        self,
+        conn: Connection,
+        run_id: str,
+        name: str,
+        path: Path,
+        media_type: str | None,
+        data: bytes | None = None,
     ) -> Artifact:
-        digest = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-                size += len(chunk)
+        if data is not None:  # the plaintext is at hand: no need to read the file back
+            sha256, size = hashlib.sha256(data).hexdigest(), len(data)
+        else:
+            sha256, size = plaintext_digest(path)
         media = (
             media_type
             or _MEDIA.get(path.suffix)
             or mimetypes.guess_type(path.name)[0]
             or "application/octet-stream"
         )
-        artifact = Artifact(run_id, name, size, digest.hexdigest(), media, time.time())
+        artifact = Artifact(run_id, name, size, sha256, media, time.time())
         conn.execute(
             delete(t.artifacts).where(t.artifacts.c.run_id == run_id, t.artifacts.c.name == name)
         )
@@ -95,9 +102,9 @@ class SqlArtifactsMixin(SqlConnection):
         with self._write() as conn:
             self._require_run(conn, run_id)
             existed = path.exists()
-            atomic_write_bytes(path, data)
+            write_bytes(path, data, home=self.home)
             try:
-                return self._record(conn, run_id, name, path, media_type)
+                return self._record(conn, run_id, name, path, media_type, data)
             except BaseException:
                 if not existed:
                     path.unlink(missing_ok=True)  # no file without its row
@@ -107,6 +114,7 @@ class SqlArtifactsMixin(SqlConnection):
         path = self.artifact_path(run_id, name)
         if not path.is_file():
             raise NotFoundError(f"Artifact file '{name}' of run '{run_id}' does not exist.")
+        encrypt_in_place(path, home=self.home)  # a stage that wrote plaintext itself
         with self._write() as conn:
             self._require_run(conn, run_id)
             return self._record(conn, run_id, name, path, media_type)

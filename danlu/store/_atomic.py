@@ -14,13 +14,19 @@ import os
 import re
 import socket
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from danlu.errors import StoreError
 from danlu.logging import get_logger
 from danlu.types import StrPath
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "remove_stale_temps"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_chunks",
+    "atomic_write_text",
+    "remove_stale_temps",
+]
 
 log = get_logger(__name__)
 
@@ -62,6 +68,22 @@ def atomic_write_bytes(path: StrPath, data: bytes, *, durable: bool = True) -> P
         >>> p.read_bytes()
         b'x'
     """
+    return atomic_write_chunks(path, (data,), durable=durable)
+
+
+def atomic_write_chunks(path: StrPath, chunks: Iterable[bytes], *, durable: bool = True) -> Path:
+    """Write the ``chunks`` one after the other to ``path`` atomically.
+
+    The chunks may be produced lazily (an encrypting writer yields one chunk at a time), so a
+    large file is never held twice in memory. An exception raised while producing them leaves
+    the old file, if any, as it was.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = atomic_write_chunks(pathlib.Path(tempfile.mkdtemp()) / "a.bin", [b"x", b"y"])
+        >>> p.read_bytes()
+        b'xy'
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +92,8 @@ def atomic_write_bytes(path: StrPath, data: bytes, *, durable: bool = True) -> P
         raise StoreError(f"Cannot write '{path}': {exc.strerror or exc}.") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -78,7 +101,7 @@ def atomic_write_bytes(path: StrPath, data: bytes, *, durable: bool = True) -> P
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError) and not isinstance(exc, StoreError):
             raise StoreError(f"Cannot write '{path}': {exc.strerror or exc}.") from exc
         raise
     if durable:

@@ -28,6 +28,7 @@ from danlu.store import _tables as t
 from danlu.store._artifacts import BASES_FOLDER
 from danlu.store._atomic import atomic_write_bytes
 from danlu.store._connection import SqlConnection
+from danlu.store._crypt import read_bytes, write_bytes
 from danlu.store._entities import AuditEntry, ModelVersion, RegisteredModel
 from danlu.store._names import (
     folder_to_delete,
@@ -129,7 +130,7 @@ class SqlRegistryMixin(SqlConnection):
                         self.model_root, name, f".staging-{version}-{secrets.token_hex(4)}"
                     )
                     for file, data in files.items():
-                        atomic_write_bytes(staging / file, data)
+                        write_bytes(staging / file, data, home=self.home)
                     if sign:  # the signature is in place before the version is visible
                         atomic_write_bytes(
                             staging / SIGNATURE_FILE,
@@ -176,7 +177,7 @@ class SqlRegistryMixin(SqlConnection):
         for file in files:
             _check_file_name(name, file)
         for file, data in files.items():  # each write is atomic; the row lists them afterwards
-            atomic_write_bytes(self.model_version_path(name, version, file), data)
+            write_bytes(self.model_version_path(name, version, file), data, home=self.home)
         with self._write() as conn:
             row = conn.execute(
                 select(t.model_versions.c.files)
@@ -374,7 +375,7 @@ class SqlRegistryMixin(SqlConnection):
             if not path.is_file():
                 continue  # not a model with a card (files registered by hand)
             try:
-                card = json.loads(path.read_text())
+                card = json.loads(read_bytes(path))
             except (OSError, ValueError) as exc:
                 raise StoreError(
                     f"Cannot read the model card of {row.name}:{row.version} ({exc}), so it is "

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from danlu.store._crypt import read_bytes
 from danlu.store._deployments import Deployment, DeploymentModel
 from danlu.store._entities import (
     ApiKey,
@@ -240,7 +241,7 @@ class Store(ABC):
 
         def read(file: str) -> bytes | None:
             path = self.model_version_path(mv.name, mv.version, file)
-            return path.read_bytes() if path.is_file() else None
+            return read_bytes(path) if path.is_file() else None
 
         return StoreReader(read, self.stored_base)
 
@@ -253,7 +254,7 @@ class Store(ABC):
 
         def read(name: str) -> bytes | None:
             path = self.artifact_path(run_id, name)
-            return path.read_bytes() if path.is_file() else None
+            return read_bytes(path) if path.is_file() else None
 
         return StoreReader(read, self.stored_base)
 
