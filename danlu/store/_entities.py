@@ -13,10 +13,12 @@ __all__ = [
     "AuditEntry",
     "Experiment",
     "MetricPoint",
+    "Principal",
     "ModelVersion",
     "RegisteredModel",
     "Run",
     "RUN_STATUSES",
+    "User",
 ]
 
 RUN_STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
@@ -138,7 +140,49 @@ class ApiKey:
     created_by: str
     revoked_at: float | None = None
     last_used_at: float | None = None
+    user: str | None = None  # the owner; None for a key made before users existed
+    project: str = "*"  # the project it may act in; "*": every project
+    role: str = "predictor"  # one of danlu.store.ROLES (capped by the owner's own role)
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class User:
+    """A person (or service) of a shared store, with a role per project (``*``: every project)."""
+
+    name: str
+    created_at: float
+    created_by: str
+    disabled_at: float | None = None
+    roles: dict[str, str] = field(default_factory=dict)  # project -> role
+
+    @property
+    def active(self) -> bool:
+        return self.disabled_at is None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is acting: a registered user (directly or through one of their keys), a key made
+    before users existed, or the OS user of a store that has no users (its admin).
+
+    ``actor`` is what the audit log records: ``alice``, ``alice (key 0123abcd0123abcd)`` or
+    ``key 0123abcd0123abcd``.
+    """
+
+    name: str  # the user's name; for a key without an owner, "key <id>"
+    user: str | None = None  # the registered user, when there is one
+    key_id: str | None = None
+    key_role: str | None = None  # the key's role (a cap on the user's)
+    key_project: str | None = None  # the key's project ("*": every one)
+    local_admin: bool = False  # the OS user of a store with no users
+    via: str = "cli"  # cli | http | ui
+
+    @property
+    def actor(self) -> str:
+        if self.key_id is None or self.user is None:
+            return self.name
+        return f"{self.name} (key {self.key_id})"

@@ -48,7 +48,8 @@ def _check_scope(scope: object) -> str:
     if scope not in API_KEY_SCOPES:
         raise ConfigError(
             f"The API key scope must be one of {', '.join(API_KEY_SCOPES)}; got {scope!r}. "
-            "Use 'predict' for clients and 'admin' for loading, reloading and re-aliasing models."
+            "Use 'predict' for clients and 'admin' for loading, reloading and re-aliasing models, "
+            "or give a role instead (role='predictor' | 'viewer' | 'editor' | 'admin')."
         )
     return str(scope)
 
@@ -67,12 +68,28 @@ class SqlApiKeysMixin(SqlConnection):
             created_by=row.created_by,
             revoked_at=row.revoked_at,
             last_used_at=row.last_used_at,
+            user=row.user,
+            project=row.project or "*",
+            role=row.role or ("admin" if row.scope == "admin" else "predictor"),
         )
 
     def create_api_key(
-        self, scope: str, *, name: str = "", actor: str = "danlu"
+        self,
+        scope: str | None = None,
+        *,
+        name: str = "",
+        actor: str = "danlu",
+        user: str | None = None,
+        project: str = "*",
+        role: str | None = None,
     ) -> tuple[ApiKey, str]:
-        _check_scope(scope)
+        from danlu.store._users import check_project, check_role
+
+        if role is None:  # the older form: a scope, mapped to a role on every project
+            role = "admin" if _check_scope(scope) == "admin" else "predictor"
+        check_role(role)
+        check_project(project)
+        scope = "admin" if role == "admin" else "predict"  # what servers read
         if not isinstance(name, str) or len(name) > 200:
             raise ConfigError(
                 f"The API key name must be text of at most 200 characters; got {str(name)[:40]!r}..."
@@ -82,6 +99,8 @@ class SqlApiKeysMixin(SqlConnection):
             secret = f"dl_{key_id}_{secrets.token_urlsafe(32)}"
             try:
                 with self._write() as conn:
+                    if user is not None:
+                        self._check_owner(conn, user, project, role)
                     conn.execute(
                         insert(t.api_keys).values(
                             id=key_id,
@@ -91,6 +110,9 @@ class SqlApiKeysMixin(SqlConnection):
                             secret_sha256=_digest(secret),
                             created_at=time.time(),
                             created_by=actor,
+                            user=user,
+                            project=project,
+                            role=role,
                         )
                     )
                     self._audit(
@@ -102,12 +124,37 @@ class SqlApiKeysMixin(SqlConnection):
                         key=key_id,
                         scope=scope,
                         name=name,
+                        user=user,
+                        project=project,
+                        role=role,
                     )
                     row = conn.execute(select(t.api_keys).where(t.api_keys.c.id == key_id)).one()
                 return self._api_key(row), secret
             except IntegrityError:  # 64-bit id already taken: astronomically rare, draw again
                 continue
         raise StoreError("Could not create an API key: no free id after 5 attempts.")
+
+    def _check_owner(self, conn: Any, user: str, project: str, role: str) -> None:
+        """A key is never stronger than its owner: the user exists, is active and has at least
+        ``role`` on ``project``."""
+        from danlu.store._users import _RANK
+
+        row = conn.execute(select(t.users).where(t.users.c.name == user)).first()
+        if row is None:
+            raise NotFoundError(
+                f"No user named {user[:100]!r} (--user). Add it first: danlu users add {user[:100]} "
+                f"--role {role} --project '{project}'"
+            )
+        if row.disabled_at is not None:
+            raise ConfigError(f"The user {user!r} (--user) is disabled: it cannot get new keys.")
+        has = self._role_of(conn, user, project)  # type: ignore[attr-defined]
+        if has is None or _RANK[has] < _RANK[role]:
+            where = "every project" if project == "*" else f"project {project!r}"
+            raise ConfigError(
+                f"The user {user!r} has {'role ' + repr(has) if has else 'no role'} on {where}, "
+                f"so it cannot hold a {role} key there (--role). Grant the role first: "
+                f"danlu users grant {user} '{project}' {role}"
+            )
 
     def verify_api_key(self, secret: str) -> ApiKey | None:
         if not isinstance(secret, str) or len(secret) > 80:
@@ -129,6 +176,18 @@ class SqlApiKeysMixin(SqlConnection):
             or row.revoked_at is not None
         ):
             return None
+        if row.user is not None:  # a disabled user's keys stop working at once
+            try:
+                with self._read() as conn:
+                    owner = conn.execute(
+                        select(t.users.c.disabled_at).where(t.users.c.name == row.user)
+                    ).first()
+            except DBAPIError:
+                raise StoreError(
+                    "Cannot check the API key: the database is unavailable. Check DANLU_DB_URL."
+                ) from None
+            if owner is None or owner.disabled_at is not None:
+                return None
         key = self._api_key(row)
         now = time.time()
         if key.last_used_at is None or now - key.last_used_at >= _LAST_USED_EVERY:
@@ -187,6 +246,8 @@ class SqlApiKeysMixin(SqlConnection):
                     key=key_id,
                     scope=row.scope,
                     name=row.name,
+                    user=row.user,
+                    project=row.project,
                 )
                 row = conn.execute(select(t.api_keys).where(t.api_keys.c.id == key_id)).one()
         return self._api_key(row)

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, inspect, text
 
 __all__ = ["HEAD", "current_revision", "upgrade"]
 
-HEAD = "0004"  # the newest file in migrations/versions/
+HEAD = "0005"  # the newest file in migrations/versions/
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_LOCK_KEY = 0x64616E6C75  # "danlu"
 

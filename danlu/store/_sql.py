@@ -52,6 +52,7 @@ from danlu.store._names import (
 )
 from danlu.store._registry import SqlRegistryMixin
 from danlu.store._search import filter_runs, order_runs
+from danlu.store._users import SqlUsersMixin
 from danlu.store.base import Store
 from danlu.types import StrPath
 
@@ -118,6 +119,7 @@ def _sqlite_engine(url: str) -> Engine:
 class SqlStore(
     SqlRegistryMixin,
     SqlApiKeysMixin,
+    SqlUsersMixin,
     SqlArtifactsMixin,
     SqlDeploymentsMixin,
     SqlConnection,

@@ -111,6 +111,8 @@ models = Table(
     Column("name", String(100), primary_key=True),
     Column("created_at", Float, nullable=False),
     Column("description", Text, nullable=False, default=""),
+    # the project the model belongs to (role checks); set with SqlStore.set_model_project
+    Column("project", String(100), nullable=False, server_default="default"),
 )
 
 model_versions = Table(
@@ -159,6 +161,30 @@ api_keys = Table(
     Column("created_by", String(200), nullable=False),
     Column("revoked_at", Float),
     Column("last_used_at", Float),
+    Column("user", String(100)),  # the owner (users.name); NULL: a key from before users
+    Column("project", String(100)),  # the project it acts in; "*": every project
+    Column("role", String(20)),  # one of danlu.store._users.ROLES
+    Index("ix_api_keys_user", "user"),
+)
+
+# -- users and their roles per project (danlu.store._users) -------------------------------------
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("disabled_at", Float),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("user", String(100), ForeignKey("users.name", ondelete="CASCADE"), primary_key=True),
+    Column("project", String(100), primary_key=True),  # "*": every project
+    Column("role", String(20), nullable=False),
+    Column("granted_at", Float, nullable=False),
+    Column("granted_by", String(200), nullable=False),
 )
 
 # -- the job queue (danlu.jobs) ------------------------------------------------------------------

@@ -153,7 +153,14 @@ class ApiKeysConformance:
             ("create_key", KEYS_AUDIT_SUBJECT, None, "ana"),
             ("revoke_key", KEYS_AUDIT_SUBJECT, None, "bo"),
         ]
-        assert keys_log[0].detail == {"key": key.id, "scope": "admin", "name": "ops"}
+        assert keys_log[0].detail == {
+            "key": key.id,
+            "scope": "admin",
+            "name": "ops",
+            "user": None,  # the older form: no owner, the admin role on every project
+            "project": "*",
+            "role": "admin",
+        }
         assert [e.model for e in store.audit_log("digits")] == ["digits", "digits"]
         assert len(store.audit_log()) == 4
         assert all(secret not in repr(e) for e in store.audit_log())
