@@ -170,11 +170,22 @@ def build_report(
             "fairness", lambda: fairness_section(data, fairness), on_section
         )
     if config.robustness is not None:
+        from danlu.evaluate._adversarial_gain import adversarial_gain
         from danlu.evaluate._robustness import robustness_section
 
         robustness = config.robustness
         sections["robustness"] = _timed(
-            "robustness", lambda: robustness_section(data, robustness), on_section
+            "robustness",
+            lambda: adversarial_gain(  # train.adversarial: the gain over standard training
+                robustness_section(data, robustness),
+                data,
+                robustness,
+                recipe=recipe,
+                store=store,
+                run_id=run_id,
+                callbacks=callbacks,
+            ),
+            on_section,
         )
     if config.explain is not None:
         from danlu.evaluate._explain import explain_section
