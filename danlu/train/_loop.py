@@ -29,6 +29,7 @@ from danlu.data import Augmenter
 from danlu.errors import ConfigError, DataError, Preempted
 from danlu.logging import get_logger
 from danlu.models._base_weights import trained_state, with_frozen_base
+from danlu.store._crypt import read_bytes
 from danlu.train._adversarial import Adversary, adversary_for
 from danlu.train._buckets import EVAL_CHUNK_ROWS, bucketed_order, token_lengths
 from danlu.train._callbacks import Callback, EarlyStopping
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from danlu.store import Tracker
     from danlu.tasks import Task
     from danlu.train._distill import Distiller
+    from danlu.train._privacy import PrivateTraining
 
 __all__ = ["Trainer", "class_weights", "resolve_device", "seed_everything"]
 
@@ -127,6 +129,7 @@ class _FitSetup:
     lengths: torch.Tensor | None = None  # (N,) rows' token counts: length-bucketed batches
     distiller: Distiller | None = None  # train.distill: the teacher's soft targets join the loss
     adversary: Adversary | None = None  # train.adversarial: attacks batches (_adversarial.py)
+    privacy: PrivateTraining | None = None  # train.privacy: DP-SGD (_privacy.py)
 
 
 class Trainer:
@@ -413,6 +416,20 @@ class Trainer:
 
         loss_fn, val_loss_fn = self._losses(data, device)
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        privacy = None
+        if cfg.privacy is not None:  # DP-SGD: per-row gradients, clipped and noised, accounted
+            from danlu.train._privacy import make_private
+
+            privacy = make_private(
+                self,
+                cfg.privacy,
+                net,
+                rows=rows,
+                batch_size=batch_size,
+                steps_per_epoch=self.num_batches,
+                streaming=stream is not None,
+            )
+            net, self.optimizer = privacy.net, privacy.optimizer
         monitor = self._monitor(val_rows)
         schedule = LRSchedule(
             cfg.scheduler,
@@ -451,6 +468,7 @@ class Trainer:
             lengths=lengths,
             distiller=self._distiller(device),
             adversary=adversary_for(cfg.adversarial, data, cfg.seed),
+            privacy=privacy,
         )
 
     def _distiller(self, device: torch.device) -> Distiller | None:
@@ -534,7 +552,7 @@ class Trainer:
             assert path is not None
             state = load_checkpoint(path)
         else:  # rank 0 reads the file, every rank decodes the bytes it sent
-            raw = strategy.share_bytes(path.read_bytes() if path is not None else None)
+            raw = strategy.share_bytes(read_bytes(path) if path is not None else None)
             state = checkpoint_from_bytes(raw, path or "rank 0's checkpoint")
         setup.resume_at = self._restore(state, setup.schedule, setup.generator)
         done = setup.resume_at["batch"] if setup.resume_at else 0
@@ -560,6 +578,15 @@ class Trainer:
         self, setup: _FitSetup, epoch: int, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch's training batches from batch ``start``, (B, D) and (B,), on the device."""
+        if setup.privacy is not None:  # DP-SGD: Poisson-sampled batches of varying size
+            from danlu.train._privacy import poisson_batches
+
+            draws = poisson_batches(
+                setup.rows, setup.privacy.sample_rate, self.num_batches, setup.generator, start
+            )
+            return (
+                (setup.x_train[i], setup.y_train[i]) for i in (d.to(setup.device) for d in draws)
+            )
         if setup.stream is None:  # in memory: slices of a shuffled index, as by hand
             order = torch.randperm(len(setup.x_train), generator=setup.generator)
             if setup.lengths is not None:  # text: batches of similar length (_buckets.py), cut
@@ -587,6 +614,10 @@ class Trainer:
 
         ``position`` counts batches over the whole run: it seeds the batch's augmentation.
         """
+        if setup.privacy is not None and len(yb) == 0:  # DP-SGD: no row drawn, noise still added
+            from danlu.train._privacy import empty_batch
+
+            return empty_batch(setup.privacy, setup.device)
         mix = None
         if setup.augment is not None:  # training batches only
             xb, mix = setup.augment(xb, position)

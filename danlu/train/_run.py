@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from danlu.config import ConfigIssue, Recipe, load_recipe, raise_issues, recipe_to_dict
 from danlu.logging import get_logger
+from danlu.store._crypt import read_bytes
 from danlu.train._runner import Context, Runner, Stage, StageRecord
 from danlu.types import StrPath
 
@@ -180,6 +181,9 @@ def check_recipe(recipe: Recipe) -> Any:
     from danlu.train._adversarial import adversarial_issues
 
     issues.extend(adversarial_issues(recipe))  # what train.adversarial cannot do
+    from danlu.train._privacy import privacy_issues
+
+    issues.extend(privacy_issues(recipe))  # what train.privacy (DP-SGD) cannot do
     if train.distill is not None and (train.distributed or recipe.model.type in ("gbdt", "auto")):
         issues.append(
             ConfigIssue(
@@ -341,6 +345,10 @@ def train_stage(ctx: Context) -> Context:
         ctx.log_artifact("trees.json", json.dumps(trainer.native, indent=1))
     if getattr(trainer, "selection", None):  # auto: every candidate's figures
         ctx.details["model_selection"] = trainer.selection
+    from danlu.train._privacy import privacy_record
+
+    if (privacy := privacy_record(trainer)) is not None:  # DP-SGD: the ε spent, δ, noise ...
+        ctx.details["privacy"] = privacy
     _save_outputs(ctx)
     summary = {
         "run_id": tracker.run_id,
@@ -405,8 +413,8 @@ def reload_trained(ctx: Context) -> Context:
     from danlu.train._energy import EnergyReading
 
     assert ctx.model is not None and ctx.previous is not None
-    weights = ctx.store.artifact_path(ctx.run_id, "model.safetensors").read_bytes()
-    card = json.loads(ctx.store.artifact_path(ctx.run_id, "model.json").read_text())
+    weights = read_bytes(ctx.store.artifact_path(ctx.run_id, "model.safetensors"))
+    card = json.loads(read_bytes(ctx.store.artifact_path(ctx.run_id, "model.json")))
     if ctx.recipe.model.type == "auto":  # the model the run chose, as its card describes it
         from danlu.config import ModelConfig
         from danlu.models import build_model
@@ -432,11 +440,11 @@ def reload_trained(ctx: Context) -> Context:
 
         for library, file in NATIVE_FILES.items():
             if (path := ctx.store.artifact_path(ctx.run_id, file)).is_file():
-                ctx.model.native_model = (library, path.read_bytes())
+                ctx.model.native_model = (library, read_bytes(path))
     decoding = ctx.store.artifact_path(ctx.run_id, "decoding.json")
     if decoding.is_file() and ctx.task is not None:
-        ctx.task = ctx.task.with_decoding(json.loads(decoding.read_text()))
-    summary = json.loads(ctx.store.artifact_path(ctx.run_id, "summary.json").read_text())
+        ctx.task = ctx.task.with_decoding(json.loads(read_bytes(decoding)))
+    summary = json.loads(read_bytes(ctx.store.artifact_path(ctx.run_id, "summary.json")))
     ctx.metrics = dict(summary["test"])
     ctx.details = {k: v for k, v in summary.items() if k not in _SUMMARY_KEYS}
     ctx.history, ctx.best_epoch = list(summary.get("history", [])), int(summary["best_epoch"])
@@ -480,6 +488,8 @@ def _save_outputs(ctx: Context) -> None:
     }
     if (base := base_identity(model_type, options)) is not None:
         model_card[BASE_CARD_KEY] = base
+    if "privacy" in ctx.details:  # trained with DP-SGD: the ε spent travels with the model
+        model_card["privacy"] = ctx.details["privacy"]
     ctx.log_artifact("model.json", json.dumps(model_card, indent=1))
     if len(data.x_train):  # the training distribution a server compares its inputs with (PSI)
         from danlu.data import drift_reference
