@@ -41,6 +41,7 @@ from danlu.cli._runs import runs_app
 from danlu.cli._serve import serve_command
 from danlu.cli._tune import studies_app, tune_command
 from danlu.cli._ui import ui_command
+from danlu.cli._users import users_app
 from danlu.errors import DanluError, Preempted
 
 __all__ = ["app", "main"]
@@ -60,6 +61,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(studies_app, name="studies")
 app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(users_app, name="users")
 
 RecipeArg = Annotated[Path, typer.Argument(help="Path to a YAML recipe.", metavar="RECIPE")]
 
@@ -95,6 +97,9 @@ def run(
 ) -> None:
     """Run a recipe end to end: prepare data, train, report test metrics."""
     setup_logging(state["verbose"], quiet)
+    from danlu.cli._access import open_checked
+
+    open_checked("train")  # an editor of the default project (docs/access.md)
     import torch
 
     from danlu.cli._progress import PlainProgress, RichProgress

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from danlu.cli._access import allow
 from danlu.cli._console import cell, err, out, setup_logging, state
 from danlu.cli._options import JsonOption, QuietOption, SetOption
 from danlu.cli._runs import open_store, print_json, print_table
@@ -30,6 +31,15 @@ def _prefixed(overrides: list[str] | None) -> list[str]:
         else f"compress.{o.strip()}"
         for o in overrides or []
     ]
+
+
+def _project_of(store: Any, target: str) -> str:
+    """The project of a registered model named by ``target``; ``default`` for a run."""
+    from danlu.cli._access import DEFAULT_PROJECT
+
+    name = target.split("@", 1)[0].split(":", 1)[0]
+    known = any(m.name == name for m in store.list_models())
+    return store.model_project(name) if known else DEFAULT_PROJECT  # type: ignore[no-any-return]
 
 
 def compress_command(
@@ -55,6 +65,7 @@ def compress_command(
     from danlu.compress import compress
 
     with open_store() as store:
+        allow(store, "train", _project_of(store, target), subject=target[:100])
         if not quiet and not as_json:
             err.print(Text(f"Compressing {target}: making and measuring the variants…"))
         result = compress(store, target, overrides=_prefixed(set_))

@@ -152,8 +152,12 @@ def evaluate_command(
     from danlu.evaluate import evaluate_model, evaluate_run
 
     progress = SectionProgress(quiet or as_json)
+    from danlu.cli._access import DEFAULT_PROJECT, allow
+
     with open_store() as store:
         model = _is_model(store, target)
+        project = store.model_project(target.split("@")[0].split(":")[0]) if model else None
+        allow(store, "register", project or DEFAULT_PROJECT, subject=target[:100])
         recipe = _model_run_recipe(store, target) if model else store.get_run(target).recipe
         config = _config(recipe, set_)
         try:

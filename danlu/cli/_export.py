@@ -63,11 +63,14 @@ def export_command(
             f"--format must be one of {', '.join(FORMATS)}; got '{format_}'. "
             "danlu exports ONNX (weights stay in safetensors)."
         )
-    from danlu.cli._models import actor
+    from danlu.cli._access import allow
     from danlu.export import export_version
+    from danlu.store import parse_model_ref
 
     with open_store() as store:
-        result = export_version(store, model, atol=atol, actor=actor())
+        name = parse_model_ref(model)[0]
+        who = allow(store, "register", store.model_project(name), subject=name)
+        result = export_version(store, model, atol=atol, actor=who.actor)
     if as_json:
         print_json(result.to_dict())
     else:

@@ -172,7 +172,10 @@ def submit_command(
     # the slot's memory is the host's: all of it on the CPU, the process (and data) with a GPU
     host_bytes = guess.process + (guess.total if guess.device == "cpu" else guess.data)
     need_memory = memory if memory is not None else round(host_bytes / 1e9, 3)
+    from danlu.cli._access import allow
+
     queue = _queue()
+    who = allow(queue.store, "train", project, subject="*jobs*", recipe=str(recipe))
     job = queue.submit(
         recipe=recipe.read_text(encoding="utf-8"),
         recipe_path=str(recipe),
@@ -186,7 +189,9 @@ def submit_command(
         max_attempts=max_attempts,
         estimate=estimate,
         workdir=str(Path.cwd()),
+        submitted_by=who.name,
     )
+    queue.store.record_action(who, "submit_job", "*jobs*", job=job.id, project=project)
     if as_json:
         out.print_json(json.dumps(_job_dict(job)))
         return
@@ -309,10 +314,25 @@ def logs_command(
         err.print(f"Job {job.id} has no output yet ({job.status}).")
 
 
+def _checked(job_id: str, action: str) -> Job:
+    """Cancel or retry a job once the acting user may: their own job with the editor role on
+    its project, anybody's with admin; audited either way."""
+    from danlu.cli._access import acting
+
+    queue = _queue()
+    job = queue.get(job_id)
+    who = acting(queue.store)
+    need = "jobs.own" if job.submitted_by == who.name else "jobs.any"
+    queue.store.check_access(who, need, job.project, subject="*jobs*", job=job.id)
+    done: Job = getattr(queue, action)(job.id)
+    queue.store.record_action(who, f"{action}_job", "*jobs*", job=job.id, project=job.project)
+    return done
+
+
 @jobs_app.command("cancel")
 def cancel_command(job_id: JobArg) -> None:
     """Cancel a job: a queued one at once, a running one is stopped (SIGTERM, then SIGKILL)."""
-    job = _queue().cancel(job_id)
+    job = _checked(job_id, "cancel")
     if job.status == "cancelled":
         out.print(f"Job {job.id} cancelled.")
     else:
@@ -322,7 +342,7 @@ def cancel_command(job_id: JobArg) -> None:
 @jobs_app.command("retry")
 def retry_command(job_id: JobArg) -> None:
     """Queue a failed or cancelled job again (it resumes its last run from its checkpoint)."""
-    job = _queue().retry(job_id)
+    job = _checked(job_id, "retry")
     resume = f", resuming run {job.last_run}" if job.last_run else ""
     out.print(f"Job {job.id} queued again{resume}.")
 
@@ -346,7 +366,13 @@ def quota_command(
                 "Give the number of jobs the project may run at once (danlu jobs quota "
                 f"{project} 2) or --clear to remove its quota."
             )
+        from danlu.cli._access import allow
+
+        who = allow(queue.store, "jobs.any", project, subject="*jobs*")
         queue.set_quota(project, None if clear else max_running)
+        queue.store.record_action(
+            who, "set_quota", "*jobs*", project=project, max_running=None if clear else max_running
+        )
     quotas = queue.quotas()
     if not quotas:
         out.print("No quotas: every project may use every free slot.")

@@ -1,7 +1,8 @@
 """``danlu models``: the model registry — list, inspect, register, alias and delete versions.
 
-Every change is recorded in the registry's audit log under the actor ``$DANLU_ACTOR`` (or the
-login name). A model is named ``NAME`` (its latest version), ``NAME:3`` or ``NAME@production``.
+Every change is checked against the acting user's role on the model's project and recorded in
+the registry's audit log with the actor (docs/access.md): the user of ``$DANLU_API_KEY``, else
+the OS user (``$DANLU_ACTOR`` or the login name). A model is named ``NAME`` (its latest version), ``NAME:3`` or ``NAME@production``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
+from danlu.cli._access import DEFAULT_PROJECT, allow
 from danlu.cli._console import cell, err, out
 from danlu.cli._options import JsonOption
 from danlu.cli._runs import (
@@ -240,12 +242,29 @@ def register_model(
     alias: Annotated[
         str | None, typer.Option("--alias", "-a", help="Also point this alias at the new version.")
     ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "--project",
+            "-p",
+            help="The project of a new model (default: default); an existing model keeps its own.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Register a finished run's model as the next version of NAME."""
     from danlu.export import register_model as register_and_export
+    from danlu.store import check_project
 
     with open_store() as store:
-        mv = register_and_export(store, run_id, name, alias, actor=actor())
+        known = any(m.name == name for m in store.list_models())
+        where = store.model_project(name) if known else check_project(project or DEFAULT_PROJECT)
+        who = allow(store, "register", where, subject=name)
+        if alias is not None:
+            allow(store, "alias", where, subject=name, alias=alias)
+        mv = register_and_export(store, run_id, name, alias, actor=who.actor)
+        if not known and where != store.model_project(name):
+            store.set_model_project(name, where, actor=who.actor)
         aliases = f" (alias {', '.join(mv.aliases)})" if mv.aliases else ""
         out.print(Text(f"registered run {run_id} as model {mv.ref}{aliases}"))
 
@@ -258,7 +277,8 @@ def set_alias(
 ) -> None:
     """Point ALIAS of model NAME at VERSION (moving it if it pointed elsewhere)."""
     with open_store() as store:
-        store.set_alias(name, alias, version, actor=actor())
+        who = allow(store, "alias", store.model_project(name), subject=name, alias=alias)
+        store.set_alias(name, alias, version, actor=who.actor)
         out.print(Text(f"{name}@{alias} → version {version}"))
 
 
@@ -269,7 +289,8 @@ def remove_alias(
 ) -> None:
     """Remove ALIAS from model NAME (the version itself stays)."""
     with open_store() as store:
-        store.delete_alias(name, alias, actor=actor())
+        who = allow(store, "alias", store.model_project(name), subject=name, alias=alias)
+        store.delete_alias(name, alias, actor=who.actor)
         out.print(Text(f"removed alias {name}@{alias}"))
 
 
@@ -283,6 +304,7 @@ def remove_model(
     """Delete one version of a model, or the whole model with every version."""
     parsed = parse_model_ref(ref, allow_alias=False)
     with open_store() as store:
+        who = allow(store, "delete", store.model_project(parsed.name), subject=parsed.name)
         if parsed.version is None:
             count = len(store.list_model_versions(parsed.name))
             what = f"model {parsed.name} with its {count} version{'s' if count != 1 else ''}"
@@ -292,8 +314,22 @@ def remove_model(
         if not confirm_deletion(f"Delete {what}?", yes=yes, what=what):
             err.print("Nothing deleted.")
             raise typer.Exit(1)
-        store.delete_model(parsed.name, parsed.version, actor=actor())
+        store.delete_model(parsed.name, parsed.version, actor=who.actor)
         out.print(Text(f"deleted {what}"))
+
+
+@models_app.command("project")
+def move_model(
+    name: Annotated[str, typer.Argument(help="The model's name.")],
+    project: Annotated[str, typer.Argument(help="The project it moves to.")],
+) -> None:
+    """Move model NAME to PROJECT (admin of both projects): who may change it follows."""
+    with open_store() as store:
+        store.get_model_version(name)  # a clear error for an unknown model
+        who = allow(store, "alias", store.model_project(name), subject=name, project_to=project)
+        allow(store, "alias", project, subject=name)
+        store.set_model_project(name, project, actor=who.actor)
+    out.print(Text(f"model {name} is now in project {project}"))
 
 
 @models_app.command("verify")

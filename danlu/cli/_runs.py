@@ -464,7 +464,10 @@ def remove_runs(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
 ) -> None:
     """Delete runs with their params, metrics, tags and artifact files."""
+    from danlu.cli._access import DEFAULT_PROJECT, allow
+
     with open_store() as store:
+        who = allow(store, "delete", DEFAULT_PROJECT, subject="*runs*", runs=run_ids[:20])
         # Every id is checked before anything is deleted.
         runs = [store.get_run(i) for i in dict.fromkeys(run_ids)]
         running = [r.id for r in runs if r.status == "running"]
@@ -478,6 +481,7 @@ def remove_runs(
             raise typer.Exit(1)
         for r in runs:
             store.delete_run(r.id)
+            store.record_action(who, "delete_run", "*runs*", run=r.id, name=r.name)
             out.print(Text(f"deleted run {r.id} ({r.name})"))
 
 

@@ -122,6 +122,9 @@ def tune_command(
     Running the same recipe again resumes its study (a larger tune.trials adds trials).
     """
     setup_logging(bool(state.get("verbose")), quiet)
+    from danlu.cli._access import open_checked
+
+    open_checked("train")  # an editor of the default project (docs/access.md)
     if worker is not None:
         if recipe is not None or study is not None or set_ or jobs is not None:
             raise ConfigError(

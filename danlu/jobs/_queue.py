@@ -144,6 +144,7 @@ class JobQueue:
         max_attempts: int = 3,
         estimate: dict[str, Any] | None = None,
         workdir: str = ".",
+        submitted_by: str | None = None,
     ) -> Job:
         """Queue a recipe (validated by the caller: the CLI loads and checks it first).
 
@@ -195,7 +196,7 @@ class JobQueue:
                     cancel_requested=False,
                     preempt_requested=False,
                     estimate=json.dumps(estimate) if estimate is not None else None,
-                    submitted_by=current_actor()[:200],
+                    submitted_by=(submitted_by or current_actor())[:200],
                 )
             )
         log.info("job %s queued (%s, priority %d)", job_id, name, priority)

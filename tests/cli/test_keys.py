@@ -135,7 +135,7 @@ def test_overlong_name_exits_2():
 
 def test_scope_is_required():
     out = danlu("keys", "create")
-    assert out.code == 2 and "--scope" in out.stderr
+    assert out.code == 2 and "--scope" in out.stderr and "--role ROLE" in out.stderr
 
 
 def test_ls_without_keys_says_how_to_create_one():

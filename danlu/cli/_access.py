@@ -1,0 +1,129 @@
+"""Who runs a CLI command, and the check every state-changing command makes first.
+
+The CLI acts as the user of ``$DANLU_API_KEY`` when it is set; otherwise as the OS user by the
+local rule of :meth:`danlu.store.SqlStore.local_principal` (a store with no users is its OS
+user's; a SQLite store with users trusts a registered OS user; a shared store with users needs
+a key). ``$DANLU_ACTOR`` renames the OS user (scripts, CI).
+
+:data:`CHANGING_COMMANDS` lists every command that changes the store, with the action it needs
+(``danlu.store.PERMISSIONS``); :data:`OTHER_COMMANDS` lists the rest, so that a test fails when
+a new command is in neither.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from danlu.store import Principal, SqlStore
+
+__all__ = [
+    "API_KEY_ENV",
+    "CHANGING_COMMANDS",
+    "DEFAULT_PROJECT",
+    "OTHER_COMMANDS",
+    "acting",
+    "allow",
+]
+
+API_KEY_ENV = "DANLU_API_KEY"
+#: runs, studies and new models belong here until told otherwise
+DEFAULT_PROJECT = "default"
+
+#: command → the action it needs (checked on the project of what it changes)
+CHANGING_COMMANDS: dict[str, str] = {
+    "run": "train",
+    "tune": "train",
+    "compress": "train",
+    "evaluate": "register",  # stores the trust report beside the run or the model
+    "export": "register",
+    "submit": "train",
+    "runs rm": "delete",
+    "models register": "register",
+    "models rm": "delete",
+    "models alias set": "alias",
+    "models alias rm": "alias",
+    "models project": "alias",
+    "keys create": "keys",
+    "keys revoke": "keys",
+    "users add": "users",
+    "users grant": "users",
+    "users disable": "users",
+    "jobs cancel": "jobs.own",  # jobs.any for somebody else's job
+    "jobs retry": "jobs.own",
+    "jobs quota": "jobs.any",  # when it sets or clears a quota
+}
+
+#: commands that change nothing in the store (reads), or start a process whose own changes
+#: are checked where they happen (the server's and the dashboard's routes)
+OTHER_COMMANDS = frozenset(
+    {
+        "report",  # shows a report (renders the derived HTML when missing)
+        "predict",
+        "serve",  # its admin routes are checked per request
+        "ui",  # its actions are checked per request
+        "agent",  # runs jobs that were checked when submitted
+        "validate",
+        "schema",
+        "datasets",
+        "version",
+        "runs ls",
+        "runs show",
+        "runs compare",
+        "runs export",
+        "models ls",
+        "models show",
+        "models verify",
+        "db upgrade",  # the schema itself: needs the database's own credentials
+        "data inspect",
+        "studies ls",
+        "studies show",
+        "keys ls",
+        "users ls",
+        "users roles",
+        "jobs ls",
+        "jobs show",
+        "jobs logs",
+        "jobs agents",
+    }
+)
+
+
+def acting(store: SqlStore) -> Principal:
+    """The principal of this process: the key of ``$DANLU_API_KEY``, else the OS user.
+
+    Raises AccessDeniedError (401, audited) for a bad key or an OS user the rule refuses.
+    """
+    from danlu.store import current_actor
+
+    secret = os.environ.get(API_KEY_ENV, "").strip()
+    if secret:
+        return store.principal_for_secret(secret, via="cli")
+    return store.local_principal(current_actor())
+
+
+def allow(
+    store: SqlStore, action: str, project: str, *, subject: str = "*", **detail: Any
+) -> Principal:
+    """The acting principal, once it is allowed ``action`` on ``project`` (AccessDeniedError,
+    audited, otherwise). Its ``actor`` is what the command's audit entries record."""
+    return store.check_access(acting(store), action, project, subject=subject, **detail)
+
+
+def open_checked(action: str, project: str | None = None) -> Any:
+    """For commands whose work opens the store itself: check ``action`` on ``project``
+    (``default`` when None) in a store opened just for that, and return the actor."""
+    from pathlib import Path
+
+    from danlu.store import SqlStore, current_actor, default_db_url
+
+    url = default_db_url()
+    fresh = url.startswith("sqlite:///") and not Path(url.split("///", 1)[1]).exists()
+    if fresh and not os.environ.get(API_KEY_ENV, "").strip():
+        return current_actor()  # no store yet, so no users: the OS user is its admin
+    store = SqlStore()
+    try:
+        return allow(store, action, project or DEFAULT_PROJECT).actor
+    finally:
+        store.engine.dispose()
