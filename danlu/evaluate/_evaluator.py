@@ -47,6 +47,7 @@ _TITLES = {
     "calibration": "Calibration",
     "fairness": "Fairness",
     "robustness": "Robustness",
+    "membership": "Membership inference",
     "explain": "Explanations",
     "cost": "Cost",
 }
@@ -185,6 +186,15 @@ def build_report(
                 run_id=run_id,
                 callbacks=callbacks,
             ),
+            on_section,
+        )
+    if config.membership is not None:
+        from danlu.evaluate._membership import membership_section
+
+        membership = config.membership
+        sections["membership"] = _timed(
+            "membership",
+            lambda: membership_section(data, membership, config.bootstrap, config.confidence),
             on_section,
         )
     if config.explain is not None:
@@ -359,6 +369,7 @@ def _eval_data(
         temperature=bundle.temperature,
         preprocessor=bundle.preprocessor,
         texts=prepared.texts if prepared is not None else None,
+        held_out=data_file is None,
         **extra,
     )
     return data, described

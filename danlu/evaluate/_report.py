@@ -26,6 +26,7 @@ SECTION_ORDER = (
     "calibration",
     "fairness",
     "robustness",
+    "membership",
     "explain",
     "cost",
     "compression",
@@ -130,6 +131,15 @@ LABELS = {
     "most_confident": "Most confident",
     "least_confident": "Least confident",
     "k": "Folds",
+    "loss_threshold": "Loss-threshold attack",
+    "calibrated": "Calibrated attack",
+    "tpr_at_1pct_fpr": "TPR at 1% FPR",
+    "tpr_at_01pct_fpr": "TPR at 0.1% FPR",
+    "non_members": "Non-members",
+    "auc": "AUC",
+    "member_pool": "Distinct training rows",
+    "non_member_pool": "Held-out rows",
+    "non_member_source": "Non-members from",
     "true": "True",
 }
 _WORDS = {

@@ -125,6 +125,7 @@ def test_evaluate_run_json(home: Trained) -> None:
         "baselines",
         "calibration",
         "robustness",
+        "membership",
         "cost",
     ]
     assert Path(report["html"][0]).is_file()

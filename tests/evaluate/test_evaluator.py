@@ -45,6 +45,7 @@ METRICS_ONLY = EvaluateConfig(
     training=False,
     calibration=None,
     robustness=None,
+    membership=None,
     explain=None,
     cost=None,
 )
@@ -124,6 +125,7 @@ def test_report_json_follows_the_section_order_with_timings(piped) -> None:
         "cross_validation",
         "fairness",
         "robustness",
+        "membership",
         "explain",
         "cost",
     ]
@@ -331,6 +333,7 @@ def _robustness_only() -> EvaluateConfig:
         baselines=False,
         calibration=None,
         robustness={"noise": [0.1], "samples": 50},
+        membership=None,
         explain=None,
         cost=None,
     )
