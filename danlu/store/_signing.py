@@ -392,7 +392,11 @@ def verify_files(
     manifest = read_manifest(home, raw, ref)
     files: dict[str, str] = {}
     for file, entry in sorted(manifest["files"].items()):
-        data = read(file)
+        try:
+            data = read(file)
+        except StoreError as exc:  # e.g. an encrypted file that no longer decrypts
+            files[file] = f"unreadable ({exc})"
+            continue
         if data is None:
             files[file] = "missing"
         elif file_digest(data) != {"sha256": entry.get("sha256"), "size": entry.get("size")}:

@@ -278,3 +278,26 @@ def test_serve_require_signed_exits_naming_the_file(home) -> None:
     )
     assert done.returncode != 0
     assert "preprocessing.json: changed" in done.stderr + done.stdout
+
+
+def test_encrypted_files_are_signed_by_their_plaintext(tmp_path, monkeypatch) -> None:
+    import base64
+
+    monkeypatch.setenv("DANLU_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
+    store = SqlStore(home=tmp_path / "encrypted")
+    weights = b"weights" * 1000
+    mv = store.create_model_version(
+        "enc", run_id=None, files={"model.bin": weights}, signature={}, metrics={}
+    )
+    on_disk = store.model_version_path("enc", 1, "model.bin").read_bytes()
+    assert on_disk != weights  # encrypted at rest ...
+    result = verify_version(store, mv)  # ... and signed over what the store reads back
+    assert result.ok
+    document = json.loads(store.model_version_path("enc", 1, SIGNATURE_FILE).read_text())
+    assert document["manifest"]["files"]["model.bin"]["size"] == len(weights)
+    flipped = bytearray(on_disk)
+    flipped[-1] ^= 1
+    store.model_version_path("enc", 1, "model.bin").write_bytes(bytes(flipped))
+    problems = verify_version(store, mv).problems
+    assert list(problems) == ["model.bin"] and problems["model.bin"].startswith("unreadable")
+    store.close()
