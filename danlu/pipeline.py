@@ -290,6 +290,7 @@ def evaluate_stage(ctx: Context) -> Context:
         run_metrics=energy.to_metrics() if energy else {},
         run_tags=energy.to_tags() if energy else {},
         history=list(ctx.history),
+        privacy=ctx.details.get("privacy"),  # trained with DP-SGD: the ε it spent
     )
     subject = {
         "run_id": ctx.run_id,

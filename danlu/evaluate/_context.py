@@ -96,6 +96,8 @@ class EvalData:
         texts: the raw strings of the text columns for the training and validation rows (the
             TF-IDF baseline's); None without text columns or training data. The evaluation
             rows' are in ``frame`` (:attr:`test_texts`).
+        privacy: the DP-SGD record of the model's training (the model card's ``privacy``: ε
+            spent, δ, noise multiplier ...); None when it was not trained with ``train.privacy``.
         held_out: whether the evaluation rows were held out from training (the test split);
             False for a file passed with ``--data``, which may hold training rows (the
             membership audit then counts only the validation rows as non-members).
@@ -119,6 +121,7 @@ class EvalData:
     device: str = "cpu"
     preprocessor: Preprocessor | None = None
     texts: TextSplits | None = None
+    privacy: dict[str, Any] | None = None
     held_out: bool = True
 
     @classmethod

@@ -47,6 +47,7 @@ _TITLES = {
     "calibration": "Calibration",
     "fairness": "Fairness",
     "robustness": "Robustness",
+    "privacy": "Privacy",
     "membership": "Membership inference",
     "explain": "Explanations",
     "cost": "Cost",
@@ -197,6 +198,10 @@ def build_report(
             lambda: membership_section(data, membership, config.bootstrap, config.confidence),
             on_section,
         )
+    if data.privacy is not None:  # trained with DP-SGD: the ε it spent
+        from danlu.evaluate._privacy_budget import privacy_section
+
+        sections["privacy"] = _timed("privacy", lambda: privacy_section(data), on_section)
     if config.explain is not None:
         from danlu.evaluate._explain import explain_section
 
@@ -369,6 +374,7 @@ def _eval_data(
         temperature=bundle.temperature,
         preprocessor=bundle.preprocessor,
         texts=prepared.texts if prepared is not None else None,
+        privacy=bundle.card.get("privacy"),
         held_out=data_file is None,
         **extra,
     )

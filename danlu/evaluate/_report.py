@@ -26,6 +26,7 @@ SECTION_ORDER = (
     "calibration",
     "fairness",
     "robustness",
+    "privacy",
     "membership",
     "explain",
     "cost",

@@ -91,7 +91,7 @@ def register_model(
         files=files,
         signature=_signature(card, schema, task),
         metrics={k: v for k, v in run.metrics.items() if k.startswith("test_")},
-        tags={"recipe": run.name, "model.type": str(card["type"])},
+        tags={"recipe": run.name, "model.type": str(card["type"]), **_privacy_tags(card)},
         actor=actor,
     )
     if alias is not None:
@@ -99,6 +99,17 @@ def register_model(
     if export:
         _export(store, version.ref, sample, actor)
     return store.get_model_version(name, version.version)
+
+
+def _privacy_tags(card: dict[str, Any]) -> dict[str, str]:
+    """A model trained with DP-SGD: the ε it spent and its δ, as version tags."""
+    privacy = card.get("privacy")
+    if not isinstance(privacy, dict):
+        return {}
+    return {
+        "privacy.epsilon": f"{privacy['epsilon']:.4g}",
+        "privacy.delta": f"{privacy['delta']:g}",
+    }
 
 
 def _run_files(store: Store, run_id: str) -> dict[str, bytes]:

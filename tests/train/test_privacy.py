@@ -202,3 +202,56 @@ def test_a_resumed_run_spends_the_epsilon_of_an_uninterrupted_one(dp_store, monk
     assert resumed.history == full.history
     state, ref = resumed.model.state_dict(), full.model.state_dict()
     assert all(torch.equal(state[k], ref[k]) for k in ref)
+
+
+# -- the model version and the trust report ---------------------------------------------------
+def _quick_evaluate() -> dict:
+    """Only the sections this test needs (the others are every report's, tested elsewhere)."""
+    from danlu.config import EvaluateConfig
+
+    off = ("calibration", "robustness", "explain", "cost", "membership")
+    block = {key: False for key in off if key in EvaluateConfig.model_fields}
+    return {"bootstrap": 0, "baselines": False, "training": False, **block}
+
+
+def test_the_version_and_the_trust_report_carry_the_epsilon_spent(dp_store):
+    import danlu
+    from danlu.evaluate import EvalData, build_report, evaluate_model
+    from danlu.evaluate._privacy_budget import privacy_section
+    from danlu.store._crypt import read_bytes
+
+    recipe = _recipe({"target_epsilon": 8.0, "max_grad_norm": 1.0}, epochs=2)
+    recipe.update(evaluate=_quick_evaluate(), register={"name": "dp-bc"})
+    result = danlu.run(recipe, store=dp_store)
+    record = result.details["privacy"]
+    section = result.report.section("privacy")
+    assert section is not None and section.data["trained_with_dp"] is True
+    assert section.data["epsilon"] == pytest.approx(record["epsilon"])
+    for key in ("delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps"):
+        assert section.data[key] == record[key]
+    assert section.data["accountant"] == "rdp"
+    assert f"ε = {record['epsilon']:.3g}" in result.report.summary
+    assert not section.flags  # ε ≤ 10 and δ < 1 / rows: nothing for a reviewer to see
+    version = dp_store.get_model_version("dp-bc", 1)
+    assert version.tags["privacy.epsilon"] == f"{record['epsilon']:.4g}"
+    assert version.tags["privacy.delta"] == "1e-05"
+    card = json.loads(read_bytes(dp_store.model_version_path("dp-bc", 1, "model.json")))
+    assert card["privacy"]["epsilon"] == pytest.approx(record["epsilon"])
+    # the stored version's report reads the ε from its model card
+    again = evaluate_model("dp-bc:1", store=dp_store)
+    assert again.section("privacy").data["epsilon"] == pytest.approx(record["epsilon"])
+    # a model trained without DP has no privacy section; a weak ε or a large δ is flagged
+    from danlu.config import EvaluateConfig
+    from danlu.data import prepare_data
+    from danlu.tasks import get_task
+
+    config = EvaluateConfig.model_validate(_quick_evaluate())
+    task = get_task("classification")
+    prepared = prepare_data(danlu.config.load_recipe(recipe).data, task)
+    plain = build_report(EvalData.from_prepared(result.model, task, prepared), config, subject={})
+    assert plain.section("privacy") is None
+    weak = EvalData.from_prepared(
+        result.model, task, prepared, privacy={**record, "epsilon": 30.0, "delta": 0.01}
+    )
+    flags = privacy_section(weak).flags
+    assert len(flags) == 2 and "weak" in flags[0] and "1 / training rows" in flags[1]
