@@ -203,7 +203,7 @@ class SqlRegistryMixin(SqlConnection):
         path = self.model_version_path(name, version, SIGNATURE_FILE)
         if not path.is_file() or not signing_enabled():
             return
-        manifest = read_manifest(self.home, path.read_bytes(), ref)  # SignatureError if forged
+        manifest = read_manifest(self.home, read_bytes(path), ref)  # SignatureError if forged
         entries = {**manifest["files"], **{f: file_digest(d) for f, d in files.items()}}
         atomic_write_bytes(path, sign_manifest(self.home, name, version, entries))
 
