@@ -10,6 +10,13 @@ Predict routes need a key only when keys exist in the store or the server listen
 loopback; admin routes always need an admin key, so with no keys configured the admin API is
 closed. Keys are verified by the store (which compares hashes); results are cached for a few
 seconds so a request does not cost a database round trip.
+
+Users and roles (docs/access.md): a key belongs to a user and carries a role on a project. A
+route about one model (``/v1/models/{name}...``, ``/v1/admin/models/{name}...``) is checked on
+that model's project: ``predict`` for predict routes, ``serve`` (the admin role) for admin
+routes, through the store's ``check_access``, which audits every refusal; a refused admin
+request without a valid key (401) is audited here. Loading a model by reference (``POST
+/v1/admin/models``) is checked by its endpoint, on the project of the model it names.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ ADMIN_PREFIX = "/v1/admin"
 SCOPE_KEY = "danlu.api_key"  # the verified ApiKey, in the ASGI scope of an authorised request
 _ATTR = "__danlu_scope__"
 _MAX_SECRET = 512  # longer "keys" are refused without asking the store
+_KEY_ID = re.compile(r"dl_([0-9a-f]{16})_")
+_MODEL_PATH = re.compile(r"^/v1/(?:admin/)?models/([^/]+)")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,6 +67,8 @@ class ApiKeyLike(Protocol):
     id: str
     name: str
     scope: str
+    role: str
+    project: str
 
     @property
     def active(self) -> bool: ...
@@ -291,7 +302,13 @@ class Authenticator:
         self._keys.clear()
         self._has_keys = None
 
-    async def authorize(self, headers: list[tuple[bytes, bytes]], scope: str) -> Any:
+    async def authorize(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        scope: str,
+        path: str = "",
+        method: str = "GET",
+    ) -> Any:
         """The key allowing this request (None when none is needed); raises AuthError."""
         if scope == PUBLIC:
             return None
@@ -300,22 +317,116 @@ class Authenticator:
             if scope == PREDICT and not await self.keys_required_for_predict():
                 return None
             need = "an admin" if scope == ADMIN else "an"
+            await self._audit_unknown(scope, path, method, "no API key", None)
             raise AuthError(
                 401,
                 f"This route needs {need} API key: send 'Authorization: Bearer <key>' or "
-                f"'X-API-Key: <key>' (create one with: danlu keys create --scope {scope}).",
+                f"'X-API-Key: <key>' (create one with: danlu keys create --user NAME "
+                f"--project PROJECT --role {'admin' if scope == ADMIN else 'predictor'}).",
                 field,
             )
         key = await self.verify(secret) if 0 < len(secret) <= _MAX_SECRET else None
         if key is None:
-            raise AuthError(401, "The API key is not valid (unknown or revoked).", field)
-        if scope == ADMIN and key.scope != ADMIN:
+            await self._audit_unknown(scope, path, method, "unknown or revoked key", secret)
             raise AuthError(
-                403,
-                f"The API key '{key.name}' has scope '{key.scope}'; this route needs an admin key.",
+                401,
+                "The API key is not valid (unknown, revoked, or its user is disabled).",
                 field,
             )
+        match = _MODEL_PATH.match(path)
+        check = getattr(self._store(), "check_access", None)
+        if check is None:  # a key store without users and roles: the key's scope alone
+            if scope == ADMIN and key.scope != ADMIN:
+                raise AuthError(
+                    403,
+                    f"The API key '{key.name}' has scope '{key.scope}'; this route needs an "
+                    "admin key.",
+                    field,
+                )
+            return key
+        action = "serve" if scope == ADMIN else "predict"
+        if match is not None:
+            await self.allowed(key, action, None, match.group(1), field, path=path, method=method)
+        elif scope == ADMIN:  # not about one model: the key's own project (the endpoint refines)
+            await self.allowed(key, action, key.project, "*", field, path=path, method=method)
         return key
+
+    async def allowed(
+        self,
+        key: ApiKeyLike,
+        action: str,
+        project: str | None,
+        model: str,
+        field: str = "Authorization",
+        **detail: Any,
+    ) -> None:
+        """Check ``key`` may do ``action`` on ``project`` (None: the project of ``model``);
+        allowed answers are cached for ``ttl_s``; a refusal is audited by the store and raised
+        as a 403 AuthError."""
+        if getattr(self._store(), "check_access", None) is None:
+            return  # a key store without users and roles: the middleware checked the scope
+        token = f"allow:{key.id}:{action}:{project}:{model}".encode("utf-8", "surrogateescape")
+        hit, _ = self._keys.get(token)
+        if hit:
+            return
+
+        async def ask() -> str | None:
+            def run() -> str | None:
+                from danlu.errors import AccessDeniedError
+
+                store: Any = self._store()
+                where = project if project is not None else store.model_project(model)
+                try:
+                    store.check_access(
+                        store.key_principal(key, via="http"),
+                        action,
+                        where,
+                        subject=model[:100],
+                        **detail,
+                    )
+                except AccessDeniedError as exc:
+                    return str(exc)
+                return None
+
+            try:
+                refused = await asyncio.to_thread(run)
+            except Exception as exc:
+                log.exception("Could not check an API key's role.")
+                raise AuthError(503, "API keys cannot be checked right now; retry.") from exc
+            if refused is None:
+                self._keys.put(token, True, self.ttl_s)
+            return refused
+
+        refused = await self._once(token, ask)
+        if refused is not None:
+            raise AuthError(403, refused, field)
+
+    async def _audit_unknown(
+        self, scope: str, path: str, method: str, reason: str, secret: str | None
+    ) -> None:
+        """Audit a refused admin request that carries no valid key (never predict routes: a
+        flood of bad prediction calls must not become a flood of database writes)."""
+        if scope != ADMIN:
+            return
+        audit = getattr(self._store(), "audit_denied", None)
+        if audit is None:
+            return
+        found = _KEY_ID.match(secret or "")
+        actor = f"key {found.group(1)}" if found else "anonymous"
+        model = _MODEL_PATH.match(path)
+        try:
+            await asyncio.to_thread(
+                audit,
+                actor,
+                "serve",
+                model.group(1)[:100] if model else "*",
+                reason=reason,
+                via="http",
+                path=path[:200],
+                method=method,
+            )
+        except Exception:
+            log.exception("Could not audit a refused admin request.")
 
 
 def _secret(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str]:
@@ -357,7 +468,9 @@ class AuthMiddleware:
         needed = self.table.scope_for(scope["path"])
         if needed != PUBLIC:
             try:
-                key = await self.auth.authorize(scope["headers"], needed)
+                key = await self.auth.authorize(
+                    scope["headers"], needed, scope["path"], scope.get("method", "GET")
+                )
             except AuthError as exc:
                 await self.respond(exc)(scope, receive, send)
                 return

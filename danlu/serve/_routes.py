@@ -278,10 +278,12 @@ def _add_admin(app: FastAPI, state: ServerState, catalog: _Catalog) -> None:
         responses={200: {"model": ModelSummary}, **_ADMIN_ERRORS},
     )
     @requires(ADMIN)
-    async def reload_model(name: str) -> Response:
+    async def reload_model(name: str, request: Request) -> Response:
         """Load the version the model's reference now points at beside the old one, then swap."""
         await _admin_call(f"Reloading '{name}'", pool.reload(name))
-        return json_response(catalog.summary(name))
+        summary = catalog.summary(name)
+        await _record(state, request, "serve_reload", name, summary.get("version"))
+        return json_response(summary)
 
     @app.post(
         "/v1/admin/models",
@@ -291,15 +293,21 @@ def _add_admin(app: FastAPI, state: ServerState, catalog: _Catalog) -> None:
         dependencies=[Depends(_unique_keys)],
     )
     @requires(ADMIN)
-    async def load_model(body: LoadRequest) -> Response:
+    async def load_model(body: LoadRequest, request: Request) -> Response:
         """Load and serve another model: {"ref": "wine@production"}, or under a name of its own:
         {"ref": "wine@tuned", "name": "wine-tuned"}. A name already served switches to the new
         version (hot swap); a version that fails to load is a 409 and changes nothing."""
         from danlu.store import parse_model_ref
 
-        name = body.name or parse_model_ref(body.ref)[0]
+        model = parse_model_ref(body.ref)[0]
+        name = body.name or model
+        key = request.scope.get(SCOPE_KEY)
+        if key is not None:  # the model loaded decides the project (the middleware saw none)
+            await state.auth.allowed(key, "serve", None, model, ref=body.ref)
         loaded = await _admin_call(f"Loading '{body.ref}'", pool.load(body.ref, name=name))
-        return json_response(catalog.summary(loaded.name or name))
+        summary = catalog.summary(loaded.name or name)
+        await _record(state, request, "serve_load", model, summary.get("version"), served=name)
+        return json_response(summary)
 
     @app.delete(
         "/v1/admin/models/{name}",
@@ -308,12 +316,40 @@ def _add_admin(app: FastAPI, state: ServerState, catalog: _Catalog) -> None:
         responses={200: {"model": Unloaded}, **_ADMIN_ERRORS},
     )
     @requires(ADMIN)
-    async def unload_model(name: str) -> Response:
+    async def unload_model(name: str, request: Request) -> Response:
         """Stop serving a model (requests already queued are answered first)."""
         await _admin_call(f"Unloading '{name}'", pool.unload(name))
+        await _record(state, request, "serve_unload", name, None)
         return json_response({"model": name, "unloaded": True})
 
     _add_set_alias(app, state, catalog)
+
+
+def _actor(state: ServerState, request: Request) -> str:
+    """Who made an admin request, for the audit log: the key's user and id."""
+    key = request.scope.get(SCOPE_KEY)
+    if key is None:
+        return "danlu-serve"
+    principal = getattr(state.store(), "key_principal", None)
+    if principal is None:  # a key store without users
+        return f"api-key:{key.name}"
+    return str(principal(key, via="http").actor)
+
+
+async def _record(
+    state: ServerState, request: Request, action: str, model: str, version: Any, **detail: Any
+) -> None:
+    """Audit an admin action the registry does not record itself (never fails the request)."""
+    store = state.store()
+    record = getattr(store, "record_action", None)
+    key = request.scope.get(SCOPE_KEY)
+    if record is None or key is None:
+        return
+    try:
+        principal = store.key_principal(key, via="http")
+        await asyncio.to_thread(record, principal, action, model[:100], version, **detail)
+    except Exception:
+        log.exception("Could not audit %s of %s.", action, model)
 
 
 def _add_set_alias(app: FastAPI, state: ServerState, catalog: _Catalog) -> None:
@@ -331,8 +367,7 @@ def _add_set_alias(app: FastAPI, state: ServerState, catalog: _Catalog) -> None:
         """Point an alias at a version in the registry, then reload the model if it is served."""
         if not _MODEL_NAME.match(name):
             raise NotFoundError(f"There is no model named {name[:100]!r}.")
-        key = request.scope.get(SCOPE_KEY)
-        actor = f"api-key:{key.name}" if key is not None else "danlu-serve"
+        actor = _actor(state, request)
         store = state.store()
         try:
             await asyncio.to_thread(store.set_alias, name, body.alias, body.version, actor=actor)
