@@ -25,6 +25,7 @@ trust report.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ __all__ = [
     "privacy_issues",
     "privacy_record",
     "smallest_epsilon",
+    "spent_epsilon",
 ]
 
 log = get_logger(__name__)
@@ -181,6 +183,37 @@ def _quiet_accounting() -> Iterator[None]:
         yield
 
 
+@functools.lru_cache(maxsize=64)
+def _rdp_of_one_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
+    """One step's Rényi DP at each of the RDP accountant's orders (steps add up linearly, so a
+    run's is ``steps ×`` this: computed once per run, not once per epoch)."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders)
+    return tuple(float(v) for v in rdp)
+
+
+def spent_epsilon(accountant: Any, delta: float) -> float:
+    """The ε ``accountant`` has added up at ``delta`` (0 before any step); for RDP exactly
+    Opacus' ``get_epsilon``, from each step's RDP computed once."""
+    if not accountant.history:
+        return 0.0
+    with _quiet_accounting():
+        if accountant.mechanism() != "rdp":
+            return float(accountant.get_epsilon(delta=delta))
+        import numpy as np
+        from opacus.accountants.analysis.rdp import get_privacy_spent
+
+        rdp = sum(
+            n * np.asarray(_rdp_of_one_step(float(sigma), float(q)))
+            for sigma, q, n in accountant.history
+        )
+        eps, _ = get_privacy_spent(orders=accountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+        return float(eps)
+
+
 def smallest_epsilon(delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     """The smallest ε (at ``delta``) that ``steps`` steps at ``sample_rate`` can be accounted
     at: the ε of the largest noise multiplier danlu (and Opacus) will use."""
@@ -278,10 +311,7 @@ class PrivateTraining(Callback):
     @property
     def epsilon(self) -> float:
         """The ε spent so far at ``delta`` (0 before the first step)."""
-        if not self.accountant.history:
-            return 0.0
-        with _quiet_accounting():
-            return float(self.accountant.get_epsilon(delta=self.config.delta))
+        return spent_epsilon(self.accountant, self.config.delta)
 
     def record(self) -> dict[str, Any]:
         """What the run, the model card and the trust report keep of the training's privacy."""

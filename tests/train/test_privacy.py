@@ -149,6 +149,20 @@ def test_poisson_batches_draw_each_row_on_its_own_with_the_sample_rate():
     assert [b.tolist() for b in again] == [b.tolist() for b in drawn[390:]]  # resumed epoch
 
 
+def test_the_epsilon_spent_is_opacus_own_computed_once_per_noise():
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    from danlu.train._privacy import spent_epsilon
+
+    for accountant in (RDPAccountant(), PRVAccountant()):
+        assert spent_epsilon(accountant, 1e-5) == 0.0  # nothing spent before the first step
+        accountant.history = [(1.3, 0.16, 40), (0.9, 0.2, 3)]  # a resumed run: two settings
+        assert spent_epsilon(accountant, 1e-5) == pytest.approx(accountant.get_epsilon(1e-5))
+    more = RDPAccountant()
+    more.history = [(1.3, 0.16, 80)]
+    assert spent_epsilon(more, 1e-5) > spent_epsilon(RDPAccountant(), 1e-5)
+
+
 def test_a_dp_run_learns_and_records_the_epsilon_it_spent(dp_run, dp_store):
     assert dp_run.metrics["accuracy"] > 0.75  # chance (the larger class) is ~0.63
     run = dp_store.get_run(dp_run.run_id)
