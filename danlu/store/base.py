@@ -16,8 +16,10 @@ from danlu.store._entities import (
     AuditEntry,
     MetricPoint,
     ModelVersion,
+    Principal,
     RegisteredModel,
     Run,
+    User,
 )
 from danlu.store._names import parse_model_ref
 
@@ -318,6 +320,61 @@ class Store(ABC):
     def has_api_keys(self, scope: str | None = None) -> bool:
         """Whether an active key exists: of any scope, or able to call ``scope``'s routes (an
         admin key counts for ``predict`` too)."""
+
+    # -- users, roles and access (danlu.store._users; docs/access.md) -------------------------
+    @abstractmethod
+    def has_users(self) -> bool:
+        """Whether any user exists (a store without users belongs to its OS user)."""
+
+    @abstractmethod
+    def add_user(
+        self, name: str, *, role: str | None = None, project: str = "*", actor: str = "danlu"
+    ) -> User:
+        """Add a user with ``role`` on ``project``; the first user is admin of ``*``."""
+
+    @abstractmethod
+    def get_user(self, name: str) -> User: ...
+
+    @abstractmethod
+    def list_users(self) -> list[User]: ...
+
+    @abstractmethod
+    def grant(self, name: str, project: str, role: str | None, *, actor: str = "danlu") -> User:
+        """Set (or, with None, remove) the user's role on ``project``."""
+
+    @abstractmethod
+    def disable_user(self, name: str, *, actor: str = "danlu") -> User:
+        """Disable a user: their keys stop working at once."""
+
+    @abstractmethod
+    def model_project(self, name: str) -> str:
+        """The project of a registered model (``default`` for an unknown one)."""
+
+    @abstractmethod
+    def key_principal(self, key: ApiKey, *, via: str = "http") -> Principal:
+        """Who acts with this verified key."""
+
+    @abstractmethod
+    def check_access(
+        self, principal: Principal, action: str, project: str, *, subject: str = "*", **detail: Any
+    ) -> Principal:
+        """``principal`` if it may do ``action`` on ``project``; else audit the refusal and
+        raise AccessDeniedError."""
+
+    @abstractmethod
+    def audit_denied(self, actor: str, action: str, subject: str, **detail: Any) -> None:
+        """Record a refused action in the audit log."""
+
+    @abstractmethod
+    def record_action(
+        self,
+        principal: Principal | str,
+        action: str,
+        subject: str,
+        version: int | None = None,
+        **detail: Any,
+    ) -> None:
+        """Record an allowed action that no other store method audits."""
 
     # -- deployments: the danlu serve processes (danlu.store._deployments) ----------------------
     @abstractmethod

@@ -32,9 +32,18 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse
 
-    from danlu.store import ApiKey, Store
+    from danlu.store import ApiKey, Principal, Store
 
-__all__ = ["KEY_COOKIE", "KEY_HEADER", "ROUTERS", "create_app", "render", "require_key"]
+__all__ = [
+    "KEY_COOKIE",
+    "KEY_HEADER",
+    "ROUTERS",
+    "check_access",
+    "create_app",
+    "render",
+    "require_key",
+    "ui_principal",
+]
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -165,6 +174,65 @@ def require_key(request: Request, scope: str, secret: str | None = None) -> ApiK
     if key.scope not in (scope, "admin"):
         raise HTTPException(403, f"This action needs a {scope} key; the key given is {key.scope}.")
     return key
+
+
+def _refuse(request: Request, reason: str, secret: str | None, subject: str) -> None:
+    """Audit a state-changing request refused before a key was known, then raise 403."""
+    import re
+
+    from fastapi import HTTPException
+
+    store = request.app.state.store
+    found = re.match(r"dl_([0-9a-f]{16})_", secret or "")
+    audit = getattr(store, "audit_denied", None)
+    if audit is not None:
+        audit(
+            f"key {found.group(1)}" if found else "anonymous",
+            "ui",
+            subject[:100],
+            reason=reason,
+            via="ui",
+            path=request.url.path[:200],
+        )
+    raise HTTPException(403, reason)
+
+
+def ui_principal(request: Request, secret: str | None = None, *, subject: str = "*") -> Principal:
+    """Who makes a state-changing request: same origin, and a valid key (typed into the form,
+    else the header or the sign-in cookie) whose user is active. Refusals are audited.
+
+    Raises:
+        HTTPException: 403 for a cross-origin request or a missing, revoked or disabled key.
+    """
+    if not same_origin(request):
+        _refuse(request, "Refused: the request does not come from this dashboard.", None, subject)
+    store = request.app.state.store
+    given = secret or request.headers.get(KEY_HEADER) or request.cookies.get(KEY_COOKIE)
+    key = store.verify_api_key(given) if given else None
+    if key is None:
+        why = "revoked, unknown, or its user disabled" if given else "missing"
+        _refuse(request, f"This action needs a valid key (the key is {why}).", given, subject)
+    return store.key_principal(key, via="ui")  # type: ignore[no-any-return]
+
+
+def check_access(
+    request: Request, who: Principal, action: str, project: str, *, subject: str, **detail: Any
+) -> Principal:
+    """``who`` once allowed ``action`` on ``project`` (the store audits a refusal).
+
+    Raises:
+        HTTPException: 403 naming the role needed.
+    """
+    from fastapi import HTTPException
+
+    from danlu.errors import AccessDeniedError
+
+    try:
+        return request.app.state.store.check_access(  # type: ignore[no-any-return]
+            who, action, project, subject=subject, **detail
+        )
+    except AccessDeniedError as exc:
+        raise HTTPException(403, str(exc)) from None
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:

@@ -1,6 +1,7 @@
 """The jobs pages: the queue of ``danlu submit`` (running jobs with their slots, queued ones in
 the order they will be claimed, finished ones), the executors, and one job with its log split
-by attempt; Cancel and Retry need an admin key from a page of this dashboard.
+by attempt; Cancel and Retry need a key from a page of this dashboard whose user may (the
+editor role for one's own job, admin for anybody's, on the job's project: docs/access.md).
 
 Everything goes through :class:`danlu.jobs.JobQueue`, the same rules as ``danlu jobs``.
 """
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from danlu.errors import DanluError, NotFoundError
-from danlu.ui._app import render, require_key
+from danlu.ui._app import check_access, render, ui_principal
 
 if TYPE_CHECKING:
     from fastapi.responses import Response
@@ -171,10 +172,17 @@ def job_log(request: Request, job_id: str, offset: int = Query(0, ge=0)) -> Resp
 
 
 def _act(request: Request, job_id: str, key: str, action: str) -> Response:
-    require_key(request, "admin", secret=key or None)
+    who = ui_principal(request, key or None, subject="*jobs*")
     queue = _queue(request)
     try:
+        found = queue.get(job_id)
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    need = "jobs.own" if found.submitted_by == who.name else "jobs.any"
+    check_access(request, who, need, found.project, subject="*jobs*", job=found.id)
+    try:
         job = getattr(queue, action)(job_id)
+        queue.store.record_action(who, f"{action}_job", "*jobs*", job=job.id, project=job.project)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     except DanluError as exc:  # e.g. cancelling a finished job: say why on its page

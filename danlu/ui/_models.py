@@ -20,7 +20,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse
 
 from danlu.errors import DanluError, NotFoundError
-from danlu.ui._app import REPORT_CSP, render, require_key
+from danlu.ui._app import REPORT_CSP, check_access, render, ui_principal
 
 if TYPE_CHECKING:
     from fastapi.responses import Response
@@ -109,12 +109,14 @@ def move_alias(
     key: str = Form("", max_length=500),
 ) -> Response:
     """Point ``alias`` at ``version``: an admin key (typed into the form, or the sign-in
-    cookie's) from a page of this dashboard; the audit log records ``ui:<key name>``."""
-    who = require_key(request, "admin", secret=key or None)
+    cookie's) from a page of this dashboard, whose user is an admin of the model's project;
+    the audit log records the key's user and id."""
     store: Store = request.app.state.store
+    who = ui_principal(request, key or None, subject=name)
+    check_access(request, who, "alias", store.model_project(name), subject=name, alias=alias)
     _versions(store, name)
     try:
-        store.set_alias(name, alias.strip(), version, actor=f"ui:{who.name or who.prefix}")
+        store.set_alias(name, alias.strip(), version, actor=who.actor)
     except NotFoundError as exc:
         return _model_page(request, name, error=str(exc), status=404)
     except DanluError as exc:
@@ -130,12 +132,13 @@ def delete_alias(
     key: str = Form("", max_length=500),
 ) -> Response:
     """Remove ``alias`` from the model: the same admin key and same-origin rules as moving one;
-    the audit log records ``ui:<key name>``."""
-    who = require_key(request, "admin", secret=key or None)
+    the audit log records the key's user and id."""
     store: Store = request.app.state.store
+    who = ui_principal(request, key or None, subject=name)
+    check_access(request, who, "alias", store.model_project(name), subject=name, alias=alias)
     _versions(store, name)
     try:
-        store.delete_alias(name, alias.strip(), actor=f"ui:{who.name or who.prefix}")
+        store.delete_alias(name, alias.strip(), actor=who.actor)
     except NotFoundError as exc:
         return _model_page(request, name, error=str(exc), status=404)
     except DanluError as exc:

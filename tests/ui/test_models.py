@@ -156,17 +156,19 @@ def test_moving_an_alias_needs_an_admin_key_and_is_audited(registry):
     ]
     assert [r.status_code for r in refused] == [403, 403, 403, 403]
     assert "production" not in store.get_model_version("wine", 2).aliases
-    assert len(store.audit_log("wine")) == before
+    changes = [e for e in store.audit_log("wine") if e.action != "denied"]
+    assert len(changes) == before  # each refusal is audited as denied, nothing changed
+    assert len(store.audit_log("wine")) - before == 4
 
     moved = _move(url, {"alias": "staging", "version": "2", "key": admin})
     assert moved.status_code == 303 and moved.headers["location"] == "/models/wine"
     assert store.resolve("wine@staging").version == 2
     entry = store.audit_log("wine")[-1]
     assert entry.action == "set_alias" and entry.version == 2
-    assert entry.actor == "ui:ui-admin"
+    assert entry.actor == f"key {store.verify_api_key(admin).id}"  # a key without a user
     assert entry.detail["alias"] == "staging" and entry.detail["previous"] == 1
     page = httpx.get(url + "/models/wine").text
-    assert "<td>ui:ui-admin</td><td>set_alias</td>" in page
+    assert f"<td>key {store.verify_api_key(admin).id}</td><td>set_alias</td>" in page
 
     # a bad alias or version is refused with the store's reason, nothing moves
     bad = _move(url, {"alias": "7", "version": "1", "key": admin})
@@ -177,7 +179,7 @@ def test_moving_an_alias_needs_an_admin_key_and_is_audited(registry):
     # the key the browser signed in with (the /login cookie, or the header) serves too
     signed_in = _move(url, {"alias": "staging", "version": "1"}, **{"X-Danlu-Key": admin})
     assert signed_in.status_code == 303 and store.resolve("wine@staging").version == 1
-    assert store.audit_log("wine")[-1].actor == "ui:ui-admin"
+    assert store.audit_log("wine")[-1].actor == f"key {store.verify_api_key(admin).id}"
 
 
 def test_report_and_compression_chart_in_chromium(registry, page, tmp_path):
@@ -229,7 +231,7 @@ def test_removing_an_alias_needs_an_admin_key_and_is_audited(registry):
     entry = store.audit_log("wine")[-1]
     assert (entry.action, entry.actor, entry.detail["alias"]) == (
         "delete_alias",
-        "ui:ui-admin",
+        f"key {store.verify_api_key(admin).id}",
         "old",
     )
     assert remove({"alias": "old", "key": admin}).status_code == 404  # gone already
