@@ -123,6 +123,16 @@ def _print_report(report: Report, where: list[Path]) -> None:
 def _open(path: Path) -> None:
     import webbrowser
 
+    from danlu.store._crypt import is_encrypted, read_bytes
+
+    if is_encrypted(path):  # a browser cannot decrypt: it gets a private, decrypted copy
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="danlu-report-", suffix=".html")  # mode 0600
+        with open(fd, "wb") as handle:
+            handle.write(read_bytes(path))
+        err.print(Text(f"The report is encrypted in the store; opening a decrypted copy, {name}."))
+        path = Path(name)
     if not webbrowser.open(path.resolve().as_uri()):
         err.print(Text(f"No browser found; open {path} yourself."))
 
@@ -211,7 +221,9 @@ def report_command(
                     evaluate_run(target, store=store, on_section=progress)
                 finally:
                     progress.close()
-        summary = json.loads(path.with_name("report.json").read_text())
+        from danlu.store._crypt import read_bytes
+
+        summary = json.loads(read_bytes(path.with_name("report.json")))
     if as_json:
         print_json({**summary, "html": str(path)})
     else:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from danlu.compress._types import Variant
 from danlu.errors import ConfigError
 from danlu.logging import get_logger
+from danlu.store._crypt import read_bytes
 
 if TYPE_CHECKING:
     from danlu.compress._types import CompressJob
@@ -100,7 +101,7 @@ def distill_variants(job: CompressJob) -> list[Variant]:
         else:
             message = f"compress.distill.student: {message}"
         raise ConfigError(message) from None
-    card = json.loads(job.store.artifact_path(result.run_id, "model.json").read_text())
+    card = json.loads(read_bytes(job.store.artifact_path(result.run_id, "model.json")))
     student = result.model.cpu().eval()
     if config.teacher is None:
         teacher_params, teacher_name = _parameters(job.model), f"run {job.run_id}"

@@ -18,6 +18,7 @@ from danlu.compress._stage import (
 from danlu.compress._types import CompressJob
 from danlu.errors import ConfigError, NotFoundError, StoreError
 from danlu.logging import get_logger
+from danlu.store._crypt import read_bytes, read_text
 
 if TYPE_CHECKING:
     from danlu.store import ModelVersion, Store
@@ -33,7 +34,7 @@ def compress_stage(ctx: Context) -> Context:
     recipe = ctx.recipe
     config = recipe.compress
     assert config is not None and ctx.model is not None and ctx.data is not None and ctx.task
-    card = json.loads(ctx.store.artifact_path(ctx.run_id, "model.json").read_text())
+    card = json.loads(read_bytes(ctx.store.artifact_path(ctx.run_id, "model.json")))
     job = CompressJob(
         config=config,
         recipe=recipe,
@@ -193,11 +194,11 @@ def _patched_report(store: Store, run_id: str, section: Any, job: CompressJob) -
         subject = {"run_id": run_id, "recipe": job.recipe.name, "task": job.task.name}
         report = Report(subject=subject, sections=[section])
         return {"report.html": report.to_html().encode(), "report.json": report.to_json().encode()}
-    stored = json.loads(json_path.read_text())
+    stored = json.loads(read_bytes(json_path))
     stored.setdefault("sections", {})["compression"] = section.to_dict()
     single = Report(subject={}, sections=[section]).to_html()
     body = single[single.index(f'<h2 id="{section.key}">') : single.rindex("</body>")]
-    page = html_path.read_text()
+    page = read_text(html_path)
     page = re.sub(r'<h2 id="compression">.*?(?=<h2 id=|</body>)', "", page, flags=re.S)
     page = page.replace("</body>", body + "</body>", 1)
     return {"report.html": page.encode(), "report.json": json.dumps(stored, indent=1).encode()}

@@ -28,6 +28,7 @@ from danlu.compress._measure import (
 from danlu.compress._types import CompressJob, Variant
 from danlu.errors import DanluError
 from danlu.logging import get_logger
+from danlu.store._crypt import read_bytes
 
 if TYPE_CHECKING:
     from danlu.evaluate import Section
@@ -283,7 +284,7 @@ def compress_model(
     schema = data.schema
     x_test = np.asarray(data.x_test, dtype=np.float32)
     y_test = np.asarray(data.y_test)
-    parent_weights = job.store.artifact_path(job.run_id, "model.safetensors").read_bytes()
+    parent_weights = read_bytes(job.store.artifact_path(job.run_id, "model.safetensors"))
     try:
         reference_onnx: bytes | None = export_onnx(job.model, schema.input_dim, _sample(job))
     except Exception as exc:
@@ -400,12 +401,12 @@ def _register(
     card = {**job.card, **v.card}
     child_card = store.artifact_path(v.run_id, "model.json") if v.run_id else None
     if v.method == "distill" and child_card is not None and child_card.is_file():
-        card = json.loads(child_card.read_text())  # the student's own card (no parent keys)
+        card = json.loads(read_bytes(child_card))  # the student's own card (no parent keys)
     card["compression"] = {"variant": v.name, "parent": result.parent}
     files: dict[str, bytes] = {
         "model.json": json.dumps(card, indent=1).encode(),
         "model.safetensors": variant.weights or b"",
-        "preprocessing.json": store.artifact_path(job.run_id, "preprocessing.json").read_bytes(),
+        "preprocessing.json": read_bytes(store.artifact_path(job.run_id, "preprocessing.json")),
     }
     optional = ["drift_reference.json"]
     if v.keep_calibration:
@@ -413,7 +414,7 @@ def _register(
     for file in optional:
         path = store.artifact_path(job.run_id, file)
         if path.is_file():
-            files[file] = path.read_bytes()
+            files[file] = read_bytes(path)
     assert variant.measurement is not None
     report = _variant_report(job, variant, result)
     files["report.json"] = report.to_json().encode()

@@ -17,6 +17,7 @@ from danlu.errors import DanluError, DataError, StoreError
 from danlu.evaluate._context import EvalData, Section
 from danlu.evaluate._report import SECTION_ORDER, Report
 from danlu.logging import get_logger
+from danlu.store._crypt import read_bytes
 from danlu.types import StrPath
 
 if TYPE_CHECKING:
@@ -420,7 +421,7 @@ def _run_history(store: Store, run: Run) -> list[dict[str, float]]:
     """The run's metrics per epoch from its ``summary.json`` (empty when it has none)."""
     path = store.artifact_path(run.id, "summary.json")
     try:
-        history = json.loads(path.read_text()).get("history", []) if path.is_file() else []
+        history = json.loads(read_bytes(path)).get("history", []) if path.is_file() else []
     except (OSError, ValueError, AttributeError):
         log.warning("Run %s's summary.json could not be read; the report has no curves.", run.id)
         return []

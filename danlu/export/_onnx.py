@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from danlu.errors import DataError, MissingExtraError, NotFoundError, StoreError
 from danlu.logging import get_logger
 from danlu.store import ModelVersion, Store
+from danlu.store._crypt import plaintext_size, read_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -548,7 +549,7 @@ def read_export(store: Store, mv: ModelVersion) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_bytes(path))
     except (ValueError, OSError) as exc:
         raise StoreError(f"Model {mv.ref}'s {EXPORT_FILE} cannot be read ({exc}).") from None
     return data if isinstance(data, dict) else None
@@ -570,7 +571,7 @@ def onnx_ready(store: Store, mv: ModelVersion) -> bool:
     if not path.is_file():
         return False
     size = export.get("size_bytes")
-    return size is None or path.stat().st_size == size
+    return size is None or plaintext_size(path) == size
 
 
 def read_onnx(store: Store, mv: ModelVersion) -> bytes:
@@ -591,7 +592,7 @@ def read_onnx(store: Store, mv: ModelVersion) -> bytes:
         raise StoreError(
             f"Model {mv.ref} has no servable ONNX file: {why}. Run: danlu export {mv.ref}"
         )
-    data = store.model_version_path(mv.name, mv.version, ONNX_FILE).read_bytes()
+    data = read_bytes(store.model_version_path(mv.name, mv.version, ONNX_FILE))
     export = read_export(store, mv) or {}
     digest = export.get("sha256")
     if digest and hashlib.sha256(data).hexdigest() != digest:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from danlu.errors import DanluError, StoreError
 from danlu.logging import get_logger
+from danlu.store._crypt import read_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,7 +119,7 @@ def _run_files(store: Store, run_id: str) -> dict[str, bytes]:
     for file in _MODEL_FILES + _OPTIONAL_FILES:
         path = store.artifact_path(run_id, file)
         if path.is_file():
-            files[file] = path.read_bytes()
+            files[file] = read_bytes(path)
         elif file in _MODEL_FILES:
             raise StoreError(
                 f"Run '{run_id}' has no '{file}' artifact, so it cannot be registered."

@@ -17,6 +17,7 @@ import numpy as np
 
 from danlu.errors import ConfigError, StoreError
 from danlu.logging import get_logger
+from danlu.store._crypt import read_bytes
 
 if TYPE_CHECKING:
     from danlu.models import ModelBundle
@@ -65,7 +66,8 @@ class OnnxRuntime:
         options.intra_op_num_threads = max(1, int(threads))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        source = model if isinstance(model, bytes) else str(model)
+        # A path is read here (decrypted when the store encrypts it): ONNX Runtime gets bytes.
+        source = model if isinstance(model, bytes) else read_bytes(model)
         self.session = ort.InferenceSession(
             source, sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -58,6 +58,7 @@ __all__ = [
     "iter_plaintext",
     "load_key",
     "plaintext_digest",
+    "plaintext_size",
     "read_bytes",
     "read_text",
     "store_key_id",
@@ -90,7 +91,7 @@ class EncryptionKey:
     """A 256-bit AES key and where it came from (for messages; the secret is never shown)."""
 
     secret: bytes = field(repr=False)
-    source: str
+    source: str = field(compare=False)
 
     @property
     def key_id(self) -> str:
@@ -487,3 +488,17 @@ def encrypt_in_place(path: StrPath, *, home: StrPath | None = None) -> bool:
         return False
     write_bytes(path, path.read_bytes(), home=home)
     return True
+
+
+def plaintext_size(path: StrPath) -> int:
+    """The size of the file's plaintext in bytes, from its header and size alone (no key is
+    needed): what a check of a model file's size against its export record compares.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a"; _ = p.write_bytes(b"abc")
+        >>> plaintext_size(p)
+        3
+    """
+    with _open(path) as (handle, layout):
+        return os.fstat(handle.fileno()).st_size if layout is None else layout.plain_size

@@ -21,7 +21,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from danlu.errors import StoreError
-from danlu.store import atomic_write_bytes, remove_stale_temps
+from danlu.store import remove_stale_temps
+from danlu.store._crypt import read_bytes, write_bytes
 
 __all__ = [
     "CheckpointWriter",
@@ -84,7 +85,7 @@ def _snapshot(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any]:
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], skeleton: Any) -> Path:
     header = json.dumps({"format": _FORMAT, "state": skeleton})
-    return atomic_write_bytes(path, st_save(tensors, metadata={_HEADER_KEY: header}))
+    return write_bytes(path, st_save(tensors, metadata={_HEADER_KEY: header}))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
@@ -136,7 +137,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     remove_stale_temps(Path(path).parent)
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bytes(path)
     except FileNotFoundError:
         raise StoreError(f"No checkpoint at '{path}'.") from None
     except OSError as exc:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from danlu.config import recipe_to_yaml
 from danlu.errors import ConfigError, Preempted
 from danlu.logging import get_logger
+from danlu.store._crypt import read_bytes
 from danlu.types import StrPath
 
 if TYPE_CHECKING:
@@ -363,7 +364,7 @@ def _finished_before(ctx: Context) -> dict[str, StageRecord]:
     if not path.is_file():
         return {}
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(read_bytes(path))
         records = [StageRecord(**r) for r in saved["stages"]]
     except (ValueError, TypeError, KeyError) as exc:
         log.warning("Run %s: unreadable %s (%s); every stage runs again", run_id, STAGES_FILE, exc)

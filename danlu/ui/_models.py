@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, HTTPException, Request
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from danlu.errors import DanluError, NotFoundError
+from danlu.store._crypt import is_encrypted, read_bytes
 from danlu.ui._app import REPORT_CSP, check_access, render, ui_principal
 
 if TYPE_CHECKING:
-    from fastapi.responses import Response
-
     from danlu.store import ModelVersion, Store
 
 __all__ = ["compression_points", "router"]
@@ -93,11 +92,10 @@ def model_report(request: Request, name: str, version: int) -> Response:
         raise HTTPException(404, "No such model version.") from None
     if not path.is_file():
         raise HTTPException(404, f"Model {name}:{version} has no trust report.")
-    return FileResponse(
-        path,
-        media_type="text/html; charset=utf-8",
-        headers={"Content-Security-Policy": REPORT_CSP, "X-Frame-Options": "SAMEORIGIN"},
-    )
+    headers = {"Content-Security-Policy": REPORT_CSP, "X-Frame-Options": "SAMEORIGIN"}
+    if is_encrypted(path):  # decrypted here; the key never leaves the server
+        return Response(read_bytes(path), media_type="text/html; charset=utf-8", headers=headers)
+    return FileResponse(path, media_type="text/html; charset=utf-8", headers=headers)
 
 
 @router.post("/models/{name}/aliases")
@@ -182,7 +180,7 @@ def compression_points(
     for parent, v in sorted(newest.items(), key=lambda kv: -kv[1].version):
         try:
             data = json.loads(
-                store.model_version_path(name, v.version, "compression.json").read_text()
+                read_bytes(store.model_version_path(name, v.version, "compression.json"))
             )
         except (OSError, ValueError, DanluError):
             continue

@@ -11,15 +11,14 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from danlu.errors import DanluError, NotFoundError, StoreError
 from danlu.store import validate_artifact_name, validate_run_id
+from danlu.store._crypt import is_encrypted, read_bytes
 from danlu.ui._app import REPORT_CSP, render
 
 if TYPE_CHECKING:
-    from fastapi.responses import Response
-
     from danlu.store import Run, Store
 
 router = APIRouter()
@@ -193,10 +192,13 @@ def _logs(store: Store, run_id: str, names: list[str]) -> list[tuple[str, str]]:
             continue
         path = store.artifact_path(run_id, name)
         try:
-            with path.open("rb") as handle:
-                size = handle.seek(0, 2)
-                handle.seek(max(0, size - LOG_TAIL_BYTES))
-                tail = handle.read().decode("utf-8", "replace")
+            if is_encrypted(path):
+                tail = read_bytes(path)[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
+            else:
+                with path.open("rb") as handle:
+                    size = handle.seek(0, 2)
+                    handle.seek(max(0, size - LOG_TAIL_BYTES))
+                    tail = handle.read().decode("utf-8", "replace")
         except OSError:
             continue
         logs.append((name, tail))
@@ -264,16 +266,21 @@ def run_report(request: Request, run_id: str, name: str) -> Response:
     if name not in REPORTS:
         raise HTTPException(404, f"No report {name!r}: reports are {', '.join(REPORTS)}.")
     path = _artifact_file(request, run_id, name)
-    return FileResponse(
-        path,
-        media_type="text/html; charset=utf-8",
-        headers={"Content-Security-Policy": REPORT_CSP, "X-Frame-Options": "SAMEORIGIN"},
-    )
+    headers = {"Content-Security-Policy": REPORT_CSP, "X-Frame-Options": "SAMEORIGIN"}
+    if is_encrypted(path):  # decrypted here; the key never leaves the server
+        return Response(read_bytes(path), media_type="text/html; charset=utf-8", headers=headers)
+    return FileResponse(path, media_type="text/html; charset=utf-8", headers=headers)
 
 
 @router.get("/runs/{run_id}/artifacts/{name:path}")
 def run_artifact(request: Request, run_id: str, name: str) -> Response:
     path = _artifact_file(request, run_id, name)
+    if is_encrypted(path):  # the download is the plaintext, as it was logged
+        return Response(
+            read_bytes(path),
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
+        )
     return FileResponse(
         path,
         media_type="application/octet-stream",
