@@ -17,7 +17,7 @@ from danlu.errors import DanluError, DataError, StoreError
 from danlu.evaluate._context import EvalData, Section
 from danlu.evaluate._report import SECTION_ORDER, Report
 from danlu.logging import get_logger
-from danlu.store._crypt import read_bytes
+from danlu.store._crypt import plaintext_size, read_bytes
 from danlu.types import StrPath
 
 if TYPE_CHECKING:
@@ -433,7 +433,7 @@ def _sizes(path_of: Callable[[str], Any]) -> dict[str, int]:
     for file in ("model.safetensors", "model.onnx"):
         path = path_of(file)
         if path.is_file():
-            sizes[file] = path.stat().st_size
+            sizes[file] = plaintext_size(path)  # the model's size, encrypted on disk or not
     return sizes
 
 
