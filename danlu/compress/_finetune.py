@@ -122,6 +122,12 @@ def finetune(
         tracker.log_params(resolved)
         trainer = Trainer(recipe.train, callbacks=job.callbacks, tracker=tracker)
         trainer.fit(model, task, data)
+        from danlu.train._privacy import composed_record, privacy_record
+
+        if (spent := privacy_record(trainer)) is not None:  # DP again: both trainings' ε
+            before = job.card.get("privacy")
+            total = composed_record(before, spent) if before else spent
+            card = {**(card or {}), "privacy": total}
         if data.stream is None:
             outputs, y_test = trainer.predict_outputs(data.x_test).numpy(), data.y_test
         else:  # streamed test rows

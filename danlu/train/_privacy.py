@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PrivateTraining",
+    "composed_record",
     "empty_batch",
     "make_private",
     "poisson_batches",
@@ -471,6 +472,26 @@ def empty_batch(private: PrivateTraining, device: torch.device) -> torch.Tensor:
     for p in (p for p in params if p.requires_grad):
         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
     return torch.zeros((), device=device)
+
+
+def composed_record(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """The privacy record of a model trained with DP-SGD (``first``) and trained again on the
+    same rows with DP-SGD (``then``: a compressed variant's fine-tuning): the accountant of both
+    trainings' steps, so ``epsilon`` is the total spent (``trainings`` lists each one)."""
+    from opacus.accountants import create_accountant
+
+    accountant = create_accountant(mechanism=then["accountant"])
+    parts = [*first.get("trainings", [first]), then]
+    accountant.history = [
+        (float(p["noise_multiplier"]), float(p["sample_rate"]), int(p["steps"])) for p in parts
+    ]
+    single = [{k: v for k, v in p.items() if k != "trainings"} for p in parts]
+    return {
+        **then,
+        "epsilon": spent_epsilon(accountant, float(then["delta"])),
+        "steps": sum(int(p["steps"]) for p in parts),
+        "trainings": single,
+    }
 
 
 def privacy_record(trainer: Any) -> dict[str, Any] | None:

@@ -163,6 +163,25 @@ def test_the_epsilon_spent_is_opacus_own_computed_once_per_noise():
     assert spent_epsilon(more, 1e-5) > spent_epsilon(RDPAccountant(), 1e-5)
 
 
+def test_a_second_dp_training_adds_its_steps_to_the_first(dp_run):
+    """A compressed variant fine-tuned with DP-SGD (compress/_finetune.py): its card's ε is the
+    total of both trainings, as one accountant over both trainings' steps."""
+    from opacus.accountants import RDPAccountant
+
+    from danlu.train._privacy import composed_record
+
+    first = dp_run.details["privacy"]
+    then = {**first, "noise_multiplier": 2.0, "steps": 7}
+    total = composed_record(first, then)
+    accountant = RDPAccountant()
+    accountant.history = [(first["noise_multiplier"], first["sample_rate"], first["steps"])]
+    accountant.history.append((2.0, first["sample_rate"], 7))
+    assert total["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5))
+    assert total["epsilon"] > first["epsilon"] and total["steps"] == first["steps"] + 7
+    again = composed_record(total, then)  # a third training: three entries, not nested
+    assert len(again["trainings"]) == 3 and again["epsilon"] > total["epsilon"]
+
+
 def test_a_dp_run_learns_and_records_the_epsilon_it_spent(dp_run, dp_store):
     assert dp_run.metrics["accuracy"] > 0.75  # chance (the larger class) is ~0.63
     run = dp_store.get_run(dp_run.run_id)
