@@ -68,6 +68,16 @@ def adversarial_issues(recipe: Recipe) -> list[ConfigIssue]:
                 f"Choose a network (mlp, cnn, ...), {_FIX}.",
             )
         )
+    if train.distributed is not None and train.distributed.strategy == "fsdp":
+        issues.append(
+            ConfigIssue(
+                ("train", "distributed", "strategy"),
+                "adversarial training attacks each rank's batch through the whole model, and "
+                "FSDP shards its parameters across the ranks",
+                "fsdp",
+                f"Use strategy: ddp (every rank holds the whole model), {_FIX}.",
+            )
+        )
     if train.privacy is not None:
         issues.append(
             ConfigIssue(

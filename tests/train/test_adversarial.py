@@ -84,6 +84,10 @@ def test_defaults_follow_the_robustness_section():
     ("changes", "key"),
     [
         ({"model": {"type": "gbdt"}}, "model.type"),
+        (
+            {"train": {**DIGITS["train"], "distributed": {"strategy": "fsdp"}}},
+            "train.distributed.strategy",
+        ),
         ({"train": {**DIGITS["train"], "privacy": {"noise_multiplier": 1.0}}}, "train.adversarial"),
     ],
 )
