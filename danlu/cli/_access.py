@@ -76,6 +76,7 @@ OTHER_COMMANDS = frozenset(
         "models show",
         "models verify",
         "db upgrade",  # the schema itself: needs the database's own credentials
+        "db encryption-key",  # makes a key file; the store is not touched
         "data inspect",
         "studies ls",
         "studies show",

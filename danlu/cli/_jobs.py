@@ -146,6 +146,10 @@ def submit_command(
     as_json: JsonOption = False,
 ) -> None:
     """Queue a recipe to run on an agent's slots (`danlu agent`), validated first."""
+    from danlu.cli._access import allow
+
+    queue = _queue()  # first: who may submit to the project, before any work
+    who = allow(queue.store, "train", project, subject="*jobs*", recipe=str(recipe))
     from danlu.config import load_recipe
     from danlu.jobs import Resources
     from danlu.train import check_recipe
@@ -172,10 +176,6 @@ def submit_command(
     # the slot's memory is the host's: all of it on the CPU, the process (and data) with a GPU
     host_bytes = guess.process + (guess.total if guess.device == "cpu" else guess.data)
     need_memory = memory if memory is not None else round(host_bytes / 1e9, 3)
-    from danlu.cli._access import allow
-
-    queue = _queue()
-    who = allow(queue.store, "train", project, subject="*jobs*", recipe=str(recipe))
     job = queue.submit(
         recipe=recipe.read_text(encoding="utf-8"),
         recipe_path=str(recipe),

@@ -154,7 +154,7 @@ def revoke_key(
     with open_store() as store:
         key = next((k for k in store.list_api_keys() if k.id == key_id), None)
         project = key.project if key is not None else "*"
-        who = allow(store, "keys", project, subject=KEYS_SUBJECT, key=key_id)
+        who = allow(store, "keys", project, subject=KEYS_SUBJECT, revoking=key_id)
         key = store.revoke_api_key(key_id, actor=who.actor)
     shown = f"{key.id}" + (f" ({key.name})" if key.name else "")
     out.print(Text(f"revoked {key.scope} key {shown}"))

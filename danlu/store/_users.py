@@ -430,16 +430,14 @@ class SqlUsersMixin(SqlConnection):
         )
         if wrong_project:
             reason = f"holds a key for project {principal.key_project!r}, not {where}"
-        self.audit_denied(
-            principal.actor,
-            action,
-            subject,
-            reason=reason,
-            project=project,
-            via=principal.via,
-            key=principal.key_id,
+        fields = {
             **detail,
-        )
+            "reason": reason,
+            "project": project,
+            "via": principal.via,
+            "key": principal.key_id,
+        }
+        self.audit_denied(principal.actor, action, subject, **fields)
         who = principal.actor
         if wrong_project:
             fix = f"use a key for {where} (danlu keys create --project {project} ...)"
