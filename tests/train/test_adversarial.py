@@ -297,3 +297,45 @@ def test_a_later_report_reuses_the_reference_and_the_switch_turns_it_off(adversa
     report = evaluate_run(result.run_id, store=store, config=off)
     section = next(s for s in report.sections if s.key == "robustness")
     assert "adversarial_training" not in section.data
+
+
+def test_a_resumed_run_attacks_exactly_as_an_uninterrupted_one(tmp_path):
+    """PGD's random starts are seeded by the batch's position, so resuming from a checkpoint
+    gives the same model, bit for bit."""
+    from danlu.config import load_recipe
+    from danlu.data import prepare_data
+    from danlu.models import build_model
+    from danlu.tasks import get_task
+    from danlu.testing import wine_recipe
+    from danlu.train import Callback, Trainer, seed_everything
+
+    base = wine_recipe(epochs=4, adversarial={"epsilon": 0.2, "steps": 2, "ratio": 0.5})
+    recipe = load_recipe(base, ["model.dropout=0.3"])
+    data = prepare_data(recipe.data, recipe.task)
+    task = get_task(recipe.task)
+
+    def model():
+        seed_everything(recipe.train.seed)
+        return build_model(recipe.model, data.schema, task)
+
+    full = Trainer(recipe.train, checkpoint_path=tmp_path / "full.safetensors").fit(
+        model(), task, data
+    )
+
+    class Crash(Callback):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    path = tmp_path / "cut.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(recipe.train, callbacks=[Crash()], checkpoint_path=path).fit(model(), task, data)
+    resumed = Trainer(recipe.train, checkpoint_path=path).fit(model(), task, data, resume=True)
+    assert resumed.history_ == full.history_
+    for a, b in zip(
+        resumed.model.state_dict().values(), full.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    plain = load_recipe(wine_recipe(epochs=4), ["model.dropout=0.3"])
+    standard = Trainer(plain.train).fit(model(), task, data)
+    assert standard.history_ != full.history_  # the attack did change training
