@@ -160,6 +160,11 @@ def run_dataset(name: str, seeds: list[int]) -> dict[str, Any]:
     return summary
 
 
+def _points(value: float) -> str:
+    rounded = round(value, 1) + 0.0  # no "-0.0"
+    return f"{rounded:+.1f}" if rounded else "0.0"
+
+
 def plot(results: dict[str, dict[str, Any]]) -> Path:
     import matplotlib
 
@@ -178,6 +183,7 @@ def plot(results: dict[str, dict[str, Any]]) -> Path:
                    label="non-private, same recipe")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xticks(eps, [f"{e:g}" for e in eps])
+        ax.minorticks_off()
         ax.set_xlabel("ε (δ = 1e-5)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(name.replace("_", " "))
@@ -206,7 +212,7 @@ def main() -> None:
                 label,
                 f"{entry['median_accuracy']:.2%}",
                 ", ".join(f"{a:.1%}" for a in entry["accuracies"]),
-                "" if label == "non-private" else f"{entry['median_drop_points']:+.1f}".replace("+-", "-"),
+                "" if label == "non-private" else _points(entry["median_drop_points"]),
                 f"{entry['median_epsilon_spent']:.2f}" if "median_epsilon_spent" in entry else "",
                 f"{entry['median_noise_multiplier']:.2f}" if "median_noise_multiplier" in entry else "",
             ])  # fmt: skip
@@ -230,7 +236,7 @@ def main() -> None:
     if target is not None:
         notes += (
             f" Target (ε = 8 within 3 points of non-private on breast cancer, medians): "
-            f"{target['epsilon_8_drop_points']:+.1f} points, {'met' if target['met'] else 'NOT met'}."
+            f"{_points(target['epsilon_8_drop_points'])} points, {'met' if target['met'] else 'NOT met'}."
         )
     payload = {
         "machine": machine(),
