@@ -10,7 +10,8 @@ attacks, in the same units as the rest of the section: clean, FGSM and PGD at th
 (PGD with ``evaluate.robustness.pgd_steps`` steps, seeded alike). Each model is attacked as it is
 served (the adversarially trained one with its fitted temperature, if any).
 
-``evaluate.robustness.compare_standard: false`` turns the comparison off.
+``evaluate.robustness.compare_standard: false`` turns the comparison off; the model's own clean,
+FGSM and PGD figures at the recipe's ε are still reported.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def adversarial_gain(
 
     ``section.data["adversarial_training"]`` gets ``epsilon``, ``pgd_steps``, ``models`` (one
     record per model: ``model``, ``run_id``, ``clean``, ``fgsm``, ``pgd``) and ``gain`` (the
-    adversarially trained model's metric minus the reference's, for each). A reference that
-    cannot be had (no store, training failed) leaves a note and a flag instead. Without
+    adversarially trained model's metric minus the reference's, for each). With
+    ``compare_standard: false``, or when a reference cannot be had (no store, training failed),
+    only the trained model's row is there, with a note (and a flag for a failure). Without
     ``recipe`` or its ``train.adversarial``, ``section`` is returned as it is.
 
     Example:
@@ -61,12 +63,30 @@ def adversarial_gain(
         >>> # section.data["adversarial_training"]["gain"]["pgd"]  # e.g. 0.41
     """
     adversarial = recipe.train.adversarial if recipe is not None else None
-    if (
-        recipe is None
-        or adversarial is None
-        or not config.compare_standard
-        or "skipped" in section.data
-    ):
+    if recipe is None or adversarial is None or "skipped" in section.data:
+        return section
+    from danlu.evaluate._robustness import _format_delta, _format_value, _metric_label
+
+    metric, epsilon = data.task.headline, adversarial.epsilon
+    described = (
+        f"{adversarial.method.upper()}, ε={epsilon:g}"
+        + (f", {adversarial.steps} steps" if adversarial.method == "pgd" else "")
+        + f", ratio {adversarial.ratio:g}"
+    )
+    trained = _measure(data, config, epsilon)  # at the recipe's ε, whatever the curves' levels
+    models: list[dict[str, Any]] = [
+        {"model": f"adversarial training ({described})", "run_id": run_id, **trained}
+    ]
+    section.data["adversarial_training"] = {
+        "epsilon": epsilon,
+        "pgd_steps": config.pgd_steps,
+        "models": models,
+    }
+    if not config.compare_standard:
+        section.notes.append(
+            f"Adversarial training ({described}) was not compared with standard training "
+            "(evaluate.robustness.compare_standard: false)."
+        )
         return section
     if store is None:
         section.notes.append(
@@ -85,30 +105,14 @@ def adversarial_gain(
         )
         return section
 
-    from danlu.evaluate._robustness import _format_delta, _format_value, _metric_label
-
-    metric, epsilon = data.task.headline, adversarial.epsilon
-    trained = _measure(data, config, epsilon)
     standard = _measure(
         dataclasses.replace(data, model=reference.to(data.device).eval(), temperature=1.0),
         config,
         epsilon,
     )
-    described = (
-        f"{adversarial.method.upper()}, ε={epsilon:g}"
-        + (f", {adversarial.steps} steps" if adversarial.method == "pgd" else "")
-        + f", ratio {adversarial.ratio:g}"
-    )
     gain = {kind: trained[kind] - standard[kind] for kind in ("clean", "fgsm", "pgd")}
-    section.data["adversarial_training"] = {
-        "epsilon": epsilon,
-        "pgd_steps": config.pgd_steps,
-        "models": [
-            {"model": f"adversarial training ({described})", "run_id": run_id, **trained},
-            {"model": "standard training", "run_id": reference_id, **standard},
-        ],
-        "gain": gain,
-    }
+    models.append({"model": "standard training", "run_id": reference_id, **standard})
+    section.data["adversarial_training"]["gain"] = gain
     label = _metric_label(metric)
 
     def signed(value: float) -> str:

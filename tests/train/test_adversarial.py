@@ -296,7 +296,15 @@ def test_a_later_report_reuses_the_reference_and_the_switch_turns_it_off(adversa
     )
     report = evaluate_run(result.run_id, store=store, config=off)
     section = next(s for s in report.sections if s.key == "robustness")
-    assert "adversarial_training" not in section.data
+    alone = section.data["adversarial_training"]  # the model's own figures at the recipe's ε
+    assert [m["model"] for m in alone["models"]] == [
+        first.data["adversarial_training"]["models"][0]["model"]
+    ]
+    assert alone["models"][0]["pgd"] == first.data["adversarial_training"]["models"][0]["pgd"]
+    assert "gain" not in alone
+    assert any("compare_standard: false" in n for n in section.notes)
+    children = store.search_runs(f"parent_id = '{result.run_id}'")
+    assert len([r for r in children if r.stage == "adversarial-reference"]) == 1  # none trained
 
 
 def test_a_resumed_run_attacks_exactly_as_an_uninterrupted_one(tmp_path):
