@@ -205,7 +205,7 @@ class PredictLane:
             return
         # then AuthMiddleware: the predict scope
         try:
-            key = await self.auth.authorize(headers, PREDICT)
+            key = await self.auth.authorize(headers, PREDICT, scope["path"], "POST")
         except AuthError as exc:
             await auth_error(exc)(scope, receive, send)
             return
