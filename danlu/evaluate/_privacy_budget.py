@@ -64,6 +64,13 @@ def privacy_section(data: EvalData) -> Section:
         f"choose the epoch kept by early stopping, and the preprocessing is fitted on the "
         f"training rows without noise)."
     )
+    if len(trainings := record.get("trainings") or []) > 1:  # a variant fine-tuned with DP
+        section.data["trainings"] = len(trainings)
+        section.notes.append(
+            f"The model was trained {len(trainings)} times on the same rows with DP-SGD (a "
+            "compressed variant fine-tuned with train.privacy): ε is the total of all of them, "
+            "one accountant over every training's steps."
+        )
     if eps > WEAK_EPSILON:
         section.flags.append(
             f"ε = {eps:.3g} is a weak guarantee (above {WEAK_EPSILON:g}); lower "

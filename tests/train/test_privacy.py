@@ -287,4 +287,8 @@ def test_the_version_and_the_trust_report_carry_the_epsilon_spent(dp_store):
         result.model, task, prepared, privacy={**record, "epsilon": 30.0, "delta": 0.01}
     )
     flags = privacy_section(weak).flags
+    twice = EvalData.from_prepared(
+        result.model, task, prepared, privacy={**record, "trainings": [record, record]}
+    )
+    assert privacy_section(twice).data["trainings"] == 2
     assert len(flags) == 2 and "weak" in flags[0] and "1 / training rows" in flags[1]
