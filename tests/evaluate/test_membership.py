@@ -262,3 +262,62 @@ def test_a_bad_threshold_names_the_key() -> None:
                 "evaluate": {"membership": {"threshold": 0.3}},
             }
         )
+
+
+# -- text models ---------------------------------------------------------------------------------
+
+TOPICS = {
+    "sport": ["match", "goal", "team", "coach"],
+    "money": ["bank", "market", "price", "trade"],
+    "tech": ["chip", "code", "robot", "cloud"],
+}
+FILLER = ["the", "a", "of", "today", "new", "big", "was", "and"]
+
+
+@pytest.mark.parametrize(("numeric", "reference"), [(True, "logistic regression"), (False, None)])
+def test_a_text_model_is_audited(tmp_path, numeric: bool, reference: str | None) -> None:
+    """Token ids are no feature for the linear reference: it fits the other columns, or falls
+    back to the class prior (the dummy) when the text is all there is."""
+    import pandas as pd
+
+    from danlu.data import prepare_data
+    from danlu.store import SqlStore
+    from danlu.train import run_training
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(160):
+        label = list(TOPICS)[i % 3]
+        words = [*rng.choice(FILLER, 4), *rng.choice(TOPICS[label], 2)]
+        rows.append({"body": " ".join(rng.permutation(words)), "topic": label})
+        if numeric:
+            rows[-1]["n"] = float(rng.normal())
+    pd.DataFrame(rows).to_csv(tmp_path / "topics.csv", index=False)
+    recipe = load_recipe(
+        {
+            "name": "text-membership",
+            "data": {
+                "source": str(tmp_path / "topics.csv"),
+                "target": "topic",
+                "features": {"body": "text"},
+                "text": {"max_length": 12},
+                "split": {"test": 0.3, "val": 0.15, "seed": 0},
+            },
+            "task": "classification",
+            "model": {"type": "text_cnn", "embedding": 8, "channels": 8, "kernels": [2]},
+            "train": {"epochs": 2, "batch_size": 16, "checkpoint": {"every": 0}, "seed": 0},
+        }
+    )
+    prepared = prepare_data(recipe.data, recipe.task, text_models=True)
+    store = SqlStore(home=tmp_path / "store")
+    result = run_training(recipe, prepared=prepared, store=store)
+    store.close()
+    data = EvalData.from_prepared(result.model.eval(), result.task, prepared)
+    section = membership_section(data, MembershipConfig(), resamples=50)
+    assert "skipped" not in section.data
+    held = len(prepared.y_val) + len(prepared.y_test)
+    assert section.data["members"] == min(len(np.unique(prepared.x_train, axis=0)), held)
+    expected = reference or next(iter(data.task.baselines(0)))  # the dummy comes first
+    assert section.data["reference"] == expected
+    for attack in ("loss_threshold", "calibrated"):
+        assert 0.0 <= section.data[attack]["auc"]["value"] <= 1.0
