@@ -15,7 +15,7 @@ import pytest
 
 from danlu import pipeline
 from danlu.errors import ConfigError
-from danlu.store import SqlStore
+from danlu.store import SqlStore, verify_version
 from danlu.store import _crypt as crypt
 from danlu.store._crypt import EncryptionError
 from tests.cli._runner import danlu
@@ -236,6 +236,8 @@ def _train(home: Path) -> tuple[np.ndarray, np.ndarray, str]:
         onnx = load_runtime(store, mv, "onnx")
         assert onnx.name == "onnx"  # the encrypted model.onnx was read, checked and served
         torch_out = load_runtime(store, mv, "torch", bundle=bundle).outputs(x)
+        # signed over the plaintext: verification reads the files through the key
+        assert verify_version(store, mv).ok
         return onnx.outputs(x), torch_out, result.run_id
     finally:
         store.close()
