@@ -9,6 +9,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -219,10 +220,53 @@ def test_record_artifact_encrypts_a_file_a_stage_wrote(tmp_path, keyed) -> None:
         store.close()
 
 
+def test_checkpoint_is_written_encrypted_and_resumes(tmp_path, keyed) -> None:
+    import torch
+
+    from danlu.train import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, {"epoch": 3, "model": {"w": torch.arange(6.0)}})
+    assert crypt.is_encrypted(path) and b"__metadata__" not in path.read_bytes()
+    state = load_checkpoint(path)
+    assert state["epoch"] == 3 and torch.equal(state["model"]["w"], torch.arange(6.0))
+
+
+def test_dashboard_serves_the_plaintext_of_encrypted_artifacts(tmp_path, keyed) -> None:
+    from fastapi.testclient import TestClient
+
+    from danlu.ui import create_app
+
+    store = SqlStore(home=tmp_path)
+    try:
+        run = store.create_run(experiment="e", name="r")
+        store.log_artifact(run.id, "notes.txt", b"hello")
+        store.log_artifact(run.id, "report.html", b"<html><p>report</p></html>")
+        assert crypt.is_encrypted(store.artifact_path(run.id, "notes.txt"))
+        with TestClient(create_app(store)) as client:
+            download = client.get(f"/runs/{run.id}/artifacts/notes.txt")
+            assert download.status_code == 200 and download.content == b"hello"
+            assert 'filename="notes.txt"' in download.headers["content-disposition"]
+            report = client.get(f"/runs/{run.id}/report/report.html")
+            assert report.status_code == 200 and report.text == "<html><p>report</p></html>"
+            assert "Content-Security-Policy" in report.headers
+    finally:
+        store.close()
+
+
 # -- a digits run, encrypted and not ------------------------------------------------------------
-def _train(home: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    """Run DIGITS into ``home``; the ONNX and torch outputs of the registered version on the
-    first test rows, and the run id."""
+def _digit_rows() -> Any:
+    """Eight raw digits rows (the columns ``builtin:digits`` has)."""
+    from danlu.data import load_source
+
+    raw = load_source("builtin:digits")
+    return raw.frame.drop(columns=[raw.target]).head(8)
+
+
+def _train(home: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Run DIGITS into ``home``; the ONNX and torch outputs of the registered version on random
+    inputs, ``danlu.load_model``'s predictions on raw rows, and the run id."""
+    from danlu.export import load_model
     from danlu.serve._runtime import load_runtime
 
     store = SqlStore(home=home)
@@ -236,20 +280,22 @@ def _train(home: Path) -> tuple[np.ndarray, np.ndarray, str]:
         onnx = load_runtime(store, mv, "onnx")
         assert onnx.name == "onnx"  # the encrypted model.onnx was read, checked and served
         torch_out = load_runtime(store, mv, "torch", bundle=bundle).outputs(x)
+        predicted = load_model(mv.ref, store=store).predict(_digit_rows())["prediction"]
         # signed over the plaintext: verification reads the files through the key
         assert verify_version(store, mv).ok
-        return onnx.outputs(x), torch_out, result.run_id
+        return onnx.outputs(x), torch_out, predicted, result.run_id
     finally:
         store.close()
 
 
 def test_encrypted_digits_run_serves_the_same_model(tmp_path, monkeypatch) -> None:
-    plain_onnx, plain_torch, _ = _train(tmp_path / "plain")
+    plain_onnx, plain_torch, plain_pred, _ = _train(tmp_path / "plain")
     monkeypatch.setenv(crypt.KEY_ENV, KEY)
     home = tmp_path / "enc"
-    enc_onnx, enc_torch, run_id = _train(home)
+    enc_onnx, enc_torch, enc_pred, run_id = _train(home)
     np.testing.assert_allclose(enc_onnx, plain_onnx, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(enc_torch, plain_torch, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(enc_pred, plain_pred)
 
     # every artifact and model file is encrypted on disk; the safetensors header is not visible
     files = [p for p in (home / "artifacts" / run_id).rglob("*") if p.is_file()]
