@@ -267,9 +267,11 @@ def _roc_figure(labels: np.ndarray, scores: dict[str, np.ndarray]) -> str:
     floor = 1.0 / max(n_neg, n_pos)
     for key, score in scores.items():
         order = np.argsort(-score, kind="stable")
-        hits = labels[order]
-        tpr = np.concatenate([[0.0], np.cumsum(hits) / n_pos])
-        fpr = np.concatenate([[0.0], np.cumsum(1 - hits) / n_neg])
+        ordered, hits = score[order], labels[order]
+        # one point per distinct threshold: tied scores (losses of exactly 0) move together
+        ends = np.r_[np.flatnonzero(ordered[1:] != ordered[:-1]), len(ordered) - 1]
+        tpr = np.r_[0.0, np.cumsum(hits)[ends] / n_pos]
+        fpr = np.r_[0.0, np.cumsum(1 - hits)[ends] / n_neg]
         ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=_ATTACKS[key])
     ax.plot([floor, 1], [floor, 1], ":", color="grey", label="chance")
     ax.set(xscale="log", yscale="log", xlabel="false-positive rate", ylabel="true-positive rate")
