@@ -347,7 +347,9 @@ class Authenticator:
         action = "serve" if scope == ADMIN else "predict"
         if match is not None:
             await self.allowed(key, action, None, match.group(1), field, path=path, method=method)
-        elif scope == ADMIN:  # not about one model: the key's own project (the endpoint refines)
+        elif scope == ADMIN and key.role != ADMIN:
+            # not about one model (a load by reference): a key below admin is refused here (and
+            # audited); an admin key is checked by the endpoint on the model it names
             await self.allowed(key, action, key.project, "*", field, path=path, method=method)
         return key
 
