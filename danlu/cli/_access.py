@@ -112,9 +112,12 @@ def allow(
     return store.check_access(acting(store), action, project, subject=subject, **detail)
 
 
-def open_checked(action: str, project: str | None = None) -> Any:
-    """For commands whose work opens the store itself: check ``action`` on ``project``
-    (``default`` when None) in a store opened just for that, and return the actor."""
+def open_checked(action: str, recipe: Any = None, overrides: Any = ()) -> Any:
+    """For commands whose work opens the store itself (``run``, ``tune``): check ``action`` on
+    the default project and, when the recipe registers a model (``register:``), ``register``
+    on that model's project and ``alias`` for its alias, in a store opened just for that.
+    Returns the actor. A recipe that does not load is left to the command (its error names
+    the line)."""
     from pathlib import Path
 
     from danlu.store import SqlStore, current_actor, default_db_url
@@ -123,8 +126,27 @@ def open_checked(action: str, project: str | None = None) -> Any:
     fresh = url.startswith("sqlite:///") and not Path(url.split("///", 1)[1]).exists()
     if fresh and not os.environ.get(API_KEY_ENV, "").strip():
         return current_actor()  # no store yet, so no users: the OS user is its admin
+    register = _register_block(recipe, overrides)
     store = SqlStore()
     try:
-        return allow(store, action, project or DEFAULT_PROJECT).actor
+        who = allow(store, action, DEFAULT_PROJECT)
+        if register is not None:
+            project = store.model_project(register.name)
+            allow(store, "register", project, subject=register.name)
+            if register.alias is not None:
+                allow(store, "alias", project, subject=register.name, alias=register.alias)
+        return who.actor
     finally:
         store.engine.dispose()
+
+
+def _register_block(recipe: Any, overrides: Any) -> Any:
+    if recipe is None:
+        return None
+    from danlu.config import load_recipe
+    from danlu.errors import DanluError
+
+    try:
+        return load_recipe(recipe, overrides or ()).register
+    except (DanluError, OSError):
+        return None

@@ -99,7 +99,7 @@ def run(
     setup_logging(state["verbose"], quiet)
     from danlu.cli._access import open_checked
 
-    open_checked("train")  # an editor of the default project (docs/access.md)
+    open_checked("train", recipe, set_)  # an editor of the default project (docs/access.md)
     import torch
 
     from danlu.cli._progress import PlainProgress, RichProgress

@@ -124,7 +124,7 @@ def tune_command(
     setup_logging(bool(state.get("verbose")), quiet)
     from danlu.cli._access import open_checked
 
-    open_checked("train")  # an editor of the default project (docs/access.md)
+    open_checked("train", recipe, set_)  # an editor of the default project (docs/access.md)
     if worker is not None:
         if recipe is not None or study is not None or set_ or jobs is not None:
             raise ConfigError(

@@ -218,3 +218,19 @@ def test_users_and_keys_commands(team, monkeypatch):
     monkeypatch.setenv("DANLU_API_KEY", team["editor"])
     out = danlu("jobs", "retry", team["job"])
     assert out.code == 7 and "disabled user 'ann'" in out.stderr
+
+
+def test_a_recipe_that_moves_an_alias_needs_the_admin_role(team, monkeypatch):
+    """``danlu run`` checks train, and a recipe's register: block register and alias, before
+    any work: an editor may train but not move digits@staging."""
+    with SqlStore() as store:
+        store.grant("ann", "default", "editor", actor="root")
+        _, key = store.create_api_key(user="ann", project="default", role="editor")
+    monkeypatch.setenv("DANLU_API_KEY", key)
+    out = danlu("run", "examples/digits_cnn.yaml")
+    assert (
+        out.code == 7 and "alias" in out.stderr and "needs admin" in out.stderr.replace("\n", " ")
+    )
+    with SqlStore() as store:
+        assert store.search_runs() == []  # refused before any work
+        assert store.audit_log("digits")[-1].detail["refused"] == "alias"
