@@ -301,3 +301,25 @@ def test_encrypted_files_are_signed_by_their_plaintext(tmp_path, monkeypatch) ->
     problems = verify_version(store, mv).problems
     assert list(problems) == ["model.bin"] and problems["model.bin"].startswith("unreadable")
     store.close()
+
+
+def test_without_cryptography_versions_are_unsigned_and_verify_says_what_to_install(
+    home, monkeypatch, caplog
+) -> None:
+    import sys
+
+    from danlu.errors import MissingExtraError
+    from danlu.store import _signing
+
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.asymmetric", None)
+    monkeypatch.setattr(_signing, "_warned_missing", False)
+    store = SqlStore(home=home)
+    with caplog.at_level("WARNING", logger="danlu"):
+        mv = store.create_model_version(
+            "bare", run_id=None, files={"w": b"w"}, signature={}, metrics={}
+        )
+    assert "registered unsigned" in caplog.text and "danlu[security]" in caplog.text
+    assert not store.model_version_path("bare", mv.version, SIGNATURE_FILE).exists()
+    with pytest.raises(MissingExtraError, match="security"):
+        verify_version(store, store.get_model_version("wine", 1))
+    store.close()
