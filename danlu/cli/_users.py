@@ -57,6 +57,15 @@ def add_user(
         user = store.add_user(name, role=role, project=project, actor=who.actor)
     roles = ", ".join(f"{r} on {p}" for p, r in user.roles.items()) or "no role yet"
     out.print(Text(f"added user {user.name} ({roles})"))
+    if who.local_admin and who.name != user.name:  # the store's first user is not you
+        err.print(
+            Text(
+                f"This store now has users and {who.name!r} is not one of them: act as "
+                f"{user.name} (DANLU_ACTOR={user.name} on this SQLite store, or one of its "
+                f"keys), or add yourself: danlu users add {who.name} --role ...",
+                style="yellow",
+            )
+        )
 
 
 @users_app.command("grant")
