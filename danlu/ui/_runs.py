@@ -86,8 +86,8 @@ def runs_page(
             limit=limit + 1,
             offset=offset,
         )
-    except DanluError as exc:  # a filter or order that does not parse: 400, the page saying why
-        error = str(exc)  # (with the filter form, to correct it)
+    except DanluError as exc:  # a filter or order that does not parse: the page says why, with
+        error = str(exc)  # the filter in its box to correct (200: typed text, not a bad request)
     more = len(runs) > limit
     runs = runs[:limit]
     params, metrics = key_columns(runs)
@@ -104,7 +104,6 @@ def runs_page(
         more=more,
         error=error,
         order_link=lambda field: _order_link(order, field),
-        status=400 if error else 200,
     )
 
 
