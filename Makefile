@@ -26,6 +26,7 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu data inspect examples/digits_cnn.yaml
 	$(BIN)/danlu run examples/digits_cnn.yaml
 	$(BIN)/danlu report digits@staging
+	$(BIN)/danlu models verify digits@staging
 	$(BIN)/python examples/serve_demo.py
 	$(BIN)/danlu runs ls --limit 5
 	$(BIN)/danlu tune examples/digits_tune.yaml --jobs 2
@@ -37,6 +38,7 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu jobs ls --limit 5
 	$(BIN)/danlu run examples/titanic_auto.yaml
 	$(BIN)/danlu predict titanic@staging examples/passengers.csv --proba --keep passenger
+	$(BIN)/danlu run examples/breast_cancer_dp.yaml
 	$(BIN)/danlu run examples/bbc_news_lora.yaml --set data.text.max_length=32 --set train.epochs=1 \
 	  --set evaluate.robustness.samples=100
 	$(BIN)/python -c "import danlu; m = danlu.load_model('bbc-news@staging'); \

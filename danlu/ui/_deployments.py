@@ -45,6 +45,7 @@ SCRAPE_TIMEOUT_S = 1.5
 SCRAPE_MAX_BYTES = 4_000_000
 SCRAPE_ENV = "DANLU_UI_SCRAPE"
 SCRAPE_KEY_ENV = "DANLU_UI_SCRAPE_KEY"
+SCRAPE_CA_ENV = "DANLU_UI_SCRAPE_CA"
 MAX_SCRAPED = 50  # live servers scraped per page view
 WINDOW_MAX_S = 120.0  # an older previous scrape is not used for a rate
 # Population stability index bands (danlu.data's PSI_MODERATE / PSI_MAJOR; Siddiqi 2006)
@@ -224,6 +225,24 @@ def _latencies(buckets: dict[float, float]) -> dict[str, float | None]:
     return out
 
 
+def _scrape_verify() -> Any:
+    """How https servers' certificates are checked: against ``$DANLU_UI_SCRAPE_CA`` (a PEM file
+    of the CA, or the self-signed certificate, that ``danlu serve --tls-cert`` uses) when set,
+    else against the system's CA bundle."""
+    import ssl
+
+    bundle = os.environ.get(SCRAPE_CA_ENV)
+    if not bundle:
+        return True
+    try:
+        return ssl.create_default_context(cafile=bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{SCRAPE_CA_ENV}={bundle!r} cannot be read as PEM certificates ({exc}); point it at "
+            "the CA (or self-signed certificate) of your danlu serve --tls-cert, or unset it."
+        ) from None
+
+
 class Scraper:
     """Scrapes servers' ``/metrics`` and keeps each one's previous scrape (for rates)."""
 
@@ -239,8 +258,16 @@ class Scraper:
         key = os.environ.get(SCRAPE_KEY_ENV)
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        try:
+            verify = _scrape_verify()
+        except ConfigError as exc:  # every row says why, the page still renders
+            return {d.id: {"error": str(exc)} for d in deployments}
         async with httpx.AsyncClient(
-            timeout=SCRAPE_TIMEOUT_S, follow_redirects=False, headers=headers, trust_env=False
+            timeout=SCRAPE_TIMEOUT_S,
+            follow_redirects=False,
+            headers=headers,
+            trust_env=False,
+            verify=verify,
         ) as client:
             results = await asyncio.gather(*(self._one(client, d) for d in deployments))
         return dict(zip((d.id for d in deployments), results, strict=True))

@@ -82,7 +82,7 @@ def home(tmp_path_factory) -> Path:
     return home
 
 
-def test_https_round_trip_with_a_self_signed_certificate(home, tmp_path) -> None:
+def test_https_round_trip_with_a_self_signed_certificate(home, tmp_path, monkeypatch) -> None:
     cert, key = _certificate(tmp_path)
     settings = ServeSettings(
         models=("wine:1",),
@@ -124,9 +124,24 @@ def test_https_round_trip_with_a_self_signed_certificate(home, tmp_path) -> None
             while time.monotonic() < deadline and not urls:
                 urls = [d.url for d in store.list_deployments() if d.status() == "live"]
                 time.sleep(0.05)
+            assert urls == [url]
+            # the dashboard reads its /metrics over https when told which certificate to trust
+            pytest.importorskip("jinja2")
+            from tests.ui.conftest import serve as serve_ui
+
+            def scraped() -> dict:
+                with serve_ui(store) as ui:
+                    listed = httpx.get(ui + "/api/deployments", timeout=20).json()
+                return next(d for d in listed["deployments"] if d["url"] == url)["stats"]
+
+            assert "error" in scraped()  # the system's CAs do not know a self-signed one
+            monkeypatch.setenv("DANLU_UI_SCRAPE_CA", str(cert))
+            stats = scraped()
+            assert "error" not in stats and stats["requests"] >= 1, stats
+            monkeypatch.setenv("DANLU_UI_SCRAPE_CA", str(tmp_path / "absent.pem"))
+            assert "DANLU_UI_SCRAPE_CA" in scraped()["error"]
         finally:
             store.close()
-        assert urls == [url]
 
 
 def test_deployment_url_scheme() -> None:
