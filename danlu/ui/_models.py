@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -109,17 +110,11 @@ def move_alias(
     """Point ``alias`` at ``version``: an admin key (typed into the form, or the sign-in
     cookie's) from a page of this dashboard, whose user is an admin of the model's project;
     the audit log records the key's user and id."""
-    store: Store = request.app.state.store
-    who = ui_principal(request, key or None, subject=name)
-    check_access(request, who, "alias", store.model_project(name), subject=name, alias=alias)
-    _versions(store, name)
-    try:
-        store.set_alias(name, alias.strip(), version, actor=who.actor)
-    except NotFoundError as exc:
-        return _model_page(request, name, error=str(exc), status=404)
-    except DanluError as exc:
-        return _model_page(request, name, error=str(exc), status=400)
-    return RedirectResponse(f"/models/{quote(name)}", status_code=303)
+
+    def move(store: Store, actor: str) -> None:
+        store.set_alias(name, alias.strip(), version, actor=actor)
+
+    return _change_alias(request, name, alias, key, move)
 
 
 @router.post("/models/{name}/aliases/delete")
@@ -131,12 +126,24 @@ def delete_alias(
 ) -> Response:
     """Remove ``alias`` from the model: the same admin key and same-origin rules as moving one;
     the audit log records the key's user and id."""
+
+    def remove(store: Store, actor: str) -> None:
+        store.delete_alias(name, alias.strip(), actor=actor)
+
+    return _change_alias(request, name, alias, key, remove)
+
+
+def _change_alias(
+    request: Request, name: str, alias: str, key: str, change: Callable[[Store, str], None]
+) -> Response:
+    """Check the key (an admin of the model's project, from a page of this dashboard), then
+    ``change(store, actor)``; back to the model's page, or the page with the store's reason."""
     store: Store = request.app.state.store
     who = ui_principal(request, key or None, subject=name)
     check_access(request, who, "alias", store.model_project(name), subject=name, alias=alias)
     _versions(store, name)
     try:
-        store.delete_alias(name, alias.strip(), actor=who.actor)
+        change(store, who.actor)
     except NotFoundError as exc:
         return _model_page(request, name, error=str(exc), status=404)
     except DanluError as exc:
