@@ -19,6 +19,8 @@ from danlu.config import ConfigIssue, ModelConfig
 from danlu.errors import NotFoundError
 from danlu.models._auto import DEFAULT_CANDIDATES, AutoSpec, build_auto
 from danlu.models._bundle import ModelBundle, Predictor, Rows, load_bundle, load_weights
+from danlu.models._classical import SPECS as CLASSICAL_SPECS
+from danlu.models._classical import build_classical
 from danlu.models._cnn import CNNSpec, build_cnn
 from danlu.models._common import ModelSpec
 from danlu.models._gbdt import GBDTSpec, build_gbdt
@@ -72,6 +74,8 @@ MODELS.register("gbdt", spec=GBDTSpec)(build_gbdt)  # gradient-boosted trees (Tr
 MODELS.register("auto", spec=AutoSpec)(build_auto)  # trains the candidates, ships the best
 MODELS.register("transformer", spec=TransformerSpec)(build_transformer)  # pretrained or scratch
 MODELS.register("text_cnn", spec=TextCNNSpec)(build_text_cnn)
+for _kind, _spec in CLASSICAL_SPECS.items():  # forecasting: fitted by statsmodels (affine)
+    MODELS.register(_kind, spec=_spec)(build_classical)
 
 
 def check_model_config(
