@@ -500,7 +500,19 @@ def build_classical(spec: ModelSpec, schema: FeatureSchema, task: Task) -> torch
 
 def forecast_shape(schema: FeatureSchema, task: Task) -> tuple[int, int]:
     """(horizon, number of quantiles, 0 for point forecasts) of a forecasting schema."""
+    settings = dict(schema.forecast or {})
     outputs = task.output_dim(schema)
-    quantiles = tuple(getattr(schema, "quantiles", None) or ())
-    horizon = int(getattr(schema, "horizon", 0) or (outputs // max(len(quantiles), 1)))
-    return horizon, (len(quantiles) if outputs == horizon * len(quantiles) else 0)
+    quantiles = tuple(settings.get("quantiles") or ())
+    horizon = int(settings.get("horizon") or (outputs // max(len(quantiles), 1)))
+    return horizon, (len(quantiles) if outputs == horizon * len(quantiles) > horizon else 0)
+
+
+def lag_columns(schema: FeatureSchema, lags: int) -> list[int]:
+    """The input columns holding the window (oldest first): the encoded columns named
+    ``lag_<k>`` (k = lags … 1), else the first ``lags`` columns."""
+    names = list(schema.encoded_names)
+    found = {name: i for i, name in enumerate(names)}
+    wanted = [f"lag_{k}" for k in range(lags, 0, -1)]
+    if all(name in found for name in wanted):
+        return [found[name] for name in wanted]
+    return list(range(lags))

@@ -278,7 +278,15 @@ def train_stage(ctx: Context) -> Context:
     recipe, data, task, tracker = ctx.recipe, ctx.data, ctx.task, ctx.tracker
     assert data is not None and task is not None and ctx.model is not None and tracker is not None
     checkpoint = tracker.artifact_path("checkpoint.safetensors")
-    engine = BoostingTrainer if is_boosted(ctx.model) else Trainer
+    from danlu.train._classical import ClassicalTrainer, is_classical
+
+    engine: Any = (
+        ClassicalTrainer
+        if is_classical(ctx.model)
+        else BoostingTrainer
+        if is_boosted(ctx.model)
+        else Trainer
+    )
     distill: dict[str, Any] = (  # train.distill: the teacher, loaded and checked
         {"teacher": _distill_teacher(ctx)} if recipe.train.distill is not None else {}
     )
@@ -342,7 +350,8 @@ def train_stage(ctx: Context) -> Context:
     rows = row_accounting(data.report)
     tracker.log_metrics(_row_metrics(rows), step=trainer.epoch)
     if getattr(trainer, "native", None):  # trees read out of a library, checked against it
-        ctx.log_artifact("trees.json", json.dumps(trainer.native, indent=1))
+        native_file = "classical.json" if is_classical(trainer.model) else "trees.json"
+        ctx.log_artifact(native_file, json.dumps(trainer.native, indent=1))
     if getattr(trainer, "selection", None):  # auto: every candidate's figures
         ctx.details["model_selection"] = trainer.selection
     from danlu.train._privacy import privacy_record
