@@ -92,6 +92,10 @@ class SplitConfig(Strict):
 
     ``by: random`` (default) shuffles rows; exact duplicate rows always stay in one split.
     ``by: time`` with ``column`` puts the earliest rows in train and the latest in test.
+    ``by: column`` with ``column`` keeps a split the data already names (a benchmark's own
+    train/test split): each row's value is ``train``, ``test`` or ``validation`` (``val``); when
+    no row is marked validation, ``val`` of the train rows are held out for it. ``test`` is not
+    read, and the column is not a feature.
     ``group: COLUMN`` keeps the rows sharing a value of that column in one split.
     """
 
@@ -103,11 +107,15 @@ class SplitConfig(Strict):
         "off for by: time).",
     )
     seed: int = Field(0, description="Seed of the split; the same seed gives the same rows.")
-    by: Literal["random", "time"] = Field(
-        "random", description="random (shuffled), or time: train earliest, test latest rows."
+    by: Literal["random", "time", "column"] = Field(
+        "random",
+        description="random (shuffled); time: train earliest, test latest rows; column: the "
+        "split named in a column (train / validation / test).",
     )
     column: str | None = Field(
-        None, description="by: time: the column that orders rows (dates, times or numbers)."
+        None,
+        description="by: time: the column that orders rows (dates, times or numbers); "
+        "by: column: the column naming each row's split.",
     )
     group: str | None = Field(
         None, description="Rows sharing a value of this column stay in one split."
@@ -129,8 +137,17 @@ class SplitConfig(Strict):
                 )
             if self.group is not None:
                 raise ValueError("by: time and group cannot be combined; keep one")
+        elif self.by == "column":
+            if self.column is None:
+                raise ValueError(
+                    "by: column needs column: the column naming each row's split (train / test)"
+                )
+            if self.group is not None:
+                raise ValueError("by: column and group cannot be combined; keep one")
         elif self.column is not None:
-            raise ValueError("column is read only with by: time; add by: time or remove column")
+            raise ValueError(
+                "column is read only with by: time or by: column; add one or remove column"
+            )
         return self
 
 

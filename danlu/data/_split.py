@@ -11,6 +11,7 @@ its classes; the other groups, in random order, then fill each split's remaining
 most frequent class (so stratification holds over groups, as far as mixed groups allow). Split
 sizes are then near, not exactly, the fractions.
 A time split (:func:`time_split_indices`) orders the rows instead: train is the earliest.
+A column split (:func:`column_split_indices`) keeps the split the data names (a benchmark's own).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from danlu.logging import get_logger
 
 __all__ = [
     "RecipeDataError",
+    "column_split_indices",
     "group_ids",
     "kfold_indices",
     "row_groups",
@@ -302,6 +304,58 @@ def time_split_indices(
     cuts = [train_end, val_end]
     parts = np.split(position, cuts)
     return tuple(np.sort(p).astype(np.int64) for p in parts)  # type: ignore[return-value]
+
+
+#: The values of a ``by: column`` split column, after lower-casing, and the split each names.
+_COLUMN_SPLITS = {"train": 0, "validation": 1, "val": 1, "valid": 1, "test": 2}
+
+
+def column_split_indices(
+    names: Sequence[object] | np.ndarray | pd.Series,
+    y: np.ndarray,
+    *,
+    val: float,
+    stratify: bool,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The split each row's ``names`` value gives: ``train``, ``validation`` (``val``) or ``test``.
+
+    When no row is marked validation, ``val`` of the train rows (rounded up) are held out for it.
+
+    Raises:
+        RecipeDataError: a value is none of those, or no row is marked train or test.
+
+    Example:
+        >>> names = ["train"] * 4 + ["test"] * 2
+        >>> [s.tolist() for s in column_split_indices(names, np.zeros(6), val=0.25,
+        ...                                           stratify=False, seed=0)]
+        [[0, 1, 3], [2], [4, 5]]
+    """
+    text = pd.Series(names, dtype=object).astype(str).str.strip().str.lower()
+    unknown = sorted(set(text) - set(_COLUMN_SPLITS))
+    if unknown:
+        raise RecipeDataError(
+            ("data", "split", "column"),
+            f"values {unknown[:5]} name no split",
+            unknown[0],
+            "Each row's value must be train, validation (or val) or test.",
+        )
+    part = text.map(_COLUMN_SPLITS).to_numpy()
+    train_idx, val_idx, test_idx = (np.flatnonzero(part == k).astype(np.int64) for k in range(3))
+    for idx, name in ((train_idx, "train"), (test_idx, "test")):
+        if len(idx) == 0:
+            raise RecipeDataError(
+                ("data", "split", "column"),
+                f"no row is marked {name}",
+                sorted(set(text)),
+                f"Mark some rows '{name}', or use by: random.",
+            )
+    if len(val_idx) == 0:
+        train_idx, val_idx = _hold_out(
+            train_idx, np.asarray(y), _count(val, len(train_idx)), stratify, seed, "validation"
+        )
+        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    return train_idx, val_idx, test_idx
 
 
 def kfold_indices(

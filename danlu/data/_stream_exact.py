@@ -33,8 +33,8 @@ def _check_supported(config: DataConfig) -> None:
         unsupported.append("data.prepare.missing_target: drop (fill the targets first)")
     if config.imbalance.method not in ("none", "class_weight"):
         unsupported.append(f"data.imbalance: {config.imbalance.method} (use class_weight, or none)")
-    if config.split.by == "time":
-        unsupported.append("data.split.by: time (use data.split.group, or no stream)")
+    if config.split.by in ("time", "column"):
+        unsupported.append(f"data.split.by: {config.split.by} (use data.split.group, or no stream)")
     if unsupported:
         raise DataError(
             f"Streaming (data.stream) cannot use {'; '.join(unsupported)}: resampling, "

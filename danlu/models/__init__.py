@@ -22,6 +22,7 @@ from danlu.models._bundle import ModelBundle, Predictor, Rows, load_bundle, load
 from danlu.models._classical import SPECS as CLASSICAL_SPECS
 from danlu.models._classical import build_classical
 from danlu.models._cnn import CNNSpec, build_cnn
+from danlu.models._cnn1d import CNN1DSpec, build_cnn1d
 from danlu.models._common import ModelSpec
 from danlu.models._gbdt import GBDTSpec, build_gbdt
 from danlu.models._mlp import MLPSpec, build_mlp
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "MODELS",
     "AutoSpec",
+    "CNN1DSpec",
     "CNNSpec",
     "GBDTSpec",
     "LoraSpec",
@@ -70,6 +72,7 @@ __all__ = [
 MODELS: Registry[Any] = Registry("model")
 MODELS.register("mlp", spec=MLPSpec)(build_mlp)
 MODELS.register("cnn", spec=CNNSpec)(build_cnn)
+MODELS.register("cnn1d", spec=CNN1DSpec)(build_cnn1d)  # sequences: (channels, length) per row
 MODELS.register("gbdt", spec=GBDTSpec)(build_gbdt)  # gradient-boosted trees (TreeEnsemble)
 MODELS.register("auto", spec=AutoSpec)(build_auto)  # trains the candidates, ships the best
 MODELS.register("transformer", spec=TransformerSpec)(build_transformer)  # pretrained or scratch

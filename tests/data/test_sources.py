@@ -18,8 +18,8 @@ from .conftest import write_frame
 def test_list_builtin_names_the_bundled_sets() -> None:
     names = [d.name for d in list_builtin()]
     assert names == [
-        "bbc_news", "breast_cancer", "diabetes", "diamonds", "digits", "iris", "penguins",
-        "titanic", "wine", "yeast",
+        "basic_motions", "bbc_news", "breast_cancer", "diabetes", "diamonds", "digits",
+        "gunpoint", "iris", "italy_power_demand", "penguins", "titanic", "wine", "yeast",
     ]  # fmt: skip
     assert all(isinstance(d, BuiltinDataset) for d in list_builtin())
 
@@ -33,7 +33,8 @@ def test_builtin_loads_with_the_advertised_shape(dataset: BuiltinDataset) -> Non
         assert raw.frame[raw.target].explode().nunique() == dataset.classes
         return
     assert raw.target == dataset.target
-    assert raw.frame.shape == (dataset.rows, dataset.features + 1)
+    split = int(dataset.package == "sktime")  # the time-series sets add the archive's split
+    assert raw.frame.shape == (dataset.rows, dataset.features + 1 + split)
     assert raw.image_shape == dataset.image_shape
     y = raw.frame[dataset.target]
     if dataset.task == "classification":
