@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from danlu.config._adversarial import AdversarialConfig
+from danlu.config._anomaly import AnomalyConfig, ThresholdConfig
 from danlu.config._compress import (
     QUANTIZE_METHODS,
     CompressConfig,
@@ -108,6 +109,8 @@ __all__ = [
     "PrepareConfig",
     "PrivacyConfig",
     "AdversarialConfig",
+    "AnomalyConfig",
+    "ThresholdConfig",
     "ReadConfig",
     "Recipe",
     "RecipeSource",

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from danlu.config._adversarial import AdversarialConfig
+from danlu.config._anomaly import AnomalyConfig
 from danlu.config._compress import CompressConfig
 from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_blocks
 from danlu.config._privacy import PrivacyConfig
@@ -671,6 +672,11 @@ with warnings.catch_warnings():
             ),
         ]
         model: ModelConfig
+        anomaly: AnomalyConfig | None = Field(
+            None,
+            description="task: anomaly's normal / anomalous label values, training rows and "
+            "threshold (danlu.config.AnomalyConfig); required by that task, refused by others.",
+        )
         train: TrainConfig = Field(default_factory=TrainConfig)
         tune: TuneConfig | None = Field(
             None, description="Hyperparameter search (danlu tune); false: none.", **OFF_SWITCH

@@ -17,6 +17,12 @@ from pydantic import ValidationError
 
 from danlu.config import ConfigIssue, ModelConfig
 from danlu.errors import NotFoundError
+from danlu.models._anomaly import (
+    AutoencoderSpec,
+    DeepSVDDSpec,
+    build_autoencoder,
+    build_deep_svdd,
+)
 from danlu.models._auto import DEFAULT_CANDIDATES, AutoSpec, build_auto
 from danlu.models._bundle import ModelBundle, Predictor, Rows, load_bundle, load_weights
 from danlu.models._classical import SPECS as CLASSICAL_SPECS
@@ -48,8 +54,10 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "MODELS",
     "AutoSpec",
+    "AutoencoderSpec",
     "CNN1DSpec",
     "CNNSpec",
+    "DeepSVDDSpec",
     "GBDTSpec",
     "LoraSpec",
     "MLPSpec",
@@ -77,6 +85,8 @@ MODELS.register("gbdt", spec=GBDTSpec)(build_gbdt)  # gradient-boosted trees (Tr
 MODELS.register("auto", spec=AutoSpec)(build_auto)  # trains the candidates, ships the best
 MODELS.register("transformer", spec=TransformerSpec)(build_transformer)  # pretrained or scratch
 MODELS.register("text_cnn", spec=TextCNNSpec)(build_text_cnn)
+MODELS.register("autoencoder", spec=AutoencoderSpec)(build_autoencoder)  # task: anomaly
+MODELS.register("deep_svdd", spec=DeepSVDDSpec)(build_deep_svdd)  # task: anomaly
 for _kind, _spec in CLASSICAL_SPECS.items():  # forecasting: fitted by statsmodels (affine)
     MODELS.register(_kind, spec=_spec)(build_classical)
 

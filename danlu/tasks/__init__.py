@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from danlu.registry import Registry
+from danlu.tasks._anomaly import AnomalyTask
 from danlu.tasks._base import Explained, ExtraSection, Task
 from danlu.tasks._classification import ClassificationTask
 from danlu.tasks._multilabel import MultiLabelTask
@@ -10,6 +11,7 @@ from danlu.tasks._regression import RegressionTask
 
 __all__ = [
     "TASKS",
+    "AnomalyTask",
     "ClassificationTask",
     "Explained",
     "ExtraSection",
@@ -23,6 +25,7 @@ TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register("classification")(ClassificationTask)
 TASKS.register("regression")(RegressionTask)
 TASKS.register("multilabel")(MultiLabelTask)
+TASKS.register("anomaly")(AnomalyTask)
 
 
 def get_task(name: str) -> Task:

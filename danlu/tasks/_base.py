@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from danlu.config import ConfigIssue, LossConfig, Recipe
-    from danlu.data import Feature, FeatureSchema
+    from danlu.data import Feature, FeatureSchema, PreparedData
 
 __all__ = ["Explained", "ExtraSection", "Task", "score_rows"]
 
@@ -153,6 +153,12 @@ class Task(ABC):
                 )
             )
         return issues
+
+    def configure(self, recipe: Recipe, data: PreparedData) -> Task:
+        """This task with the recipe's task-specific settings, resolved against the prepared
+        data (e.g. the anomaly task's label values → label columns); the prepare stage calls it
+        once the data is prepared. Raises ConfigError naming the recipe key. Default: self."""
+        return self
 
     @abstractmethod
     def output_dim(self, schema: FeatureSchema) -> int:

@@ -163,6 +163,16 @@ def check_recipe(recipe: Recipe) -> Any:
             )
         )
     issues.extend(task.check_recipe(recipe))  # what this kind of task refuses
+    if recipe.anomaly is not None and task.name != "anomaly":
+        issues.append(
+            ConfigIssue(
+                ("anomaly",),
+                f"the anomaly block applies to task: anomaly only; this recipe's task is "
+                f"{recipe.task}",
+                "anomaly",
+                "Remove the anomaly block, or set task: anomaly.",
+            )
+        )
     if hasattr(options, "recipe_issues"):  # what the model refuses (gbdt: its tasks ...)
         issues.extend(options.recipe_issues(recipe))
     imbalance = recipe.data.imbalance.method
@@ -252,7 +262,7 @@ def prepare_stage(ctx: Context) -> Context:
     recipe = ctx.recipe
     task = get_task(recipe.task)
     data = ctx.data if ctx.data is not None else prepare_recipe_data(recipe, task)
-    ctx.data, ctx.task = data, task
+    ctx.data, ctx.task = data, task.configure(recipe, data)
     seed_everything(recipe.train.seed)  # model initialisation depends on it
     ctx.model = MODELS.get(recipe.model.type).builder(ctx.options, data.schema, ctx.task)
     ctx.log_artifact("preprocessing.json", json.dumps(data.preprocessor.to_dict(), indent=1))

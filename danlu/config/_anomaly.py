@@ -1,0 +1,107 @@
+"""The ``anomaly:`` block of ``task: anomaly`` recipes: what counts as normal, what the model
+learns from, and how the flag's threshold is chosen::
+
+    task: anomaly
+    data: {source: builtin:digits, target: target}
+    anomaly:
+      anomalous: [0]          # label values of anomalous rows (or give normal: [...] instead)
+      train_on: normal        # normal: train on normal rows only | all: every training row
+      threshold: {method: contamination, rate: 0.05}   # or {method: f1}
+      k: 50                   # precision@k (default: the number of anomalous test rows)
+
+``data.target`` is the label column. Give ``normal`` (every other value is anomalous) or
+``anomalous`` (every other value is normal), or both when the column holds only those values.
+The threshold on the anomaly score is chosen on the validation split once training ends:
+``contamination`` flags the top ``rate`` of the validation rows, ``f1`` maximises F1 on them
+(it needs anomalous rows among them).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["AnomalyConfig", "ThresholdConfig"]
+
+Label = str | int | float | bool
+
+
+class ThresholdConfig(BaseModel):
+    """How the score threshold that flags a row is chosen, on the validation split."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    method: Literal["contamination", "f1"] = Field(
+        "contamination",
+        description="contamination: flag the top `rate` of the validation rows' scores; f1: "
+        "the threshold of the best F1 on the validation rows (needs anomalous rows there).",
+    )
+    rate: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
+        0.05,
+        description="contamination: the expected share of anomalies, above 0 and below 0.5.",
+    )
+
+    @model_validator(mode="after")
+    def _rate_only_for_contamination(self) -> ThresholdConfig:
+        if self.method == "f1" and "rate" in self.model_fields_set:
+            raise ValueError(
+                "rate applies to method contamination only (f1 chooses the threshold from the "
+                "validation labels); remove rate or set method: contamination"
+            )
+        return self
+
+
+class AnomalyConfig(BaseModel):
+    """Anomaly detection: the normal / anomalous label values, the training rows, the threshold."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    normal: list[Label] | None = Field(
+        None,
+        description="Label values (data.target) of normal rows; every other value is anomalous.",
+    )
+    anomalous: list[Label] | None = Field(
+        None,
+        description="Label values (data.target) of anomalous rows; every other value is normal.",
+    )
+    train_on: Literal["normal", "all"] = Field(
+        "normal",
+        description="normal: the loss ignores training rows labelled anomalous (novelty "
+        "detection); all: every training row counts (unsupervised, contaminated data).",
+    )
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    k: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="precision@k: the share of anomalies among the k highest-scored rows "
+        "(default: k = the number of anomalous rows evaluated).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scalars_as_lists(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {
+                key: [value] if key in ("normal", "anomalous") and _scalar(value) else value
+                for key, value in data.items()
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _one_side_given(self) -> AnomalyConfig:
+        if not self.normal and not self.anomalous:
+            raise ValueError(
+                "give the label values of anomalous rows (anomalous: [...]) or of normal rows "
+                "(normal: [...]) in data.target's column"
+            )
+        both = {str(v) for v in self.normal or ()} & {str(v) for v in self.anomalous or ()}
+        if both:
+            raise ValueError(
+                f"{', '.join(sorted(both))} is listed as both normal and anomalous; keep it in "
+                "one list"
+            )
+        return self
+
+
+def _scalar(value: object) -> bool:
+    return isinstance(value, str | int | float | bool)
