@@ -274,6 +274,36 @@ def check_evaluate(ctx: Context) -> None:
     check_fairness_group(ctx.recipe.evaluate, ctx.data.test_frame)
 
 
+def _forecast_sections(ctx: Context) -> list[Any]:
+    """The forecasting sections of the trust report: the backtest ``model: {type: auto}``
+    chose by (else the run's model against the seasonal naive and ETS baselines over the same
+    rolling origins), the test block's forecast with its interval, residual diagnostics."""
+    import json
+
+    from danlu.errors import DanluError
+    from danlu.evaluate._context import Section
+    from danlu.evaluate._forecast_report import forecast_sections
+    from danlu.train._backtest import report_backtest
+
+    assert ctx.data is not None and ctx.model is not None and ctx.data.series is not None
+    model_type = ctx.model_type or ctx.recipe.model.type
+    table = (ctx.details.get("model_selection") or {}).get("backtest")
+    failed = None
+    if table is None:
+        try:
+            table = report_backtest(ctx.recipe, ctx.options, ctx.data.series, model_type)
+        except DanluError as exc:
+            failed = str(exc)
+        else:
+            ctx.log_artifact("backtest.json", json.dumps(table, indent=1))
+    sections = forecast_sections(ctx.model, ctx.data, table, shipped=model_type)
+    if failed is not None:
+        skipped = Section("backtest", "Backtest", data={"skipped": failed})
+        skipped.flags.append(f"the backtest could not run: {failed}")
+        sections.insert(0, skipped)
+    return sections
+
+
 def evaluate_stage(ctx: Context) -> Context:
     """The trust report of the trained model, stored with the run (``report.html``/``.json``,
     ``calibration.json`` with a fitted temperature) and summarised in run metrics."""
@@ -311,7 +341,9 @@ def evaluate_stage(ctx: Context) -> Context:
         on_section=ctx.on_section,
         callbacks=ctx.callbacks,
     )
-    if "model_selection" in ctx.details:  # model.type auto: the candidates, after the metrics
+    if getattr(data, "series", None) is not None:  # forecasting: backtest, forecast, residuals
+        report.sections[1:1] = _forecast_sections(ctx)
+    elif "model_selection" in ctx.details:  # model.type auto: the candidates, after the metrics
         from danlu.evaluate._selection import model_selection_section
 
         report.sections.insert(1, model_selection_section(ctx.details["model_selection"], task))

@@ -68,6 +68,10 @@ def select_model(ctx: Context) -> ChosenModel:
     from danlu.train._run import run_training
 
     assert ctx.task is not None and ctx.data is not None and ctx.tracker is not None
+    if ctx.recipe.task == "forecasting":  # chosen by a rolling-origin backtest
+        from danlu.train._backtest import select_forecaster
+
+        return select_forecaster(ctx)
     if len(ctx.data.y_val) == 0:
         raise ConfigError(
             "model.type auto chooses on the validation split, which is empty: set "
