@@ -21,6 +21,7 @@ from danlu.config._evaluate import (
     MembershipConfig,
     RobustnessConfig,
 )
+from danlu.config._forecast import BacktestConfig, CovariatesConfig, ForecastConfig
 from danlu.config._loader import (
     ConfigIssue,
     RecipeSource,
@@ -69,6 +70,9 @@ from danlu.config._tune import (
 )
 
 __all__ = [
+    "BacktestConfig",
+    "CovariatesConfig",
+    "ForecastConfig",
     "QUANTIZE_METHODS",
     "CompressConfig",
     "DistillConfig",

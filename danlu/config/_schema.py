@@ -23,6 +23,7 @@ from danlu.config._adversarial import AdversarialConfig
 from danlu.config._anomaly import AnomalyConfig
 from danlu.config._compress import CompressConfig
 from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_blocks
+from danlu.config._forecast import ForecastConfig
 from danlu.config._privacy import PrivacyConfig
 from danlu.config._tune import TuneConfig
 
@@ -672,6 +673,11 @@ with warnings.catch_warnings():
             ),
         ]
         model: ModelConfig
+        forecast: ForecastConfig | None = Field(
+            None,
+            description="task: forecasting's time axis, horizon, lags, quantiles and splits "
+            "(danlu.config.ForecastConfig); required by that task, refused by the others.",
+        )
         anomaly: AnomalyConfig | None = Field(
             None,
             description="task: anomaly's normal / anomalous label values, training rows and "

@@ -32,6 +32,13 @@ from danlu.data._quality import quality_report
 from danlu.data._quality_html import quality_html
 from danlu.data._reduce import FeatureReducer
 from danlu.data._schema import Feature, FeatureSchema, TextSlice, infer_schema
+from danlu.data._series import (
+    SeriesSplits,
+    forecast_window,
+    future_times,
+    prepare_forecast_data,
+    window_columns,
+)
 from danlu.data._sources import (
     DATAFRAME_PREFIX,
     BuiltinDataset,
@@ -46,6 +53,11 @@ from danlu.data._text import TEXT_MODEL_TYPES, TextEncoder
 from danlu.data._values import to_plain
 
 __all__ = [
+    "SeriesSplits",
+    "forecast_window",
+    "future_times",
+    "prepare_forecast_data",
+    "window_columns",
     "DATAFRAME_PREFIX",
     "PSI_MAJOR",
     "PSI_MODERATE",

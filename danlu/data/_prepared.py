@@ -14,6 +14,7 @@ from danlu.data._preprocessor import Preprocessor
 from danlu.data._schema import FeatureSchema
 
 if TYPE_CHECKING:
+    from danlu.data._series import SeriesSplits
     from danlu.data._stream import TrainStream
 
 __all__ = ["TEXT_CHARS", "PreparedData", "TextSplits", "raw_texts"]
@@ -99,6 +100,8 @@ class PreparedData:
             from Parquet in chunks (the ``x_*`` / ``y_*`` arrays then have zero rows); else None.
         texts: with text columns, their raw strings for the training and validation rows
             (:class:`TextSplits`, for the trust report); else None.
+        series: ``task: forecasting``: the clean series the windows were cut from
+            (:class:`~danlu.data.SeriesSplits`, for classical models and backtests); else None.
 
     Example:
         >>> from danlu.config import DataConfig
@@ -125,6 +128,7 @@ class PreparedData:
     class_weight: str | dict[str, float] | None = None
     stream: TrainStream | None = None
     texts: TextSplits | None = None
+    series: SeriesSplits | None = None
 
     @property
     def n_features(self) -> int:

@@ -169,6 +169,10 @@ class FeatureSchema:
         target_kind: ``classes``, ``values`` or ``label_sets`` (see ``danlu.data._target``);
             when not given it is derived from ``task``: ``classification`` → ``classes``,
             anything else → ``values`` (what schemas saved before target kinds meant).
+        forecast: ``task: forecasting``: the window's settings the model was trained with
+            (horizon, lags, quantiles, transform, frequency, season, time column, covariates,
+            and the last training times), which serving reads to turn a history into a
+            forecast; None for other tasks.
 
     Example:
         >>> s = FeatureSchema((Feature("x", "numeric"),), "y", "regression", None, 0.0, 1.0,
@@ -187,6 +191,7 @@ class FeatureSchema:
     input_dim: int = 0
     encoded_names: tuple[str, ...] = field(default=())
     target_kind: str = ""
+    forecast: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.target_kind:  # frozen: set the derived default through object.__setattr__
@@ -239,6 +244,7 @@ class FeatureSchema:
             "input_dim": self.input_dim,
             "encoded_names": list(self.encoded_names),
             "target_kind": self.target_kind,
+            **({} if self.forecast is None else {"forecast": dict(self.forecast)}),
         }
 
     @classmethod
@@ -263,6 +269,7 @@ class FeatureSchema:
                 input_dim=int(data["input_dim"]),
                 encoded_names=tuple(str(n) for n in data["encoded_names"]),
                 target_kind=str(data.get("target_kind") or ""),  # absent before target kinds
+                forecast=data.get("forecast"),  # forecasting models only
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from danlu.data._parquet import read_parquet
+from danlu.data._series_sources import SERIES_SETS, load_series_set
 from danlu.data._values import first_row, preview, to_plain
 from danlu.errors import DataError, MissingExtraError, NotFoundError
 from danlu.logging import get_logger
@@ -175,6 +176,36 @@ _BUILTINS: tuple[BuiltinDataset, ...] = (
         "test (40). Read from sktime's wheel.",
         (6, 100), package="sktime",
     ),
+    BuiltinDataset(
+        "airline", "forecasting", 144, 1, None,
+        "Airline passengers (Box & Jenkins): monthly international totals in thousands, "
+        "1949-1960; columns month, passengers. Read from sktime's wheel.",
+        target="passengers", package="sktime",
+    ),
+    BuiltinDataset(
+        "shampoo_sales", "forecasting", 36, 1, None,
+        "Shampoo sales: monthly sales over three years; columns month, sales. Read from "
+        "sktime's wheel.",
+        target="sales", package="sktime",
+    ),
+    BuiltinDataset(
+        "co2", "forecasting", 2284, 1, None,
+        "Mauna Loa CO2 (ppm): weekly (Saturdays) 1958-2001, 59 weeks missing; columns date, co2. "
+        "Read from statsmodels' wheel.",
+        target="co2", package="statsmodels",
+    ),
+    BuiltinDataset(
+        "sunspots", "forecasting", 309, 1, None,
+        "Yearly sunspot activity 1700-2008; columns year (integer), sunactivity. Read from "
+        "statsmodels' wheel.",
+        target="sunactivity", package="statsmodels",
+    ),
+    BuiltinDataset(
+        "macrodata", "forecasting", 203, 12, None,
+        "US macroeconomic series, quarterly 1959-2009: quarter (its first day), realgdp and 11 "
+        "more columns (covariates). Read from statsmodels' wheel.",
+        target="realgdp", package="statsmodels",
+    ),
 )  # fmt: skip
 #: The time-series sets: name → the folder and file stem inside sktime/datasets/data.
 _UCR_SETS = {
@@ -194,7 +225,7 @@ def list_builtin() -> list[BuiltinDataset]:
 
     Example:
         >>> [d.name for d in list_builtin()][:4]
-        ['basic_motions', 'bbc_news', 'breast_cancer', 'diabetes']
+        ['airline', 'basic_motions', 'bbc_news', 'breast_cancer']
     """
     return sorted(_BUILTINS, key=lambda d: d.name)
 
@@ -226,6 +257,8 @@ def _load_builtin(name: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
         return _load_bbc_news(), None
     if name in _UCR_SETS:
         return _load_ucr(name), known[name].image_shape
+    if name in SERIES_SETS:  # forecasting series, from sktime's and statsmodels' wheels
+        return load_series_set(name), None
     if known[name].package != "scikit-learn":
         return _load_packaged(name), None
     bunch = _sklearn_loader(name)()

@@ -6,6 +6,7 @@ from danlu.registry import Registry
 from danlu.tasks._anomaly import AnomalyTask
 from danlu.tasks._base import Explained, ExtraSection, Task
 from danlu.tasks._classification import ClassificationTask
+from danlu.tasks._forecasting import ForecastingTask
 from danlu.tasks._multilabel import MultiLabelTask
 from danlu.tasks._regression import RegressionTask
 
@@ -14,6 +15,7 @@ __all__ = [
     "AnomalyTask",
     "ClassificationTask",
     "Explained",
+    "ForecastingTask",
     "ExtraSection",
     "MultiLabelTask",
     "RegressionTask",
@@ -25,6 +27,7 @@ TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register("classification")(ClassificationTask)
 TASKS.register("regression")(RegressionTask)
 TASKS.register("multilabel")(MultiLabelTask)
+TASKS.register("forecasting")(ForecastingTask)
 TASKS.register("anomaly")(AnomalyTask)
 
 

@@ -2,7 +2,8 @@
 the pinball loss and interval coverage of quantile forecasts.
 
 Shared by the forecasting task (its rows are forecast origins, each with ``horizon`` values) and
-the classical models' backtest, so both report the same numbers the same way.
+the classical models' backtest, so both report the same numbers the same way. ``mase_scale``
+lives with the series in the data layer (which computes it per series) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -10,38 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from danlu.data._series import mase_scale
+
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["forecast_metrics", "mase_scale"]
-
-
-def mase_scale(train_values: Sequence[float] | np.ndarray, season: int) -> float:
-    """The MASE denominator of one series: the mean absolute seasonal difference in-sample.
-
-    ``mean |y_t - y_{t-m}|`` over the training values, with ``m = season``; a series shorter than
-    two seasons uses ``m = 1`` (the naive forecast). A constant series (every difference zero)
-    falls back to the one-step differences, then to the mean absolute value, then to 1, so MASE
-    stays finite.
-
-    Example:
-        >>> mase_scale([1.0, 2.0, 4.0, 7.0], season=1)
-        2.0
-        >>> mase_scale([1.0, 2.0, 1.0, 2.0, 1.0], season=2)  # seasonal differences are all zero
-        1.0
-    """
-    import numpy as np
-
-    y = np.asarray(train_values, dtype=np.float64).reshape(-1)
-    y = y[np.isfinite(y)]
-    m = season if season >= 1 and len(y) >= 2 * season else 1
-    for lag in (m, 1):
-        if len(y) > lag:
-            scale = float(np.abs(y[lag:] - y[:-lag]).mean())
-            if scale > 0:
-                return scale
-    level = float(np.abs(y).mean()) if len(y) else 0.0
-    return level if level > 0 else 1.0
 
 
 def forecast_metrics(

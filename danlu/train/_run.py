@@ -173,6 +173,16 @@ def check_recipe(recipe: Recipe) -> Any:
                 "Remove the anomaly block, or set task: anomaly.",
             )
         )
+    if recipe.forecast is not None and task.name != "forecasting":
+        issues.append(
+            ConfigIssue(
+                ("forecast",),
+                f"the forecast block applies to task: forecasting only; this recipe's task is "
+                f"{recipe.task}",
+                "forecast",
+                "Remove the forecast block, or set task: forecasting.",
+            )
+        )
     if hasattr(options, "recipe_issues"):  # what the model refuses (gbdt: its tasks ...)
         issues.extend(options.recipe_issues(recipe))
     imbalance = recipe.data.imbalance.method
@@ -237,10 +247,12 @@ def make_context(
 def prepare_recipe_data(recipe: Recipe, task: Any, frame: Any = None) -> PreparedData:
     """``prepare_data`` of the recipe's ``data`` block (rows from ``frame`` when given); a data
     error that one recipe key fixes (a split column not in the data) names the key's line."""
-    from danlu.data import RecipeDataError, prepare_data
+    from danlu.data import RecipeDataError, prepare_data, prepare_forecast_data
     from danlu.models._text_inputs import text_inputs
 
     try:
+        if recipe.forecast is not None:  # task: forecasting: windows of time-ordered series
+            return prepare_forecast_data(recipe.data, recipe.forecast, task, frame=frame)
         return prepare_data(recipe.data, task, frame=frame, **text_inputs(recipe.model))
     except RecipeDataError as exc:
         issue = ConfigIssue(exc.loc, exc.problem, exc.found, exc.fix)
