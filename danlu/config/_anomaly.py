@@ -12,8 +12,10 @@ learns from, and how the flag's threshold is chosen::
 ``data.target`` is the label column. Give ``normal`` (every other value is anomalous) or
 ``anomalous`` (every other value is normal), or both when the column holds only those values.
 The threshold on the anomaly score is chosen on the validation split once training ends:
-``contamination`` flags the top ``rate`` of the validation rows, ``f1`` maximises F1 on them
-(it needs anomalous rows among them).
+``contamination`` flags the top ``rate`` of the validation rows the model trains on (the normal
+ones under ``train_on: normal``: ``rate`` is then the share of false alarms, as scikit-learn's
+``contamination`` for a detector fitted on normal rows), ``f1`` maximises F1 on the validation
+rows (it needs anomalous rows among them).
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ class ThresholdConfig(BaseModel):
 
     method: Literal["contamination", "f1"] = Field(
         "contamination",
-        description="contamination: flag the top `rate` of the validation rows' scores; f1: "
-        "the threshold of the best F1 on the validation rows (needs anomalous rows there).",
+        description="contamination: flag the top `rate` of the scores of the validation rows "
+        "the model trains on (the normal ones under train_on: normal), as scikit-learn's "
+        "contamination; f1: the threshold of the best F1 on the validation rows (needs "
+        "anomalous rows there).",
     )
     rate: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
         0.05,
-        description="contamination: the expected share of anomalies, above 0 and below 0.5.",
+        description="contamination: the share of those rows flagged (the expected share of "
+        "anomalies in them; of false alarms under train_on: normal), above 0 and below 0.5.",
     )
 
     @model_validator(mode="after")

