@@ -65,6 +65,8 @@ class BacktestResult:
     summary: list[dict[str, Any]] = field(default_factory=list)
     winner: int | None = None
     seconds: float = 0.0
+    #: (candidate, fold) → each series' point forecast (original units); not serialized
+    forecasts: dict[tuple[int, int], list[np.ndarray]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,10 +177,11 @@ def _neural_forecast(
     forecast = recipe.forecast.model_copy(
         update={"test": horizon, "lags": int(series.lags), "season": int(series.season)}
     )
+    task = get_task(recipe.task)
     prepared = prepare_forecast_data(
-        recipe.data, forecast, recipe.task, frame=frame, cutoff=origin + horizon
+        recipe.data, forecast, task, frame=frame, cutoff=origin + horizon
     )
-    task = get_task(recipe.task).configure(recipe, prepared)
+    task = task.configure(recipe, prepared)
     if not len(prepared.y_train):
         raise ConfigError(f"no training window before origin {origin}")
     seed_everything(recipe.train.seed)
@@ -280,6 +283,7 @@ def backtest(
                 skipped = f"fold {fold + 1}: {exc}"
                 log.info("backtest: %s skipped (%s)", kind, skipped)
                 break
+            result.forecasts[(index, fold)] = forecast.point
             metrics = _score(forecast, series, origin)
             seconds += forecast.seconds
             row.update({k: float(v) for k, v in metrics.items() if k in _METRICS})
