@@ -61,5 +61,5 @@ def test_option_errors_name_the_key_and_the_valid_options():
 
 
 def test_unknown_model_lists_the_valid_ones():
-    with pytest.raises(NotFoundError, match=r"Did you mean 'mlp'.*cnn, gbdt, mlp"):
+    with pytest.raises(NotFoundError, match=r"Did you mean 'mlp'.* cnn, cnn1d,.* gbdt,.* mlp,"):
         MODELS.get("mpl")
