@@ -104,3 +104,16 @@ def test_column_split_names_bad_values_and_missing_splits() -> None:
         ["Train", "validation", "test", "train"], np.zeros(4), val=0.5, stratify=False, seed=0
     )  # marked validation rows are kept as they are
     assert (train.tolist(), val.tolist(), test.tolist()) == ([0, 3], [1], [2])
+
+
+def test_split_by_column_needs_its_column_and_no_group() -> None:
+    from danlu.errors import ConfigError
+
+    base = {"name": "gp", "task": "classification", "model": {"type": "cnn1d"}}
+    for split, match in (
+        ({"by": "column"}, "by: column needs column"),
+        ({"by": "column", "column": "split", "group": "x"}, "cannot be combined"),
+        ({"column": "split"}, "column is read only with by: time or by: column"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            load_recipe({**base, "data": {"source": "builtin:gunpoint", "split": split}})
