@@ -20,7 +20,7 @@ def test_list_builtin_names_the_bundled_sets() -> None:
     assert names == [
         "airline", "basic_motions", "bbc_news", "breast_cancer", "co2", "diabetes", "diamonds",
         "digits", "gunpoint", "iris", "italy_power_demand", "macrodata", "penguins",
-        "shampoo_sales", "sunspots", "titanic", "wine", "yeast",
+        "shampoo_sales", "sunspots", "titanic", "wine", "yahoo", "yeast",
     ]  # fmt: skip
     assert all(isinstance(d, BuiltinDataset) for d in list_builtin())
 
@@ -35,11 +35,11 @@ def test_builtin_loads_with_the_advertised_shape(dataset: BuiltinDataset) -> Non
         return
     assert raw.target == dataset.target
     # the time-series classification sets add the archive's split; a series adds its time column
-    split = int(dataset.package == "sktime" and dataset.task != "forecasting")
+    split = int(dataset.package == "sktime" and dataset.task == "classification")
     assert raw.frame.shape == (dataset.rows, dataset.features + 1 + split)
     assert raw.image_shape == dataset.image_shape
     y = raw.frame[dataset.target]
-    if dataset.task == "classification":
+    if dataset.task in ("classification", "anomaly"):  # anomaly: a 0/1 label
         if dataset.package == "scikit-learn":
             assert pd.api.types.is_integer_dtype(y.dtype)
         assert y.nunique() == dataset.classes
