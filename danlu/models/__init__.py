@@ -42,6 +42,7 @@ from danlu.models._text import (
     count_parameters,
     merge_adapters,
 )
+from danlu.models._window import LSTMSpec, TCNSpec, build_lstm, build_tcn
 from danlu.registry import Registry
 
 if TYPE_CHECKING:
@@ -59,12 +60,14 @@ __all__ = [
     "CNNSpec",
     "DeepSVDDSpec",
     "GBDTSpec",
+    "LSTMSpec",
     "LoraSpec",
     "MLPSpec",
     "ModelBundle",
     "Predictor",
     "Rows",
     "ModelSpec",
+    "TCNSpec",
     "TextCNNSpec",
     "TransformerSpec",
     "build_model",
@@ -87,6 +90,8 @@ MODELS.register("transformer", spec=TransformerSpec)(build_transformer)  # pretr
 MODELS.register("text_cnn", spec=TextCNNSpec)(build_text_cnn)
 MODELS.register("autoencoder", spec=AutoencoderSpec)(build_autoencoder)  # task: anomaly
 MODELS.register("deep_svdd", spec=DeepSVDDSpec)(build_deep_svdd)  # task: anomaly
+MODELS.register("lstm", spec=LSTMSpec)(build_lstm)  # task: forecasting (cell: lstm | gru)
+MODELS.register("tcn", spec=TCNSpec)(build_tcn)  # task: forecasting: dilated causal convolutions
 for _kind, _spec in CLASSICAL_SPECS.items():  # forecasting: fitted by statsmodels (affine)
     MODELS.register(_kind, spec=_spec)(build_classical)
 

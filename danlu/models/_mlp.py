@@ -1,4 +1,5 @@
-"""Multi-layer perceptron for tabular features."""
+"""Multi-layer perceptron for tabular features, and for forecasting windows (normalised per
+window: see ``danlu.models._window``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ class MLPSpec(ModelSpec):
     activation: Activation = "relu"
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     batch_norm: bool = False
+    window_norm: bool = Field(
+        True,
+        description="task: forecasting: normalise each window by its own mean / std (RevIN); "
+        "no effect on other tasks.",
+    )
 
 
 def build_mlp(spec: MLPSpec, schema: FeatureSchema, task: Task) -> nn.Module:
@@ -43,4 +49,9 @@ def build_mlp(spec: MLPSpec, schema: FeatureSchema, task: Task) -> nn.Module:
             layers.append(nn.Dropout(spec.dropout))
         width = size
     layers.append(nn.Linear(width, task.output_dim(schema)))
-    return nn.Sequential(*layers)
+    net = nn.Sequential(*layers)
+    if schema.forecast and spec.window_norm:  # forecasting windows: see danlu.models._window
+        from danlu.models._window import WindowNorm, window_layout
+
+        return WindowNorm(net, window_layout(schema, "mlp")[0])
+    return net
