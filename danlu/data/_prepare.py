@@ -614,10 +614,18 @@ def prepare_data(
         and int(np.prod(image_shape)) != fitted.input_dim
     ):
         where = "data.image_shape" if config.image_shape else f"the image shape of '{raw.source}'"
+        others = [str(f.name) for f in fitted.features if f.kind != "numeric"]
+        hint = (
+            f" Columns that are not numbers: {preview(others)}; mark them 'ignore' in "
+            "data.features (a column naming each row's split: data.split: {by: column, "
+            "column: NAME})."
+            if others
+            else ""
+        )
         raise DataError(
             f"{where} {list(image_shape)} holds {int(np.prod(image_shape))} values, but the "
             f"prepared rows have {fitted.input_dim} feature columns. Make the shape's product "
-            f"equal {fitted.input_dim}, or remove data.image_shape."
+            f"equal {fitted.input_dim}, or remove data.image_shape.{hint}"
         )
     check_augment(config.augment, fitted.image_shape, text)
     val, test = frame.iloc[val_idx], frame.iloc[test_idx]

@@ -117,3 +117,14 @@ def test_split_by_column_needs_its_column_and_no_group() -> None:
     ):
         with pytest.raises(ConfigError, match=match):
             load_recipe({**base, "data": {"source": "builtin:gunpoint", "split": split}})
+
+
+def test_a_random_split_names_the_split_column_until_it_is_ignored() -> None:
+    base = {"name": "gp", "task": "classification", "model": {"type": "cnn1d"}}
+    recipe = load_recipe({**base, "data": {"source": "builtin:gunpoint"}})
+    with pytest.raises(DataError, match="not numbers: 'split'; mark them 'ignore'"):
+        prepare_data(recipe.data, recipe.task)
+    data = {"source": "builtin:gunpoint", "features": {"split": "ignore"}}
+    prepared = prepare_data(load_recipe({**base, "data": data}).data, "classification")
+    assert prepared.schema.input_dim == 150
+    assert len(prepared.x_train) + len(prepared.x_val) + len(prepared.x_test) == 200
