@@ -198,15 +198,6 @@ class AnomalyTask(Task):
                     "whose training split holds normal rows.",
                 )
             )
-        if not len(task.columns):
-            issues.append(
-                ConfigIssue(
-                    where,
-                    "no label value is anomalous: every value of the column is listed as normal",
-                    getattr(config, where[1]),
-                    "Name the anomalous values with anomaly.anomalous.",
-                )
-            )
         if task.method == "f1" and not task.flags(data.y_val).any():
             issues.append(
                 ConfigIssue(

@@ -264,3 +264,19 @@ def test_digits_detector_is_exported_and_served_as_a_score_and_a_flag(digits, tm
     assert body["predictions"] == expected["prediction"].tolist()
     assert np.allclose(body["score"], expected["score"], rtol=1e-4)
     assert '"boolean"' in spec and "score" in spec
+
+
+def test_unlabelled_rows_train_on_all_and_flag_the_contamination_rate(tmp_path):
+    """A constant label column (every row normal): no AUROC, but a threshold and flags."""
+    frame = load_source("builtin:breast_cancer").frame.drop(columns=["target"])
+    frame["label"] = "unlabelled"
+    path = tmp_path / "rows.csv"
+    frame.to_csv(path, index=False)
+    recipe = _recipe(
+        data={"source": str(path), "target": "label"},
+        anomaly={"normal": ["unlabelled"], "train_on": "all", "threshold": {"rate": 0.1}},
+    )
+    result = danlu.run(recipe, home=tmp_path / "home")
+    assert "auroc" not in result.metrics and result.metrics["threshold"] > 0
+    flagged = result.predict(frame.drop(columns=["label"]))["prediction"]
+    assert 0.02 < flagged.mean() < 0.3  # about the rate (it was fitted on the validation rows)
