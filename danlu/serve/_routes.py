@@ -24,6 +24,7 @@ from danlu.logging import get_logger
 from danlu.serve._auth import ADMIN, PREDICT, PUBLIC, SCOPE_KEY, requires
 from danlu.serve._codec import json_response, refuse_duplicate_keys
 from danlu.serve._errors import AdminFailure, error_response, scrub
+from danlu.serve._forecast import add_forecast_route
 from danlu.serve._lane import PredictLane
 from danlu.serve._openapi import (
     AliasRequest,
@@ -53,6 +54,7 @@ def add_routes(app: FastAPI, state: ServerState, lane: PredictLane) -> None:
     """Declare every route of the server on ``app``."""
     catalog = _Catalog(state)
     _add_predict(app, lane)
+    add_forecast_route(app, state)  # task: forecasting: a history in, the horizon out
     _add_models(app, state, catalog)
     _add_health(app, state, catalog)
     _add_admin(app, state, catalog)

@@ -256,6 +256,12 @@ class ForecastingTask(Task):
             ],
         )
 
+    def signature(self, schema: FeatureSchema) -> dict[str, Any]:
+        """The base signature plus ``forecast``: the window's settings (horizon, lags,
+        quantiles, transform, frequency, covariates) that ``POST .../forecast`` builds a window
+        from a history with."""
+        return {**super().signature(schema), "forecast": forecast_meta(schema)}
+
     def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
         q, h = _shape(schema)
         steps = {"type": "array", "items": {"type": "number"}, "minItems": h, "maxItems": h}

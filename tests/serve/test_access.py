@@ -17,7 +17,7 @@ from tests.serve.test_auth import BODIES, _concrete
 
 CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 #: state-changing methods that change nothing: predictions
-NOT_CHANGING = {("POST", "/v1/models/{name}/predict")}
+NOT_CHANGING = {("POST", "/v1/models/{name}/predict"), ("POST", "/v1/models/{name}/forecast")}
 
 
 @pytest.fixture

@@ -1,0 +1,102 @@
+"""POST /v1/models/{name}/forecast through a real ``danlu serve`` on 127.0.0.1: the example
+recipe (examples/airline_forecast.yaml) is run and registered, then served; a history gives the
+same forecast the run scored on its test block, and a bad body is a 4xx naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+import danlu
+from danlu.data._series_sources import load_series_set
+from danlu.serve._forecast import read_forecast_request
+from danlu.serve._types import RequestError
+from tests.serve.conftest import LiveServer, start_server
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "airline_forecast.yaml"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Any]]:
+    home = tmp_path_factory.mktemp("forecast-home")
+    result = danlu.run(EXAMPLE, overrides=["train.epochs=8"], home=home)
+    assert result.registered is not None and result.registered.ref == "airline:1"
+    log_dir = tmp_path_factory.mktemp("forecast-server")
+    with start_server(home, "airline@production", "--poll", "0", log_dir=log_dir) as server:
+        yield server, result
+
+
+def test_a_history_gives_the_forecast_the_run_scored(served: tuple[LiveServer, Any]) -> None:
+    server, result = served
+    frame = load_series_set("airline")
+    history = frame["passengers"].tolist()[:-12]  # everything before the test block
+    times = [t.strftime("%Y-%m-%d") for t in frame["month"][:-12]]
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        answer = http.post("/v1/models/airline/forecast", json={"history": history, "times": times})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-model-version"] == "1"
+    body = answer.json()
+    steps = body["forecast"]
+    assert body["ref"] == "airline:1" and body["horizon"] == 12 and len(steps) == 12
+    assert [s["step"] for s in steps] == list(range(1, 13))
+    assert steps[0]["time"].startswith("1960-01-01") and steps[-1]["time"].startswith("1960-12-01")
+    mean = np.array([s["mean"] for s in steps])
+    truth = frame["passengers"].to_numpy()[-12:]
+    # the served window is the run's test window: the same forecast, so the same error
+    assert np.mean(np.abs(mean - truth) / truth) == pytest.approx(result.metrics["mape"], rel=1e-4)
+    for s in steps:
+        assert s["lower"] <= s["mean"] <= s["upper"]
+        assert s["quantiles"]["0.5"] == pytest.approx(s["mean"])
+        assert s["quantiles"]["0.1"] == pytest.approx(s["lower"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"history": [100.0] * 5}, "history"),  # shorter than the model's 24 lags
+        ({"history": [1, "a"] + [100.0] * 30}, "history[1]"),
+        ({"history": [100.0] * 30, "covariates": {"x": [1.0]}}, "covariates"),
+        ({"history": [100.0] * 30, "times": ["1950-01-01"]}, "times"),
+        ({"values": [1.0]}, "values"),
+        ({}, "history"),
+    ],
+)
+def test_a_bad_body_names_its_field(
+    served: tuple[LiveServer, Any], body: dict[str, Any], field: str
+) -> None:
+    server, _ = served
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        answer = http.post("/v1/models/airline/forecast", json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["field"] == field
+
+
+def test_nan_and_unknown_models_are_refused(served: tuple[LiveServer, Any]) -> None:
+    server, _ = served
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        nan = http.post(
+            "/v1/models/airline/forecast",
+            content=b'{"history": [1.0, NaN]}',
+            headers={"content-type": "application/json"},
+        )
+        missing = http.post("/v1/models/nope/forecast", json={"history": [1.0]})
+    assert nan.status_code == 400 and "NaN" in nan.json()["error"]["message"]
+    assert missing.status_code == 404
+
+
+def test_read_forecast_request_checks_each_field() -> None:
+    assert read_forecast_request({"history": [1, 2], "times": [1, 2]}) == ([1.0, 2.0], [1, 2], {})
+    with pytest.raises(RequestError) as info:
+        read_forecast_request({"history": [1.0], "covariates": {"t": [float("inf")]}})
+    assert info.value.field == "covariates.t[0]"
+    with pytest.raises(RequestError) as info:
+        read_forecast_request({"history": [True]})
+    assert info.value.field == "history[0]"
+    with pytest.raises(RequestError) as info:
+        read_forecast_request([1.0])
+    assert info.value.field == "body"
