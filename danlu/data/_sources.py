@@ -63,7 +63,8 @@ class BuiltinDataset:
         features: number of feature columns.
         classes: number of classes or labels, else None.
         description: one line on what it is.
-        image_shape: the shape of one row as an image, e.g. ``(1, 8, 8)``, else None.
+        image_shape: the shape of one row as an image, e.g. ``(1, 8, 8)``, or as a sequence
+            ``(channels, length)``, e.g. ``(1, 150)``; else None.
         label_columns: the 0/1 label columns packed into one label-set target by default.
         target: the target column (``target`` for scikit-learn's sets).
         package: the installed package it ships in.
@@ -89,7 +90,8 @@ class RawData:
         frame: the features and the target, one row per example.
         target: the target column's name.
         source: the source string it was loaded from.
-        image_shape: the shape of one row as an image (built-ins and 3-D/4-D ``.npz``), else None.
+        image_shape: the shape of one row as an image (built-ins and 3-D/4-D ``.npz``) or as a
+            sequence ``(channels, length)`` (the time-series built-ins), else None.
         label_columns: the 0/1 columns packed into the label-set column ``target`` when
             ``data.target`` lists several columns; ``()`` otherwise.
     """
