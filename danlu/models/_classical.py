@@ -462,7 +462,7 @@ def _affine_module() -> type[torch.nn.Module]:
             if self.n_quantiles == 0:
                 return mean
             out = mean.unsqueeze(1) + self.offset.unsqueeze(0)  # (n, Q, H)
-            return out.reshape(len(x), -1)
+            return out.flatten(1)  # not reshape(len(x), …): the batch stays dynamic in ONNX
 
         def load_fit(
             self,

@@ -200,3 +200,20 @@ def test_classical_model_refuses_many_series() -> None:
     )
     with pytest.raises(ConfigError, match=r"ets is fitted on one series.*auto"):
         check_recipe(recipe)
+
+
+def test_classical_module_exports_to_onnx(airline: np.ndarray) -> None:
+    """The affine module exports with a dynamic batch and the same outputs."""
+    from danlu.export._onnx import export_onnx, onnx_outputs
+    from danlu.models._classical import _affine_module
+
+    lags, horizon = 24, 6
+    fit = fit_classical(ETSSpec(), airline, season=12, horizon=horizon, lags=lags)
+    module = _affine_module()(lags, horizon, 3, fit.kind)
+    module.load_fit(fit, list(range(lags)), 5.5, 0.4, (0.1, 0.5, 0.9))
+    module.eval()
+    rows = airline[np.arange(20)[:, None] + np.arange(lags)]
+    x = ((rows - 5.5) / 0.4).astype(np.float32)
+    graph = export_onnx(module, lags, x[:4])
+    got = onnx_outputs(graph)(x)  # more rows than the export's example
+    np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), atol=1e-5)
