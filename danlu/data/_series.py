@@ -558,7 +558,7 @@ def prepare_forecast_data(
     for s in series:
         counts = _regularise(s, frequency, forecast.missing)
         if sum(counts.values()):
-            interpolated[s.sid] = counts.get("gaps", 0) + counts["target"]
+            interpolated[s.sid] = counts["target"]  # the gaps' points included
     if cutoff is not None:
         for s in series:
             s.times, s.values = s.times[:cutoff], s.values[:cutoff]

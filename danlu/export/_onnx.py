@@ -89,6 +89,13 @@ def _quiet_exporter() -> Iterator[None]:
             warnings.catch_warnings(),
         ):
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec")
+            # torch.export's LSTM / GRU decomposition (the forecasting models) warns about its
+            # own internals: a deprecated size check, the flat weights, a .grad read
+            warnings.filterwarnings(
+                "ignore", category=FutureWarning, message=r"_check_is_size will be removed"
+            )
+            for message in (r"The tensor attributes .*_flat_weights", r"The \.grad attribute"):
+                warnings.filterwarnings("ignore", category=UserWarning, message=message)
             warnings.filterwarnings(
                 "ignore", category=DeprecationWarning, message=r".*legacy TorchScript-based ONNX"
             )
