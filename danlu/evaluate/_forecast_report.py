@@ -80,6 +80,8 @@ def backtest_section(table: dict[str, Any], *, shipped: str | None = None) -> Se
         row["seconds"] = s.get("seconds")
         if "skipped" in s:
             row["skipped"] = s["skipped"]
+        if s.get("baseline_only"):
+            row["baseline only"] = "yes (fitted per series; ships for one series)"
         if shipped is not None:
             row["shipped"] = "yes" if s["type"] == shipped else ""
         else:

@@ -231,13 +231,15 @@ def backtest(
     frame: Any = None,
     folds: int = 5,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    baseline_only: Sequence[str] = (),
 ) -> BacktestResult:
     """Rolling-origin backtest of ``candidates`` (``(type, validated options)``) on ``series``
     (a :class:`~danlu.data.SeriesSplits`), over the history before its test block.
 
     Neural candidates need ``recipe`` (its data, forecast and train blocks); classical ones
     need only the series. Returns the table and the winner: the lowest mean MASE among the
-    candidates scored on every fold (ties: the simpler, :data:`SIMPLICITY`).
+    candidates scored on every fold (ties: the simpler, :data:`SIMPLICITY`); the types in
+    ``baseline_only`` are scored but never chosen.
 
     Example:
         >>> # result = backtest([("seasonal_naive", SeasonalNaiveSpec())], prepared.series)
@@ -293,6 +295,8 @@ def backtest(
             if on_row is not None:
                 on_row(row)
         summary: dict[str, Any] = {"candidate": index, "type": kind, "options": block}
+        if kind in baseline_only:
+            summary["baseline_only"] = True
         if skipped is None:
             for metric in _METRICS:
                 values = [s[metric] for s in scores if metric in s]
@@ -313,7 +317,11 @@ def _simplicity(kind: str) -> int:
 
 
 def _winner(summary: list[dict[str, Any]]) -> int | None:
-    scored = [s for s in summary if "skipped" not in s and np.isfinite(s.get("mase", np.nan))]
+    scored = [
+        s
+        for s in summary
+        if "skipped" not in s and not s.get("baseline_only") and np.isfinite(s.get("mase", np.nan))
+    ]
     if not scored:
         return None
     best = min(s["mase"] for s in scored)
@@ -337,7 +345,13 @@ def select_forecaster(ctx: Context) -> ChosenModel:
     candidates: list[tuple[str, Any]] = list(getattr(ctx.model, "candidates", []))
     forecast = ctx.recipe.forecast
     folds = int(forecast.backtest.folds) if forecast is not None else 5
-    result = backtest(candidates, series, recipe=ctx.recipe, folds=folds)
+    # classical models ship for one series: with many they are the backtest's baselines only
+    from danlu.models._classical import CLASSICAL_TYPES
+
+    baseline_only = CLASSICAL_TYPES if len(series.ids) > 1 else ()
+    result = backtest(
+        candidates, series, recipe=ctx.recipe, folds=folds, baseline_only=baseline_only
+    )
     if result.winner is None:
         reasons = "; ".join(f"{s['type']}: {s.get('skipped', 'no score')}" for s in result.summary)
         raise ConfigError(f"model.type auto: no candidate could be backtested ({reasons}).")

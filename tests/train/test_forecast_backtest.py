@@ -217,3 +217,44 @@ def test_classical_module_exports_to_onnx(airline: np.ndarray) -> None:
     graph = export_onnx(module, lags, x[:4])
     got = onnx_outputs(graph)(x)  # more rows than the export's example
     np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_auto_with_many_series_ships_a_neural_model(tmp_path) -> None:
+    """Classical models are the backtest's baselines on each series but never ship for many."""
+    import danlu
+    from danlu.data._series_sources import load_series_set
+    from danlu.store import SqlStore
+
+    one = load_series_set("airline")
+    frame = __import__("pandas").concat(
+        [one.assign(shop="a"), one.assign(shop="b", passengers=one["passengers"] * 1.5)]
+    )
+    frame.to_csv(tmp_path / "shops.csv", index=False)
+    store = SqlStore(home=tmp_path / "home")
+    result = danlu.run(
+        {
+            "name": "shops",
+            "task": "forecasting",
+            "data": {"source": str(tmp_path / "shops.csv"), "target": "passengers"},
+            "forecast": {
+                "time": "month",
+                "series_id": "shop",
+                "horizon": 6,
+                "lags": 12,
+                "transform": "log",
+                "backtest": {"folds": 2},
+            },
+            "model": {
+                "type": "auto",
+                "candidates": [{"type": "seasonal_naive"}, {"type": "mlp", "hidden": [8]}],
+            },
+            "train": {"epochs": 2, "checkpoint": {"every": 0}},
+        },
+        store=store,
+    )
+    table = json.loads((result.run_dir / "backtest.json").read_text())
+    naive = next(s for s in table["summary"] if s["type"] == "seasonal_naive")
+    assert naive["baseline_only"] and "mase" in naive  # scored on both series, not shippable
+    assert table["winner_type"] == "mlp"
+    assert json.loads((result.run_dir / "model.json").read_text())["type"] == "mlp"
+    store.close()
