@@ -10,8 +10,8 @@ Models (``autoencoder``, ``deep_svdd``) output ``(N, 1 + d)``: the anomaly score
 contribution per prepared feature (what drove the score). The loss is the mean score of the
 training rows — of the normal ones only under ``train_on: normal``, where rows labelled
 anomalous are masked out. Once training ends the threshold is chosen on the validation split
-(``contamination``: the top ``rate`` of its scores; ``f1``: the best F1 there) and saved with
-the model (``decoding.json``). Metrics: AUROC (headline), AUPRC, precision@k, and precision,
+(``contamination``: the top ``rate`` of the scores of the rows trained on, as scikit-learn's
+``contamination``; ``f1``: the best F1 there) and saved with the model (``decoding.json``). Metrics: AUROC (headline), AUPRC, precision@k, and precision,
 recall and F1 at the threshold. Baselines: Isolation Forest, Local Outlier Factor
 (``novelty=True``) and a one-class SVM, fitted on the same training rows. Served: ``prediction``
 (the flag, true for an anomaly) and ``score`` per row.
