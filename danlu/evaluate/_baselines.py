@@ -101,6 +101,14 @@ def baselines_section(data: EvalData, seed: int = 0) -> Section:
     text = text_baseline_outputs(data) if data.text_columns else None
     if isinstance(text, tuple):
         fitted[text[0]] = text[1]
+    if not fitted:  # forecasting: its baselines fit whole series (the backtest section)
+        section.data.update({"metric": headline, "columns": list(shown), "rows": rows})
+        section.data["skipped"] = f"the {task.name} task has no row baselines"
+        section.notes.append(
+            f"The {task.name} task compares its model with baselines elsewhere in the report "
+            "(forecasting: the backtest section), not on these rows."
+        )
+        return section
     for name, fit in fitted.items():
         metrics = data.task.metrics(fit["outputs"], data.y, data.schema)
         rows.append(

@@ -245,7 +245,7 @@ def _headline_summary(
             level = f"{round(100 * confidence)}% CI"
             ci = f", {level} [{_pct(interval['low'])}, {_pct(interval['high'])}]"
         return f"{_pct(value)} {label}{ci} ({n} rows)"
-    if data.task.target_kind == "values":
+    if data.task.target_kind == "values" and data.y.ndim == 1:  # regression
         margin = f" ± {(interval['high'] - interval['low']) / 2:.3f}" if interval else ""
         return f"R² {value:.3f}{margin}, MAE {values['mae']:.4g} ({n} test rows)"
     half = (interval["high"] - interval["low"]) / 2 if interval else None
@@ -368,7 +368,8 @@ def metrics_section(data: EvalData, resamples: int = 1000, confidence: float = 0
                 "ROC-AUC and PR-AUC need every class among the evaluation rows; some are absent."
             )
         headline = "accuracy"
-    elif data.task.target_kind != "values":  # any other kind of task: its own metrics
+    elif data.task.target_kind != "values" or data.y.ndim > 1:  # e.g. forecasts (n, horizon):
+        # any other kind of task: its own metrics
         values, chosen, arrays, headline = _task_metrics(data)
     else:
         true = data.task.predict(data.y.astype(np.float64).reshape(-1, 1) * 1.0, data.schema)[
