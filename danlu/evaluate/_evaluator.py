@@ -398,7 +398,16 @@ def _run_context(
     prepared = None
     if recipe is not None and recipe.data.stream is None:
         try:
-            prepared = prepare_data(recipe.data, get_task(recipe.task), **text_inputs(recipe.model))
+            if recipe.forecast is not None:  # task: forecasting: the same windows and series
+                from danlu.data import prepare_forecast_data
+
+                prepared = prepare_forecast_data(
+                    recipe.data, recipe.forecast, get_task(recipe.task)
+                )
+            else:
+                prepared = prepare_data(
+                    recipe.data, get_task(recipe.task), **text_inputs(recipe.model)
+                )
         except DanluError as exc:
             log.warning("The run's data could not be prepared again (%s).", exc)
         if prepared is not None and run.data_fingerprint not in {None, prepared.raw_fingerprint}:
@@ -539,6 +548,13 @@ def evaluate_run(
         on_section=on_section,
         callbacks=callbacks,
     )
+    if data is None and prepared is not None and prepared.series is not None:
+        from danlu.evaluate._forecast_report import forecast_sections
+
+        stored = store.artifact_path(run.id, "backtest.json")  # the run's backtest, if any
+        table = json.loads(read_bytes(stored)) if stored.is_file() else None
+        shipped = bundle.card.get("type")
+        report.sections[1:1] = forecast_sections(bundle.model, prepared, table, shipped=shipped)
     fitted = eval_data.temperature if fit and eval_data.temperature != 1.0 else None
     save_report(store, report, run_id=run.id, temperature=fitted)
     return report

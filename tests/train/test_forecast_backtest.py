@@ -258,3 +258,36 @@ def test_auto_with_many_series_ships_a_neural_model(tmp_path) -> None:
     assert table["winner_type"] == "mlp"
     assert json.loads((result.run_dir / "model.json").read_text())["type"] == "mlp"
     store.close()
+
+
+def test_report_of_one_model_backtests_it_against_the_baselines(tmp_path) -> None:
+    """A run of one model type: the report backtests it against seasonal naive and ETS (stored
+    as backtest.json); `danlu evaluate RUN` rebuilds the forecasting sections from the store."""
+    import danlu
+    from danlu.evaluate import evaluate_run
+    from danlu.store import SqlStore
+
+    store = SqlStore(home=tmp_path / "home")
+    off = {k: None for k in ("calibration", "robustness", "explain", "membership", "cost")}
+    result = danlu.run(
+        {
+            "name": "air",
+            "task": "forecasting",
+            "data": {"source": "builtin:airline", "target": "passengers"},
+            "forecast": {"time": "month", "horizon": 12, "transform": "log"},
+            "model": {"type": "naive"},
+            "train": {"checkpoint": {"every": 0}},
+            "evaluate": {**off, "baselines": False},
+        },
+        store=store,
+    )
+    section = next(s for s in result.report.sections if s.key == "backtest")
+    models = {row["model"]: row for row in section.data["models"]}
+    assert set(models) == {"naive", "seasonal_naive", "ets"}
+    assert models["naive"]["shipped"] == "yes" and models["ets"]["shipped"] == ""
+    assert models["ets"]["mase"] < models["naive"]["mase"]  # the report shows the better model
+    assert (result.run_dir / "backtest.json").is_file()
+    again = evaluate_run(result.run_id, store=store)
+    keys = [s.key for s in again.sections]
+    assert {"backtest", "forecast", "residuals"} <= set(keys)
+    store.close()
