@@ -151,6 +151,29 @@ class ModelBundle:
         order. Returns ``prediction`` and the task's other outputs (``probabilities``...)."""
         return self.decode(self.outputs(self.encode(data)))
 
+    def forecast(
+        self,
+        history: Sequence[float] | np.ndarray,
+        covariates: Mapping[str, Sequence[float]] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """A forecasting model's next ``horizon`` values after ``history`` (original units,
+        oldest first, at least the model's ``lags`` values); ``covariates`` as
+        ``POST .../forecast`` takes them. Returns ``prediction`` (H,) and, with quantiles,
+        ``lower`` / ``upper`` (H,) and ``quantiles`` (Q, H).
+
+        Raises:
+            ConfigError: the model does not forecast.
+            DataError: a short history, NaN, or covariates missing or of the wrong length.
+
+        Example:
+            >>> # danlu.load_model("airline@production").forecast(last_24_months)["prediction"]
+        """
+        from danlu.data import forecast_window
+        from danlu.tasks._forecasting import forecast_meta
+
+        row = forecast_window(forecast_meta(self.schema), history, covariates)
+        return {name: values[0] for name, values in self.predict([row]).items()}
+
 
 Predictor = ModelBundle  # the name the Python API uses
 

@@ -14,6 +14,7 @@ import pytest
 
 import danlu
 from danlu.data._series_sources import load_series_set
+from danlu.errors import DataError
 from danlu.serve._forecast import read_forecast_request
 from danlu.serve._types import RequestError
 from tests.serve.conftest import LiveServer, start_server
@@ -23,6 +24,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "airline_forecast.y
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Any]]:
+    """The example run (8 epochs) registered as airline:1 and served as airline@production."""
     home = tmp_path_factory.mktemp("forecast-home")
     result = danlu.run(EXAMPLE, overrides=["train.epochs=8"], home=home)
     assert result.registered is not None and result.registered.ref == "airline:1"
@@ -100,3 +102,21 @@ def test_read_forecast_request_checks_each_field() -> None:
     with pytest.raises(RequestError) as info:
         read_forecast_request([1.0])
     assert info.value.field == "body"
+
+
+def test_load_model_forecasts_like_the_server(served: tuple[LiveServer, Any]) -> None:
+    from danlu.store import SqlStore
+
+    server, result = served
+    history = load_series_set("airline")["passengers"].tolist()[:-12]
+    with SqlStore(home=server.home) as store:
+        predictor = danlu.load_model("airline@production", store=store)
+        got = predictor.forecast(history)
+    assert got["prediction"].shape == (12,) and got["quantiles"].shape == (3, 12)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        steps = http.post("/v1/models/airline/forecast", json={"history": history}).json()
+    served_mean = [s["mean"] for s in steps["forecast"]]
+    np.testing.assert_allclose(got["prediction"], served_mean, rtol=1e-4)  # ONNX vs torch
+    assert all(s["time"] is None for s in steps["forecast"])  # no times given: none answered
+    with pytest.raises(DataError, match="history: needs at least 24 values"):
+        predictor.forecast(history[:3])
