@@ -223,3 +223,12 @@ def test_recipe_errors_name_the_forecast_block(tmp_path):
     bad = base + "task: forecasting\nforecast: {time: month, horizon: 3, frequency: XYZ}\n"
     with pytest.raises(ConfigError, match=r"not a pandas frequency"):
         _recipe(tmp_path, bad)
+
+
+def test_a_missing_package_gives_an_install_hint(monkeypatch):
+    from danlu.data import _series_sources
+    from danlu.errors import MissingExtraError
+
+    monkeypatch.setattr(_series_sources, "_package_file", lambda package, relative: None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'danlu\[datasets\]'.*statsmodels"):
+        _series_sources.load_series_set("sunspots")
