@@ -289,7 +289,7 @@ def _fit_ets(spec: ETSSpec, y: np.ndarray, season: int, horizon: int, lags: int)
         "initialization_method": "concentrated",
     }
     try:
-        result = ExponentialSmoothing(y, **options).fit(disp=False)
+        result = ExponentialSmoothing(y, **options).fit(disp=False, warn_convergence=False)
     except (ValueError, np.linalg.LinAlgError) as exc:
         raise DataError(f"model.type ets: statsmodels could not fit the series ({exc}).") from exc
     params = np.asarray(result.params, dtype=np.float64)
@@ -309,6 +309,7 @@ def _fit_ets(spec: ETSSpec, y: np.ndarray, season: int, horizon: int, lags: int)
         params={
             **{n: float(v) for n, v in zip(names, params, strict=True)},
             "seasonal": seasonal or 0,
+            "converged": bool((getattr(result, "mle_retvals", None) or {}).get("converged", True)),
         },
         aic=float(result.aic),
         forecast_window=forecast_window,
@@ -363,7 +364,7 @@ def _fit_arima(
                     order=order,
                     seasonal_order=(*sorder, season if any(sorder) else 0),
                     trend=trend,
-                ).fit(disp=False)
+                ).fit(disp=False, warn_convergence=False)  # filters are not thread-safe
             except (ValueError, np.linalg.LinAlgError) as exc:
                 failures.append(f"{order}{sorder}: {exc}")
                 continue
@@ -400,6 +401,7 @@ def _fit_arima(
             **{n: float(v) for n, v in zip(names, params, strict=True)},
             "order": list(chosen),
             "seasonal_order": [*sorder, season if any(sorder) else 0],
+            "converged": bool((getattr(result, "mle_retvals", None) or {}).get("converged", True)),
         },
         aic=aic,
         forecast_window=forecast_window,
