@@ -268,7 +268,7 @@ def _fit_naive(kind: str, y: np.ndarray, season: int, horizon: int, lags: int) -
 def _ets_seasonal(spec: ETSSpec, season: int, n: int) -> int | None:
     if spec.seasonal == "none" or season <= 1:
         return None
-    if spec.seasonal == "auto" and n < 2 * season + 2:
+    if n < 2 * season:  # the window's least squares start needs two seasons
         return None
     return season
 
@@ -280,7 +280,7 @@ def _fit_ets(spec: ETSSpec, y: np.ndarray, season: int, horizon: int, lags: int)
     if spec.seasonal == "add" and seasonal is None:
         raise DataError(
             f"model.type ets with seasonal: add needs forecast.season > 1 and forecast.lags ≥ "
-            f"2·season + 2 (season {season}, lags {lags}); set model.seasonal: none."
+            f"2·season (season {season}, lags {lags}); set model.seasonal: none."
         )
     options = {
         "trend": spec.trend,

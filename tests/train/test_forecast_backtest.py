@@ -291,3 +291,13 @@ def test_report_of_one_model_backtests_it_against_the_baselines(tmp_path) -> Non
     keys = [s.key for s in again.sections]
     assert {"backtest", "forecast", "residuals"} <= set(keys)
     store.close()
+
+
+def test_ets_is_seasonal_on_a_two_season_window(airline: np.ndarray) -> None:
+    """lags: auto gives two seasons for horizon ≤ season; ETS must keep its seasonality there."""
+    fit = fit_classical(ETSSpec(), airline, season=12, horizon=12, lags=24)
+    assert fit.params["seasonal"] == 12
+    flat = fit_classical(ETSSpec(seasonal="none"), airline, season=12, horizon=12, lags=24)
+    assert flat.params["seasonal"] == 0
+    # a seasonal forecast repeats the pattern: its steps move far more than a trend line's
+    assert np.ptp(np.diff(fit.forecast(airline))) > 5 * np.ptp(np.diff(flat.forecast(airline)))
