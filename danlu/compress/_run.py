@@ -105,6 +105,7 @@ def compress(
     card = bundle.card
     task = get_task(recipe.task)
     data = prepare_recipe_data(recipe, task)
+    task = task.configure(recipe, data)  # as the prepare stage (anomaly: its label columns)
     job = CompressJob(
         config=config,
         recipe=recipe,

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = ["AnomalyConfig", "ThresholdConfig"]
 
 Label = str | int | float | bool
+DEFAULT_RATE = 0.05
 
 
 class ThresholdConfig(BaseModel):
@@ -41,20 +42,26 @@ class ThresholdConfig(BaseModel):
         "contamination; f1: the threshold of the best F1 on the validation rows (needs "
         "anomalous rows there).",
     )
-    rate: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
-        0.05,
+    rate: Annotated[float, Field(gt=0.0, lt=0.5)] | None = Field(
+        None,
         description="contamination: the share of those rows flagged (the expected share of "
-        "anomalies in them; of false alarms under train_on: normal), above 0 and below 0.5.",
+        "anomalies in them; of false alarms under train_on: normal), above 0 and below 0.5; "
+        "default 0.05.",
     )
 
     @model_validator(mode="after")
     def _rate_only_for_contamination(self) -> ThresholdConfig:
-        if self.method == "f1" and "rate" in self.model_fields_set:
+        if self.method == "f1" and self.rate is not None:
             raise ValueError(
                 "rate applies to method contamination only (f1 chooses the threshold from the "
                 "validation labels); remove rate or set method: contamination"
             )
         return self
+
+    @property
+    def share(self) -> float:
+        """The contamination rate: ``rate``, else 0.05."""
+        return DEFAULT_RATE if self.rate is None else self.rate
 
 
 class AnomalyConfig(BaseModel):

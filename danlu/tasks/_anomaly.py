@@ -181,7 +181,7 @@ class AnomalyTask(Task):
             anomalous=config.anomalous,
             train_on=config.train_on,
             method=config.threshold.method,
-            rate=config.threshold.rate,
+            rate=config.threshold.share,
             k=config.k,
         )
         task.columns = task._resolve(data.schema)
@@ -248,6 +248,8 @@ class AnomalyTask(Task):
     ) -> torch.nn.Module:
         import torch
 
+        if self.columns is None and self.train_on == "normal":  # never train on anomalies silently
+            raise RuntimeError("AnomalyTask.make_loss needs configure() first (its label columns).")
         columns = list(self.columns or ())
         normal_only = self.train_on == "normal"
 

@@ -307,6 +307,7 @@ def _train_other(recipe: Recipe, callbacks: Sequence[Callback]) -> None:
     options = check_recipe(recipe)
     task = get_task(recipe.task)
     data = prepare_recipe_data(recipe, task)
+    task = task.configure(recipe, data)  # as the prepare stage (anomaly: its label columns)
     seed_everything(recipe.train.seed)  # the same initial weights as rank 0
     model = MODELS.get(recipe.model.type).builder(options, data.schema, task)
     meter = EnergyMeter(device=str(resolve_device(recipe.train.device))).start()

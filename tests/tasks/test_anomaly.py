@@ -280,3 +280,13 @@ def test_unlabelled_rows_train_on_all_and_flag_the_contamination_rate(tmp_path):
     assert "auroc" not in result.metrics and result.metrics["threshold"] > 0
     flagged = result.predict(frame.drop(columns=["label"]))["prediction"]
     assert 0.02 < flagged.mean() < 0.3  # about the rate (it was fitted on the validation rows)
+
+
+def test_the_resolved_recipe_loads_again_for_resume_and_compress():
+    """The run keeps its recipe with every default filled in; it must load again."""
+    from danlu.config import load_recipe, recipe_to_dict
+
+    recipe = load_recipe(_recipe(anomaly={"anomalous": [0], "threshold": {"method": "f1"}}))
+    again = load_recipe(recipe_to_dict(recipe))
+    assert again.anomaly is not None and again.anomaly.threshold.method == "f1"
+    assert again.anomaly.threshold.share == 0.05  # contamination's default, unused by f1
