@@ -298,7 +298,12 @@ def validate(
         from danlu.models._text_inputs import text_inputs
         from danlu.tasks import get_task
 
-        prepared = prepare_data(loaded.data, get_task(loaded.task), **text_inputs(loaded.model))
+        if loaded.forecast is not None:  # task: forecasting: the series and their windows
+            from danlu.data import prepare_forecast_data
+
+            prepared = prepare_forecast_data(loaded.data, loaded.forecast, get_task(loaded.task))
+        else:
+            prepared = prepare_data(loaded.data, get_task(loaded.task), **text_inputs(loaded.model))
         out.print(Text(f"data: {prepared.report}"), soft_wrap=True)
     searched = f", tunes {len(loaded.tune.space)} key(s)" if loaded.tune is not None else ""
     out.print(

@@ -466,6 +466,15 @@ def cv_splits(
     return folds
 
 
+def _refuse_forecasting(task: TaskRef) -> None:
+    """Forecasting rows are windows cut from time-ordered series: another preparation."""
+    if task.name == "forecasting":
+        raise DataError(
+            "task: forecasting prepares its data from the recipe's forecast block: call "
+            "prepare_forecast_data(config, forecast, task) (danlu.run does)."
+        )
+
+
 def _refuse_streamed_text(config: DataConfig) -> None:
     forced = [n for n, kind in feature_kinds(config.features).items() if kind == "text"]
     if forced:
@@ -538,6 +547,7 @@ def prepare_data(
     """
     ref = resolve_task(task)
     kind = ref.target_kind
+    _refuse_forecasting(ref)
     if frame is not None and config.stream is not None:
         raise DataError(
             "data.stream reads a Parquet source in chunks, but the rows were passed as a "

@@ -403,7 +403,12 @@ def _sample_rows(store: Store, mv: ModelVersion) -> np.ndarray:
             f"for the parity check cannot be prepared again. {hint}"
         )
     recipe = load_recipe(run.recipe)
-    prepared = prepare_data(recipe.data, get_task(recipe.task), **text_inputs(recipe.model))
+    if recipe.forecast is not None:  # task: forecasting: its windows
+        from danlu.data import prepare_forecast_data
+
+        prepared = prepare_forecast_data(recipe.data, recipe.forecast, get_task(recipe.task))
+    else:
+        prepared = prepare_data(recipe.data, get_task(recipe.task), **text_inputs(recipe.model))
     for x in (prepared.x_test, prepared.x_val, prepared.x_train):
         if len(x):
             return x[:SAMPLE_ROWS]

@@ -97,7 +97,7 @@ def work(
     import optuna
 
     from danlu.config import load_recipe
-    from danlu.data import prepare_data
+    from danlu.data import prepare_data, prepare_forecast_data
     from danlu.models._text_inputs import text_inputs
     from danlu.tasks import get_task
     from danlu.train import run_training
@@ -137,7 +137,11 @@ def work(
                 trial_recipe = load_recipe(apply_params(base, values))
                 if not cached and not uses_data(tune.space):
                     cached.append(
-                        prepare_data(
+                        prepare_forecast_data(
+                            trial_recipe.data, trial_recipe.forecast, get_task(trial_recipe.task)
+                        )
+                        if trial_recipe.forecast is not None  # task: forecasting: windows
+                        else prepare_data(
                             trial_recipe.data,
                             get_task(trial_recipe.task),
                             **text_inputs(trial_recipe.model),

@@ -109,7 +109,8 @@ def test_schema_and_datasets(tmp_path):
     names = {d["name"] for d in json.loads(listing.stdout)}
     assert names == {
         "digits", "breast_cancer", "wine", "iris", "diabetes", "yeast", "penguins", "titanic",
-        "diamonds", "bbc_news",
+        "diamonds", "bbc_news", "gunpoint", "italy_power_demand", "basic_motions", "yahoo",
+        "airline", "shampoo_sales", "co2", "sunspots", "macrodata",
     }  # fmt: skip
     targets = {d["name"]: d["target"] for d in json.loads(listing.stdout)}
     assert targets["penguins"] == "species" and targets["diamonds"] == "price"

@@ -232,3 +232,10 @@ def test_a_missing_package_gives_an_install_hint(monkeypatch):
     monkeypatch.setattr(_series_sources, "_package_file", lambda package, relative: None)
     with pytest.raises(MissingExtraError, match=r"pip install 'danlu\[datasets\]'.*statsmodels"):
         _series_sources.load_series_set("sunspots")
+
+
+def test_the_tabular_preparation_refuses_forecasting():
+    from danlu.data import prepare_data
+
+    with pytest.raises(DataError, match="prepare_forecast_data"):
+        prepare_data(DataConfig(source="builtin:airline"), TASK)
