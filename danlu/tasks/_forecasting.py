@@ -129,6 +129,16 @@ class ForecastingTask(Task):
                     "Remove data.split; set forecast.test / forecast.val instead.",
                 )
             )
+        if recipe.evaluate is not None and recipe.evaluate.cross_validation is not None:
+            issues.append(
+                ConfigIssue(
+                    ("evaluate", "cross_validation"),
+                    "shuffled folds would train on the future; forecasting backtests over "
+                    "rolling origins instead",
+                    recipe.evaluate.cross_validation,
+                    "Remove evaluate.cross_validation; set forecast.backtest.folds.",
+                )
+            )
         if recipe.data.augment:
             issues.append(
                 ConfigIssue(

@@ -220,6 +220,12 @@ def test_recipe_errors_name_the_forecast_block(tmp_path):
     lstm = "name: r\ndata: {source: 'builtin:diabetes'}\ntask: regression\nmodel: {type: lstm}\n"
     with pytest.raises(ConfigError, match=r"forecasts windows of a series"):
         check_recipe(_recipe(tmp_path, lstm))
+    cv = base + "task: forecasting\nforecast: {time: month, horizon: 3}\n"
+    cv += "evaluate: {cross_validation: 3}\ndata: {source: 'builtin:airline', target: passengers, "
+    cv += "split: {by: time, column: month}}\n"
+    with pytest.raises(ConfigError) as info:
+        check_recipe(_recipe(tmp_path, cv.replace(base.splitlines()[1] + "\n", "")))
+    assert "evaluate.cross_validation" in str(info.value) and "data.split" in str(info.value)
     bad = base + "task: forecasting\nforecast: {time: month, horizon: 3, frequency: XYZ}\n"
     with pytest.raises(ConfigError, match=r"not a pandas frequency"):
         _recipe(tmp_path, bad)
