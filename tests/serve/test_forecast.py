@@ -87,8 +87,15 @@ def test_nan_and_unknown_models_are_refused(served: tuple[LiveServer, Any]) -> N
             headers={"content-type": "application/json"},
         )
         missing = http.post("/v1/models/nope/forecast", json={"history": [1.0]})
+        ok = http.post("/v1/models/airline/forecast", json={"history": [100.0] * 24})
+    assert ok.status_code == 200
     assert nan.status_code == 400 and "NaN" in nan.json()["error"]["message"]
     assert missing.status_code == 404
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        metrics = http.get("/metrics").text
+    # forecasts count as requests of their model (answered ones and refused ones)
+    assert 'danlu_requests_total{code="200",model="airline",version="1"}' in metrics
+    assert 'danlu_errors_total{code="invalid_body",model="airline"}' in metrics
 
 
 def test_read_forecast_request_checks_each_field() -> None:
