@@ -91,7 +91,8 @@ def test_the_trust_report_of_a_forecaster_has_no_failed_section(tmp_path):
     import danlu
 
     t = np.arange(72)
-    frame = pd.DataFrame({"t": t, "y": 20 + 0.3 * t + 3 * np.sin(2 * np.pi * t / 6)})
+    noise = np.random.default_rng(0).normal(scale=0.5, size=len(t))
+    frame = pd.DataFrame({"t": t, "y": 20 + 0.3 * t + 3 * np.sin(2 * np.pi * t / 6) + noise})
     recipe = {
         "name": "f",
         "task": "forecasting",
