@@ -645,7 +645,7 @@ def _histogram(score: np.ndarray, flag: np.ndarray, threshold: float | None) -> 
             ax.axvline(min(threshold, high), color="black", linestyle="--", label="threshold")
         ax.set_xlabel("anomaly score (clipped at the 99.5th percentile)")
         ax.set_ylabel("density")
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, loc="upper right")  # "best" warns on many rows
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     finally:
