@@ -135,7 +135,8 @@ class BatchPredictor:
                 f"--proba adds one column per class, and model {self.name} "
                 f"({bundle.task.name}) has no class scores. Leave --proba out."
             )
-        self.output_names = [PREDICTION] + [
+        self.values = self._value_outputs()
+        self.output_names = [PREDICTION, *self.values] + [
             f"{prefix}{c}" for _, prefix in self.scores for c in self.classes
         ]
         clash = sorted(set(self.keep) & set(self.output_names))
@@ -155,6 +156,17 @@ class BatchPredictor:
             self._outputs = bundle.outputs
         self.unseen: dict[str, int] = {}
         self._dense = all(f.kind in ("numeric", "boolean") for f in self.features)
+
+    def _value_outputs(self) -> list[str]:
+        """The other outputs holding one number per row (an anomaly's ``score``): a column each."""
+        outputs = self.bundle.signature.get("outputs") or {}
+        return [
+            name
+            for name, spec in outputs.items()
+            if name != PREDICTION
+            and isinstance(spec, dict)
+            and spec.get("json_schema") == {"type": "number"}
+        ]
 
     def _score_outputs(self) -> list[tuple[str, str]]:
         """(decoded output, column prefix) of each output holding one score per class."""
@@ -374,6 +386,9 @@ class BatchPredictor:
         names = list(self.keep)
         arrays.append(_label_array(decoded[PREDICTION]))
         names.append(PREDICTION)
+        for output in self.values:
+            arrays.append(pa.array(np.asarray(decoded[output], dtype=np.float64)))
+            names.append(output)
         for output, prefix in self.scores:
             scores = np.asarray(decoded[output], dtype=np.float64)  # (rows, classes)
             for j, c in enumerate(self.classes):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn import metrics as skm
@@ -254,6 +255,14 @@ def test_digits_detector_is_exported_and_served_as_a_score_and_a_flag(digits, tm
     expected = danlu.load_model("digits-anomaly@staging", store=store).predict(frame)
     threshold = result.metrics["threshold"]
     assert expected["prediction"].tolist() == (expected["score"] >= threshold).tolist()
+    from danlu.export import predict_file
+
+    frame.to_csv(tmp_path / "rows.csv", index=False)  # batch prediction: a column each
+    predict_file("digits-anomaly@staging", tmp_path / "rows.csv", tmp_path / "out.csv", store=store)
+    written = pd.read_csv(tmp_path / "out.csv")
+    assert list(written.columns) == ["prediction", "score"]
+    assert written["prediction"].tolist() == expected["prediction"].tolist()
+    assert np.allclose(written["score"], expected["score"], rtol=1e-4)
     rows = [{k: float(v) for k, v in row.items()} for row in frame.to_dict("records")]
     with start_server(home, "digits-anomaly@staging", log_dir=tmp_path) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
