@@ -141,7 +141,12 @@ def is_classical(model: Any) -> bool:
 @contextmanager
 def _quiet() -> Iterator[None]:
     """statsmodels warns freely (convergence, frequency, interpolation): the fit's own checks
-    (finite parameters, parity) decide instead."""
+    (finite parameters, parity) decide instead.
+
+    statsmodels' first import adds "always" filters for its own warnings in front of every
+    other: it is imported before the filters are set, so that import cannot override them."""
+    import statsmodels.tools.sm_exceptions  # noqa: F401
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with np.errstate(all="ignore"):
@@ -295,8 +300,9 @@ def _fit_ets(spec: ETSSpec, y: np.ndarray, season: int, horizon: int, lags: int)
     params = np.asarray(result.params, dtype=np.float64)
 
     def forecast_window(window: np.ndarray) -> np.ndarray:
-        model = ExponentialSmoothing(np.asarray(window, dtype=np.float64)[-lags:], **options)
-        return np.asarray(model.filter(params).forecast(horizon), dtype=np.float64)
+        with _quiet():  # a perfectly fitted window warns
+            model = ExponentialSmoothing(np.asarray(window, dtype=np.float64)[-lags:], **options)
+            return np.asarray(model.filter(params).forecast(horizon), dtype=np.float64)
 
     model = ExponentialSmoothing(y[-lags:], **options)
     stderr = np.asarray(model.filter(params).get_forecast(horizon).se_mean, dtype=np.float64)
@@ -384,8 +390,9 @@ def _fit_arima(
     }
 
     def forecast_window(window: np.ndarray) -> np.ndarray:
-        model = SARIMAX(np.asarray(window, dtype=np.float64)[-lags:], **options)
-        return np.asarray(model.filter(params).forecast(horizon), dtype=np.float64)
+        with _quiet():
+            model = SARIMAX(np.asarray(window, dtype=np.float64)[-lags:], **options)
+            return np.asarray(model.filter(params).forecast(horizon), dtype=np.float64)
 
     stderr = np.asarray(
         SARIMAX(y[-lags:], **options).filter(params).get_forecast(horizon).se_mean,
