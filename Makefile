@@ -39,6 +39,12 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu run examples/titanic_auto.yaml
 	$(BIN)/danlu predict titanic@staging examples/passengers.csv --proba --keep passenger
 	$(BIN)/danlu run examples/breast_cancer_dp.yaml
+	$(BIN)/danlu run examples/airline_forecast.yaml
+	$(BIN)/python -c "import danlu; from danlu.data import load_source; \
+	  history = load_source('builtin:airline').frame['passengers'].to_numpy(); \
+	  f = danlu.load_model('airline@production').forecast(history); \
+	  print('1961, months 1-12:', f['prediction'].round(), '80% interval of month 12:', f['lower'][-1].round(), '-', f['upper'][-1].round())"
+	$(BIN)/danlu run examples/digits_anomaly.yaml
 	$(BIN)/danlu run examples/bbc_news_lora.yaml --set data.text.max_length=32 --set train.epochs=1 \
 	  --set evaluate.robustness.samples=100
 	$(BIN)/python -c "import danlu; m = danlu.load_model('bbc-news@staging'); \
