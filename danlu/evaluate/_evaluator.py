@@ -141,7 +141,10 @@ def build_report(
         from danlu.evaluate._training import training_section
 
         sections["training"] = _timed("training", lambda: training_section(data), on_section)
-    if config.baselines:
+    undefined = _headline_undefined(data) if config.baselines or config.robustness else None
+    if config.baselines and undefined:
+        sections["baselines"] = _skipped("baselines", data, undefined)
+    elif config.baselines:
         from danlu.evaluate._baselines import baselines_section
 
         sections["baselines"] = _timed("baselines", lambda: baselines_section(data), on_section)
@@ -172,7 +175,9 @@ def build_report(
         sections["fairness"] = _timed(
             "fairness", lambda: fairness_section(data, fairness), on_section
         )
-    if config.robustness is not None:
+    if config.robustness is not None and undefined:
+        sections["robustness"] = _skipped("robustness", data, undefined)
+    elif config.robustness is not None:
         from danlu.evaluate._adversarial_gain import adversarial_gain
         from danlu.evaluate._robustness import robustness_section
 
@@ -218,6 +223,34 @@ def build_report(
     report = Report(subject=subject, sections=ordered)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _headline_undefined(data: EvalData) -> str | None:
+    """Why the headline metric is undefined on the test rows (e.g. an anomaly detector trained
+    on unlabelled rows: no anomalous row, no AUROC), or None when it is defined: the sections
+    that compare it (baselines, robustness) are then skipped, not failed."""
+    if len(data.y) == 0:
+        return None
+    try:
+        data.task.metric(data.task.headline, data.test_outputs, data.y, data.schema)
+    except ValueError as exc:
+        return str(exc)
+    except Exception:  # the section itself reports its own failure
+        return None
+    return None
+
+
+def _skipped(key: str, data: EvalData, reason: str) -> Section:
+    label = data.task.headline_label or data.task.headline
+    return Section(
+        key,
+        _TITLES[key],
+        data={"skipped": reason},
+        notes=[
+            f"Skipped: this section compares {label}, which the test rows cannot measure "
+            f"({reason}). Evaluate on rows that have labels to see it."
+        ],
+    )
 
 
 def _task_sections(data: EvalData) -> list[Section]:

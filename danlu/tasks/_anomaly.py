@@ -214,7 +214,10 @@ class AnomalyTask(Task):
             from danlu.logging import get_logger
 
             get_logger(__name__).warning(
-                "The test split holds no anomalous row: AUROC and AUPRC are undefined on it."
+                "The test split holds no anomalous row%s: AUROC, AUPRC, precision@k, recall and "
+                "F1 are undefined on it (the report skips them and the sections comparing them); "
+                "the threshold and flags are fitted as usual.",
+                "" if flags_train.any() else " (nor does the training split: unlabelled data)",
             )
         return task
 
@@ -298,7 +301,9 @@ class AnomalyTask(Task):
             top = np.argsort(-score, kind="stable")[:k]
             result["precision_at_k"] = float(flag[top].mean())
             result["k"] = k
-        result.update(self._at_threshold(score, flag))
+        if flag.any():  # recall and F1 need anomalous rows (unlabelled rows: the flagged share)
+            result.update(self._at_threshold(score, flag))
+        result["flagged_share"] = result["flagged_rows"] / max(len(score), 1)
         if self.threshold is not None:
             result["threshold"] = float(self.threshold)
         return result
@@ -324,6 +329,8 @@ class AnomalyTask(Task):
                 raise ValueError("AUROC is undefined without both normal and anomalous rows")
             return _auroc(score, flag)
         if name in {"precision", "recall", "f1"}:
+            if not flag.any():
+                raise ValueError(f"{name} is undefined without anomalous rows")
             return self._at_threshold(score, flag)[name]
         return super().metric(name, outputs, y, schema)
 
@@ -489,6 +496,9 @@ class AnomalyTask(Task):
             summary=(
                 f"{int((flagged & flag).sum())} of {int(flag.sum())} anomalous and "
                 f"{int((flagged & ~flag).sum())} of {int((~flag).sum())} normal test rows flagged"
+                if flag.any()
+                else f"{int(flagged.sum())} of {len(score)} test rows flagged (none is labelled "
+                "anomalous)"
             ),
         )
         section.figures["Scores of normal and anomalous test rows, with the threshold"] = (
@@ -505,6 +515,13 @@ class AnomalyTask(Task):
             + "); the model was trained on "
             + ("normal rows only." if self.train_on == "normal" else "every training row.")
         )
+        if not flag.any():
+            section.notes.append(
+                "No test row is labelled anomalous (unlabelled or normal-only data): the "
+                "distribution is that of every test row, and the label-based metrics (AUROC, "
+                "AUPRC, precision@k, recall, F1) and the sections that compare them (baselines, "
+                "robustness) are skipped."
+            )
         if flag.any() and (~flag).any() and np.median(score[flag]) <= np.median(score[~flag]):
             section.flags.append(
                 "anomalous rows do not score higher than normal ones (median): the model does "
@@ -562,7 +579,7 @@ class AnomalyTask(Task):
             "Each feature's share of a row's |contribution|: the per-feature squared "
             "reconstruction error for an autoencoder, gradient × input of the score for Deep "
             "SVDD (features after preprocessing). 'features' averages the shares over the "
-            "anomalous test rows."
+            + ("anomalous test rows." if flag.any() else "test rows (none is labelled anomalous).")
         )
         return section
 

@@ -275,8 +275,9 @@ def test_digits_detector_is_exported_and_served_as_a_score_and_a_flag(digits, tm
     assert '"boolean"' in spec and "score" in spec
 
 
-def test_unlabelled_rows_train_on_all_and_flag_the_contamination_rate(tmp_path):
-    """A constant label column (every row normal): no AUROC, but a threshold and flags."""
+def test_unlabelled_rows_train_on_all_flag_the_contamination_rate_and_report(tmp_path):
+    """Breast cancer without its target, a constant label column (every row normal): no AUROC,
+    but a threshold, a served score and flag, and a report whose label-based sections skip."""
     frame = load_source("builtin:breast_cancer").frame.drop(columns=["target"])
     frame["label"] = "unlabelled"
     path = tmp_path / "rows.csv"
@@ -284,11 +285,29 @@ def test_unlabelled_rows_train_on_all_and_flag_the_contamination_rate(tmp_path):
     recipe = _recipe(
         data={"source": str(path), "target": "label"},
         anomaly={"normal": ["unlabelled"], "train_on": "all", "threshold": {"rate": 0.1}},
+        evaluate={"bootstrap": 20, "explain": None, "membership": None, "cost": None},
     )
     result = danlu.run(recipe, home=tmp_path / "home")
-    assert "auroc" not in result.metrics and result.metrics["threshold"] > 0
-    flagged = result.predict(frame.drop(columns=["label"]))["prediction"]
+    metrics = result.metrics
+    assert result.metrics["threshold"] > 0
+    assert not {"auroc", "auprc", "precision_at_k", "recall", "f1"} & set(metrics), metrics
+    out = result.predict(frame.drop(columns=["label"]))
+    flagged, score = out["prediction"], out["score"]
     assert 0.02 < flagged.mean() < 0.3  # about the rate (it was fitted on the validation rows)
+    assert flagged.tolist() == (score >= metrics["threshold"]).tolist()
+    assert 0.02 < metrics["flagged_share"] < 0.3  # the test rows' share flagged
+    report = result.report
+    for key in ("baselines", "robustness"):  # they compare AUROC: skipped, not failed
+        section = report.section(key)
+        assert section is not None and not section.flags, (key, section.flags)
+        assert "undefined" in section.data["skipped"] and "Skipped" in section.notes[0]
+    scores = report.section("anomaly_scores")
+    assert scores is not None and "<svg" in next(iter(scores.figures.values()))
+    assert scores.data["normal"]["rows"] == 114 and scores.data["anomalous"] == {"rows": 0}
+    assert "none is labelled anomalous" in (scores.summary or "")
+    drivers = report.section("anomaly_drivers")
+    assert drivers is not None and len(drivers.data["features"]) == 10
+    assert not [s.key for s in report.sections if s.flags and "failed" in " ".join(s.flags)]
 
 
 def test_the_resolved_recipe_loads_again_for_resume_and_compress():
