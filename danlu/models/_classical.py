@@ -9,8 +9,13 @@ start on the window) and of additive exponential smoothing (initial states conce
 least squares on the window) are linear in the observations. So ``W`` and ``b`` are found by
 probing statsmodels with the fitted parameters fixed on ``lags + 1`` windows, and checked on
 the real window (:func:`fit_classical`; a readout that disagrees with statsmodels is refused).
-Quantiles are the mean forecast plus a constant offset per step: ``z_q`` times the standard
-error statsmodels gives for that step.
+Quantiles are the mean forecast plus a constant offset per step, calibrated on the model's own
+forecast errors (:func:`forecast_errors`): the readout forecasts from every window of the fitted
+history, and step ``h``'s offset for level ``q`` is the empirical ``q``-quantile of the step-``h``
+errors minus their median (so the 0.5 level stays the point forecast). A step with fewer than
+:data:`MIN_ORIGINS` such origins falls back to ``z_q`` times the standard error statsmodels
+gives for that step (normal errors with the model's own variance, too narrow when the model is
+wrong about its start or its shape). ``ClassicalFit.calibration`` records which was used.
 
 Multiplicative seasonality (airline passengers) is additive after ``forecast.transform: log``.
 Classical models ship for a single series; with many series they serve as the baselines of the
@@ -47,14 +52,18 @@ __all__ = [
     "NaiveSpec",
     "SPECS",
     "SeasonalNaiveSpec",
+    "MIN_ORIGINS",
     "build_classical",
     "fit_classical",
+    "forecast_errors",
     "is_classical",
 ]
 
 #: the classical model types, simplest first (ties in ``type: auto`` go to the simpler).
 CLASSICAL_TYPES = ("naive", "seasonal_naive", "ets", "arima")
 PARITY_RTOL = 1e-5  # |readout − statsmodels| allowed, relative to the window's scale
+#: a step's interval is calibrated empirically from at least this many forecast origins
+MIN_ORIGINS = 20
 
 
 class _ClassicalSpec(ModelSpec):
@@ -169,6 +178,9 @@ class ClassicalFit:
         aic: the fit's AIC (None for the naive models).
         parity: the readout against statsmodels' own forecast on the real window.
         forecast_window: ``window → forecast`` by statsmodels with the parameters fixed.
+        errors: per step (``horizon`` arrays), the forecast errors ``truth − forecast`` of the
+            fitted model from every window of the fitted history (:func:`forecast_errors`);
+            empty when not computed.
     """
 
     kind: str
@@ -179,18 +191,87 @@ class ClassicalFit:
     aic: float | None
     parity: dict[str, float] = field(default_factory=dict)
     forecast_window: Callable[[np.ndarray], np.ndarray] | None = None
+    errors: list[np.ndarray] = field(default_factory=list)
 
     def forecast(self, window: np.ndarray) -> np.ndarray:
         """The readout's forecast from ``window`` (its last ``lags`` values)."""
         lags = self.weight.shape[1]
         return self.weight @ np.asarray(window, dtype=np.float64)[-lags:] + self.bias
 
-    def quantiles(self, window: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
-        """(Q, horizon) quantile forecasts (normal errors with the fit's standard errors)."""
+    def offsets(self, levels: tuple[float, ...] | list[float]) -> np.ndarray:
+        """(Q, horizon) offsets added to the mean forecast for each level: per step, the
+        empirical ``q``-quantile of the forecast errors when the step has :data:`MIN_ORIGINS`
+        errors, else ``z_q ×`` the standard error (normal errors). The 0.5 level stays the
+        point forecast (offset 0) and the interval always holds it: levels below 0.5 take at
+        most 0, levels above at least 0.
+
+        Example:
+            >>> fit = ClassicalFit("naive", np.ones((2, 3)), np.zeros(2), np.ones(2), {}, None)
+            >>> fit.offsets((0.5,)).tolist()  # no errors computed: the normal offsets
+            [[0.0, 0.0]]
+        """
         from scipy.stats import norm
 
-        mean = self.forecast(window)
-        return np.stack([mean + norm.ppf(q) * self.stderr for q in levels])
+        horizon = len(self.stderr)
+        out = np.empty((len(levels), horizon))
+        for h in range(horizon):
+            errors = self.errors[h] if h < len(self.errors) else np.empty(0)
+            if len(errors) >= MIN_ORIGINS:
+                qs = np.quantile(errors, levels)
+                lower = np.asarray(levels) < 0.5
+                upper = np.asarray(levels) > 0.5
+                # the point forecast stays the 0.5 level; the interval keeps the errors' bias
+                # (a seasonal naive forecast of a growing series is too low) and holds it
+                out[:, h] = np.where(
+                    lower, np.minimum(qs, 0.0), np.where(upper, np.maximum(qs, 0.0), 0.0)
+                )
+            else:
+                out[:, h] = [norm.ppf(q) * self.stderr[h] for q in levels]
+        return out
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """How the intervals were made (``classical.json``): ``method`` empirical | normal |
+        mixed (some steps each), the number of error origins per step, the errors' median."""
+        counts = [len(e) for e in self.errors] or [0] * len(self.stderr)
+        empirical = [c >= MIN_ORIGINS for c in counts]
+        method = "empirical" if all(empirical) else "normal" if not any(empirical) else "mixed"
+        return {
+            "method": method,
+            "min_origins": MIN_ORIGINS,
+            "origins": counts,
+            "empirical_steps": int(sum(empirical)),
+            "median_error": [float(np.median(e)) if len(e) else None for e in self.errors],
+        }
+
+    def quantiles(self, window: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
+        """(Q, horizon) quantile forecasts: the mean plus :meth:`offsets`."""
+        return self.forecast(window) + self.offsets(levels)
+
+
+def forecast_errors(
+    forecast: Callable[[np.ndarray], np.ndarray], y: np.ndarray, lags: int, horizon: int
+) -> list[np.ndarray]:
+    """Per step ``h`` (``horizon`` arrays), the errors ``y[o + h] − forecast(y[o − lags:o])[h]``
+    over every origin ``o`` of ``y`` with a full window before it and ``y[o + h]`` inside it.
+
+    The model's parameters are those fitted on all of ``y``; the forecasts start from windows
+    inside it, as the shipped model starts from the window before its origin.
+
+    Example:
+        >>> y = np.arange(10.0)
+        >>> errors = forecast_errors(lambda w: np.repeat(w[-1], 2), y, lags=3, horizon=2)
+        >>> [e.tolist() for e in errors]  # last value forecast on a unit slope
+        [[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]]
+    """
+    y = np.asarray(y, dtype=np.float64)
+    origins = range(lags, len(y))
+    forecasts = [np.asarray(forecast(y[o - lags : o]), dtype=np.float64) for o in origins]
+    errors: list[list[float]] = [[] for _ in range(horizon)]
+    for o, f in zip(origins, forecasts, strict=True):
+        for h in range(min(horizon, len(y) - o)):
+            errors[h].append(float(y[o + h] - f[h]))
+    return [np.asarray(e) for e in errors]
 
 
 def fit_classical(
@@ -201,12 +282,15 @@ def fit_classical(
     horizon: int,
     lags: int,
     probe: bool = True,
+    calibrate: bool = True,
 ) -> ClassicalFit:
     """Fit ``spec``'s model on ``values`` (one series' history, transformed scale) with
     statsmodels and read it out as an affine map of the last ``lags`` values.
 
     ``probe=False`` skips the readout (``weight``/``bias`` are NaN): the backtest only needs
-    ``forecast_window``.
+    ``forecast_window``. ``calibrate`` computes the forecast errors on ``values``
+    (:func:`forecast_errors`, by the readout or statsmodels) that :meth:`ClassicalFit.offsets`
+    calibrates the intervals with.
 
     Raises:
         DataError: a history too short for the model, a fit that failed, or a readout that
@@ -239,6 +323,11 @@ def fit_classical(
             fit = _fit_arima(spec, y, season, horizon, lags)
         if probe and fit.forecast_window is not None:
             _read_out(fit, y, lags, horizon)
+        if calibrate:
+            readout = probe or fit.forecast_window is None  # the naive models' is exact
+            forecast = fit.forecast if readout else fit.forecast_window
+            assert forecast is not None
+            fit.errors = forecast_errors(forecast, y, lags, horizon)
     if not (np.all(np.isfinite(fit.stderr)) and (not probe or np.all(np.isfinite(fit.weight)))):
         raise DataError(f"model.type {kind}: the fit gave non-finite forecasts; try another model.")
     return fit
@@ -483,16 +572,14 @@ def _affine_module() -> type[torch.nn.Module]:
         ) -> None:
             """Put ``fit`` (transformed units) into the standardized contract:
             ``x = (z − mean)/std`` in, ``(ŷ − mean)/std`` out."""
-            from scipy.stats import norm
-
             weight = torch.zeros_like(self.weight, dtype=torch.float64)
             w = torch.as_tensor(fit.weight, dtype=torch.float64)
             weight[:, lag_columns] = w
             bias = (w.sum(1) * mean + torch.as_tensor(fit.bias) - mean) / std
-            offsets = [norm.ppf(q) * fit.stderr / std for q in levels] or [np.zeros(self.horizon)]
+            offsets = fit.offsets(levels) / std if levels else np.zeros((1, self.horizon))
             self.weight.copy_(weight.float())
             self.bias.copy_(bias.float())
-            self.offset.copy_(torch.as_tensor(np.stack(offsets)).float())
+            self.offset.copy_(torch.as_tensor(offsets).float())
 
     return AffineForecaster
 

@@ -129,9 +129,8 @@ def _inverse(values: np.ndarray, transform: str) -> np.ndarray:
 
 def _classical_forecast(spec: Any, series: Any, origin: int) -> _Forecast:
     """Fit on each series' points before ``origin`` with statsmodels; forecast the horizon from
-    the window before the origin (what the shipped affine model computes)."""
-    from scipy.stats import norm
-
+    the window before the origin (what the shipped affine model computes), with the intervals
+    calibrated on the forecast errors before the origin as the shipped model's are."""
     from danlu.models._classical import fit_classical
     from danlu.train._classical import forward_transform
 
@@ -152,7 +151,7 @@ def _classical_forecast(spec: Any, series: Any, origin: int) -> _Forecast:
         mean = fit.forecast_window(z)
         points.append(_inverse(mean, series.transform))
         if levels:
-            q = np.stack([mean + norm.ppf(level) * fit.stderr for level in levels])
+            q = mean + fit.offsets(levels)
             quants.append(_inverse(q, series.transform))
     return _Forecast(points, quants if levels else None, time.perf_counter() - started)
 

@@ -10,7 +10,9 @@ AIC in-sample, so the validation block is history like the rest), on the transfo
 window) and put into the standardized contract of the forecasting task. The fit counts as one
 epoch: its training loss (the task's own loss on the training windows) is logged like a
 network's and fed to the callbacks. The history has no validation figures: the validation
-points were part of the fit.
+points were part of the fit. The intervals are calibrated on the fitted model's own forecast
+errors from every window of that history (``classical.json``: ``intervals``); the test block
+is never read.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class ClassicalTrainer:
             "params": fit.params,
             "aic": fit.aic,
             "stderr": [float(s) for s in fit.stderr],
+            "intervals": fit.calibration,
             "parity": fit.parity,
         }
         self.native["parity"]["module"] = self._module_parity(fit, z, schema, series)

@@ -62,7 +62,9 @@ def test_affine_readout_matches_statsmodels(spec, airline: np.ndarray) -> None:
     x[0, lags:] = 7.0  # covariate columns: no weight in a classical model
     out = module(torch.from_numpy(x)).double().numpy().reshape(3, horizon) * std + mean
     np.testing.assert_allclose(out[1], fit.forecast_window(window), atol=2e-4)
-    assert np.all(out[0] < out[1]) and np.all(out[1] < out[2])  # the interval brackets the mean
+    # the interval holds the mean (an edge of it may sit on the mean where every calibration
+    # error has one sign: naive 12 months ahead on a growing series)
+    assert np.all(out[0] <= out[1]) and np.all(out[1] <= out[2]) and np.all(out[0] < out[2])
     if fit.kind == "seasonal_naive":
         np.testing.assert_allclose(out[1], window[-12:], atol=2e-4)
 
