@@ -86,11 +86,21 @@ def build_deep_svdd(spec: DeepSVDDSpec, schema: FeatureSchema, task: Task) -> nn
     """Deep SVDD (Ruff et al., ICML 2018), one-class: a bias-free network whose score is the
     squared distance of its output to a centre fixed from the initial outputs.
 
+    The centre is the mean initial output over the rows the model trains on, when the configured
+    task carries them (``task.centre_rows``, set by ``AnomalyTask.configure``); otherwise (a
+    task without them, e.g. streamed data) the mean output of the first training batch.
+
     Example:
         >>> # build_deep_svdd(DeepSVDDSpec(hidden=[32]), schema, get_task("anomaly"))
     """
+    import torch
+
     _check_task("deep_svdd", schema, task)
-    return _DeepSVDD(schema.input_dim, spec.hidden, spec.rep_dim, spec.negative_slope, spec.eps)
+    model = _DeepSVDD(schema.input_dim, spec.hidden, spec.rep_dim, spec.negative_slope, spec.eps)
+    rows = getattr(task, "centre_rows", None)
+    if rows is not None and len(rows):
+        cast(Any, model).init_centre(torch.as_tensor(rows, dtype=torch.float32))
+    return model
 
 
 def _autoencoder_class() -> Any:
@@ -131,14 +141,29 @@ def _deep_svdd_class() -> Any:
             self.register_buffer("centre", torch.zeros(rep_dim))
             self.register_buffer("centred", torch.zeros((), dtype=torch.bool))
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = x.flatten(1)  # (N, d)
+        def _represent(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            """The representation (N, rep_dim) of flattened rows, and each hidden layer's
+            pre-activation."""
             h, pre = x, []
             for layer in self.hidden:
                 z = layer(h)
                 pre.append(z)
                 h = torch.where(z > 0, z, self.slope * z)  # leaky ReLU
-            f = self.out(h)  # (N, rep_dim)
+            return self.out(h), pre
+
+        @torch.no_grad()
+        def init_centre(self, x: torch.Tensor, chunk: int = 4096) -> None:
+            """Fix the centre from the network's initial outputs on every training row ``x``
+            (N, ...): their mean, as Ruff et al. 2018 (before any update)."""
+            total = torch.zeros_like(self.centre, dtype=torch.float64)
+            for start in range(0, len(x), chunk):
+                part = x[start : start + chunk].to(self.centre.device).flatten(1)
+                total += self._represent(part)[0].sum(dim=0, dtype=torch.float64)
+            self._fix_centre((total / len(x)).to(self.centre.dtype)[None])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.flatten(1)  # (N, d)
+            f, pre = self._represent(x)  # (N, rep_dim)
             if self.training and not bool(self.centred):
                 self._fix_centre(f.detach())
             diff = f - self.centre
@@ -152,8 +177,9 @@ def _deep_svdd_class() -> Any:
             return torch.cat([score, g * x], dim=1)  # (N, 1 + d)
 
         def _fix_centre(self, f: torch.Tensor) -> None:
-            """c = the mean output of the first training batch, before any update; coordinates
-            near 0 move to ±eps (a centre at 0 is trivially reached by zero weights)."""
+            """c = the mean of the initial outputs ``f`` (N, rep_dim) — every training row's, or
+            else the first training batch's — before any update; coordinates near 0 move to
+            ±eps (a centre at 0 is trivially reached by zero weights)."""
             c = f.mean(dim=0)
             near = c.abs() < self.eps
             c = torch.where(near & (c < 0), -self.eps, torch.where(near, self.eps, c))

@@ -60,7 +60,14 @@ class AnomalyTask(Task):
         threshold: the fitted score threshold (``decoding.json``); None before it is fitted.
         columns: the label columns (indices into ``schema.classes``) that mark a row anomalous,
             resolved by :meth:`configure` (None: from ``normal`` / ``anomalous`` and the schema).
+
+    Attributes:
+        centre_rows: after :meth:`configure`, the prepared training rows the model trains on (the
+            normal ones under ``train_on: normal``; None for streamed data): Deep SVDD's builder
+            fixes its centre from the initial outputs on them. Not saved with the model.
     """
+
+    centre_rows: np.ndarray | None = None
 
     name = "anomaly"
     input_kinds = frozenset({"numeric", "categorical", "image"})
@@ -186,6 +193,9 @@ class AnomalyTask(Task):
         )
         task.columns = task._resolve(data.schema)
         flags_train = task.flags(data.y_train)
+        if data.stream is None and len(data.x_train):
+            x_train = np.asarray(data.x_train)
+            task.centre_rows = x_train[~flags_train] if task.train_on == "normal" else x_train
         where = ("anomaly", "anomalous" if config.anomalous else "normal")
         if task.train_on == "normal" and flags_train.all():
             issues.append(

@@ -157,6 +157,54 @@ def test_deep_svdd_has_no_bias_fixes_its_centre_and_outputs_gradient_times_input
     assert torch.allclose(out[:, 1:], grad * x, atol=1e-5)
 
 
+def test_deep_svdd_centre_is_the_mean_initial_output_over_every_training_row():
+    """Ruff et al. 2018: c = the mean of the initial network's outputs on the whole training
+    set (not on the first batch), coordinates nearer 0 than eps moved to ±eps."""
+    from danlu.models import DeepSVDDSpec
+    from danlu.models._anomaly import build_deep_svdd
+
+    rows = np.random.default_rng(5).normal(0.5, 1.0, (300, 3)).astype(np.float32)
+    task = _task()
+    task.centre_rows = rows
+    torch.manual_seed(1)
+    spec = DeepSVDDSpec(hidden=[8, 6], rep_dim=6, eps=0.05)
+    model = build_deep_svdd(spec, _schema(d=3), task)
+    assert bool(model.centred)  # fixed at build, before any update
+    with torch.no_grad():
+        mean = model._represent(torch.as_tensor(rows))[0].mean(dim=0)
+    near = mean.abs() < 0.05
+    expected = torch.where(near, torch.where(mean < 0, -0.05, 0.05), mean)
+    assert torch.allclose(model.centre, expected, atol=1e-6)
+    with torch.no_grad():
+        first = model._represent(torch.as_tensor(rows[:16]))[0].mean(dim=0)
+    assert not torch.allclose(model.centre, first, atol=1e-3)  # not the first batch's mean
+    centre = model.centre.clone()
+    model.train()(torch.as_tensor(rows[:16]))  # training batches leave it
+    assert torch.equal(model.centre, centre)
+    small = build_deep_svdd(spec, _schema(d=3), task)  # chunked: the same mean
+    small.load_state_dict(model.state_dict())
+    small.centred.fill_(False)
+    small.init_centre(torch.as_tensor(rows), chunk=7)
+    assert torch.allclose(small.centre, model.centre, atol=1e-6)
+
+
+def test_configure_gives_deep_svdd_the_rows_it_trains_on():
+    from danlu.config import load_recipe
+    from danlu.train._run import prepare_recipe_data
+
+    recipe = load_recipe(_recipe(model={"type": "deep_svdd", "hidden": [8], "rep_dim": 4}))
+    data = prepare_recipe_data(recipe, AnomalyTask())
+    task = AnomalyTask().configure(recipe, data)
+    normal = ~task.flags(data.y_train)
+    assert task.centre_rows is not None and len(task.centre_rows) == normal.sum() < len(normal)
+    assert np.array_equal(task.centre_rows, data.x_train[normal])
+    every = AnomalyTask().configure(
+        load_recipe(_recipe(anomaly={"anomalous": [0], "train_on": "all"})), data
+    )
+    assert every.centre_rows is not None and len(every.centre_rows) == len(data.x_train)
+    assert task.with_decoding({"threshold": 1.0}).centre_rows is None  # not saved with it
+
+
 # ---- bad recipes --------------------------------------------------------------------------------
 
 
