@@ -28,6 +28,14 @@ Rows: TypeAlias = (
     " | str | Sequence[str]"
 )
 
+#: the key of a row that sends a sequence model's whole series as one array
+SERIES = "series"
+
+
+def _is_series_row(row: Any) -> bool:
+    return isinstance(row, Mapping) and set(row) == {SERIES}
+
+
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol ≥ 2, and torch.save's zip archive
 
 
@@ -88,6 +96,21 @@ class ModelBundle:
             return self.version.signature
         return self.task.signature(self.schema)
 
+    @property
+    def sequence_shape(self) -> tuple[int, int] | None:
+        """``(channels, length)`` of one row when the model reads rows as sequences
+        (``model.type: cnn1d``) and its raw inputs are the steps themselves (numeric, one per
+        step, dimension by dimension); else None. Such a model also takes each row as one array
+        (``predict`` of an ``(n, C, L)`` array, ``{"series": [[...]]}`` in a request)."""
+        shape = getattr(self.model, "sequence_shape", None)
+        if shape is None or len(shape) != 2:
+            return None
+        channels, length = int(shape[0]), int(shape[1])
+        features = self.schema.features
+        if len(features) != channels * length or any(f.kind != "numeric" for f in features):
+            return None
+        return channels, length
+
     def __repr__(self) -> str:
         where = self.version.ref if self.version is not None else self.card.get("type", "model")
         return f"Predictor({where}, task={self.task.name}, inputs={len(self.schema.features)})"
@@ -95,7 +118,9 @@ class ModelBundle:
     def frame(self, data: Rows) -> pd.DataFrame:
         """Raw rows as a DataFrame: a DataFrame, dict rows, a dict of columns, an array whose
         columns are the schema's features in order, or — for a model whose one input is a text
-        column — raw strings (a string, or a list of them: one row each)."""
+        column — raw strings (a string, or a list of them: one row each). A sequence model
+        (:attr:`sequence_shape` ``(C, L)``) also takes an ``(n, C, L)`` array and rows
+        ``{"series": [[...L numbers] × C]}`` (one channel: ``[...L numbers]`` too)."""
         import numpy as np
         import pandas as pd
 
@@ -106,8 +131,27 @@ class ModelBundle:
             isinstance(data, Sequence) and len(data) and all(isinstance(r, str) for r in data)
         ):
             return pd.DataFrame({self._text_input(): [data] if isinstance(data, str) else data})
+        if isinstance(data, Sequence) and len(data) and all(_is_series_row(r) for r in data):
+            data = np.stack(
+                [self._series(r[SERIES], f"rows[{i}].series") for i, r in enumerate(data)]
+            )
         if isinstance(data, np.ndarray):
+            sequence = self.sequence_shape
+            if sequence is not None and data.ndim == 3:
+                if data.shape[1:] != sequence:
+                    raise DataError(
+                        f"A sequence array must have shape (rows, {sequence[0]}, {sequence[1]}) "
+                        f"(rows, channels, length) for this model; got {data.shape}."
+                    )
+                data = data.reshape(len(data), -1)  # dimension by dimension, as the columns
             if data.ndim != 2 or data.shape[1] != len(names):
+                if sequence is not None:
+                    channels, length = sequence
+                    raise DataError(
+                        f"A sequence array must have shape (rows, {channels}, {length}) (rows, "
+                        f"channels, length) or (rows, {channels * length}) for this model; got "
+                        f"{data.shape}."
+                    )
                 more = "..." if len(names) > 5 else ""
                 raise DataError(
                     f"An array input must have shape (rows, {len(names)}) with columns "
@@ -117,6 +161,31 @@ class ModelBundle:
         if isinstance(data, Mapping):
             return pd.DataFrame(dict(data))
         return pd.DataFrame(list(data))
+
+    def _series(self, value: Any, where: str) -> np.ndarray:
+        """One row's series (``[[...L]...C]``, or ``[...L]`` for one channel) as (C·L,)."""
+        import numpy as np
+
+        sequence = self.sequence_shape
+        if sequence is None:
+            raise DataError(
+                f"{where}: this model does not read sequences; pass rows of its features "
+                f"({', '.join(map(repr, list(self.schema.feature_names)[:5]))}...)."
+            )
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):  # ragged lists, strings
+            raise DataError(
+                f"{where}: must be {sequence[0]} list(s) of {sequence[1]} numbers."
+            ) from None
+        if array.ndim == 1 and sequence[0] == 1:
+            array = array[None, :]
+        if array.shape != sequence:
+            raise DataError(
+                f"{where}: expected {sequence[0]} series (channels) of {sequence[1]} steps, "
+                f"shape {sequence}; got shape {array.shape}."
+            )
+        return array.reshape(-1)
 
     def _text_input(self) -> str:
         """The one feature raw strings fill; a DataError when the model takes other inputs."""

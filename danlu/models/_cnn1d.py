@@ -95,6 +95,8 @@ def _build(spec: CNN1DSpec, shape: tuple[int, int], outputs: int) -> nn.Module:
         def __init__(self) -> None:
             super().__init__()
             self.shape = shape
+            # read by danlu.load_model, the server and the trust report: rows are sequences
+            self.sequence_shape = shape
             blocks: list[nn.Module] = []
             channels = shape[0]
             for out_channels, kernel in zip(spec.channels, kernels, strict=True):

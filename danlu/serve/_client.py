@@ -84,8 +84,28 @@ def _finite_or_none(value: Any, where: str) -> Any:
     return value
 
 
+def _series_rows(array: Any) -> dict[str, Any]:
+    """A numpy array of sequences, ``(n, C, L)`` or ``(n, L)``, as ``{"rows": [{"series":
+    ...}]}`` (NaN as null: a missing step)."""
+    if array.ndim not in (2, 3):
+        raise InvalidRequestError(
+            f"A numpy array is sent as sequences: shape (rows, channels, length) or (rows, "
+            f"length); got {array.shape}. Pass other rows as dicts or a DataFrame.",
+            field="data",
+        )
+    rows = []
+    for i, row in enumerate(array.tolist()):
+        where = f"rows[{i}].series"
+        channels = row if array.ndim == 3 else [row]
+        rows.append({"series": [[_finite_or_none(v, where) for v in steps] for steps in channels]})
+    return {"rows": rows}
+
+
 def _payload(data: Any) -> dict[str, Any]:
-    """``{"rows": [...]}`` or ``{"columns": {...}}`` from rows, columns or a DataFrame."""
+    """``{"rows": [...]}`` or ``{"columns": {...}}`` from rows, columns or a DataFrame; a numpy
+    array of sequences as ``{"rows": [{"series": ...}]}``."""
+    if hasattr(data, "ndim") and hasattr(data, "tolist"):  # a numpy array: sequences
+        return _series_rows(data)
     if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
         data = {str(c): data[c].tolist() for c in data.columns}
     if isinstance(data, Mapping):
@@ -210,7 +230,9 @@ class Client:
         )
 
     def predict(self, model: str, data: Any) -> dict[str, Any]:
-        """Predictions for ``data``: a list of row dicts, a dict of columns, or a DataFrame.
+        """Predictions for ``data``: a list of row dicts, a dict of columns, or a DataFrame; for
+        a sequence model also a numpy array ``(n, channels, length)`` or ``(n, length)``, sent
+        as ``{"rows": [{"series": [[...]]}]}``.
 
         Returns the server's answer: ``{"model", "version", "ref", "predictions", ...}`` plus
         the task's other outputs (``probabilities`` of a classifier, ``scores`` of a multi-label

@@ -80,7 +80,7 @@ class ServedModel:
         self.batches = 0  # batches run, and the rows in them
         self.rows = 0
         self.input_dim = self.preprocessor.schema_.input_dim  # after the reducer, if any
-        self._parser = RequestParser(self.preprocessor, self.ref)
+        self._parser = RequestParser(self.preprocessor, self.ref, bundle.sequence_shape)
         # the signature as served: each input says whether null is accepted (a fill was learned)
         nullable = {i.name: i.nullable for i in self._parser.inputs}
         self.signature: dict[str, Any] = {
@@ -90,6 +90,9 @@ class ServedModel:
                 for f in mv.signature.get("inputs") or ()
             ],
         }
+        if bundle.sequence_shape is not None:  # a row may also be {"series": [[...]]}
+            channels, length = bundle.sequence_shape
+            self.signature["sequence"] = {"field": "series", "channels": channels, "length": length}
         # decoded output → JSON Schema of one row's value; trimmed by warm_up() to the outputs
         # the decoding returns
         self.outputs = response_outputs(self.signature)
@@ -191,7 +194,8 @@ class ServedModel:
     def parse(self, payload: Any, max_rows: int) -> np.ndarray:
         """Validate a decoded JSON body and encode it: ``(n, input_dim)`` float32.
 
-        Accepts ``{"rows": [{feature: value}, ...]}`` or ``{"columns": {feature: [values]}}``.
+        Accepts ``{"rows": [{feature: value}, ...]}`` or ``{"columns": {feature: [values]}}``;
+        a sequence model (``signature["sequence"]``) also ``{"rows": [{"series": [[...]]}]}``.
 
         Raises:
             RequestError: naming the field (``rows[2].alcohol``); 413 for more than ``max_rows``.

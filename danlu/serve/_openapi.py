@@ -172,7 +172,8 @@ MAX_ENUMERATED_ROWS = 4096  # past this, "equally long columns" is said in words
 def _model_request_schemas(
     name: str, signature: dict[str, Any], max_rows: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The predict body of one model (``{"rows": [Row]}`` or ``{"columns": {...}}``), as a
+    """The predict body of one model (``{"rows": [Row]}`` or ``{"columns": {...}}``, and for a
+    sequence model ``{"rows": [{"series": [[...]]}]}``), as a
     requestBody schema and the component schemas it refers to — pydantic models built from the
     model's signature, so that a body valid under the schema is one the server answers.
 
@@ -217,17 +218,63 @@ def _model_request_schemas(
         __config__=forbid,
         columns=(columns_model, Field(description="feature → its values; all lists equally long")),
     )
+    forms: list[Any] = [by_rows, by_columns]
+    sequence = signature.get("sequence")
+    if isinstance(sequence, dict):
+        forms.append(_series_request(prefix, signature, sequence, finite, max_rows))
     refs, top = models_json_schema(
-        [(by_rows, "validation"), (by_columns, "validation")],
-        ref_template="#/components/schemas/{model}",
+        [(form, "validation") for form in forms], ref_template="#/components/schemas/{model}"
     )
-    body = {"oneOf": [refs[(by_rows, "validation")], refs[(by_columns, "validation")]]}
+    body = {"oneOf": [refs[(form, "validation")] for form in forms]}
     defs = top.get("$defs", {})
     if columns and max_rows <= MAX_ENUMERATED_ROWS:
         defs[f"{prefix}_Columns"]["oneOf"] = [
             {"additionalProperties": {"minItems": n, "maxItems": n}} for n in range(1, max_rows + 1)
         ]
     return body, defs
+
+
+def _series_request(
+    prefix: str, signature: dict[str, Any], sequence: dict[str, Any], finite: Any, max_rows: int
+) -> Any:
+    """The request of a sequence model that sends each row's series as one array:
+    ``{"rows": [{"series": [[...length] × channels]}]}`` (one channel: ``[...length]`` too)."""
+    from typing import Annotated
+
+    from pydantic import create_model
+
+    channels, length = int(sequence["channels"]), int(sequence["length"])
+    inputs = signature.get("inputs") or ()
+    # null is accepted where every step learned a fill (the server checks step by step)
+    step: Any = finite
+    if inputs and all(f.get("nullable", True) for f in inputs):
+        step = finite | None
+    steps = Annotated[list[step], Field(min_length=length, max_length=length)]
+    nested = Annotated[list[steps], Field(min_length=channels, max_length=channels)]
+    what = (
+        f"{channels} series (channels) of {length} steps each"
+        if channels > 1
+        else f"the series: {length} numbers, or a list holding that one list"
+    )
+    kind: Any = nested if channels > 1 else steps | nested
+    row = create_model(
+        f"{prefix}_SeriesRow",
+        __config__=ConfigDict(extra="forbid"),
+        series=(kind, Field(description=what)),
+    )
+    return create_model(
+        f"{prefix}_SeriesRequest",
+        __config__=ConfigDict(extra="forbid"),
+        rows=(
+            list[row],
+            Field(
+                min_length=1,
+                max_length=max_rows,
+                description="one row per sequence; the steps in the order of the features "
+                f"{', '.join(str(f.get('name')) for f in list(inputs)[:3])}...",
+            ),
+        ),
+    )
 
 
 def _input_type(feature: dict[str, Any], finite: Any) -> tuple[Any, str]:

@@ -32,6 +32,7 @@ _PAYLOAD_KEYS = ("rows", "columns")
 #: ``max_length`` tokens; this bounds the work of tokenizing what it will not read).
 MAX_TEXT_CHARS = 100_000
 _SHAPE = '{"rows": [{feature: value, ...}, ...]} or {"columns": {feature: [values]}}'
+SERIES = "series"  # the key of a row that sends a sequence model's series as one array
 
 Field: TypeAlias = Callable[[int, str], str]  # (row, feature) → the field an error names
 Columns: TypeAlias = tuple[int, list[list[Any]], Field]  # rows, each feature's values, Field
@@ -46,6 +47,13 @@ class _Input:
     kind: str  # numeric | boolean | categorical | datetime | text
     nullable: bool
     coerce: bool = False
+
+
+def _series_request(rows: Any) -> bool:
+    """Whether a rows list sends series arrays (its first row is ``{"series": ...}``)."""
+    return (
+        type(rows) is list and bool(rows) and type(rows[0]) is dict and rows[0].keys() == {SERIES}
+    )
 
 
 def show(value: Any) -> str:
@@ -72,9 +80,14 @@ class RequestParser:
         >>> # RequestParser(bundle.preprocessor, "wine:3").parse({"rows": [row]}, max_rows=64)
     """
 
-    def __init__(self, preprocessor: Preprocessor, ref: str) -> None:
+    def __init__(
+        self, preprocessor: Preprocessor, ref: str, sequence: tuple[int, int] | None = None
+    ) -> None:
         self.preprocessor = preprocessor
         self.ref = ref
+        #: (channels, length) of a sequence model whose raw inputs are its steps: a row may then
+        #: be {"series": [[...length numbers] × channels]} (ModelBundle.sequence_shape)
+        self.sequence = sequence
         fill = preprocessor.fill_
         self.inputs = tuple(
             _Input(
@@ -97,10 +110,11 @@ class RequestParser:
     def parse(self, payload: Any, max_rows: int) -> np.ndarray:
         """Validate a decoded JSON body and encode it: ``(n, input_dim)`` float32.
 
-        Accepts ``{"rows": [{feature: value}, ...]}`` or ``{"columns": {feature: [values]}}``.
+        Accepts ``{"rows": [{feature: value}, ...]}`` or ``{"columns": {feature: [values]}}``;
+        a sequence model also ``{"rows": [{"series": [[...L] × C]}, ...]}``.
 
         Raises:
-            RequestError: naming the field (``rows[2].alcohol``); 413 for more than ``max_rows``.
+            RequestError: naming the field (``rows[2].alcohol``, ``rows[0].series[1]``); 413 for more than ``max_rows``.
         """
         if not isinstance(payload, dict):
             raise RequestError("body", f"must be a JSON object: {_SHAPE}; got {show(payload)}.")
@@ -111,6 +125,8 @@ class RequestParser:
             )
         if len(payload) != 1:
             raise RequestError("body", f"send exactly one of 'rows' or 'columns': {_SHAPE}.")
+        if "rows" in payload and self.sequence is not None and _series_request(payload["rows"]):
+            return self.preprocessor.transform_matrix(self._series_rows(payload["rows"], max_rows))
         if "rows" in payload:
             matrix = self._numeric_rows(payload["rows"], max_rows) if self._all_numeric else None
             if matrix is not None:
@@ -153,10 +169,100 @@ class RequestParser:
                 f"features: {takes}{more}.",
             )
         missing = next(i.name for i in self.inputs if i.name not in given)
+        series = ""
+        if self.sequence is not None:
+            series = f' (or send the row as {{"{SERIES}": [{self._series_shape()}]}})'
         return RequestError(
             f"{where}.{missing}",
-            f"is missing; every row needs all {len(self.inputs)} features of model {self.ref}.",
+            f"is missing; every row needs all {len(self.inputs)} features of model {self.ref}"
+            f"{series}.",
         )
+
+    # ---- a sequence model's rows as arrays ---------------------------------------------------
+
+    def _series_shape(self) -> str:
+        channels, length = self.sequence or (1, 0)
+        one = f"[{length} numbers]"
+        return one if channels == 1 else f"{channels} lists of {length} numbers"
+
+    def _series_rows(self, rows: list[Any], max_rows: int) -> np.ndarray:
+        """Rows ``{"series": [[...L] × C]}`` (one channel: ``[...L]`` too) as the raw matrix
+        ``(n, C·L)``, dimension by dimension (the order of the step columns); every value a
+        finite number, or null where the step's column learned a fill."""
+        self._check_count("rows", len(rows), max_rows)
+        channels, length = self.sequence or (1, 0)
+        matrix = np.empty((len(rows), channels * length), dtype=np.float64)
+        for i, row in enumerate(rows):
+            if type(row) is not dict or row.keys() != {SERIES}:
+                raise RequestError(
+                    f"rows[{i}]",
+                    f'must be {{"{SERIES}": [...]}} as rows[0] is; send every row of a request '
+                    f"the same way; got {show(row)}.",
+                )
+            matrix[i] = self._one_series(row[SERIES], f"rows[{i}].{SERIES}")
+        return matrix
+
+    def _one_series(self, value: Any, where: str) -> np.ndarray:
+        channels, length = self.sequence or (1, 0)
+        takes = (
+            f"model {self.ref} takes "
+            + ("one series" if channels == 1 else f"{channels} series (channels)")
+            + f" of {length} steps: [{self._series_shape()}]"
+        )
+        if type(value) is not list:
+            raise RequestError(where, f"must be a list; {takes}; got {show(value)}.")
+        nested = bool(value) and type(value[0]) is list
+        if channels == 1 and not nested:
+            value = [value]  # one channel: the plain list of steps
+            prefix = [where]
+        else:
+            prefix = [f"{where}[{c}]" for c in range(len(value))]
+        if len(value) != channels:
+            raise RequestError(where, f"holds {len(value)} series; {takes}.")
+        out = np.empty((channels, length), dtype=np.float64)
+        for c, steps in enumerate(value):
+            if type(steps) is not list:
+                raise RequestError(prefix[c], f"must be a list of numbers; got {show(steps)}.")
+            if len(steps) != length:
+                raise RequestError(prefix[c], f"holds {len(steps)} values; {takes}.")
+            if set(map(type, steps)) <= _FLOAT_INT:
+                try:
+                    out[c] = steps
+                except OverflowError:  # an integer beyond float range
+                    pass
+                else:
+                    if np.isfinite(out[c]).all():
+                        continue
+            out[c] = self._series_values(steps, c * length, prefix[c])
+        return out.reshape(-1)
+
+    def _series_values(self, steps: list[Any], first: int, where: str) -> np.ndarray:
+        """One channel's steps that are not all finite numbers, checked value by value: null
+        where the step's column learned a fill (NaN), else the first bad value is named."""
+        values = np.empty(len(steps), dtype=np.float64)
+        for t, v in enumerate(steps):
+            inp = self.inputs[first + t]
+            if v is None:
+                if not inp.nullable:
+                    raise RequestError(
+                        f"{where}[{t}]",
+                        f"is null, and the model learned no fill value for step {inp.name} (it "
+                        "was trained with missing: drop); send a number.",
+                    )
+                values[t] = np.nan
+            elif isinstance(v, _NUMBER) and not isinstance(v, bool):
+                try:
+                    number = float(v)
+                except OverflowError:
+                    number = math.inf
+                if not math.isfinite(number):
+                    raise RequestError(
+                        f"{where}[{t}]", f"must be a finite number; got {show(v)} (out of range)."
+                    )
+                values[t] = number
+            else:
+                raise RequestError(f"{where}[{t}]", f"must be a number; got {show(v)}.")
+        return values
 
     def _from_rows(self, rows: Any, max_rows: int) -> Columns:
         if not isinstance(rows, list):
