@@ -595,6 +595,73 @@ def _saliency_plot(
     return svg(fig)
 
 
+def _sequence_plot(
+    x: np.ndarray,
+    attr: np.ndarray,
+    shape: tuple[int, int],
+    picks: list[tuple[str, int]],
+    labels: list[str],
+) -> str:
+    """One panel per picked row: its series (a line per channel) over a band coloured by each
+    step's attribution, summed over the channels (red for the prediction, blue against)."""
+    import numpy as np
+
+    from danlu.evaluate._plots import figure, svg
+
+    channels, length = shape
+    fig, axes = figure(
+        6.4, 1.1 * len(picks) + 0.6, nrows=len(picks), ncols=1, squeeze=False, sharex=True
+    )
+    steps = np.arange(length)
+    band = None
+    for panel, ((kind, row), label) in enumerate(zip(picks, labels, strict=True)):
+        ax = axes[panel][0]
+        series = x[row].reshape(shape)  # (C, L)
+        saliency = attr[row].reshape(shape).sum(axis=0)  # (L,)
+        bound = float(np.abs(saliency).max()) or 1.0
+        low, high = float(series.min()), float(series.max())
+        pad = 0.08 * (high - low) or 1.0
+        extent = (-0.5, length - 0.5, low - pad, high + pad)
+        band = ax.imshow(
+            saliency[None, :], aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
+            extent=extent, interpolation="nearest", alpha=0.8,
+        )  # fmt: skip
+        for c in range(channels):
+            colour = "black" if channels == 1 else f"C{c % 10}"
+            ax.plot(steps, series[c], color=colour, linewidth=0.9, label=f"series {c}")
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_title(f"{kind}: {label.replace(chr(10), ', ')}", fontsize=7, loc="left")
+        ax.tick_params(labelsize=6)
+    axes[-1][0].set_xlabel("step", fontsize=7)
+    if channels > 1:
+        axes[0][0].legend(fontsize=5, ncol=min(channels, 6), loc="upper right")
+    if band is not None:
+        bar = fig.colorbar(band, ax=[row[0] for row in axes], shrink=0.8, pad=0.02, ticks=[])
+        bar.set_label("− against · for +", fontsize=7)
+    return svg(fig)
+
+
+def _steps_plot(attr: np.ndarray, shape: tuple[int, int]) -> str:
+    """The mean |attribution| of each step over the explained rows (a line per channel): where
+    in the series the model looks."""
+    import numpy as np
+
+    from danlu.evaluate._plots import figure, svg
+
+    channels, length = shape
+    mean = np.abs(attr.reshape(len(attr), channels, length)).mean(axis=0)  # (C, L)
+    fig, ax = figure(6.4, 2.2)
+    for c in range(channels):
+        ax.plot(np.arange(length), mean[c], linewidth=1.0, label=f"series {c}")
+    if channels > 1:
+        ax.legend(fontsize=6, ncol=min(channels, 6), loc="upper right")
+    ax.set_xlabel("step", fontsize=7)
+    ax.set_ylabel("mean |attribution|", fontsize=7)
+    ax.tick_params(labelsize=6)
+    return svg(fig)
+
+
 def _method_note(config: ExplainConfig, data: EvalData) -> tuple[str, str]:
     no_train = len(data.x_train) == 0
     if config.method == "integrated_gradients":
@@ -645,7 +712,7 @@ def _add_tokens(section: Section, data: EvalData, config: ExplainConfig) -> None
 
 def explain_section(data: EvalData, config: ExplainConfig) -> Section:
     """The report's explanations: global importance per raw feature, a summary plot, saliency
-    maps for images, and the ``top_k`` most and least confident test rows explained.
+    maps for images (for a sequence model: each series over its attribution per step), and the ``top_k`` most and least confident test rows explained.
 
     Args:
         data: the model and its test split.
@@ -758,16 +825,27 @@ def explain_section(data: EvalData, config: ExplainConfig) -> Section:
         section.figures["Summary of attributions: each dot is a test row"] = _summary_plot(
             grouped, x, groups, order
         )
+    n_pick = min(_SALIENCY_ROWS, count)
+    most = [int(i) for i in by_confidence[:n_pick]]
+    least = [int(i) for i in by_confidence[::-1][:n_pick] if int(i) not in most]
+    picks = [("most confident", i) for i in most] + [("least confident", i) for i in least]
+    labels = [
+        f"pred {_short(predictions[i])} ({confidence[i]:.2f})\ntrue {_short(truths[i])}"
+        for _, i in picks
+    ]
     shape = data.schema.image_shape
-    if shape is not None and math.prod(shape) == x.shape[1] and len(shape) in (2, 3):
-        n_pick = min(_SALIENCY_ROWS, count)
-        most = [int(i) for i in by_confidence[:n_pick]]
-        least = [int(i) for i in by_confidence[::-1][:n_pick] if int(i) not in most]
-        picks = [("most confident", i) for i in most] + [("least confident", i) for i in least]
-        labels = [
-            f"pred {_short(predictions[i])} ({confidence[i]:.2f})\ntrue {_short(truths[i])}"
-            for _, i in picks
-        ]
+    # a sequence model (cnn1d) views its rows as (channels, length), whatever the data's shape
+    sequence = getattr(data.model, "sequence_shape", None)
+    if sequence is not None and math.prod(sequence) == x.shape[1] and len(sequence) == 2:
+        sequence = (int(sequence[0]), int(sequence[1]))
+        section.figures[
+            "Saliency: each series over its attribution per step (red for the prediction, blue "
+            "against)"
+        ] = _sequence_plot(_raw_pixels(data, rows, x), attr, sequence, picks, labels)
+        section.figures["Mean |attribution| per step over the explained rows"] = _steps_plot(
+            attr, sequence
+        )
+    elif shape is not None and math.prod(shape) == x.shape[1] and len(shape) in (2, 3):
         section.figures["Saliency: inputs and their attributions"] = _saliency_plot(
             _raw_pixels(data, rows, x), attr, tuple(shape), picks, labels
         )
