@@ -366,3 +366,49 @@ def test_the_resolved_recipe_loads_again_for_resume_and_compress():
     again = load_recipe(recipe_to_dict(recipe))
     assert again.anomaly is not None and again.anomaly.threshold.method == "f1"
     assert again.anomaly.threshold.share == 0.05  # contamination's default, unused by f1
+
+
+def test_tune_and_evaluate_on_a_file_work_for_an_anomaly_recipe(tmp_path, monkeypatch):
+    """``danlu tune`` (2 trials, maximising val_auroc) ships the best trial; ``danlu evaluate
+    RUN --data FILE`` reports it on labelled rows of a file, baselines included."""
+    import yaml
+
+    from tests.cli._runner import danlu as cli
+
+    recipe = _recipe(
+        name="bc-anomaly-tune",
+        train={"epochs": 2, "seed": 0},
+        tune={
+            "metric": "val_auroc",
+            "trials": 2,
+            "sampler": {"name": "random", "seed": 0},
+            "space": {"model.hidden": {"choice": [[4], [8, 2]]}},
+        },
+        register={"name": "bc-anomaly", "alias": "tuned"},
+    )
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    monkeypatch.setenv("DANLU_HOME", str(tmp_path / "home"))
+    tuned = cli("tune", str(path), "--quiet", "--json")
+    assert tuned.code == 0, tuned.stderr
+    study = json.loads(tuned.stdout)
+    assert study["direction"] == "maximize" and study["counts"]["complete"] == 2, study
+    assert study["registered"] == "bc-anomaly:1"
+    from danlu.tune import load_study, study_summary
+
+    trials = study_summary(load_study("bc-anomaly-tune", SqlStore(home=tmp_path / "home")))
+    values = [row["value"] for row in trials["trials"]]
+    assert len(values) == 2 and study["best_value"] == pytest.approx(max(values))  # maximised
+    assert 0.5 < study["best_value"] <= 1.0
+    rows = load_source("builtin:breast_cancer").frame.sample(120, random_state=0)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    fast = [f"--set={key}=false" for key in ("explain", "membership", "cost", "robustness")]
+    data = ("--data", str(tmp_path / "rows.csv"))
+    out = cli("evaluate", study["best_run_id"], *data, *fast, "--set=bootstrap=20", "--json")
+    assert out.code == 0, out.stderr
+    sections = json.loads(out.stdout)["sections"]
+    assert {"metrics", "anomaly_scores", "anomaly_drivers", "baselines"} <= set(sections)
+    metrics = sections["metrics"]
+    assert metrics["rows"] == 120 and 0.5 < metrics["values"]["auroc"] <= 1.0
+    assert "Isolation Forest" in {row["model"] for row in sections["baselines"]["rows"]}
+    assert not [k for k, s in sections.items() if "failed" in " ".join(s.get("flags", []))]
