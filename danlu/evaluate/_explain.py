@@ -610,7 +610,13 @@ def _sequence_plot(
 
     channels, length = shape
     fig, axes = figure(
-        6.4, 1.1 * len(picks) + 0.6, nrows=len(picks), ncols=1, squeeze=False, sharex=True
+        6.4,
+        1.2 * len(picks) + 0.6,
+        nrows=len(picks),
+        ncols=1,
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
     )
     steps = np.arange(length)
     band = None
@@ -637,7 +643,7 @@ def _sequence_plot(
     if channels > 1:
         axes[0][0].legend(fontsize=5, ncol=min(channels, 6), loc="upper right")
     if band is not None:
-        bar = fig.colorbar(band, ax=[row[0] for row in axes], shrink=0.8, pad=0.02, ticks=[])
+        bar = fig.colorbar(band, ax=[row[0] for row in axes], shrink=0.8, ticks=[])
         bar.set_label("− against · for +", fontsize=7)
     return svg(fig)
 
