@@ -86,6 +86,18 @@ def test_a_series_row_answers_what_the_flat_row_and_load_model_answer(
         assert answer.status_code == 200, answer.text
     assert plain.json()["probabilities"] == flat.json()["probabilities"]
     assert nested.json()["probabilities"] == flat.json()["probabilities"]
+    # a missing step is null, as in the flat form: filled where training learned a fill
+    gap: list[float | None] = [float(v) for v in values[0]]
+    gap[3] = None
+    flat_gap = {**rows.iloc[0].to_dict(), "t3": None}
+    by_series = _predict(server, "gunpoint", {"rows": [{"series": gap}]})
+    by_name = _predict(server, "gunpoint", {"rows": [flat_gap]})
+    nullable = server.get("/v1/models/gunpoint").json()["signature"]["inputs"][3]["nullable"]
+    assert by_series.status_code == by_name.status_code == (200 if nullable else 422)
+    if nullable:
+        assert by_series.json()["probabilities"] == by_name.json()["probabilities"]
+    else:
+        assert by_series.json()["error"]["field"] == "rows[0].series[3]"
 
     store = SqlStore(home=home)
     try:
