@@ -530,7 +530,9 @@ def prepare_forecast_data(
         task: the forecasting task (any object with ``name`` and ``target_kind = "values"``).
         frame: rows to use instead of reading ``config.source``.
         cutoff: keep only the first ``cutoff`` points of each series' (regular) time axis: a
-            backtest fold's origin, everything after it unseen.
+            backtest fold's origin, everything after it unseen. Negative: drop the last
+            ``-cutoff`` points of each series (series of different lengths cut at the same
+            distance from their own end).
 
     Returns:
         PreparedData whose ``x_*`` are the scaled windows (n, input_dim), ``y_*`` the scaled

@@ -13,6 +13,11 @@ fold's training rows and nothing after the fold's horizon exists) — and foreca
 after the origin, scored by :func:`~danlu.tasks._forecast_metrics.forecast_metrics` against the
 true values (MASE scaled by the fold's own training history).
 
+With many series of different lengths the folds are aligned on each series' own end: the
+origins are counted on the shortest history before the test block, and each series' fold
+origin sits as many points before its own test block (:func:`series_origins`), so every
+series forecasts the same stretch before its end and none of them sees past its origin.
+
 A candidate that cannot be fitted on a fold (too little history for its window and validation
 block, a fit that failed) is recorded as skipped with the reason and takes no part in the
 choice: every candidate chosen among was scored on the same folds.
@@ -44,6 +49,7 @@ __all__ = [
     "backtest",
     "fold_origins",
     "select_forecaster",
+    "series_origins",
 ]
 
 log = get_logger(__name__)
@@ -113,6 +119,19 @@ def fold_origins(
     return [last - step * (count - 1 - i) for i in range(count)], step
 
 
+def series_origins(series: Any, origin: int) -> list[int]:
+    """Each series' own origin for a fold whose ``origin`` is counted on the shortest history
+    before the test block: as many points before the series' own test block.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> series_origins(SimpleNamespace(val_end=[120, 100, 130]), 80)
+        [100, 80, 110]
+    """
+    history = min(int(e) for e in series.val_end)
+    return [int(e) - (history - origin) for e in series.val_end]
+
+
 # -- one candidate on one fold ---------------------------------------------------------------------
 @dataclass
 class _Forecast:
@@ -137,8 +156,8 @@ def _classical_forecast(spec: Any, series: Any, origin: int) -> _Forecast:
     started = time.perf_counter()
     points, quants = [], []
     levels = [float(q) for q in series.quantiles]
-    for values in series.values:
-        z = forward_transform(values[:origin], series.transform)
+    for values, own in zip(series.values, series_origins(series, origin), strict=True):
+        z = forward_transform(values[:own], series.transform)
         fit = fit_classical(
             spec,
             z,
@@ -159,8 +178,9 @@ def _classical_forecast(spec: Any, series: Any, origin: int) -> _Forecast:
 def _neural_forecast(
     block: dict[str, Any], recipe: Any, series: Any, origin: int, frame: Any
 ) -> _Forecast:
-    """Prepare the data cut at ``origin + horizon`` (the fold's horizon is its test block),
-    train through the Trainer with the recipe's train settings, forecast the test row."""
+    """Prepare the data cut at each series' own ``origin + horizon`` (the fold's horizon is its
+    test block; a negative cutoff, so a series is cut at the same distance from its end),
+    train through the Trainer with the recipe's train settings, forecast the test rows."""
     import torch
 
     from danlu.config import ModelConfig
@@ -177,9 +197,10 @@ def _neural_forecast(
         update={"test": horizon, "lags": int(series.lags), "season": int(series.season)}
     )
     task = get_task(recipe.task)
-    prepared = prepare_forecast_data(
-        recipe.data, forecast, task, frame=frame, cutoff=origin + horizon
-    )
+    # every series loses the points after its own fold's horizon: its test block and the
+    # stretch between the fold and it (the same count for each: aligned on their ends)
+    drop = len(series.values[0]) - (series_origins(series, origin)[0] + horizon)
+    prepared = prepare_forecast_data(recipe.data, forecast, task, frame=frame, cutoff=-drop)
     task = task.configure(recipe, prepared)
     if not len(prepared.y_train):
         raise ConfigError(f"no training window before origin {origin}")
@@ -209,9 +230,10 @@ def _score(forecast: _Forecast, series: Any, origin: int) -> dict[str, float]:
     from danlu.tasks._forecast_metrics import forecast_metrics, mase_scale
 
     horizon = int(series.horizon)
-    truth = np.stack([v[origin : origin + horizon] for v in series.values])
+    pairs = list(zip(series.values, series_origins(series, origin), strict=True))
+    truth = np.stack([v[o : o + horizon] for v, o in pairs])
     pred = np.stack(forecast.point)
-    scale = np.array([mase_scale(v[:origin], int(series.season)) for v in series.values])
+    scale = np.array([mase_scale(v[:o], int(series.season)) for v, o in pairs])
     extra: dict[str, Any] = {}
     if forecast.quantiles is not None:
         extra = {
