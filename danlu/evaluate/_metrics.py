@@ -248,8 +248,9 @@ def _headline_summary(
     if data.task.target_kind == "values" and data.y.ndim == 1:  # regression
         margin = f" ± {(interval['high'] - interval['low']) / 2:.3f}" if interval else ""
         return f"R² {value:.3f}{margin}, MAE {values['mae']:.4g} ({n} test rows)"
-    half = (interval["high"] - interval["low"]) / 2 if interval else None
-    return f"{data.task.describe(value, half)} ({n} test rows)"
+    # one row (a forecast's single test window) resamples to itself: no interval to show
+    half = (interval["high"] - interval["low"]) / 2 if interval and n > 1 else None
+    return f"{data.task.describe(value, half)} ({n} test {'row' if n == 1 else 'rows'})"
 
 
 def _confusion_figure(matrix: list[list[int]], classes: list[str]) -> str:

@@ -108,3 +108,19 @@ def test_the_trust_report_of_a_forecaster_has_no_failed_section(tmp_path):
     assert sections["metrics"].summary.startswith("MASE")
     assert set(sections["metrics"].data["values"]) >= {"mase", "mape", "smape", "coverage"}
     assert "no row baselines" in sections["baselines"].data["skipped"]
+
+
+def test_one_test_window_shows_no_collapsed_interval():
+    """A single test window resamples to itself: the summary shows the value, not '± 0.000'."""
+    from types import SimpleNamespace
+
+    from danlu.evaluate._metrics import _headline_summary
+    from danlu.tasks import get_task
+
+    task = get_task("forecasting")
+    one = SimpleNamespace(y=np.zeros((1, 12)), classification=False, task=task)
+    collapsed = {"low": 0.786, "high": 0.786}
+    assert _headline_summary(one, {"mase": 0.786}, collapsed, 0.95) == "MASE 0.786 (1 test row)"
+    four = SimpleNamespace(y=np.zeros((4, 12)), classification=False, task=task)
+    wide = {"low": 0.7, "high": 0.9}
+    assert _headline_summary(four, {"mase": 0.8}, wide, 0.95) == "MASE 0.800 ± 0.100 (4 test rows)"
