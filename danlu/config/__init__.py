@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from danlu.config._adversarial import AdversarialConfig
-from danlu.config._anomaly import AnomalyConfig, ThresholdConfig
+from danlu.config._anomaly import (
+    UNLABELLED_TARGET,
+    UNLABELLED_VALUE,
+    AnomalyConfig,
+    ThresholdConfig,
+)
 from danlu.config._compress import (
     QUANTIZE_METHODS,
     CompressConfig,
@@ -114,6 +119,8 @@ __all__ = [
     "PrivacyConfig",
     "AdversarialConfig",
     "AnomalyConfig",
+    "UNLABELLED_TARGET",
+    "UNLABELLED_VALUE",
     "ThresholdConfig",
     "ReadConfig",
     "Recipe",

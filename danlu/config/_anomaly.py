@@ -16,6 +16,18 @@ The threshold on the anomaly score is chosen on the validation split once traini
 ones under ``train_on: normal``: ``rate`` is then the share of false alarms, as scikit-learn's
 ``contamination`` for a detector fitted on normal rows), ``f1`` maximises F1 on the validation
 rows (it needs anomalous rows among them).
+
+Unlabelled data: leave ``data.target`` out (or set it to ``null``) and every row is unlabelled,
+counted as normal. The recipe then names the internal constant label column
+:data:`UNLABELLED_TARGET` (its one value :data:`UNLABELLED_VALUE`), which the data layer adds to
+the rows, so ``danlu predict``, ``danlu evaluate RUN --data FILE`` and the server take files with
+no label column. A built-in's own label column is dropped then (never a feature). The
+``anomaly:`` block may be left out (``train_on`` defaults to ``all``); it must not list label
+values, and ``threshold.method: f1`` is refused (there are no labels to choose it on)::
+
+    task: anomaly
+    data: {source: features.csv}          # no label column
+    anomaly: {threshold: {rate: 0.05}}    # optional
 """
 
 from __future__ import annotations
@@ -24,10 +36,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["AnomalyConfig", "ThresholdConfig"]
+__all__ = ["UNLABELLED_TARGET", "UNLABELLED_VALUE", "AnomalyConfig", "ThresholdConfig"]
 
 Label = str | int | float | bool
 DEFAULT_RATE = 0.05
+#: The constant label column of unlabelled anomaly data (``data.target`` left out or null).
+UNLABELLED_TARGET = "_unlabelled"
+#: Its one value: every unlabelled row counts as normal.
+UNLABELLED_VALUE = "normal"
 
 
 class ThresholdConfig(BaseModel):
@@ -113,6 +129,42 @@ class AnomalyConfig(BaseModel):
                 "one list"
             )
         return self
+
+
+def unlabelled_anomaly(data: object) -> object:
+    """A raw ``task: anomaly`` recipe without ``data.target`` (left out or null), rewritten for
+    unlabelled rows: ``data.target`` names :data:`UNLABELLED_TARGET`, ``anomaly.normal`` its one
+    value and ``train_on`` defaults to ``all``. Other recipes are returned as they are.
+
+    Label values listed in the ``anomaly:`` block, and ``threshold.method: f1``, are kept: the
+    task's ``check_recipe`` refuses them, naming the key.
+
+    Example:
+        >>> out = unlabelled_anomaly({"task": "anomaly", "data": {"source": "x.csv"}})
+        >>> out["data"]["target"], out["anomaly"]
+        ('_unlabelled', {'normal': ['normal'], 'train_on': 'all'})
+    """
+    if not isinstance(data, dict) or data.get("task") != "anomaly":
+        return data
+    given = data.get("data")
+    source: object
+    if isinstance(given, BaseModel):
+        if getattr(given, "target", None) is not None:
+            return data
+        source = given.model_copy(update={"target": UNLABELLED_TARGET})
+    elif isinstance(given, dict) and given.get("target") is None:
+        source = {**given, "target": UNLABELLED_TARGET}
+    else:
+        return data
+    given_block = data.get("anomaly")
+    if isinstance(given_block, BaseModel):
+        given_block = given_block.model_dump(exclude_unset=True)
+    block = dict(given_block) if isinstance(given_block, dict) else {}
+    if any(block.get(key) not in (None, []) for key in ("normal", "anomalous")):
+        return {**data, "data": source, "anomaly": block}  # refused by the task, naming the key
+    block["normal"] = [UNLABELLED_VALUE]
+    block.setdefault("train_on", "all")
+    return {**data, "data": source, "anomaly": block}
 
 
 def _scalar(value: object) -> bool:

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from danlu.config._adversarial import AdversarialConfig
-from danlu.config._anomaly import AnomalyConfig
+from danlu.config._anomaly import AnomalyConfig, unlabelled_anomaly
 from danlu.config._compress import CompressConfig
 from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_blocks
 from danlu.config._forecast import ForecastConfig
@@ -708,4 +708,5 @@ with warnings.catch_warnings():
         @model_validator(mode="before")
         @classmethod
         def _switches(cls, data: Any) -> Any:
-            return switch_blocks(data)  # evaluate: false, tune: false, register: false
+            # evaluate: false, tune: false, register: false; anomaly data without a label column
+            return unlabelled_anomaly(switch_blocks(data))

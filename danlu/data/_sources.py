@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from danlu.config import UNLABELLED_TARGET, UNLABELLED_VALUE
 from danlu.data._parquet import read_parquet
 from danlu.data._series_sources import SERIES_SETS, load_series_set
 from danlu.data._values import first_row, preview, to_plain
@@ -711,7 +712,10 @@ def load_source(
     ``target``. A built-in's target is its own (``target`` for scikit-learn's sets); a file's is
     ``target`` unless ``target`` names another column. A list ``target`` names 0/1 label
     columns, packed into one label-set column (see :func:`pack_label_columns`;
-    ``RawData.label_columns`` lists them). A DataFrame is used as it is (copied).
+    ``RawData.label_columns`` lists them). A DataFrame is used as it is (copied). The
+    ``target`` :data:`~danlu.config.UNLABELLED_TARGET` (``task: anomaly`` without
+    ``data.target``) adds that column, constant :data:`~danlu.config.UNLABELLED_VALUE`, when the
+    rows lack it, and drops a built-in's own label column.
 
     Args:
         source: ``builtin:NAME``, a file path, or a DataFrame.
@@ -737,7 +741,10 @@ def load_source(
             name = source[len(BUILTIN_PREFIX) :]
             frame, image_shape = _load_builtin(name)
             builtin = {d.name: d for d in _BUILTINS}[name]
-            if target is None and builtin.label_columns:  # a multi-label set: its label columns
+            if target == UNLABELLED_TARGET:  # unlabelled anomaly data: its labels never features
+                own = [builtin.target, *builtin.label_columns]
+                frame = frame.drop(columns=[c for c in own if c in frame.columns])
+            elif target is None and builtin.label_columns:  # a multi-label set: its label columns
                 target = list(builtin.label_columns)
             elif target is None:
                 target = builtin.target
@@ -759,5 +766,13 @@ def load_source(
     if target is not None and not isinstance(target, str):
         frame, name = pack_label_columns(frame, target, source)
         return RawData(frame, name, source, image_shape, tuple(str(c) for c in target))
+    if target == UNLABELLED_TARGET and target not in frame.columns:  # every row normal
+        if DEFAULT_TARGET in frame.columns:
+            logger.warning(
+                "'%s' has a column '%s', read as a feature: data.target is not set, so the rows "
+                "are unlabelled. Set data.target: %s to use it as the label.",
+                source, DEFAULT_TARGET, DEFAULT_TARGET,
+            )  # fmt: skip
+        frame[UNLABELLED_TARGET] = UNLABELLED_VALUE
     name = _check_target(frame, target, source)
     return RawData(frame=frame, target=name, source=source, image_shape=image_shape)

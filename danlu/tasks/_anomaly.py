@@ -130,6 +130,7 @@ class AnomalyTask(Task):
                     "anomaly.anomalous name.",
                 )
             )
+        issues.extend(_unlabelled_issues(recipe))
         if recipe.data.split.val <= 0:
             issues.append(
                 ConfigIssue(
@@ -626,6 +627,39 @@ class _OnTrainingRows:
     def decision_function(self, x: np.ndarray) -> np.ndarray:
         result: np.ndarray = self.estimator.decision_function(x)
         return result
+
+
+def _unlabelled_issues(recipe: Recipe) -> list[ConfigIssue]:
+    """Label settings a recipe without ``data.target`` (unlabelled rows) cannot honour."""
+    from danlu.config import UNLABELLED_TARGET, UNLABELLED_VALUE, ConfigIssue
+
+    config = recipe.anomaly
+    if recipe.data.target != UNLABELLED_TARGET or config is None:
+        return []
+    issues = []
+    for key in ("normal", "anomalous"):
+        values = getattr(config, key)
+        if values and (key == "anomalous" or [str(v) for v in values] != [UNLABELLED_VALUE]):
+            issues.append(
+                ConfigIssue(
+                    ("anomaly", key),
+                    "names label values, but data.target is not set: the rows are unlabelled "
+                    "(every row normal)",
+                    values,
+                    f"Set data.target to the label column, or remove anomaly.{key}.",
+                )
+            )
+    if config.threshold.method == "f1":
+        issues.append(
+            ConfigIssue(
+                ("anomaly", "threshold", "method"),
+                "f1 chooses the threshold on anomalous labels, and without data.target the "
+                "rows are unlabelled",
+                "f1",
+                "Use method: contamination (with a rate), or set data.target to a label column.",
+            )
+        )
+    return issues
 
 
 def _summary(score: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
