@@ -17,13 +17,14 @@ ones under ``train_on: normal``: ``rate`` is then the share of false alarms, as 
 ``contamination`` for a detector fitted on normal rows), ``f1`` maximises F1 on the validation
 rows (it needs anomalous rows among them).
 
-Unlabelled data: leave ``data.target`` out (or set it to ``null``) and every row is unlabelled,
-counted as normal. The recipe then names the internal constant label column
-:data:`UNLABELLED_TARGET` (its one value :data:`UNLABELLED_VALUE`), which the data layer adds to
-the rows, so ``danlu predict``, ``danlu evaluate RUN --data FILE`` and the server take files with
-no label column. A built-in's own label column is dropped then (never a feature). The
-``anomaly:`` block may be left out (``train_on`` defaults to ``all``); it must not list label
-values, and ``threshold.method: f1`` is refused (there are no labels to choose it on)::
+Unlabelled data: set ``data.target: null`` (or leave it out with no label values in the
+``anomaly:`` block) and every row is unlabelled, counted as normal. The recipe then names the
+internal constant label column :data:`UNLABELLED_TARGET` (its one value
+:data:`UNLABELLED_VALUE`), which the data layer adds to the rows, so ``danlu predict``, ``danlu
+evaluate RUN --data FILE`` and the server take files with no label column. A built-in's own
+label column is dropped then (never a feature). The ``anomaly:`` block may be left out
+(``train_on`` defaults to ``all``); it must not list label values, and ``threshold.method: f1``
+is refused (there are no labels to choose it on)::
 
     task: anomaly
     data: {source: features.csv}          # no label column
@@ -132,12 +133,15 @@ class AnomalyConfig(BaseModel):
 
 
 def unlabelled_anomaly(data: object) -> object:
-    """A raw ``task: anomaly`` recipe without ``data.target`` (left out or null), rewritten for
-    unlabelled rows: ``data.target`` names :data:`UNLABELLED_TARGET`, ``anomaly.normal`` its one
-    value and ``train_on`` defaults to ``all``. Other recipes are returned as they are.
+    """A raw ``task: anomaly`` recipe without labels, rewritten for unlabelled rows:
+    ``data.target`` names :data:`UNLABELLED_TARGET`, ``anomaly.normal`` its one value and
+    ``train_on`` defaults to ``all``. Without labels means ``data.target: null``, or
+    ``data.target`` left out while the ``anomaly:`` block names no label values (left out *with*
+    label values, the source's own label column is meant: a built-in's, else ``target``). Other
+    recipes are returned as they are.
 
-    Label values listed in the ``anomaly:`` block, and ``threshold.method: f1``, are kept: the
-    task's ``check_recipe`` refuses them, naming the key.
+    Label values listed next to ``data.target: null``, and ``threshold.method: f1``, are kept:
+    the task's ``check_recipe`` refuses them, naming the key.
 
     Example:
         >>> out = unlabelled_anomaly({"task": "anomaly", "data": {"source": "x.csv"}})
@@ -147,23 +151,29 @@ def unlabelled_anomaly(data: object) -> object:
     if not isinstance(data, dict) or data.get("task") != "anomaly":
         return data
     given = data.get("data")
-    source: object
     if isinstance(given, BaseModel):
-        if getattr(given, "target", None) is not None:
-            return data
-        source = given.model_copy(update={"target": UNLABELLED_TARGET})
-    elif isinstance(given, dict) and given.get("target") is None:
-        source = {**given, "target": UNLABELLED_TARGET}
+        target, explicit = getattr(given, "target", None), "target" in given.model_fields_set
+    elif isinstance(given, dict):
+        target, explicit = given.get("target"), "target" in given
     else:
+        return data
+    if target is not None:
         return data
     given_block = data.get("anomaly")
     if isinstance(given_block, BaseModel):
         given_block = given_block.model_dump(exclude_unset=True)
     block = dict(given_block) if isinstance(given_block, dict) else {}
-    if any(block.get(key) not in (None, []) for key in ("normal", "anomalous")):
-        return {**data, "data": source, "anomaly": block}  # refused by the task, naming the key
-    block["normal"] = [UNLABELLED_VALUE]
-    block.setdefault("train_on", "all")
+    listed = any(block.get(key) not in (None, []) for key in ("normal", "anomalous"))
+    if listed and not explicit:  # the source's own label column
+        return data
+    source: object
+    if isinstance(given, BaseModel):
+        source = given.model_copy(update={"target": UNLABELLED_TARGET})
+    else:
+        source = {**given, "target": UNLABELLED_TARGET}
+    if not listed:
+        block["normal"] = [UNLABELLED_VALUE]
+        block.setdefault("train_on", "all")
     return {**data, "data": source, "anomaly": block}
 
 

@@ -120,7 +120,7 @@ class AnomalyTask(Task):
                     "data.target's column.",
                 )
             )
-        if recipe.data.target is None or isinstance(recipe.data.target, list):
+        if isinstance(recipe.data.target, list):
             issues.append(
                 ConfigIssue(
                     ("data", "target"),

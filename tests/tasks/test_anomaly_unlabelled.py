@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,6 +12,7 @@ import danlu
 from danlu.config import UNLABELLED_TARGET, UNLABELLED_VALUE, load_recipe, recipe_to_dict
 from danlu.data import load_source
 from danlu.errors import ConfigError, DataError
+from danlu.tasks import AnomalyTask
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,16 @@ def test_a_builtins_own_label_is_dropped_not_used_as_a_feature():
                 anomaly={"anomalous": [0]})
     )  # fmt: skip
     assert labelled.data.target == "target" and labelled.anomaly.anomalous == [0]
+    own = load_recipe(_recipe("builtin:breast_cancer", anomaly={"anomalous": [0]}))
+    assert own.data.target is None and own.anomaly.anomalous == [0]  # left out + values: its own
+    assert AnomalyTask().check_recipe(own) == []
+    assert load_source("builtin:breast_cancer", own.data.target).target == "target"
+
+
+def test_left_out_target_with_label_values_on_a_file_needs_its_target_column(features, tmp_path):
+    with pytest.raises(DataError) as err:
+        danlu.run(_recipe(features[1], anomaly={"anomalous": [0]}), home=tmp_path)
+    assert "has no column named 'target' and data.target is not set" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -73,8 +85,9 @@ def test_a_builtins_own_label_is_dropped_not_used_as_a_feature():
     ],
 )
 def test_label_settings_without_a_label_column_are_refused(features, tmp_path, anomaly, key, words):
+    unlabelled = {"source": features[1], "target": None}
     with pytest.raises(ConfigError) as err:
-        danlu.run(_recipe(features[1], anomaly=anomaly), home=tmp_path)
+        danlu.run(_recipe(features[1], data=unlabelled, anomaly=anomaly), home=tmp_path)
     message = str(err.value)
     assert key in message and words in message and "data.target to" in message, message
 
@@ -90,14 +103,17 @@ def test_unlabelled_file_trains_serves_predicts_and_evaluates(features, tmp_path
     """A CSV with no label column: trained on every row, the contamination threshold, a score and
     a flag per row, ``danlu predict`` and ``danlu evaluate RUN --data`` on the same file, and a
     report whose label-based sections skip with a note."""
+    import httpx
+
     from tests.cli._runner import danlu as cli
+    from tests.serve.conftest import start_server
 
     frame, path = features
     fast = {"bootstrap": 20, "explain": None, "membership": None, "cost": None}
     home = tmp_path / "home"
-    result = danlu.run(
-        _recipe(path, anomaly={"threshold": {"rate": 0.1}}, evaluate=fast), home=home
-    )
+    register = {"name": "bc-unlabelled", "alias": "staging"}
+    recipe = _recipe(path, anomaly={"threshold": {"rate": 0.1}}, evaluate=fast, register=register)
+    result = danlu.run(recipe, home=home)
     metrics = result.metrics
     assert metrics["threshold"] > 0 and 0.02 < metrics["flagged_share"] < 0.3
     assert not {"auroc", "auprc", "precision_at_k", "recall", "f1"} & set(metrics), metrics
@@ -123,3 +139,11 @@ def test_unlabelled_file_trains_serves_predicts_and_evaluates(features, tmp_path
     assert "auroc" not in sections["metrics"]["values"]
     assert sections["anomaly_scores"]["normal"]["rows"] == len(frame)
     assert "undefined" in sections["baselines"]["skipped"]
+    rows = [{k: float(v) for k, v in row.items()} for row in frame.head(5).to_dict("records")]
+    with start_server(home, "bc-unlabelled@staging", log_dir=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            answer = http.post("/v1/models/bc-unlabelled/predict", json={"rows": rows})
+    assert answer.status_code == 200, answer.text  # served: a flag and a score per row
+    body = answer.json()
+    assert body["predictions"] == out["prediction"][:5].tolist()
+    assert np.allclose(body["score"], out["score"][:5], rtol=1e-4)
