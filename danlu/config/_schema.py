@@ -414,7 +414,8 @@ class DataConfig(Strict):
             "Target column (default: the dataset's own). For a label-set (multi-label) task, "
             "either one column whose cells hold label sets (lists, JSON lists, or 'a|b' "
             "strings) or a list of 0/1 columns, one per label, packed into one label-set "
-            "column named 'labels'; listed columns are not features."
+            "column named 'labels'; listed columns are not features. task: anomaly: null "
+            "(or left out with no label values in anomaly) means unlabelled rows, all normal."
         ),
     )
     features: dict[str, FeatureKind | FeatureSpec] | None = Field(
