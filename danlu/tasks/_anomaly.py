@@ -15,6 +15,10 @@ anomalous are masked out. Once training ends the threshold is chosen on the vali
 recall and F1 at the threshold. Baselines: Isolation Forest, Local Outlier Factor
 (``novelty=True``) and a one-class SVM, fitted on the same training rows. Served: ``prediction``
 (the flag, true for an anomaly) and ``score`` per row.
+
+Unlabelled rows (``data.target: null``, or left out with no label values): the recipe names the
+constant column :data:`~danlu.config.UNLABELLED_TARGET` the data layer adds, every row normal;
+label values and ``threshold.method: f1`` are refused then (:meth:`AnomalyTask.check_recipe`).
 """
 
 from __future__ import annotations
