@@ -388,7 +388,8 @@ def test_a_key_of_the_other_branchs_model_is_an_error_on_its_own_line(tmp_path):
         f"The recipe {path} has 1 problem:\n"
         f"  {path}:{line(path, 'model.channels')}: "
         "tune.space.model.type.choice.mlp.model.channels: model 'mlp' has no option 'channels' "
-        "(found 'model.channels'). Options of 'mlp': type, hidden, activation, dropout, batch_norm."
+        "(found 'model.channels'). Options of 'mlp': type, hidden, activation, dropout, batch_norm, "
+        "window_norm."
     )
 
 
@@ -416,7 +417,8 @@ def test_an_unknown_model_type_in_a_choice(tmp_path):
     path = write(tmp_path, "model.type: {choice: [mlp, mpl]}\n")
     assert (
         "tune.space.model.type: the value 'mpl' makes an invalid recipe (model.type: Unknown model "
-        "'mpl'. Did you mean 'mlp'? Valid models: auto, cnn, gbdt, mlp, text_cnn, transformer;"
+        "'mpl'. Did you mean 'mlp'? Valid models: arima, auto, autoencoder, cnn, cnn1d, deep_svdd, ets, gbdt, lstm, mlp, "
+        "naive, seasonal_naive, tcn, text_cnn, transformer;"
     ) in problems(path)
 
 
