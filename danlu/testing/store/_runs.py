@@ -260,9 +260,10 @@ class RunsConformance:
         assert fast.get_run(silent.id).status == "interrupted"
 
     def test_set_status_running_revives(self, open_store: OpenStore) -> None:
-        fast = open_store(heartbeat_timeout=0.2)
+        # a 1 s timeout: a loaded machine may take more than 0.2 s from set_status to get_run
+        fast = open_store(heartbeat_timeout=1.0)
         run = fast.create_run(experiment="exp", name="r")
-        time.sleep(0.4)
+        time.sleep(1.2)
         assert fast.get_run(run.id).status == "interrupted"
         fast.set_status(run.id, "running")
         revived = fast.get_run(run.id)
