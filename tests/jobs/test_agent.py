@@ -188,7 +188,9 @@ def test_a_high_priority_job_preempts_and_the_preempted_one_finishes_exactly(
     sqlite_db: QueueDb, tmp_path: Path
 ) -> None:
     db = sqlite_db
-    recipe = wine_recipe(tmp_path, epochs=20, batch_size=1)
+    # long enough (about 10 s alone) that a loaded machine cannot finish it before the agent
+    # sees the high-priority job
+    recipe = wine_recipe(tmp_path, epochs=50, batch_size=1)
     # the same recipe, uninterrupted, in a store of its own (beside the agent: 1 CPU each)
     reference = QueueDb("sqlite", f"sqlite:///{tmp_path / 'ref.db'}", tmp_path / "ref")
     uninterrupted = subprocess.Popen(
