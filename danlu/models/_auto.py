@@ -93,9 +93,8 @@ class AutoSpec(ModelSpec):
         for _, options in checked:
             if hasattr(options, "recipe_issues"):
                 issues.extend(options.recipe_issues(recipe))
-        if recipe.task == "forecasting":  # chosen by a rolling-origin backtest, not validation
-            pass
-        elif recipe.data.split.val == 0:
+        # forecasting chooses by a rolling-origin backtest, not on the validation split
+        if recipe.task != "forecasting" and recipe.data.split.val == 0:
             issues.append(
                 ConfigIssue(
                     ("data", "split", "val"),

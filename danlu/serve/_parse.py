@@ -225,15 +225,8 @@ class RequestParser:
                 raise RequestError(prefix[c], f"must be a list of numbers; got {show(steps)}.")
             if len(steps) != length:
                 raise RequestError(prefix[c], f"holds {len(steps)} values; {takes}.")
-            if set(map(type, steps)) <= _FLOAT_INT:
-                try:
-                    out[c] = steps
-                except OverflowError:  # an integer beyond float range
-                    pass
-                else:
-                    if np.isfinite(out[c]).all():
-                        continue
-            out[c] = self._series_values(steps, c * length, prefix[c])
+            fast = _finite_floats(steps) if set(map(type, steps)) <= _FLOAT_INT else None
+            out[c] = fast if fast is not None else self._series_values(steps, c * length, prefix[c])
         return out.reshape(-1)
 
     def _series_values(self, steps: list[Any], first: int, where: str) -> np.ndarray:
@@ -442,3 +435,13 @@ class RequestParser:
                     f"must be a category (a string or a number); got {show(v)}.",
                 )
         return column
+
+
+def _finite_floats(values: list[Any]) -> np.ndarray | None:
+    """``values`` (ints and floats only) as float64 when every one is finite; None otherwise
+    (NaN, infinity, an integer beyond float range), for the value-by-value check to name it."""
+    try:
+        array = np.array(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return array if np.isfinite(array).all() else None
