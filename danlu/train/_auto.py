@@ -65,8 +65,6 @@ def select_model(ctx: Context) -> ChosenModel:
     Sets ``ctx.model``, ``ctx.task``, ``ctx.options`` and ``ctx.model_type`` to the winner's and
     logs each candidate's figures on the run. Returns the winner as a trained trainer.
     """
-    from danlu.train._run import run_training
-
     assert ctx.task is not None and ctx.data is not None and ctx.tracker is not None
     if ctx.recipe.task == "forecasting":  # chosen by a rolling-origin backtest
         from danlu.train._backtest import select_forecaster
@@ -80,25 +78,12 @@ def select_model(ctx: Context) -> ChosenModel:
     task = ctx.task
     metric = f"val_{task.headline}"
     candidates: list[tuple[str, Any]] = list(getattr(ctx.model, "candidates", []))
-    rows, results = [], []
+    rows: list[dict[str, Any]] = []
+    results: list[Result] = []
     for i, (kind, options) in enumerate(candidates):
-        recipe = copy.deepcopy(ctx.resolved)
-        block = options.model_dump(mode="json") if hasattr(options, "model_dump") else options
-        recipe["model"] = {**block, "type": kind}
-        for key in ("evaluate", "register", "tune"):
-            recipe.pop(key, None)
         log.info("model selection: training candidate %d (%s)", i + 1, kind)
         started = time.perf_counter()
-        result = run_training(
-            recipe,
-            store=ctx.store,
-            stage="auto-candidate",
-            parent_id=ctx.run_id,
-            prepared=ctx.data,
-            callbacks=ctx.callbacks,
-            run_name=f"{ctx.run_name or ctx.recipe.name}-{i + 1}-{kind}",
-            tags={"auto.candidate": str(i + 1)},
-        )
+        block, result = train_candidate(ctx, i, kind, options, f"{i + 1}-{kind}")
         seconds = time.perf_counter() - started
         results.append(result)
         rows.append(
@@ -137,6 +122,32 @@ def select_model(ctx: Context) -> ChosenModel:
         rows[winner]["validation"],
     )
     return ChosenModel(chosen, selection)
+
+
+def train_candidate(
+    ctx: Context, index: int, kind: str, options: Any, suffix: str
+) -> tuple[dict[str, Any], Result]:
+    """Train candidate ``index`` (model ``kind`` with ``options``) on the run's prepared data
+    as a child run named ``<run>-<suffix>``; its model block as the recipe gives it, and the
+    result. The candidate's recipe is the run's without evaluate, register and tune."""
+    from danlu.train._run import run_training
+
+    recipe = copy.deepcopy(ctx.resolved)
+    block = options.model_dump(mode="json") if hasattr(options, "model_dump") else options
+    recipe["model"] = {**dict(block or {}), "type": kind}
+    for key in ("evaluate", "register", "tune"):
+        recipe.pop(key, None)
+    result = run_training(
+        recipe,
+        store=ctx.store,
+        stage="auto-candidate",
+        parent_id=ctx.run_id,
+        prepared=ctx.data,
+        callbacks=ctx.callbacks,
+        run_name=f"{ctx.run_name or ctx.recipe.name}-{suffix}",
+        tags={"auto.candidate": str(index + 1)},
+    )
+    return block, result
 
 
 def _record(ctx: Context, selection: dict[str, Any]) -> None:

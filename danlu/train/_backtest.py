@@ -25,7 +25,6 @@ choice: every candidate chosen among was scored on the same folds.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -356,8 +355,7 @@ def select_forecaster(ctx: Context) -> ChosenModel:
     training data (a child run, as tabular auto does) and make it the run's model.
 
     The table is logged as ``backtest.json`` and kept in ``details["backtest"]``."""
-    from danlu.train._auto import ChosenModel
-    from danlu.train._run import run_training
+    from danlu.train._auto import ChosenModel, train_candidate
 
     assert ctx.task is not None and ctx.data is not None and ctx.tracker is not None
     series = getattr(ctx.data, "series", None)
@@ -378,27 +376,13 @@ def select_forecaster(ctx: Context) -> ChosenModel:
         raise ConfigError(f"model.type auto: no candidate could be backtested ({reasons}).")
     table = result.to_dict()
     kind, options = candidates[result.winner]
-    block = options.model_dump(mode="json") if hasattr(options, "model_dump") else options
-    recipe = copy.deepcopy(ctx.resolved)
-    recipe["model"] = {**dict(block or {}), "type": kind}
-    for key in ("evaluate", "register", "tune"):
-        recipe.pop(key, None)
     log.info(
         "model selection: %s wins the backtest (mean MASE %.4g over %d folds)",
         kind,
         result.summary[result.winner]["mase"],
         len(result.origins),
     )
-    chosen = run_training(
-        recipe,
-        store=ctx.store,
-        stage="auto-candidate",
-        parent_id=ctx.run_id,
-        prepared=ctx.data,
-        callbacks=ctx.callbacks,
-        run_name=f"{ctx.run_name or ctx.recipe.name}-{kind}",
-        tags={"auto.candidate": str(result.winner + 1)},
-    )
+    _, chosen = train_candidate(ctx, result.winner, kind, options, kind)
     values = {
         f"backtest_{s['candidate'] + 1}_mase": float(s["mase"])
         for s in result.summary
