@@ -31,6 +31,7 @@ from danlu.models._cnn import CNNSpec, build_cnn
 from danlu.models._cnn1d import CNN1DSpec, build_cnn1d
 from danlu.models._common import ModelSpec
 from danlu.models._gbdt import GBDTSpec, build_gbdt
+from danlu.models._gpt import GPTSpec, build_gpt
 from danlu.models._mlp import MLPSpec, build_mlp
 from danlu.models._pretrained import resolve_pretrained
 from danlu.models._text import (
@@ -60,6 +61,7 @@ __all__ = [
     "CNNSpec",
     "DeepSVDDSpec",
     "GBDTSpec",
+    "GPTSpec",
     "LSTMSpec",
     "LoraSpec",
     "MLPSpec",
@@ -92,6 +94,7 @@ MODELS.register("autoencoder", spec=AutoencoderSpec)(build_autoencoder)  # task:
 MODELS.register("deep_svdd", spec=DeepSVDDSpec)(build_deep_svdd)  # task: anomaly
 MODELS.register("lstm", spec=LSTMSpec)(build_lstm)  # task: forecasting (cell: lstm | gru)
 MODELS.register("tcn", spec=TCNSpec)(build_tcn)  # task: forecasting: dilated causal convolutions
+MODELS.register("gpt", spec=GPTSpec)(build_gpt)  # task: language_model: a decoder-only transformer
 for _kind, _spec in CLASSICAL_SPECS.items():  # forecasting: fitted by statsmodels (affine)
     MODELS.register(_kind, spec=_spec)(build_classical)
 

@@ -1,0 +1,176 @@
+"""The torch modules of the GPT language model (imported only when a GPT is built).
+
+:class:`GPT` is a decoder-only transformer: token and learned position embeddings, pre-norm blocks
+(LayerNorm → causal self-attention through ``scaled_dot_product_attention`` → residual, LayerNorm
+→ MLP → residual), a final LayerNorm and a language-model head tied to the token embedding.
+
+Two entry points:
+
+- ``forward(x)``: the engine's. ``x`` (B, T+1) token ids (float32 from the prepared matrix, or
+  int64) → (B, T) float32, the negative log-likelihood in nats of each target ``x[:, 1:]``
+  given the tokens before it. The generic Trainer trains it unchanged.
+- ``logits(ids, cache=None)``: generation's. ``ids`` (B, t) int64 → ``(logits (B, t, V),
+  cache)``; the cache holds each layer's keys and values, so the next call feeds only the new
+  token(s) and costs one position's work per layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["GPT", "Block", "CausalSelfAttention", "KVCache"]
+
+# Per layer: (keys, values), each (B, heads, t, head_width).
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; ``query``/``key``/``value``/``out`` are the Linear
+    layers (LoRA's ``target_modules: [query, value]`` default finds them)."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.out = nn.Linear(width, width)
+        self.dropout = dropout
+        self.out_drop = nn.Dropout(dropout)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, w = t.shape
+        return t.view(b, n, self.heads, w // self.heads).transpose(1, 2)  # (B, h, n, hw)
+
+    def forward(
+        self, h: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        b, n, w = h.shape
+        q, k, v = self._split(self.query(h)), self._split(self.key(h)), self._split(self.value(h))
+        if past is not None:
+            k = torch.cat([past[0], k], 2)
+            v = torch.cat([past[1], v], 2)
+        drop = self.dropout if self.training else 0.0
+        if past is None or n > 1:
+            # New queries at positions p..p+n-1 see every cached key and the new keys up to
+            # themselves: a causal mask aligned to the bottom right.
+            total = k.shape[2]
+            if total == n:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+            else:
+                rows = torch.arange(total - n, total, device=h.device).unsqueeze(1)
+                mask = torch.arange(total, device=h.device).unsqueeze(0) <= rows  # (n, total)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        else:  # one new token: it sees everything cached
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        y = y.transpose(1, 2).reshape(b, n, w)
+        return self.out_drop(self.out(y)), (k, v)
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block: ``h + attn(ln(h))``, then ``h + mlp(ln(h))``."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(width)
+        self.attn = CausalSelfAttention(width, heads, dropout)
+        self.ln_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout)
+        )
+
+    def forward(
+        self, h: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, kv = self.attn(self.ln_attn(h), past)
+        h = h + a
+        return h + self.mlp(self.ln_mlp(h)), kv
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer language model.
+
+    Args:
+        vocab_size: the tokenizer's vocabulary size.
+        context: the most positions it reads (learned position embeddings).
+        width, layers, heads, dropout: its shape.
+        tie_weights: the head's weight is the token embedding's.
+
+    Example:
+        >>> import torch
+        >>> gpt = GPT(300, context=16, width=32, layers=2, heads=4, dropout=0.0)
+        >>> gpt(torch.randint(0, 300, (3, 17))).shape
+        torch.Size([3, 16])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context: int,
+        width: int,
+        layers: int,
+        heads: int,
+        dropout: float = 0.1,
+        tie_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.context = context
+        self.tokens = nn.Embedding(vocab_size, width)
+        self.positions = nn.Embedding(context, width)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size, bias=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual outputs
+            if name.endswith(("attn.out.weight", "mlp.2.weight")):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * layers))
+        if tie_weights:
+            self.head.weight = self.tokens.weight
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def logits(
+        self, ids: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """``ids`` (B, t) int64 → (logits (B, t, V), the cache with these t positions added).
+
+        With ``cache`` the ids continue the cached sequence (positions start after it). The
+        cached length plus ``t`` must not pass ``context``: the caller slides its window
+        (see :func:`danlu.models._generate.generate`).
+        """
+        start = 0 if not cache else int(cache[0][0].shape[2])
+        t = ids.shape[1]
+        if start + t > self.context:
+            raise ValueError(
+                f"{start + t} positions passed the model's context of {self.context} tokens"
+            )
+        pos = torch.arange(start, start + t, device=ids.device)
+        h = self.drop(self.tokens(ids) + self.positions(pos))
+        new: KVCache = []
+        for i, block in enumerate(self.blocks):
+            h, kv = block(h, cache[i] if cache else None)
+            new.append(kv)
+        return self.head(self.norm(h)), new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T+1) token ids → (B, T) NLL in nats of ``x[:, 1:]`` given the tokens before."""
+        ids = x.long()
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        logits, _ = self.logits(inputs)
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
+        )
+        return nll.view(targets.shape)
