@@ -294,16 +294,9 @@ def validate(
 
         raise_issues(check_tune(loaded), loaded._source)
     if data:
-        from danlu.data import prepare_data
-        from danlu.models._text_inputs import text_inputs
-        from danlu.tasks import get_task
+        from danlu.models import prepare_recipe_data
 
-        if loaded.forecast is not None:  # task: forecasting: the series and their windows
-            from danlu.data import prepare_forecast_data
-
-            prepared = prepare_forecast_data(loaded.data, loaded.forecast, get_task(loaded.task))
-        else:
-            prepared = prepare_data(loaded.data, get_task(loaded.task), **text_inputs(loaded.model))
+        prepared = prepare_recipe_data(loaded)
         out.print(Text(f"data: {prepared.report}"), soft_wrap=True)
     searched = f", tunes {len(loaded.tune.space)} key(s)" if loaded.tune is not None else ""
     out.print(

@@ -420,9 +420,7 @@ def _run_context(
 ) -> tuple[Recipe | None, PreparedData | None, dict[str, Any]]:
     """The run's recipe, its data prepared again (same split), and its recorded cost figures."""
     from danlu.config import load_recipe
-    from danlu.data import prepare_data
-    from danlu.models import check_stored_recipe
-    from danlu.models._text_inputs import text_inputs
+    from danlu.models import check_stored_recipe, prepare_recipe_data
     from danlu.tasks import get_task
 
     if run.recipe:  # stored data: its model and task must be built in or allow-listed
@@ -431,16 +429,7 @@ def _run_context(
     prepared = None
     if recipe is not None and recipe.data.stream is None:
         try:
-            if recipe.forecast is not None:  # task: forecasting: the same windows and series
-                from danlu.data import prepare_forecast_data
-
-                prepared = prepare_forecast_data(
-                    recipe.data, recipe.forecast, get_task(recipe.task)
-                )
-            else:
-                prepared = prepare_data(
-                    recipe.data, get_task(recipe.task), **text_inputs(recipe.model)
-                )
+            prepared = prepare_recipe_data(recipe, get_task(recipe.task))
         except DanluError as exc:
             log.warning("The run's data could not be prepared again (%s).", exc)
         if prepared is not None and run.data_fingerprint not in {None, prepared.raw_fingerprint}:

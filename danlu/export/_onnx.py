@@ -377,8 +377,7 @@ def _parity_message(parity: dict[str, Any]) -> str:
 def _sample_rows(store: Store, mv: ModelVersion) -> np.ndarray:
     """The first rows of the version's run's test split, prepared again from its recipe."""
     from danlu.config import load_recipe
-    from danlu.data import prepare_data
-    from danlu.models._text_inputs import text_inputs
+    from danlu.models import prepare_recipe_data
     from danlu.tasks import get_task
 
     hint = (
@@ -403,12 +402,7 @@ def _sample_rows(store: Store, mv: ModelVersion) -> np.ndarray:
             f"for the parity check cannot be prepared again. {hint}"
         )
     recipe = load_recipe(run.recipe)
-    if recipe.forecast is not None:  # task: forecasting: its windows
-        from danlu.data import prepare_forecast_data
-
-        prepared = prepare_forecast_data(recipe.data, recipe.forecast, get_task(recipe.task))
-    else:
-        prepared = prepare_data(recipe.data, get_task(recipe.task), **text_inputs(recipe.model))
+    prepared = prepare_recipe_data(recipe, get_task(recipe.task))
     for x in (prepared.x_test, prepared.x_val, prepared.x_train):
         if len(x):
             return x[:SAMPLE_ROWS]

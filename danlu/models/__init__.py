@@ -34,6 +34,7 @@ from danlu.models._gbdt import GBDTSpec, build_gbdt
 from danlu.models._gpt import GPTSpec, build_gpt
 from danlu.models._mlp import MLPSpec, build_mlp
 from danlu.models._pretrained import resolve_pretrained
+from danlu.models._recipe_data import prepare_recipe_data
 from danlu.models._text import (
     LoraSpec,
     TextCNNSpec,
@@ -79,6 +80,7 @@ __all__ = [
     "load_bundle",
     "load_weights",
     "merge_adapters",
+    "prepare_recipe_data",
     "resolve_pretrained",
 ]
 

@@ -154,6 +154,14 @@ class Task(ABC):
             )
         return issues
 
+    def prepare_data(self, recipe: Recipe, frame: Any = None) -> PreparedData | None:
+        """This task's own preparation of the recipe's data (rows from ``frame`` when given),
+        for a task whose rows are not the source's rows: windows of time-ordered series, packed
+        token blocks, interactions. None (the default): the standard
+        :func:`~danlu.data.prepare_data`. Every stage prepares a recipe's data through
+        :func:`danlu.models.prepare_recipe_data`, which asks here first."""
+        return None
+
     def configure(self, recipe: Recipe, data: PreparedData) -> Task:
         """This task with the recipe's task-specific settings, resolved against the prepared
         data (e.g. the anomaly task's label values → label columns); the prepare stage calls it

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from danlu.config import ConfigIssue, LossConfig, Recipe
-    from danlu.data import FeatureSchema
+    from danlu.data import FeatureSchema, PreparedData
 
 __all__ = ["ForecastingTask", "forecast_meta"]
 
@@ -96,6 +96,14 @@ class ForecastingTask(Task):
         self.quantile_levels = _levels(schema)
         q, h = _shape(schema)
         return q * h
+
+    def prepare_data(self, recipe: Recipe, frame: Any = None) -> PreparedData | None:
+        """The windows of the recipe's time-ordered series (``prepare_forecast_data``)."""
+        from danlu.data import prepare_forecast_data
+
+        if recipe.forecast is None:  # check_recipe refused it; a bare task cannot window
+            return None
+        return prepare_forecast_data(recipe.data, recipe.forecast, self, frame=frame)
 
     def check_recipe(self, recipe: Recipe) -> list[ConfigIssue]:
         from danlu.config import ConfigIssue

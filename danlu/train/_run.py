@@ -245,19 +245,10 @@ def make_context(
 
 
 def prepare_recipe_data(recipe: Recipe, task: Any, frame: Any = None) -> PreparedData:
-    """``prepare_data`` of the recipe's ``data`` block (rows from ``frame`` when given); a data
-    error that one recipe key fixes (a split column not in the data) names the key's line."""
-    from danlu.data import RecipeDataError, prepare_data, prepare_forecast_data
-    from danlu.models._text_inputs import text_inputs
+    """:func:`danlu.models.prepare_recipe_data` (kept here: the stages below import it)."""
+    from danlu.models import prepare_recipe_data as prepare
 
-    try:
-        if recipe.forecast is not None:  # task: forecasting: windows of time-ordered series
-            return prepare_forecast_data(recipe.data, recipe.forecast, task, frame=frame)
-        return prepare_data(recipe.data, task, frame=frame, **text_inputs(recipe.model))
-    except RecipeDataError as exc:
-        issue = ConfigIssue(exc.loc, exc.problem, exc.found, exc.fix)
-        raise_issues([issue], recipe._source)
-        raise
+    return prepare(recipe, task, frame=frame)
 
 
 def prepare_stage(ctx: Context) -> Context:

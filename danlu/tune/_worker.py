@@ -97,9 +97,7 @@ def work(
     import optuna
 
     from danlu.config import load_recipe
-    from danlu.data import prepare_data, prepare_forecast_data
-    from danlu.models._text_inputs import text_inputs
-    from danlu.tasks import get_task
+    from danlu.models import prepare_recipe_data
     from danlu.train import run_training
 
     with quiet_optuna():
@@ -136,17 +134,7 @@ def work(
             try:  # a combination of values the recipe refuses fails this trial, not the study
                 trial_recipe = load_recipe(apply_params(base, values))
                 if not cached and not uses_data(tune.space):
-                    cached.append(
-                        prepare_forecast_data(
-                            trial_recipe.data, trial_recipe.forecast, get_task(trial_recipe.task)
-                        )
-                        if trial_recipe.forecast is not None  # task: forecasting: windows
-                        else prepare_data(
-                            trial_recipe.data,
-                            get_task(trial_recipe.task),
-                            **text_inputs(trial_recipe.model),
-                        )
-                    )
+                    cached.append(prepare_recipe_data(trial_recipe))
                 result = run_training(
                     trial_recipe,
                     store=store,
