@@ -27,6 +27,7 @@ from danlu.config._evaluate import (
     RobustnessConfig,
 )
 from danlu.config._forecast import BacktestConfig, CovariatesConfig, ForecastConfig
+from danlu.config._lm import LanguageModelConfig
 from danlu.config._loader import (
     ConfigIssue,
     RecipeSource,
@@ -78,6 +79,7 @@ __all__ = [
     "BacktestConfig",
     "CovariatesConfig",
     "ForecastConfig",
+    "LanguageModelConfig",
     "QUANTIZE_METHODS",
     "CompressConfig",
     "DistillConfig",

@@ -24,6 +24,7 @@ from danlu.config._anomaly import AnomalyConfig, unlabelled_anomaly
 from danlu.config._compress import CompressConfig
 from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_blocks
 from danlu.config._forecast import ForecastConfig
+from danlu.config._lm import LanguageModelConfig
 from danlu.config._privacy import PrivacyConfig
 from danlu.config._tune import TuneConfig
 
@@ -683,6 +684,12 @@ with warnings.catch_warnings():
             None,
             description="task: anomaly's normal / anomalous label values, training rows and "
             "threshold (danlu.config.AnomalyConfig); required by that task, refused by others.",
+        )
+        language_model: LanguageModelConfig | None = Field(
+            None,
+            description="task: language_model's text column, document filter (where), BPE "
+            "vocabulary size and report baselines / samples (danlu.config.LanguageModelConfig); "
+            "optional for that task, refused by the others.",
         )
         train: TrainConfig = Field(default_factory=TrainConfig)
         tune: TuneConfig | None = Field(

@@ -7,6 +7,7 @@ from danlu.tasks._anomaly import AnomalyTask
 from danlu.tasks._base import Explained, ExtraSection, Task
 from danlu.tasks._classification import ClassificationTask
 from danlu.tasks._forecasting import ForecastingTask
+from danlu.tasks._language_model import LanguageModelTask
 from danlu.tasks._multilabel import MultiLabelTask
 from danlu.tasks._regression import RegressionTask
 
@@ -16,6 +17,7 @@ __all__ = [
     "ClassificationTask",
     "Explained",
     "ForecastingTask",
+    "LanguageModelTask",
     "ExtraSection",
     "MultiLabelTask",
     "RegressionTask",
@@ -29,6 +31,7 @@ TASKS.register("regression")(RegressionTask)
 TASKS.register("multilabel")(MultiLabelTask)
 TASKS.register("forecasting")(ForecastingTask)
 TASKS.register("anomaly")(AnomalyTask)
+TASKS.register("language_model")(LanguageModelTask)
 
 
 def get_task(name: str) -> Task:
