@@ -61,6 +61,7 @@ OTHER_COMMANDS = frozenset(
     {
         "report",  # shows a report (renders the derived HTML when missing)
         "predict",
+        "generate",  # reads a model; writes text to stdout or PNG files
         "serve",  # its admin routes are checked per request
         "ui",  # its actions are checked per request
         "agent",  # runs jobs that were checked when submitted

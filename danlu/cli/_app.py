@@ -32,6 +32,7 @@ from danlu.cli._data import data_app
 from danlu.cli._db import db_app
 from danlu.cli._evaluate import evaluate_command, print_summary, report_command
 from danlu.cli._export import export_command
+from danlu.cli._generate import generate_command
 from danlu.cli._jobs import agent_command, jobs_app, submit_command
 from danlu.cli._keys import keys_app
 from danlu.cli._models import models_app
@@ -264,6 +265,7 @@ app.command("report")(report_command)
 app.command("compress")(compress_command)
 app.command("export")(export_command)
 app.command("predict")(predict_command)
+app.command("generate")(generate_command)
 app.command("serve")(serve_command)
 app.command("ui")(ui_command)
 app.command("submit")(submit_command)

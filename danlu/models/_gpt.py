@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from danlu.data import FeatureSchema
     from danlu.tasks import Task
 
-__all__ = ["GPTSpec", "build_gpt", "is_language_model"]
+__all__ = ["GPTSpec", "build_gpt", "context_of", "is_language_model"]
 
 
 class GPTSpec(ModelSpec):
@@ -74,6 +74,16 @@ def is_language_model(module: object) -> bool:
     return callable(getattr(inner, "logits", None)) and isinstance(
         getattr(inner, "context", None), int
     )
+
+
+def context_of(module: object) -> int:
+    """The most tokens a language model reads at once (its ``context``), through a peft wrapper.
+
+    Example:
+        >>> context_of(object())
+        0
+    """
+    return int(getattr(_unwrap(module), "context", 0) or 0)
 
 
 def _unwrap(module: object) -> object:

@@ -25,6 +25,7 @@ from danlu.serve._auth import ADMIN, PREDICT, PUBLIC, SCOPE_KEY, requires
 from danlu.serve._codec import json_response, refuse_duplicate_keys
 from danlu.serve._errors import AdminFailure, error_response, scrub
 from danlu.serve._forecast import add_forecast_route
+from danlu.serve._generate import add_generate_route
 from danlu.serve._lane import PredictLane
 from danlu.serve._openapi import (
     AliasRequest,
@@ -55,6 +56,7 @@ def add_routes(app: FastAPI, state: ServerState, lane: PredictLane) -> None:
     catalog = _Catalog(state)
     _add_predict(app, lane)
     add_forecast_route(app, state)  # task: forecasting: a history in, the horizon out
+    add_generate_route(app, state)  # a language model: a prompt in, text out (streamed)
     _add_models(app, state, catalog)
     _add_health(app, state, catalog)
     _add_admin(app, state, catalog)

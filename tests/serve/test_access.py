@@ -17,7 +17,11 @@ from tests.serve.test_auth import BODIES, _concrete
 
 CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 #: state-changing methods that change nothing: predictions
-NOT_CHANGING = {("POST", "/v1/models/{name}/predict"), ("POST", "/v1/models/{name}/forecast")}
+NOT_CHANGING = {
+    ("POST", "/v1/models/{name}/predict"),
+    ("POST", "/v1/models/{name}/forecast"),
+    ("POST", "/v1/models/{name}/generate"),
+}
 
 
 @pytest.fixture

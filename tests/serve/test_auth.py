@@ -71,6 +71,7 @@ def test_every_route_declares_a_scope_and_admin_routes_are_admin():
         "/v1/models/{name}",
         "/v1/models/{name}/drift",
         "/v1/models/{name}/forecast",
+        "/v1/models/{name}/generate",
         "/v1/models/{name}/predict",
     }
     assert {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"} <= {
