@@ -8,6 +8,7 @@ from danlu.train._checkpoint import load_checkpoint, save_checkpoint
 from danlu.train._distributed import RankFailed
 from danlu.train._energy import EnergyMeter, EnergyReading, watts_per_core
 from danlu.train._estimate import MemoryEstimate, estimate_memory
+from danlu.train._lm_base import load_base_model  # registers model.base's loader (LMs)
 from danlu.train._loop import Trainer, class_weights, resolve_device, seed_everything
 from danlu.train._optim import LRSchedule, build_optimizer
 from danlu.train._preempt import preemptible
@@ -45,6 +46,7 @@ __all__ = [
     "check_recipe",
     "class_weights",
     "estimate_memory",
+    "load_base_model",
     "load_checkpoint",
     "make_context",
     "preemptible",
