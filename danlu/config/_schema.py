@@ -24,6 +24,7 @@ from danlu.config._anomaly import AnomalyConfig, unlabelled_anomaly
 from danlu.config._compress import CompressConfig
 from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_blocks
 from danlu.config._forecast import ForecastConfig
+from danlu.config._generation import unlabelled_generation
 from danlu.config._lm import LanguageModelConfig
 from danlu.config._privacy import PrivacyConfig
 from danlu.config._tune import TuneConfig
@@ -716,5 +717,6 @@ with warnings.catch_warnings():
         @model_validator(mode="before")
         @classmethod
         def _switches(cls, data: Any) -> Any:
-            # evaluate: false, tune: false, register: false; anomaly data without a label column
-            return unlabelled_anomaly(switch_blocks(data))
+            # evaluate: false, tune: false, register: false; anomaly / generation data without a
+            # label column
+            return unlabelled_generation(unlabelled_anomaly(switch_blocks(data)))

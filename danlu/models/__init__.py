@@ -44,6 +44,7 @@ from danlu.models._text import (
     count_parameters,
     merge_adapters,
 )
+from danlu.models._vae import VAESpec, build_vae, sample_images, write_images
 from danlu.models._window import LSTMSpec, TCNSpec, build_lstm, build_tcn
 from danlu.registry import Registry
 
@@ -73,6 +74,7 @@ __all__ = [
     "TCNSpec",
     "TextCNNSpec",
     "TransformerSpec",
+    "VAESpec",
     "build_model",
     "check_stored_recipe",
     "check_model_config",
@@ -82,6 +84,8 @@ __all__ = [
     "merge_adapters",
     "prepare_recipe_data",
     "resolve_pretrained",
+    "sample_images",
+    "write_images",
 ]
 
 MODELS: Registry[Any] = Registry("model")
@@ -96,6 +100,7 @@ MODELS.register("autoencoder", spec=AutoencoderSpec)(build_autoencoder)  # task:
 MODELS.register("deep_svdd", spec=DeepSVDDSpec)(build_deep_svdd)  # task: anomaly
 MODELS.register("lstm", spec=LSTMSpec)(build_lstm)  # task: forecasting (cell: lstm | gru)
 MODELS.register("tcn", spec=TCNSpec)(build_tcn)  # task: forecasting: dilated causal convolutions
+MODELS.register("vae", spec=VAESpec)(build_vae)  # task: generation: images, ELBO
 MODELS.register("gpt", spec=GPTSpec)(build_gpt)  # task: language_model: a decoder-only transformer
 for _kind, _spec in CLASSICAL_SPECS.items():  # forecasting: fitted by statsmodels (affine)
     MODELS.register(_kind, spec=_spec)(build_classical)

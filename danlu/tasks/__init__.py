@@ -7,6 +7,7 @@ from danlu.tasks._anomaly import AnomalyTask
 from danlu.tasks._base import Explained, ExtraSection, Task
 from danlu.tasks._classification import ClassificationTask
 from danlu.tasks._forecasting import ForecastingTask
+from danlu.tasks._generation import GenerationTask
 from danlu.tasks._language_model import LanguageModelTask
 from danlu.tasks._multilabel import MultiLabelTask
 from danlu.tasks._regression import RegressionTask
@@ -19,6 +20,7 @@ __all__ = [
     "ForecastingTask",
     "LanguageModelTask",
     "ExtraSection",
+    "GenerationTask",
     "MultiLabelTask",
     "RegressionTask",
     "Task",
@@ -31,6 +33,7 @@ TASKS.register("regression")(RegressionTask)
 TASKS.register("multilabel")(MultiLabelTask)
 TASKS.register("forecasting")(ForecastingTask)
 TASKS.register("anomaly")(AnomalyTask)
+TASKS.register("generation")(GenerationTask)  # images: a VAE scored by its ELBO
 TASKS.register("language_model")(LanguageModelTask)
 
 
