@@ -134,6 +134,8 @@ def test_a_null_target_means_unlabelled_images_and_a_builtin_keeps_its_labels():
     assert null.data.target == UNLABELLED_TARGET
     kept = load_recipe({**base, "data": {"source": "builtin:digits"}})
     assert kept.data.target is None  # the built-in's own label column
+    file = load_recipe({**base, "data": {"source": "images.csv"}})
+    assert file.data.target == UNLABELLED_TARGET  # a file names no label unless told
     other = load_recipe({**base, "task": "regression", "data": {"source": "x.csv"}})
     assert other.data.target is None
 
