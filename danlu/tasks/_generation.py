@@ -415,8 +415,8 @@ class GenerationTask(Task):
             },
             "kl": {
                 "type": "float",
-                "description": "KL(q(z|x) || N(0, I)) in nats",
-                "json_schema": {"type": "number", "minimum": 0},
+                "description": "KL(q(z|x) || N(0, I)) in nats (≥ 0)",
+                "json_schema": number,  # plain: batch prediction writes it as a column
             },
             "latent_mean": {
                 "type": "float",

@@ -199,6 +199,13 @@ def test_digits_vae_trains_reports_exports_and_serves_each_images_elbo(tmp_path)
     from danlu.models import sample_images
 
     assert sample_images(bundle, 4, seed=1).shape == (4, 8, 8)
+    from danlu.export import predict_file
+
+    frame.to_csv(tmp_path / "rows.csv", index=False)  # batch prediction: a column per number
+    predict_file("digits-vae@staging", tmp_path / "rows.csv", tmp_path / "out.csv", store=store)
+    written = pd.read_csv(tmp_path / "out.csv")
+    assert list(written.columns) == ["prediction", "reconstruction_nll", "kl"]
+    assert np.allclose(written["prediction"], expected["prediction"], rtol=1e-4)
     body = [{k: float(v) for k, v in row.items()} for row in frame.to_dict("records")]
     with start_server(home, "digits-vae@staging", log_dir=tmp_path) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
