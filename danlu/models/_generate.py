@@ -301,6 +301,8 @@ def _pieces(
     fed = 0  # ids[start:fed] are in the cache
     out = gen.token_ids  # generated ids
     sent = 0  # characters of the decoded text already yielded
+    text = ""  # the text of out[:read], decoded a few tokens at a time
+    prefix = read = 0  # out[prefix:read]: the tokens decoded last, the context of the next ones
     try:
         for _ in range(max_tokens):
             if len(ids) - start > context:  # the window is full: jump, rebuild the cache
@@ -310,11 +312,11 @@ def _pieces(
                 if use_cache:
                     begin = max(fed, start)
                     chunk = torch.tensor([ids[begin:]], dtype=torch.long, device=device)
-                    logits, cache = net.logits(chunk, cache)
+                    logits, cache = net.logits(chunk, cache, last_only=True)
                     fed = len(ids)
                 else:
                     window = torch.tensor([ids[start:]], dtype=torch.long, device=device)
-                    logits, _ = net.logits(window)
+                    logits, _ = net.logits(window, last_only=True)
                 token = sample_next(logits[0, -1].cpu(), seen, generator=generator, **sampling)
             gen.tokens += 1
             if token == eos:
@@ -325,9 +327,14 @@ def _pieces(
             if token not in known:
                 known.add(token)
                 seen = torch.cat([seen, torch.tensor([token])])
-            text = tokenizer.decode(out, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # part of a UTF-8 character: wait for the rest
+            # decode the new tokens after the last few (bounded work per token, whatever the
+            # length); part of a UTF-8 character (U+FFFD at the end) waits for the rest
+            before = tokenizer.decode(out[prefix:read], skip_special_tokens=True)
+            after = tokenizer.decode(out[prefix:], skip_special_tokens=True)
+            if len(after) <= len(before) or after.endswith("\ufffd"):
                 continue
+            text += after[len(before) :]
+            prefix, read = read, len(out)
             if stops:
                 hits = [i for i in (text.find(s, max(0, sent - len(s))) for s in stops) if i >= 0]
                 if hits:
@@ -344,7 +351,8 @@ def _pieces(
                 sent = ready
         else:
             gen.finish_reason = "length"
-        text = tokenizer.decode(out, skip_special_tokens=True)
+        before = tokenizer.decode(out[prefix:read], skip_special_tokens=True)
+        text += tokenizer.decode(out[prefix:], skip_special_tokens=True)[len(before) :]
         if len(text) > sent:  # the held-back tail (or an incomplete character) at the end
             yield text[sent:]
     finally:

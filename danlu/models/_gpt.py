@@ -116,4 +116,7 @@ def build_gpt(spec: GPTSpec, schema: FeatureSchema, task: Task) -> nn.Module:
         tie_weights=spec.tie_weights,
     )
     _log_parameters(model, f"gpt ({spec.layers} layers, width {spec.width}, vocab {vocab})")
-    return model
+    from danlu.models._gpt_base import adapt_gpt
+
+    # model.base's weights (when the configured task carries them) and LoRA adapters (finetune)
+    return adapt_gpt(model, spec, task)

@@ -143,13 +143,14 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
     def logits(
-        self, ids: torch.Tensor, cache: KVCache | None = None
+        self, ids: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False
     ) -> tuple[torch.Tensor, KVCache]:
         """``ids`` (B, t) int64 → (logits (B, t, V), the cache with these t positions added).
 
         With ``cache`` the ids continue the cached sequence (positions start after it). The
         cached length plus ``t`` must not pass ``context``: the caller slides its window
-        (see :func:`danlu.models._generate.generate`).
+        (see :func:`danlu.models._generate.generate`). ``last_only``: the logits of the last
+        position only, (B, 1, V) (what generation reads; the head is not run on the others).
         """
         start = 0 if not cache else int(cache[0][0].shape[2])
         t = ids.shape[1]
@@ -163,6 +164,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             h, kv = block(h, cache[i] if cache else None)
             new.append(kv)
+        if last_only:
+            h = h[:, -1:]
         return self.head(self.norm(h)), new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

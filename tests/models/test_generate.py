@@ -172,3 +172,11 @@ def test_bad_settings_name_the_setting(tok, gpt):
     ]:
         with pytest.raises(DataError, match=field):
             generate(gpt, tok, "the", **options)
+
+
+def test_the_pieces_join_to_the_decoded_tokens_and_split_no_character(tok, gpt):
+    for seed in range(6):
+        gen = generate(gpt, tok, "café naïve", max_tokens=40, temperature=1.5, seed=seed)
+        pieces = list(gen)
+        assert "".join(pieces) == tok.decode(gen.token_ids)
+        assert not any(p.endswith("\ufffd") for p in pieces[:-1])  # whole characters only

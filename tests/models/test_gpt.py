@@ -57,6 +57,8 @@ def test_the_cache_gives_the_logits_of_the_whole_sequence():
         step, cache = gpt.logits(ids[:, t : t + 1], cache)
         parts.append(step)
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    last, _ = gpt.logits(ids, last_only=True)  # the head on the last position only
+    torch.testing.assert_close(last, full[:, -1:], atol=1e-5, rtol=1e-5)
     assert len(cache) == 2 and cache[0][0].shape == (2, 4, 12, 8)  # (B, heads, t, head width)
     with pytest.raises(ValueError, match="context of 16"):
         gpt.logits(ids[:, :5], cache)

@@ -38,9 +38,9 @@ class SlowGPT:
         self.context = gpt.context
         self.training = False
 
-    def logits(self, ids: Any, cache: Any = None) -> Any:
+    def logits(self, ids: Any, cache: Any = None, **options: Any) -> Any:
         time.sleep(self.delay)
-        return self.gpt.logits(ids, cache)
+        return self.gpt.logits(ids, cache, **options)
 
     def parameters(self) -> Any:
         return self.gpt.parameters()
