@@ -27,6 +27,7 @@ from danlu.config._forecast import ForecastConfig
 from danlu.config._generation import unlabelled_generation
 from danlu.config._lm import LanguageModelConfig
 from danlu.config._privacy import PrivacyConfig
+from danlu.config._recommend import RecommendConfig
 from danlu.config._tune import TuneConfig
 
 __all__ = [
@@ -685,6 +686,11 @@ with warnings.catch_warnings():
             None,
             description="task: anomaly's normal / anomalous label values, training rows and "
             "threshold (danlu.config.AnomalyConfig); required by that task, refused by others.",
+        )
+        recommend: RecommendConfig | None = Field(
+            None,
+            description="task: recommendation's interaction columns (user, item, time, rating), "
+            "split, K, negatives and evaluation (danlu.config._recommend.RecommendConfig).",
         )
         language_model: LanguageModelConfig | None = Field(
             None,

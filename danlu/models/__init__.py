@@ -35,6 +35,7 @@ from danlu.models._gpt import GPTSpec, build_gpt
 from danlu.models._mlp import MLPSpec, build_mlp
 from danlu.models._pretrained import resolve_pretrained
 from danlu.models._recipe_data import prepare_recipe_data
+from danlu.models._recommenders import BPRMFSpec, TwoTowerSpec, build_bpr_mf, build_two_tower
 from danlu.models._text import (
     LoraSpec,
     TextCNNSpec,
@@ -101,6 +102,8 @@ MODELS.register("deep_svdd", spec=DeepSVDDSpec)(build_deep_svdd)  # task: anomal
 MODELS.register("lstm", spec=LSTMSpec)(build_lstm)  # task: forecasting (cell: lstm | gru)
 MODELS.register("tcn", spec=TCNSpec)(build_tcn)  # task: forecasting: dilated causal convolutions
 MODELS.register("vae", spec=VAESpec)(build_vae)  # task: generation: images, ELBO
+MODELS.register("bpr_mf", spec=BPRMFSpec)(build_bpr_mf)  # task: recommendation
+MODELS.register("two_tower", spec=TwoTowerSpec)(build_two_tower)  # task: recommendation
 MODELS.register("gpt", spec=GPTSpec)(build_gpt)  # task: language_model: a decoder-only transformer
 for _kind, _spec in CLASSICAL_SPECS.items():  # forecasting: fitted by statsmodels (affine)
     MODELS.register(_kind, spec=_spec)(build_classical)

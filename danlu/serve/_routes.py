@@ -27,6 +27,7 @@ from danlu.serve._errors import AdminFailure, error_response, scrub
 from danlu.serve._forecast import add_forecast_route
 from danlu.serve._generate import add_generate_route
 from danlu.serve._lane import PredictLane
+from danlu.serve._recommend import add_recommend_route
 from danlu.serve._openapi import (
     AliasRequest,
     AliasSet,
@@ -56,6 +57,7 @@ def add_routes(app: FastAPI, state: ServerState, lane: PredictLane) -> None:
     catalog = _Catalog(state)
     _add_predict(app, lane)
     add_forecast_route(app, state)  # task: forecasting: a history in, the horizon out
+    add_recommend_route(app, state)  # task: recommendation: a user in, items out
     add_generate_route(app, state)  # a language model: a prompt in, text out (streamed)
     _add_models(app, state, catalog)
     _add_health(app, state, catalog)

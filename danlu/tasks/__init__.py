@@ -10,6 +10,7 @@ from danlu.tasks._forecasting import ForecastingTask
 from danlu.tasks._generation import GenerationTask
 from danlu.tasks._language_model import LanguageModelTask
 from danlu.tasks._multilabel import MultiLabelTask
+from danlu.tasks._recommendation import RecommendationTask
 from danlu.tasks._regression import RegressionTask
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ExtraSection",
     "GenerationTask",
     "MultiLabelTask",
+    "RecommendationTask",
     "RegressionTask",
     "Task",
     "get_task",
@@ -35,6 +37,7 @@ TASKS.register("forecasting")(ForecastingTask)
 TASKS.register("anomaly")(AnomalyTask)
 TASKS.register("generation")(GenerationTask)  # images: a VAE scored by its ELBO
 TASKS.register("language_model")(LanguageModelTask)
+TASKS.register("recommendation")(RecommendationTask)  # interactions: every item's score
 
 
 def get_task(name: str) -> Task:

@@ -21,6 +21,7 @@ NOT_CHANGING = {
     ("POST", "/v1/models/{name}/predict"),
     ("POST", "/v1/models/{name}/forecast"),
     ("POST", "/v1/models/{name}/generate"),
+    ("POST", "/v1/models/{name}/recommend"),
 }
 
 

@@ -73,6 +73,7 @@ def test_every_route_declares_a_scope_and_admin_routes_are_admin():
         "/v1/models/{name}/forecast",
         "/v1/models/{name}/generate",
         "/v1/models/{name}/predict",
+        "/v1/models/{name}/recommend",
     }
     assert {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"} <= {
         p for p, s in scopes.items() if s == PUBLIC
