@@ -63,6 +63,13 @@ class VAESpec(ModelSpec):
         default_factory=lambda: [128, 64],
         description="Encoder widths (an MLP on the flattened image); the decoder mirrors them.",
     )
+    channels: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list,
+        description="A convolutional encoder / decoder: these output channels, one 3x3 "
+        "stride-2 convolution each (the decoder mirrors them with 4x4 stride-2 transposed "
+        "convolutions), before the hidden layers; [] (default): an MLP on the flattened image. "
+        "The image's height and width must be divisible by 2 ** len(channels).",
+    )
     activation: Activation = "relu"
     kl_anneal_epochs: Annotated[float, Field(ge=0.0)] = Field(
         10.0,
@@ -124,7 +131,7 @@ def build_vae(spec: VAESpec, schema: FeatureSchema, task: Task) -> nn.Module:
             f"model type 'vae' generates images; it needs task: generation, not '{task.name}'. "
             "Set task: generation or choose another model."
         )
-    model = _vae_class()(schema.input_dim, spec)
+    model = _vae_class()(schema.input_dim, spec, _conv_shape(spec, schema))
     generator = torch.Generator().manual_seed(0)  # the eval-mode draws: fixed, saved as a buffer
     half = torch.randn(spec.samples // 2, spec.latent, generator=generator)
     model.eps.copy_(torch.cat([half, -half]))
@@ -133,6 +140,32 @@ def build_vae(spec: VAESpec, schema: FeatureSchema, task: Task) -> nn.Module:
         bind(model)
     out: nn.Module = model
     return out
+
+
+def _conv_shape(spec: VAESpec, schema: FeatureSchema) -> tuple[int, int, int] | None:
+    """The image's (channels, height, width) for a convolutional VAE; None for an MLP one.
+
+    Raises:
+        ConfigError: ``channels`` on data without an image shape, or an image whose sides are
+            not divisible by 2 ** len(channels).
+    """
+    if not spec.channels:
+        return None
+    shape = tuple(int(v) for v in schema.image_shape or ())
+    if len(shape) != 3 or math.prod(shape) != schema.input_dim:
+        raise ConfigError(
+            "model.channels: a convolutional VAE needs images (data with an image shape, e.g. "
+            "builtin:digits or a folder of images); these rows have none. Remove model.channels "
+            "for an MLP VAE."
+        )
+    scale = 2 ** len(spec.channels)
+    if shape[1] % scale or shape[2] % scale:
+        raise ConfigError(
+            f"model.channels: {len(spec.channels)} stride-2 layers need the image's sides "
+            f"divisible by {scale}; the images are {shape[1]}x{shape[2]}. Use fewer channels "
+            "entries."
+        )
+    return shape[0], shape[1], shape[2]
 
 
 def _vae_class() -> Any:
@@ -146,19 +179,40 @@ def _vae_class() -> Any:
             layers += [nn.Linear(a, b), make_activation(activation)]
         return nn.Sequential(*layers)
 
+    def convs(shape: tuple[int, int, int], spec: VAESpec) -> tuple[nn.Module, nn.Module, int]:
+        """The convolutional encoder trunk (N, d) → (N, flat), the decoder's tail (N, flat) →
+        (N, d) logits, and flat."""
+        c, h, w = shape
+        chans = [c, *spec.channels]
+        down: list[nn.Module] = [nn.Unflatten(1, (c, h, w))]
+        for a, b in zip(chans, chans[1:], strict=False):
+            down += [nn.Conv2d(a, b, 3, stride=2, padding=1), make_activation(spec.activation)]
+        scale = 2 ** len(spec.channels)
+        small = (chans[-1], h // scale, w // scale)
+        up: list[nn.Module] = [make_activation(spec.activation), nn.Unflatten(1, small)]
+        for i, (a, b) in enumerate(zip(chans[::-1], chans[::-1][1:], strict=False)):
+            up.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
+            if i < len(spec.channels) - 1:
+                up.append(make_activation(spec.activation))
+        down.append(nn.Flatten())
+        up.append(nn.Flatten())
+        return nn.Sequential(*down), nn.Sequential(*up), math.prod(small)
+
     class VAE(nn.Module):
         eps: torch.Tensor  # (S, latent) the eval-mode posterior draws
 
-        def __init__(self, d: int, spec: VAESpec) -> None:
+        def __init__(self, d: int, spec: VAESpec, shape: tuple[int, int, int] | None) -> None:
             super().__init__()
             self.d, self.latent = d, spec.latent
-            widths = [d, *spec.hidden]
-            self.encoder = mlp(widths, spec.activation)
+            trunk, tail, flat = convs(shape, spec) if shape else (nn.Identity(), nn.Identity(), d)
+            widths = [flat, *spec.hidden]
+            self.encoder = nn.Sequential(trunk, mlp(widths, spec.activation))
             self.mu = nn.Linear(widths[-1], spec.latent)
             self.logvar = nn.Linear(widths[-1], spec.latent)
             self.decoder = nn.Sequential(
                 mlp([spec.latent, *widths[::-1][:-1]], spec.activation),
-                nn.Linear(widths[1] if len(widths) > 1 else spec.latent, d),
+                nn.Linear(widths[1] if len(widths) > 1 else spec.latent, flat),
+                tail,
             )
             self.register_buffer("eps", torch.zeros(spec.samples, spec.latent))
 

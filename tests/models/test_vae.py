@@ -154,3 +154,21 @@ def test_bad_recipes_name_the_key_and_the_fix(changes, key, words):
 def test_a_vae_is_built_for_task_generation_only():
     with pytest.raises(ConfigError, match="task: generation"):
         build_vae(VAESpec(), _schema(), get_task("regression"))
+
+
+def test_a_convolutional_vae_mirrors_its_channels_and_needs_divisible_images():
+    task = get_task("generation")
+    model = build_vae(VAESpec(latent=2, hidden=[8], channels=[3, 5]), _schema(4), task)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [3, 5]
+    model.eval()
+    x = torch.rand(3, 16)
+    out = model(x)
+    assert out.shape == (3, 3 + 2 + 32)
+    assert torch.allclose(out[:, 5:21] + out[:, 21:], x, atol=1e-6)
+    assert sample_images((model, _schema(4)), 2).shape == (2, 4, 4)
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        build_vae(VAESpec(channels=[2, 2, 2]), _schema(4), task)
+    flat = _schema(4).__class__(**{**vars(_schema(4)), "image_shape": None})
+    with pytest.raises(ConfigError, match="needs images"):
+        build_vae(VAESpec(channels=[2]), flat, task)
