@@ -10,7 +10,7 @@ so any text encodes without an unknown token) is trained on the training documen
 one special token, :data:`LM_EOD`, which separates documents. A model fine-tuned from a base
 tokenizes with the base's tokenizer instead (``tokenizer=``).
 
-Each split's documents are concatenated as ``EOD d1 EOD d2 EOD …`` and cut into blocks of
+Each split's documents are concatenated as ``EOD d1 EOD d2 … dk EOD`` and cut into blocks of
 ``context + 1`` token ids with stride ``context`` (consecutive blocks share one token: the
 last target of a block is the first input of the next), the last block right-padded. A block's
 ``x`` row holds its ``context + 1`` ids (float32, exact below 2**24); its ``y`` row holds, for
@@ -367,11 +367,12 @@ def pack_blocks(
 
 
 def _stream(tokenizer: Any, texts: Sequence[str], eod: int) -> np.ndarray:
-    """``EOD d1 EOD d2 EOD …``: the documents' ids, each after the end-of-document token."""
+    """``EOD d1 EOD d2 … EOD``: the documents' ids, each between end-of-document tokens."""
     parts: list[np.ndarray] = []
     for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
         parts.append(np.asarray([eod, *encoding.ids], dtype=np.int64))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    parts.append(np.asarray([eod], dtype=np.int64))  # the last document ends too
+    return np.concatenate(parts) if len(parts) > 1 else np.zeros(0, dtype=np.int64)
 
 
 def plain_tokenizer(tokenizer: Any) -> Any:

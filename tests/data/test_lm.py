@@ -1,0 +1,211 @@
+"""Language-model data: documents, folder sources, document splits, BPE, packing, n-grams."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from danlu.config import DataConfig, LanguageModelConfig
+from danlu.data import Preprocessor, RecipeDataError
+from danlu.data._lm import (
+    LM_EOD,
+    MIN_VOCAB,
+    lm_tokenizer,
+    pack_blocks,
+    prepare_lm_data,
+    read_text_folder,
+    split_documents,
+)
+from danlu.errors import DataError
+from danlu.evaluate._ngram import KneserNey, Unigram, block_nll, training_stream
+
+WORDS = "the cat sat on a mat and dog ran to big red house where small bird sang café".split()
+
+
+def corpus(n: int = 30, seed: int = 0) -> pd.DataFrame:
+    rng = random.Random(seed)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))) for _ in range(n)]
+    return pd.DataFrame({"text": docs, "kind": ["a", "b", "c"] * (n // 3)})
+
+
+def test_split_documents_is_a_seeded_partition() -> None:
+    train, val, test = split_documents(20, 0.1, 0.2, seed=3)
+    assert sorted([*train, *val, *test]) == list(range(20))
+    assert (len(train), len(val), len(test)) == (14, 2, 4)
+    again = split_documents(20, 0.1, 0.2, seed=3)
+    assert all((a == b).all() for a, b in zip((train, val, test), again, strict=True))
+    assert not (split_documents(20, 0.1, 0.2, seed=4)[2] == test).all()
+    assert [len(s) for s in split_documents(2, 0.1, 0.2, seed=0)] == [2, 0, 0]  # keep training
+
+
+def test_pack_blocks_overlap_by_one_and_pad_with_zero_weight() -> None:
+    ids = np.arange(10)
+    x, y = pack_blocks(ids, np.arange(10) + 1.0, context=4, pad_id=99)
+    assert x.shape == (3, 5) and y.shape == (3, 4)
+    assert (x[1:, 0] == x[:-1, -1]).all()  # stride = context: one shared token
+    assert x[-1].tolist() == [8, 9, 99, 99, 99]
+    assert y[-1].tolist() == [10, 0, 0, 0]  # padding targets weigh nothing
+    assert y[0].tolist() == [2, 3, 4, 5]  # each target's own weight
+
+
+def test_prepared_blocks_hold_every_document_and_its_bytes() -> None:
+    frame = corpus()
+    data = prepare_lm_data(
+        DataConfig(source="x.csv"), LanguageModelConfig(vocab_size=300), context=8, frame=frame
+    )
+    docs = data.report["documents"]
+    assert sum(docs.values()) == len(frame) and docs["test"] >= 1 and docs["val"] >= 1
+    # y counts each document's UTF-8 bytes and one per end-of-document token: exactly
+    texts = frame["text"].tolist()
+    total_bytes = sum(len(t.encode()) for t in texts) + len(texts)
+    assert sum(float(s.sum()) for s in (data.y_train, data.y_val, data.y_test)) == total_bytes
+    assert data.x_train.shape[1] == 9 and data.y_train.shape[1] == 8
+    tok = lm_tokenizer(data.preprocessor)
+    assert tok.token_to_id(LM_EOD) == 0
+    # every split starts with an end-of-document token; test decodes back to whole documents
+    ids = training_stream(data.x_test, data.y_test)
+    text = tok.decode(ids.tolist(), skip_special_tokens=False)
+    pieces = [p for p in text.split(LM_EOD) if p]
+    assert len(pieces) == docs["test"] and all(p in texts for p in pieces)
+    train_text = tok.decode(training_stream(data.x_train, data.y_train).tolist(), False)
+    assert not set(pieces) & set(train_text.split(LM_EOD))  # no document in two splits
+
+
+def test_tokenizer_travels_with_the_preprocessor() -> None:
+    data = prepare_lm_data(
+        DataConfig(source="x.csv"), LanguageModelConfig(vocab_size=300), context=8, frame=corpus()
+    )
+    saved = Preprocessor.from_dict(json.loads(json.dumps(data.preprocessor.to_dict())))
+    a, b = lm_tokenizer(data.preprocessor), lm_tokenizer(saved)
+    assert a.encode("the red café").ids == b.encode("the red café").ids
+    assert b.decode(b.encode("the red café").ids) == "the red café"
+    assert b.get_vocab_size() <= 300 and data.schema.features[0].vocab_size == b.get_vocab_size()
+    with pytest.raises(DataError, match="no language-model tokenizer"):
+        lm_tokenizer(Preprocessor(target="y", task="regression").fit(
+            pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]})))  # fmt: skip
+
+
+def test_where_selects_documents_and_refuses_what_matches_nothing() -> None:
+    frame = corpus()
+    data = prepare_lm_data(
+        DataConfig(source="x.csv"),
+        LanguageModelConfig(vocab_size=300, where={"kind": ["a", "b"]}),
+        context=8,
+        frame=frame,
+    )
+    assert data.report["documents_kept"] == 20
+    with pytest.raises(RecipeDataError) as empty:
+        prepare_lm_data(
+            DataConfig(source="x.csv"),
+            LanguageModelConfig(where={"kind": "zzz"}),
+            context=8,
+            frame=frame,
+        )
+    assert empty.value.loc == ("language_model", "where")
+    with pytest.raises(RecipeDataError) as column:
+        prepare_lm_data(
+            DataConfig(source="x.csv"),
+            LanguageModelConfig(where={"knd": "a"}),
+            context=8,
+            frame=frame,
+        )
+    assert column.value.loc == ("language_model", "where", "knd") and "kind" in str(column.value)
+    with pytest.raises(RecipeDataError) as text:
+        prepare_lm_data(
+            DataConfig(source="x.csv"), LanguageModelConfig(text="body"), context=8, frame=frame
+        )
+    assert text.value.loc == ("language_model", "text")
+
+
+def test_vocab_smaller_than_bytes_and_end_token_is_refused() -> None:
+    with pytest.raises(RecipeDataError) as small:
+        prepare_lm_data(
+            DataConfig(source="x.csv"),
+            LanguageModelConfig(vocab_size=MIN_VOCAB - 1),
+            context=8,
+            frame=corpus(),
+        )
+    assert small.value.loc == ("language_model", "vocab_size") and "257" in str(small.value)
+
+
+def test_text_folder_reads_nested_files_and_refuses_bad_entries(tmp_path) -> None:
+    root = tmp_path / "docs"
+    (root / "sport").mkdir(parents=True)
+    (root / "sport" / "a.txt").write_text("a goal in the match")
+    (root / "b.txt").write_bytes(b"caf\xe9 bytes")  # not UTF-8: replaced
+    (root / "notes.md").write_text("not a document")
+    frame = read_text_folder(root)
+    assert frame["path"].tolist() == ["b.txt", "sport/a.txt"]
+    assert frame["folder"].tolist() == ["", "sport"]
+    assert frame["text"][0] == "caf\ufffd bytes"
+
+    outside = tmp_path / "secret.txt"
+    outside.write_text("outside the corpus")
+    (root / "link.txt").symlink_to(outside)
+    with pytest.raises(DataError, match="outside the folder"):
+        read_text_folder(root)
+    (root / "link.txt").unlink()
+    (root / "inner.txt").symlink_to(root / "b.txt")  # a link inside the folder is fine
+    assert len(read_text_folder(root)) == 3
+    (root / "inner.txt").unlink()
+    (root / "out").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(DataError, match="outside the folder"):
+        read_text_folder(root)
+    (root / "out").unlink()
+    os.mkfifo(root / "pipe.txt")
+    with pytest.raises(DataError, match="not a regular file"):
+        read_text_folder(root)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.csv").write_text("x\n1\n")
+    with pytest.raises(DataError, match=r"data.source.*no \.txt file"):
+        read_text_folder(empty)
+
+
+def test_unigram_is_add_one() -> None:
+    model = Unigram(4).fit(np.array([0, 1, 1, 1]))
+    p = np.exp(model.log_p_)
+    assert p.tolist() == pytest.approx([2 / 8, 4 / 8, 1 / 8, 1 / 8])
+
+
+def test_kneser_ney_matches_a_hand_computed_bigram() -> None:
+    # stream a b a b c (ids 0 1 0 1 2), V = 3, order 2
+    kn = KneserNey(order=2, vocab_size=3).fit(np.array([0, 1, 0, 1, 2]))
+    # bigram counts: ab 2, ba 1, bc 1 → n1 = 2, n2 = 1: D2 = 2 / (2 + 2) = 0.5
+    # continuation counts N1+(• w): a 1 (b a), b 1 (a b), c 1 (b c) → total 3, types 3
+    # unigram counts the same → n1 = 3, n2 = 0: D1 = 1 → clipped to 0.95
+    d1 = 0.95
+    p1 = {w: (1 - d1) / 3 + d1 * 3 / 3 / 3 for w in range(3)}  # every continuation count is 1
+    d2 = 0.5
+    # P(w | b): c(b a) = 1, c(b c) = 1, total 2, types 2
+    expected = {
+        0: (1 - d2) / 2 + d2 * 2 / 2 * p1[0],
+        1: 0 + d2 * 2 / 2 * p1[1],
+        2: (1 - d2) / 2 + d2 * 2 / 2 * p1[2],
+    }
+    got = kn.prob(np.array([[1]]))[0]
+    assert got.tolist() == pytest.approx([expected[w] for w in range(3)])
+    assert kn.prob(np.array([[2]]))[0].tolist() == pytest.approx([p1[w] for w in range(3)])
+
+
+@pytest.mark.parametrize("order", [2, 3, 5])
+def test_kneser_ney_probabilities_sum_to_one(order: int) -> None:
+    rng = np.random.default_rng(order)
+    stream = rng.integers(0, 12, size=400) // rng.integers(1, 3, size=400)  # skewed
+    kn = KneserNey(order=order, vocab_size=12).fit(stream)
+    contexts = np.stack([stream[i : i + 4] for i in (0, 50, 100)] + [np.array([11, 11, 11, 11])])
+    sums = kn.prob(contexts).sum(axis=1)
+    assert sums == pytest.approx(np.ones(len(contexts)))
+    # block scoring agrees with prob() target by target
+    x = stream[:9].astype(np.float32)[None, :]
+    y = np.ones((1, 8), np.float32)
+    nll = block_nll(kn, x, y)[0]
+    for t in range(8):
+        p = kn.prob(stream[max(0, t + 1 - (order - 1)) : t + 1][None, :])[0]
+        assert nll[t] == pytest.approx(-np.log(p[stream[t + 1]]))
