@@ -55,18 +55,18 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], 2)
             v = torch.cat([past[1], v], 2)
         drop = self.dropout if self.training else 0.0
-        if past is None or n > 1:
+        # (no Python branch on a traced size when past is None: the engine's forward exports)
+        if past is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        elif n == 1:  # one new token: it sees everything cached
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:
             # New queries at positions p..p+n-1 see every cached key and the new keys up to
             # themselves: a causal mask aligned to the bottom right.
             total = k.shape[2]
-            if total == n:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
-            else:
-                rows = torch.arange(total - n, total, device=h.device).unsqueeze(1)
-                mask = torch.arange(total, device=h.device).unsqueeze(0) <= rows  # (n, total)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        else:  # one new token: it sees everything cached
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            rows = torch.arange(total - n, total, device=h.device).unsqueeze(1)
+            mask = torch.arange(total, device=h.device).unsqueeze(0) <= rows  # (n, total)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         y = y.transpose(1, 2).reshape(b, n, w)
         return self.out_drop(self.out(y)), (k, v)
 
@@ -153,12 +153,17 @@ class GPT(nn.Module):
         position only, (B, 1, V) (what generation reads; the head is not run on the others).
         """
         start = 0 if not cache else int(cache[0][0].shape[2])
-        t = ids.shape[1]
-        if start + t > self.context:
+        if start + ids.shape[1] > self.context:
             raise ValueError(
-                f"{start + t} positions passed the model's context of {self.context} tokens"
+                f"{start + ids.shape[1]} positions passed the model's context of {self.context} "
+                "tokens"
             )
-        pos = torch.arange(start, start + t, device=ids.device)
+        return self._logits(ids, cache, start, last_only)
+
+    def _logits(
+        self, ids: torch.Tensor, cache: KVCache | None, start: int, last_only: bool
+    ) -> tuple[torch.Tensor, KVCache]:
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
         h = self.drop(self.tokens(ids) + self.positions(pos))
         new: KVCache = []
         for i, block in enumerate(self.blocks):
@@ -172,8 +177,8 @@ class GPT(nn.Module):
         """(B, T+1) token ids → (B, T) NLL in nats of ``x[:, 1:]`` given the tokens before."""
         ids = x.long()
         inputs, targets = ids[:, :-1], ids[:, 1:]
-        logits, _ = self.logits(inputs)
-        nll = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
-        )
-        return nll.view(targets.shape)
+        logits, _ = self._logits(inputs, None, 0, False)  # T ≤ context: the data's blocks
+        # -log softmax at the target: cross_entropy(reduction="none") written out, which both
+        # ONNX exporters take (the torch.export one mis-decomposes the fused op's reshape)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -109,3 +109,15 @@ def test_the_spec_refuses_a_width_heads_do_not_divide():
     config = ModelConfig.model_validate({"type": "gpt", "width": 30, "heads": 4})
     with pytest.raises(ConfigError, match="multiple of heads"):
         build_model(config, None, _Task())  # type: ignore[arg-type]
+
+
+def test_the_engine_forward_exports_to_onnx_and_agrees_with_torch():
+    import numpy as np
+
+    from danlu.export._onnx import _export, parity_check
+
+    gpt = tiny_gpt()
+    x = np.random.default_rng(0).integers(0, VOCAB, (6, CONTEXT + 1)).astype(np.float32)
+    onnx_bytes, exporter = _export(gpt, CONTEXT + 1, x)  # warnings are errors here
+    assert exporter == "dynamo"
+    assert parity_check(gpt, onnx_bytes, x, atol=1e-4)["passed"]
