@@ -391,7 +391,8 @@ class GenerationTask(Task):
         if len(mu) > 1 and section.data["active_units"] == 0:
             section.flags.append(
                 "no latent unit is active: the posterior collapsed onto the prior and the "
-                "decoder ignores z (lower model.kl_anneal_epochs' end β, or train longer)"
+                "decoder ignores z (train longer, or anneal the KL term over more epochs: "
+                "model.kl_anneal_epochs)"
             )
         return [section]
 
