@@ -22,12 +22,14 @@ Example:
     >>> import pandas as pd
     >>> from danlu.config import DataConfig
     >>> from danlu.config._recommend import RecommendConfig
-    >>> frame = pd.DataFrame({"u": [1, 1, 1, 2, 2, 2], "i": ["a", "b", "c", "a", "b", "c"],
+    >>> frame = pd.DataFrame({"u": [1, 1, 1, 2, 2, 2], "i": ["a", "b", "c", "b", "c", "a"],
     ...                       "t": [1, 2, 3, 1, 2, 3]})
     >>> data = prepare_interactions(DataConfig(source="x.parquet"),
     ...                             RecommendConfig(user="u", item="i", time="t"), frame=frame)
-    >>> data.y_test.tolist(), data.schema.classes
-    ([[0, 2, 2], [1, 2, 2]], ('a', 'b'))
+    >>> data.schema.classes, data.y_train.tolist(), data.y_test.tolist()
+    (('a', 'b'), [[0, 0, 0], [1, 1, 0]], [[1, 0, 2]])
+    >>> data.report["cold_dropped"]  # 'c' is no training item: user 1's test, user 2's val
+    2
 """
 
 from __future__ import annotations

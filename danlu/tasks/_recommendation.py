@@ -61,7 +61,7 @@ class Popularity:
     def fit(self, x: np.ndarray, y: np.ndarray, n_items: int | None = None) -> Popularity:
         import numpy as np
 
-        items = np.asarray(y)[:, 1]
+        items = np.asarray(y).reshape(len(y), -1)[:, 1]
         self.counts_ = np.bincount(items, minlength=n_items or int(items.max()) + 1)
         return self
 
@@ -69,6 +69,22 @@ class Popularity:
         import numpy as np
 
         return np.tile(self.counts_.astype(np.float32), (len(x), 1))  # (n, n_items)
+
+
+def _popularity_dummy(n_items: int) -> Any:
+    """:class:`Popularity` as a scikit-learn dummy (it reads no feature), so the report treats
+    it as the reference that knows nothing of the rows."""
+    from sklearn.dummy import DummyRegressor
+
+    class PopularityDummy(DummyRegressor):  # type: ignore[misc]
+        def fit(self, x: np.ndarray, y: np.ndarray, sample_weight: Any = None) -> Any:
+            self.scorer_ = Popularity().fit(x, y, n_items or None)
+            return self
+
+        def scores(self, x: np.ndarray) -> np.ndarray:
+            return self.scorer_.scores(x)
+
+    return PopularityDummy()
 
 
 class ItemKNN:
@@ -235,6 +251,17 @@ class RecommendationTask(Task):
                     "shuffled folds would mix each user's held-out interactions into training",
                     recipe.evaluate.cross_validation,
                     "Remove evaluate.cross_validation.",
+                )
+            )
+        if recipe.evaluate is not None and recipe.evaluate.explain is not None:
+            issues.append(
+                ConfigIssue(
+                    ("evaluate", "explain"),
+                    "a recommender's only input is a user id, looked up rather than "
+                    "differentiated: there is no feature to attribute (the report's examples "
+                    "section shows each user's top-K instead)",
+                    "explain",
+                    "Set evaluate.explain: false.",
                 )
             )
         if recipe.data.augment:
@@ -430,6 +457,17 @@ class RecommendationTask(Task):
             raise ValueError(f"{name} is undefined on these rows")
         return value
 
+    def row_losses(self, outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Each row's softmax cross-entropy of its item among every item's score (what the
+        membership-inference section reads: training interactions should score lower)."""
+        import numpy as np
+        from scipy.special import logsumexp
+
+        z = np.asarray(outputs, dtype=np.float64)
+        items = np.asarray(y, dtype=np.int64).reshape(-1, 3)[:, 1]
+        losses: np.ndarray = logsumexp(z, axis=1) - z[np.arange(len(z)), items]
+        return losses
+
     def predict(
         self, outputs: np.ndarray, schema: FeatureSchema, temperature: float = 1.0
     ) -> dict[str, np.ndarray]:
@@ -529,7 +567,7 @@ class RecommendationTask(Task):
 
     def baselines(self, seed: int) -> dict[str, Any]:
         return {
-            "popularity": _Fitted(Popularity(), self.n_items),
+            "popularity": _popularity_dummy(self.n_items),
             "item-kNN (cosine)": ItemKNN(n_users=self.n_users + 1, n_items=self.n_items),
         }
 
@@ -682,20 +720,6 @@ class RecommendationTask(Task):
                 "json_schema": {"type": "array", "items": {"type": "number"}, "maxItems": k},
             },
         }
-
-
-class _Fitted:
-    """A popularity scorer whose ``fit`` knows the catalogue's size."""
-
-    def __init__(self, scorer: Popularity, n_items: int) -> None:
-        self.scorer, self.n_items = scorer, n_items
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> _Fitted:
-        self.scorer.fit(x, y, self.n_items or None)
-        return self
-
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        return self.scorer.scores(x)
 
 
 def recommend(

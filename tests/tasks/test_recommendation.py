@@ -174,6 +174,7 @@ def test_recipe_problems_name_their_keys(planted: Path) -> None:
     assert "recommend.min_rating" in _issues(planted, recommend__min_rating=4)
     assert "recommend.item_features" in _issues(planted, recommend__item_features=["genre"])
     assert "model.type" in _issues(planted, model={"type": "mlp"})
+    assert "evaluate.explain" in _issues(planted, evaluate=True)  # a user id: nothing to attribute
     with pytest.raises(ConfigError, match=r"recommend\.k"):
         load_recipe(planted_recipe(planted, {"type": "bpr_mf"}, k=0))
 
@@ -186,8 +187,7 @@ def registered(planted: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     home = tmp_path_factory.mktemp("rec-home")
     recipe = planted_recipe(planted, {"type": "bpr_mf", "factors": 8})
     recipe["evaluate"] = {
-        "calibration": False, "robustness": False, "explain": False, "membership": False,
-        "bootstrap": 100,
+        "calibration": False, "robustness": False, "explain": False, "bootstrap": 100,
     }  # fmt: skip
     recipe["register"] = {"name": "planted"}
     return home, danlu.run(recipe, home=home)
@@ -204,6 +204,8 @@ def test_the_report_compares_with_baselines_and_shows_examples(registered: Any) 
     examples = sections["recommendation_examples"].data["examples"]
     assert examples and all(len(e["top_k"]) == 5 for e in examples)
     assert all(not set(e["top_k"]) & set(e["history"]) for e in examples)  # seen: excluded
+    membership = sections["membership"]  # each row's softmax loss of its item
+    assert "error" not in membership.data and membership.summary
     baselines = sections["baselines"].data["rows"]
     assert [r["model"] for r in baselines][1:] == ["popularity", "item-kNN (cosine)"]
 
