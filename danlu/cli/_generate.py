@@ -110,11 +110,11 @@ def generate_command(
     ] = None,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", min=1, help="The most tokens to generate.")
-    ] = 128,
+    ] = 64,
     temperature: Annotated[
         float,
         typer.Option("--temperature", "-t", min=0.0, help="0 is greedy; higher is more random."),
-    ] = 0.8,
+    ] = 1.0,
     top_k: Annotated[
         int | None,
         typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens only."),
