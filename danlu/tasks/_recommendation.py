@@ -452,6 +452,18 @@ class RecommendationTask(Task):
         return query_metrics(positions, queries, self.k)["rows"]
 
     def metric(self, name: str, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema) -> float:
+        """One metric (the report bootstraps it): the ranking metrics without the top-K lists
+        that only coverage needs."""
+        import numpy as np
+
+        from danlu.tasks._rank_metrics import query_metrics, summarize
+
+        y = np.asarray(y, dtype=np.int64).reshape(-1, 3)
+        if name != "coverage" and len(y):
+            positions, queries = self._positions(np.asarray(outputs, dtype=np.float32), y)
+            value = summarize(query_metrics(positions, queries, self.k), self.k).get(name)
+            if isinstance(value, float):
+                return value
         value = self.metrics(outputs, y, schema).get(name)
         if not isinstance(value, float):
             raise ValueError(f"{name} is undefined on these rows")
@@ -753,6 +765,7 @@ def recommend(
 
     Raises:
         ValueError: ``k`` below 1 or above the catalogue's size.
+        ConfigError: the model is not a recommender.
 
     Example:
         >>> # recommend(danlu.load_model("movies:1"), "42", k=5)["items"]
@@ -763,6 +776,13 @@ def recommend(
     from danlu.tasks._rank_metrics import top_k
 
     task: RecommendationTask = bundle.task
+    if not isinstance(task, RecommendationTask):
+        from danlu.errors import ConfigError
+
+        raise ConfigError(
+            f"This is a {task.name} model, not a recommender: recommend() needs a model trained "
+            "with task: recommendation. Use predict() instead."
+        )
     schema = bundle.schema
     catalogue = list(schema.classes or ())
     k = task.k if k is None else k
