@@ -3,7 +3,8 @@
 ``task: language_model`` reads documents from a text column of any source (``builtin:bbc_news``,
 a CSV / Parquet / JSONL file) or from a folder of ``.txt`` files (one document per file), keeps
 those the recipe's ``language_model.where`` selects, and splits them into train / validation /
-test *by document* (seeded with ``data.split.seed``): no document is in two splits.
+test *by document* (seeded with ``data.split.seed``): no document is in two splits, and
+identical documents stay together in one.
 
 A byte-level BPE tokenizer (Hugging Face ``tokenizers``: ``ByteLevel`` pre-tokenizer and decoder,
 so any text encodes without an unknown token) is trained on the training documents only, with
@@ -486,7 +487,20 @@ def prepare_lm_data(
         )
     docs = load_documents(data, config, frame)
     split = data.split
-    parts = split_documents(len(docs.texts), split.val, split.test, split.seed)
+    # identical documents are one document: they stay in one split (as danlu's row splits keep
+    # duplicate rows together), so no test text was seen in training
+    unique, first, inverse = np.unique(
+        np.asarray(docs.texts, dtype=object).astype(str), return_index=True, return_inverse=True
+    )
+    order = np.argsort(first)  # the groups in the documents' order (np.unique sorts by text)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    group_of = rank[inverse]  # (n,) group index in first-appearance order
+    groups = split_documents(len(unique), split.val, split.test, split.seed)
+    members: list[list[int]] = [[] for _ in range(len(unique))]
+    for i, group in enumerate(group_of):
+        members[group].append(i)
+    parts = [np.asarray([i for g in part for i in members[g]], dtype=np.int64) for part in groups]
     texts = [[docs.texts[i] for i in idx] for idx in parts]
     if tokenizer is None:
         tokenizer = train_byte_bpe(texts[0], config.vocab_size)
@@ -510,6 +524,7 @@ def prepare_lm_data(
         "documents_loaded": docs.loaded,
         "documents_empty": docs.empty,
         "documents_kept": len(docs.texts),
+        "duplicates_kept_together": len(docs.texts) - len(unique),
         "where": config.where,
         "documents": {n: len(p) for n, p in zip(names, parts, strict=True)},
         "tokens": {n: int(len(s)) for n, s in zip(names, streams, strict=True)},

@@ -54,7 +54,7 @@ def test_pack_blocks_overlap_by_one_and_pad_with_zero_weight() -> None:
 
 
 def test_prepared_blocks_hold_every_document_and_its_bytes() -> None:
-    frame = corpus()
+    frame = pd.concat([corpus(), corpus().head(10)], ignore_index=True)  # 10 duplicates
     data = prepare_lm_data(
         DataConfig(source="x.csv"), LanguageModelConfig(vocab_size=300), context=8, frame=frame
     )
@@ -73,7 +73,8 @@ def test_prepared_blocks_hold_every_document_and_its_bytes() -> None:
     pieces = [p for p in text.split(LM_EOD) if p]
     assert len(pieces) == docs["test"] and all(p in texts for p in pieces)
     train_text = tok.decode(training_stream(data.x_train, data.y_train).tolist(), False)
-    assert not set(pieces) & set(train_text.split(LM_EOD))  # no document in two splits
+    assert not set(pieces) & set(train_text.split(LM_EOD))  # no text in two splits
+    assert data.report["duplicates_kept_together"] == 10
 
 
 def test_tokenizer_travels_with_the_preprocessor() -> None:
