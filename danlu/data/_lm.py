@@ -199,6 +199,7 @@ def load_documents(
     if column not in rows.columns:
         raise _missing_column(column, source, list(map(str, rows.columns)))
     loaded = len(rows)
+    held = {}  # where's columns → the values they hold (for the error message)
     if config.where:
         keep = np.ones(len(rows), dtype=bool)
         for key, wanted in config.where.items():
@@ -212,6 +213,7 @@ def load_documents(
                     key,
                     f"{did_you_mean(key, columns)} Columns: {', '.join(columns[:20])}.".strip(),
                 )
+            held[key] = sorted({_plain_str(v) for v in rows[key]})[:20]
             values = {str(v) for v in (wanted if isinstance(wanted, list) else [wanted])}
             keep &= np.fromiter((_plain_str(v) in values for v in rows[key]), bool, len(rows))
         rows = rows[keep].reset_index(drop=True)
@@ -226,7 +228,9 @@ def load_documents(
                 ("language_model", "where"),
                 f"no document of the {loaded} read matches (or every match is empty)",
                 config.where,
-                "Use values the columns hold (e.g. a category that exists), or remove where.",
+                "Use values the columns hold ("
+                + "; ".join(f"{k}: {', '.join(v)}" for k, v in held.items())
+                + "), or remove where.",
             )
         raise RecipeDataError(
             ("language_model", "text"),

@@ -108,6 +108,7 @@ def test_where_selects_documents_and_refuses_what_matches_nothing() -> None:
             frame=frame,
         )
     assert empty.value.loc == ("language_model", "where")
+    assert "kind: a, b, c" in str(empty.value)  # the values the column holds
     with pytest.raises(RecipeDataError) as column:
         prepare_lm_data(
             DataConfig(source="x.csv"),
