@@ -198,3 +198,46 @@ def test_a_client_that_disconnects_stops_the_generation_and_frees_the_slot(tok, 
             answer = http.post("/v1/models/lm/generate", json={"prompt": "the", "max_tokens": 3})
             assert answer.status_code == 200 and answer.json()["completion_tokens"] == 3
             assert time.monotonic() - began < 2
+
+
+def test_a_registered_language_model_generates_through_danlu_serve(tmp_path):
+    import pandas as pd
+
+    import danlu
+    from danlu.data._lm import lm_tokenizer
+    from danlu.store import SqlStore
+    from tests.cli.test_generate import _documents
+    from tests.serve.conftest import start_server
+
+    corpus = tmp_path / "docs.csv"
+    pd.DataFrame({"text": _documents()}).to_csv(corpus, index=False)
+    home = tmp_path / "home"
+    recipe = {
+        "name": "lm",
+        "task": "language_model",
+        "data": {"source": str(corpus)},
+        "language_model": {"vocab_size": 300, "samples": {"temperatures": []}},
+        "model": {"type": "gpt", "width": 32, "layers": 2, "heads": 4, "context": 16},
+        "train": {"epochs": 1, "batch_size": 16},
+        "evaluate": False,
+        "register": {"name": "lm", "alias": "production"},
+    }
+    danlu.run(recipe, home=home)
+    with SqlStore(home=home) as store:
+        bundle = danlu.load_model("lm@production", store=store)
+    tokenizer = lm_tokenizer(bundle)
+    expected = generate_text(bundle.model, tokenizer, "the cat", max_tokens=10, temperature=0)
+    with start_server(home, "lm@production", "--poll", "0", log_dir=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            body = {"prompt": "the cat", "max_tokens": 10, "temperature": 0}
+            whole = http.post("/v1/models/lm/generate", json=body)
+            assert whole.status_code == 200, whole.text
+            assert whole.json()["text"] == expected and whole.json()["runtime"] == "torch"
+            streamed = http.post("/v1/models/lm/generate", json={**body, "stream": True})
+            events = _events(streamed.text)
+            assert "".join(e.get("text", "") for e in events) == expected
+            assert events[-1]["done"] and events[-1]["completion_tokens"] == 10
+            # /predict runs the exported scoring graph; generation says it used torch
+            assert http.get("/v1/models/lm").json()["runtime"] == "onnx"
+            long = http.post("/v1/models/lm/generate", json={"prompt": "the cat " * 20})
+            assert_error(long, 413, "prompt")
