@@ -77,6 +77,24 @@ def test_prepared_blocks_hold_every_document_and_its_bytes() -> None:
     assert data.report["duplicates_kept_together"] == 10
 
 
+def test_preparing_again_gives_the_same_tokens() -> None:
+    """Every stage (training, the report, export) prepares the data again: the BPE trained
+    on the same documents must be the same, and so the blocks."""
+    runs = [
+        prepare_lm_data(
+            DataConfig(source="x.csv"),
+            LanguageModelConfig(vocab_size=320),
+            context=8,
+            frame=corpus(60, seed=1),
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    assert runs[0].fingerprint == runs[1].fingerprint
+    assert (
+        lm_tokenizer(runs[0].preprocessor).to_str() == lm_tokenizer(runs[1].preprocessor).to_str()
+    )
+
+
 def test_tokenizer_travels_with_the_preprocessor() -> None:
     data = prepare_lm_data(
         DataConfig(source="x.csv"), LanguageModelConfig(vocab_size=300), context=8, frame=corpus()
