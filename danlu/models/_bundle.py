@@ -243,6 +243,32 @@ class ModelBundle:
         row = forecast_window(forecast_meta(self.schema), history, covariates)
         return {name: values[0] for name, values in self.predict([row]).items()}
 
+    def recommend(
+        self,
+        user: Any,
+        k: int | None = None,
+        *,
+        exclude_seen: bool = True,
+        items: Sequence[Any] | None = None,
+    ) -> dict[str, Any]:
+        """A recommender's ``k`` best items for ``user`` (an id as in the data; default ``k``:
+        the recipe's ``recommend.k``), as ``POST .../recommend`` answers: ``items``,
+        ``scores``, ``fallback`` (``"popularity"`` / ``"item_knn"`` for a user the model was not
+        trained on, else None) and ``unknown_items``. ``items``: the user's recent item ids
+        (cold start); ``exclude_seen`` leaves out what the user interacted with.
+
+        Raises:
+            ConfigError: the model is not a recommender.
+            ValueError: ``k`` below 1 or above the catalogue's size.
+
+        Example:
+            >>> # danlu.load_model("movielens@staging").recommend("42", k=5)["items"]
+        """
+        from danlu.tasks._recommendation import recommend
+
+        chosen = list(items) if items is not None else None
+        return recommend(self, user, k, exclude_seen=exclude_seen, items=chosen)
+
 
 Predictor = ModelBundle  # the name the Python API uses
 

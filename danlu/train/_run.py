@@ -118,6 +118,15 @@ class Result:
         return self.predictor.predict(rows)
 
 
+#: The recipe blocks that belong to one kind of task: block → task.
+_TASK_BLOCKS = {
+    "anomaly": "anomaly",
+    "forecast": "forecasting",
+    "recommend": "recommendation",
+    "language_model": "language_model",
+}
+
+
 def check_recipe(recipe: Recipe) -> Any:
     """Checks that need more than the schema: the model's own options, monitors, task fit.
 
@@ -163,26 +172,17 @@ def check_recipe(recipe: Recipe) -> Any:
             )
         )
     issues.extend(task.check_recipe(recipe))  # what this kind of task refuses
-    if recipe.anomaly is not None and task.name != "anomaly":
-        issues.append(
-            ConfigIssue(
-                ("anomaly",),
-                f"the anomaly block applies to task: anomaly only; this recipe's task is "
-                f"{recipe.task}",
-                "anomaly",
-                "Remove the anomaly block, or set task: anomaly.",
+    for block, owner in _TASK_BLOCKS.items():  # a task's own block on another task
+        if getattr(recipe, block) is not None and task.name != owner:
+            issues.append(
+                ConfigIssue(
+                    (block,),
+                    f"the {block} block applies to task: {owner} only; this recipe's task is "
+                    f"{recipe.task}",
+                    block,
+                    f"Remove the {block} block, or set task: {owner}.",
+                )
             )
-        )
-    if recipe.forecast is not None and task.name != "forecasting":
-        issues.append(
-            ConfigIssue(
-                ("forecast",),
-                f"the forecast block applies to task: forecasting only; this recipe's task is "
-                f"{recipe.task}",
-                "forecast",
-                "Remove the forecast block, or set task: forecasting.",
-            )
-        )
     if hasattr(options, "recipe_issues"):  # what the model refuses (gbdt: its tasks ...)
         issues.extend(options.recipe_issues(recipe))
     imbalance = recipe.data.imbalance.method

@@ -220,6 +220,7 @@ def test_a_loaded_model_recommends_and_falls_back_for_unknown_users(registered: 
     frame = planted_frame()
     seen = set(frame[frame.user == "u4"].item)
     known = recommend(bundle, "u4", k=5)
+    assert bundle.recommend("u4", k=5) == known  # danlu.load_model(...).recommend
     assert known["fallback"] is None and len(known["items"]) == 5
     assert not set(known["items"]) & seen
     assert known["scores"] == sorted(known["scores"], reverse=True)
@@ -230,6 +231,7 @@ def test_a_loaded_model_recommends_and_falls_back_for_unknown_users(registered: 
     counts = frame.item.value_counts()
     assert counts[cold["items"][0]] == counts.max()  # the most popular item first
     recent = recommend(bundle, "nobody", k=3, items=["m30", "no-such-item"])
+    assert bundle.recommend("nobody", k=3, items=("m30", "no-such-item")) == recent
     assert recent["fallback"] == "item_knn" and recent["unknown_items"] == ["no-such-item"]
     assert "m30" not in recent["items"]
     for k in (0, 10_000):
