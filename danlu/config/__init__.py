@@ -40,6 +40,7 @@ from danlu.config._loader import (
     schema_keys,
 )
 from danlu.config._privacy import PrivacyConfig
+from danlu.config._recommend import RecommendConfig
 from danlu.config._schema import (
     AUGMENT_KINDS,
     IMAGE_ONLY_AUGMENTS,
@@ -80,6 +81,7 @@ __all__ = [
     "CovariatesConfig",
     "ForecastConfig",
     "LanguageModelConfig",
+    "RecommendConfig",
     "QUANTIZE_METHODS",
     "CompressConfig",
     "DistillConfig",
