@@ -115,7 +115,7 @@ def build_report(
         >>> #                       subject={"run_id": run_id})
     """
     start = time.perf_counter()
-    sections: dict[str, Section] = {}
+    config, sections = _applicable(config, data)
     data.model.eval()
     if config.calibration is not None and data.task.calibrates:
         from danlu.evaluate._calibration import calibration_section
@@ -225,6 +225,27 @@ def build_report(
     return report
 
 
+def _applicable(
+    config: EvaluateConfig, data: EvalData
+) -> tuple[EvaluateConfig, dict[str, Section]]:
+    """``config`` without the generic sections the task says do not apply to it
+    (``Task.report_skips``), and those of them ``config`` asked for as sections that say why."""
+    skipped: dict[str, Section] = {}
+    off: dict[str, Any] = {}
+    for key, reason in data.task.report_skips.items():
+        asked = getattr(config, key, None)
+        if key not in _TITLES or not asked:
+            continue
+        off[key] = False if isinstance(asked, bool) else None
+        skipped[key] = Section(
+            key,
+            _TITLES[key],
+            data={"skipped": reason},
+            notes=[f"Not applicable to the {data.task.name} task: {reason}."],
+        )
+    return (config.model_copy(update=off) if off else config), skipped
+
+
 def _headline_undefined(data: EvalData) -> str | None:
     """Why the headline metric is undefined on the test rows (e.g. an anomaly detector trained
     on unlabelled rows: no anomalous row, no AUROC), or None when it is defined: the sections
@@ -259,7 +280,7 @@ def _task_sections(data: EvalData) -> list[Section]:
         return []
     start = time.perf_counter()
     try:
-        extras = data.task.report_sections(data.test_outputs, data.y, data.schema)
+        extras = data.task.report_sections(data.test_outputs, data.y, data.schema, model=data.model)
     except DanluError:
         raise
     except Exception as exc:  # a bug in a task's section must not cost the whole report

@@ -27,7 +27,6 @@ from danlu.serve._errors import AdminFailure, error_response, scrub
 from danlu.serve._forecast import add_forecast_route
 from danlu.serve._generate import add_generate_route
 from danlu.serve._lane import PredictLane
-from danlu.serve._recommend import add_recommend_route
 from danlu.serve._openapi import (
     AliasRequest,
     AliasSet,
@@ -40,6 +39,7 @@ from danlu.serve._openapi import (
     Unloaded,
     errors,
 )
+from danlu.serve._recommend import add_recommend_route
 from danlu.serve._state import ServerState
 from danlu.serve._types import ModelLoadError, RequestError, ServedModelLike
 

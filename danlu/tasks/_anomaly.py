@@ -489,7 +489,11 @@ class AnomalyTask(Task):
         )
 
     def report_sections(
-        self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema
+        self,
+        outputs: np.ndarray,
+        y: np.ndarray,
+        schema: FeatureSchema,
+        model: torch.nn.Module | None = None,
     ) -> list[ExtraSection]:
         return [self._scores_section(outputs, y), self._drivers_section(outputs, y, schema)]
 

@@ -96,6 +96,10 @@ class Task(ABC):
     #: whether :meth:`fit_decoding` fits anything (the engine then scores the validation rows
     #: once more after training).
     fits_decoding: ClassVar[bool] = False
+    #: the trust report's generic sections that do not apply to this task: section key (e.g.
+    #: ``explain``, ``robustness``) → why; the report shows each as skipped with the reason
+    #: instead of running it.
+    report_skips: ClassVar[Mapping[str, str]] = {}
     #: metrics where smaller is better (the rest: larger is better).
     smaller_is_better: ClassVar[frozenset[str]] = frozenset(
         {"loss", "mae", "rmse", "mse", "log_loss", "hamming_loss"}
@@ -268,9 +272,14 @@ class Task(ABC):
         """What the explanation section attributes for these rows, and how it ranks them."""
 
     def report_sections(
-        self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema
+        self,
+        outputs: np.ndarray,
+        y: np.ndarray,
+        schema: FeatureSchema,
+        model: torch.nn.Module | None = None,
     ) -> list[ExtraSection]:
-        """Sections this task adds to the trust report (none by default)."""
+        """Sections this task adds to the trust report (none by default); ``model`` is the
+        model the report describes, in eval mode (a generative model's samples need it)."""
         return []
 
     # ---- the contract with export, load_model and the server ----------------------------------

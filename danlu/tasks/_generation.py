@@ -333,7 +333,11 @@ class GenerationTask(Task):
         )
 
     def report_sections(
-        self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema
+        self,
+        outputs: np.ndarray,
+        y: np.ndarray,
+        schema: FeatureSchema,
+        model: torch.nn.Module | None = None,
     ) -> list[ExtraSection]:
         import numpy as np
 
@@ -341,7 +345,7 @@ class GenerationTask(Task):
         shape = _image_shape(schema)
         mu, recon, residual = _columns(out, schema)
         labels = _labels(y, schema)
-        model = self.model
+        model = model if model is not None else self.model  # the report's, else the bound one
         section = ExtraSection(
             "generation",
             "Reconstructions, samples and latent space",

@@ -253,7 +253,11 @@ class MultiLabelTask(Task):
         )
 
     def report_sections(
-        self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema
+        self,
+        outputs: np.ndarray,
+        y: np.ndarray,
+        schema: FeatureSchema,
+        model: torch.nn.Module | None = None,
     ) -> list[ExtraSection]:
         import numpy as np
 

@@ -162,6 +162,12 @@ class RecommendationTask(Task):
     headline_label = "NDCG@K"
     row_score_label = "the NDCG@K of the row's user"
     report_metrics = ("ndcg_at_k", "recall_at_k", "hit_rate_at_k", "mrr", "coverage")
+    report_skips = {
+        "explain": "a recommender's only input is a user id, looked up rather than "
+        "differentiated, so there is no feature to attribute (the examples section shows users' "
+        "top-K instead)",
+        "robustness": "a user id is no input to perturb",
+    }
 
     def __init__(
         self,
@@ -251,17 +257,6 @@ class RecommendationTask(Task):
                     "shuffled folds would mix each user's held-out interactions into training",
                     recipe.evaluate.cross_validation,
                     "Remove evaluate.cross_validation.",
-                )
-            )
-        if recipe.evaluate is not None and recipe.evaluate.explain is not None:
-            issues.append(
-                ConfigIssue(
-                    ("evaluate", "explain"),
-                    "a recommender's only input is a user id, looked up rather than "
-                    "differentiated: there is no feature to attribute (the report's examples "
-                    "section shows each user's top-K instead)",
-                    "explain",
-                    "Set evaluate.explain: false.",
                 )
             )
         if recipe.data.augment:
@@ -608,7 +603,11 @@ class RecommendationTask(Task):
         )  # fmt: skip
 
     def report_sections(
-        self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema
+        self,
+        outputs: np.ndarray,
+        y: np.ndarray,
+        schema: FeatureSchema,
+        model: torch.nn.Module | None = None,
     ) -> list[ExtraSection]:
         return [self.ranking_section(outputs, y, schema), self.examples_section(outputs, y, schema)]
 

@@ -174,7 +174,6 @@ def test_recipe_problems_name_their_keys(planted: Path) -> None:
     assert "recommend.min_rating" in _issues(planted, recommend__min_rating=4)
     assert "recommend.item_features" in _issues(planted, recommend__item_features=["genre"])
     assert "model.type" in _issues(planted, model={"type": "mlp"})
-    assert "evaluate.explain" in _issues(planted, evaluate=True)  # a user id: nothing to attribute
     with pytest.raises(ConfigError, match=r"recommend\.k"):
         load_recipe(planted_recipe(planted, {"type": "bpr_mf"}, k=0))
 
@@ -186,9 +185,7 @@ def test_recipe_problems_name_their_keys(planted: Path) -> None:
 def registered(planted: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     home = tmp_path_factory.mktemp("rec-home")
     recipe = planted_recipe(planted, {"type": "bpr_mf", "factors": 8})
-    recipe["evaluate"] = {
-        "calibration": False, "robustness": False, "explain": False, "bootstrap": 100,
-    }  # fmt: skip
+    recipe["evaluate"] = {"bootstrap": 100, "cost": False}  # explain, robustness: not applicable
     recipe["register"] = {"name": "planted"}
     return home, danlu.run(recipe, home=home)
 
@@ -196,6 +193,8 @@ def registered(planted: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def test_the_report_compares_with_baselines_and_shows_examples(registered: Any) -> None:
     _, result = registered
     sections = {s.key: s for s in result.report.sections}
+    for key in ("explain", "robustness"):  # asked for by default, shown as not applicable
+        assert "not applicable to the recommendation task" in sections[key].notes[0].lower()
     ranking = sections["recommendation_ranking"]
     names = [r["model"] for r in ranking.data["rows"]]
     assert names == ["model", "popularity", "item-kNN (cosine)"]
