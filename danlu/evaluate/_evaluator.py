@@ -219,10 +219,20 @@ def build_report(
         cost = config.cost
         sections["cost"] = _timed("cost", lambda: cost_section(data, cost), on_section)
     ordered = [sections[key] for key in SECTION_ORDER if key in sections]
-    ordered[1:1] = _task_sections(data)  # the task's own, after the metrics
+    ordered[1:1] = _task_sections(data) + _evaluated_sections(data, recipe)  # after the metrics
     report = Report(subject=subject, sections=ordered)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _evaluated_sections(data: EvalData, recipe: Recipe | None) -> list[Section]:
+    """Task sections that need this layer (the task layer sits below it): a language model's
+    n-gram baselines (bootstrapped like the generic baselines) and its generated samples."""
+    if data.task.name != "language_model" or len(data.y) == 0:
+        return []
+    from danlu.evaluate._lm_report import lm_sections
+
+    return lm_sections(data, recipe.language_model if recipe is not None else None)
 
 
 def _applicable(
