@@ -9,7 +9,7 @@ smaller is better), bits per byte ``sum NLL / ln 2 / sum bytes`` (comparable acr
 tokenizers), the mean NLL and the token count. Baselines (unigram, interpolated Kneser-Ney
 n-gram on the same tokens) and generated samples are the report's language-model section
 (``danlu.evaluate._lm_report``). Served: ``POST /v1/models/{name}/generate`` (a ``prompt`` in,
-generated ``text`` out).
+generated ``text`` out); ``/predict`` scores a text by its mean NLL per token.
 
 Fine-tuning (``model.base: NAME@ALIAS``): the base's tokenizer tokenizes the corpus and its
 weights initialise the model; the base is read from the store through a loader that the
@@ -114,6 +114,19 @@ class LanguageModelTask(Task):
     row_score_label = "minus each block's mean negative log-likelihood per token"
     report_metrics = ("perplexity", "bits_per_byte", "nll")
     smaller_is_better = frozenset({"loss", "perplexity", "bits_per_byte", "nll"})
+    report_skips = {
+        "baselines": "the generic baselines fit feature columns; a language model's baselines "
+        "(a unigram and a Kneser-Ney n-gram on the same tokens) are the 'Language-model "
+        "baselines' section",
+        "explain": "attributing a block's per-token losses to its token ids is not wired for "
+        "a language model (the 'Generated samples' section shows what it learned)",
+        "robustness": "perturbing a block's text perturbs the very tokens it is scored on, so "
+        "the perplexity change would not measure robustness",
+        "membership": "the audit's reference is a row baseline, and a language model's "
+        "baselines are n-gram models of token streams",
+        "fairness": "token blocks have no group column",
+        "cross_validation": "folds of token blocks would cut documents across folds",
+    }
 
     def __init__(self, base_state: Mapping[str, Any] | None = None, base_ref: str = "") -> None:
         self.base_state, self.base_ref = base_state, base_ref
@@ -315,8 +328,9 @@ class LanguageModelTask(Task):
     def predict(
         self, outputs: np.ndarray, schema: FeatureSchema, temperature: float = 1.0
     ) -> dict[str, np.ndarray]:
-        """Each block's mean NLL per token (the engine's outputs, summarised): generation is
-        served by ``/generate``, not by the row predictions."""
+        """Each row's mean negative log-likelihood per token (nats): how likely the model finds
+        the text, padded to ``context + 1`` tokens with the end-of-document token (which counts)
+        (``/predict`` scores text; ``/generate`` writes it)."""
         import numpy as np
 
         nll = np.asarray(outputs, dtype=np.float64)
@@ -367,29 +381,35 @@ class LanguageModelTask(Task):
     # ---- signature -----------------------------------------------------------------------------
 
     def signature(self, schema: FeatureSchema) -> dict[str, Any]:
-        """A prompt in, generated text out (``POST /v1/models/{name}/generate``)."""
+        """``/predict`` scores a text (``prompt``, its first ``context + 1`` tokens) by its
+        mean negative log-likelihood per token; ``generate`` describes
+        ``POST /v1/models/{name}/generate``: a prompt in, generated text out."""
+        signature = super().signature(schema)
         context = next((f.max_length - 1 for f in schema.features if f.kind == "text"), 0)
-        return {
-            "task": self.name,
-            "inputs": [
-                {
-                    "name": "prompt",
-                    "kind": "text",
+        signature["context"] = context
+        signature["generate"] = {
+            "inputs": {
+                "prompt": {
                     "type": "string",
-                    "description": f"the text to continue (at most {context} tokens are read: "
-                    "a longer prompt is cut from the left)",
+                    "description": f"the text to continue (its last {context} tokens are read)",
                 }
-            ],
-            "outputs": self.output_signature(schema),
-            "context": context,
-            "vocab_size": self.output_dim(schema) if schema.features else 0,
+            },
+            "outputs": {
+                "text": {
+                    "type": "string",
+                    "description": "the generated continuation of the prompt",
+                    "json_schema": {"type": "string"},
+                }
+            },
         }
+        return signature
 
     def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
         return {
-            "text": {
-                "type": "string",
-                "description": "the generated continuation of the prompt",
-                "json_schema": {"type": "string"},
+            "prediction": {
+                "type": "float",
+                "description": "the text's mean negative log-likelihood per token (nats; "
+                "exp of it is the perplexity); generated text comes from /generate",
+                "json_schema": {"type": "number"},
             }
         }

@@ -125,7 +125,12 @@ def test_trains_from_a_folder_reports_baselines_and_serves_its_tokenizer(tmp_pat
     tok = lm_tokenizer(result.predictor)  # the tokenizer comes back with the model
     assert tok.decode(tok.encode("the team won").ids) == "the team won"
     signature = get_task("language_model").signature(result.schema)
-    assert signature["inputs"][0]["name"] == "prompt" and "text" in signature["outputs"]
+    assert signature["inputs"][0]["name"] == "prompt" and signature["context"] == 16
+    assert "text" in signature["generate"]["outputs"]
+    scored = result.predict(pd.DataFrame({"prompt": ["the team won the match", "zq xv kj"]}))
+    assert scored["prediction"][0] < scored["prediction"][1]  # familiar text is likelier
+    skipped = get_task("language_model").report_skips
+    assert {"explain", "robustness", "membership", "baselines"} <= set(skipped)
 
 
 def test_lora_on_a_narrower_corpus_from_a_registered_base(tmp_path):
