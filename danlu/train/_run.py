@@ -260,14 +260,16 @@ def prepare_stage(ctx: Context) -> Context:
     from danlu.data import quality_html
     from danlu.models import MODELS
     from danlu.tasks import get_task
+    from danlu.train._lm_base import use_store
     from danlu.train._loop import seed_everything
 
     recipe = ctx.recipe
     task = get_task(recipe.task)
-    data = ctx.data if ctx.data is not None else prepare_recipe_data(recipe, task)
-    ctx.data, ctx.task = data, task.configure(recipe, data)
-    seed_everything(recipe.train.seed)  # model initialisation depends on it
-    ctx.model = MODELS.get(recipe.model.type).builder(ctx.options, data.schema, ctx.task)
+    with use_store(ctx.store):  # a model.base (a language model's) is read from the run's store
+        data = ctx.data if ctx.data is not None else prepare_recipe_data(recipe, task)
+        ctx.data, ctx.task = data, task.configure(recipe, data)
+        seed_everything(recipe.train.seed)  # model initialisation depends on it
+        ctx.model = MODELS.get(recipe.model.type).builder(ctx.options, data.schema, ctx.task)
     ctx.log_artifact("preprocessing.json", json.dumps(data.preprocessor.to_dict(), indent=1))
     ctx.log_artifact("data_report.json", json.dumps(data.report, indent=1))
     if data.quality:
@@ -365,6 +367,10 @@ def train_stage(ctx: Context) -> Context:
     if getattr(trainer, "native", None):  # trees read out of a library, checked against it
         native_file = "classical.json" if is_classical(trainer.model) else "trees.json"
         ctx.log_artifact(native_file, json.dumps(trainer.native, indent=1))
+    total = sum(p.numel() for p in ctx.model.parameters())
+    if total:  # LoRA / a frozen base: the share that trained
+        trainable = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
+        ctx.details["parameters"] = {"total": total, "trainable": trainable}
     if getattr(trainer, "selection", None):  # auto: every candidate's figures
         ctx.details["model_selection"] = trainer.selection
     from danlu.train._privacy import privacy_record

@@ -136,7 +136,10 @@ def test_trains_from_a_folder_reports_baselines_and_serves_its_tokenizer(tmp_pat
 def test_lora_on_a_narrower_corpus_from_a_registered_base(tmp_path):
     source = tmp_path / "news.csv"
     _docs(60).to_csv(source, index=False)
-    base = danlu.run(_recipe(str(source), register={"name": "base-lm", "alias": "production"}))
+    home = tmp_path / "store"  # not $DANLU_HOME: model.base is read from the run's own store
+    base = danlu.run(
+        _recipe(str(source), register={"name": "base-lm", "alias": "production"}), home=home
+    )
     assert base.registered is not None
     recipe = _recipe(
         str(source),
@@ -145,14 +148,18 @@ def test_lora_on_a_narrower_corpus_from_a_registered_base(tmp_path):
     )
     recipe["name"] = "sport-lm"
     recipe["register"] = {"name": "sport-lm"}
-    tuned = danlu.run(recipe)
+    tuned = danlu.run(recipe, home=home)
     base_tok = lm_tokenizer(base.preprocessor)
     assert lm_tokenizer(tuned.preprocessor).get_vocab() == base_tok.get_vocab()  # base's BPE
     trainable = sum(p.numel() for p in tuned.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in tuned.model.parameters())
     assert 0 < trainable / total < 0.1
+    assert tuned.details["parameters"] == {"total": total, "trainable": trainable}  # summary
     # the saved model loads on its own (no base read) and scores as trained
-    bundle = danlu.load_model("sport-lm")
+    from danlu.store import SqlStore
+
+    with SqlStore(home=home) as store:
+        bundle = danlu.load_model("sport-lm", store=store)
     x = torch.tensor(np.arange(17, dtype=np.float32)[None, :])
     with torch.no_grad():
         assert torch.allclose(bundle.model(x), tuned.model.eval()(x), atol=1e-5)
