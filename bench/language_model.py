@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--order", type=int, default=5)
+    parser.add_argument("--name", default="language_model", help="results file name")
     args = parser.parse_args()
     os.environ.setdefault("DANLU_HOME", tempfile.mkdtemp(prefix="danlu-bench-lm-"))
 
@@ -220,7 +221,7 @@ def main() -> None:
         f"--epochs {args.epochs} --width {args.width} --layers {args.layers} --vocab "
         f"{args.vocab} --lr {args.lr} --batch {args.batch} --lora-epochs {args.lora_epochs}`."
     )
-    path = write("language_model", payload, ["model", "perplexity", "bits per byte"], rows, notes)
+    path = write(args.name, payload, ["model", "perplexity", "bits per byte"], rows, notes)
     print(path.read_text())
     print(f"GPT below KN: {payload['base']['gpt_below_kn']}; LoRA drop {100 * drop:.1f}%")
     _ = math
