@@ -52,6 +52,16 @@ demo: $(VENV)/.installed-core
 	  'The striker scored twice as the home side won the cup final.'])['prediction'])"
 	$(BIN)/python -c "import danlu; from sklearn.datasets import load_digits; \
 	  m = danlu.load_model('digits@staging'); print(m, '->', m.predict(load_digits().data[:10])['prediction'])"
+	$(BIN)/danlu run examples/bbc_news_lm.yaml --set train.epochs=1 \
+	  --set "language_model.where={category: [business, tech]}"
+	$(BIN)/danlu run examples/bbc_news_lm_lora.yaml --set train.epochs=1
+	$(BIN)/danlu generate bbc-lm-sport@production --prompt "The match" --max-tokens 40 --seed 0
+	$(BIN)/danlu run examples/digits_vae.yaml --set train.epochs=40
+	$(BIN)/danlu generate digits-vae@staging --n 16 --out .danlu/vae-samples
+	$(BIN)/python examples/make_movielens.py
+	$(BIN)/danlu run examples/movielens_bpr.yaml --set train.epochs=3
+	$(BIN)/python -c "import danlu; m = danlu.load_model('movielens'); \
+	  print('user 42:', m.recommend(42, k=5)['items'], '| a new user:', m.recommend('new-user', k=3))"
 
 ## Install the test extras and run the whole test suite.
 test: $(VENV)/.installed-test
