@@ -21,18 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from starlette.requests import ClientDisconnect
-from starlette.responses import Response
+from fastapi import FastAPI
 
 from danlu.errors import DataError
-from danlu.serve._auth import PREDICT, requires
-from danlu.serve._codec import decode_body, json_response
-from danlu.serve._errors import predict_failure
-from danlu.serve._metrics import UNKNOWN
+from danlu.serve._codec import decode_body
+from danlu.serve._model_route import add_model_route
 from danlu.serve._types import RequestError
 
 if TYPE_CHECKING:
@@ -173,26 +168,4 @@ async def forecast(state: ServerState, name: str, raw: bytes) -> dict[str, Any]:
 
 def add_forecast_route(app: FastAPI, state: ServerState) -> None:
     """Declare ``POST /v1/models/{name}/forecast`` (the predict scope)."""
-
-    @requires(PREDICT)
-    async def forecast_route(request: Request) -> Response:
-        name = request.path_params["name"]
-        try:
-            raw = await request.body()
-        except ClientDisconnect:
-            return Response(status_code=499)
-        began = time.perf_counter()
-        try:
-            answer = await forecast(state, name, raw)
-        except (RequestError, TimeoutError) as exc:
-            response, code = predict_failure(exc, state.settings.request_timeout_s)
-            label = name if name in state.pool.names() else UNKNOWN
-            seconds = time.perf_counter() - began
-            state.metrics.observe_request(label, "", response.status_code, seconds)
-            state.metrics.observe_error(label, code)
-            return response
-        # counted with the predict requests (the same model, batches and queue)
-        state.metrics.observe_request(name, answer["version"], 200, time.perf_counter() - began)
-        return json_response(answer, headers={"X-Model-Version": str(answer["version"])})
-
-    app.add_route(FORECAST_PATH, forecast_route, methods=["POST"], include_in_schema=False)
+    add_model_route(app, state, FORECAST_PATH, forecast)

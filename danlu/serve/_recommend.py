@@ -22,17 +22,12 @@ does not recommend is a 422 naming ``name``.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from starlette.requests import ClientDisconnect
-from starlette.responses import Response
+from fastapi import FastAPI
 
-from danlu.serve._auth import PREDICT, requires
-from danlu.serve._codec import decode_body, json_response
-from danlu.serve._errors import predict_failure
-from danlu.serve._metrics import UNKNOWN
+from danlu.serve._codec import decode_body
+from danlu.serve._model_route import add_model_route
 from danlu.serve._types import RequestError
 
 if TYPE_CHECKING:
@@ -126,25 +121,4 @@ async def recommend_items(state: ServerState, name: str, raw: bytes) -> dict[str
 
 def add_recommend_route(app: FastAPI, state: ServerState) -> None:
     """Declare ``POST /v1/models/{name}/recommend`` (the predict scope)."""
-
-    @requires(PREDICT)
-    async def recommend_route(request: Request) -> Response:
-        name = request.path_params["name"]
-        try:
-            raw = await request.body()
-        except ClientDisconnect:
-            return Response(status_code=499)
-        began = time.perf_counter()
-        try:
-            answer = await recommend_items(state, name, raw)
-        except (RequestError, TimeoutError) as exc:
-            response, code = predict_failure(exc, state.settings.request_timeout_s)
-            label = name if name in state.pool.names() else UNKNOWN
-            seconds = time.perf_counter() - began
-            state.metrics.observe_request(label, "", response.status_code, seconds)
-            state.metrics.observe_error(label, code)
-            return response
-        state.metrics.observe_request(name, answer["version"], 200, time.perf_counter() - began)
-        return json_response(answer, headers={"X-Model-Version": str(answer["version"])})
-
-    app.add_route(RECOMMEND_PATH, recommend_route, methods=["POST"], include_in_schema=False)
+    add_model_route(app, state, RECOMMEND_PATH, recommend_items)
