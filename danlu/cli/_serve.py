@@ -185,6 +185,27 @@ def serve_command(
         str | None,
         typer.Option("--tls-key", help="The private key (PEM) of --tls-cert."),
     ] = None,
+    generate_slots: Annotated[
+        int,
+        typer.Option(
+            help="Language models: generations at once per model version (more wait, then 503).",
+            min=1,
+            max=64,
+        ),
+    ] = 1,
+    generate_max_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Language models: the most max_tokens a request may ask (more: 422).", min=1
+        ),
+    ] = 1024,
+    generate_max_prompt: Annotated[
+        int | None,
+        typer.Option(
+            help="Language models: the most prompt tokens (more: 413); default the context.",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Serve registered models over HTTP: predictions, metrics, drift and hot swap.
 
@@ -217,6 +238,11 @@ def serve_command(
         require_signed=require_signed,
         tls_certfile=tls_cert,
         tls_keyfile=tls_key,
-        extra={"access_log": access_log},
+        extra={
+            "access_log": access_log,
+            "generate_slots": generate_slots,
+            "generate_max_tokens": generate_max_tokens,
+            **({"generate_max_prompt_tokens": generate_max_prompt} if generate_max_prompt else {}),
+        },
     )
     serve(settings, SqlStore)

@@ -44,3 +44,19 @@ def test_two_versions_under_one_name_are_refused_before_anything_starts(
     text = " ".join((outcome.stdout + outcome.stderr).split())
     assert "would both be served as 'digits'" in text and "digits-2=digits@tuned" in text
     assert "Traceback" not in text
+
+
+def test_generation_limits_reach_the_server_settings(monkeypatch) -> None:
+    import danlu.serve as serving
+
+    seen = []
+    monkeypatch.setattr(serving, "serve", lambda settings, store: seen.append(settings))
+    outcome = danlu(
+        "serve", "lm@production", "--generate-slots", "3", "--generate-max-tokens", "64",
+        "--generate-max-prompt", "32",
+    )  # fmt: skip
+    assert outcome.code == 0, outcome
+    extra = seen[0].extra
+    assert extra["generate_slots"] == 3 and extra["generate_max_tokens"] == 64
+    assert extra["generate_max_prompt_tokens"] == 32
+    assert "--generate-slots" in " ".join(danlu("serve", "--help").stdout.split())
