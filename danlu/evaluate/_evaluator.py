@@ -232,7 +232,15 @@ def _evaluated_sections(data: EvalData, recipe: Recipe | None) -> list[Section]:
         return []
     from danlu.evaluate._lm_report import lm_sections
 
-    return lm_sections(data, recipe.language_model if recipe is not None else None)
+    try:
+        return lm_sections(data, recipe.language_model if recipe is not None else None)
+    except DanluError:
+        raise
+    except Exception as exc:  # a bug in these sections must not cost the whole report
+        log.exception("The language model's report sections failed")
+        section = Section("lm_baselines", "Language-model baselines", data={"error": str(exc)})
+        section.flags.append(f"the language model's sections failed ({type(exc).__name__}: {exc})")
+        return [section]
 
 
 def _applicable(

@@ -181,3 +181,29 @@ def test_a_base_that_is_not_a_language_model_is_refused(tmp_path):
     recipe = _recipe(str(source), model={**MODEL, "base": "iris-clf", "finetune": "lora"})
     with pytest.raises(ConfigError, match=r"model.base.*classification model, not a language"):
         danlu.run(recipe)
+
+
+def test_the_trust_report_holds_the_lm_sections_and_skips_row_sections(tmp_path, monkeypatch):
+    from danlu.pipeline import add_report
+    from danlu.store import SqlStore
+
+    source = tmp_path / "news.csv"
+    _docs(40).to_csv(source, index=False)
+    home = tmp_path / "store"
+    result = danlu.run(_recipe(str(source), evaluate=True), home=home)
+    sections = {s.key: s for s in result.report.sections}
+    assert sections["lm_baselines"].data["rows"][0]["model"] == "danlu model"
+    assert sections["lm_samples"].data["rows"]
+    for key in ("explain", "robustness", "membership", "baselines"):  # asked for by true
+        assert sections[key].data["skipped"], key
+        assert "not applicable to the language_model task" in sections[key].notes[0].lower()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("danlu.evaluate._lm_report.lm_sections", broken)
+    with SqlStore(home=home) as store:
+        again = add_report(result.run_id, store=store).report
+    failed = {s.key: s for s in again.sections}["lm_baselines"]
+    assert "failed (RuntimeError: boom)" in failed.flags[0]
+    assert {s.key for s in again.sections} >= {"metrics", "cost"}  # the rest of the report
