@@ -38,6 +38,7 @@ generation), ``danlu_generation_first_token_seconds{model,version}``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -341,10 +342,8 @@ class _Job:
                 "runtime": RUNTIME,
             }
             self.metrics.in_flight.labels(self.name).dec()
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the server is gone
                 self.loop.call_soon_threadsafe(self.slot.release)
-            except RuntimeError:
-                pass
             self._put("done", self.summary)
 
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
@@ -404,8 +403,8 @@ class _EventStream(Response):
                     event = _sse({"done": True, **value})
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:  # the client went away while we wrote
-            pass
+        except OSError:  # the client went away while we wrote: stop generating (below)
+            log.debug("a generate stream's client went away")
         finally:
             job.stop.set()
             watcher.cancel()
