@@ -357,7 +357,12 @@ class LanguageModelTask(Task):
         return {}
 
     def baseline_outputs(self, estimator: Any, x: np.ndarray, schema: FeatureSchema) -> np.ndarray:
-        raise NotImplementedError("task: language_model has no row baselines")
+        """Never reached through danlu: :meth:`baselines` fits no row estimator (the n-gram
+        baselines score token streams in ``danlu.evaluate._lm_report``)."""
+        raise TypeError(
+            f"task: language_model fits no row baselines, so it cannot score with a "
+            f"{type(estimator).__name__}; its baselines are the report's n-gram models"
+        )
 
     def explain(
         self, outputs: np.ndarray, y: np.ndarray, schema: FeatureSchema, temperature: float = 1.0

@@ -108,7 +108,11 @@ def test_trains_from_a_folder_reports_baselines_and_serves_its_tokenizer(tmp_pat
     result = danlu.run(recipe)
     assert result.task.name == "language_model"
     metrics = result.metrics
-    assert 1.0 < metrics["perplexity"] < 300 and metrics["bits_per_byte"] > 0
+    vocab = len(lm_tokenizer(result.predictor).get_vocab())
+    assert metrics["perplexity"] < vocab / 10, (metrics, vocab)  # far below guessing uniformly
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["nll"]))
+    nats = metrics["nll"] * metrics["tokens"]
+    assert metrics["bits_per_byte"] == pytest.approx(nats / math.log(2) / metrics["bytes"])
     prepared = prepare_recipe_data(load_recipe(recipe))
     data = EvalData.from_prepared(result.model, result.task, prepared)
     data.preprocessor = result.preprocessor
