@@ -55,7 +55,7 @@ from danlu.logging import get_logger
 from danlu.serve._auth import PREDICT, requires
 from danlu.serve._codec import decode_body, json_response
 from danlu.serve._errors import error_response, predict_failure
-from danlu.serve._metrics import UNKNOWN
+from danlu.serve._model_route import refused
 from danlu.serve._types import QueueFull, RequestError
 
 if TYPE_CHECKING:
@@ -494,12 +494,7 @@ def add_generate_route(app: FastAPI, state: ServerState) -> None:
         try:
             job = await _start(state, name, raw, began)
         except (RequestError, QueueFull, DanluError) as exc:
-            response, code = predict_failure(exc, state.settings.request_timeout_s)
-            label = name if name in state.pool.names() else UNKNOWN
-            seconds = time.perf_counter() - began
-            state.metrics.observe_request(label, "", response.status_code, seconds)
-            state.metrics.observe_error(label, code)
-            return response
+            return refused(state, name, exc, began)
         state.metrics.observe_request(name, job.served.version, 200, time.perf_counter() - began)
         if job.settings["stream"]:
             return _EventStream(job)

@@ -20,7 +20,7 @@ from danlu.serve._types import RequestError
 if TYPE_CHECKING:
     from danlu.serve._state import ServerState
 
-__all__ = ["add_model_route"]
+__all__ = ["add_model_route", "refused"]
 
 #: answer(state, model name, raw body) → the JSON answer, holding the served ``version``.
 Answer = Callable[["ServerState", str, bytes], Awaitable[dict[str, Any]]]
@@ -43,13 +43,18 @@ def add_model_route(app: FastAPI, state: ServerState, path: str, answer: Answer)
         try:
             body = await answer(state, name, raw)
         except (RequestError, TimeoutError) as exc:
-            response, code = predict_failure(exc, state.settings.request_timeout_s)
-            label = name if name in state.pool.names() else UNKNOWN
-            seconds = time.perf_counter() - began
-            state.metrics.observe_request(label, "", response.status_code, seconds)
-            state.metrics.observe_error(label, code)
-            return response
+            return refused(state, name, exc, began)
         state.metrics.observe_request(name, body["version"], 200, time.perf_counter() - began)
         return json_response(body, headers={"X-Model-Version": str(body["version"])})
 
     app.add_route(path, route, methods=["POST"], include_in_schema=False)
+
+
+def refused(state: ServerState, name: str, exc: Exception, began: float) -> Response:
+    """The 4xx/5xx answer to a request for model ``name`` that failed with ``exc``, counted in
+    the request and error metrics (under ``unknown`` when no model is served as ``name``)."""
+    response, code = predict_failure(exc, state.settings.request_timeout_s)
+    label = name if name in state.pool.names() else UNKNOWN
+    state.metrics.observe_request(label, "", response.status_code, time.perf_counter() - began)
+    state.metrics.observe_error(label, code)
+    return response
