@@ -31,6 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "pipeline": BELOW_TRAIN | {"train", "tune", "evaluate", "compress", "export", "jobs"},
     "serve": LEAF | {"config", "data", "tasks", "models", "store", "export"},
     "ui": LEAF | {"config", "store", "jobs"},  # the jobs page reads and changes the queue
+    # the deployment kit: build contexts, manifests and monitoring files from the registry
+    "deploy": LEAF | {"config", "store", "export", "serve"},
 }
 
 
