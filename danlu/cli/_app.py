@@ -95,11 +95,24 @@ def run(
         int | None,
         typer.Option("--threads", min=1, help="Torch CPU threads (default: torch's choice)."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve the training progress for Prometheus on 127.0.0.1:PORT/metrics (the "
+            "same as --set train.metrics.port=PORT; docs/monitoring.md).",
+            metavar="PORT",
+        ),
+    ] = None,
 ) -> None:
     """Run a recipe end to end: prepare data, train, report test metrics."""
     setup_logging(state["verbose"], quiet)
     from danlu.cli._access import open_checked
 
+    if metrics_port is not None:
+        set_ = [*(set_ or ()), f"train.metrics.port={metrics_port}"]
     open_checked("train", recipe, set_)  # an editor of the default project (docs/access.md)
     import torch
 

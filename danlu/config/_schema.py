@@ -26,6 +26,7 @@ from danlu.config._evaluate import OFF_SWITCH, SWITCH, EvaluateConfig, switch_bl
 from danlu.config._forecast import ForecastConfig
 from danlu.config._generation import unlabelled_generation
 from danlu.config._lm import LanguageModelConfig
+from danlu.config._metrics import MetricsConfig
 from danlu.config._privacy import PrivacyConfig
 from danlu.config._recommend import RecommendConfig
 from danlu.config._tune import TuneConfig
@@ -634,6 +635,11 @@ class TrainConfig(Strict):
         None,
         description="Train over several processes / machines through torchrun; false: one process.",
         **OFF_SWITCH,
+    )
+    metrics: MetricsConfig | None = Field(
+        None,
+        description="Expose the run's progress to Prometheus while it trains: an endpoint (port) "
+        "and/or a Pushgateway push (danlu.config._metrics.MetricsConfig); null: off.",
     )
 
     @model_validator(mode="before")

@@ -264,6 +264,12 @@ def prepare_stage(ctx: Context) -> Context:
     from danlu.train._loop import seed_everything
 
     recipe = ctx.recipe
+    if recipe.train.metrics is not None:  # a taken port is refused before the run exists
+        from danlu.train._distributed import active_strategy
+        from danlu.train._monitor import metrics_endpoint
+
+        if active_strategy().is_main:
+            metrics_endpoint(recipe.train.metrics)
     task = get_task(recipe.task)
     with use_store(ctx.store):  # a model.base (a language model's) is read from the run's store
         data = ctx.data if ctx.data is not None else prepare_recipe_data(recipe, task)
@@ -305,9 +311,13 @@ def train_stage(ctx: Context) -> Context:
     distill: dict[str, Any] = (  # train.distill: the teacher, loaded and checked
         {"teacher": _distill_teacher(ctx)} if recipe.train.distill is not None else {}
     )
+    from danlu.train._monitor import training_metrics
+
+    progress = training_metrics(ctx)  # train.metrics: the danlu_train_* series, else None
+    callbacks = ctx.callbacks = (*ctx.callbacks, progress) if progress else ctx.callbacks
     trainer: Any = engine(
         recipe.train,
-        callbacks=ctx.callbacks,
+        callbacks=callbacks,
         tracker=tracker,
         checkpoint_path=checkpoint if recipe.train.checkpoint.every else None,
         **distill,
@@ -317,6 +327,8 @@ def train_stage(ctx: Context) -> Context:
         epoch = load_checkpoint(checkpoint)["epoch"] if resuming else 0
         ctx.store.delete_metrics_after(tracker.run_id, epoch)
     meter = EnergyMeter(device=str(resolve_device(recipe.train.device))).start()
+    if progress is not None:
+        progress.meter = meter
     trained = False
     try:
         if recipe.model.type == "auto":
@@ -329,6 +341,9 @@ def train_stage(ctx: Context) -> Context:
             trainer.fit(ctx.model, task, data, resume=resuming)
         trained = True
     finally:  # an interrupted session's time and energy count too (a resume adds to them)
+        if progress is not None:  # later stages (compress fine-tuning) train without it
+            ctx.callbacks = tuple(cb for cb in ctx.callbacks if cb is not progress)
+            progress.running = False
         reading = meter.stop()
         if trained:  # a rank of a torchrun job: every rank's time and energy
             from danlu.train._distributed import active_strategy

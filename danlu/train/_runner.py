@@ -59,8 +59,8 @@ log = get_logger(__name__)
 
 STAGES_FILE = "stages.json"
 # what a resumed run may change: more epochs, the number of ranks (checkpoints hold the full
-# state), and the report (made after training, again on resume)
-_RESUMABLE_KEYS = ("train.epochs", "train.distributed", "evaluate")
+# state), the report (made after training, again on resume) and where progress is exposed
+_RESUMABLE_KEYS = ("train.epochs", "train.distributed", "evaluate", "train.metrics")
 
 Phase = Literal["before_run", "in_run", "after_run"]
 # A tuning worker counts a DanluError as a failed trial and goes on with the next one, so a
@@ -333,8 +333,10 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 def _recipe_hash(resolved: Mapping[str, Any]) -> str:
     """sha256 of the resolved recipe, ignoring keys that do not change the model (name, evaluate,
-    register)."""
+    register, train.metrics)."""
     relevant = {k: v for k, v in resolved.items() if k not in {"name", "evaluate", "register"}}
+    if isinstance(relevant.get("train"), Mapping):  # train.metrics: where progress is shown
+        relevant["train"] = {k: v for k, v in relevant["train"].items() if k != "metrics"}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
@@ -357,8 +359,8 @@ def _finished_before(ctx: Context) -> dict[str, StageRecord]:
     if changed:
         raise ConfigError(
             f"Cannot resume run {run_id}: the recipe differs from the one it was started with at "
-            f"{', '.join(changed)}. Only train.epochs, train.distributed and the evaluate block "
-            "may change on resume."
+            f"{', '.join(changed)}. Only train.epochs, train.distributed, train.metrics and the "
+            "evaluate block may change on resume."
         )
     path = ctx.store.artifact_path(run_id, STAGES_FILE)
     if not path.is_file():
