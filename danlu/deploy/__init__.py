@@ -8,4 +8,6 @@ preprocessing, runs as a non-root user, has its probes and is scraped.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from danlu.deploy._monitoring import monitoring_files
+
+__all__: list[str] = ["monitoring_files"]
