@@ -487,6 +487,24 @@ def agent_command(
             metavar="ADDRESS",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve the queue (jobs by state, jobs running here) and the progress of the "
+            "runs it executes for Prometheus at http://HOST:PORT/metrics (docs/monitoring.md).",
+            metavar="PORT",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host",
+            help="Address the metrics endpoint listens on (no authentication: keep it local).",
+        ),
+    ] = "127.0.0.1",
     quiet: QuietOption = False,
 ) -> None:
     """Run queued jobs on this machine's CPU/GPU slots until stopped (SIGTERM or Ctrl-C
@@ -516,6 +534,7 @@ def agent_command(
             preempt_grace_s=preempt_grace,
             on_event=on_event,
         )
+        _serve_metrics(executor, metrics_port, metrics_host, on_event)
         _run_executor(executor, quiet)
         return
     from danlu.jobs import Agent, SlotPool, machine_resources
@@ -542,7 +561,19 @@ def agent_command(
         preempt_grace_s=preempt_grace,
         on_event=on_event,
     )
+    _serve_metrics(agent, metrics_port, metrics_host, on_event)
     _run_executor(agent, quiet)
+
+
+def _serve_metrics(agent: Agent | DaskExecutor, port: int | None, host: str, on_event: Any) -> None:
+    """``--metrics-port``: the queue and this executor's runs for Prometheus (a daemon thread)."""
+    if port is None:
+        return
+    from danlu.jobs._metrics import serve_agent_metrics
+
+    bound = serve_agent_metrics(agent.queue, lambda: agent.report.agent_id, port, host)
+    if on_event is not None:
+        on_event(f"metrics for Prometheus at http://{host}:{bound}/metrics")
 
 
 def _run_executor(agent: Agent | DaskExecutor, quiet: bool) -> None:

@@ -51,7 +51,13 @@ if TYPE_CHECKING:
     from danlu.train._energy import EnergyMeter
     from danlu.train._runner import Context
 
-__all__ = ["PUSH_JOB", "TrainingMetrics", "metrics_endpoint", "training_metrics"]
+__all__ = [
+    "PUSH_JOB",
+    "TrainingMetrics",
+    "end_training_metrics",
+    "metrics_endpoint",
+    "training_metrics",
+]
 
 log = get_logger(__name__)
 
@@ -84,6 +90,11 @@ class _Endpoint:
             self.server, self.thread = prometheus_client.start_http_server(
                 port, addr=host, registry=self.registry
             )
+        except socket.gaierror as exc:
+            raise ConfigError(
+                f"train.metrics.host {host!r} is not an address of this machine ({exc}). Use "
+                "127.0.0.1 (the default) or this machine's address."
+            ) from None
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(
@@ -94,11 +105,6 @@ class _Endpoint:
             raise ConfigError(
                 f"train.metrics: cannot listen on {host}:{port} ({exc.strerror or exc}). Use "
                 "train.metrics.host: 127.0.0.1 (the default) or an address of this machine."
-            ) from None
-        except socket.gaierror as exc:
-            raise ConfigError(
-                f"train.metrics.host {host!r} is not an address of this machine ({exc}). Use "
-                "127.0.0.1 (the default) or this machine's address."
             ) from None
         log.info("training metrics at http://%s:%d/metrics", host, self.server.server_port)
 
@@ -273,8 +279,8 @@ class TrainingMetrics(Callback):
                 energy = self.meter.read().joules
             except Exception as exc:  # a counter gone unreadable: the series is left out
                 log.debug("energy not readable: %s", exc)
-        elif self.meter is not None and getattr(self.meter, "reading", None) is not None:
-            energy = self.meter.reading.joules
+        elif self.meter is not None and (final := getattr(self.meter, "reading", None)):
+            energy = final.joules
         return [
             info,
             gauge("danlu_train_running", "1 while the run trains, 0 once it ended.", self.running),
@@ -379,9 +385,9 @@ class _Collector:
         return []  # the series depend on the run shown; nothing to check at registration
 
 
-def training_metrics(ctx: Context) -> TrainingMetrics | None:
+def training_metrics(ctx: Context, meter: EnergyMeter | None = None) -> TrainingMetrics | None:
     """The callback for ``ctx``'s run when its recipe has ``train.metrics`` (rank 0 only),
-    shown on the process's endpoint from now on; None otherwise."""
+    shown on the process's endpoint from now on and added to ``ctx.callbacks``; else None."""
     from danlu.train._distributed import active_strategy
 
     recipe, data, task, tracker = ctx.recipe, ctx.data, ctx.task, ctx.tracker
@@ -399,7 +405,18 @@ def training_metrics(ctx: Context) -> TrainingMetrics | None:
         "stage": ctx.run_stage,
         "headline": str(getattr(task, "headline", "")),
     }
-    callback = TrainingMetrics(config, labels=labels, rows=rows)
+    callback = TrainingMetrics(config, labels=labels, rows=rows, meter=meter)
     if endpoint is not None:
         endpoint.current = callback
+    ctx.callbacks = (*ctx.callbacks, callback)
     return callback
+
+
+def end_training_metrics(ctx: Context, callback: TrainingMetrics | None) -> None:
+    """After training (or its failure): ``running`` 0 (the energy: the meter's final reading),
+    and the callback
+    out of ``ctx.callbacks`` (later stages, e.g. compression's fine-tuning, train without it)."""
+    if callback is None:
+        return
+    callback.running = False
+    ctx.callbacks = tuple(cb for cb in ctx.callbacks if cb is not callback)

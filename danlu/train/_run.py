@@ -311,13 +311,13 @@ def train_stage(ctx: Context) -> Context:
     distill: dict[str, Any] = (  # train.distill: the teacher, loaded and checked
         {"teacher": _distill_teacher(ctx)} if recipe.train.distill is not None else {}
     )
-    from danlu.train._monitor import training_metrics
+    from danlu.train._monitor import end_training_metrics, training_metrics
 
-    progress = training_metrics(ctx)  # train.metrics: the danlu_train_* series, else None
-    callbacks = ctx.callbacks = (*ctx.callbacks, progress) if progress else ctx.callbacks
+    meter = EnergyMeter(device=str(resolve_device(recipe.train.device))).start()
+    progress = training_metrics(ctx, meter)  # train.metrics: its callback joins ctx.callbacks
     trainer: Any = engine(
         recipe.train,
-        callbacks=callbacks,
+        callbacks=ctx.callbacks,
         tracker=tracker,
         checkpoint_path=checkpoint if recipe.train.checkpoint.every else None,
         **distill,
@@ -326,9 +326,6 @@ def train_stage(ctx: Context) -> Context:
     if ctx.previous is not None:  # points logged after the checkpoint will be logged again
         epoch = load_checkpoint(checkpoint)["epoch"] if resuming else 0
         ctx.store.delete_metrics_after(tracker.run_id, epoch)
-    meter = EnergyMeter(device=str(resolve_device(recipe.train.device))).start()
-    if progress is not None:
-        progress.meter = meter
     trained = False
     try:
         if recipe.model.type == "auto":
@@ -341,9 +338,7 @@ def train_stage(ctx: Context) -> Context:
             trainer.fit(ctx.model, task, data, resume=resuming)
         trained = True
     finally:  # an interrupted session's time and energy count too (a resume adds to them)
-        if progress is not None:  # later stages (compress fine-tuning) train without it
-            ctx.callbacks = tuple(cb for cb in ctx.callbacks if cb is not progress)
-            progress.running = False
+        end_training_metrics(ctx, progress)  # later stages train without it
         reading = meter.stop()
         if trained:  # a rank of a torchrun job: every rank's time and energy
             from danlu.train._distributed import active_strategy
