@@ -59,6 +59,7 @@ __all__ = [
 RUN_AS = 10001  # the image's non-root user
 PRESTOP_SECONDS = 5  # long enough for kube-proxy and ingresses to drop the endpoint
 GRACE_MARGIN_SECONDS = 5  # the pool stopping after the last request, the process exiting
+GPU_RESOURCE = "nvidia.com/gpu"
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _PLACEHOLDER = "<REPLACE: {what}>"
@@ -126,6 +127,8 @@ class K8sSpec:
         command: the container's command; empty (the default): the image's ENTRYPOINT,
             ``danlu serve --package /app/model``. When set, ``--package`` leads the args.
         startup_seconds: how long the server may take to start answering (model loading).
+        gpus: NVIDIA GPUs per pod (``nvidia.com/gpu``; the image of ``danlu package --cuda``),
+            with a toleration of the usual ``nvidia.com/gpu`` taint.
 
     Raises:
         ConfigError: naming every field with a bad value, all at once.
@@ -156,6 +159,7 @@ class K8sSpec:
     allowed_hosts: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
     startup_seconds: int = 120
+    gpus: int = 0
 
     def __post_init__(self) -> None:
         problems = _spec_problems(self)
@@ -209,6 +213,7 @@ _INTEGERS = {  # field: (lowest, highest)
     "target_cpu_percent": (1, 1000),
     "threads": (1, 256),
     "startup_seconds": (1, 3600),
+    "gpus": (0, 16),
 }
 
 
@@ -344,7 +349,11 @@ def _deployment(spec: K8sSpec) -> dict[str, Any]:
         ],
         "resources": {
             "requests": {"cpu": spec.cpu_request, "memory": spec.memory_request},
-            "limits": {"cpu": spec.cpu_limit, "memory": spec.memory_limit},
+            "limits": {
+                "cpu": spec.cpu_limit,
+                "memory": spec.memory_limit,
+                **({GPU_RESOURCE: spec.gpus} if spec.gpus else {}),  # requests follow limits
+            },
         },
         # Slow model loads: liveness waits until the process answers at all.
         "startupProbe": probe("/healthz", 2, 2, max(1, math.ceil(spec.startup_seconds / 2))),
@@ -391,6 +400,11 @@ def _deployment(spec: K8sSpec) -> dict[str, Any]:
                 ]
             }
         },
+        **(
+            {"tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]}
+            if spec.gpus
+            else {}
+        ),
         "containers": [container],
         "volumes": [
             {

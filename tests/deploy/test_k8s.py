@@ -44,6 +44,7 @@ FIXED = K8sSpec(
     memory_limit="256Mi",
     allowed_hosts=("wine.example.com",),
 )
+GPU = K8sSpec(name="digits", image="danlu-digits:6-cuda", model_ref="digits:6", gpus=1)
 
 
 def _objects(docs: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -61,7 +62,7 @@ def _container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
 # -- the schemas ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", [DEFAULT, FIXED], ids=["autoscaled", "fixed"])
+@pytest.mark.parametrize("spec", [DEFAULT, FIXED, GPU], ids=["autoscaled", "fixed", "gpu"])
 @pytest.mark.parametrize("version", [KUBERNETES, "1.37"])
 def test_every_core_manifest_passes_the_kubernetes_schemas(spec: K8sSpec, version: str) -> None:
     objects = _objects(kubernetes_manifests(spec))
@@ -181,6 +182,13 @@ def test_the_deployment_carries_the_spec() -> None:
     }
 
 
+def test_a_gpu_pod_asks_for_its_gpu_and_tolerates_gpu_nodes() -> None:
+    objects = _objects(kubernetes_manifests(GPU))
+    assert _container(objects)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert _pod(objects)["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "nvidia.com/gpu" not in str(kubernetes_manifests(DEFAULT)["deployment.yaml"])
+
+
 def test_the_autoscaled_deployment_leaves_the_count_to_the_autoscaler() -> None:
     objects = _objects(kubernetes_manifests(DEFAULT))
     assert "replicas" not in objects["deployment.yaml"]["spec"]  # apply must not reset it
@@ -215,7 +223,7 @@ def test_the_secret_template_fails_closed(tmp_path: Path) -> None:
 # -- danlu's invariants -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", [DEFAULT, FIXED], ids=["autoscaled", "fixed"])
+@pytest.mark.parametrize("spec", [DEFAULT, FIXED, GPU], ids=["autoscaled", "fixed", "gpu"])
 def test_the_generated_manifests_hold_every_invariant(spec: K8sSpec) -> None:
     assert check_manifests(kubernetes_manifests(spec)) == []
 
@@ -601,3 +609,51 @@ def test_quantities_and_timings() -> None:
         K8sSpec(name="d", image="i:1", model_ref="d:1", keys_secret_name="shared-keys").keys_secret
         == "shared-keys"
     )
+
+
+# -- against the server it runs -------------------------------------------------------------------
+
+
+def _expanded_args(spec: K8sSpec, pod_ip: str, namespace: str) -> list[str]:
+    """The command line after Kubernetes expands $(VAR), with the image's ENTRYPOINT args."""
+    container = _container(_objects(kubernetes_manifests(spec)))
+    expand = {"$(POD_IP)": pod_ip, "$(POD_NAMESPACE)": namespace}
+    args = list(container["args"])
+    for var, value in expand.items():
+        args = [a.replace(var, value) for a in args]
+    return ["--package", "/app/model", *args]
+
+
+def test_danlu_serve_takes_the_generated_command_line() -> None:
+    import typer
+
+    from danlu.cli._app import app
+
+    serve = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    context = serve.make_context("serve", _expanded_args(FIXED, "10.1.2.3", "ml-serving"))
+    params = context.params
+    assert str(params["package"]) == "/app/model"
+    assert str(params["keys_file"]) == "/etc/danlu/keys/keys"
+    assert (params["host"], params["port"], params["workers"]) == ("0.0.0.0", 8000, 1)
+    assert (params["timeout"], params["threads"]) == (2.5, 2)
+    assert "10.1.2.3" in params["allowed_hosts"].split(",")
+
+
+def test_the_server_answers_the_scrape_by_pod_ip_and_the_service_names_only() -> None:
+    """Prometheus scrapes a pod by its IP (Host: 10.1.2.3:8000); clients use the Service's
+    names. The server's Host check (DNS rebinding) must let exactly those through."""
+    from danlu.serve._guard import RequestGuard, parse_allowed_hosts
+
+    args = _expanded_args(DEFAULT, "10.1.2.3", "default")
+    hosts = parse_allowed_hosts(args[args.index("--allowed-hosts") + 1])
+    guard = RequestGuard(hosts, args[args.index("--host") + 1])
+    for host in (
+        "10.1.2.3:8000",
+        "digits",
+        "digits.default.svc:8000",
+        "digits.default.svc.cluster.local",
+    ):
+        assert guard.check("GET", "/metrics", [(b"host", host.encode())]) is None, host
+    for host in ("10.1.2.4:8000", "evil.example", "digits.other.svc"):
+        refused = guard.check("GET", "/metrics", [(b"host", host.encode())])
+        assert refused is not None and refused.status == 400, host
