@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -657,3 +659,32 @@ def test_the_server_answers_the_scrape_by_pod_ip_and_the_service_names_only() ->
     for host in ("10.1.2.4:8000", "evil.example", "digits.other.svc"):
         refused = guard.check("GET", "/metrics", [(b"host", host.encode())])
         assert refused is not None and refused.status == 400, host
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_kustomize_builds_the_applied_set(tmp_path: Path) -> None:
+    """What `kubectl apply -k` sends (kustomize runs offline), and the image override of
+    docs/kubernetes.md."""
+    for file, text in kubernetes_manifests(FIXED).items():
+        (tmp_path / file).write_text(text)
+    with (tmp_path / "kustomization.yaml").open("a") as handle:
+        handle.write("images:\n- name: danlu-wine\n  newName: registry.example.com/ml/danlu-wine\n")
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    objects = [o for o in yaml.safe_load_all(built) if o]
+    assert sorted(o["kind"] for o in objects) == [
+        "Deployment",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+    ]  # FIXED has no autoscaler; the Secret template and the ServiceMonitor are applied apart
+    assert {o["metadata"]["namespace"] for o in objects} == {"ml-serving"}
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example.com/ml/danlu-wine:3"
+    assert check_manifests({"built.yaml": built}) == []
