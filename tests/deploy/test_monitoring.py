@@ -356,3 +356,103 @@ def test_the_shipped_rules_load_and_evaluate(stack):
     # the run ended (running 0): the stall alert is not pending for it
     stalled = next(r for r in rules if r["name"] == "DanluTrainingStalled")
     assert stalled["state"] == "inactive"
+
+
+def _rules_test(promtool: str, folder: Path, tests: list[dict[str, Any]]) -> str:
+    """``promtool test rules`` on the shipped alerts (annotations left out: their templates are
+    checked by ``promtool check rules``; here the expressions and durations are)."""
+    rules = yaml.safe_load(monitoring_files()["alerts.yml"])
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (folder / "alerts.yml").write_text(yaml.safe_dump(rules))
+    spec = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": tests}
+    (folder / "alerts_test.yml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run(
+        [promtool, "test", "rules", str(folder / "alerts_test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.stdout + done.stderr if done.returncode else ""
+
+
+def _alert(name: str, at: str, *expected: dict[str, str]) -> dict[str, Any]:
+    return {
+        "eval_time": at,
+        "alertname": name,
+        "exp_alerts": [{"exp_labels": labels} for labels in expected],
+    }
+
+
+def test_each_alert_fires_when_it_should_and_not_otherwise(tmp_path):
+    """Synthetic series through the shipped rules: each alert fires for the bad case only, and
+    only once its ``for`` has passed."""
+    promtool = _binary("promtool")
+    train = {"job": "danlu-train", "instance": "a"}
+    stuck, moving = {**train, "run_id": "stuck"}, {**train, "run_id": "moving"}
+    ended = {**train, "run_id": "ended"}
+
+    def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+        inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+        return {"series": f"{name}{{{inner}}}", "values": values}
+
+    def hist(model: str, version: str, fast: str, slow: str) -> list[dict[str, str]]:
+        labels = {"model": model, "version": version}
+        return [
+            series("danlu_request_seconds_bucket", {**labels, "le": "0.1"}, fast),
+            series("danlu_request_seconds_bucket", {**labels, "le": "1"}, slow),
+            series("danlu_request_seconds_bucket", {**labels, "le": "+Inf"}, slow),
+        ]
+
+    inputs = [
+        # a run whose progress stopped at t=0, one that progresses every minute, one that ended
+        series("danlu_train_running", stuck, "1x40"),
+        series("danlu_train_last_progress_timestamp_seconds", stuck, "0x40"),
+        series("danlu_train_running", moving, "1x40"),
+        series("danlu_train_last_progress_timestamp_seconds", moving, "0+60x40"),
+        series("danlu_train_running", ended, "0x40"),
+        series("danlu_train_last_progress_timestamp_seconds", ended, "0x40"),
+        # a server down from minute 3; another up
+        series("up", {"job": "danlu-serve", "instance": "down:8000"}, "1 1 1 0x20"),
+        series("up", {"job": "danlu-serve", "instance": "up:8000"}, "1x20"),
+        # wine: 10 of 110 requests a minute fail with 503 (9%); digits: 1 of 101 (1%)
+        series("danlu_requests_total", {"model": "wine", "code": "200"}, "0+100x40"),
+        series("danlu_requests_total", {"model": "wine", "code": "503"}, "0+10x40"),
+        series("danlu_requests_total", {"model": "digits", "code": "200"}, "0+100x40"),
+        series("danlu_requests_total", {"model": "digits", "code": "503"}, "0+1x40"),
+        # wine v2: every request between 0.1 and 1 s (p99 ~ 1 s); v1: all under 0.1 s
+        *hist("wine", "2", "0x40", "0+100x40"),
+        *hist("wine", "1", "0+100x40", "0+100x40"),
+        # feature a drifted (PSI 0.3), feature b did not (0.05)
+        series("danlu_drift_psi", {"model": "wine", "version": "2", "feature": "a"}, "0.3x60"),
+        series("danlu_drift_psi", {"model": "wine", "version": "2", "feature": "b"}, "0.05x60"),
+    ]
+    warning, critical = {"severity": "warning"}, {"severity": "critical"}
+    checks = [
+        _alert("DanluTrainingStalled", "15m"),  # no progress for 15 min: not yet for 5 min
+        _alert("DanluTrainingStalled", "25m", {**stuck, **warning}),
+        _alert("DanluServerDown", "3m"),
+        _alert(
+            "DanluServerDown", "6m", {"job": "danlu-serve", "instance": "down:8000", **critical}
+        ),
+        _alert("DanluHighErrorRate", "4m"),  # over 5% from minute 1: pending for 5 min
+        _alert("DanluHighErrorRate", "15m", {"model": "wine", **warning}),
+        _alert("DanluLatencyP99AboveSLO", "9m"),  # over the SLO from minute 1: for 10 min
+        _alert("DanluLatencyP99AboveSLO", "20m", {"model": "wine", "version": "2", **warning}),
+        _alert("DanluInputDrift", "20m"),
+        _alert(
+            "DanluInputDrift",
+            "40m",
+            {"model": "wine", "version": "2", "feature": "a", **warning},
+        ),
+    ]
+    failed = _rules_test(
+        promtool, tmp_path, [{"interval": "1m", "input_series": inputs, "alert_rule_test": checks}]
+    )
+    assert not failed, failed
+    # and the test can fail: the stuck run alerting at 15 min is refused
+    early = [_alert("DanluTrainingStalled", "15m", {**stuck, **warning})]
+    assert _rules_test(
+        promtool, tmp_path, [{"interval": "1m", "input_series": inputs, "alert_rule_test": early}]
+    )
