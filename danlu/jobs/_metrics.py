@@ -157,11 +157,11 @@ class AgentMetrics:
         out["running"].add_metric([rid], 1.0 if run.status == "running" else 0.0)
         started = run.started_at or run.created_at
         out["start"].add_metric([rid], started)
-        try:
-            points = self.queue.store.metric_history(rid, "epoch")
+        try:  # one point per epoch, its step the epoch (the tracker logs no "epoch" key)
+            points = self.queue.store.metric_history(rid, "train_loss")
         except Exception:
             points = []
-        epoch = float(metrics.get("epoch", 0.0))
+        epoch = float(points[-1].epoch or points[-1].step) if points else 0.0
         out["epoch"].add_metric([rid], epoch)
         if total:
             out["total"].add_metric([rid], total)

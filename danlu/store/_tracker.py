@@ -1,8 +1,10 @@
 """The ``Tracker`` seam every stage logs through, backed by the store.
 
-Metrics are buffered in memory and written in one batch per flush (the engine flushes once per
-epoch), so tracking stays off the training hot path. A background thread sends a heartbeat so a
-run whose process dies is marked ``interrupted`` by the next reader.
+Metrics are buffered in memory and written in one batch per flush, so tracking stays off the
+training hot path: the engine flushes before each checkpoint and at the end, and the tracker
+itself at least every ``FLUSH_EVERY_S`` seconds while metrics come (so readers such as ``danlu
+agent --metrics-port`` see a run's epochs without checkpoints too). A background thread sends a
+heartbeat so a run whose process dies is marked ``interrupted`` by the next reader.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from danlu.store.base import Store
 __all__ = ["StoreTracker", "Tracker", "flatten_params"]
 
 log = get_logger(__name__)
+
+FLUSH_EVERY_S = 5.0  # the longest buffered metrics wait for a write while more keep coming
 
 
 def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -88,6 +92,7 @@ class StoreTracker(Tracker):
         self.store = store
         self.run_id = run_id
         self._pending: list[MetricPoint] = []
+        self._flushed_at = time.monotonic()
         interval = (
             heartbeat_interval
             if heartbeat_interval is not None
@@ -118,8 +123,11 @@ class StoreTracker(Tracker):
             for k, v in metrics.items()
             if k not in {"epoch", "step"}
         )
+        if time.monotonic() - self._flushed_at >= FLUSH_EVERY_S:  # at most one write per interval
+            self.flush()
 
     def flush(self) -> None:
+        self._flushed_at = time.monotonic()
         if self._pending:
             batch, self._pending = self._pending, []
             self.store.log_metrics(self.run_id, batch)

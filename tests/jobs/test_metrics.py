@@ -36,8 +36,7 @@ def _running_job_with_a_run(queue: JobQueue) -> tuple[str, str, float]:
     now = time.time()
     points = []
     for epoch, at, loss in ((1, now - 20, 0.9), (2, now - 10, 0.5)):
-        points += [
-            MetricPoint("epoch", epoch, step=epoch, epoch=epoch, time=at),
+        points += [  # as the tracker logs an epoch (no "epoch" key: the points carry it)
             MetricPoint("train_loss", loss, step=epoch, epoch=epoch, time=at),
             MetricPoint("val_loss", loss + 0.1, step=epoch, epoch=epoch, time=at),
             MetricPoint("val_accuracy", 1 - loss, step=epoch, epoch=epoch, time=at),

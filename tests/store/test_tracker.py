@@ -31,6 +31,19 @@ def test_metrics_are_buffered_until_flush(store):
     assert not tracker._thread.is_alive()
 
 
+def test_buffered_metrics_are_written_once_the_flush_interval_passed(store, monkeypatch):
+    """Readers of a run without checkpoints (danlu agent --metrics-port) see its epochs."""
+    from danlu.store import _tracker
+
+    tracker = StoreTracker(store, store.create_run(experiment="t", name="t").id)
+    tracker.log_metrics({"loss": 1.0}, step=1, epoch=1)
+    assert store.metric_history(tracker.run_id) == []  # within the interval: buffered
+    monkeypatch.setattr(_tracker, "FLUSH_EVERY_S", 0.0)
+    tracker.log_metrics({"loss": 0.5}, step=2, epoch=2)
+    assert [p.value for p in store.metric_history(tracker.run_id)] == [1.0, 0.5]
+    tracker.close()
+
+
 def test_heartbeat_thread_keeps_the_run_alive(tmp_path):
     store = SqlStore(home=tmp_path, heartbeat_timeout=0.6)
     alive = StoreTracker(
