@@ -142,7 +142,8 @@ class TrainingMetrics(Callback):
 
     Example:
         >>> from danlu.config._metrics import MetricsConfig
-        >>> cb = TrainingMetrics(MetricsConfig(push="http://127.0.0.1:9091"), labels={"run_id": "r1"}, rows=100)
+        >>> config = MetricsConfig(push="http://127.0.0.1:9091")
+        >>> cb = TrainingMetrics(config, labels={"run_id": "r1"}, rows=100)
         >>> any(f.name == "danlu_train_running" for f in cb.families())
         True
     """
@@ -176,6 +177,7 @@ class TrainingMetrics(Callback):
         self.throughput: float | None = None
         self.metrics: dict[str, float] = {}
         self._push_stop = threading.Event()
+        self._push_wake = threading.Event()
         self._pusher: threading.Thread | None = None
         self._push_registry: CollectorRegistry | None = None
 
@@ -211,7 +213,8 @@ class TrainingMetrics(Callback):
         self.epoch, self.metrics = epoch, dict(metrics)
         self._last_t, self.last_progress = now, time.time()
         self.batch = 0
-        self.push()
+        if self._pusher is not None:  # the pusher's thread pushes: a slow gateway waits there
+            self._push_wake.set()
 
     def on_fit_end(self, trainer: Any) -> None:
         self.running = False
@@ -352,12 +355,19 @@ class TrainingMetrics(Callback):
             log.warning("could not push training metrics to %s: %s", self.config.push, exc)
 
     def _start_pushing(self) -> None:
+        """Push from a thread: at the start, every ``push_every_s``, when an epoch ends (woken),
+        and once more with the final values when stopped."""
         self._push_stop.clear()
+        self._push_wake.set()  # the first push at once
 
         def loop() -> None:
-            self.push()
-            while not self._push_stop.wait(self.config.push_every_s):
+            while True:
+                self._push_wake.wait(self.config.push_every_s)
+                self._push_wake.clear()
+                stopping = self._push_stop.is_set()  # read before: the last push is the final
                 self.push()
+                if stopping:
+                    return
 
         self._pusher = threading.Thread(target=loop, name="danlu-metrics-push", daemon=True)
         self._pusher.start()
@@ -365,9 +375,9 @@ class TrainingMetrics(Callback):
     def _stop_pushing(self) -> None:
         if self._pusher is not None:
             self._push_stop.set()
-            self._pusher.join(timeout=10)
+            self._push_wake.set()
+            self._pusher.join(timeout=15)  # a push gives up after 5 s
             self._pusher = None
-            self.push()  # the final values: running 0
 
 
 class _Collector:
