@@ -423,6 +423,13 @@ def tune(
     raise_issues(check_tune(recipe), recipe._source)
     check_recipe(recipe)
     check_device(recipe)  # before any trial: each would fail on its own
+    metrics = recipe.train.metrics
+    if jobs > 1 and metrics is not None and metrics.port is not None:
+        raise ConfigError(
+            f"train.metrics.port {metrics.port} with --jobs {jobs}: each worker process trains "
+            "its own trials and only one can listen on that port. Use train.metrics.push (a "
+            "Pushgateway, grouped by run), or --jobs 1, or drop train.metrics.port."
+        )
     assert recipe.tune is not None
     name = study or recipe.tune.study or recipe.name
     own_store = store is None

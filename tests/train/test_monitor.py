@@ -238,3 +238,18 @@ def test_an_unreachable_gateway_never_stops_training(tmp_path, caplog):
         result = pipeline.run(_recipe(push=url), home=tmp_path)
     assert len(result.history) == 3
     assert any("could not push training metrics" in r.getMessage() for r in caplog.records)
+
+
+def test_parallel_tuning_workers_cannot_share_one_port(tmp_path):
+    from danlu.tune import tune
+
+    recipe = {
+        **_recipe(port=_free_port()),
+        "tune": {
+            "metric": "val_accuracy",
+            "trials": 2,
+            "space": {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}},
+        },
+    }
+    with pytest.raises(ConfigError, match=r"with --jobs 2: each worker process"):
+        tune(recipe, jobs=2, home=tmp_path)
