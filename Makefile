@@ -28,6 +28,7 @@ demo: $(VENV)/.installed-core
 	$(BIN)/danlu report digits@staging
 	$(BIN)/danlu models verify digits@staging
 	$(BIN)/python examples/serve_demo.py
+	$(BIN)/python examples/package_demo.py
 	$(BIN)/danlu runs ls --limit 5
 	$(BIN)/danlu tune examples/digits_tune.yaml --jobs 2
 	$(BIN)/danlu studies show digits-tune

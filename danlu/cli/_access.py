@@ -38,6 +38,7 @@ CHANGING_COMMANDS: dict[str, str] = {
     "compress": "train",
     "evaluate": "register",  # stores the trust report beside the run or the model
     "export": "register",
+    "package": "register",  # copies a version's files out of the store into a build context
     "submit": "train",
     "runs rm": "delete",
     "models register": "register",

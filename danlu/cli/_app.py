@@ -37,6 +37,7 @@ from danlu.cli._jobs import agent_command, jobs_app, submit_command
 from danlu.cli._keys import keys_app
 from danlu.cli._models import models_app
 from danlu.cli._options import QuietOption, SetOption, registered_line
+from danlu.cli._package import package_command
 from danlu.cli._predict import predict_command
 from danlu.cli._runs import runs_app
 from danlu.cli._serve import serve_command
@@ -280,6 +281,7 @@ app.command("export")(export_command)
 app.command("predict")(predict_command)
 app.command("generate")(generate_command)
 app.command("serve")(serve_command)
+app.command("package")(package_command)
 app.command("ui")(ui_command)
 app.command("submit")(submit_command)
 app.command("agent")(agent_command)

@@ -7,6 +7,7 @@ command, so ``danlu --help`` stays fast).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -88,15 +89,15 @@ def parse_size(text: str, option: str = "--max-body") -> int | None:
 
 def serve_command(
     models: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="Models to serve: NAME (latest), NAME:VERSION or NAME@ALIAS, each under its "
             "registry name; SERVED=MODEL serves one under a name of its own (two versions of one "
-            "model: digits@staging digits-tuned=digits@tuned).",
+            "model: digits@staging digits-tuned=digits@tuned). None with --package.",
             metavar="MODEL...",
             show_default=False,
         ),
-    ],
+    ] = None,
     host: Annotated[
         str,
         typer.Option(
@@ -199,6 +200,25 @@ def serve_command(
             help="Language models: the most max_tokens a request may ask (more: 422).", min=1
         ),
     ] = 1024,
+    package: Annotated[
+        Path | None,
+        typer.Option(
+            "--package",
+            help="Serve the version packaged in DIR (the model/ folder of danlu package) "
+            "instead of the store: no database; its files are checked against the manifest.",
+            metavar="DIR",
+        ),
+    ] = None,
+    keys_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys-file",
+            envvar="DANLU_API_KEYS_FILE",
+            help="With --package: the API keys clients may send, one per line (a mounted "
+            "Secret); needed beyond loopback.",
+            metavar="FILE",
+        ),
+    ] = None,
     generate_max_prompt: Annotated[
         int | None,
         typer.Option(
@@ -214,12 +234,15 @@ def serve_command(
     setup_logging(True, False)
     from danlu.serve import ServeSettings, serve
     from danlu.serve._guard import parse_allowed_hosts
-    from danlu.store import SqlStore
+    from danlu.serve._server import store_factory_for
 
     if runtime not in ("onnx", "torch"):
         raise ConfigError(f"--runtime must be onnx or torch; got {runtime!r}.")
+    served, packaged = _what_to_serve(models or [], package, keys_file, canary, log_sample)
+    if packaged:
+        poll = 0.0  # a package's aliases never move
     settings = ServeSettings(
-        models=tuple(models),
+        models=served,
         host=host,
         port=port,
         workers=workers,
@@ -243,6 +266,48 @@ def serve_command(
             "generate_slots": generate_slots,
             "generate_max_tokens": generate_max_tokens,
             **({"generate_max_prompt_tokens": generate_max_prompt} if generate_max_prompt else {}),
+            **packaged,
         },
     )
-    serve(settings, SqlStore)
+    serve(settings, store_factory_for(settings))
+
+
+def _what_to_serve(
+    models: list[str],
+    package: Path | None,
+    keys_file: Path | None,
+    canary: list[str] | None,
+    log_sample: float,
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The model references to serve, and the settings' ``extra`` of a packaged server."""
+    if package is None:
+        if keys_file is not None:
+            raise ConfigError(
+                "--keys-file is for a packaged server (--package DIR); a server of the store "
+                "checks the store's keys: danlu keys create --user NAME --role predictor."
+            )
+        if not models:
+            raise ConfigError(
+                "Name the models to serve (e.g. danlu serve digits@production), or serve a "
+                "packaged one with --package DIR."
+            )
+        return tuple(models), {}
+    from danlu.store import PackagedStore
+
+    for given, option in ((canary, "--canary"), (log_sample > 0, "--log-sample")):
+        if given:
+            raise ConfigError(
+                f"{option} needs the store; a packaged server (--package) serves one version "
+                "and records nothing. Serve from the store to use it."
+            )
+    mv = PackagedStore(package).version  # checks the manifest and every file's hash
+    refs = set(models) - {mv.name, mv.ref, *(f"{mv.name}@{a}" for a in mv.aliases)}
+    if refs:
+        raise ConfigError(
+            f"--package {package} holds {mv.ref} only; drop {', '.join(sorted(refs))} from the "
+            "command (a packaged server serves what was packaged)."
+        )
+    extra = {"package": str(package.resolve())}
+    if keys_file is not None:
+        extra["keys_file"] = str(keys_file.resolve())
+    return (mv.ref,), extra

@@ -8,6 +8,23 @@ preprocessing, runs as a non-root user, has its probes and is scraped.
 
 from __future__ import annotations
 
+from danlu.deploy._k8s import K8sSpec, check_manifests, k8s_name, kubernetes_manifests
 from danlu.deploy._monitoring import monitoring_files
+from danlu.deploy._package import (
+    PackageOptions,
+    PackageResult,
+    k8s_resources,
+    package_version,
+)
 
-__all__: list[str] = ["monitoring_files"]
+__all__: list[str] = [
+    "K8sSpec",
+    "PackageOptions",
+    "PackageResult",
+    "check_manifests",
+    "k8s_name",
+    "k8s_resources",
+    "kubernetes_manifests",
+    "monitoring_files",
+    "package_version",
+]

@@ -35,6 +35,7 @@ __all__ = [
     "serve",
     "settings_from_json",
     "settings_to_json",
+    "store_factory_for",
     "uvicorn_config",
     "uvicorn_options",
 ]
@@ -70,6 +71,13 @@ def check_binding(settings: ServeSettings, store: Any) -> None:
     call the models)."""
     if settings.loopback:
         return
+    if not store.has_api_keys() and getattr(store, "read_only", False):
+        raise ConfigError(
+            f"Refusing to listen on {settings.host}: no API keys were given, so anyone who can "
+            "reach this address could use the model. Give them with --keys-file FILE (or "
+            "$DANLU_API_KEYS_FILE): one key of 32+ characters per line; or serve on --host "
+            "127.0.0.1."
+        )
     if not store.has_api_keys():
         raise ConfigError(
             f"Refusing to listen on {settings.host}: no API keys exist, so anyone who can reach "
@@ -188,13 +196,36 @@ def _default_store() -> Any:
     return SqlStore()
 
 
+def store_factory_for(settings: ServeSettings) -> Callable[[], Any]:
+    """What the server reads models and API keys from: the store (``$DANLU_DB_URL`` /
+    ``$DANLU_HOME``), or, for ``danlu serve --package DIR``, the packaged version in ``DIR``
+    with the keys of ``--keys-file`` (``extra["package"]``, ``extra["keys_file"]``).
+
+    Example:
+        >>> store_factory_for(ServeSettings(models=())).__name__
+        '_default_store'
+    """
+    package = settings.extra.get("package")
+    if not package:
+        return _default_store
+    keys_file = settings.extra.get("keys_file")
+
+    def packaged_store() -> Any:
+        from danlu.store import PackagedStore, read_keys_file
+
+        return PackagedStore(package, keys=read_keys_file(keys_file) if keys_file else ())
+
+    return packaged_store
+
+
 def app_factory() -> FastAPI:
     """uvicorn's factory for worker processes: settings from ``$DANLU_SERVE_SETTINGS``; the store
     of ``$DANLU_DB_URL`` / ``$DANLU_HOME``."""
     text = os.environ.get(SETTINGS_ENV)
     if not text:
         raise ConfigError(f"${SETTINGS_ENV} is not set; start the server with `danlu serve`.")
-    return build_app(settings_from_json(text), _default_store)
+    settings = settings_from_json(text)
+    return build_app(settings, store_factory_for(settings))
 
 
 def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
@@ -311,11 +342,13 @@ def serve(settings: ServeSettings, store_factory: Callable[[], Any]) -> None:
         raise ConfigError(f"--workers must be at least 1; got {settings.workers}.")
     check_tls(settings)
     # a server process freezes its start-up heap for the garbage collector (see _app.py)
-    # ... and registers itself in the store's deployments table (see _beacon.py)
-    settings = dataclasses.replace(
-        settings, extra={"gc_freeze": True, "register": True, **settings.extra}
-    )
+    # ... and registers itself in the store's deployments table (see _beacon.py); a packaged
+    # model has no registry to register in
     store = store_factory()
+    register = not getattr(store, "read_only", False)
+    settings = dataclasses.replace(
+        settings, extra={"gc_freeze": True, "register": register, **settings.extra}
+    )
     try:
         check_binding(settings, store)
         settings = size_body_limit(settings, _check_models(settings, store))

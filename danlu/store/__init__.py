@@ -31,6 +31,14 @@ from danlu.store._names import (
     validate_model_name,
     validate_run_id,
 )
+from danlu.store._packaged import (
+    MANIFEST as PACKAGE_MANIFEST,
+)
+from danlu.store._packaged import (
+    PackagedStore,
+    file_digest,
+    read_keys_file,
+)
 from danlu.store._provenance import current_actor, git_state, host_name, package_versions
 from danlu.store._signing import SIGNATURE_FILE, SignatureError, Verification, verify_version
 from danlu.store._sql import SqlStore, danlu_home, default_db_url
@@ -52,6 +60,10 @@ from danlu.store._users import (
 from danlu.store.base import FileReader, Store
 
 __all__ = [
+    "PACKAGE_MANIFEST",
+    "PackagedStore",
+    "file_digest",
+    "read_keys_file",
     "ACTION_HELP",
     "ALL_PROJECTS",
     "JOBS_AUDIT_SUBJECT",
