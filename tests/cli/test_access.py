@@ -8,6 +8,7 @@ exit non-zero with a message and no traceback, change nothing, and leave a ``den
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import typer
@@ -96,6 +97,7 @@ def _args(command: str, team: dict) -> list[str]:
         "compress": ["compress", "wine:1"],
         "evaluate": ["evaluate", "wine:1"],
         "export": ["export", "wine:1"],
+        "package": ["package", "wine:1", "--out", str(Path(recipe).parent / "package-out")],
         "submit": ["submit", recipe],
         "runs rm": ["runs", "rm", "0" * 32, "--yes"],
         "models register": ["models", "register", "0" * 32, "wine"],
