@@ -4,12 +4,13 @@ these files; the store hands them over through a ``read(file)`` function."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from danlu.errors import DataError, NotFoundError, StoreError
+from danlu.errors import DataError, MissingExtraError, NotFoundError, StoreError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,7 +20,15 @@ if TYPE_CHECKING:
     from danlu.data import FeatureSchema, Preprocessor
     from danlu.tasks import Task
 
-__all__ = ["ModelBundle", "Predictor", "Rows", "load_bundle", "load_weights"]
+__all__ = [
+    "ModelBundle",
+    "Predictor",
+    "Rows",
+    "load_bundle",
+    "load_weights",
+    "torch_installed",
+    "weights_header",
+]
 
 #: raw rows a predictor takes: a DataFrame, dict rows, a dict of columns, an array, or raw
 #: strings for a model whose one input is text.
@@ -59,7 +68,122 @@ def load_weights(raw: bytes, where: str) -> dict[str, torch.Tensor]:
         raise StoreError(f"{where} is not a valid safetensors file ({exc}).") from None
 
 
-@dataclass
+#: bytes per value of each safetensors dtype
+_DTYPE_BYTES = {
+    **dict.fromkeys(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3"), 1),
+    **dict.fromkeys(("U16", "I16", "F16", "BF16"), 2),
+    **dict.fromkeys(("U32", "I32", "F32"), 4),
+    **dict.fromkeys(("U64", "I64", "F64"), 8),
+}
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _header(raw: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The tensors a safetensors file declares; a ValueError saying what is wrong."""
+    if len(raw) < 8:
+        raise ValueError("shorter than the 8 bytes of its header's length")
+    length = int.from_bytes(raw[:8], "little")
+    if length > len(raw) - 8:
+        raise ValueError(f"its header's length ({length} bytes) runs past the end of the file")
+    try:
+        header = json.loads(raw[8 : 8 + length])
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"its header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        entry = entry if isinstance(entry, dict) else {}
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in _DTYPE_BYTES:
+            raise ValueError(f"tensor {name!r} has an unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_size(d) for d in shape):
+            raise ValueError(f"tensor {name!r} has no valid shape")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_size(o) for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
+            raise ValueError(f"tensor {name!r} has no valid data_offsets")
+        count = 1
+        for d in shape:
+            count *= d
+        if offsets[1] - offsets[0] != count * _DTYPE_BYTES[dtype]:
+            raise ValueError(
+                f"tensor {name!r} of shape {shape} and dtype {dtype} needs "
+                f"{count * _DTYPE_BYTES[dtype]} bytes; its offsets span {offsets[1] - offsets[0]}"
+            )
+        spans.append((offsets[0], offsets[1]))
+        tensors[name] = (dtype, tuple(shape))
+    end = 0
+    for start, stop in sorted(spans):
+        if start != end:
+            raise ValueError("its tensors' data overlap or leave a gap")
+        end = stop
+    if end != len(raw) - 8 - length:
+        raise ValueError(
+            f"its tensors hold {end} bytes of data but the file has {len(raw) - 8 - length}"
+        )
+    return tensors
+
+
+def weights_header(raw: bytes, where: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``name → (dtype, shape)`` of safetensors bytes, checked without loading a tensor and
+    without torch: the header's JSON, each tensor's dtype, shape and byte span, and that the
+    spans tile the data exactly. A pickled file is refused, never unpickled.
+
+    It checks the file, not that it fits a model: :func:`load_weights` into the model does that.
+
+    Raises:
+        StoreError: the bytes are pickled, or not a valid safetensors file (saying why).
+
+    Example:
+        >>> from safetensors.numpy import save
+        >>> import numpy as np
+        >>> weights_header(save({"w": np.zeros((3, 2), np.float32)}), "w")
+        {'w': ('F32', (3, 2))}
+    """
+    try:
+        return _header(raw)
+    except ValueError as exc:
+        if raw.startswith(_PICKLE_MAGIC):
+            raise StoreError(
+                f"{where} is a pickled file; danlu refuses to load pickled model files (they can "
+                "run arbitrary code). Re-export the weights as safetensors."
+            ) from None
+        raise StoreError(f"{where} is not a valid safetensors file ({exc}).") from None
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported here, found without importing it.
+
+    Example:
+        >>> isinstance(torch_installed(), bool)
+        True
+    """
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a finder that refuses it; a broken half-import
+        return False
+
+
+def needs_torch(what: str) -> MissingExtraError:
+    """The error for something that needs torch where it is not installed."""
+    return MissingExtraError(
+        f"{what} needs torch, which is not installed here. Install it (pip install torch), or "
+        "package the model with torch."
+    )
+
+
 class ModelBundle:
     """A trained model with what it needs to predict raw rows: the one predictor.
 
@@ -67,8 +191,13 @@ class ModelBundle:
     ``danlu.load_model`` and the serving runtimes all predict through this class (the server
     computes the raw outputs on its runtime and decodes them with :meth:`decode`).
 
+    Everything but the network itself is read without torch: a bundle loaded with
+    ``load_bundle(..., lazy=True)`` builds its network on the first use of :attr:`model`, so a
+    server answering on ONNX Runtime (which needs only the preprocessing, the task's decoding
+    and the signature) never imports torch.
+
     Attributes:
-        model: the network, weights loaded, in eval mode.
+        model: the network, weights loaded, in eval mode (built on first use when lazy).
         task: its task, with any decoding fitted on validation (``decoding.json``).
         schema: its feature schema.
         preprocessor: the fitted preprocessing of raw rows.
@@ -81,13 +210,60 @@ class ModelBundle:
         >>> # predictor.predict(frame)["prediction"]
     """
 
-    model: torch.nn.Module
-    task: Task
-    schema: FeatureSchema
-    preprocessor: Preprocessor
-    card: dict[str, Any]
-    temperature: float = 1.0
-    version: Any = None  # the store's ModelVersion, for a registered model
+    def __init__(
+        self,
+        model: torch.nn.Module | None,
+        task: Task,
+        schema: FeatureSchema,
+        preprocessor: Preprocessor,
+        card: dict[str, Any],
+        temperature: float = 1.0,
+        version: Any = None,  # the store's ModelVersion, for a registered model
+        *,
+        build: Callable[[], torch.nn.Module] | None = None,
+    ) -> None:
+        if model is None and build is None:
+            raise TypeError("ModelBundle needs a model, or build= to make it on first use")
+        self._model = model
+        self._build = build
+        self._lock = threading.Lock()
+        self.task = task
+        self.schema = schema
+        self.preprocessor = preprocessor
+        self.card = card
+        self.temperature = temperature
+        self.version = version
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The network, built (and its weights loaded) on first use when the bundle is lazy.
+
+        Raises:
+            MissingExtraError: torch is not installed.
+            StoreError: the weights do not fit the model, or changed since they were checked.
+        """
+        if self._model is None:
+            with self._lock:  # one build, whichever thread asks first
+                if self._model is None:
+                    if not torch_installed():
+                        raise needs_torch(f"The network of {self._where()}")
+                    assert self._build is not None
+                    self._model = self._build()
+                    self._build = None
+        return self._model
+
+    @model.setter
+    def model(self, value: torch.nn.Module) -> None:
+        self._model = value
+        self._build = None
+
+    @property
+    def model_built(self) -> bool:
+        """Whether :attr:`model` is built (always, unless loaded lazily and not used yet)."""
+        return self._model is not None
+
+    def _where(self) -> str:
+        return f"model {self.version.ref}" if self.version is not None else "this model"
 
     @property
     def signature(self) -> dict[str, Any]:
@@ -102,7 +278,14 @@ class ModelBundle:
         (``model.type: cnn1d``) and its raw inputs are the steps themselves (numeric, one per
         step, dimension by dimension); else None. Such a model also takes each row as one array
         (``predict`` of an ``(n, C, L)`` array, ``{"series": [[...]]}`` in a request)."""
-        shape = getattr(self.model, "sequence_shape", None)
+        if self._model is not None:
+            shape = getattr(self._model, "sequence_shape", None)
+        elif self.card.get("type") == "cnn1d":  # what build_cnn1d reads, from the schema
+            from danlu.models._cnn1d import sequence_shape
+
+            shape = sequence_shape(self.schema)
+        else:
+            shape = None
         if shape is None or len(shape) != 2:
             return None
         channels, length = int(shape[0]), int(shape[1])
@@ -315,7 +498,9 @@ def _check_registered(card: dict[str, Any], where: str) -> Task:
     return TASKS.get(card["task"]).builder()
 
 
-def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
+def load_bundle(
+    read: Callable[[str], bytes | None], where: str, *, lazy: bool = False
+) -> ModelBundle:
     """Rebuild a model from its files; ``read(file)`` returns the bytes, or None when absent.
 
     A model card with a ``base`` section (a LoRA or frozen-base transformer) comes with the
@@ -329,6 +514,14 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     allow-lists in ``DANLU_ALLOWED_BUILDERS``: an import path in ``model.json`` is never
     imported on its own say-so.
 
+    With ``lazy=True`` the network of a built-in architecture is built on the first use of
+    :attr:`ModelBundle.model` (the base, if any, is resolved then too): the card, the
+    preprocessing, the calibration, the decoding and the weights file's safetensors header
+    (:func:`weights_header`) are read and checked now, without torch, so a pickled or corrupt
+    weights file is still refused here; only whether the tensors fit the network waits for the
+    build. The weights are read again then and must be the bytes checked now. A server
+    answering on ONNX Runtime loads this way where torch is not installed.
+
     Raises:
         StoreError: a required file is missing or malformed, the weights are pickled or
             corrupt or do not fit the model, or the base model found has another hash than the
@@ -339,11 +532,7 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     Example:
         >>> # bundle = load_bundle(lambda f: (run_dir / f).read_bytes(), "run 3f2a")
     """
-    from danlu.config import ModelConfig
     from danlu.data import FeatureSchema, Preprocessor
-    from danlu.models import build_model
-    from danlu.models._base_weights import BASE_CARD_KEY, load_stored_state, resolve_base
-    from danlu.models._compressed import COMPRESSED_CARD_KEYS, load_compressed
 
     def required(file: str) -> bytes:
         raw = read(file)
@@ -354,6 +543,53 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     card = _card(required("model.json"), where)
     task = _check_registered(card, where)
     schema = FeatureSchema.from_dict(card["schema"])
+    weights = f"{where}/model.safetensors"
+    model: torch.nn.Module | None = None
+    build: Callable[[], torch.nn.Module] | None = None
+    if lazy and ":" not in card["type"]:  # a built-in architecture: nothing of the user's runs
+        raw = required("model.safetensors")
+        weights_header(raw, weights)
+        digest = hashlib.sha256(raw).digest()
+        del raw  # read again when built: an ONNX server never holds the torch weights
+
+        def build() -> torch.nn.Module:
+            raw = required("model.safetensors")
+            if hashlib.sha256(raw).digest() != digest:
+                raise StoreError(
+                    f"{weights} changed since the model was loaded; load the model again."
+                )
+            return _network(read, where, card, schema, task, raw)
+
+    else:
+        model = _network(read, where, card, schema, task, required("model.safetensors"))
+    preprocessor = Preprocessor.from_dict(json.loads(required("preprocessing.json")))
+    calibration = read("calibration.json")
+    temperature = float(json.loads(calibration)["temperature"]) if calibration else 1.0
+    if not temperature > 0:
+        raise StoreError(f"{where}/calibration.json holds a temperature ≤ 0 ({temperature}).")
+    decoding = read("decoding.json")  # e.g. per-label thresholds fitted on validation
+    if decoding is not None:
+        try:
+            task = task.with_decoding(json.loads(decoding))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{where}/decoding.json is malformed ({exc}).") from None
+    return ModelBundle(model, task, schema, preprocessor, card, temperature, build=build)
+
+
+def _network(
+    read: Callable[[str], bytes | None],
+    where: str,
+    card: dict[str, Any],
+    schema: FeatureSchema,
+    task: Task,
+    raw: bytes,
+) -> torch.nn.Module:
+    """The card's network with the weights ``raw`` loaded, in eval mode (see load_bundle)."""
+    from danlu.config import ModelConfig
+    from danlu.models import build_model
+    from danlu.models._base_weights import BASE_CARD_KEY, load_stored_state, resolve_base
+    from danlu.models._compressed import COMPRESSED_CARD_KEYS, load_compressed
+
     options = dict(card["options"])
     separate = BASE_CARD_KEY in card  # the weights file holds the adapter and head only
     if separate:  # rebuild the base from the store's copy (else the name), its hash checked
@@ -361,7 +597,7 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
     config = ModelConfig.model_validate({**options, "type": card["type"]})
     model = build_model(config, schema, task, trusted=False)
     weights = f"{where}/model.safetensors"
-    tensors = load_weights(required("model.safetensors"), weights)
+    tensors = load_weights(raw, weights)
     if separate:
         load_stored_state(model, tensors, base_separate=True, where=weights)
     elif any(card.get(key) for key in COMPRESSED_CARD_KEYS):  # pruned, factorised, int8
@@ -374,17 +610,6 @@ def load_bundle(read: Callable[[str], bytes | None], where: str) -> ModelBundle:
         from danlu.models._gbdt import NATIVE_FILES
 
         for library, file in NATIVE_FILES.items():
-            if (raw := read(file)) is not None:
-                model.native_model = (library, raw)
-    preprocessor = Preprocessor.from_dict(json.loads(required("preprocessing.json")))
-    calibration = read("calibration.json")
-    temperature = float(json.loads(calibration)["temperature"]) if calibration else 1.0
-    if not temperature > 0:
-        raise StoreError(f"{where}/calibration.json holds a temperature ≤ 0 ({temperature}).")
-    decoding = read("decoding.json")  # e.g. per-label thresholds fitted on validation
-    if decoding is not None:
-        try:
-            task = task.with_decoding(json.loads(decoding))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"{where}/decoding.json is malformed ({exc}).") from None
-    return ModelBundle(model.eval(), task, schema, preprocessor, card, temperature)
+            if (native := read(file)) is not None:
+                model.native_model = (library, native)
+    return model.eval()

@@ -21,6 +21,7 @@ from danlu.serve._client import (
     ModelNotFoundError,
     ServerError,
 )
+from danlu.serve._needs import SERVING_BASE, ServingNeeds, serving_needs, serving_requirements
 from danlu.serve._types import Canary, QueueFull, RequestError, ServeSettings
 
 if TYPE_CHECKING:
@@ -39,14 +40,18 @@ __all__ = [
     "ModelPool",
     "QueueFull",
     "RequestError",
+    "SERVING_BASE",
     "ServeMetrics",
     "ServeSettings",
     "ServerError",
+    "ServingNeeds",
     "app_factory",
     "build_app",
     "create_app",
     "route_scopes",
     "serve",
+    "serving_needs",
+    "serving_requirements",
 ]
 
 _LAZY = {

@@ -221,6 +221,20 @@ def _language_model(served: Any, name: str) -> tuple[Any, Any]:
     from danlu.models._gpt import is_language_model
 
     bundle = getattr(served, "bundle", None)
+    if not getattr(bundle, "model_built", True):  # loaded lazily: the server has no torch
+        from danlu.models._bundle import torch_installed
+
+        if not torch_installed():
+            if served.signature.get("task") == "language_model":
+                raise RequestError(
+                    "name",
+                    f"model '{name}' generates with torch, which is not installed on this "
+                    "server (it answers POST /v1/models/{name}/predict on ONNX Runtime). Serve "
+                    "it where torch is installed to generate text.",
+                    501,
+                    code="not_implemented",
+                )
+            bundle = None  # not a language model: answered below without building it
     model = getattr(bundle, "model", None)
     if model is None or not is_language_model(model):
         raise RequestError(

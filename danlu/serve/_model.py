@@ -144,12 +144,17 @@ class ServedModel:
     ) -> ServedModel:
         from danlu.data import DriftMonitor
         from danlu.models import load_bundle
+        from danlu.models._bundle import torch_installed
 
         if settings.require_signed:  # before a byte of it is loaded (SignatureError)
             from danlu.store import verify_version
 
             verify_version(store, mv).raise_for_problems()
-        bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
+        # Without torch (a slim image), the network is built only if something needs it: the
+        # ONNX runtime needs the preprocessing, the decoding and the signature alone. With
+        # torch, it is built now, so weights that do not fit it are refused at load.
+        lazy = not torch_installed()
+        bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}", lazy=lazy)
         bundle.version = mv
         runtime = load_runtime(store, mv, settings.runtime, settings.threads, bundle=bundle)
         monitor = DriftMonitor(_drift_reference(store, mv), settings.drift_window)

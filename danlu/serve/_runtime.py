@@ -131,6 +131,9 @@ def load_runtime(
             f"The runtime must be one of {', '.join(RUNTIMES)}; got '{kind}'. Use --runtime onnx "
             "(the default) or --runtime torch."
         )
+    from danlu.models._bundle import torch_installed
+
+    why = "--runtime torch was asked for"
     if kind == "onnx":
         from danlu.export._onnx import onnx_ready, read_onnx
 
@@ -138,22 +141,57 @@ def load_runtime(
             try:
                 return OnnxRuntime(read_onnx(store, mv), threads)
             except StoreError as exc:  # not the file the parity check passed: never serve it
-                logger.warning("%s Serving model %s with torch instead.", exc, mv.ref)
+                why = f"its model.onnx failed its check: {exc}"
+                if torch_installed():
+                    logger.warning("%s Serving model %s with torch instead.", exc, mv.ref)
         elif _torch_variant(store, mv):
+            why = "it is a torch int8 variant: its int8 layers are torch's own"
             logger.info("Model %s is a torch int8 variant; serving it with torch.", mv.ref)
         else:
-            logger.warning(
-                "Model %s has no successful ONNX export (its export failed or was never made); "
-                "serving it with torch. Run `danlu export %s --format onnx` to serve it with "
-                "ONNX Runtime.",
-                mv.ref,
-                mv.ref,
-            )
+            why = f"it has no successful ONNX export ({_export_failure(store, mv)})"
+            if torch_installed():
+                logger.warning(
+                    "Model %s has no successful ONNX export (its export failed or was never "
+                    "made); serving it with torch. Run `danlu export %s --format onnx` to serve "
+                    "it with ONNX Runtime.",
+                    mv.ref,
+                    mv.ref,
+                )
+    if not torch_installed():
+        from danlu.errors import MissingExtraError
+
+        export = (
+            f"; or export it again (danlu export {mv.ref} --format onnx) to serve it with ONNX "
+            "Runtime"
+            if why.startswith("it has no") or why.startswith("its model.onnx")
+            else ""
+        )
+        raise MissingExtraError(
+            f"Model {mv.ref} serves with the torch runtime ({why}), but torch is not installed "
+            f"here. Install torch (pip install torch), or package the model with torch{export}."
+        )
     if bundle is None:
         from danlu.models import load_bundle
 
         bundle = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
     return TorchRuntime(bundle, threads)
+
+
+def _export_failure(store: Store, mv: ModelVersion) -> str:
+    """Why the version has no ONNX model to serve, from its ``export.json``, in a few words."""
+    from danlu.export._onnx import read_export
+
+    try:
+        export = read_export(store, mv)
+    except StoreError as exc:
+        return f"its export.json is unreadable: {exc}"
+    if export is None:
+        return "it was never exported"
+    status = export.get("status")
+    if status == "ok":
+        return "its model.onnx is missing or not the file its export wrote"
+    error = export.get("error")
+    return f"its export {status or 'failed'}: {error}" if error else f"its export {status}"
 
 
 def _torch_variant(store: Store, mv: ModelVersion) -> bool:
