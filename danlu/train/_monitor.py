@@ -139,6 +139,7 @@ class TrainingMetrics(Callback):
             task's headline metric, e.g. ``accuracy``).
         rows: training rows per epoch (all ranks'), for the throughput.
         meter: the run's energy meter (read at scrape time), when it has one.
+        epochs: ``train.epochs``, shown before training starts.
 
     Example:
         >>> from danlu.config._metrics import MetricsConfig
@@ -155,6 +156,7 @@ class TrainingMetrics(Callback):
         labels: dict[str, str],
         rows: int,
         meter: EnergyMeter | None = None,
+        epochs: int = 0,
     ) -> None:
         self.config = config
         self.labels = dict(labels)
@@ -162,7 +164,7 @@ class TrainingMetrics(Callback):
         self.rows = rows
         self.meter = meter
         self.running = False
-        self.epochs_total = 0
+        self.epochs_total = epochs  # train.epochs; the engine's own count from fit's start
         self.num_batches = 0
         self.epoch = 0  # epochs done
         self.batch = 0  # batches done in the epoch under way
@@ -415,7 +417,9 @@ def training_metrics(ctx: Context, meter: EnergyMeter | None = None) -> Training
         "stage": ctx.run_stage,
         "headline": str(getattr(task, "headline", "")),
     }
-    callback = TrainingMetrics(config, labels=labels, rows=rows, meter=meter)
+    callback = TrainingMetrics(
+        config, labels=labels, rows=rows, meter=meter, epochs=recipe.train.epochs
+    )
     if endpoint is not None:
         endpoint.current = callback
     ctx.callbacks = (*ctx.callbacks, callback)
