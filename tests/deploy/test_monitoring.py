@@ -100,6 +100,22 @@ def test_monitoring_files_are_shipped_and_parse():
     } <= names
     dashboard = json.loads(files["grafana-dashboard.json"])
     assert all(t["expr"] for p in _panels(dashboard) for t in p["targets"])
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))  # Grafana keys panels by id
+    cells: set[tuple[int, int]] = set()  # no two panels on the same grid cell, none past 24
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        mine = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not cells & mine, f"{panel['title']} overlaps another panel"
+        cells |= mine
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    used = set(re.findall(r"\$\{?(\w+)", json.dumps(dashboard["panels"])))
+    assert used - {"__rate_interval"} <= variables, used - variables
 
 
 @pytest.mark.parametrize("kind", ["config", "rules"])
