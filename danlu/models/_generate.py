@@ -289,7 +289,6 @@ def _pieces(
 
     context = int(net.context)
     keep = max(1, context // 2)  # tokens kept when the window jumps
-    device = next(net.parameters()).device
     generator = torch.Generator(device="cpu")
     generator.manual_seed(int.from_bytes(os.urandom(8), "little") if seed is None else seed)
     was_training = model.training
@@ -297,8 +296,7 @@ def _pieces(
     known = set(ids)
     seen = torch.tensor(sorted(known), dtype=torch.long)
     start = 0  # the window: ids[start:]
-    cache = None
-    fed = 0  # ids[start:fed] are in the cache
+    step = _Steps(net, use_cache)
     out = gen.token_ids  # generated ids
     sent = 0  # characters of the decoded text already yielded
     text = ""  # the text of out[:read], decoded a few tokens at a time
@@ -306,18 +304,12 @@ def _pieces(
     try:
         for _ in range(max_tokens):
             if len(ids) - start > context:  # the window is full: jump, rebuild the cache
-                start, cache, fed = len(ids) - keep, None, 0
+                start = len(ids) - keep
+                step.jump()
                 gen.rebuilds += 1
             with torch.inference_mode():
-                if use_cache:
-                    begin = max(fed, start)
-                    chunk = torch.tensor([ids[begin:]], dtype=torch.long, device=device)
-                    logits, cache = net.logits(chunk, cache, last_only=True)
-                    fed = len(ids)
-                else:
-                    window = torch.tensor([ids[start:]], dtype=torch.long, device=device)
-                    logits, _ = net.logits(window, last_only=True)
-                token = sample_next(logits[0, -1].cpu(), seen, generator=generator, **sampling)
+                logits = step.logits(ids, start)
+                token = sample_next(logits.cpu(), seen, generator=generator, **sampling)
             gen.tokens += 1
             if token == eos:
                 gen.finish_reason = "eos"
@@ -360,6 +352,45 @@ def _pieces(
             gen.finish_reason = "cancelled"
         if was_training:
             model.train()
+
+
+class _Steps:
+    """The model calls of one generation: the last position's logits (V,) of the window
+    ``ids[start:]``. Cached: a GPT's :class:`~danlu.models._gpt_nets.Decoder` (the cache
+    preallocated and written in place, a flat functional step), or ``logits`` with its cache for
+    another model; both are fed only the ids not fed yet. Uncached: the whole window each call.
+    """
+
+    def __init__(self, net: Any, use_cache: bool) -> None:
+        import torch
+
+        self.net, self.use_cache = net, use_cache
+        self.device = next(net.parameters()).device
+        self.cache: Any = None
+        self.fed = 0  # ids[start:fed] are in the cache
+        self.decoder = None
+        if use_cache and callable(getattr(net, "decoder", None)):
+            with torch.inference_mode():
+                self.decoder = net.decoder()
+
+    def jump(self) -> None:
+        """The window jumped: the cache is rebuilt from the new window's start."""
+        self.cache, self.fed = None, 0
+        if self.decoder is not None:
+            self.decoder.reset()
+
+    def logits(self, ids: list[int], start: int) -> torch.Tensor:
+        import torch
+
+        if not self.use_cache:
+            window = torch.tensor([ids[start:]], dtype=torch.long, device=self.device)
+            return self.net.logits(window, last_only=True)[0][0, -1]
+        chunk = torch.tensor([ids[max(self.fed, start) :]], dtype=torch.long, device=self.device)
+        self.fed = len(ids)
+        if self.decoder is not None:
+            return self.decoder.feed(chunk)[0, -1]
+        logits, self.cache = self.net.logits(chunk, self.cache, last_only=True)
+        return logits[0, -1]
 
 
 def generate_text(model: Any, tokenizer: Any, prompt: str, **options: Any) -> str:

@@ -9,20 +9,26 @@ Two entry points:
 - ``forward(x)``: the engine's. ``x`` (B, T+1) token ids (float32 from the prepared matrix, or
   int64) → (B, T) float32, the negative log-likelihood in nats of each target ``x[:, 1:]``
   given the tokens before it. The generic Trainer trains it unchanged.
-- ``logits(ids, cache=None)``: generation's. ``ids`` (B, t) int64 → ``(logits (B, t, V),
-  cache)``; the cache holds each layer's keys and values, so the next call feeds only the new
-  token(s) and costs one position's work per layer.
+- ``logits(ids, cache=None)``: ``ids`` (B, t) int64 → ``(logits (B, t, V), cache)``; the cache
+  holds each layer's keys and values, so the next call feeds only the new token(s) and costs one
+  position's work per layer.
+- ``decoder(batch=1)``: generation's. A :class:`Decoder` with the keys and values of every layer
+  preallocated for the whole context and written in place, and the weights read once: its
+  ``feed(ids)`` runs the same arithmetic as ``logits(ids, cache, last_only=True)`` as a flat
+  functional pass (no module calls, one query/key/value product per layer when the three are plain
+  Linear layers), what makes a one-token step cheap on a CPU.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GPT", "Block", "CausalSelfAttention", "KVCache"]
+__all__ = ["GPT", "Block", "CausalSelfAttention", "Decoder", "KVCache"]
 
 # Per layer: (keys, values), each (B, heads, t, head_width).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -173,6 +179,20 @@ class GPT(nn.Module):
             h = h[:, -1:]
         return self.head(self.norm(h)), new
 
+    def decoder(self, batch: int = 1) -> Decoder:
+        """A :class:`Decoder` for ``batch`` sequences (generation's fast cached path).
+
+        Example:
+            >>> import torch
+            >>> gpt = GPT(300, context=16, width=32, layers=2, heads=4, dropout=0.0).eval()
+            >>> ids = torch.randint(0, 300, (1, 6))
+            >>> dec = gpt.decoder()
+            >>> step = dec.feed(ids[:, :5]); step = dec.feed(ids[:, 5:])
+            >>> torch.allclose(step, gpt.logits(ids, last_only=True)[0], atol=1e-5)
+            True
+        """
+        return Decoder(self, batch)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T+1) token ids → (B, T) NLL in nats of ``x[:, 1:]`` given the tokens before."""
         ids = x.long()
@@ -182,3 +202,104 @@ class GPT(nn.Module):
         # ONNX exporters take (the torch.export one mis-decomposes the fused op's reshape)
         logp = torch.log_softmax(logits.float(), dim=-1)
         return -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _plain(module: nn.Module) -> bool:
+    """A bare ``nn.Linear`` (not a peft LoRA layer, which must run its adapters)."""
+    return type(module) is nn.Linear
+
+
+class Decoder:
+    """The cached decoding of a :class:`GPT` in eval mode, for generation: ``feed(ids)`` adds
+    ``ids`` (B, n) to the sequence and returns the last position's logits (B, 1, V).
+
+    Keys and values live in one preallocated tensor per layer, (2, B, heads, context, head
+    width), written in place (no concatenation per token); the weights are read once when the
+    decoder is made, with the query, key and value weights stacked into one product per layer
+    where all three are plain ``nn.Linear`` layers (a LoRA-wrapped projection is called as a
+    module, so its adapters apply). ``reset()`` empties the cache (the window jumped).
+    """
+
+    def __init__(self, gpt: GPT, batch: int = 1) -> None:
+        first = gpt.tokens.weight
+        self.context, self.length = gpt.context, 0
+        self.tokens, self.positions = gpt.tokens.weight, gpt.positions.weight
+        self.norm = (gpt.norm.weight, gpt.norm.bias, gpt.norm.eps)
+        self.head = gpt.head
+        self.head_weight = gpt.head.weight if _plain(gpt.head) else None
+        # per layer: (ln 1, fused qkv or None, attention, out, ln 2, mlp, heads, width)
+        self.layers: list[tuple[Any, ...]] = []
+        block: Any
+        for block in gpt.blocks:
+            attn = block.attn
+            q, k, v = attn.query, attn.key, attn.value
+            fused = None
+            if _plain(q) and _plain(k) and _plain(v):
+                with torch.no_grad():
+                    fused = (
+                        torch.cat([q.weight, k.weight, v.weight]),
+                        torch.cat([q.bias, k.bias, v.bias]),
+                    )
+            width = q.in_features
+            self.layers.append(
+                (
+                    (block.ln_attn.weight, block.ln_attn.bias, block.ln_attn.eps),
+                    fused,
+                    attn,
+                    attn.out if not _plain(attn.out) else (attn.out.weight, attn.out.bias),
+                    (block.ln_mlp.weight, block.ln_mlp.bias, block.ln_mlp.eps),
+                    (block.mlp[0].weight, block.mlp[0].bias, block.mlp[2].weight, block.mlp[2].bias)
+                    if _plain(block.mlp[0]) and _plain(block.mlp[2])
+                    else block.mlp,
+                    attn.heads,
+                    width,
+                )
+            )
+        heads, width = self.layers[0][6], self.layers[0][7]
+        self.cache = torch.zeros(
+            len(self.layers), 2, batch, heads, gpt.context, width // heads,
+            dtype=first.dtype, device=first.device,
+        )  # fmt: skip
+
+    def reset(self) -> None:
+        """Forget the sequence (the cache is overwritten from position 0)."""
+        self.length = 0
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Add ``ids`` (B, n) int64 after the sequence so far; the logits of the last position,
+        (B, 1, V). Raises ValueError when the sequence would pass the context."""
+        b, n = ids.shape
+        p, end = self.length, self.length + n
+        if end > self.context:
+            raise ValueError(f"{end} positions passed the model's context of {self.context} tokens")
+        mask = None
+        if n > 1 and p > 0:  # the new queries see the cache and the new keys up to themselves
+            rows = torch.arange(p, end, device=ids.device).unsqueeze(1)
+            mask = torch.arange(end, device=ids.device).unsqueeze(0) <= rows
+        h = F.embedding(ids, self.tokens) + self.positions[p:end]
+        for i, (ln1, fused, attn, out, ln2, mlp, heads, width) in enumerate(self.layers):
+            x = F.layer_norm(h, (width,), ln1[0], ln1[1], ln1[2])
+            if fused is not None:
+                qkv = F.linear(x, fused[0], fused[1]).view(b, n, 3, heads, width // heads)
+            else:
+                qkv = torch.stack([attn.query(x), attn.key(x), attn.value(x)], 2).view(
+                    b, n, 3, heads, width // heads
+                )
+            qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, heads, n, head width)
+            layer = self.cache[i]
+            layer[:, :, :, p:end] = qkv[1:]
+            q, k, v = qkv[0], layer[0, :, :, :end], layer[1, :, :, :end]
+            if n > 1 and p == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = y.transpose(1, 2).reshape(b, n, width)
+            h = h + (F.linear(y, out[0], out[1]) if isinstance(out, tuple) else out(y))
+            x = F.layer_norm(h, (width,), ln2[0], ln2[1], ln2[2])
+            if isinstance(mlp, tuple):
+                h = h + F.linear(F.gelu(F.linear(x, mlp[0], mlp[1])), mlp[2], mlp[3])
+            else:
+                h = h + mlp(x)
+        self.length = end
+        h = F.layer_norm(h[:, -1:], (h.shape[-1],), self.norm[0], self.norm[1], self.norm[2])
+        return F.linear(h, self.head_weight) if self.head_weight is not None else self.head(h)

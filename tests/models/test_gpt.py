@@ -64,6 +64,47 @@ def test_the_cache_gives_the_logits_of_the_whole_sequence():
         gpt.logits(ids[:, :5], cache)
 
 
+def test_the_decoder_gives_the_cached_logits_with_its_cache_written_in_place():
+    gpt = tiny_gpt(tie_weights=False)
+    ids = torch.randint(0, VOCAB, (2, CONTEXT))
+    with torch.inference_mode():
+        full, _ = gpt.logits(ids)
+        decoder = gpt.decoder(batch=2)
+        storage = decoder.cache.data_ptr()
+        steps = [decoder.feed(ids[:, :5]), decoder.feed(ids[:, 5:9])]  # a prompt, then a chunk
+        steps += [decoder.feed(ids[:, t : t + 1]) for t in range(9, CONTEXT)]  # one by one
+        ends = [4, 8, *range(9, CONTEXT)]
+        torch.testing.assert_close(torch.cat(steps, 1), full[:, ends], atol=1e-5, rtol=1e-5)
+        assert decoder.length == CONTEXT and decoder.cache.data_ptr() == storage
+        with pytest.raises(ValueError, match="context of 16"):
+            decoder.feed(ids[:, :1])
+        decoder.reset()  # the window jumped: the next feed starts at position 0 again
+        again = decoder.feed(ids[:, 3:10])
+    torch.testing.assert_close(again, gpt.logits(ids[:, 3:10], last_only=True)[0])
+
+
+def test_the_decoder_runs_lora_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    gpt = tiny_gpt()
+    tuned = get_peft_model(gpt, LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    with torch.no_grad():  # adapters that change the output (peft starts B at zero)
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    net = tuned.get_base_model().eval()
+    ids = torch.randint(0, VOCAB, (1, 10))
+    with torch.inference_mode():
+        want, _ = net.logits(ids, last_only=True)
+        decoder = net.decoder()
+        decoder.feed(ids[:, :6])
+        got = decoder.feed(ids[:, 6:])
+        with tuned.disable_adapter():
+            plain, _ = net.logits(ids, last_only=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(want, plain, atol=1e-3)  # the adapters mattered
+
+
 def test_the_head_shares_the_token_embedding_unless_untied():
     tied, untied = tiny_gpt(), tiny_gpt(tie_weights=False)
     assert tied.head.weight is tied.tokens.weight
