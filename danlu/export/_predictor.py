@@ -19,10 +19,17 @@ __all__ = ["Predictor", "load_model", "load_version", "parse_model_ref"]
 
 
 def load_version(store: Store, mv: ModelVersion) -> Predictor:
-    """The predictor of a registered version (its files read from the store)."""
-    from danlu.models import load_bundle
+    """The predictor of a registered version (its files read from the store).
 
-    predictor = load_bundle(store.model_reader(mv), f"Model {mv.ref}")
+    Where torch is not installed (a slim serving image) the network is not built: the
+    predictor's preprocessing, signature and decoding work, and its first prediction says that
+    it needs torch.
+    """
+    from danlu.models import load_bundle
+    from danlu.models._bundle import torch_installed
+
+    lazy = not torch_installed()
+    predictor = load_bundle(store.model_reader(mv), f"Model {mv.ref}", lazy=lazy)
     predictor.version = mv
     return predictor
 

@@ -388,11 +388,12 @@ class ModelBundle:
 
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """The network's raw outputs for prepared rows, float32 (n, output_dim)."""
+        model = self.model  # first: without torch, the error says so and what to install
         import torch
 
-        self.model.eval()
+        model.eval()
         with torch.inference_mode():
-            return self.model(torch.as_tensor(x)).float().numpy()
+            return model(torch.as_tensor(x)).float().numpy()
 
     def decode(self, outputs: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs → the task's predictions (temperature and fitted decoding applied)."""

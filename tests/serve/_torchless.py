@@ -4,7 +4,8 @@
 finder first that refuses every module of :data:`BLOCKED` (as ``ModuleNotFoundError``, what an
 absent package raises), then:
 
-* ``serve``: reads ``{"home", "requests": {ref: payload}}`` as JSON on stdin, loads each version
+* ``serve``: reads ``{"home", "requests": {ref: payload}}`` as JSON on stdin (a ref ending in
+  `` --runtime torch`` asks for the torch runtime), loads each version
   as ``danlu serve`` does (``ServedModel.load``: runtime, warm-up, drift monitor), answers its
   payload and prints ``{"models": {ref: {...} | {"error": [type, message]}}, "refused": [...]}``
   as JSON on stdout.
@@ -63,11 +64,12 @@ def _install() -> None:
     sys.meta_path.insert(0, RefuseImports())
 
 
-async def _serve_one(store: Any, ref: str, payload: Any) -> dict[str, Any]:
+async def _serve_one(store: Any, ref: str, payload: Any, runtime: str) -> dict[str, Any]:
     from danlu.serve._model import ServedModel
     from danlu.serve._types import ServeSettings
 
-    model = await ServedModel.load(store, store.resolve(ref), ServeSettings(models=(ref,)))
+    settings = ServeSettings(models=(ref,), runtime=runtime)
+    model = await ServedModel.load(store, store.resolve(ref.partition(" ")[0]), settings)
     try:
         answer = await model.predict(model.parse(payload, max_rows=1024))
         return {
@@ -90,13 +92,23 @@ def _serve() -> None:
     try:
         for ref, payload in request["requests"].items():
             try:
-                models[ref] = asyncio.run(_serve_one(store, ref, payload))
+                runtime = "torch" if ref.endswith(" --runtime torch") else "onnx"
+                models[ref] = asyncio.run(_serve_one(store, ref, payload, runtime))
             except Exception as exc:  # reported to the test, which asserts on it
                 models[ref] = {"error": [type(exc).__name__, str(exc)]}
     finally:
         store.close()
+    try:  # what danlu.load_model gives without torch: a predictor that says what it needs
+        from danlu.export import load_model
+
+        rows = request["requests"]["wine:1"]["rows"]
+        load_model("wine:1", store=SqlStore(home=request["home"])).predict(rows)
+        predictor = None
+    except Exception as exc:
+        predictor = [type(exc).__name__, str(exc)]
     loaded = sorted({m.partition(".")[0] for m in sys.modules} & BLOCKED)
-    print(json.dumps({"models": models, "refused": refused, "loaded": loaded}))
+    result = {"models": models, "predictor": predictor, "refused": refused, "loaded": loaded}
+    print(json.dumps(result))
 
 
 def main(argv: list[str]) -> None:

@@ -163,7 +163,10 @@ def test_onnx_ready_versions_serve_without_torch_and_answer_as_with_it(home: Pat
     from danlu.store import SqlStore
 
     requests = _requests(home)
-    got = _torchless_serve(home, {**requests, "wine:2": requests["wine:1"]})
+    torch_asked = "wine:1 --runtime torch"
+    got = _torchless_serve(
+        home, {**requests, "wine:2": requests["wine:1"], torch_asked: requests["wine:1"]}
+    )
     assert got["loaded"] == [], f"blocked modules were imported: {got['loaded']}"
     expected = json.loads(json.dumps(asyncio.run(_answers(home, requests))))  # JSON floats
     for ref in requests:
@@ -182,6 +185,10 @@ def test_onnx_ready_versions_serve_without_torch_and_answer_as_with_it(home: Pat
     assert error[0] == "MissingExtraError"
     assert "serves with the torch runtime" in error[1] and FAILED_EXPORT in error[1]
     assert "torch is not installed" in error[1] and "package the model with torch" in error[1]
+    assert got["models"][torch_asked]["error"][0] == "MissingExtraError"
+    assert "--runtime torch was asked for" in got["models"][torch_asked]["error"][1]
+    # danlu.load_model works up to the network, which says it needs torch
+    assert got["predictor"][0] == "MissingExtraError" and "needs torch" in got["predictor"][1]
 
 
 def test_a_lazy_bundle_builds_its_network_on_first_use(home: Path) -> None:
