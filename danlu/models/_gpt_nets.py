@@ -260,6 +260,7 @@ class Decoder:
             len(self.layers), 2, batch, heads, gpt.context, width // heads,
             dtype=first.dtype, device=first.device,
         )  # fmt: skip
+        self._kv = [(layer[0], layer[1]) for layer in self.cache]  # each (B, heads, ctx, hw)
 
     def reset(self) -> None:
         """Forget the sequence (the cache is overwritten from position 0)."""
@@ -285,10 +286,11 @@ class Decoder:
                 qkv = torch.stack([attn.query(x), attn.key(x), attn.value(x)], 2).view(
                     b, n, 3, heads, width // heads
                 )
-            qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, heads, n, head width)
-            layer = self.cache[i]
-            layer[:, :, :, p:end] = qkv[1:]
-            q, k, v = qkv[0], layer[0, :, :, :end], layer[1, :, :, :end]
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, n, head width)
+            keys, values = self._kv[i]
+            keys.narrow(2, p, n).copy_(k)  # in place: narrow/copy_ cost less than slicing
+            values.narrow(2, p, n).copy_(v)
+            k, v = keys.narrow(2, 0, end), values.narrow(2, 0, end)
             if n > 1 and p == 0:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
