@@ -105,7 +105,10 @@ def build_image(context: Path, base: str) -> dict[str, Any]:
         "size_mb": round(inspect["Size"] / 1e6, 1),
         "base_size_mb": round(base_size["Size"] / 1e6, 1),
         "user": inspect["Config"].get("User"),
-        "healthcheck": (inspect["Config"].get("Healthcheck") or {}).get("Test"),
+        # podman keeps it beside Config (docker inside it)
+        "healthcheck": (
+            inspect.get("Healthcheck") or inspect["Config"].get("Healthcheck") or {}
+        ).get("Test"),
         "entrypoint": inspect["Config"].get("Entrypoint"),
     }
 
@@ -113,8 +116,8 @@ def build_image(context: Path, base: str) -> dict[str, Any]:
 class ImageServer(Server):
     """The image under podman, on the host's loopback (no port mapping in the way)."""
 
-    def __init__(self, keys: Path, home: Path) -> None:
-        self.kind = "image"
+    def __init__(self, keys: Path, home: Path, kind: str = "image", extra: tuple = ()) -> None:
+        self.kind = kind
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_path = "/readyz"
@@ -122,7 +125,7 @@ class ImageServer(Server):
         self.log = open(home / f"server-image-{self.port}.log", "wb")  # noqa: SIM115
         cmd = [
             *PODMAN, "run", "--rm", "--name", self.name, "--network", "host", *LIMITS,
-            "--cpuset-cpus", SERVER_CPU, "-v", f"{keys}:/etc/danlu/keys/keys:ro",
+            "--cpuset-cpus", SERVER_CPU, "-v", f"{keys}:/etc/danlu/keys/keys:ro", *extra,
             IMAGE, "--host", "127.0.0.1", "--port", str(self.port),
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
@@ -184,10 +187,22 @@ def main() -> None:
     }  # fmt: skip
     if image is not None:
         servers["image"] = ImageServer(keys, home)
+        # the same container without podman's default seccomp filter: what the filter costs
+        servers["image-unconfined"] = ImageServer(
+            keys, home, "image-unconfined", ("--security-opt", "seccomp=unconfined")
+        )
     points: list[dict[str, Any]] = []
     try:
         for server in servers.values():
             server.wait_ready()
+        if image is not None:  # the image's own HEALTHCHECK, run by podman in the container
+            check = subprocess.run(
+                [*PODMAN, "healthcheck", "run", servers["image"].name],  # type: ignore[attr-defined]
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            image["healthcheck_run"] = "healthy" if check.returncode == 0 else check.stdout
         answers = {}
         for kind, server in servers.items():
             status, raw = _post(server.url, body.read_bytes(), secret)
@@ -240,7 +255,8 @@ def summarise(
     install_s: float,
     venv_mb: float,
 ) -> None:
-    kinds = sorted({p["server"] for p in points}, key=["checkout", "packaged", "image"].index)
+    order = ["checkout", "packaged", "image", "image-unconfined"]
+    kinds = sorted({p["server"] for p in points}, key=order.index)
     table: list[list[Any]] = []
     medians: dict[str, dict[int, dict[str, float]]] = {}
     for c in args.connections:
@@ -256,7 +272,7 @@ def summarise(
         kind: {c: medians[kind][c]["rps"] / medians["checkout"][c]["rps"] for c in args.connections}
         for kind in kinds
     }
-    met = all(r >= TARGET_RATIO for k in kinds for r in ratios[k].values())
+    met = all(r >= TARGET_RATIO for r in ratios["packaged"].values())
     payload = {
         "machine": machine(),
         "seconds": args.seconds,
@@ -286,8 +302,9 @@ def summarise(
     if image is not None:
         notes.append(
             f"Image: {image['size_mb']:.0f} MB (base {image['base_size_mb']:.0f} MB), built in "
-            f"{image['build_s']:.0f} s with podman; user {image['user']}, healthcheck "
-            f"{image['healthcheck']}."
+            f"{image['build_s']:.0f} s with podman; user {image['user']}; its HEALTHCHECK "
+            f"(`podman healthcheck run`): {image.get('healthcheck_run')}. image-unconfined: the "
+            "same container without podman's default seccomp filter."
         )
     path = write(
         args.out,
