@@ -146,7 +146,8 @@ def load_runtime(
                     logger.warning("%s Serving model %s with torch instead.", exc, mv.ref)
         elif _torch_variant(store, mv):
             why = "it is a torch int8 variant: its int8 layers are torch's own"
-            logger.info("Model %s is a torch int8 variant; serving it with torch.", mv.ref)
+            if torch_installed():
+                logger.info("Model %s is a torch int8 variant; serving it with torch.", mv.ref)
         else:
             why = f"it has no successful ONNX export ({_export_failure(store, mv)})"
             if torch_installed():
