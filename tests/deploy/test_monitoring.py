@@ -3,9 +3,9 @@
 One Prometheus for the module, on 127.0.0.1 with a config made from the shipped
 ``prometheus.yml`` (1 s scrapes, the shipped ``alerts.yml`` loaded), scraping:
 
-- a real ``danlu serve`` process listening on 127.0.0.2 — a loopback address the server does not
-  treat as loopback, so ``/metrics`` needs a predict key exactly as it does on ``0.0.0.0`` in a
-  container — once with the bearer token (the shipped job) and once without (refused: 401);
+- a real uvicorn server of danlu's app configured as it runs in a container (``--host 0.0.0.0``:
+  ``/metrics`` needs a predict key) but bound to 127.0.0.1 only — once with the bearer token (the
+  shipped job) and once without (refused: 401);
 - the training endpoint (``train.metrics.port``) of the run that trained the served model, in
   this process (the endpoint outlives the run, with its final values);
 - ``danlu agent``'s metrics endpoint (the queue), in this process.
@@ -22,7 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,10 +34,12 @@ import pytest
 import yaml
 
 from danlu.deploy import monitoring_files
+from danlu.serve import ServeSettings
+from danlu.serve._server import build_app, make_server
 
 STARTUP_S = 60.0  # longest wait for a process to answer
 QUERY_S = 30.0  # longest wait for a series to show in Prometheus
-SERVE_HOST = "127.0.0.2"  # loopback, yet not one of the server's loopback names: keys required
+SERVE_HOST = "127.0.0.1"
 
 
 def _binary(name: str) -> str:
@@ -241,18 +243,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     key_file = root / "danlu-predict-key"
     key_file.write_text(predict_key + "\n")
 
-    serve_port = _free_port(SERVE_HOST)
-    serve_log = root / "serve.log"
-    env = {k: v for k, v in os.environ.items() if k != "DANLU_DB_URL"}
-    env.update({"DANLU_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    with serve_log.open("wb") as log:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "danlu", "serve", "wine@production", "--host", SERVE_HOST]
-            + ["--port", str(serve_port), "--poll", "0"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    # the server as it runs off loopback (in a container, on 0.0.0.0): keys required, /metrics
+    # included; yet it binds 127.0.0.1 only (the host handed to uvicorn, not the settings')
+    settings = ServeSettings(models=("wine@production",), host="0.0.0.0", poll_seconds=0)
+    app = build_app(settings, lambda: SqlStore(home=home))
+    server = make_server(app, settings, host=SERVE_HOST, port=0, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    serve_port = server.servers[0].sockets[0].getsockname()[1]
     prom_port = _free_port()
     prom_log = root / "prometheus.log"
     config = _prometheus_config(
@@ -276,13 +278,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
     try:
         serve_url = f"http://{SERVE_HOST}:{serve_port}"
-        _wait_http(f"{serve_url}/readyz", serve, serve_log)
+        _wait_http(f"{serve_url}/readyz", None, None)
         prom_url = f"http://127.0.0.1:{prom_port}"
         _wait_http(f"{prom_url}/-/ready", prom, prom_log)
         yield Stack(prom_url, serve_url, predict_key, train_port, run_id, features)
     finally:
         _stop(prom)
-        _stop(serve)
+        server.handle_exit(15, None)  # what SIGTERM does
+        thread.join(timeout=30)
         store.close()
 
 
@@ -293,6 +296,10 @@ def _traffic(stack: Stack, seconds: float) -> None:
     url = f"{stack.serve}/v1/models/wine/predict"
     bad = httpx.post(url, content=b"{not json", headers=headers, timeout=10)
     assert bad.status_code == 400, bad.text
+    # the series exists before the loop: two scrapes (1 s apart) see it rise
+    first = httpx.post(url, json={"rows": rows}, headers=headers, timeout=10)
+    assert first.status_code == 200, first.text
+    time.sleep(2.5)
     deadline = time.monotonic() + seconds
     for _ in range(1000):
         answer = httpx.post(url, json={"rows": rows}, headers=headers, timeout=10)
