@@ -15,6 +15,7 @@ Without the binaries the tests skip, unless ``DANLU_REQUIRE_PROMETHEUS=1`` (CI),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +35,8 @@ import yaml
 
 from danlu.deploy import monitoring_files
 from danlu.serve import ServeSettings
-from danlu.serve._server import build_app, make_server
+from danlu.serve._server import build_app
+from tests.serve.conftest import running_server
 
 STARTUP_S = 60.0  # longest wait for a process to answer
 QUERY_S = 30.0  # longest wait for a series to show in Prometheus
@@ -247,14 +248,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # included; yet it binds 127.0.0.1 only (the host handed to uvicorn, not the settings')
     settings = ServeSettings(models=("wine@production",), host="0.0.0.0", poll_seconds=0)
     app = build_app(settings, lambda: SqlStore(home=home))
-    server = make_server(app, settings, host=SERVE_HOST, port=0, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    serve_port = server.servers[0].sockets[0].getsockname()[1]
+    serving = contextlib.ExitStack()
+    _, serve_url = serving.enter_context(running_server(app, settings, host=SERVE_HOST))
+    serve_port = int(serve_url.rsplit(":", 1)[1])
     prom_port = _free_port()
     prom_log = root / "prometheus.log"
     config = _prometheus_config(
@@ -277,15 +273,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stderr=subprocess.STDOUT,
         )
     try:
-        serve_url = f"http://{SERVE_HOST}:{serve_port}"
         _wait_http(f"{serve_url}/readyz", None, None)
         prom_url = f"http://127.0.0.1:{prom_port}"
         _wait_http(f"{prom_url}/-/ready", prom, prom_log)
         yield Stack(prom_url, serve_url, predict_key, train_port, run_id, features)
     finally:
         _stop(prom)
-        server.handle_exit(15, None)  # what SIGTERM does
-        thread.join(timeout=30)
+        serving.close()  # stops the server as SIGTERM does
         store.close()
 
 

@@ -188,12 +188,14 @@ def assert_no_leak(text: str, *secrets: Any) -> None:
 
 
 @contextmanager
-def running_server(app: Any, settings: Any) -> Iterator[tuple[Any, str]]:
+def running_server(app: Any, settings: Any, host: str | None = None) -> Iterator[tuple[Any, str]]:
     """uvicorn on 127.0.0.1 (an ephemeral port) in a thread of this process, for an app built
-    here; stopped gracefully, bounded in time."""
+    here; stopped gracefully, bounded in time. ``host`` binds there instead of the settings'
+    host (an app configured as off loopback, bound to 127.0.0.1)."""
     from danlu.serve._server import make_server
 
-    server = make_server(app, settings, port=0, log_level="warning")
+    where = {"host": host} if host else {}
+    server = make_server(app, settings, port=0, log_level="warning", **where)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
