@@ -184,6 +184,11 @@ def needs_torch(what: str) -> MissingExtraError:
     )
 
 
+#: held while a lazy bundle builds its network (rare: once per bundle), so two threads asking
+#: at once build it once; module-level, so a bundle stays copyable
+_BUILD_LOCK = threading.RLock()
+
+
 class ModelBundle:
     """A trained model with what it needs to predict raw rows: the one predictor.
 
@@ -226,7 +231,6 @@ class ModelBundle:
             raise TypeError("ModelBundle needs a model, or build= to make it on first use")
         self._model = model
         self._build = build
-        self._lock = threading.Lock()
         self.task = task
         self.schema = schema
         self.preprocessor = preprocessor
@@ -243,7 +247,7 @@ class ModelBundle:
             StoreError: the weights do not fit the model, or changed since they were checked.
         """
         if self._model is None:
-            with self._lock:  # one build, whichever thread asks first
+            with _BUILD_LOCK:  # one build, whichever thread asks first
                 if self._model is None:
                     if not torch_installed():
                         raise needs_torch(f"The network of {self._where()}")
