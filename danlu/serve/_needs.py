@@ -93,7 +93,7 @@ def _onnx_problem(read: Callable[[str], bytes | None], export: Any) -> str | Non
         return f"its ONNX export {export.get('status') or 'failed'}" + (
             f": {error}" if error else ""
         )
-    data = read(str(export.get("file") or "model.onnx"))
+    data = read("model.onnx")  # the file the server reads, whatever export.json names
     if data is None:
         return "its model.onnx is missing"
     size, digest = export.get("size_bytes"), export.get("sha256")
