@@ -36,7 +36,7 @@ def main() -> int:
     subprocess.run(
         [danlu, "package", "digits@staging", "--out", str(OUT), "--k8s", "--force"], check=True
     )
-    for folder in ("", "model", "k8s", "monitoring"):
+    for folder in ("", "model", "model/files", "k8s", "monitoring"):
         names = sorted(p.name for p in (OUT / folder).iterdir() if p.is_file())
         print(f"{folder or '.'}/: {', '.join(names)}")
     with tempfile.TemporaryDirectory() as empty:

@@ -8,8 +8,9 @@ The context holds everything the image needs and nothing else::
       install.sh          the install steps the Dockerfile runs (run it yourself to check them)
       requirements.lock   the exact packages serving needs, pinned to the versions installed here
       wheels/             danlu's own wheel (installed without dependencies)
-      model/              the version's files, read-only in the image, and package.json: the
-                          version (name, number, aliases, metrics) and every file's sha256
+      model/              package.json: the version (name, number, aliases, metrics) and every
+                          file's sha256; files/: the version's files as registered (and
+                          signed), read-only in the image
       README.md           how to build, run and deploy it
       k8s/, monitoring/   with --k8s: manifests, Prometheus rules, the Grafana dashboard
 
@@ -50,7 +51,6 @@ VENV = "/opt/danlu/venv"
 KEYS_FILE = "/etc/danlu/keys/keys"
 UID = 10001
 MARKER = "Dockerfile"  # with model/package.json: what --force may replace
-_REPORTS = ("report.html",)  # for people, not the server: left out of the image
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ def package_version(
     runtime, notes = _runtime(store, mv, options.onnx_only)
     from danlu.store._signing import SIGNATURE_FILE, verify_version
 
-    if SIGNATURE_FILE in mv.files:  # never package a version whose files changed since signing
+    signed = store.model_reader(mv)(SIGNATURE_FILE) is not None
+    if signed:  # never package a version whose files changed since it was signed
         verify_version(store, mv).raise_for_problems()
     image = options.image or f"danlu-{mv.name.lower()}:{mv.version}"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,7 @@ def package_version(
     staging.chmod(0o755)  # mkdtemp makes it private; the context is for others to build
     try:
         say(f"Copying {mv.ref}'s files")
-        model_bytes = _write_model(store, mv, staging / "model", runtime, ref)
+        model_bytes = _write_model(store, mv, staging / "model", runtime, ref, signed)
         say("Locking the packages serving needs")
         roots, torch = _requirements(store, mv, runtime, options.cuda)
         pins = locked_packages(roots)
@@ -280,22 +281,23 @@ def _runtime(store: Store, mv: ModelVersion, onnx_only: bool) -> tuple[str, list
 
 
 # -- the model folder ---------------------------------------------------------------------------
-def _write_model(store: Store, mv: ModelVersion, folder: Path, runtime: str, ref: str) -> int:
-    """Copy the version's files (decrypted, through the store's reader) and, for the torch
-    runtime, the pretrained base it keeps only an adapter of; write package.json."""
-    from danlu.store import PACKAGE_MANIFEST
+def _write_model(
+    store: Store, mv: ModelVersion, folder: Path, runtime: str, ref: str, signed: bool
+) -> int:
+    """Copy the version's files (decrypted, through the store's reader) with its signature
+    and, for the torch runtime, the pretrained base it keeps only an adapter of; write
+    package.json."""
+    from danlu.store import PACKAGE_MANIFEST, SIGNATURE_FILE
 
     folder.mkdir(parents=True)
     read = store.model_reader(mv)
     digests: dict[str, str] = {}
     total = 0
-    for file in mv.files:
-        if file in _REPORTS:
-            continue
+    for file in [*mv.files, *([SIGNATURE_FILE] if signed else [])]:
         data = read(file)
         if data is None:
             raise StoreError(f"Model {mv.ref} lists '{file}', which is missing from the store.")
-        _write_bytes(folder / file, data)
+        _write_bytes(folder / "files" / file, data)
         digests[file] = hashlib.sha256(data).hexdigest()
         total += len(data)
     bases: dict[str, dict[str, str]] = {}

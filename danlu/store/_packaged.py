@@ -1,7 +1,7 @@
 """A packaged model version, read as a store: what ``danlu serve --package DIR`` serves from.
 
-``danlu package`` copies one registered version's files into ``DIR`` with a manifest,
-``package.json``, that records the version (name, number, aliases, signature, metrics) and the
+``danlu package`` copies one registered version's files into ``DIR/files`` with a manifest,
+``DIR/package.json``, that records the version (name, number, aliases, signature, metrics) and the
 sha256 of every file. :class:`PackagedStore` reads that folder and answers the part of the
 :class:`~danlu.store.Store` contract a server needs — resolving the packaged reference, reading
 its files, finding a pretrained base it keeps beside them, checking API keys — so the server
@@ -53,6 +53,7 @@ logger = get_logger(__name__)
 MANIFEST = "package.json"
 PACKAGE_FORMAT = "danlu.package"
 FORMAT_VERSION = 1
+FILES = "files"  # DIR/files/...: the version's files, exactly as registered (and signed)
 BASES = "bases"  # DIR/bases/<sha256>/...: a pretrained base a model keeps only an adapter of
 MIN_KEY_LENGTH = 32
 KEY_ROLE = "predictor"
@@ -133,6 +134,9 @@ class PackagedStore(Store):
 
     def __init__(self, root: str | Path, *, keys: Iterable[str] = ()) -> None:
         self.root = Path(root).resolve()
+        # where --require-signed looks for trusted public keys: $DANLU_TRUSTED_KEYS (mounted by
+        # the operator; a package never carries the keys that vouch for it)
+        self.home = self.root
         self.manifest = _read_manifest(self.root)
         self.version = _version(self.manifest, self.root)
         self._check_files()
@@ -157,7 +161,7 @@ class PackagedStore(Store):
 
     # -- the one version ------------------------------------------------------------------------
     def _check_files(self) -> None:
-        listed = dict(self.manifest["files"])
+        listed = {f"{FILES}/{file}": digest for file, digest in self.manifest["files"].items()}
         for base, files in self.manifest.get("bases", {}).items():
             for file, digest in files.items():
                 listed[f"{BASES}/{base}/{file}"] = digest
@@ -210,7 +214,7 @@ class PackagedStore(Store):
 
     def model_version_path(self, name: str, version: int, file: str) -> Path:
         self.get_model_version(validate_model_name(name), int(version))
-        return safe_join(self.root, validate_artifact_name(file))
+        return safe_join(self.root, FILES, validate_artifact_name(file))
 
     def list_models(self) -> list[RegisteredModel]:
         mv = self.version
@@ -437,7 +441,8 @@ def _version(manifest: Mapping[str, Any], root: Path) -> ModelVersion:
             signature=dict(model.get("signature") or {}),
             metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             tags={str(k): str(v) for k, v in dict(model.get("tags") or {}).items()},
-            files=tuple(sorted(manifest["files"])),
+            # as the registry lists them: the signature is beside them, not one of them
+            files=tuple(sorted(set(manifest["files"]) - {"signature.json"})),
             aliases=tuple(str(a) for a in model.get("aliases") or ()),
         )
     except (KeyError, TypeError, ValueError, ConfigError) as exc:

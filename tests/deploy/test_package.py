@@ -76,9 +76,9 @@ def test_the_context_holds_the_version_its_hashes_and_a_lock_without_torch(
     assert "production" in manifest["model"]["aliases"]
     assert manifest["runtime"] == "onnx"
     for file, digest in manifest["files"].items():  # every listed file, byte for byte
-        assert hashlib.sha256((ctx / "model" / file).read_bytes()).hexdigest() == digest
+        data = (ctx / "model" / "files" / file).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest
     assert {"model.onnx", "preprocessing.json", "model.json"} <= set(manifest["files"])
-    assert "report.html" not in manifest["files"]
     lock = [
         line
         for line in (ctx / "requirements.lock").read_text().splitlines()
@@ -194,22 +194,24 @@ def test_a_changed_missing_or_extra_file_is_refused(registry: Registry, tmp_path
     assert good.resolve("wine:1").ref == "wine:1"
 
     changed = copy()
-    (changed / "preprocessing.json").write_bytes(
-        (changed / "preprocessing.json").read_bytes() + b" "
+    (changed / "files" / "preprocessing.json").write_bytes(
+        (changed / "files" / "preprocessing.json").read_bytes() + b" "
     )
     with pytest.raises(StoreError, match="preprocessing.json.*sha256"):
         PackagedStore(changed)
     missing = copy()
-    (missing / "model.onnx").unlink()
-    with pytest.raises(StoreError, match="missing 'model.onnx'"):
+    (missing / "files" / "model.onnx").unlink()
+    with pytest.raises(StoreError, match="missing 'files/model.onnx'"):
         PackagedStore(missing)
     extra = copy()
-    (extra / "evil.py").write_text("import os")
+    (extra / "files" / "evil.py").write_text("import os")
     with pytest.raises(StoreError, match="evil.py"):
         PackagedStore(extra)
     linked = copy()
-    (linked / "model.onnx").unlink()
-    (linked / "model.onnx").symlink_to(registry.context / "model" / "model.onnx")
+    (linked / "files" / "model.onnx").unlink()
+    (linked / "files" / "model.onnx").symlink_to(
+        registry.context / "model" / "files" / "model.onnx"
+    )
     with pytest.raises(StoreError, match="symbolic link"):
         PackagedStore(linked)
 
@@ -403,3 +405,19 @@ def test_k8s_writes_manifests_sized_by_the_options_and_the_monitoring_files(
     }
     refused = danlu("package", "wine@production", "--out", str(tmp_path / "b"), "--cpu", "lots")
     assert refused.code != 0 and "--cpu" in refused.stderr
+
+
+def test_a_signed_version_is_packaged_with_its_signature_and_verifies_against_trusted_keys(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from danlu.store import PackagedStore, SignatureError, verify_version
+
+    files = registry.context / "model" / "files"
+    assert (files / "signature.json").is_file()
+    store = PackagedStore(registry.context / "model")
+    mv = store.resolve("wine@production")
+    monkeypatch.setenv("DANLU_TRUSTED_KEYS", str(registry.home / "keys" / "trusted"))
+    verify_version(store, mv).raise_for_problems()  # the registry's key vouches for it
+    monkeypatch.setenv("DANLU_TRUSTED_KEYS", str(registry.home / "nobody"))
+    with pytest.raises(SignatureError, match="not trusted"):
+        verify_version(store, mv).raise_for_problems()
