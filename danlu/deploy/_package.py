@@ -136,10 +136,10 @@ def package_version(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the context is for others to build
     try:
-        say(f"Copying {mv.ref}'s files")
-        model_bytes = _write_model(store, mv, staging / "model", runtime, ref, signed)
-        say("Locking the packages serving needs")
         roots, torch = _requirements(store, mv, runtime, options.cuda)
+        say(f"Copying {mv.ref}'s files")
+        model_bytes = _write_model(store, mv, staging / "model", (runtime, torch), ref, signed)
+        say("Locking the packages serving needs")
         pins = locked_packages(roots)
         _write(staging / "requirements.lock", lock_text(pins, torch=torch, cuda=options.cuda))
         say("Building danlu's wheel")
@@ -282,13 +282,19 @@ def _runtime(store: Store, mv: ModelVersion, onnx_only: bool) -> tuple[str, list
 
 # -- the model folder ---------------------------------------------------------------------------
 def _write_model(
-    store: Store, mv: ModelVersion, folder: Path, runtime: str, ref: str, signed: bool
+    store: Store,
+    mv: ModelVersion,
+    folder: Path,
+    serving: tuple[str, bool],
+    ref: str,
+    signed: bool,
 ) -> int:
     """Copy the version's files (decrypted, through the store's reader) with its signature
-    and, for the torch runtime, the pretrained base it keeps only an adapter of; write
+    and, when the image has torch, the pretrained base it keeps only an adapter of; write
     package.json."""
     from danlu.store import PACKAGE_MANIFEST, SIGNATURE_FILE
 
+    runtime, torch = serving  # the runtime that serves it; whether the image has torch
     folder.mkdir(parents=True)
     read = store.model_reader(mv)
     digests: dict[str, str] = {}
@@ -302,7 +308,7 @@ def _write_model(
         total += len(data)
     bases: dict[str, dict[str, str]] = {}
     base = _base_sha(read)
-    if base is not None and runtime == "torch":
+    if base is not None and torch:
         source = store.stored_base(base)
         if source is not None:
             files: dict[str, str] = {}
