@@ -144,8 +144,7 @@ def package_version(
         _write(staging / "requirements.lock", lock_text(pins, torch=torch, cuda=options.cuda))
         say("Building danlu's wheel")
         wheel = _danlu_wheel(staging / "wheels", options.danlu_wheel)
-        onnxruntime = next((p.version for p in pins if p.name == "onnxruntime"), None)
-        _write(staging / "install.sh", _install_script(options.cuda, torch, onnxruntime))
+        _write(staging / "install.sh", _install_script(options.cuda, torch))
         _write(staging / "Dockerfile", _dockerfile(mv, options, image))
         _write(staging / ".dockerignore", "k8s/\nmonitoring/\nREADME.md\n")
         if options.k8s:
@@ -421,7 +420,7 @@ def _danlu_wheel(folder: Path, given: Path | None) -> Path:
 
 
 # -- the files of the context -------------------------------------------------------------------
-def _install_script(cuda: bool, torch: bool, onnxruntime: str | None) -> str:
+def _install_script(cuda: bool, torch: bool) -> str:
     pip = '"$VENV/bin/pip" install --no-cache-dir --disable-pip-version-check'
     lines = [
         "#!/bin/sh",
@@ -435,9 +434,9 @@ def _install_script(cuda: bool, torch: bool, onnxruntime: str | None) -> str:
         f'{pip} --no-deps --only-binary=:all: -r "$HERE/requirements.lock"',
     ]
     if cuda:  # the CUDA libraries come with these, resolved by pip at build time
-        gpu = [f"onnxruntime-gpu=={onnxruntime}" if onnxruntime else "onnxruntime-gpu"]
+        gpu = [f"onnxruntime-gpu=={_installed('onnxruntime')}"]  # the CPU one's version
         if torch:
-            gpu.append(f"torch=={_torch_version()}")
+            gpu.append(f"torch=={_installed('torch').split('+', 1)[0]}")
         lines.append(f"{pip} --only-binary=:all: {' '.join(gpu)}")
     lines += [
         f'{pip} --no-deps --no-index "$HERE"/wheels/danlu-*.whl',
@@ -447,10 +446,16 @@ def _install_script(cuda: bool, torch: bool, onnxruntime: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _torch_version() -> str:
+def _installed(name: str) -> str:
     from importlib import metadata
 
-    return metadata.version("torch").split("+", 1)[0]
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        raise ConfigError(
+            f"{name} is not installed here, so its version cannot be pinned for --cuda. Install "
+            "it and package again."
+        ) from None
 
 
 def _dockerfile(mv: ModelVersion, options: PackageOptions, image: str) -> str:

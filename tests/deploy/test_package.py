@@ -421,3 +421,23 @@ def test_a_signed_version_is_packaged_with_its_signature_and_verifies_against_tr
     monkeypatch.setenv("DANLU_TRUSTED_KEYS", str(registry.home / "nobody"))
     with pytest.raises(SignatureError, match="not trusted"):
         verify_version(store, mv).raise_for_problems()
+
+
+def test_cuda_installs_onnxruntime_gpu_and_asks_kubernetes_for_a_gpu(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    _home(monkeypatch, registry.home)
+    out = tmp_path / "gpu"
+    outcome = danlu("package", "wine@production", "--out", str(out), "--cuda", "--k8s")
+    assert outcome.code == 0, outcome.stderr
+    lock = (out / "requirements.lock").read_text().splitlines()
+    assert not [line for line in lock if line.startswith(("onnxruntime==", "torch=="))]
+    install = (out / "install.sh").read_text()
+    from importlib import metadata
+
+    assert f"onnxruntime-gpu=={metadata.version('onnxruntime')}" in install
+    deployment = yaml.safe_load((out / "k8s" / "deployment.yaml").read_text())
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
