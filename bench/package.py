@@ -144,6 +144,12 @@ def main() -> None:
     parser.add_argument("--debootstrap", action="store_true", help="make the local base first")
     parser.add_argument("--base-image", default=None, help="the image's base (default: BASE)")
     parser.add_argument("--home", type=Path, default=None, help="reuse (or keep) the models here")
+    parser.add_argument(
+        "--system-python",
+        default=None,
+        help="also the packaged server on this interpreter (e.g. Debian's /usr/bin/python3, the "
+        "image's): tells the interpreter's share of a gap from the container's",
+    )
     parser.add_argument("--out", default=NAME)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -170,6 +176,18 @@ def main() -> None:
     _run(["sh", str(context / "install.sh"), str(venv)], timeout=1800)
     install_s = time.perf_counter() - started
     venv_mb = sum(p.stat().st_size for p in venv.rglob("*") if p.is_file()) / 1e6
+    system_venv = None
+    if args.system_python:  # install.sh runs `python3 -m venv`: put that interpreter first
+        system_venv = work / "venv-system"
+        link = work / "system-bin"
+        link.mkdir()
+        (link / "python3").symlink_to(args.system_python)
+        path = f"{link}:{os.environ.get('PATH', '')}"
+        _run(
+            ["sh", str(context / "install.sh"), str(system_venv)],
+            timeout=1800,
+            env={**os.environ, "PATH": path},
+        )
 
     image: dict[str, Any] | None = None
     if args.image:
@@ -185,6 +203,13 @@ def main() -> None:
                                         str(context / "model"), "--keys-file", str(keys)],
                            "/readyz", home, True),
     }  # fmt: skip
+    if system_venv is not None:
+        servers["packaged-system-python"] = Server(
+            "packaged-system-python",
+            [str(system_venv / "bin" / "danlu"), "serve", "--package", str(context / "model"),
+             "--keys-file", str(keys)],
+            "/readyz", home, True,
+        )  # fmt: skip
     if image is not None:
         servers["image"] = ImageServer(keys, home)
         # the same container without podman's default seccomp filter: what the filter costs
@@ -255,7 +280,7 @@ def summarise(
     install_s: float,
     venv_mb: float,
 ) -> None:
-    order = ["checkout", "packaged", "image", "image-unconfined"]
+    order = ["checkout", "packaged", "packaged-system-python", "image", "image-unconfined"]
     kinds = sorted({p["server"] for p in points}, key=order.index)
     table: list[list[Any]] = []
     medians: dict[str, dict[int, dict[str, float]]] = {}
