@@ -55,13 +55,22 @@ def recipe(args: argparse.Namespace, **change: Any) -> dict[str, Any]:
             "heads": args.heads,
             "width": args.width,
             "context": args.context,
-            "dropout": 0.0,
+            "dropout": args.dropout,
         },
         "train": {
             "epochs": args.epochs,
             "batch_size": args.batch,
-            "optimizer": {"name": "adamw", "lr": args.lr, "betas": [0.9, 0.98]},
-            "scheduler": {"name": "cosine", "warmup_epochs": 0.1, "min_lr": args.lr / 10},
+            "optimizer": {
+                "name": "adamw",
+                "lr": args.lr,
+                "betas": [0.9, 0.98],
+                "weight_decay": args.weight_decay,
+            },
+            "scheduler": {
+                "name": "cosine",
+                "warmup_epochs": args.warmup,
+                "min_lr": args.lr * args.min_lr,
+            },
             "grad_clip": 1.0,
             "bucket_by_length": False,  # blocks are all full: a plain shuffle
             "seed": 0,
@@ -97,6 +106,14 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--warmup", type=float, default=0.1, help="warm-up epochs (cosine)")
+    parser.add_argument("--min-lr", type=float, default=0.1, help="cosine's floor, × --lr")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the training process"
+    )
+    parser.add_argument("--base-only", action="store_true", help="skip LoRA and baselines")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--order", type=int, default=5)
     parser.add_argument("--name", default="language_model", help="results file name")
@@ -110,13 +127,36 @@ def main() -> None:
     from danlu.evaluate._lm_report import baseline_table
     from danlu.models import prepare_recipe_data
     from danlu.tasks import get_task
+    from danlu.train._loop import Trainer
 
+    torch.set_num_threads(args.threads)
     task = get_task("language_model")
     # 1. the base model: four categories, trained from scratch
     base_recipe = recipe(args)
+    epoch_ends: list[float] = []
+    record = Trainer._record_epoch
+
+    def timed(self: Any, setup: Any, epoch: int, metrics: dict[str, float]) -> None:
+        epoch_ends.append(time.perf_counter())
+        print(f"epoch {epoch}: {metrics} ({epoch_ends[-1] - start:.0f} s)", flush=True)
+        record(self, setup, epoch, metrics)
+
+    Trainer._record_epoch = timed  # type: ignore[method-assign]  # per-epoch wall times
     start = time.perf_counter()
     base = danlu.run(base_recipe)
     base_seconds = time.perf_counter() - start
+    Trainer._record_epoch = record  # type: ignore[method-assign]
+    epoch_seconds = [b - a for a, b in zip([start, *epoch_ends], epoch_ends, strict=False)]
+    history = [
+        {"epoch": i + 1, "seconds": round(t, 1), "val_perplexity": h.get("val_perplexity")}
+        for i, (t, h) in enumerate(zip(epoch_seconds, base.history, strict=False))
+    ]
+    print(f"base: {base.metrics} in {base_seconds / 60:.1f} min", flush=True)
+    if args.base_only:
+        out = {"args": vars(args), "minutes": base_seconds / 60, "history": history,
+               "test": {k: base.metrics[k] for k in ("perplexity", "bits_per_byte")}}  # fmt: skip
+        write(args.name, out, ["key", "value"], [[k, v] for k, v in out.items()])
+        return
     prepared = prepare_recipe_data(load_recipe(base_recipe))  # the same split and tokens
     start = time.perf_counter()
     table = baseline_table(
@@ -165,6 +205,8 @@ def main() -> None:
             "parameters": params,
             "epochs": args.epochs,
             "train_seconds": base_seconds,
+            "history": history,
+            "threads": args.threads,
             "baseline_seconds": baseline_seconds,
             "test": rows_base,
             "gpt_below_kn": rows_base["GPT (danlu)"]["perplexity"]
@@ -208,9 +250,10 @@ def main() -> None:
         f"{prepared.report['tokens']['test']:,} tokens); byte-level BPE of {args.vocab} tokens "
         f"trained on the training documents. GPT: {args.layers} layers, width {args.width}, "
         f"{args.heads} heads, context {args.context}, {params:,} parameters, {args.epochs} epochs "
-        f"(batches of {args.batch} blocks, AdamW lr {args.lr}, cosine) "
+        f"(batches of {args.batch} blocks, AdamW lr {args.lr}, weight decay {args.weight_decay}, "
+        f"cosine to {args.min_lr:g} × lr) "
         f"in {base_seconds / 60:.1f} min (whole danlu.run: data, training, test metrics, "
-        f"registration) with OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} on a shared "
+        f"registration) with {args.threads} torch thread(s) on a shared "
         f"{os.cpu_count()}-CPU machine. Baselines fitted on the same training tokens, scoring "
         f"the same test blocks with the same in-block history. LoRA on {TUNED} (never seen by "
         f"the base; {sport.report['documents']['test']} test documents): perplexity "
@@ -218,8 +261,7 @@ def main() -> None:
         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%), "
         f"{args.lora_epochs} epochs in {lora_seconds / 60:.1f} min. One seed (0). Command: "
         f"`OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} python bench/language_model.py "
-        f"--epochs {args.epochs} --width {args.width} --layers {args.layers} --vocab "
-        f"{args.vocab} --lr {args.lr} --batch {args.batch} --lora-epochs {args.lora_epochs}`."
+        f"{' '.join(sys.argv[1:])}`."
     )
     path = write(args.name, payload, ["model", "perplexity", "bits per byte"], rows, notes)
     print(path.read_text())
