@@ -186,9 +186,10 @@ class GPT(nn.Module):
             >>> import torch
             >>> gpt = GPT(300, context=16, width=32, layers=2, heads=4, dropout=0.0).eval()
             >>> ids = torch.randint(0, 300, (1, 6))
-            >>> dec = gpt.decoder()
-            >>> step = dec.feed(ids[:, :5]); step = dec.feed(ids[:, 5:])
-            >>> torch.allclose(step, gpt.logits(ids, last_only=True)[0], atol=1e-5)
+            >>> with torch.inference_mode():
+            ...     dec = gpt.decoder()
+            ...     step = dec.feed(ids[:, :5]); step = dec.feed(ids[:, 5:])
+            ...     torch.allclose(step, gpt.logits(ids, last_only=True)[0], atol=1e-5)
             True
         """
         return Decoder(self, batch)
@@ -217,7 +218,8 @@ class Decoder:
     width), written in place (no concatenation per token); the weights are read once when the
     decoder is made, with the query, key and value weights stacked into one product per layer
     where all three are plain ``nn.Linear`` layers (a LoRA-wrapped projection is called as a
-    module, so its adapters apply). ``reset()`` empties the cache (the window jumped).
+    module, so its adapters apply). ``reset()`` empties the cache (the window jumped). Use it
+    under ``torch.inference_mode()`` (as generation does): it computes no gradients.
     """
 
     def __init__(self, gpt: GPT, batch: int = 1) -> None:
@@ -260,7 +262,10 @@ class Decoder:
             len(self.layers), 2, batch, heads, gpt.context, width // heads,
             dtype=first.dtype, device=first.device,
         )  # fmt: skip
-        self._kv = [(layer[0], layer[1]) for layer in self.cache]  # each (B, heads, ctx, hw)
+        self._kv = [  # each (B, heads, ctx, hw)
+            (self.cache.select(0, i).select(0, 0), self.cache.select(0, i).select(0, 1))
+            for i in range(len(self.layers))
+        ]
 
     def reset(self) -> None:
         """Forget the sequence (the cache is overwritten from position 0)."""
@@ -277,16 +282,21 @@ class Decoder:
         if n > 1 and p > 0:  # the new queries see the cache and the new keys up to themselves
             rows = torch.arange(p, end, device=ids.device).unsqueeze(1)
             mask = torch.arange(end, device=ids.device).unsqueeze(0) <= rows
-        h = F.embedding(ids, self.tokens) + self.positions[p:end]
+        # torch.* ops called directly (not their torch.nn.functional wrappers): a one-token step
+        # is mostly per-call overhead
+        h = torch.embedding(self.tokens, ids) + self.positions[p:end]
         for i, (ln1, fused, attn, out, ln2, mlp, heads, width) in enumerate(self.layers):
-            x = F.layer_norm(h, (width,), ln1[0], ln1[1], ln1[2])
+            x = torch.layer_norm(h, (width,), ln1[0], ln1[1], ln1[2])
             if fused is not None:
                 qkv = F.linear(x, fused[0], fused[1]).view(b, n, 3, heads, width // heads)
             else:
                 qkv = torch.stack([attn.query(x), attn.key(x), attn.value(x)], 2).view(
                     b, n, 3, heads, width // heads
                 )
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, n, head width)
+            if n == 1:  # (B, 1, 3, heads, hw) holds the same order as (B, 3, heads, 1, hw)
+                q, k, v = qkv.view(b, 3, heads, 1, width // heads).unbind(1)
+            else:
+                q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, n, head width)
             keys, values = self._kv[i]
             keys.narrow(2, p, n).copy_(k)  # in place: narrow/copy_ cost less than slicing
             values.narrow(2, p, n).copy_(v)
@@ -295,13 +305,14 @@ class Decoder:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            y = y.transpose(1, 2).reshape(b, n, width)
+            # (B, heads, n, hw) → (B, n, width); with n = 1 a reshape alone keeps the order
+            y = y.reshape(b, 1, width) if n == 1 else y.transpose(1, 2).reshape(b, n, width)
             h = h + (F.linear(y, out[0], out[1]) if isinstance(out, tuple) else out(y))
-            x = F.layer_norm(h, (width,), ln2[0], ln2[1], ln2[2])
+            x = torch.layer_norm(h, (width,), ln2[0], ln2[1], ln2[2])
             if isinstance(mlp, tuple):
                 h = h + F.linear(F.gelu(F.linear(x, mlp[0], mlp[1])), mlp[2], mlp[3])
             else:
                 h = h + mlp(x)
         self.length = end
-        h = F.layer_norm(h[:, -1:], (h.shape[-1],), self.norm[0], self.norm[1], self.norm[2])
+        h = torch.layer_norm(h[:, -1:], (h.shape[-1],), self.norm[0], self.norm[1], self.norm[2])
         return F.linear(h, self.head_weight) if self.head_weight is not None else self.head(h)
