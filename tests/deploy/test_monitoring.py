@@ -65,11 +65,9 @@ def _wait_http(url: str, process: subprocess.Popen[bytes] | None, log: Path | No
         if process is not None and process.poll() is not None:
             tail = log.read_text(errors="replace")[-4000:] if log else ""
             raise AssertionError(f"{url}: the process exited ({process.returncode}):\n{tail}")
-        try:
+        with contextlib.suppress(httpx.TransportError):  # not listening yet
             if httpx.get(url, timeout=2).status_code == 200:
                 return
-        except httpx.TransportError:
-            pass
         time.sleep(0.1)
     tail = log.read_text(errors="replace")[-4000:] if log else ""
     raise AssertionError(f"{url} did not answer 200 within {STARTUP_S:.0f} s:\n{tail}")
