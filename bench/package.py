@@ -46,6 +46,7 @@ from serve_load import (  # noqa: E402
     CLIENT_CPU,
     SERVER_CPU,
     Server,
+    _get,
     free_port,
     prepare_models,
     request_body,
@@ -110,6 +111,48 @@ def build_image(context: Path, base: str) -> dict[str, Any]:
             inspect.get("Healthcheck") or inspect["Config"].get("Healthcheck") or {}
         ).get("Test"),
         "entrypoint": inspect["Config"].get("Entrypoint"),
+    }
+
+
+def run_as_shipped(keys: Path) -> dict[str, Any]:
+    """The image with its own CMD (0.0.0.0:8000 inside the container, published on the host's
+    127.0.0.1 only): its HEALTHCHECK run by podman, who it runs as, a key-less request refused,
+    whether the model's files can be written, and the exit status after SIGTERM."""
+    port, name = free_port(), f"danlu-bench-shipped-{os.getpid()}"
+    _run(
+        [*PODMAN, "run", "-d", "--name", name, *LIMITS, "-p", f"127.0.0.1:{port}:8000"]
+        + ["-v", f"{keys}:/etc/danlu/keys/keys:ro", IMAGE],
+        timeout=120,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _get(f"http://127.0.0.1:{port}/readyz", 1.0)[0] != 200:
+            if time.monotonic() > deadline:
+                raise SystemExit("the image did not become ready on its own CMD")
+            time.sleep(0.5)
+        health = subprocess.run(
+            [*PODMAN, "healthcheck", "run", name], capture_output=True, text=True, check=False
+        )
+        uid = _run([*PODMAN, "exec", name, "id", "-u"], timeout=60).stdout.strip()
+        write = subprocess.run(
+            [*PODMAN, "exec", name, "touch", "/app/model/files/x"], capture_output=True, check=False
+        )
+        keyless = _post(f"http://127.0.0.1:{port}", b'{"rows": []}', "")[0]
+    finally:
+        subprocess.run([*PODMAN, "stop", "-t", "30", name], capture_output=True, check=False)
+        code = subprocess.run(
+            [*PODMAN, "inspect", name, "--format", "{{.State.ExitCode}}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        subprocess.run([*PODMAN, "rm", name], capture_output=True, check=False)
+    return {
+        "healthcheck_run": "healthy" if health.returncode == 0 else f"unhealthy {health.stdout}",
+        "uid": uid,
+        "model_writable": write.returncode == 0,
+        "keyless_status": keyless,
+        "exit_code_after_sigterm": code,
     }
 
 
@@ -194,6 +237,7 @@ def main() -> None:
         if args.debootstrap:
             debootstrap_base(work)
         image = build_image(context, args.base_image or BASE)
+        image.update(run_as_shipped(keys))
         print(f"image: {image}", flush=True)
 
     servers: dict[str, Server] = {
@@ -220,14 +264,6 @@ def main() -> None:
     try:
         for server in servers.values():
             server.wait_ready()
-        if image is not None:  # the image's own HEALTHCHECK, run by podman in the container
-            check = subprocess.run(
-                [*PODMAN, "healthcheck", "run", servers["image"].name],  # type: ignore[attr-defined]
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            image["healthcheck_run"] = "healthy" if check.returncode == 0 else check.stdout
         answers = {}
         for kind, server in servers.items():
             status, raw = _post(server.url, body.read_bytes(), secret)
@@ -262,7 +298,10 @@ def _post(url: str, body: bytes, secret: str) -> tuple[int, bytes]:
     request = urllib.request.Request(
         url + "/v1/models/digits/predict",
         data=body,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {secret}"},
+        headers={
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {secret}"} if secret else {}),
+        },
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as r:  # noqa: S310 - loopback
@@ -327,9 +366,12 @@ def summarise(
     if image is not None:
         notes.append(
             f"Image: {image['size_mb']:.0f} MB (base {image['base_size_mb']:.0f} MB), built in "
-            f"{image['build_s']:.0f} s with podman; user {image['user']}; its HEALTHCHECK "
-            f"(`podman healthcheck run`): {image.get('healthcheck_run')}. image-unconfined: the "
-            "same container without podman's default seccomp filter."
+            f"{image['build_s']:.0f} s with podman. Run as shipped (its own CMD, published on "
+            f"127.0.0.1): uid {image['uid']}, HEALTHCHECK (`podman healthcheck run`) "
+            f"{image['healthcheck_run']}, model files writable: {image['model_writable']}, a "
+            f"request without a key: {image['keyless_status']}, exit status after SIGTERM: "
+            f"{image['exit_code_after_sigterm']}. image / image-unconfined: the container on the "
+            "host's network with and without podman's default seccomp filter."
         )
     path = write(
         args.out,
