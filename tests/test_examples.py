@@ -87,7 +87,8 @@ def test_readme_starts_with_the_two_setup_commands():
 
 
 def test_serve_demo_runs(tmp_path):
-    """`make demo`'s serving step: a real server on 127.0.0.1, the client, SIGTERM."""
+    """`make demo`'s serving steps: a real server on 127.0.0.1, the client, SIGTERM; then the
+    version packaged (``danlu package --k8s``) and served from the package without the store."""
     import os
     import subprocess
     import sys
@@ -108,3 +109,14 @@ def test_serve_demo_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "digits:1 predicts [" in done.stdout and "raw HTTP: [" in done.stdout
     assert 'danlu_requests_total{code="200",model="digits",version="1"} 2.0' in done.stdout
+    # the next step of the demo: the same version packaged, and served from the package alone
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "package_demo.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "packaged digits:1 predicts [" in done.stdout
+    assert (tmp_path / "build" / "digits" / "k8s" / "deployment.yaml").is_file()
