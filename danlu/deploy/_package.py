@@ -402,14 +402,19 @@ def _danlu_wheel(folder: Path, given: Path | None) -> Path:
         shutil.copytree(
             source / "danlu", copy / "danlu", ignore=shutil.ignore_patterns("__pycache__")
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-            + ["-w", str(folder), str(copy)],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-        )
+        # with this environment's setuptools (fast, offline); if it is missing or too old for
+        # pyproject.toml, in pip's isolated build environment (which fetches setuptools)
+        for isolation in (["--no-build-isolation"], []):
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q"]
+                + ["-w", str(folder), str(copy)],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+            )
+            if result.returncode == 0:
+                break
     wheels = sorted(folder.glob("danlu-*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
         raise ConfigError(
