@@ -24,7 +24,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,12 +166,18 @@ class Stack:
         assert body["status"] == "success", body
         return list(body["data"]["result"])
 
-    def wait_for(self, expr: str, what: str) -> list[dict[str, Any]]:
+    def wait_for(
+        self, expr: str, what: str, between: Callable[[], None] | None = None
+    ) -> list[dict[str, Any]]:
+        """``expr``'s result once it has one (bounded); ``between`` runs between the polls (a
+        request, so a counter keeps rising across scrapes while we wait)."""
         deadline = time.monotonic() + QUERY_S
         while time.monotonic() < deadline:
             result = self.query(expr)
             if result:
                 return result
+            if between is not None:
+                between()
             time.sleep(0.5)
         targets = httpx.get(f"{self.prometheus}/api/v1/targets", timeout=10).json()
         health = [
@@ -281,6 +287,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         store.close()
 
 
+def _predict(stack: Stack) -> None:
+    """One predict request of one row."""
+    row = {n: 1.0 for n in stack.features}
+    answer = httpx.post(
+        f"{stack.serve}/v1/models/wine/predict",
+        json={"rows": [row]},
+        headers={"Authorization": f"Bearer {stack.predict_key}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+
+
 def _traffic(stack: Stack, seconds: float) -> None:
     """Predict requests of 64 rows for ``seconds`` (a bounded loop), and one bad request."""
     headers = {"Authorization": f"Bearer {stack.predict_key}"}
@@ -313,7 +331,9 @@ def _substitute(expr: str) -> str:
 
 def test_prometheus_scrapes_serving_training_and_the_agent(stack):
     _traffic(stack, seconds=3.0)
-    rate = stack.wait_for("rate(danlu_requests_total[1m]) > 0", "serving traffic")
+    rate = stack.wait_for(
+        "rate(danlu_requests_total[1m]) > 0", "serving traffic", between=lambda: _predict(stack)
+    )
     assert {r["metric"]["model"] for r in rate} == {"wine"}
     loss = stack.wait_for(f'danlu_train_loss{{run_id="{stack.run_id}"}}', "the training loss")
     assert {r["metric"]["split"] for r in loss} == {"train", "val"}
