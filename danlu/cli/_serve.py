@@ -292,7 +292,7 @@ def _what_to_serve(
                 "packaged one with --package DIR."
             )
         return tuple(models), {}
-    from danlu.store import PackagedStore
+    from danlu.store import packaged_version
 
     for given, option in ((canary, "--canary"), (log_sample > 0, "--log-sample")):
         if given:
@@ -300,7 +300,7 @@ def _what_to_serve(
                 f"{option} needs the store; a packaged server (--package) serves one version "
                 "and records nothing. Serve from the store to use it."
             )
-    mv = PackagedStore(package).version  # checks the manifest and every file's hash
+    mv = packaged_version(package)  # the files' hashes are checked once, when the server opens it
     refs = set(models) - {mv.name, mv.ref, *(f"{mv.name}@{a}" for a in mv.aliases)}
     if refs:
         raise ConfigError(

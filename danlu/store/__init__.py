@@ -37,6 +37,7 @@ from danlu.store._packaged import (
 from danlu.store._packaged import (
     PackagedStore,
     file_digest,
+    packaged_version,
     read_keys_file,
 )
 from danlu.store._provenance import current_actor, git_state, host_name, package_versions
@@ -63,6 +64,7 @@ __all__ = [
     "PACKAGE_MANIFEST",
     "PackagedStore",
     "file_digest",
+    "packaged_version",
     "read_keys_file",
     "ACTION_HELP",
     "ALL_PROJECTS",

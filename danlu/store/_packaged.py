@@ -45,6 +45,7 @@ __all__ = [
     "PACKAGE_FORMAT",
     "PackagedStore",
     "file_digest",
+    "packaged_version",
     "read_keys_file",
 ]
 
@@ -394,6 +395,17 @@ class PackagedStore(Store):
 
     def list_deployments(self, *args: Any, **kwargs: Any) -> list[Any]:
         return []
+
+
+def packaged_version(root: str | Path) -> ModelVersion:
+    """The version a package folder holds, from its manifest alone (its files are checked when
+    a :class:`PackagedStore` opens it).
+
+    Raises:
+        StoreError: no manifest, or one that does not describe a version.
+    """
+    folder = Path(root).resolve()
+    return _version(_read_manifest(folder), folder)
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
