@@ -8,6 +8,8 @@ documents, the tokenizer's size and the report's baselines and samples::
       vocab_size: 4096           # the byte-level BPE vocabulary, trained on the training split
       where: {category: sport}   # keep the documents whose column holds this value (or values)
       order: 5                   # the Kneser-Ney n-gram baseline's order
+      near_duplicates: 0.5       # documents sharing half their 8-word shingles stay in one split
+      eval_stride: 64            # validation/test blocks slide by 64 (default: half the context)
       samples: {temperatures: [0.7, 1.0], tokens: 48}   # generated samples in the report
     model: {type: gpt, context: 128}
 
@@ -65,6 +67,19 @@ class LanguageModelConfig(BaseModel):
     )
     order: Annotated[int, Field(ge=1, le=8)] = Field(
         5, description="The order of the interpolated Kneser-Ney n-gram baseline."
+    )
+    near_duplicates: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        0.5,
+        description="Documents that share at least this share of their 8-word shingles (of the "
+        "shorter one's) go to the same split, as identical documents do: held-out text is not "
+        "seen in training under another document's name. null: identical documents only.",
+    )
+    eval_stride: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Stride of the validation and test blocks (a sliding window): a block "
+        "after the first scores only its last eval_stride targets, so every scored token has "
+        "at least model.context - eval_stride tokens of history. Default: half the context; "
+        "model.context: blocks that do not overlap.",
     )
     samples: SamplesConfig = Field(
         default_factory=SamplesConfig, description="Generated samples in the trust report."

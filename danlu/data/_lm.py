@@ -4,7 +4,9 @@
 a CSV / Parquet / JSONL file) or from a folder of ``.txt`` files (one document per file), keeps
 those the recipe's ``language_model.where`` selects, and splits them into train / validation /
 test *by document* (seeded with ``data.split.seed``): no document is in two splits, and
-identical documents stay together in one.
+identical documents stay together in one, as do near-duplicates (``language_model.near_duplicates``:
+documents that share most of their 8-word shingles, e.g. two versions of one news story), so
+held-out text was not seen in training under another document's name.
 
 A byte-level BPE tokenizer (Hugging Face ``tokenizers``: ``ByteLevel`` pre-tokenizer and decoder,
 so any text encodes without an unknown token) is trained on the training documents only, with
@@ -57,6 +59,8 @@ __all__ = [
     "lm_eod_id",
     "lm_tokenizer",
     "load_documents",
+    "near_duplicate_groups",
+    "eval_stride",
     "pack_blocks",
     "prepare_lm_data",
     "read_text_folder",
@@ -272,6 +276,62 @@ def _document(value: Any, column: str, row: int) -> str:
     return value
 
 
+#: Words per shingle of the near-duplicate check.
+SHINGLE = 8
+
+
+def near_duplicate_groups(
+    texts: Sequence[str], overlap: float, shingle: int = SHINGLE, common: int = 50
+) -> np.ndarray:
+    """A group index per text, (n,) int64 in first-appearance order: texts that share at
+    least ``overlap`` of the shorter one's ``shingle``-word shingles (whitespace-split words)
+    are in one group, transitively. A text of fewer words is one shingle of all of them.
+
+    A shingle that more than ``common`` texts share (a dateline, a boilerplate sentence) does
+    not count towards a pair: it says nothing about two texts being one, and skipping it keeps
+    the work near-linear in the corpus.
+
+    Example:
+        >>> story = "the minister said on monday that the new rules would start in may"
+        >>> near_duplicate_groups([story, "cats", story + " next year", "cats and dogs"], 0.5).tolist()
+        [0, 1, 0, 2]
+    """
+    from collections import Counter
+
+    words: dict[str, int] = {}
+    sets: list[set[tuple[int, ...]]] = []
+    for text in texts:
+        ids = tuple(words.setdefault(w, len(words)) for w in text.split())
+        if len(ids) < shingle:
+            sets.append({ids} if ids else set())
+        else:
+            sets.append({ids[i : i + shingle] for i in range(len(ids) - shingle + 1)})
+    index: dict[tuple[int, ...], list[int]] = {}
+    for i, keys in enumerate(sets):
+        for key in keys:
+            index.setdefault(key, []).append(i)
+    parent = list(range(len(texts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, keys in enumerate(sets):
+        shared: Counter[int] = Counter()
+        for key in keys:
+            holders = index[key]
+            if len(holders) <= common:
+                shared.update(j for j in holders if j > i)
+        for j, count in shared.items():
+            if count >= overlap * min(len(keys), len(sets[j])):
+                parent[root(j)] = root(i)
+    roots = [root(i) for i in range(len(texts))]
+    number: dict[int, int] = {}
+    return np.asarray([number.setdefault(r, len(number)) for r in roots], dtype=np.int64)
+
+
 def split_documents(
     n: int, val: float, test: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -344,31 +404,55 @@ def token_bytes(tokenizer: Any) -> np.ndarray:
 
 
 def pack_blocks(
-    ids: np.ndarray, weights: np.ndarray, context: int, pad_id: int
+    ids: np.ndarray, weights: np.ndarray, context: int, pad_id: int, stride: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cut a token stream into blocks of ``context + 1`` ids with stride ``context``.
+    """Cut a token stream into blocks of ``context + 1`` ids, block ``i`` starting at
+    ``i * stride`` (``stride`` defaults to ``context``: blocks that share one token).
 
     Returns ``x`` (n, context + 1) float32 ids and ``y`` (n, context) float32: ``weights`` of
-    each target ``x[:, 1:]`` (0 where the last block is padded with ``pad_id``).
+    each target ``x[:, 1:]``, 0 where the last block is padded with ``pad_id`` and, with a
+    ``stride`` under ``context``, on the first ``context - stride`` targets of every block after
+    the first (a sliding window: those targets were scored by the block before, and each scored
+    target has at least ``context - stride`` tokens of history).
 
     Example:
         >>> x, y = pack_blocks(np.arange(6), np.ones(6), context=2, pad_id=9)
         >>> x.tolist(), y.tolist()
         ([[0.0, 1.0, 2.0], [2.0, 3.0, 4.0], [4.0, 5.0, 9.0]], [[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+        >>> x, y = pack_blocks(np.arange(6), np.ones(6), context=4, pad_id=9, stride=2)
+        >>> x.tolist(), y.tolist()
+        ([[0.0, 1.0, 2.0, 3.0, 4.0], [2.0, 3.0, 4.0, 5.0, 9.0]], [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
     """
+    stride = context if stride is None else stride
+    if not 1 <= stride <= context:
+        raise ValueError(f"stride {stride} is not in 1..{context}")
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) < 2:
         return np.zeros((0, context + 1), np.float32), np.zeros((0, context), np.float32)
-    n = math.ceil((len(ids) - 1) / context)
-    total = n * context + 1
+    n = 1 + math.ceil(max(0, len(ids) - 1 - context) / stride)
+    total = (n - 1) * stride + context + 1
     padded = np.full(total, pad_id, dtype=np.int64)
     padded[: len(ids)] = ids
     weight = np.zeros(total, dtype=np.float32)
     weight[: len(ids)] = np.asarray(weights, dtype=np.float32)
-    starts = np.arange(n)[:, None] * context  # (n, 1)
+    starts = np.arange(n)[:, None] * stride  # (n, 1)
     x = padded[starts + np.arange(context + 1)].astype(np.float32)  # (n, T+1)
     y = weight[starts + 1 + np.arange(context)]  # (n, T)
+    y[1:, : context - stride] = 0.0  # scored by the block before
     return x, y
+
+
+def eval_stride(config: LanguageModelConfig, context: int) -> int:
+    """The held-out blocks' stride: ``language_model.eval_stride``, by default half the
+    context (at least 1, at most the context).
+
+    Example:
+        >>> from danlu.config import LanguageModelConfig
+        >>> eval_stride(LanguageModelConfig(), 128), eval_stride(LanguageModelConfig(eval_stride=500), 128)
+        (64, 128)
+    """
+    stride = config.eval_stride if config.eval_stride is not None else context // 2
+    return max(1, min(stride, context))
 
 
 def _stream(tokenizer: Any, texts: Sequence[str], eod: int) -> np.ndarray:
@@ -500,8 +584,27 @@ def prepare_lm_data(
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     group_of = rank[inverse]  # (n,) group index in first-appearance order
-    groups = split_documents(len(unique), split.val, split.test, split.seed)
-    members: list[list[int]] = [[] for _ in range(len(unique))]
+    n_groups = len(unique)
+    if config.near_duplicates is not None:  # and near-duplicates: the unique texts' groups
+        near = near_duplicate_groups(
+            [docs.texts[i] for i in np.sort(first)], config.near_duplicates
+        )
+        group_of, n_groups = near[group_of], int(near.max()) + 1 if len(near) else 0
+    groups = split_documents(n_groups, split.val, split.test, split.seed)
+    if config.near_duplicates is not None and len(unique) >= 3:
+        empty = [n for n, g, share in zip(("validation", "test"), groups[1:],
+                                          (split.val, split.test), strict=True)
+                 if share > 0 and len(g) == 0]  # fmt: skip
+        if empty:
+            raise RecipeDataError(
+                ("language_model", "near_duplicates"),
+                f"near-duplicate grouping left {n_groups} group(s) of {len(unique)} distinct "
+                f"documents, too few for a {' and a '.join(empty)} split",
+                config.near_duplicates,
+                "The documents repeat one another's text. Raise it (e.g. 0.9: only near-copies "
+                "group) or set it to null (identical documents only).",
+            )
+    members: list[list[int]] = [[] for _ in range(n_groups)]
     for i, group in enumerate(group_of):
         members[group].append(i)
     parts = [np.asarray([i for g in part for i in members[g]], dtype=np.int64) for part in groups]
@@ -511,11 +614,12 @@ def prepare_lm_data(
     tokenizer = plain_tokenizer(tokenizer)
     eod = lm_eod_id(tokenizer)
     weights = token_bytes(tokenizer)
+    stride = eval_stride(config, context)
     blocks, streams = [], []
-    for split_texts in texts:
+    for i, split_texts in enumerate(texts):
         ids = _stream(tokenizer, split_texts, eod)
-        streams.append(ids)
-        blocks.append(pack_blocks(ids, weights[ids], context, eod))
+        streams.append(ids)  # training: every target once; held out: a sliding window
+        blocks.append(pack_blocks(ids, weights[ids], context, eod, None if i == 0 else stride))
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = blocks
     pre = lm_preprocessor(tokenizer, context, config.text)
     decoded = tokenizer.decode_batch(x_test[:, :-1].astype(np.int64).tolist())
@@ -529,12 +633,15 @@ def prepare_lm_data(
         "documents_empty": docs.empty,
         "documents_kept": len(docs.texts),
         "duplicates_kept_together": len(docs.texts) - len(unique),
+        "near_duplicates_kept_together": len(unique) - n_groups,
+        "near_duplicates": config.near_duplicates,
         "where": config.where,
         "documents": {n: len(p) for n, p in zip(names, parts, strict=True)},
         "tokens": {n: int(len(s)) for n, s in zip(names, streams, strict=True)},
         "bytes": {n: float(y.sum()) for n, (_, y) in zip(names, blocks, strict=True)},
         "rows": {n: int(len(x)) for n, (x, _) in zip(names, blocks, strict=True)},
         "context": context,
+        "eval_stride": stride,
         "tokenizer": {
             "kind": LM_SOURCE,
             "vocab_size": int(tokenizer.get_vocab_size(with_added_tokens=True)),

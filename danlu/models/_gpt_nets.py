@@ -52,6 +52,22 @@ class CausalSelfAttention(nn.Module):
         b, n, w = t.shape
         return t.view(b, n, self.heads, w // self.heads).transpose(1, 2)  # (B, h, n, hw)
 
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fresh: bool, n: int
+    ) -> torch.Tensor:
+        drop = self.dropout if self.training else 0.0
+        # (no Python branch on a traced size when nothing is cached: the engine's forward exports)
+        if fresh:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        if n == 1:  # one new token: it sees everything cached
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        # New queries at positions p..p+n-1 see every cached key and the new keys up to
+        # themselves: a causal mask aligned to the bottom right.
+        total = k.shape[2]
+        rows = torch.arange(total - n, total, device=q.device).unsqueeze(1)
+        mask = torch.arange(total, device=q.device).unsqueeze(0) <= rows  # (n, total)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+
     def forward(
         self, h: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -60,19 +76,13 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], 2)
             v = torch.cat([past[1], v], 2)
-        drop = self.dropout if self.training else 0.0
-        # (no Python branch on a traced size when past is None: the engine's forward exports)
-        if past is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
-        elif n == 1:  # one new token: it sees everything cached
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+            # under bf16 autocast on a CPU: attention in fp32, whose kernels (the backward above
+            # all) run several times faster there than bf16's; the projections stay bf16
+            with torch.autocast("cpu", enabled=False):
+                y = self._attend(q.float(), k.float(), v.float(), past is None, n)
         else:
-            # New queries at positions p..p+n-1 see every cached key and the new keys up to
-            # themselves: a causal mask aligned to the bottom right.
-            total = k.shape[2]
-            rows = torch.arange(total - n, total, device=h.device).unsqueeze(1)
-            mask = torch.arange(total, device=h.device).unsqueeze(0) <= rows  # (n, total)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+            y = self._attend(q, k, v, past is None, n)
         y = y.transpose(1, 2).reshape(b, n, w)
         return self.out_drop(self.out(y)), (k, v)
 
@@ -138,6 +148,8 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * layers))
         if tie_weights:
             self.head.weight = self.tokens.weight
+        # blocks per evaluation pass (the engine reads it): about 8M logits, 32 MB in fp32
+        self.eval_chunk_rows = max(8, (1 << 23) // (context * vocab_size))
 
     @staticmethod
     def _init(m: nn.Module) -> None:

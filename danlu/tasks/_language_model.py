@@ -138,8 +138,8 @@ class LanguageModelTask(Task):
         weights, imbalance methods, the focal loss (no classes); ``data.augment``,
         ``data.reduce``, ``data.stream``, ``data.target`` (the text column is
         ``language_model.text``); adversarial training (token ids have no input gradient),
-        DP-SGD and distillation (not supported for this task); a vocabulary under 257; LoRA
-        without ``model.base``."""
+        DP-SGD and distillation (not supported for this task); a vocabulary under 257; an
+        ``eval_stride`` over the context; LoRA without ``model.base``."""
         from danlu.config import ConfigIssue
         from danlu.data._lm import MIN_VOCAB
 
@@ -187,6 +187,16 @@ class LanguageModelTask(Task):
                    config.vocab_size, f"Set language_model.vocab_size to {MIN_VOCAB} or more "
                    "(e.g. 4096).")  # fmt: skip
         options = recipe.model.options()
+        if (
+            config is not None
+            and config.eval_stride is not None
+            and not options.get("base")
+            and config.eval_stride > _context(recipe)
+        ):
+            refuse(("language_model", "eval_stride"), "held-out blocks cannot slide by more "
+                   f"than the model's context ({_context(recipe)} tokens)", config.eval_stride,
+                   f"Set language_model.eval_stride to {_context(recipe)} or less (default: "
+                   "half the context).")  # fmt: skip
         if options.get("finetune") == "lora" and not options.get("base"):
             refuse(("model", "finetune"), "LoRA adapts a trained model, and model.base names "
                    "none", "lora", "Set model.base: NAME@ALIAS (a registered language model), "

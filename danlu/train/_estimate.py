@@ -191,6 +191,7 @@ def estimate_memory(
 
     bucketed = train.bucket_by_length and bool(data.schema.text_slices())
     chunk = EVAL_CHUNK_ROWS if bucketed else _EVAL_CHUNK
+    chunk = max(1, min(chunk, int(getattr(model, "eval_chunk_rows", chunk))))  # as the engine
     activations = max(
         _train_activations(model, sample, batch, bf16=bf16),
         _eval_activations(model, sample, min(chunk, max(val_rows, len(data.x_test))), bf16=bf16),

@@ -192,14 +192,16 @@ class Trainer:
             if schema is not None and self.config.bucket_by_length and len(x_t)
             else None
         )
+        # a model whose rows are large inside (a GPT's block: context × vocabulary logits)
+        # names fewer rows per pass: memory stays bounded and the logits stay in cache
+        most = max(1, int(getattr(model, "eval_chunk_rows", _EVAL_CHUNK)))
         if lengths is None:  # slices in the rows' order
-            chunks = [
-                slice(start, start + _EVAL_CHUNK) for start in range(0, len(x_t), _EVAL_CHUNK)
-            ]
+            step = min(_EVAL_CHUNK, most)
+            chunks = [slice(start, start + step) for start in range(0, len(x_t), step)]
             order = None
         else:
             order = torch.argsort(lengths, stable=True)  # (N,) shortest first
-            chunks = list(order.split(EVAL_CHUNK_ROWS))
+            chunks = list(order.split(min(EVAL_CHUNK_ROWS, most)))
         outputs = []
         for rows in chunks:
             with self._autocast(device):

@@ -45,7 +45,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
             "name": "lm",
             "task": "language_model",
             "data": {"source": str(corpus)},
-            "language_model": {"vocab_size": 300, "samples": {"temperatures": []}},
+            "language_model": {
+                "vocab_size": 300,
+                "samples": {"temperatures": []},
+                "near_duplicates": None,  # the documents repeat one pattern
+            },
             "model": {"type": "gpt", "width": 32, "layers": 2, "heads": 4, "context": 16},
             "train": {"epochs": 1, "batch_size": 16},
             "evaluate": False,

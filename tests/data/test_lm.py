@@ -16,6 +16,7 @@ from danlu.data._lm import (
     LM_EOD,
     MIN_VOCAB,
     lm_tokenizer,
+    near_duplicate_groups,
     pack_blocks,
     prepare_lm_data,
     read_text_folder,
@@ -43,6 +44,45 @@ def test_split_documents_is_a_seeded_partition() -> None:
     assert [len(s) for s in split_documents(2, 0.1, 0.2, seed=0)] == [2, 0, 0]  # keep training
 
 
+@pytest.mark.parametrize("length", [2, 9, 10, 11, 37])
+@pytest.mark.parametrize("stride", [1, 3, 4, 8])
+def test_sliding_blocks_score_every_target_once_with_the_history_they_promise(
+    length: int, stride: int
+) -> None:
+    context = 8
+    ids = np.arange(length) + 100
+    x, y = pack_blocks(ids, np.full(length, 2.0), context=context, pad_id=0, stride=stride)
+    scored = [(int(x[b, t + 1]), t) for b, t in zip(*np.nonzero(y), strict=True)]
+    assert sorted(token for token, _ in scored) == ids[1:].tolist()  # each target exactly once
+    history = {token: t + 1 for token, t in scored}  # tokens of the block before the target
+    for token, seen in history.items():
+        assert seen >= min(token - 100, context - stride), (token, seen)
+    assert float(y.sum()) == 2.0 * (length - 1)
+    assert (x[1:, 0] - x[:-1, 0] == stride).all()  # block i starts at i * stride
+    with pytest.raises(ValueError, match="stride"):
+        pack_blocks(ids, np.ones(length), context=context, pad_id=0, stride=context + 1)
+
+
+def test_held_out_blocks_slide_and_training_blocks_do_not() -> None:
+    frame = corpus(60)
+    config = LanguageModelConfig(vocab_size=300)
+    half = prepare_lm_data(DataConfig(source="x.csv"), config, context=8, frame=frame)
+    flat = prepare_lm_data(
+        DataConfig(source="x.csv"), config.model_copy(update={"eval_stride": 8}), context=8,
+        frame=frame,
+    )  # fmt: skip
+    assert half.report["eval_stride"] == 4 and flat.report["eval_stride"] == 8
+    assert np.array_equal(half.x_train, flat.x_train) and np.array_equal(half.y_train, flat.y_train)
+    for split in ("val", "test"):
+        (xh, yh), (xf, yf) = (
+            (getattr(d, f"x_{split}"), getattr(d, f"y_{split}")) for d in (half, flat)
+        )
+        assert len(xh) > len(xf)  # about twice the blocks, the same targets and bytes
+        assert np.array_equal(training_stream(xh, yh), training_stream(xf, yf))
+        assert float(yh.sum()) == float(yf.sum())
+        assert (yh[1:, :4] == 0).all() and (yh[0] > 0).all()
+
+
 def test_pack_blocks_overlap_by_one_and_pad_with_zero_weight() -> None:
     ids = np.arange(10)
     x, y = pack_blocks(ids, np.arange(10) + 1.0, context=4, pad_id=99)
@@ -51,6 +91,67 @@ def test_pack_blocks_overlap_by_one_and_pad_with_zero_weight() -> None:
     assert x[-1].tolist() == [8, 9, 99, 99, 99]
     assert y[-1].tolist() == [10, 0, 0, 0]  # padding targets weigh nothing
     assert y[0].tolist() == [2, 3, 4, 5]  # each target's own weight
+
+
+def _edited(text: str, rng: random.Random, changes: int) -> str:
+    words = text.split()
+    for _ in range(changes):
+        words[rng.randrange(len(words))] = rng.choice(WORDS)
+    return " ".join(words)
+
+
+def test_near_duplicates_group_transitively_and_boilerplate_does_not_link() -> None:
+    rng = random.Random(1)
+    story = " ".join(rng.choice(WORDS) + str(i) for i in range(120))  # 120 distinct words
+    other = " ".join(rng.choice(WORDS) + str(i) for i in range(120, 240))
+    texts = [story, other, _edited(story, rng, 2), _edited(_edited(story, rng, 2), rng, 2)]
+    groups = near_duplicate_groups(texts, 0.5).tolist()
+    assert groups == [0, 1, 0, 0]  # two edits of one story: with it, not with the other
+    assert near_duplicate_groups(texts, 1.0).tolist() == [0, 1, 2, 3]  # only identical ones
+    # a sentence that many documents share (a dateline, a sign-off) does not make them one
+    tail = " ".join(f"boiler{i}" for i in range(40))
+    docs = [" ".join(rng.choice(WORDS) + str(i) for i in range(j * 50, j * 50 + 30)) + " " + tail
+            for j in range(60)]  # fmt: skip
+    assert len(set(near_duplicate_groups(docs, 0.5, common=50).tolist())) == 60
+    assert len(set(near_duplicate_groups(docs, 0.5, common=100).tolist())) == 1
+    assert near_duplicate_groups(["a b", "a b", "", "c"], 0.5).tolist() == [0, 0, 1, 2]
+
+
+def test_near_duplicate_documents_stay_in_one_split() -> None:
+    rng = random.Random(2)
+    base = [
+        " ".join(rng.choice(WORDS) + str(rng.randrange(50)) for _ in range(60)) for _ in range(40)
+    ]
+    texts = base + [_edited(t, rng, 3) for t in base]  # 40 pairs of near-duplicates
+    frame = pd.DataFrame({"text": texts})
+    seen = {}
+    for near in (0.5, None):
+        data = prepare_lm_data(
+            DataConfig(source="x.csv", split={"val": 0.2, "test": 0.2, "seed": 0}),
+            LanguageModelConfig(vocab_size=300, near_duplicates=near), context=16, frame=frame,
+        )  # fmt: skip
+        tok = lm_tokenizer(data.preprocessor)
+        split_of = {}
+        for split in ("train", "val", "test"):
+            stream = training_stream(getattr(data, f"x_{split}"), getattr(data, f"y_{split}"))
+            for doc in tok.decode(stream.tolist(), skip_special_tokens=False).split(LM_EOD):
+                if doc:
+                    split_of[doc] = split
+        seen[near] = sum(split_of[a] != split_of[b] for a, b in zip(base, texts[40:], strict=True))
+        assert data.report["near_duplicates_kept_together"] == (40 if near else 0)
+    assert seen[0.5] == 0 and seen[None] > 5  # together only when asked; by chance otherwise
+
+
+def test_grouping_that_leaves_no_test_split_is_refused_naming_the_key() -> None:
+    story = [f"{WORDS[i % len(WORDS)]}{i}" for i in range(40)]
+    copies = [" ".join(story[:i] + ["changed"] + story[i + 1 :]) for i in range(12)]
+    with pytest.raises(RecipeDataError) as caught:
+        prepare_lm_data(
+            DataConfig(source="x.csv"), LanguageModelConfig(vocab_size=300), context=8,
+            frame=pd.DataFrame({"text": copies}),
+        )  # fmt: skip
+    assert "language_model.near_duplicates" in str(caught.value)
+    assert "null" in str(caught.value)
 
 
 def test_prepared_blocks_hold_every_document_and_its_bytes() -> None:

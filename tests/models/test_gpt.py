@@ -34,6 +34,44 @@ def test_forward_is_the_cross_entropy_of_each_next_token():
     assert torch.equal(gpt(x), nll)  # int64 ids give the same
 
 
+def test_bf16_autocast_attends_in_fp32_and_keeps_the_losses_and_gradients(monkeypatch):
+    """Under the engine's bf16 autocast on a CPU the projections run in bf16 and attention in
+    fp32 (its CPU kernels are several times faster there): the losses and gradients stay those
+    of fp32 to bf16's rounding, and the cache keeps the projections' dtype."""
+    import torch.nn.functional as F
+
+    gpt = tiny_gpt().train()
+    x = torch.randint(0, VOCAB, (4, CONTEXT + 1))
+    seen: list[torch.dtype] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append(q.dtype)
+        return sdpa(q, *args, **kwargs)
+
+    reference = gpt(x)
+    reference.mean().backward()
+    grads = {n: p.grad.clone() for n, p in gpt.named_parameters()}
+    gpt.zero_grad()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = gpt(x)
+        _, cache = gpt.logits(x[:, :4])
+    nll.mean().backward()
+    assert seen and set(seen) == {torch.float32}
+    assert cache[0][0].dtype == torch.bfloat16
+    assert nll.dtype == torch.float32
+    assert torch.allclose(nll, reference, atol=0.1) and not torch.equal(nll, reference)
+    checked = 0
+    for name, p in gpt.named_parameters():
+        if grads[name].norm() < 1e-6:  # the key's bias: softmax ignores it, its gradient is 0
+            continue
+        cosine = F.cosine_similarity(p.grad.flatten(), grads[name].flatten(), dim=0)
+        assert cosine > 0.95, name
+        checked += 1
+    assert checked >= 20
+
+
 def test_a_later_token_does_not_change_earlier_losses():
     gpt = tiny_gpt()
     x = torch.randint(0, VOCAB, (2, CONTEXT + 1))

@@ -216,7 +216,11 @@ def test_a_registered_language_model_generates_through_danlu_serve(tmp_path):
         "name": "lm",
         "task": "language_model",
         "data": {"source": str(corpus)},
-        "language_model": {"vocab_size": 300, "samples": {"temperatures": []}},
+        "language_model": {
+            "vocab_size": 300,
+            "samples": {"temperatures": []},
+            "near_duplicates": None,  # the documents repeat one pattern
+        },
         "model": {"type": "gpt", "width": 32, "layers": 2, "heads": 4, "context": 16},
         "train": {"epochs": 1, "batch_size": 16},
         "evaluate": False,

@@ -43,7 +43,11 @@ def _recipe(source: str, **extra) -> dict:
         "name": "tiny-lm",
         "task": "language_model",
         "data": {"source": source, "split": {"val": 0.15, "test": 0.15, "seed": 0}},
-        "language_model": {"vocab_size": 300, "samples": {"temperatures": [0.0], "tokens": 8}},
+        "language_model": {
+            "vocab_size": 300,
+            "samples": {"temperatures": [0.0], "tokens": 8},
+            "near_duplicates": None,  # the documents are rotations of two sentences
+        },
         "model": dict(MODEL),
         "train": {
             "epochs": 2,
@@ -78,7 +82,7 @@ def test_recipe_checks_name_the_key_and_a_fix():
         _recipe(
             "x.csv",
             model={**MODEL, "finetune": "lora"},
-            language_model={"vocab_size": 100},
+            language_model={"vocab_size": 100, "eval_stride": 10_000},
             train={"adversarial": {"method": "fgsm", "epsilon": 0.1}, "class_weight": "balanced"},
         )
         | {"data": {"source": "x.csv", "target": "text", "augment": [{"noise": 0.1}]}}
@@ -88,6 +92,7 @@ def test_recipe_checks_name_the_key_and_a_fix():
     text = str(caught.value)
     for key in (
         "language_model.vocab_size",
+        "language_model.eval_stride",
         "model.finetune",
         "train.adversarial",
         "train.class_weight",
@@ -148,7 +153,7 @@ def test_lora_on_a_narrower_corpus_from_a_registered_base(tmp_path):
     recipe = _recipe(
         str(source),
         model={**MODEL, "base": "base-lm@production", "finetune": "lora", "lora": {"r": 2}},
-        language_model={"where": {"category": "sport"}, "vocab_size": 999},
+        language_model={"where": {"category": "sport"}, "vocab_size": 999, "near_duplicates": None},
     )
     recipe["name"] = "sport-lm"
     recipe["register"] = {"name": "sport-lm"}

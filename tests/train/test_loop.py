@@ -53,6 +53,37 @@ def test_every_optimizer_trains(name):
     assert trainer.history_[-1]["train_loss"] < trainer.history_[0]["train_loss"]
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_takes_the_fused_step_and_matches_the_default_one(name):
+    """The fused kernel (one pass per parameter) where every parameter allows it: the same
+    update as torch's default loop, to float rounding."""
+    import torch
+
+    from danlu.config import OptimizerConfig
+    from danlu.train._optim import build_optimizer
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(4, 3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    config = OptimizerConfig(name=name, lr=0.1, weight_decay=0.01)
+    fused = build_optimizer(config, nets[0])
+    assert fused.defaults["fused"] is True
+    plain_cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    plain = plain_cls(nets[1].parameters(), lr=0.1, weight_decay=0.01)
+    x, start = torch.randn(8, 4), nets[0].weight.detach().clone()
+    for _ in range(3):
+        for net, opt in zip(nets, (fused, plain), strict=True):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(nets[0].weight, start, atol=1e-3)  # it did move
+    ints = torch.nn.Module()
+    ints.register_parameter("w", torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64)))
+    assert not build_optimizer(config, ints).defaults.get("fused")  # not every dtype allows it
+
+
 @pytest.mark.parametrize(
     ("settings", "check"),
     [
@@ -231,3 +262,23 @@ def test_regression_reports_r2_in_original_units():
     last = trainer.history_[-1]
     assert last["val_r2"] > 0.2
     assert 20 < last["val_mae"] < 80  # diabetes' target is in the hundreds: units were restored
+
+
+def test_a_model_can_bound_the_rows_of_each_evaluation_pass():
+    """A model whose rows are large inside (a GPT: context × vocabulary logits per block) names
+    ``eval_chunk_rows``; evaluation then runs in passes of at most that many rows, with the
+    same outputs in the same order."""
+    recipe, data, task, model = setup("train.epochs=1")
+    trainer = Trainer(recipe.train).fit(model, task, data)
+    x = torch.as_tensor(data.x_train[:50])
+    whole = trainer.predict_outputs(x)
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    model.eval_chunk_rows = 7
+    try:
+        chunked = trainer.predict_outputs(x)
+    finally:
+        hook.remove()
+        del model.eval_chunk_rows
+    assert sizes == [7] * 7 + [1]
+    assert torch.allclose(chunked, whole, atol=1e-5)
