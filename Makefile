@@ -54,8 +54,9 @@ demo: $(VENV)/.installed-core
 	$(BIN)/python -c "import danlu; from sklearn.datasets import load_digits; \
 	  m = danlu.load_model('digits@staging'); print(m, '->', m.predict(load_digits().data[:10])['prediction'])"
 	$(BIN)/danlu run examples/bbc_news_lm.yaml --set train.epochs=1 \
-	  --set "language_model.where={category: [business, tech]}"
-	$(BIN)/danlu run examples/bbc_news_lm_lora.yaml --set train.epochs=1
+	  --set "language_model.where={category: [business, tech]}" \
+	  --set model.width=128 --set model.dropout=0.0
+	$(BIN)/danlu run examples/bbc_news_lm_lora.yaml --set train.epochs=1 --set model.width=128
 	$(BIN)/danlu generate bbc-lm-sport@production --prompt "The match" --max-tokens 40 --seed 0
 	$(BIN)/danlu run examples/digits_vae.yaml --set train.epochs=40
 	$(BIN)/danlu generate digits-vae@staging --n 16 --out .danlu/vae-samples
