@@ -99,24 +99,22 @@ def test_serve_demo_runs(tmp_path):
         home=tmp_path,
     )
     env = {**os.environ, "DANLU_HOME": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "serve_demo.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+
+    def example(script: str, timeout: int) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    done = example("serve_demo.py", 180)
     assert "digits:1 predicts [" in done.stdout and "raw HTTP: [" in done.stdout
     assert 'danlu_requests_total{code="200",model="digits",version="1"} 2.0' in done.stdout
     # the next step of the demo: the same version packaged, and served from the package alone
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "package_demo.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = example("package_demo.py", 300)
     assert "packaged digits:1 predicts [" in done.stdout
     assert (tmp_path / "build" / "digits" / "k8s" / "deployment.yaml").is_file()
