@@ -58,6 +58,15 @@ def _dead(pid: int) -> bool:
         return True
 
 
+def _sigterm_pending(pid: int) -> bool:
+    """A SIGTERM waits for the (stopped) process: its pending-signal masks hold the bit."""
+    with open(f"/proc/{pid}/status") as handle:
+        masks = [
+            int(line.split()[1], 16) for line in handle if line.startswith(("SigPnd:", "ShdPnd:"))
+        ]
+    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in masks)
+
+
 def test_stopped_and_killed_agents_lose_no_job_and_run_none_twice(
     sqlite_db: QueueDb, tmp_path: Path
 ) -> None:
@@ -68,7 +77,13 @@ def test_stopped_and_killed_agents_lose_no_job_and_run_none_twice(
     short = [_submit(db, wine_recipe(tmp_path, epochs=2)) for _ in range(2)]
     first = db.agent("--slots", "1", "--lease", "5")
     run_id = wait_until(lambda: _running_with_epochs(db, long.id, 2))
+    # the attempt is frozen while its agent reacts, so however loaded the machine, it cannot
+    # finish before the agent tells it to stop; it wakes to the agent's SIGTERM
+    [pid] = _child_pids(db, long.id)
+    os.kill(pid, signal.SIGSTOP)
     first.send_signal(signal.SIGTERM)  # a clean stop: the running job is preempted
+    wait_until(lambda: _sigterm_pending(pid), timeout=60, every=0.05)
+    os.kill(pid, signal.SIGCONT)
     output, _ = first.communicate(timeout=60)
     assert first.returncode == 0 and "preempting 1 running job" in output, output
     stopped = db.queue().get(long.id)
