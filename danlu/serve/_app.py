@@ -24,6 +24,7 @@ from danlu.errors import DanluError
 from danlu.serve._auth import Authenticator, AuthMiddleware, route_scopes
 from danlu.serve._codec import MAX_DEPTH, decode_body, dumps
 from danlu.serve._errors import ErrorBoundary, auth_error, install_error_handlers, request_error
+from danlu.serve._generate import max_new_tokens
 from danlu.serve._guard import GuardMiddleware, RequestGuard
 from danlu.serve._lane import DanluApp, PredictLane
 from danlu.serve._limits import BodyLimitMiddleware, RowLimits
@@ -102,7 +103,10 @@ def create_app(
     install_error_handlers(app)
     _add_middleware(app, lane)
     openapi_cache: dict[Any, dict[str, Any]] = {}
-    app.openapi = lambda: build_openapi(app, pool, row_limits, openapi_cache)  # type: ignore[method-assign]
+    cap = max_new_tokens(settings.extra)
+    app.openapi = lambda: build_openapi(  # type: ignore[method-assign]
+        app, pool, row_limits, openapi_cache, generate_max_tokens=cap
+    )
     route_scopes(app)  # refuse to build an app with an unprotected route
     return app
 

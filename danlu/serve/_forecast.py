@@ -34,19 +34,19 @@ if TYPE_CHECKING:
     from danlu.serve._state import ServerState
     from danlu.serve._types import ServedModelLike
 
-__all__ = ["FORECAST_PATH", "add_forecast_route"]
+__all__ = ["FORECAST_PATH", "MAX_HISTORY", "add_forecast_route"]
 
 FORECAST_PATH = "/v1/models/{name}/forecast"
 _KEYS = frozenset({"history", "times", "covariates"})
-_MAX_HISTORY = 100_000  # values in one history (the window reads the last `lags`)
+MAX_HISTORY = 100_000  # values in one history (the window reads the last `lags`)
 
 
 def _numbers(values: Any, field: str) -> list[float]:
     if not isinstance(values, list) or not values:
         raise RequestError(field, "must be a non-empty list of numbers.")
-    if len(values) > _MAX_HISTORY:
+    if len(values) > MAX_HISTORY:
         raise RequestError(
-            field, f"holds {len(values):,} values; send at most {_MAX_HISTORY:,}.", 413
+            field, f"holds {len(values):,} values; send at most {MAX_HISTORY:,}.", 413
         )
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int | float):

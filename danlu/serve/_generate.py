@@ -53,7 +53,7 @@ from starlette.responses import Response
 from danlu.errors import DanluError
 from danlu.logging import get_logger
 from danlu.serve._auth import PREDICT, requires
-from danlu.serve._codec import decode_body, json_response
+from danlu.serve._codec import as_integer, decode_body, json_response
 from danlu.serve._errors import error_response, predict_failure
 from danlu.serve._model_route import refused
 from danlu.serve._types import QueueFull, RequestError
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from danlu.serve._metrics import ServeMetrics
     from danlu.serve._state import ServerState
 
-__all__ = ["GENERATE_PATH", "add_generate_route", "read_generate_request"]
+__all__ = ["GENERATE_PATH", "add_generate_route", "max_new_tokens", "read_generate_request"]
 
 log = get_logger(__name__)
 
@@ -86,13 +86,20 @@ _DEFAULTS: dict[str, Any] = {
 _KEYS = frozenset({"prompt", *_DEFAULTS})
 
 
+def max_new_tokens(extra: dict[str, Any]) -> int:
+    """The most tokens one request may ask for on a server with these settings."""
+    return int(extra.get("generate_max_tokens", MAX_TOKENS))
+
+
 def _number(payload: dict[str, Any], key: str, kind: type, low: float | None = None) -> Any:
     value = payload.get(key, _DEFAULTS[key])
     if value is None and _DEFAULTS[key] is None:
         return None
-    ok = not isinstance(value, bool) and (
-        isinstance(value, int) if kind is int else isinstance(value, int | float)
-    )
+    if kind is int:
+        value = as_integer(value)
+        ok = value is not None
+    else:
+        ok = not isinstance(value, bool) and isinstance(value, int | float)
     if not ok:
         raise RequestError(key, f"must be {'an integer' if kind is int else 'a number'}.")
     if low is not None and value < low:
@@ -443,9 +450,7 @@ async def _start(state: ServerState, name: str, raw: bytes, began: float) -> _Jo
     served = state.pool.route(name)
     model, tokenizer = _language_model(served, name)
     extra = state.settings.extra
-    settings = read_generate_request(
-        decode_body(raw), int(extra.get("generate_max_tokens", MAX_TOKENS))
-    )
+    settings = read_generate_request(decode_body(raw), max_new_tokens(extra))
     from danlu.models._gpt import context_of
 
     context = context_of(model)

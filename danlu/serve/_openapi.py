@@ -40,8 +40,10 @@ __all__ = [
     "Status",
     "Unloaded",
     "build_openapi",
-    "predict_response_schema",
+    "declare_errors",
     "errors",
+    "predict_response_schema",
+    "schema_prefix",
 ]
 
 _FLOAT_MAX = 1.7976931348623157e308
@@ -59,6 +61,7 @@ ERROR_CODES = {
     422: "invalid_input",
     429: "too_many_requests",
     500: "internal",
+    501: "not_implemented",
     503: "unavailable",
     504: "timeout",
 }
@@ -185,7 +188,7 @@ def _model_request_schemas(
     from pydantic import create_model
     from pydantic.json_schema import models_json_schema
 
-    prefix = _prefix(name)
+    prefix = schema_prefix(name)
     # what ServedModel.parse accepts: a number where a float is expected, 0/1 for a boolean, a
     # number for a category, and null where training learned a fill value
     finite = Annotated[float, Field(allow_inf_nan=False, ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
@@ -312,7 +315,7 @@ def _security(scope: str) -> list[dict[str, list[str]]]:
     return keys if scope == ADMIN else [*keys, {}]  # {}: no key needed (no keys, loopback)
 
 
-def _declare(operation: dict[str, Any], *codes: int) -> None:
+def declare_errors(operation: dict[str, Any], *codes: int) -> None:
     """Add error responses (ErrorBody) an operation may answer, where it declares none yet."""
     responses = operation.setdefault("responses", {})
     for code in codes:
@@ -326,10 +329,17 @@ def _declare(operation: dict[str, Any], *codes: int) -> None:
 
 
 def build_openapi(
-    app: FastAPI, pool: ModelPoolLike, row_limits: RowLimits, cache: dict[Any, dict[str, Any]]
+    app: FastAPI,
+    pool: ModelPoolLike,
+    row_limits: RowLimits,
+    cache: dict[Any, dict[str, Any]],
+    *,
+    generate_max_tokens: int = 1024,
 ) -> dict[str, Any]:
     """The app's OpenAPI document, with one predict path per served model (cached per set of
-    served versions): its request body and its response, both built from the model's signature.
+    served versions): its request body and its response, both built from the model's signature;
+    and, for a model whose task answers one, its ``/generate``, ``/forecast`` or ``/recommend``
+    path (``_openapi_tasks``).
 
     Every operation declares every status it can answer besides 500: the route's own, and those
     of the checks in front of every route — 400 for a Host not allowed (but /healthz and
@@ -337,6 +347,8 @@ def build_openapi(
     that change something), 401 and 503 (keys cannot be checked) where a key may be needed, and
     400/408/413 where a body is read."""
     from fastapi.openapi.utils import get_openapi
+
+    from danlu.serve._openapi_tasks import task_operation
 
     served = []
     for name in sorted(pool.names()):
@@ -364,6 +376,11 @@ def build_openapi(
     for name, model in served:
         path, operation = _predict_operation(name, model, row_limits, schemas)
         paths[path] = {"post": operation}
+        task = task_operation(
+            name, model, schemas, schema_prefix(name), generate_max_tokens=generate_max_tokens
+        )
+        if task is not None:
+            paths[task[0]] = {"post": task[1]}
     scopes = route_scopes(app)
     for path, item in paths.items():
         scope = scopes.get(path, PREDICT if path.startswith("/v1/models/") else PUBLIC)
@@ -379,7 +396,7 @@ def _predict_operation(
 ) -> tuple[str, dict[str, Any]]:
     """The predict path of one served model and its operation; the component schemas its request
     and response refer to go into ``schemas``."""
-    prefix = _prefix(name)
+    prefix = schema_prefix(name)
     limit = row_limits.of(model.signature, model.ref)
     body, defs = _model_request_schemas(name, model.signature, limit)
     schemas.update(defs)
@@ -399,7 +416,7 @@ def _predict_operation(
             }
         },
     }
-    _declare(operation, 400, 401, 403, 404, 408, 413, 415, 422, 503, 504)
+    declare_errors(operation, 400, 401, 403, 404, 408, 413, 415, 422, 503, 504)
     return f"/v1/models/{name}/predict", operation
 
 
@@ -468,19 +485,19 @@ def _declare_checks(path: str, method: str, operation: dict[str, Any], scope: st
         if status == "422":
             response["content"] = {"application/json": {"schema": _ERROR_REF}}
     if path not in EXEMPT_PATHS:
-        _declare(operation, 400)  # a Host not allowed
+        declare_errors(operation, 400)  # a Host not allowed
     if method in ("POST", "PUT", "PATCH", "DELETE"):
-        _declare(operation, 403)  # a cross-site Origin
+        declare_errors(operation, 403)  # a cross-site Origin
     if method in ("POST", "PUT", "PATCH"):
-        _declare(operation, 415)  # a body that is not JSON
+        declare_errors(operation, 415)  # a body that is not JSON
     if "requestBody" in operation:
-        _declare(operation, 400, 408, 413)
+        declare_errors(operation, 400, 408, 413)
     if scope != PUBLIC:
         operation["security"] = _security(scope)
-        _declare(operation, 401, 503)
+        declare_errors(operation, 401, 503)
 
 
-def _prefix(name: str) -> str:
+def schema_prefix(name: str) -> str:
     """A served name as a component-schema and operation-id prefix."""
     return re.sub(r"[^A-Za-z0-9]", "_", name)
 

@@ -26,22 +26,24 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
-from danlu.serve._codec import decode_body
+from danlu.serve._codec import as_integer, decode_body
 from danlu.serve._model_route import add_model_route
 from danlu.serve._types import RequestError
 
 if TYPE_CHECKING:
     from danlu.serve._state import ServerState
 
-__all__ = ["MAX_K", "RECOMMEND_PATH", "add_recommend_route", "read_recommend_request"]
+__all__ = ["MAX_ITEMS", "MAX_K", "RECOMMEND_PATH", "add_recommend_route", "read_recommend_request"]
 
 RECOMMEND_PATH = "/v1/models/{name}/recommend"
 MAX_K = 1000  # items in one answer
-_MAX_ITEMS = 10_000  # recent items in one request
+MAX_ITEMS = 10_000  # recent items in one request
 _KEYS = frozenset({"user", "k", "exclude_seen", "items"})
 
 
 def _id(value: Any, field: str) -> str | int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 42.0 is the integer 42, as JSON Schema's "integer" has it
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise RequestError(field, f"must be an id (a string or an integer); got {value!r}.")
     if isinstance(value, str) and not value.strip():
@@ -71,8 +73,11 @@ def read_recommend_request(payload: Any) -> tuple[str | int, int | None, bool, l
         raise RequestError("user", "is required: the id of the user to recommend items to.")
     user = _id(payload["user"], "user")
     k = payload.get("k")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K):
-        raise RequestError("k", f"must be an integer from 1 to {MAX_K}; got {k!r}.")
+    if k is not None:
+        number = as_integer(k)
+        if number is None or not 1 <= number <= MAX_K:
+            raise RequestError("k", f"must be an integer from 1 to {MAX_K}; got {k!r}.")
+        k = number
     exclude_seen = payload.get("exclude_seen", True)
     if not isinstance(exclude_seen, bool):
         raise RequestError("exclude_seen", f"must be true or false; got {exclude_seen!r}.")
@@ -80,9 +85,9 @@ def read_recommend_request(payload: Any) -> tuple[str | int, int | None, bool, l
     if items is not None:
         if not isinstance(items, list):
             raise RequestError("items", "must be a list of item ids (the user's recent items).")
-        if len(items) > _MAX_ITEMS:
+        if len(items) > MAX_ITEMS:
             raise RequestError(
-                "items", f"holds {len(items):,} ids; send at most {_MAX_ITEMS:,}.", 413
+                "items", f"holds {len(items):,} ids; send at most {MAX_ITEMS:,}.", 413
             )
         items = [_id(v, f"items[{i}]") for i, v in enumerate(items)]
     return user, k, exclude_seen, items

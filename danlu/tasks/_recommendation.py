@@ -716,6 +716,12 @@ class RecommendationTask(Task):
 
     # ---- signature -----------------------------------------------------------------------------
 
+    def signature(self, schema: FeatureSchema) -> dict[str, Any]:
+        """The base signature plus ``recommend``: the default ``k`` and the catalogue's size
+        (what ``POST /v1/models/{name}/recommend`` and its OpenAPI entry bound ``k`` by)."""
+        catalogue = len(schema.classes or ())
+        return {**super().signature(schema), "recommend": {"k": self.k, "catalogue": catalogue}}
+
     def output_signature(self, schema: FeatureSchema) -> dict[str, Any]:
         k = self.k
         return {

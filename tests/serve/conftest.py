@@ -209,3 +209,20 @@ def running_server(app: Any, settings: Any, host: str | None = None) -> Iterator
         server.handle_exit(15, None)  # what SIGTERM does
         thread.join(timeout=30)
         assert not thread.is_alive(), "the server did not stop"
+
+
+def spec_validator(spec: dict[str, Any], schema: dict[str, Any]) -> Any:
+    """A JSON Schema validator of ``schema`` (a part of the OpenAPI document ``spec``, whose
+    refs point into its components)."""
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator({**schema, "components": spec["components"]})
+
+
+def route_validators(spec: dict[str, Any], path: str) -> tuple[Any, Any]:
+    """Validators of the JSON request body and the JSON 200 answer the spec declares for
+    ``POST path``."""
+    operation = spec["paths"][path]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    return spec_validator(spec, body), spec_validator(spec, answer)

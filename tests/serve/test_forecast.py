@@ -17,7 +17,7 @@ from danlu.data._series_sources import load_series_set
 from danlu.errors import DataError
 from danlu.serve._forecast import read_forecast_request
 from danlu.serve._types import RequestError
-from tests.serve.conftest import LiveServer, start_server
+from tests.serve.conftest import LiveServer, route_validators, start_server
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "airline_forecast.yaml"
 
@@ -76,6 +76,31 @@ def test_a_bad_body_names_its_field(
         answer = http.post("/v1/models/airline/forecast", json=body)
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["field"] == field
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        spec = http.get("/openapi.json").json()
+    request, _ = route_validators(spec, "/v1/models/airline/forecast")
+    # the spec refuses it too, but for times as long as the history (JSON Schema cannot say it)
+    assert request.is_valid(body) == (field == "times"), body
+
+
+def test_the_spec_describes_the_forecasters_request_and_answer(
+    served: tuple[LiveServer, Any],
+) -> None:
+    server, _ = served
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        spec = http.get("/openapi.json").json()
+        body = {"history": [100.0 + i for i in range(30)], "times": list(range(30))}
+        answer = http.post("/v1/models/airline/forecast", json=body)
+    assert answer.status_code == 200, answer.text
+    request, response = route_validators(spec, "/v1/models/airline/forecast")
+    history = spec["components"]["schemas"]["airline_ForecastRequest"]["properties"]["history"]
+    assert history["minItems"] == 24  # the model's lags
+    request.validate(body)
+    response.validate(answer.json())
+    assert not response.is_valid({**answer.json(), "forecast": answer.json()["forecast"][:-1]})
+    operation = spec["paths"]["/v1/models/airline/forecast"]["post"]
+    assert operation["security"] and {"404", "413", "422"} <= set(operation["responses"])
+    assert "/v1/models/airline/recommend" not in spec["paths"]
 
 
 def test_nan_and_unknown_models_are_refused(served: tuple[LiveServer, Any]) -> None:

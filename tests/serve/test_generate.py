@@ -18,7 +18,7 @@ from danlu.serve import ServeSettings
 from danlu.serve import _generate as route
 from danlu.serve._app import create_app
 from tests.models.test_generate import tiny_lm, tiny_tokenizer
-from tests.serve.conftest import running_server
+from tests.serve.conftest import route_validators, running_server
 from tests.serve.test_app import (
     PREDICT,
     AppClient,
@@ -52,7 +52,12 @@ class SlowGPT:
 class FakeLM(FakeServed):
     def __init__(self, model: Any, name: str = "lm", version: int = 2) -> None:
         super().__init__(name, version)
-        self.signature = {"task": "language_model", "inputs": [{"name": "prompt"}]}
+        self.signature = {
+            "task": "language_model",
+            "inputs": [{"name": "prompt", "kind": "text"}],
+            "context": model.context,
+            "generate": {"inputs": {"prompt": {"type": "string"}}},
+        }
         self.runtime_name = "onnx"  # /predict's runtime; generation says torch
         self.bundle = SimpleNamespace(model=model)
 
@@ -132,6 +137,7 @@ def test_stop_strings_end_the_text(client, tok, gpt):
         ({"prompt": "the", "temperature": -1}, 422, "temperature"),
         ({"prompt": "the", "top_p": 2}, 422, "top_p"),
         ({"prompt": "the", "top_k": "5"}, 422, "top_k"),
+        ({"prompt": "the", "seed": 1.5}, 422, "seed"),
         ({"prompt": "the", "stop": [""]}, 422, "stop"),
         ({"prompt": "the", "stream": "yes"}, 422, "stream"),
         ({"prompt": "the", "temperatur": 1}, 422, "temperatur"),
@@ -140,6 +146,33 @@ def test_stop_strings_end_the_text(client, tok, gpt):
 )
 def test_a_bad_request_names_its_field(client, body, status, field):
     assert_error(_post(client, body), status, field)
+    request, _ = route_validators(client.get("/openapi.json").json(), "/v1/models/lm/generate")
+    # the spec refuses it too, but for a prompt's length in tokens, which JSON Schema cannot say
+    assert request.is_valid(body) == (field == "prompt" and status == 413), body
+
+
+def test_integers_may_come_as_json_numbers_with_a_zero_fraction():
+    """JSON Schema's "integer" (the spec's) includes 5.0; so does the route."""
+    settings = route.read_generate_request({"prompt": "a", "max_tokens": 5.0, "top_k": 3.0})
+    assert (settings["max_tokens"], settings["top_k"]) == (5, 3)
+    assert isinstance(settings["max_tokens"], int)
+
+
+def test_the_spec_describes_generate_for_language_models_only(client):
+    spec = client.get("/openapi.json").json()
+    assert "/v1/models/wine/generate" not in spec["paths"]
+    operation = spec["paths"]["/v1/models/lm/generate"]["post"]
+    assert operation["security"] and {"404", "413", "422", "501", "503"} <= set(operation["responses"])  # fmt: skip
+    assert "text/event-stream" in operation["responses"]["200"]["content"]
+    request, answer = route_validators(spec, "/v1/models/lm/generate")
+    schema = spec["components"]["schemas"]["lm_GenerateRequest"]
+    assert schema["properties"]["max_tokens"]["maximum"] == 50  # the server's cap
+    body = {"prompt": "the quick", "max_tokens": 7, "top_k": 3, "stop": ["zz"], "seed": 1}
+    request.validate(body)
+    got = _post(client, body)
+    assert got.status_code == 200, got.text
+    answer.validate(got.json())
+    assert not answer.is_valid({**got.json(), "finish_reason": "tired"})
 
 
 def test_a_model_that_is_not_a_language_model_or_not_served(client):

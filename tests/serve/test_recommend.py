@@ -16,7 +16,7 @@ import danlu
 from danlu.serve._recommend import read_recommend_request
 from danlu.serve._types import RequestError
 from danlu.tasks._recommendation import recommend
-from tests.serve.conftest import LiveServer, start_server
+from tests.serve.conftest import LiveServer, route_validators, start_server
 from tests.tasks.test_recommendation import planted_frame, planted_recipe
 
 
@@ -88,6 +88,29 @@ def test_a_bad_body_names_its_field(
     answer = _post(served, body)
     assert answer.status_code == status, answer.text
     assert answer.json()["error"]["field"] == field
+    request, _ = route_validators(_spec(served), "/v1/models/planted/recommend")
+    assert not request.is_valid(body), body  # the spec refuses it too
+
+
+def _spec(server: LiveServer) -> dict[str, Any]:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        return http.get("/openapi.json").json()
+
+
+def test_the_spec_describes_the_recommenders_request_and_answer(served: LiveServer) -> None:
+    spec = _spec(served)
+    request, response = route_validators(spec, "/v1/models/planted/recommend")
+    catalogue = len(set(planted_frame().item))
+    k = spec["components"]["schemas"]["planted_RecommendRequest"]["properties"]["k"]
+    assert k["anyOf"][0]["maximum"] == catalogue
+    for body in ({"user": "u7", "k": 3}, {"user": "stranger", "items": ["i1", 9], "k": 2}):
+        request.validate(body)
+        answer = _post(served, body)
+        assert answer.status_code == 200, answer.text
+        response.validate(answer.json())
+    assert not request.is_valid({"user": "u7", "k": catalogue + 1})
+    assert _post(served, {"user": "u7", "k": catalogue + 1}).status_code == 422
+    assert not response.is_valid({**answer.json(), "fallback": "random"})
 
 
 def test_unknown_models_are_404_and_requests_are_counted(served: LiveServer) -> None:
@@ -101,9 +124,45 @@ def test_unknown_models_are_404_and_requests_are_counted(served: LiveServer) -> 
 
 def test_read_recommend_request_checks_each_field() -> None:
     assert read_recommend_request({"user": "a", "items": [1, "b"]}) == ("a", None, True, [1, "b"])
+    # JSON Schema's integers (the spec's) include 42.0; 2.5 is no id and no k
+    assert read_recommend_request({"user": 42.0, "k": 5.0}) == (42, 5, True, None)
+    for body, field in (({"user": 2.5}, "user"), ({"user": 1, "k": 2.5}, "k")):
+        with pytest.raises(RequestError) as info:
+            read_recommend_request(body)
+        assert info.value.field == field
     with pytest.raises(RequestError) as info:
         read_recommend_request({"user": True})
     assert info.value.field == "user"
     with pytest.raises(RequestError) as info:
         read_recommend_request([1])
     assert info.value.field == "body"
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_schemathesis_finds_the_route_as_its_spec_says(served: LiveServer, mode: str) -> None:
+    """Bodies the spec accepts are answered 200, bodies it refuses are refused, and every answer
+    matches the spec (every schemathesis check; at most 15 examples per mode)."""
+    import schemathesis
+    from hypothesis import given, settings
+    from schemathesis.generation import GenerationMode
+
+    from tests.serve.test_schemathesis import ALL_CHECKS, HEALTH
+
+    schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json", timeout=30)
+    schema.config.generation.update(with_security_parameters=False)
+    negative = schema.config.checks.negative_data_rejection
+    negative.expected_statuses = [*negative.expected_statuses, "413"]  # too many items
+    operation = schema.find_operation_by_label("POST /v1/models/planted/recommend")
+    assert operation is not None
+    sent = 0
+
+    @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
+    @settings(max_examples=15, deadline=None, derandomize=True, database=None,
+              suppress_health_check=HEALTH)  # fmt: skip
+    def run(case: Any) -> None:
+        nonlocal sent
+        sent += 1
+        case.call_and_validate(checks=ALL_CHECKS, timeout=30)
+
+    run()
+    assert 0 < sent <= 15
