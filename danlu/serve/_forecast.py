@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 from danlu.errors import DataError
-from danlu.serve._codec import decode_body
+from danlu.serve._codec import as_integer, decode_body
 from danlu.serve._model_route import add_model_route
 from danlu.serve._types import RequestError
 
@@ -82,6 +82,7 @@ def read_forecast_request(payload: Any) -> tuple[list[float], list[Any] | None, 
             raise RequestError(
                 "times", f"must be a list of {len(history)} times, one per history value."
             )
+        times = [as_integer(t) if isinstance(t, float) else t for t in times]  # 3.0 is step 3
         for i, t in enumerate(times):
             if isinstance(t, bool) or not isinstance(t, str | int):
                 raise RequestError(f"times[{i}]", "must be an ISO date string or an integer step.")

@@ -125,6 +125,11 @@ def test_nan_and_unknown_models_are_refused(served: tuple[LiveServer, Any]) -> N
 
 def test_read_forecast_request_checks_each_field() -> None:
     assert read_forecast_request({"history": [1, 2], "times": [1, 2]}) == ([1.0, 2.0], [1, 2], {})
+    # JSON Schema's integers (the spec's) include 2.0
+    assert read_forecast_request({"history": [1], "times": [2.0]}) == ([1.0], [2], {})
+    with pytest.raises(RequestError) as info:
+        read_forecast_request({"history": [1], "times": [2.5]})
+    assert info.value.field == "times[0]"
     with pytest.raises(RequestError) as info:
         read_forecast_request({"history": [1.0], "covariates": {"t": [float("inf")]}})
     assert info.value.field == "covariates.t[0]"
