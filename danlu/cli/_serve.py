@@ -101,10 +101,20 @@ def serve_command(
     host: Annotated[
         str,
         typer.Option(
-            help="Address to listen on. Beyond loopback needs an API key: danlu keys create."
+            help="Address to listen on (default: $DANLU_HOST, else 127.0.0.1). Beyond loopback "
+            "needs an API key: danlu keys create.",
+            envvar="DANLU_HOST",
         ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    port: Annotated[
+        int,
+        typer.Option(
+            help="Port to listen on (default: $DANLU_PORT, else 8000).",
+            envvar="DANLU_PORT",
+            min=0,
+            max=65535,
+        ),
+    ] = 8000,
     workers: Annotated[
         int, typer.Option(help="Server processes (each loads every model).", min=1, max=64)
     ] = 1,
@@ -146,7 +156,15 @@ def serve_command(
         float,
         typer.Option(help="Seconds between checks for a moved alias (hot swap); 0: off.", min=0),
     ] = 2.0,
-    threads: Annotated[int, typer.Option(help="Inference threads per model.", min=1, max=256)] = 1,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="Inference threads per model (default: $DANLU_THREADS, else 1).",
+            envvar="DANLU_THREADS",
+            min=1,
+            max=256,
+        ),
+    ] = 1,
     log_sample: Annotated[
         float,
         typer.Option(

@@ -466,9 +466,12 @@ def _installed(name: str) -> str:
 def _dockerfile(mv: ModelVersion, options: PackageOptions, image: str) -> str:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     base = options.base_image or f"python:{python}-slim-bookworm"
+    # the port the server listens on: DANLU_PORT, which `danlu serve` reads too (docker run
+    # -e DANLU_PORT=9000 moves both)
     healthz = (
-        "import urllib.request; "
-        f"urllib.request.urlopen('http://127.0.0.1:{options.port}/healthz', timeout=2)"
+        "import os, urllib.request; "
+        "urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DANLU_PORT', "
+        f"'{options.port}') + '/healthz', timeout=2)"
     )
     return f"""\
 # {mv.ref}, packaged by danlu {_danlu_version()}: `danlu package` wrote this build context.
@@ -499,13 +502,15 @@ COPY model/ {APP_MODEL}/
 RUN chmod -R a-w {APP_MODEL}
 
 USER {UID}:{UID}
+# how `danlu serve` runs, as environment (not CMD: arguments appended to `docker run IMAGE`
+# would replace it); the HEALTHCHECK probes DANLU_PORT too: -e DANLU_PORT=9000 moves both
+ENV DANLU_HOST=0.0.0.0 DANLU_PORT={options.port} DANLU_THREADS={options.threads}
 EXPOSE {options.port}
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \\
     CMD ["{VENV}/bin/python", "-c", "{healthz}"]
 # beyond loopback the server refuses to start without API keys: mount a file with one key per
 # line at {KEYS_FILE} (or point DANLU_API_KEYS_FILE elsewhere)
 ENTRYPOINT ["{VENV}/bin/danlu", "serve", "--package", "{APP_MODEL}"]
-CMD ["--host", "0.0.0.0", "--port", "{options.port}", "--threads", "{options.threads}"]
 """
 
 
@@ -583,7 +588,8 @@ to start without API keys. `GET /healthz` is the liveness check (and the image's
 HEALTHCHECK), `GET /readyz` the readiness check (false while loading and while draining on
 SIGTERM), `GET /metrics` the Prometheus metrics (a key is needed, as for predictions).
 Clients that reach it by a name other than localhost need `--allowed-hosts NAME` appended to
-the run command (requests with any other Host header get 400: DNS rebinding).
+the run command (requests with any other Host header get 400: DNS rebinding). Another port:
+`docker run -e DANLU_PORT=9000 -p 9000:9000 ...` (the HEALTHCHECK follows the variable).
 
 Check the install steps without a container: `sh install.sh /tmp/danlu-venv`.
 {k8s}"""

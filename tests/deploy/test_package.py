@@ -110,6 +110,12 @@ def test_the_dockerfile_runs_as_a_user_with_a_healthcheck_and_serves_the_package
         "--package",
         "/app/model",
     ]
+    # where it listens is environment, not CMD: arguments appended to `docker run IMAGE` add
+    # to it instead of replacing it; the HEALTHCHECK reads the same DANLU_PORT
+    assert "ENV DANLU_HOST=0.0.0.0 DANLU_PORT=8000 DANLU_THREADS=1" in lines
+    check = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
+    assert [i for i, line in enumerate(lines) if line.startswith("CMD [")] == [check + 1]
+    assert "os.environ.get('DANLU_PORT'" in text.split("HEALTHCHECK", 2)[2]
     assert "chmod -R a-w /app/model" in text  # the model's files are read-only in the image
     assert "install.sh" in text
     install = (registry.context / "install.sh").read_text()
@@ -318,11 +324,22 @@ def test_beyond_loopback_a_packaged_server_needs_keys(registry: Registry, tmp_pa
         assert message in done.stderr, done.stderr[-2000:]
 
 
+def _healthcheck(context: Path, python: Path) -> list[str]:
+    """The Dockerfile's HEALTHCHECK command, run by ``python`` instead of the image's."""
+    text = (context / "Dockerfile").read_text()
+    line = text.split("HEALTHCHECK", 2)[2].split("CMD ", 1)[1].splitlines()[0]
+    command = json.loads(line)
+    assert command[0].endswith("/bin/python"), command
+    return [str(python), *command[1:]]
+
+
 def test_the_install_steps_as_written_give_a_server_without_torch(
-    registry: Registry, tmp_path: Path
+    registry: Registry, tmp_path: Path, free_tcp_port: int
 ) -> None:
     """install.sh, exactly as the Dockerfile runs it, into a fresh virtual environment; then the
-    packaged server from that environment answers what the store's model answers."""
+    packaged server from that environment, started as the image starts it (the entrypoint, and
+    where to listen from the environment: here loopback and a free port), answers what the
+    store's model answers, and the image's HEALTHCHECK finds it on the port the variable names."""
     import signal
 
     from tests.serve.conftest import SHUTDOWN_S, _wait_for_port, _wait_until_ready
@@ -349,15 +366,22 @@ def test_the_install_steps_as_written_give_a_server_without_torch(
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(venv / "bin" / "danlu"), "serve", "--package", str(registry.context / "model")]
-            + ["--host", "127.0.0.1", "--port", "0"],
+            [str(venv / "bin" / "danlu"), "serve", "--package", str(registry.context / "model")],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**env, "DANLU_HOME": str(tmp_path / "h"), "OMP_NUM_THREADS": "1"},
-        )
+            env={**env, "DANLU_HOME": str(tmp_path / "h"), "OMP_NUM_THREADS": "1",
+                 "DANLU_HOST": "127.0.0.1", "DANLU_PORT": str(free_tcp_port)},
+        )  # fmt: skip
     try:
-        url = f"http://127.0.0.1:{_wait_for_port(process, log_path)}"
+        assert _wait_for_port(process, log_path) == free_tcp_port
+        url = f"http://127.0.0.1:{free_tcp_port}"
         _wait_until_ready(process, url, log_path)
+        check = _healthcheck(registry.context, python)
+        for port, healthy in ((free_tcp_port, True), (free_tcp_port + 1, False)):
+            probe = subprocess.run(
+                check, env={**env, "DANLU_PORT": str(port)}, capture_output=True, timeout=30
+            )
+            assert (probe.returncode == 0) == healthy, (port, probe.stderr[-1000:])
         answer = httpx.post(
             f"{url}/v1/models/wine/predict", json={"rows": registry.rows}, timeout=10
         )
