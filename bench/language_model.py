@@ -75,7 +75,7 @@ def recipe(args: argparse.Namespace, **change: Any) -> dict[str, Any]:
             "grad_clip": 1.0,
             "precision": args.precision,
             "bucket_by_length": False,  # blocks are all full: a plain shuffle
-            "seed": 0,
+            "seed": args.seed,
         },
         "register": {"name": "bbc-lm", "alias": "production"},
     }
@@ -126,6 +126,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--order", type=int, default=5)
     parser.add_argument("--name", default="language_model", help="results file name")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="train.seed (the split's seed stays 0: same test set)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("DANLU_HOME", tempfile.mkdtemp(prefix="danlu-bench-lm-"))
 
@@ -291,7 +294,7 @@ def main() -> None:
         f"the base; {sport.report['documents']['test']} test documents): perplexity "
         f"{before['perplexity']:.2f} → {after['perplexity']:.2f} ({100 * drop:.1f}% lower), "
         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%), "
-        f"{args.lora_epochs} epochs in {lora_seconds / 60:.1f} min. One seed (0). Command: "
+        f"{args.lora_epochs} epochs in {lora_seconds / 60:.1f} min. One training seed ({args.seed}). Command: "
         f"`OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} python bench/language_model.py "
         f"{' '.join(sys.argv[1:])}`."
     )
