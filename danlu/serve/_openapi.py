@@ -376,9 +376,7 @@ def build_openapi(
     for name, model in served:
         path, operation = _predict_operation(name, model, row_limits, schemas)
         paths[path] = {"post": operation}
-        task = task_operation(
-            name, model, schemas, schema_prefix(name), generate_max_tokens=generate_max_tokens
-        )
+        task = task_operation(name, model, schemas, generate_max_tokens=generate_max_tokens)
         if task is not None:
             paths[task[0]] = {"post": task[1]}
     scopes = route_scopes(app)

@@ -70,14 +70,15 @@ def task_operation(
     name: str,
     model: ServedModelLike,
     schemas: dict[str, Any],
-    prefix: str,
     *,
     generate_max_tokens: int,
 ) -> tuple[str, dict[str, Any]] | None:
     """The path and operation of the task route the model served as ``name`` answers, if its
-    task has one (None otherwise); the component schemas they refer to go into ``schemas``."""
+    task has one (None otherwise); the component schemas they refer to go into ``schemas``,
+    named after the served name as the predict path's are."""
     signature = model.signature
     task = signature.get("task")
+    prefix = schema_prefix(name)
     if task == "language_model" and isinstance(signature.get("generate"), dict):
         return _generate(name, model, schemas, prefix, generate_max_tokens)
     if task == "forecasting" and isinstance(signature.get("forecast"), dict):

@@ -17,7 +17,7 @@ from tests.serve.conftest import route_validators
 def _spec(signature: dict[str, Any], name: str = "m") -> tuple[dict[str, Any], str]:
     schemas: dict[str, Any] = {}
     model = SimpleNamespace(signature=signature, ref=f"{name}:1")
-    made = task_operation(name, model, schemas, name, generate_max_tokens=100)  # type: ignore[arg-type]
+    made = task_operation(name, model, schemas, generate_max_tokens=100)  # type: ignore[arg-type]
     assert made is not None
     path, operation = made
     return {"paths": {path: {"post": operation}}, "components": {"schemas": schemas}}, path
@@ -75,4 +75,4 @@ def test_tasks_without_such_a_route_get_no_operation() -> None:
         {"task": "forecasting"},
     ):
         model = SimpleNamespace(signature=signature, ref="m:1")
-        assert task_operation("m", model, {}, "m", generate_max_tokens=10) is None  # type: ignore[arg-type]
+        assert task_operation("m", model, {}, generate_max_tokens=10) is None  # type: ignore[arg-type]
