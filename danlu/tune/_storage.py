@@ -2,8 +2,9 @@
 
 - **SQLite** (the embedded default): Optuna's RDB storage is not safe for many processes writing
   one SQLite file (its trial queue can hand the same trial to two workers), so studies go to
-  Optuna's *journal* storage, an append-only log file with a file lock, beside ``danlu.db``.
-  Workers on this machine share it; a worker that dies is noticed by its process id.
+  Optuna's *journal* storage, an append-only log file beside ``danlu.db``, its writes serialised
+  by an ``flock`` (:class:`FlockJournalLock`) that the kernel drops when a writer dies, however
+  it dies. Workers on this machine share it; a worker that dies is noticed by its process id.
 - **PostgreSQL**: Optuna's RDB storage in the same database, in its own schema ``optuna`` (both
   projects use Alembic, and their version tables must not meet). Workers on any machine join
   the study there; heartbeats mark a dead worker's trial failed, and it is queued again.
@@ -22,7 +23,14 @@ if TYPE_CHECKING:
 
     from danlu.store import SqlStore
 
-__all__ = ["MAX_RETRY", "close_storage", "heartbeat_interval", "journal_path", "open_storage"]
+__all__ = [
+    "MAX_RETRY",
+    "FlockJournalLock",
+    "close_storage",
+    "heartbeat_interval",
+    "journal_path",
+    "open_storage",
+]
 
 SCHEMA = "optuna"
 MAX_RETRY = 3  # times a trial whose worker died is queued again
@@ -44,6 +52,50 @@ def journal_path(store: SqlStore) -> Path | None:
     return Path(db_file).parent / "optuna-journal.log"
 
 
+class FlockJournalLock:
+    """The journal's write lock: an exclusive ``flock`` on ``PATH.flock``, beside the journal.
+
+    Optuna's own lock is a file created with ``O_EXCL``. A writer killed while it holds it (a
+    ``kill -9``, or Ctrl-C at the wrong moment) leaves that file behind, and the next process
+    waits out its 30-second grace period before it breaks the lock. The kernel drops an
+    ``flock`` when its process ends, however it ends, so no lock outlives its holder. Local file
+    systems only, as danlu's SQLite database is.
+
+    Optuna's journal storage lets one thread at a time into its backend (a lock of its own), so
+    a descriptor still held when :meth:`acquire` is called was left by an interrupted
+    :meth:`release` of this object: it is closed first.
+
+    Example:
+        >>> # JournalFileBackend(path, lock_obj=FlockJournalLock(path))
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path + ".flock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self._close()
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another holder writes
+            self._fd = fd
+        except BaseException:
+            self._fd = None
+            os.close(fd)
+            raise
+        return True
+
+    def release(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
+
+
 def open_storage(store: SqlStore) -> optuna.storages.BaseStorage:
     """The Optuna storage that lives beside ``store``'s database."""
     import optuna
@@ -57,10 +109,11 @@ def open_storage(store: SqlStore) -> optuna.storages.BaseStorage:
                 "Tuning needs a database on disk (studies are shared between processes); "
                 "the store is an in-memory SQLite database. Point DANLU_DB_URL at a file."
             )
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        from optuna.storages.journal import JournalFileBackend
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        lock = FlockJournalLock(str(path))
+        backend = JournalFileBackend(str(path), lock_obj=lock)  # type: ignore[arg-type]
         return optuna.storages.JournalStorage(backend)
     if store.engine.dialect.name != "postgresql":
         raise StoreError(
