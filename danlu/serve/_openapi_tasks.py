@@ -138,13 +138,13 @@ def _generate(
         temperature=(
             _finite(ge=0, le=_FLOAT_MAX),
             Field(default=1.0, description="0: greedy"),
-        ),  # fmt: skip
+        ),
         top_k=(Annotated[int, Field(ge=1)] | None, None),
         top_p=(_finite(gt=0, le=1) | None, None),
         repetition_penalty=(
             _finite(gt=0, le=_FLOAT_MAX),
             Field(default=1.0, description="1: none"),
-        ),  # fmt: skip
+        ),
         stop=(
             stop | Annotated[list[stop], Field(max_length=MAX_STOPS)],
             Field(default=[], description="the text ends before the first of these"),
@@ -152,7 +152,7 @@ def _generate(
         seed=(
             Annotated[int, Field(ge=0)] | None,
             Field(default=None, description="for sampling that repeats"),
-        ),  # fmt: skip
+        ),
         stream=(
             bool,
             Field(default=False, description="true: text/event-stream, a data event per piece"),
@@ -191,7 +191,11 @@ def _forecast(
         values = Annotated[list[Finite], Field(min_length=horizon, max_length=horizon)]
         what = f"its {horizon} values over the horizon (known in advance)"
         fields[f"c{len(fields)}"] = (values, Field(alias=c, description=what))
-    known = create_model(f"{prefix}_Covariates", __config__=_FORBID, **fields)
+    covariates = create_model(f"{prefix}_Covariates", __config__=_FORBID, **fields)
+    # a model that reads covariates needs each of them; one that reads none takes {} or null
+    given: tuple[Any, Any] = (covariates, Field(description="covariate name → values"))
+    if not fields:
+        given = (covariates | None, Field(default=None, description="the model reads none"))
     request = create_model(
         f"{prefix}_ForecastRequest",
         __config__=_FORBID,
@@ -211,7 +215,7 @@ def _forecast(
                 "forecast's times follow the last one",
             ),
         ),
-        covariates=(known | None, Field(default=None, description="covariate name → values")),
+        covariates=given,
     )
     outputs = model.signature.get("outputs") or {}
     interval = "lower" in outputs and "upper" in outputs
@@ -261,7 +265,8 @@ def _recommend(
             Annotated[int, Field(ge=1, le=min(MAX_K, catalogue))] | None,
             Field(
                 default=None,
-                description=f"how many items (default {meta.get('k', 'the recipe’s')})",
+                description="how many items (default: the recipe's recommend.k"
+                + (f", {meta['k']})" if "k" in meta else ")"),
             ),
         ),
         exclude_seen=(

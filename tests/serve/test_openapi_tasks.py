@@ -44,6 +44,7 @@ def test_a_forecasters_covariates_and_quantiles_are_in_its_spec() -> None:
     request.validate(good)
     for bad in (
         {"history": [1, 2]},  # fewer than the lags
+        {"history": [1, 2, 3]},  # the covariates missing
         {**good, "covariates": {"temp": [1, 2, 3]}},  # promo missing
         {**good, "covariates": {**good["covariates"], "promo": [0, 1, 1]}},  # past the horizon
         {**good, "covariates": {**good["covariates"], "wind": [1, 2, 3]}},
@@ -56,6 +57,16 @@ def test_a_forecasters_covariates_and_quantiles_are_in_its_spec() -> None:
     answer.validate(done)
     assert not answer.is_valid({**done, "forecast": [step]})  # one step short of the horizon
     assert not answer.is_valid({**done, "forecast": [{**step, "quantiles": {"0.1": "x"}}] * 2})
+
+
+def test_a_forecaster_without_covariates_takes_none() -> None:
+    signature = {**FORECASTER, "forecast": {"lags": 2, "horizon": 1}, "outputs": {}}
+    spec, path = _spec(signature)
+    request, _ = route_validators(spec, path)
+    for body in ({"history": [1, 2]}, {"history": [1, 2], "covariates": {}},
+                 {"history": [1, 2], "covariates": None}):  # fmt: skip
+        request.validate(body)
+    assert not request.is_valid({"history": [1, 2], "covariates": {"temp": [1, 2]}})
 
 
 def test_a_recommenders_k_stops_at_its_catalogue_or_at_max_k() -> None:
