@@ -95,6 +95,32 @@ def _float(value: float | None) -> float | None:
     )
 
 
+_WAL_TRIES = 40  # about 16 s of waiting in all (below)
+
+
+def set_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL`` on a new connection, tried again when it answers "database
+    is locked". While other processes open a fresh database at the same moment (and convert it
+    to WAL), the pragma can fail at once instead of waiting out the busy timeout: 1 open in 160
+    of 4 processes racing, measured. Other errors are raised at once.
+
+    Example:
+        >>> import sqlite3
+        >>> conn = sqlite3.connect(":memory:")
+        >>> set_wal(conn.cursor())  # an in-memory database stays in "memory" mode
+    """
+    import sqlite3
+
+    for attempt in range(1, _WAL_TRIES + 1):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_TRIES:
+                raise
+            time.sleep(0.02 * attempt)
+
+
 def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
@@ -102,8 +128,8 @@ def _sqlite_engine(url: str) -> Engine:
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=60000")
+        set_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable in WAL mode except on power loss
         cursor.close()

@@ -429,3 +429,38 @@ def test_concurrent_registrations_keep_their_files(fresh_db: Database, store: Sq
     for v in versions[1:]:
         weights = store.model_version_path("m", v.version, "w.bin")
         assert weights.is_file() and weights.read_bytes() == v.tags["who"].encode() * 100
+
+
+# -- opening a fresh database from many processes -------------------------------------------------
+class _LockedCursor:
+    """A cursor whose first ``locked`` pragmas fail as SQLite's can while another process
+    converts a fresh database to WAL."""
+
+    def __init__(self, locked: int, message: str = "database is locked") -> None:
+        self.locked, self.message, self.calls = locked, message, 0
+
+    def execute(self, sql: str) -> None:
+        import sqlite3
+
+        self.calls += 1
+        if self.calls <= self.locked:
+            raise sqlite3.OperationalError(self.message)
+
+
+def test_the_wal_pragma_is_tried_again_while_the_database_is_locked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sqlite3
+
+    from danlu.store import _sql
+
+    monkeypatch.setattr(_sql.time, "sleep", lambda seconds: None)
+    cursor = _LockedCursor(locked=3)
+    _sql.set_wal(cursor)
+    assert cursor.calls == 4  # three refusals, then the pragma ran
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _sql.set_wal(_LockedCursor(locked=10_000))  # bounded: gives up in the end
+    other = _LockedCursor(locked=1, message="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        _sql.set_wal(other)  # any other error is raised at once
+    assert other.calls == 1
