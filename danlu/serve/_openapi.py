@@ -42,6 +42,7 @@ __all__ = [
     "build_openapi",
     "declare_errors",
     "errors",
+    "model_operation",
     "predict_response_schema",
     "schema_prefix",
 ]
@@ -400,22 +401,40 @@ def _predict_operation(
     schemas.update(defs)
     schemas[f"{prefix}_PredictResponse"] = predict_response_schema(model.signature)
     response_ref = {"$ref": f"#/components/schemas/{prefix}_PredictResponse"}
-    operation = {
-        "tags": ["predict"],
-        "summary": f"Predict with {name} ({model.ref})",
-        "description": f"At most {limit} rows per request ({row_limits.why(model.signature, model.ref)}).",
-        "operationId": f"predict_{prefix}",
+    operation = model_operation(
+        name, model.ref, "predict", body, response_ref, answered="predictions"
+    )
+    operation["description"] = (
+        f"At most {limit} rows per request ({row_limits.why(model.signature, model.ref)})."
+    )
+    declare_errors(operation, 400, 401, 403, 404, 408, 413, 415, 422, 503, 504)
+    return f"/v1/models/{name}/predict", operation
+
+
+def model_operation(
+    name: str,
+    ref: str,
+    route: str,
+    body: dict[str, Any],
+    answer: dict[str, Any],
+    *,
+    answered: str = "the answer",
+) -> dict[str, Any]:
+    """The operation of one served model's ``route`` (predict, generate, ...): its JSON request
+    body and its 200 answer, by the version named in ``X-Model-Version``."""
+    return {
+        "tags": [route],
+        "summary": f"{route.capitalize()} with {name} ({ref})",
+        "operationId": f"{route}_{schema_prefix(name)}",
         "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
         "responses": {
             "200": {
-                "description": "predictions by the version that answered (also in X-Model-Version)",
-                "content": {"application/json": {"schema": response_ref}},
+                "description": f"{answered} by the version that answered (also in X-Model-Version)",
+                "content": {"application/json": {"schema": answer}},
                 "headers": {"X-Model-Version": {"schema": {"type": "string"}}},
             }
         },
     }
-    declare_errors(operation, 400, 401, 403, 404, 408, 413, 415, 422, 503, 504)
-    return f"/v1/models/{name}/predict", operation
 
 
 def predict_response_schema(signature: dict[str, Any]) -> dict[str, Any]:

@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from danlu.serve._openapi import declare_errors, schema_prefix
+from danlu.serve._openapi import _FLOAT_MAX, declare_errors, model_operation, schema_prefix
 
 if TYPE_CHECKING:
     from danlu.serve._types import ServedModelLike
 
 __all__ = ["task_operation"]
 
-_FLOAT_MAX = 1.7976931348623157e308
 _FORBID = ConfigDict(extra="forbid")
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
 
@@ -99,24 +98,6 @@ def _components(schemas: dict[str, Any], *models: type[BaseModel]) -> list[dict[
     return [refs[(m, "validation")] for m in models]
 
 
-def _operation(
-    name: str, model: ServedModelLike, route: str, body: dict[str, Any], answer: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "tags": [route],
-        "summary": f"{route.capitalize()} with {name} ({model.ref})",
-        "operationId": f"{route}_{schema_prefix(name)}",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-        "responses": {
-            "200": {
-                "description": "the answer of the version that answered (also in X-Model-Version)",
-                "content": {"application/json": {"schema": answer}},
-                "headers": {"X-Model-Version": {"schema": {"type": "string"}}},
-            }
-        },
-    }
-
-
 def _generate(
     name: str, model: ServedModelLike, schemas: dict[str, Any], prefix: str, cap: int
 ) -> tuple[str, dict[str, Any]]:
@@ -159,7 +140,7 @@ def _generate(
         ),
     )
     body, answer = _components(schemas, request, GenerateResponse)
-    operation = _operation(name, model, "generate", body, answer)
+    operation = model_operation(name, model.ref, "generate", body, answer)
     operation["description"] = (
         "The prompt's continuation, drawn with the model's key/value cache (on torch). "
         'With "stream": true the answer is text/event-stream: one `data: {"text": "..."}` '
@@ -242,7 +223,7 @@ def _forecast(
         forecast=(Annotated[list[step], Field(min_length=horizon, max_length=horizon)], ...),
     )
     body, answer = _components(schemas, request, response)
-    operation = _operation(name, model, "forecast", body, answer)
+    operation = model_operation(name, model.ref, "forecast", body, answer)
     operation["description"] = (
         f"The next {horizon} values of the series after the history sent, in its own units."
     )
@@ -283,7 +264,7 @@ def _recommend(
         ),
     )
     body, answer = _components(schemas, request, RecommendResponse)
-    operation = _operation(name, model, "recommend", body, answer)
+    operation = model_operation(name, model.ref, "recommend", body, answer)
     operation["description"] = (
         f"The user's best items of the {catalogue} in the catalogue; a user the model was not "
         "trained on gets a fallback, flagged."
