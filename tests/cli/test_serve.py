@@ -60,3 +60,23 @@ def test_generation_limits_reach_the_server_settings(monkeypatch) -> None:
     assert extra["generate_slots"] == 3 and extra["generate_max_tokens"] == 64
     assert extra["generate_max_prompt_tokens"] == 32
     assert "--generate-slots" in " ".join(danlu("serve", "--help").stdout.split())
+
+
+def test_where_to_listen_comes_from_the_environment_and_a_flag_wins(monkeypatch) -> None:
+    """DANLU_HOST / DANLU_PORT / DANLU_THREADS (what a packaged image sets); a bad value is
+    refused naming the variable."""
+    import danlu.serve as serving
+
+    seen = []
+    monkeypatch.setattr(serving, "serve", lambda settings, store: seen.append(settings))
+    monkeypatch.setenv("DANLU_HOST", "127.0.0.2")
+    monkeypatch.setenv("DANLU_PORT", "9123")
+    monkeypatch.setenv("DANLU_THREADS", "3")
+    assert danlu("serve", "wine@production").code == 0
+    assert (seen[0].host, seen[0].port, seen[0].threads) == ("127.0.0.2", 9123, 3)
+    assert danlu("serve", "wine@production", "--port", "9200").code == 0
+    assert seen[1].port == 9200
+    monkeypatch.setenv("DANLU_PORT", "70000")
+    outcome = danlu("serve", "wine@production")
+    text = " ".join((outcome.stdout + outcome.stderr).split())
+    assert outcome.code != 0 and "DANLU_PORT" in text and "Traceback" not in text
